@@ -1,0 +1,109 @@
+//! Errors of keynet-core. Each variant maps to one stable JS error code (see [`Error::code`]).
+
+use std::io;
+
+/// Why a certificate chain was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertChainError {
+    /// The peer presented no certificate.
+    #[error("certificate chain is empty")]
+    Empty,
+    /// The chain is valid but no certificate in it claims the expected node id.
+    #[error("certificate chain does not claim node id {expected}")]
+    Unclaimed {
+        /// The node id (or ids) that was expected.
+        expected: String,
+    },
+    /// A certificate could not be parsed, or a link's issuer does not match its parent's subject.
+    #[error("certificate chain is broken: {0}")]
+    Broken(String),
+    /// A certificate in the chain is not yet valid or has expired.
+    #[error("certificate is outside its validity period: {0}")]
+    DateInvalid(String),
+    /// A key is of an unsupported type or too weak (RSA below 2048 bits).
+    #[error("certificate key is invalid: {0}")]
+    KeyInvalid(String),
+    /// A certificate's signature does not verify against its parent's key.
+    #[error("certificate signature is invalid: {0}")]
+    SignatureInvalid(String),
+}
+
+impl CertChainError {
+    /// The stable error code of this variant.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CertChainError::Empty => "ErrorCertChainEmpty",
+            CertChainError::Unclaimed { .. } => "ErrorCertChainUnclaimed",
+            CertChainError::Broken(_) => "ErrorCertChainBroken",
+            CertChainError::DateInvalid(_) => "ErrorCertChainDateInvalid",
+            CertChainError::KeyInvalid(_) => "ErrorCertChainKeyInvalid",
+            CertChainError::SignatureInvalid(_) => "ErrorCertChainSignatureInvalid",
+        }
+    }
+}
+
+/// Every error keynet-core returns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The forward proxy is not running (call `start` first).
+    #[error("forward proxy is not running")]
+    ForwardProxyNotRunning,
+    /// The reverse proxy is not running (call `start` first).
+    #[error("reverse proxy is not running")]
+    ReverseProxyNotRunning,
+    /// A connection could not be established (unreachable, refused, handshake failure).
+    #[error("connection could not be started: {0}")]
+    ConnectionStart(String),
+    /// The connect budget (`connConnectTime` or a per-call timeout) ran out.
+    #[error("connection start timed out after {0} ms")]
+    ConnectionStartTimeout(u64),
+    /// An established connection stopped answering.
+    #[error("connection timed out: {0}")]
+    ConnectionTimeout(String),
+    /// The peer's certificate chain was refused.
+    #[error(transparent)]
+    CertChain(#[from] CertChainError),
+    /// An argument was out of its range (port, time).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// TLS material (PEM) could not be used.
+    #[error("invalid TLS config: {0}")]
+    InvalidTlsConfig(String),
+    /// The operation was aborted by the caller.
+    #[error("operation aborted")]
+    Aborted,
+    /// An I/O error while binding or serving.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Error {
+    /// The stable error code the JS layer turns into an `errors` class.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::ForwardProxyNotRunning => "ErrorForwardProxyNotRunning",
+            Error::ReverseProxyNotRunning => "ErrorReverseProxyNotRunning",
+            Error::ConnectionStart(_) => "ErrorConnectionStart",
+            Error::ConnectionStartTimeout(_) => "ErrorConnectionStartTimeout",
+            Error::ConnectionTimeout(_) => "ErrorConnectionTimeout",
+            Error::CertChain(e) => e.code(),
+            Error::InvalidArgument(_) => "ERR_INVALID_ARG_VALUE",
+            Error::InvalidTlsConfig(_) => "ErrorInvalidTlsConfig",
+            Error::Aborted => "ABORT_ERR",
+            Error::Io(_) => "ErrorNetwork",
+        }
+    }
+
+    /// The HTTP status a CONNECT client gets for this failure (API.md status table).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::ConnectionStartTimeout(_) => 504,
+            Error::CertChain(_) => 526,
+            Error::ForwardProxyNotRunning | Error::ReverseProxyNotRunning => 503,
+            _ => 502,
+        }
+    }
+}
+
+/// Result alias of keynet-core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

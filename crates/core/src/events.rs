@@ -1,0 +1,83 @@
+//! Connection information and the events reported to the user.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// How a connection reaches its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// The remote address answered directly.
+    Direct,
+    /// Both sides punched through their NATs.
+    Punched,
+    /// Through a relay.
+    Relayed,
+}
+
+impl Path {
+    /// The API.md name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Punched => "punched",
+            Path::Relayed => "relayed",
+        }
+    }
+}
+
+/// A snapshot of one connection (API.md `ConnectionInfo`).
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    /// Node id the peer proved.
+    pub node_id: String,
+    /// The peer's certificates, PEM, leaf first.
+    pub certificates: Vec<String>,
+    /// The forward proxy's UDP address.
+    pub egress: SocketAddr,
+    /// The reverse proxy's UDP address.
+    pub ingress: SocketAddr,
+    /// How the connection reaches the peer.
+    pub path: Path,
+    /// Smoothed round-trip time.
+    pub rtt_ms: f64,
+    /// UDP bytes sent on this connection.
+    pub bytes_sent: u64,
+    /// UDP bytes received on this connection.
+    pub bytes_received: u64,
+}
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A connection was established.
+    Connection,
+    /// A connection ended.
+    Close,
+    /// A connection changed path.
+    Path,
+}
+
+impl EventKind {
+    /// The JS event name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventKind::Connection => "connection",
+            EventKind::Close => "close",
+            EventKind::Path => "path",
+        }
+    }
+}
+
+/// An event about a connection (API.md `ConnectionEvent`).
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// The connection, as it was when it happened.
+    pub info: ConnectionInfo,
+    /// For `Close`: `local`, `remote`, `keepaliveTimeout`, `stopped` or an error text.
+    pub reason: Option<String>,
+}
+
+/// Receives events; called from network tasks, so it must not block.
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;

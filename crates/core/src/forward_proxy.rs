@@ -1,0 +1,563 @@
+//! The forward proxy: an HTTP CONNECT listener for local clients (gRPC via `grpc_proxy`), and a
+//! QUIC endpoint that dials reverse proxies. Each CONNECT becomes one bidirectional stream on
+//! the one connection to its target address.
+//!
+//! Actor view: the accept loop owns the TCP listener; one task per client reads the request head
+//! (bounded by [`MAX_HEAD_LEN`] and `connConnectTime`), answers, and splices; one watcher per QUIC
+//! connection (in the tracker) reports its close. `stop()` cancels all of them and awaits them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoint::{self, KeynetSocket};
+use crate::error::{Error, Result};
+use crate::events::{ConnectionInfo, EventSink, Path};
+use crate::identity::{LoadedIdentity, TlsConfig};
+use crate::nodeid::NodeId;
+use crate::options::ConnOptions;
+use crate::proto::connect::{self, HeadParse, MAX_HEAD_LEN};
+use crate::proto::tunnel::{self, Ack};
+use crate::splice::splice;
+use crate::task::Tasks;
+use crate::tls::config::{client_config, SERVER_NAME};
+use crate::tls::verify::{verify_chain, Acceptable, VerifyOutcome};
+use crate::tracker::{reason, Peer, Role, Tracker};
+
+/// Where the forward proxy listens.
+#[derive(Clone, Debug)]
+pub struct ForwardStart {
+    /// HTTP CONNECT listener (TCP); default 127.0.0.1:0.
+    pub proxy_addr: SocketAddr,
+    /// QUIC socket (UDP); default 127.0.0.1:0.
+    pub egress_addr: SocketAddr,
+    /// Identity; a fresh one is generated when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ForwardStart {
+    fn default() -> Self {
+        ForwardStart {
+            proxy_addr: ([127, 0, 0, 1], 0).into(),
+            egress_addr: ([127, 0, 0, 1], 0).into(),
+            tls: None,
+        }
+    }
+}
+
+/// The forward proxy. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct ForwardProxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    opts: ConnOptions,
+    auth_token: RwLock<String>,
+    identity: RwLock<Option<LoadedIdentity>>,
+    sink: Arc<RwLock<Option<EventSink>>>,
+    lifecycle: tokio::sync::Mutex<()>,
+    running: RwLock<Option<Arc<Running>>>,
+}
+
+struct Running {
+    endpoint: quinn::Endpoint,
+    socket: Arc<KeynetSocket>,
+    tracker: Arc<Tracker>,
+    tasks: Tasks,
+    proxy_addr: SocketAddr,
+    egress_addr: SocketAddr,
+    node_id: NodeId,
+    clients: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    stopping: AtomicBool,
+}
+
+impl ForwardProxy {
+    /// A stopped forward proxy that will accept clients presenting `auth_token`.
+    pub fn new(auth_token: String, opts: ConnOptions) -> Result<ForwardProxy> {
+        opts.validate()?;
+        Ok(ForwardProxy {
+            inner: Arc::new(Inner {
+                opts,
+                auth_token: RwLock::new(auth_token),
+                identity: RwLock::new(None),
+                sink: Arc::new(RwLock::new(None)),
+                lifecycle: tokio::sync::Mutex::new(()),
+                running: RwLock::new(None),
+            }),
+        })
+    }
+
+    /// Sets the receiver of connection events.
+    pub fn set_event_sink(&self, sink: Option<EventSink>) {
+        *self.inner.sink.write().expect("sink lock") = sink;
+    }
+
+    /// Replaces the token CONNECT clients must present.
+    pub fn set_auth_token(&self, token: String) {
+        *self.inner.auth_token.write().expect("token lock") = token;
+    }
+
+    /// Starts listening; does nothing if already running.
+    pub async fn start(&self, start: ForwardStart) -> Result<()> {
+        let _guard = self.inner.lifecycle.lock().await;
+        if self.running().is_ok() {
+            return Ok(());
+        }
+        let identity = match &start.tls {
+            Some(tls) => LoadedIdentity::from_tls_config(tls)?,
+            None => match self.inner.identity.read().expect("identity lock").clone() {
+                Some(id) => id,
+                None => LoadedIdentity::generate()?,
+            },
+        };
+        let node_id = identity.node_id;
+        *self.inner.identity.write().expect("identity lock") = Some(identity);
+        let listener = TcpListener::bind(start.proxy_addr).await?;
+        let proxy_addr = listener.local_addr()?;
+        let (endpoint, socket) = endpoint::bind(start.egress_addr, None)?;
+        let egress_addr = endpoint.local_addr()?;
+        let tasks = Tasks::new();
+        let tracker = Arc::new(Tracker::new(
+            Role::Forward,
+            egress_addr,
+            tasks.clone(),
+            self.inner.sink.clone(),
+        ));
+        let running = Arc::new(Running {
+            endpoint,
+            socket,
+            tracker,
+            tasks: tasks.clone(),
+            proxy_addr,
+            egress_addr,
+            node_id,
+            clients: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+        });
+        *self.inner.running.write().expect("running lock") = Some(running.clone());
+        let me = self.clone();
+        tasks.spawn(me.accept_loop(listener, running));
+        tracing::info!(%proxy_addr, %egress_addr, %node_id, "forward proxy started");
+        Ok(())
+    }
+
+    /// Stops: answers 503 to new clients, ends every tunnel and connection, awaits every task
+    /// and releases both ports. Does nothing if not running.
+    pub async fn stop(&self) -> Result<()> {
+        let _guard = self.inner.lifecycle.lock().await;
+        let Some(running) = self.inner.running.write().expect("running lock").take() else {
+            return Ok(());
+        };
+        running.stopping.store(true, Ordering::SeqCst);
+        running.tracker.close_all(reason::STOPPED);
+        running
+            .endpoint
+            .close(0u32.into(), reason::STOPPED.as_bytes());
+        let grace = self.inner.opts.end_time;
+        let _ = tokio::time::timeout(grace, running.endpoint.wait_idle()).await;
+        // Let connection watchers report their close events, then cancel what remains.
+        let _ = tokio::time::timeout(grace, async {
+            while running.tracker.count() > 0 {
+                running.tracker.changed().await;
+            }
+        })
+        .await;
+        if !running.tasks.shutdown(grace + Duration::from_secs(1)).await {
+            tracing::warn!("forward proxy tasks did not end within the grace period");
+        }
+        let socket = Arc::downgrade(&running.socket);
+        drop(running);
+        wait_released(socket).await;
+        tracing::info!("forward proxy stopped");
+        Ok(())
+    }
+
+    fn running(&self) -> Result<Arc<Running>> {
+        self.inner
+            .running
+            .read()
+            .expect("running lock")
+            .clone()
+            .ok_or(Error::ForwardProxyNotRunning)
+    }
+
+    /// This proxy's node id.
+    pub fn node_id(&self) -> Result<NodeId> {
+        Ok(self.running()?.node_id)
+    }
+
+    /// The HTTP CONNECT listener's address.
+    pub fn proxy_addr(&self) -> Result<SocketAddr> {
+        Ok(self.running()?.proxy_addr)
+    }
+
+    /// The QUIC socket's address.
+    pub fn egress_addr(&self) -> Result<SocketAddr> {
+        Ok(self.running()?.egress_addr)
+    }
+
+    /// Number of live QUIC connections.
+    pub fn connection_count(&self) -> Result<usize> {
+        Ok(self.running()?.tracker.count())
+    }
+
+    /// The connection to a reverse proxy at `addr`.
+    pub fn connection_info_by_ingress(&self, addr: SocketAddr) -> Result<Option<ConnectionInfo>> {
+        Ok(self.running()?.tracker.info(&addr))
+    }
+
+    /// The connection carrying the tunnel of the CONNECT client at `client`.
+    pub fn connection_info_by_client(&self, client: SocketAddr) -> Result<Option<ConnectionInfo>> {
+        let running = self.running()?;
+        let peer = running
+            .clients
+            .lock()
+            .expect("clients lock")
+            .get(&client)
+            .cloned();
+        Ok(peer.map(|p| running.tracker.info_of(&p)))
+    }
+
+    /// Identity used by connections opened from now on.
+    pub fn set_tls_config(&self, tls: &TlsConfig) -> Result<()> {
+        let id = LoadedIdentity::from_tls_config(tls)?;
+        *self.inner.identity.write().expect("identity lock") = Some(id);
+        Ok(())
+    }
+
+    /// Opens (or reuses) the connection to `addr`, registers it in the tracker with `pin`, and
+    /// punches toward it while the handshake waits. `timeout` overrides `connConnectTime`.
+    pub async fn open_connection(
+        &self,
+        addr: SocketAddr,
+        pin: Option<NodeId>,
+        timeout: Option<Duration>,
+        cancel: Option<CancellationToken>,
+    ) -> Result<ConnectionInfo> {
+        let running = self.running()?;
+        let budget = timeout.unwrap_or(self.inner.opts.connect_time);
+        let dial = self.connect(&running, addr, pin, budget, true);
+        let peer = match cancel {
+            Some(token) => tokio::select! {
+                r = dial => r?,
+                _ = token.cancelled() => return Err(Error::Aborted),
+            },
+            None => dial.await?,
+        };
+        running.tracker.register(addr, pin);
+        Ok(running.tracker.info_of(&peer))
+    }
+
+    /// Tracks `addr` without connecting (first form): CONNECTs to it are then accepted and the
+    /// connection opens on the first one.
+    pub fn add_direct_connection(&self, addr: SocketAddr) -> Result<()> {
+        self.running()?.tracker.register(addr, None);
+        Ok(())
+    }
+
+    /// Closes the connection to `addr` (tunnels on it end) and forgets the address. Waits up to
+    /// `connEndTime` for the close to be acknowledged.
+    pub async fn close_connection(&self, addr: SocketAddr) -> Result<()> {
+        let running = self.running()?;
+        if let Some(peer) = running.tracker.remove(&addr, reason::LOCAL) {
+            let _ = tokio::time::timeout(self.inner.opts.end_time, peer.conn.closed()).await;
+        }
+        Ok(())
+    }
+
+    /// Forgets `addr` and closes its connection without waiting (first form).
+    pub fn remove_connection(&self, addr: SocketAddr) -> Result<()> {
+        self.running()?.tracker.remove(&addr, reason::LOCAL);
+        Ok(())
+    }
+
+    /// Finds or opens the connection to `addr`; one dial per address at a time.
+    async fn connect(
+        &self,
+        running: &Arc<Running>,
+        addr: SocketAddr,
+        pin: Option<NodeId>,
+        budget: Duration,
+        punch: bool,
+    ) -> Result<Arc<Peer>> {
+        let deadline = Instant::now() + budget;
+        let timed_out = || Error::ConnectionStartTimeout(budget.as_millis() as u64);
+        let lock = running.tracker.dial_lock(addr);
+        let _dial = tokio::time::timeout_at(deadline.into(), lock.lock())
+            .await
+            .map_err(|_| timed_out())?;
+        if let Some(peer) = running.tracker.get(&addr) {
+            if let Some(pin) = pin {
+                if !peer.claims(&pin) {
+                    return Err(crate::error::CertChainError::Unclaimed {
+                        expected: pin.to_string(),
+                    }
+                    .into());
+                }
+            }
+            return Ok(peer);
+        }
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(Error::ConnectionStart(format!("cannot connect to {addr}")));
+        }
+        let identity = self
+            .inner
+            .identity
+            .read()
+            .expect("identity lock")
+            .clone()
+            .ok_or(Error::ForwardProxyNotRunning)?;
+        let accept = pin
+            .map(|p| Acceptable::OneOf(vec![p]))
+            .unwrap_or(Acceptable::Any);
+        let outcome = VerifyOutcome::default();
+        let config = client_config(
+            &identity,
+            accept.clone(),
+            outcome.clone(),
+            self.inner.opts.transport(),
+        )?;
+        let connecting = running
+            .endpoint
+            .connect_with(config, addr, SERVER_NAME)
+            .map_err(|e| Error::ConnectionStart(format!("{addr}: {e}")))?;
+        let punching = async {
+            if !punch {
+                return std::future::pending().await;
+            }
+            let mut tick = tokio::time::interval(self.inner.opts.punch_interval);
+            loop {
+                tick.tick().await;
+                running.socket.send_punch(addr);
+            }
+        };
+        let started = Instant::now();
+        let conn = tokio::select! {
+            r = tokio::time::timeout_at(deadline.into(), connecting) => match r {
+                Err(_) => return Err(timed_out()),
+                Ok(Err(e)) => {
+                    if let Some(cert) = outcome.lock().expect("outcome lock").take() {
+                        return Err(cert.into());
+                    }
+                    return Err(Error::ConnectionStart(format!("{addr}: {e}")));
+                }
+                Ok(Ok(conn)) => conn,
+            },
+            _ = punching => unreachable!("punching never ends"),
+        };
+        let peer_certs = conn
+            .peer_identity()
+            .and_then(|id| {
+                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .map(|b| *b)
+            .unwrap_or_default();
+        let node_id = verify_chain(
+            &peer_certs,
+            &accept,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        )?;
+        let path = match running.socket.last_punch_from(&addr) {
+            Some(t) if t >= started => Path::Punched,
+            _ => Path::Direct,
+        };
+        let peer = Arc::new(Peer::new(conn, node_id, path));
+        running.tracker.insert(peer.clone());
+        tracing::debug!(%addr, %node_id, path = path.as_str(), "connection established");
+        Ok(peer)
+    }
+
+    async fn accept_loop(self, listener: TcpListener, running: Arc<Running>) {
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let permit = match limit.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+            match listener.accept().await {
+                Ok((tcp, client)) => {
+                    backoff = Duration::from_millis(5);
+                    let me = self.clone();
+                    let r = running.clone();
+                    running.tasks.spawn(async move {
+                        me.serve_client(&r, tcp, client).await;
+                        r.clients.lock().expect("clients lock").remove(&client);
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    async fn serve_client(&self, running: &Arc<Running>, mut tcp: TcpStream, client: SocketAddr) {
+        let budget = self.inner.opts.connect_time;
+        let (head, rest) = match tokio::time::timeout(budget, read_head(&mut tcp)).await {
+            Err(_) => return answer(&mut tcp, 408, "request head not received in time").await,
+            Ok(Err(HeadFailure::Io)) => return,
+            Ok(Err(HeadFailure::Bad(e))) => {
+                return answer(&mut tcp, e.status(), &e.to_string()).await
+            }
+            Ok(Ok(h)) => h,
+        };
+        let token = self.inner.auth_token.read().expect("token lock").clone();
+        if !connect::check_proxy_auth(head.proxy_authorization.as_deref(), &token) {
+            return answer(&mut tcp, 407, "proxy authentication required").await;
+        }
+        if head.method != "CONNECT" {
+            return answer(&mut tcp, 405, "only CONNECT is supported").await;
+        }
+        let target = match connect::parse_target(&head.target) {
+            Ok(t) => t,
+            Err(e) => return answer(&mut tcp, 400, &e.to_string()).await,
+        };
+        if running.stopping.load(Ordering::SeqCst) {
+            return answer(&mut tcp, 503, "proxy is stopping").await;
+        }
+        let pin = match target.node_id {
+            Some(id) => Some(id),
+            None => match running.tracker.registration(&target.addr) {
+                Some(pin) => pin,
+                None => {
+                    let msg = format!(
+                        "{} is not in the connection tracker: add ?nodeId=",
+                        target.addr
+                    );
+                    return answer(&mut tcp, 400, &msg).await;
+                }
+            },
+        };
+        let deadline = Instant::now() + budget;
+        let opened = tokio::time::timeout_at(deadline.into(), async {
+            let peer = self
+                .connect(running, target.addr, pin, budget, false)
+                .await?;
+            let (send, recv) = open_tunnel(&peer).await?;
+            Ok::<_, Error>((peer, send, recv))
+        })
+        .await
+        .unwrap_or_else(|_| Err(Error::ConnectionStartTimeout(budget.as_millis() as u64)));
+        let (peer, send, recv) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                let status = if running.stopping.load(Ordering::SeqCst) {
+                    503
+                } else {
+                    e.http_status()
+                };
+                return answer(&mut tcp, status, &e.to_string()).await;
+            }
+        };
+        if tcp.write_all(&connect::response(200, "")).await.is_err() {
+            return;
+        }
+        running
+            .clients
+            .lock()
+            .expect("clients lock")
+            .insert(client, peer.clone());
+        match splice(tcp, send, recv, &rest).await {
+            Ok(m) => {
+                tracing::debug!(%client, up = m.tcp_to_quic, down = m.quic_to_tcp, "tunnel ended")
+            }
+            Err(e) => tracing::debug!(%client, error = %e, "tunnel aborted"),
+        }
+    }
+}
+
+/// Most concurrent CONNECT clients; more wait in the listen backlog.
+const MAX_CLIENTS: usize = 8192;
+
+/// Opens a stream, writes the tunnel header and waits for the reverse proxy's acknowledgement.
+async fn open_tunnel(peer: &Peer) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+    let (mut send, mut recv) = peer
+        .conn
+        .open_bi()
+        .await
+        .map_err(|e| Error::ConnectionStart(format!("cannot open tunnel: {e}")))?;
+    send.write_all(&tunnel::encode_open())
+        .await
+        .map_err(|e| Error::ConnectionStart(format!("cannot open tunnel: {e}")))?;
+    let mut prefix = [0u8; 3];
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|e| Error::ConnectionStart(format!("reverse proxy did not acknowledge: {e}")))?;
+    let (status, len) =
+        tunnel::decode_ack_prefix(&prefix).map_err(|e| Error::ConnectionStart(e.to_string()))?;
+    let mut reason = vec![0u8; len];
+    recv.read_exact(&mut reason)
+        .await
+        .map_err(|e| Error::ConnectionStart(format!("reverse proxy did not acknowledge: {e}")))?;
+    match tunnel::decode_ack(status, &reason) {
+        Ack::Ok => Ok((send, recv)),
+        Ack::ServerUnreachable(why) => Err(Error::ConnectionStart(format!(
+            "reverse proxy could not reach its server: {why}"
+        ))),
+    }
+}
+
+enum HeadFailure {
+    Io,
+    Bad(connect::HeadError),
+}
+
+/// Reads until a whole request head is in; returns it and the bytes that followed it.
+async fn read_head(
+    tcp: &mut TcpStream,
+) -> std::result::Result<(connect::RequestHead, Vec<u8>), HeadFailure> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tcp.read(&mut chunk).await.map_err(|_| HeadFailure::Io)?;
+        if n == 0 {
+            return Err(HeadFailure::Io);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match connect::parse_head(&buf).map_err(HeadFailure::Bad)? {
+            HeadParse::Incomplete => {
+                if buf.len() > MAX_HEAD_LEN {
+                    return Err(HeadFailure::Bad(connect::HeadError::TooLarge));
+                }
+            }
+            HeadParse::Complete(head, used) => return Ok((head, buf.split_off(used))),
+        }
+    }
+}
+
+async fn answer(tcp: &mut TcpStream, status: u16, body: &str) {
+    tracing::debug!(status, body, "CONNECT refused");
+    let _ = tcp.write_all(&connect::response(status, body)).await;
+    let _ = tcp.shutdown().await;
+    // Drain briefly so the answer is not lost to a reset caused by unread request bytes.
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Waits (bounded) until the UDP socket is dropped by quinn's driver, so the port is free.
+pub(crate) async fn wait_released(socket: Weak<KeynetSocket>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while socket.strong_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,27 @@
+//! keynet-core: carry TCP (gRPC above all) between keynodes over QUIC with pinned node
+//! identities. A [`ForwardProxy`] takes HTTP CONNECT from local clients; a [`ReverseProxy`]
+//! carries tunnels to its local server. No napi here: the Node binding is a thin layer on top.
+
+pub mod endpoint;
+pub mod error;
+pub mod events;
+pub mod forward_proxy;
+pub mod identity;
+pub mod nodeid;
+pub mod options;
+pub mod proto;
+pub mod reverse_proxy;
+pub mod splice;
+pub mod task;
+pub mod tls;
+pub mod tracker;
+
+pub use error::{CertChainError, Error, Result};
+pub use events::{ConnectionInfo, Event, EventKind, EventSink, Path};
+pub use forward_proxy::{ForwardProxy, ForwardStart};
+pub use identity::{
+    generate_identity, node_id_from_certificate_pem, rotate_identity, Identity, TlsConfig,
+};
+pub use nodeid::NodeId;
+pub use options::ConnOptions;
+pub use reverse_proxy::{ReverseProxy, ReverseStart};

@@ -1,0 +1,77 @@
+//! Connection timing options shared by both proxies (API.md names in parentheses).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Timing of connections. Defaults follow API.md.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnOptions {
+    /// Budget to establish a connection: punch + handshake + ack (`connConnectTime`, 20 s).
+    pub connect_time: Duration,
+    /// Silence after which a connection is declared dead (`connKeepAliveTimeoutTime`, 20 s).
+    pub keepalive_timeout: Duration,
+    /// Keepalive cadence (`connKeepAliveIntervalTime`, 1 s); must be below the timeout and below
+    /// the NAT's UDP timeout so the mapping stays open.
+    pub keepalive_interval: Duration,
+    /// Punch datagram cadence while punching (`connPunchIntervalTime`, 50 ms).
+    pub punch_interval: Duration,
+    /// Grace for an orderly close before a hard close (`connEndTime`, 1 s).
+    pub end_time: Duration,
+}
+
+impl Default for ConnOptions {
+    fn default() -> Self {
+        ConnOptions {
+            connect_time: Duration::from_millis(20_000),
+            keepalive_timeout: Duration::from_millis(20_000),
+            keepalive_interval: Duration::from_millis(1_000),
+            punch_interval: Duration::from_millis(50),
+            end_time: Duration::from_millis(1_000),
+        }
+    }
+}
+
+impl ConnOptions {
+    /// Checks the options are usable together.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("connConnectTime", self.connect_time),
+            ("connKeepAliveTimeoutTime", self.keepalive_timeout),
+            ("connKeepAliveIntervalTime", self.keepalive_interval),
+            ("connPunchIntervalTime", self.punch_interval),
+        ];
+        for (name, d) in positive {
+            if d.is_zero() {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} must be greater than 0"
+                )));
+            }
+        }
+        if self.keepalive_interval >= self.keepalive_timeout {
+            return Err(Error::InvalidArgument(
+                "connKeepAliveIntervalTime must be less than connKeepAliveTimeoutTime".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The QUIC transport these options imply.
+    pub fn transport(&self) -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(self.keepalive_interval));
+        // Idle timeout is capped by QUIC's varint range (about 146 years); ours is far below.
+        let idle = quinn::IdleTimeout::try_from(self.keepalive_timeout)
+            .unwrap_or(quinn::VarInt::MAX.into());
+        t.max_idle_timeout(Some(idle));
+        // Tunnels are long-lived and numerous: allow many concurrent streams per connection and
+        // windows large enough for a single tunnel to fill a fast link.
+        t.max_concurrent_bidi_streams(4096u32.into());
+        t.max_concurrent_uni_streams(0u32.into());
+        t.stream_receive_window((8u32 * 1024 * 1024).into());
+        t.receive_window((32u32 * 1024 * 1024).into());
+        t.send_window(32 * 1024 * 1024);
+        Arc::new(t)
+    }
+}

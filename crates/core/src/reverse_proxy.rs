@@ -1,0 +1,423 @@
+//! The reverse proxy: accepts QUIC connections from forward proxies (mutual TLS, optional
+//! `allowedNodeIds`), and for every stream dials its server, acknowledges, and splices.
+//!
+//! Actor view: the accept loop owns the endpoint's incoming queue; one task per incoming
+//! handshake (bounded by `connConnectTime`); one stream-accept loop per connection; one task per
+//! tunnel. All belong to the proxy's [`Tasks`] and end on `stop()`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoint::{self, KeynetSocket};
+use crate::error::{Error, Result};
+use crate::events::{ConnectionInfo, EventSink, Path};
+use crate::forward_proxy::wait_released;
+use crate::identity::{LoadedIdentity, TlsConfig};
+use crate::nodeid::NodeId;
+use crate::options::ConnOptions;
+use crate::proto::tunnel::{self, Ack};
+use crate::splice::splice;
+use crate::task::Tasks;
+use crate::tls::config::server_config;
+use crate::tls::verify::{verify_chain, Acceptable};
+use crate::tracker::{reason, Peer, Role, Tracker};
+
+/// Where the reverse proxy listens and what it serves.
+#[derive(Clone, Debug)]
+pub struct ReverseStart {
+    /// The local server every tunnel is carried to.
+    pub server_addr: SocketAddr,
+    /// QUIC socket (UDP); default 127.0.0.1:0.
+    pub ingress_addr: SocketAddr,
+    /// Identity; a fresh one is generated when absent.
+    pub tls: Option<TlsConfig>,
+    /// When given, only these node ids may connect (checked in the handshake).
+    pub allowed_node_ids: Option<Vec<NodeId>>,
+}
+
+/// The reverse proxy. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct ReverseProxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    opts: ConnOptions,
+    identity: RwLock<Option<LoadedIdentity>>,
+    sink: Arc<RwLock<Option<EventSink>>>,
+    lifecycle: tokio::sync::Mutex<()>,
+    running: RwLock<Option<Arc<Running>>>,
+}
+
+struct Running {
+    endpoint: quinn::Endpoint,
+    socket: Arc<KeynetSocket>,
+    tracker: Arc<Tracker>,
+    tasks: Tasks,
+    ingress_addr: SocketAddr,
+    server_addr: SocketAddr,
+    node_id: NodeId,
+    accept: Acceptable,
+    /// Local TCP address of each server connection -> the calling connection.
+    by_proxy: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+}
+
+impl ReverseProxy {
+    /// A stopped reverse proxy.
+    pub fn new(opts: ConnOptions) -> Result<ReverseProxy> {
+        opts.validate()?;
+        Ok(ReverseProxy {
+            inner: Arc::new(Inner {
+                opts,
+                identity: RwLock::new(None),
+                sink: Arc::new(RwLock::new(None)),
+                lifecycle: tokio::sync::Mutex::new(()),
+                running: RwLock::new(None),
+            }),
+        })
+    }
+
+    /// Sets the receiver of connection events.
+    pub fn set_event_sink(&self, sink: Option<EventSink>) {
+        *self.inner.sink.write().expect("sink lock") = sink;
+    }
+
+    /// Starts accepting; does nothing if already running.
+    pub async fn start(&self, start: ReverseStart) -> Result<()> {
+        let _guard = self.inner.lifecycle.lock().await;
+        if self.running().is_ok() {
+            return Ok(());
+        }
+        let identity = match &start.tls {
+            Some(tls) => LoadedIdentity::from_tls_config(tls)?,
+            None => match self.inner.identity.read().expect("identity lock").clone() {
+                Some(id) => id,
+                None => LoadedIdentity::generate()?,
+            },
+        };
+        let node_id = identity.node_id;
+        let accept = match start.allowed_node_ids {
+            Some(ids) => Acceptable::OneOf(ids),
+            None => Acceptable::Any,
+        };
+        let config = server_config(&identity, accept.clone(), self.inner.opts.transport())?;
+        *self.inner.identity.write().expect("identity lock") = Some(identity);
+        let (endpoint, socket) = endpoint::bind(start.ingress_addr, Some(config))?;
+        let ingress_addr = endpoint.local_addr()?;
+        let tasks = Tasks::new();
+        let tracker = Arc::new(Tracker::new(
+            Role::Reverse,
+            ingress_addr,
+            tasks.clone(),
+            self.inner.sink.clone(),
+        ));
+        let running = Arc::new(Running {
+            endpoint,
+            socket,
+            tracker,
+            tasks: tasks.clone(),
+            ingress_addr,
+            server_addr: start.server_addr,
+            node_id,
+            accept,
+            by_proxy: Mutex::new(HashMap::new()),
+        });
+        *self.inner.running.write().expect("running lock") = Some(running.clone());
+        tasks.spawn(self.clone().accept_loop(running));
+        tracing::info!(%ingress_addr, server = %start.server_addr, %node_id, "reverse proxy started");
+        Ok(())
+    }
+
+    /// Stops: ends every tunnel and connection, awaits every task and releases the port.
+    pub async fn stop(&self) -> Result<()> {
+        let _guard = self.inner.lifecycle.lock().await;
+        let Some(running) = self.inner.running.write().expect("running lock").take() else {
+            return Ok(());
+        };
+        running.tracker.close_all(reason::STOPPED);
+        running
+            .endpoint
+            .close(0u32.into(), reason::STOPPED.as_bytes());
+        let grace = self.inner.opts.end_time;
+        let _ = tokio::time::timeout(grace, running.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(grace, async {
+            while running.tracker.count() > 0 {
+                running.tracker.changed().await;
+            }
+        })
+        .await;
+        if !running.tasks.shutdown(grace + Duration::from_secs(1)).await {
+            tracing::warn!("reverse proxy tasks did not end within the grace period");
+        }
+        let socket = Arc::downgrade(&running.socket);
+        drop(running);
+        wait_released(socket).await;
+        tracing::info!("reverse proxy stopped");
+        Ok(())
+    }
+
+    fn running(&self) -> Result<Arc<Running>> {
+        self.inner
+            .running
+            .read()
+            .expect("running lock")
+            .clone()
+            .ok_or(Error::ReverseProxyNotRunning)
+    }
+
+    /// This proxy's node id.
+    pub fn node_id(&self) -> Result<NodeId> {
+        Ok(self.running()?.node_id)
+    }
+
+    /// The QUIC socket's address.
+    pub fn ingress_addr(&self) -> Result<SocketAddr> {
+        Ok(self.running()?.ingress_addr)
+    }
+
+    /// The server tunnels are carried to.
+    pub fn server_addr(&self) -> Result<SocketAddr> {
+        Ok(self.running()?.server_addr)
+    }
+
+    /// Number of live QUIC connections.
+    pub fn connection_count(&self) -> Result<usize> {
+        Ok(self.running()?.tracker.count())
+    }
+
+    /// The connection from a forward proxy at `addr`.
+    pub fn connection_info_by_egress(&self, addr: SocketAddr) -> Result<Option<ConnectionInfo>> {
+        Ok(self.running()?.tracker.info(&addr))
+    }
+
+    /// Who is calling: the connection whose tunnel reaches the server from local address `addr`.
+    pub fn connection_info_by_proxy(&self, addr: SocketAddr) -> Result<Option<ConnectionInfo>> {
+        let running = self.running()?;
+        let peer = running
+            .by_proxy
+            .lock()
+            .expect("by_proxy lock")
+            .get(&addr)
+            .cloned();
+        Ok(peer.map(|p| running.tracker.info_of(&p)))
+    }
+
+    /// Identity used after the next restart (the server config is fixed while running).
+    pub fn set_tls_config(&self, tls: &TlsConfig) -> Result<()> {
+        let id = LoadedIdentity::from_tls_config(tls)?;
+        if let Ok(running) = self.running() {
+            let config = server_config(&id, running.accept.clone(), self.inner.opts.transport())?;
+            running.endpoint.set_server_config(Some(config));
+        }
+        *self.inner.identity.write().expect("identity lock") = Some(id);
+        Ok(())
+    }
+
+    /// Punches toward a forward proxy at `addr` every `connPunchIntervalTime` (at most
+    /// `attempts` datagrams) until its connection arrives; gives up after `timeout` (default
+    /// `connConnectTime`). Returns whether the connection is up.
+    pub async fn punch_toward(
+        &self,
+        addr: SocketAddr,
+        attempts: u32,
+        timeout: Option<Duration>,
+        cancel: Option<CancellationToken>,
+    ) -> Result<bool> {
+        let running = self.running()?;
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(Error::ConnectionStart(format!(
+                "cannot punch toward {addr}"
+            )));
+        }
+        running.tracker.register(addr, None);
+        let budget = timeout.unwrap_or(self.inner.opts.connect_time);
+        let cancel = cancel.unwrap_or_default();
+        let wait = async {
+            let mut sent = 0u32;
+            let mut tick = tokio::time::interval(self.inner.opts.punch_interval);
+            loop {
+                if running.tracker.get(&addr).is_some() {
+                    return true;
+                }
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if sent < attempts {
+                            running.socket.send_punch(addr);
+                            sent += 1;
+                        }
+                    }
+                    _ = running.tracker.changed() => {}
+                }
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout(budget, wait) => Ok(r.unwrap_or(false)),
+            _ = cancel.cancelled() => Err(Error::Aborted),
+        }
+    }
+
+    /// Closes the connection from `addr` and forgets it; waits up to `connEndTime`.
+    pub async fn close_connection(&self, addr: SocketAddr) -> Result<()> {
+        let running = self.running()?;
+        if let Some(peer) = running.tracker.remove(&addr, reason::LOCAL) {
+            let _ = tokio::time::timeout(self.inner.opts.end_time, peer.conn.closed()).await;
+        }
+        Ok(())
+    }
+
+    /// Forgets `addr` and closes its connection without waiting (first form).
+    pub fn remove_connection(&self, addr: SocketAddr) -> Result<()> {
+        self.running()?.tracker.remove(&addr, reason::LOCAL);
+        Ok(())
+    }
+
+    /// Registers `addr` without punching (first form).
+    pub fn add_direct_connection(&self, addr: SocketAddr) -> Result<()> {
+        self.running()?.tracker.register(addr, None);
+        Ok(())
+    }
+
+    async fn accept_loop(self, running: Arc<Running>) {
+        while let Some(incoming) = running.endpoint.accept().await {
+            let me = self.clone();
+            let r = running.clone();
+            running.tasks.spawn(async move {
+                let remote = incoming.remote_address();
+                match me.handshake(&r, incoming).await {
+                    Ok(peer) => me.serve_connection(&r, peer).await,
+                    Err(e) => tracing::info!(%remote, error = %e, "refused incoming connection"),
+                }
+            });
+        }
+    }
+
+    async fn handshake(
+        &self,
+        running: &Arc<Running>,
+        incoming: quinn::Incoming,
+    ) -> Result<Arc<Peer>> {
+        let remote = incoming.remote_address();
+        let connecting = incoming
+            .accept()
+            .map_err(|e| Error::ConnectionStart(e.to_string()))?;
+        let conn = tokio::time::timeout(self.inner.opts.connect_time, connecting)
+            .await
+            .map_err(|_| {
+                Error::ConnectionStartTimeout(self.inner.opts.connect_time.as_millis() as u64)
+            })?
+            .map_err(|e| Error::ConnectionStart(e.to_string()))?;
+        let certs = conn
+            .peer_identity()
+            .and_then(|id| {
+                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .map(|b| *b)
+            .unwrap_or_default();
+        let node_id = verify_chain(
+            &certs,
+            &running.accept,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        )?;
+        let path = match running.socket.last_punch_from(&remote) {
+            Some(_) if running.tracker.registration(&remote).is_some() => Path::Punched,
+            _ => Path::Direct,
+        };
+        let peer = Arc::new(Peer::new(conn, node_id, path));
+        running.tracker.insert(peer.clone());
+        tracing::debug!(%remote, %node_id, "accepted connection");
+        Ok(peer)
+    }
+
+    async fn serve_connection(&self, running: &Arc<Running>, peer: Arc<Peer>) {
+        loop {
+            let (send, recv) = match peer.conn.accept_bi().await {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            let me = self.clone();
+            let r = running.clone();
+            let p = peer.clone();
+            running
+                .tasks
+                .spawn(async move { me.serve_tunnel(&r, p, send, recv).await });
+        }
+    }
+
+    async fn serve_tunnel(
+        &self,
+        running: &Arc<Running>,
+        peer: Arc<Peer>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let budget = self.inner.opts.connect_time;
+        let mut header = [0u8; tunnel::OPEN_LEN];
+        match tokio::time::timeout(budget, recv.read_exact(&mut header)).await {
+            Ok(Ok(())) => {}
+            _ => {
+                let _ = recv.stop(crate::splice::ABORTED.into());
+                return;
+            }
+        }
+        if let Err(e) = tunnel::decode_open(&header) {
+            tracing::info!(remote = %peer.remote, error = %e, "refused tunnel");
+            let _ = send
+                .write_all(&tunnel::encode_ack(&Ack::ServerUnreachable(e.to_string())))
+                .await;
+            let _ = send.finish();
+            return;
+        }
+        let tcp = match tokio::time::timeout(budget, TcpStream::connect(running.server_addr)).await
+        {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return refuse(send, recv, format!("{}: {e}", running.server_addr)).await,
+            Err(_) => {
+                return refuse(
+                    send,
+                    recv,
+                    format!("{}: connect timed out", running.server_addr),
+                )
+                .await
+            }
+        };
+        if send.write_all(&tunnel::encode_ack(&Ack::Ok)).await.is_err() {
+            return;
+        }
+        let local = tcp.local_addr().ok();
+        if let Some(local) = local {
+            running
+                .by_proxy
+                .lock()
+                .expect("by_proxy lock")
+                .insert(local, peer.clone());
+        }
+        match splice(tcp, send, recv, &[]).await {
+            Ok(m) => {
+                tracing::debug!(remote = %peer.remote, up = m.tcp_to_quic, down = m.quic_to_tcp, "tunnel ended")
+            }
+            Err(e) => tracing::debug!(remote = %peer.remote, error = %e, "tunnel aborted"),
+        }
+        if let Some(local) = local {
+            running
+                .by_proxy
+                .lock()
+                .expect("by_proxy lock")
+                .remove(&local);
+        }
+    }
+}
+
+async fn refuse(mut send: quinn::SendStream, _recv: quinn::RecvStream, why: String) {
+    tracing::info!(reason = %why, "could not reach server");
+    let _ = send
+        .write_all(&tunnel::encode_ack(&Ack::ServerUnreachable(why)))
+        .await;
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}

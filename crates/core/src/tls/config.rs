@@ -1,0 +1,73 @@
+//! Builds quinn client and server configs from an identity and what the peer must prove.
+
+use std::sync::Arc;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::crypto::CryptoProvider;
+
+use crate::error::{Error, Result};
+use crate::identity::LoadedIdentity;
+use crate::tls::verify::{Acceptable, NodeIdVerifier, VerifyOutcome};
+
+/// ALPN of keynet's tunnel protocol.
+pub const ALPN: &[u8] = b"keynet/1";
+/// Server name sent in the handshake; verification ignores it (identity is the node id).
+pub const SERVER_NAME: &str = "keynet";
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_err(e: impl std::fmt::Display) -> Error {
+    Error::InvalidTlsConfig(e.to_string())
+}
+
+/// Client (dialing) config: presents `identity`, accepts a server that proves `accept`, and
+/// leaves the reason of a refusal in `outcome`.
+pub fn client_config(
+    identity: &LoadedIdentity,
+    accept: Acceptable,
+    outcome: VerifyOutcome,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig> {
+    let provider = provider();
+    let verifier = Arc::new(NodeIdVerifier::new(accept, provider.clone(), outcome));
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(tls_err)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// Server (accepting) config: presents `identity` and requires a client certificate that proves
+/// `accept`.
+pub fn server_config(
+    identity: &LoadedIdentity,
+    accept: Acceptable,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig> {
+    let provider = provider();
+    let verifier = Arc::new(NodeIdVerifier::new(
+        accept,
+        provider.clone(),
+        VerifyOutcome::default(),
+    ));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(tls_err)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport);
+    Ok(config)
+}

@@ -1,0 +1,4 @@
+//! TLS for keynet's QUIC connections: mutual authentication by node id, TLS 1.3 only.
+
+pub mod config;
+pub mod verify;

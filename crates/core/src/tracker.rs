@@ -1,0 +1,287 @@
+//! The connection tracker: QUIC connections by remote address, the addresses a caller
+//! registered (with their pins), and the close/connection events of those connections.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+
+use rustls::pki_types::CertificateDer;
+
+use crate::events::{ConnectionInfo, Event, EventKind, EventSink, Path};
+use crate::identity::certs_to_pem;
+use crate::nodeid::NodeId;
+use crate::task::Tasks;
+use crate::tls::verify::{verify_chain, Acceptable};
+
+/// Which side of the tunnel the tracker belongs to (decides which address is egress).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The forward proxy: local address is the egress.
+    Forward,
+    /// The reverse proxy: local address is the ingress.
+    Reverse,
+}
+
+/// Close reasons carried in `close` events.
+pub mod reason {
+    /// Closed by this side (`closeConnection`, `removeConnection`).
+    pub const LOCAL: &str = "local";
+    /// Closed by the peer.
+    pub const REMOTE: &str = "remote";
+    /// The peer went silent for longer than `connKeepAliveTimeoutTime`.
+    pub const KEEPALIVE_TIMEOUT: &str = "keepaliveTimeout";
+    /// This proxy was stopped.
+    pub const STOPPED: &str = "stopped";
+}
+
+/// One established QUIC connection to a peer whose identity was verified.
+#[derive(Debug)]
+pub struct Peer {
+    /// The QUIC connection.
+    pub conn: quinn::Connection,
+    /// The node id the peer proved.
+    pub node_id: NodeId,
+    /// The peer's chain, leaf first.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// The peer's UDP address.
+    pub remote: SocketAddr,
+    path: Mutex<Path>,
+    close_reason: Mutex<Option<&'static str>>,
+}
+
+impl Peer {
+    /// Wraps an established connection whose peer proved `node_id`.
+    pub fn new(conn: quinn::Connection, node_id: NodeId, path: Path) -> Peer {
+        let certs = conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .map(|b| *b)
+            .unwrap_or_default();
+        let remote = conn.remote_address();
+        Peer {
+            conn,
+            node_id,
+            certs,
+            remote,
+            path: Mutex::new(path),
+            close_reason: Mutex::new(None),
+        }
+    }
+
+    /// Whether the peer's chain claims `id` (it is the leaf's id, or a rotation ancestor's).
+    pub fn claims(&self, id: &NodeId) -> bool {
+        *id == self.node_id
+            || verify_chain(
+                &self.certs,
+                &Acceptable::OneOf(vec![*id]),
+                time::OffsetDateTime::now_utc().unix_timestamp(),
+            )
+            .is_ok()
+    }
+
+    /// The current path.
+    pub fn path(&self) -> Path {
+        *self.path.lock().expect("path lock")
+    }
+
+    /// Closes the connection, recording why (the close event carries it).
+    pub fn close(&self, why: &'static str) {
+        self.close_reason
+            .lock()
+            .expect("reason lock")
+            .get_or_insert(why);
+        self.conn.close(0u32.into(), why.as_bytes());
+    }
+
+    /// A snapshot for the user; `local` is this proxy's UDP address.
+    pub fn info(&self, local: SocketAddr, role: Role) -> ConnectionInfo {
+        let stats = self.conn.stats();
+        let (egress, ingress) = match role {
+            Role::Forward => (local, self.remote),
+            Role::Reverse => (self.remote, local),
+        };
+        ConnectionInfo {
+            node_id: self.node_id.to_string(),
+            certificates: certs_to_pem(&self.certs),
+            egress,
+            ingress,
+            path: self.path(),
+            rtt_ms: self.conn.rtt().as_secs_f64() * 1000.0,
+            bytes_sent: stats.udp_tx.bytes,
+            bytes_received: stats.udp_rx.bytes,
+        }
+    }
+
+    fn reason_for(&self, err: &quinn::ConnectionError) -> String {
+        if let Some(r) = *self.close_reason.lock().expect("reason lock") {
+            return r.to_string();
+        }
+        match err {
+            quinn::ConnectionError::TimedOut => reason::KEEPALIVE_TIMEOUT.into(),
+            quinn::ConnectionError::ApplicationClosed(_)
+            | quinn::ConnectionError::ConnectionClosed(_)
+            | quinn::ConnectionError::Reset => reason::REMOTE.into(),
+            quinn::ConnectionError::LocallyClosed => reason::LOCAL.into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    /// Registered by the caller (kept when the connection dies, so a later CONNECT redials).
+    registered: bool,
+    pin: Option<NodeId>,
+    peer: Option<Arc<Peer>>,
+    dialing: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// QUIC connections by remote address.
+pub struct Tracker {
+    role: Role,
+    local: SocketAddr,
+    tasks: Tasks,
+    entries: Mutex<HashMap<SocketAddr, Entry>>,
+    sink: Arc<RwLock<Option<EventSink>>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Tracker {
+    /// A tracker for a proxy bound at `local`, spawning its watchers on `tasks`.
+    pub fn new(
+        role: Role,
+        local: SocketAddr,
+        tasks: Tasks,
+        sink: Arc<RwLock<Option<EventSink>>>,
+    ) -> Tracker {
+        Tracker {
+            role,
+            local,
+            tasks,
+            entries: Mutex::new(HashMap::new()),
+            sink,
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// This proxy's UDP address.
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Registers `addr` so CONNECTs without `nodeId` may use it; `pin` applies to them.
+    pub fn register(&self, addr: SocketAddr, pin: Option<NodeId>) {
+        let mut map = self.entries.lock().expect("tracker lock");
+        let e = map.entry(addr).or_default();
+        e.registered = true;
+        if pin.is_some() {
+            e.pin = pin;
+        }
+    }
+
+    /// The pin of a registered address: `None` if not registered.
+    pub fn registration(&self, addr: &SocketAddr) -> Option<Option<NodeId>> {
+        let map = self.entries.lock().expect("tracker lock");
+        map.get(addr).filter(|e| e.registered).map(|e| e.pin)
+    }
+
+    /// The live connection to `addr`.
+    pub fn get(&self, addr: &SocketAddr) -> Option<Arc<Peer>> {
+        let map = self.entries.lock().expect("tracker lock");
+        map.get(addr).and_then(|e| e.peer.clone())
+    }
+
+    /// The lock serialising dials to `addr` (one QUIC connection per address).
+    pub fn dial_lock(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.entries.lock().expect("tracker lock");
+        map.entry(addr).or_default().dialing.clone()
+    }
+
+    /// Number of live connections.
+    pub fn count(&self) -> usize {
+        let map = self.entries.lock().expect("tracker lock");
+        map.values().filter(|e| e.peer.is_some()).count()
+    }
+
+    /// Every live connection.
+    pub fn peers(&self) -> Vec<Arc<Peer>> {
+        let map = self.entries.lock().expect("tracker lock");
+        map.values().filter_map(|e| e.peer.clone()).collect()
+    }
+
+    /// Resolves when a connection is added or removed.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// Adds an established connection, emits `connection`, and watches it until it closes.
+    pub fn insert(self: &Arc<Self>, peer: Arc<Peer>) {
+        {
+            let mut map = self.entries.lock().expect("tracker lock");
+            let e = map.entry(peer.remote).or_default();
+            if let Some(old) = e.peer.replace(peer.clone()) {
+                old.close(reason::LOCAL);
+            }
+        }
+        self.changed.notify_waiters();
+        self.emit(EventKind::Connection, &peer, None);
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            let err = peer.conn.closed().await;
+            let why = peer.reason_for(&err);
+            tracing::debug!(remote = %peer.remote, node = %peer.node_id, reason = %why, "connection closed");
+            {
+                let mut map = me.entries.lock().expect("tracker lock");
+                if let Some(e) = map.get_mut(&peer.remote) {
+                    if e.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, &peer)) {
+                        e.peer = None;
+                    }
+                    if !e.registered && e.peer.is_none() && Arc::strong_count(&e.dialing) == 1 {
+                        map.remove(&peer.remote);
+                    }
+                }
+            }
+            me.changed.notify_waiters();
+            me.emit(EventKind::Close, &peer, Some(why));
+        });
+    }
+
+    /// Forgets `addr` and closes its connection; returns the connection that was closed.
+    pub fn remove(&self, addr: &SocketAddr, why: &'static str) -> Option<Arc<Peer>> {
+        let entry = self.entries.lock().expect("tracker lock").remove(addr);
+        let peer = entry.and_then(|e| e.peer);
+        if let Some(p) = &peer {
+            p.close(why);
+        }
+        self.changed.notify_waiters();
+        peer
+    }
+
+    /// Closes every connection with `why`.
+    pub fn close_all(&self, why: &'static str) {
+        for p in self.peers() {
+            p.close(why);
+        }
+    }
+
+    /// A snapshot of the connection to `addr`.
+    pub fn info(&self, addr: &SocketAddr) -> Option<ConnectionInfo> {
+        self.get(addr).map(|p| p.info(self.local, self.role))
+    }
+
+    /// A snapshot of `peer` from this tracker's side.
+    pub fn info_of(&self, peer: &Peer) -> ConnectionInfo {
+        peer.info(self.local, self.role)
+    }
+
+    fn emit(&self, kind: EventKind, peer: &Peer, reason: Option<String>) {
+        let sink = self.sink.read().expect("sink lock").clone();
+        if let Some(sink) = sink {
+            sink(Event {
+                kind,
+                info: peer.info(self.local, self.role),
+                reason,
+            });
+        }
+    }
+}

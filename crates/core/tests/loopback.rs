@@ -1,0 +1,168 @@
+//! End-to-end over loopback: a TCP client -> ForwardProxy (HTTP CONNECT) -> QUIC ->
+//! ReverseProxy -> a TCP echo server.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, ReverseProxy, ReverseStart};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN: &str = "s3cret";
+
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+async fn pair() -> (ForwardProxy, ReverseProxy) {
+    let server = echo_server().await;
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(ReverseStart {
+        server_addr: server,
+        ingress_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        allowed_node_ids: None,
+    })
+    .await
+    .unwrap();
+    let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
+    fp.start(ForwardStart::default()).await.unwrap();
+    (fp, rp)
+}
+
+async fn connect(fp: &ForwardProxy, target: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(fp.proxy_addr().unwrap()).await.unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(TOKEN);
+    let req = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await.unwrap() == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_echoes_and_half_closes() {
+    let (fp, rp) = pair().await;
+    let target = format!(
+        "{}?nodeId={}",
+        rp.ingress_addr().unwrap(),
+        rp.node_id().unwrap()
+    );
+    let (mut s, head) = connect(&fp, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7) as u8).collect();
+    let (mut r, mut w) = s.split();
+    let writer = async {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap(); // half-close: the echo server sees EOF and closes back
+    };
+    let mut got = Vec::new();
+    let reader = r.read_to_end(&mut got);
+    let (_, n) = tokio::join!(writer, reader);
+    assert_eq!(n.unwrap(), data.len());
+    assert_eq!(got, data);
+    assert_eq!(fp.connection_count().unwrap(), 1);
+    let info = fp
+        .connection_info_by_ingress(rp.ingress_addr().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.node_id, rp.node_id().unwrap().to_string());
+    assert_eq!(info.path.as_str(), "direct");
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_pin_is_526_and_unknown_address_is_400() {
+    let (fp, rp) = pair().await;
+    let other = keynet_core::generate_identity().unwrap().node_id;
+    let (_, head) = connect(
+        &fp,
+        &format!("{}?nodeId={other}", rp.ingress_addr().unwrap()),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 526"), "{head}");
+    let (_, head) = connect(&fp, &rp.ingress_addr().unwrap().to_string()).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peer_times_out_with_504() {
+    let fp = ForwardProxy::new(
+        TOKEN.into(),
+        ConnOptions {
+            connect_time: Duration::from_millis(500),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fp.start(ForwardStart::default()).await.unwrap();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let id = keynet_core::generate_identity().unwrap().node_id;
+    let t = std::time::Instant::now();
+    let (_, head) = connect(
+        &fp,
+        &format!("{}?nodeId={id}", silent.local_addr().unwrap()),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    fp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_frees_ports_and_works_again() {
+    let (fp, rp) = pair().await;
+    let ingress = rp.ingress_addr().unwrap();
+    let proxy = fp.proxy_addr().unwrap();
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    // The ports are free again: bind them ourselves.
+    drop(std::net::UdpSocket::bind(ingress).unwrap());
+    drop(std::net::TcpListener::bind(proxy).unwrap());
+    rp.start(ReverseStart {
+        server_addr: echo_server().await,
+        ingress_addr: ingress,
+        tls: None,
+        allowed_node_ids: None,
+    })
+    .await
+    .unwrap();
+    fp.start(ForwardStart {
+        proxy_addr: proxy,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (mut s, head) = connect(&fp, &format!("{ingress}?nodeId={}", rp.node_id().unwrap())).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"ping");
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+}
