@@ -25,3 +25,4 @@ pub use identity::{
 pub use nodeid::NodeId;
 pub use options::ConnOptions;
 pub use reverse_proxy::{ReverseProxy, ReverseStart};
+pub use tokio_util::sync::CancellationToken;

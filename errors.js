@@ -1,0 +1,59 @@
+'use strict'
+// The error classes of API.md. Every error keynet throws or rejects with is one of these (or a
+// TypeError/RangeError for a bad argument, or an AbortError), and carries `code` = class name.
+
+class ErrorNetwork extends Error {
+  constructor(message, options) {
+    super(message, options)
+    this.name = new.target.name
+    this.code = new.target.name
+  }
+}
+
+class ErrorForwardProxy extends ErrorNetwork {}
+class ErrorForwardProxyNotRunning extends ErrorForwardProxy {}
+class ErrorForwardProxyAuth extends ErrorForwardProxy {}
+class ErrorForwardProxyInvalidUrl extends ErrorForwardProxy {}
+class ErrorForwardProxyMissingNodeId extends ErrorForwardProxy {}
+
+class ErrorReverseProxy extends ErrorNetwork {}
+class ErrorReverseProxyNotRunning extends ErrorReverseProxy {}
+
+class ErrorConnection extends ErrorNetwork {}
+class ErrorConnectionStart extends ErrorConnection {}
+class ErrorConnectionStartTimeout extends ErrorConnectionStart {}
+class ErrorConnectionTimeout extends ErrorConnection {}
+
+class ErrorCertChain extends ErrorNetwork {}
+class ErrorCertChainUnclaimed extends ErrorCertChain {}
+class ErrorCertChainEmpty extends ErrorCertChain {}
+class ErrorCertChainBroken extends ErrorCertChain {}
+class ErrorCertChainDateInvalid extends ErrorCertChain {}
+class ErrorCertChainKeyInvalid extends ErrorCertChain {}
+class ErrorCertChainSignatureInvalid extends ErrorCertChain {}
+
+/** PEM material that cannot be used (not PEM, key does not match the leaf certificate). */
+class ErrorInvalidTlsConfig extends ErrorNetwork {}
+
+module.exports = {
+  ErrorNetwork,
+  ErrorForwardProxy,
+  ErrorForwardProxyNotRunning,
+  ErrorForwardProxyAuth,
+  ErrorForwardProxyInvalidUrl,
+  ErrorForwardProxyMissingNodeId,
+  ErrorReverseProxy,
+  ErrorReverseProxyNotRunning,
+  ErrorConnection,
+  ErrorConnectionStart,
+  ErrorConnectionStartTimeout,
+  ErrorConnectionTimeout,
+  ErrorCertChain,
+  ErrorCertChainUnclaimed,
+  ErrorCertChainEmpty,
+  ErrorCertChainBroken,
+  ErrorCertChainDateInvalid,
+  ErrorCertChainKeyInvalid,
+  ErrorCertChainSignatureInvalid,
+  ErrorInvalidTlsConfig,
+}

@@ -1,0 +1,435 @@
+'use strict'
+// keynet: the public JavaScript API (API.md). A thin layer over the generated binding
+// (native.js): argument forms and validation, typed errors, and events.
+
+const { EventEmitter } = require('node:events')
+const net = require('node:net')
+const native = require('./native.js')
+const errors = require('./errors.js')
+
+const EVENTS = new Set(['connection', 'close', 'path'])
+const NODE_ID = /^v[0-9a-v]{52}$/
+
+// ---- errors -------------------------------------------------------------------------------
+
+function abortError(signal) {
+  const reason = signal && signal.reason
+  if (reason instanceof Error) return reason
+  const e = new Error('The operation was aborted')
+  e.name = 'AbortError'
+  e.code = 'ABORT_ERR'
+  return e
+}
+
+/** Turns a binding error (`[Code] message`) into the matching `errors` class. */
+function fromNative(e) {
+  const m = /^\[(\w+)\] ([\s\S]*)$/.exec(e && e.message)
+  if (!m) return e
+  const [, code, message] = m
+  if (code === 'ERR_INVALID_ARG_VALUE') {
+    const t = new TypeError(message)
+    t.code = code
+    return t
+  }
+  if (code === 'ABORT_ERR') return abortError()
+  const Cls = errors[code] || errors.ErrorNetwork
+  return new Cls(message)
+}
+
+async function wrap(promise) {
+  try {
+    return await promise
+  } catch (e) {
+    throw fromNative(e)
+  }
+}
+
+function sync(fn) {
+  try {
+    return fn()
+  } catch (e) {
+    throw fromNative(e)
+  }
+}
+
+// ---- argument checks ------------------------------------------------------------------------
+
+function typeError(name, expected, value) {
+  const e = new TypeError(`The "${name}" argument must be ${expected}. Received ${describe(value)}`)
+  e.code = 'ERR_INVALID_ARG_TYPE'
+  return e
+}
+
+function rangeError(name, expected, value) {
+  const e = new RangeError(`The value of "${name}" is out of range. It must be ${expected}. Received ${describe(value)}`)
+  e.code = 'ERR_OUT_OF_RANGE'
+  return e
+}
+
+function describe(v) {
+  if (typeof v === 'string') return `'${v.length > 60 ? v.slice(0, 60) + '...' : v}'`
+  if (v === null || v === undefined) return String(v)
+  if (typeof v === 'object') return `an instance of ${v.constructor ? v.constructor.name : 'Object'}`
+  return `type ${typeof v} (${String(v)})`
+}
+
+function checkHost(name, v) {
+  if (typeof v !== 'string') throw typeError(name, 'an IP address string', v)
+  if (!net.isIP(v)) throw typeError(name, 'an IPv4 or IPv6 address', v)
+  return v
+}
+
+function checkPort(name, v) {
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw typeError(name, 'an integer', v)
+  if (v < 0 || v > 65535) throw rangeError(name, '>= 0 && <= 65535', v)
+  return v
+}
+
+function checkTime(name, v) {
+  if (v === undefined) return undefined
+  if (typeof v !== 'number' || Number.isNaN(v)) throw typeError(name, 'a number of milliseconds', v)
+  if (!(v > 0) || !Number.isFinite(v)) throw rangeError(name, '> 0 and finite', v)
+  return v
+}
+
+function checkString(name, v) {
+  if (typeof v !== 'string') throw typeError(name, 'of type string', v)
+  return v
+}
+
+function checkNodeId(name, v) {
+  if (typeof v !== 'string') throw typeError(name, 'a node id string', v)
+  if (!NODE_ID.test(v)) throw typeError(name, "a node id ('v' and 52 base32hex characters)", v)
+  return v
+}
+
+function checkObject(name, v) {
+  if (v === undefined || v === null) return {}
+  if (typeof v !== 'object') throw typeError(name, 'an object', v)
+  return v
+}
+
+function checkTls(name, v) {
+  if (v === undefined || v === null) return undefined
+  if (typeof v !== 'object') throw typeError(name, 'a { keyPrivatePem, certChainPem } object', v)
+  checkString(`${name}.keyPrivatePem`, v.keyPrivatePem)
+  checkString(`${name}.certChainPem`, v.certChainPem)
+  return v
+}
+
+function checkSignal(v) {
+  if (v === undefined) return undefined
+  if (!v || typeof v.aborted !== 'boolean' || typeof v.addEventListener !== 'function') {
+    throw typeError('opts.signal', 'an AbortSignal', v)
+  }
+  return v
+}
+
+function checkEvent(event, listener) {
+  if (!EVENTS.has(event)) throw typeError('event', "'connection', 'close' or 'path'", event)
+  if (typeof listener !== 'function') throw typeError('listener', 'a function', listener)
+}
+
+function connOptions(opts) {
+  return {
+    connConnectTime: checkTime('connConnectTime', opts.connConnectTime),
+    connKeepAliveTimeoutTime: checkTime('connKeepAliveTimeoutTime', opts.connKeepAliveTimeoutTime),
+    connKeepAliveIntervalTime: checkTime('connKeepAliveIntervalTime', opts.connKeepAliveIntervalTime),
+    connPunchIntervalTime: checkTime('connPunchIntervalTime', opts.connPunchIntervalTime),
+    connEndTime: checkTime('connEndTime', opts.connEndTime),
+  }
+}
+
+// ---- shared plumbing --------------------------------------------------------------------------
+
+let nextOpId = 1
+
+/** Runs `start(opId)` so that `signal` aborting cancels it in the core. */
+async function withSignal(handle, signal, start) {
+  if (signal && signal.aborted) throw abortError(signal)
+  const opId = nextOpId++ % 0xffffffff
+  const onAbort = () => handle.abort(opId)
+  if (signal) signal.addEventListener('abort', onAbort, { once: true })
+  try {
+    return await wrap(start(opId))
+  } catch (e) {
+    if (signal && signal.aborted) throw abortError(signal)
+    throw e
+  } finally {
+    if (signal) signal.removeEventListener('abort', onAbort)
+  }
+}
+
+/**
+ * Connects the binding's events to an EventEmitter through a weak threadsafe function and a
+ * WeakRef, so neither Node's event loop nor the proxy object is kept alive by listening.
+ */
+function attachEvents(handle) {
+  const emitter = new EventEmitter()
+  const ref = new WeakRef(emitter)
+  handle.setEventListener((ev) => {
+    const target = ref.deref()
+    if (!target) return
+    const event = { ...ev.info }
+    if (ev.reason !== undefined && ev.reason !== null) event.reason = ev.reason
+    target.emit(ev.kind, event)
+  })
+  return emitter
+}
+
+function info(i) {
+  return i === null || i === undefined ? undefined : i
+}
+
+// ---- ForwardProxy ----------------------------------------------------------------------------
+
+class ForwardProxy {
+  /**
+   * @param {{authToken: string, connConnectTime?: number, connKeepAliveTimeoutTime?: number,
+   *   connKeepAliveIntervalTime?: number, connPunchIntervalTime?: number, connEndTime?: number}} opts
+   */
+  constructor(opts) {
+    opts = checkObject('opts', opts)
+    checkString('opts.authToken', opts.authToken)
+    this._native = sync(() => new native.NativeForwardProxy(opts.authToken, connOptions(opts)))
+    this._events = attachEvents(this._native)
+  }
+
+  async start(opts) {
+    if (typeof opts === 'string') opts = { authToken: opts }
+    opts = checkObject('opts', opts)
+    const proxyHost = checkHost('opts.proxyHost', opts.proxyHost ?? '127.0.0.1')
+    const proxyPort = checkPort('opts.proxyPort', opts.proxyPort ?? 0)
+    const egressHost = checkHost('opts.egressHost', opts.egressHost ?? '127.0.0.1')
+    const egressPort = checkPort('opts.egressPort', opts.egressPort ?? 0)
+    const tls = checkTls('opts.tlsConfig', opts.tlsConfig)
+    const token = opts.authToken === undefined ? undefined : checkString('opts.authToken', opts.authToken)
+    await wrap(
+      this._native.start(proxyHost, proxyPort, egressHost, egressPort, tls?.keyPrivatePem, tls?.certChainPem, token),
+    )
+  }
+
+  async stop() {
+    await wrap(this._native.stop())
+  }
+
+  getNodeId() { return sync(() => this._native.nodeId()) }
+  getProxyHost() { return sync(() => this._native.proxyHost()) }
+  getProxyPort() { return sync(() => this._native.proxyPort()) }
+  getEgressHost() { return sync(() => this._native.egressHost()) }
+  getEgressPort() { return sync(() => this._native.egressPort()) }
+  /** First form: the HTTP CONNECT port (= getProxyPort()). */
+  getHttpPort() { return this.getProxyPort() }
+  /** First form: the UDP port (= getEgressPort()). */
+  getSocketPort() { return this.getEgressPort() }
+
+  /**
+   * openConnection(nodeId, host, port, opts?) or openConnection(host, port, { nodeId }?):
+   * opens (or reuses) the QUIC connection to a reverse proxy and tracks it.
+   */
+  async openConnection(a, b, c, d) {
+    let nodeId, host, port, opts
+    if (typeof a === 'string' && NODE_ID.test(a) && typeof b === 'string') {
+      ;[nodeId, host, port, opts] = [a, b, c, checkObject('opts', d)]
+    } else {
+      ;[host, port, opts] = [a, b, checkObject('opts', c)]
+      nodeId = opts.nodeId
+    }
+    checkHost('host', host)
+    checkPort('port', port)
+    if (nodeId !== undefined) checkNodeId('nodeId', nodeId)
+    const timeout = checkTime('opts.timeout', opts.timeout)
+    const signal = checkSignal(opts.signal)
+    await withSignal(this._native, signal, (opId) =>
+      this._native.openConnection(host, port, nodeId, timeout, opId),
+    )
+  }
+
+  async closeConnection(host, port) {
+    checkHost('host', host)
+    checkPort('port', port)
+    await wrap(this._native.closeConnection(host, port))
+  }
+
+  getConnectionCount() { return sync(() => this._native.connectionCount()) }
+
+  getConnectionInfoByIngress(host, port) {
+    checkHost('host', host)
+    checkPort('port', port)
+    return info(sync(() => this._native.infoByIngress(host, port)))
+  }
+
+  getConnectionInfoByClient(clientHost, clientPort) {
+    checkHost('clientHost', clientHost)
+    checkPort('clientPort', clientPort)
+    return info(sync(() => this._native.infoByClient(clientHost, clientPort)))
+  }
+
+  setTlsConfig(tlsConfig) {
+    if (tlsConfig === undefined || tlsConfig === null) throw typeError('tlsConfig', 'a { keyPrivatePem, certChainPem } object', tlsConfig)
+    checkTls('tlsConfig', tlsConfig)
+    sync(() => this._native.setTlsConfig(tlsConfig.keyPrivatePem, tlsConfig.certChainPem))
+  }
+
+  /** First form: track a directly connectable reverse proxy; the connection opens on first use. */
+  addDirectConnection(port, host) {
+    checkPort('port', port)
+    checkHost('host', host)
+    sync(() => this._native.addDirectConnection(host, port))
+  }
+
+  /** First form: connect while punching; resolves whether the connection came up. */
+  async addNatConnection(port, host, attempts = 50) {
+    checkPort('port', port)
+    checkHost('host', host)
+    if (!Number.isInteger(attempts) || attempts < 1) throw rangeError('attempts', 'an integer >= 1', attempts)
+    try {
+      await wrap(this._native.openConnection(host, port, undefined, undefined, undefined))
+      return true
+    } catch (e) {
+      if (e instanceof errors.ErrorConnection || e instanceof errors.ErrorCertChain) return false
+      throw e
+    }
+  }
+
+  /** First form: forget a tracked address and close its connection. */
+  removeConnection(port, host) {
+    checkPort('port', port)
+    checkHost('host', host)
+    sync(() => this._native.removeConnection(host, port))
+  }
+
+  on(event, listener) { checkEvent(event, listener); this._events.on(event, listener); return this }
+  once(event, listener) { checkEvent(event, listener); this._events.once(event, listener); return this }
+  off(event, listener) { checkEvent(event, listener); this._events.off(event, listener); return this }
+}
+
+// ---- ReverseProxy ----------------------------------------------------------------------------
+
+class ReverseProxy {
+  constructor(opts) {
+    opts = checkObject('opts', opts)
+    this._native = sync(() => new native.NativeReverseProxy(connOptions(opts)))
+    this._events = attachEvents(this._native)
+    this._connectTime = opts.connConnectTime ?? 20000
+  }
+
+  /** start({ serverHost, serverPort, ... }) or start(grpcHost, grpcPort) (first form). */
+  async start(a, b) {
+    const opts = typeof a === 'string' ? { serverHost: a, serverPort: b } : checkObject('opts', a)
+    const serverHost = checkHost('opts.serverHost', opts.serverHost ?? opts.grpcHost ?? '127.0.0.1')
+    const serverPort = checkPort('opts.serverPort', opts.serverPort ?? opts.grpcPort)
+    const ingressHost = checkHost('opts.ingressHost', opts.ingressHost ?? '127.0.0.1')
+    const ingressPort = checkPort('opts.ingressPort', opts.ingressPort ?? 0)
+    const tls = checkTls('opts.tlsConfig', opts.tlsConfig)
+    let allowed
+    if (opts.allowedNodeIds !== undefined) {
+      if (!Array.isArray(opts.allowedNodeIds)) throw typeError('opts.allowedNodeIds', 'an array of node ids', opts.allowedNodeIds)
+      allowed = opts.allowedNodeIds.map((id, i) => checkNodeId(`opts.allowedNodeIds[${i}]`, id))
+    }
+    await wrap(
+      this._native.start(serverHost, serverPort, ingressHost, ingressPort, tls?.keyPrivatePem, tls?.certChainPem, allowed),
+    )
+  }
+
+  async stop() {
+    await wrap(this._native.stop())
+  }
+
+  getNodeId() { return sync(() => this._native.nodeId()) }
+  getIngressHost() { return sync(() => this._native.ingressHost()) }
+  getIngressPort() { return sync(() => this._native.ingressPort()) }
+  getServerHost() { return sync(() => this._native.serverHost()) }
+  getServerPort() { return sync(() => this._native.serverPort()) }
+  /** First form: the UDP port (= getIngressPort()). */
+  getSocketPort() { return this.getIngressPort() }
+
+  /** Punches toward a forward proxy until its connection arrives (rejects on timeout). */
+  async openConnection(egressHost, egressPort, opts) {
+    checkHost('egressHost', egressHost)
+    checkPort('egressPort', egressPort)
+    opts = checkObject('opts', opts)
+    const timeout = checkTime('opts.timeout', opts.timeout) ?? this._connectTime
+    const signal = checkSignal(opts.signal)
+    const ok = await withSignal(this._native, signal, (opId) =>
+      this._native.punch(egressHost, egressPort, 0xffffffff, timeout, opId),
+    )
+    if (!ok) {
+      throw new errors.ErrorConnectionStartTimeout(`no connection from ${egressHost}:${egressPort} within ${timeout} ms`)
+    }
+  }
+
+  async closeConnection(egressHost, egressPort) {
+    checkHost('egressHost', egressHost)
+    checkPort('egressPort', egressPort)
+    await wrap(this._native.closeConnection(egressHost, egressPort))
+  }
+
+  getConnectionCount() { return sync(() => this._native.connectionCount()) }
+
+  getConnectionInfoByEgress(egressHost, egressPort) {
+    checkHost('egressHost', egressHost)
+    checkPort('egressPort', egressPort)
+    return info(sync(() => this._native.infoByEgress(egressHost, egressPort)))
+  }
+
+  getConnectionInfoByProxy(proxyHost, proxyPort) {
+    checkHost('proxyHost', proxyHost)
+    checkPort('proxyPort', proxyPort)
+    return info(sync(() => this._native.infoByProxy(proxyHost, proxyPort)))
+  }
+
+  setTlsConfig(tlsConfig) {
+    if (tlsConfig === undefined || tlsConfig === null) throw typeError('tlsConfig', 'a { keyPrivatePem, certChainPem } object', tlsConfig)
+    checkTls('tlsConfig', tlsConfig)
+    sync(() => this._native.setTlsConfig(tlsConfig.keyPrivatePem, tlsConfig.certChainPem))
+  }
+
+  /** First form: punch toward a forward proxy; resolves whether its connection arrived. */
+  async addNatConnection(port, host, attempts = 50) {
+    checkPort('port', port)
+    checkHost('host', host)
+    if (!Number.isInteger(attempts) || attempts < 1) throw rangeError('attempts', 'an integer >= 1', attempts)
+    return wrap(this._native.punch(host, port, attempts, undefined, undefined))
+  }
+
+  addDirectConnection(port, host) {
+    checkPort('port', port)
+    checkHost('host', host)
+    sync(() => this._native.addDirectConnection(host, port))
+  }
+
+  removeConnection(port, host) {
+    checkPort('port', port)
+    checkHost('host', host)
+    sync(() => this._native.removeConnection(host, port))
+  }
+
+  on(event, listener) { checkEvent(event, listener); this._events.on(event, listener); return this }
+  once(event, listener) { checkEvent(event, listener); this._events.once(event, listener); return this }
+  off(event, listener) { checkEvent(event, listener); this._events.off(event, listener); return this }
+}
+
+// ---- identity --------------------------------------------------------------------------------
+
+/** Generates an Ed25519 identity: `{ nodeId, tlsConfig: { keyPrivatePem, certChainPem } }`. */
+async function generateIdentity() {
+  const id = await wrap(native.generateIdentity())
+  return { nodeId: id.nodeId, tlsConfig: { keyPrivatePem: id.keyPrivatePem, certChainPem: id.certChainPem } }
+}
+
+/** Rotates to a fresh key whose certificate is signed by the previous key (chain grows by one). */
+function rotateIdentity(tlsConfig) {
+  checkTls('tlsConfig', tlsConfig)
+  if (!tlsConfig) throw typeError('tlsConfig', 'a { keyPrivatePem, certChainPem } object', tlsConfig)
+  const id = sync(() => native.rotateIdentity(tlsConfig.keyPrivatePem, tlsConfig.certChainPem))
+  return { nodeId: id.nodeId, tlsConfig: { keyPrivatePem: id.keyPrivatePem, certChainPem: id.certChainPem } }
+}
+
+/** The node id of the first certificate in `certPem`. */
+function nodeIdFromCertificate(certPem) {
+  checkString('certPem', certPem)
+  return sync(() => native.nodeIdFromCertificate(certPem))
+}
+
+module.exports = { ForwardProxy, ReverseProxy, generateIdentity, rotateIdentity, nodeIdFromCertificate, errors }

@@ -1,0 +1,166 @@
+//! Conversions between keynet-core types and the plain objects the JS layer sees.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+
+/// Turns a core error into a JS error whose message starts with `[Code] `.
+pub fn err(e: keynet_core::Error) -> Error {
+    Error::new(Status::GenericFailure, format!("[{}] {}", e.code(), e))
+}
+
+/// An argument error (index.js validates first; this is the backstop).
+pub fn arg_err(msg: String) -> Error {
+    Error::new(Status::InvalidArg, format!("[ERR_INVALID_ARG_VALUE] {msg}"))
+}
+
+/// Parses `host` (an IP string) and `port` into an address.
+pub fn addr(name: &str, host: &str, port: u32) -> Result<SocketAddr> {
+    let ip: IpAddr = host.parse().map_err(|_| {
+        arg_err(format!(
+            "{name} must be an IPv4 or IPv6 address, got {host:?}"
+        ))
+    })?;
+    let port =
+        u16::try_from(port).map_err(|_| arg_err(format!("port must be 0..65535, got {port}")))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Parses an optional node id string.
+pub fn node_id(s: Option<String>) -> Result<Option<keynet_core::NodeId>> {
+    s.map(|s| {
+        s.parse()
+            .map_err(|e: keynet_core::nodeid::NodeIdParseError| arg_err(format!("nodeId: {e}")))
+    })
+    .transpose()
+}
+
+/// Optional PEM pair into a TLS config.
+pub fn tls(key: Option<String>, cert: Option<String>) -> Option<keynet_core::TlsConfig> {
+    match (key, cert) {
+        (Some(key_private_pem), Some(cert_chain_pem)) => Some(keynet_core::TlsConfig {
+            key_private_pem,
+            cert_chain_pem,
+        }),
+        _ => None,
+    }
+}
+
+/// Milliseconds into a duration.
+pub fn ms(v: f64) -> Duration {
+    Duration::from_micros((v.max(0.0) * 1000.0) as u64)
+}
+
+/// Timing options in milliseconds (undefined: API.md default).
+#[napi(object)]
+#[derive(Default)]
+pub struct NativeOptions {
+    pub conn_connect_time: Option<f64>,
+    pub conn_keep_alive_timeout_time: Option<f64>,
+    pub conn_keep_alive_interval_time: Option<f64>,
+    pub conn_punch_interval_time: Option<f64>,
+    pub conn_end_time: Option<f64>,
+}
+
+impl NativeOptions {
+    /// Into core options.
+    pub fn into_core(self) -> keynet_core::ConnOptions {
+        let d = keynet_core::ConnOptions::default();
+        keynet_core::ConnOptions {
+            connect_time: self.conn_connect_time.map(ms).unwrap_or(d.connect_time),
+            keepalive_timeout: self
+                .conn_keep_alive_timeout_time
+                .map(ms)
+                .unwrap_or(d.keepalive_timeout),
+            keepalive_interval: self
+                .conn_keep_alive_interval_time
+                .map(ms)
+                .unwrap_or(d.keepalive_interval),
+            punch_interval: self
+                .conn_punch_interval_time
+                .map(ms)
+                .unwrap_or(d.punch_interval),
+            end_time: self.conn_end_time.map(ms).unwrap_or(d.end_time),
+        }
+    }
+}
+
+/// A generated identity.
+#[napi(object)]
+pub struct NativeIdentity {
+    pub node_id: String,
+    pub key_private_pem: String,
+    pub cert_chain_pem: String,
+}
+
+impl From<keynet_core::Identity> for NativeIdentity {
+    fn from(id: keynet_core::Identity) -> Self {
+        NativeIdentity {
+            node_id: id.node_id.to_string(),
+            key_private_pem: id.tls.key_private_pem,
+            cert_chain_pem: id.tls.cert_chain_pem,
+        }
+    }
+}
+
+/// API.md `ConnectionInfo`.
+#[napi(object)]
+#[derive(Clone)]
+pub struct NativeConnectionInfo {
+    pub node_id: String,
+    pub certificates: Vec<String>,
+    pub egress_host: String,
+    pub egress_port: u32,
+    pub ingress_host: String,
+    pub ingress_port: u32,
+    pub path: String,
+    pub rtt_ms: f64,
+    pub bytes_sent: f64,
+    pub bytes_received: f64,
+}
+
+impl From<keynet_core::ConnectionInfo> for NativeConnectionInfo {
+    fn from(i: keynet_core::ConnectionInfo) -> Self {
+        NativeConnectionInfo {
+            node_id: i.node_id,
+            certificates: i.certificates,
+            egress_host: i.egress.ip().to_string(),
+            egress_port: i.egress.port() as u32,
+            ingress_host: i.ingress.ip().to_string(),
+            ingress_port: i.ingress.port() as u32,
+            path: i.path.as_str().to_string(),
+            rtt_ms: i.rtt_ms,
+            bytes_sent: i.bytes_sent as f64,
+            bytes_received: i.bytes_received as f64,
+        }
+    }
+}
+
+/// API.md `ConnectionEvent`, with its event name in `kind`.
+#[napi(object)]
+#[derive(Clone)]
+pub struct NativeEvent {
+    pub kind: String,
+    pub info: NativeConnectionInfo,
+    pub reason: Option<String>,
+}
+
+/// A weak listener: it never keeps Node alive.
+pub type Listener = ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false, true>;
+
+/// An event sink that calls the JS listener without blocking the network task.
+pub fn sink(listener: Listener) -> keynet_core::EventSink {
+    let listener = Arc::new(listener);
+    Arc::new(move |e: keynet_core::Event| {
+        let ev = NativeEvent {
+            kind: e.kind.as_str().to_string(),
+            info: e.info.into(),
+            reason: e.reason,
+        };
+        let _ = listener.call(ev, ThreadsafeFunctionCallMode::NonBlocking);
+    })
+}

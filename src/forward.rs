@@ -1,0 +1,186 @@
+//! `NativeForwardProxy`: the binding of keynet-core's ForwardProxy.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use keynet_core::{CancellationToken, ForwardProxy, ForwardStart};
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+
+use crate::convert::{self, addr, err, Listener, NativeConnectionInfo, NativeOptions};
+
+#[napi]
+pub struct NativeForwardProxy {
+    inner: ForwardProxy,
+    ops: Mutex<HashMap<u32, CancellationToken>>,
+}
+
+#[napi]
+impl NativeForwardProxy {
+    #[napi(constructor)]
+    pub fn new(auth_token: String, options: Option<NativeOptions>) -> Result<Self> {
+        let opts = options.unwrap_or_default().into_core();
+        Ok(NativeForwardProxy {
+            inner: ForwardProxy::new(auth_token, opts).map_err(err)?,
+            ops: Mutex::new(HashMap::new()),
+        })
+    }
+
+    #[napi]
+    pub fn set_event_listener(&self, listener: Option<Listener>) {
+        self.inner.set_event_sink(listener.map(convert::sink));
+    }
+
+    #[napi]
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        &self,
+        proxy_host: String,
+        proxy_port: u32,
+        egress_host: String,
+        egress_port: u32,
+        key_private_pem: Option<String>,
+        cert_chain_pem: Option<String>,
+        auth_token: Option<String>,
+    ) -> Result<()> {
+        let start = ForwardStart {
+            proxy_addr: addr("proxyHost", &proxy_host, proxy_port)?,
+            egress_addr: addr("egressHost", &egress_host, egress_port)?,
+            tls: convert::tls(key_private_pem, cert_chain_pem),
+        };
+        if let Some(token) = auth_token {
+            self.inner.set_auth_token(token);
+        }
+        self.inner.start(start).await.map_err(err)
+    }
+
+    #[napi]
+    pub async fn stop(&self) -> Result<()> {
+        self.inner.stop().await.map_err(err)
+    }
+
+    #[napi]
+    pub fn node_id(&self) -> Result<String> {
+        self.inner.node_id().map(|n| n.to_string()).map_err(err)
+    }
+
+    #[napi]
+    pub fn proxy_host(&self) -> Result<String> {
+        self.inner
+            .proxy_addr()
+            .map(|a| a.ip().to_string())
+            .map_err(err)
+    }
+
+    #[napi]
+    pub fn proxy_port(&self) -> Result<u32> {
+        self.inner
+            .proxy_addr()
+            .map(|a| a.port() as u32)
+            .map_err(err)
+    }
+
+    #[napi]
+    pub fn egress_host(&self) -> Result<String> {
+        self.inner
+            .egress_addr()
+            .map(|a| a.ip().to_string())
+            .map_err(err)
+    }
+
+    #[napi]
+    pub fn egress_port(&self) -> Result<u32> {
+        self.inner
+            .egress_addr()
+            .map(|a| a.port() as u32)
+            .map_err(err)
+    }
+
+    /// Opens a connection; `op_id` lets `abort(op_id)` cancel it.
+    #[napi]
+    pub async fn open_connection(
+        &self,
+        host: String,
+        port: u32,
+        node_id: Option<String>,
+        timeout_ms: Option<f64>,
+        op_id: Option<u32>,
+    ) -> Result<NativeConnectionInfo> {
+        let target = addr("host", &host, port)?;
+        let pin = convert::node_id(node_id)?;
+        let token = op_id.map(|id| {
+            let t = CancellationToken::new();
+            self.ops.lock().expect("ops lock").insert(id, t.clone());
+            t
+        });
+        let r = self
+            .inner
+            .open_connection(target, pin, timeout_ms.map(convert::ms), token)
+            .await;
+        if let Some(id) = op_id {
+            self.ops.lock().expect("ops lock").remove(&id);
+        }
+        r.map(Into::into).map_err(err)
+    }
+
+    #[napi]
+    pub fn abort(&self, op_id: u32) {
+        if let Some(t) = self.ops.lock().expect("ops lock").remove(&op_id) {
+            t.cancel();
+        }
+    }
+
+    #[napi]
+    pub async fn close_connection(&self, host: String, port: u32) -> Result<()> {
+        self.inner
+            .close_connection(addr("host", &host, port)?)
+            .await
+            .map_err(err)
+    }
+
+    #[napi]
+    pub fn add_direct_connection(&self, host: String, port: u32) -> Result<()> {
+        self.inner
+            .add_direct_connection(addr("host", &host, port)?)
+            .map_err(err)
+    }
+
+    #[napi]
+    pub fn remove_connection(&self, host: String, port: u32) -> Result<()> {
+        self.inner
+            .remove_connection(addr("host", &host, port)?)
+            .map_err(err)
+    }
+
+    #[napi]
+    pub fn connection_count(&self) -> Result<u32> {
+        self.inner.connection_count().map(|n| n as u32).map_err(err)
+    }
+
+    #[napi]
+    pub fn info_by_ingress(&self, host: String, port: u32) -> Result<Option<NativeConnectionInfo>> {
+        let info = self
+            .inner
+            .connection_info_by_ingress(addr("host", &host, port)?)
+            .map_err(err)?;
+        Ok(info.map(Into::into))
+    }
+
+    #[napi]
+    pub fn info_by_client(&self, host: String, port: u32) -> Result<Option<NativeConnectionInfo>> {
+        let info = self
+            .inner
+            .connection_info_by_client(addr("clientHost", &host, port)?)
+            .map_err(err)?;
+        Ok(info.map(Into::into))
+    }
+
+    #[napi]
+    pub fn set_tls_config(&self, key_private_pem: String, cert_chain_pem: String) -> Result<()> {
+        let tls = keynet_core::TlsConfig {
+            key_private_pem,
+            cert_chain_pem,
+        };
+        self.inner.set_tls_config(&tls).map_err(err)
+    }
+}

@@ -1,0 +1,191 @@
+//! `NativeReverseProxy`: the binding of keynet-core's ReverseProxy.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use keynet_core::{CancellationToken, ReverseProxy, ReverseStart};
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+
+use crate::convert::{self, addr, err, Listener, NativeConnectionInfo, NativeOptions};
+
+#[napi]
+pub struct NativeReverseProxy {
+    inner: ReverseProxy,
+    ops: Mutex<HashMap<u32, CancellationToken>>,
+}
+
+#[napi]
+impl NativeReverseProxy {
+    #[napi(constructor)]
+    pub fn new(options: Option<NativeOptions>) -> Result<Self> {
+        let opts = options.unwrap_or_default().into_core();
+        Ok(NativeReverseProxy {
+            inner: ReverseProxy::new(opts).map_err(err)?,
+            ops: Mutex::new(HashMap::new()),
+        })
+    }
+
+    #[napi]
+    pub fn set_event_listener(&self, listener: Option<Listener>) {
+        self.inner.set_event_sink(listener.map(convert::sink));
+    }
+
+    #[napi]
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        &self,
+        server_host: String,
+        server_port: u32,
+        ingress_host: String,
+        ingress_port: u32,
+        key_private_pem: Option<String>,
+        cert_chain_pem: Option<String>,
+        allowed_node_ids: Option<Vec<String>>,
+    ) -> Result<()> {
+        let allowed = match allowed_node_ids {
+            Some(ids) => Some(
+                ids.into_iter()
+                    .map(|s| convert::node_id(Some(s)).map(|o| o.expect("some in, some out")))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            None => None,
+        };
+        let start = ReverseStart {
+            server_addr: addr("serverHost", &server_host, server_port)?,
+            ingress_addr: addr("ingressHost", &ingress_host, ingress_port)?,
+            tls: convert::tls(key_private_pem, cert_chain_pem),
+            allowed_node_ids: allowed,
+        };
+        self.inner.start(start).await.map_err(err)
+    }
+
+    #[napi]
+    pub async fn stop(&self) -> Result<()> {
+        self.inner.stop().await.map_err(err)
+    }
+
+    #[napi]
+    pub fn node_id(&self) -> Result<String> {
+        self.inner.node_id().map(|n| n.to_string()).map_err(err)
+    }
+
+    #[napi]
+    pub fn ingress_host(&self) -> Result<String> {
+        self.inner
+            .ingress_addr()
+            .map(|a| a.ip().to_string())
+            .map_err(err)
+    }
+
+    #[napi]
+    pub fn ingress_port(&self) -> Result<u32> {
+        self.inner
+            .ingress_addr()
+            .map(|a| a.port() as u32)
+            .map_err(err)
+    }
+
+    #[napi]
+    pub fn server_host(&self) -> Result<String> {
+        self.inner
+            .server_addr()
+            .map(|a| a.ip().to_string())
+            .map_err(err)
+    }
+
+    #[napi]
+    pub fn server_port(&self) -> Result<u32> {
+        self.inner
+            .server_addr()
+            .map(|a| a.port() as u32)
+            .map_err(err)
+    }
+
+    /// Punches toward a forward proxy until its connection arrives; resolves whether it did.
+    #[napi]
+    pub async fn punch(
+        &self,
+        host: String,
+        port: u32,
+        attempts: u32,
+        timeout_ms: Option<f64>,
+        op_id: Option<u32>,
+    ) -> Result<bool> {
+        let target = addr("egressHost", &host, port)?;
+        let token = op_id.map(|id| {
+            let t = CancellationToken::new();
+            self.ops.lock().expect("ops lock").insert(id, t.clone());
+            t
+        });
+        let r = self
+            .inner
+            .punch_toward(target, attempts, timeout_ms.map(convert::ms), token)
+            .await;
+        if let Some(id) = op_id {
+            self.ops.lock().expect("ops lock").remove(&id);
+        }
+        r.map_err(err)
+    }
+
+    #[napi]
+    pub fn abort(&self, op_id: u32) {
+        if let Some(t) = self.ops.lock().expect("ops lock").remove(&op_id) {
+            t.cancel();
+        }
+    }
+
+    #[napi]
+    pub async fn close_connection(&self, host: String, port: u32) -> Result<()> {
+        self.inner
+            .close_connection(addr("egressHost", &host, port)?)
+            .await
+            .map_err(err)
+    }
+
+    #[napi]
+    pub fn add_direct_connection(&self, host: String, port: u32) -> Result<()> {
+        self.inner
+            .add_direct_connection(addr("host", &host, port)?)
+            .map_err(err)
+    }
+
+    #[napi]
+    pub fn remove_connection(&self, host: String, port: u32) -> Result<()> {
+        self.inner
+            .remove_connection(addr("host", &host, port)?)
+            .map_err(err)
+    }
+
+    #[napi]
+    pub fn connection_count(&self) -> Result<u32> {
+        self.inner.connection_count().map(|n| n as u32).map_err(err)
+    }
+
+    #[napi]
+    pub fn info_by_egress(&self, host: String, port: u32) -> Result<Option<NativeConnectionInfo>> {
+        let info = self
+            .inner
+            .connection_info_by_egress(addr("egressHost", &host, port)?)
+            .map_err(err)?;
+        Ok(info.map(Into::into))
+    }
+
+    #[napi]
+    pub fn info_by_proxy(&self, host: String, port: u32) -> Result<Option<NativeConnectionInfo>> {
+        let info = self
+            .inner
+            .connection_info_by_proxy(addr("proxyHost", &host, port)?)
+            .map_err(err)?;
+        Ok(info.map(Into::into))
+    }
+
+    #[napi]
+    pub fn set_tls_config(&self, key_private_pem: String, cert_chain_pem: String) -> Result<()> {
+        let tls = keynet_core::TlsConfig {
+            key_private_pem,
+            cert_chain_pem,
+        };
+        self.inner.set_tls_config(&tls).map_err(err)
+    }
+}
