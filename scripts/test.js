@@ -1,0 +1,21 @@
+'use strict'
+// `npm test`: the Rust tests of every workspace crate but the binding (napi crates do not link
+// under `cargo test`), then the native build, then the ava suite. Stops at the first failure.
+const { spawnSync } = require('node:child_process')
+const path = require('node:path')
+
+const root = path.join(__dirname, '..')
+const env = { CARGO_BUILD_JOBS: '2', ...process.env }
+
+function run(title, cmd, args) {
+  console.log(`\n=== ${title}: ${cmd} ${args.join(' ')}`)
+  const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit', env })
+  if (r.status !== 0) {
+    console.error(`\n=== ${title} failed (exit ${r.status ?? r.signal})`)
+    process.exit(r.status || 1)
+  }
+}
+
+run('rust tests', 'cargo', ['test', '--workspace', '--exclude', 'keynet'])
+run('native build', 'node', ['scripts/ensure-built.js'])
+run('ava', 'npx', ['ava', ...process.argv.slice(2)])
