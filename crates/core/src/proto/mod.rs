@@ -1,4 +1,6 @@
-//! Sans-IO wire formats: the HTTP CONNECT head and the tunnel header on each QUIC stream.
+//! Sans-IO wire formats and state machines: the HTTP CONNECT head, the tunnel header on each
+//! QUIC stream, and hole punching.
 
 pub mod connect;
+pub mod punch;
 pub mod tunnel;
