@@ -1,6 +1,7 @@
 //! One UDP socket per proxy, shared by quinn and by punch datagrams. [`KeynetSocket`] wraps
-//! quinn's socket and takes punch datagrams out of what quinn receives; it can send punch
-//! datagrams from the same port, which is what opens NAT mappings for the QUIC packets.
+//! quinn's socket, takes punch datagrams out of what quinn receives and hands them to the punch
+//! session registered for their source address; it sends punch datagrams from the same port,
+//! which is what opens NAT mappings for the QUIC packets that follow.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,28 +10,22 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 
 use crate::error::Result;
+use crate::proto::punch;
 
-/// A punch datagram. QUIC packets always have the fixed bit (0x40) of their first byte set (we
-/// turn off RFC 9287 greasing on our endpoints), so a first byte of 0 can never be QUIC.
-pub const PUNCH: [u8; 8] = [0x00, b'K', b'N', b'P', 1, 1, 0, 0];
-
-/// Whether a datagram is a keynet punch datagram.
-pub fn is_punch(datagram: &[u8]) -> bool {
-    datagram.len() == PUNCH.len() && datagram[0] & 0x40 == 0 && datagram[1..4] == PUNCH[1..4]
-}
+/// Punch datagrams queued per session before further ones are dropped (they repeat anyway).
+const SESSION_QUEUE: usize = 64;
 
 /// quinn's UDP socket with punch datagrams demultiplexed out.
 pub struct KeynetSocket {
     inner: Arc<dyn AsyncUdpSocket>,
-    punches: Mutex<HashMap<SocketAddr, Instant>>,
-    punch_seen: Notify,
+    sessions: Mutex<HashMap<SocketAddr, (u64, mpsc::Sender<[u8; punch::LEN]>)>>,
+    next_session: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for KeynetSocket {
@@ -41,41 +36,107 @@ impl fmt::Debug for KeynetSocket {
     }
 }
 
+/// Punch datagrams arriving from one address, while the session lives.
+pub struct PunchSession {
+    socket: Arc<KeynetSocket>,
+    peer: SocketAddr,
+    id: u64,
+    /// Datagrams from `peer`.
+    pub rx: mpsc::Receiver<[u8; punch::LEN]>,
+}
+
+impl Drop for PunchSession {
+    fn drop(&mut self) {
+        let mut map = self.socket.sessions.lock().expect("sessions lock");
+        if map.get(&self.peer).is_some_and(|(id, _)| *id == self.id) {
+            map.remove(&self.peer);
+        }
+    }
+}
+
 impl KeynetSocket {
-    /// Sends one punch datagram to `to` (fire and forget: a full send buffer drops it).
-    pub fn send_punch(&self, to: SocketAddr) {
+    /// Sends one datagram to `to`, waiting (at most a second) for the socket to be writable.
+    pub async fn send_to(&self, to: SocketAddr, datagram: &[u8]) {
         let transmit = Transmit {
             destination: to,
             ecn: None,
-            contents: &PUNCH,
+            contents: datagram,
             segment_size: None,
             src_ip: None,
         };
-        if let Err(e) = self.inner.try_send(&transmit) {
-            tracing::trace!(%to, error = %e, "punch datagram not sent");
+        let mut poller: Option<Pin<Box<dyn UdpPoller>>> = None;
+        let send = async {
+            loop {
+                match self.inner.try_send(&transmit) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        let p = poller.get_or_insert_with(|| self.inner.clone().create_io_poller());
+                        if std::future::poll_fn(|cx| p.as_mut().poll_writable(cx))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::trace!(%to, error = %e, "punch datagram not sent");
+                        return;
+                    }
+                    Ok(()) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
+    }
+
+    /// Starts receiving the punch datagrams that `peer` sends (replacing an older session).
+    pub fn register(self: &Arc<Self>, peer: SocketAddr) -> PunchSession {
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let id = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .insert(peer, (id, tx));
+        PunchSession {
+            socket: self.clone(),
+            peer,
+            id,
+            rx,
         }
     }
 
-    /// When a punch datagram from `from` was last received.
-    pub fn last_punch_from(&self, from: &SocketAddr) -> Option<Instant> {
-        self.punches.lock().expect("punch map").get(from).copied()
-    }
-
-    /// Resolves when the next punch datagram arrives (from anyone).
-    pub async fn punch_received(&self) {
-        self.punch_seen.notified().await
-    }
-
-    fn record_punch(&self, from: SocketAddr) {
-        let mut map = self.punches.lock().expect("punch map");
-        if map.len() > 4096 {
-            // Bound the memory a flood of spoofed sources can take.
-            let cutoff = Instant::now() - std::time::Duration::from_secs(60);
-            map.retain(|_, t| *t > cutoff);
+    /// This socket's address as `peer` will see it before any NAT: the bound address, with an
+    /// unspecified IP replaced by the one the kernel routes toward `peer` from.
+    pub fn local_toward(&self, peer: SocketAddr) -> SocketAddr {
+        let mut local = self
+            .inner
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        if local.ip().is_unspecified() {
+            let any: SocketAddr = if peer.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            if let Ok(probe) = std::net::UdpSocket::bind(any) {
+                if probe.connect(peer).is_ok() {
+                    if let Ok(a) = probe.local_addr() {
+                        local.set_ip(a.ip());
+                    }
+                }
+            }
         }
-        map.insert(from, Instant::now());
-        drop(map);
-        self.punch_seen.notify_waiters();
+        local
+    }
+
+    fn deliver_punch(&self, from: SocketAddr, datagram: &[u8]) {
+        let map = self.sessions.lock().expect("sessions lock");
+        if let Some((_, tx)) = map.get(&from) {
+            let mut d = [0u8; punch::LEN];
+            d.copy_from_slice(datagram);
+            let _ = tx.try_send(d);
+        }
     }
 }
 
@@ -106,8 +167,8 @@ impl AsyncUdpSocket for KeynetSocket {
                 let (mut read, mut write) = (0, 0);
                 while read < m.len {
                     let end = (read + stride).min(m.len);
-                    if is_punch(&buf[read..end]) {
-                        self.record_punch(m.addr);
+                    if punch::is_punch(&buf[read..end]) {
+                        self.deliver_punch(m.addr, &buf[read..end]);
                     } else {
                         if write != read {
                             buf.copy_within(read..end, write);
@@ -154,8 +215,8 @@ pub fn bind(
     let inner = runtime.wrap_udp_socket(std_socket)?;
     let socket = Arc::new(KeynetSocket {
         inner,
-        punches: Mutex::new(HashMap::new()),
-        punch_seen: Notify::new(),
+        sessions: Mutex::new(HashMap::new()),
+        next_session: Default::default(),
     });
     let mut config = quinn::EndpointConfig::default();
     config.grease_quic_bit(false);
@@ -168,13 +229,28 @@ pub fn bind(
 mod tests {
     use super::*;
 
-    #[test]
-    fn punch_is_never_quic() {
-        assert!(is_punch(&PUNCH));
-        assert_eq!(PUNCH[0] & 0x40, 0);
-        let mut quic = PUNCH;
-        quic[0] |= 0x40;
-        assert!(!is_punch(&quic));
-        assert!(!is_punch(&PUNCH[..7]));
+    #[tokio::test]
+    async fn punches_reach_their_session_and_never_quinn() {
+        let (ep_a, sock_a) = bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let (ep_b, sock_b) = bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let a = ep_a.local_addr().unwrap();
+        let b = ep_b.local_addr().unwrap();
+        let mut session = sock_b.register(a);
+        let p = punch::Packet {
+            kind: punch::Kind::Punch,
+            nonce: 5,
+            sender_local: a,
+            observed: None,
+        }
+        .encode();
+        sock_a.send_to(b, &p).await;
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), session.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, p);
+        assert_eq!(sock_b.local_toward(a), b);
+        drop(session);
+        assert!(sock_b.sessions.lock().unwrap().is_empty());
     }
 }

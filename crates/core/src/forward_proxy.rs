@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::{self, KeynetSocket};
 use crate::error::{Error, Result};
-use crate::events::{ConnectionInfo, EventSink, Path};
+use crate::events::{ConnectionInfo, EventSink};
+use crate::holepunch::{PunchDriver, PunchEvent};
 use crate::identity::{LoadedIdentity, TlsConfig};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
@@ -163,12 +164,7 @@ impl ForwardProxy {
         let grace = self.inner.opts.end_time;
         let _ = tokio::time::timeout(grace, running.endpoint.wait_idle()).await;
         // Let connection watchers report their close events, then cancel what remains.
-        let _ = tokio::time::timeout(grace, async {
-            while running.tracker.count() > 0 {
-                running.tracker.changed().await;
-            }
-        })
-        .await;
+        let _ = tokio::time::timeout(grace, running.tracker.wait_until(|t| t.count() == 0)).await;
         if !running.tasks.shutdown(grace + Duration::from_secs(1)).await {
             tracing::warn!("forward proxy tasks did not end within the grace period");
         }
@@ -243,7 +239,7 @@ impl ForwardProxy {
     ) -> Result<ConnectionInfo> {
         let running = self.running()?;
         let budget = timeout.unwrap_or(self.inner.opts.connect_time);
-        let dial = self.connect(&running, addr, pin, budget, true);
+        let dial = self.connect(&running, addr, pin, budget);
         let peer = match cancel {
             Some(token) => tokio::select! {
                 r = dial => r?,
@@ -285,7 +281,6 @@ impl ForwardProxy {
         addr: SocketAddr,
         pin: Option<NodeId>,
         budget: Duration,
-        punch: bool,
     ) -> Result<Arc<Peer>> {
         let deadline = Instant::now() + budget;
         let timed_out = || Error::ConnectionStartTimeout(budget.as_millis() as u64);
@@ -324,34 +319,48 @@ impl ForwardProxy {
             outcome.clone(),
             self.inner.opts.transport(),
         )?;
-        let connecting = running
-            .endpoint
-            .connect_with(config, addr, SERVER_NAME)
-            .map_err(|e| Error::ConnectionStart(format!("{addr}: {e}")))?;
-        let punching = async {
-            if !punch {
-                return std::future::pending().await;
-            }
-            let mut tick = tokio::time::interval(self.inner.opts.punch_interval);
-            loop {
-                tick.tick().await;
-                running.socket.send_punch(addr);
-            }
+        let dial = || {
+            running
+                .endpoint
+                .connect_with(config.clone(), addr, SERVER_NAME)
+                .map_err(|e| Error::ConnectionStart(format!("{addr}: {e}")))
         };
-        let started = Instant::now();
-        let conn = tokio::select! {
-            r = tokio::time::timeout_at(deadline.into(), connecting) => match r {
-                Err(_) => return Err(timed_out()),
-                Ok(Err(e)) => {
-                    if let Some(cert) = outcome.lock().expect("outcome lock").take() {
-                        return Err(cert.into());
+        let mut connecting = dial()?;
+        let mut attempt_started = Instant::now();
+        let mut restarts = 0;
+        let mut punch = PunchDriver::start(
+            &running.socket,
+            addr,
+            self.inner.opts.punch_interval,
+            budget,
+            u32::MAX,
+        );
+        let conn = loop {
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline.into(), &mut connecting) => match r {
+                    Err(_) => return Err(timed_out()),
+                    Ok(Err(e)) => {
+                        if let Some(cert) = outcome.lock().expect("outcome lock").take() {
+                            return Err(cert.into());
+                        }
+                        return Err(Error::ConnectionStart(format!("{addr}: {e}")));
                     }
-                    return Err(Error::ConnectionStart(format!("{addr}: {e}")));
+                    Ok(Ok(conn)) => break conn,
+                },
+                PunchEvent::PathOpened = punch.next_event() => {
+                    // The path just opened. An attempt still pending after a while had its
+                    // Initial packets dropped by a NAT and waits for a backed-off retransmit:
+                    // start a fresh handshake now instead.
+                    if attempt_started.elapsed() > RESTART_AFTER && restarts < MAX_RESTARTS {
+                        tracing::debug!(%addr, "path opened: restarting the handshake");
+                        connecting = dial()?;
+                        attempt_started = Instant::now();
+                        restarts += 1;
+                    }
                 }
-                Ok(Ok(conn)) => conn,
-            },
-            _ = punching => unreachable!("punching never ends"),
+            }
         };
+        punch.connected();
         let peer_certs = conn
             .peer_identity()
             .and_then(|id| {
@@ -365,10 +374,7 @@ impl ForwardProxy {
             &accept,
             time::OffsetDateTime::now_utc().unix_timestamp(),
         )?;
-        let path = match running.socket.last_punch_from(&addr) {
-            Some(t) if t >= started => Path::Punched,
-            _ => Path::Direct,
-        };
+        let path = punch.path();
         let peer = Arc::new(Peer::new(conn, node_id, path));
         running.tracker.insert(peer.clone());
         tracing::debug!(%addr, %node_id, path = path.as_str(), "connection established");
@@ -443,9 +449,7 @@ impl ForwardProxy {
         };
         let deadline = Instant::now() + budget;
         let opened = tokio::time::timeout_at(deadline.into(), async {
-            let peer = self
-                .connect(running, target.addr, pin, budget, false)
-                .await?;
+            let peer = self.connect(running, target.addr, pin, budget).await?;
             let (send, recv) = open_tunnel(&peer).await?;
             Ok::<_, Error>((peer, send, recv))
         })
@@ -478,6 +482,11 @@ impl ForwardProxy {
         }
     }
 }
+
+/// A pending handshake older than this is restarted when the punched path opens.
+const RESTART_AFTER: Duration = Duration::from_millis(150);
+/// Restarts per dial.
+const MAX_RESTARTS: u32 = 3;
 
 /// Most concurrent CONNECT clients; more wait in the listen backlog.
 const MAX_CLIENTS: usize = 8192;

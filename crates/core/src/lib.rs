@@ -6,6 +6,7 @@ pub mod endpoint;
 pub mod error;
 pub mod events;
 pub mod forward_proxy;
+pub mod holepunch;
 pub mod identity;
 pub mod nodeid;
 pub mod options;

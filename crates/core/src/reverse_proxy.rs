@@ -17,6 +17,7 @@ use crate::endpoint::{self, KeynetSocket};
 use crate::error::{Error, Result};
 use crate::events::{ConnectionInfo, EventSink, Path};
 use crate::forward_proxy::wait_released;
+use crate::holepunch::{PunchDriver, PunchEvent};
 use crate::identity::{LoadedIdentity, TlsConfig};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
@@ -63,6 +64,8 @@ struct Running {
     server_addr: SocketAddr,
     node_id: NodeId,
     accept: Acceptable,
+    /// Path of addresses this proxy is punching toward, as learnt from the punch exchange.
+    punch_paths: Mutex<HashMap<SocketAddr, Path>>,
     /// Local TCP address of each server connection -> the calling connection.
     by_proxy: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
 }
@@ -125,6 +128,7 @@ impl ReverseProxy {
             server_addr: start.server_addr,
             node_id,
             accept,
+            punch_paths: Mutex::new(HashMap::new()),
             by_proxy: Mutex::new(HashMap::new()),
         });
         *self.inner.running.write().expect("running lock") = Some(running.clone());
@@ -145,12 +149,7 @@ impl ReverseProxy {
             .close(0u32.into(), reason::STOPPED.as_bytes());
         let grace = self.inner.opts.end_time;
         let _ = tokio::time::timeout(grace, running.endpoint.wait_idle()).await;
-        let _ = tokio::time::timeout(grace, async {
-            while running.tracker.count() > 0 {
-                running.tracker.changed().await;
-            }
-        })
-        .await;
+        let _ = tokio::time::timeout(grace, running.tracker.wait_until(|t| t.count() == 0)).await;
         if !running.tasks.shutdown(grace + Duration::from_secs(1)).await {
             tracing::warn!("reverse proxy tasks did not end within the grace period");
         }
@@ -237,28 +236,37 @@ impl ReverseProxy {
         running.tracker.register(addr, None);
         let budget = timeout.unwrap_or(self.inner.opts.connect_time);
         let cancel = cancel.unwrap_or_default();
-        let wait = async {
-            let mut sent = 0u32;
-            let mut tick = tokio::time::interval(self.inner.opts.punch_interval);
+        let mut punch = PunchDriver::start(
+            &running.socket,
+            addr,
+            self.inner.opts.punch_interval,
+            budget,
+            attempts,
+        );
+        let connected = async {
             loop {
-                if running.tracker.get(&addr).is_some() {
-                    return true;
-                }
                 tokio::select! {
-                    _ = tick.tick() => {
-                        if sent < attempts {
-                            running.socket.send_punch(addr);
-                            sent += 1;
-                        }
+                    _ = running.tracker.wait_until(|t| t.get(&addr).is_some()) => return,
+                    PunchEvent::PathOpened = punch.next_event() => {
+                        running.punch_paths.lock().expect("punch paths lock").insert(addr, punch.path());
                     }
-                    _ = running.tracker.changed() => {}
                 }
             }
         };
-        tokio::select! {
-            r = tokio::time::timeout(budget, wait) => Ok(r.unwrap_or(false)),
-            _ = cancel.cancelled() => Err(Error::Aborted),
+        let up = tokio::select! {
+            r = tokio::time::timeout(budget, connected) => r.is_ok(),
+            _ = cancel.cancelled() => return Err(Error::Aborted),
+        };
+        punch.connected();
+        running
+            .punch_paths
+            .lock()
+            .expect("punch paths lock")
+            .remove(&addr);
+        if let Some(peer) = running.tracker.get(&addr) {
+            peer.set_path(punch.path());
         }
+        Ok(up)
     }
 
     /// Closes the connection from `addr` and forgets it; waits up to `connEndTime`.
@@ -324,10 +332,13 @@ impl ReverseProxy {
             &running.accept,
             time::OffsetDateTime::now_utc().unix_timestamp(),
         )?;
-        let path = match running.socket.last_punch_from(&remote) {
-            Some(_) if running.tracker.registration(&remote).is_some() => Path::Punched,
-            _ => Path::Direct,
-        };
+        let path = running
+            .punch_paths
+            .lock()
+            .expect("punch paths lock")
+            .get(&remote)
+            .copied()
+            .unwrap_or(Path::Direct);
         let peer = Arc::new(Peer::new(conn, node_id, path));
         running.tracker.insert(peer.clone());
         tracing::debug!(%remote, %node_id, "accepted connection");

@@ -79,6 +79,11 @@ impl Peer {
             .is_ok()
     }
 
+    /// Sets the path (the punch exchange may finish after the handshake).
+    pub fn set_path(&self, path: Path) {
+        *self.path.lock().expect("path lock") = path;
+    }
+
     /// The current path.
     pub fn path(&self) -> Path {
         *self.path.lock().expect("path lock")
@@ -132,7 +137,9 @@ struct Entry {
     /// Registered by the caller (kept when the connection dies, so a later CONNECT redials).
     registered: bool,
     pin: Option<NodeId>,
-    peer: Option<Arc<Peer>>,
+    /// Live connections from/to this address, newest last. Normally one; briefly two when a
+    /// peer restarted its handshake and the older one has not closed yet.
+    peers: Vec<Arc<Peer>>,
     dialing: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -188,7 +195,7 @@ impl Tracker {
     /// The live connection to `addr`.
     pub fn get(&self, addr: &SocketAddr) -> Option<Arc<Peer>> {
         let map = self.entries.lock().expect("tracker lock");
-        map.get(addr).and_then(|e| e.peer.clone())
+        map.get(addr).and_then(|e| e.peers.last().cloned())
     }
 
     /// The lock serialising dials to `addr` (one QUIC connection per address).
@@ -200,28 +207,33 @@ impl Tracker {
     /// Number of live connections.
     pub fn count(&self) -> usize {
         let map = self.entries.lock().expect("tracker lock");
-        map.values().filter(|e| e.peer.is_some()).count()
+        map.values().filter(|e| !e.peers.is_empty()).count()
     }
 
     /// Every live connection.
     pub fn peers(&self) -> Vec<Arc<Peer>> {
         let map = self.entries.lock().expect("tracker lock");
-        map.values().filter_map(|e| e.peer.clone()).collect()
+        map.values().flat_map(|e| e.peers.iter().cloned()).collect()
     }
 
-    /// Resolves when a connection is added or removed.
-    pub async fn changed(&self) {
-        self.changed.notified().await
+    /// Resolves once `done(self)` holds, re-checking whenever a connection is added or removed.
+    pub async fn wait_until(&self, done: impl Fn(&Tracker) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Adds an established connection, emits `connection`, and watches it until it closes.
     pub fn insert(self: &Arc<Self>, peer: Arc<Peer>) {
         {
             let mut map = self.entries.lock().expect("tracker lock");
-            let e = map.entry(peer.remote).or_default();
-            if let Some(old) = e.peer.replace(peer.clone()) {
-                old.close(reason::LOCAL);
-            }
+            map.entry(peer.remote).or_default().peers.push(peer.clone());
         }
         self.changed.notify_waiters();
         self.emit(EventKind::Connection, &peer, None);
@@ -233,10 +245,8 @@ impl Tracker {
             {
                 let mut map = me.entries.lock().expect("tracker lock");
                 if let Some(e) = map.get_mut(&peer.remote) {
-                    if e.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, &peer)) {
-                        e.peer = None;
-                    }
-                    if !e.registered && e.peer.is_none() && Arc::strong_count(&e.dialing) == 1 {
+                    e.peers.retain(|p| !Arc::ptr_eq(p, &peer));
+                    if !e.registered && e.peers.is_empty() && Arc::strong_count(&e.dialing) == 1 {
                         map.remove(&peer.remote);
                     }
                 }
@@ -246,15 +256,15 @@ impl Tracker {
         });
     }
 
-    /// Forgets `addr` and closes its connection; returns the connection that was closed.
+    /// Forgets `addr` and closes its connections; returns the newest one that was closed.
     pub fn remove(&self, addr: &SocketAddr, why: &'static str) -> Option<Arc<Peer>> {
         let entry = self.entries.lock().expect("tracker lock").remove(addr);
-        let peer = entry.and_then(|e| e.peer);
-        if let Some(p) = &peer {
+        let peers = entry.map(|e| e.peers).unwrap_or_default();
+        for p in &peers {
             p.close(why);
         }
         self.changed.notify_waiters();
-        peer
+        peers.last().cloned()
     }
 
     /// Closes every connection with `why`.
