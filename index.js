@@ -137,6 +137,8 @@ function connOptions(opts) {
     connKeepAliveIntervalTime: checkTime('connKeepAliveIntervalTime', opts.connKeepAliveIntervalTime),
     connPunchIntervalTime: checkTime('connPunchIntervalTime', opts.connPunchIntervalTime),
     connEndTime: checkTime('connEndTime', opts.connEndTime),
+    // Test-only (the NAT lab proves its keepalive test can fail); not part of the API.
+    disableKeepAlive: opts._disableKeepAlive === true ? true : undefined,
   }
 }
 

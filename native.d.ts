@@ -91,6 +91,8 @@ export interface NativeOptions {
   connKeepAliveIntervalTime?: number
   connPunchIntervalTime?: number
   connEndTime?: number
+  /** Test-only: no keepalives. */
+  disableKeepAlive?: boolean
 }
 
 /** Node id of the first certificate in a PEM string. */

@@ -64,6 +64,8 @@ pub struct NativeOptions {
     pub conn_keep_alive_interval_time: Option<f64>,
     pub conn_punch_interval_time: Option<f64>,
     pub conn_end_time: Option<f64>,
+    /// Test-only: no keepalives.
+    pub disable_keep_alive: Option<bool>,
 }
 
 impl NativeOptions {
@@ -85,6 +87,7 @@ impl NativeOptions {
                 .map(ms)
                 .unwrap_or(d.punch_interval),
             end_time: self.conn_end_time.map(ms).unwrap_or(d.end_time),
+            keepalive_disabled: self.disable_keep_alive.unwrap_or(false),
         }
     }
 }

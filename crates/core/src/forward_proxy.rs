@@ -360,6 +360,7 @@ impl ForwardProxy {
                 }
             }
         };
+        punch.settle(conn.rtt()).await;
         punch.connected();
         let peer_certs = conn
             .peer_identity()

@@ -94,9 +94,25 @@ impl PunchDriver {
         self.puncher.connected();
     }
 
+    /// Whether the peer took part in punching (its punch, or its ack of ours, arrived).
+    pub fn peer_took_part(&self) -> bool {
+        self.puncher.peer_punching() || self.puncher.path_confirmed()
+    }
+
+    /// After the handshake: the peer's ack of our first punch travels about as long as the
+    /// handshake did, so give it up to two round trips (bounded) to arrive before the path is
+    /// judged. A peer that does not punch costs that short wait, nothing more.
+    pub async fn settle(&mut self, rtt: Duration) {
+        if self.peer_took_part() {
+            return;
+        }
+        let wait = (rtt * 2).clamp(Duration::from_millis(2), Duration::from_millis(250));
+        let _ = tokio::time::timeout(wait, self.next_event()).await;
+    }
+
     /// `Punched` if the peer punched toward us and a NAT sits between us, else `Direct`.
     pub fn path(&self) -> Path {
-        if self.puncher.peer_punching() && self.puncher.nat_between() {
+        if self.peer_took_part() && self.puncher.nat_between() {
             Path::Punched
         } else {
             Path::Direct

@@ -19,6 +19,8 @@ pub struct ConnOptions {
     pub punch_interval: Duration,
     /// Grace for an orderly close before a hard close (`connEndTime`, 1 s).
     pub end_time: Duration,
+    /// Test-only: send no keepalives (proves the NAT lab's keepalive test can fail).
+    pub keepalive_disabled: bool,
 }
 
 impl Default for ConnOptions {
@@ -29,6 +31,7 @@ impl Default for ConnOptions {
             keepalive_interval: Duration::from_millis(1_000),
             punch_interval: Duration::from_millis(50),
             end_time: Duration::from_millis(1_000),
+            keepalive_disabled: false,
         }
     }
 }
@@ -60,7 +63,11 @@ impl ConnOptions {
     /// The QUIC transport these options imply.
     pub fn transport(&self) -> Arc<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
-        t.keep_alive_interval(Some(self.keepalive_interval));
+        t.keep_alive_interval((!self.keepalive_disabled).then_some(self.keepalive_interval));
+        // Initial packets toward a peer that is still punching are dropped by its NAT; a lower
+        // initial RTT estimate makes quinn retransmit them sooner (and the dial restarts the
+        // handshake as soon as the punched path opens).
+        t.initial_rtt(Duration::from_millis(100));
         // Idle timeout is capped by QUIC's varint range (about 146 years); ours is far below.
         let idle = quinn::IdleTimeout::try_from(self.keepalive_timeout)
             .unwrap_or(quinn::VarInt::MAX.into());

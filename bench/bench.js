@@ -1,0 +1,692 @@
+'use strict'
+// keynet benchmark: a keynet tunnel vs a direct TCP connection, measured side by side in one run.
+//
+//   node bench/bench.js            full run (256 MiB bulk, 5,000 round trips, 200 tunnels, ...)
+//   node bench/bench.js --quick    sizes and counts scaled down ~10x, for smoke runs
+//
+// keynet path:  client --TCP--> ForwardProxy (raw HTTP CONNECT) ==QUIC/UDP==> ReverseProxy --TCP--> server
+// direct path:  client --TCP--> server
+//
+// Everything runs on 127.0.0.1 in this one process: the clients and the servers are plain Node
+// `net` sockets on Node's event loop, and both proxies run on their own Rust threads. The numbers
+// therefore measure this machine's loopback, with the client, server and proxies sharing its cores.
+// Nothing here asserts a speed: the process exits non-zero only when something functionally
+// failed (a tunnel refused, a byte mismatch, a timeout).
+//
+// Set KEYNET_BENCH_PROFILE=debug|release to have the header say which build the binary is.
+
+const net = require('node:net')
+const os = require('node:os')
+const fs = require('node:fs')
+const v8 = require('node:v8')
+const vm = require('node:vm')
+const crypto = require('node:crypto')
+const { fork } = require('node:child_process')
+const { ForwardProxy, ReverseProxy } = require('..')
+
+const QUICK = process.argv.includes('--quick')
+const HOST = '127.0.0.1'
+const MiB = 1024 * 1024
+const KiB = 1024
+
+const CFG = QUICK
+  ? { bulkBytes: 26 * MiB, rttN: 500, rttWarmup: 20, coldN: 3, warmN: 10, concN: 20, concBytes: 256 * KiB }
+  : { bulkBytes: 256 * MiB, rttN: 5000, rttWarmup: 100, coldN: 20, warmN: 100, concN: 200, concBytes: 256 * KiB }
+const RTT_SIZE = 64
+const BULK_CHUNK = 1 * MiB
+const RSS_SAMPLE_MS = 20
+
+// Time limits: every wait below has one.
+const CONNECT_TIMEOUT_MS = 20_000
+const CLOSE_TIMEOUT_MS = 5_000
+const BULK_TIMEOUT_MS = 600_000
+const PHASE_TIMEOUT_MS = 180_000
+const OVERALL_TIMEOUT_MS = 20 * 60_000
+
+// Output piped into `head` and the like: stop writing quietly instead of crashing on EPIPE.
+process.stdout.on('error', (e) => {
+  if (e.code !== 'EPIPE') throw e
+})
+
+v8.setFlagsFromString('--expose-gc')
+const gc = vm.runInNewContext('gc')
+
+const MODE_SINK = 0x53 // 'S': count bytes until FIN, then answer the count (8 bytes, BE) and end
+const MODE_ECHO = 0x45 // 'E': echo every byte, end on FIN
+
+// ---- small helpers ------------------------------------------------------------------------------
+
+const now = () => process.hrtime.bigint()
+const msSince = (t0) => Number(now() - t0) / 1e6
+
+function withTimeout(promise, ms, what, onTimeout) {
+  let timer
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => {
+        if (onTimeout) onTimeout()
+        reject(new Error(`${what}: no result within ${ms} ms`))
+      }, ms)
+    }),
+  ]).finally(() => clearTimeout(timer))
+}
+
+function percentile(sorted, p) {
+  if (!sorted.length) return NaN
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))
+  return sorted[i]
+}
+
+function median(values) {
+  return percentile([...values].sort((a, b) => a - b), 50)
+}
+
+function progress(line) {
+  process.stdout.write(`  ${line}\n`)
+}
+
+/** Resolves on `event`; rejects on 'error' or 'close' (so a dead socket never leaves a wait hanging). */
+function waitEvent(sock, event) {
+  return new Promise((resolve, reject) => {
+    const cleanup = () => {
+      sock.off(event, onEvent)
+      sock.off('error', onError)
+      sock.off('close', onClose)
+    }
+    const onEvent = (v) => { cleanup(); resolve(v) }
+    const onError = (e) => { cleanup(); reject(e) }
+    const onClose = () => { cleanup(); reject(new Error(`socket closed while waiting for '${event}'`)) }
+    sock.on(event, onEvent)
+    sock.once('error', onError)
+    sock.once('close', onClose)
+  })
+}
+
+/** Waits (bounded) until the socket has emitted 'close'; destroys it on timeout. */
+function waitClosed(sock, what) {
+  if (sock.closed) return Promise.resolve()
+  return withTimeout(
+    new Promise((resolve) => sock.once('close', resolve)),
+    CLOSE_TIMEOUT_MS,
+    what,
+    () => sock.destroy(),
+  )
+}
+
+/** Ends the socket and waits (bounded) until it is fully closed. */
+function closeSocket(sock) {
+  if (sock.destroyed) return Promise.resolve()
+  return withTimeout(
+    new Promise((resolve) => {
+      sock.once('close', resolve)
+      sock.on('error', () => {})
+      sock.resume() // read the peer's FIN
+      sock.end()
+    }),
+    CLOSE_TIMEOUT_MS,
+    'socket close',
+    () => sock.destroy(),
+  )
+}
+
+// ---- the server (plain Node net, 127.0.0.1) -------------------------------------------------------
+
+function startServer() {
+  const server = net.createServer({ noDelay: true }, (sock) => {
+    let mode = null
+    let count = 0
+    sock.on('error', () => {})
+    sock.on('data', (d) => {
+      if (mode === null) {
+        mode = d[0]
+        d = d.subarray(1)
+        if (mode !== MODE_SINK && mode !== MODE_ECHO) return sock.destroy()
+      }
+      if (mode === MODE_SINK) {
+        count += d.length
+      } else if (d.length && !sock.write(d)) {
+        sock.pause()
+        sock.once('drain', () => sock.resume())
+      }
+    })
+    sock.on('end', () => {
+      if (mode === MODE_SINK) {
+        const b = Buffer.alloc(8)
+        b.writeBigUInt64BE(BigInt(count))
+        sock.end(b)
+      } else {
+        sock.end()
+      }
+    })
+  })
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(0, HOST, () => resolve(server))
+    }),
+    5000,
+    'server listen',
+  )
+}
+
+// ---- the two ways of reaching the server ------------------------------------------------------------
+
+/** A plain TCP connection; resolves with { sock, ms } once connected (paused). */
+function connectDirect(port) {
+  const t0 = now()
+  const sock = net.connect({ port, host: HOST, noDelay: true })
+  sock.pause()
+  return withTimeout(waitEvent(sock, 'connect'), CONNECT_TIMEOUT_MS, 'TCP connect', () => sock.destroy()).then(
+    () => ({ sock, ms: msSince(t0) }),
+    (e) => { sock.destroy(); throw e },
+  )
+}
+
+/**
+ * A tunnel through the forward proxy: raw HTTP CONNECT, resolves with { sock, ms } after the
+ * `200` head (ms = from net.connect to the head), the socket paused and carrying only tunnel bytes.
+ */
+function connectTunnel({ proxyPort, ingressPort, nodeId, token }) {
+  const t0 = now()
+  const sock = net.connect({ port: proxyPort, host: HOST, noDelay: true })
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0)
+    const done = (err) => {
+      clearTimeout(timer)
+      sock.off('data', onData)
+      sock.off('error', done)
+      sock.off('end', onEnd)
+      if (err) {
+        sock.destroy()
+        reject(err)
+      }
+    }
+    const timer = setTimeout(() => done(new Error(`CONNECT: no answer within ${CONNECT_TIMEOUT_MS} ms`)), CONNECT_TIMEOUT_MS)
+    const onEnd = () => done(new Error('CONNECT: proxy closed the connection before answering'))
+    const onData = (d) => {
+      buf = buf.length ? Buffer.concat([buf, d]) : d
+      const i = buf.indexOf('\r\n\r\n')
+      if (i < 0) {
+        if (buf.length > 16 * KiB) done(new Error('CONNECT: answer head too large'))
+        return
+      }
+      const head = buf.subarray(0, i).toString('latin1')
+      const status = /^HTTP\/1\.[01] (\d{3})/.exec(head)
+      if (!status || status[1] !== '200') return done(new Error(`CONNECT answered '${head.split('\r\n')[0]}'`))
+      const ms = msSince(t0)
+      sock.pause()
+      done()
+      const rest = buf.subarray(i + 4)
+      if (rest.length) sock.unshift(rest)
+      resolve({ sock, ms })
+    }
+    sock.on('data', onData)
+    sock.on('error', done)
+    sock.on('end', onEnd)
+    sock.write(
+      `CONNECT ${HOST}:${ingressPort}?nodeId=${nodeId} HTTP/1.1\r\n` +
+        `Host: ${HOST}:${ingressPort}\r\n` +
+        `Proxy-Authorization: Basic ${Buffer.from(token).toString('base64')}\r\n\r\n`,
+    )
+  })
+}
+
+// ---- the measurements ---------------------------------------------------------------------------------
+
+/**
+ * One-way bulk: writes the sink mode byte and `total` bytes (1 MiB chunks, honouring
+ * backpressure), half-closes, and waits for the server's 8-byte count. The time runs from the
+ * first byte written to the count's arrival: every byte has reached the server (and been read by
+ * it), plus one small reply on the way back.
+ */
+async function bulk(sock, total, chunk) {
+  const cpu0 = process.cpuUsage()
+  const t0 = now()
+  const reply = readExactly(sock, 8, BULK_TIMEOUT_MS)
+  sock.write(Buffer.from([MODE_SINK]))
+  let sent = 0
+  while (sent < total) {
+    const n = Math.min(chunk.length, total - sent)
+    const ok = sock.write(n === chunk.length ? chunk : chunk.subarray(0, n))
+    sent += n
+    if (!ok) await withTimeout(waitEvent(sock, 'drain'), BULK_TIMEOUT_MS, 'bulk drain', () => sock.destroy())
+  }
+  sock.end()
+  const counted = Number((await reply).readBigUInt64BE(0))
+  const ms = msSince(t0)
+  const cpu = process.cpuUsage(cpu0)
+  if (counted !== total) throw new Error(`bulk: the server counted ${counted} bytes, ${total} were sent`)
+  await waitClosed(sock, 'bulk: close after the count')
+  return { ms, mbps: total / 1e6 / (ms / 1000), cpuS: (cpu.user + cpu.system) / 1e6 }
+}
+
+/** Reads exactly `n` bytes (more is an error) from a paused socket. */
+function readExactly(sock, n, timeoutMs) {
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      const chunks = []
+      let got = 0
+      const cleanup = () => {
+        sock.off('data', onData)
+        sock.off('error', reject)
+        sock.off('end', onEnd)
+      }
+      const onData = (d) => {
+        chunks.push(d)
+        got += d.length
+        if (got >= n) {
+          cleanup()
+          if (got > n) return reject(new Error(`expected ${n} bytes, got ${got}`))
+          resolve(Buffer.concat(chunks))
+        }
+      }
+      const onEnd = () => { cleanup(); reject(new Error(`connection ended after ${got} of ${n} bytes`)) }
+      sock.on('data', onData)
+      sock.once('error', reject)
+      sock.once('end', onEnd)
+      sock.resume()
+    }),
+    timeoutMs,
+    'read',
+    () => sock.destroy(),
+  )
+}
+
+/** `n` sequential echo round trips of `size` bytes (after `warmup` uncounted ones); µs each. */
+function pingPong(sock, n, warmup, size) {
+  const payload = crypto.randomBytes(size)
+  const lat = new Float64Array(n)
+  const p = new Promise((resolve, reject) => {
+    let i = -warmup
+    let got = 0
+    let chunks = []
+    let t0
+    const send = () => {
+      t0 = now()
+      sock.write(payload)
+    }
+    const fail = (e) => {
+      sock.off('data', onData)
+      reject(e)
+    }
+    const onData = (d) => {
+      chunks.push(d)
+      got += d.length
+      if (got < size) return
+      const us = Number(now() - t0) / 1e3
+      if (got > size) return fail(new Error(`round trip: ${got} bytes back for ${size}`))
+      const back = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks)
+      if (!back.equals(payload)) return fail(new Error('round trip: echoed bytes differ'))
+      chunks = []
+      got = 0
+      if (i >= 0) lat[i] = us
+      i++
+      if (i === n) {
+        sock.off('data', onData)
+        return resolve()
+      }
+      send()
+    }
+    sock.on('data', onData)
+    sock.once('error', fail)
+    sock.resume()
+    sock.write(Buffer.from([MODE_ECHO]))
+    send()
+  })
+  return withTimeout(p, PHASE_TIMEOUT_MS, 'round trips', () => sock.destroy()).then(() => {
+    const sorted = Array.from(lat).sort((a, b) => a - b)
+    return { p50: percentile(sorted, 50), p99: percentile(sorted, 99), mean: sorted.reduce((a, b) => a + b, 0) / n }
+  })
+}
+
+/**
+ * `n` concurrent connections opened by `open()`, each echoing `size` bytes (its own rotation of
+ * one random buffer, checked byte for byte); wall time from the first open to the last close,
+ * RSS sampled every 20 ms.
+ */
+async function concurrent(n, size, open) {
+  const base = crypto.randomBytes(size)
+  const doubled = Buffer.concat([base, base])
+  gc()
+  await new Promise((r) => setTimeout(r, 100))
+  const rssBefore = process.memoryUsage().rss
+  let rssPeak = rssBefore
+  const sampler = setInterval(() => {
+    rssPeak = Math.max(rssPeak, process.memoryUsage().rss)
+  }, RSS_SAMPLE_MS)
+  const one = async (i) => {
+    const off = (i * 7919) % size
+    const expected = doubled.subarray(off, off + size)
+    const { sock } = await open()
+    const ok = new Promise((resolve, reject) => {
+      let pos = 0
+      sock.on('data', (d) => {
+        if (pos + d.length > size || !d.equals(expected.subarray(pos, pos + d.length))) {
+          sock.destroy()
+          return reject(new Error(`connection ${i}: echoed bytes differ at offset ${pos}`))
+        }
+        pos += d.length
+      })
+      sock.once('end', () => (pos === size ? resolve() : reject(new Error(`connection ${i}: ${pos} of ${size} bytes echoed`))))
+      sock.once('error', reject)
+    })
+    sock.resume()
+    sock.write(Buffer.from([MODE_ECHO]))
+    sock.end(expected)
+    await withTimeout(ok, PHASE_TIMEOUT_MS, `connection ${i}`, () => sock.destroy())
+    await waitClosed(sock, `connection ${i}: close`)
+  }
+  const t0 = now()
+  try {
+    const results = await Promise.allSettled(Array.from({ length: n }, (_, i) => one(i)))
+    const failed = results.filter((r) => r.status === 'rejected')
+    if (failed.length) throw new Error(`${failed.length}/${n} connections failed; first: ${failed[0].reason.message}`)
+  } finally {
+    clearInterval(sampler)
+  }
+  const ms = msSince(t0)
+  rssPeak = Math.max(rssPeak, process.memoryUsage().rss)
+  return { ms, rssBefore, rssPeak }
+}
+
+// ---- output ---------------------------------------------------------------------------------------------
+
+function machineFacts() {
+  const cpus = os.cpus()
+  const nodeFile =
+    Object.keys(require.cache).find((k) => k.endsWith('.node')) ||
+    process.env.NAPI_RS_NATIVE_LIBRARY_PATH ||
+    '(unknown)'
+  let fileFacts = ''
+  try {
+    const st = fs.statSync(nodeFile)
+    fileFacts = ` (${(st.size / 1e6).toFixed(1)} MB, built ${st.mtime.toISOString().replace(/\.\d+Z$/, 'Z')})`
+  } catch {}
+  const profile = process.env.KEYNET_BENCH_PROFILE
+    ? `${process.env.KEYNET_BENCH_PROFILE} (KEYNET_BENCH_PROFILE)`
+    : `not stated (set KEYNET_BENCH_PROFILE=debug|release); ${elfDebugHint(nodeFile)}`
+  return [
+    `machine: ${cpus.length} CPU × ${cpus[0] ? cpus[0].model.trim() : '?'}, ${os.platform()} ${os.release()} ${os.arch()}, ` +
+      `${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, node ${process.version}`,
+    `binary:  ${nodeFile}${fileFacts}, profile: ${profile}`,
+    `setup:   client and servers are in-process Node (net, 127.0.0.1); both proxies run on their own Rust threads in the same process`,
+  ]
+}
+
+/**
+ * A hint only: whether the ELF file still has DWARF line tables. This project's dev profile keeps
+ * them (`debug = "line-tables-only"`) and its release profile strips them (`strip = "symbols"`).
+ */
+function elfDebugHint(file) {
+  try {
+    const b = fs.readFileSync(file)
+    if (b.readUInt32BE(0) !== 0x7f454c46 || b[4] !== 2) return 'not a 64-bit ELF file'
+    const shoff = Number(b.readBigUInt64LE(0x28))
+    const shentsize = b.readUInt16LE(0x3a)
+    const shnum = b.readUInt16LE(0x3c)
+    const strtab = shoff + b.readUInt16LE(0x3e) * shentsize
+    const strOff = Number(b.readBigUInt64LE(strtab + 0x18))
+    const names = []
+    for (let i = 0; i < shnum; i++) {
+      const nameOff = strOff + b.readUInt32LE(shoff + i * shentsize)
+      names.push(b.toString('latin1', nameOff, b.indexOf(0, nameOff)))
+    }
+    return names.includes('.debug_line')
+      ? 'hint: not stripped, has .debug_line (this project\'s dev profile; release is stripped)'
+      : 'hint: stripped, no .debug_line (like this project\'s release profile)'
+  } catch (e) {
+    return `hint unavailable (${e.message})`
+  }
+}
+
+function fmtBytes(b) {
+  return b >= MiB ? `${(b / MiB).toFixed(b % MiB ? 1 : 0)} MiB` : `${(b / KiB).toFixed(0)} KiB`
+}
+
+function table(rows) {
+  const head = ['metric', 'keynet', 'direct TCP', 'keynet/direct']
+  const data = rows.filter((r) => !r.section)
+  const width = [0, 1, 2, 3].map((c) => Math.max(head[c].length, ...data.map((r) => String(r[c]).length)))
+  // Section lines span the table; widen the first column if one does not fit.
+  const total = () => width.reduce((a, b) => a + b, 0) + 3 * 3
+  for (const r of rows) if (r.section && r.section.length + 2 > total()) width[0] += r.section.length + 2 - total()
+  const line = (r) =>
+    `| ${String(r[0]).padEnd(width[0])} | ${String(r[1]).padStart(width[1])} | ${String(r[2]).padStart(width[2])} | ${String(r[3]).padStart(width[3])} |`
+  const rule = `+${width.map((w) => '-'.repeat(w + 2)).join('+')}+`
+  const out = [rule, line(head), rule]
+  for (const r of rows) {
+    if (r.section) out.push(`| ${('-- ' + r.section + ' ').padEnd(total(), '-')} |`)
+    else out.push(line(r))
+  }
+  out.push(rule)
+  return out.join('\n')
+}
+
+const f = (v, d = 1) => (Number.isFinite(v) ? v.toFixed(d) : 'n/a')
+const ratio = (k, d) => (Number.isFinite(k) && Number.isFinite(d) && d > 0 ? `${(k / d).toFixed(2)}×` : 'n/a')
+
+// ---- main ----------------------------------------------------------------------------------------------
+
+const state = { server: null, rp: null, fp: null, extraFps: new Set() }
+
+/** Starts the server and, with `withKeynet`, a reverse proxy in front of it and a connected forward proxy. */
+async function setup(withKeynet) {
+  const token = crypto.randomBytes(16).toString('hex')
+  const server = await startServer()
+  state.server = server
+  const serverPort = server.address().port
+  const ctx = { token, serverPort, direct: () => connectDirect(serverPort) }
+  if (!withKeynet) return ctx
+  const rp = new ReverseProxy()
+  state.rp = rp
+  await withTimeout(rp.start({ serverHost: HOST, serverPort }), 10_000, 'rp.start')
+  const nodeId = rp.getNodeId()
+  const ingressPort = rp.getIngressPort()
+  const fp = new ForwardProxy({ authToken: token })
+  state.fp = fp
+  await withTimeout(fp.start(), 10_000, 'fp.start')
+  await withTimeout(fp.openConnection(nodeId, HOST, ingressPort, { timeout: 10_000 }), 15_000, 'openConnection')
+  const proxyPort = fp.getProxyPort()
+  return { ...ctx, rp, fp, nodeId, ingressPort, proxyPort, tunnel: () => connectTunnel({ proxyPort, ingressPort, nodeId, token }) }
+}
+
+/** Warms up the paths (JIT, first-connection costs) outside every measurement. */
+async function warmUp(ctx) {
+  for (const open of [ctx.direct, ctx.tunnel]) {
+    if (!open) continue
+    const { sock } = await open()
+    await pingPong(sock, 50, 0, RTT_SIZE)
+    await closeSocket(sock)
+  }
+}
+
+/** Runs the concurrency measurement of `kind` ('direct' | 'keynet') in a fresh child process. */
+async function runChild(kind) {
+  const args = [`--concurrency-child=${kind}`, ...(QUICK ? ['--quick'] : [])]
+  const child = fork(__filename, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  let result
+  child.on('message', (m) => { result = m })
+  const code = await withTimeout(
+    new Promise((resolve) => child.once('exit', (c, sig) => resolve(c ?? sig))),
+    PHASE_TIMEOUT_MS,
+    `concurrency child (${kind})`,
+    () => child.kill('SIGKILL'),
+  )
+  if (code !== 0 || !result) throw new Error(`concurrency child (${kind}) exited with ${code}${result && result.error ? `: ${result.error}` : ''}`)
+  if (result.error) throw new Error(`concurrency child (${kind}): ${result.error}`)
+  return result
+}
+
+/** The child side of runChild: one concurrency run, its result sent to the parent. */
+async function child(kind) {
+  const ctx = await setup(kind === 'keynet')
+  await warmUp(ctx)
+  const open = kind === 'keynet' ? ctx.tunnel : ctx.direct
+  const r = await withTimeout(concurrent(CFG.concN, CFG.concBytes, open), PHASE_TIMEOUT_MS, `concurrent ${kind}`)
+  process.send(r)
+  await stopAll()
+  process.disconnect()
+}
+
+async function main() {
+  const tStart = now()
+  console.log(`keynet bench${QUICK ? ' (--quick: sizes scaled down ~10x)' : ''}`)
+  for (const l of machineFacts()) console.log(l)
+  console.log('')
+
+  const ctx = await setup(true)
+  const { fp, nodeId, ingressPort, token, tunnel, direct } = ctx
+  progress(`server ${HOST}:${ctx.serverPort} (TCP), reverse proxy ${HOST}:${ingressPort} (UDP), forward proxy ${HOST}:${ctx.proxyPort} (TCP) -> ${fp.getEgressHost()}:${fp.getEgressPort()} (UDP)`)
+  await warmUp(ctx)
+
+  const R = {}
+
+  // 1. concurrency, each side in a fresh child process (this script with --concurrency-child):
+  //    RSS never shrinks back after a peak, so in one process the second run would start from the
+  //    first one's high-water mark (and from the bulk phase's buffers).
+  progress(`${CFG.concN} concurrent connections × ${fmtBytes(CFG.concBytes)} echo: direct TCP (child process) ...`)
+  R.concDirect = await runChild('direct')
+  progress(`${CFG.concN} concurrent connections × ${fmtBytes(CFG.concBytes)} echo: keynet (child process) ...`)
+  R.concKeynet = await runChild('keynet')
+
+  // 2. round trips
+  progress(`${CFG.rttN} sequential ${RTT_SIZE}-byte round trips: direct TCP ...`)
+  {
+    const { sock } = await direct()
+    R.rttDirect = await pingPong(sock, CFG.rttN, CFG.rttWarmup, RTT_SIZE)
+    await closeSocket(sock)
+  }
+  progress(`${CFG.rttN} sequential ${RTT_SIZE}-byte round trips: keynet ...`)
+  {
+    const { sock } = await tunnel()
+    R.rttKeynet = await pingPong(sock, CFG.rttN, CFG.rttWarmup, RTT_SIZE)
+    await closeSocket(sock)
+  }
+
+  // 3. setup
+  progress(`connection setup: ${CFG.warmN} × TCP connect ...`)
+  R.tcpConnect = []
+  for (let i = 0; i < CFG.warmN; i++) {
+    const { sock, ms } = await direct()
+    R.tcpConnect.push(ms)
+    await closeSocket(sock)
+  }
+  progress(`connection setup: ${CFG.warmN} × warm CONNECT (existing QUIC connection) ...`)
+  R.warm = []
+  for (let i = 0; i < CFG.warmN; i++) {
+    const { sock, ms } = await tunnel()
+    R.warm.push(ms)
+    await closeSocket(sock)
+  }
+  progress(`connection setup: ${CFG.coldN} × cold CONNECT (fresh ForwardProxy, new QUIC connection) ...`)
+  R.cold = []
+  R.fpStart = []
+  R.fpStop = []
+  for (let i = 0; i < CFG.coldN; i++) {
+    const p = new ForwardProxy({ authToken: token })
+    state.extraFps.add(p)
+    let t0 = now()
+    await withTimeout(p.start(), 10_000, 'fp.start (cold)')
+    R.fpStart.push(msSince(t0))
+    const { sock, ms } = await connectTunnel({ proxyPort: p.getProxyPort(), ingressPort, nodeId, token })
+    R.cold.push(ms)
+    await closeSocket(sock)
+    t0 = now()
+    await withTimeout(p.stop(), 10_000, 'fp.stop (cold)')
+    R.fpStop.push(msSince(t0))
+    state.extraFps.delete(p)
+  }
+
+  // 4. bulk
+  const chunk = crypto.randomBytes(BULK_CHUNK)
+  progress(`bulk: ${fmtBytes(CFG.bulkBytes)} one way, direct TCP ...`)
+  {
+    const { sock } = await direct()
+    R.bulkDirect = await bulk(sock, CFG.bulkBytes, chunk)
+  }
+  progress(`bulk: ${fmtBytes(CFG.bulkBytes)} one way, keynet ...`)
+  {
+    const before = fp.getConnectionInfoByIngress(HOST, ingressPort)
+    const { sock } = await tunnel()
+    R.bulkKeynet = await bulk(sock, CFG.bulkBytes, chunk)
+    const after = fp.getConnectionInfoByIngress(HOST, ingressPort)
+    if (before && after) R.bulkWire = after.bytesSent - before.bytesSent
+    R.connInfo = after
+  }
+  progress(`bulk keynet took ${(R.bulkKeynet.ms / 1000).toFixed(1)} s, direct ${(R.bulkDirect.ms / 1000).toFixed(2)} s`)
+
+  // ---- report ----
+  const mb = (b) => f(b / MiB, 1)
+  const rows = [
+    { section: `bulk: ${fmtBytes(CFG.bulkBytes)} one way, one connection (1st byte written -> server's count back)` },
+    ['throughput, MB/s (10^6 B/s)', f(R.bulkKeynet.mbps), f(R.bulkDirect.mbps), ratio(R.bulkKeynet.mbps, R.bulkDirect.mbps)],
+    ['time, s', f(R.bulkKeynet.ms / 1000, 2), f(R.bulkDirect.ms / 1000, 2), ratio(R.bulkKeynet.ms, R.bulkDirect.ms)],
+    ['CPU time of the process (user+sys), s', f(R.bulkKeynet.cpuS, 2), f(R.bulkDirect.cpuS, 2), ratio(R.bulkKeynet.cpuS, R.bulkDirect.cpuS)],
+    ['UDP bytes sent by the forward proxy / payload', R.bulkWire ? f(R.bulkWire / CFG.bulkBytes, 3) : 'n/a', '-', ''],
+    { section: `round trips: ${CFG.rttN} sequential ${RTT_SIZE}-byte echoes, one connection (+${CFG.rttWarmup} warm-up)` },
+    ['p50, µs', f(R.rttKeynet.p50), f(R.rttDirect.p50), ratio(R.rttKeynet.p50, R.rttDirect.p50)],
+    ['p99, µs', f(R.rttKeynet.p99), f(R.rttDirect.p99), ratio(R.rttKeynet.p99, R.rttDirect.p99)],
+    ['mean, µs', f(R.rttKeynet.mean), f(R.rttDirect.mean), ratio(R.rttKeynet.mean, R.rttDirect.mean)],
+    { section: "setup, median: net.connect -> '200' head (keynet) / -> 'connect' (TCP)" },
+    [`cold CONNECT, new QUIC connection (n=${CFG.coldN}), ms`, f(median(R.cold), 2), f(median(R.tcpConnect), 3), ratio(median(R.cold), median(R.tcpConnect))],
+    [`warm CONNECT, existing QUIC connection (n=${CFG.warmN}), ms`, f(median(R.warm), 2), f(median(R.tcpConnect), 3), ratio(median(R.warm), median(R.tcpConnect))],
+    [`ForwardProxy start() / stop() (n=${CFG.coldN}), ms`, `${f(median(R.fpStart), 1)} / ${f(median(R.fpStop), 1)}`, '-', ''],
+    { section: `concurrency: ${CFG.concN} × ${fmtBytes(CFG.concBytes)} echoed at once, verified (fresh child process each)` },
+    ['wall time, ms', f(R.concKeynet.ms, 0), f(R.concDirect.ms, 0), ratio(R.concKeynet.ms, R.concDirect.ms)],
+    ['RSS before, MiB', mb(R.concKeynet.rssBefore), mb(R.concDirect.rssBefore), ratio(R.concKeynet.rssBefore, R.concDirect.rssBefore)],
+    ['RSS peak (sampled every 20 ms), MiB', mb(R.concKeynet.rssPeak), mb(R.concDirect.rssPeak), ratio(R.concKeynet.rssPeak, R.concDirect.rssPeak)],
+    ['RSS peak - before, MiB', mb(R.concKeynet.rssPeak - R.concKeynet.rssBefore), mb(R.concDirect.rssPeak - R.concDirect.rssBefore), ratio(R.concKeynet.rssPeak - R.concKeynet.rssBefore, R.concDirect.rssPeak - R.concDirect.rssBefore)],
+  ]
+  console.log('')
+  console.log(table(rows))
+  console.log('')
+  if (R.connInfo) {
+    console.log(`QUIC connection after the run: path ${R.connInfo.path}, rtt ${f(R.connInfo.rttMs, 3)} ms, ` +
+      `UDP bytes sent ${R.connInfo.bytesSent}, received ${R.connInfo.bytesReceived}`)
+  }
+  console.log('ratio = keynet / direct TCP (for times, > 1 means keynet is slower; for MB/s, < 1 means keynet is slower).')
+  console.log('bulk "UDP bytes / payload" = QUIC datagram bytes the forward proxy sent during the bulk run / payload bytes.')
+  console.log('concurrency: each side runs in a fresh child process (this script, same code) so that neither inherits the other\'s')
+  console.log('  RSS high-water mark; RSS is that whole process: Node (clients, server, buffers) plus, for keynet, both proxies.')
+
+  await stopAll()
+  console.log(`all checks passed; total run time ${(msSince(tStart) / 1000).toFixed(1)} s`)
+}
+
+async function stopAll() {
+  const jobs = []
+  for (const p of state.extraFps) jobs.push(withTimeout(p.stop(), 10_000, 'extra fp.stop'))
+  state.extraFps.clear()
+  if (state.fp) jobs.push(withTimeout(state.fp.stop(), 10_000, 'fp.stop'))
+  if (state.rp) jobs.push(withTimeout(state.rp.stop(), 10_000, 'rp.stop'))
+  state.fp = state.rp = null
+  await Promise.allSettled(jobs)
+  if (state.server) {
+    const server = state.server
+    state.server = null
+    await withTimeout(new Promise((resolve) => server.close(() => resolve())), 5000, 'server.close').catch(() => {})
+  }
+}
+
+const watchdog = setTimeout(() => {
+  console.error(`bench: did not finish within ${OVERALL_TIMEOUT_MS / 1000} s`)
+  process.exit(3)
+}, OVERALL_TIMEOUT_MS)
+watchdog.unref()
+
+const childArg = process.argv.find((a) => a.startsWith('--concurrency-child='))
+const run = childArg ? () => child(childArg.split('=')[1]) : main
+
+run().then(
+  () => {
+    process.exitCode = 0
+  },
+  (e) => {
+    console.error(`bench${childArg ? ` (${childArg})` : ''} failed: ${e && e.stack ? e.stack : e}`)
+    if (childArg && process.connected) process.send({ error: String(e && e.message) })
+    stopAll()
+      .catch(() => {})
+      .finally(() => process.exit(1))
+  },
+)

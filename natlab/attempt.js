@@ -1,0 +1,46 @@
+'use strict'
+// One end-to-end attempt in a lab: fresh proxies on fresh ports, both sides opening toward each
+// other's public address at the same time (as the seed describes), then a grpc-js call from A
+// through A's ForwardProxy to the gRPC server behind B's ReverseProxy.
+
+let nextPort = 40000
+
+/** Starts a fresh pair; returns the addresses each side must use. */
+async function startPair(lab, A, B, { opts = {}, server = 'grpc' } = {}) {
+  const pA = nextPort++
+  const pB = nextPort++
+  if (nextPort > 60000) nextPort = 40000
+  const rp = await B.request({ cmd: 'startRp', port: pB, server, opts })
+  if (!rp.ok) throw new Error(`B could not start: ${rp.message}`)
+  const fp = await A.request({ cmd: 'startFp', port: pA, opts })
+  if (!fp.ok) throw new Error(`A could not start: ${fp.message}`)
+  return { nodeIdB: rp.nodeId, pubA: lab.publicAddr('A', pA), pubB: lab.publicAddr('B', pB) }
+}
+
+/** Both sides open toward each other; resolves A's and B's answers. */
+async function openBoth(A, B, pair, timeout) {
+  const { nodeIdB, pubA, pubB } = pair
+  const budget = timeout + 10000
+  const [punch, open] = await Promise.all([
+    B.request({ cmd: 'punch', host: pubA.host, port: pubA.port, timeout }, budget),
+    A.request({ cmd: 'open', nodeId: nodeIdB, host: pubB.host, port: pubB.port, timeout }, budget),
+  ])
+  return { punch, open }
+}
+
+/** One attempt: { ok, code, path, ttfrMs } where ttfrMs is the time to the first gRPC reply. */
+async function attempt(lab, A, B, { timeout = 5000, opts = {} } = {}) {
+  const pair = await startPair(lab, A, B, { opts: { connConnectTime: timeout, ...opts } })
+  try {
+    const t0 = performance.now()
+    const { open } = await openBoth(A, B, pair, timeout)
+    if (!open.ok) return { ok: false, code: open.code, path: '-' }
+    const call = await A.request({ cmd: 'call', host: pair.pubB.host, port: pair.pubB.port })
+    if (!call.ok) return { ok: false, code: call.code, path: open.path }
+    return { ok: call.text === 'hello', code: call.text === 'hello' ? null : 'BadReply', path: open.path, ttfrMs: performance.now() - t0 }
+  } finally {
+    await Promise.all([A.request({ cmd: 'stop' }), B.request({ cmd: 'stop' })])
+  }
+}
+
+module.exports = { attempt, startPair, openBoth }

@@ -1,0 +1,378 @@
+'use strict'
+// The NAT lab: topologies of two keynodes A and B built from Linux network namespaces, veth
+// pairs and nftables, entirely inside namespaces this process creates (nothing is created in, or
+// routed to, the root namespace). Addresses come from documentation ranges that exist only
+// inside the lab: the public segment is 203.0.113.0/24, home LANs 198.51.100.0/26 (A) and
+// 198.51.100.64/26 (B), the carrier segment of double NAT 192.0.2.0/24. Needs root, iproute2 and
+// nftables. Every lab is removed by destroy(), and by a process exit hook if the caller dies.
+
+const { execFile, execFileSync, spawn } = require('node:child_process')
+const { promisify } = require('node:util')
+const readline = require('node:readline')
+const path = require('node:path')
+
+const run = promisify(execFile)
+const PUBLIC = '203.0.113'
+
+/** Which topologies exist and whether keynet must traverse them without a relay. */
+const TOPOLOGIES = {
+  direct: { mustWork: true, describe: 'A and B on the public segment, no NAT' },
+  cone: { mustWork: true, describe: 'full cone NAT on both sides (endpoint-independent mapping and filtering)' },
+  restricted: { mustWork: true, describe: 'port-restricted cone NAT on both sides' },
+  symmetric: { mustWork: false, describe: 'endpoint-dependent mapping at A, port-restricted at B' },
+  'udp-blocked': { mustWork: false, describe: "A's NAT drops all UDP" },
+  lossy: { mustWork: true, describe: 'full cone NATs, 5% random loss on the public segment' },
+  'double-nat': { mustWork: true, describe: 'A behind a home NAT behind a carrier-grade NAT; B behind a NAT' },
+  hairpin: { mustWork: true, describe: 'A and B behind the same NAT, reaching each other by its public address' },
+}
+
+const live = new Set()
+let hooked = false
+function hookExit() {
+  if (hooked) return
+  hooked = true
+  const sweep = () => {
+    for (const lab of live) lab.destroySync()
+  }
+  process.on('exit', sweep)
+  for (const sig of ['SIGINT', 'SIGTERM']) {
+    process.on(sig, () => {
+      sweep()
+      process.exit(130)
+    })
+  }
+}
+
+async function sh(args, input) {
+  try {
+    return (await run(args[0], args.slice(1), { input })).stdout
+  } catch (e) {
+    throw new Error(`${args.join(' ')}: ${(e.stderr || e.message).trim()}`)
+  }
+}
+
+async function nft(ns, script) {
+  const child = spawn('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { stdio: ['pipe', 'ignore', 'pipe'] })
+  let err = ''
+  child.stderr.on('data', (d) => (err += d))
+  child.stdin.end(script)
+  const code = await new Promise((resolve) => child.on('close', resolve))
+  if (code !== 0) throw new Error(`nft in ${ns}: ${err.trim()}\n${script}`)
+}
+
+/** Whether this process can build labs (root, ip, nft). */
+function labSupport() {
+  if (process.platform !== 'linux') return 'the NAT lab needs Linux network namespaces'
+  if (process.getuid() !== 0) return 'the NAT lab needs root (network namespaces and nftables)'
+  for (const tool of ['ip', 'nft']) {
+    try {
+      execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' })
+    } catch {
+      return `the NAT lab needs '${tool}' (apt-get install iproute2 nftables)`
+    }
+  }
+  return null
+}
+
+let labCounter = 0
+
+class Lab {
+  constructor(topology, opts) {
+    this.topology = topology
+    this.udpTimeout = opts.udpTimeout ?? 30
+    this.prefix = `kn${process.pid % 100000}x${labCounter++}`
+    this.namespaces = []
+    this.hosts = {}
+  }
+
+  /** Builds a topology. `udpTimeout` (s) is the NATs' UDP mapping timeout. */
+  static async create(topology, opts = {}) {
+    if (!TOPOLOGIES[topology]) throw new Error(`unknown topology ${topology}`)
+    const why = labSupport()
+    if (why) throw new Error(why)
+    hookExit()
+    const lab = new Lab(topology, opts)
+    live.add(lab)
+    try {
+      await lab.build()
+    } catch (e) {
+      await lab.destroy()
+      throw e
+    }
+    return lab
+  }
+
+  ns(name) {
+    return `${this.prefix}-${name}`
+  }
+
+  async addNs(name, { router = false } = {}) {
+    const ns = this.ns(name)
+    await sh(['ip', 'netns', 'add', ns])
+    this.namespaces.push(ns)
+    await sh(['ip', '-n', ns, 'link', 'set', 'lo', 'up'])
+    if (router) {
+      await sh(['ip', 'netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'])
+      for (const key of ['nf_conntrack_udp_timeout', 'nf_conntrack_udp_timeout_stream']) {
+        await sh(['ip', 'netns', 'exec', ns, 'sysctl', '-qw', `net.netfilter.${key}=${this.udpTimeout}`]).catch(() => {})
+      }
+    }
+    return ns
+  }
+
+  /** A veth pair between two namespaces, created inside them (never in the root namespace). */
+  async link(nsA, ifA, nsB, ifB) {
+    await sh(['ip', '-n', nsA, 'link', 'add', ifA, 'type', 'veth', 'peer', 'name', ifB, 'netns', nsB])
+    await sh(['ip', '-n', nsA, 'link', 'set', ifA, 'up'])
+    await sh(['ip', '-n', nsB, 'link', 'set', ifB, 'up'])
+  }
+
+  async addr(ns, ifname, cidr) {
+    await sh(['ip', '-n', ns, 'addr', 'add', cidr, 'dev', ifname])
+  }
+
+  async route(ns, via) {
+    await sh(['ip', '-n', ns, 'route', 'add', 'default', 'via', via])
+  }
+
+  /** Attaches `ns`'s interface `ifname` to the public segment (a bridge in the `pub` namespace). */
+  async toPublic(ns, ifname, cidr) {
+    const port = `p${this.publicPorts++}`
+    await this.link(ns, ifname, this.pub, port)
+    await sh(['ip', '-n', this.pub, 'link', 'set', port, 'master', 'br0'])
+    await this.addr(ns, ifname, cidr)
+  }
+
+  async build() {
+    this.publicPorts = 0
+    this.pub = await this.addNs('pub')
+    await sh(['ip', '-n', this.pub, 'link', 'add', 'br0', 'type', 'bridge'])
+    await sh(['ip', '-n', this.pub, 'link', 'set', 'br0', 'up'])
+    const t = this.topology
+    if (t === 'direct') {
+      const a = await this.addNs('a')
+      const b = await this.addNs('b')
+      await this.toPublic(a, 'eth0', `${PUBLIC}.10/24`)
+      await this.toPublic(b, 'eth0', `${PUBLIC}.20/24`)
+      this.hosts.A = { ns: a, ip: `${PUBLIC}.10`, publicIp: `${PUBLIC}.10` }
+      this.hosts.B = { ns: b, ip: `${PUBLIC}.20`, publicIp: `${PUBLIC}.20` }
+      return
+    }
+    if (t === 'hairpin') {
+      const r = await this.addNs('nat', { router: true })
+      await this.toPublic(r, 'wan', `${PUBLIC}.1/24`)
+      await this.link(r, 'lan', await this.addNs('sw'), 'up0')
+      // A small LAN switch so both hosts share the router's one LAN port.
+      const sw = this.ns('sw')
+      await sh(['ip', '-n', sw, 'link', 'add', 'br0', 'type', 'bridge'])
+      await sh(['ip', '-n', sw, 'link', 'set', 'br0', 'up'])
+      await sh(['ip', '-n', sw, 'link', 'set', 'up0', 'master', 'br0'])
+      await this.addr(r, 'lan', '198.51.100.1/26')
+      for (const [name, ip, port] of [['A', '198.51.100.2', 'pa'], ['B', '198.51.100.3', 'pb']]) {
+        const h = await this.addNs(name.toLowerCase())
+        await this.link(h, 'eth0', sw, port)
+        await sh(['ip', '-n', sw, 'link', 'set', port, 'master', 'br0'])
+        await this.addr(h, 'eth0', `${ip}/26`)
+        await this.route(h, '198.51.100.1')
+        this.hosts[name] = { ns: h, ip, publicIp: `${PUBLIC}.1` }
+      }
+      await nft(r, natRules({ kind: 'cone', wanIp: `${PUBLIC}.1`, lanNet: '198.51.100.0/26', hairpin: true, timeout: this.udpTimeout }))
+      return
+    }
+    // Two hosts, each behind its own router (A possibly behind two).
+    const kinds = {
+      cone: ['cone', 'cone'],
+      restricted: ['restricted', 'restricted'],
+      symmetric: ['symmetric', 'restricted'],
+      'udp-blocked': ['udp-blocked', 'restricted'],
+      lossy: ['cone', 'cone'],
+      'double-nat': ['restricted', 'restricted'],
+    }[t]
+    const sides = [
+      ['A', kinds[0], `${PUBLIC}.1`, '198.51.100', 0],
+      ['B', kinds[1], `${PUBLIC}.2`, '198.51.100', 64],
+    ]
+    for (const [name, kind, wanIp, lanPrefix, base] of sides) {
+      const lower = name.toLowerCase()
+      const r = await this.addNs(`n${lower}`, { router: true })
+      const h = await this.addNs(lower)
+      const lanNet = `${lanPrefix}.${base}/26`
+      const gw = `${lanPrefix}.${base + 1}`
+      const ip = `${lanPrefix}.${base + 2}`
+      if (name === 'A' && t === 'double-nat') {
+        // Carrier-grade NAT on the public side, the home NAT behind it on 192.0.2.0/24.
+        const cgn = await this.addNs('cgn', { router: true })
+        await this.toPublic(cgn, 'wan', `${wanIp}/24`)
+        await this.link(cgn, 'lan', r, 'wan')
+        await this.addr(cgn, 'lan', '192.0.2.1/24')
+        await this.addr(r, 'wan', '192.0.2.2/24')
+        await this.route(r, '192.0.2.1')
+        await nft(cgn, natRules({ kind: 'restricted', wanIp, lanNet: '192.0.2.0/24', timeout: this.udpTimeout }))
+        await nft(r, natRules({ kind, wanIp: '192.0.2.2', lanNet, timeout: this.udpTimeout }))
+      } else {
+        await this.toPublic(r, 'wan', `${wanIp}/24`)
+        await nft(r, natRules({ kind, wanIp, lanNet, timeout: this.udpTimeout }))
+      }
+      await this.link(r, 'lan', h, 'eth0')
+      await this.addr(r, 'lan', `${gw}/26`)
+      await this.addr(h, 'eth0', `${ip}/26`)
+      await this.route(h, gw)
+      this.hosts[name] = { ns: h, ip, publicIp: wanIp, router: r }
+    }
+    if (t === 'lossy') {
+      await nft(this.pub, 'table bridge loss {\n chain fw { type filter hook forward priority 0; meta l4proto udp numgen random mod 100 < 5 drop }\n}\n')
+    }
+  }
+
+  /** Where `side`'s UDP port `port` is reached from the other side (NATs here keep ports). */
+  publicAddr(side, port) {
+    return { host: this.hosts[side].publicIp, port }
+  }
+
+  /** Runs `node script` inside `side`'s namespace, with JSON lines on stdin/stdout. */
+  agent(side, script = path.join(__dirname, 'agent.js'), env = {}) {
+    const child = spawn('ip', ['netns', 'exec', this.hosts[side].ns, process.execPath, script], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+      env: { ...process.env, ...env },
+    })
+    this.children = this.children || []
+    this.children.push(child)
+    return new Agent(child, side)
+  }
+
+  /** conntrack entries of `side`'s NAT router (for keepalive proofs). */
+  async conntrack(side) {
+    const ns = this.hosts[side].router
+    if (!ns) return ''
+    return sh(['ip', 'netns', 'exec', ns, 'sh', '-c', 'conntrack -L -p udp 2>/dev/null || cat /proc/net/nf_conntrack 2>/dev/null || true'])
+  }
+
+  async destroy() {
+    for (const c of this.children || []) if (c.exitCode === null) c.kill('SIGKILL')
+    for (const ns of [...this.namespaces].reverse()) {
+      await run('ip', ['netns', 'del', ns]).catch(() => {})
+    }
+    this.namespaces = []
+    live.delete(this)
+  }
+
+  destroySync() {
+    for (const c of this.children || []) if (c.exitCode === null) c.kill('SIGKILL')
+    for (const ns of [...this.namespaces].reverse()) {
+      try {
+        execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' })
+      } catch {}
+    }
+    this.namespaces = []
+    live.delete(this)
+  }
+}
+
+/**
+ * nftables rules of one NAT router with interfaces `lan` and `wan`.
+ * - restricted: masquerade (Linux keeps the source port when it can: endpoint-independent
+ *   mapping), inbound only for conntrack replies (address-and-port dependent filtering);
+ * - cone: as restricted, plus inbound to any port a LAN host has sent from goes to that host
+ *   (endpoint-independent filtering), learnt in a map with the UDP timeout;
+ * - symmetric: a random source port per destination (endpoint-dependent mapping);
+ * - udp-blocked: every forwarded UDP datagram is dropped.
+ * - hairpin (with cone): LAN hosts reach each other through the public address.
+ */
+function natRules({ kind, wanIp, lanNet, hairpin = false, timeout }) {
+  const masq = kind === 'symmetric' ? 'masquerade random' : 'masquerade'
+  const cone = kind === 'cone'
+  return `
+table ip labnat {
+  map cone { type inet_service : ipv4_addr; flags dynamic,timeout; timeout ${timeout}s; }
+  chain pre {
+    type nat hook prerouting priority dstnat;
+    ${cone ? 'iifname "lan" meta l4proto udp update @cone { udp sport : ip saddr }' : ''}
+    ${cone ? 'iifname "wan" meta l4proto udp dnat to udp dport map @cone' : ''}
+    ${hairpin ? `iifname "lan" ip daddr ${wanIp} meta l4proto udp dnat to udp dport map @cone` : ''}
+  }
+  chain post {
+    type nat hook postrouting priority srcnat;
+    ${hairpin ? `ip saddr ${lanNet} ip daddr ${lanNet} ct status dnat snat to ${wanIp}` : ''}
+    oifname "wan" ${masq}
+  }
+}
+table ip labfilter {
+  # Like a real router: unsolicited UDP to the router itself (from either side; a hairpin punch
+  # that found no mapping yet lands here) is dropped before conntrack
+  # confirms them, so an early punch from the peer cannot occupy the tuple the NAT would use
+  # for its host (which would make masquerade pick another port).
+  chain in {
+    type filter hook input priority filter; policy accept;
+    ct state established,related accept
+    meta l4proto udp drop
+  }
+  chain fw {
+    type filter hook forward priority filter; policy drop;
+    ${kind === 'udp-blocked' ? 'meta l4proto udp drop' : ''}
+    ct state established,related accept
+    ${cone || hairpin ? 'ct status dnat accept' : ''}
+    iifname "lan" accept
+  }
+}
+`
+}
+
+/** A keynode agent in a namespace: send a command, await its JSON answer. */
+class Agent {
+  constructor(child, side) {
+    this.child = child
+    this.side = side
+    this.pending = []
+    this.exited = new Promise((resolve) => child.on('exit', (code, sig) => resolve({ code, sig })))
+    readline.createInterface({ input: child.stdout }).on('line', (line) => {
+      let msg
+      try {
+        msg = JSON.parse(line)
+      } catch {
+        return
+      }
+      const p = this.pending.shift()
+      if (p) p.resolve(msg)
+    })
+    this.exited.then(({ code, sig }) => {
+      for (const p of this.pending.splice(0)) p.reject(new Error(`agent ${side} exited (${code ?? sig})`))
+    })
+  }
+
+  /** Sends a command; rejects if no answer comes within `timeoutMs`. */
+  request(cmd, timeoutMs = 30000) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`agent ${this.side}: no answer to ${cmd.cmd} in ${timeoutMs} ms`)), timeoutMs)
+      this.pending.push({
+        resolve: (m) => {
+          clearTimeout(timer)
+          resolve(m)
+        },
+        reject: (e) => {
+          clearTimeout(timer)
+          reject(e)
+        },
+      })
+      this.child.stdin.write(JSON.stringify(cmd) + '\n')
+    })
+  }
+
+  async close() {
+    if (this.child.exitCode !== null) return
+    this.child.stdin.end(JSON.stringify({ cmd: 'exit' }) + '\n')
+    const t = setTimeout(() => this.child.kill('SIGKILL'), 5000)
+    await this.exited
+    clearTimeout(t)
+  }
+}
+
+/** Namespaces left by labs of this prefix (or of any keynet lab when omitted). */
+function leftovers(prefix = 'kn') {
+  const out = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+  return out
+    .split('\n')
+    .map((l) => l.split(' ')[0])
+    .filter((n) => n && /^kn\d+x\d+-/.test(n) && n.startsWith(prefix))
+}
+
+module.exports = { Lab, TOPOLOGIES, labSupport, leftovers, natRules }
