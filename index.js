@@ -150,6 +150,7 @@ let nextOpId = 1
 async function withSignal(handle, signal, start) {
   if (signal && signal.aborted) throw abortError(signal)
   const opId = nextOpId++ % 0xffffffff
+  handle.beginOp(opId)
   const onAbort = () => handle.abort(opId)
   if (signal) signal.addEventListener('abort', onAbort, { once: true })
   try {
@@ -159,6 +160,7 @@ async function withSignal(handle, signal, start) {
     throw e
   } finally {
     if (signal) signal.removeEventListener('abort', onAbort)
+    handle.endOp(opId)
   }
 }
 
@@ -231,7 +233,8 @@ class ForwardProxy {
    */
   async openConnection(a, b, c, d) {
     let nodeId, host, port, opts
-    if (typeof a === 'string' && NODE_ID.test(a) && typeof b === 'string') {
+    // (nodeId, host, port, opts) has the host second; (host, port, opts) a port.
+    if (typeof b === 'string' && (net.isIP(b) || NODE_ID.test(a))) {
       ;[nodeId, host, port, opts] = [a, b, c, checkObject('opts', d)]
     } else {
       ;[host, port, opts] = [a, b, checkObject('opts', c)]

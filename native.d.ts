@@ -21,7 +21,12 @@ export declare class NativeForwardProxy {
   egressPort(): number
   /** Opens a connection; `op_id` lets `abort(op_id)` cancel it. */
   openConnection(host: string, port: number, nodeId?: string | undefined | null, timeoutMs?: number | undefined | null, opId?: number | undefined | null): Promise<NativeConnectionInfo>
+  /** Registers a cancellable operation before it starts, so an abort can never come too early. */
+  beginOp(opId: number): void
+  /** Cancels a registered operation (it stays registered until it ends). */
   abort(opId: number): void
+  /** Forgets an operation's registration. */
+  endOp(opId: number): void
   closeConnection(host: string, port: number): Promise<void>
   addDirectConnection(host: string, port: number): void
   removeConnection(host: string, port: number): void
@@ -43,7 +48,12 @@ export declare class NativeReverseProxy {
   serverPort(): number
   /** Punches toward a forward proxy until its connection arrives; resolves whether it did. */
   punch(host: string, port: number, attempts: number, timeoutMs?: number | undefined | null, opId?: number | undefined | null): Promise<boolean>
+  /** Registers a cancellable operation before it starts, so an abort can never come too early. */
+  beginOp(opId: number): void
+  /** Cancels a registered operation (it stays registered until it ends). */
   abort(opId: number): void
+  /** Forgets an operation's registration. */
+  endOp(opId: number): void
   closeConnection(host: string, port: number): Promise<void>
   addDirectConnection(host: string, port: number): void
   removeConnection(host: string, port: number): void

@@ -220,7 +220,7 @@ class Lab {
       this.hosts[name] = { ns: h, ip, publicIp: wanIp, router: r }
     }
     if (t === 'lossy') {
-      await nft(this.pub, 'table bridge loss {\n chain fw { type filter hook forward priority 0; meta l4proto udp numgen random mod 100 < 5 drop }\n}\n')
+      await nft(this.pub, 'table bridge loss {\n  chain fw {\n    type filter hook forward priority 0;\n    meta l4proto udp numgen random mod 100 < 5 drop\n  }\n}\n')
     }
   }
 

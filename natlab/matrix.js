@@ -24,11 +24,12 @@ async function main() {
   const rows = []
   let failed = false
   for (const name of names) {
-    const lab = await Lab.create(name)
-    const A = lab.agent('A')
-    const B = lab.agent('B')
     const results = []
+    let lab, A, B
     try {
+      lab = await Lab.create(name)
+      A = lab.agent('A')
+      B = lab.agent('B')
       for (let i = 0; i < ATTEMPTS; i++) {
         const mustWork = TOPOLOGIES[name].mustWork
         results.push(await attempt(lab, A, B, { timeout: mustWork ? 10000 : 3000 }))
@@ -36,8 +37,8 @@ async function main() {
     } catch (e) {
       results.push({ ok: false, code: `harness: ${e.message}`, path: '-' })
     } finally {
-      await Promise.all([A.close(), B.close()])
-      await lab.destroy()
+      await Promise.all([A?.close(), B?.close()])
+      await lab?.destroy()
     }
     const oks = results.filter((r) => r.ok)
     const codes = [...new Set(results.filter((r) => !r.ok).map((r) => r.code))]

@@ -108,11 +108,7 @@ impl NativeForwardProxy {
     ) -> Result<NativeConnectionInfo> {
         let target = addr("host", &host, port)?;
         let pin = convert::node_id(node_id)?;
-        let token = op_id.map(|id| {
-            let t = CancellationToken::new();
-            self.ops.lock().expect("ops lock").insert(id, t.clone());
-            t
-        });
+        let token = op_id.and_then(|id| self.ops.lock().expect("ops lock").get(&id).cloned());
         let r = self
             .inner
             .open_connection(target, pin, timeout_ms.map(convert::ms), token)
@@ -123,11 +119,27 @@ impl NativeForwardProxy {
         r.map(Into::into).map_err(err)
     }
 
+    /// Registers a cancellable operation before it starts, so an abort can never come too early.
+    #[napi]
+    pub fn begin_op(&self, op_id: u32) {
+        self.ops
+            .lock()
+            .expect("ops lock")
+            .insert(op_id, CancellationToken::new());
+    }
+
+    /// Cancels a registered operation (it stays registered until it ends).
     #[napi]
     pub fn abort(&self, op_id: u32) {
-        if let Some(t) = self.ops.lock().expect("ops lock").remove(&op_id) {
+        if let Some(t) = self.ops.lock().expect("ops lock").get(&op_id) {
             t.cancel();
         }
+    }
+
+    /// Forgets an operation's registration.
+    #[napi]
+    pub fn end_op(&self, op_id: u32) {
+        self.ops.lock().expect("ops lock").remove(&op_id);
     }
 
     #[napi]

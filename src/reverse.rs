@@ -113,11 +113,7 @@ impl NativeReverseProxy {
         op_id: Option<u32>,
     ) -> Result<bool> {
         let target = addr("egressHost", &host, port)?;
-        let token = op_id.map(|id| {
-            let t = CancellationToken::new();
-            self.ops.lock().expect("ops lock").insert(id, t.clone());
-            t
-        });
+        let token = op_id.and_then(|id| self.ops.lock().expect("ops lock").get(&id).cloned());
         let r = self
             .inner
             .punch_toward(target, attempts, timeout_ms.map(convert::ms), token)
@@ -128,11 +124,27 @@ impl NativeReverseProxy {
         r.map_err(err)
     }
 
+    /// Registers a cancellable operation before it starts, so an abort can never come too early.
+    #[napi]
+    pub fn begin_op(&self, op_id: u32) {
+        self.ops
+            .lock()
+            .expect("ops lock")
+            .insert(op_id, CancellationToken::new());
+    }
+
+    /// Cancels a registered operation (it stays registered until it ends).
     #[napi]
     pub fn abort(&self, op_id: u32) {
-        if let Some(t) = self.ops.lock().expect("ops lock").remove(&op_id) {
+        if let Some(t) = self.ops.lock().expect("ops lock").get(&op_id) {
             t.cancel();
         }
+    }
+
+    /// Forgets an operation's registration.
+    #[napi]
+    pub fn end_op(&self, op_id: u32) {
+        self.ops.lock().expect("ops lock").remove(&op_id);
     }
 
     #[napi]

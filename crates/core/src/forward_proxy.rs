@@ -62,6 +62,8 @@ struct Inner {
     opts: ConnOptions,
     auth_token: RwLock<String>,
     identity: RwLock<Option<LoadedIdentity>>,
+    /// Identity given to `set_tls_config`, used by later starts without one.
+    configured: RwLock<Option<LoadedIdentity>>,
     sink: Arc<RwLock<Option<EventSink>>>,
     lifecycle: tokio::sync::Mutex<()>,
     running: RwLock<Option<Arc<Running>>>,
@@ -88,6 +90,7 @@ impl ForwardProxy {
                 opts,
                 auth_token: RwLock::new(auth_token),
                 identity: RwLock::new(None),
+                configured: RwLock::new(None),
                 sink: Arc::new(RwLock::new(None)),
                 lifecycle: tokio::sync::Mutex::new(()),
                 running: RwLock::new(None),
@@ -113,7 +116,8 @@ impl ForwardProxy {
         }
         let identity = match &start.tls {
             Some(tls) => LoadedIdentity::from_tls_config(tls)?,
-            None => match self.inner.identity.read().expect("identity lock").clone() {
+            // setTlsConfig's identity, else a fresh one (API.md: omitted tlsConfig = new identity).
+            None => match self.inner.configured.read().expect("identity lock").clone() {
                 Some(id) => id,
                 None => LoadedIdentity::generate()?,
             },
@@ -162,7 +166,10 @@ impl ForwardProxy {
             .endpoint
             .close(0u32.into(), reason::STOPPED.as_bytes());
         let grace = self.inner.opts.end_time;
-        let _ = tokio::time::timeout(grace, running.endpoint.wait_idle()).await;
+        // Closing connections (including abandoned handshakes) drain for three PTOs; wait for
+        // that, bounded, so the port is really free when stop() resolves.
+        let drain = grace.max(Duration::from_secs(3));
+        let _ = tokio::time::timeout(drain, running.endpoint.wait_idle()).await;
         // Let connection watchers report their close events, then cancel what remains.
         let _ = tokio::time::timeout(grace, running.tracker.wait_until(|t| t.count() == 0)).await;
         if !running.tasks.shutdown(grace + Duration::from_secs(1)).await {
@@ -224,6 +231,7 @@ impl ForwardProxy {
     /// Identity used by connections opened from now on.
     pub fn set_tls_config(&self, tls: &TlsConfig) -> Result<()> {
         let id = LoadedIdentity::from_tls_config(tls)?;
+        *self.inner.configured.write().expect("identity lock") = Some(id.clone());
         *self.inner.identity.write().expect("identity lock") = Some(id);
         Ok(())
     }
@@ -362,6 +370,27 @@ impl ForwardProxy {
         };
         punch.settle(conn.rtt()).await;
         punch.connected();
+        // The peer has verified our certificate only once its welcome arrives.
+        let welcomed = tokio::time::timeout_at(deadline.into(), async {
+            let mut uni = conn.accept_uni().await.map_err(|e| e.to_string())?;
+            let mut buf = [0u8; tunnel::WELCOME.len()];
+            uni.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            if &buf != tunnel::WELCOME {
+                conn.close(0u32.into(), b"bad welcome");
+                return Err("unexpected welcome".to_string());
+            }
+            Ok::<_, String>(())
+        })
+        .await;
+        match welcomed {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(e)) => {
+                return Err(Error::ConnectionStart(format!(
+                    "{addr} refused this node after the handshake (allowedNodeIds?): {e}"
+                )))
+            }
+            Ok(Ok(())) => {}
+        }
         let peer_certs = conn
             .peer_identity()
             .and_then(|id| {
@@ -565,9 +594,14 @@ async fn answer(tcp: &mut TcpStream, status: u16, body: &str) {
 }
 
 /// Waits (bounded) until the UDP socket is dropped by quinn's driver, so the port is free.
+/// quinn offers no event for that, hence the short poll.
 pub(crate) async fn wait_released(socket: Weak<KeynetSocket>) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while socket.strong_count() > 0 && Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while socket.strong_count() > 0 {
+        if Instant::now() >= deadline {
+            tracing::warn!("UDP socket still held 5 s after stop; its port may still be bound");
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

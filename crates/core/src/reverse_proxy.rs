@@ -50,6 +50,8 @@ pub struct ReverseProxy {
 struct Inner {
     opts: ConnOptions,
     identity: RwLock<Option<LoadedIdentity>>,
+    /// Identity given to `set_tls_config`, used by later starts without one.
+    configured: RwLock<Option<LoadedIdentity>>,
     sink: Arc<RwLock<Option<EventSink>>>,
     lifecycle: tokio::sync::Mutex<()>,
     running: RwLock<Option<Arc<Running>>>,
@@ -78,6 +80,7 @@ impl ReverseProxy {
             inner: Arc::new(Inner {
                 opts,
                 identity: RwLock::new(None),
+                configured: RwLock::new(None),
                 sink: Arc::new(RwLock::new(None)),
                 lifecycle: tokio::sync::Mutex::new(()),
                 running: RwLock::new(None),
@@ -98,7 +101,8 @@ impl ReverseProxy {
         }
         let identity = match &start.tls {
             Some(tls) => LoadedIdentity::from_tls_config(tls)?,
-            None => match self.inner.identity.read().expect("identity lock").clone() {
+            // setTlsConfig's identity, else a fresh one (API.md: omitted tlsConfig = new identity).
+            None => match self.inner.configured.read().expect("identity lock").clone() {
                 Some(id) => id,
                 None => LoadedIdentity::generate()?,
             },
@@ -148,7 +152,10 @@ impl ReverseProxy {
             .endpoint
             .close(0u32.into(), reason::STOPPED.as_bytes());
         let grace = self.inner.opts.end_time;
-        let _ = tokio::time::timeout(grace, running.endpoint.wait_idle()).await;
+        // Closing connections (including abandoned handshakes) drain for three PTOs; wait for
+        // that, bounded, so the port is really free when stop() resolves.
+        let drain = grace.max(Duration::from_secs(3));
+        let _ = tokio::time::timeout(drain, running.endpoint.wait_idle()).await;
         let _ = tokio::time::timeout(grace, running.tracker.wait_until(|t| t.count() == 0)).await;
         if !running.tasks.shutdown(grace + Duration::from_secs(1)).await {
             tracing::warn!("reverse proxy tasks did not end within the grace period");
@@ -213,6 +220,7 @@ impl ReverseProxy {
             let config = server_config(&id, running.accept.clone(), self.inner.opts.transport())?;
             running.endpoint.set_server_config(Some(config));
         }
+        *self.inner.configured.write().expect("identity lock") = Some(id.clone());
         *self.inner.identity.write().expect("identity lock") = Some(id);
         Ok(())
     }
@@ -340,6 +348,16 @@ impl ReverseProxy {
             .copied()
             .unwrap_or(Path::Direct);
         let peer = Arc::new(Peer::new(conn, node_id, path));
+        let mut welcome = peer
+            .conn
+            .open_uni()
+            .await
+            .map_err(|e| Error::ConnectionStart(e.to_string()))?;
+        welcome
+            .write_all(tunnel::WELCOME)
+            .await
+            .map_err(|e| Error::ConnectionStart(e.to_string()))?;
+        let _ = welcome.finish();
         running.tracker.insert(peer.clone());
         tracing::debug!(%remote, %node_id, "accepted connection");
         Ok(peer)

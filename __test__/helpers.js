@@ -1,0 +1,542 @@
+'use strict'
+// Shared helpers of the ava suite: servers behind the reverse proxy, proxy pairs, raw CONNECT
+// requests, child processes, and waits that always have a deadline. Everything a helper starts
+// is registered with `t.teardown`, so it is cleaned up even when the test fails.
+
+const net = require('node:net')
+const dgram = require('node:dgram')
+const path = require('node:path')
+const crypto = require('node:crypto')
+const { spawn } = require('node:child_process')
+const grpc = require('@grpc/grpc-js')
+const protoLoader = require('@grpc/proto-loader')
+const keynet = require('..')
+
+const HOST = '127.0.0.1'
+const TOKEN = 'keynet-test-token'
+const ROOT = path.join(__dirname, '..')
+const FIXTURES = path.join(__dirname, 'fixtures')
+const PROTO_PATH = path.join(FIXTURES, 'echo.proto')
+/** Upper bound for any single wait in the suite unless a test says otherwise. */
+const WAIT = 10_000
+
+// ---- waiting --------------------------------------------------------------------------------
+
+/** Rejects with a message naming `what` if `promise` has not settled within `ms`. */
+function withTimeout(promise, ms, what) {
+  let timer
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+/** Resolves with the first argument of the next `event` (passing `filter`) within `timeout`. */
+function waitEvent(emitter, event, { timeout = WAIT, filter = () => true } = {}) {
+  let listener
+  const p = new Promise((resolve) => {
+    listener = (...args) => {
+      if (filter(...args)) resolve(args[0])
+    }
+    emitter.on(event, listener)
+  })
+  return withTimeout(p, timeout, `'${event}' event`).finally(() => emitter.off(event, listener))
+}
+
+/** Polls `predicate` until it returns a truthy value; only for state that emits no event. */
+async function waitFor(predicate, { timeout = WAIT, interval = 10, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeout
+  let last
+  for (;;) {
+    try {
+      last = await predicate()
+      if (last) return last
+    } catch (e) {
+      last = e
+    }
+    if (Date.now() >= deadline) {
+      throw new Error(`timed out after ${timeout} ms waiting for ${what} (last: ${last})`)
+    }
+    await new Promise((r) => setTimeout(r, interval))
+  }
+}
+
+/**
+ * Records every 'connection' / 'close' / 'path' event of a proxy from now on, so a test can wait
+ * for an event that may already have fired.
+ */
+function recordEvents(proxy) {
+  const list = []
+  const waiters = new Set()
+  const push = (kind) => (e) => {
+    list.push({ kind, ...e })
+    for (const w of waiters) w()
+  }
+  for (const kind of ['connection', 'close', 'path']) proxy.on(kind, push(kind))
+  return {
+    list,
+    of(kind) {
+      return list.filter((e) => e.kind === kind)
+    },
+    /** The first recorded `kind` event matching `filter` (waiting for it up to `timeout`). */
+    wait(kind, filter = () => true, timeout = WAIT) {
+      let waiter
+      const p = new Promise((resolve) => {
+        waiter = () => {
+          const hit = list.find((e) => e.kind === kind && filter(e))
+          if (hit) resolve(hit)
+        }
+        waiters.add(waiter)
+        waiter()
+      })
+      return withTimeout(p, timeout, `'${kind}' event`).finally(() => waiters.delete(waiter))
+    },
+  }
+}
+
+// ---- bytes ----------------------------------------------------------------------------------
+
+function sha256(buf) {
+  return crypto.createHash('sha256').update(buf).digest('hex')
+}
+
+function basicAuth(token = TOKEN) {
+  return 'Basic ' + Buffer.from(token).toString('base64')
+}
+
+// ---- plain TCP servers (what the reverse proxy carries tunnels to) ------------------------------
+
+/**
+ * Starts a TCP server on 127.0.0.1:0 calling `onSocket(socket)` for each connection. Returns
+ * `{ server, port, sockets (open ones), count (accepted so far), nextSocket() }`; `nextSocket()`
+ * resolves with the next accepted socket not yet taken. Every socket and the server are closed in teardown.
+ */
+async function startTcpServer(t, onSocket = () => {}, { allowHalfOpen = false } = {}) {
+  const server = net.createServer({ allowHalfOpen })
+  const sockets = new Set()
+  const accepted = []
+  const waiting = []
+  let count = 0
+  server.on('connection', (socket) => {
+    count++
+    sockets.add(socket)
+    socket.on('error', () => {}) // a reset tunnel is a normal way for a test to end
+    socket.on('close', () => sockets.delete(socket))
+    onSocket(socket)
+    const w = waiting.shift()
+    if (w) w(socket)
+    else accepted.push(socket)
+  })
+  server.listen(0, HOST)
+  await withTimeout(waitEvent(server, 'listening'), WAIT, 'server listening')
+  t.teardown(() => {
+    for (const s of sockets) s.destroy()
+    return withTimeout(new Promise((r) => server.close(() => r())), WAIT, 'server close')
+  })
+  return {
+    server,
+    port: server.address().port,
+    sockets,
+    /** How many connections the server accepted so far. */
+    get count() {
+      return count
+    },
+    nextSocket(timeout = WAIT) {
+      if (accepted.length) return Promise.resolve(accepted.shift())
+      return withTimeout(new Promise((r) => waiting.push(r)), timeout, 'a connection to the server')
+    },
+  }
+}
+
+/** A TCP echo server; with `greeting`, writes it first on every connection. */
+function startEchoServer(t, { greeting, allowHalfOpen = false } = {}) {
+  return startTcpServer(
+    t,
+    (socket) => {
+      if (greeting) socket.write(greeting)
+      socket.pipe(socket)
+    },
+    { allowHalfOpen },
+  )
+}
+
+/** A TCP port on 127.0.0.1 nothing listens on (bound then released). */
+async function closedTcpPort() {
+  const server = net.createServer().listen(0, HOST)
+  await withTimeout(waitEvent(server, 'listening'), WAIT, 'listening')
+  const { port } = server.address()
+  await new Promise((r) => server.close(r))
+  return port
+}
+
+/** A UDP socket on 127.0.0.1 that never answers (a peer that swallows QUIC). */
+async function startSilentUdp(t) {
+  const socket = dgram.createSocket('udp4')
+  const messages = []
+  socket.on('message', (m) => messages.push(m))
+  socket.bind(0, HOST)
+  await withTimeout(waitEvent(socket, 'listening'), WAIT, 'udp listening')
+  t.teardown(() => new Promise((r) => socket.close(r)))
+  return {
+    socket,
+    port: socket.address().port,
+    messages,
+    /** Resolves once a datagram has arrived (the proxy is dialing). */
+    firstMessage(timeout = WAIT) {
+      if (messages.length) return Promise.resolve(messages[0])
+      return waitEvent(socket, 'message', { timeout })
+    },
+  }
+}
+
+/** Whether `port` can be bound on 127.0.0.1 now (`type` 'tcp', 'udp4'). */
+function canBind(type, port) {
+  return new Promise((resolve) => {
+    if (type === 'tcp') {
+      const s = net.createServer()
+      s.once('error', () => resolve(false))
+      s.listen(port, HOST, () => s.close(() => resolve(true)))
+    } else {
+      const s = dgram.createSocket(type)
+      s.once('error', () => {
+        s.close()
+        resolve(false)
+      })
+      s.bind(port, HOST, () => s.close(() => resolve(true)))
+    }
+  })
+}
+
+// ---- gRPC echo server --------------------------------------------------------------------------
+
+function loadEcho() {
+  const def = protoLoader.loadSync(PROTO_PATH, { keepCase: true, defaults: true })
+  return grpc.loadPackageDefinition(def).echo
+}
+
+/**
+ * Starts the echo service of fixtures/echo.proto on 127.0.0.1:0 (insecure). Every call is
+ * recorded in `calls` as `{ method, peer, ...onCall(peer, method) }`; `onCall` runs inside the
+ * handler, while the caller's tunnel is up.
+ */
+async function startGrpcEchoServer(t, { onCall } = {}) {
+  const echo = loadEcho()
+  const server = new grpc.Server()
+  const calls = []
+  const seen = (call, method) => {
+    const peer = call.getPeer()
+    calls.push({ method, peer, ...(onCall ? onCall(peer, method) : {}) })
+  }
+  server.addService(echo.Echo.service, {
+    Unary(call, cb) {
+      seen(call, 'Unary')
+      cb(null, { text: call.request.text, count: call.request.count })
+    },
+    ServerStream(call) {
+      seen(call, 'ServerStream')
+      for (let i = 0; i < call.request.count; i++) call.write({ text: `${call.request.text}-${i}`, count: i })
+      call.end()
+    },
+    ClientStream(call, cb) {
+      seen(call, 'ClientStream')
+      const texts = []
+      call.on('data', (m) => texts.push(m.text))
+      call.on('end', () => cb(null, { text: texts.join(','), count: texts.length }))
+    },
+    Bidi(call) {
+      seen(call, 'Bidi')
+      call.on('data', (m) => call.write({ text: m.text, count: m.count }))
+      call.on('end', () => call.end())
+    },
+  })
+  const port = await withTimeout(
+    new Promise((resolve, reject) =>
+      server.bindAsync(`${HOST}:0`, grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+    ),
+    WAIT,
+    'grpc server bind',
+  )
+  t.teardown(() => server.forceShutdown())
+  return { server, port, calls }
+}
+
+/** Splits a `host:port` peer string. */
+function splitPeer(peer) {
+  const i = peer.lastIndexOf(':')
+  return { host: peer.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(peer.slice(i + 1)) }
+}
+
+// ---- proxies ------------------------------------------------------------------------------------
+
+/** Stops a proxy, bounded, ignoring errors (teardown must not hang or throw on a stopped proxy). */
+async function stopQuietly(proxy) {
+  await withTimeout(proxy.stop(), 15_000, 'proxy stop').catch(() => {})
+}
+
+async function startReverseProxy(t, startOpts, ctorOpts) {
+  const rp = new keynet.ReverseProxy(ctorOpts)
+  t.teardown(() => stopQuietly(rp))
+  await rp.start(startOpts)
+  return rp
+}
+
+async function startForwardProxy(t, ctorOpts = {}, startOpts) {
+  const fp = new keynet.ForwardProxy({ authToken: TOKEN, ...ctorOpts })
+  t.teardown(() => stopQuietly(fp))
+  await fp.start(startOpts)
+  return fp
+}
+
+/** A ReverseProxy carrying tunnels to `serverPort` and a ForwardProxy; both stopped in teardown. */
+async function startPair(t, { serverPort, fp: fpOpts, rp: rpOpts, rpStart = {}, fpStart } = {}) {
+  const rp = await startReverseProxy(t, { serverPort, ...rpStart }, rpOpts)
+  const fp = await startForwardProxy(t, fpOpts, fpStart)
+  return { fp, rp }
+}
+
+/** The CONNECT target of `rp`'s ingress, pinned to its node id unless `pin` is false. */
+function targetOf(rp, { pin = true, nodeId = rp.getNodeId() } = {}) {
+  const addr = `${HOST}:${rp.getIngressPort()}`
+  return pin ? `${addr}?nodeId=${nodeId}` : addr
+}
+
+// ---- raw HTTP CONNECT ----------------------------------------------------------------------------
+
+function parseHead(text) {
+  const lines = text.split('\r\n')
+  const statusLine = lines[0]
+  const m = /^HTTP\/1\.[01] (\d{3})/.exec(statusLine)
+  const headers = {}
+  for (const line of lines.slice(1)) {
+    const i = line.indexOf(':')
+    if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim()
+  }
+  return { status: m ? Number(m[1]) : null, statusLine, headers, head: text }
+}
+
+/**
+ * Reads a response head from `socket`. Bytes after the head are pushed back into the socket,
+ * which is left paused: later readers get exactly the tunnel's bytes. If the socket closes first,
+ * resolves `{ status: null, closed: true, raw }`.
+ */
+function readHead(socket, timeout = WAIT) {
+  let cleanup
+  const p = new Promise((resolve) => {
+    let buf = Buffer.alloc(0)
+    const done = (r) => {
+      cleanup()
+      resolve(r)
+    }
+    const onData = (d) => {
+      buf = Buffer.concat([buf, d])
+      const i = buf.indexOf('\r\n\r\n')
+      if (i < 0) return
+      socket.pause()
+      const rest = buf.subarray(i + 4)
+      if (rest.length) socket.unshift(rest)
+      done(parseHead(buf.subarray(0, i + 4).toString('latin1')))
+    }
+    const onClose = () => done({ status: null, closed: true, raw: buf.toString('latin1') })
+    cleanup = () => {
+      socket.off('data', onData)
+      socket.off('end', onClose)
+      socket.off('close', onClose)
+    }
+    socket.on('data', onData)
+    socket.on('end', onClose)
+    socket.on('close', onClose)
+  })
+  return withTimeout(p, timeout, 'response head').finally(() => cleanup())
+}
+
+/** Reads exactly `n` bytes (surplus is pushed back, the socket left paused). */
+function readBytes(socket, n, timeout = WAIT) {
+  let cleanup
+  const p = new Promise((resolve, reject) => {
+    const chunks = []
+    let have = 0
+    const onData = (d) => {
+      chunks.push(d)
+      have += d.length
+      if (have < n) return
+      socket.pause()
+      const all = Buffer.concat(chunks)
+      if (all.length > n) socket.unshift(all.subarray(n))
+      cleanup()
+      resolve(all.subarray(0, n))
+    }
+    const onClose = () => {
+      cleanup()
+      reject(new Error(`socket closed after ${have} of ${n} bytes`))
+    }
+    cleanup = () => {
+      socket.off('data', onData)
+      socket.off('end', onClose)
+      socket.off('close', onClose)
+    }
+    socket.on('data', onData)
+    socket.on('end', onClose)
+    socket.on('close', onClose)
+    socket.resume()
+  })
+  return withTimeout(p, timeout, `${n} bytes`).finally(() => cleanup())
+}
+
+/** Reads until the peer ends (or the socket closes); resolves with everything read. */
+function readToEnd(socket, timeout = WAIT) {
+  const chunks = []
+  const p = new Promise((resolve) => {
+    if (socket.readableEnded || socket.destroyed) return resolve()
+    socket.on('data', (d) => chunks.push(d))
+    socket.once('end', resolve)
+    socket.once('close', resolve)
+    socket.resume()
+  })
+  return withTimeout(p, timeout, 'end of stream').then(() => Buffer.concat(chunks))
+}
+
+/**
+ * Resolves when `socket` has emitted 'close' (immediately if it already has). Unread data is
+ * discarded: a paused socket would never see its end, and so never close.
+ */
+function socketClosed(socket, timeout = WAIT) {
+  if (socket.closed || socket.destroyed) return Promise.resolve()
+  const closed = waitEvent(socket, 'close', { timeout })
+  socket.resume()
+  return closed
+}
+
+/** Opens a TCP connection to 127.0.0.1:port; destroyed in teardown. Errors are recorded in `socket.errors`. */
+async function connectTcp(t, port, opts = {}) {
+  const socket = net.connect({ port, host: HOST, ...opts })
+  socket.errors = []
+  socket.on('error', (e) => socket.errors.push(e))
+  t.teardown(() => socket.destroy())
+  await withTimeout(waitEvent(socket, 'connect'), WAIT, 'tcp connect')
+  return socket
+}
+
+/** The bytes of a request head. `auth: null` leaves Proxy-Authorization out. */
+function requestHead({ method = 'CONNECT', target, auth = basicAuth(), headers = [] }) {
+  const lines = [`${method} ${target} HTTP/1.1`, `Host: ${target}`]
+  if (auth !== null) lines.push(`Proxy-Authorization: ${auth}`)
+  lines.push(...headers)
+  return lines.join('\r\n') + '\r\n\r\n'
+}
+
+/**
+ * Sends a request head (or `raw` bytes) to the forward proxy's HTTP port and reads the answer.
+ * Resolves `{ status, statusLine, headers, head, socket }`; the socket is positioned right after
+ * the head (tunnel bytes for a 200, the body otherwise).
+ */
+async function rawConnect(t, port, { raw, timeout = WAIT, socketOpts, ...req } = {}) {
+  const socket = await connectTcp(t, port, socketOpts)
+  socket.write(raw ?? requestHead(req))
+  const res = await readHead(socket, timeout)
+  return { ...res, socket }
+}
+
+/** A CONNECT tunnel through `fp` to `rp`'s server; fails the test unless the answer is 200. */
+async function openTunnel(t, fp, rp, { pin = true, socketOpts } = {}) {
+  const res = await rawConnect(t, fp.getProxyPort(), { target: targetOf(rp, { pin }), socketOpts })
+  if (res.status !== 200) throw new Error(`CONNECT answered ${res.statusLine || JSON.stringify(res.raw)}`)
+  return res.socket
+}
+
+/** Sends `msg` through a tunnel to an echo server and checks it comes back. */
+async function assertEchoes(t, socket, msg = `ping-${crypto.randomUUID()}`) {
+  socket.write(msg)
+  const back = await readBytes(socket, Buffer.byteLength(msg))
+  t.is(back.toString(), msg)
+}
+
+// ---- child processes -------------------------------------------------------------------------
+
+const PROXY_VARS = ['grpc_proxy', 'http_proxy', 'https_proxy', 'all_proxy', 'no_proxy', 'no_grpc_proxy']
+
+/** `process.env` without any proxy variable (either case), plus `extra`. */
+function cleanEnv(extra = {}) {
+  const env = { ...process.env }
+  for (const v of PROXY_VARS) {
+    delete env[v]
+    delete env[v.toUpperCase()]
+  }
+  return { ...env, ...extra }
+}
+
+/**
+ * Runs a command to completion (killed in teardown or after `timeout`). Resolves
+ * `{ code, signal, stdout, stderr }`.
+ */
+function run(t, cmd, args, { env = cleanEnv(), timeout = 60_000, cwd = ROOT } = {}) {
+  const child = spawn(cmd, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] })
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (d) => (stdout += d))
+  child.stderr.on('data', (d) => (stderr += d))
+  const p = new Promise((resolve, reject) => {
+    child.on('error', reject)
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }))
+  })
+  return withTimeout(p, timeout, `${path.basename(cmd)} ${args.join(' ')} to exit`).catch((e) => {
+    child.kill('SIGKILL')
+    e.message += `\nstdout: ${stdout}\nstderr: ${stderr}`
+    throw e
+  })
+}
+
+/** Runs a fixture client that prints one JSON line; resolves the parsed output or throws with its stderr. */
+async function runJsonClient(t, cmd, args, opts) {
+  const r = await run(t, cmd, args, opts)
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code ?? r.signal}\nstderr: ${r.stderr}\nstdout: ${r.stdout}`)
+  try {
+    return JSON.parse(r.stdout.trim().split('\n').pop())
+  } catch {
+    throw new Error(`no JSON from ${cmd}: ${r.stdout}\nstderr: ${r.stderr}`)
+  }
+}
+
+module.exports = {
+  keynet,
+  HOST,
+  TOKEN,
+  ROOT,
+  FIXTURES,
+  PROTO_PATH,
+  WAIT,
+  withTimeout,
+  waitEvent,
+  waitFor,
+  recordEvents,
+  sha256,
+  basicAuth,
+  startTcpServer,
+  startEchoServer,
+  closedTcpPort,
+  startSilentUdp,
+  canBind,
+  loadEcho,
+  startGrpcEchoServer,
+  splitPeer,
+  stopQuietly,
+  startReverseProxy,
+  startForwardProxy,
+  startPair,
+  targetOf,
+  parseHead,
+  readHead,
+  readBytes,
+  readToEnd,
+  socketClosed,
+  connectTcp,
+  requestHead,
+  rawConnect,
+  openTunnel,
+  assertEchoes,
+  cleanEnv,
+  run,
+  runJsonClient,
+}

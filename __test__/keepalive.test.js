@@ -1,0 +1,70 @@
+'use strict'
+// Keepalive: an idle connection stays up past connKeepAliveTimeoutTime while the peer answers,
+// and a peer that goes silent (its process frozen with SIGSTOP) is declared dead after it.
+
+const path = require('node:path')
+const { spawn } = require('node:child_process')
+const test = require('ava')
+const h = require('./helpers')
+
+const RP_CHILD = path.join(h.FIXTURES, 'rp-child.js')
+const INTERVAL = 200
+const TIMEOUT = 1500
+
+/** Starts fixtures/rp-child.js; resolves its `{ nodeId, ingressPort }` and the child. */
+async function startReverseProxyChild(t) {
+  const child = spawn(process.execPath, [RP_CHILD], { env: h.cleanEnv(), stdio: ['pipe', 'pipe', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', (d) => (stderr += d))
+  t.teardown(() => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    child.kill('SIGCONT')
+    child.kill('SIGKILL')
+  })
+  const line = await h.withTimeout(
+    new Promise((resolve, reject) => {
+      let out = ''
+      child.stdout.on('data', (d) => {
+        out += d
+        const i = out.indexOf('\n')
+        if (i >= 0) resolve(out.slice(0, i))
+      })
+      child.on('exit', (code) => reject(new Error(`rp-child exited ${code}: ${stderr}`)))
+    }),
+    h.WAIT,
+    'rp-child to start',
+  )
+  const info = JSON.parse(line)
+  // targetOf() and openTunnel() only need these two getters.
+  const rp = { getNodeId: () => info.nodeId, getIngressPort: () => info.ingressPort }
+  return { child, rp }
+}
+
+test('a frozen reverse proxy is declared dead after connKeepAliveTimeoutTime, and its tunnels end', async (t) => {
+  const { child, rp } = await startReverseProxyChild(t)
+  const fp = await h.startForwardProxy(t, {
+    connKeepAliveIntervalTime: INTERVAL,
+    connKeepAliveTimeoutTime: TIMEOUT,
+  })
+  const events = h.recordEvents(fp)
+  const socket = await h.openTunnel(t, fp, rp)
+  await h.assertEchoes(t, socket)
+
+  // Idle for longer than the keepalive timeout while the peer runs: keepalives hold the
+  // connection. (That nothing happens over a period can only be seen by letting it pass.)
+  await new Promise((r) => setTimeout(r, TIMEOUT + 1000))
+  t.is(events.of('close').length, 0, 'an idle but answering peer is not dropped')
+  t.is(fp.getConnectionCount(), 1)
+  await h.assertEchoes(t, socket)
+
+  process.kill(child.pid, 'SIGSTOP')
+  const frozenAt = Date.now()
+  const close = await events.wait('close', () => true, TIMEOUT + 8000)
+  const after = Date.now() - frozenAt
+  t.is(close.reason, 'keepaliveTimeout')
+  t.is(close.nodeId, rp.getNodeId())
+  t.true(after >= TIMEOUT - 500 && after < TIMEOUT + 5000, `declared dead after ${after} ms`)
+  await h.socketClosed(socket)
+  await h.waitFor(() => fp.getConnectionCount() === 0, { what: 'fp count 0' })
+  t.is(fp.getConnectionInfoByIngress(h.HOST, rp.getIngressPort()), undefined)
+})
