@@ -21,10 +21,13 @@ use crate::proto::punch;
 /// Punch datagrams queued per session before further ones are dropped (they repeat anyway).
 const SESSION_QUEUE: usize = 64;
 
+/// Where the punch datagrams of one peer address go: the session's id and its queue.
+type SessionSlot = (u64, mpsc::Sender<[u8; punch::LEN]>);
+
 /// quinn's UDP socket with punch datagrams demultiplexed out.
 pub struct KeynetSocket {
     inner: Arc<dyn AsyncUdpSocket>,
-    sessions: Mutex<HashMap<SocketAddr, (u64, mpsc::Sender<[u8; punch::LEN]>)>>,
+    sessions: Mutex<HashMap<SocketAddr, SessionSlot>>,
     next_session: std::sync::atomic::AtomicU64,
 }
 
