@@ -15,6 +15,8 @@ const proto = grpc.loadPackageDefinition(protoLoader.loadSync(path.join(__dirnam
 let fp = null
 let rp = null
 let servers = []
+/** gRPC clients kept across calls (one HTTP/2 connection = one tunnel), by target. */
+const clients = new Map()
 
 function timing(opts = {}) {
   const t = {}
@@ -42,6 +44,8 @@ async function echoServer() {
 }
 
 async function stopAll() {
+  for (const c of clients.values()) c.close()
+  clients.clear()
   if (fp) await fp.stop()
   if (rp) await rp.stop()
   fp = rp = null
@@ -92,16 +96,18 @@ const handlers = {
     const info = fp.getConnectionInfoByIngress(host, port)
     return { ms: performance.now() - t0, path: info.path, rttMs: info.rttMs }
   },
-  async call({ host, port, text = 'hello', deadlineMs = 5000 }) {
+  async call({ host, port, text = 'hello', deadlineMs = 5000, keep = false }) {
     const t0 = performance.now()
-    const client = new proto.Echo(`${host}:${port}`, grpc.credentials.createInsecure())
+    const target = `${host}:${port}`
+    const client = (keep && clients.get(target)) || new proto.Echo(target, grpc.credentials.createInsecure())
+    if (keep) clients.set(target, client)
     try {
       const reply = await new Promise((resolve, reject) =>
         client.Unary({ text }, { deadline: Date.now() + deadlineMs }, (e, r) => (e ? reject(e) : resolve(r))),
       )
       return { ms: performance.now() - t0, text: reply.text }
     } finally {
-      client.close()
+      if (!keep) client.close()
     }
   },
   async connectStatus({ host, port, nodeId }) {

@@ -28,16 +28,20 @@ async function openBoth(A, B, pair, timeout) {
   return { punch, open }
 }
 
-/** One attempt: { ok, code, path, ttfrMs } where ttfrMs is the time to the first gRPC reply. */
+/**
+ * One attempt: { ok, code, path, rpPath, ttfrMs }: `path` as the forward proxy reports it,
+ * `rpPath` as the reverse proxy does, ttfrMs the time to the first gRPC reply.
+ */
 async function attempt(lab, A, B, { timeout = 5000, opts = {} } = {}) {
   const pair = await startPair(lab, A, B, { opts: { connConnectTime: timeout, ...opts } })
   try {
     const t0 = performance.now()
-    const { open } = await openBoth(A, B, pair, timeout)
+    const { open, punch } = await openBoth(A, B, pair, timeout)
     if (!open.ok) return { ok: false, code: open.code, path: '-' }
     const call = await A.request({ cmd: 'call', host: pair.pubB.host, port: pair.pubB.port })
     if (!call.ok) return { ok: false, code: call.code, path: open.path }
-    return { ok: call.text === 'hello', code: call.text === 'hello' ? null : 'BadReply', path: open.path, ttfrMs: performance.now() - t0 }
+    const ok = call.text === 'hello'
+    return { ok, code: ok ? null : 'BadReply', path: open.path, rpPath: punch.path, ttfrMs: performance.now() - t0 }
   } finally {
     await Promise.all([A.request({ cmd: 'stop' }), B.request({ cmd: 'stop' })])
   }

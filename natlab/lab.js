@@ -10,9 +10,25 @@ const { execFile, execFileSync, spawn } = require('node:child_process')
 const { promisify } = require('node:util')
 const readline = require('node:readline')
 const path = require('node:path')
+const fs = require('node:fs')
 
 const run = promisify(execFile)
 const PUBLIC = '203.0.113'
+
+// System tools by absolute path: under npm, node_modules/.bin comes first in PATH, and a dev
+// dependency ships an unrelated `nft` command there.
+const SYSTEM_DIRS = ['/usr/sbin', '/sbin', '/usr/bin', '/bin', '/usr/local/sbin', '/usr/local/bin']
+function tool(name) {
+  for (const dir of SYSTEM_DIRS) {
+    const p = path.join(dir, name)
+    if (fs.existsSync(p)) return p
+  }
+  return null
+}
+const IP = tool('ip') || 'ip'
+const NFT = tool('nft') || 'nft'
+const SYSCTL = tool('sysctl') || 'sysctl'
+const CONNTRACK = tool('conntrack')
 
 /** Which topologies exist and whether keynet must traverse them without a relay. */
 const TOPOLOGIES = {
@@ -52,7 +68,7 @@ async function sh(args, input) {
 }
 
 async function nft(ns, script) {
-  const child = spawn('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { stdio: ['pipe', 'ignore', 'pipe'] })
+  const child = spawn(IP, ['netns', 'exec', ns, NFT, '-f', '-'], { stdio: ['pipe', 'ignore', 'pipe'] })
   let err = ''
   child.stderr.on('data', (d) => (err += d))
   child.stdin.end(script)
@@ -64,12 +80,8 @@ async function nft(ns, script) {
 function labSupport() {
   if (process.platform !== 'linux') return 'the NAT lab needs Linux network namespaces'
   if (process.getuid() !== 0) return 'the NAT lab needs root (network namespaces and nftables)'
-  for (const tool of ['ip', 'nft']) {
-    try {
-      execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' })
-    } catch {
-      return `the NAT lab needs '${tool}' (apt-get install iproute2 nftables)`
-    }
+  for (const name of ['ip', 'nft', 'sysctl', 'conntrack']) {
+    if (!tool(name)) return `the NAT lab needs '${name}' (apt-get install iproute2 nftables procps conntrack)`
   }
   return null
 }
@@ -108,13 +120,13 @@ class Lab {
 
   async addNs(name, { router = false } = {}) {
     const ns = this.ns(name)
-    await sh(['ip', 'netns', 'add', ns])
+    await sh([IP, 'netns', 'add', ns])
     this.namespaces.push(ns)
-    await sh(['ip', '-n', ns, 'link', 'set', 'lo', 'up'])
+    await sh([IP, '-n', ns, 'link', 'set', 'lo', 'up'])
     if (router) {
-      await sh(['ip', 'netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'])
+      await sh([IP, 'netns', 'exec', ns, SYSCTL, '-qw', 'net.ipv4.ip_forward=1'])
       for (const key of ['nf_conntrack_udp_timeout', 'nf_conntrack_udp_timeout_stream']) {
-        await sh(['ip', 'netns', 'exec', ns, 'sysctl', '-qw', `net.netfilter.${key}=${this.udpTimeout}`]).catch(() => {})
+        await sh([IP, 'netns', 'exec', ns, SYSCTL, '-qw', `net.netfilter.${key}=${this.udpTimeout}`]).catch(() => {})
       }
     }
     return ns
@@ -122,32 +134,32 @@ class Lab {
 
   /** A veth pair between two namespaces, created inside them (never in the root namespace). */
   async link(nsA, ifA, nsB, ifB) {
-    await sh(['ip', '-n', nsA, 'link', 'add', ifA, 'type', 'veth', 'peer', 'name', ifB, 'netns', nsB])
-    await sh(['ip', '-n', nsA, 'link', 'set', ifA, 'up'])
-    await sh(['ip', '-n', nsB, 'link', 'set', ifB, 'up'])
+    await sh([IP, '-n', nsA, 'link', 'add', ifA, 'type', 'veth', 'peer', 'name', ifB, 'netns', nsB])
+    await sh([IP, '-n', nsA, 'link', 'set', ifA, 'up'])
+    await sh([IP, '-n', nsB, 'link', 'set', ifB, 'up'])
   }
 
   async addr(ns, ifname, cidr) {
-    await sh(['ip', '-n', ns, 'addr', 'add', cidr, 'dev', ifname])
+    await sh([IP, '-n', ns, 'addr', 'add', cidr, 'dev', ifname])
   }
 
   async route(ns, via) {
-    await sh(['ip', '-n', ns, 'route', 'add', 'default', 'via', via])
+    await sh([IP, '-n', ns, 'route', 'add', 'default', 'via', via])
   }
 
   /** Attaches `ns`'s interface `ifname` to the public segment (a bridge in the `pub` namespace). */
   async toPublic(ns, ifname, cidr) {
     const port = `p${this.publicPorts++}`
     await this.link(ns, ifname, this.pub, port)
-    await sh(['ip', '-n', this.pub, 'link', 'set', port, 'master', 'br0'])
+    await sh([IP, '-n', this.pub, 'link', 'set', port, 'master', 'br0'])
     await this.addr(ns, ifname, cidr)
   }
 
   async build() {
     this.publicPorts = 0
     this.pub = await this.addNs('pub')
-    await sh(['ip', '-n', this.pub, 'link', 'add', 'br0', 'type', 'bridge'])
-    await sh(['ip', '-n', this.pub, 'link', 'set', 'br0', 'up'])
+    await sh([IP, '-n', this.pub, 'link', 'add', 'br0', 'type', 'bridge'])
+    await sh([IP, '-n', this.pub, 'link', 'set', 'br0', 'up'])
     const t = this.topology
     if (t === 'direct') {
       const a = await this.addNs('a')
@@ -164,14 +176,14 @@ class Lab {
       await this.link(r, 'lan', await this.addNs('sw'), 'up0')
       // A small LAN switch so both hosts share the router's one LAN port.
       const sw = this.ns('sw')
-      await sh(['ip', '-n', sw, 'link', 'add', 'br0', 'type', 'bridge'])
-      await sh(['ip', '-n', sw, 'link', 'set', 'br0', 'up'])
-      await sh(['ip', '-n', sw, 'link', 'set', 'up0', 'master', 'br0'])
+      await sh([IP, '-n', sw, 'link', 'add', 'br0', 'type', 'bridge'])
+      await sh([IP, '-n', sw, 'link', 'set', 'br0', 'up'])
+      await sh([IP, '-n', sw, 'link', 'set', 'up0', 'master', 'br0'])
       await this.addr(r, 'lan', '198.51.100.1/26')
       for (const [name, ip, port] of [['A', '198.51.100.2', 'pa'], ['B', '198.51.100.3', 'pb']]) {
         const h = await this.addNs(name.toLowerCase())
         await this.link(h, 'eth0', sw, port)
-        await sh(['ip', '-n', sw, 'link', 'set', port, 'master', 'br0'])
+        await sh([IP, '-n', sw, 'link', 'set', port, 'master', 'br0'])
         await this.addr(h, 'eth0', `${ip}/26`)
         await this.route(h, '198.51.100.1')
         this.hosts[name] = { ns: h, ip, publicIp: `${PUBLIC}.1` }
@@ -220,7 +232,7 @@ class Lab {
       this.hosts[name] = { ns: h, ip, publicIp: wanIp, router: r }
     }
     if (t === 'lossy') {
-      await nft(this.pub, 'table bridge loss {\n  chain fw {\n    type filter hook forward priority 0;\n    meta l4proto udp numgen random mod 100 < 5 drop\n  }\n}\n')
+      await nft(this.pub, 'table bridge loss {\n  chain fw {\n    type filter hook forward priority 0;\n    meta l4proto udp numgen random mod 100 < 5 counter drop\n  }\n}\n')
     }
   }
 
@@ -231,7 +243,7 @@ class Lab {
 
   /** Runs `node script` inside `side`'s namespace, with JSON lines on stdin/stdout. */
   agent(side, script = path.join(__dirname, 'agent.js'), env = {}) {
-    const child = spawn('ip', ['netns', 'exec', this.hosts[side].ns, process.execPath, script], {
+    const child = spawn(IP, ['netns', 'exec', this.hosts[side].ns, process.execPath, script], {
       stdio: ['pipe', 'pipe', 'inherit'],
       env: { ...process.env, ...env },
     })
@@ -240,17 +252,24 @@ class Lab {
     return new Agent(child, side)
   }
 
+  /** UDP datagrams the lossy public segment dropped so far. */
+  async lossDrops() {
+    const out = await sh([IP, 'netns', 'exec', this.pub, NFT, 'list', 'table', 'bridge', 'loss'])
+    const m = /counter packets (\d+)/.exec(out)
+    return m ? Number(m[1]) : 0
+  }
+
   /** conntrack entries of `side`'s NAT router (for keepalive proofs). */
   async conntrack(side) {
     const ns = this.hosts[side].router
     if (!ns) return ''
-    return sh(['ip', 'netns', 'exec', ns, 'sh', '-c', 'conntrack -L -p udp 2>/dev/null || cat /proc/net/nf_conntrack 2>/dev/null || true'])
+    return sh([IP, 'netns', 'exec', ns, 'sh', '-c', 'conntrack -L -p udp 2>/dev/null || cat /proc/net/nf_conntrack 2>/dev/null || true'])
   }
 
   async destroy() {
     for (const c of this.children || []) if (c.exitCode === null) c.kill('SIGKILL')
     for (const ns of [...this.namespaces].reverse()) {
-      await run('ip', ['netns', 'del', ns]).catch(() => {})
+      await run(IP, ['netns', 'del', ns]).catch(() => {})
     }
     this.namespaces = []
     live.delete(this)
@@ -260,7 +279,7 @@ class Lab {
     for (const c of this.children || []) if (c.exitCode === null) c.kill('SIGKILL')
     for (const ns of [...this.namespaces].reverse()) {
       try {
-        execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' })
+        execFileSync(IP, ['netns', 'del', ns], { stdio: 'ignore' })
       } catch {}
     }
     this.namespaces = []
@@ -366,13 +385,29 @@ class Agent {
   }
 }
 
+/**
+ * Builds a lab with an agent on each side, runs `fn(lab, A, B)`, and always tears everything
+ * down (agents killed, namespaces deleted), also when `fn` throws.
+ */
+async function withLab(topology, opts, fn) {
+  const lab = await Lab.create(topology, opts)
+  const A = lab.agent('A')
+  const B = lab.agent('B')
+  try {
+    return await fn(lab, A, B)
+  } finally {
+    await Promise.all([A.close(), B.close()]).catch(() => {})
+    await lab.destroy()
+  }
+}
+
 /** Namespaces left by labs of this prefix (or of any keynet lab when omitted). */
 function leftovers(prefix = 'kn') {
-  const out = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+  const out = execFileSync(IP, ['netns', 'list'], { encoding: 'utf8' })
   return out
     .split('\n')
     .map((l) => l.split(' ')[0])
     .filter((n) => n && /^kn\d+x\d+-/.test(n) && n.startsWith(prefix))
 }
 
-module.exports = { Lab, TOPOLOGIES, labSupport, leftovers, natRules }
+module.exports = { IP, Lab, TOPOLOGIES, labSupport, leftovers, natRules, withLab }

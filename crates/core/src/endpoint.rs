@@ -109,6 +109,14 @@ impl KeynetSocket {
         }
     }
 
+    /// Whether a punch session toward `peer` is running.
+    pub fn has_session(&self, peer: &SocketAddr) -> bool {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .contains_key(peer)
+    }
+
     /// This socket's address as `peer` will see it before any NAT: the bound address, with an
     /// unspecified IP replaced by the one the kernel routes toward `peer` from.
     pub fn local_toward(&self, peer: SocketAddr) -> SocketAddr {

@@ -19,11 +19,12 @@ use tokio_util::sync::CancellationToken;
 use crate::endpoint::{self, KeynetSocket};
 use crate::error::{Error, Result};
 use crate::events::{ConnectionInfo, EventSink};
-use crate::holepunch::{PunchDriver, PunchEvent};
+use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
 use crate::identity::{LoadedIdentity, TlsConfig};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::proto::connect::{self, HeadParse, MAX_HEAD_LEN};
+use crate::proto::hello::Hello;
 use crate::proto::tunnel::{self, Ack};
 use crate::splice::splice;
 use crate::task::Tasks;
@@ -368,29 +369,23 @@ impl ForwardProxy {
                 }
             }
         };
-        punch.settle(conn.rtt()).await;
         punch.connected();
-        // The peer has verified our certificate only once its welcome arrives.
-        let welcomed = tokio::time::timeout_at(deadline.into(), async {
-            let mut uni = conn.accept_uni().await.map_err(|e| e.to_string())?;
-            let mut buf = [0u8; tunnel::WELCOME.len()];
-            uni.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-            if &buf != tunnel::WELCOME {
-                conn.close(0u32.into(), b"bad welcome");
-                return Err("unexpected welcome".to_string());
-            }
-            Ok::<_, String>(())
-        })
-        .await;
-        match welcomed {
-            Err(_) => return Err(timed_out()),
-            Ok(Err(e)) => {
-                return Err(Error::ConnectionStart(format!(
-                    "{addr} refused this node after the handshake (allowedNodeIds?): {e}"
-                )))
-            }
-            Ok(Ok(())) => {}
-        }
+        // The reverse proxy says hello only after it accepted our certificate.
+        let own = running.socket.local_toward(addr);
+        let ours = Hello {
+            punching: true,
+            observed: addr,
+            own,
+        };
+        let theirs = exchange_hello(&conn, ours, deadline).await.map_err(|e| {
+            Error::ConnectionStart(format!(
+                "{addr} refused this node after the handshake (allowedNodeIds?): {e}"
+            ))
+        })?;
+        let path = judge_path(
+            theirs.punching || punch.peer_took_part(),
+            theirs.nat_between(addr, own),
+        );
         let peer_certs = conn
             .peer_identity()
             .and_then(|id| {
@@ -404,7 +399,6 @@ impl ForwardProxy {
             &accept,
             time::OffsetDateTime::now_utc().unix_timestamp(),
         )?;
-        let path = punch.path();
         let peer = Arc::new(Peer::new(conn, node_id, path));
         running.tracker.insert(peer.clone());
         tracing::debug!(%addr, %node_id, path = path.as_str(), "connection established");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::endpoint::{KeynetSocket, PunchSession};
 use crate::events::Path;
+use crate::proto::hello::{self, Hello};
 use crate::proto::punch::{PunchState, Puncher};
 
 /// What happened while punching.
@@ -98,24 +99,41 @@ impl PunchDriver {
     pub fn peer_took_part(&self) -> bool {
         self.puncher.peer_punching() || self.puncher.path_confirmed()
     }
+}
 
-    /// After the handshake: the peer's ack of our first punch travels about as long as the
-    /// handshake did, so give it up to two round trips (bounded) to arrive before the path is
-    /// judged. A peer that does not punch costs that short wait, nothing more.
-    pub async fn settle(&mut self, rtt: Duration) {
-        if self.peer_took_part() {
-            return;
-        }
-        let wait = (rtt * 2).clamp(Duration::from_millis(2), Duration::from_millis(250));
-        let _ = tokio::time::timeout(wait, self.next_event()).await;
+/// Sends our hello on a unidirectional stream and reads the peer's, before `deadline`.
+pub async fn exchange_hello(
+    conn: &quinn::Connection,
+    ours: Hello,
+    deadline: Instant,
+) -> Result<Hello, String> {
+    let send = async {
+        let mut uni = conn.open_uni().await.map_err(|e| e.to_string())?;
+        uni.write_all(&ours.encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        uni.finish().map_err(|e| e.to_string())
+    };
+    let receive = async {
+        let mut uni = conn.accept_uni().await.map_err(|e| e.to_string())?;
+        let mut buf = [0u8; hello::LEN];
+        uni.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        Hello::decode(&buf).map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout_at(deadline.into(), async { tokio::try_join!(send, receive) }).await
+    {
+        Ok(Ok(((), theirs))) => Ok(theirs),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("no hello from the peer in time".into()),
     }
+}
 
-    /// `Punched` if the peer punched toward us and a NAT sits between us, else `Direct`.
-    pub fn path(&self) -> Path {
-        if self.peer_took_part() && self.puncher.nat_between() {
-            Path::Punched
-        } else {
-            Path::Direct
-        }
+/// The path of a connection: `Punched` if the reverse proxy was punching toward the forward
+/// proxy and a NAT sits between them (it had to punch), else `Direct`.
+pub fn judge_path(rp_was_punching: bool, nat_between: bool) -> Path {
+    if rp_was_punching && nat_between {
+        Path::Punched
+    } else {
+        Path::Direct
     }
 }

@@ -75,7 +75,7 @@ impl ConnOptions {
         // Tunnels are long-lived and numerous: allow many concurrent streams per connection and
         // windows large enough for a single tunnel to fill a fast link.
         t.max_concurrent_bidi_streams(4096u32.into());
-        // One unidirectional stream: the reverse proxy's welcome (see proto::tunnel::WELCOME).
+        // One unidirectional stream each way: the hello (see proto::hello).
         t.max_concurrent_uni_streams(1u32.into());
         t.stream_receive_window((8u32 * 1024 * 1024).into());
         t.receive_window((32u32 * 1024 * 1024).into());

@@ -15,12 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::{self, KeynetSocket};
 use crate::error::{Error, Result};
-use crate::events::{ConnectionInfo, EventSink, Path};
+use crate::events::{ConnectionInfo, EventSink};
 use crate::forward_proxy::wait_released;
-use crate::holepunch::{PunchDriver, PunchEvent};
+use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
 use crate::identity::{LoadedIdentity, TlsConfig};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
+use crate::proto::hello::Hello;
 use crate::proto::tunnel::{self, Ack};
 use crate::splice::splice;
 use crate::task::Tasks;
@@ -66,8 +67,6 @@ struct Running {
     server_addr: SocketAddr,
     node_id: NodeId,
     accept: Acceptable,
-    /// Path of addresses this proxy is punching toward, as learnt from the punch exchange.
-    punch_paths: Mutex<HashMap<SocketAddr, Path>>,
     /// Local TCP address of each server connection -> the calling connection.
     by_proxy: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
 }
@@ -132,7 +131,6 @@ impl ReverseProxy {
             server_addr: start.server_addr,
             node_id,
             accept,
-            punch_paths: Mutex::new(HashMap::new()),
             by_proxy: Mutex::new(HashMap::new()),
         });
         *self.inner.running.write().expect("running lock") = Some(running.clone());
@@ -255,9 +253,7 @@ impl ReverseProxy {
             loop {
                 tokio::select! {
                     _ = running.tracker.wait_until(|t| t.get(&addr).is_some()) => return,
-                    PunchEvent::PathOpened = punch.next_event() => {
-                        running.punch_paths.lock().expect("punch paths lock").insert(addr, punch.path());
-                    }
+                    PunchEvent::PathOpened = punch.next_event() => {}
                 }
             }
         };
@@ -266,14 +262,6 @@ impl ReverseProxy {
             _ = cancel.cancelled() => return Err(Error::Aborted),
         };
         punch.connected();
-        running
-            .punch_paths
-            .lock()
-            .expect("punch paths lock")
-            .remove(&addr);
-        if let Some(peer) = running.tracker.get(&addr) {
-            peer.set_path(punch.path());
-        }
         Ok(up)
     }
 
@@ -340,24 +328,20 @@ impl ReverseProxy {
             &running.accept,
             time::OffsetDateTime::now_utc().unix_timestamp(),
         )?;
-        let path = running
-            .punch_paths
-            .lock()
-            .expect("punch paths lock")
-            .get(&remote)
-            .copied()
-            .unwrap_or(Path::Direct);
+        // Our hello tells the forward proxy we accepted it, and both learn the path.
+        let own = running.socket.local_toward(remote);
+        let punching = running.socket.has_session(&remote);
+        let ours = Hello {
+            punching,
+            observed: remote,
+            own,
+        };
+        let deadline = std::time::Instant::now() + self.inner.opts.connect_time;
+        let theirs = exchange_hello(&conn, ours, deadline)
+            .await
+            .map_err(Error::ConnectionStart)?;
+        let path = judge_path(punching, theirs.nat_between(remote, own));
         let peer = Arc::new(Peer::new(conn, node_id, path));
-        let mut welcome = peer
-            .conn
-            .open_uni()
-            .await
-            .map_err(|e| Error::ConnectionStart(e.to_string()))?;
-        welcome
-            .write_all(tunnel::WELCOME)
-            .await
-            .map_err(|e| Error::ConnectionStart(e.to_string()))?;
-        let _ = welcome.finish();
         running.tracker.insert(peer.clone());
         tracing::debug!(%remote, %node_id, "accepted connection");
         Ok(peer)

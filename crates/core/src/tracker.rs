@@ -79,11 +79,6 @@ impl Peer {
             .is_ok()
     }
 
-    /// Sets the path (the punch exchange may finish after the handshake).
-    pub fn set_path(&self, path: Path) {
-        *self.path.lock().expect("path lock") = path;
-    }
-
     /// The current path.
     pub fn path(&self) -> Path {
         *self.path.lock().expect("path lock")

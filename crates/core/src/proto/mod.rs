@@ -2,5 +2,6 @@
 //! QUIC stream, and hole punching.
 
 pub mod connect;
+pub mod hello;
 pub mod punch;
 pub mod tunnel;

@@ -73,7 +73,7 @@ pub fn is_punch(datagram: &[u8]) -> bool {
     datagram.len() == LEN && datagram[0] == 0 && &datagram[1..4] == MAGIC
 }
 
-fn put_addr(out: &mut [u8], addr: Option<SocketAddr>) {
+pub(crate) fn put_addr(out: &mut [u8], addr: Option<SocketAddr>) {
     match addr {
         None => out.fill(0),
         Some(a) => {
@@ -88,7 +88,7 @@ fn put_addr(out: &mut [u8], addr: Option<SocketAddr>) {
     }
 }
 
-fn get_addr(b: &[u8]) -> Result<Option<SocketAddr>, DecodeError> {
+pub(crate) fn get_addr(b: &[u8]) -> Result<Option<SocketAddr>, DecodeError> {
     let mut octets = [0u8; 16];
     octets.copy_from_slice(&b[1..17]);
     let v6 = Ipv6Addr::from(octets);

@@ -6,11 +6,6 @@
 //! ack:   status(1) reason_len(2, BE) reason(utf-8)
 //! ```
 
-/// What the reverse proxy sends on a unidirectional stream once it has verified the forward
-/// proxy's certificate: in TLS 1.3 the client finishes its handshake before the server checked
-/// the client's chain, so the forward proxy waits for this before calling a connection up.
-pub const WELCOME: &[u8; 4] = b"KNW\x01";
-
 /// Magic that starts every tunnel stream.
 pub const MAGIC: &[u8; 3] = b"KNT";
 /// Protocol version of this header.
@@ -119,11 +114,6 @@ mod tests {
             decode_open(&[b'K', b'N', b'T', 9, 0, 0, 0, 0]),
             Err(OpenError::Version(9))
         );
-    }
-
-    #[test]
-    fn welcome_snapshot() {
-        assert_eq!(WELCOME, &[0x4b, 0x4e, 0x57, 0x01]);
     }
 
     #[test]

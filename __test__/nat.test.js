@@ -1,0 +1,145 @@
+'use strict'
+// Hole punching proven in the NAT lab (natlab/): Linux network namespaces and nftables NATs.
+// Needs root (CI runs as root); elsewhere these tests are skipped with the reason.
+
+const test = require('ava')
+const { execFileSync } = require('node:child_process')
+const { IP, withLab, Lab, labSupport, leftovers } = require('../natlab/lab.js')
+const { attempt, startPair, openBoth } = require('../natlab/attempt.js')
+
+const unsupported = labSupport()
+const labTest = unsupported ? test.skip : test.serial
+if (unsupported) console.log(`nat.test.js skipped: ${unsupported}`)
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+function namespacesNow() {
+  return execFileSync(IP, ['netns', 'list'], { encoding: 'utf8' })
+}
+
+for (const [topology, path] of [
+  ['direct', 'direct'],
+  ['cone', 'punched'],
+  ['restricted', 'punched'],
+  ['double-nat', 'punched'],
+  ['hairpin', 'punched'],
+]) {
+  labTest(`${topology}: a gRPC call crosses end to end 10 times out of 10, path '${path}'`, async (t) => {
+    await withLab(topology, {}, async (lab, A, B) => {
+      for (let i = 0; i < 10; i++) {
+        const r = await attempt(lab, A, B, { timeout: 10000 })
+        t.true(r.ok, `attempt ${i + 1}: ${r.code}`)
+        t.is(r.path, path, `attempt ${i + 1}: the forward proxy's path`)
+        t.is(r.rpPath, path, `attempt ${i + 1}: the reverse proxy's path`)
+      }
+    })
+  })
+}
+
+labTest('lossy: 16 MiB each way through a punched tunnel with 5% loss, sha256 equal', async (t) => {
+  await withLab('lossy', {}, async (lab, A, B) => {
+    const pair = await startPair(lab, A, B, { server: 'echo', opts: { connConnectTime: 15000 } })
+    const { open } = await openBoth(A, B, pair, 15000)
+    t.true(open.ok, open.message)
+    t.is(open.path, 'punched')
+    const r = await A.request({ cmd: 'transfer', host: pair.pubB.host, port: pair.pubB.port, bytes: 16 * 1024 * 1024 }, 120000)
+    t.true(r.ok, r.message)
+    t.is(r.bytes, 16 * 1024 * 1024)
+    t.is(r.received, r.sent, 'the bytes that came back are the bytes that were sent')
+    const drops = await lab.lossDrops()
+    t.true(drops > 100, `the public segment really dropped packets (${drops})`)
+    t.log(`${drops} UDP packets dropped on the public segment (a GSO batch of datagrams counts once)`)
+  })
+})
+
+for (const topology of ['symmetric', 'udp-blocked']) {
+  labTest(`${topology}: openConnection rejects with ErrorConnectionStartTimeout in time, CONNECT gets 504, both keep serving`, async (t) => {
+    await withLab(topology, {}, async (lab, A, B) => {
+      const pair = await startPair(lab, A, B, { opts: { connConnectTime: 2000 } })
+      const t0 = Date.now()
+      const { open, punch } = await openBoth(A, B, pair, 2000)
+      const took = Date.now() - t0
+      t.false(open.ok)
+      t.is(open.code, 'ErrorConnectionStartTimeout')
+      t.false(punch.ok)
+      t.is(punch.code, 'ErrorConnectionStartTimeout')
+      t.true(took < 2000 + 3000, `both gave up about when their 2 s budget ran out (took ${took} ms)`)
+      const c = await A.request({ cmd: 'connectStatus', host: pair.pubB.host, port: pair.pubB.port, nodeId: pair.nodeIdB }, 10000)
+      t.is(c.status, 504)
+      // Both proxies still serve: another CONNECT is answered, and the reverse proxy answers too.
+      const again = await A.request({ cmd: 'connectStatus', host: pair.pubB.host, port: pair.pubB.port, nodeId: pair.nodeIdB }, 10000)
+      t.is(again.status, 504)
+      const info = await B.request({ cmd: 'info', host: pair.pubA.host, port: pair.pubA.port })
+      t.true(info.ok)
+      t.is(info.count, 0)
+      const stops = await Promise.all([A.request({ cmd: 'stop' }), B.request({ cmd: 'stop' })])
+      t.true(stops.every((s) => s.ok), 'both stop cleanly')
+    })
+  })
+}
+
+/**
+ * Opens a tunnel through two port-restricted NATs whose UDP mappings expire after 5 s, makes a
+ * call, leaves the tunnel idle for 20 s, and calls again over the same gRPC connection (the
+ * same tunnel). Returns what the second call and B's NAT saw.
+ */
+async function idleTunnel(t, opts) {
+  return withLab('restricted', { udpTimeout: 5 }, async (lab, A, B) => {
+    const pair = await startPair(lab, A, B, { opts: { connConnectTime: 10000, connKeepAliveTimeoutTime: 60000, ...opts } })
+    const { open } = await openBoth(A, B, pair, 10000)
+    t.true(open.ok, open.message)
+    const target = { host: pair.pubB.host, port: pair.pubB.port, keep: true }
+    const first = await A.request({ cmd: 'call', ...target })
+    t.true(first.ok, first.message)
+    const before = await lab.conntrack('B')
+    t.true(before.includes(`sport=${pair.pubA.port}`), `B's NAT tracks the flow before the idle period:\n${before}`)
+    await sleep(20000) // the subject of the test: 20 s of idleness, four NAT timeouts
+    const after = await lab.conntrack('B')
+    const second = await A.request({ cmd: 'call', ...target, deadlineMs: 4000 }, 20000)
+    return { second, mappingKept: after.includes(`sport=${pair.pubA.port}`), after }
+  })
+}
+
+labTest('keepalive: with 5 s NAT timeouts, a tunnel idle for 20 s still carries a call', async (t) => {
+  const r = await idleTunnel(t, {})
+  t.true(r.mappingKept, `keepalives kept B's NAT mapping:\n${r.after}`)
+  t.true(r.second.ok, r.second.message)
+  t.is(r.second.text, 'hello')
+})
+
+labTest('keepalive disabled (test-only option): the same idle tunnel loses its NAT mapping and the call fails', async (t) => {
+  const r = await idleTunnel(t, { _disableKeepAlive: true })
+  t.false(r.mappingKept, `B's NAT forgot the mapping:\n${r.after}`)
+  t.false(r.second.ok, 'the call cannot cross the expired mapping')
+})
+
+labTest('a lab is removed after use, also when the test body throws', async (t) => {
+  let names = []
+  await t.throwsAsync(
+    withLab('double-nat', {}, async (lab) => {
+      names = [...lab.namespaces]
+      t.true(names.length >= 6)
+      for (const ns of names) t.true(namespacesNow().includes(ns))
+      throw new Error('test body failed')
+    }),
+    { message: 'test body failed' },
+  )
+  const now = namespacesNow()
+  for (const ns of names) t.false(now.includes(ns), `${ns} is gone`)
+})
+
+if (!unsupported) {
+  test.after.always('no namespace of this run is left behind', (t) => {
+    t.deepEqual(leftovers(`kn${process.pid % 100000}x`), [])
+  })
+}
+
+test('the lab builds nothing in the root namespace', (t) => {
+  // Every ip/nft command of the lab names a namespace (ip -n NS, ip netns exec NS) or creates
+  // one: read the builder's source to keep it so.
+  const src = require('node:fs').readFileSync(require.resolve('../natlab/lab.js'), 'utf8')
+  const calls = [...src.matchAll(/sh\(\[IP, '([^']+)'/g)].map((m) => m[1])
+  t.true(calls.length > 5)
+  for (const c of calls) t.true(c === '-n' || c === 'netns', `ip ${c} … runs inside a namespace`)
+  t.is(typeof Lab.create, 'function')
+})
