@@ -17,7 +17,7 @@ pub struct NativeForwardProxy {
 
 #[napi]
 impl NativeForwardProxy {
-    #[napi(constructor)]
+    #[napi(constructor, catch_unwind)]
     pub fn new(auth_token: String, options: Option<NativeOptions>) -> Result<Self> {
         let opts = options.unwrap_or_default().into_core();
         Ok(NativeForwardProxy {
@@ -26,7 +26,7 @@ impl NativeForwardProxy {
         })
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn set_event_listener(&self, listener: Option<Listener>) {
         self.inner.set_event_sink(listener.map(convert::sink));
     }
@@ -59,12 +59,12 @@ impl NativeForwardProxy {
         self.inner.stop().await.map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn node_id(&self) -> Result<String> {
         self.inner.node_id().map(|n| n.to_string()).map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn proxy_host(&self) -> Result<String> {
         self.inner
             .proxy_addr()
@@ -72,7 +72,7 @@ impl NativeForwardProxy {
             .map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn proxy_port(&self) -> Result<u32> {
         self.inner
             .proxy_addr()
@@ -80,7 +80,7 @@ impl NativeForwardProxy {
             .map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn egress_host(&self) -> Result<String> {
         self.inner
             .egress_addr()
@@ -88,7 +88,7 @@ impl NativeForwardProxy {
             .map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn egress_port(&self) -> Result<u32> {
         self.inner
             .egress_addr()
@@ -120,7 +120,7 @@ impl NativeForwardProxy {
     }
 
     /// Registers a cancellable operation before it starts, so an abort can never come too early.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn begin_op(&self, op_id: u32) {
         self.ops
             .lock()
@@ -129,7 +129,7 @@ impl NativeForwardProxy {
     }
 
     /// Cancels a registered operation (it stays registered until it ends).
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn abort(&self, op_id: u32) {
         if let Some(t) = self.ops.lock().expect("ops lock").get(&op_id) {
             t.cancel();
@@ -137,7 +137,7 @@ impl NativeForwardProxy {
     }
 
     /// Forgets an operation's registration.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn end_op(&self, op_id: u32) {
         self.ops.lock().expect("ops lock").remove(&op_id);
     }
@@ -150,26 +150,26 @@ impl NativeForwardProxy {
             .map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn add_direct_connection(&self, host: String, port: u32) -> Result<()> {
         self.inner
             .add_direct_connection(addr("host", &host, port)?)
             .map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn remove_connection(&self, host: String, port: u32) -> Result<()> {
         self.inner
             .remove_connection(addr("host", &host, port)?)
             .map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn connection_count(&self) -> Result<u32> {
         self.inner.connection_count().map(|n| n as u32).map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn info_by_ingress(&self, host: String, port: u32) -> Result<Option<NativeConnectionInfo>> {
         let info = self
             .inner
@@ -178,7 +178,7 @@ impl NativeForwardProxy {
         Ok(info.map(Into::into))
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn info_by_client(&self, host: String, port: u32) -> Result<Option<NativeConnectionInfo>> {
         let info = self
             .inner
@@ -187,7 +187,7 @@ impl NativeForwardProxy {
         Ok(info.map(Into::into))
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn set_tls_config(&self, key_private_pem: String, cert_chain_pem: String) -> Result<()> {
         let tls = keynet_core::TlsConfig {
             key_private_pem,

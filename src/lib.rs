@@ -38,7 +38,7 @@ pub async fn generate_identity() -> Result<NativeIdentity> {
 }
 
 /// Rotates an identity to a fresh key: the new leaf is signed by the previous key.
-#[napi]
+#[napi(catch_unwind)]
 pub fn rotate_identity(key_private_pem: String, cert_chain_pem: String) -> Result<NativeIdentity> {
     let tls = keynet_core::TlsConfig {
         key_private_pem,
@@ -50,7 +50,7 @@ pub fn rotate_identity(key_private_pem: String, cert_chain_pem: String) -> Resul
 }
 
 /// Node id of the first certificate in a PEM string.
-#[napi]
+#[napi(catch_unwind)]
 pub fn node_id_from_certificate(cert_pem: String) -> Result<String> {
     keynet_core::node_id_from_certificate_pem(&cert_pem)
         .map(|id| id.to_string())

@@ -17,7 +17,7 @@ pub struct NativeReverseProxy {
 
 #[napi]
 impl NativeReverseProxy {
-    #[napi(constructor)]
+    #[napi(constructor, catch_unwind)]
     pub fn new(options: Option<NativeOptions>) -> Result<Self> {
         let opts = options.unwrap_or_default().into_core();
         Ok(NativeReverseProxy {
@@ -26,7 +26,7 @@ impl NativeReverseProxy {
         })
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn set_event_listener(&self, listener: Option<Listener>) {
         self.inner.set_event_sink(listener.map(convert::sink));
     }
@@ -65,12 +65,12 @@ impl NativeReverseProxy {
         self.inner.stop().await.map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn node_id(&self) -> Result<String> {
         self.inner.node_id().map(|n| n.to_string()).map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn ingress_host(&self) -> Result<String> {
         self.inner
             .ingress_addr()
@@ -78,7 +78,7 @@ impl NativeReverseProxy {
             .map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn ingress_port(&self) -> Result<u32> {
         self.inner
             .ingress_addr()
@@ -86,7 +86,7 @@ impl NativeReverseProxy {
             .map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn server_host(&self) -> Result<String> {
         self.inner
             .server_addr()
@@ -94,7 +94,7 @@ impl NativeReverseProxy {
             .map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn server_port(&self) -> Result<u32> {
         self.inner
             .server_addr()
@@ -125,7 +125,7 @@ impl NativeReverseProxy {
     }
 
     /// Registers a cancellable operation before it starts, so an abort can never come too early.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn begin_op(&self, op_id: u32) {
         self.ops
             .lock()
@@ -134,7 +134,7 @@ impl NativeReverseProxy {
     }
 
     /// Cancels a registered operation (it stays registered until it ends).
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn abort(&self, op_id: u32) {
         if let Some(t) = self.ops.lock().expect("ops lock").get(&op_id) {
             t.cancel();
@@ -142,7 +142,7 @@ impl NativeReverseProxy {
     }
 
     /// Forgets an operation's registration.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn end_op(&self, op_id: u32) {
         self.ops.lock().expect("ops lock").remove(&op_id);
     }
@@ -155,26 +155,26 @@ impl NativeReverseProxy {
             .map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn add_direct_connection(&self, host: String, port: u32) -> Result<()> {
         self.inner
             .add_direct_connection(addr("host", &host, port)?)
             .map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn remove_connection(&self, host: String, port: u32) -> Result<()> {
         self.inner
             .remove_connection(addr("host", &host, port)?)
             .map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn connection_count(&self) -> Result<u32> {
         self.inner.connection_count().map(|n| n as u32).map_err(err)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn info_by_egress(&self, host: String, port: u32) -> Result<Option<NativeConnectionInfo>> {
         let info = self
             .inner
@@ -183,7 +183,7 @@ impl NativeReverseProxy {
         Ok(info.map(Into::into))
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn info_by_proxy(&self, host: String, port: u32) -> Result<Option<NativeConnectionInfo>> {
         let info = self
             .inner
@@ -192,7 +192,7 @@ impl NativeReverseProxy {
         Ok(info.map(Into::into))
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn set_tls_config(&self, key_private_pem: String, cert_chain_pem: String) -> Result<()> {
         let tls = keynet_core::TlsConfig {
             key_private_pem,
