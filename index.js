@@ -4,7 +4,7 @@
 
 const { EventEmitter } = require('node:events')
 const net = require('node:net')
-const native = require('./native.js')
+const native = require('./loader.js').load()
 const errors = require('./errors.js')
 
 const EVENTS = new Set(['connection', 'close', 'path'])
