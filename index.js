@@ -185,9 +185,50 @@ function info(i) {
   return i === null || i === undefined ? undefined : i
 }
 
+// ---- what both proxies share --------------------------------------------------------------------
+
+class Proxy {
+  constructor(handle) {
+    this._native = handle
+    this._events = attachEvents(handle)
+  }
+
+  async stop() {
+    await wrap(this._native.stop())
+  }
+
+  getNodeId() { return sync(() => this._native.nodeId()) }
+  getConnectionCount() { return sync(() => this._native.connectionCount()) }
+
+  /** Identity for connections opened afterwards (and for later starts without tlsConfig). */
+  setTlsConfig(tlsConfig) {
+    if (tlsConfig === undefined || tlsConfig === null) throw typeError('tlsConfig', 'a { keyPrivatePem, certChainPem } object', tlsConfig)
+    checkTls('tlsConfig', tlsConfig)
+    sync(() => this._native.setTlsConfig(tlsConfig.keyPrivatePem, tlsConfig.certChainPem))
+  }
+
+  /** First form: track an address without punching. */
+  addDirectConnection(port, host) {
+    checkPort('port', port)
+    checkHost('host', host)
+    sync(() => this._native.addDirectConnection(host, port))
+  }
+
+  /** First form: forget a tracked address and close its connection. */
+  removeConnection(port, host) {
+    checkPort('port', port)
+    checkHost('host', host)
+    sync(() => this._native.removeConnection(host, port))
+  }
+
+  on(event, listener) { checkEvent(event, listener); this._events.on(event, listener); return this }
+  once(event, listener) { checkEvent(event, listener); this._events.once(event, listener); return this }
+  off(event, listener) { checkEvent(event, listener); this._events.off(event, listener); return this }
+}
+
 // ---- ForwardProxy ----------------------------------------------------------------------------
 
-class ForwardProxy {
+class ForwardProxy extends Proxy {
   /**
    * @param {{authToken: string, connConnectTime?: number, connKeepAliveTimeoutTime?: number,
    *   connKeepAliveIntervalTime?: number, connPunchIntervalTime?: number, connEndTime?: number}} opts
@@ -195,8 +236,7 @@ class ForwardProxy {
   constructor(opts) {
     opts = checkObject('opts', opts)
     checkString('opts.authToken', opts.authToken)
-    this._native = sync(() => new native.NativeForwardProxy(opts.authToken, connOptions(opts)))
-    this._events = attachEvents(this._native)
+    super(sync(() => new native.NativeForwardProxy(opts.authToken, connOptions(opts))))
   }
 
   async start(opts) {
@@ -213,11 +253,6 @@ class ForwardProxy {
     )
   }
 
-  async stop() {
-    await wrap(this._native.stop())
-  }
-
-  getNodeId() { return sync(() => this._native.nodeId()) }
   getProxyHost() { return sync(() => this._native.proxyHost()) }
   getProxyPort() { return sync(() => this._native.proxyPort()) }
   getEgressHost() { return sync(() => this._native.egressHost()) }
@@ -256,8 +291,6 @@ class ForwardProxy {
     await wrap(this._native.closeConnection(host, port))
   }
 
-  getConnectionCount() { return sync(() => this._native.connectionCount()) }
-
   getConnectionInfoByIngress(host, port) {
     checkHost('host', host)
     checkPort('port', port)
@@ -268,19 +301,6 @@ class ForwardProxy {
     checkHost('clientHost', clientHost)
     checkPort('clientPort', clientPort)
     return info(sync(() => this._native.infoByClient(clientHost, clientPort)))
-  }
-
-  setTlsConfig(tlsConfig) {
-    if (tlsConfig === undefined || tlsConfig === null) throw typeError('tlsConfig', 'a { keyPrivatePem, certChainPem } object', tlsConfig)
-    checkTls('tlsConfig', tlsConfig)
-    sync(() => this._native.setTlsConfig(tlsConfig.keyPrivatePem, tlsConfig.certChainPem))
-  }
-
-  /** First form: track a directly connectable reverse proxy; the connection opens on first use. */
-  addDirectConnection(port, host) {
-    checkPort('port', port)
-    checkHost('host', host)
-    sync(() => this._native.addDirectConnection(host, port))
   }
 
   /** First form: connect while punching; resolves whether the connection came up. */
@@ -297,25 +317,14 @@ class ForwardProxy {
     }
   }
 
-  /** First form: forget a tracked address and close its connection. */
-  removeConnection(port, host) {
-    checkPort('port', port)
-    checkHost('host', host)
-    sync(() => this._native.removeConnection(host, port))
-  }
-
-  on(event, listener) { checkEvent(event, listener); this._events.on(event, listener); return this }
-  once(event, listener) { checkEvent(event, listener); this._events.once(event, listener); return this }
-  off(event, listener) { checkEvent(event, listener); this._events.off(event, listener); return this }
 }
 
 // ---- ReverseProxy ----------------------------------------------------------------------------
 
-class ReverseProxy {
+class ReverseProxy extends Proxy {
   constructor(opts) {
     opts = checkObject('opts', opts)
-    this._native = sync(() => new native.NativeReverseProxy(connOptions(opts)))
-    this._events = attachEvents(this._native)
+    super(sync(() => new native.NativeReverseProxy(connOptions(opts))))
     this._connectTime = opts.connConnectTime ?? 20000
   }
 
@@ -337,11 +346,6 @@ class ReverseProxy {
     )
   }
 
-  async stop() {
-    await wrap(this._native.stop())
-  }
-
-  getNodeId() { return sync(() => this._native.nodeId()) }
   getIngressHost() { return sync(() => this._native.ingressHost()) }
   getIngressPort() { return sync(() => this._native.ingressPort()) }
   getServerHost() { return sync(() => this._native.serverHost()) }
@@ -370,8 +374,6 @@ class ReverseProxy {
     await wrap(this._native.closeConnection(egressHost, egressPort))
   }
 
-  getConnectionCount() { return sync(() => this._native.connectionCount()) }
-
   getConnectionInfoByEgress(egressHost, egressPort) {
     checkHost('egressHost', egressHost)
     checkPort('egressPort', egressPort)
@@ -384,12 +386,6 @@ class ReverseProxy {
     return info(sync(() => this._native.infoByProxy(proxyHost, proxyPort)))
   }
 
-  setTlsConfig(tlsConfig) {
-    if (tlsConfig === undefined || tlsConfig === null) throw typeError('tlsConfig', 'a { keyPrivatePem, certChainPem } object', tlsConfig)
-    checkTls('tlsConfig', tlsConfig)
-    sync(() => this._native.setTlsConfig(tlsConfig.keyPrivatePem, tlsConfig.certChainPem))
-  }
-
   /** First form: punch toward a forward proxy; resolves whether its connection arrived. */
   async addNatConnection(port, host, attempts = 50) {
     checkPort('port', port)
@@ -397,22 +393,6 @@ class ReverseProxy {
     if (!Number.isInteger(attempts) || attempts < 1) throw rangeError('attempts', 'an integer >= 1', attempts)
     return wrap(this._native.punch(host, port, attempts, undefined, undefined))
   }
-
-  addDirectConnection(port, host) {
-    checkPort('port', port)
-    checkHost('host', host)
-    sync(() => this._native.addDirectConnection(host, port))
-  }
-
-  removeConnection(port, host) {
-    checkPort('port', port)
-    checkHost('host', host)
-    sync(() => this._native.removeConnection(host, port))
-  }
-
-  on(event, listener) { checkEvent(event, listener); this._events.on(event, listener); return this }
-  once(event, listener) { checkEvent(event, listener); this._events.once(event, listener); return this }
-  off(event, listener) { checkEvent(event, listener); this._events.off(event, listener); return this }
 }
 
 // ---- identity --------------------------------------------------------------------------------

@@ -152,6 +152,39 @@ pub struct NativeEvent {
     pub reason: Option<String>,
 }
 
+/// Cancellable operations of one proxy, by the id index.js gave them.
+#[derive(Default)]
+pub struct Ops(std::sync::Mutex<std::collections::HashMap<u32, keynet_core::CancellationToken>>);
+
+impl Ops {
+    /// Registers an operation before it starts, so an abort can never come too early.
+    pub fn begin(&self, id: u32) {
+        self.0
+            .lock()
+            .expect("ops lock")
+            .insert(id, keynet_core::CancellationToken::new());
+    }
+
+    /// The token of a registered operation.
+    pub fn token(&self, id: Option<u32>) -> Option<keynet_core::CancellationToken> {
+        id.and_then(|id| self.0.lock().expect("ops lock").get(&id).cloned())
+    }
+
+    /// Cancels an operation (it stays registered until it ends).
+    pub fn abort(&self, id: u32) {
+        if let Some(t) = self.0.lock().expect("ops lock").get(&id) {
+            t.cancel();
+        }
+    }
+
+    /// Forgets an operation.
+    pub fn end(&self, id: Option<u32>) {
+        if let Some(id) = id {
+            self.0.lock().expect("ops lock").remove(&id);
+        }
+    }
+}
+
 /// A weak listener: it never keeps Node alive.
 pub type Listener = ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false, true>;
 

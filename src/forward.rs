@@ -1,18 +1,15 @@
 //! `NativeForwardProxy`: the binding of keynet-core's ForwardProxy.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use keynet_core::{CancellationToken, ForwardProxy, ForwardStart};
+use keynet_core::{ForwardProxy, ForwardStart};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::convert::{self, addr, err, Listener, NativeConnectionInfo, NativeOptions};
+use crate::convert::{self, addr, err, Listener, NativeConnectionInfo, NativeOptions, Ops};
 
 #[napi]
 pub struct NativeForwardProxy {
     inner: ForwardProxy,
-    ops: Mutex<HashMap<u32, CancellationToken>>,
+    ops: Ops,
 }
 
 #[napi]
@@ -22,7 +19,7 @@ impl NativeForwardProxy {
         let opts = options.unwrap_or_default().into_core();
         Ok(NativeForwardProxy {
             inner: ForwardProxy::new(auth_token, opts).map_err(err)?,
-            ops: Mutex::new(HashMap::new()),
+            ops: Ops::default(),
         })
     }
 
@@ -108,38 +105,31 @@ impl NativeForwardProxy {
     ) -> Result<NativeConnectionInfo> {
         let target = addr("host", &host, port)?;
         let pin = convert::node_id(node_id)?;
-        let token = op_id.and_then(|id| self.ops.lock().expect("ops lock").get(&id).cloned());
+        let token = self.ops.token(op_id);
         let r = self
             .inner
             .open_connection(target, pin, timeout_ms.map(convert::ms), token)
             .await;
-        if let Some(id) = op_id {
-            self.ops.lock().expect("ops lock").remove(&id);
-        }
+        self.ops.end(op_id);
         r.map(Into::into).map_err(err)
     }
 
     /// Registers a cancellable operation before it starts, so an abort can never come too early.
     #[napi(catch_unwind)]
     pub fn begin_op(&self, op_id: u32) {
-        self.ops
-            .lock()
-            .expect("ops lock")
-            .insert(op_id, CancellationToken::new());
+        self.ops.begin(op_id);
     }
 
     /// Cancels a registered operation (it stays registered until it ends).
     #[napi(catch_unwind)]
     pub fn abort(&self, op_id: u32) {
-        if let Some(t) = self.ops.lock().expect("ops lock").get(&op_id) {
-            t.cancel();
-        }
+        self.ops.abort(op_id);
     }
 
     /// Forgets an operation's registration.
     #[napi(catch_unwind)]
     pub fn end_op(&self, op_id: u32) {
-        self.ops.lock().expect("ops lock").remove(&op_id);
+        self.ops.end(Some(op_id));
     }
 
     #[napi]

@@ -1,18 +1,15 @@
 //! `NativeReverseProxy`: the binding of keynet-core's ReverseProxy.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use keynet_core::{CancellationToken, ReverseProxy, ReverseStart};
+use keynet_core::{ReverseProxy, ReverseStart};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::convert::{self, addr, err, Listener, NativeConnectionInfo, NativeOptions};
+use crate::convert::{self, addr, err, Listener, NativeConnectionInfo, NativeOptions, Ops};
 
 #[napi]
 pub struct NativeReverseProxy {
     inner: ReverseProxy,
-    ops: Mutex<HashMap<u32, CancellationToken>>,
+    ops: Ops,
 }
 
 #[napi]
@@ -22,7 +19,7 @@ impl NativeReverseProxy {
         let opts = options.unwrap_or_default().into_core();
         Ok(NativeReverseProxy {
             inner: ReverseProxy::new(opts).map_err(err)?,
-            ops: Mutex::new(HashMap::new()),
+            ops: Ops::default(),
         })
     }
 
@@ -113,38 +110,31 @@ impl NativeReverseProxy {
         op_id: Option<u32>,
     ) -> Result<bool> {
         let target = addr("egressHost", &host, port)?;
-        let token = op_id.and_then(|id| self.ops.lock().expect("ops lock").get(&id).cloned());
+        let token = self.ops.token(op_id);
         let r = self
             .inner
             .punch_toward(target, attempts, timeout_ms.map(convert::ms), token)
             .await;
-        if let Some(id) = op_id {
-            self.ops.lock().expect("ops lock").remove(&id);
-        }
+        self.ops.end(op_id);
         r.map_err(err)
     }
 
     /// Registers a cancellable operation before it starts, so an abort can never come too early.
     #[napi(catch_unwind)]
     pub fn begin_op(&self, op_id: u32) {
-        self.ops
-            .lock()
-            .expect("ops lock")
-            .insert(op_id, CancellationToken::new());
+        self.ops.begin(op_id);
     }
 
     /// Cancels a registered operation (it stays registered until it ends).
     #[napi(catch_unwind)]
     pub fn abort(&self, op_id: u32) {
-        if let Some(t) = self.ops.lock().expect("ops lock").get(&op_id) {
-            t.cancel();
-        }
+        self.ops.abort(op_id);
     }
 
     /// Forgets an operation's registration.
     #[napi(catch_unwind)]
     pub fn end_op(&self, op_id: u32) {
-        self.ops.lock().expect("ops lock").remove(&op_id);
+        self.ops.end(Some(op_id));
     }
 
     #[napi]

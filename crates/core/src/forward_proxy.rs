@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,7 +20,8 @@ use crate::endpoint::{self, KeynetSocket};
 use crate::error::{Error, Result};
 use crate::events::{ConnectionInfo, EventSink};
 use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
-use crate::identity::{LoadedIdentity, TlsConfig};
+use crate::identity::TlsConfig;
+use crate::lifecycle::{self, Identities};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::proto::connect::{self, HeadParse, MAX_HEAD_LEN};
@@ -62,9 +63,7 @@ pub struct ForwardProxy {
 struct Inner {
     opts: ConnOptions,
     auth_token: RwLock<String>,
-    identity: RwLock<Option<LoadedIdentity>>,
-    /// Identity given to `set_tls_config`, used by later starts without one.
-    configured: RwLock<Option<LoadedIdentity>>,
+    identities: Identities,
     sink: Arc<RwLock<Option<EventSink>>>,
     lifecycle: tokio::sync::Mutex<()>,
     running: RwLock<Option<Arc<Running>>>,
@@ -90,8 +89,7 @@ impl ForwardProxy {
             inner: Arc::new(Inner {
                 opts,
                 auth_token: RwLock::new(auth_token),
-                identity: RwLock::new(None),
-                configured: RwLock::new(None),
+                identities: Identities::default(),
                 sink: Arc::new(RwLock::new(None)),
                 lifecycle: tokio::sync::Mutex::new(()),
                 running: RwLock::new(None),
@@ -115,16 +113,8 @@ impl ForwardProxy {
         if self.running().is_ok() {
             return Ok(());
         }
-        let identity = match &start.tls {
-            Some(tls) => LoadedIdentity::from_tls_config(tls)?,
-            // setTlsConfig's identity, else a fresh one (API.md: omitted tlsConfig = new identity).
-            None => match self.inner.configured.read().expect("identity lock").clone() {
-                Some(id) => id,
-                None => LoadedIdentity::generate()?,
-            },
-        };
+        let identity = self.inner.identities.for_start(start.tls.as_ref())?;
         let node_id = identity.node_id;
-        *self.inner.identity.write().expect("identity lock") = Some(identity);
         let listener = TcpListener::bind(start.proxy_addr).await?;
         let proxy_addr = listener.local_addr()?;
         let (endpoint, socket) = endpoint::bind(start.egress_addr, None)?;
@@ -162,23 +152,16 @@ impl ForwardProxy {
             return Ok(());
         };
         running.stopping.store(true, Ordering::SeqCst);
-        running.tracker.close_all(reason::STOPPED);
-        running
-            .endpoint
-            .close(0u32.into(), reason::STOPPED.as_bytes());
-        let grace = self.inner.opts.end_time;
-        // Closing connections (including abandoned handshakes) drain for three PTOs; wait for
-        // that, bounded, so the port is really free when stop() resolves.
-        let drain = grace.max(Duration::from_secs(3));
-        let _ = tokio::time::timeout(drain, running.endpoint.wait_idle()).await;
-        // Let connection watchers report their close events, then cancel what remains.
-        let _ = tokio::time::timeout(grace, running.tracker.wait_until(|t| t.count() == 0)).await;
-        if !running.tasks.shutdown(grace + Duration::from_secs(1)).await {
-            tracing::warn!("forward proxy tasks did not end within the grace period");
-        }
+        lifecycle::shutdown(
+            &running.endpoint,
+            &running.tracker,
+            &running.tasks,
+            self.inner.opts.end_time,
+        )
+        .await;
         let socket = Arc::downgrade(&running.socket);
         drop(running);
-        wait_released(socket).await;
+        lifecycle::wait_released(socket).await;
         tracing::info!("forward proxy stopped");
         Ok(())
     }
@@ -231,9 +214,7 @@ impl ForwardProxy {
 
     /// Identity used by connections opened from now on.
     pub fn set_tls_config(&self, tls: &TlsConfig) -> Result<()> {
-        let id = LoadedIdentity::from_tls_config(tls)?;
-        *self.inner.configured.write().expect("identity lock") = Some(id.clone());
-        *self.inner.identity.write().expect("identity lock") = Some(id);
+        self.inner.identities.set(tls)?;
         Ok(())
     }
 
@@ -313,10 +294,8 @@ impl ForwardProxy {
         }
         let identity = self
             .inner
-            .identity
-            .read()
-            .expect("identity lock")
-            .clone()
+            .identities
+            .current()
             .ok_or(Error::ForwardProxyNotRunning)?;
         let accept = pin
             .map(|p| Acceptable::OneOf(vec![p]))
@@ -585,17 +564,4 @@ async fn answer(tcp: &mut TcpStream, status: u16, body: &str) {
         }
     })
     .await;
-}
-
-/// Waits (bounded) until the UDP socket is dropped by quinn's driver, so the port is free.
-/// quinn offers no event for that, hence the short poll.
-pub(crate) async fn wait_released(socket: Weak<KeynetSocket>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while socket.strong_count() > 0 {
-        if Instant::now() >= deadline {
-            tracing::warn!("UDP socket still held 5 s after stop; its port may still be bound");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }

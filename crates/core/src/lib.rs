@@ -8,6 +8,7 @@ pub mod events;
 pub mod forward_proxy;
 pub mod holepunch;
 pub mod identity;
+mod lifecycle;
 pub mod nodeid;
 pub mod options;
 pub mod proto;

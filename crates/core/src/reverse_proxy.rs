@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::endpoint::{self, KeynetSocket};
 use crate::error::{Error, Result};
 use crate::events::{ConnectionInfo, EventSink};
-use crate::forward_proxy::wait_released;
 use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
-use crate::identity::{LoadedIdentity, TlsConfig};
+use crate::identity::TlsConfig;
+use crate::lifecycle::{self, Identities};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::proto::hello::Hello;
@@ -50,9 +50,7 @@ pub struct ReverseProxy {
 
 struct Inner {
     opts: ConnOptions,
-    identity: RwLock<Option<LoadedIdentity>>,
-    /// Identity given to `set_tls_config`, used by later starts without one.
-    configured: RwLock<Option<LoadedIdentity>>,
+    identities: Identities,
     sink: Arc<RwLock<Option<EventSink>>>,
     lifecycle: tokio::sync::Mutex<()>,
     running: RwLock<Option<Arc<Running>>>,
@@ -78,8 +76,7 @@ impl ReverseProxy {
         Ok(ReverseProxy {
             inner: Arc::new(Inner {
                 opts,
-                identity: RwLock::new(None),
-                configured: RwLock::new(None),
+                identities: Identities::default(),
                 sink: Arc::new(RwLock::new(None)),
                 lifecycle: tokio::sync::Mutex::new(()),
                 running: RwLock::new(None),
@@ -98,21 +95,13 @@ impl ReverseProxy {
         if self.running().is_ok() {
             return Ok(());
         }
-        let identity = match &start.tls {
-            Some(tls) => LoadedIdentity::from_tls_config(tls)?,
-            // setTlsConfig's identity, else a fresh one (API.md: omitted tlsConfig = new identity).
-            None => match self.inner.configured.read().expect("identity lock").clone() {
-                Some(id) => id,
-                None => LoadedIdentity::generate()?,
-            },
-        };
+        let identity = self.inner.identities.for_start(start.tls.as_ref())?;
         let node_id = identity.node_id;
         let accept = match start.allowed_node_ids {
             Some(ids) => Acceptable::OneOf(ids),
             None => Acceptable::Any,
         };
         let config = server_config(&identity, accept.clone(), self.inner.opts.transport())?;
-        *self.inner.identity.write().expect("identity lock") = Some(identity);
         let (endpoint, socket) = endpoint::bind(start.ingress_addr, Some(config))?;
         let ingress_addr = endpoint.local_addr()?;
         let tasks = Tasks::new();
@@ -145,22 +134,16 @@ impl ReverseProxy {
         let Some(running) = self.inner.running.write().expect("running lock").take() else {
             return Ok(());
         };
-        running.tracker.close_all(reason::STOPPED);
-        running
-            .endpoint
-            .close(0u32.into(), reason::STOPPED.as_bytes());
-        let grace = self.inner.opts.end_time;
-        // Closing connections (including abandoned handshakes) drain for three PTOs; wait for
-        // that, bounded, so the port is really free when stop() resolves.
-        let drain = grace.max(Duration::from_secs(3));
-        let _ = tokio::time::timeout(drain, running.endpoint.wait_idle()).await;
-        let _ = tokio::time::timeout(grace, running.tracker.wait_until(|t| t.count() == 0)).await;
-        if !running.tasks.shutdown(grace + Duration::from_secs(1)).await {
-            tracing::warn!("reverse proxy tasks did not end within the grace period");
-        }
+        lifecycle::shutdown(
+            &running.endpoint,
+            &running.tracker,
+            &running.tasks,
+            self.inner.opts.end_time,
+        )
+        .await;
         let socket = Arc::downgrade(&running.socket);
         drop(running);
-        wait_released(socket).await;
+        lifecycle::wait_released(socket).await;
         tracing::info!("reverse proxy stopped");
         Ok(())
     }
@@ -211,15 +194,13 @@ impl ReverseProxy {
         Ok(peer.map(|p| running.tracker.info_of(&p)))
     }
 
-    /// Identity used after the next restart (the server config is fixed while running).
+    /// Identity for connections accepted from now on, and for later starts.
     pub fn set_tls_config(&self, tls: &TlsConfig) -> Result<()> {
-        let id = LoadedIdentity::from_tls_config(tls)?;
+        let id = self.inner.identities.set(tls)?;
         if let Ok(running) = self.running() {
             let config = server_config(&id, running.accept.clone(), self.inner.opts.transport())?;
             running.endpoint.set_server_config(Some(config));
         }
-        *self.inner.configured.write().expect("identity lock") = Some(id.clone());
-        *self.inner.identity.write().expect("identity lock") = Some(id);
         Ok(())
     }
 

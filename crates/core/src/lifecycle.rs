@@ -1,0 +1,81 @@
+//! What both proxies do the same way when they start and stop: choose their identity, and shut
+//! their QUIC endpoint, connections and tasks down in one order so `stop()` resolves only when
+//! everything ended and the UDP port is free.
+
+use std::sync::{RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use crate::endpoint::KeynetSocket;
+use crate::error::Result;
+use crate::identity::{LoadedIdentity, TlsConfig};
+use crate::task::Tasks;
+use crate::tracker::{reason, Tracker};
+
+/// A proxy's identities: the one in use, and the one given to `set_tls_config`.
+#[derive(Default)]
+pub(crate) struct Identities {
+    current: RwLock<Option<LoadedIdentity>>,
+    configured: RwLock<Option<LoadedIdentity>>,
+}
+
+impl Identities {
+    /// The identity for a start: the given one, else `set_tls_config`'s, else a fresh one
+    /// (API.md: an omitted tlsConfig means a new identity).
+    pub fn for_start(&self, given: Option<&TlsConfig>) -> Result<LoadedIdentity> {
+        let id = match given {
+            Some(tls) => LoadedIdentity::from_tls_config(tls)?,
+            None => match self.configured.read().expect("identity lock").clone() {
+                Some(id) => id,
+                None => LoadedIdentity::generate()?,
+            },
+        };
+        *self.current.write().expect("identity lock") = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Parses and keeps `tls` for connections opened afterwards and for later starts.
+    pub fn set(&self, tls: &TlsConfig) -> Result<LoadedIdentity> {
+        let id = LoadedIdentity::from_tls_config(tls)?;
+        *self.configured.write().expect("identity lock") = Some(id.clone());
+        *self.current.write().expect("identity lock") = Some(id.clone());
+        Ok(id)
+    }
+
+    /// The identity in use.
+    pub fn current(&self) -> Option<LoadedIdentity> {
+        self.current.read().expect("identity lock").clone()
+    }
+}
+
+/// Closes every connection (reason `stopped`), lets them drain and their watchers report, then
+/// cancels and awaits the remaining tasks. The caller then drops its handles and awaits
+/// [`wait_released`].
+pub(crate) async fn shutdown(
+    endpoint: &quinn::Endpoint,
+    tracker: &Tracker,
+    tasks: &Tasks,
+    grace: Duration,
+) {
+    tracker.close_all(reason::STOPPED);
+    endpoint.close(0u32.into(), reason::STOPPED.as_bytes());
+    // Closing connections (abandoned handshakes too) drain for three PTOs: wait, bounded.
+    let drain = grace.max(Duration::from_secs(3));
+    let _ = tokio::time::timeout(drain, endpoint.wait_idle()).await;
+    let _ = tokio::time::timeout(grace, tracker.wait_until(|t| t.count() == 0)).await;
+    if !tasks.shutdown(grace + Duration::from_secs(1)).await {
+        tracing::warn!("tasks did not end within the grace period");
+    }
+}
+
+/// Waits (bounded) until quinn's driver dropped the UDP socket, so the port is free. quinn
+/// offers no event for that, hence the short poll.
+pub(crate) async fn wait_released(socket: Weak<KeynetSocket>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while socket.strong_count() > 0 {
+        if Instant::now() >= deadline {
+            tracing::warn!("UDP socket still held 5 s after stop; its port may still be bound");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
