@@ -215,6 +215,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         400 => "Bad Request",
         405 => "Method Not Allowed",
         407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
