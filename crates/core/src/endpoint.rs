@@ -18,6 +18,12 @@ use tokio::sync::mpsc;
 use crate::error::Result;
 use crate::proto::punch;
 
+/// The one form of an address used as a key everywhere: a dual-stack socket reports IPv4 peers
+/// as IPv4-mapped IPv6 (`[::ffff:1.2.3.4]:p`); callers say `1.2.3.4:p`.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// Punch datagrams queued per session before further ones are dropped (they repeat anyway).
 const SESSION_QUEUE: usize = 64;
 
@@ -93,6 +99,7 @@ impl KeynetSocket {
 
     /// Starts receiving the punch datagrams that `peer` sends (replacing an older session).
     pub fn register(self: &Arc<Self>, peer: SocketAddr) -> PunchSession {
+        let peer = canonical(peer);
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let id = self
             .next_session
@@ -143,7 +150,7 @@ impl KeynetSocket {
 
     fn deliver_punch(&self, from: SocketAddr, datagram: &[u8]) {
         let map = self.sessions.lock().expect("sessions lock");
-        if let Some((_, tx)) = map.get(&from) {
+        if let Some((_, tx)) = map.get(&canonical(from)) {
             let mut d = [0u8; punch::LEN];
             d.copy_from_slice(datagram);
             let _ = tx.try_send(d);
@@ -216,10 +223,13 @@ impl AsyncUdpSocket for KeynetSocket {
 }
 
 /// Binds a UDP socket at `addr` and builds a quinn endpoint on it (server role if
-/// `server_config` is given). Returns the endpoint and the socket for punching.
+/// `server_config` is given). `reset_secret` keys QUIC stateless resets: derived from the node's
+/// identity, it survives a restart, so a restarted node's reset ends its peers' stale
+/// connections at once instead of after their idle timeout. Returns the endpoint and the socket.
 pub fn bind(
     addr: SocketAddr,
     server_config: Option<quinn::ServerConfig>,
+    reset_secret: &[u8],
 ) -> Result<(quinn::Endpoint, Arc<KeynetSocket>)> {
     let std_socket = std::net::UdpSocket::bind(addr)?;
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
@@ -229,7 +239,8 @@ pub fn bind(
         sessions: Mutex::new(HashMap::new()),
         next_session: Default::default(),
     });
-    let mut config = quinn::EndpointConfig::default();
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
     config.grease_quic_bit(false);
     let endpoint =
         quinn::Endpoint::new_with_abstract_socket(config, server_config, socket.clone(), runtime)?;
@@ -242,8 +253,8 @@ mod tests {
 
     #[tokio::test]
     async fn punches_reach_their_session_and_never_quinn() {
-        let (ep_a, sock_a) = bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
-        let (ep_b, sock_b) = bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let (ep_a, sock_a) = bind("127.0.0.1:0".parse().unwrap(), None, b"a").unwrap();
+        let (ep_b, sock_b) = bind("127.0.0.1:0".parse().unwrap(), None, b"b").unwrap();
         let a = ep_a.local_addr().unwrap();
         let b = ep_b.local_addr().unwrap();
         let mut session = sock_b.register(a);

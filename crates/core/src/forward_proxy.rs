@@ -117,7 +117,11 @@ impl ForwardProxy {
         let node_id = identity.node_id;
         let listener = TcpListener::bind(start.proxy_addr).await?;
         let proxy_addr = listener.local_addr()?;
-        let (endpoint, socket) = endpoint::bind(start.egress_addr, None)?;
+        let (endpoint, socket) = endpoint::bind(
+            start.egress_addr,
+            None,
+            &identity.derived_secret("quic stateless reset"),
+        )?;
         let egress_addr = endpoint.local_addr()?;
         let tasks = Tasks::new();
         let tracker = Arc::new(Tracker::new(
@@ -177,7 +181,12 @@ impl ForwardProxy {
 
     /// This proxy's node id.
     pub fn node_id(&self) -> Result<NodeId> {
-        Ok(self.running()?.node_id)
+        let running = self.running()?;
+        Ok(self
+            .inner
+            .identities
+            .current()
+            .map_or(running.node_id, |id| id.node_id))
     }
 
     /// The HTTP CONNECT listener's address.
@@ -230,12 +239,12 @@ impl ForwardProxy {
         let running = self.running()?;
         let budget = timeout.unwrap_or(self.inner.opts.connect_time);
         let dial = self.connect(&running, addr, pin, budget);
-        let peer = match cancel {
-            Some(token) => tokio::select! {
-                r = dial => r?,
-                _ = token.cancelled() => return Err(Error::Aborted),
-            },
-            None => dial.await?,
+        let cancel = cancel.unwrap_or_default();
+        let stopping = running.tasks.token().clone();
+        let peer = tokio::select! {
+            r = dial => r?,
+            _ = cancel.cancelled() => return Err(Error::Aborted),
+            _ = stopping.cancelled() => return Err(Error::ForwardProxyNotRunning),
         };
         running.tracker.register(addr, pin);
         Ok(running.tracker.info_of(&peer))
@@ -289,6 +298,25 @@ impl ForwardProxy {
             }
             return Ok(peer);
         }
+        let result = self.dial(running, addr, pin, budget, deadline, &lock).await;
+        if result.is_err() {
+            running.tracker.forget_failed_dial(&addr, &lock);
+        }
+        result
+    }
+
+    /// Dials `addr` (the caller holds its dial lock `lock`): punches, handshakes, exchanges
+    /// hellos, and adds the connection to the tracker.
+    async fn dial(
+        &self,
+        running: &Arc<Running>,
+        addr: SocketAddr,
+        pin: Option<NodeId>,
+        budget: Duration,
+        deadline: Instant,
+        lock: &Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<Arc<Peer>> {
+        let timed_out = || Error::ConnectionStartTimeout(budget.as_millis() as u64);
         if addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(Error::ConnectionStart(format!("cannot connect to {addr}")));
         }
@@ -327,6 +355,12 @@ impl ForwardProxy {
             tokio::select! {
                 r = tokio::time::timeout_at(deadline.into(), &mut connecting) => match r {
                     Err(_) => return Err(timed_out()),
+                    // The handshake's own idle timeout (connKeepAliveTimeoutTime) ran out before
+                    // our budget did: the peer may still start punching, so dial again.
+                    Ok(Err(quinn::ConnectionError::TimedOut)) if Instant::now() < deadline => {
+                        connecting = dial()?;
+                        attempt_started = Instant::now();
+                    }
                     Ok(Err(e)) => {
                         if let Some(cert) = outcome.lock().expect("outcome lock").take() {
                             return Err(cert.into());
@@ -378,6 +412,12 @@ impl ForwardProxy {
             &accept,
             time::OffsetDateTime::now_utc().unix_timestamp(),
         )?;
+        if !running.tracker.is_current_dial(&addr, lock) {
+            conn.close(0u32.into(), reason::LOCAL.as_bytes());
+            return Err(Error::ConnectionStart(format!(
+                "{addr} was closed while its connection was being opened"
+            )));
+        }
         let peer = Arc::new(Peer::new(conn, node_id, path));
         running.tracker.insert(peer.clone());
         tracing::debug!(%addr, %node_id, path = path.as_str(), "connection established");

@@ -24,6 +24,7 @@ pub struct PunchDriver {
     target: SocketAddr,
     session: PunchSession,
     puncher: Puncher,
+    receiving: bool,
 }
 
 impl PunchDriver {
@@ -54,6 +55,7 @@ impl PunchDriver {
             target,
             session,
             puncher,
+            receiving: true,
         }
     }
 
@@ -80,8 +82,12 @@ impl PunchDriver {
             };
             tokio::select! {
                 _ = sleep => {}
-                d = self.session.rx.recv() => {
-                    let Some(d) = d else { return std::future::pending().await };
+                d = self.session.rx.recv(), if self.receiving => {
+                    // A newer session for the same address took the datagrams: keep punching.
+                    let Some(d) = d else {
+                        self.receiving = false;
+                        continue;
+                    };
                     if let Some(ack) = self.puncher.handle(Instant::now(), self.target, &d) {
                         self.socket.send_to(self.target, &ack).await;
                     }

@@ -198,6 +198,19 @@ impl LoadedIdentity {
         })
     }
 
+    /// A secret derived from the private key for `purpose` (e.g. the QUIC stateless-reset key):
+    /// stable across restarts with the same identity, useless for recovering the key.
+    pub fn derived_secret(&self, purpose: &str) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"keynet derived secret\0");
+        ctx.update(purpose.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(self.key.secret_der());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
     /// Generates a fresh identity and loads it.
     pub fn generate() -> Result<LoadedIdentity> {
         LoadedIdentity::from_tls_config(&generate_identity()?.tls)

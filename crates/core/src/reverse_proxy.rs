@@ -102,7 +102,11 @@ impl ReverseProxy {
             None => Acceptable::Any,
         };
         let config = server_config(&identity, accept.clone(), self.inner.opts.transport())?;
-        let (endpoint, socket) = endpoint::bind(start.ingress_addr, Some(config))?;
+        let (endpoint, socket) = endpoint::bind(
+            start.ingress_addr,
+            Some(config),
+            &identity.derived_secret("quic stateless reset"),
+        )?;
         let ingress_addr = endpoint.local_addr()?;
         let tasks = Tasks::new();
         let tracker = Arc::new(Tracker::new(
@@ -159,7 +163,12 @@ impl ReverseProxy {
 
     /// This proxy's node id.
     pub fn node_id(&self) -> Result<NodeId> {
-        Ok(self.running()?.node_id)
+        let running = self.running()?;
+        Ok(self
+            .inner
+            .identities
+            .current()
+            .map_or(running.node_id, |id| id.node_id))
     }
 
     /// The QUIC socket's address.
@@ -238,9 +247,11 @@ impl ReverseProxy {
                 }
             }
         };
+        let stopping = running.tasks.token().clone();
         let up = tokio::select! {
             r = tokio::time::timeout(budget, connected) => r.is_ok(),
             _ = cancel.cancelled() => return Err(Error::Aborted),
+            _ = stopping.cancelled() => return Err(Error::ReverseProxyNotRunning),
         };
         punch.connected();
         Ok(up)
@@ -268,12 +279,26 @@ impl ReverseProxy {
     }
 
     async fn accept_loop(self, running: Arc<Running>) {
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         while let Some(incoming) = running.endpoint.accept().await {
+            // Bound the work unauthenticated packets can cause: past half the budget, make
+            // unvalidated sources prove their address (Retry); at the limit, drop new ones.
+            let in_flight = MAX_HANDSHAKES - handshakes.available_permits();
+            if in_flight >= MAX_HANDSHAKES / 2 && !incoming.remote_address_validated() {
+                let _ = incoming.retry();
+                continue;
+            }
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                incoming.ignore();
+                continue;
+            };
             let me = self.clone();
             let r = running.clone();
             running.tasks.spawn(async move {
                 let remote = incoming.remote_address();
-                match me.handshake(&r, incoming).await {
+                let handshake = me.handshake(&r, incoming).await;
+                drop(permit);
+                match handshake {
                     Ok(peer) => me.serve_connection(&r, peer).await,
                     Err(e) => tracing::info!(%remote, error = %e, "refused incoming connection"),
                 }
@@ -406,6 +431,9 @@ impl ReverseProxy {
         }
     }
 }
+
+/// Most handshakes in progress at once (see `accept_loop`).
+const MAX_HANDSHAKES: usize = 256;
 
 async fn refuse(mut send: quinn::SendStream, _recv: quinn::RecvStream, why: String) {
     tracing::info!(reason = %why, "could not reach server");

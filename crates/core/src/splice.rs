@@ -2,6 +2,8 @@
 //! on one side finishes the other side's writing half; a reset or error on either side aborts
 //! both (the TCP socket is reset, the QUIC stream is reset and stopped).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -29,10 +31,18 @@ pub async fn splice(
 ) -> std::io::Result<Moved> {
     let _ = tcp.set_nodelay(true);
     let (mut tcp_r, mut tcp_w) = tcp.into_split();
-    let result = copy_both(&mut tcp_r, &mut tcp_w, &mut send, &mut recv, prefix).await;
+    let sent_all = AtomicBool::new(false);
+    let result = copy_both(
+        &mut tcp_r, &mut tcp_w, &mut send, &mut recv, prefix, &sent_all,
+    )
+    .await;
     if let Err(e) = &result {
         tracing::debug!(error = %e, "tunnel aborted");
-        let _ = send.reset(ABORTED.into());
+        // A direction that already ended cleanly keeps its tail: resetting a finished stream
+        // would discard data still in flight (e.g. a server's last response before it closed).
+        if !sent_all.load(Ordering::Relaxed) {
+            let _ = send.reset(ABORTED.into());
+        }
         let _ = recv.stop(ABORTED.into());
         if let Ok(tcp) = tcp_r.reunite(tcp_w) {
             let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
@@ -47,6 +57,7 @@ async fn copy_both(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     prefix: &[u8],
+    sent_all: &AtomicBool,
 ) -> std::io::Result<Moved> {
     let up = async {
         let mut total = 0u64;
@@ -61,6 +72,7 @@ async fn copy_both(
             let n = tcp_r.read(&mut buf).await?;
             if n == 0 {
                 send.finish().map_err(std::io::Error::other)?;
+                sent_all.store(true, Ordering::Relaxed);
                 return Ok::<_, std::io::Error>(total);
             }
             send.write_all(&buf[..n])

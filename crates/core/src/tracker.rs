@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::pki_types::CertificateDer;
 
+use crate::endpoint::canonical;
 use crate::events::{ConnectionInfo, Event, EventKind, EventSink, Path};
 use crate::identity::certs_to_pem;
 use crate::nodeid::NodeId;
@@ -57,7 +58,7 @@ impl Peer {
             .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
             .map(|b| *b)
             .unwrap_or_default();
-        let remote = conn.remote_address();
+        let remote = canonical(conn.remote_address());
         Peer {
             conn,
             node_id,
@@ -173,6 +174,7 @@ impl Tracker {
 
     /// Registers `addr` so CONNECTs without `nodeId` may use it; `pin` applies to them.
     pub fn register(&self, addr: SocketAddr, pin: Option<NodeId>) {
+        let addr = canonical(addr);
         let mut map = self.entries.lock().expect("tracker lock");
         let e = map.entry(addr).or_default();
         e.registered = true;
@@ -183,6 +185,7 @@ impl Tracker {
 
     /// The pin of a registered address: `None` if not registered.
     pub fn registration(&self, addr: &SocketAddr) -> Option<Option<NodeId>> {
+        let addr = &canonical(*addr);
         let map = self.entries.lock().expect("tracker lock");
         map.get(addr).filter(|e| e.registered).map(|e| e.pin)
     }
@@ -190,13 +193,44 @@ impl Tracker {
     /// The live connection to `addr`.
     pub fn get(&self, addr: &SocketAddr) -> Option<Arc<Peer>> {
         let map = self.entries.lock().expect("tracker lock");
-        map.get(addr).and_then(|e| e.peers.last().cloned())
+        // A connection that is already closing (e.g. reset by a restarted peer) is not reused.
+        map.get(&canonical(*addr)).and_then(|e| {
+            e.peers
+                .iter()
+                .rev()
+                .find(|p| p.conn.close_reason().is_none())
+                .cloned()
+        })
     }
 
     /// The lock serialising dials to `addr` (one QUIC connection per address).
     pub fn dial_lock(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<()>> {
+        let addr = canonical(addr);
         let mut map = self.entries.lock().expect("tracker lock");
         map.entry(addr).or_default().dialing.clone()
+    }
+
+    /// Whether `lock` is still the dial lock of `addr` (false if the address was removed, e.g.
+    /// by `closeConnection`, while the dial was in flight).
+    pub fn is_current_dial(&self, addr: &SocketAddr, lock: &Arc<tokio::sync::Mutex<()>>) -> bool {
+        let map = self.entries.lock().expect("tracker lock");
+        map.get(&canonical(*addr))
+            .is_some_and(|e| Arc::ptr_eq(&e.dialing, lock))
+    }
+
+    /// Drops the entry of `addr` after a failed dial if nothing else uses it.
+    pub fn forget_failed_dial(&self, addr: &SocketAddr, lock: &Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.entries.lock().expect("tracker lock");
+        let key = canonical(*addr);
+        let unused = map.get(&key).is_some_and(|e| {
+            Arc::ptr_eq(&e.dialing, lock)
+                && !e.registered
+                && e.peers.is_empty()
+                && Arc::strong_count(&e.dialing) <= 2
+        });
+        if unused {
+            map.remove(&key);
+        }
     }
 
     /// Number of live connections.
@@ -253,6 +287,7 @@ impl Tracker {
 
     /// Forgets `addr` and closes its connections; returns the newest one that was closed.
     pub fn remove(&self, addr: &SocketAddr, why: &'static str) -> Option<Arc<Peer>> {
+        let addr = &canonical(*addr);
         let entry = self.entries.lock().expect("tracker lock").remove(addr);
         let peers = entry.map(|e| e.peers).unwrap_or_default();
         for p in &peers {

@@ -166,3 +166,120 @@ async fn restart_frees_ports_and_works_again() {
     fp.stop().await.unwrap();
     rp.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_egress_tracks_ipv4_peers_under_their_ipv4_address() {
+    let server = echo_server().await;
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    let start = ReverseStart {
+        server_addr: server,
+        ingress_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        allowed_node_ids: None,
+    };
+    rp.start(start).await.unwrap();
+    let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
+    let egress = "[::]:0".parse().unwrap();
+    fp.start(ForwardStart {
+        egress_addr: egress,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ingress = rp.ingress_addr().unwrap();
+    let id = rp.node_id().unwrap();
+    fp.open_connection(ingress, Some(id), None, None)
+        .await
+        .unwrap();
+    // The second open and a CONNECT reuse it: still one connection, found by its IPv4 address.
+    fp.open_connection(ingress, Some(id), None, None)
+        .await
+        .unwrap();
+    let (mut s, head) = connect(&fp, &ingress.to_string()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"v4").await.unwrap();
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(fp.connection_count().unwrap(), 1);
+    assert!(fp.connection_info_by_ingress(ingress).unwrap().is_some());
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_ends_a_pending_punch_and_frees_the_port() {
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    let start = ReverseStart {
+        server_addr: "127.0.0.1:9".parse().unwrap(),
+        ingress_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        allowed_node_ids: None,
+    };
+    rp.start(start).await.unwrap();
+    let ingress = rp.ingress_addr().unwrap();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let punching = {
+        let rp = rp.clone();
+        let to = silent.local_addr().unwrap();
+        tokio::spawn(async move { rp.punch_toward(to, 50, None, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await; // let the punch start
+    let t = std::time::Instant::now();
+    rp.stop().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), punching)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(r, Err(keynet_core::Error::ReverseProxyNotRunning)),
+        "{r:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "stop did not wait for the punch's budget"
+    );
+    drop(std::net::UdpSocket::bind(ingress).expect("the port is free once stop() resolved"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_appears_after_the_handshake_idle_timeout_is_still_reached() {
+    // connKeepAliveTimeoutTime (the QUIC idle timeout, which also bounds a handshake) is 1 s;
+    // the connect budget is 6 s; the reverse proxy starts 2 s late.
+    let opts = ConnOptions {
+        keepalive_timeout: Duration::from_millis(1000),
+        keepalive_interval: Duration::from_millis(200),
+        connect_time: Duration::from_millis(6000),
+        ..Default::default()
+    };
+    let identity = keynet_core::generate_identity().unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let fp = ForwardProxy::new(TOKEN.into(), opts.clone()).unwrap();
+    fp.start(ForwardStart::default()).await.unwrap();
+    let dial = {
+        let fp = fp.clone();
+        tokio::spawn(async move {
+            fp.open_connection(port, Some(identity.node_id), None, None)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(2000)).await; // the subject: a late peer
+    let rp = ReverseProxy::new(opts).unwrap();
+    let start = ReverseStart {
+        server_addr: echo_server().await,
+        ingress_addr: port,
+        tls: Some(identity.tls.clone()),
+        allowed_node_ids: None,
+    };
+    rp.start(start).await.unwrap();
+    let info = tokio::time::timeout(Duration::from_secs(10), dial)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.node_id, identity.node_id.to_string());
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+}
