@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::{self, KeynetSocket};
@@ -392,23 +391,14 @@ impl ReverseProxy {
             let _ = send.finish();
             return;
         }
-        let tcp = match tokio::time::timeout(budget, TcpStream::connect(running.server_addr)).await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return refuse(send, recv, format!("{}: {e}", running.server_addr)).await,
-            Err(_) => {
-                return refuse(
-                    send,
-                    recv,
-                    format!("{}: connect timed out", running.server_addr),
-                )
-                .await
-            }
+        // Bind first, so the caller is known by our local address before the server can accept
+        // (a server may ask who is calling the moment it accepts).
+        let server = running.server_addr;
+        let socket = match bound_socket(server) {
+            Ok(s) => s,
+            Err(e) => return refuse(send, recv, format!("{server}: {e}")).await,
         };
-        if send.write_all(&tunnel::encode_ack(&Ack::Ok)).await.is_err() {
-            return;
-        }
-        let local = tcp.local_addr().ok();
+        let local = socket.local_addr().ok();
         if let Some(local) = local {
             running
                 .by_proxy
@@ -416,7 +406,29 @@ impl ReverseProxy {
                 .expect("by_proxy lock")
                 .insert(local, peer.clone());
         }
-        match splice(tcp, send, recv, &[]).await {
+        let tcp = match tokio::time::timeout(budget, socket.connect(server)).await {
+            Ok(Ok(tcp)) => Ok(tcp),
+            Ok(Err(e)) => Err(format!("{server}: {e}")),
+            Err(_) => Err(format!("{server}: connect timed out")),
+        };
+        let tcp = match tcp {
+            Ok(tcp) => tcp,
+            Err(why) => {
+                if let Some(local) = local {
+                    running
+                        .by_proxy
+                        .lock()
+                        .expect("by_proxy lock")
+                        .remove(&local);
+                }
+                return refuse(send, recv, why).await;
+            }
+        };
+        let result = match send.write_all(&tunnel::encode_ack(&Ack::Ok)).await {
+            Ok(()) => splice(tcp, send, recv, &[]).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        match result {
             Ok(m) => {
                 tracing::debug!(remote = %peer.remote, up = m.tcp_to_quic, down = m.quic_to_tcp, "tunnel ended")
             }
@@ -430,6 +442,26 @@ impl ReverseProxy {
                 .remove(&local);
         }
     }
+}
+
+/// A TCP socket bound to the source address the kernel routes toward `server` and an
+/// ephemeral port, so its local address is the one the server will see.
+fn bound_socket(server: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let any: SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let probe = std::net::UdpSocket::bind(any)?;
+    probe.connect(server)?;
+    let source = SocketAddr::new(probe.local_addr()?.ip(), 0);
+    let socket = if server.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(source)?;
+    Ok(socket)
 }
 
 /// Most handshakes in progress at once (see `accept_loop`).

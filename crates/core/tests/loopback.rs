@@ -283,3 +283,38 @@ async fn a_peer_that_appears_after_the_handshake_idle_timeout_is_still_reached()
     fp.stop().await.unwrap();
     rp.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_knows_who_calls_the_moment_it_accepts() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    let start = ReverseStart {
+        server_addr: listener.local_addr().unwrap(),
+        ingress_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        allowed_node_ids: None,
+    };
+    rp.start(start).await.unwrap();
+    let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
+    fp.start(ForwardStart::default()).await.unwrap();
+    let target = format!(
+        "{}?nodeId={}",
+        rp.ingress_addr().unwrap(),
+        rp.node_id().unwrap()
+    );
+    let client = tokio::spawn({
+        let fp = fp.clone();
+        async move { connect(&fp, &target).await }
+    });
+    let (_conn, from) = listener.accept().await.unwrap();
+    // Asked on accept, before the tunnel carried a byte.
+    let info = rp
+        .connection_info_by_proxy(from)
+        .unwrap()
+        .expect("the caller is known at accept");
+    assert_eq!(info.node_id, fp.node_id().unwrap().to_string());
+    let (_s, head) = client.await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+}
