@@ -1,7 +1,8 @@
 //! Sans-IO wire formats and state machines: the HTTP CONNECT head, the tunnel header on each
-//! QUIC stream, and hole punching.
+//! QUIC stream, hole punching, the post-handshake hello, and the relay frames.
 
 pub mod connect;
 pub mod hello;
 pub mod punch;
+pub mod relay;
 pub mod tunnel;

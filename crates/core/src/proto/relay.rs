@@ -1,0 +1,559 @@
+//! The relay protocol's frames (groundwork of the relay issue): what a keynode and a relay say on
+//! their connection — a QUIC stream, or WebSocket binary messages when UDP is blocked. Identity
+//! is not in the frames: both transports run mutual TLS with node-id certificates, so the relay
+//! knows who is talking before the first frame.
+//!
+//! ```text
+//! frame   = type(1) length(2, BE) payload(length)         length <= MAX_PAYLOAD
+//! 0x01 Register      flags(1: bit 0 = allocate a public TCP port)
+//! 0x02 Registered    observed addr(19) public_port(2, 0 = none)
+//! 0x03 SendPacket    dst node(32) datagram(1..)            node -> relay: a QUIC packet to forward
+//! 0x04 RecvPacket    src node(32) datagram(1..)            relay -> node
+//! 0x05 PeerGone      node(32) reason(1: 0 unknown, 1 left)
+//! 0x06 Ping          nonce(8)
+//! 0x07 Pong          nonce(8)
+//! 0x08 CallMeMaybe   peer node(32)                          node -> relay: ask the peer to punch
+//! 0x09 Rendezvous    peer node(32) peer addr(19) punch_in_ms(2)
+//! 0x0a TcpOpen       conn(4) client addr(19)                relay -> node: a client on the public port
+//! 0x0b TcpData       conn(4) bytes(1..)
+//! 0x0c TcpClose      conn(4) reset(1: 0 or 1)
+//! 0x0d Error         code(2) message(utf-8, <= 1024)
+//! ```
+//! Addresses as in [`crate::proto::punch`]. Node ids are their 32 raw bytes.
+
+use std::net::SocketAddr;
+
+use crate::nodeid::NodeId;
+use crate::proto::punch::{get_addr, put_addr};
+
+/// Largest payload of one frame.
+pub const MAX_PAYLOAD: usize = 65_535;
+/// Longest error message.
+pub const MAX_MESSAGE: usize = 1024;
+const HEADER: usize = 3;
+const ADDR: usize = 19;
+const NODE: usize = 32;
+
+/// Why a peer is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoneReason {
+    /// Never registered with this relay.
+    Unknown,
+    /// Was registered and left.
+    Left,
+}
+
+/// One relay frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Register the sending node; optionally ask for a public TCP port.
+    Register { want_port: bool },
+    /// Registration accepted: where the relay sees the node, and its public port if any.
+    Registered {
+        observed: SocketAddr,
+        public_port: Option<u16>,
+    },
+    /// A QUIC packet for `dst`.
+    SendPacket { dst: NodeId, datagram: Vec<u8> },
+    /// A QUIC packet from `src`.
+    RecvPacket { src: NodeId, datagram: Vec<u8> },
+    /// `node` cannot be reached through this relay.
+    PeerGone { node: NodeId, reason: GoneReason },
+    /// Keepalive request.
+    Ping { nonce: u64 },
+    /// Keepalive answer.
+    Pong { nonce: u64 },
+    /// Ask `peer` (through the relay) to punch toward the sender.
+    CallMeMaybe { peer: NodeId },
+    /// Punch toward `peer` at `peer_addr` in `punch_in_ms`.
+    Rendezvous {
+        peer: NodeId,
+        peer_addr: SocketAddr,
+        punch_in_ms: u16,
+    },
+    /// A plain TCP client connected to the node's public port.
+    TcpOpen { conn: u32, client: SocketAddr },
+    /// Bytes of a public-port TCP connection.
+    TcpData { conn: u32, data: Vec<u8> },
+    /// A public-port TCP connection ended (reset: abortively).
+    TcpClose { conn: u32, reset: bool },
+    /// The other side refuses something; the connection may go on.
+    Error { code: u16, message: String },
+}
+
+/// Why bytes are not a valid frame. A relay closes only the offending connection on these.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Unknown frame type.
+    #[error("unknown relay frame type {0:#04x}")]
+    UnknownType(u8),
+    /// The payload length does not fit the frame type.
+    #[error("relay frame {kind:#04x} cannot have a {len}-byte payload")]
+    Length {
+        /// Frame type.
+        kind: u8,
+        /// Payload length.
+        len: usize,
+    },
+    /// A malformed address.
+    #[error("malformed address in relay frame {0:#04x}")]
+    Address(u8),
+    /// Unknown flag bits, or a boolean byte other than 0 or 1.
+    #[error("invalid flags {flags:#04x} in relay frame {kind:#04x}")]
+    Flags {
+        /// Frame type.
+        kind: u8,
+        /// The flags byte.
+        flags: u8,
+    },
+    /// An error message that is not UTF-8.
+    #[error("relay error message is not UTF-8")]
+    Utf8,
+}
+
+/// Why a frame cannot be encoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The payload would exceed [`MAX_PAYLOAD`] (or the message [`MAX_MESSAGE`]).
+    #[error("relay frame payload too large ({0} bytes)")]
+    TooLarge(usize),
+    /// Packets and data need at least one byte.
+    #[error("relay frame needs a non-empty payload")]
+    Empty,
+}
+
+impl Frame {
+    fn kind(&self) -> u8 {
+        match self {
+            Frame::Register { .. } => 0x01,
+            Frame::Registered { .. } => 0x02,
+            Frame::SendPacket { .. } => 0x03,
+            Frame::RecvPacket { .. } => 0x04,
+            Frame::PeerGone { .. } => 0x05,
+            Frame::Ping { .. } => 0x06,
+            Frame::Pong { .. } => 0x07,
+            Frame::CallMeMaybe { .. } => 0x08,
+            Frame::Rendezvous { .. } => 0x09,
+            Frame::TcpOpen { .. } => 0x0a,
+            Frame::TcpData { .. } => 0x0b,
+            Frame::TcpClose { .. } => 0x0c,
+            Frame::Error { .. } => 0x0d,
+        }
+    }
+
+    /// Appends the encoded frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let mut p = Vec::new();
+        let addr = |p: &mut Vec<u8>, a: SocketAddr| {
+            let mut b = [0u8; ADDR];
+            put_addr(&mut b, Some(a));
+            p.extend_from_slice(&b);
+        };
+        match self {
+            Frame::Register { want_port } => p.push(*want_port as u8),
+            Frame::Registered {
+                observed,
+                public_port,
+            } => {
+                addr(&mut p, *observed);
+                p.extend_from_slice(&public_port.unwrap_or(0).to_be_bytes());
+            }
+            Frame::SendPacket {
+                dst: node,
+                datagram,
+            }
+            | Frame::RecvPacket {
+                src: node,
+                datagram,
+            } => {
+                if datagram.is_empty() {
+                    return Err(EncodeError::Empty);
+                }
+                p.extend_from_slice(node.as_bytes());
+                p.extend_from_slice(datagram);
+            }
+            Frame::PeerGone { node, reason } => {
+                p.extend_from_slice(node.as_bytes());
+                p.push(matches!(reason, GoneReason::Left) as u8);
+            }
+            Frame::Ping { nonce } | Frame::Pong { nonce } => {
+                p.extend_from_slice(&nonce.to_be_bytes())
+            }
+            Frame::CallMeMaybe { peer } => p.extend_from_slice(peer.as_bytes()),
+            Frame::Rendezvous {
+                peer,
+                peer_addr,
+                punch_in_ms,
+            } => {
+                p.extend_from_slice(peer.as_bytes());
+                addr(&mut p, *peer_addr);
+                p.extend_from_slice(&punch_in_ms.to_be_bytes());
+            }
+            Frame::TcpOpen { conn, client } => {
+                p.extend_from_slice(&conn.to_be_bytes());
+                addr(&mut p, *client);
+            }
+            Frame::TcpData { conn, data } => {
+                if data.is_empty() {
+                    return Err(EncodeError::Empty);
+                }
+                p.extend_from_slice(&conn.to_be_bytes());
+                p.extend_from_slice(data);
+            }
+            Frame::TcpClose { conn, reset } => {
+                p.extend_from_slice(&conn.to_be_bytes());
+                p.push(*reset as u8);
+            }
+            Frame::Error { code, message } => {
+                if message.len() > MAX_MESSAGE {
+                    return Err(EncodeError::TooLarge(message.len()));
+                }
+                p.extend_from_slice(&code.to_be_bytes());
+                p.extend_from_slice(message.as_bytes());
+            }
+        }
+        if p.len() > MAX_PAYLOAD {
+            return Err(EncodeError::TooLarge(p.len()));
+        }
+        out.push(self.kind());
+        out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        out.extend_from_slice(&p);
+        Ok(())
+    }
+
+    /// Decodes the frame at the start of `buf`: `Ok(None)` until it is whole, then the frame
+    /// and how many bytes it took.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+        if buf.len() < HEADER {
+            return Ok(None);
+        }
+        let kind = buf[0];
+        if !(0x01..=0x0d).contains(&kind) {
+            return Err(FrameError::UnknownType(kind));
+        }
+        let len = u16::from_be_bytes([buf[1], buf[2]]) as usize;
+        if buf.len() < HEADER + len {
+            return Ok(None);
+        }
+        let p = &buf[HEADER..HEADER + len];
+        let bad_len = || FrameError::Length { kind, len };
+        let exact = |n: usize| if len == n { Ok(()) } else { Err(bad_len()) };
+        let at_least = |n: usize| if len >= n { Ok(()) } else { Err(bad_len()) };
+        let node = |b: &[u8]| NodeId::from_bytes(b[..NODE].try_into().expect("32 bytes"));
+        let addr = |b: &[u8]| {
+            get_addr(&b[..ADDR])
+                .ok()
+                .flatten()
+                .ok_or(FrameError::Address(kind))
+        };
+        let flag = |b: u8| match b {
+            0 => Ok(false),
+            1 => Ok(true),
+            flags => Err(FrameError::Flags { kind, flags }),
+        };
+        let u16_at = |i: usize| u16::from_be_bytes([p[i], p[i + 1]]);
+        let u32_at = |i: usize| u32::from_be_bytes(p[i..i + 4].try_into().expect("4 bytes"));
+        let frame = match kind {
+            0x01 => {
+                exact(1)?;
+                Frame::Register {
+                    want_port: flag(p[0])?,
+                }
+            }
+            0x02 => {
+                exact(ADDR + 2)?;
+                let port = u16_at(ADDR);
+                Frame::Registered {
+                    observed: addr(p)?,
+                    public_port: (port != 0).then_some(port),
+                }
+            }
+            0x03 | 0x04 => {
+                at_least(NODE + 1)?;
+                let (n, d) = (node(p), p[NODE..].to_vec());
+                if kind == 0x03 {
+                    Frame::SendPacket {
+                        dst: n,
+                        datagram: d,
+                    }
+                } else {
+                    Frame::RecvPacket {
+                        src: n,
+                        datagram: d,
+                    }
+                }
+            }
+            0x05 => {
+                exact(NODE + 1)?;
+                let reason = if flag(p[NODE])? {
+                    GoneReason::Left
+                } else {
+                    GoneReason::Unknown
+                };
+                Frame::PeerGone {
+                    node: node(p),
+                    reason,
+                }
+            }
+            0x06 | 0x07 => {
+                exact(8)?;
+                let nonce = u64::from_be_bytes(p.try_into().expect("8 bytes"));
+                if kind == 0x06 {
+                    Frame::Ping { nonce }
+                } else {
+                    Frame::Pong { nonce }
+                }
+            }
+            0x08 => {
+                exact(NODE)?;
+                Frame::CallMeMaybe { peer: node(p) }
+            }
+            0x09 => {
+                exact(NODE + ADDR + 2)?;
+                Frame::Rendezvous {
+                    peer: node(p),
+                    peer_addr: addr(&p[NODE..])?,
+                    punch_in_ms: u16_at(NODE + ADDR),
+                }
+            }
+            0x0a => {
+                exact(4 + ADDR)?;
+                Frame::TcpOpen {
+                    conn: u32_at(0),
+                    client: addr(&p[4..])?,
+                }
+            }
+            0x0b => {
+                at_least(5)?;
+                Frame::TcpData {
+                    conn: u32_at(0),
+                    data: p[4..].to_vec(),
+                }
+            }
+            0x0c => {
+                exact(5)?;
+                Frame::TcpClose {
+                    conn: u32_at(0),
+                    reset: flag(p[4])?,
+                }
+            }
+            _ => {
+                at_least(2)?;
+                if len - 2 > MAX_MESSAGE {
+                    return Err(bad_len());
+                }
+                let message = std::str::from_utf8(&p[2..])
+                    .map_err(|_| FrameError::Utf8)?
+                    .to_string();
+                Frame::Error {
+                    code: u16_at(0),
+                    message,
+                }
+            }
+        };
+        Ok(Some((frame, HEADER + len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hex(f: &Frame) -> String {
+        let mut out = Vec::new();
+        f.encode(&mut out).unwrap();
+        out.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn id(b: u8) -> NodeId {
+        NodeId::from_bytes([b; 32])
+    }
+
+    #[test]
+    fn snapshots() {
+        assert_eq!(hex(&Frame::Register { want_port: true }), "01000101");
+        assert_eq!(
+            hex(&Frame::Ping {
+                nonce: 0x0102030405060708
+            }),
+            "0600080102030405060708"
+        );
+        assert_eq!(hex(&Frame::Pong { nonce: 1 }), "0700080000000000000001");
+        assert_eq!(
+            hex(&Frame::Registered {
+                observed: "203.0.113.7:443".parse().unwrap(),
+                public_port: Some(40000)
+            }),
+            format!(
+                "020015{}{}",
+                "0400000000000000000000ffffcb00710701bb", "9c40"
+            )
+        );
+        assert_eq!(
+            hex(&Frame::SendPacket {
+                dst: id(0xab),
+                datagram: vec![0xc0, 0x01]
+            }),
+            format!("030022{}c001", "ab".repeat(32))
+        );
+        assert_eq!(
+            hex(&Frame::PeerGone {
+                node: id(1),
+                reason: GoneReason::Left
+            }),
+            format!("050021{}01", "01".repeat(32))
+        );
+        assert_eq!(
+            hex(&Frame::TcpClose {
+                conn: 7,
+                reset: false
+            }),
+            "0c00050000000700"
+        );
+        assert_eq!(
+            hex(&Frame::Error {
+                code: 403,
+                message: "no".into()
+            }),
+            "0d000401936e6f"
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_refused_with_typed_errors() {
+        let dec = |b: &[u8]| Frame::decode(b);
+        assert_eq!(dec(&[0x00, 0, 0]), Err(FrameError::UnknownType(0)));
+        assert_eq!(dec(&[0x42, 0, 0]), Err(FrameError::UnknownType(0x42)));
+        assert_eq!(
+            dec(&[0x01, 0, 2, 0, 0]),
+            Err(FrameError::Length { kind: 1, len: 2 })
+        );
+        assert_eq!(
+            dec(&[0x01, 0, 1, 2]),
+            Err(FrameError::Flags { kind: 1, flags: 2 })
+        );
+        assert_eq!(
+            dec(&[0x06, 0, 7, 0, 0, 0, 0, 0, 0, 0]),
+            Err(FrameError::Length { kind: 6, len: 7 })
+        );
+        let mut empty_packet = vec![0x03, 0, 32];
+        empty_packet.extend_from_slice(&[9; 32]);
+        assert_eq!(
+            dec(&empty_packet),
+            Err(FrameError::Length { kind: 3, len: 32 })
+        );
+        let mut bad_addr = vec![0x0a, 0, 23, 0, 0, 0, 1];
+        bad_addr.extend_from_slice(&[7; 19]);
+        assert_eq!(dec(&bad_addr), Err(FrameError::Address(0x0a)));
+        assert_eq!(dec(&[0x0d, 0, 4, 0, 1, 0xff, 0xfe]), Err(FrameError::Utf8));
+        let mut long = vec![0x0d, 0x04, 0x03, 0, 1];
+        long.resize(3 + 0x0403, b'a');
+        assert_eq!(
+            dec(&long),
+            Err(FrameError::Length {
+                kind: 0x0d,
+                len: 0x0403
+            })
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            Frame::TcpData {
+                conn: 1,
+                data: vec![]
+            }
+            .encode(&mut out),
+            Err(EncodeError::Empty)
+        );
+        assert_eq!(
+            Frame::SendPacket {
+                dst: id(1),
+                datagram: vec![0; MAX_PAYLOAD]
+            }
+            .encode(&mut out),
+            Err(EncodeError::TooLarge(MAX_PAYLOAD + 32))
+        );
+        assert!(out.is_empty(), "nothing is written for a refused frame");
+    }
+
+    fn addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            any::<std::net::SocketAddrV4>().prop_map(SocketAddr::V4),
+            any::<std::net::SocketAddrV6>()
+                .prop_map(|a| SocketAddr::new(std::net::IpAddr::V6(*a.ip()), a.port())),
+        ]
+        .prop_filter("v4-mapped v6 decodes as v4", |a| match a {
+            SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_none(),
+            _ => true,
+        })
+    }
+
+    fn node() -> impl Strategy<Value = NodeId> {
+        any::<[u8; 32]>().prop_map(NodeId::from_bytes)
+    }
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 1..1500)
+    }
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            any::<bool>().prop_map(|want_port| Frame::Register { want_port }),
+            (addr(), any::<u16>()).prop_map(|(observed, p)| Frame::Registered {
+                observed,
+                public_port: (p != 0).then_some(p)
+            }),
+            (node(), bytes()).prop_map(|(dst, datagram)| Frame::SendPacket { dst, datagram }),
+            (node(), bytes()).prop_map(|(src, datagram)| Frame::RecvPacket { src, datagram }),
+            (node(), any::<bool>()).prop_map(|(node, l)| Frame::PeerGone {
+                node,
+                reason: if l {
+                    GoneReason::Left
+                } else {
+                    GoneReason::Unknown
+                }
+            }),
+            any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
+            any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
+            node().prop_map(|peer| Frame::CallMeMaybe { peer }),
+            (node(), addr(), any::<u16>()).prop_map(|(peer, peer_addr, punch_in_ms)| {
+                Frame::Rendezvous {
+                    peer,
+                    peer_addr,
+                    punch_in_ms,
+                }
+            }),
+            (any::<u32>(), addr()).prop_map(|(conn, client)| Frame::TcpOpen { conn, client }),
+            (any::<u32>(), bytes()).prop_map(|(conn, data)| Frame::TcpData { conn, data }),
+            (any::<u32>(), any::<bool>()).prop_map(|(conn, reset)| Frame::TcpClose { conn, reset }),
+            (any::<u16>(), "[a-z ]{0,100}")
+                .prop_map(|(code, message)| Frame::Error { code, message }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_and_incomplete_until_whole(frames in proptest::collection::vec(frame(), 1..5)) {
+            let mut wire = Vec::new();
+            for f in &frames {
+                f.encode(&mut wire).unwrap();
+            }
+            let mut at = 0;
+            for f in &frames {
+                let (got, used) = Frame::decode(&wire[at..]).unwrap().unwrap();
+                prop_assert_eq!(&got, f);
+                // Every proper prefix of the frame is incomplete, never an error.
+                for cut in 0..used {
+                    prop_assert_eq!(Frame::decode(&wire[at..at + cut]), Ok(None));
+                }
+                at += used;
+            }
+            prop_assert_eq!(at, wire.len());
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Frame::decode(&b);
+        }
+    }
+}
