@@ -51,6 +51,9 @@ pub enum Error {
     /// The reverse proxy is not running (call `start` first).
     #[error("reverse proxy is not running")]
     ReverseProxyNotRunning,
+    /// The relay is not running (call `start` first).
+    #[error("relay is not running")]
+    RelayNotRunning,
     /// A connection could not be established (unreachable, refused, handshake failure).
     #[error("connection could not be started: {0}")]
     ConnectionStart(String),
@@ -83,6 +86,7 @@ impl Error {
         match self {
             Error::ForwardProxyNotRunning => "ErrorForwardProxyNotRunning",
             Error::ReverseProxyNotRunning => "ErrorReverseProxyNotRunning",
+            Error::RelayNotRunning => "ErrorRelayNotRunning",
             Error::ConnectionStart(_) => "ErrorConnectionStart",
             Error::ConnectionStartTimeout(_) => "ErrorConnectionStartTimeout",
             Error::ConnectionTimeout(_) => "ErrorConnectionTimeout",
@@ -99,7 +103,9 @@ impl Error {
         match self {
             Error::ConnectionStartTimeout(_) => 504,
             Error::CertChain(_) => 526,
-            Error::ForwardProxyNotRunning | Error::ReverseProxyNotRunning => 503,
+            Error::ForwardProxyNotRunning
+            | Error::ReverseProxyNotRunning
+            | Error::RelayNotRunning => 503,
             _ => 502,
         }
     }

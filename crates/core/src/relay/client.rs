@@ -1,0 +1,96 @@
+//! A keynode's connection to a relay: pinned to the relay's node id, frames on one stream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::identity::LoadedIdentity;
+use crate::nodeid::NodeId;
+use crate::proto::relay::Frame;
+use crate::relay::framed::{write_frame, FrameReader, ReadError};
+use crate::tls::config::{client_config, SERVER_NAME};
+use crate::tls::verify::{Acceptable, VerifyOutcome};
+
+/// An open relay connection.
+pub struct RelayClient {
+    conn: quinn::Connection,
+    send: tokio::sync::Mutex<quinn::SendStream>,
+    frames: tokio::sync::Mutex<FrameReader>,
+}
+
+impl RelayClient {
+    /// Connects from `endpoint` to the relay at `relay`, which must prove `relay_id`.
+    pub async fn connect(
+        endpoint: &quinn::Endpoint,
+        identity: &LoadedIdentity,
+        relay: SocketAddr,
+        relay_id: NodeId,
+        transport: Arc<quinn::TransportConfig>,
+        timeout: Duration,
+    ) -> Result<RelayClient> {
+        let outcome = VerifyOutcome::default();
+        let config = client_config(
+            identity,
+            Acceptable::OneOf(vec![relay_id]),
+            outcome.clone(),
+            transport,
+        )?;
+        let connecting = endpoint
+            .connect_with(config, relay, SERVER_NAME)
+            .map_err(|e| Error::ConnectionStart(format!("{relay}: {e}")))?;
+        let conn = match tokio::time::timeout(timeout, connecting).await {
+            Err(_) => return Err(Error::ConnectionStartTimeout(timeout.as_millis() as u64)),
+            Ok(Err(e)) => {
+                if let Some(cert) = outcome.lock().expect("outcome lock").take() {
+                    return Err(cert.into());
+                }
+                return Err(Error::ConnectionStart(format!("{relay}: {e}")));
+            }
+            Ok(Ok(conn)) => conn,
+        };
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::ConnectionStart(e.to_string()))?;
+        Ok(RelayClient {
+            conn,
+            send: tokio::sync::Mutex::new(send),
+            frames: tokio::sync::Mutex::new(FrameReader::new(recv)),
+        })
+    }
+
+    /// Sends a frame.
+    pub async fn send(&self, frame: &Frame) -> Result<()> {
+        let mut send = self.send.lock().await;
+        write_frame(&mut send, frame)
+            .await
+            .map_err(Error::ConnectionStart)
+    }
+
+    /// Sends raw bytes (tests use it to send malformed frames).
+    pub async fn send_raw(&self, bytes: &[u8]) -> Result<()> {
+        self.send
+            .lock()
+            .await
+            .write_all(bytes)
+            .await
+            .map_err(|e| Error::ConnectionStart(e.to_string()))
+    }
+
+    /// The next frame from the relay; `None` when the relay ended the stream.
+    pub async fn recv(&self) -> Result<Option<Frame>> {
+        match self.frames.lock().await.next().await {
+            Ok(f) => Ok(f),
+            Err(ReadError::Malformed(e)) => Err(Error::ConnectionStart(format!(
+                "malformed frame from the relay: {e}"
+            ))),
+            Err(ReadError::Closed(why)) => Err(Error::ConnectionStart(why)),
+        }
+    }
+
+    /// The QUIC connection (close reason, stats).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+}

@@ -1,0 +1,199 @@
+//! The relay server over loopback: registration, forwarding only between registered nodes,
+//! keepalive, malformed frames closing only the offending connection, pinning of the relay.
+
+use std::time::Duration;
+
+use keynet_core::identity::LoadedIdentity;
+use keynet_core::proto::relay::{Frame, GoneReason};
+use keynet_core::relay::client::RelayClient;
+use keynet_core::relay::server::{RelayServer, RelayStart};
+use keynet_core::ConnOptions;
+
+const T: Duration = Duration::from_secs(5);
+
+async fn relay() -> RelayServer {
+    let relay = RelayServer::new(ConnOptions::default()).unwrap();
+    let start = RelayStart {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        allowed_node_ids: None,
+    };
+    relay.start(start).await.unwrap();
+    relay
+}
+
+async fn node(relay: &RelayServer) -> (RelayClient, LoadedIdentity, quinn::Endpoint) {
+    let id = LoadedIdentity::generate().unwrap();
+    let (endpoint, _socket) =
+        keynet_core::endpoint::bind("127.0.0.1:0".parse().unwrap(), None, b"test").unwrap();
+    let transport = ConnOptions::default().transport();
+    let client = RelayClient::connect(
+        &endpoint,
+        &id,
+        relay.addr().unwrap(),
+        relay.node_id().unwrap(),
+        transport,
+        T,
+    )
+    .await
+    .unwrap();
+    (client, id, endpoint)
+}
+
+async fn recv(c: &RelayClient) -> Frame {
+    tokio::time::timeout(T, c.recv())
+        .await
+        .expect("a frame in time")
+        .unwrap()
+        .expect("not closed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_nodes_exchange_packets_and_nothing_else_gets_through() {
+    let relay = relay().await;
+    let (a, a_id, _ea) = node(&relay).await;
+    let (b, b_id, _eb) = node(&relay).await;
+    a.send(&Frame::Register { want_port: false }).await.unwrap();
+    match recv(&a).await {
+        Frame::Registered {
+            observed,
+            public_port,
+        } => {
+            assert_eq!(
+                observed,
+                a.connection()
+                    .local_ip()
+                    .map_or(observed, |ip| std::net::SocketAddr::new(
+                        ip,
+                        observed.port()
+                    ))
+            );
+            assert_eq!(public_port, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // B is not registered yet: A's packet is refused with PeerGone, not forwarded.
+    a.send(&Frame::SendPacket {
+        dst: b_id.node_id,
+        datagram: vec![1, 2, 3],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        recv(&a).await,
+        Frame::PeerGone {
+            node: b_id.node_id,
+            reason: GoneReason::Unknown
+        }
+    );
+    // An unregistered sender cannot use the relay at all.
+    b.send(&Frame::SendPacket {
+        dst: a_id.node_id,
+        datagram: vec![9],
+    })
+    .await
+    .unwrap();
+    assert!(matches!(recv(&b).await, Frame::Error { code: 401, .. }));
+    b.send(&Frame::Register { want_port: false }).await.unwrap();
+    assert!(matches!(recv(&b).await, Frame::Registered { .. }));
+    let mut ids = relay.registered().unwrap();
+    ids.sort();
+    let mut want = vec![a_id.node_id, b_id.node_id];
+    want.sort();
+    assert_eq!(ids, want);
+    // Now the packet goes through, tagged with the proven sender.
+    a.send(&Frame::SendPacket {
+        dst: b_id.node_id,
+        datagram: vec![1, 2, 3],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        recv(&b).await,
+        Frame::RecvPacket {
+            src: a_id.node_id,
+            datagram: vec![1, 2, 3]
+        }
+    );
+    b.send(&Frame::Ping { nonce: 42 }).await.unwrap();
+    assert_eq!(recv(&b).await, Frame::Pong { nonce: 42 });
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_closes_only_the_offending_connection() {
+    let relay = relay().await;
+    let (a, _a_id, _ea) = node(&relay).await;
+    let (b, _b_id, _eb) = node(&relay).await;
+    for c in [&a, &b] {
+        c.send(&Frame::Register { want_port: false }).await.unwrap();
+        assert!(matches!(recv(c).await, Frame::Registered { .. }));
+    }
+    a.send_raw(&[0x42, 0, 0]).await.unwrap();
+    let closed = tokio::time::timeout(T, a.connection().closed())
+        .await
+        .expect("closed in time");
+    assert!(
+        closed.to_string().contains("unknown relay frame type"),
+        "{closed}"
+    );
+    b.send(&Frame::Ping { nonce: 7 }).await.unwrap();
+    assert_eq!(recv(&b).await, Frame::Pong { nonce: 7 });
+    assert_eq!(
+        relay.registered().unwrap().len(),
+        1,
+        "the offender's registration is gone"
+    );
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_is_pinned_and_allowed_node_ids_are_enforced() {
+    let relay = relay().await;
+    let id = LoadedIdentity::generate().unwrap();
+    let (endpoint, _s) =
+        keynet_core::endpoint::bind("127.0.0.1:0".parse().unwrap(), None, b"t").unwrap();
+    let wrong = LoadedIdentity::generate().unwrap().node_id;
+    let err = RelayClient::connect(
+        &endpoint,
+        &id,
+        relay.addr().unwrap(),
+        wrong,
+        ConnOptions::default().transport(),
+        T,
+    )
+    .await
+    .err()
+    .expect("a relay that does not prove the pinned id is refused");
+    assert_eq!(err.code(), "ErrorCertChainUnclaimed");
+    relay.stop().await.unwrap();
+
+    let allowed = LoadedIdentity::generate().unwrap();
+    let strict = RelayServer::new(ConnOptions::default()).unwrap();
+    let start = RelayStart {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        allowed_node_ids: Some(vec![allowed.node_id]),
+    };
+    strict.start(start).await.unwrap();
+    // A node outside the list completes its side of the handshake, but the relay refuses its
+    // certificate: its stream dies and nothing registers.
+    let outsider = RelayClient::connect(
+        &endpoint,
+        &id,
+        strict.addr().unwrap(),
+        strict.node_id().unwrap(),
+        ConnOptions::default().transport(),
+        T,
+    )
+    .await;
+    if let Ok(c) = outsider {
+        let _ = c.send(&Frame::Register { want_port: false }).await;
+        assert!(tokio::time::timeout(T, c.recv())
+            .await
+            .expect("answered in time")
+            .is_err());
+    }
+    assert!(strict.registered().unwrap().is_empty());
+    strict.stop().await.unwrap();
+}
