@@ -399,14 +399,7 @@ impl ForwardProxy {
             theirs.punching || punch.peer_took_part(),
             theirs.nat_between(addr, own),
         );
-        let peer_certs = conn
-            .peer_identity()
-            .and_then(|id| {
-                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                    .ok()
-            })
-            .map(|b| *b)
-            .unwrap_or_default();
+        let peer_certs = crate::tls::verify::peer_chain(&conn);
         let node_id = verify_chain(
             &peer_certs,
             &accept,

@@ -320,14 +320,7 @@ impl ReverseProxy {
                 Error::ConnectionStartTimeout(self.inner.opts.connect_time.as_millis() as u64)
             })?
             .map_err(|e| Error::ConnectionStart(e.to_string()))?;
-        let certs = conn
-            .peer_identity()
-            .and_then(|id| {
-                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                    .ok()
-            })
-            .map(|b| *b)
-            .unwrap_or_default();
+        let certs = crate::tls::verify::peer_chain(&conn);
         let node_id = verify_chain(
             &certs,
             &running.accept,

@@ -53,11 +53,7 @@ pub struct Peer {
 impl Peer {
     /// Wraps an established connection whose peer proved `node_id`.
     pub fn new(conn: quinn::Connection, node_id: NodeId, path: Path) -> Peer {
-        let certs = conn
-            .peer_identity()
-            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-            .map(|b| *b)
-            .unwrap_or_default();
+        let certs = crate::tls::verify::peer_chain(&conn);
         let remote = canonical(conn.remote_address());
         Peer {
             conn,

@@ -189,14 +189,7 @@ impl RelayServer {
             .await
             .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))?
             .map_err(|e| Error::ConnectionStart(e.to_string()))?;
-        let certs = conn
-            .peer_identity()
-            .and_then(|id| {
-                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                    .ok()
-            })
-            .map(|b| *b)
-            .unwrap_or_default();
+        let certs = crate::tls::verify::peer_chain(&conn);
         let node = verify_chain(
             &certs,
             &running.accept,

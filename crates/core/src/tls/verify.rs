@@ -136,6 +136,14 @@ fn check_date(i: usize, cert: &X509Certificate<'_>, now_secs: i64) -> Result<(),
     Ok(())
 }
 
+/// The certificate chain a connection's peer presented (leaf first); empty if none.
+pub fn peer_chain(conn: &quinn::Connection) -> Vec<CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|b| *b)
+        .unwrap_or_default()
+}
+
 /// Where a verifier leaves the typed reason of a refusal, for the code that started the handshake
 /// (rustls only carries an alert to the other side).
 pub type VerifyOutcome = Arc<Mutex<Option<CertChainError>>>;
