@@ -44,6 +44,7 @@ impl NativeForwardProxy {
             proxy_addr: addr("proxyHost", &proxy_host, proxy_port)?,
             egress_addr: addr("egressHost", &egress_host, egress_port)?,
             tls: convert::tls(key_private_pem, cert_chain_pem),
+            discovery: None,
         };
         if let Some(token) = auth_token {
             self.inner.set_auth_token(token);

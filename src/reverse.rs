@@ -53,6 +53,7 @@ impl NativeReverseProxy {
             ingress_addr: addr("ingressHost", &ingress_host, ingress_port)?,
             tls: convert::tls(key_private_pem, cert_chain_pem),
             allowed_node_ids: allowed,
+            discovery: None,
         };
         self.inner.start(start).await.map_err(err)
     }

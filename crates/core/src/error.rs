@@ -72,6 +72,9 @@ pub enum Error {
     /// TLS material (PEM) could not be used.
     #[error("invalid TLS config: {0}")]
     InvalidTlsConfig(String),
+    /// Discovery found no address for the node id.
+    #[error("node {0} was not found on the DHT")]
+    NodeNotFound(String),
     /// The operation was aborted by the caller.
     #[error("operation aborted")]
     Aborted,
@@ -93,6 +96,7 @@ impl Error {
             Error::CertChain(e) => e.code(),
             Error::InvalidArgument(_) => "ERR_INVALID_ARG_VALUE",
             Error::InvalidTlsConfig(_) => "ErrorInvalidTlsConfig",
+            Error::NodeNotFound(_) => "ErrorNodeNotFound",
             Error::Aborted => "ABORT_ERR",
             Error::Io(_) => "ErrorNetwork",
         }

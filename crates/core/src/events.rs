@@ -55,6 +55,8 @@ pub enum EventKind {
     Close,
     /// A connection changed path.
     Path,
+    /// The proxy's own announced addresses changed (discovery).
+    Address,
 }
 
 impl EventKind {
@@ -64,19 +66,34 @@ impl EventKind {
             EventKind::Connection => "connection",
             EventKind::Close => "close",
             EventKind::Path => "path",
+            EventKind::Address => "address",
         }
     }
 }
 
-/// An event about a connection (API.md `ConnectionEvent`).
+/// An event about a connection (API.md `ConnectionEvent`) or about the proxy's own addresses.
 #[derive(Clone, Debug)]
 pub struct Event {
     /// What happened.
     pub kind: EventKind,
-    /// The connection, as it was when it happened.
-    pub info: ConnectionInfo,
+    /// The connection, as it was when it happened (`None` for `Address`).
+    pub info: Option<ConnectionInfo>,
     /// For `Close`: `local`, `remote`, `keepaliveTimeout`, `stopped` or an error text.
     pub reason: Option<String>,
+    /// For `Address`: the addresses now announced.
+    pub addresses: Vec<SocketAddr>,
+}
+
+impl Event {
+    /// An `Address` event.
+    pub fn address(addresses: Vec<SocketAddr>) -> Event {
+        Event {
+            kind: EventKind::Address,
+            info: None,
+            reason: None,
+            addresses,
+        }
+    }
 }
 
 /// Receives events; called from network tasks, so it must not block.

@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::discovery::{self, Discovery, DiscoveryOptions, Found};
 use crate::endpoint::{self, KeynetSocket};
 use crate::error::{Error, Result};
 use crate::events::{ConnectionInfo, EventSink};
@@ -42,6 +43,8 @@ pub struct ForwardStart {
     pub egress_addr: SocketAddr,
     /// Identity; a fresh one is generated when absent.
     pub tls: Option<TlsConfig>,
+    /// Join the DHT (announce and look up node ids); off when absent.
+    pub discovery: Option<DiscoveryOptions>,
 }
 
 impl Default for ForwardStart {
@@ -50,6 +53,7 @@ impl Default for ForwardStart {
             proxy_addr: ([127, 0, 0, 1], 0).into(),
             egress_addr: ([127, 0, 0, 1], 0).into(),
             tls: None,
+            discovery: None,
         }
     }
 }
@@ -79,6 +83,7 @@ struct Running {
     node_id: NodeId,
     clients: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     stopping: AtomicBool,
+    discovery: Option<Arc<Discovery>>,
 }
 
 impl ForwardProxy {
@@ -113,6 +118,9 @@ impl ForwardProxy {
         if self.running().is_ok() {
             return Ok(());
         }
+        if let Some(d) = &start.discovery {
+            discovery::validate(d)?;
+        }
         let identity = self.inner.identities.for_start(start.tls.as_ref())?;
         let node_id = identity.node_id;
         let listener = TcpListener::bind(start.proxy_addr).await?;
@@ -130,6 +138,19 @@ impl ForwardProxy {
             tasks.clone(),
             self.inner.sink.clone(),
         ));
+        let discovery = match &start.discovery {
+            Some(opts) => Some(
+                discovery::start_for_proxy(
+                    opts,
+                    &identity,
+                    egress_addr,
+                    &tasks,
+                    self.inner.sink.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let running = Arc::new(Running {
             endpoint,
             socket,
@@ -140,6 +161,7 @@ impl ForwardProxy {
             node_id,
             clients: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            discovery,
         });
         *self.inner.running.write().expect("running lock") = Some(running.clone());
         let me = self.clone();
@@ -273,6 +295,98 @@ impl ForwardProxy {
         Ok(())
     }
 
+    /// The addresses the DHT holds for `node` (signed record first, then hints).
+    pub async fn lookup(&self, node: NodeId, timeout: Option<Duration>) -> Result<Vec<Found>> {
+        let running = self.running()?;
+        let d = running.discovery.clone().ok_or_else(discovery_off)?;
+        let deadline = Instant::now() + timeout.unwrap_or(discovery::LOOKUP_TIME);
+        Ok(d.lookup(node, deadline).await)
+    }
+
+    /// The addresses this proxy announced last (empty before the first announce succeeded).
+    pub fn announced_addrs(&self) -> Result<Vec<SocketAddr>> {
+        let running = self.running()?;
+        Ok(running
+            .discovery
+            .as_ref()
+            .map(|d| d.announced())
+            .unwrap_or_default())
+    }
+
+    /// Opens (or reuses) a connection to `node` knowing only its node id: reuses a live
+    /// connection that proved it, else looks it up on the DHT and dials every address found at
+    /// once; the first that proves `node` wins. `timeout` covers lookup and dial.
+    pub async fn open_connection_to_node(
+        &self,
+        node: NodeId,
+        timeout: Option<Duration>,
+        cancel: Option<CancellationToken>,
+    ) -> Result<ConnectionInfo> {
+        let running = self.running()?;
+        let budget = timeout.unwrap_or(self.inner.opts.connect_time);
+        let cancel = cancel.unwrap_or_default();
+        let stopping = running.tasks.token().clone();
+        let peer = tokio::select! {
+            r = self.connect_to_node(&running, node, budget) => r?,
+            _ = cancel.cancelled() => return Err(Error::Aborted),
+            _ = stopping.cancelled() => return Err(Error::ForwardProxyNotRunning),
+        };
+        Ok(running.tracker.info_of(&peer))
+    }
+
+    async fn connect_to_node(
+        &self,
+        running: &Arc<Running>,
+        node: NodeId,
+        budget: Duration,
+    ) -> Result<Arc<Peer>> {
+        if let Some(peer) = running
+            .tracker
+            .peers()
+            .into_iter()
+            .find(|p| p.claims(&node))
+        {
+            return Ok(peer);
+        }
+        let d = running.discovery.clone().ok_or_else(discovery_off)?;
+        let deadline = Instant::now() + budget;
+        let found = d.lookup(node, deadline).await;
+        if found.is_empty() {
+            if Instant::now() >= deadline {
+                return Err(Error::ConnectionStartTimeout(budget.as_millis() as u64));
+            }
+            return Err(Error::NodeNotFound(node.to_string()));
+        }
+        let mut dials = tokio::task::JoinSet::new();
+        for f in found.iter().take(MAX_CANDIDATES) {
+            let me = self.clone();
+            let r = running.clone();
+            let addr = f.addr;
+            let left = deadline.saturating_duration_since(Instant::now());
+            dials.spawn(async move {
+                let peer = me.connect(&r, addr, Some(node), left).await?;
+                r.tracker.register(addr, Some(node));
+                Ok::<_, Error>(peer)
+            });
+        }
+        // Prefer the pin's verdict over a timeout: it says a record pointed at another node.
+        let mut failure: Option<Error> = None;
+        while let Some(joined) = dials.join_next().await {
+            match joined {
+                Ok(Ok(peer)) => return Ok(peer),
+                Ok(Err(e)) => {
+                    tracing::debug!(%node, error = %e, "candidate address failed");
+                    let keep = matches!(failure, Some(Error::CertChain(_)));
+                    if !keep {
+                        failure = Some(e);
+                    }
+                }
+                Err(e) => failure = Some(Error::ConnectionStart(e.to_string())),
+            }
+        }
+        Err(failure.unwrap_or_else(|| Error::NodeNotFound(node.to_string())))
+    }
+
     /// Finds or opens the connection to `addr`; one dial per address at a time.
     async fn connect(
         &self,
@@ -284,6 +398,13 @@ impl ForwardProxy {
         let deadline = Instant::now() + budget;
         let timed_out = || Error::ConnectionStartTimeout(budget.as_millis() as u64);
         let lock = running.tracker.dial_lock(addr);
+        // Forgets the entry of a dial that never connected, also when this future is dropped
+        // mid-dial (aborted, or another address of the same node won the race).
+        let _forget = ForgetFailedDial {
+            tracker: &running.tracker,
+            addr,
+            lock: &lock,
+        };
         let _dial = tokio::time::timeout_at(deadline.into(), lock.lock())
             .await
             .map_err(|_| timed_out())?;
@@ -298,11 +419,7 @@ impl ForwardProxy {
             }
             return Ok(peer);
         }
-        let result = self.dial(running, addr, pin, budget, deadline, &lock).await;
-        if result.is_err() {
-            running.tracker.forget_failed_dial(&addr, &lock);
-        }
-        result
+        self.dial(running, addr, pin, budget, deadline, &lock).await
     }
 
     /// Dials `addr` (the caller holds its dial lock `lock`): punches, handshakes, exchanges
@@ -411,6 +528,9 @@ impl ForwardProxy {
                 "{addr} was closed while its connection was being opened"
             )));
         }
+        if let Some(d) = &running.discovery {
+            d.learn_key(node_id, &peer_certs);
+        }
         let peer = Arc::new(Peer::new(conn, node_id, path));
         running.tracker.insert(peer.clone());
         tracing::debug!(%addr, %node_id, path = path.as_str(), "connection established");
@@ -470,22 +590,27 @@ impl ForwardProxy {
         if running.stopping.load(Ordering::SeqCst) {
             return answer(&mut tcp, 503, "proxy is stopping").await;
         }
-        let pin = match target.node_id {
-            Some(id) => Some(id),
-            None => match running.tracker.registration(&target.addr) {
-                Some(pin) => pin,
+        let dial = match (target.addr, target.node_id) {
+            (Some(addr), Some(id)) => Dial::Addr(addr, Some(id)),
+            (Some(addr), None) => match running.tracker.registration(&addr) {
+                Some(pin) => Dial::Addr(addr, pin),
                 None => {
-                    let msg = format!(
-                        "{} is not in the connection tracker: add ?nodeId=",
-                        target.addr
-                    );
+                    let msg = format!("{addr} is not in the connection tracker: add ?nodeId=");
                     return answer(&mut tcp, 400, &msg).await;
                 }
             },
+            (None, Some(id)) if running.discovery.is_some() => Dial::Node(id),
+            (None, _) => {
+                let msg = "a NODEID.keynet target needs discovery: start the proxy with it";
+                return answer(&mut tcp, 400, msg).await;
+            }
         };
         let deadline = Instant::now() + budget;
         let opened = tokio::time::timeout_at(deadline.into(), async {
-            let peer = self.connect(running, target.addr, pin, budget).await?;
+            let peer = match dial {
+                Dial::Addr(addr, pin) => self.connect(running, addr, pin, budget).await?,
+                Dial::Node(id) => self.connect_to_node(running, id, budget).await?,
+            };
             let (send, recv) = open_tunnel(&peer).await?;
             Ok::<_, Error>((peer, send, recv))
         })
@@ -517,6 +642,36 @@ impl ForwardProxy {
             Err(e) => tracing::debug!(%client, error = %e, "tunnel aborted"),
         }
     }
+}
+
+/// On drop, forgets the tracker entry of `addr` unless a connection or registration uses it.
+struct ForgetFailedDial<'a> {
+    tracker: &'a Tracker,
+    addr: SocketAddr,
+    lock: &'a Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for ForgetFailedDial<'_> {
+    fn drop(&mut self) {
+        self.tracker.forget_failed_dial(&self.addr, self.lock);
+    }
+}
+
+/// What a CONNECT asks to reach.
+enum Dial {
+    /// A reverse proxy's address, with the pin that applies.
+    Addr(SocketAddr, Option<NodeId>),
+    /// A node id, found through discovery.
+    Node(NodeId),
+}
+
+/// Most addresses of one lookup dialled at once.
+const MAX_CANDIDATES: usize = 8;
+
+fn discovery_off() -> Error {
+    Error::InvalidArgument(
+        "discovery is off: start the proxy with discovery options, or give host and port".into(),
+    )
 }
 
 /// A pending handshake older than this is restarted when the punched path opens.

@@ -2,6 +2,7 @@
 //! identities. A [`ForwardProxy`] takes HTTP CONNECT from local clients; a [`ReverseProxy`]
 //! carries tunnels to its local server. No napi here: the Node binding is a thin layer on top.
 
+pub mod discovery;
 pub mod endpoint;
 pub mod error;
 pub mod events;
@@ -19,6 +20,7 @@ pub mod task;
 pub mod tls;
 pub mod tracker;
 
+pub use discovery::{DiscoveryOptions, Found};
 pub use error::{CertChainError, Error, Result};
 pub use events::{ConnectionInfo, Event, EventKind, EventSink, Path};
 pub use forward_proxy::{ForwardProxy, ForwardStart};

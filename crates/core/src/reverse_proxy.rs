@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::discovery::{self, Discovery, DiscoveryOptions, Found};
 use crate::endpoint::{self, KeynetSocket};
 use crate::error::{Error, Result};
 use crate::events::{ConnectionInfo, EventSink};
@@ -39,6 +40,8 @@ pub struct ReverseStart {
     pub tls: Option<TlsConfig>,
     /// When given, only these node ids may connect (checked in the handshake).
     pub allowed_node_ids: Option<Vec<NodeId>>,
+    /// Join the DHT (announce this node id, look others up); off when absent.
+    pub discovery: Option<DiscoveryOptions>,
 }
 
 /// The reverse proxy. Cheap to clone; clones share state.
@@ -66,6 +69,7 @@ struct Running {
     accept: Acceptable,
     /// Local TCP address of each server connection -> the calling connection.
     by_proxy: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    discovery: Option<Arc<Discovery>>,
 }
 
 impl ReverseProxy {
@@ -94,6 +98,9 @@ impl ReverseProxy {
         if self.running().is_ok() {
             return Ok(());
         }
+        if let Some(d) = &start.discovery {
+            discovery::validate(d)?;
+        }
         let identity = self.inner.identities.for_start(start.tls.as_ref())?;
         let node_id = identity.node_id;
         let accept = match start.allowed_node_ids {
@@ -114,6 +121,19 @@ impl ReverseProxy {
             tasks.clone(),
             self.inner.sink.clone(),
         ));
+        let discovery = match &start.discovery {
+            Some(opts) => Some(
+                discovery::start_for_proxy(
+                    opts,
+                    &identity,
+                    ingress_addr,
+                    &tasks,
+                    self.inner.sink.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let running = Arc::new(Running {
             endpoint,
             socket,
@@ -124,11 +144,33 @@ impl ReverseProxy {
             node_id,
             accept,
             by_proxy: Mutex::new(HashMap::new()),
+            discovery,
         });
         *self.inner.running.write().expect("running lock") = Some(running.clone());
         tasks.spawn(self.clone().accept_loop(running));
         tracing::info!(%ingress_addr, server = %start.server_addr, %node_id, "reverse proxy started");
         Ok(())
+    }
+
+    /// The addresses the DHT holds for `node` (signed record first, then hints).
+    pub async fn lookup(&self, node: NodeId, timeout: Option<Duration>) -> Result<Vec<Found>> {
+        let d = self.running()?.discovery.clone().ok_or_else(|| {
+            Error::InvalidArgument(
+                "discovery is off: start the proxy with discovery options".into(),
+            )
+        })?;
+        let deadline = std::time::Instant::now() + timeout.unwrap_or(discovery::LOOKUP_TIME);
+        Ok(d.lookup(node, deadline).await)
+    }
+
+    /// The addresses this proxy announced last (empty before the first announce succeeded).
+    pub fn announced_addrs(&self) -> Result<Vec<SocketAddr>> {
+        let running = self.running()?;
+        Ok(running
+            .discovery
+            .as_ref()
+            .map(|d| d.announced())
+            .unwrap_or_default())
     }
 
     /// Stops: ends every tunnel and connection, awaits every task and releases the port.

@@ -315,8 +315,9 @@ impl Tracker {
         if let Some(sink) = sink {
             sink(Event {
                 kind,
-                info: peer.info(self.local, self.role),
+                info: Some(peer.info(self.local, self.role)),
                 reason,
+                addresses: Vec::new(),
             });
         }
     }

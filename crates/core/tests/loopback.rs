@@ -35,6 +35,7 @@ async fn pair() -> (ForwardProxy, ReverseProxy) {
         ingress_addr: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         allowed_node_ids: None,
+        discovery: None,
     })
     .await
     .unwrap();
@@ -148,6 +149,7 @@ async fn restart_frees_ports_and_works_again() {
         ingress_addr: ingress,
         tls: None,
         allowed_node_ids: None,
+        discovery: None,
     })
     .await
     .unwrap();
@@ -176,6 +178,7 @@ async fn dual_stack_egress_tracks_ipv4_peers_under_their_ipv4_address() {
         ingress_addr: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         allowed_node_ids: None,
+        discovery: None,
     };
     rp.start(start).await.unwrap();
     let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
@@ -214,6 +217,7 @@ async fn stop_ends_a_pending_punch_and_frees_the_port() {
         ingress_addr: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         allowed_node_ids: None,
+        discovery: None,
     };
     rp.start(start).await.unwrap();
     let ingress = rp.ingress_addr().unwrap();
@@ -272,6 +276,7 @@ async fn a_peer_that_appears_after_the_handshake_idle_timeout_is_still_reached()
         ingress_addr: port,
         tls: Some(identity.tls.clone()),
         allowed_node_ids: None,
+        discovery: None,
     };
     rp.start(start).await.unwrap();
     let info = tokio::time::timeout(Duration::from_secs(10), dial)
@@ -293,6 +298,7 @@ async fn the_server_knows_who_calls_the_moment_it_accepts() {
         ingress_addr: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         allowed_node_ids: None,
+        discovery: None,
     };
     rp.start(start).await.unwrap();
     let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();

@@ -107,6 +107,7 @@ pub unsafe extern "C" fn keynet_reverse_proxy_start(
         ingress_addr: ingress,
         tls: None,
         allowed_node_ids: None,
+        discovery: None,
     };
     if let Err(e) = rt.0.block_on(rp.start(start)) {
         return core_err(e);
@@ -191,6 +192,7 @@ pub unsafe extern "C" fn keynet_forward_proxy_start(
         proxy_addr: proxy,
         egress_addr: egress,
         tls: None,
+        discovery: None,
     };
     if let Err(e) = rt.0.block_on(fp.start(start)) {
         return core_err(e);

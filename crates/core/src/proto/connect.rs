@@ -89,14 +89,18 @@ pub fn parse_head(buf: &[u8]) -> Result<HeadParse, HeadError> {
     }
 }
 
-/// A CONNECT target: the remote reverse proxy's UDP address and an optional pinned node id.
+/// A CONNECT target: the remote reverse proxy's UDP address and an optional pinned node id,
+/// or only a node id (`NODEID.keynet:PORT`, found through discovery; the port is ignored).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
-    /// Address of the reverse proxy's QUIC socket.
-    pub addr: SocketAddr,
-    /// Node id the peer must prove, from `?nodeId=`.
+    /// Address of the reverse proxy's QUIC socket; `None` for a `NODEID.keynet` target.
+    pub addr: Option<SocketAddr>,
+    /// Node id the peer must prove, from `?nodeId=` or the `.keynet` host.
     pub node_id: Option<NodeId>,
 }
+
+/// Host suffix of a target named by node id alone.
+pub const NODE_HOST_SUFFIX: &str = ".keynet";
 
 /// Why a request target was refused (answered with 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,18 +147,52 @@ pub fn parse_target(target: &str) -> Result<Target, TargetError> {
         }
         (host, &authority[i + 1..])
     };
+    let by_node = host
+        .len()
+        .checked_sub(NODE_HOST_SUFFIX.len())
+        .filter(|&i| host.is_char_boundary(i))
+        .filter(|&i| host[i..].eq_ignore_ascii_case(NODE_HOST_SUFFIX))
+        .map(|i| &host[..i]);
+    if let Some(id) = by_node {
+        check_port(port, target)?;
+        let id: NodeId = id
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|e: crate::nodeid::NodeIdParseError| TargetError::NodeId(e.to_string()))?;
+        if let Some(q) = query_node_id(query)? {
+            if q != id {
+                return Err(TargetError::NodeId(format!(
+                    "?nodeId={q} contradicts the host {id}{NODE_HOST_SUFFIX}"
+                )));
+            }
+        }
+        return Ok(Target {
+            addr: None,
+            node_id: Some(id),
+        });
+    }
     let ip: IpAddr = host
         .parse()
         .map_err(|_| TargetError::Host(target.to_string()))?;
     if authority.starts_with('[') != ip.is_ipv6() {
         return Err(TargetError::Host(target.to_string()));
     }
+    let port = check_port(port, target)?;
+    Ok(Target {
+        addr: Some(SocketAddr::new(ip, port)),
+        node_id: query_node_id(query)?,
+    })
+}
+
+fn check_port(port: &str, target: &str) -> Result<u16, TargetError> {
     if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
         return Err(TargetError::Port(target.to_string()));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| TargetError::Port(target.to_string()))?;
+    port.parse()
+        .map_err(|_| TargetError::Port(target.to_string()))
+}
+
+fn query_node_id(query: Option<&str>) -> Result<Option<NodeId>, TargetError> {
     let mut node_id = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -164,10 +202,7 @@ pub fn parse_target(target: &str) -> Result<Target, TargetError> {
             })?);
         }
     }
-    Ok(Target {
-        addr: SocketAddr::new(ip, port),
-        node_id,
-    })
+    Ok(node_id)
 }
 
 /// Checks a `Proxy-Authorization` value against the token, in constant time.
@@ -299,14 +334,49 @@ mod tests {
     }
 
     #[test]
+    fn node_id_targets() {
+        let want = Target {
+            addr: None,
+            node_id: Some(id()),
+        };
+        assert_eq!(parse_target(&format!("{}.keynet:443", id())).unwrap(), want);
+        let upper = format!("{}.KEYNET:1", id().to_string().to_uppercase());
+        assert_eq!(parse_target(&upper).unwrap(), want);
+        let same = format!("{0}.keynet:0?nodeId={0}", id());
+        assert_eq!(parse_target(&same).unwrap(), want);
+        let other = crate::nodeid::NodeId::from_bytes([9; 32]);
+        let contradicts = format!("{}.keynet:0?nodeId={other}", id());
+        assert!(matches!(
+            parse_target(&contradicts),
+            Err(TargetError::NodeId(_))
+        ));
+        assert!(matches!(
+            parse_target("vnotanid.keynet:443"),
+            Err(TargetError::NodeId(_))
+        ));
+        assert!(matches!(
+            parse_target(&format!("{}.keynet:x", id())),
+            Err(TargetError::Port(_))
+        ));
+        assert!(matches!(
+            parse_target(&format!("{}.keynet", id())),
+            Err(TargetError::Port(_))
+        ));
+        assert!(matches!(
+            parse_target("example.com:443"),
+            Err(TargetError::Host(_))
+        ));
+    }
+
+    #[test]
     fn target_forms() {
         let t = parse_target("127.0.0.1:80").unwrap();
-        assert_eq!(t.addr, "127.0.0.1:80".parse().unwrap());
+        assert_eq!(t.addr, Some("127.0.0.1:80".parse().unwrap()));
         assert_eq!(t.node_id, None);
         let t = parse_target("[::1]:443").unwrap();
-        assert_eq!(t.addr, "[::1]:443".parse().unwrap());
+        assert_eq!(t.addr, Some("[::1]:443".parse().unwrap()));
         let t = parse_target("[fe80::1:2]:0").unwrap();
-        assert_eq!(t.addr.port(), 0);
+        assert_eq!(t.addr.unwrap().port(), 0);
         let q = format!("10.0.0.1:9?nodeId={}", id());
         assert_eq!(parse_target(&q).unwrap().node_id, Some(id()));
         let q = format!("[::1]:9/?nodeId={}", id());
@@ -390,7 +460,7 @@ mod tests {
                 s.push_str(&id().to_string());
             }
             let t = parse_target(&s).unwrap();
-            prop_assert_eq!(t.addr, addr);
+            prop_assert_eq!(t.addr, Some(addr));
             prop_assert_eq!(t.node_id, pin.then(id));
         }
 

@@ -1,0 +1,292 @@
+//! Discovery on a private DHT of 8 mainline nodes on loopback: announce, find by node id,
+//! connect by node id alone, forged records, re-announce after a move.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use keynet_core::discovery::record;
+use keynet_core::{
+    generate_identity, ConnOptions, DiscoveryOptions, Event, EventKind, ForwardProxy, ForwardStart,
+    Identity, ReverseProxy, ReverseStart,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const TOKEN: &str = "s3cret";
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn testnet() -> mainline::Testnet {
+    mainline::Testnet::builder(8).build().unwrap()
+}
+
+fn discovery(net: &mainline::Testnet, announce: bool, every: Duration) -> DiscoveryOptions {
+    DiscoveryOptions {
+        bootstrap: Some(net.bootstrap.clone()),
+        announce,
+        reannounce_interval: every,
+        ..Default::default()
+    }
+}
+
+/// A reverse proxy announcing `identity`; returns it and the receiver of its `address` events.
+async fn announced_reverse(
+    net: &mainline::Testnet,
+    identity: &Identity,
+    every: Duration,
+) -> (ReverseProxy, mpsc::UnboundedReceiver<Vec<SocketAddr>>) {
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    rp.set_event_sink(Some(std::sync::Arc::new(move |e: Event| {
+        if e.kind == EventKind::Address {
+            let _ = tx.send(e.addresses);
+        }
+    })));
+    rp.start(ReverseStart {
+        server_addr: echo_server().await,
+        ingress_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: Some(identity.tls.clone()),
+        allowed_node_ids: None,
+        discovery: Some(discovery(net, true, every)),
+    })
+    .await
+    .unwrap();
+    (rp, rx)
+}
+
+async fn next_address(rx: &mut mpsc::UnboundedReceiver<Vec<SocketAddr>>) -> Vec<SocketAddr> {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("an address event")
+        .expect("sender alive")
+}
+
+async fn looking_forward(net: &mainline::Testnet) -> ForwardProxy {
+    let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
+    fp.start(ForwardStart {
+        discovery: Some(discovery(net, false, Duration::from_secs(600))),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    fp
+}
+
+async fn connect(fp: &ForwardProxy, target: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(fp.proxy_addr().unwrap()).await.unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(TOKEN);
+    let req = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await.unwrap() == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_found_and_reached_by_node_id_alone() {
+    let net = testnet();
+    let identity = generate_identity().unwrap();
+    let (rp, mut addrs) = announced_reverse(&net, &identity, Duration::from_secs(600)).await;
+    let ingress = rp.ingress_addr().unwrap();
+    assert_eq!(next_address(&mut addrs).await, vec![ingress]);
+    assert_eq!(rp.announced_addrs().unwrap(), vec![ingress]);
+
+    let fp = looking_forward(&net).await;
+    // Found within 5 s, every time; the times are printed (see `--nocapture`), not asserted.
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let found = fp.lookup(identity.node_id, None).await.unwrap();
+        times.push(started.elapsed());
+        assert!(found.iter().any(|f| f.addr == ingress), "{found:?}");
+    }
+    times.sort();
+    assert!(times[19] < Duration::from_secs(5), "{times:?}");
+    eprintln!(
+        "lookup on a private 8-node DHT: median {:?}, p95 {:?}",
+        times[10], times[18]
+    );
+
+    // A CONNECT naming only the node id reaches the server; the connection is then reused.
+    let target = format!("{}.keynet:443", identity.node_id);
+    let (mut s, head) = connect(&fp, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"by node id").await.unwrap();
+    let mut back = [0u8; 10];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"by node id");
+    let info = fp
+        .open_connection_to_node(identity.node_id, None, None)
+        .await
+        .unwrap();
+    assert_eq!(info.node_id, identity.node_id.to_string());
+    assert_eq!(info.ingress, ingress);
+    assert_eq!(fp.connection_count().unwrap(), 1);
+
+    // Having verified the node once, the proxy now also reads its signed record.
+    let found = fp.lookup(identity.node_id, None).await.unwrap();
+    let first = &found[0];
+    assert!(first.signed, "{found:?}");
+    assert_eq!(first.addr, ingress);
+    assert!(first.age.unwrap() < Duration::from_secs(60), "{found:?}");
+
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_node_id_is_not_found() {
+    let net = testnet();
+    let fp = looking_forward(&net).await;
+    let nobody = generate_identity().unwrap().node_id;
+    let err = fp
+        .open_connection_to_node(nobody, Some(Duration::from_secs(10)), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ErrorNodeNotFound", "{err}");
+    let (_, head) = connect(&fp, &format!("{nobody}.keynet:443")).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    fp.stop().await.unwrap();
+}
+
+/// Another key announces its own address under the victim's node id.
+async fn forge(net: &mainline::Testnet, victim: &Identity) -> ReverseProxy {
+    let forger = ReverseProxy::new(ConnOptions::default()).unwrap();
+    forger
+        .start(ReverseStart {
+            server_addr: echo_server().await,
+            ingress_addr: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+            allowed_node_ids: None,
+            discovery: None,
+        })
+        .await
+        .unwrap();
+    let dht = mainline::Dht::builder()
+        .bootstrap(&net.bootstrap)
+        .bind_address(std::net::Ipv4Addr::LOCALHOST)
+        .build()
+        .unwrap()
+        .as_async();
+    let port = forger.ingress_addr().unwrap().port();
+    let hash = mainline::Id::from(record::info_hash(&victim.node_id));
+    dht.announce_peer(hash, Some(port)).await.unwrap();
+    forger
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_record_never_yields_a_tunnel_to_the_forger() {
+    let net = testnet();
+    let victim = generate_identity().unwrap();
+    let forger = forge(&net, &victim).await;
+    let fp = looking_forward(&net).await;
+
+    // Only the forger announced: the pin refuses it.
+    let err = fp
+        .open_connection_to_node(victim.node_id, Some(Duration::from_secs(10)), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ErrorCertChainUnclaimed", "{err}");
+    let (_, head) = connect(&fp, &format!("{}.keynet:443", victim.node_id)).await;
+    assert!(head.starts_with("HTTP/1.1 526"), "{head}");
+    assert_eq!(fp.connection_count().unwrap(), 0);
+
+    // The real node announces too: the forged record does not displace it.
+    let (rp, mut addrs) = announced_reverse(&net, &victim, Duration::from_secs(600)).await;
+    next_address(&mut addrs).await;
+    let found = fp.lookup(victim.node_id, None).await.unwrap();
+    assert!(found.len() >= 2, "{found:?}");
+    let info = fp
+        .open_connection_to_node(victim.node_id, None, None)
+        .await
+        .unwrap();
+    assert_eq!(info.node_id, victim.node_id.to_string());
+    assert_eq!(info.ingress, rp.ingress_addr().unwrap());
+    assert_ne!(info.ingress, forger.ingress_addr().unwrap());
+
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    forger.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_node_is_found_at_its_new_port_within_one_reannounce() {
+    let net = testnet();
+    let identity = generate_identity().unwrap();
+    let every = Duration::from_secs(2);
+    let (rp, mut addrs) = announced_reverse(&net, &identity, every).await;
+    let old = next_address(&mut addrs).await;
+    let fp = looking_forward(&net).await;
+    fp.open_connection_to_node(identity.node_id, None, None)
+        .await
+        .unwrap();
+
+    // The node moves: same identity, new port.
+    rp.stop().await.unwrap();
+    let (rp, mut addrs) = announced_reverse(&net, &identity, every).await;
+    let new = next_address(&mut addrs).await;
+    assert_ne!(new, old);
+    let moved = Instant::now();
+    let found = loop {
+        let found = fp.lookup(identity.node_id, None).await.unwrap();
+        if found.first().map(|f| f.addr) == Some(new[0]) || moved.elapsed() > every {
+            break found;
+        }
+    };
+    assert_eq!(found[0].addr, new[0], "{found:?}");
+    assert!(found[0].signed);
+    assert!(
+        !found.iter().any(|f| f.signed && old.contains(&f.addr)),
+        "{found:?}"
+    );
+
+    // A new connection by node id goes to the new address.
+    fp.close_connection(old[0]).await.unwrap();
+    let info = fp
+        .open_connection_to_node(identity.node_id, None, None)
+        .await
+        .unwrap();
+    assert_eq!(info.ingress, new[0]);
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_discovery_a_node_id_target_is_refused() {
+    let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
+    fp.start(ForwardStart::default()).await.unwrap();
+    let id = generate_identity().unwrap().node_id;
+    let err = fp
+        .open_connection_to_node(id, None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ERR_INVALID_ARG_VALUE");
+    assert!(fp.lookup(id, None).await.is_err());
+    let (_, head) = connect(&fp, &format!("{id}.keynet:443")).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    fp.stop().await.unwrap();
+}
