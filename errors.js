@@ -32,6 +32,9 @@ class ErrorCertChainDateInvalid extends ErrorCertChain {}
 class ErrorCertChainKeyInvalid extends ErrorCertChain {}
 class ErrorCertChainSignatureInvalid extends ErrorCertChain {}
 
+/** Discovery found no address for the node id on the DHT. */
+class ErrorNodeNotFound extends ErrorConnectionStart {}
+
 /** PEM material that cannot be used (not PEM, key does not match the leaf certificate). */
 class ErrorInvalidTlsConfig extends ErrorNetwork {}
 
@@ -55,5 +58,6 @@ module.exports = {
   ErrorCertChainDateInvalid,
   ErrorCertChainKeyInvalid,
   ErrorCertChainSignatureInvalid,
+  ErrorNodeNotFound,
   ErrorInvalidTlsConfig,
 }

@@ -61,6 +61,47 @@ export interface ConnOptions {
   connEndTime?: number
 }
 
+/**
+ * Discovery on the BitTorrent mainline DHT: announce this node id, look others up by node id.
+ * `discovery: true` = all defaults (public mainline bootstrap nodes). Off when omitted: then no
+ * DHT is contacted at all.
+ */
+export interface DiscoveryOptions {
+  /** 'host:port' of the DHT nodes to join through (a private network); [] = join nobody
+   * (the first node). Default: the public mainline bootstrap nodes. */
+  bootstrap?: string[]
+  /** Announce this proxy's node id and address. Default true. */
+  announce?: boolean
+  /** Re-announce cadence in ms. Default 600000 (10 min). */
+  reannounceInterval?: number
+  /** IPv4 host of the DHT's UDP socket. Default: the proxy's own UDP host. */
+  host?: string
+  /** Port of the DHT's UDP socket (needs host). Default 0 (any free port). */
+  port?: number
+  /** Answer other nodes' queries from the start (always-on, reachable nodes). Default false. */
+  server?: boolean
+}
+
+/** An address found on the DHT for a node id: a hint; the TLS pin on the node id decides. */
+export interface FoundAddress {
+  host: string
+  port: number
+  /** Milliseconds since the node signed this address; null for unsigned hints. */
+  ageMs: number | null
+  /** From a record signed by the node's own Ed25519 key (known once the node was verified). */
+  signed: boolean
+}
+
+export interface LookupOptions {
+  /** Lookup budget in ms. Default 10000. */
+  timeout?: number
+}
+
+/** The `address` event: this proxy's announced addresses changed. */
+export interface AddressEvent {
+  addresses: Array<{ host: string; port: number }>
+}
+
 export interface ForwardProxyOptions extends ConnOptions {
   /** The token gRPC clients present: `grpc_proxy=http://TOKEN@127.0.0.1:PORT`. */
   authToken: string
@@ -76,6 +117,8 @@ export interface ForwardProxyStartOptions {
   /** Identity; a fresh one is generated when omitted. */
   tlsConfig?: TlsConfig
   authToken?: string
+  /** Join the DHT; enables openConnection(nodeId) and CONNECT to 'NODEID.keynet:PORT'. */
+  discovery?: DiscoveryOptions | boolean
 }
 
 export interface OpenOptions {
@@ -99,6 +142,10 @@ export declare class ForwardProxy {
   getSocketPort(): number
   openConnection(nodeId: string, host: string, port: number, opts?: OpenOptions): Promise<void>
   openConnection(host: string, port: number, opts?: OpenOptions & { nodeId?: string }): Promise<void>
+  /** With discovery: finds the node on the DHT, dials every address found at once, and resolves
+   * the connection that proved the node id (rejects ErrorNodeNotFound, ErrorCertChainUnclaimed
+   * when only other nodes answered, or ErrorConnectionStartTimeout). */
+  openConnection(nodeId: string, opts?: OpenOptions): Promise<ConnectionInfo>
   closeConnection(host: string, port: number): Promise<void>
   getConnectionCount(): number
   getConnectionInfoByIngress(host: string, port: number): ConnectionInfo | undefined
@@ -112,9 +159,16 @@ export declare class ForwardProxy {
   addNatConnection(port: number, host: string, attempts?: number): Promise<boolean>
   /** First form: forget the address and close its connection. */
   removeConnection(port: number, host: string): void
+  /** With discovery: the addresses the DHT holds for a node id, its signed record first. */
+  lookup(nodeId: string, opts?: LookupOptions): Promise<FoundAddress[]>
+  /** With discovery: the addresses announced last ([] before the first announce). */
+  getAnnouncedAddresses(): Array<{ host: string; port: number }>
   on(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
   once(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
   off(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
+  on(event: 'address', listener: (e: AddressEvent) => void): this
+  once(event: 'address', listener: (e: AddressEvent) => void): this
+  off(event: 'address', listener: (e: AddressEvent) => void): this
 }
 
 export interface ReverseProxyStartOptions {
@@ -130,6 +184,8 @@ export interface ReverseProxyStartOptions {
   tlsConfig?: TlsConfig
   /** Only these node ids may connect (checked in the TLS handshake). */
   allowedNodeIds?: string[]
+  /** Join the DHT and announce this node id, so callers need only the node id. */
+  discovery?: DiscoveryOptions | boolean
 }
 
 export declare class ReverseProxy {
@@ -155,9 +211,16 @@ export declare class ReverseProxy {
   addNatConnection(port: number, host: string, attempts?: number): Promise<boolean>
   addDirectConnection(port: number, host: string): void
   removeConnection(port: number, host: string): void
+  /** With discovery: the addresses the DHT holds for a node id, its signed record first. */
+  lookup(nodeId: string, opts?: LookupOptions): Promise<FoundAddress[]>
+  /** With discovery: the addresses announced last ([] before the first announce). */
+  getAnnouncedAddresses(): Array<{ host: string; port: number }>
   on(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
   once(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
   off(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
+  on(event: 'address', listener: (e: AddressEvent) => void): this
+  once(event: 'address', listener: (e: AddressEvent) => void): this
+  off(event: 'address', listener: (e: AddressEvent) => void): this
 }
 
 /** Base of every keynet error; `code` is the class name. */
@@ -182,6 +245,8 @@ declare class ErrorCertChainBroken extends ErrorCertChain {}
 declare class ErrorCertChainDateInvalid extends ErrorCertChain {}
 declare class ErrorCertChainKeyInvalid extends ErrorCertChain {}
 declare class ErrorCertChainSignatureInvalid extends ErrorCertChain {}
+/** Discovery found no address for the node id. */
+declare class ErrorNodeNotFound extends ErrorConnectionStart {}
 declare class ErrorInvalidTlsConfig extends ErrorNetwork {}
 
 export declare const errors: {
@@ -204,5 +269,6 @@ export declare const errors: {
   ErrorCertChainDateInvalid: typeof ErrorCertChainDateInvalid
   ErrorCertChainKeyInvalid: typeof ErrorCertChainKeyInvalid
   ErrorCertChainSignatureInvalid: typeof ErrorCertChainSignatureInvalid
+  ErrorNodeNotFound: typeof ErrorNodeNotFound
   ErrorInvalidTlsConfig: typeof ErrorInvalidTlsConfig
 }

@@ -7,7 +7,7 @@ const net = require('node:net')
 const native = require('./loader.js').load()
 const errors = require('./errors.js')
 
-const EVENTS = new Set(['connection', 'close', 'path'])
+const EVENTS = new Set(['connection', 'close', 'path', 'address'])
 const NODE_ID = /^v[0-9a-v]{52}$/
 
 // ---- errors -------------------------------------------------------------------------------
@@ -126,8 +126,46 @@ function checkSignal(v) {
 }
 
 function checkEvent(event, listener) {
-  if (!EVENTS.has(event)) throw typeError('event', "'connection', 'close' or 'path'", event)
+  if (!EVENTS.has(event)) throw typeError('event', "'connection', 'close', 'path' or 'address'", event)
   if (typeof listener !== 'function') throw typeError('listener', 'a function', listener)
+}
+
+/** Checks `opts.discovery` ({ bootstrap?, announce?, reannounceInterval?, host?, port?, server? }). */
+function checkDiscovery(v) {
+  if (v === undefined || v === null || v === false) return undefined
+  if (v === true) return {}
+  const d = checkObject('opts.discovery', v)
+  const out = {}
+  if (d.bootstrap !== undefined) {
+    if (!Array.isArray(d.bootstrap)) throw typeError('opts.discovery.bootstrap', "an array of 'host:port' strings", d.bootstrap)
+    out.bootstrap = d.bootstrap.map((b, i) => {
+      const name = `opts.discovery.bootstrap[${i}]`
+      checkString(name, b)
+      const m = /^(.+):(\d{1,5})$/.exec(b)
+      if (!m || Number(m[2]) > 65535) throw typeError(name, "a 'host:port' string", b)
+      return b
+    })
+  }
+  if (d.announce !== undefined) {
+    if (typeof d.announce !== 'boolean') throw typeError('opts.discovery.announce', 'a boolean', d.announce)
+    out.announce = d.announce
+  }
+  if (d.server !== undefined) {
+    if (typeof d.server !== 'boolean') throw typeError('opts.discovery.server', 'a boolean', d.server)
+    out.server = d.server
+  }
+  const every = checkTime('opts.discovery.reannounceInterval', d.reannounceInterval)
+  if (every !== undefined) {
+    if (every <= 0) throw rangeError('opts.discovery.reannounceInterval', 'a time > 0 ms', every)
+    out.reannounceInterval = every
+  }
+  if (d.host !== undefined) out.host = checkHost('opts.discovery.host', d.host)
+  if (d.port !== undefined) out.port = checkPort('opts.discovery.port', d.port)
+  return out
+}
+
+function found(list) {
+  return list.map((f) => ({ host: f.host, port: f.port, ageMs: f.ageMs ?? null, signed: f.signed }))
 }
 
 function connOptions(opts) {
@@ -174,6 +212,10 @@ function attachEvents(handle) {
   handle.setEventListener((ev) => {
     const target = ref.deref()
     if (!target) return
+    if (ev.kind === 'address') {
+      target.emit('address', { addresses: ev.addresses ?? [] })
+      return
+    }
     const event = { ...ev.info }
     if (ev.reason !== undefined && ev.reason !== null) event.reason = ev.reason
     target.emit(ev.kind, event)
@@ -221,6 +263,21 @@ class Proxy {
     sync(() => this._native.removeConnection(host, port))
   }
 
+  /**
+   * Looks a node id up on the DHT (needs `discovery` at start): resolves
+   * `[{ host, port, ageMs, signed }]`, the node's signed record first; `ageMs` is null for
+   * unsigned hints. Empty when nothing was found.
+   */
+  async lookup(nodeId, opts) {
+    checkNodeId('nodeId', nodeId)
+    opts = checkObject('opts', opts)
+    const timeout = checkTime('opts.timeout', opts.timeout)
+    return found(await wrap(this._native.lookup(nodeId, timeout)))
+  }
+
+  /** The addresses this proxy announced last on the DHT (`[]` before the first announce). */
+  getAnnouncedAddresses() { return sync(() => this._native.announced()) }
+
   on(event, listener) { checkEvent(event, listener); this._events.on(event, listener); return this }
   once(event, listener) { checkEvent(event, listener); this._events.once(event, listener); return this }
   off(event, listener) { checkEvent(event, listener); this._events.off(event, listener); return this }
@@ -248,8 +305,9 @@ class ForwardProxy extends Proxy {
     const egressPort = checkPort('opts.egressPort', opts.egressPort ?? 0)
     const tls = checkTls('opts.tlsConfig', opts.tlsConfig)
     const token = opts.authToken === undefined ? undefined : checkString('opts.authToken', opts.authToken)
+    const discovery = checkDiscovery(opts.discovery)
     await wrap(
-      this._native.start(proxyHost, proxyPort, egressHost, egressPort, tls?.keyPrivatePem, tls?.certChainPem, token),
+      this._native.start(proxyHost, proxyPort, egressHost, egressPort, tls?.keyPrivatePem, tls?.certChainPem, token, discovery),
     )
   }
 
@@ -265,8 +323,16 @@ class ForwardProxy extends Proxy {
   /**
    * openConnection(nodeId, host, port, opts?) or openConnection(host, port, { nodeId }?):
    * opens (or reuses) the QUIC connection to a reverse proxy and tracks it.
+   * openConnection(nodeId, opts?) (with `discovery`): finds the node on the DHT first and
+   * resolves its ConnectionInfo.
    */
   async openConnection(a, b, c, d) {
+    if (typeof a === 'string' && NODE_ID.test(a) && (b === undefined || (typeof b === 'object' && b !== null))) {
+      const opts = checkObject('opts', b)
+      const timeout = checkTime('opts.timeout', opts.timeout)
+      const signal = checkSignal(opts.signal)
+      return withSignal(this._native, signal, (opId) => this._native.openConnectionToNode(a, timeout, opId))
+    }
     let nodeId, host, port, opts
     // (nodeId, host, port, opts) has the host second; (host, port, opts) a port.
     if (typeof b === 'string' && (net.isIP(b) || NODE_ID.test(a))) {
@@ -341,8 +407,9 @@ class ReverseProxy extends Proxy {
       if (!Array.isArray(opts.allowedNodeIds)) throw typeError('opts.allowedNodeIds', 'an array of node ids', opts.allowedNodeIds)
       allowed = opts.allowedNodeIds.map((id, i) => checkNodeId(`opts.allowedNodeIds[${i}]`, id))
     }
+    const discovery = checkDiscovery(opts.discovery)
     await wrap(
-      this._native.start(serverHost, serverPort, ingressHost, ingressPort, tls?.keyPrivatePem, tls?.certChainPem, allowed),
+      this._native.start(serverHost, serverPort, ingressHost, ingressPort, tls?.keyPrivatePem, tls?.certChainPem, allowed, discovery),
     )
   }
 

@@ -12,7 +12,13 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class NativeForwardProxy {
   constructor(authToken: string, options?: NativeOptions | undefined | null)
   setEventListener(listener?: Listener | undefined | null): void
-  start(proxyHost: string, proxyPort: number, egressHost: string, egressPort: number, keyPrivatePem?: string | undefined | null, certChainPem?: string | undefined | null, authToken?: string | undefined | null): Promise<void>
+  start(proxyHost: string, proxyPort: number, egressHost: string, egressPort: number, keyPrivatePem?: string | undefined | null, certChainPem?: string | undefined | null, authToken?: string | undefined | null, discovery?: NativeDiscovery | undefined | null): Promise<void>
+  /** The addresses the DHT holds for `node_id`, signed record first. */
+  lookup(nodeId: string, timeoutMs?: number | undefined | null): Promise<Array<NativeFound>>
+  /** The addresses announced last. */
+  announced(): Array<NativeAddress>
+  /** Opens (or reuses) a connection to a node known only by its node id. */
+  openConnectionToNode(nodeId: string, timeoutMs?: number | undefined | null, opId?: number | undefined | null): Promise<NativeConnectionInfo>
   stop(): Promise<void>
   nodeId(): string
   proxyHost(): string
@@ -39,7 +45,11 @@ export declare class NativeForwardProxy {
 export declare class NativeReverseProxy {
   constructor(options?: NativeOptions | undefined | null)
   setEventListener(listener?: Listener | undefined | null): void
-  start(serverHost: string, serverPort: number, ingressHost: string, ingressPort: number, keyPrivatePem?: string | undefined | null, certChainPem?: string | undefined | null, allowedNodeIds?: Array<string> | undefined | null): Promise<void>
+  start(serverHost: string, serverPort: number, ingressHost: string, ingressPort: number, keyPrivatePem?: string | undefined | null, certChainPem?: string | undefined | null, allowedNodeIds?: Array<string> | undefined | null, discovery?: NativeDiscovery | undefined | null): Promise<void>
+  /** The addresses the DHT holds for `node_id`, signed record first. */
+  lookup(nodeId: string, timeoutMs?: number | undefined | null): Promise<Array<NativeFound>>
+  /** The addresses announced last. */
+  announced(): Array<NativeAddress>
   stop(): Promise<void>
   nodeId(): string
   ingressHost(): string
@@ -66,6 +76,12 @@ export declare class NativeReverseProxy {
 /** Generates an Ed25519 identity with a self-signed certificate. */
 export declare function generateIdentity(): Promise<NativeIdentity>
 
+/** A host and port. */
+export interface NativeAddress {
+  host: string
+  port: number
+}
+
 /** API.md `ConnectionInfo`. */
 export interface NativeConnectionInfo {
   nodeId: string
@@ -80,11 +96,34 @@ export interface NativeConnectionInfo {
   bytesReceived: number
 }
 
-/** API.md `ConnectionEvent`, with its event name in `kind`. */
+/** `discovery` start options (checked by index.js). */
+export interface NativeDiscovery {
+  bootstrap?: Array<string>
+  announce?: boolean
+  reannounceInterval?: number
+  host?: string
+  port?: number
+  server?: boolean
+}
+
+/**
+ * API.md `ConnectionEvent`, with its event name in `kind`; `address` events carry
+ * `addresses` instead of `info`.
+ */
 export interface NativeEvent {
   kind: string
-  info: NativeConnectionInfo
+  info?: NativeConnectionInfo
   reason?: string
+  addresses?: Array<NativeAddress>
+}
+
+/** An address found on the DHT. */
+export interface NativeFound {
+  host: string
+  port: number
+  /** Milliseconds since the node signed it; absent for unsigned hints. */
+  ageMs?: number
+  signed: boolean
 }
 
 /** A generated identity. */

@@ -17,5 +17,6 @@ function run(title, cmd, args) {
 }
 
 run('rust tests', 'cargo', ['test', '--workspace', '--exclude', 'keynet'])
+run('relay build', 'cargo', ['build', '-p', 'keynet-relay'])
 run('native build', 'node', ['scripts/ensure-built.js'])
 run('ava', 'npx', ['ava', ...process.argv.slice(2)])

@@ -143,13 +143,95 @@ impl From<keynet_core::ConnectionInfo> for NativeConnectionInfo {
     }
 }
 
-/// API.md `ConnectionEvent`, with its event name in `kind`.
+/// API.md `ConnectionEvent`, with its event name in `kind`; `address` events carry
+/// `addresses` instead of `info`.
 #[napi(object)]
 #[derive(Clone)]
 pub struct NativeEvent {
     pub kind: String,
-    pub info: NativeConnectionInfo,
+    pub info: Option<NativeConnectionInfo>,
     pub reason: Option<String>,
+    pub addresses: Option<Vec<NativeAddress>>,
+}
+
+/// A host and port.
+#[napi(object)]
+#[derive(Clone)]
+pub struct NativeAddress {
+    pub host: String,
+    pub port: u32,
+}
+
+impl From<SocketAddr> for NativeAddress {
+    fn from(a: SocketAddr) -> Self {
+        NativeAddress {
+            host: a.ip().to_string(),
+            port: a.port() as u32,
+        }
+    }
+}
+
+/// An address found on the DHT.
+#[napi(object)]
+pub struct NativeFound {
+    pub host: String,
+    pub port: u32,
+    /// Milliseconds since the node signed it; absent for unsigned hints.
+    pub age_ms: Option<f64>,
+    pub signed: bool,
+}
+
+impl From<keynet_core::Found> for NativeFound {
+    fn from(f: keynet_core::Found) -> Self {
+        NativeFound {
+            host: f.addr.ip().to_string(),
+            port: f.addr.port() as u32,
+            age_ms: f.age.map(|a| a.as_secs_f64() * 1000.0),
+            signed: f.signed,
+        }
+    }
+}
+
+/// `discovery` start options (checked by index.js).
+#[napi(object)]
+pub struct NativeDiscovery {
+    pub bootstrap: Option<Vec<String>>,
+    pub announce: Option<bool>,
+    pub reannounce_interval: Option<f64>,
+    pub host: Option<String>,
+    pub port: Option<u32>,
+    pub server: Option<bool>,
+}
+
+impl NativeDiscovery {
+    /// The core options.
+    pub fn into_core(self) -> Result<keynet_core::DiscoveryOptions> {
+        let defaults = keynet_core::DiscoveryOptions::default();
+        let bind = match self.host {
+            Some(host) => match addr("discovery.host", &host, self.port.unwrap_or(0))? {
+                SocketAddr::V4(a) => Some(a),
+                SocketAddr::V6(_) => {
+                    return Err(arg_err(
+                        "discovery.host must be an IPv4 address (the mainline DHT is IPv4)".into(),
+                    ))
+                }
+            },
+            None => None,
+        };
+        if bind.is_none() && self.port.is_some_and(|p| p != 0) {
+            return Err(arg_err("discovery.port needs discovery.host".into()));
+        }
+        Ok(keynet_core::DiscoveryOptions {
+            bootstrap: self.bootstrap,
+            announce: self.announce.unwrap_or(defaults.announce),
+            reannounce_interval: self
+                .reannounce_interval
+                .map(ms)
+                .unwrap_or(defaults.reannounce_interval),
+            bind,
+            server_mode: self.server.unwrap_or(defaults.server_mode),
+        })
+    }
 }
 
 /// Cancellable operations of one proxy, by the id index.js gave them.
@@ -192,10 +274,13 @@ pub type Listener = ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, fal
 pub fn sink(listener: Listener) -> keynet_core::EventSink {
     let listener = Arc::new(listener);
     Arc::new(move |e: keynet_core::Event| {
+        let addresses = (e.kind == keynet_core::EventKind::Address)
+            .then(|| e.addresses.into_iter().map(NativeAddress::from).collect());
         let ev = NativeEvent {
             kind: e.kind.as_str().to_string(),
-            info: e.info.into(),
+            info: e.info.map(Into::into),
             reason: e.reason,
+            addresses,
         };
         let _ = listener.call(ev, ThreadsafeFunctionCallMode::NonBlocking);
     })

@@ -4,7 +4,10 @@ use keynet_core::{ForwardProxy, ForwardStart};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::convert::{self, addr, err, Listener, NativeConnectionInfo, NativeOptions, Ops};
+use crate::convert::{
+    self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeDiscovery, NativeFound,
+    NativeOptions, Ops,
+};
 
 #[napi]
 pub struct NativeForwardProxy {
@@ -39,17 +42,59 @@ impl NativeForwardProxy {
         key_private_pem: Option<String>,
         cert_chain_pem: Option<String>,
         auth_token: Option<String>,
+        discovery: Option<NativeDiscovery>,
     ) -> Result<()> {
         let start = ForwardStart {
             proxy_addr: addr("proxyHost", &proxy_host, proxy_port)?,
             egress_addr: addr("egressHost", &egress_host, egress_port)?,
             tls: convert::tls(key_private_pem, cert_chain_pem),
-            discovery: None,
+            discovery: discovery.map(NativeDiscovery::into_core).transpose()?,
         };
         if let Some(token) = auth_token {
             self.inner.set_auth_token(token);
         }
         self.inner.start(start).await.map_err(err)
+    }
+
+    /// The addresses the DHT holds for `node_id`, signed record first.
+    #[napi]
+    pub async fn lookup(
+        &self,
+        node_id: String,
+        timeout_ms: Option<f64>,
+    ) -> Result<Vec<NativeFound>> {
+        let node = convert::node_id(Some(node_id))?.expect("some in, some out");
+        let found = self
+            .inner
+            .lookup(node, timeout_ms.map(convert::ms))
+            .await
+            .map_err(err)?;
+        Ok(found.into_iter().map(NativeFound::from).collect())
+    }
+
+    /// The addresses announced last.
+    #[napi(catch_unwind)]
+    pub fn announced(&self) -> Result<Vec<NativeAddress>> {
+        let addrs = self.inner.announced_addrs().map_err(err)?;
+        Ok(addrs.into_iter().map(NativeAddress::from).collect())
+    }
+
+    /// Opens (or reuses) a connection to a node known only by its node id.
+    #[napi]
+    pub async fn open_connection_to_node(
+        &self,
+        node_id: String,
+        timeout_ms: Option<f64>,
+        op_id: Option<u32>,
+    ) -> Result<NativeConnectionInfo> {
+        let node = convert::node_id(Some(node_id))?.expect("some in, some out");
+        let token = self.ops.token(op_id);
+        let r = self
+            .inner
+            .open_connection_to_node(node, timeout_ms.map(convert::ms), token)
+            .await;
+        self.ops.end(op_id);
+        r.map(Into::into).map_err(err)
     }
 
     #[napi]

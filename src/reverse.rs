@@ -4,7 +4,10 @@ use keynet_core::{ReverseProxy, ReverseStart};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::convert::{self, addr, err, Listener, NativeConnectionInfo, NativeOptions, Ops};
+use crate::convert::{
+    self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeDiscovery, NativeFound,
+    NativeOptions, Ops,
+};
 
 #[napi]
 pub struct NativeReverseProxy {
@@ -39,6 +42,7 @@ impl NativeReverseProxy {
         key_private_pem: Option<String>,
         cert_chain_pem: Option<String>,
         allowed_node_ids: Option<Vec<String>>,
+        discovery: Option<NativeDiscovery>,
     ) -> Result<()> {
         let allowed = match allowed_node_ids {
             Some(ids) => Some(
@@ -53,9 +57,32 @@ impl NativeReverseProxy {
             ingress_addr: addr("ingressHost", &ingress_host, ingress_port)?,
             tls: convert::tls(key_private_pem, cert_chain_pem),
             allowed_node_ids: allowed,
-            discovery: None,
+            discovery: discovery.map(NativeDiscovery::into_core).transpose()?,
         };
         self.inner.start(start).await.map_err(err)
+    }
+
+    /// The addresses the DHT holds for `node_id`, signed record first.
+    #[napi]
+    pub async fn lookup(
+        &self,
+        node_id: String,
+        timeout_ms: Option<f64>,
+    ) -> Result<Vec<NativeFound>> {
+        let node = convert::node_id(Some(node_id))?.expect("some in, some out");
+        let found = self
+            .inner
+            .lookup(node, timeout_ms.map(convert::ms))
+            .await
+            .map_err(err)?;
+        Ok(found.into_iter().map(NativeFound::from).collect())
+    }
+
+    /// The addresses announced last.
+    #[napi(catch_unwind)]
+    pub fn announced(&self) -> Result<Vec<NativeAddress>> {
+        let addrs = self.inner.announced_addrs().map_err(err)?;
+        Ok(addrs.into_iter().map(NativeAddress::from).collect())
     }
 
     #[napi]

@@ -1,0 +1,146 @@
+'use strict'
+// Discovery on a private mainline DHT of 8 `keynet-relay --dht` nodes on loopback: a node
+// announces, another finds it by node id, and a grpc-js client reaches it through `grpc_proxy`
+// knowing only the node id. The public DHT is never contacted (every node here has a bootstrap
+// list of loopback addresses).
+
+const path = require('node:path')
+const fs = require('node:fs')
+const { spawn } = require('node:child_process')
+const readline = require('node:readline')
+const test = require('ava')
+const h = require('./helpers')
+
+const RELAY_BIN = path.join(h.ROOT, 'target', 'debug', process.platform === 'win32' ? 'keynet-relay.exe' : 'keynet-relay')
+const CLIENT = path.join(h.FIXTURES, 'grpc-client.js')
+const UDP_SOCKETS = path.join(h.FIXTURES, 'udp-sockets.js')
+
+/** Starts `keynet-relay --dht 127.0.0.1:0 ...`; resolves its DHT address once it prints it. */
+function startDhtNode(t, bootstrap = []) {
+  const args = ['--dht', '127.0.0.1:0', ...bootstrap.flatMap((b) => ['--dht-bootstrap', b])]
+  const child = spawn(RELAY_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } })
+  let stderr = ''
+  child.stderr.on('data', (d) => (stderr += d))
+  t.teardown(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    const exited = new Promise((resolve) => child.once('exit', resolve))
+    child.kill('SIGTERM')
+    await h.withTimeout(exited, 5000, 'keynet-relay to exit on SIGTERM').catch(() => child.kill('SIGKILL'))
+  })
+  const lines = readline.createInterface({ input: child.stdout })
+  const listening = new Promise((resolve, reject) => {
+    lines.on('line', (line) => {
+      const m = /^dht listening on (\S+)$/.exec(line)
+      if (m) resolve(m[1])
+    })
+    child.once('exit', (code) => reject(new Error(`keynet-relay exited ${code}: ${stderr}`)))
+    child.once('error', reject)
+  })
+  return h.withTimeout(listening, h.WAIT, 'keynet-relay --dht to listen')
+}
+
+/** A private DHT of `n` nodes; resolves the bootstrap list (all of them). */
+async function privateDht(t, n = 8) {
+  const first = await startDhtNode(t)
+  const rest = await Promise.all(Array.from({ length: n - 1 }, () => startDhtNode(t, [first])))
+  return [first, ...rest]
+}
+
+test.before(() => {
+  if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: run cargo build -p keynet-relay (npm test does)`)
+})
+
+test('a grpc-js client reaches a node by node id alone, found on a private DHT', async (t) => {
+  const bootstrap = await privateDht(t)
+  const grpcServer = await h.startGrpcEchoServer(t)
+  const rp = new h.keynet.ReverseProxy()
+  t.teardown(() => h.stopQuietly(rp))
+  const announced = h.waitEvent(rp, 'address', { timeout: 20_000 })
+  await rp.start({ serverPort: grpcServer.port, discovery: { bootstrap } })
+  const { addresses } = await announced
+  t.deepEqual(addresses, [{ host: h.HOST, port: rp.getIngressPort() }])
+  t.deepEqual(rp.getAnnouncedAddresses(), addresses)
+
+  const fp = await h.startForwardProxy(t, {}, { discovery: { bootstrap, announce: false } })
+  const nodeId = rp.getNodeId()
+  const started = Date.now()
+  const found = await fp.lookup(nodeId)
+  t.true(Date.now() - started < 5000, `lookup took ${Date.now() - started} ms`)
+  const hit = found.find((f) => f.port === rp.getIngressPort())
+  t.truthy(hit, JSON.stringify(found))
+  t.is(hit.host, h.HOST)
+  t.is(hit.signed, false)
+  t.is(hit.ageMs, null)
+
+  // The client knows the node id and nothing else; grpc_proxy carries it to the server.
+  const env = h.cleanEnv({ grpc_proxy: `http://${h.TOKEN}@${h.HOST}:${fp.getHttpPort()}` })
+  const result = (await h.runJsonClient(t, process.execPath, [CLIENT, `${nodeId}.keynet:443`, 'unary'], { env })).result
+  t.deepEqual(result, { text: 'hello keynet', count: 42 })
+  t.is(grpcServer.calls.filter((c) => c.method === 'Unary').length, 1)
+  const info = fp.getConnectionInfoByIngress(h.HOST, rp.getIngressPort())
+  t.is(info.nodeId, nodeId)
+  t.is(info.path, 'direct')
+
+  // Verified once, the node's own signed record is read too, with its age.
+  const again = await fp.lookup(nodeId)
+  t.true(again[0].signed, JSON.stringify(again))
+  t.is(again[0].port, rp.getIngressPort())
+  t.true(again[0].ageMs >= 0 && again[0].ageMs < 60_000, JSON.stringify(again))
+})
+
+test('openConnection(nodeId) resolves the connection; unknown ids reject ErrorNodeNotFound', async (t) => {
+  const bootstrap = await privateDht(t)
+  const server = await h.startEchoServer(t)
+  const rp = new h.keynet.ReverseProxy()
+  t.teardown(() => h.stopQuietly(rp))
+  const announced = h.waitEvent(rp, 'address', { timeout: 20_000 })
+  await rp.start({ serverPort: server.port, discovery: { bootstrap } })
+  await announced
+  const fp = await h.startForwardProxy(t, {}, { discovery: { bootstrap, announce: false } })
+  const info = await fp.openConnection(rp.getNodeId())
+  t.is(info.nodeId, rp.getNodeId())
+  t.is(info.ingressPort, rp.getIngressPort())
+  t.is(fp.getConnectionCount(), 1)
+  // A CONNECT to NODEID.keynet carries bytes like any tunnel.
+  const res = await h.rawConnect(t, fp.getHttpPort(), { target: `${rp.getNodeId()}.keynet:443` })
+  t.is(res.status, 200)
+  await h.assertEchoes(t, res.socket)
+
+  const { nodeId: nobody } = await h.keynet.generateIdentity()
+  const err = await t.throwsAsync(fp.openConnection(nobody, { timeout: 10_000 }))
+  t.true(err instanceof h.keynet.errors.ErrorNodeNotFound, String(err))
+  t.is(err.code, 'ErrorNodeNotFound')
+  t.deepEqual(await fp.lookup(nobody), [])
+})
+
+test('without discovery: no DHT socket exists, node-id forms are refused clearly', async (t) => {
+  const off = await h.runJsonClient(t, process.execPath, [UDP_SOCKETS])
+  t.is(off.udp, 2, 'only the two QUIC sockets')
+  // The same check sees the DHT sockets when discovery is on (so it can fail).
+  const bootstrap = await privateDht(t, 1)
+  const on = await h.runJsonClient(t, process.execPath, [UDP_SOCKETS, JSON.stringify({ bootstrap })])
+  t.is(on.udp, 4)
+
+  const fp = await h.startForwardProxy(t)
+  const { nodeId } = await h.keynet.generateIdentity()
+  const err = await t.throwsAsync(fp.openConnection(nodeId))
+  t.is(err.code, 'ERR_INVALID_ARG_VALUE')
+  t.regex(err.message, /discovery is off/)
+  await t.throwsAsync(fp.lookup(nodeId), { code: 'ERR_INVALID_ARG_VALUE' })
+  const res = await h.rawConnect(t, fp.getHttpPort(), { target: `${nodeId}.keynet:443` })
+  t.is(res.status, 400)
+})
+
+test('bad discovery options are typed errors naming the option', async (t) => {
+  const fp = new h.keynet.ForwardProxy({ authToken: h.TOKEN })
+  t.teardown(() => h.stopQuietly(fp))
+  await t.throwsAsync(fp.start({ discovery: { bootstrap: 'x' } }), { instanceOf: TypeError, message: /opts\.discovery\.bootstrap/ })
+  await t.throwsAsync(fp.start({ discovery: { bootstrap: ['nope'] } }), { instanceOf: TypeError, message: /bootstrap\[0\]/ })
+  await t.throwsAsync(fp.start({ discovery: { announce: 'yes' } }), { instanceOf: TypeError, message: /announce/ })
+  await t.throwsAsync(fp.start({ discovery: { reannounceInterval: 0 } }), { instanceOf: RangeError, message: /reannounceInterval/ })
+  await t.throwsAsync(fp.start({ discovery: { host: '::1' } }), { message: /IPv4/ })
+  await t.throwsAsync(fp.lookup('not-a-node-id'), { instanceOf: TypeError, message: /nodeId/ })
+  // Still startable afterwards.
+  await fp.start()
+  t.true(fp.getHttpPort() > 0)
+})

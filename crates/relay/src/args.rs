@@ -1,0 +1,208 @@
+//! Command-line flags of `keynet-relay`.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+
+use keynet_core::{generate_identity, NodeId, TlsConfig};
+
+/// `--help` text: every flag.
+pub const HELP: &str = "\
+keynet-relay: a keynet relay hub and/or a DHT node for a private discovery network
+
+USAGE:
+    keynet-relay [--listen HOST:PORT] [--dht HOST:PORT] [flags]
+
+RELAY:
+    --listen HOST:PORT       UDP address of the relay's QUIC endpoint (port 0: any free port)
+    --key FILE --cert FILE   identity as PEM files (private key; certificate chain, leaf first)
+    --identity-dir DIR       load the identity from DIR/key.pem and DIR/cert.pem, generating and
+                             saving a fresh one there on first use
+                             (neither: a fresh identity per run)
+    --allow NODEID           only this node id may register (repeatable; default: any node)
+
+DISCOVERY (BitTorrent mainline DHT):
+    --dht HOST:PORT          run a DHT node at this IPv4 UDP address (port 0: any free port);
+                             it answers queries from the start, as a bootstrap node
+    --dht-bootstrap HOST:PORT
+                             join the DHT through this node (repeatable); without it the node
+                             is the first of a private network
+    --dht-public             join the public mainline DHT through its usual bootstrap nodes
+
+OTHER:
+    -h, --help               print this help
+
+Each service prints one line on stdout when it listens ('relay listening on ADDR node id ID',
+'dht listening on ADDR'). Logs go to stderr; RUST_LOG sets the level (default info).
+SIGINT or SIGTERM stops the relay cleanly.
+";
+
+/// What to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Print [`HELP`].
+    Help,
+    /// Run with these arguments.
+    Run(Args),
+}
+
+/// Where the identity comes from.
+#[derive(Debug, Default)]
+pub enum IdentitySource {
+    /// A fresh identity per run.
+    #[default]
+    Fresh,
+    /// PEM files.
+    Files { key: PathBuf, cert: PathBuf },
+    /// A directory holding key.pem and cert.pem, created on first use.
+    Dir(PathBuf),
+}
+
+impl IdentitySource {
+    /// Loads (or creates and saves) the identity; `None` lets the relay generate one.
+    pub fn load(&self) -> keynet_core::Result<Option<TlsConfig>> {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).map_err(|e| {
+                keynet_core::Error::InvalidTlsConfig(format!("cannot read {}: {e}", p.display()))
+            })
+        };
+        match self {
+            IdentitySource::Fresh => Ok(None),
+            IdentitySource::Files { key, cert } => Ok(Some(TlsConfig {
+                key_private_pem: read(key)?,
+                cert_chain_pem: read(cert)?,
+            })),
+            IdentitySource::Dir(dir) => {
+                let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+                if !key.exists() && !cert.exists() {
+                    let id = generate_identity()?;
+                    std::fs::create_dir_all(dir)?;
+                    write_private(&key, &id.tls.key_private_pem)?;
+                    std::fs::write(&cert, &id.tls.cert_chain_pem)?;
+                    tracing::info!(node_id = %id.node_id, dir = %dir.display(), "identity generated and saved");
+                }
+                Ok(Some(TlsConfig {
+                    key_private_pem: read(&key)?,
+                    cert_chain_pem: read(&cert)?,
+                }))
+            }
+        }
+    }
+}
+
+fn write_private(path: &PathBuf, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(content.as_bytes())
+}
+
+/// Parsed flags.
+#[derive(Debug, Default)]
+pub struct Args {
+    pub listen: Option<SocketAddr>,
+    pub identity: IdentitySource,
+    pub allowed: Option<Vec<NodeId>>,
+    pub dht: Option<SocketAddrV4>,
+    pub dht_bootstrap: Vec<String>,
+    pub dht_public: bool,
+}
+
+/// Parses the flags (without the program name).
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut a = Args::default();
+    let (mut key, mut cert, mut dir) = (None, None, None);
+    let mut it = args.into_iter();
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--listen" => {
+                let v = value("--listen")?;
+                a.listen = Some(
+                    v.parse()
+                        .map_err(|_| format!("--listen {v:?}: not HOST:PORT"))?,
+                );
+            }
+            "--key" => key = Some(PathBuf::from(value("--key")?)),
+            "--cert" => cert = Some(PathBuf::from(value("--cert")?)),
+            "--identity-dir" => dir = Some(PathBuf::from(value("--identity-dir")?)),
+            "--allow" => {
+                let v = value("--allow")?;
+                let id: NodeId = v.parse().map_err(|e| format!("--allow: {e}"))?;
+                a.allowed.get_or_insert_with(Vec::new).push(id);
+            }
+            "--dht" => {
+                let v = value("--dht")?;
+                a.dht = Some(
+                    v.parse()
+                        .map_err(|_| format!("--dht {v:?}: not an IPv4 HOST:PORT"))?,
+                );
+            }
+            "--dht-bootstrap" => a.dht_bootstrap.push(value("--dht-bootstrap")?),
+            "--dht-public" => a.dht_public = true,
+            other => return Err(format!("unknown flag {other:?}")),
+        }
+    }
+    a.identity = match (key, cert, dir) {
+        (None, None, None) => IdentitySource::Fresh,
+        (Some(key), Some(cert), None) => IdentitySource::Files { key, cert },
+        (None, None, Some(d)) => IdentitySource::Dir(d),
+        (Some(_), None, None) | (None, Some(_), None) => {
+            return Err("--key and --cert go together".into())
+        }
+        _ => return Err("use either --key/--cert or --identity-dir".into()),
+    };
+    if a.listen.is_none() && a.dht.is_none() {
+        return Err("nothing to run: give --listen and/or --dht".into());
+    }
+    if a.dht_public && !a.dht_bootstrap.is_empty() {
+        return Err("--dht-public and --dht-bootstrap exclude each other".into());
+    }
+    if a.dht.is_none() && (a.dht_public || !a.dht_bootstrap.is_empty()) {
+        return Err("--dht-bootstrap/--dht-public need --dht".into());
+    }
+    Ok(Command::Run(a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Args, String> {
+        match parse(args.iter().map(|s| s.to_string()))? {
+            Command::Run(a) => Ok(a),
+            Command::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn flags_parse() {
+        let a = run(&["--dht", "127.0.0.1:0", "--dht-bootstrap", "127.0.0.1:7000"]).unwrap();
+        assert_eq!(a.dht, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(a.dht_bootstrap, vec!["127.0.0.1:7000".to_string()]);
+        assert!(a.listen.is_none());
+        let a = run(&["--listen", "[::1]:4433"]).unwrap();
+        assert_eq!(a.listen, Some("[::1]:4433".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        assert!(run(&[]).unwrap_err().contains("nothing to run"));
+        assert!(run(&["--dht"]).unwrap_err().contains("--dht needs a value"));
+        assert!(run(&["--dht", "[::1]:1"]).unwrap_err().contains("IPv4"));
+        assert!(run(&["--bogus"]).unwrap_err().contains("--bogus"));
+        assert!(run(&["--listen", "1.2.3.4:1", "--key", "k"])
+            .unwrap_err()
+            .contains("--key and --cert"));
+        assert!(run(&["--listen", "1.2.3.4:1", "--allow", "x"])
+            .unwrap_err()
+            .contains("--allow"));
+        assert!(run(&["--dht-public"]).unwrap_err().contains("need --dht"));
+        assert!(matches!(parse(["--help".to_string()]), Ok(Command::Help)));
+    }
+}

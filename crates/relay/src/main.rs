@@ -1,0 +1,111 @@
+//! `keynet-relay`: runs a keynet relay hub and/or a DHT node for a private discovery network.
+//! All logic lives in keynet-core; this file parses flags, starts, and stops on SIGINT/SIGTERM.
+
+mod args;
+
+use std::process::ExitCode;
+
+use keynet_core::discovery::Discovery;
+use keynet_core::relay::server::{RelayServer, RelayStart};
+use keynet_core::{ConnOptions, DiscoveryOptions};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let args = match args::parse(std::env::args().skip(1)) {
+        Ok(args::Command::Help) => {
+            print!("{}", args::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(args::Command::Run(a)) => a,
+        Err(e) => {
+            eprintln!("keynet-relay: {e}\n\nRun `keynet-relay --help` for the flags.");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keynet-relay: [{}] {e}", e.code());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(a: args::Args) -> keynet_core::Result<()> {
+    let relay = match a.listen {
+        Some(addr) => {
+            let tls = a.identity.load()?;
+            let relay = RelayServer::new(ConnOptions::default())?;
+            relay
+                .start(RelayStart {
+                    addr,
+                    tls,
+                    allowed_node_ids: a.allowed,
+                })
+                .await?;
+            // One line per service on stdout, for scripts and tests to read.
+            println!(
+                "relay listening on {} node id {}",
+                relay.addr()?,
+                relay.node_id()?
+            );
+            Some(relay)
+        }
+        None => None,
+    };
+    let dht = match a.dht {
+        Some(bind) => {
+            let opts = DiscoveryOptions {
+                bootstrap: if a.dht_public {
+                    None
+                } else {
+                    Some(a.dht_bootstrap)
+                },
+                announce: false,
+                bind: Some(bind),
+                server_mode: true,
+                ..Default::default()
+            };
+            let dht = Discovery::start(&opts, bind.ip().to_owned().into()).await?;
+            println!("dht listening on {}", dht.local_addr());
+            Some(dht)
+        }
+        None => None,
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    if let Some(relay) = relay {
+        relay.stop().await?;
+    }
+    drop(dht);
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
