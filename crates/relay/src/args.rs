@@ -157,14 +157,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         }
         _ => return Err("use either --key/--cert or --identity-dir".into()),
     };
-    if a.listen.is_none() && a.dht.is_none() {
-        return Err("nothing to run: give --listen and/or --dht".into());
-    }
     if a.dht_public && !a.dht_bootstrap.is_empty() {
         return Err("--dht-public and --dht-bootstrap exclude each other".into());
     }
     if a.dht.is_none() && (a.dht_public || !a.dht_bootstrap.is_empty()) {
         return Err("--dht-bootstrap/--dht-public need --dht".into());
+    }
+    if a.listen.is_none() && a.dht.is_none() {
+        return Err("nothing to run: give --listen and/or --dht".into());
     }
     Ok(Command::Run(a))
 }
