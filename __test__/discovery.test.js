@@ -114,12 +114,16 @@ test('openConnection(nodeId) resolves the connection; unknown ids reject ErrorNo
 })
 
 test('without discovery: no DHT socket exists, node-id forms are refused clearly', async (t) => {
-  const off = await h.runJsonClient(t, process.execPath, [UDP_SOCKETS])
-  t.is(off.udp, 2, 'only the two QUIC sockets')
-  // The same check sees the DHT sockets when discovery is on (so it can fail).
-  const bootstrap = await privateDht(t, 1)
-  const on = await h.runJsonClient(t, process.execPath, [UDP_SOCKETS, JSON.stringify({ bootstrap })])
-  t.is(on.udp, 4)
+  if (process.platform === 'linux') {
+    const off = await h.runJsonClient(t, process.execPath, [UDP_SOCKETS])
+    t.is(off.udp, 2, 'only the two QUIC sockets')
+    // The same check sees the DHT sockets when discovery is on (so it can fail).
+    const bootstrap = await privateDht(t, 1)
+    const on = await h.runJsonClient(t, process.execPath, [UDP_SOCKETS, JSON.stringify({ bootstrap })])
+    t.is(on.udp, 4)
+  } else {
+    t.log('socket count skipped: it reads /proc (Linux only)')
+  }
 
   const fp = await h.startForwardProxy(t)
   const { nodeId } = await h.keynet.generateIdentity()
