@@ -37,7 +37,7 @@ async function attempt(lab, A, B, { timeout = 5000, opts = {} } = {}) {
   try {
     const t0 = performance.now()
     const { open, punch } = await openBoth(A, B, pair, timeout)
-    if (!open.ok) return { ok: false, code: open.code, path: '-' }
+    if (!open.ok) return { ok: false, code: `${open.code}: ${open.message}`, path: '-' }
     const call = await A.request({ cmd: 'call', host: pair.pubB.host, port: pair.pubB.port })
     if (!call.ok) return { ok: false, code: call.code, path: open.path }
     const ok = call.text === 'hello'
