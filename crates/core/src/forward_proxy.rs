@@ -297,20 +297,12 @@ impl ForwardProxy {
 
     /// The addresses the DHT holds for `node` (signed record first, then hints).
     pub async fn lookup(&self, node: NodeId, timeout: Option<Duration>) -> Result<Vec<Found>> {
-        let running = self.running()?;
-        let d = running.discovery.clone().ok_or_else(discovery_off)?;
-        let deadline = Instant::now() + timeout.unwrap_or(discovery::LOOKUP_TIME);
-        Ok(d.lookup(node, deadline).await)
+        discovery::lookup_on(self.running()?.discovery.as_ref(), node, timeout).await
     }
 
     /// The addresses this proxy announced last (empty before the first announce succeeded).
     pub fn announced_addrs(&self) -> Result<Vec<SocketAddr>> {
-        let running = self.running()?;
-        Ok(running
-            .discovery
-            .as_ref()
-            .map(|d| d.announced())
-            .unwrap_or_default())
+        Ok(discovery::announced_on(self.running()?.discovery.as_ref()))
     }
 
     /// Opens (or reuses) a connection to `node` knowing only its node id: reuses a live
@@ -348,7 +340,10 @@ impl ForwardProxy {
         {
             return Ok(peer);
         }
-        let d = running.discovery.clone().ok_or_else(discovery_off)?;
+        let d = running
+            .discovery
+            .clone()
+            .ok_or_else(discovery::discovery_off)?;
         let deadline = Instant::now() + budget;
         let found = d.lookup(node, deadline).await;
         if found.is_empty() {
@@ -667,12 +662,6 @@ enum Dial {
 
 /// Most addresses of one lookup dialled at once.
 const MAX_CANDIDATES: usize = 8;
-
-fn discovery_off() -> Error {
-    Error::InvalidArgument(
-        "discovery is off: start the proxy with discovery options, or give host and port".into(),
-    )
-}
 
 /// A pending handshake older than this is restarted when the punched path opens.
 const RESTART_AFTER: Duration = Duration::from_millis(150);

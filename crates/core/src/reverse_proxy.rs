@@ -154,23 +154,12 @@ impl ReverseProxy {
 
     /// The addresses the DHT holds for `node` (signed record first, then hints).
     pub async fn lookup(&self, node: NodeId, timeout: Option<Duration>) -> Result<Vec<Found>> {
-        let d = self.running()?.discovery.clone().ok_or_else(|| {
-            Error::InvalidArgument(
-                "discovery is off: start the proxy with discovery options".into(),
-            )
-        })?;
-        let deadline = std::time::Instant::now() + timeout.unwrap_or(discovery::LOOKUP_TIME);
-        Ok(d.lookup(node, deadline).await)
+        discovery::lookup_on(self.running()?.discovery.as_ref(), node, timeout).await
     }
 
     /// The addresses this proxy announced last (empty before the first announce succeeded).
     pub fn announced_addrs(&self) -> Result<Vec<SocketAddr>> {
-        let running = self.running()?;
-        Ok(running
-            .discovery
-            .as_ref()
-            .map(|d| d.announced())
-            .unwrap_or_default())
+        Ok(discovery::announced_on(self.running()?.discovery.as_ref()))
     }
 
     /// Stops: ends every tunnel and connection, awaits every task and releases the port.

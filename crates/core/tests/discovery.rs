@@ -4,33 +4,18 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use keynet_core::discovery::record;
 use keynet_core::{
     generate_identity, ConnOptions, DiscoveryOptions, Event, EventKind, ForwardProxy, ForwardStart,
     Identity, ReverseProxy, ReverseStart,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-const TOKEN: &str = "s3cret";
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
 
-async fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
+use common::{connect, echo_server, TOKEN};
+const WAIT: Duration = Duration::from_secs(20);
 
 fn testnet() -> mainline::Testnet {
     mainline::Testnet::builder(8).build().unwrap()
@@ -86,24 +71,6 @@ async fn looking_forward(net: &mainline::Testnet) -> ForwardProxy {
     .await
     .unwrap();
     fp
-}
-
-async fn connect(fp: &ForwardProxy, target: &str) -> (TcpStream, String) {
-    let mut s = TcpStream::connect(fp.proxy_addr().unwrap()).await.unwrap();
-    let auth = base64::engine::general_purpose::STANDARD.encode(TOKEN);
-    let req = format!(
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut b).await.unwrap() == 0 {
-            break;
-        }
-        head.push(b[0]);
-    }
-    (s, String::from_utf8_lossy(&head).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -201,7 +201,11 @@ impl Discovery {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         };
-        let (hint, signed) = tokio::join!(hint, signed);
+        let both = async { tokio::join!(hint, signed) };
+        let Ok((hint, signed)) = tokio::time::timeout(ANNOUNCE_TIME, both).await else {
+            tracing::warn!(%node_id, "DHT announce did not complete in time");
+            return false;
+        };
         if let Err(e) = &hint {
             tracing::warn!(%node_id, error = %e, "DHT announce failed");
         }
@@ -345,6 +349,9 @@ where
 /// How long a lookup keeps collecting after its first result.
 const GRACE: Duration = Duration::from_millis(300);
 
+/// Budget of one announce (both puts).
+const ANNOUNCE_TIME: Duration = Duration::from_secs(30);
+
 /// Retry cadence of a failed announce.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -381,6 +388,30 @@ pub async fn start_for_proxy(
         );
     }
     Ok(discovery)
+}
+
+/// `lookup` on a proxy's discovery, which must be on; `timeout` defaults to [`LOOKUP_TIME`].
+pub async fn lookup_on(
+    discovery: Option<&Arc<Discovery>>,
+    node: NodeId,
+    timeout: Option<Duration>,
+) -> Result<Vec<Found>> {
+    let d = discovery.ok_or_else(discovery_off)?;
+    let deadline = Instant::now() + timeout.unwrap_or(LOOKUP_TIME);
+    Ok(d.lookup(node, deadline).await)
+}
+
+/// The addresses a proxy announced last (empty when discovery is off or before the first
+/// announce succeeded).
+pub fn announced_on(discovery: Option<&Arc<Discovery>>) -> Vec<SocketAddr> {
+    discovery.map(|d| d.announced()).unwrap_or_default()
+}
+
+/// The error of a node-id operation on a proxy without discovery.
+pub fn discovery_off() -> Error {
+    Error::InvalidArgument(
+        "discovery is off: start the proxy with discovery options, or give host and port".into(),
+    )
 }
 
 /// The lookup budget when the caller gives none.

@@ -1,0 +1,46 @@
+//! Helpers shared by the integration tests: an echo server and a raw CONNECT client.
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use keynet_core::ForwardProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The token every test forward proxy accepts.
+pub const TOKEN: &str = "s3cret";
+
+/// A TCP echo server on loopback that half-closes after echoing.
+pub async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends a CONNECT for `target` through `fp`; returns the stream and the response head.
+pub async fn connect(fp: &ForwardProxy, target: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(fp.proxy_addr().unwrap()).await.unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(TOKEN);
+    let req = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await.unwrap() == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
