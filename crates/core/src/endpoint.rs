@@ -16,6 +16,7 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
 use crate::error::Result;
+use crate::paths::{Hop, Paths};
 use crate::proto::punch;
 
 /// The one form of an address used as a key everywhere: a dual-stack socket reports IPv4 peers
@@ -35,6 +36,8 @@ pub struct KeynetSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     sessions: Mutex<HashMap<SocketAddr, SessionSlot>>,
     next_session: std::sync::atomic::AtomicU64,
+    /// Peers reached through a relay (virtual addresses) and their current paths.
+    pub paths: Paths,
 }
 
 impl fmt::Debug for KeynetSocket {
@@ -164,7 +167,25 @@ impl AsyncUdpSocket for KeynetSocket {
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        self.inner.try_send(transmit)
+        match self.paths.route(transmit.destination) {
+            Hop::Unchanged => self.inner.try_send(transmit),
+            Hop::Direct(to) => self.inner.try_send(&Transmit {
+                destination: to,
+                ecn: transmit.ecn,
+                contents: transmit.contents,
+                segment_size: transmit.segment_size,
+                src_ip: None,
+            }),
+            Hop::Relay(node, outbox) => {
+                let size = transmit.segment_size.unwrap_or(transmit.contents.len());
+                for segment in transmit.contents.chunks(size.max(1)) {
+                    // Unreliable like UDP: a full outbox drops (QUIC retransmits).
+                    let _ = outbox.try_send((node, segment.to_vec()));
+                }
+                Ok(())
+            }
+            Hop::Nowhere => Ok(()),
+        }
     }
 
     fn poll_recv(
@@ -173,6 +194,10 @@ impl AsyncUdpSocket for KeynetSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        let relayed = self.paths.poll_inbound(cx, bufs, meta);
+        if relayed > 0 {
+            return Poll::Ready(Ok(relayed));
+        }
         loop {
             let n = match self.inner.poll_recv(cx, bufs, meta) {
                 Poll::Ready(Ok(n)) => n,
@@ -197,6 +222,9 @@ impl AsyncUdpSocket for KeynetSocket {
                 }
                 m.len = write;
                 any_quic |= write > 0;
+                if write > 0 {
+                    m.addr = self.paths.inbound_source(m.addr);
+                }
             }
             if any_quic {
                 return Poll::Ready(Ok(n));
@@ -238,6 +266,7 @@ pub fn bind(
         inner,
         sessions: Mutex::new(HashMap::new()),
         next_session: Default::default(),
+        paths: Paths::default(),
     });
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
     let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));

@@ -96,6 +96,58 @@ impl PunchDriver {
         }
     }
 
+    /// Punches until the path works both ways (an ack of our punch arrived), for a rendezvous
+    /// on an existing relayed connection. `on_peer` runs when the peer's first valid punch
+    /// arrives, before it is acknowledged (the caller starts accepting the peer's packets from
+    /// that address, which the peer sends once our ack reaches it). Pending forever once the
+    /// machine gave up (the caller's deadline ends the wait).
+    pub async fn until_confirmed(&mut self, mut on_peer: impl FnMut()) {
+        let mut seen = false;
+        loop {
+            if self.puncher.path_confirmed() {
+                if !seen {
+                    on_peer();
+                }
+                return;
+            }
+            let now = Instant::now();
+            while let Some(d) = self.puncher.poll_transmit(now) {
+                self.socket.send_to(self.target, &d).await;
+            }
+            let wake = match self.puncher.state(now) {
+                PunchState::Punching => self.puncher.poll_timeout(),
+                _ => None,
+            };
+            let sleep = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {}
+                d = self.session.rx.recv(), if self.receiving => {
+                    let Some(d) = d else {
+                        self.receiving = false;
+                        continue;
+                    };
+                    if let Some(ack) = self.puncher.handle(Instant::now(), self.target, &d) {
+                        if !seen {
+                            seen = true;
+                            on_peer();
+                        }
+                        self.socket.send_to(self.target, &ack).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a NAT sits between us (known once punches were exchanged).
+    pub fn nat_between(&self) -> bool {
+        self.puncher.nat_between()
+    }
+
     /// The connection is up: stop punching.
     pub fn connected(&mut self) {
         self.puncher.connected();

@@ -12,6 +12,7 @@ pub mod identity;
 pub(crate) mod lifecycle;
 pub mod nodeid;
 pub mod options;
+pub mod paths;
 pub mod proto;
 pub mod relay;
 pub mod reverse_proxy;

@@ -53,7 +53,7 @@ async fn registered_nodes_exchange_packets_and_nothing_else_gets_through() {
     let relay = relay().await;
     let (a, a_id, _ea) = node(&relay).await;
     let (b, b_id, _eb) = node(&relay).await;
-    a.send(&Frame::Register { want_port: false }).await.unwrap();
+    a.send(&Frame::Register { want_port: false, token: String::new() }).await.unwrap();
     match recv(&a).await {
         Frame::Registered {
             observed,
@@ -94,7 +94,7 @@ async fn registered_nodes_exchange_packets_and_nothing_else_gets_through() {
     .await
     .unwrap();
     assert!(matches!(recv(&b).await, Frame::Error { code: 401, .. }));
-    b.send(&Frame::Register { want_port: false }).await.unwrap();
+    b.send(&Frame::Register { want_port: false, token: String::new() }).await.unwrap();
     assert!(matches!(recv(&b).await, Frame::Registered { .. }));
     let mut ids = relay.registered().unwrap();
     ids.sort();
@@ -126,7 +126,7 @@ async fn a_malformed_frame_closes_only_the_offending_connection() {
     let (a, _a_id, _ea) = node(&relay).await;
     let (b, _b_id, _eb) = node(&relay).await;
     for c in [&a, &b] {
-        c.send(&Frame::Register { want_port: false }).await.unwrap();
+        c.send(&Frame::Register { want_port: false, token: String::new() }).await.unwrap();
         assert!(matches!(recv(c).await, Frame::Registered { .. }));
     }
     a.send_raw(&[0x42, 0, 0]).await.unwrap();
@@ -188,7 +188,7 @@ async fn the_relay_is_pinned_and_allowed_node_ids_are_enforced() {
     )
     .await;
     if let Ok(c) = outsider {
-        let _ = c.send(&Frame::Register { want_port: false }).await;
+        let _ = c.send(&Frame::Register { want_port: false, token: String::new() }).await;
         assert!(tokio::time::timeout(T, c.recv())
             .await
             .expect("answered in time")

@@ -6,3 +6,4 @@ pub mod hello;
 pub mod punch;
 pub mod relay;
 pub mod tunnel;
+pub mod websocket;

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! frame   = type(1) length(2, BE) payload(length)         length <= MAX_PAYLOAD
-//! 0x01 Register      flags(1: bit 0 = allocate a public TCP port)
+//! 0x01 Register      flags(1: bit 0 = allocate a public TCP port) token(utf-8, <= 255)
 //! 0x02 Registered    observed addr(19) public_port(2, 0 = none)
 //! 0x03 SendPacket    dst node(32) datagram(1..)            node -> relay: a QUIC packet to forward
 //! 0x04 RecvPacket    src node(32) datagram(1..)            relay -> node
@@ -30,6 +30,8 @@ use crate::proto::punch::{get_addr, put_addr};
 pub const MAX_PAYLOAD: usize = 65_535;
 /// Longest error message.
 pub const MAX_MESSAGE: usize = 1024;
+/// Longest registration token.
+pub const MAX_TOKEN: usize = 255;
 const HEADER: usize = 3;
 const ADDR: usize = 19;
 const NODE: usize = 32;
@@ -46,8 +48,9 @@ pub enum GoneReason {
 /// One relay frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    /// Register the sending node; optionally ask for a public TCP port.
-    Register { want_port: bool },
+    /// Register the sending node; optionally ask for a public TCP port. `token` is the relay's
+    /// registration token when it requires one (empty otherwise).
+    Register { want_port: bool, token: String },
     /// Registration accepted: where the relay sees the node, and its public port if any.
     Registered {
         observed: SocketAddr,
@@ -106,8 +109,8 @@ pub enum FrameError {
         /// The flags byte.
         flags: u8,
     },
-    /// An error message that is not UTF-8.
-    #[error("relay error message is not UTF-8")]
+    /// An error message or token that is not UTF-8.
+    #[error("relay error message or token is not UTF-8")]
     Utf8,
 }
 
@@ -150,7 +153,13 @@ impl Frame {
             p.extend_from_slice(&b);
         };
         match self {
-            Frame::Register { want_port } => p.push(*want_port as u8),
+            Frame::Register { want_port, token } => {
+                if token.len() > MAX_TOKEN {
+                    return Err(EncodeError::TooLarge(token.len()));
+                }
+                p.push(*want_port as u8);
+                p.extend_from_slice(token.as_bytes());
+            }
             Frame::Registered {
                 observed,
                 public_port,
@@ -255,9 +264,15 @@ impl Frame {
         let u32_at = |i: usize| u32::from_be_bytes(p[i..i + 4].try_into().expect("4 bytes"));
         let frame = match kind {
             0x01 => {
-                exact(1)?;
+                at_least(1)?;
+                if len - 1 > MAX_TOKEN {
+                    return Err(bad_len());
+                }
                 Frame::Register {
                     want_port: flag(p[0])?,
+                    token: std::str::from_utf8(&p[1..])
+                        .map_err(|_| FrameError::Utf8)?
+                        .to_string(),
                 }
             }
             0x02 => {
@@ -372,7 +387,20 @@ mod tests {
 
     #[test]
     fn snapshots() {
-        assert_eq!(hex(&Frame::Register { want_port: true }), "01000101");
+        assert_eq!(
+            hex(&Frame::Register {
+                want_port: true,
+                token: String::new()
+            }),
+            "01000101"
+        );
+        assert_eq!(
+            hex(&Frame::Register {
+                want_port: false,
+                token: "ab".into()
+            }),
+            "010003006162"
+        );
         assert_eq!(
             hex(&Frame::Ping {
                 nonce: 0x0102030405060708
@@ -498,7 +526,8 @@ mod tests {
 
     fn frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            any::<bool>().prop_map(|want_port| Frame::Register { want_port }),
+            (any::<bool>(), "[a-z0-9]{0,40}")
+                .prop_map(|(want_port, token)| Frame::Register { want_port, token }),
             (addr(), any::<u16>()).prop_map(|(observed, p)| Frame::Registered {
                 observed,
                 public_port: (p != 0).then_some(p)

@@ -8,14 +8,14 @@ use crate::error::{Error, Result};
 use crate::identity::LoadedIdentity;
 use crate::nodeid::NodeId;
 use crate::proto::relay::Frame;
-use crate::relay::framed::{write_frame, FrameReader, ReadError};
+use crate::relay::framed::{write_frame, BoxWrite, FrameReader, ReadError};
 use crate::tls::config::{client_config, SERVER_NAME};
 use crate::tls::verify::{Acceptable, VerifyOutcome};
 
 /// An open relay connection.
 pub struct RelayClient {
     conn: quinn::Connection,
-    send: tokio::sync::Mutex<quinn::SendStream>,
+    send: tokio::sync::Mutex<BoxWrite>,
     frames: tokio::sync::Mutex<FrameReader>,
 }
 
@@ -55,8 +55,8 @@ impl RelayClient {
             .map_err(|e| Error::ConnectionStart(e.to_string()))?;
         Ok(RelayClient {
             conn,
-            send: tokio::sync::Mutex::new(send),
-            frames: tokio::sync::Mutex::new(FrameReader::new(recv)),
+            send: tokio::sync::Mutex::new(Box::new(send)),
+            frames: tokio::sync::Mutex::new(FrameReader::new(Box::new(recv))),
         })
     }
 
@@ -70,6 +70,7 @@ impl RelayClient {
 
     /// Sends raw bytes (tests use it to send malformed frames).
     pub async fn send_raw(&self, bytes: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
         self.send
             .lock()
             .await

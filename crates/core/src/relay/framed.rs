@@ -1,6 +1,14 @@
-//! Reading and writing relay frames on a QUIC stream.
+//! Reading and writing relay frames on a byte stream (a QUIC stream, or the WebSocket byte
+//! stream of the TCP transport).
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::proto::relay::{Frame, FrameError, MAX_PAYLOAD};
+
+/// The reading half of a relay connection.
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a relay connection.
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -13,15 +21,15 @@ pub enum ReadError {
     Closed(String),
 }
 
-/// Buffers a receive stream into frames.
+/// Buffers a byte stream into frames.
 pub struct FrameReader {
-    recv: quinn::RecvStream,
+    recv: BoxRead,
     buf: Vec<u8>,
 }
 
 impl FrameReader {
     /// Reads frames from `recv`.
-    pub fn new(recv: quinn::RecvStream) -> FrameReader {
+    pub fn new(recv: BoxRead) -> FrameReader {
         FrameReader {
             recv,
             buf: Vec::with_capacity(4096),
@@ -37,7 +45,9 @@ impl FrameReader {
             }
             let mut chunk = [0u8; 16 * 1024];
             match self.recv.read(&mut chunk).await {
-                Ok(Some(n)) => {
+                Ok(0) if self.buf.is_empty() => return Ok(None),
+                Ok(0) => return Err(ReadError::Closed("stream ended inside a frame".into())),
+                Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
                     // A frame is at most 3 + MAX_PAYLOAD bytes: more than that buffered without a
                     // whole frame cannot happen with a well-formed peer.
@@ -45,17 +55,23 @@ impl FrameReader {
                         return Err(ReadError::Closed("frame buffer overflow".into()));
                     }
                 }
-                Ok(None) if self.buf.is_empty() => return Ok(None),
-                Ok(None) => return Err(ReadError::Closed("stream ended inside a frame".into())),
                 Err(e) => return Err(ReadError::Closed(e.to_string())),
             }
         }
     }
 }
 
-/// Encodes and writes one frame.
-pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), String> {
+/// Encodes and writes frames, flushing once.
+pub async fn write_frames(send: &mut BoxWrite, frames: &[Frame]) -> Result<(), String> {
     let mut out = Vec::new();
-    frame.encode(&mut out).map_err(|e| e.to_string())?;
-    send.write_all(&out).await.map_err(|e| e.to_string())
+    for frame in frames {
+        frame.encode(&mut out).map_err(|e| e.to_string())?;
+    }
+    send.write_all(&out).await.map_err(|e| e.to_string())?;
+    send.flush().await.map_err(|e| e.to_string())
+}
+
+/// Encodes and writes one frame.
+pub async fn write_frame(send: &mut BoxWrite, frame: &Frame) -> Result<(), String> {
+    write_frames(send, std::slice::from_ref(frame)).await
 }

@@ -1,7 +1,13 @@
-//! The relay (hub), groundwork of the relay issue: a QUIC server that authenticated keynodes
-//! register with (mutual TLS: the node id is proven in the handshake), and that forwards packets
-//! between registered nodes only. Not yet wired into the proxies' paths.
+//! The relay (hub): a server that authenticated keynodes register with over QUIC or
+//! TLS/WebSocket, that carries their QUIC packets to each other (end-to-end encrypted: it sees
+//! only ciphertext), arranges rendezvous for punching, and allocates public TCP ports; and the
+//! keynode's side of it (the link).
 
+pub mod alloc;
 pub mod client;
 mod framed;
+pub mod link;
+pub mod public;
 pub mod server;
+pub mod transport;
+mod ws;

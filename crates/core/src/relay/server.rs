@@ -1,18 +1,24 @@
-//! The relay server: accepts QUIC connections from keynodes (mutual TLS; optionally only
-//! `allowed_node_ids`), and on each connection's first bidirectional stream reads relay frames.
-//! It forwards `SendPacket` only from a registered node to a registered node (it is not an
-//! open proxy), answers `Ping`, and closes a connection that sends a malformed frame, logging
-//! why. One registration per node id: a newer connection replaces (and closes) the older one.
+//! The relay server: accepts keynodes over QUIC (UDP) and over TLS + WebSocket (TCP, for
+//! networks that block UDP). Both run mutual TLS, so a node id is proven before the first frame
+//! (and `allowed_node_ids` is enforced in the handshake). On its connection a node registers
+//! (with the registration token, when the relay requires one), after which the relay:
+//! - forwards its QUIC packets to other registered nodes only (it is not an open proxy: there is
+//!   no frame that names an address), at most `max_peers` distinct ones per node;
+//! - answers `CallMeMaybe` with a `Rendezvous` to both sides (each other's observed address);
+//! - gives it a public TCP port on request ([`crate::relay::alloc`]).
 //!
-//! Not yet here (the relay issue): public port allocation, rendezvous, the TCP/WebSocket
-//! transport, per-node limits beyond the bounded queues.
+//! A malformed frame closes only the offending connection, with a logged reason. One
+//! registration per node id: a newer connection replaces (and closes) the older one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::{self, KeynetSocket};
 use crate::error::{Error, Result};
@@ -21,13 +27,14 @@ use crate::lifecycle::{self, Identities};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::proto::relay::{Frame, GoneReason};
-use crate::relay::framed::{write_frame, FrameReader, ReadError};
+use crate::relay::alloc::{AllocOptions, Allocations};
+use crate::relay::framed::{write_frames, BoxRead, BoxWrite, FrameReader, ReadError};
 use crate::task::Tasks;
-use crate::tls::config::server_config;
+use crate::tls::config::{server_config, tls_server_config};
 use crate::tls::verify::{verify_chain, Acceptable};
 
 /// Frames queued toward one node before packets for it are dropped (they are unreliable).
-const NODE_QUEUE: usize = 256;
+const NODE_QUEUE: usize = 512;
 /// QUIC application close code for a protocol violation.
 const PROTOCOL_ERROR: u32 = 2;
 
@@ -36,10 +43,37 @@ const PROTOCOL_ERROR: u32 = 2;
 pub struct RelayStart {
     /// UDP address of the relay's QUIC endpoint.
     pub addr: SocketAddr,
+    /// TCP address of the TLS/WebSocket listener: default the UDP address's host and port (an
+    /// ephemeral port when that one is taken and the UDP port was ephemeral too).
+    pub tcp_addr: Option<SocketAddr>,
     /// Identity; a fresh one is generated when absent.
     pub tls: Option<TlsConfig>,
     /// When given, only these node ids may connect and register.
     pub allowed_node_ids: Option<Vec<NodeId>>,
+    /// When given, registration requires this token.
+    pub token: Option<String>,
+    /// Public port allocation.
+    pub alloc: AllocOptions,
+    /// Most distinct peers one node may send packets to.
+    pub max_peers: usize,
+    /// A node silent for this long is disconnected (nodes ping every 15 s).
+    pub node_timeout: Duration,
+}
+
+impl RelayStart {
+    /// Defaults: no token, any node, 64 peers per node, 45 s node timeout, default allocation.
+    pub fn new(addr: SocketAddr) -> RelayStart {
+        RelayStart {
+            addr,
+            tcp_addr: None,
+            tls: None,
+            allowed_node_ids: None,
+            token: None,
+            alloc: AllocOptions::default(),
+            max_peers: 64,
+            node_timeout: Duration::from_secs(45),
+        }
+    }
 }
 
 /// The relay server. Cheap to clone.
@@ -55,9 +89,13 @@ struct Inner {
     running: RwLock<Option<Arc<Running>>>,
 }
 
-struct Registration {
-    conn: quinn::Connection,
+/// One registered node.
+struct NodeConn {
+    id: u64,
+    observed: Option<SocketAddr>,
     tx: mpsc::Sender<Frame>,
+    kick: CancellationToken,
+    peers: Mutex<HashSet<NodeId>>,
 }
 
 struct Running {
@@ -65,10 +103,17 @@ struct Running {
     socket: Arc<KeynetSocket>,
     tasks: Tasks,
     addr: SocketAddr,
+    tcp_addr: SocketAddr,
     node_id: NodeId,
     accept: Acceptable,
-    nodes: Mutex<HashMap<NodeId, Registration>>,
+    start: RelayStart,
+    nodes: Mutex<HashMap<NodeId, Arc<NodeConn>>>,
+    next_id: AtomicU64,
+    allocs: Arc<Allocations>,
 }
+
+/// How a node's connection is closed when it misbehaves.
+type Closer = Box<dyn Fn(&str) + Send + Sync>;
 
 impl RelayServer {
     /// A stopped relay.
@@ -90,37 +135,56 @@ impl RelayServer {
         if self.running().is_ok() {
             return Ok(());
         }
+        if start.max_peers == 0 || start.node_timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "maxPeers and nodeTimeout must be greater than 0".into(),
+            ));
+        }
+        start.alloc.validate()?;
         let identity = self.inner.identities.for_start(start.tls.as_ref())?;
         let accept = start
             .allowed_node_ids
+            .clone()
             .map_or(Acceptable::Any, Acceptable::OneOf);
         let config = server_config(&identity, accept.clone(), self.inner.opts.transport())?;
+        let tls = Arc::new(tls_server_config(&identity, accept.clone())?);
         let secret = identity.derived_secret("quic stateless reset");
         let (endpoint, socket) = endpoint::bind(start.addr, Some(config), &secret)?;
+        let addr = endpoint.local_addr()?;
+        let tcp = bind_tcp(&start, addr).await?;
+        let tcp_addr = tcp.local_addr()?;
+        let tasks = Tasks::new();
+        let alloc_host = start.alloc.host.unwrap_or(addr.ip());
+        let allocs = Allocations::start(start.alloc.clone(), alloc_host, tasks.clone()).await?;
         let running = Arc::new(Running {
-            addr: endpoint.local_addr()?,
+            addr,
+            tcp_addr,
             endpoint,
             socket,
-            tasks: Tasks::new(),
+            tasks: tasks.clone(),
             node_id: identity.node_id,
             accept,
+            start,
             nodes: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            allocs,
         });
         *self.inner.running.write().expect("running lock") = Some(running.clone());
-        running
-            .tasks
-            .spawn(self.clone().accept_loop(running.clone()));
-        tracing::info!(addr = %running.addr, node_id = %running.node_id, "relay started");
+        tasks.spawn(self.clone().accept_quic(running.clone()));
+        tasks.spawn(self.clone().accept_tcp(running.clone(), tcp, tls));
+        tracing::info!(%addr, %tcp_addr, node_id = %running.node_id, "relay started");
         Ok(())
     }
 
-    /// Stops: closes every connection, awaits every task, releases the port.
+    /// Stops: closes every connection, awaits every task, releases the ports.
     pub async fn stop(&self) -> Result<()> {
         let _guard = self.inner.lifecycle.lock().await;
         let Some(running) = self.inner.running.write().expect("running lock").take() else {
             return Ok(());
         };
-        running.nodes.lock().expect("nodes lock").clear();
+        for n in running.nodes.lock().expect("nodes lock").drain() {
+            n.1.kick.cancel();
+        }
         running.endpoint.close(0u32.into(), b"relay stopped");
         let grace = self.inner.opts.end_time;
         let _ = tokio::time::timeout(
@@ -128,6 +192,7 @@ impl RelayServer {
             running.endpoint.wait_idle(),
         )
         .await;
+        running.allocs.save();
         running.tasks.shutdown(grace + Duration::from_secs(1)).await;
         let socket = Arc::downgrade(&running.socket);
         drop(running);
@@ -150,6 +215,11 @@ impl RelayServer {
         Ok(self.running()?.addr)
     }
 
+    /// The relay's TCP (TLS/WebSocket) address.
+    pub fn tcp_addr(&self) -> Result<SocketAddr> {
+        Ok(self.running()?.tcp_addr)
+    }
+
     /// The relay's node id (clients pin it).
     pub fn node_id(&self) -> Result<NodeId> {
         Ok(self.running()?.node_id)
@@ -167,20 +237,25 @@ impl RelayServer {
             .collect())
     }
 
-    async fn accept_loop(self, running: Arc<Running>) {
+    /// Public ports allocated now (held for a connected node or retained), by node.
+    pub fn allocations(&self) -> Result<Vec<(NodeId, u16)>> {
+        Ok(self.running()?.allocs.list())
+    }
+
+    async fn accept_quic(self, running: Arc<Running>) {
         while let Some(incoming) = running.endpoint.accept().await {
             let me = self.clone();
             let r = running.clone();
             running.tasks.spawn(async move {
                 let remote = incoming.remote_address();
-                if let Err(e) = me.serve(&r, incoming).await {
+                if let Err(e) = me.serve_quic(&r, incoming).await {
                     tracing::info!(%remote, error = %e, "relay connection ended");
                 }
             });
         }
     }
 
-    async fn serve(&self, running: &Arc<Running>, incoming: quinn::Incoming) -> Result<()> {
+    async fn serve_quic(&self, running: &Arc<Running>, incoming: quinn::Incoming) -> Result<()> {
         let budget = self.inner.opts.connect_time;
         let connecting = incoming
             .accept()
@@ -195,99 +270,258 @@ impl RelayServer {
             &running.accept,
             time::OffsetDateTime::now_utc().unix_timestamp(),
         )?;
-        let (mut send, recv) = tokio::time::timeout(budget, conn.accept_bi())
+        let (send, recv) = tokio::time::timeout(budget, conn.accept_bi())
             .await
             .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))?
             .map_err(|e| Error::ConnectionStart(e.to_string()))?;
-        let (tx, mut rx) = mpsc::channel::<Frame>(NODE_QUEUE);
-        running.tasks.spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                if write_frame(&mut send, &frame).await.is_err() {
-                    return;
-                }
-            }
+        let observed = endpoint::canonical(conn.remote_address());
+        let closer_conn = conn.clone();
+        let closer: Closer = Box::new(move |why: &str| {
+            closer_conn.close(PROTOCOL_ERROR.into(), why.as_bytes());
         });
         let result = self
-            .read_frames(running, &conn, node, &tx, FrameReader::new(recv))
+            .serve_node(
+                running,
+                node,
+                Some(observed),
+                observed,
+                Box::new(recv),
+                Box::new(send),
+                closer,
+            )
             .await;
-        let mut nodes = running.nodes.lock().expect("nodes lock");
-        if nodes
-            .get(&node)
-            .is_some_and(|r| r.conn.stable_id() == conn.stable_id())
-        {
-            nodes.remove(&node);
+        conn.close(0u32.into(), b"relay session ended");
+        result
+    }
+
+    async fn accept_tcp(self, running: Arc<Running>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let me = self.clone();
+            let r = running.clone();
+            let acceptor = acceptor.clone();
+            running.tasks.spawn(async move {
+                if let Err(e) = me.serve_tcp(&r, acceptor, tcp, remote).await {
+                    tracing::info!(%remote, error = %e, "relay WebSocket connection ended");
+                }
+            });
         }
-        drop(nodes);
+    }
+
+    async fn serve_tcp(
+        &self,
+        running: &Arc<Running>,
+        acceptor: tokio_rustls::TlsAcceptor,
+        tcp: TcpStream,
+        remote: SocketAddr,
+    ) -> Result<()> {
+        let budget = self.inner.opts.connect_time;
+        let _ = tcp.set_nodelay(true);
+        let (node, read, write, kill) = tokio::time::timeout(
+            budget,
+            crate::relay::ws::accept(acceptor, tcp, &running.accept, &running.tasks),
+        )
+        .await
+        .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))??;
+        let closer: Closer = Box::new(move |_why: &str| kill.cancel());
+        self.serve_node(
+            running,
+            node,
+            None,
+            endpoint::canonical(remote),
+            read,
+            write,
+            closer,
+        )
+        .await
+    }
+
+    /// Runs one node's relay session until it ends.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_node(
+        &self,
+        running: &Arc<Running>,
+        node: NodeId,
+        observed: Option<SocketAddr>,
+        remote: SocketAddr,
+        read: BoxRead,
+        mut write: BoxWrite,
+        close: Closer,
+    ) -> Result<()> {
+        let (tx, mut rx) = mpsc::channel::<Frame>(NODE_QUEUE);
+        let kick = CancellationToken::new();
+        let writer_kick = kick.clone();
+        running.tasks.spawn(async move {
+            let mut batch = Vec::new();
+            loop {
+                let first = tokio::select! {
+                    f = rx.recv() => f,
+                    _ = writer_kick.cancelled() => None,
+                };
+                let Some(first) = first else { return };
+                batch.push(first);
+                while batch.len() < 64 {
+                    match rx.try_recv() {
+                        Ok(f) => batch.push(f),
+                        Err(_) => break,
+                    }
+                }
+                if write_frames(&mut write, &batch).await.is_err() {
+                    return;
+                }
+                batch.clear();
+            }
+        });
+        let me = Arc::new(NodeConn {
+            id: running.next_id.fetch_add(1, Ordering::Relaxed),
+            observed,
+            tx,
+            kick,
+            peers: Mutex::new(HashSet::new()),
+        });
+        let result = self
+            .read_frames(running, node, remote, &me, FrameReader::new(read), &close)
+            .await;
+        me.kick.cancel();
+        let was_registered = {
+            let mut nodes = running.nodes.lock().expect("nodes lock");
+            if nodes.get(&node).is_some_and(|r| r.id == me.id) {
+                nodes.remove(&node);
+                true
+            } else {
+                false
+            }
+        };
+        if was_registered {
+            running.allocs.node_left(node);
+            // Peers that were talking to it learn it left.
+            let nodes: Vec<_> = running
+                .nodes
+                .lock()
+                .expect("nodes lock")
+                .values()
+                .cloned()
+                .collect();
+            for other in nodes {
+                if other.peers.lock().expect("peers lock").remove(&node) {
+                    let _ = other.tx.try_send(Frame::PeerGone {
+                        node,
+                        reason: GoneReason::Left,
+                    });
+                }
+            }
+            tracing::info!(%node, "node left the relay");
+        }
         result
     }
 
     async fn read_frames(
         &self,
         running: &Arc<Running>,
-        conn: &quinn::Connection,
         node: NodeId,
-        tx: &mpsc::Sender<Frame>,
+        remote: SocketAddr,
+        me: &Arc<NodeConn>,
         mut frames: FrameReader,
+        close: &Closer,
     ) -> Result<()> {
         let mut registered = false;
+        let idle = running.start.node_timeout;
         loop {
-            let frame = match frames.next().await {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
-                Err(ReadError::Malformed(e)) => {
+            let next = tokio::select! {
+                n = tokio::time::timeout(idle, frames.next()) => n,
+                _ = me.kick.cancelled() => return Ok(()),
+            };
+            let frame = match next {
+                Err(_) => {
+                    tracing::info!(%node, "node silent for {} s: disconnecting", idle.as_secs());
+                    close("keepalive timeout");
+                    return Ok(());
+                }
+                Ok(Ok(Some(f))) => f,
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(ReadError::Malformed(e))) => {
                     tracing::warn!(%node, error = %e, "malformed relay frame: closing the connection");
-                    conn.close(PROTOCOL_ERROR.into(), e.to_string().as_bytes());
+                    close(&e.to_string());
                     return Err(Error::ConnectionStart(format!(
                         "malformed frame from {node}: {e}"
                     )));
                 }
-                Err(ReadError::Closed(why)) => return Err(Error::ConnectionStart(why)),
+                Ok(Err(ReadError::Closed(why))) => return Err(Error::ConnectionStart(why)),
             };
             let reply = match frame {
-                Frame::Register { .. } => {
-                    let old = running.nodes.lock().expect("nodes lock").insert(
-                        node,
-                        Registration {
-                            conn: conn.clone(),
-                            tx: tx.clone(),
-                        },
-                    );
-                    if let Some(old) = old.filter(|o| o.conn.stable_id() != conn.stable_id()) {
-                        old.conn.close(0u32.into(), b"registered again elsewhere");
+                Frame::Register { want_port, token } => {
+                    if let Some(want) = &running.start.token {
+                        if !crate::proto::connect::constant_time_eq(want.as_bytes(), token.as_bytes()) {
+                            tracing::warn!(%node, "registration with a wrong token refused");
+                            let _ = me
+                                .tx
+                                .send(Frame::Error {
+                                    code: 401,
+                                    message: "registration token refused".into(),
+                                })
+                                .await;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            close("registration token refused");
+                            return Ok(());
+                        }
                     }
-                    registered = true;
-                    Some(Frame::Registered {
-                        observed: endpoint::canonical(conn.remote_address()),
-                        public_port: None,
-                    })
-                }
-                Frame::SendPacket { dst, datagram } if registered => {
-                    let target = running
+                    let old = running
                         .nodes
                         .lock()
                         .expect("nodes lock")
-                        .get(&dst)
-                        .map(|r| r.tx.clone());
-                    match target {
-                        // Packets are unreliable: a full queue drops, never blocks the sender.
-                        Some(t) => t
-                            .try_send(Frame::RecvPacket {
-                                src: node,
-                                datagram,
-                            })
-                            .err()
-                            .and(None),
-                        None => Some(Frame::PeerGone {
-                            node: dst,
-                            reason: GoneReason::Unknown,
-                        }),
+                        .insert(node, me.clone());
+                    if let Some(old) = old.filter(|o| o.id != me.id) {
+                        old.kick.cancel();
                     }
+                    registered = true;
+                    let public_port = if want_port {
+                        match running.allocs.claim(node, me.tx.clone()).await {
+                            Ok(p) => Some(p),
+                            Err(e) => {
+                                let _ = me
+                                    .tx
+                                    .send(Frame::Error {
+                                        code: 503,
+                                        message: format!("no public port: {e}"),
+                                    })
+                                    .await;
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    tracing::info!(%node, %remote, ?public_port, "node registered");
+                    Some(Frame::Registered {
+                        observed: observed_or(me.observed, remote),
+                        public_port,
+                    })
                 }
-                Frame::SendPacket { .. } => Some(Frame::Error {
+                Frame::SendPacket { dst, datagram } if registered => {
+                    self.forward(running, node, me, dst, datagram)
+                }
+                Frame::CallMeMaybe { peer } if registered => self.rendezvous(running, node, me, peer),
+                Frame::TcpData { .. } | Frame::TcpClose { .. } if registered => {
+                    running.allocs.from_node(node, frame).await;
+                    None
+                }
+                Frame::SendPacket { .. }
+                | Frame::CallMeMaybe { .. }
+                | Frame::TcpData { .. }
+                | Frame::TcpClose { .. } => Some(Frame::Error {
                     code: 401,
                     message: "register first".into(),
                 }),
                 Frame::Ping { nonce } => Some(Frame::Pong { nonce }),
+                Frame::Pong { .. } => None,
                 other => Some(Frame::Error {
                     code: 400,
                     message: format!("unexpected frame {other:?}")
@@ -297,10 +531,99 @@ impl RelayServer {
                 }),
             };
             if let Some(reply) = reply {
-                if tx.send(reply).await.is_err() {
+                if me.tx.send(reply).await.is_err() {
                     return Ok(());
                 }
             }
         }
+    }
+
+    fn forward(
+        &self,
+        running: &Arc<Running>,
+        node: NodeId,
+        me: &Arc<NodeConn>,
+        dst: NodeId,
+        datagram: Vec<u8>,
+    ) -> Option<Frame> {
+        let target = running.nodes.lock().expect("nodes lock").get(&dst).cloned();
+        let Some(target) = target else {
+            return Some(Frame::PeerGone {
+                node: dst,
+                reason: GoneReason::Unknown,
+            });
+        };
+        {
+            let mut peers = me.peers.lock().expect("peers lock");
+            if !peers.contains(&dst) {
+                if peers.len() >= running.start.max_peers {
+                    tracing::warn!(%node, limit = running.start.max_peers, "relayed peer limit reached");
+                    return Some(Frame::Error {
+                        code: 429,
+                        message: format!(
+                            "too many relayed peers (limit {}): {dst} refused",
+                            running.start.max_peers
+                        ),
+                    });
+                }
+                peers.insert(dst);
+            }
+        }
+        target.peers.lock().expect("peers lock").insert(node);
+        // Packets are unreliable: a full queue drops, never blocks the sender.
+        let _ = target.tx.try_send(Frame::RecvPacket {
+            src: node,
+            datagram,
+        });
+        None
+    }
+
+    fn rendezvous(
+        &self,
+        running: &Arc<Running>,
+        node: NodeId,
+        me: &Arc<NodeConn>,
+        peer: NodeId,
+    ) -> Option<Frame> {
+        let target = running.nodes.lock().expect("nodes lock").get(&peer).cloned();
+        let Some(target) = target else {
+            return Some(Frame::PeerGone {
+                node: peer,
+                reason: GoneReason::Unknown,
+            });
+        };
+        // Only QUIC-connected nodes have a UDP address worth punching to.
+        let (Some(mine), Some(theirs)) = (me.observed, target.observed) else {
+            tracing::debug!(%node, %peer, "no rendezvous: a side has no UDP path");
+            return None;
+        };
+        let _ = target.tx.try_send(Frame::Rendezvous {
+            peer: node,
+            peer_addr: mine,
+            punch_in_ms: 0,
+        });
+        tracing::debug!(%node, %peer, %mine, %theirs, "rendezvous");
+        Some(Frame::Rendezvous {
+            peer,
+            peer_addr: theirs,
+            punch_in_ms: 0,
+        })
+    }
+}
+
+fn observed_or(observed: Option<SocketAddr>, remote: SocketAddr) -> SocketAddr {
+    observed.unwrap_or(remote)
+}
+
+async fn bind_tcp(start: &RelayStart, udp: SocketAddr) -> Result<TcpListener> {
+    if let Some(a) = start.tcp_addr {
+        return Ok(TcpListener::bind(a).await?);
+    }
+    match TcpListener::bind(udp).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && start.addr.port() == 0 => {
+            Ok(TcpListener::bind(SocketAddr::new(udp.ip(), 0)).await?)
+        }
+        Err(e) => Err(e.into()),
     }
 }

@@ -30,6 +30,20 @@ pub fn client_config(
     outcome: VerifyOutcome,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig> {
+    let tls = tls_client_config(identity, accept, outcome)?;
+    let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// The rustls client config behind [`client_config`] (also used over TCP by the relay's
+/// WebSocket transport).
+pub fn tls_client_config(
+    identity: &LoadedIdentity,
+    accept: Acceptable,
+    outcome: VerifyOutcome,
+) -> Result<rustls::ClientConfig> {
     let provider = provider();
     let verifier = Arc::new(NodeIdVerifier::new(accept, provider.clone(), outcome));
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -40,10 +54,7 @@ pub fn client_config(
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(tls_err)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport);
-    Ok(config)
+    Ok(tls)
 }
 
 /// Server (accepting) config: presents `identity` and requires a client certificate that proves
@@ -53,6 +64,18 @@ pub fn server_config(
     accept: Acceptable,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig> {
+    let tls = tls_server_config(identity, accept)?;
+    let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// The rustls server config behind [`server_config`] (also used over TCP by the relay).
+pub fn tls_server_config(
+    identity: &LoadedIdentity,
+    accept: Acceptable,
+) -> Result<rustls::ServerConfig> {
     let provider = provider();
     let verifier = Arc::new(NodeIdVerifier::new(
         accept,
@@ -66,8 +89,5 @@ pub fn server_config(
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(tls_err)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport);
-    Ok(config)
+    Ok(tls)
 }

@@ -1,0 +1,467 @@
+//! Public TCP ports on the relay (seed 004): a registered node may ask for one; plain TCP
+//! clients that connect there are carried, as `TcpOpen`/`TcpData`/`TcpClose` frames on the
+//! node's relay connection, to the node, which connects them to its local server. A node gets
+//! its port back when it reconnects within the retention time; meanwhile the port stays bound
+//! (clients are closed at once) so nothing else takes it, and it is released after. With a
+//! state file, allocations also survive a relay restart.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::nodeid::NodeId;
+use crate::proto::relay::Frame;
+use crate::task::Tasks;
+
+/// Default retention of a disconnected node's port (seed 004: 180 minutes).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(180 * 60);
+/// Bytes per `TcpData` frame.
+pub const CHUNK: usize = 16 * 1024;
+
+/// How the relay allocates public ports.
+#[derive(Clone, Debug)]
+pub struct AllocOptions {
+    /// IP to bind public ports on; default the relay's UDP IP.
+    pub host: Option<IpAddr>,
+    /// Inclusive port range; default any free port the OS picks.
+    pub range: Option<(u16, u16)>,
+    /// How long a disconnected node's port is kept for it.
+    pub retention: Duration,
+    /// Where allocations are saved (and loaded from at start).
+    pub state_file: Option<PathBuf>,
+    /// Most concurrent public-port clients per node.
+    pub max_clients: usize,
+    /// Whether nodes may ask for ports at all.
+    pub enabled: bool,
+}
+
+impl Default for AllocOptions {
+    fn default() -> Self {
+        AllocOptions {
+            host: None,
+            range: None,
+            retention: DEFAULT_RETENTION,
+            state_file: None,
+            max_clients: 256,
+            enabled: true,
+        }
+    }
+}
+
+impl AllocOptions {
+    /// Checks the options.
+    pub fn validate(&self) -> Result<()> {
+        if let Some((lo, hi)) = self.range {
+            if lo == 0 || lo > hi {
+                return Err(Error::InvalidArgument(format!(
+                    "port range {lo}-{hi} is empty or starts at 0"
+                )));
+            }
+        }
+        if self.retention.is_zero() || self.max_clients == 0 {
+            return Err(Error::InvalidArgument(
+                "retention and maxClients must be greater than 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What goes to one public-port client.
+enum ToClient {
+    Data(Vec<u8>),
+    /// The node's side ended: FIN (false) or reset (true).
+    Close(bool),
+}
+
+struct Owner {
+    tx: mpsc::Sender<Frame>,
+    clients: HashMap<u32, mpsc::Sender<ToClient>>,
+    next_conn: u32,
+}
+
+struct Alloc {
+    port: u16,
+    /// Unix ms when the port is released; `None` while the node is connected.
+    expires: Option<u64>,
+    owner: Option<Owner>,
+    generation: u64,
+    listener: CancellationToken,
+}
+
+/// The relay's allocations.
+pub struct Allocations {
+    opts: AllocOptions,
+    host: IpAddr,
+    tasks: Tasks,
+    by_node: Mutex<HashMap<NodeId, Alloc>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Allocations {
+    /// Loads the state file (if any) and rebinds the ports it retains.
+    pub async fn start(opts: AllocOptions, host: IpAddr, tasks: Tasks) -> Result<Arc<Allocations>> {
+        let me = Arc::new(Allocations {
+            opts,
+            host,
+            tasks,
+            by_node: Mutex::new(HashMap::new()),
+        });
+        if let Some(path) = me.opts.state_file.clone() {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "state file {}: {e}",
+                        path.display()
+                    )))
+                }
+            };
+            for (node, port, expires) in parse_state(&text) {
+                let expires = if expires == 0 {
+                    now_ms() + me.opts.retention.as_millis() as u64
+                } else {
+                    expires
+                };
+                if expires <= now_ms() {
+                    continue;
+                }
+                match me.bind(port).await {
+                    Ok(listener) => {
+                        let token = CancellationToken::new();
+                        me.by_node.lock().expect("alloc lock").insert(
+                            node,
+                            Alloc {
+                                port,
+                                expires: Some(expires),
+                                owner: None,
+                                generation: 0,
+                                listener: token.clone(),
+                            },
+                        );
+                        me.spawn_listener(node, listener, token);
+                        me.expire_later(node, 0, expires);
+                    }
+                    Err(e) => tracing::warn!(%node, port, error = %e, "retained port not rebound"),
+                }
+            }
+            tracing::info!(count = me.list().len(), file = %path.display(), "allocations loaded");
+        }
+        Ok(me)
+    }
+
+    /// The allocated ports.
+    pub fn list(&self) -> Vec<(NodeId, u16)> {
+        let map = self.by_node.lock().expect("alloc lock");
+        map.iter().map(|(n, a)| (*n, a.port)).collect()
+    }
+
+    async fn bind(&self, port: u16) -> std::io::Result<TcpListener> {
+        TcpListener::bind(SocketAddr::new(self.host, port)).await
+    }
+
+    /// Gives `node` (now connected, frames to it on `tx`) its port: the one it had, else a new
+    /// one.
+    pub async fn claim(self: &Arc<Self>, node: NodeId, tx: mpsc::Sender<Frame>) -> Result<u16> {
+        if !self.opts.enabled {
+            return Err(Error::InvalidArgument(
+                "this relay does not allocate public ports".into(),
+            ));
+        }
+        {
+            let mut map = self.by_node.lock().expect("alloc lock");
+            if let Some(a) = map.get_mut(&node) {
+                a.generation += 1;
+                a.expires = None;
+                a.owner = Some(Owner {
+                    tx,
+                    clients: HashMap::new(),
+                    next_conn: 1,
+                });
+                let port = a.port;
+                drop(map);
+                self.save();
+                return Ok(port);
+            }
+        }
+        let listener = self.bind_new().await?;
+        let port = listener.local_addr()?.port();
+        let token = CancellationToken::new();
+        self.by_node.lock().expect("alloc lock").insert(
+            node,
+            Alloc {
+                port,
+                expires: None,
+                owner: Some(Owner {
+                    tx,
+                    clients: HashMap::new(),
+                    next_conn: 1,
+                }),
+                generation: 0,
+                listener: token.clone(),
+            },
+        );
+        self.spawn_listener(node, listener, token);
+        self.save();
+        tracing::info!(%node, port, "public port allocated");
+        Ok(port)
+    }
+
+    async fn bind_new(&self) -> Result<TcpListener> {
+        let Some((lo, hi)) = self.opts.range else {
+            return Ok(self.bind(0).await?);
+        };
+        let taken: Vec<u16> = self.list().into_iter().map(|(_, p)| p).collect();
+        for port in lo..=hi {
+            if taken.contains(&port) {
+                continue;
+            }
+            if let Ok(l) = self.bind(port).await {
+                return Ok(l);
+            }
+        }
+        Err(Error::ConnectionStart(format!(
+            "every port in {lo}-{hi} is taken"
+        )))
+    }
+
+    /// `node` disconnected: close its clients, keep its port for the retention time.
+    pub fn node_left(self: &Arc<Self>, node: NodeId) {
+        let (generation, expires) = {
+            let mut map = self.by_node.lock().expect("alloc lock");
+            let Some(a) = map.get_mut(&node) else { return };
+            a.owner = None; // dropping the client senders closes those clients
+            a.generation += 1;
+            let expires = now_ms() + self.opts.retention.as_millis() as u64;
+            a.expires = Some(expires);
+            (a.generation, expires)
+        };
+        self.save();
+        self.expire_later(node, generation, expires);
+    }
+
+    fn expire_later(self: &Arc<Self>, node: NodeId, generation: u64, at_ms: u64) {
+        let me = Arc::downgrade(self);
+        self.tasks.spawn(async move {
+            let wait = at_ms.saturating_sub(now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let Some(me) = me.upgrade() else { return };
+            let released = {
+                let mut map = me.by_node.lock().expect("alloc lock");
+                match map.get(&node) {
+                    Some(a) if a.generation == generation && a.owner.is_none() => {
+                        let a = map.remove(&node).expect("allocation");
+                        a.listener.cancel();
+                        Some(a.port)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(port) = released {
+                tracing::info!(%node, port, "public port released after retention");
+                me.save();
+            }
+        });
+    }
+
+    fn spawn_listener(self: &Arc<Self>, node: NodeId, listener: TcpListener, stop: CancellationToken) {
+        let me = Arc::downgrade(self);
+        let tasks = self.tasks.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((tcp, client)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let Some(me) = me.upgrade() else { return };
+                let opened = me.open_client(node, client);
+                let Some((conn, tx, rx)) = opened else {
+                    // The node is away or at its limit: close at once.
+                    drop(tcp);
+                    continue;
+                };
+                let owner_tx = tx.clone();
+                let weak = Arc::downgrade(&me);
+                tasks.spawn(async move {
+                    if owner_tx
+                        .send(Frame::TcpOpen {
+                            conn,
+                            client: crate::endpoint::canonical(client),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    client_session(tcp, conn, owner_tx, rx).await;
+                    if let Some(me) = weak.upgrade() {
+                        me.forget_client(node, conn);
+                    }
+                });
+            }
+        });
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn open_client(
+        &self,
+        node: NodeId,
+        client: SocketAddr,
+    ) -> Option<(u32, mpsc::Sender<Frame>, mpsc::Receiver<ToClient>)> {
+        let mut map = self.by_node.lock().expect("alloc lock");
+        let owner = map.get_mut(&node)?.owner.as_mut()?;
+        if owner.clients.len() >= self.opts.max_clients {
+            tracing::warn!(%node, %client, "public-port client limit reached: refused");
+            return None;
+        }
+        let conn = owner.next_conn;
+        owner.next_conn = owner.next_conn.wrapping_add(1).max(1);
+        let (tx, rx) = mpsc::channel(64);
+        owner.clients.insert(conn, tx);
+        Some((conn, owner.tx.clone(), rx))
+    }
+
+    fn forget_client(&self, node: NodeId, conn: u32) {
+        let mut map = self.by_node.lock().expect("alloc lock");
+        if let Some(owner) = map.get_mut(&node).and_then(|a| a.owner.as_mut()) {
+            owner.clients.remove(&conn);
+        }
+    }
+
+    /// A `TcpData`/`TcpClose` from `node` for one of its clients.
+    pub async fn from_node(&self, node: NodeId, frame: Frame) {
+        let (conn, msg) = match frame {
+            Frame::TcpData { conn, data } => (conn, ToClient::Data(data)),
+            Frame::TcpClose { conn, reset } => (conn, ToClient::Close(reset)),
+            _ => return,
+        };
+        let tx = {
+            let map = self.by_node.lock().expect("alloc lock");
+            map.get(&node)
+                .and_then(|a| a.owner.as_ref())
+                .and_then(|o| o.clients.get(&conn).cloned())
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(msg).await;
+        }
+    }
+
+    /// Writes the state file (best effort; a failure is logged).
+    pub fn save(&self) {
+        let Some(path) = &self.opts.state_file else {
+            return;
+        };
+        let text = {
+            let map = self.by_node.lock().expect("alloc lock");
+            let mut lines: Vec<String> = map
+                .iter()
+                .map(|(n, a)| format!("{n} {} {}", a.port, a.expires.unwrap_or(0)))
+                .collect();
+            lines.sort();
+            lines.join("\n")
+        };
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::write(&tmp, text + "\n").and_then(|_| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "state file not written");
+        }
+    }
+}
+
+/// Parses state file lines `NODEID PORT EXPIRES_UNIX_MS` (0: held by a connected node);
+/// malformed lines are skipped.
+fn parse_state(text: &str) -> Vec<(NodeId, u16, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let node = w.next()?.parse().ok()?;
+            let port = w.next()?.parse().ok().filter(|p| *p != 0)?;
+            let expires = w.next()?.parse().ok()?;
+            Some((node, port, expires))
+        })
+        .collect()
+}
+
+/// Carries one public-port client both ways until both directions ended.
+async fn client_session(
+    tcp: TcpStream,
+    conn: u32,
+    to_node: mpsc::Sender<Frame>,
+    mut from_node: mpsc::Receiver<ToClient>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut buf = vec![0u8; CHUNK];
+    let (mut up_open, mut down_open) = (true, true);
+    while up_open || down_open {
+        tokio::select! {
+            n = rd.read(&mut buf), if up_open => match n {
+                Ok(0) => {
+                    up_open = false;
+                    if to_node.send(Frame::TcpClose { conn, reset: false }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(n) => {
+                    if to_node.send(Frame::TcpData { conn, data: buf[..n].to_vec() }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = to_node.send(Frame::TcpClose { conn, reset: true }).await;
+                    return;
+                }
+            },
+            m = from_node.recv(), if down_open => match m {
+                Some(ToClient::Data(d)) => {
+                    if wr.write_all(&d).await.is_err() {
+                        let _ = to_node.send(Frame::TcpClose { conn, reset: true }).await;
+                        return;
+                    }
+                }
+                Some(ToClient::Close(false)) => {
+                    down_open = false;
+                    let _ = wr.shutdown().await;
+                }
+                // Reset by the node, or the node went away: abort.
+                Some(ToClient::Close(true)) | None => {
+                    let _ = socket2::SockRef::from(wr.as_ref()).set_linger(Some(Duration::ZERO));
+                    return;
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_lines_parse_and_bad_ones_are_skipped() {
+        let n = NodeId::from_bytes([3; 32]);
+        let text = format!("{n} 40001 0\n{n} 40002 1700000000000\nnot a line\n{n} 0 0\n");
+        assert_eq!(
+            parse_state(&text),
+            vec![(n, 40001, 0), (n, 40002, 1_700_000_000_000)]
+        );
+    }
+}

@@ -1,0 +1,476 @@
+//! A keynode's standing connection to one relay: registers with it (the node's own identity, the
+//! relay's node id pinned), keeps it alive, reconnects with backoff when the relay goes away,
+//! carries the keynode's QUIC packets for relayed peers both ways, and punches when the relay
+//! calls a rendezvous. Owned by a proxy; its task ends on the proxy's `stop()`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::endpoint::KeynetSocket;
+use crate::error::{Error, Result};
+use crate::events::Path;
+use crate::holepunch::PunchDriver;
+use crate::identity::LoadedIdentity;
+use crate::nodeid::NodeId;
+use crate::options::ConnOptions;
+use crate::paths::Outbox;
+use crate::proto::relay::{Frame, GoneReason};
+use crate::relay::framed::{write_frames, BoxRead, BoxWrite, FrameReader, ReadError};
+use crate::relay::transport::{self, Transport};
+use crate::task::Tasks;
+
+/// Keepalive cadence toward the relay (seed 004: every 15 s).
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Packets waiting for the relay connection before more are dropped.
+const OUTBOX: usize = 1024;
+/// Reconnect backoff bounds.
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A session that lived this long resets the backoff.
+const HEALTHY: Duration = Duration::from_secs(10);
+/// How long a rendezvous punches before the connection stays relayed.
+const RENDEZVOUS_BUDGET: Duration = Duration::from_secs(5);
+
+/// How to reach a relay and what to ask of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelaySpec {
+    /// The relay's UDP (QUIC) address.
+    pub addr: SocketAddr,
+    /// The relay's node id (pinned).
+    pub node_id: NodeId,
+    /// The relay's TLS/WebSocket address; default: `addr`'s host and port over TCP.
+    pub tcp_addr: Option<SocketAddr>,
+    /// Which transport to use.
+    pub transport: Transport,
+    /// Ping cadence (15 s); a relay silent for twice as long is reconnected.
+    pub keepalive: Duration,
+    /// Ask for a public TCP port carried to this node's server.
+    pub want_port: bool,
+    /// Wait this long after a relayed connection is up before asking for a rendezvous.
+    pub upgrade_delay: Duration,
+    /// Ask for rendezvous at all (relayed connections stay relayed when false).
+    pub upgrade: bool,
+    /// The relay's registration token, if it requires one.
+    pub token: Option<String>,
+}
+
+impl RelaySpec {
+    /// A spec with defaults: any transport, 15 s keepalive, no port, upgrade at once.
+    pub fn new(addr: SocketAddr, node_id: NodeId) -> RelaySpec {
+        RelaySpec {
+            addr,
+            node_id,
+            tcp_addr: None,
+            transport: Transport::Auto,
+            keepalive: DEFAULT_KEEPALIVE,
+            want_port: false,
+            upgrade_delay: Duration::ZERO,
+            upgrade: true,
+            token: None,
+        }
+    }
+
+    /// The TLS/WebSocket address.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr.unwrap_or(self.addr)
+    }
+}
+
+/// Where the link stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// Connecting (first time, or again after a failure).
+    Connecting,
+    /// Registered.
+    Up {
+        /// `quic` or `websocket`.
+        transport: &'static str,
+        /// This node's address as the relay sees it.
+        observed: SocketAddr,
+        /// The public TCP port the relay allocated, if asked.
+        public_port: Option<u16>,
+    },
+    /// The last attempt failed; retrying after backoff.
+    Down(String),
+}
+
+/// What a link needs from its proxy.
+#[derive(Clone)]
+pub struct LinkContext {
+    /// The proxy's QUIC endpoint (the QUIC transport dials from it, so the relay observes the
+    /// same NAT mapping the peers will punch to).
+    pub endpoint: quinn::Endpoint,
+    /// The proxy's socket (relayed packets, punches).
+    pub socket: Arc<KeynetSocket>,
+    /// The node's identity.
+    pub identity: LoadedIdentity,
+    /// Connection timing (punch cadence, connect budget).
+    pub opts: ConnOptions,
+    /// The proxy's tasks.
+    pub tasks: Tasks,
+    /// Public-port TCP traffic (relay → node), when the proxy serves one.
+    pub tcp: Option<mpsc::Sender<Frame>>,
+}
+
+/// A running link to one relay.
+pub struct RelayLink {
+    spec: RelaySpec,
+    outbox: Outbox,
+    control: mpsc::Sender<Frame>,
+    status: watch::Receiver<LinkStatus>,
+    gone: broadcast::Sender<(NodeId, String)>,
+    rendezvous_done: Mutex<std::collections::HashSet<NodeId>>,
+}
+
+impl RelayLink {
+    /// Starts the link's task on `ctx.tasks`.
+    pub fn start(spec: RelaySpec, ctx: LinkContext) -> Arc<RelayLink> {
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let (control, control_rx) = mpsc::channel(256);
+        let (status_tx, status) = watch::channel(LinkStatus::Connecting);
+        let (gone, _) = broadcast::channel(64);
+        let link = Arc::new(RelayLink {
+            spec,
+            outbox,
+            control,
+            status,
+            gone,
+            rendezvous_done: Mutex::new(Default::default()),
+        });
+        let runner = Runner {
+            link: Arc::downgrade(&link),
+            spec: link.spec.clone(),
+            ctx: ctx.clone(),
+            status: status_tx,
+            gone: link.gone.clone(),
+            outbox: link.outbox.clone(),
+        };
+        ctx.tasks.spawn(runner.run(outbox_rx, control_rx));
+        link
+    }
+
+    /// The relay this link goes to.
+    pub fn spec(&self) -> &RelaySpec {
+        &self.spec
+    }
+
+    /// The outbox quinn's packets for relayed peers go to.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The current status.
+    pub fn status(&self) -> LinkStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until registered, or until `deadline`; returns the last failure on timeout.
+    pub async fn wait_up(&self, deadline: Instant) -> Result<()> {
+        let mut rx = self.status.clone();
+        let up = tokio::time::timeout_at(deadline.into(), async {
+            loop {
+                if matches!(*rx.borrow_and_update(), LinkStatus::Up { .. }) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        match up {
+            Ok(true) => Ok(()),
+            _ => Err(Error::ConnectionStart(format!(
+                "relay {} ({}) not reachable: {}",
+                self.spec.addr,
+                self.spec.node_id,
+                match self.status() {
+                    LinkStatus::Down(why) => why,
+                    LinkStatus::Connecting => "still connecting".into(),
+                    LinkStatus::Up { .. } => "up".into(),
+                }
+            ))),
+        }
+    }
+
+    /// Status changes.
+    pub fn watch(&self) -> watch::Receiver<LinkStatus> {
+        self.status.clone()
+    }
+
+    /// Resolves with the relay's reason when it says `node` cannot be reached through it.
+    pub fn gone_notices(&self) -> broadcast::Receiver<(NodeId, String)> {
+        self.gone.subscribe()
+    }
+
+    /// Asks the relay to tell `peer` and us each other's address and punch (once per peer until
+    /// a rendezvous fails or the path falls back).
+    pub fn call_me_maybe(&self, peer: NodeId) {
+        if !self.spec.upgrade {
+            return;
+        }
+        if !self
+            .rendezvous_done
+            .lock()
+            .expect("rendezvous lock")
+            .insert(peer)
+        {
+            return;
+        }
+        let _ = self.control.try_send(Frame::CallMeMaybe { peer });
+    }
+
+    /// Where frames for the relay go (public-port traffic).
+    pub fn sender(&self) -> mpsc::Sender<Frame> {
+        self.control.clone()
+    }
+
+    /// Sends a frame to the relay (public-port traffic).
+    pub async fn send(&self, frame: Frame) -> Result<()> {
+        self.control
+            .send(frame)
+            .await
+            .map_err(|_| Error::ConnectionStart("relay link stopped".into()))
+    }
+
+    fn forget_rendezvous(&self, node: &NodeId) {
+        self.rendezvous_done.lock().expect("rendezvous lock").remove(node);
+    }
+}
+
+struct Runner {
+    link: std::sync::Weak<RelayLink>,
+    spec: RelaySpec,
+    ctx: LinkContext,
+    status: watch::Sender<LinkStatus>,
+    gone: broadcast::Sender<(NodeId, String)>,
+    outbox: Outbox,
+}
+
+impl Runner {
+    async fn run(
+        self,
+        mut outbox_rx: mpsc::Receiver<(NodeId, Vec<u8>)>,
+        mut control_rx: mpsc::Receiver<Frame>,
+    ) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            if self.link.strong_count() == 0 {
+                return;
+            }
+            let started = Instant::now();
+            let why = match self.session(&mut outbox_rx, &mut control_rx).await {
+                Ok(()) => "the relay closed the connection".to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::info!(relay = %self.spec.addr, reason = %why, "relay link down");
+            let _ = self.status.send(LinkStatus::Down(why));
+            if started.elapsed() > HEALTHY {
+                backoff = MIN_BACKOFF;
+            }
+            // While down, packets for relayed peers are lost (as on a broken network).
+            let wait = tokio::time::sleep(backoff);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    p = outbox_rx.recv() => if p.is_none() { return },
+                    c = control_rx.recv() => if c.is_none() { return },
+                }
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            let _ = self.status.send(LinkStatus::Connecting);
+        }
+    }
+
+    async fn session(
+        &self,
+        outbox_rx: &mut mpsc::Receiver<(NodeId, Vec<u8>)>,
+        control_rx: &mut mpsc::Receiver<Frame>,
+    ) -> Result<()> {
+        let budget = self.ctx.opts.connect_time.min(Duration::from_secs(10));
+        let conn = transport::connect(&self.spec, &self.ctx, budget).await?;
+        let (mut frames, mut send): (FrameReader, BoxWrite) =
+            (FrameReader::new(conn.read), conn.write);
+        write_frames(
+            &mut send,
+            &[Frame::Register {
+                want_port: self.spec.want_port,
+                token: self.spec.token.clone().unwrap_or_default(),
+            }],
+        )
+        .await
+        .map_err(Error::ConnectionStart)?;
+        let registered = tokio::time::timeout(budget, next(&mut frames))
+            .await
+            .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))??;
+        let (observed, public_port) = match registered {
+            Some(Frame::Registered {
+                observed,
+                public_port,
+            }) => (observed, public_port),
+            Some(Frame::Error { code, message }) => {
+                return Err(Error::ConnectionStart(format!(
+                    "relay refused registration ({code}): {message}"
+                )))
+            }
+            other => {
+                return Err(Error::ConnectionStart(format!(
+                    "relay answered {other:?} to a registration"
+                )))
+            }
+        };
+        tracing::info!(relay = %self.spec.addr, transport = conn.name, %observed, ?public_port, "registered with the relay");
+        let _ = self.status.send(LinkStatus::Up {
+            transport: conn.name,
+            observed,
+            public_port,
+        });
+        let mut ping = tokio::time::interval(self.spec.keepalive);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut last_heard = Instant::now();
+        let mut nonce = 0u64;
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                f = next(&mut frames) => {
+                    let Some(f) = f? else { return Ok(()) };
+                    last_heard = Instant::now();
+                    self.handle(f);
+                }
+                p = outbox_rx.recv() => {
+                    let Some((dst, datagram)) = p else { return Ok(()) };
+                    batch.push(Frame::SendPacket { dst, datagram });
+                    while batch.len() < 64 {
+                        match outbox_rx.try_recv() {
+                            Ok((dst, datagram)) => batch.push(Frame::SendPacket { dst, datagram }),
+                            Err(_) => break,
+                        }
+                    }
+                    write_frames(&mut send, &batch).await.map_err(Error::ConnectionStart)?;
+                    batch.clear();
+                }
+                c = control_rx.recv() => {
+                    let Some(c) = c else { return Ok(()) };
+                    write_frames(&mut send, &[c]).await.map_err(Error::ConnectionStart)?;
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > self.spec.keepalive * 2 {
+                        return Err(Error::ConnectionStart(format!(
+                            "relay silent for {} ms", last_heard.elapsed().as_millis()
+                        )));
+                    }
+                    nonce += 1;
+                    write_frames(&mut send, &[Frame::Ping { nonce }]).await.map_err(Error::ConnectionStart)?;
+                }
+            }
+        }
+    }
+
+    fn handle(&self, frame: Frame) {
+        match frame {
+            Frame::RecvPacket { src, datagram } => {
+                self.ctx
+                    .socket
+                    .paths
+                    .from_relay(src, datagram, &self.outbox)
+            }
+            Frame::PeerGone { node, reason } => {
+                let why = match reason {
+                    GoneReason::Unknown => "is not registered with the relay",
+                    GoneReason::Left => "left the relay",
+                };
+                let _ = self.gone.send((node, format!("node {node} {why}")));
+            }
+            Frame::Rendezvous {
+                peer,
+                peer_addr,
+                punch_in_ms,
+            } => self.rendezvous(peer, peer_addr, Duration::from_millis(punch_in_ms as u64)),
+            Frame::Error { code, message } => {
+                tracing::warn!(relay = %self.spec.addr, code, %message, "relay error");
+                if let Some(node) = message
+                    .split_whitespace()
+                    .find_map(|w| w.parse::<NodeId>().ok())
+                {
+                    let _ = self
+                        .gone
+                        .send((node, format!("relay refused ({code}): {message}")));
+                }
+            }
+            f @ (Frame::TcpOpen { .. } | Frame::TcpData { .. } | Frame::TcpClose { .. }) => {
+                if let Some(tcp) = &self.ctx.tcp {
+                    if tcp.try_send(f).is_err() {
+                        tracing::warn!("public-port traffic dropped: the server side is behind");
+                    }
+                }
+            }
+            Frame::Pong { .. } | Frame::Ping { .. } | Frame::Registered { .. } => {}
+            other => tracing::debug!(?other, "unexpected frame from the relay"),
+        }
+    }
+
+    /// Punches toward `peer` at `addr`; on success its packets take the direct path.
+    fn rendezvous(&self, peer: NodeId, addr: SocketAddr, delay: Duration) {
+        let ctx = self.ctx.clone();
+        let link = self.link.clone();
+        self.ctx.tasks.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let paths = &ctx.socket.paths;
+            let mut punch = PunchDriver::start(
+                &ctx.socket,
+                addr,
+                ctx.opts.punch_interval,
+                RENDEZVOUS_BUDGET,
+                u32::MAX,
+            );
+            let confirmed = tokio::time::timeout(
+                RENDEZVOUS_BUDGET,
+                punch.until_confirmed(|| {
+                    paths.accept_direct(peer, addr);
+                }),
+            )
+            .await
+            .is_ok();
+            punch.connected();
+            if confirmed {
+                let path = if punch.nat_between() {
+                    Path::Punched
+                } else {
+                    Path::Direct
+                };
+                paths.use_direct(peer, addr, path);
+            } else {
+                tracing::info!(%peer, %addr, "rendezvous punch failed: staying relayed");
+                if let Some(l) = link.upgrade() {
+                    l.forget_rendezvous(&peer);
+                }
+            }
+        });
+    }
+}
+
+async fn next(frames: &mut FrameReader) -> Result<Option<Frame>> {
+    frames.next().await.map_err(|e| match e {
+        ReadError::Malformed(e) => {
+            Error::ConnectionStart(format!("malformed frame from the relay: {e}"))
+        }
+        ReadError::Closed(why) => Error::ConnectionStart(why),
+    })
+}
+
+/// An open connection to a relay, split for reading and writing.
+pub struct RelayConn {
+    /// `quic` or `websocket`.
+    pub name: &'static str,
+    /// Reading half.
+    pub read: BoxRead,
+    /// Writing half.
+    pub write: BoxWrite,
+    /// The QUIC connection (kept open while the halves live).
+    pub quic: Option<quinn::Connection>,
+}
