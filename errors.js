@@ -18,6 +18,8 @@ class ErrorForwardProxyMissingNodeId extends ErrorForwardProxy {}
 
 class ErrorReverseProxy extends ErrorNetwork {}
 class ErrorReverseProxyNotRunning extends ErrorReverseProxy {}
+class ErrorRelay extends ErrorNetwork {}
+class ErrorRelayNotRunning extends ErrorRelay {}
 
 class ErrorConnection extends ErrorNetwork {}
 class ErrorConnectionStart extends ErrorConnection {}
@@ -47,6 +49,8 @@ module.exports = {
   ErrorForwardProxyMissingNodeId,
   ErrorReverseProxy,
   ErrorReverseProxyNotRunning,
+  ErrorRelay,
+  ErrorRelayNotRunning,
   ErrorConnection,
   ErrorConnectionStart,
   ErrorConnectionStartTimeout,

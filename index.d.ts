@@ -119,12 +119,54 @@ export interface ForwardProxyStartOptions {
   authToken?: string
   /** Join the DHT; enables openConnection(nodeId) and CONNECT to 'NODEID.keynet:PORT'. */
   discovery?: DiscoveryOptions | boolean
+  /** Register with a relay at start: node ids the DHT does not find (or all, without discovery)
+   * are reached through it, by openConnection(nodeId) and CONNECT to 'NODEID.keynet:PORT'. */
+  relay?: RelayOptions
 }
 
 export interface OpenOptions {
   /** Overrides connConnectTime for this call. */
   timeout?: number
   signal?: AbortSignal
+}
+
+/** How a proxy reaches a relay (`keynet-relay` or `Relay`). */
+export interface RelayOptions {
+  /** The relay's UDP (QUIC) address. */
+  host: string
+  port: number
+  /** The relay's node id: pinned like any peer's. */
+  nodeId: string
+  /** The relay's TCP (TLS/WebSocket) port; default `port`. */
+  tcpPort?: number
+  /** 'auto' (default): QUIC, falling back to WebSocket over TCP after 3 s (UDP blocked). */
+  transport?: 'auto' | 'quic' | 'websocket'
+  /** Ping cadence toward the relay, ms (default 15000); a relay silent twice as long is redialled. */
+  keepaliveInterval?: number
+  /** ReverseProxy: ask for a public TCP port on the relay, carried to the server (see getRelayStatus). */
+  publicPort?: boolean
+  /** Try to move relayed connections to a punched path through the relay's rendezvous (default true). */
+  upgrade?: boolean
+  /** Wait this long (ms) after a relayed connection is up before the rendezvous (default 0). */
+  upgradeDelay?: number
+  /** The relay's registration token, when it requires one. */
+  token?: string
+}
+
+/** A relay link as a proxy sees it. */
+export interface RelayStatus {
+  host: string
+  port: number
+  nodeId: string
+  state: 'connecting' | 'up' | 'down'
+  transport: 'quic' | 'websocket' | null
+  /** This proxy's address as the relay sees it. */
+  observedHost: string | null
+  observedPort: number | null
+  /** The relay port plain TCP clients use to reach this proxy's server (publicPort: true). */
+  publicPort: number | null
+  /** Why the last attempt failed ('[Code] message'), while down. */
+  error: string | null
 }
 
 export declare class ForwardProxy {
@@ -140,8 +182,12 @@ export declare class ForwardProxy {
   getHttpPort(): number
   /** = getEgressPort() (first form). */
   getSocketPort(): number
-  openConnection(nodeId: string, host: string, port: number, opts?: OpenOptions): Promise<void>
-  openConnection(host: string, port: number, opts?: OpenOptions & { nodeId?: string }): Promise<void>
+  /** Opens (or reuses) the connection and tracks it under host:port. With `relay`, the node is
+   * reached through the relay (path 'relayed'; host:port is only the tracking key), then moved to
+   * a punched path when the relay's rendezvous succeeds (a 'path' event); CONNECTs to host:port
+   * use it. Rejects ErrorNodeNotFound when the node is not registered with the relay. */
+  openConnection(nodeId: string, host: string, port: number, opts?: OpenOptions & { relay?: RelayOptions }): Promise<ConnectionInfo>
+  openConnection(host: string, port: number, opts?: OpenOptions & { nodeId?: string; relay?: RelayOptions }): Promise<ConnectionInfo>
   /** With discovery: finds the node on the DHT, dials every address found at once, and resolves
    * the connection that proved the node id (rejects ErrorNodeNotFound, ErrorCertChainUnclaimed
    * when only other nodes answered, or ErrorConnectionStartTimeout). */
@@ -163,6 +209,8 @@ export declare class ForwardProxy {
   lookup(nodeId: string, opts?: LookupOptions): Promise<FoundAddress[]>
   /** With discovery: the addresses announced last ([] before the first announce). */
   getAnnouncedAddresses(): Array<{ host: string; port: number }>
+  /** Every relay link (the start one and those openConnection used). */
+  getRelayStatus(): RelayStatus[]
   on(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
   once(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
   off(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
@@ -186,6 +234,9 @@ export interface ReverseProxyStartOptions {
   allowedNodeIds?: string[]
   /** Join the DHT and announce this node id, so callers need only the node id. */
   discovery?: DiscoveryOptions | boolean
+  /** Register with a relay (start() resolves once registered, rejects if the first attempt
+   * fails); kept alive and re-registered with backoff when the relay goes away. */
+  relay?: RelayOptions
 }
 
 export declare class ReverseProxy {
@@ -215,12 +266,62 @@ export declare class ReverseProxy {
   lookup(nodeId: string, opts?: LookupOptions): Promise<FoundAddress[]>
   /** With discovery: the addresses announced last ([] before the first announce). */
   getAnnouncedAddresses(): Array<{ host: string; port: number }>
+  /** The relay link, or null without `relay` at start. */
+  getRelayStatus(): RelayStatus | null
   on(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
   once(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
   off(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
   on(event: 'address', listener: (e: AddressEvent) => void): this
   once(event: 'address', listener: (e: AddressEvent) => void): this
   off(event: 'address', listener: (e: AddressEvent) => void): this
+}
+
+export interface RelayStartOptions {
+  /** UDP (QUIC) host and port. Default '127.0.0.1', 0. */
+  host?: string
+  port?: number
+  /** TCP (TLS/WebSocket) port on the same host; default the UDP port number (any free one if
+   * that is taken and port was 0). */
+  tcpPort?: number
+  tlsConfig?: TlsConfig
+  /** Only these node ids may connect and register. */
+  allowedNodeIds?: string[]
+  /** Registration requires this token. */
+  token?: string
+  /** Public TCP ports for registered nodes (on by default; false refuses requests). */
+  publicPorts?: false | {
+    /** IP the ports are bound on; default `host`. */
+    host?: string
+    /** Allocate from [first, last]; default any free port. */
+    range?: [number, number]
+    /** How long (ms) a disconnected node's port is kept for it; default 180 minutes. */
+    retention?: number
+    /** Save allocations here and restore them at start. */
+    stateFile?: string
+    /** Most concurrent clients per port (default 256). */
+    maxClients?: number
+  }
+  /** Most distinct nodes one node may send packets to (default 64). */
+  maxPeers?: number
+  /** Disconnect a node silent this long, ms (default 45000). */
+  nodeTimeout?: number
+}
+
+/** The relay hub (same server as the keynet-relay binary). */
+export declare class Relay {
+  constructor(opts?: ConnOptions)
+  start(opts?: RelayStartOptions): Promise<void>
+  stop(): Promise<void>
+  getNodeId(): string
+  getHost(): string
+  /** UDP (QUIC) port. */
+  getPort(): number
+  /** TCP (TLS/WebSocket) port. */
+  getTcpPort(): number
+  /** Node ids registered now, sorted. */
+  getRegisteredNodeIds(): string[]
+  /** Public ports held now (connected and retained nodes). */
+  getAllocations(): Array<{ nodeId: string; port: number }>
 }
 
 /** Base of every keynet error; `code` is the class name. */
@@ -234,6 +335,8 @@ declare class ErrorForwardProxyInvalidUrl extends ErrorForwardProxy {}
 declare class ErrorForwardProxyMissingNodeId extends ErrorForwardProxy {}
 declare class ErrorReverseProxy extends ErrorNetwork {}
 declare class ErrorReverseProxyNotRunning extends ErrorReverseProxy {}
+declare class ErrorRelay extends ErrorNetwork {}
+declare class ErrorRelayNotRunning extends ErrorRelay {}
 declare class ErrorConnection extends ErrorNetwork {}
 declare class ErrorConnectionStart extends ErrorConnection {}
 declare class ErrorConnectionStartTimeout extends ErrorConnectionStart {}
@@ -258,6 +361,8 @@ export declare const errors: {
   ErrorForwardProxyMissingNodeId: typeof ErrorForwardProxyMissingNodeId
   ErrorReverseProxy: typeof ErrorReverseProxy
   ErrorReverseProxyNotRunning: typeof ErrorReverseProxyNotRunning
+  ErrorRelay: typeof ErrorRelay
+  ErrorRelayNotRunning: typeof ErrorRelayNotRunning
   ErrorConnection: typeof ErrorConnection
   ErrorConnectionStart: typeof ErrorConnectionStart
   ErrorConnectionStartTimeout: typeof ErrorConnectionStartTimeout

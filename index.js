@@ -130,6 +130,42 @@ function checkEvent(event, listener) {
   if (typeof listener !== 'function') throw typeError('listener', 'a function', listener)
 }
 
+const TRANSPORTS = new Set(['auto', 'quic', 'websocket'])
+
+/**
+ * Checks a `relay` option ({ host, port, nodeId, tcpPort?, transport?, keepaliveInterval?,
+ * publicPort?, upgrade?, upgradeDelay?, token? }).
+ */
+function checkRelay(name, v) {
+  if (v === undefined || v === null) return undefined
+  const r = checkObject(name, v)
+  const out = {
+    host: checkHost(`${name}.host`, r.host),
+    port: checkPort(`${name}.port`, r.port),
+    nodeId: checkNodeId(`${name}.nodeId`, r.nodeId),
+  }
+  if (r.tcpPort !== undefined) out.tcpPort = checkPort(`${name}.tcpPort`, r.tcpPort)
+  if (r.transport !== undefined) {
+    if (!TRANSPORTS.has(r.transport)) throw typeError(`${name}.transport`, "'auto', 'quic' or 'websocket'", r.transport)
+    out.transport = r.transport
+  }
+  const keepalive = checkTime(`${name}.keepaliveInterval`, r.keepaliveInterval)
+  if (keepalive !== undefined) {
+    if (keepalive <= 0) throw rangeError(`${name}.keepaliveInterval`, 'a time > 0 ms', keepalive)
+    out.keepaliveInterval = keepalive
+  }
+  for (const flag of ['publicPort', 'upgrade']) {
+    if (r[flag] !== undefined) {
+      if (typeof r[flag] !== 'boolean') throw typeError(`${name}.${flag}`, 'a boolean', r[flag])
+      out[flag] = r[flag]
+    }
+  }
+  const delay = checkTime(`${name}.upgradeDelay`, r.upgradeDelay)
+  if (delay !== undefined) out.upgradeDelay = delay
+  if (r.token !== undefined) out.token = checkString(`${name}.token`, r.token)
+  return out
+}
+
 /** Checks `opts.discovery` ({ bootstrap?, announce?, reannounceInterval?, host?, port?, server? }). */
 function checkDiscovery(v) {
   if (v === undefined || v === null || v === false) return undefined
@@ -223,6 +259,12 @@ function attachEvents(handle) {
   return emitter
 }
 
+function relayStatus(s) {
+  const out = { host: s.host, port: s.port, nodeId: s.nodeId, state: s.state }
+  for (const k of ['transport', 'observedHost', 'observedPort', 'publicPort', 'error']) out[k] = s[k] ?? null
+  return out
+}
+
 function info(i) {
   return i === null || i === undefined ? undefined : i
 }
@@ -306,8 +348,9 @@ class ForwardProxy extends Proxy {
     const tls = checkTls('opts.tlsConfig', opts.tlsConfig)
     const token = opts.authToken === undefined ? undefined : checkString('opts.authToken', opts.authToken)
     const discovery = checkDiscovery(opts.discovery)
+    const relay = checkRelay('opts.relay', opts.relay)
     await wrap(
-      this._native.start(proxyHost, proxyPort, egressHost, egressPort, tls?.keyPrivatePem, tls?.certChainPem, token, discovery),
+      this._native.start(proxyHost, proxyPort, egressHost, egressPort, tls?.keyPrivatePem, tls?.certChainPem, token, discovery, relay),
     )
   }
 
@@ -346,10 +389,18 @@ class ForwardProxy extends Proxy {
     if (nodeId !== undefined) checkNodeId('nodeId', nodeId)
     const timeout = checkTime('opts.timeout', opts.timeout)
     const signal = checkSignal(opts.signal)
-    await withSignal(this._native, signal, (opId) =>
-      this._native.openConnection(host, port, nodeId, timeout, opId),
+    const relay = checkRelay('opts.relay', opts.relay)
+    if (relay && nodeId === undefined) throw typeError('nodeId', 'a node id (a relay reaches nodes by id)', nodeId)
+    return withSignal(this._native, signal, (opId) =>
+      this._native.openConnection(host, port, nodeId, timeout, opId, relay),
     )
   }
+
+  /**
+   * The relay links: `[{ host, port, nodeId, state: 'connecting' | 'up' | 'down', transport,
+   * observedHost, observedPort, publicPort, error }]`.
+   */
+  getRelayStatus() { return sync(() => this._native.relayStatus()).map(relayStatus) }
 
   async closeConnection(host, port) {
     checkHost('host', host)
@@ -408,9 +459,20 @@ class ReverseProxy extends Proxy {
       allowed = opts.allowedNodeIds.map((id, i) => checkNodeId(`opts.allowedNodeIds[${i}]`, id))
     }
     const discovery = checkDiscovery(opts.discovery)
+    const relay = checkRelay('opts.relay', opts.relay)
     await wrap(
-      this._native.start(serverHost, serverPort, ingressHost, ingressPort, tls?.keyPrivatePem, tls?.certChainPem, allowed, discovery),
+      this._native.start(serverHost, serverPort, ingressHost, ingressPort, tls?.keyPrivatePem, tls?.certChainPem, allowed, discovery, relay),
     )
+  }
+
+  /**
+   * The relay link (null without `relay` at start): `{ host, port, nodeId, state, transport,
+   * observedHost, observedPort, publicPort, error }`; `publicPort` is the relay port that plain
+   * TCP clients use to reach this proxy's server (with `relay.publicPort: true`).
+   */
+  getRelayStatus() {
+    const s = sync(() => this._native.relayStatus())
+    return s === null || s === undefined ? null : relayStatus(s)
   }
 
   getIngressHost() { return sync(() => this._native.ingressHost()) }
@@ -462,6 +524,88 @@ class ReverseProxy extends Proxy {
   }
 }
 
+// ---- Relay -----------------------------------------------------------------------------------
+
+/**
+ * The relay (hub) as a class: the same server as the `keynet-relay` binary. Keynodes register
+ * with it over QUIC (UDP) or TLS + WebSocket (TCP); it carries their end-to-end encrypted QUIC
+ * packets to each other, arranges rendezvous for punching, and allocates public TCP ports.
+ */
+class Relay {
+  /** @param {{connConnectTime?: number, connKeepAliveTimeoutTime?: number, connKeepAliveIntervalTime?: number, connEndTime?: number}} [opts] */
+  constructor(opts) {
+    opts = checkObject('opts', opts)
+    this._native = sync(() => new native.NativeRelayServer(connOptions(opts)))
+  }
+
+  /**
+   * start({ host = '127.0.0.1', port = 0, tcpPort?, tlsConfig?, allowedNodeIds?, token?,
+   *   publicPorts?: false | { host?, range?: [first, last], retention?, stateFile?, maxClients? },
+   *   maxPeers?, nodeTimeout? })
+   */
+  async start(opts) {
+    opts = checkObject('opts', opts)
+    const o = {
+      host: checkHost('opts.host', opts.host ?? '127.0.0.1'),
+      port: checkPort('opts.port', opts.port ?? 0),
+    }
+    if (opts.tcpPort !== undefined) o.tcpPort = checkPort('opts.tcpPort', opts.tcpPort)
+    const tls = checkTls('opts.tlsConfig', opts.tlsConfig)
+    if (tls) {
+      o.keyPrivatePem = tls.keyPrivatePem
+      o.certChainPem = tls.certChainPem
+    }
+    if (opts.allowedNodeIds !== undefined) {
+      if (!Array.isArray(opts.allowedNodeIds)) throw typeError('opts.allowedNodeIds', 'an array of node ids', opts.allowedNodeIds)
+      o.allowedNodeIds = opts.allowedNodeIds.map((id, i) => checkNodeId(`opts.allowedNodeIds[${i}]`, id))
+    }
+    if (opts.token !== undefined) o.token = checkString('opts.token', opts.token)
+    if (opts.publicPorts === false) {
+      o.publicPorts = false
+    } else if (opts.publicPorts !== undefined) {
+      const p = checkObject('opts.publicPorts', opts.publicPorts)
+      if (p.host !== undefined) o.publicHost = checkHost('opts.publicPorts.host', p.host)
+      if (p.range !== undefined) {
+        const ok = Array.isArray(p.range) && p.range.length === 2 && p.range.every((x) => Number.isInteger(x) && x >= 1 && x <= 65535) && p.range[0] <= p.range[1]
+        if (!ok) throw rangeError('opts.publicPorts.range', '[first, last] ports with 1 <= first <= last <= 65535', p.range)
+        ;[o.portRangeStart, o.portRangeEnd] = p.range
+      }
+      const retention = checkTime('opts.publicPorts.retention', p.retention)
+      if (retention !== undefined) {
+        if (retention <= 0) throw rangeError('opts.publicPorts.retention', 'a time > 0 ms', retention)
+        o.retention = retention
+      }
+      if (p.stateFile !== undefined) o.stateFile = checkString('opts.publicPorts.stateFile', p.stateFile)
+      if (p.maxClients !== undefined) {
+        if (!Number.isInteger(p.maxClients) || p.maxClients < 1) throw rangeError('opts.publicPorts.maxClients', 'an integer >= 1', p.maxClients)
+        o.maxClients = p.maxClients
+      }
+    }
+    if (opts.maxPeers !== undefined) {
+      if (!Number.isInteger(opts.maxPeers) || opts.maxPeers < 1) throw rangeError('opts.maxPeers', 'an integer >= 1', opts.maxPeers)
+      o.maxPeers = opts.maxPeers
+    }
+    const nodeTimeout = checkTime('opts.nodeTimeout', opts.nodeTimeout)
+    if (nodeTimeout !== undefined) {
+      if (nodeTimeout <= 0) throw rangeError('opts.nodeTimeout', 'a time > 0 ms', nodeTimeout)
+      o.nodeTimeout = nodeTimeout
+    }
+    await wrap(this._native.start(o))
+  }
+
+  async stop() { await wrap(this._native.stop()) }
+  getNodeId() { return sync(() => this._native.nodeId()) }
+  getHost() { return sync(() => this._native.host()) }
+  /** The UDP (QUIC) port. */
+  getPort() { return sync(() => this._native.port()) }
+  /** The TCP (TLS/WebSocket) port. */
+  getTcpPort() { return sync(() => this._native.tcpPort()) }
+  /** Node ids registered now, sorted. */
+  getRegisteredNodeIds() { return sync(() => this._native.registered()) }
+  /** Public ports held now: `[{ nodeId, port }]` (for connected nodes and retained ones). */
+  getAllocations() { return sync(() => this._native.allocations()) }
+}
+
 // ---- identity --------------------------------------------------------------------------------
 
 /** Generates an Ed25519 identity: `{ nodeId, tlsConfig: { keyPrivatePem, certChainPem } }`. */
@@ -484,4 +628,4 @@ function nodeIdFromCertificate(certPem) {
   return sync(() => native.nodeIdFromCertificate(certPem))
 }
 
-module.exports = { ForwardProxy, ReverseProxy, generateIdentity, rotateIdentity, nodeIdFromCertificate, errors }
+module.exports = { ForwardProxy, ReverseProxy, Relay, generateIdentity, rotateIdentity, nodeIdFromCertificate, errors }

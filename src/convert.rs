@@ -234,6 +234,112 @@ impl NativeDiscovery {
     }
 }
 
+/// `relay` options of `start()` and `openConnection()` (index.js validated the types).
+#[napi(object)]
+pub struct NativeRelay {
+    pub host: String,
+    pub port: u32,
+    pub node_id: String,
+    pub tcp_port: Option<u32>,
+    pub transport: Option<String>,
+    pub keepalive_interval: Option<f64>,
+    pub public_port: Option<bool>,
+    pub upgrade: Option<bool>,
+    pub upgrade_delay: Option<f64>,
+    pub token: Option<String>,
+}
+
+impl NativeRelay {
+    /// The core spec.
+    pub fn into_core(self) -> Result<keynet_core::relay::link::RelaySpec> {
+        use keynet_core::relay::transport::Transport;
+        let addr_ = addr("relay.host", &self.host, self.port)?;
+        let node = node_id(Some(self.node_id))?.expect("some in, some out");
+        let mut spec = keynet_core::relay::link::RelaySpec::new(addr_, node);
+        if let Some(p) = self.tcp_port {
+            spec.tcp_addr = Some(addr("relay.host", &self.host, p)?);
+        }
+        spec.transport = match self.transport.as_deref() {
+            None | Some("auto") => Transport::Auto,
+            Some("quic") => Transport::Quic,
+            Some("websocket") => Transport::WebSocket,
+            Some(other) => {
+                return Err(arg_err(format!(
+                    "relay.transport must be 'auto', 'quic' or 'websocket', got {other:?}"
+                )))
+            }
+        };
+        if let Some(k) = self.keepalive_interval {
+            if k <= 0.0 {
+                return Err(arg_err(
+                    "relay.keepaliveInterval must be greater than 0".into(),
+                ));
+            }
+            spec.keepalive = ms(k);
+        }
+        spec.want_port = self.public_port.unwrap_or(false);
+        spec.upgrade = self.upgrade.unwrap_or(true);
+        spec.upgrade_delay = self.upgrade_delay.map(ms).unwrap_or_default();
+        spec.token = self.token;
+        Ok(spec)
+    }
+}
+
+/// A relay link's status (`getRelayStatus()`).
+#[napi(object)]
+pub struct NativeRelayStatus {
+    pub host: String,
+    pub port: u32,
+    pub node_id: String,
+    /// `connecting`, `up` or `down`.
+    pub state: String,
+    pub transport: Option<String>,
+    pub observed_host: Option<String>,
+    pub observed_port: Option<u32>,
+    pub public_port: Option<u32>,
+    pub error: Option<String>,
+}
+
+impl NativeRelayStatus {
+    /// The status of the link to `spec`.
+    pub fn new(
+        spec: &keynet_core::relay::link::RelaySpec,
+        status: keynet_core::relay::link::LinkStatus,
+    ) -> NativeRelayStatus {
+        use keynet_core::relay::link::LinkStatus;
+        let mut s = NativeRelayStatus {
+            host: spec.addr.ip().to_string(),
+            port: spec.addr.port() as u32,
+            node_id: spec.node_id.to_string(),
+            state: "connecting".into(),
+            transport: None,
+            observed_host: None,
+            observed_port: None,
+            public_port: None,
+            error: None,
+        };
+        match status {
+            LinkStatus::Connecting => {}
+            LinkStatus::Up {
+                transport,
+                observed,
+                public_port,
+            } => {
+                s.state = "up".into();
+                s.transport = Some(transport.into());
+                s.observed_host = Some(observed.ip().to_string());
+                s.observed_port = Some(observed.port() as u32);
+                s.public_port = public_port.map(u32::from);
+            }
+            LinkStatus::Down(code, message) => {
+                s.state = "down".into();
+                s.error = Some(format!("[{code}] {message}"));
+            }
+        }
+        s
+    }
+}
+
 /// Cancellable operations of one proxy, by the id index.js gave them.
 #[derive(Default)]
 pub struct Ops(std::sync::Mutex<std::collections::HashMap<u32, keynet_core::CancellationToken>>);

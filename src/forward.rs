@@ -6,7 +6,7 @@ use napi_derive::napi;
 
 use crate::convert::{
     self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeDiscovery, NativeFound,
-    NativeOptions, Ops,
+    NativeOptions, NativeRelay, NativeRelayStatus, Ops,
 };
 
 #[napi]
@@ -43,12 +43,14 @@ impl NativeForwardProxy {
         cert_chain_pem: Option<String>,
         auth_token: Option<String>,
         discovery: Option<NativeDiscovery>,
+        relay: Option<NativeRelay>,
     ) -> Result<()> {
         let start = ForwardStart {
             proxy_addr: addr("proxyHost", &proxy_host, proxy_port)?,
             egress_addr: addr("egressHost", &egress_host, egress_port)?,
             tls: convert::tls(key_private_pem, cert_chain_pem),
             discovery: discovery.map(NativeDiscovery::into_core).transpose()?,
+            relay: relay.map(NativeRelay::into_core).transpose()?,
         };
         if let Some(token) = auth_token {
             self.inner.set_auth_token(token);
@@ -148,16 +150,42 @@ impl NativeForwardProxy {
         node_id: Option<String>,
         timeout_ms: Option<f64>,
         op_id: Option<u32>,
+        relay: Option<NativeRelay>,
     ) -> Result<NativeConnectionInfo> {
         let target = addr("host", &host, port)?;
         let pin = convert::node_id(node_id)?;
+        let relay = relay.map(NativeRelay::into_core).transpose()?;
         let token = self.ops.token(op_id);
-        let r = self
-            .inner
-            .open_connection(target, pin, timeout_ms.map(convert::ms), token)
-            .await;
+        let timeout = timeout_ms.map(convert::ms);
+        let r = match (relay, pin) {
+            (Some(spec), Some(node)) => {
+                self.inner
+                    .open_connection_via(target, node, spec, timeout, token)
+                    .await
+            }
+            (Some(_), None) => Err(keynet_core::Error::InvalidArgument(
+                "opts.relay needs the node id".into(),
+            )),
+            (None, pin) => {
+                self.inner
+                    .open_connection(target, pin, timeout, token)
+                    .await
+            }
+        };
         self.ops.end(op_id);
         r.map(Into::into).map_err(err)
+    }
+
+    /// The status of every relay link.
+    #[napi(catch_unwind)]
+    pub fn relay_status(&self) -> Result<Vec<NativeRelayStatus>> {
+        Ok(self
+            .inner
+            .relay_status()
+            .map_err(err)?
+            .into_iter()
+            .map(|(spec, st)| NativeRelayStatus::new(&spec, st))
+            .collect())
     }
 
     /// Registers a cancellable operation before it starts, so an abort can never come too early.

@@ -5,6 +5,7 @@
 
 mod convert;
 mod forward;
+mod relay;
 mod reverse;
 
 use napi::bindgen_prelude::*;

@@ -6,7 +6,7 @@ use napi_derive::napi;
 
 use crate::convert::{
     self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeDiscovery, NativeFound,
-    NativeOptions, Ops,
+    NativeOptions, NativeRelay, NativeRelayStatus, Ops,
 };
 
 #[napi]
@@ -43,6 +43,7 @@ impl NativeReverseProxy {
         cert_chain_pem: Option<String>,
         allowed_node_ids: Option<Vec<String>>,
         discovery: Option<NativeDiscovery>,
+        relay: Option<NativeRelay>,
     ) -> Result<()> {
         let allowed = match allowed_node_ids {
             Some(ids) => Some(
@@ -58,6 +59,7 @@ impl NativeReverseProxy {
             tls: convert::tls(key_private_pem, cert_chain_pem),
             allowed_node_ids: allowed,
             discovery: discovery.map(NativeDiscovery::into_core).transpose()?,
+            relay: relay.map(NativeRelay::into_core).transpose()?,
         };
         self.inner.start(start).await.map_err(err)
     }
@@ -88,6 +90,13 @@ impl NativeReverseProxy {
     #[napi]
     pub async fn stop(&self) -> Result<()> {
         self.inner.stop().await.map_err(err)
+    }
+
+    /// The relay link's status (null without a relay).
+    #[napi(catch_unwind)]
+    pub fn relay_status(&self) -> Result<Option<NativeRelayStatus>> {
+        let status = self.inner.relay_status().map_err(err)?;
+        Ok(status.map(|(spec, st)| NativeRelayStatus::new(&spec, st)))
     }
 
     #[napi(catch_unwind)]

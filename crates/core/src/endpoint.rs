@@ -151,6 +151,17 @@ impl KeynetSocket {
         local
     }
 
+    /// `to` in the socket's address family (an IPv6 socket sends to IPv4 peers as mapped
+    /// addresses).
+    fn for_socket(&self, to: SocketAddr) -> SocketAddr {
+        match (self.inner.local_addr(), to) {
+            (Ok(SocketAddr::V6(_)), SocketAddr::V4(v4)) => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            _ => to,
+        }
+    }
+
     fn deliver_punch(&self, from: SocketAddr, datagram: &[u8]) {
         let map = self.sessions.lock().expect("sessions lock");
         if let Some((_, tx)) = map.get(&canonical(from)) {
@@ -170,7 +181,7 @@ impl AsyncUdpSocket for KeynetSocket {
         match self.paths.route(transmit.destination) {
             Hop::Unchanged => self.inner.try_send(transmit),
             Hop::Direct(to) => self.inner.try_send(&Transmit {
-                destination: to,
+                destination: self.for_socket(to),
                 ecn: transmit.ecn,
                 contents: transmit.contents,
                 segment_size: transmit.segment_size,

@@ -75,6 +75,9 @@ pub enum Error {
     /// Discovery found no address for the node id.
     #[error("node {0} was not found on the DHT")]
     NodeNotFound(String),
+    /// The relay says the node is not registered with it (or refused to carry to it).
+    #[error("{0}")]
+    NotOnRelay(String),
     /// The operation was aborted by the caller.
     #[error("operation aborted")]
     Aborted,
@@ -96,7 +99,7 @@ impl Error {
             Error::CertChain(e) => e.code(),
             Error::InvalidArgument(_) => "ERR_INVALID_ARG_VALUE",
             Error::InvalidTlsConfig(_) => "ErrorInvalidTlsConfig",
-            Error::NodeNotFound(_) => "ErrorNodeNotFound",
+            Error::NodeNotFound(_) | Error::NotOnRelay(_) => "ErrorNodeNotFound",
             Error::Aborted => "ABORT_ERR",
             Error::Io(_) => "ErrorNetwork",
         }

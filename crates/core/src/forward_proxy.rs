@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::discovery::{self, Discovery, DiscoveryOptions, Found};
 use crate::endpoint::{self, KeynetSocket};
 use crate::error::{Error, Result};
-use crate::events::{ConnectionInfo, EventSink};
+use crate::events::{ConnectionInfo, EventSink, Path};
 use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
 use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities};
@@ -28,6 +28,8 @@ use crate::options::ConnOptions;
 use crate::proto::connect::{self, HeadParse, MAX_HEAD_LEN};
 use crate::proto::hello::Hello;
 use crate::proto::tunnel::{self, Ack};
+use crate::relay::attach::{attach, first_registration, watch_paths, ProxyParts};
+use crate::relay::link::{LinkStatus, RelayLink, RelaySpec};
 use crate::splice::splice;
 use crate::task::Tasks;
 use crate::tls::config::{client_config, SERVER_NAME};
@@ -45,6 +47,8 @@ pub struct ForwardStart {
     pub tls: Option<TlsConfig>,
     /// Join the DHT (announce and look up node ids); off when absent.
     pub discovery: Option<DiscoveryOptions>,
+    /// Register with this relay at start (node ids not found otherwise are reached through it).
+    pub relay: Option<RelaySpec>,
 }
 
 impl Default for ForwardStart {
@@ -54,6 +58,7 @@ impl Default for ForwardStart {
             egress_addr: ([127, 0, 0, 1], 0).into(),
             tls: None,
             discovery: None,
+            relay: None,
         }
     }
 }
@@ -84,6 +89,10 @@ struct Running {
     clients: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     stopping: AtomicBool,
     discovery: Option<Arc<Discovery>>,
+    /// The relay given at start.
+    relay: Option<Arc<RelayLink>>,
+    /// Every relay link (the start one and those `openConnection` asked for), by relay.
+    links: Mutex<Vec<Arc<RelayLink>>>,
 }
 
 impl ForwardProxy {
@@ -151,6 +160,29 @@ impl ForwardProxy {
             ),
             None => None,
         };
+        watch_paths(&socket, &tracker);
+        let relay = start.relay.clone().map(|spec| {
+            attach(
+                spec,
+                ProxyParts {
+                    endpoint: &endpoint,
+                    socket: &socket,
+                    identity: &identity,
+                    opts: &self.inner.opts,
+                    tasks: &tasks,
+                    tracker: &tracker,
+                    server: None,
+                },
+            )
+        });
+        if let Some(link) = &relay {
+            let deadline = Instant::now() + self.inner.opts.connect_time;
+            if let Err(e) = first_registration(link, deadline).await {
+                endpoint.close(0u32.into(), b"start failed");
+                tasks.shutdown(Duration::from_secs(1)).await;
+                return Err(e);
+            }
+        }
         let running = Arc::new(Running {
             endpoint,
             socket,
@@ -162,6 +194,8 @@ impl ForwardProxy {
             clients: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             discovery,
+            links: Mutex::new(relay.iter().cloned().collect()),
+            relay,
         });
         *self.inner.running.write().expect("running lock") = Some(running.clone());
         let me = self.clone();
@@ -272,6 +306,77 @@ impl ForwardProxy {
         Ok(running.tracker.info_of(&peer))
     }
 
+    /// Opens (or reuses) a connection to `node`, tracked under `addr`, through `relay`: the
+    /// keynodes' own QUIC packets travel through the relay (which cannot read them) and the
+    /// relay's rendezvous then tries to move the connection to a punched path. CONNECTs to
+    /// `addr` use it (and redial through the relay).
+    pub async fn open_connection_via(
+        &self,
+        addr: SocketAddr,
+        node: NodeId,
+        relay: RelaySpec,
+        timeout: Option<Duration>,
+        cancel: Option<CancellationToken>,
+    ) -> Result<ConnectionInfo> {
+        let running = self.running()?;
+        let budget = timeout.unwrap_or(self.inner.opts.connect_time);
+        let cancel = cancel.unwrap_or_default();
+        let stopping = running.tasks.token().clone();
+        let dial = self.connect_via(&running, addr, Some(node), Some(relay.clone()), budget);
+        let peer = tokio::select! {
+            r = dial => r?,
+            _ = cancel.cancelled() => return Err(Error::Aborted),
+            _ = stopping.cancelled() => return Err(Error::ForwardProxyNotRunning),
+        };
+        running.tracker.register_relayed(addr, node, relay);
+        Ok(running.tracker.info_of(&peer))
+    }
+
+    /// The status of every relay link.
+    pub fn relay_status(&self) -> Result<Vec<(RelaySpec, LinkStatus)>> {
+        let running = self.running()?;
+        let links = running.links.lock().expect("links lock");
+        Ok(links
+            .iter()
+            .map(|l| (l.spec().clone(), l.status()))
+            .collect())
+    }
+
+    /// The link to `spec`'s relay, started on first use.
+    fn link_for(&self, running: &Arc<Running>, spec: &RelaySpec) -> Result<Arc<RelayLink>> {
+        let mut links = running.links.lock().expect("links lock");
+        if let Some(l) = links.iter().find(|l| l.same_registration(spec)) {
+            return Ok(l.clone());
+        }
+        // One registration per relay: a link asking differently (token, transport) replaces it.
+        links.retain(|l| {
+            let same_relay = l.spec().addr == spec.addr && l.spec().node_id == spec.node_id;
+            if same_relay {
+                l.stop();
+            }
+            !same_relay
+        });
+        let identity = self
+            .inner
+            .identities
+            .current()
+            .ok_or(Error::ForwardProxyNotRunning)?;
+        let link = attach(
+            spec.clone(),
+            ProxyParts {
+                endpoint: &running.endpoint,
+                socket: &running.socket,
+                identity: &identity,
+                opts: &self.inner.opts,
+                tasks: &running.tasks,
+                tracker: &running.tracker,
+                server: None,
+            },
+        );
+        links.push(link.clone());
+        Ok(link)
+    }
+
     /// Tracks `addr` without connecting (first form): CONNECTs to it are then accepted and the
     /// connection opens on the first one.
     pub fn add_direct_connection(&self, addr: SocketAddr) -> Result<()> {
@@ -340,13 +445,19 @@ impl ForwardProxy {
         {
             return Ok(peer);
         }
-        let d = running
-            .discovery
-            .clone()
-            .ok_or_else(discovery::discovery_off)?;
+        let Some(d) = running.discovery.clone() else {
+            return match &running.relay {
+                Some(link) => self.connect_by_relay(running, node, link, budget).await,
+                None => Err(discovery::discovery_off()),
+            };
+        };
         let deadline = Instant::now() + budget;
         let found = d.lookup(node, deadline).await;
         if found.is_empty() {
+            if let Some(link) = &running.relay {
+                let left = deadline.saturating_duration_since(Instant::now());
+                return self.connect_by_relay(running, node, link, left).await;
+            }
             if Instant::now() >= deadline {
                 return Err(Error::ConnectionStartTimeout(budget.as_millis() as u64));
             }
@@ -382,12 +493,40 @@ impl ForwardProxy {
         Err(failure.unwrap_or_else(|| Error::NodeNotFound(node.to_string())))
     }
 
-    /// Finds or opens the connection to `addr`; one dial per address at a time.
+    /// Reaches `node` through the start relay, tracked under its virtual address.
+    async fn connect_by_relay(
+        &self,
+        running: &Arc<Running>,
+        node: NodeId,
+        link: &Arc<RelayLink>,
+        budget: Duration,
+    ) -> Result<Arc<Peer>> {
+        let key = running.socket.paths.virtual_for(node, link.outbox());
+        let spec = link.spec().clone();
+        self.connect_via(running, key, Some(node), Some(spec), budget)
+            .await
+    }
+
+    /// Finds or opens the connection to `addr` (through the relay it was registered with, if
+    /// any); one dial per address at a time.
     async fn connect(
         &self,
         running: &Arc<Running>,
         addr: SocketAddr,
         pin: Option<NodeId>,
+        budget: Duration,
+    ) -> Result<Arc<Peer>> {
+        let via = running.tracker.via(&addr);
+        self.connect_via(running, addr, pin, via, budget).await
+    }
+
+    /// Finds or opens the connection to `addr`, through `via` when given.
+    async fn connect_via(
+        &self,
+        running: &Arc<Running>,
+        addr: SocketAddr,
+        pin: Option<NodeId>,
+        via: Option<RelaySpec>,
         budget: Duration,
     ) -> Result<Arc<Peer>> {
         let deadline = Instant::now() + budget;
@@ -414,7 +553,116 @@ impl ForwardProxy {
             }
             return Ok(peer);
         }
-        self.dial(running, addr, pin, budget, deadline, &lock).await
+        match (via, pin) {
+            (Some(spec), Some(node)) => {
+                self.dial_relayed(running, addr, node, &spec, budget, deadline, &lock)
+                    .await
+            }
+            (Some(_), None) => Err(Error::InvalidArgument(
+                "a connection through a relay needs the node id".into(),
+            )),
+            (None, _) => self.dial(running, addr, pin, budget, deadline, &lock).await,
+        }
+    }
+
+    /// Dials `node` through the relay `spec` (the caller holds the dial lock of `addr`, the
+    /// address the connection is tracked under).
+    #[allow(clippy::too_many_arguments)]
+    async fn dial_relayed(
+        &self,
+        running: &Arc<Running>,
+        addr: SocketAddr,
+        node: NodeId,
+        spec: &RelaySpec,
+        budget: Duration,
+        deadline: Instant,
+        lock: &Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<Arc<Peer>> {
+        let timed_out = || Error::ConnectionStartTimeout(budget.as_millis() as u64);
+        let link = self.link_for(running, spec)?;
+        link.wait_up(deadline, false).await?;
+        let target = running.socket.paths.virtual_for(node, link.outbox());
+        let identity = self
+            .inner
+            .identities
+            .current()
+            .ok_or(Error::ForwardProxyNotRunning)?;
+        let accept = Acceptable::OneOf(vec![node]);
+        let outcome = VerifyOutcome::default();
+        let config = client_config(
+            &identity,
+            accept.clone(),
+            outcome.clone(),
+            self.inner.opts.transport(),
+        )?;
+        let mut gone = link.gone_notices();
+        let connecting = running
+            .endpoint
+            .connect_with(config, target, SERVER_NAME)
+            .map_err(|e| Error::ConnectionStart(format!("{node} via relay: {e}")))?;
+        let refused = async {
+            loop {
+                match gone.recv().await {
+                    Ok((n, why)) if n == node => return why,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        let conn = tokio::select! {
+            r = tokio::time::timeout_at(deadline.into(), connecting) => match r {
+                Err(_) => return Err(timed_out()),
+                Ok(Err(e)) => {
+                    if let Some(cert) = outcome.lock().expect("outcome lock").take() {
+                        return Err(cert.into());
+                    }
+                    return Err(Error::ConnectionStart(format!("{node} via relay: {e}")));
+                }
+                Ok(Ok(conn)) => conn,
+            },
+            why = refused => return Err(Error::NotOnRelay(format!("{why} ({})", spec.addr))),
+        };
+        let ours = Hello {
+            punching: false,
+            observed: target,
+            own: running.egress_addr,
+        };
+        exchange_hello(&conn, ours, deadline).await.map_err(|e| {
+            Error::ConnectionStart(format!(
+                "{node} refused this node after the handshake (allowedNodeIds?): {e}"
+            ))
+        })?;
+        let peer_certs = crate::tls::verify::peer_chain(&conn);
+        let node_id = verify_chain(
+            &peer_certs,
+            &accept,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        )?;
+        if !running.tracker.is_current_dial(&addr, lock) {
+            conn.close(0u32.into(), reason::LOCAL.as_bytes());
+            return Err(Error::ConnectionStart(format!(
+                "{addr} was closed while its connection was being opened"
+            )));
+        }
+        if let Some(d) = &running.discovery {
+            d.learn_key(node_id, &peer_certs);
+        }
+        let path = running
+            .socket
+            .paths
+            .path_of(&target)
+            .unwrap_or(Path::Relayed);
+        let peer = Arc::new(Peer::with_remote(conn, node_id, path, addr));
+        running.tracker.insert(peer.clone());
+        tracing::debug!(%addr, %node_id, relay = %spec.addr, "relayed connection established");
+        if spec.upgrade {
+            let delay = spec.upgrade_delay;
+            running.tasks.spawn(async move {
+                tokio::time::sleep(delay).await;
+                link.call_me_maybe(node);
+            });
+        }
+        Ok(peer)
     }
 
     /// Dials `addr` (the caller holds its dial lock `lock`): punches, handshakes, exchanges
@@ -594,9 +842,12 @@ impl ForwardProxy {
                     return answer(&mut tcp, 400, &msg).await;
                 }
             },
-            (None, Some(id)) if running.discovery.is_some() => Dial::Node(id),
+            (None, Some(id)) if running.discovery.is_some() || running.relay.is_some() => {
+                Dial::Node(id)
+            }
             (None, _) => {
-                let msg = "a NODEID.keynet target needs discovery: start the proxy with it";
+                let msg =
+                    "a NODEID.keynet target needs discovery or a relay: start the proxy with one";
                 return answer(&mut tcp, 400, msg).await;
             }
         };

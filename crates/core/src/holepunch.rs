@@ -96,26 +96,38 @@ impl PunchDriver {
         }
     }
 
-    /// Punches until the path works both ways (an ack of our punch arrived), for a rendezvous
-    /// on an existing relayed connection. `on_peer` runs when the peer's first valid punch
+    /// Punches for a rendezvous on an existing relayed connection until the path works both ways
+    /// and the peer's punch was acknowledged. `on_peer` runs when the peer's first valid punch
     /// arrives, before it is acknowledged (the caller starts accepting the peer's packets from
-    /// that address, which the peer sends once our ack reaches it). Pending forever once the
-    /// machine gave up (the caller's deadline ends the wait).
-    pub async fn until_confirmed(&mut self, mut on_peer: impl FnMut()) {
-        let mut seen = false;
+    /// that address, which the peer sends once our ack reaches it); `on_confirmed(nat_between)`
+    /// runs once an ack of our punch arrived (the caller starts sending there). Keeps acking the
+    /// peer's punches after that, until one was acknowledged. Pending forever once the machine
+    /// gave up (the caller's deadline ends the wait).
+    pub async fn rendezvous(
+        &mut self,
+        mut on_peer: impl FnMut(),
+        mut on_confirmed: impl FnMut(bool),
+    ) {
+        let (mut seen, mut confirmed) = (false, false);
         loop {
-            if self.puncher.path_confirmed() {
+            if self.puncher.path_confirmed() && !confirmed {
+                confirmed = true;
                 if !seen {
                     on_peer();
                 }
+                on_confirmed(self.puncher.nat_between());
+            }
+            if confirmed && seen {
                 return;
             }
             let now = Instant::now();
-            while let Some(d) = self.puncher.poll_transmit(now) {
-                self.socket.send_to(self.target, &d).await;
+            if !confirmed {
+                while let Some(d) = self.puncher.poll_transmit(now) {
+                    self.socket.send_to(self.target, &d).await;
+                }
             }
             let wake = match self.puncher.state(now) {
-                PunchState::Punching => self.puncher.poll_timeout(),
+                PunchState::Punching if !confirmed => self.puncher.poll_timeout(),
                 _ => None,
             };
             let sleep = async {
@@ -132,15 +144,20 @@ impl PunchDriver {
                         continue;
                     };
                     if let Some(ack) = self.puncher.handle(Instant::now(), self.target, &d) {
-                        if !seen {
-                            seen = true;
+                        if !seen && !confirmed {
                             on_peer();
                         }
+                        seen = true;
                         self.socket.send_to(self.target, &ack).await;
                     }
                 }
             }
         }
+    }
+
+    /// Whether an ack of our punch arrived (the path works both ways).
+    pub fn confirmed(&self) -> bool {
+        self.puncher.path_confirmed()
     }
 
     /// Whether a NAT sits between us (known once punches were exchanged).

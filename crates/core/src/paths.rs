@@ -148,7 +148,8 @@ impl Paths {
                 return Hop::Nowhere;
             };
             let stale = r.direct.as_ref().is_some_and(|d| {
-                d.last_rx.elapsed() > DIRECT_STALE && r.relay.as_ref().is_some_and(|o| !o.is_closed())
+                d.last_rx.elapsed() > DIRECT_STALE
+                    && r.relay.as_ref().is_some_and(|o| !o.is_closed())
             });
             if stale {
                 let d = r.direct.take().expect("direct path");
@@ -176,8 +177,10 @@ impl Paths {
     /// The virtual address a datagram from `from` is presented with (itself if not punched).
     pub fn inbound_source(&self, from: SocketAddr) -> SocketAddr {
         let mut t = self.table.lock().expect("paths lock");
-        let from = canonical(from);
-        let Some(v) = t.by_direct.get(&from).copied() else {
+        if t.by_direct.is_empty() {
+            return from;
+        }
+        let Some(v) = t.by_direct.get(&canonical(from)).copied() else {
             return from;
         };
         if let Some(d) = t.routes.get_mut(&v).and_then(|r| r.direct.as_mut()) {
@@ -311,7 +314,9 @@ mod tests {
         assert_eq!(p.inbound_source(x), x);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        p.set_listener(Some(Arc::new(move |a, path| s.lock().unwrap().push((a, path)))));
+        p.set_listener(Some(Arc::new(move |a, path| {
+            s.lock().unwrap().push((a, path))
+        })));
         p.accept_direct(node(1), x);
         assert_eq!(p.inbound_source(x), v);
         assert!(matches!(p.route(v), Hop::Relay(..)), "not before the ack");

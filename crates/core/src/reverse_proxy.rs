@@ -23,6 +23,8 @@ use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::proto::hello::Hello;
 use crate::proto::tunnel::{self, Ack};
+use crate::relay::attach::{attach, first_registration, watch_paths, ProxyParts};
+use crate::relay::link::{LinkStatus, RelayLink, RelaySpec};
 use crate::splice::splice;
 use crate::task::Tasks;
 use crate::tls::config::server_config;
@@ -42,6 +44,8 @@ pub struct ReverseStart {
     pub allowed_node_ids: Option<Vec<NodeId>>,
     /// Join the DHT (announce this node id, look others up); off when absent.
     pub discovery: Option<DiscoveryOptions>,
+    /// Register with this relay (reachable through it, by node id); none when absent.
+    pub relay: Option<RelaySpec>,
 }
 
 /// The reverse proxy. Cheap to clone; clones share state.
@@ -70,6 +74,7 @@ struct Running {
     /// Local TCP address of each server connection -> the calling connection.
     by_proxy: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     discovery: Option<Arc<Discovery>>,
+    relay: Option<Arc<RelayLink>>,
 }
 
 impl ReverseProxy {
@@ -134,6 +139,29 @@ impl ReverseProxy {
             ),
             None => None,
         };
+        watch_paths(&socket, &tracker);
+        let relay = start.relay.clone().map(|spec| {
+            attach(
+                spec,
+                ProxyParts {
+                    endpoint: &endpoint,
+                    socket: &socket,
+                    identity: &identity,
+                    opts: &self.inner.opts,
+                    tasks: &tasks,
+                    tracker: &tracker,
+                    server: Some(start.server_addr),
+                },
+            )
+        });
+        if let Some(link) = &relay {
+            let deadline = std::time::Instant::now() + self.inner.opts.connect_time;
+            if let Err(e) = first_registration(link, deadline).await {
+                endpoint.close(0u32.into(), b"start failed");
+                tasks.shutdown(Duration::from_secs(1)).await;
+                return Err(e);
+            }
+        }
         let running = Arc::new(Running {
             endpoint,
             socket,
@@ -145,11 +173,21 @@ impl ReverseProxy {
             accept,
             by_proxy: Mutex::new(HashMap::new()),
             discovery,
+            relay,
         });
         *self.inner.running.write().expect("running lock") = Some(running.clone());
         tasks.spawn(self.clone().accept_loop(running));
         tracing::info!(%ingress_addr, server = %start.server_addr, %node_id, "reverse proxy started");
         Ok(())
+    }
+
+    /// The relay link's status (`None` without a relay).
+    pub fn relay_status(&self) -> Result<Option<(RelaySpec, LinkStatus)>> {
+        Ok(self
+            .running()?
+            .relay
+            .as_ref()
+            .map(|l| (l.spec().clone(), l.status())))
     }
 
     /// The addresses the DHT holds for `node` (signed record first, then hints).
@@ -369,7 +407,11 @@ impl ReverseProxy {
         let theirs = exchange_hello(&conn, ours, deadline)
             .await
             .map_err(Error::ConnectionStart)?;
-        let path = judge_path(punching, theirs.nat_between(remote, own));
+        let path = running
+            .socket
+            .paths
+            .path_of(&remote)
+            .unwrap_or_else(|| judge_path(punching, theirs.nat_between(remote, own)));
         let peer = Arc::new(Peer::new(conn, node_id, path));
         running.tracker.insert(peer.clone());
         tracing::debug!(%remote, %node_id, "accepted connection");

@@ -11,6 +11,7 @@ use crate::endpoint::canonical;
 use crate::events::{ConnectionInfo, Event, EventKind, EventSink, Path};
 use crate::identity::certs_to_pem;
 use crate::nodeid::NodeId;
+use crate::relay::link::RelaySpec;
 use crate::task::Tasks;
 use crate::tls::verify::{verify_chain, Acceptable};
 
@@ -33,6 +34,8 @@ pub mod reason {
     pub const KEEPALIVE_TIMEOUT: &str = "keepaliveTimeout";
     /// This proxy was stopped.
     pub const STOPPED: &str = "stopped";
+    /// The relay carrying the connection went away.
+    pub const RELAY_LOST: &str = "relayLost";
 }
 
 /// One established QUIC connection to a peer whose identity was verified.
@@ -53,8 +56,20 @@ pub struct Peer {
 impl Peer {
     /// Wraps an established connection whose peer proved `node_id`.
     pub fn new(conn: quinn::Connection, node_id: NodeId, path: Path) -> Peer {
+        let remote = conn.remote_address();
+        Peer::with_remote(conn, node_id, path, remote)
+    }
+
+    /// Like [`Peer::new`], tracked under `remote` (a relayed connection's QUIC address is
+    /// virtual; it is tracked under the address the caller named).
+    pub fn with_remote(
+        conn: quinn::Connection,
+        node_id: NodeId,
+        path: Path,
+        remote: SocketAddr,
+    ) -> Peer {
         let certs = crate::tls::verify::peer_chain(&conn);
-        let remote = canonical(conn.remote_address());
+        let remote = canonical(remote);
         Peer {
             conn,
             node_id,
@@ -79,6 +94,11 @@ impl Peer {
     /// The current path.
     pub fn path(&self) -> Path {
         *self.path.lock().expect("path lock")
+    }
+
+    /// Whether the QUIC connection runs on a virtual (relay-backed) address.
+    pub fn is_relay_backed(&self) -> bool {
+        crate::paths::is_virtual(&self.conn.remote_address())
     }
 
     /// Closes the connection, recording why (the close event carries it).
@@ -129,6 +149,8 @@ struct Entry {
     /// Registered by the caller (kept when the connection dies, so a later CONNECT redials).
     registered: bool,
     pin: Option<NodeId>,
+    /// The relay a registered address is reached through.
+    via: Option<RelaySpec>,
     /// Live connections from/to this address, newest last. Normally one; briefly two when a
     /// peer restarted its handshake and the older one has not closed yet.
     peers: Vec<Arc<Peer>>,
@@ -176,6 +198,41 @@ impl Tracker {
         e.registered = true;
         if pin.is_some() {
             e.pin = pin;
+        }
+    }
+
+    /// Registers `addr` as reached through `relay` with `pin`.
+    pub fn register_relayed(&self, addr: SocketAddr, pin: NodeId, relay: RelaySpec) {
+        let addr = canonical(addr);
+        let mut map = self.entries.lock().expect("tracker lock");
+        let e = map.entry(addr).or_default();
+        e.registered = true;
+        e.pin = Some(pin);
+        e.via = Some(relay);
+    }
+
+    /// The relay a registered address is reached through.
+    pub fn via(&self, addr: &SocketAddr) -> Option<RelaySpec> {
+        let map = self.entries.lock().expect("tracker lock");
+        map.get(&canonical(*addr)).and_then(|e| e.via.clone())
+    }
+
+    /// Sets the path of the connections running on virtual address `addr` and reports it.
+    pub fn set_path(&self, addr: SocketAddr, path: Path) {
+        let addr = canonical(addr);
+        let changed: Vec<Arc<Peer>> = self
+            .peers()
+            .into_iter()
+            .filter(|p| canonical(p.conn.remote_address()) == addr)
+            .filter(|p| {
+                let mut cur = p.path.lock().expect("path lock");
+                let differs = *cur != path;
+                *cur = path;
+                differs
+            })
+            .collect();
+        for p in changed {
+            self.emit(EventKind::Path, &p, None);
         }
     }
 

@@ -49,6 +49,7 @@ async fn announced_reverse(
         tls: Some(identity.tls.clone()),
         allowed_node_ids: None,
         discovery: Some(discovery(net, true, every)),
+        relay: None,
     })
     .await
     .unwrap();
@@ -66,6 +67,7 @@ async fn looking_forward(net: &mainline::Testnet) -> ForwardProxy {
     let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
     fp.start(ForwardStart {
         discovery: Some(discovery(net, false, Duration::from_secs(600))),
+        relay: None,
         ..Default::default()
     })
     .await
@@ -150,6 +152,7 @@ async fn forge(net: &mainline::Testnet, victim: &Identity) -> ReverseProxy {
             tls: None,
             allowed_node_ids: None,
             discovery: None,
+            relay: None,
         })
         .await
         .unwrap();

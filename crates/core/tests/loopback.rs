@@ -20,6 +20,7 @@ async fn pair() -> (ForwardProxy, ReverseProxy) {
         tls: None,
         allowed_node_ids: None,
         discovery: None,
+        relay: None,
     })
     .await
     .unwrap();
@@ -116,6 +117,7 @@ async fn restart_frees_ports_and_works_again() {
         tls: None,
         allowed_node_ids: None,
         discovery: None,
+        relay: None,
     })
     .await
     .unwrap();
@@ -145,6 +147,7 @@ async fn dual_stack_egress_tracks_ipv4_peers_under_their_ipv4_address() {
         tls: None,
         allowed_node_ids: None,
         discovery: None,
+        relay: None,
     };
     rp.start(start).await.unwrap();
     let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
@@ -184,6 +187,7 @@ async fn stop_ends_a_pending_punch_and_frees_the_port() {
         tls: None,
         allowed_node_ids: None,
         discovery: None,
+        relay: None,
     };
     rp.start(start).await.unwrap();
     let ingress = rp.ingress_addr().unwrap();
@@ -243,6 +247,7 @@ async fn a_peer_that_appears_after_the_handshake_idle_timeout_is_still_reached()
         tls: Some(identity.tls.clone()),
         allowed_node_ids: None,
         discovery: None,
+        relay: None,
     };
     rp.start(start).await.unwrap();
     let info = tokio::time::timeout(Duration::from_secs(10), dial)
@@ -265,6 +270,7 @@ async fn the_server_knows_who_calls_the_moment_it_accepts() {
         tls: None,
         allowed_node_ids: None,
         discovery: None,
+        relay: None,
     };
     rp.start(start).await.unwrap();
     let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();

@@ -13,11 +13,7 @@ const T: Duration = Duration::from_secs(5);
 
 async fn relay() -> RelayServer {
     let relay = RelayServer::new(ConnOptions::default()).unwrap();
-    let start = RelayStart {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        tls: None,
-        allowed_node_ids: None,
-    };
+    let start = RelayStart::new("127.0.0.1:0".parse().unwrap());
     relay.start(start).await.unwrap();
     relay
 }
@@ -53,7 +49,12 @@ async fn registered_nodes_exchange_packets_and_nothing_else_gets_through() {
     let relay = relay().await;
     let (a, a_id, _ea) = node(&relay).await;
     let (b, b_id, _eb) = node(&relay).await;
-    a.send(&Frame::Register { want_port: false, token: String::new() }).await.unwrap();
+    a.send(&Frame::Register {
+        want_port: false,
+        token: String::new(),
+    })
+    .await
+    .unwrap();
     match recv(&a).await {
         Frame::Registered {
             observed,
@@ -94,7 +95,12 @@ async fn registered_nodes_exchange_packets_and_nothing_else_gets_through() {
     .await
     .unwrap();
     assert!(matches!(recv(&b).await, Frame::Error { code: 401, .. }));
-    b.send(&Frame::Register { want_port: false, token: String::new() }).await.unwrap();
+    b.send(&Frame::Register {
+        want_port: false,
+        token: String::new(),
+    })
+    .await
+    .unwrap();
     assert!(matches!(recv(&b).await, Frame::Registered { .. }));
     let mut ids = relay.registered().unwrap();
     ids.sort();
@@ -126,7 +132,12 @@ async fn a_malformed_frame_closes_only_the_offending_connection() {
     let (a, _a_id, _ea) = node(&relay).await;
     let (b, _b_id, _eb) = node(&relay).await;
     for c in [&a, &b] {
-        c.send(&Frame::Register { want_port: false, token: String::new() }).await.unwrap();
+        c.send(&Frame::Register {
+            want_port: false,
+            token: String::new(),
+        })
+        .await
+        .unwrap();
         assert!(matches!(recv(c).await, Frame::Registered { .. }));
     }
     a.send_raw(&[0x42, 0, 0]).await.unwrap();
@@ -170,11 +181,8 @@ async fn the_relay_is_pinned_and_allowed_node_ids_are_enforced() {
 
     let allowed = LoadedIdentity::generate().unwrap();
     let strict = RelayServer::new(ConnOptions::default()).unwrap();
-    let start = RelayStart {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        tls: None,
-        allowed_node_ids: Some(vec![allowed.node_id]),
-    };
+    let mut start = RelayStart::new("127.0.0.1:0".parse().unwrap());
+    start.allowed_node_ids = Some(vec![allowed.node_id]);
     strict.start(start).await.unwrap();
     // A node outside the list completes its side of the handshake, but the relay refuses its
     // certificate: its stream dies and nothing registers.
@@ -188,7 +196,12 @@ async fn the_relay_is_pinned_and_allowed_node_ids_are_enforced() {
     )
     .await;
     if let Ok(c) = outsider {
-        let _ = c.send(&Frame::Register { want_port: false, token: String::new() }).await;
+        let _ = c
+            .send(&Frame::Register {
+                want_port: false,
+                token: String::new(),
+            })
+            .await;
         assert!(tokio::time::timeout(T, c.recv())
             .await
             .expect("answered in time")

@@ -108,6 +108,7 @@ pub unsafe extern "C" fn keynet_reverse_proxy_start(
         tls: None,
         allowed_node_ids: None,
         discovery: None,
+        relay: None,
     };
     if let Err(e) = rt.0.block_on(rp.start(start)) {
         return core_err(e);
@@ -193,6 +194,7 @@ pub unsafe extern "C" fn keynet_forward_proxy_start(
         egress_addr: egress,
         tls: None,
         discovery: None,
+        relay: None,
     };
     if let Err(e) = rt.0.block_on(fp.start(start)) {
         return core_err(e);

@@ -18,7 +18,20 @@ RELAY:
     --identity-dir DIR       load the identity from DIR/key.pem and DIR/cert.pem, generating and
                              saving a fresh one there on first use
                              (neither: a fresh identity per run)
+    --tcp-listen HOST:PORT   TCP address of the TLS/WebSocket listener, for nodes whose UDP is
+                             blocked (default: the --listen address, over TCP)
     --allow NODEID           only this node id may register (repeatable; default: any node)
+    --token TOKEN            registration requires this token (default: none)
+    --max-peers N            most distinct nodes one node may send packets to (default 64)
+    --node-timeout SECONDS   disconnect a node silent this long (default 45; nodes ping every 15)
+
+PUBLIC PORTS (a registered node may ask for a TCP port carried to its server):
+    --public-host IP         IP to bind public ports on (default: the --listen IP)
+    --port-range FIRST-LAST  allocate public ports from this range (default: any free port)
+    --retention MINUTES      keep a disconnected node's port this long (default 180)
+    --state-file FILE        save allocations there and restore them at start
+    --max-clients N          most concurrent clients per public port (default 256)
+    --no-public-ports        refuse public port requests
 
 DISCOVERY (BitTorrent mainline DHT):
     --dht HOST:PORT          run a DHT node at this IPv4 UDP address (port 0: any free port);
@@ -31,7 +44,7 @@ DISCOVERY (BitTorrent mainline DHT):
 OTHER:
     -h, --help               print this help
 
-Each service prints one line on stdout when it listens ('relay listening on ADDR node id ID',
+Each service prints one line on stdout when it listens ('relay listening on ADDR tcp ADDR node id ID',
 'dht listening on ADDR'). Logs go to stderr; RUST_LOG sets the level (default info).
 SIGINT or SIGTERM stops the relay cleanly.
 ";
@@ -110,6 +123,29 @@ pub struct Args {
     pub dht: Option<SocketAddrV4>,
     pub dht_bootstrap: Vec<String>,
     pub dht_public: bool,
+    pub tcp_listen: Option<SocketAddr>,
+    pub token: Option<String>,
+    pub max_peers: Option<usize>,
+    pub node_timeout: Option<std::time::Duration>,
+    pub public_host: Option<std::net::IpAddr>,
+    pub port_range: Option<(u16, u16)>,
+    pub retention: Option<std::time::Duration>,
+    pub state_file: Option<PathBuf>,
+    pub max_clients: Option<usize>,
+    pub no_public_ports: bool,
+}
+
+fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("{name} {v:?}: not a valid number"))
+}
+
+fn seconds(name: &str, v: &str) -> Result<std::time::Duration, String> {
+    let s: f64 = number(name, v)?;
+    if !(s > 0.0 && s.is_finite()) {
+        return Err(format!("{name} must be greater than 0"));
+    }
+    Ok(std::time::Duration::from_secs_f64(s))
 }
 
 /// Parses the flags (without the program name).
@@ -145,6 +181,46 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             }
             "--dht-bootstrap" => a.dht_bootstrap.push(value("--dht-bootstrap")?),
             "--dht-public" => a.dht_public = true,
+            "--tcp-listen" => {
+                let v = value("--tcp-listen")?;
+                a.tcp_listen = Some(
+                    v.parse()
+                        .map_err(|_| format!("--tcp-listen {v:?}: not HOST:PORT"))?,
+                );
+            }
+            "--token" => a.token = Some(value("--token")?),
+            "--max-peers" => a.max_peers = Some(number("--max-peers", &value("--max-peers")?)?),
+            "--node-timeout" => {
+                a.node_timeout = Some(seconds("--node-timeout", &value("--node-timeout")?)?)
+            }
+            "--public-host" => {
+                let v = value("--public-host")?;
+                a.public_host = Some(
+                    v.parse()
+                        .map_err(|_| format!("--public-host {v:?}: not an IP"))?,
+                );
+            }
+            "--port-range" => {
+                let v = value("--port-range")?;
+                let (lo, hi) = v
+                    .split_once('-')
+                    .ok_or_else(|| format!("--port-range {v:?}: not FIRST-LAST"))?;
+                let (lo, hi): (u16, u16) =
+                    (number("--port-range", lo)?, number("--port-range", hi)?);
+                if lo == 0 || lo > hi {
+                    return Err(format!("--port-range {v:?}: empty or starting at 0"));
+                }
+                a.port_range = Some((lo, hi));
+            }
+            "--retention" => {
+                let m = seconds("--retention", &value("--retention")?)?;
+                a.retention = Some(m * 60);
+            }
+            "--state-file" => a.state_file = Some(PathBuf::from(value("--state-file")?)),
+            "--max-clients" => {
+                a.max_clients = Some(number("--max-clients", &value("--max-clients")?)?)
+            }
+            "--no-public-ports" => a.no_public_ports = true,
             other => return Err(format!("unknown flag {other:?}")),
         }
     }

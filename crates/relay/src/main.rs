@@ -42,17 +42,33 @@ async fn run(a: args::Args) -> keynet_core::Result<()> {
         Some(addr) => {
             let tls = a.identity.load()?;
             let relay = RelayServer::new(ConnOptions::default())?;
-            relay
-                .start(RelayStart {
-                    addr,
-                    tls,
-                    allowed_node_ids: a.allowed,
-                })
-                .await?;
+            let mut start = RelayStart::new(addr);
+            start.tcp_addr = a.tcp_listen;
+            start.tls = tls;
+            start.allowed_node_ids = a.allowed;
+            start.token = a.token;
+            if let Some(n) = a.max_peers {
+                start.max_peers = n;
+            }
+            if let Some(t) = a.node_timeout {
+                start.node_timeout = t;
+            }
+            start.alloc.enabled = !a.no_public_ports;
+            start.alloc.host = a.public_host;
+            start.alloc.range = a.port_range;
+            if let Some(r) = a.retention {
+                start.alloc.retention = r;
+            }
+            start.alloc.state_file = a.state_file;
+            if let Some(n) = a.max_clients {
+                start.alloc.max_clients = n;
+            }
+            relay.start(start).await?;
             // One line per service on stdout, for scripts and tests to read.
             println!(
-                "relay listening on {} node id {}",
+                "relay listening on {} tcp {} node id {}",
                 relay.addr()?,
+                relay.tcp_addr()?,
                 relay.node_id()?
             );
             Some(relay)

@@ -454,8 +454,15 @@ mod tests {
         assert_eq!(dec(&[0x00, 0, 0]), Err(FrameError::UnknownType(0)));
         assert_eq!(dec(&[0x42, 0, 0]), Err(FrameError::UnknownType(0x42)));
         assert_eq!(
-            dec(&[0x01, 0, 2, 0, 0]),
-            Err(FrameError::Length { kind: 1, len: 2 })
+            dec(&[0x01, 0, 0]),
+            Err(FrameError::Length { kind: 1, len: 0 })
+        );
+        assert_eq!(dec(&[0x01, 0, 2, 0, 0xff]), Err(FrameError::Utf8));
+        let mut long_token = vec![0x01, 1, 1, 0];
+        long_token.extend_from_slice(&[b'a'; 256]);
+        assert_eq!(
+            dec(&long_token),
+            Err(FrameError::Length { kind: 1, len: 257 })
         );
         assert_eq!(
             dec(&[0x01, 0, 1, 2]),

@@ -132,7 +132,10 @@ pub fn decode(buf: &[u8], from_client: bool) -> Result<Option<(WsFrame, usize)>,
             if buf.len() < 10 {
                 return Ok(None);
             }
-            (u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")), 10)
+            (
+                u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")),
+                10,
+            )
         }
         n => (n as u64, 2),
     };
@@ -238,7 +241,12 @@ mod tests {
     #[test]
     fn fixed_bytes_of_a_masked_and_an_unmasked_frame() {
         let mut out = Vec::new();
-        encode(Opcode::Binary, b"Hello", Some([0x37, 0xfa, 0x21, 0x3d]), &mut out);
+        encode(
+            Opcode::Binary,
+            b"Hello",
+            Some([0x37, 0xfa, 0x21, 0x3d]),
+            &mut out,
+        );
         assert_eq!(
             out,
             [0x82, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]
@@ -250,14 +258,23 @@ mod tests {
 
     #[test]
     fn malformed_frames_are_refused() {
-        assert_eq!(decode(&[0xc2, 0x80, 0, 0, 0, 0], true), Err(WsError::Reserved));
-        assert_eq!(decode(&[0x83, 0x80, 0, 0, 0, 0], true), Err(WsError::Opcode(3)));
+        assert_eq!(
+            decode(&[0xc2, 0x80, 0, 0, 0, 0], true),
+            Err(WsError::Reserved)
+        );
+        assert_eq!(
+            decode(&[0x83, 0x80, 0, 0, 0, 0], true),
+            Err(WsError::Opcode(3))
+        );
         assert_eq!(decode(&[0x82, 0x00], true), Err(WsError::Mask));
         assert_eq!(decode(&[0x82, 0x80, 0, 0, 0, 0], false), Err(WsError::Mask));
         let mut big = vec![0x82, 0xff];
         big.extend_from_slice(&(MAX_FRAME as u64 + 1).to_be_bytes());
         assert!(matches!(decode(&big, true), Err(WsError::Size(_))));
-        assert!(matches!(decode(&[0x09, 0x80, 0, 0, 0, 0], true), Err(WsError::Size(_))));
+        assert!(matches!(
+            decode(&[0x09, 0x80, 0, 0, 0, 0], true),
+            Err(WsError::Size(_))
+        ));
     }
 
     #[test]

@@ -278,7 +278,12 @@ impl Allocations {
         });
     }
 
-    fn spawn_listener(self: &Arc<Self>, node: NodeId, listener: TcpListener, stop: CancellationToken) {
+    fn spawn_listener(
+        self: &Arc<Self>,
+        node: NodeId,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) {
         let me = Arc::downgrade(self);
         let tasks = self.tasks.clone();
         self.tasks.spawn(async move {

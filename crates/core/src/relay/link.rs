@@ -93,8 +93,8 @@ pub enum LinkStatus {
         /// The public TCP port the relay allocated, if asked.
         public_port: Option<u16>,
     },
-    /// The last attempt failed; retrying after backoff.
-    Down(String),
+    /// The last attempt failed (error code and message); retrying after backoff.
+    Down(&'static str, String),
 }
 
 /// What a link needs from its proxy.
@@ -123,6 +123,7 @@ pub struct RelayLink {
     status: watch::Receiver<LinkStatus>,
     gone: broadcast::Sender<(NodeId, String)>,
     rendezvous_done: Mutex<std::collections::HashSet<NodeId>>,
+    kill: tokio_util::sync::CancellationToken,
 }
 
 impl RelayLink {
@@ -139,6 +140,7 @@ impl RelayLink {
             status,
             gone,
             rendezvous_done: Mutex::new(Default::default()),
+            kill: tokio_util::sync::CancellationToken::new(),
         });
         let runner = Runner {
             link: Arc::downgrade(&link),
@@ -148,8 +150,30 @@ impl RelayLink {
             gone: link.gone.clone(),
             outbox: link.outbox.clone(),
         };
-        ctx.tasks.spawn(runner.run(outbox_rx, control_rx));
+        let kill = link.kill.clone();
+        ctx.tasks.spawn(async move {
+            tokio::select! {
+                _ = runner.run(outbox_rx, control_rx) => {}
+                _ = kill.cancelled() => {}
+            }
+        });
         link
+    }
+
+    /// Ends the link (its relay connection closes).
+    pub fn stop(&self) {
+        self.kill.cancel();
+    }
+
+    /// Whether `other` asks for the same registration (relay, transport, token, port).
+    pub fn same_registration(&self, other: &RelaySpec) -> bool {
+        let s = &self.spec;
+        s.addr == other.addr
+            && s.node_id == other.node_id
+            && s.tcp_addr == other.tcp_addr
+            && s.transport == other.transport
+            && s.token == other.token
+            && s.want_port == other.want_port
     }
 
     /// The relay this link goes to.
@@ -167,13 +191,16 @@ impl RelayLink {
         self.status.borrow().clone()
     }
 
-    /// Waits until registered, or until `deadline`; returns the last failure on timeout.
-    pub async fn wait_up(&self, deadline: Instant) -> Result<()> {
+    /// Waits until registered, or until `deadline` (or the first failure when `fail_fast`);
+    /// returns the last failure otherwise.
+    pub async fn wait_up(&self, deadline: Instant, fail_fast: bool) -> Result<()> {
         let mut rx = self.status.clone();
         let up = tokio::time::timeout_at(deadline.into(), async {
             loop {
-                if matches!(*rx.borrow_and_update(), LinkStatus::Up { .. }) {
-                    return true;
+                match &*rx.borrow_and_update() {
+                    LinkStatus::Up { .. } => return true,
+                    LinkStatus::Down(..) if fail_fast => return false,
+                    _ => {}
                 }
                 if rx.changed().await.is_err() {
                     return false;
@@ -181,19 +208,20 @@ impl RelayLink {
             }
         })
         .await;
-        match up {
-            Ok(true) => Ok(()),
-            _ => Err(Error::ConnectionStart(format!(
-                "relay {} ({}) not reachable: {}",
-                self.spec.addr,
-                self.spec.node_id,
-                match self.status() {
-                    LinkStatus::Down(why) => why,
-                    LinkStatus::Connecting => "still connecting".into(),
-                    LinkStatus::Up { .. } => "up".into(),
-                }
-            ))),
+        if matches!(up, Ok(true)) {
+            return Ok(());
         }
+        let relay = format!("relay {} ({})", self.spec.addr, self.spec.node_id);
+        Err(match self.status() {
+            LinkStatus::Down("ErrorCertChainUnclaimed", _) => {
+                crate::error::CertChainError::Unclaimed {
+                    expected: self.spec.node_id.to_string(),
+                }
+                .into()
+            }
+            LinkStatus::Down(_, why) => Error::ConnectionStart(format!("{relay}: {why}")),
+            _ => Error::ConnectionStart(format!("{relay}: not registered in time")),
+        })
     }
 
     /// Status changes.
@@ -209,9 +237,6 @@ impl RelayLink {
     /// Asks the relay to tell `peer` and us each other's address and punch (once per peer until
     /// a rendezvous fails or the path falls back).
     pub fn call_me_maybe(&self, peer: NodeId) {
-        if !self.spec.upgrade {
-            return;
-        }
         if !self
             .rendezvous_done
             .lock()
@@ -237,7 +262,10 @@ impl RelayLink {
     }
 
     fn forget_rendezvous(&self, node: &NodeId) {
-        self.rendezvous_done.lock().expect("rendezvous lock").remove(node);
+        self.rendezvous_done
+            .lock()
+            .expect("rendezvous lock")
+            .remove(node);
     }
 }
 
@@ -262,12 +290,15 @@ impl Runner {
                 return;
             }
             let started = Instant::now();
-            let why = match self.session(&mut outbox_rx, &mut control_rx).await {
-                Ok(()) => "the relay closed the connection".to_string(),
-                Err(e) => e.to_string(),
+            let (code, why) = match self.session(&mut outbox_rx, &mut control_rx).await {
+                Ok(()) => (
+                    "ErrorConnectionStart",
+                    "the relay closed the connection".to_string(),
+                ),
+                Err(e) => (e.code(), e.to_string()),
             };
             tracing::info!(relay = %self.spec.addr, reason = %why, "relay link down");
-            let _ = self.status.send(LinkStatus::Down(why));
+            let _ = self.status.send(LinkStatus::Down(code, why));
             if started.elapsed() > HEALTHY {
                 backoff = MIN_BACKOFF;
             }
@@ -428,23 +459,25 @@ impl Runner {
                 RENDEZVOUS_BUDGET,
                 u32::MAX,
             );
-            let confirmed = tokio::time::timeout(
+            let _ = tokio::time::timeout(
                 RENDEZVOUS_BUDGET,
-                punch.until_confirmed(|| {
-                    paths.accept_direct(peer, addr);
-                }),
+                punch.rendezvous(
+                    || {
+                        paths.accept_direct(peer, addr);
+                    },
+                    |nat_between| {
+                        let path = if nat_between {
+                            Path::Punched
+                        } else {
+                            Path::Direct
+                        };
+                        paths.use_direct(peer, addr, path);
+                    },
+                ),
             )
-            .await
-            .is_ok();
+            .await;
             punch.connected();
-            if confirmed {
-                let path = if punch.nat_between() {
-                    Path::Punched
-                } else {
-                    Path::Direct
-                };
-                paths.use_direct(peer, addr, path);
-            } else {
+            if !punch.confirmed() {
                 tracing::info!(%peer, %addr, "rendezvous punch failed: staying relayed");
                 if let Some(l) = link.upgrade() {
                     l.forget_rendezvous(&peer);

@@ -4,6 +4,7 @@
 //! keynode's side of it (the link).
 
 pub mod alloc;
+pub mod attach;
 pub mod client;
 mod framed;
 pub mod link;

@@ -294,7 +294,12 @@ impl RelayServer {
         result
     }
 
-    async fn accept_tcp(self, running: Arc<Running>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    async fn accept_tcp(
+        self,
+        running: Arc<Running>,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -459,7 +464,10 @@ impl RelayServer {
             let reply = match frame {
                 Frame::Register { want_port, token } => {
                     if let Some(want) = &running.start.token {
-                        if !crate::proto::connect::constant_time_eq(want.as_bytes(), token.as_bytes()) {
+                        if !crate::proto::connect::constant_time_eq(
+                            want.as_bytes(),
+                            token.as_bytes(),
+                        ) {
                             tracing::warn!(%node, "registration with a wrong token refused");
                             let _ = me
                                 .tx
@@ -508,7 +516,9 @@ impl RelayServer {
                 Frame::SendPacket { dst, datagram } if registered => {
                     self.forward(running, node, me, dst, datagram)
                 }
-                Frame::CallMeMaybe { peer } if registered => self.rendezvous(running, node, me, peer),
+                Frame::CallMeMaybe { peer } if registered => {
+                    self.rendezvous(running, node, me, peer)
+                }
                 Frame::TcpData { .. } | Frame::TcpClose { .. } if registered => {
                     running.allocs.from_node(node, frame).await;
                     None
@@ -585,7 +595,12 @@ impl RelayServer {
         me: &Arc<NodeConn>,
         peer: NodeId,
     ) -> Option<Frame> {
-        let target = running.nodes.lock().expect("nodes lock").get(&peer).cloned();
+        let target = running
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .get(&peer)
+            .cloned();
         let Some(target) = target else {
             return Some(Frame::PeerGone {
                 node: peer,

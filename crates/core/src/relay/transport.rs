@@ -28,7 +28,9 @@ pub const QUIC_FIRST: Duration = Duration::from_secs(3);
 pub async fn connect(spec: &RelaySpec, ctx: &LinkContext, budget: Duration) -> Result<RelayConn> {
     match spec.transport {
         Transport::Quic => connect_quic(spec, ctx, budget).await,
-        Transport::WebSocket => crate::relay::ws::connect(spec, &ctx.identity, &ctx.tasks, budget).await,
+        Transport::WebSocket => {
+            crate::relay::ws::connect(spec, &ctx.identity, &ctx.tasks, budget).await
+        }
         Transport::Auto => match connect_quic(spec, ctx, QUIC_FIRST.min(budget)).await {
             Ok(c) => Ok(c),
             Err(e @ Error::CertChain(_)) => Err(e),

@@ -42,7 +42,11 @@ pub async fn connect(
             .map_err(|e| Error::ConnectionStart(format!("relay {addr} (TCP): {e}")))?;
         let _ = tcp.set_nodelay(true);
         let outcome = VerifyOutcome::default();
-        let tls = tls_client_config(identity, Acceptable::OneOf(vec![spec.node_id]), outcome.clone())?;
+        let tls = tls_client_config(
+            identity,
+            Acceptable::OneOf(vec![spec.node_id]),
+            outcome.clone(),
+        )?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
         let name = rustls::pki_types::ServerName::try_from(SERVER_NAME)
             .map_err(|e| Error::InvalidTlsConfig(e.to_string()))?;
@@ -181,7 +185,12 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<(Vec<u8>, Vec<u8>)
 
 /// Starts the pump between the WebSocket `ws` and a pipe; returns the pipe's halves and a token
 /// that ends the pump (closing the connection).
-fn pipe<S>(ws: S, leftover: Vec<u8>, client: bool, tasks: &Tasks) -> (BoxRead, BoxWrite, CancellationToken)
+fn pipe<S>(
+    ws: S,
+    leftover: Vec<u8>,
+    client: bool,
+    tasks: &Tasks,
+) -> (BoxRead, BoxWrite, CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {

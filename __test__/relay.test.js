@@ -1,0 +1,176 @@
+'use strict'
+// The relay on loopback, driven through the JS API and the keynet-relay binary: grpc-js reaches
+// a server through the relay (by a tracked address and by node id alone), the rendezvous moves
+// the connection off the relay with a 'path' event, a plain TCP client reaches the server through
+// the relay's public port, and refusals are typed while the relay keeps serving others.
+
+const path = require('node:path')
+const fs = require('node:fs')
+const net = require('node:net')
+const { spawn } = require('node:child_process')
+const readline = require('node:readline')
+const test = require('ava')
+const h = require('./helpers')
+
+const { Relay, errors } = h.keynet
+const RELAY_BIN = path.join(h.ROOT, 'target', 'debug', process.platform === 'win32' ? 'keynet-relay.exe' : 'keynet-relay')
+const CLIENT = path.join(h.FIXTURES, 'grpc-client.js')
+// An address nothing answers at: relayed connections are tracked under it.
+const NOWHERE = '192.0.2.1'
+
+async function startRelay(t, opts = {}) {
+  const relay = new Relay()
+  t.teardown(() => relay.stop().catch(() => {}))
+  await relay.start(opts)
+  return relay
+}
+
+function relayOpts(relay, extra = {}) {
+  return { host: relay.getHost(), port: relay.getPort(), tcpPort: relay.getTcpPort(), nodeId: relay.getNodeId(), ...extra }
+}
+
+async function grpcUnary(t, fp, target) {
+  const env = h.cleanEnv({ grpc_proxy: `http://${h.TOKEN}@${h.HOST}:${fp.getHttpPort()}` })
+  return (await h.runJsonClient(t, process.execPath, [CLIENT, target, 'unary'], { env })).result
+}
+
+test('grpc-js reaches a server through the relay; the rendezvous then moves it off the relay', async (t) => {
+  const relay = await startRelay(t)
+  const grpcServer = await h.startGrpcEchoServer(t)
+  const rp = await h.startReverseProxy(t, { serverPort: grpcServer.port, relay: relayOpts(relay) })
+  t.deepEqual(relay.getRegisteredNodeIds(), [rp.getNodeId()])
+  const status = rp.getRelayStatus()
+  t.is(status.state, 'up')
+  t.is(status.transport, 'quic')
+  t.is(status.observedPort, rp.getIngressPort())
+
+  const fp = await h.startForwardProxy(t)
+  const moved = h.waitEvent(fp, 'path')
+  const info = await fp.openConnection(rp.getNodeId(), NOWHERE, 443, { relay: relayOpts(relay, { upgradeDelay: 200 }) })
+  t.is(info.path, 'relayed')
+  t.is(info.nodeId, rp.getNodeId())
+  t.deepEqual(await grpcUnary(t, fp, `${NOWHERE}:443`), { text: 'hello keynet', count: 42 })
+
+  // On loopback nothing stands between the two sockets: the punch opens a direct path.
+  const e = await moved
+  t.is(e.path, 'direct')
+  t.is(e.nodeId, rp.getNodeId())
+  t.is(fp.getConnectionInfoByIngress(NOWHERE, 443).path, 'direct')
+  // Off the relay, the connection no longer needs it.
+  await relay.stop()
+  t.deepEqual(await grpcUnary(t, fp, `${NOWHERE}:443`), { text: 'hello keynet', count: 42 })
+  t.is(grpcServer.calls.filter((c) => c.method === 'Unary').length, 2)
+})
+
+test('a forward proxy started with a relay reaches NODEID.keynet through it (grpc-js, WebSocket)', async (t) => {
+  const relay = await startRelay(t)
+  const grpcServer = await h.startGrpcEchoServer(t)
+  const rp = await h.startReverseProxy(t, { serverPort: grpcServer.port, relay: relayOpts(relay, { transport: 'websocket' }) })
+  t.is(rp.getRelayStatus().transport, 'websocket')
+  const fp = await h.startForwardProxy(t, {}, { relay: relayOpts(relay) })
+  t.is(fp.getRelayStatus()[0].state, 'up')
+  t.deepEqual(await grpcUnary(t, fp, `${rp.getNodeId()}.keynet:443`), { text: 'hello keynet', count: 42 })
+  t.is(fp.getConnectionCount(), 1)
+})
+
+test('a plain TCP client reaches the server through the relay public port', async (t) => {
+  const relay = await startRelay(t)
+  const server = await h.startEchoServer(t)
+  const rp = await h.startReverseProxy(t, { serverPort: server.port, relay: relayOpts(relay, { publicPort: true }) })
+  const port = rp.getRelayStatus().publicPort
+  t.true(Number.isInteger(port) && port > 0)
+  t.deepEqual(relay.getAllocations(), [{ nodeId: rp.getNodeId(), port }])
+  const socket = await h.connectTcp(t, port, { host: relay.getHost() })
+  const payload = Buffer.alloc(256 * 1024, 7)
+  socket.end(payload)
+  const got = await h.readToEnd(socket)
+  t.is(h.sha256(got), h.sha256(payload))
+})
+
+test('refusals: unregistered target, wrong token, wrong relay pin, node not allowed; the relay keeps serving', async (t) => {
+  const { nodeId: allowedFp, tlsConfig: fpTls } = await h.keynet.generateIdentity()
+  const { nodeId: allowedRp, tlsConfig: rpTls } = await h.keynet.generateIdentity()
+  const relay = await startRelay(t, { token: 'letmein', allowedNodeIds: [allowedFp, allowedRp] })
+  const fp = await h.startForwardProxy(t, {}, { tlsConfig: fpTls })
+  const { nodeId: stranger } = await h.keynet.generateIdentity()
+
+  const unregistered = await t.throwsAsync(
+    fp.openConnection(stranger, NOWHERE, 1, { relay: relayOpts(relay, { token: 'letmein' }) }),
+  )
+  t.true(unregistered instanceof errors.ErrorNodeNotFound, String(unregistered))
+  t.regex(unregistered.message, /not registered with the relay/)
+
+  const rpBadToken = new h.keynet.ReverseProxy()
+  t.teardown(() => h.stopQuietly(rpBadToken))
+  const badToken = await t.throwsAsync(rpBadToken.start({ serverPort: 1, tlsConfig: rpTls, relay: relayOpts(relay, { token: 'nope' }) }))
+  t.regex(badToken.message, /token refused/)
+
+  const rpBadPin = new h.keynet.ReverseProxy()
+  t.teardown(() => h.stopQuietly(rpBadPin))
+  const badPin = await t.throwsAsync(rpBadPin.start({ serverPort: 1, tlsConfig: rpTls, relay: relayOpts(relay, { nodeId: stranger, token: 'letmein' }) }))
+  t.is(badPin.code, 'ErrorCertChainUnclaimed')
+
+  const outsider = new h.keynet.ReverseProxy()
+  t.teardown(() => h.stopQuietly(outsider))
+  await t.throwsAsync(outsider.start({ serverPort: 1, relay: relayOpts(relay, { token: 'letmein', transport: 'quic' }) }))
+  // Only the forward proxy (allowed, right token) ever registered.
+  t.deepEqual(relay.getRegisteredNodeIds(), [allowedFp])
+
+  // The well-behaved pair still gets through.
+  const server = await h.startEchoServer(t)
+  const rp = await h.startReverseProxy(t, { serverPort: server.port, tlsConfig: rpTls, relay: relayOpts(relay, { token: 'letmein' }) })
+  await fp.openConnection(rp.getNodeId(), NOWHERE, 2, { relay: relayOpts(relay, { token: 'letmein' }) })
+  const res = await h.rawConnect(t, fp.getHttpPort(), { target: `${NOWHERE}:2` })
+  t.is(res.status, 200)
+  await h.assertEchoes(t, res.socket)
+})
+
+test('bad relay options are typed errors', async (t) => {
+  const fp = await h.startForwardProxy(t)
+  const { nodeId } = await h.keynet.generateIdentity()
+  await t.throwsAsync(fp.openConnection(nodeId, NOWHERE, 1, { relay: { host: 'nowhere', port: 1, nodeId } }), { instanceOf: TypeError })
+  await t.throwsAsync(fp.openConnection(nodeId, NOWHERE, 1, { relay: { host: h.HOST, port: 1, nodeId: 'v123' } }), { instanceOf: TypeError })
+  await t.throwsAsync(fp.openConnection(nodeId, NOWHERE, 1, { relay: { host: h.HOST, port: 1, nodeId, transport: 'carrier-pigeon' } }), { instanceOf: TypeError })
+  await t.throwsAsync(fp.openConnection(NOWHERE, 1, { relay: { host: h.HOST, port: 1, nodeId } }), { instanceOf: TypeError })
+  const relay = new Relay()
+  await t.throwsAsync(relay.start({ publicPorts: { range: [10, 5] } }), { instanceOf: RangeError })
+  await t.throwsAsync(relay.start({ maxPeers: 0 }), { instanceOf: RangeError })
+  t.throws(() => relay.getNodeId(), { instanceOf: errors.ErrorRelayNotRunning })
+})
+
+test('keynet-relay: a reverse proxy registers with the binary, asks for a port, and tunnels work', async (t) => {
+  if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: npm test builds it`)
+  const child = spawn(RELAY_BIN, ['--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } })
+  let stderr = ''
+  child.stderr.on('data', (d) => (stderr += d))
+  t.teardown(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    const exited = new Promise((resolve) => child.once('exit', resolve))
+    child.kill('SIGTERM')
+    await h.withTimeout(exited, 5000, 'keynet-relay to exit').catch(() => child.kill('SIGKILL'))
+  })
+  const lines = readline.createInterface({ input: child.stdout })
+  const listening = new Promise((resolve, reject) => {
+    lines.on('line', (line) => {
+      const m = /^relay listening on (\S+):(\d+) tcp \S+:(\d+) node id (\S+)$/.exec(line)
+      if (m) resolve({ host: m[1], port: Number(m[2]), tcpPort: Number(m[3]), nodeId: m[4] })
+    })
+    child.once('exit', (code) => reject(new Error(`keynet-relay exited ${code}: ${stderr}`)))
+  })
+  const r = await h.withTimeout(listening, h.WAIT, 'keynet-relay to listen')
+  const server = await h.startEchoServer(t)
+  const rp = await h.startReverseProxy(t, { serverPort: server.port, relay: { ...r, publicPort: true } })
+  const fp = await h.startForwardProxy(t)
+  await fp.openConnection(rp.getNodeId(), NOWHERE, 3, { relay: r })
+  const res = await h.rawConnect(t, fp.getHttpPort(), { target: `${NOWHERE}:3` })
+  t.is(res.status, 200)
+  await h.assertEchoes(t, res.socket)
+  const socket = await h.connectTcp(t, rp.getRelayStatus().publicPort, { host: r.host })
+  await h.assertEchoes(t, socket)
+
+  // SIGTERM stops it cleanly; the reverse proxy notices and keeps trying to come back.
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
+  child.kill('SIGTERM')
+  t.deepEqual(await h.withTimeout(exited, 5000, 'keynet-relay to exit'), { code: 0, signal: null })
+  await h.waitFor(() => rp.getRelayStatus().state !== 'up', { what: 'the reverse proxy to notice the relay left' })
+})

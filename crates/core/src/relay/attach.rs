@@ -1,0 +1,96 @@
+//! Wiring a relay link into a proxy: path changes reach the tracker (and the user as `path`
+//! events), relayed connections close with `relayLost` when the link goes down, and a reverse
+//! proxy's public-port traffic goes to its server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::endpoint::KeynetSocket;
+use crate::error::Result;
+use crate::events::Path;
+use crate::identity::LoadedIdentity;
+use crate::options::ConnOptions;
+use crate::relay::link::{LinkContext, LinkStatus, RelayLink, RelaySpec};
+use crate::relay::public;
+use crate::task::Tasks;
+use crate::tracker::{reason, Tracker};
+
+/// What a proxy hands to [`attach`].
+pub struct ProxyParts<'a> {
+    /// The proxy's endpoint.
+    pub endpoint: &'a quinn::Endpoint,
+    /// The proxy's socket.
+    pub socket: &'a Arc<KeynetSocket>,
+    /// The proxy's identity.
+    pub identity: &'a LoadedIdentity,
+    /// Connection timing.
+    pub opts: &'a ConnOptions,
+    /// The proxy's tasks.
+    pub tasks: &'a Tasks,
+    /// The proxy's tracker.
+    pub tracker: &'a Arc<Tracker>,
+    /// The reverse proxy's server (public-port clients go there).
+    pub server: Option<SocketAddr>,
+}
+
+/// Routes path changes of `socket`'s relayed peers to `tracker` (once per proxy).
+pub fn watch_paths(socket: &KeynetSocket, tracker: &Arc<Tracker>) {
+    let weak = Arc::downgrade(tracker);
+    socket
+        .paths
+        .set_listener(Some(Arc::new(move |addr: SocketAddr, path: Path| {
+            if let Some(t) = weak.upgrade() {
+                t.set_path(addr, path);
+            }
+        })));
+}
+
+/// Starts a link to `spec` for a proxy and wires it.
+pub fn attach(spec: RelaySpec, p: ProxyParts<'_>) -> Arc<RelayLink> {
+    let (tcp_tx, tcp_rx) = mpsc::channel(256);
+    let link = RelayLink::start(
+        spec,
+        LinkContext {
+            endpoint: p.endpoint.clone(),
+            socket: p.socket.clone(),
+            identity: p.identity.clone(),
+            opts: p.opts.clone(),
+            tasks: p.tasks.clone(),
+            tcp: p.server.map(|_| tcp_tx),
+        },
+    );
+    if let Some(server) = p.server {
+        p.tasks.spawn(public::serve(
+            server,
+            tcp_rx,
+            link.sender(),
+            link.watch(),
+            p.tasks.clone(),
+        ));
+    }
+    // Relayed connections cannot outlive their relay: close them with a clear reason.
+    let mut status = link.watch();
+    let tracker = Arc::downgrade(p.tracker);
+    p.tasks.spawn(async move {
+        while status.changed().await.is_ok() {
+            let down = matches!(*status.borrow_and_update(), LinkStatus::Down(..));
+            let Some(t) = tracker.upgrade() else { return };
+            if down {
+                for peer in t.peers() {
+                    if peer.is_relay_backed() && peer.path() == Path::Relayed {
+                        peer.close(reason::RELAY_LOST);
+                    }
+                }
+            }
+        }
+    });
+    link
+}
+
+/// Waits for `link`'s first registration (bounded by `deadline`); fails on the first failure.
+pub async fn first_registration(link: &RelayLink, deadline: Instant) -> Result<()> {
+    link.wait_up(deadline, true).await
+}

@@ -1,0 +1,318 @@
+//! Relayed connections over loopback: a forward proxy reaches a reverse proxy only through a
+//! relay (QUIC or WebSocket), the tunnel carries bytes end to end, the rendezvous moves it off
+//! the relay without losing a byte, refusals are typed, and the relay's public port carries
+//! plain TCP clients.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{connect, echo_server};
+use keynet_core::relay::alloc::AllocOptions;
+use keynet_core::relay::link::{LinkStatus, RelaySpec};
+use keynet_core::relay::server::{RelayServer, RelayStart};
+use keynet_core::relay::transport::Transport;
+use keynet_core::{
+    ConnOptions, Event, EventKind, ForwardProxy, ForwardStart, Path, ReverseProxy, ReverseStart,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+const T: Duration = Duration::from_secs(10);
+
+async fn relay_with(f: impl FnOnce(&mut RelayStart)) -> RelayServer {
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+    let relay = RelayServer::new(ConnOptions::default()).unwrap();
+    let mut start = RelayStart::new("127.0.0.1:0".parse().unwrap());
+    f(&mut start);
+    relay.start(start).await.unwrap();
+    relay
+}
+
+fn spec(relay: &RelayServer) -> RelaySpec {
+    let mut s = RelaySpec::new(relay.addr().unwrap(), relay.node_id().unwrap());
+    s.tcp_addr = Some(relay.tcp_addr().unwrap());
+    s
+}
+
+async fn reverse_proxy(server: SocketAddr, relay: RelaySpec) -> ReverseProxy {
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(ReverseStart {
+        server_addr: server,
+        ingress_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        allowed_node_ids: None,
+        discovery: None,
+        relay: Some(relay),
+    })
+    .await
+    .unwrap();
+    rp
+}
+
+type Events = mpsc::UnboundedReceiver<Event>;
+
+async fn forward_proxy() -> (ForwardProxy, Events) {
+    let fp = ForwardProxy::new(common::TOKEN.into(), ConnOptions::default()).unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    fp.set_event_sink(Some(Arc::new(move |ev| {
+        let _ = tx.send(ev);
+    })));
+    fp.start(ForwardStart::default()).await.unwrap();
+    (fp, rx)
+}
+
+/// An address nothing answers at: the relayed connection is tracked under it.
+fn unreachable() -> SocketAddr {
+    "192.0.2.1:9".parse().unwrap()
+}
+
+/// The next event that satisfies `f` (earlier ones are consumed).
+async fn wait_for(events: &mut Events, f: impl Fn(&Event) -> bool) -> Event {
+    tokio::time::timeout(T, async {
+        loop {
+            let e = events.recv().await.expect("the proxy is running");
+            if f(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+async fn echo_through(fp: &ForwardProxy, target: &str, bytes: usize) -> Vec<u8> {
+    let (mut s, head) = connect(fp, target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let data: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
+    let (mut r, mut w) = s.split();
+    let (_, got) = tokio::join!(
+        async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        },
+        async {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            got
+        }
+    );
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "echoed bytes differ");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_tunnel_carries_bytes_then_moves_off_the_relay_without_losing_any() {
+    let relay = relay_with(|_| {}).await;
+    let rp = reverse_proxy(echo_server().await, spec(&relay)).await;
+    let (fp, mut events) = forward_proxy().await;
+    let mut s = spec(&relay);
+    s.upgrade_delay = Duration::from_millis(300);
+    let info = fp
+        .open_connection_via(unreachable(), rp.node_id().unwrap(), s, None, None)
+        .await
+        .unwrap();
+    assert_eq!(info.path, Path::Relayed);
+    assert_eq!(info.node_id, rp.node_id().unwrap().to_string());
+    // A 16 MiB echo runs while the rendezvous moves the connection to the direct path.
+    echo_through(&fp, &unreachable().to_string(), 16 << 20).await;
+    let moved = wait_for(&mut events, |e| e.kind == EventKind::Path).await;
+    let info = moved.info.unwrap();
+    assert_ne!(info.path, Path::Relayed);
+    assert_eq!(
+        fp.connection_info_by_ingress(unreachable())
+            .unwrap()
+            .unwrap()
+            .path,
+        info.path
+    );
+    // Still the same connection, now off the relay: stopping the relay does not touch it.
+    relay.stop().await.unwrap();
+    echo_through(&fp, &unreachable().to_string(), 1 << 20).await;
+    assert_eq!(fp.connection_count().unwrap(), 1);
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_upgrade_it_stays_relayed_and_closes_with_relay_lost_when_the_relay_goes() {
+    let relay = relay_with(|_| {}).await;
+    let rp = reverse_proxy(echo_server().await, spec(&relay)).await;
+    let (fp, mut events) = forward_proxy().await;
+    let mut s = spec(&relay);
+    s.upgrade = false;
+    s.keepalive = Duration::from_millis(500);
+    fp.open_connection_via(unreachable(), rp.node_id().unwrap(), s, None, None)
+        .await
+        .unwrap();
+    echo_through(&fp, &unreachable().to_string(), 1 << 20).await;
+    relay.stop().await.unwrap();
+    let closed = wait_for(&mut events, |e| e.kind == EventKind::Close).await;
+    assert_eq!(closed.reason.as_deref(), Some("relayLost"));
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_transport_carries_a_relayed_tunnel() {
+    let relay = relay_with(|_| {}).await;
+    let mut ws = spec(&relay);
+    ws.transport = Transport::WebSocket;
+    let rp = reverse_proxy(echo_server().await, ws.clone()).await;
+    match rp.relay_status().unwrap().unwrap().1 {
+        LinkStatus::Up { transport, .. } => assert_eq!(transport, "websocket"),
+        other => panic!("{other:?}"),
+    }
+    let (fp, _events) = forward_proxy().await;
+    let info = fp
+        .open_connection_via(unreachable(), rp.node_id().unwrap(), ws, None, None)
+        .await
+        .unwrap();
+    assert_eq!(info.path, Path::Relayed);
+    echo_through(&fp, &unreachable().to_string(), 4 << 20).await;
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_typed_and_the_relay_keeps_serving() {
+    let relay = relay_with(|s| s.token = Some("letmein".into())).await;
+    let (fp, _events) = forward_proxy().await;
+    // Wrong token: the link never registers.
+    let mut bad = spec(&relay);
+    bad.token = Some("wrong".into());
+    let err = fp
+        .open_connection_via(
+            unreachable(),
+            relay.node_id().unwrap(),
+            bad,
+            Some(Duration::from_secs(3)),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("token"), "{err}");
+    // Right token, unregistered target: a quick, typed refusal.
+    let mut good = spec(&relay);
+    good.token = Some("letmein".into());
+    let stranger = keynet_core::identity::LoadedIdentity::generate()
+        .unwrap()
+        .node_id;
+    let started = std::time::Instant::now();
+    let err = fp
+        .open_connection_via(unreachable(), stranger, good.clone(), None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ErrorNodeNotFound", "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A wrong relay pin.
+    let mut pinned = good.clone();
+    pinned.node_id = stranger;
+    pinned.addr = relay.addr().unwrap();
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    let err = rp
+        .start(ReverseStart {
+            server_addr: echo_server().await,
+            ingress_addr: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+            allowed_node_ids: None,
+            discovery: None,
+            relay: Some(pinned),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ErrorCertChainUnclaimed");
+    // The relay still serves a well-behaved pair.
+    let rp = reverse_proxy(echo_server().await, good.clone()).await;
+    fp.open_connection_via(unreachable(), rp.node_id().unwrap(), good, None, None)
+        .await
+        .unwrap();
+    echo_through(&fp, &unreachable().to_string(), 64 << 10).await;
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_port_carries_plain_tcp_and_comes_back_after_a_reconnect() {
+    let relay = relay_with(|s| {
+        s.alloc = AllocOptions {
+            retention: Duration::from_millis(1500),
+            ..AllocOptions::default()
+        }
+    })
+    .await;
+    let mut s = spec(&relay);
+    s.want_port = true;
+    let server = echo_server().await;
+    let rp = reverse_proxy(server, s.clone()).await;
+    let port = match rp.relay_status().unwrap().unwrap().1 {
+        LinkStatus::Up { public_port, .. } => public_port.expect("a public port"),
+        other => panic!("{other:?}"),
+    };
+    let echo = |port: u16| async move {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        c.write_all(b"plain tcp").await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(T, c.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        got
+    };
+    assert_eq!(echo(port).await, b"plain tcp");
+    // The node goes away and comes back (same identity) within the retention: same port.
+    let id = keynet_core::generate_identity().unwrap();
+    rp.stop().await.unwrap();
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    let start = ReverseStart {
+        server_addr: server,
+        ingress_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: Some(id.tls.clone()),
+        allowed_node_ids: None,
+        discovery: None,
+        relay: Some(s.clone()),
+    };
+    rp.start(start.clone()).await.unwrap();
+    let first = match rp.relay_status().unwrap().unwrap().1 {
+        LinkStatus::Up { public_port, .. } => public_port.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    rp.stop().await.unwrap();
+    rp.start(start.clone()).await.unwrap();
+    match rp.relay_status().unwrap().unwrap().1 {
+        LinkStatus::Up { public_port, .. } => assert_eq!(public_port, Some(first)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(echo(first).await, b"plain tcp");
+    // Away longer than the retention: the port is released (nothing listens there).
+    rp.stop().await.unwrap();
+    tokio::time::timeout(T, async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", first))
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("released after the retention");
+    assert!(relay
+        .allocations()
+        .unwrap()
+        .iter()
+        .all(|(_, p)| *p != first));
+    relay.stop().await.unwrap();
+}
