@@ -12,7 +12,7 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class NativeForwardProxy {
   constructor(authToken: string, options?: NativeOptions | undefined | null)
   setEventListener(listener?: Listener | undefined | null): void
-  start(proxyHost: string, proxyPort: number, egressHost: string, egressPort: number, keyPrivatePem?: string | undefined | null, certChainPem?: string | undefined | null, authToken?: string | undefined | null, discovery?: NativeDiscovery | undefined | null): Promise<void>
+  start(proxyHost: string, proxyPort: number, egressHost: string, egressPort: number, keyPrivatePem?: string | undefined | null, certChainPem?: string | undefined | null, authToken?: string | undefined | null, discovery?: NativeDiscovery | undefined | null, relay?: NativeRelay | undefined | null): Promise<void>
   /** The addresses the DHT holds for `node_id`, signed record first. */
   lookup(nodeId: string, timeoutMs?: number | undefined | null): Promise<Array<NativeFound>>
   /** The addresses announced last. */
@@ -26,7 +26,9 @@ export declare class NativeForwardProxy {
   egressHost(): string
   egressPort(): number
   /** Opens a connection; `op_id` lets `abort(op_id)` cancel it. */
-  openConnection(host: string, port: number, nodeId?: string | undefined | null, timeoutMs?: number | undefined | null, opId?: number | undefined | null): Promise<NativeConnectionInfo>
+  openConnection(host: string, port: number, nodeId?: string | undefined | null, timeoutMs?: number | undefined | null, opId?: number | undefined | null, relay?: NativeRelay | undefined | null): Promise<NativeConnectionInfo>
+  /** The status of every relay link. */
+  relayStatus(): Array<NativeRelayStatus>
   /** Registers a cancellable operation before it starts, so an abort can never come too early. */
   beginOp(opId: number): void
   /** Cancels a registered operation (it stays registered until it ends). */
@@ -42,15 +44,29 @@ export declare class NativeForwardProxy {
   setTlsConfig(keyPrivatePem: string, certChainPem: string): void
 }
 
+export declare class NativeRelayServer {
+  constructor(options?: NativeOptions | undefined | null)
+  start(o: NativeRelayStart): Promise<void>
+  stop(): Promise<void>
+  nodeId(): string
+  host(): string
+  port(): number
+  tcpPort(): number
+  registered(): Array<string>
+  allocations(): Array<NativeAllocation>
+}
+
 export declare class NativeReverseProxy {
   constructor(options?: NativeOptions | undefined | null)
   setEventListener(listener?: Listener | undefined | null): void
-  start(serverHost: string, serverPort: number, ingressHost: string, ingressPort: number, keyPrivatePem?: string | undefined | null, certChainPem?: string | undefined | null, allowedNodeIds?: Array<string> | undefined | null, discovery?: NativeDiscovery | undefined | null): Promise<void>
+  start(serverHost: string, serverPort: number, ingressHost: string, ingressPort: number, keyPrivatePem?: string | undefined | null, certChainPem?: string | undefined | null, allowedNodeIds?: Array<string> | undefined | null, discovery?: NativeDiscovery | undefined | null, relay?: NativeRelay | undefined | null): Promise<void>
   /** The addresses the DHT holds for `node_id`, signed record first. */
   lookup(nodeId: string, timeoutMs?: number | undefined | null): Promise<Array<NativeFound>>
   /** The addresses announced last. */
   announced(): Array<NativeAddress>
   stop(): Promise<void>
+  /** The relay link's status (null without a relay). */
+  relayStatus(): NativeRelayStatus | null
   nodeId(): string
   ingressHost(): string
   ingressPort(): number
@@ -79,6 +95,12 @@ export declare function generateIdentity(): Promise<NativeIdentity>
 /** A host and port. */
 export interface NativeAddress {
   host: string
+  port: number
+}
+
+/** A public port held for a node. */
+export interface NativeAllocation {
+  nodeId: string
   port: number
 }
 
@@ -142,6 +164,54 @@ export interface NativeOptions {
   connEndTime?: number
   /** Test-only: no keepalives. */
   disableKeepAlive?: boolean
+}
+
+/** `relay` options of `start()` and `openConnection()` (index.js validated the types). */
+export interface NativeRelay {
+  host: string
+  port: number
+  nodeId: string
+  tcpPort?: number
+  transport?: string
+  keepaliveInterval?: number
+  publicPort?: boolean
+  upgrade?: boolean
+  upgradeDelay?: number
+  token?: string
+}
+
+/** `Relay.start()` options (index.js validated the types). */
+export interface NativeRelayStart {
+  host: string
+  port: number
+  tcpPort?: number
+  keyPrivatePem?: string
+  certChainPem?: string
+  allowedNodeIds?: Array<string>
+  token?: string
+  publicPorts?: boolean
+  publicHost?: string
+  portRangeStart?: number
+  portRangeEnd?: number
+  retention?: number
+  stateFile?: string
+  maxClients?: number
+  maxPeers?: number
+  nodeTimeout?: number
+}
+
+/** A relay link's status (`getRelayStatus()`). */
+export interface NativeRelayStatus {
+  host: string
+  port: number
+  nodeId: string
+  /** `connecting`, `up` or `down`. */
+  state: string
+  transport?: string
+  observedHost?: string
+  observedPort?: number
+  publicPort?: number
+  error?: string
 }
 
 /** Node id of the first certificate in a PEM string. */

@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeForwardProxy = nativeBinding.NativeForwardProxy
+module.exports.NativeRelayServer = nativeBinding.NativeRelayServer
 module.exports.NativeReverseProxy = nativeBinding.NativeReverseProxy
 module.exports.generateIdentity = nativeBinding.generateIdentity
 module.exports.nodeIdFromCertificate = nativeBinding.nodeIdFromCertificate

@@ -15,6 +15,10 @@ const proto = grpc.loadPackageDefinition(protoLoader.loadSync(path.join(__dirnam
 let fp = null
 let rp = null
 let servers = []
+/** The forward proxy's 'path' events, and who waits for the next one. */
+const pathEvents = []
+const pathWaiters = []
+let openedAt = 0
 /** gRPC clients kept across calls (one HTTP/2 connection = one tunnel), by target. */
 const clients = new Map()
 
@@ -44,6 +48,7 @@ async function echoServer() {
 }
 
 async function stopAll() {
+  pathEvents.splice(0)
   for (const c of clients.values()) c.close()
   clients.clear()
   if (fp) await fp.stop()
@@ -74,14 +79,18 @@ function connectTunnel(host, port) {
 }
 
 const handlers = {
-  async startRp({ port, server = 'grpc', opts }) {
+  async startRp({ port, server = 'grpc', opts, relay }) {
     const serverPort = server === 'echo' ? await echoServer() : await grpcServer()
     rp = new ReverseProxy(timing(opts))
-    await rp.start({ serverPort, ingressHost: '0.0.0.0', ingressPort: port })
-    return { nodeId: rp.getNodeId(), port: rp.getIngressPort() }
+    await rp.start({ serverPort, ingressHost: '0.0.0.0', ingressPort: port, relay })
+    return { nodeId: rp.getNodeId(), port: rp.getIngressPort(), relay: rp.getRelayStatus() }
   },
   async startFp({ port, opts }) {
     fp = new ForwardProxy({ authToken: TOKEN, ...timing(opts) })
+    fp.on('path', (e) => {
+      pathEvents.push({ ...e, at: performance.now() })
+      for (const w of pathWaiters.splice(0)) w()
+    })
     await fp.start({ egressHost: '0.0.0.0', egressPort: port })
     process.env.grpc_proxy = `http://${TOKEN}@127.0.0.1:${fp.getHttpPort()}`
     return { nodeId: fp.getNodeId(), port: fp.getEgressPort() }
@@ -90,11 +99,29 @@ const handlers = {
     await rp.openConnection(host, port, { timeout })
     return { path: rp.getConnectionInfoByEgress(host, port)?.path }
   },
-  async open({ nodeId, host, port, timeout }) {
+  async open({ nodeId, host, port, timeout, relay }) {
     const t0 = performance.now()
-    await fp.openConnection(nodeId, host, port, { timeout })
+    openedAt = t0
+    await fp.openConnection(nodeId, host, port, { timeout, relay })
     const info = fp.getConnectionInfoByIngress(host, port)
-    return { ms: performance.now() - t0, path: info.path, rttMs: info.rttMs }
+    return { ms: performance.now() - t0, path: info.path, rttMs: info.rttMs, transport: relay ? fp.getRelayStatus()[0]?.transport : null }
+  },
+  /** Resolves once the connection's path is `path` (a 'path' event), or after `timeout` ms. */
+  async waitPath({ host, port, path: want, timeout = 10000 }) {
+    const deadline = performance.now() + timeout
+    for (;;) {
+      const hit = pathEvents.find((e) => e.path === want)
+      if (hit) return { path: want, upgradeMs: hit.at - openedAt }
+      const left = deadline - performance.now()
+      if (left <= 0) return { path: fp.getConnectionInfoByIngress(host, port)?.path ?? null, upgradeMs: null }
+      await new Promise((resolve) => {
+        const t = setTimeout(resolve, left)
+        pathWaiters.push(() => {
+          clearTimeout(t)
+          resolve()
+        })
+      })
+    }
   },
   async call({ host, port, text = 'hello', deadlineMs = 5000, keep = false }) {
     const t0 = performance.now()
@@ -127,6 +154,7 @@ const handlers = {
     return { status: Number(head.split(' ')[1]) }
   },
   async transfer({ host, port, bytes }) {
+    const pathAtStart = fp.getConnectionInfoByIngress(host, port)?.path ?? null
     const data = crypto.randomBytes(bytes)
     const sent = crypto.createHash('sha256').update(data).digest('hex')
     const s = await connectTunnel(host, port)
@@ -143,7 +171,11 @@ const handlers = {
     s.end(data)
     await done
     s.destroy()
-    return { sent, received: got.digest('hex'), bytes: n }
+    const pathAtEnd = fp.getConnectionInfoByIngress(host, port)?.path ?? null
+    return { sent, received: got.digest('hex'), bytes: n, pathAtStart, pathAtEnd }
+  },
+  async relayStatus() {
+    return { status: fp ? fp.getRelayStatus() : rp.getRelayStatus() }
   },
   async info({ host, port }) {
     return { fp: fp?.getConnectionInfoByIngress(host, port) ?? null, count: fp ? fp.getConnectionCount() : rp.getConnectionCount() }

@@ -47,4 +47,37 @@ async function attempt(lab, A, B, { timeout = 5000, opts = {} } = {}) {
   }
 }
 
-module.exports = { attempt, startPair, openBoth }
+/** Starts a pair registered with the lab's relay; A opens through it (no punching by B). */
+async function startRelayedPair(lab, A, B, relay, { opts = {}, server = 'grpc', upgradeDelay = 0 } = {}) {
+  const pA = nextPort++
+  const pB = nextPort++
+  if (nextPort > 60000) nextPort = 40000
+  const rp = await B.request({ cmd: 'startRp', port: pB, server, opts, relay })
+  if (!rp.ok) throw new Error(`B could not start: ${rp.message}`)
+  const fp = await A.request({ cmd: 'startFp', port: pA, opts })
+  if (!fp.ok) throw new Error(`A could not start: ${fp.message}`)
+  return { nodeIdB: rp.nodeId, pubB: lab.publicAddr('B', pB), relay: { ...relay, upgradeDelay }, rpTransport: rp.relay?.transport }
+}
+
+/**
+ * One attempt through the relay: { ok, code, path, upgradedTo, upgradeMs, ttfrMs, transport }:
+ * `path` is the path when the connection opened, `upgradedTo` the path `waitMs` later.
+ */
+async function relayedAttempt(lab, A, B, relay, { timeout = 10000, waitMs = 6000 } = {}) {
+  const pair = await startRelayedPair(lab, A, B, relay, { opts: { connConnectTime: timeout } })
+  try {
+    const t0 = performance.now()
+    const open = await A.request({ cmd: 'open', nodeId: pair.nodeIdB, host: pair.pubB.host, port: pair.pubB.port, timeout, relay: pair.relay }, timeout + 10000)
+    if (!open.ok) return { ok: false, code: `${open.code}: ${open.message}`, path: '-' }
+    const call = await A.request({ cmd: 'call', host: pair.pubB.host, port: pair.pubB.port })
+    if (!call.ok) return { ok: false, code: `${call.code}: ${call.message}`, path: open.path }
+    const ttfrMs = performance.now() - t0
+    const ok = call.text === 'hello'
+    const up = await A.request({ cmd: 'waitPath', host: pair.pubB.host, port: pair.pubB.port, path: 'punched', timeout: waitMs }, waitMs + 5000)
+    return { ok, code: ok ? null : 'BadReply', path: open.path, upgradedTo: up.path, upgradeMs: up.upgradeMs, ttfrMs, transport: open.transport }
+  } finally {
+    await Promise.all([A.request({ cmd: 'stop' }), B.request({ cmd: 'stop' })])
+  }
+}
+
+module.exports = { attempt, startPair, openBoth, startRelayedPair, relayedAttempt }

@@ -14,6 +14,8 @@ const fs = require('node:fs')
 
 const run = promisify(execFile)
 const PUBLIC = '203.0.113'
+const RELAY_IP = `${PUBLIC}.100`
+const RELAY_BIN = path.join(__dirname, '..', 'target', 'debug', 'keynet-relay')
 
 // System tools by absolute path: under npm, node_modules/.bin comes first in PATH, and a dev
 // dependency ships an unrelated `nft` command there.
@@ -92,6 +94,7 @@ class Lab {
   constructor(topology, opts) {
     this.topology = topology
     this.udpTimeout = opts.udpTimeout ?? 30
+    this.withRelay = opts.relay === true
     this.prefix = `kn${process.pid % 100000}x${labCounter++}`
     this.namespaces = []
     this.hosts = {}
@@ -156,6 +159,16 @@ class Lab {
   }
 
   async build() {
+    await this.buildTopology()
+    if (this.withRelay) {
+      // The relay hub: a host of its own on the public segment.
+      const rl = await this.addNs('rl')
+      await this.toPublic(rl, 'eth0', `${RELAY_IP}/24`)
+      this.hosts.relay = { ns: rl, ip: RELAY_IP, publicIp: RELAY_IP }
+    }
+  }
+
+  async buildTopology() {
     this.publicPorts = 0
     this.pub = await this.addNs('pub')
     await sh([IP, '-n', this.pub, 'link', 'add', 'br0', 'type', 'bridge'])
@@ -250,6 +263,47 @@ class Lab {
     this.children = this.children || []
     this.children.push(child)
     return new Agent(child, side)
+  }
+
+  /**
+   * Starts `keynet-relay` on the lab's relay host (create the lab with `{ relay: true }`);
+   * resolves `{ host, port, tcpPort, nodeId }` once it listens. Stopped by destroy().
+   */
+  async startRelay(port = 7000) {
+    if (!this.hosts.relay) throw new Error('this lab has no relay host: create it with { relay: true }')
+    if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: cargo build -p keynet-relay`)
+    const child = spawn(IP, ['netns', 'exec', this.hosts.relay.ns, RELAY_BIN, '--listen', `${RELAY_IP}:${port}`], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
+    })
+    this.children = this.children || []
+    this.children.push(child)
+    this.relayProcess = child
+    let stderr = ''
+    child.stderr.on('data', (d) => (stderr += d))
+    const lines = readline.createInterface({ input: child.stdout })
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`keynet-relay did not start: ${stderr}`)), 10000)
+      lines.on('line', (line) => {
+        const m = /^relay listening on (\S+):(\d+) tcp \S+:(\d+) node id (\S+)$/.exec(line)
+        if (!m) return
+        clearTimeout(timer)
+        resolve({ host: m[1], port: Number(m[2]), tcpPort: Number(m[3]), nodeId: m[4] })
+      })
+      child.once('exit', (code) => {
+        clearTimeout(timer)
+        reject(new Error(`keynet-relay exited ${code}: ${stderr}`))
+      })
+    })
+  }
+
+  /** Kills the relay process (SIGKILL: no goodbye to its nodes); resolves once it is gone. */
+  async killRelay() {
+    const child = this.relayProcess
+    if (!child || child.exitCode !== null || child.signalCode !== null) return
+    const gone = new Promise((resolve) => child.once('exit', resolve))
+    child.kill('SIGKILL')
+    await gone
   }
 
   /** UDP datagrams the lossy public segment dropped so far. */

@@ -18,6 +18,9 @@ use crate::relay::public;
 use crate::task::Tasks;
 use crate::tracker::{reason, Tracker};
 
+/// How long relayed connections outlive their relay's link (it may come back).
+const RELAY_LOSS_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What a proxy hands to [`attach`].
 pub struct ProxyParts<'a> {
     /// The proxy's endpoint.
@@ -71,18 +74,32 @@ pub fn attach(spec: RelaySpec, p: ProxyParts<'_>) -> Arc<RelayLink> {
             p.tasks.clone(),
         ));
     }
-    // Relayed connections cannot outlive their relay: close them with a clear reason.
+    // Relayed connections cannot outlive their relay: once it has been gone for a grace period
+    // (a rendezvous in flight may still move them off it, a quick relay restart lets them go
+    // on), close those still relayed with a clear reason.
     let mut status = link.watch();
     let tracker = Arc::downgrade(p.tracker);
     p.tasks.spawn(async move {
         while status.changed().await.is_ok() {
-            let down = matches!(*status.borrow_and_update(), LinkStatus::Down(..));
-            let Some(t) = tracker.upgrade() else { return };
-            if down {
-                for peer in t.peers() {
-                    if peer.is_relay_backed() && peer.path() == Path::Relayed {
-                        peer.close(reason::RELAY_LOST);
+            if !matches!(*status.borrow_and_update(), LinkStatus::Down(..)) {
+                continue;
+            }
+            let back = tokio::time::timeout(RELAY_LOSS_GRACE, async {
+                while status.changed().await.is_ok() {
+                    if matches!(*status.borrow_and_update(), LinkStatus::Up { .. }) {
+                        return;
                     }
+                }
+                std::future::pending::<()>().await
+            })
+            .await;
+            if back.is_ok() {
+                continue;
+            }
+            let Some(t) = tracker.upgrade() else { return };
+            for peer in t.peers() {
+                if peer.is_relay_backed() && peer.path() == Path::Relayed {
+                    peer.close(reason::RELAY_LOST);
                 }
             }
         }
