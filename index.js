@@ -160,8 +160,7 @@ function checkRelay(name, v) {
       out[flag] = r[flag]
     }
   }
-  const delay = checkTime(`${name}.upgradeDelay`, r.upgradeDelay)
-  if (delay !== undefined) out.upgradeDelay = delay
+  if (r.upgradeDelay !== undefined) out.upgradeDelay = r.upgradeDelay === 0 ? 0 : checkTime(`${name}.upgradeDelay`, r.upgradeDelay)
   if (r.token !== undefined) out.token = checkString(`${name}.token`, r.token)
   return out
 }

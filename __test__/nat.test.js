@@ -5,7 +5,7 @@
 const test = require('ava')
 const { execFileSync } = require('node:child_process')
 const { IP, withLab, Lab, labSupport, leftovers } = require('../natlab/lab.js')
-const { attempt, startPair, openBoth } = require('../natlab/attempt.js')
+const { attempt, startPair, openBoth, startRelayedPair, relayedAttempt } = require('../natlab/attempt.js')
 
 const unsupported = labSupport()
 const labTest = unsupported ? test.skip : test.serial
@@ -143,3 +143,44 @@ test('the lab builds nothing in the root namespace', (t) => {
   for (const c of calls) t.true(c === '-n' || c === 'netns', `ip ${c} … runs inside a namespace`)
   t.is(typeof Lab.create, 'function')
 })
+
+// ---- with a relay ---------------------------------------------------------------------------
+
+for (const [topology, transport] of [['symmetric', 'quic'], ['udp-blocked', 'websocket']]) {
+  labTest(`${topology} with a relay: a gRPC call crosses end to end 10 times out of 10, path 'relayed' (${transport})`, async (t) => {
+    await withLab(topology, { relay: true }, async (lab, A, B) => {
+      const relay = await lab.startRelay()
+      for (let i = 0; i < 10; i++) {
+        // The last attempt also waits out the rendezvous: the path must stay relayed.
+        const r = await relayedAttempt(lab, A, B, relay, { timeout: 10000, waitMs: i === 9 ? 7000 : 0 })
+        t.true(r.ok, `attempt ${i + 1}: ${r.code}`)
+        t.is(r.path, 'relayed', `attempt ${i + 1}`)
+        t.is(r.transport, transport, `attempt ${i + 1}: the forward proxy's relay transport`)
+        if (i === 9) t.is(r.upgradedTo, 'relayed', 'no punched path through this NAT')
+      }
+    })
+  })
+}
+
+for (const topology of ['cone', 'restricted']) {
+  labTest(`${topology} with a relay: starts relayed, ends punched; 64 MiB started while relayed arrive intact`, async (t) => {
+    await withLab(topology, { relay: true }, async (lab, A, B) => {
+      const relay = await lab.startRelay()
+      const pair = await startRelayedPair(lab, A, B, relay, { server: 'echo', upgradeDelay: 300, opts: { connConnectTime: 10000 } })
+      const { host, port } = pair.pubB
+      const open = await A.request({ cmd: 'open', nodeId: pair.nodeIdB, host, port, timeout: 10000, relay: pair.relay }, 20000)
+      t.true(open.ok, open.message)
+      t.is(open.path, 'relayed')
+      const transfer = A.request({ cmd: 'transfer', host, port, bytes: 64 * 1024 * 1024 }, 240000)
+      const up = await A.request({ cmd: 'waitPath', host, port, path: 'punched', timeout: 15000 }, 20000)
+      t.is(up.path, 'punched')
+      const r = await transfer
+      t.true(r.ok, r.message)
+      t.is(r.pathAtStart, 'relayed', 'the transfer started on the relay')
+      t.is(r.pathAtEnd, 'punched', 'and ended on the punched path')
+      t.is(r.bytes, 64 * 1024 * 1024)
+      t.is(r.received, r.sent, 'not a byte lost or duplicated across the move')
+      t.log(`upgraded ${up.upgradeMs.toFixed(0)} ms after openConnection`)
+    })
+  })
+}

@@ -194,8 +194,8 @@ readline.createInterface({ input: process.stdin }).on('line', async (line) => {
   }
   try {
     const result = await handlers[msg.cmd](msg)
-    process.stdout.write(JSON.stringify({ ok: true, ...result }) + '\n')
+    process.stdout.write(JSON.stringify({ ok: true, ...result, id: msg.id }) + '\n')
   } catch (e) {
-    process.stdout.write(JSON.stringify({ ok: false, code: e.code ?? e.name, message: String(e.message) }) + '\n')
+    process.stdout.write(JSON.stringify({ ok: false, code: e.code ?? e.name, message: String(e.message), id: msg.id }) + '\n')
   }
 })

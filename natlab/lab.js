@@ -395,7 +395,8 @@ class Agent {
   constructor(child, side) {
     this.child = child
     this.side = side
-    this.pending = []
+    this.pending = new Map()
+    this.nextId = 1
     this.exited = new Promise((resolve) => child.on('exit', (code, sig) => resolve({ code, sig })))
     readline.createInterface({ input: child.stdout }).on('line', (line) => {
       let msg
@@ -404,19 +405,26 @@ class Agent {
       } catch {
         return
       }
-      const p = this.pending.shift()
-      if (p) p.resolve(msg)
+      const p = this.pending.get(msg.id)
+      if (!p) return
+      this.pending.delete(msg.id)
+      p.resolve(msg)
     })
     this.exited.then(({ code, sig }) => {
-      for (const p of this.pending.splice(0)) p.reject(new Error(`agent ${side} exited (${code ?? sig})`))
+      for (const p of this.pending.values()) p.reject(new Error(`agent ${side} exited (${code ?? sig})`))
+      this.pending.clear()
     })
   }
 
-  /** Sends a command; rejects if no answer comes within `timeoutMs`. */
+  /** Sends a command; rejects if no answer comes within `timeoutMs`. Commands may overlap. */
   request(cmd, timeoutMs = 30000) {
+    const id = this.nextId++
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`agent ${this.side}: no answer to ${cmd.cmd} in ${timeoutMs} ms`)), timeoutMs)
-      this.pending.push({
+      const timer = setTimeout(() => {
+        this.pending.delete(id)
+        reject(new Error(`agent ${this.side}: no answer to ${cmd.cmd} in ${timeoutMs} ms`))
+      }, timeoutMs)
+      this.pending.set(id, {
         resolve: (m) => {
           clearTimeout(timer)
           resolve(m)
@@ -426,7 +434,7 @@ class Agent {
           reject(e)
         },
       })
-      this.child.stdin.write(JSON.stringify(cmd) + '\n')
+      this.child.stdin.write(JSON.stringify({ ...cmd, id }) + '\n')
     })
   }
 
