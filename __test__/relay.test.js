@@ -29,6 +29,29 @@ function relayOpts(relay, extra = {}) {
   return { host: relay.getHost(), port: relay.getPort(), tcpPort: relay.getTcpPort(), nodeId: relay.getNodeId(), ...extra }
 }
 
+/** Starts the keynet-relay binary with `args`; resolves `{ child, host, port, tcpPort, nodeId }`. */
+async function spawnRelay(t, args) {
+  if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: npm test builds it`)
+  const child = spawn(RELAY_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } })
+  let stderr = ''
+  child.stderr.on('data', (d) => (stderr += d))
+  t.teardown(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    const exited = new Promise((resolve) => child.once('exit', resolve))
+    child.kill('SIGTERM')
+    await h.withTimeout(exited, 5000, 'keynet-relay to exit').catch(() => child.kill('SIGKILL'))
+  })
+  const lines = readline.createInterface({ input: child.stdout })
+  const listening = new Promise((resolve, reject) => {
+    lines.on('line', (line) => {
+      const m = /^relay listening on (\S+):(\d+) tcp \S+:(\d+) node id (\S+)$/.exec(line)
+      if (m) resolve({ host: m[1], port: Number(m[2]), tcpPort: Number(m[3]), nodeId: m[4] })
+    })
+    child.once('exit', (code) => reject(new Error(`keynet-relay exited ${code}: ${stderr}`)))
+  })
+  return { child, ...(await h.withTimeout(listening, h.WAIT, 'keynet-relay to listen')) }
+}
+
 async function grpcUnary(t, fp, target) {
   const env = h.cleanEnv({ grpc_proxy: `http://${h.TOKEN}@${h.HOST}:${fp.getHttpPort()}` })
   return (await h.runJsonClient(t, process.execPath, [CLIENT, target, 'unary'], { env })).result
@@ -139,25 +162,7 @@ test('bad relay options are typed errors', async (t) => {
 })
 
 test('keynet-relay: a reverse proxy registers with the binary, asks for a port, and tunnels work', async (t) => {
-  if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: npm test builds it`)
-  const child = spawn(RELAY_BIN, ['--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } })
-  let stderr = ''
-  child.stderr.on('data', (d) => (stderr += d))
-  t.teardown(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    const exited = new Promise((resolve) => child.once('exit', resolve))
-    child.kill('SIGTERM')
-    await h.withTimeout(exited, 5000, 'keynet-relay to exit').catch(() => child.kill('SIGKILL'))
-  })
-  const lines = readline.createInterface({ input: child.stdout })
-  const listening = new Promise((resolve, reject) => {
-    lines.on('line', (line) => {
-      const m = /^relay listening on (\S+):(\d+) tcp \S+:(\d+) node id (\S+)$/.exec(line)
-      if (m) resolve({ host: m[1], port: Number(m[2]), tcpPort: Number(m[3]), nodeId: m[4] })
-    })
-    child.once('exit', (code) => reject(new Error(`keynet-relay exited ${code}: ${stderr}`)))
-  })
-  const r = await h.withTimeout(listening, h.WAIT, 'keynet-relay to listen')
+  const { child, ...r } = await spawnRelay(t, ['--listen', '127.0.0.1:0'])
   const server = await h.startEchoServer(t)
   const rp = await h.startReverseProxy(t, { serverPort: server.port, relay: { ...r, publicPort: true } })
   const fp = await h.startForwardProxy(t)
@@ -173,4 +178,83 @@ test('keynet-relay: a reverse proxy registers with the binary, asks for a port, 
   child.kill('SIGTERM')
   t.deepEqual(await h.withTimeout(exited, 5000, 'keynet-relay to exit'), { code: 0, signal: null })
   await h.waitFor(() => rp.getRelayStatus().state !== 'up', { what: 'the reverse proxy to notice the relay left' })
+})
+
+/** Streams `total` bytes through `socket` in 64 KiB chunks; `onProgress(echoed)` after each read. */
+function streamEcho(socket, total, onProgress = () => {}) {
+  const chunk = Buffer.alloc(64 * 1024)
+  const sent = require('node:crypto').createHash('sha256')
+  const got = require('node:crypto').createHash('sha256')
+  let echoed = 0
+  const done = new Promise((resolve) => {
+    socket.on('data', (d) => {
+      got.update(d)
+      echoed += d.length
+      onProgress(echoed)
+    })
+    socket.on('end', () => resolve({ echoed, sent: sent.digest('hex'), got: got.digest('hex') }))
+    socket.on('close', () => resolve({ echoed, closed: true }))
+    // A tunnel whose connection died is reset: that is how it ends, not a test failure.
+    socket.on('error', (e) => resolve({ echoed, closed: true, error: e.code }))
+  })
+  socket.resume()
+  ;(async () => {
+    for (let off = 0; off < total; off += chunk.length) {
+      chunk.fill(off % 251)
+      sent.update(chunk)
+      if (!socket.write(chunk)) await new Promise((r) => socket.once('drain', r))
+      // Pace the writer so the transfer is still running when the relay dies.
+      await new Promise((r) => setTimeout(r, 2))
+      if (socket.destroyed) return
+    }
+    socket.end()
+  })().catch(() => {})
+  return done
+}
+
+test('relay killed mid-transfer: punched tunnels go on, relayed ones close with relayLost, nodes re-register', async (t) => {
+  const dir = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'keynet-relay-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const first = await spawnRelay(t, ['--listen', '127.0.0.1:0', '--identity-dir', dir])
+  const r = { host: first.host, port: first.port, tcpPort: first.tcpPort, nodeId: first.nodeId }
+  // A short keepalive timeout: the QUIC link notices a silent (killed) relay within 3 s.
+  const timing = { connKeepAliveTimeoutTime: 3000, connKeepAliveIntervalTime: 500 }
+  const server = await h.startEchoServer(t)
+  const rp = await h.startReverseProxy(t, { serverPort: server.port, relay: r }, timing)
+  const fpPunched = await h.startForwardProxy(t, timing)
+  const fpRelayed = await h.startForwardProxy(t, timing)
+  const upgraded = h.waitEvent(fpPunched, 'path')
+  await fpPunched.openConnection(rp.getNodeId(), NOWHERE, 10, { relay: r })
+  t.is((await upgraded).path, 'direct')
+  await fpRelayed.openConnection(rp.getNodeId(), NOWHERE, 11, { relay: { ...r, upgrade: false } })
+  t.is(fpRelayed.getConnectionInfoByIngress(NOWHERE, 11).path, 'relayed')
+
+  const a = await h.rawConnect(t, fpPunched.getHttpPort(), { target: `${NOWHERE}:10` })
+  const b = await h.rawConnect(t, fpRelayed.getHttpPort(), { target: `${NOWHERE}:11` })
+  t.is(a.status, 200)
+  t.is(b.status, 200)
+  const relayLost = h.waitEvent(fpRelayed, 'close', { timeout: 20_000 })
+  let killed = null
+  const kill = () => {
+    if (!killed) killed = new Promise((resolve) => { first.child.once('exit', resolve); first.child.kill('SIGKILL') })
+  }
+  const total = 16 * 1024 * 1024
+  const [punched, relayed] = await Promise.all([
+    streamEcho(a.socket, total, (n) => n > 1024 * 1024 && kill()),
+    streamEcho(b.socket, total, (n) => n > 1024 * 1024 && kill()),
+  ])
+  await killed
+  t.is(punched.echoed, total, 'the punched tunnel carried every byte')
+  t.is(punched.got, punched.sent)
+  t.true(relayed.echoed < total, 'the relayed tunnel ended early')
+  const closed = await relayLost
+  t.is(closed.reason, 'relayLost')
+
+  // The relay returns (same identity, same port): the reverse proxy registers again by itself.
+  await spawnRelay(t, ['--listen', `${r.host}:${r.port}`, '--identity-dir', dir])
+  await h.waitFor(() => rp.getRelayStatus().state === 'up', { timeout: 30_000, interval: 50, what: 'the reverse proxy to register again' })
+  await fpRelayed.openConnection(rp.getNodeId(), NOWHERE, 12, { relay: { ...r, upgrade: false } })
+  const c = await h.rawConnect(t, fpRelayed.getHttpPort(), { target: `${NOWHERE}:12` })
+  t.is(c.status, 200)
+  await h.assertEchoes(t, c.socket)
 })

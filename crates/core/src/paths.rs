@@ -259,13 +259,13 @@ impl Paths {
                         continue;
                     }
                     bufs[n][..datagram.len()].copy_from_slice(&datagram);
-                    let mut m = quinn::udp::RecvMeta::default();
-                    m.addr = from;
-                    m.len = datagram.len();
-                    m.stride = datagram.len();
-                    m.ecn = None;
-                    m.dst_ip = None;
-                    meta[n] = m;
+                    meta[n] = quinn::udp::RecvMeta {
+                        addr: from,
+                        len: datagram.len(),
+                        stride: datagram.len(),
+                        ecn: None,
+                        dst_ip: None,
+                    };
                     n += 1;
                 }
                 _ => break,

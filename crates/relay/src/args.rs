@@ -55,7 +55,7 @@ pub enum Command {
     /// Print [`HELP`].
     Help,
     /// Run with these arguments.
-    Run(Args),
+    Run(Box<Args>),
 }
 
 /// Where the identity comes from.
@@ -242,7 +242,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     if a.listen.is_none() && a.dht.is_none() {
         return Err("nothing to run: give --listen and/or --dht".into());
     }
-    Ok(Command::Run(a))
+    Ok(Command::Run(Box::new(a)))
 }
 
 #[cfg(test)]
@@ -251,7 +251,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<Args, String> {
         match parse(args.iter().map(|s| s.to_string()))? {
-            Command::Run(a) => Ok(a),
+            Command::Run(a) => Ok(*a),
             Command::Help => Err("help".into()),
         }
     }
@@ -264,6 +264,32 @@ mod tests {
         assert!(a.listen.is_none());
         let a = run(&["--listen", "[::1]:4433"]).unwrap();
         assert_eq!(a.listen, Some("[::1]:4433".parse().unwrap()));
+        let a = run(&[
+            "--listen",
+            "0.0.0.0:7000",
+            "--tcp-listen",
+            "0.0.0.0:443",
+            "--token",
+            "t",
+            "--port-range",
+            "40000-40099",
+            "--retention",
+            "1.5",
+            "--max-peers",
+            "8",
+            "--state-file",
+            "/var/lib/keynet/alloc",
+            "--node-timeout",
+            "30",
+        ])
+        .unwrap();
+        assert_eq!(a.tcp_listen, Some("0.0.0.0:443".parse().unwrap()));
+        assert_eq!(a.token.as_deref(), Some("t"));
+        assert_eq!(a.port_range, Some((40000, 40099)));
+        assert_eq!(a.retention, Some(std::time::Duration::from_secs(90)));
+        assert_eq!(a.max_peers, Some(8));
+        assert_eq!(a.node_timeout, Some(std::time::Duration::from_secs(30)));
+        assert!(a.state_file.is_some() && !a.no_public_ports);
     }
 
     #[test]
@@ -279,6 +305,15 @@ mod tests {
             .unwrap_err()
             .contains("--allow"));
         assert!(run(&["--dht-public"]).unwrap_err().contains("need --dht"));
+        let l = |more: &[&str]| {
+            let mut v = vec!["--listen", "1.2.3.4:1"];
+            v.extend_from_slice(more);
+            run(&v).unwrap_err()
+        };
+        assert!(l(&["--port-range", "9-3"]).contains("--port-range"));
+        assert!(l(&["--port-range", "0-3"]).contains("--port-range"));
+        assert!(l(&["--retention", "-1"]).contains("--retention"));
+        assert!(l(&["--max-peers", "many"]).contains("--max-peers"));
         assert!(matches!(parse(["--help".to_string()]), Ok(Command::Help)));
     }
 }

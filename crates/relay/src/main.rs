@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
             print!("{}", args::HELP);
             return ExitCode::SUCCESS;
         }
-        Ok(args::Command::Run(a)) => a,
+        Ok(args::Command::Run(a)) => *a,
         Err(e) => {
             eprintln!("keynet-relay: {e}\n\nRun `keynet-relay --help` for the flags.");
             return ExitCode::from(2);

@@ -18,8 +18,12 @@ use crate::relay::public;
 use crate::task::Tasks;
 use crate::tracker::{reason, Tracker};
 
-/// How long relayed connections outlive their relay's link (it may come back).
-const RELAY_LOSS_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long relayed connections outlive their relay's link (it may come back): 2 s, or a
+/// quarter of the keepalive timeout when that is shorter (the link notices a dead relay at half
+/// of it, and the connections must be closed before their own timeout).
+fn relay_loss_grace(opts: &ConnOptions) -> std::time::Duration {
+    std::time::Duration::from_secs(2).min(opts.keepalive_timeout / 4)
+}
 
 /// What a proxy hands to [`attach`].
 pub struct ProxyParts<'a> {
@@ -79,12 +83,13 @@ pub fn attach(spec: RelaySpec, p: ProxyParts<'_>) -> Arc<RelayLink> {
     // on), close those still relayed with a clear reason.
     let mut status = link.watch();
     let tracker = Arc::downgrade(p.tracker);
+    let grace = relay_loss_grace(p.opts);
     p.tasks.spawn(async move {
         while status.changed().await.is_ok() {
             if !matches!(*status.borrow_and_update(), LinkStatus::Down(..)) {
                 continue;
             }
-            let back = tokio::time::timeout(RELAY_LOSS_GRACE, async {
+            let back = tokio::time::timeout(grace, async {
                 while status.changed().await.is_ok() {
                     if matches!(*status.borrow_and_update(), LinkStatus::Up { .. }) {
                         return;

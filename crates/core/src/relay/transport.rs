@@ -76,7 +76,14 @@ async fn connect_quic(spec: &RelaySpec, ctx: &LinkContext, budget: Duration) -> 
     })
 }
 
-/// The QUIC transport toward a relay: the proxies' settings, with a single stream each way.
+/// The QUIC transport toward a relay: the proxies' settings, with half their idle timeout, so a
+/// dead relay is noticed (and its relayed connections closed as `relayLost`) before those
+/// connections' own idle timeout would end them anonymously.
 fn relay_transport(opts: &crate::options::ConnOptions) -> Arc<quinn::TransportConfig> {
-    opts.transport()
+    let mut o = opts.clone();
+    o.keepalive_timeout = opts.keepalive_timeout / 2;
+    if o.keepalive_interval * 3 > o.keepalive_timeout {
+        o.keepalive_interval = o.keepalive_timeout / 3;
+    }
+    o.transport()
 }
