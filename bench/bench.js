@@ -22,7 +22,7 @@ const v8 = require('node:v8')
 const vm = require('node:vm')
 const crypto = require('node:crypto')
 const { fork } = require('node:child_process')
-const { ForwardProxy, ReverseProxy } = require('..')
+const { ForwardProxy, ReverseProxy, Relay } = require('..')
 
 const QUICK = process.argv.includes('--quick')
 const HOST = '127.0.0.1'
@@ -187,7 +187,7 @@ function connectDirect(port) {
  * A tunnel through the forward proxy: raw HTTP CONNECT, resolves with { sock, ms } after the
  * `200` head (ms = from net.connect to the head), the socket paused and carrying only tunnel bytes.
  */
-function connectTunnel({ proxyPort, ingressPort, nodeId, token }) {
+function connectTunnel({ proxyPort, ingressPort, nodeId, token, host = HOST }) {
   const t0 = now()
   const sock = net.connect({ port: proxyPort, host: HOST, noDelay: true })
   return new Promise((resolve, reject) => {
@@ -225,8 +225,8 @@ function connectTunnel({ proxyPort, ingressPort, nodeId, token }) {
     sock.on('error', done)
     sock.on('end', onEnd)
     sock.write(
-      `CONNECT ${HOST}:${ingressPort}?nodeId=${nodeId} HTTP/1.1\r\n` +
-        `Host: ${HOST}:${ingressPort}\r\n` +
+      `CONNECT ${host}:${ingressPort}?nodeId=${nodeId} HTTP/1.1\r\n` +
+        `Host: ${host}:${ingressPort}\r\n` +
         `Proxy-Authorization: Basic ${Buffer.from(token).toString('base64')}\r\n\r\n`,
     )
   })
@@ -468,7 +468,7 @@ const ratio = (k, d) => (Number.isFinite(k) && Number.isFinite(d) && d > 0 ? `${
 
 // ---- main ----------------------------------------------------------------------------------------------
 
-const state = { server: null, rp: null, fp: null, extraFps: new Set() }
+const state = { server: null, rp: null, fp: null, relay: null, extraFps: new Set(), extraRps: new Set() }
 
 /** Starts the server and, with `withKeynet`, a reverse proxy in front of it and a connected forward proxy. */
 async function setup(withKeynet) {
@@ -616,6 +616,50 @@ async function main() {
   }
   progress(`bulk keynet took ${(R.bulkKeynet.ms / 1000).toFixed(1)} s, direct ${(R.bulkDirect.ms / 1000).toFixed(2)} s`)
 
+  // 5. relayed: a second pair that reaches each other only through a Relay on loopback (the
+  //    rendezvous is off, so every byte takes the relay: node -> relay -> node, both over QUIC).
+  progress('relayed: starting a Relay and a pair registered with it ...')
+  {
+    const relay = new Relay()
+    state.relay = relay
+    await withTimeout(relay.start(), 10_000, 'relay.start')
+    const relayOpts = { host: HOST, port: relay.getPort(), nodeId: relay.getNodeId(), upgrade: false }
+    const rp2 = new ReverseProxy()
+    state.extraRps.add(rp2)
+    await withTimeout(rp2.start({ serverHost: HOST, serverPort: ctx.serverPort, relay: relayOpts }), 10_000, 'rp2.start')
+    const fp2 = new ForwardProxy({ authToken: token })
+    state.extraFps.add(fp2)
+    await withTimeout(fp2.start(), 10_000, 'fp2.start')
+    const key = { host: '192.0.2.1', port: 443 }
+    const info = await withTimeout(fp2.openConnection(rp2.getNodeId(), key.host, key.port, { relay: relayOpts }), 15_000, 'relayed openConnection')
+    if (info.path !== 'relayed') throw new Error(`expected a relayed path, got ${info.path}`)
+    const relayed = () => connectTunnel({ proxyPort: fp2.getProxyPort(), ingressPort: key.port, nodeId: rp2.getNodeId(), token, host: key.host })
+    {
+      const { sock } = await relayed()
+      await pingPong(sock, 50, 0, RTT_SIZE)
+      await closeSocket(sock)
+    }
+    progress(`relayed: ${CFG.rttN} sequential ${RTT_SIZE}-byte round trips ...`)
+    {
+      const { sock } = await relayed()
+      R.rttRelayed = await pingPong(sock, CFG.rttN, CFG.rttWarmup, RTT_SIZE)
+      await closeSocket(sock)
+    }
+    progress(`relayed: bulk ${fmtBytes(CFG.bulkBytes)} one way ...`)
+    {
+      const { sock } = await relayed()
+      R.bulkRelayed = await bulk(sock, CFG.bulkBytes, chunk)
+    }
+    const after = fp2.getConnectionInfoByIngress(key.host, key.port)
+    if (!after || after.path !== 'relayed') throw new Error(`the relayed connection changed path: ${after?.path}`)
+    await withTimeout(fp2.stop(), 10_000, 'fp2.stop')
+    state.extraFps.delete(fp2)
+    await withTimeout(rp2.stop(), 10_000, 'rp2.stop')
+    state.extraRps.delete(rp2)
+    await withTimeout(relay.stop(), 10_000, 'relay.stop')
+    state.relay = null
+  }
+
   // ---- report ----
   const mb = (b) => f(b / MiB, 1)
   const rows = [
@@ -628,6 +672,11 @@ async function main() {
     ['p50, µs', f(R.rttKeynet.p50), f(R.rttDirect.p50), ratio(R.rttKeynet.p50, R.rttDirect.p50)],
     ['p99, µs', f(R.rttKeynet.p99), f(R.rttDirect.p99), ratio(R.rttKeynet.p99, R.rttDirect.p99)],
     ['mean, µs', f(R.rttKeynet.mean), f(R.rttDirect.mean), ratio(R.rttKeynet.mean, R.rttDirect.mean)],
+    { section: 'relayed (keynet column: through a Relay on loopback, rendezvous off)' },
+    ['bulk throughput, MB/s', f(R.bulkRelayed.mbps), f(R.bulkDirect.mbps), ratio(R.bulkRelayed.mbps, R.bulkDirect.mbps)],
+    ['bulk throughput relayed / keynet direct path', f(R.bulkRelayed.mbps / R.bulkKeynet.mbps, 2), '-', ''],
+    ['round trip p50, µs', f(R.rttRelayed.p50), f(R.rttDirect.p50), ratio(R.rttRelayed.p50, R.rttDirect.p50)],
+    ['round trip p99, µs', f(R.rttRelayed.p99), f(R.rttDirect.p99), ratio(R.rttRelayed.p99, R.rttDirect.p99)],
     { section: "setup, median: net.connect -> '200' head (keynet) / -> 'connect' (TCP)" },
     [`cold CONNECT, new QUIC connection (n=${CFG.coldN}), ms`, f(median(R.cold), 2), f(median(R.tcpConnect), 3), ratio(median(R.cold), median(R.tcpConnect))],
     [`warm CONNECT, existing QUIC connection (n=${CFG.warmN}), ms`, f(median(R.warm), 2), f(median(R.tcpConnect), 3), ratio(median(R.warm), median(R.tcpConnect))],
@@ -658,6 +707,10 @@ async function stopAll() {
   const jobs = []
   for (const p of state.extraFps) jobs.push(withTimeout(p.stop(), 10_000, 'extra fp.stop'))
   state.extraFps.clear()
+  for (const p of state.extraRps) jobs.push(withTimeout(p.stop(), 10_000, 'extra rp.stop'))
+  state.extraRps.clear()
+  if (state.relay) jobs.push(withTimeout(state.relay.stop(), 10_000, 'relay.stop'))
+  state.relay = null
   if (state.fp) jobs.push(withTimeout(state.fp.stop(), 10_000, 'fp.stop'))
   if (state.rp) jobs.push(withTimeout(state.rp.stop(), 10_000, 'rp.stop'))
   state.fp = state.rp = null

@@ -61,9 +61,10 @@ async function startRelayedPair(lab, A, B, relay, { opts = {}, server = 'grpc', 
 
 /**
  * One attempt through the relay: { ok, code, path, upgradedTo, upgradeMs, ttfrMs, transport }:
- * `path` is the path when the connection opened, `upgradedTo` the path `waitMs` later.
+ * `path` is the path when the connection opened, `upgradedTo` the path once it became `want` or
+ * `waitMs` later.
  */
-async function relayedAttempt(lab, A, B, relay, { timeout = 10000, waitMs = 6000 } = {}) {
+async function relayedAttempt(lab, A, B, relay, { timeout = 10000, waitMs = 6000, want = 'punched' } = {}) {
   const pair = await startRelayedPair(lab, A, B, relay, { opts: { connConnectTime: timeout } })
   try {
     const t0 = performance.now()
@@ -73,7 +74,7 @@ async function relayedAttempt(lab, A, B, relay, { timeout = 10000, waitMs = 6000
     if (!call.ok) return { ok: false, code: `${call.code}: ${call.message}`, path: open.path }
     const ttfrMs = performance.now() - t0
     const ok = call.text === 'hello'
-    const up = await A.request({ cmd: 'waitPath', host: pair.pubB.host, port: pair.pubB.port, path: 'punched', timeout: waitMs }, waitMs + 5000)
+    const up = await A.request({ cmd: 'waitPath', host: pair.pubB.host, port: pair.pubB.port, path: want, timeout: waitMs }, waitMs + 5000)
     return { ok, code: ok ? null : 'BadReply', path: open.path, upgradedTo: up.path, upgradeMs: up.upgradeMs, ttfrMs, transport: open.transport }
   } finally {
     await Promise.all([A.request({ cmd: 'stop' }), B.request({ cmd: 'stop' })])
