@@ -171,8 +171,12 @@ export interface RelayStatus {
 
 export declare class ForwardProxy {
   constructor(opts: ForwardProxyOptions)
+  /** Once started, the proxy keeps the Node process alive until stop() (see unref()). */
   start(opts?: ForwardProxyStartOptions | string): Promise<void>
   stop(): Promise<void>
+  /** Let the process exit while the proxy runs (as net.Server#unref). */
+  unref(): this
+  ref(): this
   getNodeId(): string
   getProxyHost(): string
   getProxyPort(): number
@@ -244,6 +248,9 @@ export declare class ReverseProxy {
   start(opts: ReverseProxyStartOptions): Promise<void>
   start(grpcHost: string, grpcPort: number): Promise<void>
   stop(): Promise<void>
+  /** Let the process exit while the proxy runs (as net.Server#unref). */
+  unref(): this
+  ref(): this
   getNodeId(): string
   getIngressHost(): string
   getIngressPort(): number
@@ -312,6 +319,9 @@ export declare class Relay {
   constructor(opts?: ConnOptions)
   start(opts?: RelayStartOptions): Promise<void>
   stop(): Promise<void>
+  /** Let the process exit while the relay runs (as net.Server#unref). */
+  unref(): this
+  ref(): this
   getNodeId(): string
   getHost(): string
   /** UDP (QUIC) port. */

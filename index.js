@@ -270,6 +270,32 @@ function info(i) {
 
 // ---- what both proxies share --------------------------------------------------------------------
 
+/**
+ * Like a listening `net.Server`, a started proxy or relay keeps the Node process alive until
+ * `stop()` (its sockets live in Rust, where Node's event loop cannot see them); `unref()` lets
+ * the process exit anyway, `ref()` undoes that.
+ */
+const LoopHold = {
+  hold(obj) {
+    if (!obj._hold) obj._hold = setInterval(() => {}, 0x7fffffff)
+    if (obj._unref) obj._hold.unref()
+  },
+  release(obj) {
+    if (obj._hold) clearInterval(obj._hold)
+    obj._hold = null
+  },
+  ref(obj) {
+    obj._unref = false
+    if (obj._hold) obj._hold.ref()
+    return obj
+  },
+  unref(obj) {
+    obj._unref = true
+    if (obj._hold) obj._hold.unref()
+    return obj
+  },
+}
+
 class Proxy {
   constructor(handle) {
     this._native = handle
@@ -277,8 +303,17 @@ class Proxy {
   }
 
   async stop() {
-    await wrap(this._native.stop())
+    try {
+      await wrap(this._native.stop())
+    } finally {
+      LoopHold.release(this)
+    }
   }
+
+  /** Lets the process exit while this proxy runs (as `net.Server#unref`). */
+  unref() { return LoopHold.unref(this) }
+  /** Undoes `unref()`. */
+  ref() { return LoopHold.ref(this) }
 
   getNodeId() { return sync(() => this._native.nodeId()) }
   getConnectionCount() { return sync(() => this._native.connectionCount()) }
@@ -351,6 +386,7 @@ class ForwardProxy extends Proxy {
     await wrap(
       this._native.start(proxyHost, proxyPort, egressHost, egressPort, tls?.keyPrivatePem, tls?.certChainPem, token, discovery, relay),
     )
+    LoopHold.hold(this)
   }
 
   getProxyHost() { return sync(() => this._native.proxyHost()) }
@@ -462,6 +498,7 @@ class ReverseProxy extends Proxy {
     await wrap(
       this._native.start(serverHost, serverPort, ingressHost, ingressPort, tls?.keyPrivatePem, tls?.certChainPem, allowed, discovery, relay),
     )
+    LoopHold.hold(this)
   }
 
   /**
@@ -590,9 +627,21 @@ class Relay {
       o.nodeTimeout = nodeTimeout
     }
     await wrap(this._native.start(o))
+    LoopHold.hold(this)
   }
 
-  async stop() { await wrap(this._native.stop()) }
+  async stop() {
+    try {
+      await wrap(this._native.stop())
+    } finally {
+      LoopHold.release(this)
+    }
+  }
+
+  /** Lets the process exit while the relay runs (as `net.Server#unref`). */
+  unref() { return LoopHold.unref(this) }
+  /** Undoes `unref()`. */
+  ref() { return LoopHold.ref(this) }
   getNodeId() { return sync(() => this._native.nodeId()) }
   getHost() { return sync(() => this._native.host()) }
   /** The UDP (QUIC) port. */

@@ -179,3 +179,31 @@ test('a process with a started and stopped pair exits by itself', async (t) => {
   t.true(Date.now() - started < 10_000)
   t.deepEqual(JSON.parse(r.stdout.trim()), ['close:remote', 'close:stopped', 'connection', 'connection'])
 })
+
+test('a started proxy keeps the process alive until stop(), like a listening net.Server; unref() lets it go', async (t) => {
+  const { spawn } = require('node:child_process')
+  const script = (after) => `
+    const { ForwardProxy, ReverseProxy, Relay } = require(${JSON.stringify(h.ROOT)})
+    ;(async () => {
+      const fp = new ForwardProxy({ authToken: 'x' })
+      await fp.start()
+      const rp = new ReverseProxy()
+      await rp.start({ serverPort: 1 })
+      const relay = new Relay()
+      await relay.start()
+      console.log(fp.getHttpPort())
+      ${after}
+    })()`
+  // Nothing else holds the loop: the process lives on while the proxies run.
+  const child = spawn(process.execPath, ['-e', script('')], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => child.kill('SIGKILL'))
+  const port = Number((await h.waitEvent(child.stdout, 'data')).toString().trim())
+  const res = await h.rawConnect(t, port, { target: '127.0.0.1:1', auth: null })
+  t.is(res.status, 407, 'still answering after the script ran to its end')
+  t.is(child.exitCode, null)
+  // stop() releases the process; so does unref() without a stop.
+  for (const after of ['await fp.stop(); await rp.stop(); await relay.stop()', 'fp.unref(); rp.unref(); relay.unref()']) {
+    const r = await h.run(t, process.execPath, ['-e', script(after)], { timeout: 20_000 })
+    t.is(r.code, 0, `${after}: ${r.stderr}`)
+  }
+})
