@@ -177,7 +177,8 @@ async fn websocket_transport_carries_a_relayed_tunnel() {
         .await
         .unwrap();
     assert_eq!(info.path, Path::Relayed);
-    echo_through(&fp, &unreachable().to_string(), 4 << 20).await;
+    // Both directions at full speed at once: neither side may stop reading while it writes.
+    echo_through(&fp, &unreachable().to_string(), 16 << 20).await;
     fp.stop().await.unwrap();
     rp.stop().await.unwrap();
     relay.stop().await.unwrap();
@@ -315,4 +316,113 @@ async fn a_public_port_carries_plain_tcp_and_comes_back_after_a_reconnect() {
         .iter()
         .all(|(_, p)| *p != first));
     relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_node_peer_limit_refuses_the_next_peer_with_a_typed_error() {
+    let relay = relay_with(|s| s.max_peers = 1).await;
+    let rp1 = reverse_proxy(echo_server().await, spec(&relay)).await;
+    let rp2 = reverse_proxy(echo_server().await, spec(&relay)).await;
+    let (fp, _events) = forward_proxy().await;
+    let mut s = spec(&relay);
+    s.upgrade = false;
+    fp.open_connection_via(unreachable(), rp1.node_id().unwrap(), s.clone(), None, None)
+        .await
+        .unwrap();
+    let other: SocketAddr = "192.0.2.2:9".parse().unwrap();
+    let err = fp
+        .open_connection_via(other, rp2.node_id().unwrap(), s, None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ErrorNodeNotFound", "{err}");
+    assert!(err.to_string().contains("too many relayed peers"), "{err}");
+    // The first peer still works.
+    echo_through(&fp, &unreachable().to_string(), 64 << 10).await;
+    fp.stop().await.unwrap();
+    rp1.stop().await.unwrap();
+    rp2.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_is_not_an_open_proxy() {
+    let relay = relay_with(|_| {}).await;
+    // An echo server that counts who reaches it.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    // Plain HTTP CONNECT to the relay's TCP port: not TLS, so the relay closes it unanswered.
+    let mut c = tokio::net::TcpStream::connect(relay.tcp_addr().unwrap())
+        .await
+        .unwrap();
+    c.write_all(
+        format!("CONNECT {target_addr} HTTP/1.1\r\nHost: {target_addr}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(T, c.read_to_end(&mut got))
+        .await
+        .expect("closed in time");
+    assert!(!String::from_utf8_lossy(&got).contains("200"), "{got:?}");
+    // Nothing was dialled on the client's behalf.
+    let accepted = tokio::time::timeout(Duration::from_millis(300), target.accept()).await;
+    assert!(
+        accepted.is_err(),
+        "the relay connected to the requested address"
+    );
+    // Nor can a QUIC node name an address: frames carry node ids only, so a packet for an
+    // unregistered node is refused (covered by refusals_are_typed_and_the_relay_keeps_serving).
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocations_survive_a_relay_restart_with_a_state_file() {
+    let dir = std::env::temp_dir().join(format!("keynet-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("alloc");
+    let relay_id = keynet_core::generate_identity().unwrap();
+    let start = |addr: SocketAddr, tcp: Option<SocketAddr>| {
+        let mut s = RelayStart::new(addr);
+        s.tcp_addr = tcp;
+        s.tls = Some(relay_id.tls.clone());
+        s.alloc.state_file = Some(state.clone());
+        s
+    };
+    let relay = RelayServer::new(ConnOptions::default()).unwrap();
+    relay
+        .start(start("127.0.0.1:0".parse().unwrap(), None))
+        .await
+        .unwrap();
+    let (addr, tcp) = (relay.addr().unwrap(), relay.tcp_addr().unwrap());
+    let node = keynet_core::generate_identity().unwrap();
+    let mut s = spec(&relay);
+    s.want_port = true;
+    let rp_start = ReverseStart {
+        server_addr: echo_server().await,
+        ingress_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: Some(node.tls.clone()),
+        allowed_node_ids: None,
+        discovery: None,
+        relay: Some(s),
+    };
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(rp_start.clone()).await.unwrap();
+    let port = match rp.relay_status().unwrap().unwrap().1 {
+        LinkStatus::Up { public_port, .. } => public_port.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    rp.stop().await.unwrap();
+    relay.stop().await.unwrap();
+    // A new relay process (same identity, same addresses) reads the state file back.
+    let relay = RelayServer::new(ConnOptions::default()).unwrap();
+    relay.start(start(addr, Some(tcp))).await.unwrap();
+    assert_eq!(relay.allocations().unwrap(), vec![(node.node_id, port)]);
+    rp.start(rp_start).await.unwrap();
+    match rp.relay_status().unwrap().unwrap().1 {
+        LinkStatus::Up { public_port, .. } => assert_eq!(public_port, Some(port)),
+        other => panic!("{other:?}"),
+    }
+    rp.stop().await.unwrap();
+    relay.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -360,45 +360,58 @@ impl Runner {
             observed,
             public_port,
         });
-        let mut ping = tokio::time::interval(self.spec.keepalive);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
-        let mut last_heard = Instant::now();
-        let mut nonce = 0u64;
-        let mut batch = Vec::new();
-        loop {
-            tokio::select! {
-                f = next(&mut frames) => {
-                    let Some(f) = f? else { return Ok(()) };
-                    last_heard = Instant::now();
-                    self.handle(f);
-                }
-                p = outbox_rx.recv() => {
-                    let Some((dst, datagram)) = p else { return Ok(()) };
-                    batch.push(Frame::SendPacket { dst, datagram });
-                    while batch.len() < 64 {
-                        match outbox_rx.try_recv() {
-                            Ok((dst, datagram)) => batch.push(Frame::SendPacket { dst, datagram }),
-                            Err(_) => break,
+        // Reading and writing run concurrently: a write waiting for the relay must never stop
+        // us from reading what the relay sends (both sides would wait on each other).
+        let last_heard = std::sync::Mutex::new(Instant::now());
+        let reader = async {
+            loop {
+                let Some(f) = next(&mut frames).await? else {
+                    return Ok::<(), Error>(());
+                };
+                *last_heard.lock().expect("last heard lock") = Instant::now();
+                self.handle(f);
+            }
+        };
+        let writer = async {
+            let mut ping = tokio::time::interval(self.spec.keepalive);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ping.tick().await;
+            let mut nonce = 0u64;
+            let mut batch = Vec::new();
+            loop {
+                tokio::select! {
+                    p = outbox_rx.recv() => {
+                        let Some((dst, datagram)) = p else { return Ok(()) };
+                        batch.push(Frame::SendPacket { dst, datagram });
+                        while batch.len() < 64 {
+                            match outbox_rx.try_recv() {
+                                Ok((dst, datagram)) => batch.push(Frame::SendPacket { dst, datagram }),
+                                Err(_) => break,
+                            }
                         }
+                        write_frames(&mut send, &batch).await.map_err(Error::ConnectionStart)?;
+                        batch.clear();
                     }
-                    write_frames(&mut send, &batch).await.map_err(Error::ConnectionStart)?;
-                    batch.clear();
-                }
-                c = control_rx.recv() => {
-                    let Some(c) = c else { return Ok(()) };
-                    write_frames(&mut send, &[c]).await.map_err(Error::ConnectionStart)?;
-                }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > self.spec.keepalive * 2 {
-                        return Err(Error::ConnectionStart(format!(
-                            "relay silent for {} ms", last_heard.elapsed().as_millis()
-                        )));
+                    c = control_rx.recv() => {
+                        let Some(c) = c else { return Ok(()) };
+                        write_frames(&mut send, &[c]).await.map_err(Error::ConnectionStart)?;
                     }
-                    nonce += 1;
-                    write_frames(&mut send, &[Frame::Ping { nonce }]).await.map_err(Error::ConnectionStart)?;
+                    _ = ping.tick() => {
+                        let silent = last_heard.lock().expect("last heard lock").elapsed();
+                        if silent > self.spec.keepalive * 2 {
+                            return Err(Error::ConnectionStart(format!(
+                                "relay silent for {} ms", silent.as_millis()
+                            )));
+                        }
+                        nonce += 1;
+                        write_frames(&mut send, &[Frame::Ping { nonce }]).await.map_err(Error::ConnectionStart)?;
+                    }
                 }
             }
+        };
+        tokio::select! {
+            r = reader => r,
+            r = writer => r,
         }
     }
 

@@ -220,66 +220,84 @@ async fn pump<S>(
 where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
-    let (mut wr_ws_r, mut ws_w) = tokio::io::split(ws);
+    let (mut ws_r, mut ws_w) = tokio::io::split(ws);
     let (mut local_r, mut local_w) = tokio::io::split(local);
-    let mut chunk = vec![0u8; 16 * 1024];
-    let mut out_chunk = vec![0u8; 16 * 1024];
-    let mut out = Vec::new();
-    let rng = ring::rand::SystemRandom::new();
-    let mask = |rng: &ring::rand::SystemRandom| {
-        let mut k = [0u8; 4];
-        let _ = ring::rand::SecureRandom::fill(rng, &mut k);
-        client.then_some(k)
-    };
+    // Control frames (pong, close) the inbound side asks the outbound side to send.
+    let (control_tx, mut control_rx) = tokio::sync::mpsc::channel::<(Opcode, Vec<u8>)>(8);
     let bad = |e: websocket::WsError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-    loop {
-        while let Some((frame, used)) = websocket::decode(&inbuf, !client).map_err(bad)? {
-            inbuf.drain(..used);
-            match frame.opcode {
-                Opcode::Binary | Opcode::Continuation => local_w.write_all(&frame.payload).await?,
-                Opcode::Ping => {
-                    out.clear();
-                    websocket::encode(Opcode::Pong, &frame.payload, mask(&rng), &mut out);
+    // The two directions run concurrently: each may wait for its reader without blocking the
+    // other (a single loop would deadlock when both pipes are full).
+    let inbound = async move {
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            while let Some((frame, used)) = websocket::decode(&inbuf, !client).map_err(bad)? {
+                inbuf.drain(..used);
+                match frame.opcode {
+                    Opcode::Binary | Opcode::Continuation => {
+                        local_w.write_all(&frame.payload).await?
+                    }
+                    Opcode::Ping => {
+                        let _ = control_tx.send((Opcode::Pong, frame.payload)).await;
+                    }
+                    Opcode::Pong => {}
+                    Opcode::Close => {
+                        let _ = control_tx.send((Opcode::Close, Vec::new())).await;
+                        return Ok(());
+                    }
+                    Opcode::Text => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "text message on the relay WebSocket",
+                        ))
+                    }
+                }
+            }
+            let n = ws_r.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            inbuf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let outbound = async move {
+        let rng = ring::rand::SystemRandom::new();
+        let mask = || {
+            let mut k = [0u8; 4];
+            let _ = ring::rand::SecureRandom::fill(&rng, &mut k);
+            client.then_some(k)
+        };
+        let mut chunk = vec![0u8; 16 * 1024];
+        let mut out = Vec::new();
+        loop {
+            out.clear();
+            tokio::select! {
+                c = control_rx.recv() => {
+                    let Some((op, payload)) = c else { return Ok(()) };
+                    websocket::encode(op, &payload, mask(), &mut out);
+                    ws_w.write_all(&out).await?;
+                    ws_w.flush().await?;
+                    if op == Opcode::Close {
+                        let _ = ws_w.shutdown().await;
+                        return Ok(());
+                    }
+                }
+                n = local_r.read(&mut chunk) => {
+                    let n = n?;
+                    if n == 0 {
+                        websocket::encode(Opcode::Close, &[], mask(), &mut out);
+                        let _ = ws_w.write_all(&out).await;
+                        let _ = ws_w.shutdown().await;
+                        return Ok(());
+                    }
+                    websocket::encode(Opcode::Binary, &chunk[..n], mask(), &mut out);
                     ws_w.write_all(&out).await?;
                     ws_w.flush().await?;
                 }
-                Opcode::Pong => {}
-                Opcode::Close => {
-                    out.clear();
-                    websocket::encode(Opcode::Close, &[], mask(&rng), &mut out);
-                    let _ = ws_w.write_all(&out).await;
-                    let _ = ws_w.shutdown().await;
-                    return Ok(());
-                }
-                Opcode::Text => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "text message on the relay WebSocket",
-                    ))
-                }
             }
         }
-        tokio::select! {
-            n = wr_ws_r.read(&mut chunk) => {
-                let n = n?;
-                if n == 0 {
-                    return Ok(());
-                }
-                inbuf.extend_from_slice(&chunk[..n]);
-            }
-            n = local_r.read(&mut out_chunk) => {
-                let n = n?;
-                out.clear();
-                if n == 0 {
-                    websocket::encode(Opcode::Close, &[], mask(&rng), &mut out);
-                    let _ = ws_w.write_all(&out).await;
-                    let _ = ws_w.shutdown().await;
-                    return Ok(());
-                }
-                websocket::encode(Opcode::Binary, &out_chunk[..n], mask(&rng), &mut out);
-                ws_w.write_all(&out).await?;
-                ws_w.flush().await?;
-            }
-        }
+    };
+    tokio::select! {
+        r = inbound => r,
+        r = outbound => r,
     }
 }
