@@ -396,6 +396,13 @@ impl RelayServer {
             .read_frames(running, node, remote, &me, FrameReader::new(read), &close)
             .await;
         me.kick.cancel();
+        self.unregister(running, node, &me);
+        result
+    }
+
+    /// Removes `me`'s registration (if it is still the current one for `node`): its public port
+    /// goes into retention and its peers learn it left. Idempotent.
+    fn unregister(&self, running: &Arc<Running>, node: NodeId, me: &Arc<NodeConn>) {
         let was_registered = {
             let mut nodes = running.nodes.lock().expect("nodes lock");
             if nodes.get(&node).is_some_and(|r| r.id == me.id) {
@@ -405,27 +412,26 @@ impl RelayServer {
                 false
             }
         };
-        if was_registered {
-            running.allocs.node_left(node);
-            // Peers that were talking to it learn it left.
-            let nodes: Vec<_> = running
-                .nodes
-                .lock()
-                .expect("nodes lock")
-                .values()
-                .cloned()
-                .collect();
-            for other in nodes {
-                if other.peers.lock().expect("peers lock").remove(&node) {
-                    let _ = other.tx.try_send(Frame::PeerGone {
-                        node,
-                        reason: GoneReason::Left,
-                    });
-                }
-            }
-            tracing::info!(%node, "node left the relay");
+        if !was_registered {
+            return;
         }
-        result
+        running.allocs.node_left(node);
+        let nodes: Vec<_> = running
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .values()
+            .cloned()
+            .collect();
+        for other in nodes {
+            if other.peers.lock().expect("peers lock").remove(&node) {
+                let _ = other.tx.try_send(Frame::PeerGone {
+                    node,
+                    reason: GoneReason::Left,
+                });
+            }
+        }
+        tracing::info!(%node, "node left the relay");
     }
 
     async fn read_frames(
@@ -454,6 +460,9 @@ impl RelayServer {
                 Ok(Ok(None)) => return Ok(()),
                 Ok(Err(ReadError::Malformed(e))) => {
                     tracing::warn!(%node, error = %e, "malformed relay frame: closing the connection");
+                    // Unregistered before the close, so the offender's peer never sees it
+                    // registered after its connection ended.
+                    self.unregister(running, node, me);
                     close(&e.to_string());
                     return Err(Error::ConnectionStart(format!(
                         "malformed frame from {node}: {e}"
