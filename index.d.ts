@@ -139,7 +139,7 @@ export interface RelayOptions {
   nodeId: string
   /** The relay's TCP (TLS/WebSocket) port; default `port`. */
   tcpPort?: number
-  /** 'auto' (default): QUIC, falling back to WebSocket over TCP after 3 s (UDP blocked). */
+  /** 'auto' (default): QUIC; WebSocket over TCP joins the race after 1 s (UDP blocked). */
   transport?: 'auto' | 'quic' | 'websocket'
   /** Ping cadence toward the relay, ms (default 15000); a relay silent twice as long is redialled. */
   keepaliveInterval?: number

@@ -468,7 +468,11 @@ impl ForwardProxy {
             let me = self.clone();
             let r = running.clone();
             let addr = f.addr;
-            let left = deadline.saturating_duration_since(Instant::now());
+            let mut left = deadline.saturating_duration_since(Instant::now());
+            if running.relay.is_some() {
+                // Leave time for the relay when no found address answers.
+                left = left.min(DIRECT_BEFORE_RELAY);
+            }
             dials.spawn(async move {
                 let peer = me.connect(&r, addr, Some(node), left).await?;
                 r.tracker.register(addr, Some(node));
@@ -490,7 +494,18 @@ impl ForwardProxy {
                 Err(e) => failure = Some(Error::ConnectionStart(e.to_string())),
             }
         }
-        Err(failure.unwrap_or_else(|| Error::NodeNotFound(node.to_string())))
+        let failure = failure.unwrap_or_else(|| Error::NodeNotFound(node.to_string()));
+        // Found but unreachable (a symmetric NAT, blocked UDP): try the start relay, if any.
+        match &running.relay {
+            Some(link) if Instant::now() < deadline => {
+                tracing::debug!(%node, error = %failure, "no found address answered: trying the relay");
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.connect_by_relay(running, node, link, left)
+                    .await
+                    .map_err(|_| failure)
+            }
+            _ => Err(failure),
+        }
     }
 
     /// Reaches `node` through the start relay, tracked under its virtual address.
@@ -910,6 +925,9 @@ enum Dial {
     /// A node id, found through discovery.
     Node(NodeId),
 }
+
+/// With a relay at hand, how long the addresses found on the DHT may try before the relay.
+const DIRECT_BEFORE_RELAY: Duration = Duration::from_secs(3);
 
 /// Most addresses of one lookup dialled at once.
 const MAX_CANDIDATES: usize = 8;

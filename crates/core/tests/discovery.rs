@@ -260,3 +260,53 @@ async fn without_discovery_a_node_id_target_is_refused() {
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     fp.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_dht_points_only_at_an_impostor_the_relay_reaches_the_real_node() {
+    use keynet_core::relay::link::RelaySpec;
+    use keynet_core::relay::server::{RelayServer, RelayStart};
+    let net = testnet();
+    let victim = generate_identity().unwrap();
+    let forger = forge(&net, &victim).await;
+    let relay = RelayServer::new(ConnOptions::default()).unwrap();
+    relay
+        .start(RelayStart::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let spec = RelaySpec::new(relay.addr().unwrap(), relay.node_id().unwrap());
+    // The real node is registered with the relay but not on the DHT.
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(ReverseStart {
+        server_addr: echo_server().await,
+        ingress_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: Some(victim.tls.clone()),
+        allowed_node_ids: None,
+        discovery: None,
+        relay: Some(spec.clone()),
+    })
+    .await
+    .unwrap();
+    let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
+    fp.start(ForwardStart {
+        discovery: Some(discovery(&net, false, Duration::from_secs(600))),
+        relay: Some(spec),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (mut s, head) = connect(&fp, &format!("{}.keynet:443", victim.node_id)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"ping");
+    assert_eq!(
+        fp.connection_count().unwrap(),
+        1,
+        "no connection to the impostor"
+    );
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    forger.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}

@@ -13,7 +13,7 @@ use crate::tls::verify::{Acceptable, VerifyOutcome};
 /// Which transport a link uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
-    /// QUIC, falling back to WebSocket when QUIC does not answer within [`QUIC_FIRST`].
+    /// QUIC, raced by WebSocket once QUIC has not connected within [`QUIC_FIRST`].
     Auto,
     /// QUIC only.
     Quic,
@@ -21,8 +21,8 @@ pub enum Transport {
     WebSocket,
 }
 
-/// How long `Auto` waits for QUIC before trying WebSocket.
-pub const QUIC_FIRST: Duration = Duration::from_secs(3);
+/// How long `Auto` lets QUIC try alone before WebSocket joins the race.
+pub const QUIC_FIRST: Duration = Duration::from_secs(1);
 
 /// Opens a connection to the relay within `budget`.
 pub async fn connect(spec: &RelaySpec, ctx: &LinkContext, budget: Duration) -> Result<RelayConn> {
@@ -31,14 +31,38 @@ pub async fn connect(spec: &RelaySpec, ctx: &LinkContext, budget: Duration) -> R
         Transport::WebSocket => {
             crate::relay::ws::connect(spec, &ctx.identity, &ctx.tasks, budget).await
         }
-        Transport::Auto => match connect_quic(spec, ctx, QUIC_FIRST.min(budget)).await {
-            Ok(c) => Ok(c),
-            Err(e @ Error::CertChain(_)) => Err(e),
-            Err(e) => {
-                tracing::info!(relay = %spec.addr, error = %e, "QUIC to the relay failed: trying WebSocket");
+        Transport::Auto => {
+            // QUIC gets a head start; WebSocket joins the race after it (UDP may be blocked).
+            // The first to connect wins; a wrong relay pin ends the race at once.
+            let quic = connect_quic(spec, ctx, budget);
+            let ws = async {
+                tokio::time::sleep(QUIC_FIRST.min(budget)).await;
+                tracing::info!(relay = %spec.addr, "no QUIC answer yet from the relay: trying WebSocket too");
                 crate::relay::ws::connect(spec, &ctx.identity, &ctx.tasks, budget).await
+            };
+            tokio::pin!(quic, ws);
+            let (mut quic_err, mut ws_err) = (None, None);
+            loop {
+                tokio::select! {
+                    r = &mut quic, if quic_err.is_none() => match r {
+                        Ok(c) => return Ok(c),
+                        Err(e @ Error::CertChain(_)) => return Err(e),
+                        Err(e) => quic_err = Some(e),
+                    },
+                    r = &mut ws, if ws_err.is_none() => match r {
+                        Ok(c) => return Ok(c),
+                        Err(e @ Error::CertChain(_)) => return Err(e),
+                        Err(e) => ws_err = Some(e),
+                    },
+                }
+                if let (Some(q), Some(w)) = (&quic_err, &ws_err) {
+                    return Err(Error::ConnectionStart(format!(
+                        "relay {} not reachable: QUIC: {q}; WebSocket: {w}",
+                        spec.addr
+                    )));
+                }
             }
-        },
+        }
     }
 }
 
