@@ -296,10 +296,10 @@ const LoopHold = {
   },
 }
 
-class Proxy {
+/** What proxies and relays share: `stop()`, and holding the process alive while started. */
+class Service {
   constructor(handle) {
     this._native = handle
-    this._events = attachEvents(handle)
   }
 
   async stop() {
@@ -310,10 +310,17 @@ class Proxy {
     }
   }
 
-  /** Lets the process exit while this proxy runs (as `net.Server#unref`). */
+  /** Lets the process exit while this runs (as `net.Server#unref`). */
   unref() { return LoopHold.unref(this) }
   /** Undoes `unref()`. */
   ref() { return LoopHold.ref(this) }
+}
+
+class Proxy extends Service {
+  constructor(handle) {
+    super(handle)
+    this._events = attachEvents(handle)
+  }
 
   getNodeId() { return sync(() => this._native.nodeId()) }
   getConnectionCount() { return sync(() => this._native.connectionCount()) }
@@ -567,11 +574,11 @@ class ReverseProxy extends Proxy {
  * with it over QUIC (UDP) or TLS + WebSocket (TCP); it carries their end-to-end encrypted QUIC
  * packets to each other, arranges rendezvous for punching, and allocates public TCP ports.
  */
-class Relay {
+class Relay extends Service {
   /** @param {{connConnectTime?: number, connKeepAliveTimeoutTime?: number, connKeepAliveIntervalTime?: number, connEndTime?: number}} [opts] */
   constructor(opts) {
     opts = checkObject('opts', opts)
-    this._native = sync(() => new native.NativeRelayServer(connOptions(opts)))
+    super(sync(() => new native.NativeRelayServer(connOptions(opts))))
   }
 
   /**
@@ -630,18 +637,6 @@ class Relay {
     LoopHold.hold(this)
   }
 
-  async stop() {
-    try {
-      await wrap(this._native.stop())
-    } finally {
-      LoopHold.release(this)
-    }
-  }
-
-  /** Lets the process exit while the relay runs (as `net.Server#unref`). */
-  unref() { return LoopHold.unref(this) }
-  /** Undoes `unref()`. */
-  ref() { return LoopHold.ref(this) }
   getNodeId() { return sync(() => this._native.nodeId()) }
   getHost() { return sync(() => this._native.host()) }
   /** The UDP (QUIC) port. */

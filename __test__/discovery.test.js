@@ -5,38 +5,17 @@
 // list of loopback addresses).
 
 const path = require('node:path')
-const fs = require('node:fs')
-const { spawn } = require('node:child_process')
-const readline = require('node:readline')
 const test = require('ava')
 const h = require('./helpers')
 
-const RELAY_BIN = path.join(h.ROOT, 'target', 'debug', process.platform === 'win32' ? 'keynet-relay.exe' : 'keynet-relay')
 const CLIENT = path.join(h.FIXTURES, 'grpc-client.js')
 const UDP_SOCKETS = path.join(h.FIXTURES, 'udp-sockets.js')
 
 /** Starts `keynet-relay --dht 127.0.0.1:0 ...`; resolves its DHT address once it prints it. */
-function startDhtNode(t, bootstrap = []) {
+async function startDhtNode(t, bootstrap = []) {
   const args = ['--dht', '127.0.0.1:0', ...bootstrap.flatMap((b) => ['--dht-bootstrap', b])]
-  const child = spawn(RELAY_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } })
-  let stderr = ''
-  child.stderr.on('data', (d) => (stderr += d))
-  t.teardown(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    const exited = new Promise((resolve) => child.once('exit', resolve))
-    child.kill('SIGTERM')
-    await h.withTimeout(exited, 5000, 'keynet-relay to exit on SIGTERM').catch(() => child.kill('SIGKILL'))
-  })
-  const lines = readline.createInterface({ input: child.stdout })
-  const listening = new Promise((resolve, reject) => {
-    lines.on('line', (line) => {
-      const m = /^dht listening on (\S+)$/.exec(line)
-      if (m) resolve(m[1])
-    })
-    child.once('exit', (code) => reject(new Error(`keynet-relay exited ${code}: ${stderr}`)))
-    child.once('error', reject)
-  })
-  return h.withTimeout(listening, h.WAIT, 'keynet-relay --dht to listen')
+  const { match } = await h.spawnKeynetRelay(t, args, /^dht listening on (\S+)$/)
+  return match[1]
 }
 
 /** A private DHT of `n` nodes; resolves the bootstrap list (all of them). */
@@ -45,10 +24,6 @@ async function privateDht(t, n = 8) {
   const rest = await Promise.all(Array.from({ length: n - 1 }, () => startDhtNode(t, [first])))
   return [first, ...rest]
 }
-
-test.before(() => {
-  if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: run cargo build -p keynet-relay (npm test does)`)
-})
 
 test('a grpc-js client reaches a node by node id alone, found on a private DHT', async (t) => {
   const bootstrap = await privateDht(t)

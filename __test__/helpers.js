@@ -7,6 +7,8 @@ const net = require('node:net')
 const dgram = require('node:dgram')
 const path = require('node:path')
 const crypto = require('node:crypto')
+const fs = require('node:fs')
+const readline = require('node:readline')
 const { spawn } = require('node:child_process')
 const grpc = require('@grpc/grpc-js')
 const protoLoader = require('@grpc/proto-loader')
@@ -488,6 +490,35 @@ function run(t, cmd, args, { env = cleanEnv(), timeout = 60_000, cwd = ROOT } = 
   })
 }
 
+const RELAY_BIN = path.join(ROOT, 'target', 'debug', process.platform === 'win32' ? 'keynet-relay.exe' : 'keynet-relay')
+
+/**
+ * Starts the `keynet-relay` binary with `args` (stopped with SIGTERM in teardown) and resolves
+ * `{ child, match }` once a stdout line matches `ready` (its RegExp match).
+ */
+async function spawnKeynetRelay(t, args, ready) {
+  if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: npm test builds it (cargo build -p keynet-relay)`)
+  const child = spawn(RELAY_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } })
+  let stderr = ''
+  child.stderr.on('data', (d) => (stderr += d))
+  t.teardown(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    const exited = new Promise((resolve) => child.once('exit', resolve))
+    child.kill('SIGTERM')
+    await withTimeout(exited, 5000, 'keynet-relay to exit on SIGTERM').catch(() => child.kill('SIGKILL'))
+  })
+  const lines = readline.createInterface({ input: child.stdout })
+  const listening = new Promise((resolve, reject) => {
+    lines.on('line', (line) => {
+      const match = ready.exec(line)
+      if (match) resolve({ child, match })
+    })
+    child.once('exit', (code) => reject(new Error(`keynet-relay exited ${code}: ${stderr}`)))
+    child.once('error', reject)
+  })
+  return withTimeout(listening, WAIT, `keynet-relay ${args.join(' ')} to be ready`)
+}
+
 /** Runs a fixture client that prints one JSON line; resolves the parsed output or throws with its stderr. */
 async function runJsonClient(t, cmd, args, opts) {
   const r = await run(t, cmd, args, opts)
@@ -539,4 +570,5 @@ module.exports = {
   cleanEnv,
   run,
   runJsonClient,
+  spawnKeynetRelay,
 }

@@ -5,15 +5,13 @@
 // the relay's public port, and refusals are typed while the relay keeps serving others.
 
 const path = require('node:path')
+const os = require('node:os')
+const crypto = require('node:crypto')
 const fs = require('node:fs')
-const net = require('node:net')
-const { spawn } = require('node:child_process')
-const readline = require('node:readline')
 const test = require('ava')
 const h = require('./helpers')
 
 const { Relay, errors } = h.keynet
-const RELAY_BIN = path.join(h.ROOT, 'target', 'debug', process.platform === 'win32' ? 'keynet-relay.exe' : 'keynet-relay')
 const CLIENT = path.join(h.FIXTURES, 'grpc-client.js')
 // An address nothing answers at: relayed connections are tracked under it.
 const NOWHERE = '192.0.2.1'
@@ -31,25 +29,8 @@ function relayOpts(relay, extra = {}) {
 
 /** Starts the keynet-relay binary with `args`; resolves `{ child, host, port, tcpPort, nodeId }`. */
 async function spawnRelay(t, args) {
-  if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: npm test builds it`)
-  const child = spawn(RELAY_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } })
-  let stderr = ''
-  child.stderr.on('data', (d) => (stderr += d))
-  t.teardown(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    const exited = new Promise((resolve) => child.once('exit', resolve))
-    child.kill('SIGTERM')
-    await h.withTimeout(exited, 5000, 'keynet-relay to exit').catch(() => child.kill('SIGKILL'))
-  })
-  const lines = readline.createInterface({ input: child.stdout })
-  const listening = new Promise((resolve, reject) => {
-    lines.on('line', (line) => {
-      const m = /^relay listening on (\S+):(\d+) tcp \S+:(\d+) node id (\S+)$/.exec(line)
-      if (m) resolve({ host: m[1], port: Number(m[2]), tcpPort: Number(m[3]), nodeId: m[4] })
-    })
-    child.once('exit', (code) => reject(new Error(`keynet-relay exited ${code}: ${stderr}`)))
-  })
-  return { child, ...(await h.withTimeout(listening, h.WAIT, 'keynet-relay to listen')) }
+  const { child, match: m } = await h.spawnKeynetRelay(t, args, /^relay listening on (\S+):(\d+) tcp \S+:(\d+) node id (\S+)$/)
+  return { child, host: m[1], port: Number(m[2]), tcpPort: Number(m[3]), nodeId: m[4] }
 }
 
 async function grpcUnary(t, fp, target) {
@@ -183,8 +164,8 @@ test('keynet-relay: a reverse proxy registers with the binary, asks for a port, 
 /** Streams `total` bytes through `socket` in 64 KiB chunks; `onProgress(echoed)` after each read. */
 function streamEcho(socket, total, onProgress = () => {}) {
   const chunk = Buffer.alloc(64 * 1024)
-  const sent = require('node:crypto').createHash('sha256')
-  const got = require('node:crypto').createHash('sha256')
+  const sent = crypto.createHash('sha256')
+  const got = crypto.createHash('sha256')
   let echoed = 0
   const done = new Promise((resolve) => {
     socket.on('data', (d) => {
@@ -213,7 +194,7 @@ function streamEcho(socket, total, onProgress = () => {}) {
 }
 
 test('relay killed mid-transfer: punched tunnels go on, relayed ones close with relayLost, nodes re-register', async (t) => {
-  const dir = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'keynet-relay-'))
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keynet-relay-'))
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const first = await spawnRelay(t, ['--listen', '127.0.0.1:0', '--identity-dir', dir])
   const r = { host: first.host, port: first.port, tcpPort: first.tcpPort, nodeId: first.nodeId }

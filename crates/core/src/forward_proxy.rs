@@ -28,12 +28,12 @@ use crate::options::ConnOptions;
 use crate::proto::connect::{self, HeadParse, MAX_HEAD_LEN};
 use crate::proto::hello::Hello;
 use crate::proto::tunnel::{self, Ack};
-use crate::relay::attach::{attach, first_registration, watch_paths, ProxyParts};
+use crate::relay::attach::{attach, for_start as relay_for_start, ProxyParts};
 use crate::relay::link::{LinkStatus, RelayLink, RelaySpec};
 use crate::splice::splice;
 use crate::task::Tasks;
 use crate::tls::config::{client_config, SERVER_NAME};
-use crate::tls::verify::{verify_chain, Acceptable, VerifyOutcome};
+use crate::tls::verify::{handshake_error, verify_chain, Acceptable, VerifyOutcome};
 use crate::tracker::{reason, Peer, Role, Tracker};
 
 /// Where the forward proxy listens.
@@ -160,29 +160,19 @@ impl ForwardProxy {
             ),
             None => None,
         };
-        watch_paths(&socket, &tracker);
-        let relay = start.relay.clone().map(|spec| {
-            attach(
-                spec,
-                ProxyParts {
-                    endpoint: &endpoint,
-                    socket: &socket,
-                    identity: &identity,
-                    opts: &self.inner.opts,
-                    tasks: &tasks,
-                    tracker: &tracker,
-                    server: None,
-                },
-            )
-        });
-        if let Some(link) = &relay {
-            let deadline = Instant::now() + self.inner.opts.connect_time;
-            if let Err(e) = first_registration(link, deadline).await {
-                endpoint.close(0u32.into(), b"start failed");
-                tasks.shutdown(Duration::from_secs(1)).await;
-                return Err(e);
-            }
-        }
+        let relay = relay_for_start(
+            start.relay.clone(),
+            ProxyParts {
+                endpoint: &endpoint,
+                socket: &socket,
+                identity: &identity,
+                opts: &self.inner.opts,
+                tasks: &tasks,
+                tracker: &tracker,
+                server: None,
+            },
+        )
+        .await?;
         let running = Arc::new(Running {
             endpoint,
             socket,
@@ -580,6 +570,58 @@ impl ForwardProxy {
         }
     }
 
+    /// A client config for a dial that accepts a server proving `accept`; the outcome keeps
+    /// the reason a certificate was refused.
+    fn dial_config(&self, accept: &Acceptable) -> Result<(quinn::ClientConfig, VerifyOutcome)> {
+        let identity = self
+            .inner
+            .identities
+            .current()
+            .ok_or(Error::ForwardProxyNotRunning)?;
+        let outcome = VerifyOutcome::default();
+        let config = client_config(
+            &identity,
+            accept.clone(),
+            outcome.clone(),
+            self.inner.opts.transport(),
+        )?;
+        Ok((config, outcome))
+    }
+
+    /// Finishes a dial to `addr` (the caller holds its dial lock `lock`) once the handshake and
+    /// the hellos are done: checks the chain, learns the key for discovery, and tracks the
+    /// connection under `addr` with `path`.
+    #[allow(clippy::too_many_arguments)]
+    fn adopt(
+        &self,
+        running: &Arc<Running>,
+        conn: quinn::Connection,
+        accept: &Acceptable,
+        addr: SocketAddr,
+        lock: &Arc<tokio::sync::Mutex<()>>,
+        path: Path,
+    ) -> Result<Arc<Peer>> {
+        let peer_certs = crate::tls::verify::peer_chain(&conn);
+        let node_id = verify_chain(
+            &peer_certs,
+            accept,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        )?;
+        if !running.tracker.is_current_dial(&addr, lock) {
+            conn.close(0u32.into(), reason::LOCAL.as_bytes());
+            return Err(Error::ConnectionStart(format!(
+                "{addr} was closed while its connection was being opened"
+            )));
+        }
+        if let Some(d) = &running.discovery {
+            d.learn_key(node_id, &peer_certs);
+        }
+        let peer = Arc::new(Peer::with_remote(conn, node_id, path, addr));
+        running.tracker.insert(peer.clone());
+        tracing::debug!(%addr, %node_id, path = path.as_str(), "connection established");
+        Ok(peer)
+    }
+
     /// Dials `node` through the relay `spec` (the caller holds the dial lock of `addr`, the
     /// address the connection is tracked under).
     #[allow(clippy::too_many_arguments)]
@@ -597,19 +639,8 @@ impl ForwardProxy {
         let link = self.link_for(running, spec)?;
         link.wait_up(deadline, false).await?;
         let target = running.socket.paths.virtual_for(node, link.outbox());
-        let identity = self
-            .inner
-            .identities
-            .current()
-            .ok_or(Error::ForwardProxyNotRunning)?;
         let accept = Acceptable::OneOf(vec![node]);
-        let outcome = VerifyOutcome::default();
-        let config = client_config(
-            &identity,
-            accept.clone(),
-            outcome.clone(),
-            self.inner.opts.transport(),
-        )?;
+        let (config, outcome) = self.dial_config(&accept)?;
         let mut gone = link.gone_notices();
         let connecting = running
             .endpoint
@@ -627,12 +658,7 @@ impl ForwardProxy {
         let conn = tokio::select! {
             r = tokio::time::timeout_at(deadline.into(), connecting) => match r {
                 Err(_) => return Err(timed_out()),
-                Ok(Err(e)) => {
-                    if let Some(cert) = outcome.lock().expect("outcome lock").take() {
-                        return Err(cert.into());
-                    }
-                    return Err(Error::ConnectionStart(format!("{node} via relay: {e}")));
-                }
+                Ok(Err(e)) => return Err(handshake_error(&outcome, format_args!("{node} via relay"), e)),
                 Ok(Ok(conn)) => conn,
             },
             why = refused => return Err(Error::NotOnRelay(format!("{why} ({})", spec.addr))),
@@ -647,29 +673,12 @@ impl ForwardProxy {
                 "{node} refused this node after the handshake (allowedNodeIds?): {e}"
             ))
         })?;
-        let peer_certs = crate::tls::verify::peer_chain(&conn);
-        let node_id = verify_chain(
-            &peer_certs,
-            &accept,
-            time::OffsetDateTime::now_utc().unix_timestamp(),
-        )?;
-        if !running.tracker.is_current_dial(&addr, lock) {
-            conn.close(0u32.into(), reason::LOCAL.as_bytes());
-            return Err(Error::ConnectionStart(format!(
-                "{addr} was closed while its connection was being opened"
-            )));
-        }
-        if let Some(d) = &running.discovery {
-            d.learn_key(node_id, &peer_certs);
-        }
         let path = running
             .socket
             .paths
             .path_of(&target)
             .unwrap_or(Path::Relayed);
-        let peer = Arc::new(Peer::with_remote(conn, node_id, path, addr));
-        running.tracker.insert(peer.clone());
-        tracing::debug!(%addr, %node_id, relay = %spec.addr, "relayed connection established");
+        let peer = self.adopt(running, conn, &accept, addr, lock, path)?;
         if spec.upgrade {
             let delay = spec.upgrade_delay;
             running.tasks.spawn(async move {
@@ -695,21 +704,10 @@ impl ForwardProxy {
         if addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(Error::ConnectionStart(format!("cannot connect to {addr}")));
         }
-        let identity = self
-            .inner
-            .identities
-            .current()
-            .ok_or(Error::ForwardProxyNotRunning)?;
         let accept = pin
             .map(|p| Acceptable::OneOf(vec![p]))
             .unwrap_or(Acceptable::Any);
-        let outcome = VerifyOutcome::default();
-        let config = client_config(
-            &identity,
-            accept.clone(),
-            outcome.clone(),
-            self.inner.opts.transport(),
-        )?;
+        let (config, outcome) = self.dial_config(&accept)?;
         let dial = || {
             running
                 .endpoint
@@ -736,12 +734,7 @@ impl ForwardProxy {
                         connecting = dial()?;
                         attempt_started = Instant::now();
                     }
-                    Ok(Err(e)) => {
-                        if let Some(cert) = outcome.lock().expect("outcome lock").take() {
-                            return Err(cert.into());
-                        }
-                        return Err(Error::ConnectionStart(format!("{addr}: {e}")));
-                    }
+                    Ok(Err(e)) => return Err(handshake_error(&outcome, addr, e)),
                     Ok(Ok(conn)) => break conn,
                 },
                 PunchEvent::PathOpened = punch.next_event() => {
@@ -774,25 +767,7 @@ impl ForwardProxy {
             theirs.punching || punch.peer_took_part(),
             theirs.nat_between(addr, own),
         );
-        let peer_certs = crate::tls::verify::peer_chain(&conn);
-        let node_id = verify_chain(
-            &peer_certs,
-            &accept,
-            time::OffsetDateTime::now_utc().unix_timestamp(),
-        )?;
-        if !running.tracker.is_current_dial(&addr, lock) {
-            conn.close(0u32.into(), reason::LOCAL.as_bytes());
-            return Err(Error::ConnectionStart(format!(
-                "{addr} was closed while its connection was being opened"
-            )));
-        }
-        if let Some(d) = &running.discovery {
-            d.learn_key(node_id, &peer_certs);
-        }
-        let peer = Arc::new(Peer::new(conn, node_id, path));
-        running.tracker.insert(peer.clone());
-        tracing::debug!(%addr, %node_id, path = path.as_str(), "connection established");
-        Ok(peer)
+        self.adopt(running, conn, &accept, addr, lock, path)
     }
 
     async fn accept_loop(self, listener: TcpListener, running: Arc<Running>) {

@@ -66,33 +66,7 @@ impl PunchDriver {
             if self.puncher.take_path_opened() {
                 return PunchEvent::PathOpened;
             }
-            let now = Instant::now();
-            while let Some(d) = self.puncher.poll_transmit(now) {
-                self.socket.send_to(self.target, &d).await;
-            }
-            let wake = match self.puncher.state(now) {
-                PunchState::Punching => self.puncher.poll_timeout(),
-                _ => None,
-            };
-            let sleep = async {
-                match wake {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = sleep => {}
-                d = self.session.rx.recv(), if self.receiving => {
-                    // A newer session for the same address took the datagrams: keep punching.
-                    let Some(d) = d else {
-                        self.receiving = false;
-                        continue;
-                    };
-                    if let Some(ack) = self.puncher.handle(Instant::now(), self.target, &d) {
-                        self.socket.send_to(self.target, &ack).await;
-                    }
-                }
-            }
+            self.turn(true, || {}).await;
         }
     }
 
@@ -120,36 +94,52 @@ impl PunchDriver {
             if confirmed && seen {
                 return;
             }
-            let now = Instant::now();
-            if !confirmed {
-                while let Some(d) = self.puncher.poll_transmit(now) {
-                    self.socket.send_to(self.target, &d).await;
-                }
-            }
-            let wake = match self.puncher.state(now) {
-                PunchState::Punching if !confirmed => self.puncher.poll_timeout(),
-                _ => None,
-            };
-            let sleep = async {
-                match wake {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = sleep => {}
-                d = self.session.rx.recv(), if self.receiving => {
-                    let Some(d) = d else {
-                        self.receiving = false;
-                        continue;
-                    };
-                    if let Some(ack) = self.puncher.handle(Instant::now(), self.target, &d) {
-                        if !seen && !confirmed {
-                            on_peer();
-                        }
-                        seen = true;
-                        self.socket.send_to(self.target, &ack).await;
+            let first = !seen && !confirmed;
+            seen |= self
+                .turn(!confirmed, || {
+                    if first {
+                        on_peer()
                     }
+                })
+                .await;
+        }
+    }
+
+    /// One turn of the machine: sends the punches due (when `sending`), then waits for the next
+    /// one or for a datagram. Returns whether a valid punch from the peer arrived; its ack is sent
+    /// after `before_ack` ran.
+    async fn turn(&mut self, sending: bool, before_ack: impl FnOnce()) -> bool {
+        let now = Instant::now();
+        if sending {
+            while let Some(d) = self.puncher.poll_transmit(now) {
+                self.socket.send_to(self.target, &d).await;
+            }
+        }
+        let wake = match self.puncher.state(now) {
+            PunchState::Punching if sending => self.puncher.poll_timeout(),
+            _ => None,
+        };
+        let sleep = async {
+            match wake {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => false,
+            d = self.session.rx.recv(), if self.receiving => {
+                // A newer session for the same address took the datagrams: keep punching.
+                let Some(d) = d else {
+                    self.receiving = false;
+                    return false;
+                };
+                match self.puncher.handle(Instant::now(), self.target, &d) {
+                    Some(ack) => {
+                        before_ack();
+                        self.socket.send_to(self.target, &ack).await;
+                        true
+                    }
+                    None => false,
                 }
             }
         }

@@ -118,14 +118,11 @@ impl Paths {
             relay: None,
             direct: None,
         });
-        route.relay = Some(relay.clone());
+        // Called for every relayed datagram: clone the outbox only when it changed.
+        if !route.relay.as_ref().is_some_and(|o| o.same_channel(relay)) {
+            route.relay = Some(relay.clone());
+        }
         addr
-    }
-
-    /// The node a virtual address stands for.
-    pub fn node_of(&self, addr: &SocketAddr) -> Option<NodeId> {
-        let t = self.table.lock().expect("paths lock");
-        t.routes.get(&canonical(*addr)).map(|r| r.node)
     }
 
     /// A datagram from `src` arrived through `relay`: queue it for quinn.
@@ -189,12 +186,6 @@ impl Paths {
         v
     }
 
-    /// Whether datagrams from `from` are presented as a virtual address.
-    pub fn is_punched_source(&self, from: &SocketAddr) -> bool {
-        let t = self.table.lock().expect("paths lock");
-        t.by_direct.contains_key(&canonical(*from))
-    }
-
     /// Starts presenting datagrams from `direct` as coming from `node`'s virtual address (the
     /// peer's punch arrived from there); does not send there yet.
     pub fn accept_direct(&self, node: NodeId, direct: SocketAddr) -> Option<SocketAddr> {
@@ -231,16 +222,6 @@ impl Paths {
         let t = self.table.lock().expect("paths lock");
         let r = t.routes.get(&canonical(*addr))?;
         Some(r.direct.as_ref().map_or(Path::Relayed, |d| d.path))
-    }
-
-    /// The punched UDP address of a relayed peer, if it has one.
-    pub fn direct_of(&self, addr: &SocketAddr) -> Option<SocketAddr> {
-        let t = self.table.lock().expect("paths lock");
-        t.routes
-            .get(&canonical(*addr))?
-            .direct
-            .as_ref()
-            .map(|d| d.addr)
     }
 
     /// Fills `bufs` with datagrams that came through relays, registering `cx` when none wait.
@@ -300,7 +281,7 @@ mod tests {
         assert_eq!(p.virtual_for(node(1), &tx), a);
         assert!(is_virtual(&a) && is_virtual(&b));
         assert!(!is_virtual(&"127.0.0.1:1".parse().unwrap()));
-        assert_eq!(p.node_of(&a), Some(node(1)));
+        assert!(matches!(p.route(a), Hop::Relay(n, _) if n == node(1)));
         assert_eq!(p.path_of(&a), Some(Path::Relayed));
     }
 

@@ -23,7 +23,7 @@ use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::proto::hello::Hello;
 use crate::proto::tunnel::{self, Ack};
-use crate::relay::attach::{attach, first_registration, watch_paths, ProxyParts};
+use crate::relay::attach::{for_start as relay_for_start, ProxyParts};
 use crate::relay::link::{LinkStatus, RelayLink, RelaySpec};
 use crate::splice::splice;
 use crate::task::Tasks;
@@ -46,6 +46,21 @@ pub struct ReverseStart {
     pub discovery: Option<DiscoveryOptions>,
     /// Register with this relay (reachable through it, by node id); none when absent.
     pub relay: Option<RelaySpec>,
+}
+
+impl ReverseStart {
+    /// Carries tunnels to `server_addr`; QUIC on 127.0.0.1 (any port), a fresh identity, any
+    /// caller, no discovery, no relay.
+    pub fn new(server_addr: SocketAddr) -> ReverseStart {
+        ReverseStart {
+            server_addr,
+            ingress_addr: ([127, 0, 0, 1], 0).into(),
+            tls: None,
+            allowed_node_ids: None,
+            discovery: None,
+            relay: None,
+        }
+    }
 }
 
 /// The reverse proxy. Cheap to clone; clones share state.
@@ -139,29 +154,19 @@ impl ReverseProxy {
             ),
             None => None,
         };
-        watch_paths(&socket, &tracker);
-        let relay = start.relay.clone().map(|spec| {
-            attach(
-                spec,
-                ProxyParts {
-                    endpoint: &endpoint,
-                    socket: &socket,
-                    identity: &identity,
-                    opts: &self.inner.opts,
-                    tasks: &tasks,
-                    tracker: &tracker,
-                    server: Some(start.server_addr),
-                },
-            )
-        });
-        if let Some(link) = &relay {
-            let deadline = std::time::Instant::now() + self.inner.opts.connect_time;
-            if let Err(e) = first_registration(link, deadline).await {
-                endpoint.close(0u32.into(), b"start failed");
-                tasks.shutdown(Duration::from_secs(1)).await;
-                return Err(e);
-            }
-        }
+        let relay = relay_for_start(
+            start.relay.clone(),
+            ProxyParts {
+                endpoint: &endpoint,
+                socket: &socket,
+                identity: &identity,
+                opts: &self.inner.opts,
+                tasks: &tasks,
+                tracker: &tracker,
+                server: Some(start.server_addr),
+            },
+        )
+        .await?;
         let running = Arc::new(Running {
             endpoint,
             socket,

@@ -146,14 +146,7 @@ async fn an_unknown_node_id_is_not_found() {
 async fn forge(net: &mainline::Testnet, victim: &Identity) -> ReverseProxy {
     let forger = ReverseProxy::new(ConnOptions::default()).unwrap();
     forger
-        .start(ReverseStart {
-            server_addr: echo_server().await,
-            ingress_addr: "127.0.0.1:0".parse().unwrap(),
-            tls: None,
-            allowed_node_ids: None,
-            discovery: None,
-            relay: None,
-        })
+        .start(ReverseStart::new(echo_server().await))
         .await
         .unwrap();
     let dht = mainline::Dht::builder()
@@ -277,12 +270,9 @@ async fn when_the_dht_points_only_at_an_impostor_the_relay_reaches_the_real_node
     // The real node is registered with the relay but not on the DHT.
     let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
     rp.start(ReverseStart {
-        server_addr: echo_server().await,
-        ingress_addr: "127.0.0.1:0".parse().unwrap(),
         tls: Some(victim.tls.clone()),
-        allowed_node_ids: None,
-        discovery: None,
         relay: Some(spec.clone()),
+        ..ReverseStart::new(echo_server().await)
     })
     .await
     .unwrap();

@@ -36,6 +36,14 @@ async fn node(relay: &RelayServer) -> (RelayClient, LoadedIdentity, quinn::Endpo
     (client, id, endpoint)
 }
 
+/// A registration without a public port or token.
+fn register() -> Frame {
+    Frame::Register {
+        want_port: false,
+        token: String::new(),
+    }
+}
+
 async fn recv(c: &RelayClient) -> Frame {
     tokio::time::timeout(T, c.recv())
         .await
@@ -49,12 +57,7 @@ async fn registered_nodes_exchange_packets_and_nothing_else_gets_through() {
     let relay = relay().await;
     let (a, a_id, _ea) = node(&relay).await;
     let (b, b_id, _eb) = node(&relay).await;
-    a.send(&Frame::Register {
-        want_port: false,
-        token: String::new(),
-    })
-    .await
-    .unwrap();
+    a.send(&register()).await.unwrap();
     match recv(&a).await {
         Frame::Registered {
             observed,
@@ -95,12 +98,7 @@ async fn registered_nodes_exchange_packets_and_nothing_else_gets_through() {
     .await
     .unwrap();
     assert!(matches!(recv(&b).await, Frame::Error { code: 401, .. }));
-    b.send(&Frame::Register {
-        want_port: false,
-        token: String::new(),
-    })
-    .await
-    .unwrap();
+    b.send(&register()).await.unwrap();
     assert!(matches!(recv(&b).await, Frame::Registered { .. }));
     let mut ids = relay.registered().unwrap();
     ids.sort();
@@ -132,12 +130,7 @@ async fn a_malformed_frame_closes_only_the_offending_connection() {
     let (a, _a_id, _ea) = node(&relay).await;
     let (b, _b_id, _eb) = node(&relay).await;
     for c in [&a, &b] {
-        c.send(&Frame::Register {
-            want_port: false,
-            token: String::new(),
-        })
-        .await
-        .unwrap();
+        c.send(&register()).await.unwrap();
         assert!(matches!(recv(c).await, Frame::Registered { .. }));
     }
     a.send_raw(&[0x42, 0, 0]).await.unwrap();
@@ -196,12 +189,7 @@ async fn the_relay_is_pinned_and_allowed_node_ids_are_enforced() {
     )
     .await;
     if let Ok(c) = outsider {
-        let _ = c
-            .send(&Frame::Register {
-                want_port: false,
-                token: String::new(),
-            })
-            .await;
+        let _ = c.send(&register()).await;
         assert!(tokio::time::timeout(T, c.recv())
             .await
             .expect("answered in time")

@@ -45,12 +45,8 @@ fn spec(relay: &RelayServer) -> RelaySpec {
 async fn reverse_proxy(server: SocketAddr, relay: RelaySpec) -> ReverseProxy {
     let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
     rp.start(ReverseStart {
-        server_addr: server,
-        ingress_addr: "127.0.0.1:0".parse().unwrap(),
-        tls: None,
-        allowed_node_ids: None,
-        discovery: None,
         relay: Some(relay),
+        ..ReverseStart::new(server)
     })
     .await
     .unwrap();
@@ -222,12 +218,8 @@ async fn refusals_are_typed_and_the_relay_keeps_serving() {
     let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
     let err = rp
         .start(ReverseStart {
-            server_addr: echo_server().await,
-            ingress_addr: "127.0.0.1:0".parse().unwrap(),
-            tls: None,
-            allowed_node_ids: None,
-            discovery: None,
             relay: Some(pinned),
+            ..ReverseStart::new(echo_server().await)
         })
         .await
         .unwrap_err();
@@ -279,12 +271,9 @@ async fn a_public_port_carries_plain_tcp_and_comes_back_after_a_reconnect() {
     rp.stop().await.unwrap();
     let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
     let start = ReverseStart {
-        server_addr: server,
-        ingress_addr: "127.0.0.1:0".parse().unwrap(),
         tls: Some(id.tls.clone()),
-        allowed_node_ids: None,
-        discovery: None,
         relay: Some(s.clone()),
+        ..ReverseStart::new(server)
     };
     rp.start(start.clone()).await.unwrap();
     let first = match rp.relay_status().unwrap().unwrap().1 {
@@ -398,12 +387,9 @@ async fn allocations_survive_a_relay_restart_with_a_state_file() {
     let mut s = spec(&relay);
     s.want_port = true;
     let rp_start = ReverseStart {
-        server_addr: echo_server().await,
-        ingress_addr: "127.0.0.1:0".parse().unwrap(),
         tls: Some(node.tls.clone()),
-        allowed_node_ids: None,
-        discovery: None,
         relay: Some(s),
+        ..ReverseStart::new(echo_server().await)
     };
     let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
     rp.start(rp_start.clone()).await.unwrap();
@@ -425,4 +411,45 @@ async fn allocations_survive_a_relay_restart_with_a_state_file() {
     rp.stop().await.unwrap();
     relay.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_port_refuses_clients_over_its_limit() {
+    let relay = relay_with(|s| s.alloc.max_clients = 1).await;
+    let mut s = spec(&relay);
+    s.want_port = true;
+    let rp = reverse_proxy(echo_server().await, s).await;
+    let port = match rp.relay_status().unwrap().unwrap().1 {
+        LinkStatus::Up { public_port, .. } => public_port.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    // The first client holds the only slot: its echo proves it is carried.
+    let mut first = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    first.write_all(b"one").await.unwrap();
+    let mut b = [0u8; 3];
+    tokio::time::timeout(T, first.read_exact(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&b, b"one");
+    // The second is closed at once, without a byte.
+    let mut second = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(T, second.read_to_end(&mut got))
+        .await
+        .expect("closed in time");
+    assert!(got.is_empty());
+    // The first still works.
+    first.write_all(b"two").await.unwrap();
+    tokio::time::timeout(T, first.read_exact(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&b, b"two");
+    rp.stop().await.unwrap();
+    relay.stop().await.unwrap();
 }

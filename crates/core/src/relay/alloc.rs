@@ -11,20 +11,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::nodeid::NodeId;
 use crate::proto::relay::Frame;
+use crate::relay::tcp_frames::{self, ToTcp};
 use crate::task::Tasks;
 
 /// Default retention of a disconnected node's port (seed 004: 180 minutes).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(180 * 60);
-/// Bytes per `TcpData` frame.
-pub const CHUNK: usize = 16 * 1024;
 
 /// How the relay allocates public ports.
 #[derive(Clone, Debug)]
@@ -75,16 +73,9 @@ impl AllocOptions {
     }
 }
 
-/// What goes to one public-port client.
-enum ToClient {
-    Data(Vec<u8>),
-    /// The node's side ended: FIN (false) or reset (true).
-    Close(bool),
-}
-
 struct Owner {
     tx: mpsc::Sender<Frame>,
-    clients: HashMap<u32, mpsc::Sender<ToClient>>,
+    clients: HashMap<u32, mpsc::Sender<ToTcp>>,
     next_conn: u32,
 }
 
@@ -316,7 +307,7 @@ impl Allocations {
                     {
                         return;
                     }
-                    client_session(tcp, conn, owner_tx, rx).await;
+                    tcp_frames::carry(tcp, conn, owner_tx, rx).await;
                     if let Some(me) = weak.upgrade() {
                         me.forget_client(node, conn);
                     }
@@ -330,7 +321,7 @@ impl Allocations {
         &self,
         node: NodeId,
         client: SocketAddr,
-    ) -> Option<(u32, mpsc::Sender<Frame>, mpsc::Receiver<ToClient>)> {
+    ) -> Option<(u32, mpsc::Sender<Frame>, mpsc::Receiver<ToTcp>)> {
         let mut map = self.by_node.lock().expect("alloc lock");
         let owner = map.get_mut(&node)?.owner.as_mut()?;
         if owner.clients.len() >= self.opts.max_clients {
@@ -339,7 +330,7 @@ impl Allocations {
         }
         let conn = owner.next_conn;
         owner.next_conn = owner.next_conn.wrapping_add(1).max(1);
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(tcp_frames::QUEUE);
         owner.clients.insert(conn, tx);
         Some((conn, owner.tx.clone(), rx))
     }
@@ -351,12 +342,11 @@ impl Allocations {
         }
     }
 
-    /// A `TcpData`/`TcpClose` from `node` for one of its clients.
+    /// A `TcpData`/`TcpClose` from `node` for one of its clients; a client that stalls is
+    /// dropped (reset).
     pub async fn from_node(&self, node: NodeId, frame: Frame) {
-        let (conn, msg) = match frame {
-            Frame::TcpData { conn, data } => (conn, ToClient::Data(data)),
-            Frame::TcpClose { conn, reset } => (conn, ToClient::Close(reset)),
-            _ => return,
+        let Some((conn, msg)) = tcp_frames::from_frame(frame) else {
+            return;
         };
         let tx = {
             let map = self.by_node.lock().expect("alloc lock");
@@ -365,7 +355,10 @@ impl Allocations {
                 .and_then(|o| o.clients.get(&conn).cloned())
         };
         if let Some(tx) = tx {
-            let _ = tx.send(msg).await;
+            if !tcp_frames::deliver(&tx, msg).await {
+                tracing::info!(%node, conn, "public-port client stalled: reset");
+                self.forget_client(node, conn);
+            }
         }
     }
 
@@ -403,57 +396,6 @@ fn parse_state(text: &str) -> Vec<(NodeId, u16, u64)> {
             Some((node, port, expires))
         })
         .collect()
-}
-
-/// Carries one public-port client both ways until both directions ended.
-async fn client_session(
-    tcp: TcpStream,
-    conn: u32,
-    to_node: mpsc::Sender<Frame>,
-    mut from_node: mpsc::Receiver<ToClient>,
-) {
-    let _ = tcp.set_nodelay(true);
-    let (mut rd, mut wr) = tcp.into_split();
-    let mut buf = vec![0u8; CHUNK];
-    let (mut up_open, mut down_open) = (true, true);
-    while up_open || down_open {
-        tokio::select! {
-            n = rd.read(&mut buf), if up_open => match n {
-                Ok(0) => {
-                    up_open = false;
-                    if to_node.send(Frame::TcpClose { conn, reset: false }).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(n) => {
-                    if to_node.send(Frame::TcpData { conn, data: buf[..n].to_vec() }).await.is_err() {
-                        return;
-                    }
-                }
-                Err(_) => {
-                    let _ = to_node.send(Frame::TcpClose { conn, reset: true }).await;
-                    return;
-                }
-            },
-            m = from_node.recv(), if down_open => match m {
-                Some(ToClient::Data(d)) => {
-                    if wr.write_all(&d).await.is_err() {
-                        let _ = to_node.send(Frame::TcpClose { conn, reset: true }).await;
-                        return;
-                    }
-                }
-                Some(ToClient::Close(false)) => {
-                    down_open = false;
-                    let _ = wr.shutdown().await;
-                }
-                // Reset by the node, or the node went away: abort.
-                Some(ToClient::Close(true)) | None => {
-                    let _ = socket2::SockRef::from(wr.as_ref()).set_linger(Some(Duration::ZERO));
-                    return;
-                }
-            },
-        }
-    }
 }
 
 #[cfg(test)]

@@ -112,7 +112,25 @@ pub fn attach(spec: RelaySpec, p: ProxyParts<'_>) -> Arc<RelayLink> {
     link
 }
 
-/// Waits for `link`'s first registration (bounded by `deadline`); fails on the first failure.
-pub async fn first_registration(link: &RelayLink, deadline: Instant) -> Result<()> {
-    link.wait_up(deadline, true).await
+/// What a proxy's `start()` does about relays: routes path changes to its tracker, and with a
+/// `relay` option starts the link and waits for its first registration (bounded by
+/// `connConnectTime`; the first failure fails the start). On failure the proxy's tasks (the
+/// link's among them) are shut down and its endpoint closed, so nothing is left behind.
+pub async fn for_start(
+    spec: Option<RelaySpec>,
+    p: ProxyParts<'_>,
+) -> Result<Option<Arc<RelayLink>>> {
+    watch_paths(p.socket, p.tracker);
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let (endpoint, tasks) = (p.endpoint.clone(), p.tasks.clone());
+    let deadline = Instant::now() + p.opts.connect_time;
+    let link = attach(spec, p);
+    if let Err(e) = link.wait_up(deadline, true).await {
+        endpoint.close(0u32.into(), b"start failed");
+        tasks.shutdown(std::time::Duration::from_secs(1)).await;
+        return Err(e);
+    }
+    Ok(Some(link))
 }

@@ -10,7 +10,7 @@ use crate::nodeid::NodeId;
 use crate::proto::relay::Frame;
 use crate::relay::framed::{write_frame, BoxWrite, FrameReader, ReadError};
 use crate::tls::config::{client_config, SERVER_NAME};
-use crate::tls::verify::{Acceptable, VerifyOutcome};
+use crate::tls::verify::{handshake_error, Acceptable, VerifyOutcome};
 
 /// An open relay connection.
 pub struct RelayClient {
@@ -41,12 +41,7 @@ impl RelayClient {
             .map_err(|e| Error::ConnectionStart(format!("{relay}: {e}")))?;
         let conn = match tokio::time::timeout(timeout, connecting).await {
             Err(_) => return Err(Error::ConnectionStartTimeout(timeout.as_millis() as u64)),
-            Ok(Err(e)) => {
-                if let Some(cert) = outcome.lock().expect("outcome lock").take() {
-                    return Err(cert.into());
-                }
-                return Err(Error::ConnectionStart(format!("{relay}: {e}")));
-            }
+            Ok(Err(e)) => return Err(handshake_error(&outcome, relay, e)),
             Ok(Ok(conn)) => conn,
         };
         let (send, recv) = conn

@@ -253,14 +253,6 @@ impl RelayLink {
         self.control.clone()
     }
 
-    /// Sends a frame to the relay (public-port traffic).
-    pub async fn send(&self, frame: Frame) -> Result<()> {
-        self.control
-            .send(frame)
-            .await
-            .map_err(|_| Error::ConnectionStart("relay link stopped".into()))
-    }
-
     fn forget_rendezvous(&self, node: &NodeId) {
         self.rendezvous_done
             .lock()

@@ -10,5 +10,6 @@ mod framed;
 pub mod link;
 pub mod public;
 pub mod server;
+pub mod tcp_frames;
 pub mod transport;
 mod ws;

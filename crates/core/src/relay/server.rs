@@ -35,6 +35,8 @@ use crate::tls::verify::{verify_chain, Acceptable};
 
 /// Frames queued toward one node before packets for it are dropped (they are unreliable).
 const NODE_QUEUE: usize = 512;
+/// How long a refused node has to read its refusal and leave before it is closed.
+const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 /// QUIC application close code for a protocol violation.
 const PROTOCOL_ERROR: u32 = 2;
 
@@ -485,7 +487,12 @@ impl RelayServer {
                                     message: "registration token refused".into(),
                                 })
                                 .await;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            // The node ends the session when it reads the refusal (closing now
+                            // could discard it unsent); bounded, in case it does not.
+                            let _ = tokio::time::timeout(REFUSAL_GRACE, async {
+                                while let Ok(Some(_)) = frames.next().await {}
+                            })
+                            .await;
                             close("registration token refused");
                             return Ok(());
                         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::relay::link::{LinkContext, RelayConn, RelaySpec};
 use crate::tls::config::{client_config, SERVER_NAME};
-use crate::tls::verify::{Acceptable, VerifyOutcome};
+use crate::tls::verify::{handshake_error, Acceptable, VerifyOutcome};
 
 /// Which transport a link uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,10 +81,11 @@ async fn connect_quic(spec: &RelaySpec, ctx: &LinkContext, budget: Duration) -> 
     let conn = match tokio::time::timeout(budget, connecting).await {
         Err(_) => return Err(Error::ConnectionStartTimeout(budget.as_millis() as u64)),
         Ok(Err(e)) => {
-            if let Some(cert) = outcome.lock().expect("outcome lock").take() {
-                return Err(cert.into());
-            }
-            return Err(Error::ConnectionStart(format!("relay {}: {e}", spec.addr)));
+            return Err(handshake_error(
+                &outcome,
+                format_args!("relay {}", spec.addr),
+                e,
+            ))
         }
         Ok(Ok(conn)) => conn,
     };

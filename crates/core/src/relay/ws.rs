@@ -20,7 +20,7 @@ use crate::relay::framed::{BoxRead, BoxWrite};
 use crate::relay::link::{RelayConn, RelaySpec};
 use crate::task::Tasks;
 use crate::tls::config::{tls_client_config, SERVER_NAME};
-use crate::tls::verify::{verify_chain, Acceptable, VerifyOutcome};
+use crate::tls::verify::{handshake_error, verify_chain, Acceptable, VerifyOutcome};
 
 /// Longest HTTP head accepted in the upgrade.
 const MAX_HEAD: usize = 8 * 1024;
@@ -53,10 +53,11 @@ pub async fn connect(
         let mut stream = match connector.connect(name, tcp).await {
             Ok(s) => s,
             Err(e) => {
-                if let Some(cert) = outcome.lock().expect("outcome lock").take() {
-                    return Err(cert.into());
-                }
-                return Err(Error::ConnectionStart(format!("relay {addr} (TLS): {e}")));
+                return Err(handshake_error(
+                    &outcome,
+                    format_args!("relay {addr} (TLS)"),
+                    e,
+                ))
             }
         };
         let mut key = [0u8; 16];

@@ -148,6 +148,19 @@ pub fn peer_chain(conn: &quinn::Connection) -> Vec<CertificateDer<'static>> {
 /// (rustls only carries an alert to the other side).
 pub type VerifyOutcome = Arc<Mutex<Option<CertChainError>>>;
 
+/// The error of a failed handshake with `what`: the refused certificate's typed reason when the
+/// verifier left one in `outcome`, else a connection error naming `what` and `e`.
+pub fn handshake_error(
+    outcome: &VerifyOutcome,
+    what: impl std::fmt::Display,
+    e: impl std::fmt::Display,
+) -> crate::error::Error {
+    match outcome.lock().expect("outcome lock").take() {
+        Some(cert) => cert.into(),
+        None => crate::error::Error::ConnectionStart(format!("{what}: {e}")),
+    }
+}
+
 /// rustls verifier for both roles: checks the peer's chain against [`Acceptable`], and the
 /// handshake signature with the crypto provider.
 #[derive(Debug)]
