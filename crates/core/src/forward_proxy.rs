@@ -285,13 +285,7 @@ impl ForwardProxy {
         let running = self.running()?;
         let budget = timeout.unwrap_or(self.inner.opts.connect_time);
         let dial = self.connect(&running, addr, pin, budget);
-        let cancel = cancel.unwrap_or_default();
-        let stopping = running.tasks.token().clone();
-        let peer = tokio::select! {
-            r = dial => r?,
-            _ = cancel.cancelled() => return Err(Error::Aborted),
-            _ = stopping.cancelled() => return Err(Error::ForwardProxyNotRunning),
-        };
+        let peer = cancellable(&running, cancel, dial).await?;
         running.tracker.register(addr, pin);
         Ok(running.tracker.info_of(&peer))
     }
@@ -310,14 +304,8 @@ impl ForwardProxy {
     ) -> Result<ConnectionInfo> {
         let running = self.running()?;
         let budget = timeout.unwrap_or(self.inner.opts.connect_time);
-        let cancel = cancel.unwrap_or_default();
-        let stopping = running.tasks.token().clone();
         let dial = self.connect_via(&running, addr, Some(node), Some(relay.clone()), budget);
-        let peer = tokio::select! {
-            r = dial => r?,
-            _ = cancel.cancelled() => return Err(Error::Aborted),
-            _ = stopping.cancelled() => return Err(Error::ForwardProxyNotRunning),
-        };
+        let peer = cancellable(&running, cancel, dial).await?;
         running.tracker.register_relayed(addr, node, relay);
         Ok(running.tracker.info_of(&peer))
     }
@@ -411,13 +399,8 @@ impl ForwardProxy {
     ) -> Result<ConnectionInfo> {
         let running = self.running()?;
         let budget = timeout.unwrap_or(self.inner.opts.connect_time);
-        let cancel = cancel.unwrap_or_default();
-        let stopping = running.tasks.token().clone();
-        let peer = tokio::select! {
-            r = self.connect_to_node(&running, node, budget) => r?,
-            _ = cancel.cancelled() => return Err(Error::Aborted),
-            _ = stopping.cancelled() => return Err(Error::ForwardProxyNotRunning),
-        };
+        let dial = self.connect_to_node(&running, node, budget);
+        let peer = cancellable(&running, cancel, dial).await?;
         Ok(running.tracker.info_of(&peer))
     }
 
@@ -890,6 +873,21 @@ struct ForgetFailedDial<'a> {
 impl Drop for ForgetFailedDial<'_> {
     fn drop(&mut self) {
         self.tracker.forget_failed_dial(&self.addr, self.lock);
+    }
+}
+
+/// Runs `op` until it ends, the caller aborts it (`cancel`) or the proxy stops.
+async fn cancellable<T>(
+    running: &Running,
+    cancel: Option<CancellationToken>,
+    op: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let cancel = cancel.unwrap_or_default();
+    let stopping = running.tasks.token().clone();
+    tokio::select! {
+        r = op => r,
+        _ = cancel.cancelled() => Err(Error::Aborted),
+        _ = stopping.cancelled() => Err(Error::ForwardProxyNotRunning),
     }
 }
 
