@@ -41,8 +41,37 @@ export interface ConnectionInfo {
 }
 
 export interface ConnectionEvent extends ConnectionInfo {
-  /** For `close`: 'local' | 'remote' | 'keepaliveTimeout' | 'stopped' | an error text. */
+  /**
+   * For `close`: 'local' | 'remote' | 'keepaliveTimeout' | 'stopped' | 'relayLost' | an error text.
+   * For `path`: a PathReason.
+   */
   reason?: string
+  /** For `path`: the path before the change (`path` is the new one). */
+  previousPath?: Path
+}
+
+/**
+ * Why a connection changed path: 'upgrade' (a rendezvous, or a dead direct path that answers
+ * again), 'probeTimeout' (the direct path stopped answering its probes: back to the relay),
+ * 'rebinding' (the peer's address changed), 'networkChanged'.
+ */
+export type PathReason = 'upgrade' | 'probeTimeout' | 'rebinding' | 'networkChanged'
+
+/** A relay link changed state (the `relay` event). */
+export interface RelayEvent {
+  host: string
+  port: number
+  /** The relay's node id. */
+  nodeId: string
+  state: 'registered' | 'lost' | 'reconnecting'
+  /** For 'registered': 'quic' | 'websocket'. */
+  transport: string | null
+  /** For 'registered': this node's address as the relay sees it. */
+  observedHost: string | null
+  observedPort: number | null
+  /** For 'lost': the error's code (e.g. 'ErrorConnectionStart') and message. */
+  code: string | null
+  error: string | null
 }
 
 export type ConnectionEventName = 'connection' | 'close' | 'path'
@@ -221,6 +250,15 @@ export declare class ForwardProxy {
   on(event: 'address', listener: (e: AddressEvent) => void): this
   once(event: 'address', listener: (e: AddressEvent) => void): this
   off(event: 'address', listener: (e: AddressEvent) => void): this
+  on(event: 'relay', listener: (e: RelayEvent) => void): this
+  once(event: 'relay', listener: (e: RelayEvent) => void): this
+  off(event: 'relay', listener: (e: RelayEvent) => void): this
+  /**
+   * The device changed networks (call it from the platform's network callback; on Linux it is
+   * noticed without being asked): rebinds the UDP socket if its address is gone, registers with
+   * relays again, re-probes every direct path. Open tunnels go on.
+   */
+  networkChanged(): void
 }
 
 export interface ReverseProxyStartOptions {
@@ -281,6 +319,15 @@ export declare class ReverseProxy {
   on(event: 'address', listener: (e: AddressEvent) => void): this
   once(event: 'address', listener: (e: AddressEvent) => void): this
   off(event: 'address', listener: (e: AddressEvent) => void): this
+  on(event: 'relay', listener: (e: RelayEvent) => void): this
+  once(event: 'relay', listener: (e: RelayEvent) => void): this
+  off(event: 'relay', listener: (e: RelayEvent) => void): this
+  /**
+   * The device changed networks (call it from the platform's network callback; on Linux it is
+   * noticed without being asked): rebinds the UDP socket if its address is gone, registers with
+   * relays again, re-probes every direct path. Open tunnels go on.
+   */
+  networkChanged(): void
 }
 
 export interface RelayStartOptions {

@@ -7,7 +7,7 @@ const net = require('node:net')
 const native = require('./loader.js').load()
 const errors = require('./errors.js')
 
-const EVENTS = new Set(['connection', 'close', 'path', 'address'])
+const EVENTS = new Set(['connection', 'close', 'path', 'address', 'relay'])
 const NODE_ID = /^v[0-9a-v]{52}$/
 
 // ---- errors -------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ function checkSignal(v) {
 }
 
 function checkEvent(event, listener) {
-  if (!EVENTS.has(event)) throw typeError('event', "'connection', 'close', 'path' or 'address'", event)
+  if (!EVENTS.has(event)) throw typeError('event', "'connection', 'close', 'path', 'address' or 'relay'", event)
   if (typeof listener !== 'function') throw typeError('listener', 'a function', listener)
 }
 
@@ -251,8 +251,13 @@ function attachEvents(handle) {
       target.emit('address', { addresses: ev.addresses ?? [] })
       return
     }
+    if (ev.kind === 'relay') {
+      target.emit('relay', relayEvent(ev.relay))
+      return
+    }
     const event = { ...ev.info }
     if (ev.reason !== undefined && ev.reason !== null) event.reason = ev.reason
+    if (ev.previousPath !== undefined && ev.previousPath !== null) event.previousPath = ev.previousPath
     target.emit(ev.kind, event)
   })
   return emitter
@@ -261,6 +266,12 @@ function attachEvents(handle) {
 function relayStatus(s) {
   const out = { host: s.host, port: s.port, nodeId: s.nodeId, state: s.state }
   for (const k of ['transport', 'observedHost', 'observedPort', 'publicPort', 'error']) out[k] = s[k] ?? null
+  return out
+}
+
+function relayEvent(r) {
+  const out = { host: r.host, port: r.port, nodeId: r.nodeId, state: r.state }
+  for (const k of ['transport', 'observedHost', 'observedPort', 'code', 'error']) out[k] = r[k] ?? null
   return out
 }
 
@@ -360,6 +371,13 @@ class Proxy extends Service {
 
   /** The addresses this proxy announced last on the DHT (`[]` before the first announce). */
   getAnnouncedAddresses() { return sync(() => this._native.announced()) }
+
+  /**
+   * Tells the proxy the device changed networks (call it from the platform's network callback;
+   * on Linux it is noticed without being asked): rebinds the UDP socket if its address is gone,
+   * registers with relays again, re-probes every direct path. Open tunnels go on.
+   */
+  networkChanged() { sync(() => this._native.networkChanged()) }
 
   on(event, listener) { checkEvent(event, listener); this._events.on(event, listener); return this }
   once(event, listener) { checkEvent(event, listener); this._events.once(event, listener); return this }

@@ -196,6 +196,13 @@ impl NativeReverseProxy {
             .map_err(err)
     }
 
+    /// The device changed networks: rebind a gone socket, register with relays again,
+    /// re-probe every direct path.
+    #[napi(catch_unwind)]
+    pub fn network_changed(&self) -> Result<()> {
+        self.inner.network_changed().map_err(err)
+    }
+
     #[napi(catch_unwind)]
     pub fn connection_count(&self) -> Result<u32> {
         self.inner.connection_count().map(|n| n as u32).map_err(err)

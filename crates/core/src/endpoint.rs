@@ -8,7 +8,7 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit};
@@ -33,7 +33,8 @@ type SessionSlot = (u64, mpsc::Sender<[u8; punch::LEN]>);
 
 /// quinn's UDP socket with punch datagrams demultiplexed out.
 pub struct KeynetSocket {
-    inner: Arc<dyn AsyncUdpSocket>,
+    /// The OS socket; replaced when the network changed and its address is gone.
+    inner: RwLock<Arc<dyn AsyncUdpSocket>>,
     sessions: Mutex<HashMap<SocketAddr, SessionSlot>>,
     next_session: std::sync::atomic::AtomicU64,
     /// Peers reached through a relay (virtual addresses) and their current paths.
@@ -43,7 +44,7 @@ pub struct KeynetSocket {
 impl fmt::Debug for KeynetSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeynetSocket")
-            .field("local", &self.inner.local_addr().ok())
+            .field("local", &self.inner().local_addr().ok())
             .finish()
     }
 }
@@ -67,6 +68,18 @@ impl Drop for PunchSession {
 }
 
 impl KeynetSocket {
+    fn inner(&self) -> Arc<dyn AsyncUdpSocket> {
+        self.inner.read().expect("socket lock").clone()
+    }
+
+    /// Moves to a fresh OS socket (the old one's address is gone). The caller then tells the
+    /// endpoint (`rebind_abstract`), so quinn's connections register with the new one.
+    pub fn replace_os_socket(&self, socket: std::net::UdpSocket) -> io::Result<()> {
+        let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
+        *self.inner.write().expect("socket lock") = inner;
+        Ok(())
+    }
+
     /// Sends one datagram to `to`, waiting (at most a second) for the socket to be writable.
     pub async fn send_to(&self, to: SocketAddr, datagram: &[u8]) {
         let transmit = Transmit {
@@ -77,11 +90,12 @@ impl KeynetSocket {
             src_ip: None,
         };
         let mut poller: Option<Pin<Box<dyn UdpPoller>>> = None;
+        let inner = self.inner();
         let send = async {
             loop {
-                match self.inner.try_send(&transmit) {
+                match inner.try_send(&transmit) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        let p = poller.get_or_insert_with(|| self.inner.clone().create_io_poller());
+                        let p = poller.get_or_insert_with(|| inner.clone().create_io_poller());
                         if std::future::poll_fn(|cx| p.as_mut().poll_writable(cx))
                             .await
                             .is_err()
@@ -131,7 +145,7 @@ impl KeynetSocket {
     /// unspecified IP replaced by the one the kernel routes toward `peer` from.
     pub fn local_toward(&self, peer: SocketAddr) -> SocketAddr {
         let mut local = self
-            .inner
+            .inner()
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         if local.ip().is_unspecified() {
@@ -154,7 +168,7 @@ impl KeynetSocket {
     /// `to` in the socket's address family (an IPv6 socket sends to IPv4 peers as mapped
     /// addresses).
     fn for_socket(&self, to: SocketAddr) -> SocketAddr {
-        match (self.inner.local_addr(), to) {
+        match (self.inner().local_addr(), to) {
             (Ok(SocketAddr::V6(_)), SocketAddr::V4(v4)) => {
                 SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
             }
@@ -174,13 +188,13 @@ impl KeynetSocket {
 
 impl AsyncUdpSocket for KeynetSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        self.inner.clone().create_io_poller()
+        self.inner().create_io_poller()
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         match self.paths.route(transmit.destination) {
-            Hop::Unchanged => self.inner.try_send(transmit),
-            Hop::Direct(to) => self.inner.try_send(&Transmit {
+            Hop::Unchanged => self.inner().try_send(transmit),
+            Hop::Direct(to) => self.inner().try_send(&Transmit {
                 destination: self.for_socket(to),
                 ecn: transmit.ecn,
                 contents: transmit.contents,
@@ -209,8 +223,9 @@ impl AsyncUdpSocket for KeynetSocket {
         if relayed > 0 {
             return Poll::Ready(Ok(relayed));
         }
+        let inner = self.inner();
         loop {
-            let n = match self.inner.poll_recv(cx, bufs, meta) {
+            let n = match inner.poll_recv(cx, bufs, meta) {
                 Poll::Ready(Ok(n)) => n,
                 other => return other,
             };
@@ -245,19 +260,19 @@ impl AsyncUdpSocket for KeynetSocket {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+        self.inner().local_addr()
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.inner.max_transmit_segments()
+        self.inner().max_transmit_segments()
     }
 
     fn max_receive_segments(&self) -> usize {
-        self.inner.max_receive_segments()
+        self.inner().max_receive_segments()
     }
 
     fn may_fragment(&self) -> bool {
-        self.inner.may_fragment()
+        self.inner().may_fragment()
     }
 }
 
@@ -274,7 +289,7 @@ pub fn bind(
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
     let inner = runtime.wrap_udp_socket(std_socket)?;
     let socket = Arc::new(KeynetSocket {
-        inner,
+        inner: RwLock::new(inner),
         sessions: Mutex::new(HashMap::new()),
         next_session: Default::default(),
         paths: Paths::default(),

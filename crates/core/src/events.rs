@@ -25,6 +25,31 @@ impl Path {
     }
 }
 
+/// Why a connection changed path (the `reason` of a `path` event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathReason {
+    /// A rendezvous (or a dead path that answered again) opened a direct path.
+    Upgrade,
+    /// The direct path stopped answering probes.
+    ProbeTimeout,
+    /// The peer's address changed (a NAT gave it a new mapping).
+    Rebinding,
+    /// The application reported a network change.
+    NetworkChanged,
+}
+
+impl PathReason {
+    /// The JS name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PathReason::Upgrade => "upgrade",
+            PathReason::ProbeTimeout => "probeTimeout",
+            PathReason::Rebinding => "rebinding",
+            PathReason::NetworkChanged => "networkChanged",
+        }
+    }
+}
+
 /// A snapshot of one connection (API.md `ConnectionInfo`).
 #[derive(Clone, Debug)]
 pub struct ConnectionInfo {
@@ -57,6 +82,8 @@ pub enum EventKind {
     Path,
     /// The proxy's own announced addresses changed (discovery).
     Address,
+    /// A relay link changed state.
+    Relay,
 }
 
 impl EventKind {
@@ -67,6 +94,7 @@ impl EventKind {
             EventKind::Close => "close",
             EventKind::Path => "path",
             EventKind::Address => "address",
+            EventKind::Relay => "relay",
         }
     }
 }
@@ -78,10 +106,32 @@ pub struct Event {
     pub kind: EventKind,
     /// The connection, as it was when it happened (`None` for `Address`).
     pub info: Option<ConnectionInfo>,
-    /// For `Close`: `local`, `remote`, `keepaliveTimeout`, `stopped` or an error text.
+    /// For `Close`: `local`, `remote`, `keepaliveTimeout`, `stopped` or an error text; for
+    /// `Path`: a [`PathReason`] name.
     pub reason: Option<String>,
+    /// For `Path`: the path before the change.
+    pub previous_path: Option<Path>,
     /// For `Address`: the addresses now announced.
     pub addresses: Vec<SocketAddr>,
+    /// For `Relay`: the link's new state.
+    pub relay: Option<RelayEvent>,
+}
+
+/// A relay link's state change (the `relay` event).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayEvent {
+    /// The relay's UDP address.
+    pub addr: SocketAddr,
+    /// The relay's node id.
+    pub node_id: String,
+    /// `registered`, `lost` (the link failed) or `reconnecting`.
+    pub state: &'static str,
+    /// For `registered`: `quic` or `websocket`.
+    pub transport: Option<&'static str>,
+    /// For `registered`: this node's address as the relay sees it.
+    pub observed: Option<SocketAddr>,
+    /// For `lost`: the error code and message.
+    pub error: Option<(&'static str, String)>,
 }
 
 impl Event {
@@ -91,7 +141,21 @@ impl Event {
             kind: EventKind::Address,
             info: None,
             reason: None,
+            previous_path: None,
             addresses,
+            relay: None,
+        }
+    }
+
+    /// A `Relay` event.
+    pub fn relay(relay: RelayEvent) -> Event {
+        Event {
+            kind: EventKind::Relay,
+            info: None,
+            reason: None,
+            previous_path: None,
+            addresses: Vec::new(),
+            relay: Some(relay),
         }
     }
 }

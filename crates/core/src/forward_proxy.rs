@@ -93,6 +93,17 @@ struct Running {
     relay: Option<Arc<RelayLink>>,
     /// Every relay link (the start one and those `openConnection` asked for), by relay.
     links: Mutex<Vec<Arc<RelayLink>>>,
+    /// The network last acted on.
+    network: Arc<crate::netwatch::Seen>,
+}
+
+impl Running {
+    fn network_changed(&self) {
+        crate::netwatch::rebind_if_gone(&self.endpoint, &self.socket);
+        for link in self.links.lock().expect("links lock").iter() {
+            link.network_changed();
+        }
+    }
 }
 
 impl ForwardProxy {
@@ -186,8 +197,15 @@ impl ForwardProxy {
             discovery,
             links: Mutex::new(relay.iter().cloned().collect()),
             relay,
+            network: Arc::new(crate::netwatch::Seen::now()),
         });
         *self.inner.running.write().expect("running lock") = Some(running.clone());
+        let weak = Arc::downgrade(&running);
+        tasks.spawn(crate::netwatch::watch(running.network.clone(), move || {
+            if let Some(r) = weak.upgrade() {
+                r.network_changed();
+            }
+        }));
         let me = self.clone();
         tasks.spawn(me.accept_loop(listener, running));
         tracing::info!(%proxy_addr, %egress_addr, %node_id, "forward proxy started");
@@ -308,6 +326,16 @@ impl ForwardProxy {
         let peer = cancellable(&running, cancel, dial).await?;
         running.tracker.register_relayed(addr, node, relay);
         Ok(running.tracker.info_of(&peer))
+    }
+
+    /// The device changed networks (the app says so; see [`crate::netwatch`] for Linux, where
+    /// it is noticed without being asked): rebinds the UDP socket if its address is gone,
+    /// registers with every relay again and re-probes every direct path at once.
+    pub fn network_changed(&self) -> Result<()> {
+        let running = self.running()?;
+        running.network.update(crate::netwatch::fingerprint());
+        running.network_changed();
+        Ok(())
     }
 
     /// The status of every relay link.

@@ -160,6 +160,12 @@ impl PunchDriver {
         self.puncher.connected();
     }
 
+    /// Ends punching and hands over the session: the peer's punch-format datagrams (probes,
+    /// acks) keep arriving there.
+    pub fn into_session(self) -> PunchSession {
+        self.session
+    }
+
     /// Whether the peer took part in punching (its punch, or its ack of ours, arrived).
     pub fn peer_took_part(&self) -> bool {
         self.puncher.peer_punching() || self.puncher.path_confirmed()

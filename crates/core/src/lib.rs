@@ -10,6 +10,7 @@ pub mod forward_proxy;
 pub mod holepunch;
 pub mod identity;
 pub(crate) mod lifecycle;
+pub mod netwatch;
 pub mod nodeid;
 pub mod options;
 pub mod paths;
@@ -23,7 +24,7 @@ pub mod tracker;
 
 pub use discovery::{DiscoveryOptions, Found};
 pub use error::{CertChainError, Error, Result};
-pub use events::{ConnectionInfo, Event, EventKind, EventSink, Path};
+pub use events::{ConnectionInfo, Event, EventKind, EventSink, Path, PathReason, RelayEvent};
 pub use forward_proxy::{ForwardProxy, ForwardStart};
 pub use identity::{
     generate_identity, node_id_from_certificate_pem, rotate_identity, Identity, TlsConfig,

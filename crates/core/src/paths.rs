@@ -10,14 +10,13 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use crate::endpoint::canonical;
-use crate::events::Path;
+use crate::events::{Path, PathReason};
 use crate::nodeid::NodeId;
 
 /// First octet of every virtual address.
@@ -26,9 +25,9 @@ const VIRTUAL_NET: u8 = 240;
 const VIRTUAL_PORT: u16 = 1;
 /// Datagrams from relay links waiting for quinn before more are dropped.
 const INBOUND_QUEUE: usize = 4096;
-/// A direct path that has delivered nothing for this long is abandoned for the relay (the
-/// connection's keepalives arrive every second when the path works).
-pub const DIRECT_STALE: Duration = Duration::from_secs(5);
+/// Path changes waiting for the proxy's event task before more are dropped (a change is rare:
+/// a few per connection and minute at worst; the getters read the table, never this queue).
+const CHANGE_QUEUE: usize = 256;
 
 /// Where datagrams for relayed peers go: the outbox of one relay link.
 pub type Outbox = mpsc::Sender<(NodeId, Vec<u8>)>;
@@ -38,19 +37,37 @@ pub fn is_virtual(addr: &SocketAddr) -> bool {
     matches!(canonical(*addr).ip(), IpAddr::V4(v4) if v4.octets()[0] == VIRTUAL_NET)
 }
 
-/// Called when a peer's path changes: its virtual address and the new path.
-pub type PathListener = Arc<dyn Fn(SocketAddr, Path) + Send + Sync>;
+/// A peer's path changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathChange {
+    /// The peer's virtual address (its connections run on it).
+    pub addr: SocketAddr,
+    /// The path before.
+    pub from: Path,
+    /// The path now.
+    pub to: Path,
+    /// Why.
+    pub reason: PathReason,
+}
 
 struct Direct {
     addr: SocketAddr,
     path: Path,
-    last_rx: Instant,
 }
 
 struct Route {
     node: NodeId,
     relay: Option<Outbox>,
     direct: Option<Direct>,
+    /// Datagrams quinn addressed to this peer so far (a connection that stopped sending, even
+    /// keepalives, is gone).
+    sent: u64,
+}
+
+impl Route {
+    fn path(&self) -> Path {
+        self.direct.as_ref().map_or(Path::Relayed, |d| d.path)
+    }
 }
 
 #[derive(Default)]
@@ -61,22 +78,27 @@ struct Table {
     by_direct: HashMap<SocketAddr, SocketAddr>,
 }
 
-/// The relayed peers of one socket.
+/// The relayed peers of one socket. Called from the socket's send and receive paths (inside
+/// quinn's connection driver), so nothing here blocks or calls out: a change is queued for the
+/// proxy's event task ([`Paths::take_changes`]), never delivered inline.
 pub struct Paths {
     table: Mutex<Table>,
     inbound_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     inbound_rx: Mutex<mpsc::Receiver<(SocketAddr, Vec<u8>)>>,
-    listener: Mutex<Option<PathListener>>,
+    changes_tx: mpsc::Sender<PathChange>,
+    changes_rx: Mutex<Option<mpsc::Receiver<PathChange>>>,
 }
 
 impl Default for Paths {
     fn default() -> Self {
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let (changes_tx, changes_rx) = mpsc::channel(CHANGE_QUEUE);
         Paths {
             table: Mutex::new(Table::default()),
             inbound_tx,
             inbound_rx: Mutex::new(inbound_rx),
-            listener: Mutex::new(None),
+            changes_tx,
+            changes_rx: Mutex::new(Some(changes_rx)),
         }
     }
 }
@@ -94,9 +116,9 @@ pub enum Hop {
 }
 
 impl Paths {
-    /// Sets who hears of path changes.
-    pub fn set_listener(&self, listener: Option<PathListener>) {
-        *self.listener.lock().expect("listener lock") = listener;
+    /// The queue of path changes (once: the proxy's event task takes it).
+    pub fn take_changes(&self) -> Option<mpsc::Receiver<PathChange>> {
+        self.changes_rx.lock().expect("changes lock").take()
     }
 
     /// The virtual address of `node`, reached through `relay` (allocated on first use).
@@ -117,6 +139,7 @@ impl Paths {
             node,
             relay: None,
             direct: None,
+            sent: 0,
         });
         // Called for every relayed datagram: clone the outbox only when it changed.
         if !route.relay.as_ref().is_some_and(|o| o.same_channel(relay)) {
@@ -137,53 +160,25 @@ impl Paths {
         if !is_virtual(&to) {
             return Hop::Unchanged;
         }
-        let mut changed = None;
-        let route = {
-            let mut t = self.table.lock().expect("paths lock");
-            let key = canonical(to);
-            let Some(r) = t.routes.get_mut(&key) else {
-                return Hop::Nowhere;
-            };
-            let stale = r.direct.as_ref().is_some_and(|d| {
-                d.last_rx.elapsed() > DIRECT_STALE
-                    && r.relay.as_ref().is_some_and(|o| !o.is_closed())
-            });
-            if stale {
-                let d = r.direct.take().expect("direct path");
-                t.by_direct.remove(&d.addr);
-                changed = Some(key);
-                let r = t.routes.get(&key).expect("route");
-                r.relay
-                    .clone()
-                    .map_or(Hop::Nowhere, |o| Hop::Relay(r.node, o))
-            } else if let Some(d) = &r.direct {
-                Hop::Direct(d.addr)
-            } else {
-                r.relay
-                    .clone()
-                    .map_or(Hop::Nowhere, |o| Hop::Relay(r.node, o))
-            }
+        let mut t = self.table.lock().expect("paths lock");
+        let Some(r) = t.routes.get_mut(&canonical(to)) else {
+            return Hop::Nowhere;
         };
-        if let Some(addr) = changed {
-            tracing::info!(%addr, "direct path went silent: back to the relay");
-            self.notify(addr, Path::Relayed);
+        r.sent += 1;
+        match (&r.direct, &r.relay) {
+            (Some(d), _) => Hop::Direct(d.addr),
+            (None, Some(o)) => Hop::Relay(r.node, o.clone()),
+            (None, None) => Hop::Nowhere,
         }
-        route
     }
 
     /// The virtual address a datagram from `from` is presented with (itself if not punched).
     pub fn inbound_source(&self, from: SocketAddr) -> SocketAddr {
-        let mut t = self.table.lock().expect("paths lock");
+        let t = self.table.lock().expect("paths lock");
         if t.by_direct.is_empty() {
             return from;
         }
-        let Some(v) = t.by_direct.get(&canonical(from)).copied() else {
-            return from;
-        };
-        if let Some(d) = t.routes.get_mut(&v).and_then(|r| r.direct.as_mut()) {
-            d.last_rx = Instant::now();
-        }
-        v
+        t.by_direct.get(&canonical(from)).copied().unwrap_or(from)
     }
 
     /// Starts presenting datagrams from `direct` as coming from `node`'s virtual address (the
@@ -195,33 +190,87 @@ impl Paths {
         Some(v)
     }
 
-    /// Sends `node`'s datagrams straight to `direct` from now on (the punch was acknowledged).
-    pub fn use_direct(&self, node: NodeId, direct: SocketAddr, path: Path) {
-        let v = {
+    /// Sends `node`'s datagrams straight to `direct` from now on (the punch was acknowledged,
+    /// or a dead path answered again).
+    pub fn use_direct(&self, node: NodeId, direct: SocketAddr, path: Path, reason: PathReason) {
+        let direct = canonical(direct);
+        let change = {
             let mut t = self.table.lock().expect("paths lock");
             let Some(v) = t.by_node.get(&node).copied() else {
                 return;
             };
-            let direct = canonical(direct);
             t.by_direct.insert(direct, v);
-            if let Some(r) = t.routes.get_mut(&v) {
-                r.direct = Some(Direct {
-                    addr: direct,
-                    path,
-                    last_rx: Instant::now(),
-                });
+            let Some(r) = t.routes.get_mut(&v) else {
+                return;
+            };
+            let from = r.path();
+            r.direct = Some(Direct { addr: direct, path });
+            PathChange {
+                addr: v,
+                from,
+                to: path,
+                reason,
             }
-            v
         };
-        tracing::info!(%node, %direct, path = path.as_str(), "relayed connection upgraded");
-        self.notify(v, path);
+        tracing::info!(%node, %direct, path = path.as_str(), reason = reason.as_str(), "relayed peer on a direct path");
+        self.report(change);
+    }
+
+    /// Sends `node`'s datagrams through the relay again (its direct path stopped answering).
+    /// Datagrams still arriving from the direct address keep being accepted.
+    pub fn drop_direct(&self, node: NodeId, reason: PathReason) {
+        let change = {
+            let mut t = self.table.lock().expect("paths lock");
+            let Some(v) = t.by_node.get(&node).copied() else {
+                return;
+            };
+            let Some(r) = t.routes.get_mut(&v) else {
+                return;
+            };
+            let Some(d) = r.direct.take() else {
+                return;
+            };
+            PathChange {
+                addr: v,
+                from: d.path,
+                to: Path::Relayed,
+                reason,
+            }
+        };
+        tracing::info!(%node, reason = reason.as_str(), "direct path given up: back to the relay");
+        self.report(change);
+    }
+
+    /// Forgets `node`'s direct path entirely (its connections are gone): no event.
+    pub fn forget_direct(&self, node: NodeId) {
+        let mut t = self.table.lock().expect("paths lock");
+        let Some(v) = t.by_node.get(&node).copied() else {
+            return;
+        };
+        t.by_direct.retain(|_, to| *to != v);
+        if let Some(r) = t.routes.get_mut(&v) {
+            r.direct = None;
+        }
+    }
+
+    /// The direct address `node`'s datagrams go to now, if any.
+    pub fn direct_of(&self, node: NodeId) -> Option<SocketAddr> {
+        let t = self.table.lock().expect("paths lock");
+        let v = t.by_node.get(&node)?;
+        t.routes.get(v)?.direct.as_ref().map(|d| d.addr)
+    }
+
+    /// Datagrams quinn has sent to `node` so far (`None`: not a relayed peer).
+    pub fn sent_to(&self, node: NodeId) -> Option<u64> {
+        let t = self.table.lock().expect("paths lock");
+        let v = t.by_node.get(&node)?;
+        t.routes.get(v).map(|r| r.sent)
     }
 
     /// The path datagrams to `addr` take now (`None` if it is not a relayed peer).
     pub fn path_of(&self, addr: &SocketAddr) -> Option<Path> {
         let t = self.table.lock().expect("paths lock");
-        let r = t.routes.get(&canonical(*addr))?;
-        Some(r.direct.as_ref().map_or(Path::Relayed, |d| d.path))
+        t.routes.get(&canonical(*addr)).map(Route::path)
     }
 
     /// Fills `bufs` with datagrams that came through relays, registering `cx` when none wait.
@@ -255,10 +304,12 @@ impl Paths {
         n
     }
 
-    fn notify(&self, addr: SocketAddr, path: Path) {
-        let listener = self.listener.lock().expect("listener lock").clone();
-        if let Some(l) = listener {
-            l(addr, path);
+    fn report(&self, change: PathChange) {
+        if change.from == change.to {
+            return;
+        }
+        if self.changes_tx.try_send(change).is_err() {
+            tracing::warn!(addr = %change.addr, "path change not reported: the event queue is full");
         }
     }
 }
@@ -283,50 +334,64 @@ mod tests {
         assert!(!is_virtual(&"127.0.0.1:1".parse().unwrap()));
         assert!(matches!(p.route(a), Hop::Relay(n, _) if n == node(1)));
         assert_eq!(p.path_of(&a), Some(Path::Relayed));
+        assert_eq!(p.sent_to(node(1)), Some(1));
     }
 
     #[test]
     fn upgrade_moves_sends_and_receives_to_the_punched_address() {
         let p = Paths::default();
+        let mut changes = p.take_changes().unwrap();
+        assert!(p.take_changes().is_none(), "one owner");
         let (tx, _rx) = mpsc::channel(4);
         let v = p.virtual_for(node(1), &tx);
         let x: SocketAddr = "198.51.100.7:4000".parse().unwrap();
         assert!(matches!(p.route(v), Hop::Relay(n, _) if n == node(1)));
         assert_eq!(p.inbound_source(x), x);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s = seen.clone();
-        p.set_listener(Some(Arc::new(move |a, path| {
-            s.lock().unwrap().push((a, path))
-        })));
         p.accept_direct(node(1), x);
         assert_eq!(p.inbound_source(x), v);
         assert!(matches!(p.route(v), Hop::Relay(..)), "not before the ack");
-        p.use_direct(node(1), x, Path::Punched);
+        p.use_direct(node(1), x, Path::Punched, PathReason::Upgrade);
         assert!(matches!(p.route(v), Hop::Direct(a) if a == x));
         assert_eq!(p.path_of(&v), Some(Path::Punched));
-        assert_eq!(*seen.lock().unwrap(), vec![(v, Path::Punched)]);
+        assert_eq!(p.direct_of(node(1)), Some(x));
+        assert_eq!(
+            changes.try_recv().unwrap(),
+            PathChange {
+                addr: v,
+                from: Path::Relayed,
+                to: Path::Punched,
+                reason: PathReason::Upgrade
+            }
+        );
         assert!(matches!(
             p.route("127.0.0.1:9".parse().unwrap()),
             Hop::Unchanged
         ));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_direct_path_falls_back_to_the_relay() {
+    #[test]
+    fn a_dropped_direct_path_goes_back_to_the_relay_and_still_accepts_late_packets() {
         let p = Paths::default();
+        let mut changes = p.take_changes().unwrap();
         let (tx, _rx) = mpsc::channel(4);
         let v = p.virtual_for(node(1), &tx);
         let x: SocketAddr = "198.51.100.7:4000".parse().unwrap();
-        p.use_direct(node(1), x, Path::Punched);
-        assert!(matches!(p.route(v), Hop::Direct(_)));
-        // std Instant is not paused: age the path by hand.
-        {
-            let mut t = p.table.lock().unwrap();
-            let d = t.routes.get_mut(&v).unwrap().direct.as_mut().unwrap();
-            d.last_rx = Instant::now() - DIRECT_STALE - Duration::from_millis(1);
-        }
+        p.use_direct(node(1), x, Path::Punched, PathReason::Upgrade);
+        p.drop_direct(node(1), PathReason::ProbeTimeout);
+        p.drop_direct(node(1), PathReason::ProbeTimeout);
         assert!(matches!(p.route(v), Hop::Relay(..)));
         assert_eq!(p.path_of(&v), Some(Path::Relayed));
+        assert_eq!(
+            p.inbound_source(x),
+            v,
+            "packets in flight on the old path still count"
+        );
+        let _ = changes.try_recv().unwrap();
+        let back = changes.try_recv().unwrap();
+        assert_eq!((back.from, back.to), (Path::Punched, Path::Relayed));
+        assert_eq!(back.reason, PathReason::ProbeTimeout);
+        assert!(changes.try_recv().is_err(), "one change, one event");
+        p.forget_direct(node(1));
         assert_eq!(p.inbound_source(x), x);
     }
 

@@ -90,6 +90,17 @@ struct Running {
     by_proxy: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     discovery: Option<Arc<Discovery>>,
     relay: Option<Arc<RelayLink>>,
+    /// The network last acted on.
+    network: Arc<crate::netwatch::Seen>,
+}
+
+impl Running {
+    fn network_changed(&self) {
+        crate::netwatch::rebind_if_gone(&self.endpoint, &self.socket);
+        if let Some(link) = &self.relay {
+            link.network_changed();
+        }
+    }
 }
 
 impl ReverseProxy {
@@ -179,10 +190,25 @@ impl ReverseProxy {
             by_proxy: Mutex::new(HashMap::new()),
             discovery,
             relay,
+            network: Arc::new(crate::netwatch::Seen::now()),
         });
         *self.inner.running.write().expect("running lock") = Some(running.clone());
+        let weak = Arc::downgrade(&running);
+        tasks.spawn(crate::netwatch::watch(running.network.clone(), move || {
+            if let Some(r) = weak.upgrade() {
+                r.network_changed();
+            }
+        }));
         tasks.spawn(self.clone().accept_loop(running));
         tracing::info!(%ingress_addr, server = %start.server_addr, %node_id, "reverse proxy started");
+        Ok(())
+    }
+
+    /// The device changed networks: as [`crate::ForwardProxy::network_changed`].
+    pub fn network_changed(&self) -> Result<()> {
+        let running = self.running()?;
+        running.network.update(crate::netwatch::fingerprint());
+        running.network_changed();
         Ok(())
     }
 

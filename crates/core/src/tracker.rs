@@ -11,6 +11,7 @@ use crate::endpoint::canonical;
 use crate::events::{ConnectionInfo, Event, EventKind, EventSink, Path};
 use crate::identity::certs_to_pem;
 use crate::nodeid::NodeId;
+use crate::paths::PathChange;
 use crate::relay::link::RelaySpec;
 use crate::task::Tasks;
 use crate::tls::verify::{verify_chain, Acceptable};
@@ -49,6 +50,9 @@ pub struct Peer {
     pub certs: Vec<CertificateDer<'static>>,
     /// The peer's UDP address.
     pub remote: SocketAddr,
+    /// The address quinn knows the peer by (virtual for a relay-backed connection), read once:
+    /// asking the connection takes its lock, which the socket's send path may hold.
+    quic_addr: SocketAddr,
     path: Mutex<Path>,
     close_reason: Mutex<Option<&'static str>>,
 }
@@ -70,7 +74,9 @@ impl Peer {
     ) -> Peer {
         let certs = crate::tls::verify::peer_chain(&conn);
         let remote = canonical(remote);
+        let quic_addr = canonical(conn.remote_address());
         Peer {
+            quic_addr,
             conn,
             node_id,
             certs,
@@ -98,7 +104,7 @@ impl Peer {
 
     /// Whether the QUIC connection runs on a virtual (relay-backed) address.
     pub fn is_relay_backed(&self) -> bool {
-        crate::paths::is_virtual(&self.conn.remote_address())
+        crate::paths::is_virtual(&self.quic_addr)
     }
 
     /// Closes the connection, recording why (the close event carries it).
@@ -217,22 +223,21 @@ impl Tracker {
         map.get(&canonical(*addr)).and_then(|e| e.via.clone())
     }
 
-    /// Sets the path of the connections running on virtual address `addr` and reports it.
-    pub fn set_path(&self, addr: SocketAddr, path: Path) {
-        let addr = canonical(addr);
-        let changed: Vec<Arc<Peer>> = self
+    /// Applies a path change to the connections running on its virtual address and reports
+    /// it as a `path` event (called by the proxy's event task, never from the socket).
+    pub fn set_path(&self, change: PathChange) {
+        let addr = canonical(change.addr);
+        let changed: Vec<(Arc<Peer>, Path)> = self
             .peers()
             .into_iter()
-            .filter(|p| canonical(p.conn.remote_address()) == addr)
-            .filter(|p| {
-                let mut cur = p.path.lock().expect("path lock");
-                let differs = *cur != path;
-                *cur = path;
-                differs
+            .filter(|p| p.quic_addr == addr)
+            .filter_map(|p| {
+                let before = std::mem::replace(&mut *p.path.lock().expect("path lock"), change.to);
+                (before != change.to).then_some((p, before))
             })
             .collect();
-        for p in changed {
-            self.emit(EventKind::Path, &p, None);
+        for (p, before) in changed {
+            self.emit_path(&p, before, change.reason);
         }
     }
 
@@ -245,15 +250,17 @@ impl Tracker {
 
     /// The live connection to `addr`.
     pub fn get(&self, addr: &SocketAddr) -> Option<Arc<Peer>> {
-        let map = self.entries.lock().expect("tracker lock");
+        // Copied out first: no connection is asked anything while the tracker lock is held
+        // (asking takes the connection's lock, which its driver may hold for a while).
+        let peers = {
+            let map = self.entries.lock().expect("tracker lock");
+            map.get(&canonical(*addr))?.peers.clone()
+        };
         // A connection that is already closing (e.g. reset by a restarted peer) is not reused.
-        map.get(&canonical(*addr)).and_then(|e| {
-            e.peers
-                .iter()
-                .rev()
-                .find(|p| p.conn.close_reason().is_none())
-                .cloned()
-        })
+        peers
+            .into_iter()
+            .rev()
+            .find(|p| p.conn.close_reason().is_none())
     }
 
     /// The lock serialising dials to `addr` (one QUIC connection per address).
@@ -368,14 +375,32 @@ impl Tracker {
     }
 
     fn emit(&self, kind: EventKind, peer: &Peer, reason: Option<String>) {
+        self.send(Event {
+            kind,
+            info: Some(peer.info(self.local, self.role)),
+            reason,
+            previous_path: None,
+            addresses: Vec::new(),
+            relay: None,
+        });
+    }
+
+    fn emit_path(&self, peer: &Peer, before: Path, reason: crate::events::PathReason) {
+        self.send(Event {
+            kind: EventKind::Path,
+            info: Some(peer.info(self.local, self.role)),
+            reason: Some(reason.as_str().to_string()),
+            previous_path: Some(before),
+            addresses: Vec::new(),
+            relay: None,
+        });
+    }
+
+    /// Hands an event to the user's sink, if one is set.
+    pub fn send(&self, event: Event) {
         let sink = self.sink.read().expect("sink lock").clone();
         if let Some(sink) = sink {
-            sink(Event {
-                kind,
-                info: Some(peer.info(self.local, self.role)),
-                reason,
-                addresses: Vec::new(),
-            });
+            sink(event);
         }
     }
 }

@@ -45,6 +45,11 @@ int keynet_forward_proxy_open(keynet_runtime *rt, keynet_forward_proxy *fp, cons
                               const char *addr, uint32_t timeout_ms);
 void keynet_forward_proxy_stop(keynet_runtime *rt, keynet_forward_proxy *fp);
 
+/* The device changed networks (Wi-Fi to cellular, a new hotspot): call it from the platform's
+ * network callback (NWPathMonitor, ConnectivityManager). Either proxy may be NULL. Rebinds a
+ * socket whose address is gone, registers with relays again, re-probes every direct path. */
+int keynet_network_changed(const keynet_forward_proxy *fp, const keynet_reverse_proxy *rp);
+
 #ifdef __cplusplus
 }
 #endif

@@ -242,6 +242,23 @@ pub unsafe extern "C" fn keynet_forward_proxy_open(
     }
 }
 
+/// The device changed networks (the app heard it from the OS): both proxies, either may be
+/// NULL. Rebinds a socket whose address is gone, registers with relays again and re-probes
+/// every direct path. Returns 0, or -1 if a given proxy is not running.
+#[no_mangle]
+pub unsafe extern "C" fn keynet_network_changed(
+    fp: *const KeynetForwardProxy,
+    rp: *const KeynetReverseProxy,
+) -> i32 {
+    if let Some(Err(e)) = fp.as_ref().map(|fp| fp.0.network_changed()) {
+        return core_err(e);
+    }
+    if let Some(Err(e)) = rp.as_ref().map(|rp| rp.0.network_changed()) {
+        return core_err(e);
+    }
+    0
+}
+
 /// Stops and frees a forward proxy.
 #[no_mangle]
 pub unsafe extern "C" fn keynet_forward_proxy_stop(

@@ -20,8 +20,9 @@ fn tunnel_through_the_c_api() {
     std::thread::spawn(move || {
         let (mut s, _) = server.accept().unwrap();
         let mut buf = [0u8; 5];
-        s.read_exact(&mut buf).unwrap();
-        s.write_all(&buf).unwrap();
+        while s.read_exact(&mut buf).is_ok() {
+            s.write_all(&buf).unwrap();
+        }
     });
     let any = CString::new("127.0.0.1:0").unwrap();
     unsafe {
@@ -80,6 +81,16 @@ fn tunnel_through_the_c_api() {
         let mut back = [0u8; 5];
         s.read_exact(&mut back).unwrap();
         assert_eq!(&back, b"hello");
+
+        // A network change keeps the tunnel: the same stream still echoes.
+        assert_eq!(keynet_network_changed(fp, rp), 0);
+        assert_eq!(
+            keynet_network_changed(std::ptr::null(), std::ptr::null()),
+            0
+        );
+        s.write_all(b"again").unwrap();
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"again");
 
         keynet_forward_proxy_stop(rt, fp);
         keynet_reverse_proxy_stop(rt, rp);

@@ -1,8 +1,9 @@
 //! Sans-IO wire formats and state machines: the HTTP CONNECT head, the tunnel header on each
-//! QUIC stream, hole punching, the post-handshake hello, and the relay frames.
+//! QUIC stream, hole punching, the liveness of punched paths, the post-handshake hello, and the relay frames.
 
 pub mod connect;
 pub mod hello;
+pub mod liveness;
 pub mod punch;
 pub mod relay;
 pub mod tunnel;

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::endpoint::KeynetSocket;
 use crate::error::Result;
-use crate::events::Path;
+use crate::events::{Event, Path, RelayEvent};
 use crate::identity::LoadedIdentity;
 use crate::options::ConnOptions;
 use crate::relay::link::{LinkContext, LinkStatus, RelayLink, RelaySpec};
@@ -43,16 +43,48 @@ pub struct ProxyParts<'a> {
     pub server: Option<SocketAddr>,
 }
 
-/// Routes path changes of `socket`'s relayed peers to `tracker` (once per proxy).
-pub fn watch_paths(socket: &KeynetSocket, tracker: &Arc<Tracker>) {
+/// Applies the path changes of `socket`'s relayed peers to `tracker` (which reports them as
+/// `path` events), in a task of the proxy's own: the socket only queues them.
+pub fn watch_paths(socket: &KeynetSocket, tracker: &Arc<Tracker>, tasks: &Tasks) {
+    let Some(mut changes) = socket.paths.take_changes() else {
+        return;
+    };
     let weak = Arc::downgrade(tracker);
-    socket
-        .paths
-        .set_listener(Some(Arc::new(move |addr: SocketAddr, path: Path| {
-            if let Some(t) = weak.upgrade() {
-                t.set_path(addr, path);
-            }
-        })));
+    tasks.spawn(async move {
+        while let Some(change) = changes.recv().await {
+            let Some(t) = weak.upgrade() else { return };
+            t.set_path(change);
+        }
+    });
+}
+
+/// The `relay` event for a link status.
+fn relay_event(spec: &RelaySpec, status: &LinkStatus) -> RelayEvent {
+    let mut e = RelayEvent {
+        addr: spec.addr,
+        node_id: spec.node_id.to_string(),
+        state: "reconnecting",
+        transport: None,
+        observed: None,
+        error: None,
+    };
+    match status {
+        LinkStatus::Connecting => {}
+        LinkStatus::Up {
+            transport,
+            observed,
+            ..
+        } => {
+            e.state = "registered";
+            e.transport = Some(transport);
+            e.observed = Some(*observed);
+        }
+        LinkStatus::Down(code, why) => {
+            e.state = "lost";
+            e.error = Some((code, why.clone()));
+        }
+    }
+    e
 }
 
 /// Starts a link to `spec` for a proxy and wires it.
@@ -78,6 +110,17 @@ pub fn attach(spec: RelaySpec, p: ProxyParts<'_>) -> Arc<RelayLink> {
             p.tasks.clone(),
         ));
     }
+    // Every state change of the link reaches the user as a `relay` event.
+    let mut status = link.watch();
+    let tracker = Arc::downgrade(p.tracker);
+    let spec = link.spec().clone();
+    p.tasks.spawn(async move {
+        while status.changed().await.is_ok() {
+            let event = relay_event(&spec, &status.borrow_and_update());
+            let Some(t) = tracker.upgrade() else { return };
+            t.send(Event::relay(event));
+        }
+    });
     // Relayed connections cannot outlive their relay: once it has been gone for a grace period
     // (a rendezvous in flight may still move them off it, a quick relay restart lets them go
     // on), close those still relayed with a clear reason.
@@ -120,7 +163,7 @@ pub async fn for_start(
     spec: Option<RelaySpec>,
     p: ProxyParts<'_>,
 ) -> Result<Option<Arc<RelayLink>>> {
-    watch_paths(p.socket, p.tracker);
+    watch_paths(p.socket, p.tracker, p.tasks);
     let Some(spec) = spec else {
         return Ok(None);
     };

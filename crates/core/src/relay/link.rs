@@ -3,21 +3,23 @@
 //! carries the keynode's QUIC packets for relayed peers both ways, and punches when the relay
 //! calls a rendezvous. Owned by a proxy; its task ends on the proxy's `stop()`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::KeynetSocket;
 use crate::error::{Error, Result};
-use crate::events::Path;
-use crate::holepunch::PunchDriver;
 use crate::identity::LoadedIdentity;
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::paths::Outbox;
 use crate::proto::relay::{Frame, GoneReason};
+use crate::relay::direct::DirectPath;
 use crate::relay::framed::{write_frames, BoxRead, BoxWrite, FrameReader, ReadError};
 use crate::relay::transport::{self, Transport};
 use crate::task::Tasks;
@@ -31,8 +33,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A session that lived this long resets the backoff.
 const HEALTHY: Duration = Duration::from_secs(10);
-/// How long a rendezvous punches before the connection stays relayed.
-const RENDEZVOUS_BUDGET: Duration = Duration::from_secs(5);
 
 /// How to reach a relay and what to ask of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,7 +123,14 @@ pub struct RelayLink {
     status: watch::Receiver<LinkStatus>,
     gone: broadcast::Sender<(NodeId, String)>,
     rendezvous_done: Mutex<std::collections::HashSet<NodeId>>,
-    kill: tokio_util::sync::CancellationToken,
+    /// The direct-path task of each peer a rendezvous was arranged with (id, cancel).
+    direct: Mutex<HashMap<NodeId, (u64, CancellationToken)>>,
+    next_direct: AtomicU64,
+    /// Bumped by [`RelayLink::network_changed`]; direct-path tasks re-probe.
+    network: watch::Sender<u64>,
+    /// Ends the current relay session so the link registers again at once.
+    renew: Arc<Notify>,
+    kill: CancellationToken,
 }
 
 impl RelayLink {
@@ -140,7 +147,11 @@ impl RelayLink {
             status,
             gone,
             rendezvous_done: Mutex::new(Default::default()),
-            kill: tokio_util::sync::CancellationToken::new(),
+            direct: Mutex::new(HashMap::new()),
+            next_direct: AtomicU64::new(0),
+            network: watch::channel(0).0,
+            renew: Arc::new(Notify::new()),
+            kill: CancellationToken::new(),
         });
         let runner = Runner {
             link: Arc::downgrade(&link),
@@ -149,6 +160,7 @@ impl RelayLink {
             status: status_tx,
             gone: link.gone.clone(),
             outbox: link.outbox.clone(),
+            renew: link.renew.clone(),
         };
         let kill = link.kill.clone();
         ctx.tasks.spawn(async move {
@@ -163,6 +175,9 @@ impl RelayLink {
     /// Ends the link (its relay connection closes).
     pub fn stop(&self) {
         self.kill.cancel();
+        for (_, cancel) in self.direct.lock().expect("direct lock").values() {
+            cancel.cancel();
+        }
     }
 
     /// Whether `other` asks for the same registration (relay, transport, token, port).
@@ -248,12 +263,26 @@ impl RelayLink {
         let _ = self.control.try_send(Frame::CallMeMaybe { peer });
     }
 
+    /// Asks the relay for another rendezvous with `peer` (its direct path died; the addresses
+    /// may have changed).
+    pub(crate) fn recall(&self, peer: NodeId) {
+        let _ = self.control.try_send(Frame::CallMeMaybe { peer });
+    }
+
+    /// The device changed networks: register again (the relay then observes the new
+    /// address) and re-probe every direct path at once.
+    pub fn network_changed(&self) {
+        self.network.send_modify(|n| *n += 1);
+        self.renew.notify_one();
+    }
+
     /// Where frames for the relay go (public-port traffic).
     pub fn sender(&self) -> mpsc::Sender<Frame> {
         self.control.clone()
     }
 
-    fn forget_rendezvous(&self, node: &NodeId) {
+    /// Forgets that a rendezvous with `node` was asked for (the next relayed dial asks again).
+    pub(crate) fn forget_rendezvous(&self, node: &NodeId) {
         self.rendezvous_done
             .lock()
             .expect("rendezvous lock")
@@ -268,6 +297,7 @@ struct Runner {
     status: watch::Sender<LinkStatus>,
     gone: broadcast::Sender<(NodeId, String)>,
     outbox: Outbox,
+    renew: Arc<Notify>,
 }
 
 impl Runner {
@@ -282,7 +312,15 @@ impl Runner {
                 return;
             }
             let started = Instant::now();
-            let (code, why) = match self.session(&mut outbox_rx, &mut control_rx).await {
+            let mut renewing = false;
+            let ended = tokio::select! {
+                r = self.session(&mut outbox_rx, &mut control_rx) => r,
+                _ = self.renew.notified() => {
+                    renewing = true;
+                    Err(Error::ConnectionStart("the network changed: registering again".into()))
+                }
+            };
+            let (code, why) = match ended {
                 Ok(()) => (
                     "ErrorConnectionStart",
                     "the relay closed the connection".to_string(),
@@ -291,7 +329,7 @@ impl Runner {
             };
             tracing::info!(relay = %self.spec.addr, reason = %why, "relay link down");
             let _ = self.status.send(LinkStatus::Down(code, why));
-            if started.elapsed() > HEALTHY {
+            if started.elapsed() > HEALTHY || renewing {
                 backoff = MIN_BACKOFF;
             }
             // While down, packets for relayed peers are lost (as on a broken network).
@@ -450,42 +488,51 @@ impl Runner {
         }
     }
 
-    /// Punches toward `peer` at `addr`; on success its packets take the direct path.
+    /// Starts (or restarts) the direct-path task of `peer` at `addr`: punch, then keep the
+    /// path alive or fall back to the relay.
     fn rendezvous(&self, peer: NodeId, addr: SocketAddr, delay: Duration) {
-        let ctx = self.ctx.clone();
-        let link = self.link.clone();
+        let Some(link) = self.link.upgrade() else {
+            return;
+        };
+        let cancel = CancellationToken::new();
+        let id = link.next_direct.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, older)) = link
+            .direct
+            .lock()
+            .expect("direct lock")
+            .insert(peer, (id, cancel.clone()))
+        {
+            older.cancel();
+        }
+        let initiator = link
+            .rendezvous_done
+            .lock()
+            .expect("rendezvous lock")
+            .contains(&peer);
+        let task = DirectPath {
+            socket: self.ctx.socket.clone(),
+            link: self.link.clone(),
+            peer,
+            addr,
+            punch_interval: self.ctx.opts.punch_interval,
+            keepalive_interval: self.ctx.opts.keepalive_interval,
+            initiator,
+            network: link.network.subscribe(),
+        };
+        let weak = self.link.clone();
         self.ctx.tasks.spawn(async move {
-            tokio::time::sleep(delay).await;
-            let paths = &ctx.socket.paths;
-            let mut punch = PunchDriver::start(
-                &ctx.socket,
-                addr,
-                ctx.opts.punch_interval,
-                RENDEZVOUS_BUDGET,
-                u32::MAX,
-            );
-            let _ = tokio::time::timeout(
-                RENDEZVOUS_BUDGET,
-                punch.rendezvous(
-                    || {
-                        paths.accept_direct(peer, addr);
-                    },
-                    |nat_between| {
-                        let path = if nat_between {
-                            Path::Punched
-                        } else {
-                            Path::Direct
-                        };
-                        paths.use_direct(peer, addr, path);
-                    },
-                ),
-            )
-            .await;
-            punch.connected();
-            if !punch.confirmed() {
-                tracing::info!(%peer, %addr, "rendezvous punch failed: staying relayed");
-                if let Some(l) = link.upgrade() {
-                    l.forget_rendezvous(&peer);
+            let run = async {
+                tokio::time::sleep(delay).await;
+                task.run().await
+            };
+            tokio::select! {
+                _ = run => {}
+                _ = cancel.cancelled() => return,
+            }
+            if let Some(l) = weak.upgrade() {
+                let mut direct = l.direct.lock().expect("direct lock");
+                if direct.get(&peer).is_some_and(|(i, _)| *i == id) {
+                    direct.remove(&peer);
                 }
             }
         });

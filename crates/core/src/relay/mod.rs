@@ -6,6 +6,7 @@
 pub mod alloc;
 pub mod attach;
 pub mod client;
+mod direct;
 mod framed;
 pub mod link;
 pub mod public;

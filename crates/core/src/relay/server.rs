@@ -94,10 +94,21 @@ struct Inner {
 /// One registered node.
 struct NodeConn {
     id: u64,
-    observed: Option<SocketAddr>,
+    /// The node's QUIC connection: its UDP address, read when needed (it changes when the
+    /// node's NAT rebinds and quinn migrates). None over WebSocket (no UDP path).
+    quic: Option<quinn::Connection>,
     tx: mpsc::Sender<Frame>,
     kick: CancellationToken,
     peers: Mutex<HashSet<NodeId>>,
+}
+
+impl NodeConn {
+    /// The node's UDP address as the relay sees it now (None: no UDP path).
+    fn observed(&self) -> Option<SocketAddr> {
+        self.quic
+            .as_ref()
+            .map(|c| endpoint::canonical(c.remote_address()))
+    }
 }
 
 struct Running {
@@ -276,7 +287,6 @@ impl RelayServer {
             .await
             .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))?
             .map_err(|e| Error::ConnectionStart(e.to_string()))?;
-        let observed = endpoint::canonical(conn.remote_address());
         let closer_conn = conn.clone();
         let closer: Closer = Box::new(move |why: &str| {
             closer_conn.close(PROTOCOL_ERROR.into(), why.as_bytes());
@@ -285,8 +295,8 @@ impl RelayServer {
             .serve_node(
                 running,
                 node,
-                Some(observed),
-                observed,
+                Some(conn.clone()),
+                endpoint::canonical(conn.remote_address()),
                 Box::new(recv),
                 Box::new(send),
                 closer,
@@ -357,7 +367,7 @@ impl RelayServer {
         &self,
         running: &Arc<Running>,
         node: NodeId,
-        observed: Option<SocketAddr>,
+        quic: Option<quinn::Connection>,
         remote: SocketAddr,
         read: BoxRead,
         mut write: BoxWrite,
@@ -389,7 +399,7 @@ impl RelayServer {
         });
         let me = Arc::new(NodeConn {
             id: running.next_id.fetch_add(1, Ordering::Relaxed),
-            observed,
+            quic,
             tx,
             kick,
             peers: Mutex::new(HashSet::new()),
@@ -525,7 +535,7 @@ impl RelayServer {
                     };
                     tracing::info!(%node, %remote, ?public_port, "node registered");
                     Some(Frame::Registered {
-                        observed: observed_or(me.observed, remote),
+                        observed: me.observed().unwrap_or(remote),
                         public_port,
                     })
                 }
@@ -624,7 +634,7 @@ impl RelayServer {
             });
         };
         // Only QUIC-connected nodes have a UDP address worth punching to.
-        let (Some(mine), Some(theirs)) = (me.observed, target.observed) else {
+        let (Some(mine), Some(theirs)) = (me.observed(), target.observed()) else {
             tracing::debug!(%node, %peer, "no rendezvous: a side has no UDP path");
             return None;
         };
@@ -640,10 +650,6 @@ impl RelayServer {
             punch_in_ms: 0,
         })
     }
-}
-
-fn observed_or(observed: Option<SocketAddr>, remote: SocketAddr) -> SocketAddr {
-    observed.unwrap_or(remote)
 }
 
 async fn bind_tcp(start: &RelayStart, udp: SocketAddr) -> Result<TcpListener> {

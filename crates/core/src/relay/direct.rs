@@ -1,0 +1,204 @@
+//! The direct path of one relayed peer, from rendezvous to the end of its connections: punch
+//! toward the address the relay gave, use the path once the peer acknowledged our punch, probe
+//! it (authenticated by nonce echo, [`PathLiveness`]), fall back to the relay when it stops
+//! answering, find it again with recovery probes, and ask the relay for a fresh rendezvous with
+//! a backoff when the addresses may have changed. One task per peer and link, owned by the
+//! proxy's tasks; a newer rendezvous for the same peer replaces it.
+//!
+//! Everything here runs in its own task: the socket's send and receive paths (inside quinn's
+//! connection driver) only read the routing table, so a path change can never deadlock them.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::endpoint::KeynetSocket;
+use crate::events::{Path, PathReason};
+use crate::holepunch::PunchDriver;
+use crate::nodeid::NodeId;
+use crate::proto::liveness::{Backoff, Liveness, PathLiveness, Transition};
+use crate::proto::punch::{Kind, Packet};
+use crate::relay::link::RelayLink;
+
+/// How long a rendezvous punches before the peer stays relayed (until the next attempt).
+pub const RENDEZVOUS_BUDGET: Duration = Duration::from_secs(5);
+/// A fresh rendezvous is asked for this long after the path died (recovery probes find a path
+/// that merely blinked sooner; one whose addresses changed needs the relay)…
+const RECALL_MIN: Duration = Duration::from_secs(3);
+/// …doubling up to this, so a peer that can never be punched costs the relay one request per
+/// five minutes.
+const RECALL_MAX: Duration = Duration::from_secs(300);
+/// The connections to the peer count as gone once quinn sent it nothing for this long (live
+/// connections send keepalives every `connKeepAliveIntervalTime`); at least 5 s.
+fn idle_limit(keepalive_interval: Duration) -> Duration {
+    (keepalive_interval * 3).max(Duration::from_secs(5))
+}
+
+/// What a direct-path task works with.
+pub(crate) struct DirectPath {
+    /// The proxy's socket.
+    pub socket: Arc<KeynetSocket>,
+    /// The link that arranged the rendezvous (asked again for new ones).
+    pub link: Weak<RelayLink>,
+    /// The relayed peer.
+    pub peer: NodeId,
+    /// The peer's UDP address, as the relay observed it.
+    pub addr: SocketAddr,
+    /// Punch cadence.
+    pub punch_interval: Duration,
+    /// The connections' keepalive cadence (to tell a gone connection from an idle one).
+    pub keepalive_interval: Duration,
+    /// Whether this side asks the relay for rendezvous with this peer (the side that dialled).
+    pub initiator: bool,
+    /// Bumped when the application reports a network change.
+    pub network: watch::Receiver<u64>,
+}
+
+impl DirectPath {
+    /// Runs until the peer's connections are gone, the punch session is taken over by a newer
+    /// one, or the task is cancelled.
+    pub(crate) async fn run(mut self) {
+        let paths = &self.socket.paths;
+        let (peer, addr) = (self.peer, self.addr);
+        if paths.direct_of(peer).is_some_and(|d| d != addr) {
+            // The relay reports the peer somewhere else: its old address is stale.
+            paths.drop_direct(peer, PathReason::Rebinding);
+        }
+        let mut punch = PunchDriver::start(
+            &self.socket,
+            addr,
+            self.punch_interval,
+            RENDEZVOUS_BUDGET,
+            u32::MAX,
+        );
+        let _ = tokio::time::timeout(
+            RENDEZVOUS_BUDGET,
+            punch.rendezvous(
+                || {
+                    paths.accept_direct(peer, addr);
+                },
+                |nat_between| {
+                    paths.use_direct(peer, addr, path_kind(nat_between), PathReason::Upgrade);
+                },
+            ),
+        )
+        .await;
+        punch.connected();
+        let kind = path_kind(punch.nat_between());
+        let confirmed = punch.confirmed();
+        let mut session = punch.into_session();
+        let local = self.socket.local_toward(addr);
+
+        let now = Instant::now();
+        let mut live = if confirmed || paths.direct_of(peer) == Some(addr) {
+            PathLiveness::alive(now)
+        } else {
+            tracing::info!(%peer, %addr, "rendezvous punch failed: relayed for now");
+            PathLiveness::dead(now)
+        };
+        let mut recall = Backoff::new(RECALL_MIN, RECALL_MAX);
+        let mut recall_at = (live.state() == Liveness::Dead).then(|| now + recall.next_delay());
+        let idle = idle_limit(self.keepalive_interval);
+        let mut idle_at = now + idle;
+        let mut last_sent = paths.sent_to(peer);
+
+        loop {
+            let wake = [Some(live.poll_timeout()), recall_at, Some(idle_at)]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("a wake-up time");
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                d = session.rx.recv() => {
+                    // A newer punch session for the same address took the datagrams.
+                    let Some(d) = d else { return };
+                    let Ok(p) = Packet::decode(&d) else { continue };
+                    match p.kind {
+                        Kind::Punch => {
+                            // The peer probes or punches: answer, and if our side thinks the
+                            // path dead, check at once whether it works again.
+                            let ack = Packet { kind: Kind::Ack, nonce: p.nonce, sender_local: local, observed: Some(addr) };
+                            self.socket.send_to(addr, &ack.encode()).await;
+                            if live.state() == Liveness::Dead {
+                                live.probe_now(Instant::now());
+                            }
+                        }
+                        Kind::Ack => {
+                            if live.on_ack(Instant::now(), p.nonce) == Some(Transition::Recovered) {
+                                paths.use_direct(peer, addr, kind, PathReason::Upgrade);
+                                recall.reset();
+                                recall_at = None;
+                            }
+                        }
+                    }
+                }
+                changed = self.network.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = Instant::now();
+                    live.probe_now(now);
+                    if recall_at.is_some() {
+                        recall.reset();
+                        recall_at = Some(now);
+                    }
+                }
+            }
+            let now = Instant::now();
+            let (transition, probe) = live.poll(now, random_nonce());
+            if transition == Some(Transition::Died) {
+                paths.drop_direct(peer, PathReason::ProbeTimeout);
+                recall_at = Some(now + recall.next_delay());
+            }
+            if let Some(nonce) = probe {
+                let p = Packet {
+                    kind: Kind::Punch,
+                    nonce,
+                    sender_local: local,
+                    observed: None,
+                };
+                self.socket.send_to(addr, &p.encode()).await;
+            }
+            if recall_at.is_some_and(|t| t <= now) {
+                recall_at = Some(now + recall.next_delay());
+                if self.initiator {
+                    match self.link.upgrade() {
+                        Some(l) => l.recall(peer),
+                        None => return,
+                    }
+                }
+            }
+            if idle_at <= now {
+                let sent = paths.sent_to(peer);
+                if sent == last_sent {
+                    tracing::debug!(%peer, "no connection to the peer any more: direct path forgotten");
+                    paths.forget_direct(peer);
+                    if let Some(l) = self.link.upgrade() {
+                        l.forget_rendezvous(&peer);
+                    }
+                    return;
+                }
+                last_sent = sent;
+                idle_at = now + idle;
+            }
+        }
+    }
+}
+
+fn path_kind(nat_between: bool) -> Path {
+    if nat_between {
+        Path::Punched
+    } else {
+        Path::Direct
+    }
+}
+
+fn random_nonce() -> u64 {
+    let mut b = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .expect("system randomness");
+    u64::from_be_bytes(b)
+}
