@@ -18,7 +18,7 @@ use crate::endpoint::KeynetSocket;
 use crate::events::{Path, PathReason};
 use crate::holepunch::PunchDriver;
 use crate::nodeid::NodeId;
-use crate::proto::liveness::{Backoff, Liveness, PathLiveness, Transition};
+use crate::proto::liveness::{Liveness, PathLiveness, Transition};
 use crate::proto::punch::{Kind, Packet};
 use crate::relay::link::RelayLink;
 
@@ -26,10 +26,13 @@ use crate::relay::link::RelayLink;
 pub const RENDEZVOUS_BUDGET: Duration = Duration::from_secs(5);
 /// A fresh rendezvous is asked for this long after the path died (recovery probes find a path
 /// that merely blinked sooner; one whose addresses changed needs the relay)…
-const RECALL_MIN: Duration = Duration::from_secs(3);
+pub(crate) const RECALL_MIN: Duration = Duration::from_secs(3);
 /// …doubling up to this, so a peer that can never be punched costs the relay one request per
 /// five minutes.
-const RECALL_MAX: Duration = Duration::from_secs(300);
+pub(crate) const RECALL_MAX: Duration = Duration::from_secs(300);
+/// After a network change, a rendezvous is asked for this long after the path died: time for
+/// the link to register again from the new network (a request sent while it is down is lost).
+const AFTER_NETWORK_CHANGE: Duration = Duration::from_secs(1);
 /// The connections to the peer count as gone once quinn sent it nothing for this long (live
 /// connections send keepalives every `connKeepAliveIntervalTime`); at least 5 s.
 fn idle_limit(keepalive_interval: Duration) -> Duration {
@@ -98,11 +101,15 @@ impl DirectPath {
             tracing::info!(%peer, %addr, "rendezvous punch failed: relayed for now");
             PathLiveness::dead(now)
         };
-        let mut recall = Backoff::new(RECALL_MIN, RECALL_MAX);
-        let mut recall_at = (live.state() == Liveness::Dead).then(|| now + recall.next_delay());
+        if confirmed {
+            self.with_link(|l| l.recall_succeeded(peer));
+        }
+        let mut recall_at = (live.state() == Liveness::Dead).then(|| now + self.recall_delay());
         let idle = idle_limit(self.keepalive_interval);
         let mut idle_at = now + idle;
         let mut last_sent = paths.sent_to(peer);
+        // Set by a network change until the path proved itself or died of it.
+        let mut network_moved = false;
 
         loop {
             let wake = [Some(live.poll_timeout()), recall_at, Some(idle_at)]
@@ -129,7 +136,7 @@ impl DirectPath {
                         Kind::Ack => {
                             if live.on_ack(Instant::now(), p.nonce) == Some(Transition::Recovered) {
                                 paths.use_direct(peer, addr, kind, PathReason::Upgrade);
-                                recall.reset();
+                                self.with_link(|l| l.recall_succeeded(peer));
                                 recall_at = None;
                             }
                         }
@@ -141,17 +148,30 @@ impl DirectPath {
                     }
                     let now = Instant::now();
                     live.probe_now(now);
+                    network_moved = true;
                     if recall_at.is_some() {
-                        recall.reset();
-                        recall_at = Some(now);
+                        // New addresses are likely: ask for a rendezvous as soon as the link
+                        // has registered again from the new network.
+                        self.with_link(|l| l.recall_succeeded(peer));
+                        recall_at = Some(now + AFTER_NETWORK_CHANGE);
                     }
                 }
             }
             let now = Instant::now();
             let (transition, probe) = live.poll(now, random_nonce());
-            if transition == Some(Transition::Died) {
-                paths.drop_direct(peer, PathReason::ProbeTimeout);
-                recall_at = Some(now + recall.next_delay());
+            match transition {
+                Some(Transition::Died) if network_moved => {
+                    paths.drop_direct(peer, PathReason::NetworkChanged);
+                    recall_at = Some(now + AFTER_NETWORK_CHANGE);
+                }
+                Some(Transition::Died) => {
+                    paths.drop_direct(peer, PathReason::ProbeTimeout);
+                    recall_at = Some(now + self.recall_delay());
+                }
+                _ => {}
+            }
+            if transition.is_some() || live.state() == Liveness::Alive {
+                network_moved = false;
             }
             if let Some(nonce) = probe {
                 let p = Packet {
@@ -163,7 +183,7 @@ impl DirectPath {
                 self.socket.send_to(addr, &p.encode()).await;
             }
             if recall_at.is_some_and(|t| t <= now) {
-                recall_at = Some(now + recall.next_delay());
+                recall_at = Some(now + self.recall_delay());
                 if self.initiator {
                     match self.link.upgrade() {
                         Some(l) => l.recall(peer),
@@ -185,6 +205,22 @@ impl DirectPath {
                 idle_at = now + idle;
             }
         }
+    }
+}
+
+impl DirectPath {
+    fn with_link(&self, f: impl FnOnce(&RelayLink)) {
+        if let Some(l) = self.link.upgrade() {
+            f(&l);
+        }
+    }
+
+    /// The wait before the next rendezvous request. The backoff lives in the link, not in this
+    /// task: each rendezvous starts a new task, and the wait must keep growing across them.
+    fn recall_delay(&self) -> Duration {
+        self.link
+            .upgrade()
+            .map_or(RECALL_MAX, |l| l.recall_delay(self.peer))
     }
 }
 

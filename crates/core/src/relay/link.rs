@@ -18,8 +18,9 @@ use crate::identity::LoadedIdentity;
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::paths::Outbox;
+use crate::proto::liveness::Backoff;
 use crate::proto::relay::{Frame, GoneReason};
-use crate::relay::direct::DirectPath;
+use crate::relay::direct::{DirectPath, RECALL_MAX, RECALL_MIN};
 use crate::relay::framed::{write_frames, BoxRead, BoxWrite, FrameReader, ReadError};
 use crate::relay::transport::{self, Transport};
 use crate::task::Tasks;
@@ -126,6 +127,9 @@ pub struct RelayLink {
     /// The direct-path task of each peer a rendezvous was arranged with (id, cancel).
     direct: Mutex<HashMap<NodeId, (u64, CancellationToken)>>,
     next_direct: AtomicU64,
+    /// Rendezvous-request backoff per peer whose direct path is down (bounded by the relayed
+    /// peers; an entry goes when the path is up again or the peer's connections are gone).
+    recalls: Mutex<HashMap<NodeId, Backoff>>,
     /// Bumped by [`RelayLink::network_changed`]; direct-path tasks re-probe.
     network: watch::Sender<u64>,
     /// Ends the current relay session so the link registers again at once.
@@ -148,6 +152,7 @@ impl RelayLink {
             gone,
             rendezvous_done: Mutex::new(Default::default()),
             direct: Mutex::new(HashMap::new()),
+            recalls: Mutex::new(HashMap::new()),
             next_direct: AtomicU64::new(0),
             network: watch::channel(0).0,
             renew: Arc::new(Notify::new()),
@@ -269,6 +274,21 @@ impl RelayLink {
         let _ = self.control.try_send(Frame::CallMeMaybe { peer });
     }
 
+    /// How long `peer`'s direct-path task waits before its next rendezvous request.
+    pub(crate) fn recall_delay(&self, peer: NodeId) -> Duration {
+        self.recalls
+            .lock()
+            .expect("recalls lock")
+            .entry(peer)
+            .or_insert_with(|| Backoff::new(RECALL_MIN, RECALL_MAX))
+            .next_delay()
+    }
+
+    /// `peer`'s direct path works (again): the next failure starts the backoff afresh.
+    pub(crate) fn recall_succeeded(&self, peer: NodeId) {
+        self.recalls.lock().expect("recalls lock").remove(&peer);
+    }
+
     /// The device changed networks: register again (the relay then observes the new
     /// address) and re-probe every direct path at once.
     pub fn network_changed(&self) {
@@ -283,6 +303,7 @@ impl RelayLink {
 
     /// Forgets that a rendezvous with `node` was asked for (the next relayed dial asks again).
     pub(crate) fn forget_rendezvous(&self, node: &NodeId) {
+        self.recall_succeeded(*node);
         self.rendezvous_done
             .lock()
             .expect("rendezvous lock")
