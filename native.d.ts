@@ -38,6 +38,11 @@ export declare class NativeForwardProxy {
   closeConnection(host: string, port: number): Promise<void>
   addDirectConnection(host: string, port: number): void
   removeConnection(host: string, port: number): void
+  /**
+   * The device changed networks: rebind a gone socket, register with relays again,
+   * re-probe every direct path.
+   */
+  networkChanged(): void
   connectionCount(): number
   infoByIngress(host: string, port: number): NativeConnectionInfo | null
   infoByClient(host: string, port: number): NativeConnectionInfo | null
@@ -83,6 +88,11 @@ export declare class NativeReverseProxy {
   closeConnection(host: string, port: number): Promise<void>
   addDirectConnection(host: string, port: number): void
   removeConnection(host: string, port: number): void
+  /**
+   * The device changed networks: rebind a gone socket, register with relays again,
+   * re-probe every direct path.
+   */
+  networkChanged(): void
   connectionCount(): number
   infoByEgress(host: string, port: number): NativeConnectionInfo | null
   infoByProxy(host: string, port: number): NativeConnectionInfo | null
@@ -136,7 +146,11 @@ export interface NativeEvent {
   kind: string
   info?: NativeConnectionInfo
   reason?: string
+  /** For `path`: the path before the change. */
+  previousPath?: string
   addresses?: Array<NativeAddress>
+  /** For `relay`: the link's new state. */
+  relay?: NativeRelayEvent
 }
 
 /** An address found on the DHT. */
@@ -178,6 +192,21 @@ export interface NativeRelay {
   upgrade?: boolean
   upgradeDelay?: number
   token?: string
+}
+
+/** A relay link's state change (the `relay` event). */
+export interface NativeRelayEvent {
+  host: string
+  port: number
+  nodeId: string
+  /** `registered`, `lost` or `reconnecting`. */
+  state: string
+  transport?: string
+  observedHost?: string
+  observedPort?: number
+  /** For `lost`: the error's code and message. */
+  code?: string
+  error?: string
 }
 
 /** `Relay.start()` options (index.js validated the types). */
