@@ -58,6 +58,8 @@ test('grpc-js reaches a server through the relay; the rendezvous then moves it o
   // On loopback nothing stands between the two sockets: the punch opens a direct path.
   const e = await moved
   t.is(e.path, 'direct')
+  t.is(e.previousPath, 'relayed')
+  t.is(e.reason, 'upgrade')
   t.is(e.nodeId, rp.getNodeId())
   t.is(fp.getConnectionInfoByIngress(NOWHERE, 443).path, 'direct')
   // Off the relay, the connection no longer needs it.
@@ -202,6 +204,8 @@ test('relay killed mid-transfer: punched tunnels go on, relayed ones close with 
   const timing = { connKeepAliveTimeoutTime: 3000, connKeepAliveIntervalTime: 500 }
   const server = await h.startEchoServer(t)
   const rp = await h.startReverseProxy(t, { serverPort: server.port, relay: r }, timing)
+  const relayEvents = []
+  rp.on('relay', (e) => relayEvents.push(e))
   const fpPunched = await h.startForwardProxy(t, timing)
   const fpRelayed = await h.startForwardProxy(t, timing)
   const upgraded = h.waitEvent(fpPunched, 'path')
@@ -232,10 +236,52 @@ test('relay killed mid-transfer: punched tunnels go on, relayed ones close with 
   t.is(closed.reason, 'relayLost')
 
   // The relay returns (same identity, same port): the reverse proxy registers again by itself.
+  const registered = h.waitEvent(rp, 'relay', { timeout: 30_000, filter: (e) => e.state === 'registered' })
   await spawnRelay(t, ['--listen', `${r.host}:${r.port}`, '--identity-dir', dir])
-  await h.waitFor(() => rp.getRelayStatus().state === 'up', { timeout: 30_000, interval: 50, what: 'the reverse proxy to register again' })
+  const back = await registered
+  t.is(rp.getRelayStatus().state, 'up')
+  t.is(back.nodeId, r.nodeId)
+  t.is(back.transport, 'quic')
+  t.is(back.observedPort, rp.getIngressPort())
+  // The 'relay' events told the story without polling: lost, retrying, registered again.
+  // (a 'registered' event may come first: the start's own registration, reported just after.)
+  const states = relayEvents.map((e) => e.state)
+  const lostAt = states.indexOf('lost')
+  t.true(lostAt >= 0 && lostAt <= 1, states.join(' '))
+  t.truthy(relayEvents[lostAt].code)
+  t.true(states.indexOf('reconnecting', lostAt) > lostAt, states.join(' '))
+  t.is(states.at(-1), 'registered')
   await fpRelayed.openConnection(rp.getNodeId(), NOWHERE, 12, { relay: { ...r, upgrade: false } })
   const c = await h.rawConnect(t, fpRelayed.getHttpPort(), { target: `${NOWHERE}:12` })
   t.is(c.status, 200)
   await h.assertEchoes(t, c.socket)
+})
+
+test('networkChanged(): the relay link registers again, open tunnels go on, direct paths are re-probed and kept', async (t) => {
+  const relay = await startRelay(t)
+  const server = await h.startEchoServer(t)
+  const rp = await h.startReverseProxy(t, { serverPort: server.port, relay: relayOpts(relay) })
+  const fp = await h.startForwardProxy(t)
+  const moved = h.waitEvent(fp, 'path')
+  await fp.openConnection(rp.getNodeId(), NOWHERE, 20, { relay: relayOpts(relay) })
+  t.is((await moved).path, 'direct')
+  const tunnel = await h.rawConnect(t, fp.getHttpPort(), { target: `${NOWHERE}:20` })
+  t.is(tunnel.status, 200)
+  await h.assertEchoes(t, tunnel.socket)
+
+  const pathEvents = []
+  fp.on('path', (e) => pathEvents.push(e))
+  rp.on('path', (e) => pathEvents.push(e))
+  const lost = h.waitEvent(rp, 'relay', { filter: (e) => e.state === 'lost' })
+  const registered = h.waitEvent(rp, 'relay', { filter: (e) => e.state === 'registered' })
+  rp.networkChanged()
+  fp.networkChanged()
+  t.regex((await lost).error, /network changed/)
+  t.is((await registered).observedPort, rp.getIngressPort())
+  // Same network in truth: the probes prove the direct path, nothing moves, no byte is lost.
+  for (let i = 0; i < 3; i++) await h.assertEchoes(t, tunnel.socket)
+  t.is(fp.getConnectionInfoByIngress(NOWHERE, 20).path, 'direct')
+  t.deepEqual(pathEvents, [])
+  const e = t.throws(() => new h.keynet.ForwardProxy({ authToken: 'x' }).networkChanged())
+  t.is(e.code, 'ErrorForwardProxyNotRunning')
 })
