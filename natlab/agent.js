@@ -1,38 +1,116 @@
 'use strict'
-// A keynode inside a lab namespace, driven by JSON lines on stdin (one answer line per command).
-// Commands: startRp, startFp, punch, open, call, transfer, info, stop, exit.
+// A keynode inside a lab namespace, driven by JSON lines on stdin (one answer line per command;
+// commands overlap: a long `transfer` does not hold up the others).
+// Proxies: startRp, startFp, punch, open, info, relayStatus, networkChanged, stop, exit.
+// Traffic: call (unary gRPC), transfer / waitBytes / abortTransfer (bytes through a tunnel to
+// the echo server), chatOpen / chatSend / chatClose (a gRPC bidi stream), connectStatus.
+// Events: waitPath, waitEvent, waitCurrentPath, events. Plain UDP (lab self-tests, no keynet):
+// udpOpen, udpSend, udpWait, udpClose.
+// Times (`at`, `after`, `closedAt`, ...) are epoch milliseconds with sub-ms precision
+// (performance.timeOrigin + performance.now()), comparable across the lab's processes.
 
 const net = require('node:net')
+const dgram = require('node:dgram')
 const crypto = require('node:crypto')
 const path = require('node:path')
 const readline = require('node:readline')
 const grpc = require('@grpc/grpc-js')
 const protoLoader = require('@grpc/proto-loader')
-const { ForwardProxy, ReverseProxy } = require('..')
+
+// Loaded on first use: the UDP commands work without the native addon.
+let keynet = null
+const lib = () => (keynet = keynet || require('..'))
 
 const TOKEN = 'lab-token'
 const proto = grpc.loadPackageDefinition(protoLoader.loadSync(path.join(__dirname, 'echo.proto'))).echo
+const now = () => performance.timeOrigin + performance.now()
 let fp = null
 let rp = null
 let servers = []
-/** The forward proxy's 'path' events, and who waits for the next one. */
-const pathEvents = []
-const pathWaiters = []
+/**
+ * Events of both proxies, oldest first: { kind: 'path' | 'close' | 'relay' | 'connection',
+ * proxy: 'fp' | 'rp', at, ...the event's fields (certificates left out) }.
+ */
+const events = []
+const eventWaiters = new Set()
 let openedAt = 0
 /** gRPC clients kept across calls (one HTTP/2 connection = one tunnel), by target. */
 const clients = new Map()
+/** Running and finished transfers by tag: { bytes, received, abort, done }. */
+const transfers = new Map()
+/** Who waits for transfer progress (woken on every chunk and every end). */
+const byteWaiters = new Set()
+/** The open chat stream: { client, call, pending: Map<text, resolve>, received, late, error }. */
+let chat = null
+let udp = null
 
 function timing(opts = {}) {
   const t = {}
-  for (const k of ['connConnectTime', 'connKeepAliveTimeoutTime', 'connKeepAliveIntervalTime', 'connPunchIntervalTime', '_disableKeepAlive']) {
+  for (const k of ['connConnectTime', 'connKeepAliveTimeoutTime', 'connKeepAliveIntervalTime', 'connPunchIntervalTime', 'connEndTime', '_disableKeepAlive']) {
     if (opts[k] !== undefined) t[k] = opts[k]
   }
   return t
 }
 
+/** Resolves when `pred()` is true (checked now and after each event), or false after `ms`. */
+function until(pred, ms, waiters = eventWaiters) {
+  if (pred()) return Promise.resolve(true)
+  return new Promise((resolve) => {
+    const w = () => {
+      if (!pred()) return
+      clearTimeout(t)
+      waiters.delete(w)
+      resolve(true)
+    }
+    const t = setTimeout(() => {
+      waiters.delete(w)
+      resolve(false)
+    }, Math.max(0, ms))
+    waiters.add(w)
+  })
+}
+
+function wake(waiters) {
+  for (const w of [...waiters]) w()
+}
+
+function record(kind, proxyName, proxy, e) {
+  if (proxy !== fp && proxy !== rp) return // a late event of a stopped proxy
+  const { certificates, ...rest } = e || {}
+  events.push({ kind, proxy: proxyName, at: now(), ...rest })
+  wake(eventWaiters)
+}
+
+function listen(proxy, name) {
+  for (const kind of ['path', 'close', 'connection', 'relay']) {
+    try {
+      proxy.on(kind, (e) => record(kind, name, proxy, e))
+    } catch {
+      // 'relay' events are newer than this build: without them the log just has none.
+    }
+  }
+}
+
+function matches(e, f) {
+  if (f.kind && e.kind !== f.kind) return false
+  if (f.proxy && e.proxy !== f.proxy) return false
+  if (f.after != null && e.at < f.after) return false
+  for (const k of ['path', 'reason', 'state', 'previousPath']) if (f[k] != null && e[k] !== f[k]) return false
+  return true
+}
+
+const grpcHandlers = {
+  Unary: (call, cb) => cb(null, { text: call.request.text }),
+  Chat: (call) => {
+    call.on('data', (m) => call.write({ text: m.text }))
+    call.on('end', () => call.end())
+    call.on('error', () => {})
+  },
+}
+
 async function grpcServer() {
   const server = new grpc.Server()
-  server.addService(proto.Echo.service, { Unary: (call, cb) => cb(null, { text: call.request.text }) })
+  server.addService(proto.Echo.service, grpcHandlers)
   const port = await new Promise((resolve, reject) =>
     server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
   )
@@ -41,20 +119,72 @@ async function grpcServer() {
 }
 
 async function echoServer() {
-  const server = net.createServer((s) => s.pipe(s))
+  const server = net.createServer((s) => {
+    s.on('error', () => {})
+    s.pipe(s)
+  })
   await new Promise((r) => server.listen(0, '127.0.0.1', r))
   servers.push({ close: () => new Promise((r) => server.close(() => r())) })
   return server.address().port
 }
 
+/**
+ * gRPC and echo behind one port: a tunnel whose first bytes are the HTTP/2 preface goes to the
+ * gRPC server, any other to the echo server (so one reverse proxy serves chat and transfers).
+ */
+async function bothServer() {
+  const grpcPort = await grpcServer()
+  const echoPort = await echoServer()
+  // Half-open: the tunnel's end is passed on, and the echo of the last bytes still comes back.
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => {})
+    s.once('data', (first) => {
+      const to = net.connect({ port: first.subarray(0, 4).toString('latin1') === 'PRI ' ? grpcPort : echoPort, host: '127.0.0.1', allowHalfOpen: true })
+      // s closes only once both ways are done (or it failed): to has nothing left to carry.
+      to.on('error', () => s.destroy())
+      s.on('close', () => to.destroy())
+      to.write(first)
+      s.pipe(to).pipe(s)
+    })
+  })
+  await new Promise((r) => server.listen(0, '127.0.0.1', r))
+  servers.push({ close: () => new Promise((r) => server.close(() => r())) })
+  return server.address().port
+}
+
+function closeChat(why = 'closed') {
+  if (!chat) return
+  const c = chat
+  chat = null
+  for (const resolve of c.pending.values()) resolve({ error: why })
+  c.pending.clear()
+  try {
+    c.call.cancel()
+  } catch {}
+  c.client.close()
+}
+
+/** Stops both proxies; resolves how long each stop() took (ms). */
 async function stopAll() {
-  pathEvents.splice(0)
+  closeChat('stopped')
   for (const c of clients.values()) c.close()
   clients.clear()
-  if (fp) await fp.stop()
-  if (rp) await rp.stop()
+  for (const tr of transfers.values()) tr.abort?.('stopped')
+  const took = {}
+  const errors = {}
+  for (const [name, proxy] of [['fp', fp], ['rp', rp]]) {
+    if (!proxy) continue
+    const t0 = now()
+    try {
+      await proxy.stop()
+    } catch (e) {
+      errors[name] = String(e.message)
+    }
+    took[name] = now() - t0
+  }
   fp = rp = null
   for (const s of servers.splice(0)) await s.close()
+  return { fpStopMs: took.fp ?? null, rpStopMs: took.rp ?? null, errors }
 }
 
 function connectTunnel(host, port) {
@@ -69,8 +199,12 @@ function connectTunnel(host, port) {
       const end = head.indexOf('\r\n\r\n')
       if (end < 0) return
       s.off('data', onData)
+      s.off('error', reject)
       const status = Number(head.toString('latin1').split(' ')[1])
-      if (status !== 200) return reject(new Error(`CONNECT answered ${status}`))
+      if (status !== 200) {
+        s.destroy()
+        return reject(new Error(`CONNECT answered ${status}`))
+      }
       if (head.length > end + 4) s.unshift(head.subarray(end + 4))
       resolve(s)
     }
@@ -78,53 +212,107 @@ function connectTunnel(host, port) {
   })
 }
 
+function currentPath(host, port) {
+  try {
+    return fp?.getConnectionInfoByIngress(host, port)?.path ?? null
+  } catch {
+    return null
+  }
+}
+
+function fresh() {
+  if (fp || rp) return
+  events.splice(0)
+  transfers.clear()
+}
+
 const handlers = {
+  /** server: 'grpc' (Echo: Unary, Chat), 'echo' (TCP echo) or 'both' (sniffed per tunnel). */
   async startRp({ port, server = 'grpc', opts, relay }) {
-    const serverPort = server === 'echo' ? await echoServer() : await grpcServer()
-    rp = new ReverseProxy(timing(opts))
-    await rp.start({ serverPort, ingressHost: '0.0.0.0', ingressPort: port, relay })
-    return { nodeId: rp.getNodeId(), port: rp.getIngressPort(), relay: rp.getRelayStatus() }
+    fresh()
+    const serverPort = server === 'echo' ? await echoServer() : server === 'both' ? await bothServer() : await grpcServer()
+    const proxy = new (lib().ReverseProxy)(timing(opts))
+    rp = proxy
+    listen(proxy, 'rp')
+    try {
+      await proxy.start({ serverPort, ingressHost: '0.0.0.0', ingressPort: port, relay })
+    } catch (e) {
+      rp = null
+      throw e
+    }
+    return { nodeId: proxy.getNodeId(), port: proxy.getIngressPort(), relay: proxy.getRelayStatus() }
   },
-  async startFp({ port, opts }) {
-    fp = new ForwardProxy({ authToken: TOKEN, ...timing(opts) })
-    fp.on('path', (e) => {
-      pathEvents.push({ ...e, at: performance.now() })
-      for (const w of pathWaiters.splice(0)) w()
-    })
-    await fp.start({ egressHost: '0.0.0.0', egressPort: port })
-    process.env.grpc_proxy = `http://${TOKEN}@127.0.0.1:${fp.getHttpPort()}`
-    return { nodeId: fp.getNodeId(), port: fp.getEgressPort() }
+  async startFp({ port, opts, relay }) {
+    fresh()
+    const proxy = new (lib().ForwardProxy)({ authToken: TOKEN, ...timing(opts) })
+    fp = proxy
+    listen(proxy, 'fp')
+    try {
+      await proxy.start({ egressHost: '0.0.0.0', egressPort: port, relay })
+    } catch (e) {
+      fp = null
+      throw e
+    }
+    process.env.grpc_proxy = `http://${TOKEN}@127.0.0.1:${proxy.getHttpPort()}`
+    return { nodeId: proxy.getNodeId(), port: proxy.getEgressPort() }
   },
   async punch({ host, port, timeout }) {
     await rp.openConnection(host, port, { timeout })
     return { path: rp.getConnectionInfoByEgress(host, port)?.path }
   },
   async open({ nodeId, host, port, timeout, relay }) {
-    const t0 = performance.now()
+    const t0 = now()
     openedAt = t0
     await fp.openConnection(nodeId, host, port, { timeout, relay })
     const info = fp.getConnectionInfoByIngress(host, port)
-    return { ms: performance.now() - t0, path: info.path, rttMs: info.rttMs, transport: relay ? fp.getRelayStatus()[0]?.transport : null }
+    return { ms: now() - t0, at: now(), path: info.path, rttMs: info.rttMs, transport: relay ? fp.getRelayStatus()[0]?.transport : null }
   },
-  /** Resolves once the connection's path is `path` (a 'path' event), or after `timeout` ms. */
+  /** Resolves once the forward proxy reported path `path` (a 'path' event), or after `timeout` ms. */
   async waitPath({ host, port, path: want, timeout = 10000 }) {
-    const deadline = performance.now() + timeout
-    for (;;) {
-      const hit = pathEvents.find((e) => e.path === want)
-      if (hit) return { path: want, upgradeMs: hit.at - openedAt }
-      const left = deadline - performance.now()
-      if (left <= 0) return { path: fp.getConnectionInfoByIngress(host, port)?.path ?? null, upgradeMs: null }
-      await new Promise((resolve) => {
-        const t = setTimeout(resolve, left)
-        pathWaiters.push(() => {
-          clearTimeout(t)
-          resolve()
-        })
-      })
+    const hit = () => events.find((e) => e.kind === 'path' && e.proxy === 'fp' && e.path === want)
+    await until(() => hit(), timeout)
+    const e = hit()
+    if (e) return { path: want, upgradeMs: e.at - openedAt, at: e.at }
+    return { path: currentPath(host, port), upgradeMs: null }
+  },
+  /**
+   * Waits for the `n`-th event matching { kind ('path'), proxy, path, reason, state,
+   * previousPath, after (epoch ms) }; resolves { found, at, event, count } (found: false with
+   * the count so far and the last event of that kind when `timeout` ms pass first).
+   */
+  async waitEvent({ timeout = 10000, n = 1, ...f }) {
+    const filter = { kind: 'path', ...f }
+    const hits = () => events.filter((e) => matches(e, filter))
+    const found = await until(() => hits().length >= n, timeout)
+    const all = hits()
+    if (found) return { found: true, at: all[n - 1].at, event: all[n - 1], count: all.length }
+    const last = [...events].reverse().find((e) => e.kind === filter.kind && (!filter.proxy || e.proxy === filter.proxy)) ?? null
+    return { found: false, at: null, event: null, count: all.length, last }
+  },
+  /**
+   * Resolves once the forward proxy's connection to host:port is on `path`: at once when it is
+   * (`at`: its last 'path' event, when it was to `path`), else at the next 'path' event saying
+   * so; { reached, at, path } (the path then).
+   */
+  async waitCurrentPath({ host, port, path: want, timeout = 10000 }) {
+    const t0 = now()
+    if (currentPath(host, port) === want) {
+      // Since when: the last 'path' event of the forward proxy (on `want`), else now.
+      const last = [...events].reverse().find((e) => e.kind === 'path' && e.proxy === 'fp')
+      return { reached: true, at: last?.path === want ? last.at : t0, path: want, already: true }
     }
+    const hit = () => events.find((e) => e.kind === 'path' && e.proxy === 'fp' && e.path === want && e.at >= t0)
+    await until(() => hit(), timeout)
+    const e = hit()
+    return e ? { reached: true, at: e.at, path: want, already: false } : { reached: false, at: null, path: currentPath(host, port) }
+  },
+  /** The event log (optionally { kind, proxy, after }). */
+  async events(f = {}) {
+    const { cmd, id, ...filter } = f
+    return { events: events.filter((e) => matches(e, filter)), now: now() }
   },
   async call({ host, port, text = 'hello', deadlineMs = 5000, keep = false }) {
-    const t0 = performance.now()
+    const t0 = now()
     const target = `${host}:${port}`
     const client = (keep && clients.get(target)) || new proto.Echo(target, grpc.credentials.createInsecure())
     if (keep) clients.set(target, client)
@@ -132,7 +320,7 @@ const handlers = {
       const reply = await new Promise((resolve, reject) =>
         client.Unary({ text }, { deadline: Date.now() + deadlineMs }, (e, r) => (e ? reject(e) : resolve(r))),
       )
-      return { ms: performance.now() - t0, text: reply.text }
+      return { ms: now() - t0, at: now(), text: reply.text }
     } finally {
       if (!keep) client.close()
     }
@@ -153,26 +341,117 @@ const handlers = {
     s.destroy()
     return { status: Number(head.split(' ')[1]) }
   },
-  async transfer({ host, port, bytes }) {
-    const pathAtStart = fp.getConnectionInfoByIngress(host, port)?.path ?? null
+  /**
+   * Sends `bytes` random bytes through a tunnel to the echo server and reads them back. Resolves
+   * when the tunnel client socket closes: { ok: true, ... } when every byte came back, else
+   * { ok: false, error, closedAt, ... } (the tunnel was closed early, `timeout` ms passed, or
+   * abortTransfer). `sent`/`received` are sha256 hex, `bytes` the count that came back.
+   */
+  async transfer({ host, port, bytes, tag = 'default', timeout = 0 }) {
+    const pathAtStart = currentPath(host, port)
     const data = crypto.randomBytes(bytes)
     const sent = crypto.createHash('sha256').update(data).digest('hex')
+    const startedAt = now()
+    const tr = { bytes, received: 0, abort: null, done: false, startedAt }
+    transfers.set(tag, tr)
     const s = await connectTunnel(host, port)
     const got = crypto.createHash('sha256')
-    let n = 0
-    const done = new Promise((resolve, reject) => {
+    let error = null
+    let ended = false
+    const closed = new Promise((resolve) => {
       s.on('data', (d) => {
         got.update(d)
-        n += d.length
+        tr.received += d.length
+        wake(byteWaiters)
       })
-      s.on('end', resolve)
-      s.on('error', reject)
+      s.on('end', () => (ended = true))
+      s.on('error', (e) => (error = error || e.message))
+      s.on('close', resolve)
     })
+    tr.abort = (why) => {
+      error = error || why
+      s.destroy()
+    }
+    const timer = timeout ? setTimeout(() => tr.abort(`no end within ${timeout} ms`), timeout) : null
     s.end(data)
-    await done
-    s.destroy()
-    const pathAtEnd = fp.getConnectionInfoByIngress(host, port)?.path ?? null
-    return { sent, received: got.digest('hex'), bytes: n, pathAtStart, pathAtEnd }
+    await closed
+    clearTimeout(timer)
+    const closedAt = now()
+    tr.abort = null
+    tr.done = true
+    wake(byteWaiters)
+    const received = got.digest('hex')
+    const pathAtEnd = currentPath(host, port)
+    const ok = !error && ended && tr.received === bytes && received === sent
+    if (!ok && !error) error = tr.received < bytes ? `tunnel closed after ${tr.received} of ${bytes} bytes` : 'the bytes that came back differ'
+    return { ok, error, sent, received, bytes: tr.received, sentBytes: bytes, pathAtStart, pathAtEnd, startedAt, closedAt, ms: closedAt - startedAt }
+  },
+  /** Resolves once transfer `tag` got `bytes` back (or ended): { reached, received, at }. */
+  async waitBytes({ tag = 'default', bytes, timeout = 10000 }) {
+    await until(() => !!transfers.get(tag) && (transfers.get(tag).received >= bytes || transfers.get(tag).done), timeout, byteWaiters)
+    const tr = transfers.get(tag)
+    return { reached: !!tr && tr.received >= bytes, received: tr?.received ?? 0, done: !!tr?.done, at: now() }
+  },
+  async abortTransfer({ tag = 'default', why = 'aborted' }) {
+    const tr = transfers.get(tag)
+    if (tr?.abort) tr.abort(why)
+    return { received: tr?.received ?? 0 }
+  },
+  /** Opens a Chat stream through the forward proxy and waits for the echo of a first message. */
+  async chatOpen({ host, port, deadlineMs = 10000 }) {
+    closeChat('reopened')
+    const client = new proto.Echo(`${host}:${port}`, grpc.credentials.createInsecure())
+    const call = client.Chat()
+    const c = { client, call, pending: new Map(), received: 0, late: [], error: null, endedAt: null }
+    chat = c
+    call.on('data', (m) => {
+      c.received++
+      const resolve = c.pending.get(m.text)
+      if (!resolve) return c.late.push(m.text)
+      c.pending.delete(m.text)
+      resolve({ text: m.text })
+    })
+    const fail = (why) => {
+      c.error = c.error || why
+      c.endedAt = c.endedAt || now()
+      for (const resolve of c.pending.values()) resolve({ error: c.error })
+      c.pending.clear()
+    }
+    call.on('error', (e) => fail(`${e.code}: ${e.details || e.message}`))
+    call.on('end', () => fail('the stream ended'))
+    const first = await handlers.chatSend({ text: 'open', deadlineMs })
+    if (first.ok === false) {
+      closeChat(first.message)
+      return first
+    }
+    return { ms: first.ms }
+  },
+  /** Sends `text` (unique per stream) on the chat stream; resolves the echo or an error. */
+  async chatSend({ text, deadlineMs = 5000 }) {
+    if (!chat) return { ok: false, code: 'NoChat', message: 'no chat stream is open' }
+    const c = chat
+    if (c.error) return { ok: false, code: 'ChatClosed', message: c.error }
+    const t0 = now()
+    const answer = await new Promise((resolve) => {
+      const t = setTimeout(() => {
+        c.pending.delete(text)
+        resolve({ error: `no echo within ${deadlineMs} ms` })
+      }, deadlineMs)
+      c.pending.set(text, (r) => {
+        clearTimeout(t)
+        resolve(r)
+      })
+      c.call.write({ text })
+    })
+    if (answer.error) return { ok: false, code: 'ChatFailed', message: answer.error, sentAt: t0 }
+    return { text: answer.text, ms: now() - t0, sentAt: t0, at: now() }
+  },
+  async chatClose() {
+    const c = chat
+    if (!c) return { received: 0 }
+    const out = { received: c.received, late: c.late, error: c.error }
+    closeChat()
+    return out
   },
   async relayStatus() {
     return { status: fp ? fp.getRelayStatus() : rp.getRelayStatus() }
@@ -180,8 +459,50 @@ const handlers = {
   async info({ host, port }) {
     return { fp: fp?.getConnectionInfoByIngress(host, port) ?? null, count: fp ? fp.getConnectionCount() : rp.getConnectionCount() }
   },
+  /** Tells the proxies the network changed (the new sync `networkChanged()`), where they have it. */
+  async networkChanged() {
+    const called = []
+    for (const [name, proxy] of [['fp', fp], ['rp', rp]]) {
+      if (proxy && typeof proxy.networkChanged === 'function') {
+        proxy.networkChanged()
+        called.push(name)
+      }
+    }
+    return { supported: called.length > 0, called, at: now() }
+  },
   async stop() {
-    await stopAll()
+    return stopAll()
+  },
+  // ---- plain UDP, for lab self-tests --------------------------------------------------------
+  async udpOpen({ port = 0 }) {
+    if (udp) udp.socket.close()
+    const socket = dgram.createSocket('udp4')
+    const u = { socket, got: [], waiters: new Set() }
+    udp = u
+    socket.on('message', (msg, rinfo) => {
+      u.got.push({ text: msg.toString(), host: rinfo.address, port: rinfo.port, at: now() })
+      wake(u.waiters)
+    })
+    await new Promise((resolve, reject) => {
+      socket.once('error', reject)
+      socket.bind(port, '0.0.0.0', resolve)
+    })
+    return { port: socket.address().port }
+  },
+  async udpSend({ host, port, text }) {
+    await new Promise((resolve, reject) => udp.socket.send(text, port, host, (e) => (e ? reject(e) : resolve())))
+    return {}
+  },
+  /** Waits for a datagram `text`: { found, host, port } (where it came from). */
+  async udpWait({ text, timeout = 2000 }) {
+    const hit = () => udp.got.find((m) => m.text === text)
+    await until(() => hit(), timeout, udp.waiters)
+    const m = hit()
+    return m ? { found: true, host: m.host, port: m.port, at: m.at } : { found: false }
+  },
+  async udpClose() {
+    udp?.socket.close()
+    udp = null
     return {}
   },
 }

@@ -31,6 +31,7 @@ const IP = tool('ip') || 'ip'
 const NFT = tool('nft') || 'nft'
 const SYSCTL = tool('sysctl') || 'sysctl'
 const CONNTRACK = tool('conntrack')
+const TC = tool('tc') || 'tc'
 
 /** Which topologies exist and whether keynet must traverse them without a relay. */
 const TOPOLOGIES = {
@@ -170,6 +171,8 @@ class Lab {
 
   async buildTopology() {
     this.publicPorts = 0
+    /** The NAT rules of the routers that rebind/restoreNat may change, by namespace. */
+    this.nats = {}
     this.pub = await this.addNs('pub')
     await sh([IP, '-n', this.pub, 'link', 'add', 'br0', 'type', 'bridge'])
     await sh([IP, '-n', this.pub, 'link', 'set', 'br0', 'up'])
@@ -237,12 +240,15 @@ class Lab {
       } else {
         await this.toPublic(r, 'wan', `${wanIp}/24`)
         await nft(r, natRules({ kind, wanIp, lanNet, timeout: this.udpTimeout }))
+        this.nats[r] = { kind, wanIp, lanNet }
       }
       await this.link(r, 'lan', h, 'eth0')
       await this.addr(r, 'lan', `${gw}/26`)
       await this.addr(h, 'eth0', `${ip}/26`)
       await this.route(h, gw)
-      this.hosts[name] = { ns: h, ip, publicIp: wanIp, router: r }
+      // `uplinks`: the host's ways out (addUplink adds a second one); `kind`: its NAT's kind.
+      const uplink = { dev: 'eth0', ip, cidr: `${ip}/26`, gw, router: r, publicIp: wanIp, kind }
+      this.hosts[name] = { ns: h, ip, publicIp: wanIp, router: r, kind, uplinks: [uplink], uplink: 0 }
     }
     if (t === 'lossy') {
       await nft(this.pub, 'table bridge loss {\n  chain fw {\n    type filter hook forward priority 0;\n    meta l4proto udp numgen random mod 100 < 5 counter drop\n  }\n}\n')
@@ -311,6 +317,180 @@ class Lab {
     const out = await sh([IP, 'netns', 'exec', this.pub, NFT, 'list', 'table', 'bridge', 'loss'])
     const m = /counter packets (\d+)/.exec(out)
     return m ? Number(m[1]) : 0
+  }
+
+  // ---- path changes: the network under a running connection changes -------------------------
+
+  /** The public IPs of A and B (the two ends of their punched path); they must differ. */
+  publicPair() {
+    const a = this.hosts.A?.publicIp
+    const b = this.hosts.B?.publicIp
+    if (!a || !b || a === b) throw new Error(`no public path between A and B in the ${this.topology} topology`)
+    return [a, b]
+  }
+
+  /**
+   * `on`: drops every UDP datagram between A's and B's public IPs, both directions, on the
+   * public segment (a `bridge blackhole` table in the `pub` namespace); the relay host stays
+   * reachable from both. `on=false` removes the table. Idempotent; a later call uses the public
+   * IPs of that moment (after switchUplink too).
+   */
+  async blackhole(on = true) {
+    const reset = 'add table bridge blackhole\ndelete table bridge blackhole\n'
+    if (!on) {
+      await nft(this.pub, reset)
+      this.blackholed = false
+      return
+    }
+    const [a, b] = this.publicPair()
+    await nft(
+      this.pub,
+      `${reset}table bridge blackhole {
+  chain fw {
+    type filter hook forward priority -10; policy accept;
+    ether type ip ip saddr ${a} ip daddr ${b} meta l4proto udp counter drop
+    ether type ip ip saddr ${b} ip daddr ${a} meta l4proto udp counter drop
+  }
+}
+`,
+    )
+    this.blackholed = true
+  }
+
+  /** UDP datagrams the current blackhole dropped (0 when there is none). */
+  async blackholeDrops() {
+    const out = await sh([IP, 'netns', 'exec', this.pub, NFT, 'list', 'table', 'bridge', 'blackhole']).catch(() => '')
+    return [...out.matchAll(/counter packets (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0)
+  }
+
+  /**
+   * Limits what `side`'s host sends (every uplink's egress) to `rate` ('24mbit') with a tbf
+   * qdisc; `null` removes the limit. (This kernel has no netem; tbf needs none.)
+   */
+  async limitRate(side, rate) {
+    const h = this.hosts[side]
+    h.rate = rate || null
+    for (const dev of (h.uplinks || [{ dev: 'eth0' }]).map((u) => u.dev)) await this.applyRate(h, dev)
+  }
+
+  async applyRate(h, dev) {
+    if (!h.rate) {
+      await sh([IP, 'netns', 'exec', h.ns, TC, 'qdisc', 'del', 'dev', dev, 'root']).catch(() => {})
+      return
+    }
+    // A 64 KiB bucket (a GSO batch fits), 50 ms of queue: loss beyond, as on a real uplink.
+    await sh([IP, 'netns', 'exec', h.ns, TC, 'qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', h.rate, 'burst', '64kb', 'latency', '50ms'])
+  }
+
+  /** The qdiscs of `side`'s host (to check limitRate). */
+  async qdiscs(side) {
+    return sh([IP, 'netns', 'exec', this.hosts[side].ns, TC, 'qdisc', 'show'])
+  }
+
+  /**
+   * NAT rebinding: `side`'s NAT gives the host a new public port. Its masquerade moves to a port
+   * range none of the host's ports are in (the tests use 40000-60000 and the NAT keeps source
+   * ports; successive rebinds alternate between 20000-29999 and 30000-39999, so the port always
+   * changes), then the router's UDP conntrack entries go, so the next datagram gets a new
+   * mapping. Packets to the old public port then find no mapping and are dropped.
+   *
+   * 'restricted': the NAT stays port-restricted; the peer's NAT (port-restricted too) drops
+   * datagrams from the new port until the peer sends there, so only a rendezvous (the relay)
+   * can tell both sides the new address.
+   * 'cone': the cone map (keyed by the host's source port, which is the public port only while
+   * the NAT keeps ports) no longer fits, so the rebound NAT loses its endpoint-independent
+   * filtering: it passes replies only (port-restricted). The peer's NAT is still a full cone, so
+   * the new address reaches the peer without a relay, and its answers are replies.
+   * Runs inside the router's namespace only; restoreNat(side) undoes it.
+   */
+  async rebind(side) {
+    const h = this.hosts[side]
+    if (!h?.router || !['cone', 'restricted'].includes(h.kind)) {
+      throw new Error(`rebind needs a cone or restricted NAT in front of ${side} (topology ${this.topology})`)
+    }
+    this.rebinds = (this.rebinds || 0) + 1
+    const range = this.rebinds % 2 ? '20000-29999' : '30000-39999'
+    await nft(
+      h.router,
+      `flush chain ip labnat post
+add rule ip labnat post oifname "wan" meta l4proto udp masquerade to :${range}
+add rule ip labnat post oifname "wan" masquerade
+${h.kind === 'cone' ? 'flush chain ip labnat pre\n' : ''}`,
+    )
+    await this.flushConntrack(h.router)
+    return { range }
+  }
+
+  /**
+   * Undoes rebind(side): the NAT in front of `side` gets its original rules back (keeping source
+   * ports again) and forgets its UDP mappings, so the next pair starts from a fresh NAT.
+   */
+  async restoreNat(side) {
+    const ns = this.hosts[side]?.router
+    const nat = this.nats?.[ns]
+    if (!nat) throw new Error(`no NAT to restore in front of ${side}`)
+    await nft(ns, `delete table ip labnat\ndelete table ip labfilter\n${natRules({ ...nat, timeout: this.udpTimeout })}`)
+    await this.flushConntrack(ns)
+  }
+
+  /** Deletes the UDP conntrack entries of the router namespace `ns` (its NAT mappings). */
+  async flushConntrack(ns) {
+    try {
+      await run(IP, ['netns', 'exec', ns, CONNTRACK, '-D', '-p', 'udp'])
+    } catch (e) {
+      // conntrack exits 1 when there was nothing to delete.
+      if (!/0 flow entries/.test(e.stderr || '')) throw new Error(`conntrack -D in ${ns}: ${(e.stderr || e.message).trim()}`)
+    }
+  }
+
+  /**
+   * A second uplink for `side`'s host: a second NAT router (port-restricted) with its own public
+   * IP (203.0.113.3 for A, .4 for B) and a second LAN (198.51.100.128/26 for A, .192/26 for B)
+   * on the host's eth1. The host keeps using the first until switchUplink. Idempotent.
+   */
+  async addUplink(side) {
+    const h = this.hosts[side]
+    if (!h?.uplinks || this.topology === 'double-nat') throw new Error(`addUplink needs a host behind its own NAT (topology ${this.topology})`)
+    if (h.uplinks.length > 1) return h.uplinks[1]
+    const i = side === 'A' ? 0 : 1
+    const wanIp = `${PUBLIC}.${3 + i}`
+    const base = 128 + 64 * i
+    const lanNet = `198.51.100.${base}/26`
+    const gw = `198.51.100.${base + 1}`
+    const ip = `198.51.100.${base + 2}`
+    const r = await this.addNs(`n${side.toLowerCase()}2`, { router: true })
+    await this.toPublic(r, 'wan', `${wanIp}/24`)
+    await nft(r, natRules({ kind: 'restricted', wanIp, lanNet, timeout: this.udpTimeout }))
+    this.nats[r] = { kind: 'restricted', wanIp, lanNet }
+    await this.link(r, 'lan', h.ns, 'eth1')
+    await this.addr(r, 'lan', `${gw}/26`)
+    await this.addr(h.ns, 'eth1', `${ip}/26`)
+    const uplink = { dev: 'eth1', ip, cidr: `${ip}/26`, gw, router: r, publicIp: wanIp, kind: 'restricted' }
+    h.uplinks.push(uplink)
+    if (h.rate) await this.applyRate(h, 'eth1')
+    return uplink
+  }
+
+  /**
+   * Moves `side`'s host to its other uplink (addUplink first), as a phone leaving Wi-Fi: the
+   * default route goes via the other router, the old interface loses its address and goes down.
+   * Sockets bound to 0.0.0.0 stay open; their datagrams now leave through another NAT with
+   * another public address. `keepAddress: true` leaves the old address (only the link goes down).
+   * Calling it again switches back.
+   */
+  async switchUplink(side, { keepAddress = false } = {}) {
+    const h = this.hosts[side]
+    if (!h?.uplinks || h.uplinks.length < 2) throw new Error(`${side} has no second uplink: call addUplink('${side}') first`)
+    const from = h.uplinks[h.uplink]
+    const next = (h.uplink + 1) % h.uplinks.length
+    const to = h.uplinks[next]
+    await sh([IP, '-n', h.ns, 'link', 'set', to.dev, 'up'])
+    await sh([IP, '-n', h.ns, 'addr', 'replace', to.cidr, 'dev', to.dev])
+    await sh([IP, '-n', h.ns, 'route', 'replace', 'default', 'via', to.gw, 'dev', to.dev])
+    if (!keepAddress) await sh([IP, '-n', h.ns, 'addr', 'flush', 'dev', from.dev])
+    await sh([IP, '-n', h.ns, 'link', 'set', from.dev, 'down'])
+    Object.assign(h, { uplink: next, ip: to.ip, publicIp: to.publicIp, router: to.router, kind: to.kind })
+    return { publicIp: to.publicIp, dev: to.dev }
   }
 
   /** conntrack entries of `side`'s NAT router (for keepalive proofs). */

@@ -1,9 +1,17 @@
 'use strict'
-// `npm run natmatrix`: every lab topology end to end, 10 fresh attempts each, as a table.
-// Exits non-zero if a topology that must work did not work every time.
+// `npm run natmatrix`: every lab topology end to end, 10 fresh attempts each, as a table; the
+// same with a relay; then the path changes (natlab/pathchange.js: blackhole, rebinding, network
+// switch, flapping), 10 runs each. Exits non-zero if a topology that must work did not work every
+// time, or a path change scenario failed once or lost a byte.
+//   node natlab/matrix.js [topology ...]        only these topologies (no path changes)
+//   node natlab/matrix.js paths [scenario ...]  only the path changes (scenario keys: see
+//                                                pathchange.js SCENARIOS, e.g. blackhole-relay)
+// NATMATRIX_ATTEMPTS (10) sets the attempts per topology, NATMATRIX_PATH_RUNS (10) or
+// --runs=N the runs per path change scenario.
 
 const { Lab, TOPOLOGIES, labSupport } = require('./lab.js')
 const { attempt, relayedAttempt } = require('./attempt.js')
+const { SCENARIOS, summary } = require('./pathchange.js')
 
 /** With a relay: where each topology must end (symmetric NAT and blocked UDP stay relayed). */
 const RELAYED = {
@@ -15,6 +23,8 @@ const RELAYED = {
 }
 
 const ATTEMPTS = Number(process.env.NATMATRIX_ATTEMPTS || 10)
+const runsArg = process.argv.find((a) => a.startsWith('--runs='))
+const PATH_RUNS = Number(runsArg ? runsArg.slice('--runs='.length) : process.env.NATMATRIX_PATH_RUNS || 10)
 
 function median(xs) {
   if (!xs.length) return NaN
@@ -28,8 +38,11 @@ async function main() {
     console.error(`natmatrix: ${why}`)
     process.exit(2)
   }
-  const only = process.argv.slice(2)
-  const names = Object.keys(TOPOLOGIES).filter((t) => !only.length || only.includes(t))
+  const words = process.argv.slice(2).filter((a) => !a.startsWith('--'))
+  const paths = words.includes('paths')
+  const only = words.filter((w) => w !== 'paths' && !SCENARIOS.some((s) => s.key === w))
+  // `paths` alone: no topology table; topology names alone: no path changes; nothing: all.
+  const names = paths && !only.length ? [] : Object.keys(TOPOLOGIES).filter((t) => !only.length || only.includes(t))
   const rows = []
   let failed = false
   for (const name of names) {
@@ -67,7 +80,7 @@ async function main() {
   }
   // The same topologies with a relay on the public segment: every attempt opens through it.
   const relayRows = []
-  const relayNames = Object.keys(RELAYED).filter((t) => !only.length || only.includes(t))
+  const relayNames = paths && !only.length ? [] : Object.keys(RELAYED).filter((t) => !only.length || only.includes(t))
   for (const name of relayNames) {
     const results = []
     let lab, A, B
@@ -109,22 +122,81 @@ async function main() {
     console.error(`natmatrix: ${name} + relay: ${row.rate} ${row.result} ${row.path}`)
   }
 
+  // Path changes under running connections: each scenario PATH_RUNS times in one lab.
+  const pathRows = []
+  const keys = words.filter((w) => SCENARIOS.some((s) => s.key === w))
+  const scenarios = paths || !words.length ? SCENARIOS.filter((s) => !keys.length || keys.includes(s.key)) : []
+  for (const sc of scenarios) {
+    const results = []
+    let lab, A, B
+    try {
+      lab = await Lab.create(sc.topology, { relay: sc.relay })
+      const relay = sc.relay ? await lab.startRelay() : null
+      A = lab.agent('A')
+      B = lab.agent('B')
+      for (let i = 0; i < PATH_RUNS; i++) {
+        const r = await sc.run(lab, A, B, relay)
+        results.push(r)
+        console.error(`natmatrix: ${sc.name} ${i + 1}/${PATH_RUNS}: ${summary(r)}${r.ok ? '' : `\n  ${r.problem}`}`)
+        if (r.stuck) {
+          // A stop() that never resolved: these agents are unusable, start fresh ones.
+          await Promise.all([A.close(), B.close()])
+          A = lab.agent('A')
+          B = lab.agent('B')
+        }
+      }
+    } catch (e) {
+      results.push({ ok: false, problem: `harness: ${e.message}`, bytesLost: null, timeMs: null })
+    } finally {
+      await Promise.all([A?.close(), B?.close()])
+      await lab?.destroy()
+    }
+    const oks = results.filter((r) => r.ok)
+    const times = results.filter((r) => r.timeMs != null).map((r) => r.timeMs)
+    const losses = results.filter((r) => r.bytesLost != null)
+    const lost = losses.reduce((n, r) => n + r.bytesLost, 0)
+    const label = results.find((r) => r.timeLabel)?.timeLabel ?? 'recovery'
+    const problems = [...new Set(results.filter((r) => !r.ok).flatMap((r) => (r.checks?.length ? r.checks.filter((c) => !c.pass).map((c) => c.name) : [r.problem])))]
+    const row = {
+      scenario: `${sc.name} (${sc.topology})`,
+      result: `${oks.length}/${PATH_RUNS} ok`,
+      time: times.length ? `${label} ${median(times).toFixed(0)} ms` : '-',
+      lost: losses.length ? `${lost}` : '-',
+      problems: problems.join('; ') || '-',
+    }
+    if (oks.length !== PATH_RUNS || lost !== 0) failed = true
+    pathRows.push(row)
+    console.error(`natmatrix: ${sc.name}: ${row.result}, ${row.time}, bytes lost ${row.lost}`)
+  }
+
   const cols = ['topology', 'result', 'path', 'ttfr', 'rate', 'expected']
   const head = { topology: 'topology', result: 'result', path: 'path', ttfr: 'first reply (median)', rate: 'success', expected: 'expectation' }
   const width = Object.fromEntries(cols.map((c) => [c, Math.max(...[head, ...rows].map((r) => String(r[c]).length))]))
   const line = (r) => cols.map((c) => String(r[c]).padEnd(width[c])).join(' | ')
-  console.log(line(head))
-  console.log(cols.map((c) => '-'.repeat(width[c])).join('-|-'))
-  for (const r of rows) console.log(line(r))
+  if (rows.length) {
+    console.log(line(head))
+    console.log(cols.map((c) => '-'.repeat(width[c])).join('-|-'))
+    for (const r of rows) console.log(line(r))
+  }
   if (relayRows.length) {
     const rc = ['topology', 'result', 'path', 'transport', 'ttfr', 'upgrade', 'rate', 'expected']
     const rh = { topology: 'with a relay', result: 'result', path: 'path (open->after)', transport: "A's relay transport", ttfr: 'first reply (median)', upgrade: 'upgrade (median, from open)', rate: 'success', expected: 'expectation' }
     const rw = Object.fromEntries(rc.map((c) => [c, Math.max(...[rh, ...relayRows].map((r) => String(r[c]).length))]))
     const rl = (r) => rc.map((c) => String(r[c]).padEnd(rw[c])).join(' | ')
-    console.log('')
+    if (rows.length) console.log('')
     console.log(rl(rh))
     console.log(rc.map((c) => '-'.repeat(rw[c])).join('-|-'))
     for (const r of relayRows) console.log(rl(r))
+  }
+  if (pathRows.length) {
+    const pc = ['scenario', 'result', 'time', 'lost', 'problems']
+    const ph = { scenario: 'path changes', result: 'result', time: 'recovery time (median; close: time to close)', lost: 'bytes lost (sum)', problems: 'failed checks' }
+    const pw = Object.fromEntries(pc.map((c) => [c, Math.max(...[ph, ...pathRows].map((r) => String(r[c]).length))]))
+    const pl = (r) => pc.map((c) => String(r[c]).padEnd(pw[c])).join(' | ')
+    if (rows.length || relayRows.length) console.log('')
+    console.log(pl(ph))
+    console.log(pc.map((c) => '-'.repeat(pw[c])).join('-|-'))
+    for (const r of pathRows) console.log(pl(r))
   }
   process.exit(failed ? 1 : 0)
 }
