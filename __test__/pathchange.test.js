@@ -166,6 +166,12 @@ labTest('flapping with a relay: blackhole on/off every 3 s for 30 s during 40 Mi
   verify(t, r)
 })
 
+labTest('forged datagrams from the punched address (QUIC look-alikes, punches, acks) do not keep a blackholed path alive', async (t) => {
+  t.timeout(120000)
+  const r = await withLab('cone', { relay: true }, async (lab, A, B) => pc.forgedDuringBlackhole(lab, A, B, await lab.startRelay()))
+  verify(t, r)
+})
+
 if (!unsupported) {
   test.after.always('no namespace of this run is left behind', (t) => {
     t.deepEqual(leftovers(`kn${process.pid % 100000}x`), [])

@@ -56,7 +56,7 @@ async function startRelayedPair(lab, A, B, relay, { opts = {}, server = 'grpc', 
   if (!rp.ok) throw new Error(`B could not start: ${rp.message}`)
   const fp = await A.request({ cmd: 'startFp', port: pA, opts })
   if (!fp.ok) throw new Error(`A could not start: ${fp.message}`)
-  return { nodeIdB: rp.nodeId, pubB: lab.publicAddr('B', pB), relay: { ...relay, upgradeDelay }, rpTransport: rp.relay?.transport }
+  return { nodeIdB: rp.nodeId, pubB: lab.publicAddr('B', pB), portA: pA, relay: { ...relay, upgradeDelay }, rpTransport: rp.relay?.transport }
 }
 
 /**

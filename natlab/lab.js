@@ -357,6 +357,71 @@ class Lab {
     this.blackholed = true
   }
 
+  /**
+   * Sends forged datagrams to `side`'s host at `toPort`, with the source address `from`
+   * ({ host, port }: the peer's public address, the one `side` punched to), every `intervalMs`:
+   * in turn a QUIC look-alike (1200 random bytes, fixed bit set) and a punch-format punch or ack
+   * with a random nonce. The forger runs on `side`'s NAT router, on the host's side of the NAT,
+   * with IP_TRANSPARENT (it may send from an address it does not have) and conntrack off for that
+   * source (the NAT's own mapping of the real flow stays untouched), so nothing on the way tells
+   * the forgery apart. Resolves a handle: `sent()` (datagrams so far), `stop()`.
+   */
+  async forge(side, from, toPort, intervalMs = 20) {
+    const h = this.hosts[side]
+    const ns = h.router
+    if (!ns) throw new Error(`forge needs a NAT router in front of ${side}`)
+    await nft(ns, `add table ip forge
+delete table ip forge
+table ip forge {
+  chain out { type filter hook output priority raw; ip saddr ${from.host} notrack; }
+  chain pre { type filter hook prerouting priority raw; ip saddr ${from.host} notrack; }
+}
+`)
+    const script = String.raw`
+import socket, os, sys, time
+src, sport, dst, dport, gap = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT: bind and send from an address this host lacks
+s.bind((src, sport))
+def addr(ip, port):
+    return b'\x04' + bytes(10) + b'\xff\xff' + socket.inet_aton(ip) + port.to_bytes(2, 'big')
+n = 0
+while True:
+    if n % 2 == 0:
+        d = bytes([0x40 | (os.urandom(1)[0] & 0x3f)]) + os.urandom(1199)
+    else:
+        kind = 2 if n % 4 == 1 else 1
+        d = b'\x00KNP\x01' + bytes([kind]) + os.urandom(8) + addr(src, sport) + addr(dst, dport)
+    s.sendto(d, (dst, dport))
+    n += 1
+    if n % 50 == 0:
+        print(n, flush=True)
+    time.sleep(gap)
+`
+    const child = spawn(IP, ['netns', 'exec', ns, 'python3', '-c', script, from.host, String(from.port), h.ip, String(toPort), String(intervalMs / 1000)], { stdio: ['ignore', 'pipe', 'pipe'] })
+    this.children = this.children || []
+    this.children.push(child)
+    let sent = 0
+    let err = ''
+    child.stdout.on('data', (d) => {
+      const last = d.toString().trim().split('\n').pop()
+      sent = Number(last) || sent
+    })
+    child.stderr.on('data', (d) => (err += d))
+    return {
+      sent: () => sent,
+      error: () => err.trim(),
+      stop: async () => {
+        if (child.exitCode === null) {
+          const gone = new Promise((r) => child.once('exit', r))
+          child.kill('SIGKILL')
+          await gone
+        }
+        await nft(ns, 'add table ip forge\ndelete table ip forge\n').catch(() => {})
+      },
+    }
+  }
+
   /** UDP datagrams the current blackhole dropped (0 when there is none). */
   async blackholeDrops() {
     const out = await sh([IP, 'netns', 'exec', this.pub, NFT, 'list', 'table', 'bridge', 'blackhole']).catch(() => '')

@@ -146,6 +146,7 @@ async function relayedPunched(run, relay, { server = 'both', opts = {} } = {}) {
   const { A, B, lab } = run
   const pair = await startRelayedPair(lab, A, B, relay, { server, upgradeDelay: 300, opts: { connConnectTime: 10000, ...opts } })
   const target = { host: pair.pubB.host, port: pair.pubB.port }
+  run.portA = pair.portA
   const open = await run.ask(A, { cmd: 'open', nodeId: pair.nodeIdB, ...target, timeout: 10000, relay: pair.relay }, 20000)
   if (!run.check('A opens through the relay', open.ok && open.path === 'relayed', open.ok ? `path ${open.path}` : open.message)) return null
   const up = await run.event(A, { kind: 'path', proxy: 'fp', path: 'punched' }, 15000)
@@ -211,6 +212,35 @@ async function blackholeWithRelay(lab, A, B, relay, o = {}) {
     run.set({ recoveryMs, timeMs: recoveryMs })
     run.check(`A returns to 'punched' within ${recoveryLimit} ms of the blackhole's end`, back.found && recoveryMs <= recoveryLimit, det(back, back.found ? fmt(recoveryMs) : `none in ${recoveryLimit + 2000} ms`))
     await run.finishTransfer(A, tr, 30000, `the ${bytes / MiB} MiB transfer`)
+    run.set({ events: await pathLog(run, tOn) })
+    await run.stop()
+  })
+}
+
+/**
+ * Cone NATs + relay, punched; then the punched path is blackholed while a forger sends A
+ * datagrams that claim to come from B's public address (the punched one): QUIC look-alikes,
+ * punches and acks with random nonces, every 20 ms. Only an ack echoing one of A's own probe
+ * nonces proves the path, so A must still fall back to 'relayed' in time (timeMs: from
+ * blackhole-on), and a call must still work (through the relay).
+ */
+async function forgedDuringBlackhole(lab, A, B, relay, o = {}) {
+  const { fallbackLimit = 10000 } = o
+  return scenario('forged packets, blackhole + relay', lab, A, B, async (run) => {
+    run.set({ timeLabel: 'fallback' })
+    const target = await relayedPunched(run, relay)
+    if (!target) return
+    const forger = await lab.forge('A', target, run.portA)
+    run.undo = [() => forger.stop()]
+    await lab.blackhole(true)
+    const tOn = now()
+    const fb = await run.event(A, { kind: 'path', proxy: 'fp', path: 'relayed', after: tOn }, fallbackLimit + 5000)
+    const fallbackMs = fb.found ? fb.at - tOn : null
+    run.set({ fallbackMs, timeMs: fallbackMs, forged: forger.sent() })
+    run.check('the forger sent datagrams from the punched address', forger.sent() >= 50, `${forger.sent()} sent ${forger.error()}`)
+    run.check(`A falls back to 'relayed' within ${fallbackLimit} ms although forged datagrams keep coming`, fb.found && fallbackMs <= fallbackLimit, det(fb, fb.found ? `${fmt(fallbackMs)}, reason ${fb.event?.reason}` : `none in ${fallbackLimit + 5000} ms`))
+    const call = await run.ask(A, { cmd: 'call', ...target, text: 'through-relay', deadlineMs: 10000 }, 15000)
+    run.check('a call still works (through the relay)', call.ok && call.text === 'through-relay', call.ok ? fmt(call.ms) : `${call.code}: ${call.message}`)
     run.set({ events: await pathLog(run, tOn) })
     await run.stop()
   })
@@ -390,6 +420,7 @@ const SCENARIOS = [
   { key: 'rebinding', name: 'rebinding, no relay', topology: 'cone', relay: false, run: (lab, A, B) => rebinding(lab, A, B, null) },
   { key: 'network-switch', name: 'network switch + relay', topology: 'restricted', relay: true, run: networkSwitch },
   { key: 'flapping', name: 'flapping + relay', topology: 'cone', relay: true, run: flapping },
+  { key: 'forged', name: 'forged packets, blackhole + relay', topology: 'cone', relay: true, run: forgedDuringBlackhole },
 ]
 
 /** One line per run for logs. */
@@ -402,4 +433,4 @@ function summary(r) {
   return parts.join(', ')
 }
 
-module.exports = { blackholeWithRelay, blackholeNoRelay, rebinding, networkSwitch, flapping, SCENARIOS, summary, within, TIMED_OUT }
+module.exports = { blackholeWithRelay, blackholeNoRelay, rebinding, networkSwitch, flapping, forgedDuringBlackhole, SCENARIOS, summary, within, TIMED_OUT }

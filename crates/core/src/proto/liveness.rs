@@ -69,6 +69,8 @@ pub struct PathLiveness {
     /// Gap between recovery probes (while dead).
     recovery: Duration,
     last_proof: Instant,
+    /// When the last probe went out (probes are never closer than `PROBE_RETRY`).
+    last_sent: Option<Instant>,
 }
 
 impl PathLiveness {
@@ -81,6 +83,7 @@ impl PathLiveness {
             outstanding: Vec::new(),
             recovery: RECOVERY_MIN,
             last_proof: now,
+            last_sent: None,
         }
     }
 
@@ -93,6 +96,7 @@ impl PathLiveness {
             outstanding: Vec::new(),
             recovery: RECOVERY_MIN,
             last_proof: now,
+            last_sent: None,
         }
     }
 
@@ -151,6 +155,7 @@ impl PathLiveness {
         }
         self.outstanding.push(nonce);
         self.next_probe = now + wait;
+        self.last_sent = Some(now);
         nonce
     }
 
@@ -169,10 +174,13 @@ impl PathLiveness {
         (was == Liveness::Dead).then_some(Transition::Recovered)
     }
 
-    /// Something suggests the path changed (the app said the network changed): probe at once
-    /// instead of waiting for the next interval; a dead path restarts its recovery backoff.
+    /// Something suggests the path changed (the app said the network changed, the peer punches
+    /// again): probe now instead of at the next interval, but never sooner than `PROBE_RETRY`
+    /// after the last probe (whatever asks, even forged datagrams, cannot make us flood); a dead
+    /// path restarts its recovery backoff.
     pub fn probe_now(&mut self, now: Instant) {
-        self.next_probe = now;
+        let earliest = self.last_sent.map_or(now, |t| t + PROBE_RETRY);
+        self.next_probe = self.next_probe.min(now.max(earliest));
         self.recovery = RECOVERY_MIN;
     }
 }
@@ -342,6 +350,24 @@ mod tests {
             "alive stays alive: no transition"
         );
         assert_eq!(m.state(), Liveness::Alive);
+    }
+
+    #[test]
+    fn probe_now_cannot_make_probes_closer_than_the_retry_gap() {
+        let t0 = Instant::now();
+        let mut m = PathLiveness::dead(t0);
+        assert_eq!(m.poll(t0, 1), (None, Some(1)));
+        let mut sent = 1;
+        let mut now = t0;
+        // A flood of triggers (forged punches from the path's address), one every millisecond.
+        for i in 0..5_000u64 {
+            now = t0 + ms(i);
+            m.probe_now(now);
+            if m.poll(now, 100 + i).1.is_some() {
+                sent += 1;
+            }
+        }
+        assert!(sent <= 11, "{sent} probes in 5 s");
     }
 
     #[test]
