@@ -358,10 +358,9 @@ mod tests {
         let mut m = PathLiveness::dead(t0);
         assert_eq!(m.poll(t0, 1), (None, Some(1)));
         let mut sent = 1;
-        let mut now = t0;
         // A flood of triggers (forged punches from the path's address), one every millisecond.
         for i in 0..5_000u64 {
-            now = t0 + ms(i);
+            let now = t0 + ms(i);
             m.probe_now(now);
             if m.poll(now, 100 + i).1.is_some() {
                 sent += 1;
