@@ -80,6 +80,16 @@ impl KeynetSocket {
         Ok(())
     }
 
+    /// Lets go of the OS socket's port at once: swaps in a socket bound to an ephemeral loopback
+    /// port (for a proxy that stopped while quinn still drains a connection).
+    pub fn detach_os_socket(&self) -> io::Result<()> {
+        let loopback: SocketAddr = match self.inner().local_addr() {
+            Ok(SocketAddr::V6(_)) => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
+            _ => ([127, 0, 0, 1], 0).into(),
+        };
+        self.replace_os_socket(std::net::UdpSocket::bind(loopback)?)
+    }
+
     /// Sends one datagram to `to`, waiting (at most a second) for the socket to be writable.
     pub async fn send_to(&self, to: SocketAddr, datagram: &[u8]) {
         let transmit = Transmit {

@@ -227,7 +227,7 @@ impl ForwardProxy {
             self.inner.opts.end_time,
         )
         .await;
-        let socket = Arc::downgrade(&running.socket);
+        let socket = lifecycle::release_port(&running.endpoint, &running.socket);
         drop(running);
         lifecycle::wait_released(socket).await;
         tracing::info!("forward proxy stopped");

@@ -2,7 +2,7 @@
 //! their QUIC endpoint, connections and tasks down in one order so `stop()` resolves only when
 //! everything ended and the UDP port is free.
 
-use std::sync::{RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::endpoint::KeynetSocket;
@@ -58,18 +58,41 @@ pub(crate) async fn shutdown(
 ) {
     tracker.close_all(reason::STOPPED);
     endpoint.close(0u32.into(), reason::STOPPED.as_bytes());
-    // Closing connections (abandoned handshakes too) drain for three PTOs: wait, bounded.
-    let drain = grace.max(Duration::from_secs(3));
-    let _ = tokio::time::timeout(drain, endpoint.wait_idle()).await;
+    // Closing connections (abandoned handshakes too) drain for three PTOs, which on a congested
+    // path is seconds: wait at most `grace` (`connEndTime`); the peers were told already, and
+    // [`wait_released`] frees the port even if quinn is still draining.
+    let _ = tokio::time::timeout(grace, endpoint.wait_idle()).await;
     let _ = tokio::time::timeout(grace, tracker.wait_until(|t| t.count() == 0)).await;
     if !tasks.shutdown(grace + Duration::from_secs(1)).await {
         tracing::warn!("tasks did not end within the grace period");
     }
 }
 
+/// Frees the UDP port after `shutdown`. If connections are still draining, moves the socket
+/// off its port at once (quinn drains them on an ephemeral loopback socket that nothing
+/// reaches, for at most three PTOs: on a congested path that is seconds `stop()` need not wait)
+/// and returns `None`; else returns the socket to [`wait_released`] once the caller dropped its
+/// handles.
+pub(crate) fn release_port(
+    endpoint: &quinn::Endpoint,
+    socket: &Arc<KeynetSocket>,
+) -> Option<Weak<KeynetSocket>> {
+    if endpoint.open_connections() > 0 {
+        let moved = socket
+            .detach_os_socket()
+            .and_then(|()| endpoint.rebind_abstract(socket.clone()));
+        match moved {
+            Ok(()) => return None,
+            Err(e) => tracing::warn!(error = %e, "could not move a draining socket off its port"),
+        }
+    }
+    Some(Arc::downgrade(socket))
+}
+
 /// Waits (bounded) until quinn's driver dropped the UDP socket, so the port is free. quinn
 /// offers no event for that, hence the short poll.
-pub(crate) async fn wait_released(socket: Weak<KeynetSocket>) {
+pub(crate) async fn wait_released(socket: Option<Weak<KeynetSocket>>) {
+    let Some(socket) = socket else { return };
     let deadline = Instant::now() + Duration::from_secs(5);
     while socket.strong_count() > 0 {
         if Instant::now() >= deadline {

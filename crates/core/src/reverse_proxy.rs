@@ -244,7 +244,7 @@ impl ReverseProxy {
             self.inner.opts.end_time,
         )
         .await;
-        let socket = Arc::downgrade(&running.socket);
+        let socket = lifecycle::release_port(&running.endpoint, &running.socket);
         drop(running);
         lifecycle::wait_released(socket).await;
         tracing::info!("reverse proxy stopped");

@@ -207,7 +207,7 @@ impl RelayServer {
         .await;
         running.allocs.save();
         running.tasks.shutdown(grace + Duration::from_secs(1)).await;
-        let socket = Arc::downgrade(&running.socket);
+        let socket = lifecycle::release_port(&running.endpoint, &running.socket);
         drop(running);
         lifecycle::wait_released(socket).await;
         tracing::info!("relay stopped");
