@@ -26,7 +26,8 @@ const VIRTUAL_PORT: u16 = 1;
 /// Datagrams from relay links waiting for quinn before more are dropped.
 const INBOUND_QUEUE: usize = 4096;
 /// Path changes waiting for the proxy's event task before more are dropped (a change is rare:
-/// a few per connection and minute at worst; the getters read the table, never this queue).
+/// a few per peer and minute at worst, and routing never depends on this queue: only an event
+/// and the `path` a getter reports could miss one).
 const CHANGE_QUEUE: usize = 256;
 
 /// Where datagrams for relayed peers go: the outbox of one relay link.

@@ -254,8 +254,8 @@ impl RelayLink {
         self.gone.subscribe()
     }
 
-    /// Asks the relay to tell `peer` and us each other's address and punch (once per peer until
-    /// a rendezvous fails or the path falls back).
+    /// Asks the relay to tell `peer` and us each other's address and punch (once per peer while
+    /// connections to it live: afterwards its direct-path task asks again when needed).
     pub fn call_me_maybe(&self, peer: NodeId) {
         if !self
             .rendezvous_done
@@ -265,7 +265,7 @@ impl RelayLink {
         {
             return;
         }
-        let _ = self.control.try_send(Frame::CallMeMaybe { peer });
+        self.recall(peer);
     }
 
     /// Asks the relay for another rendezvous with `peer` (its direct path died; the addresses
@@ -359,6 +359,8 @@ impl Runner {
             loop {
                 tokio::select! {
                     _ = &mut wait => break,
+                    // A network change while down: try again at once from the new network.
+                    _ = self.renew.notified() => break,
                     p = outbox_rx.recv() => if p.is_none() { return },
                     c = control_rx.recv() => if c.is_none() { return },
                 }
