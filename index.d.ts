@@ -57,22 +57,8 @@ export interface ConnectionEvent extends ConnectionInfo {
  */
 export type PathReason = 'upgrade' | 'probeTimeout' | 'rebinding' | 'networkChanged'
 
-/** A relay link changed state (the `relay` event). */
-export interface RelayEvent {
-  host: string
-  port: number
-  /** The relay's node id. */
-  nodeId: string
-  state: 'registered' | 'lost' | 'reconnecting'
-  /** For 'registered': 'quic' | 'websocket'. */
-  transport: string | null
-  /** For 'registered': this node's address as the relay sees it. */
-  observedHost: string | null
-  observedPort: number | null
-  /** For 'lost': the error's code (e.g. 'ErrorConnectionStart') and message. */
-  code: string | null
-  error: string | null
-}
+/** A relay link changed state (the `relay` event): its new status, as getRelayStatus() gives it. */
+export type RelayEvent = RelayStatus
 
 export type ConnectionEventName = 'connection' | 'close' | 'path'
 

@@ -252,7 +252,7 @@ function attachEvents(handle) {
       return
     }
     if (ev.kind === 'relay') {
-      target.emit('relay', relayEvent(ev.relay))
+      target.emit('relay', relayStatus(ev.relay))
       return
     }
     const event = { ...ev.info }
@@ -266,12 +266,6 @@ function attachEvents(handle) {
 function relayStatus(s) {
   const out = { host: s.host, port: s.port, nodeId: s.nodeId, state: s.state }
   for (const k of ['transport', 'observedHost', 'observedPort', 'publicPort', 'error']) out[k] = s[k] ?? null
-  return out
-}
-
-function relayEvent(r) {
-  const out = { host: r.host, port: r.port, nodeId: r.nodeId, state: r.state }
-  for (const k of ['transport', 'observedHost', 'observedPort', 'code', 'error']) out[k] = r[k] ?? null
   return out
 }
 

@@ -154,41 +154,8 @@ pub struct NativeEvent {
     /// For `path`: the path before the change.
     pub previous_path: Option<String>,
     pub addresses: Option<Vec<NativeAddress>>,
-    /// For `relay`: the link's new state.
-    pub relay: Option<NativeRelayEvent>,
-}
-
-/// A relay link's state change (the `relay` event).
-#[napi(object)]
-#[derive(Clone)]
-pub struct NativeRelayEvent {
-    pub host: String,
-    pub port: u32,
-    pub node_id: String,
-    /// `registered`, `lost` or `reconnecting`.
-    pub state: String,
-    pub transport: Option<String>,
-    pub observed_host: Option<String>,
-    pub observed_port: Option<u32>,
-    /// For `lost`: the error's code and message.
-    pub code: Option<String>,
-    pub error: Option<String>,
-}
-
-impl From<keynet_core::RelayEvent> for NativeRelayEvent {
-    fn from(e: keynet_core::RelayEvent) -> Self {
-        NativeRelayEvent {
-            host: e.addr.ip().to_string(),
-            port: e.addr.port() as u32,
-            node_id: e.node_id,
-            state: e.state.into(),
-            transport: e.transport.map(Into::into),
-            observed_host: e.observed.map(|a| a.ip().to_string()),
-            observed_port: e.observed.map(|a| a.port() as u32),
-            code: e.error.as_ref().map(|(c, _)| c.to_string()),
-            error: e.error.map(|(_, m)| m),
-        }
-    }
+    /// For `relay`: the link's new status (as `relayStatus`).
+    pub relay: Option<NativeRelayStatus>,
 }
 
 /// A host and port.
@@ -324,6 +291,7 @@ impl NativeRelay {
 
 /// A relay link's status (`getRelayStatus()`).
 #[napi(object)]
+#[derive(Clone)]
 pub struct NativeRelayStatus {
     pub host: String,
     pub port: u32,
@@ -425,7 +393,7 @@ pub fn sink(listener: Listener) -> keynet_core::EventSink {
             reason: e.reason,
             previous_path: e.previous_path.map(|p| p.as_str().to_string()),
             addresses,
-            relay: e.relay.map(Into::into),
+            relay: e.relay.map(|(spec, st)| NativeRelayStatus::new(&spec, st)),
         };
         let _ = listener.call(ev, ThreadsafeFunctionCallMode::NonBlocking);
     })

@@ -117,22 +117,12 @@ pub struct Event {
     pub relay: Option<RelayEvent>,
 }
 
-/// A relay link's state change (the `relay` event).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RelayEvent {
-    /// The relay's UDP address.
-    pub addr: SocketAddr,
-    /// The relay's node id.
-    pub node_id: String,
-    /// `registered`, `lost` (the link failed) or `reconnecting`.
-    pub state: &'static str,
-    /// For `registered`: `quic` or `websocket`.
-    pub transport: Option<&'static str>,
-    /// For `registered`: this node's address as the relay sees it.
-    pub observed: Option<SocketAddr>,
-    /// For `lost`: the error code and message.
-    pub error: Option<(&'static str, String)>,
-}
+/// A relay link's state change (the `relay` event): the relay and where its link stands now
+/// (the same as a proxy's `relay_status`).
+pub type RelayEvent = (
+    crate::relay::link::RelaySpec,
+    crate::relay::link::LinkStatus,
+);
 
 impl Event {
     /// An `Address` event.

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::endpoint::KeynetSocket;
 use crate::error::Result;
-use crate::events::{Event, Path, RelayEvent};
+use crate::events::{Event, Path};
 use crate::identity::LoadedIdentity;
 use crate::options::ConnOptions;
 use crate::relay::link::{LinkContext, LinkStatus, RelayLink, RelaySpec};
@@ -58,35 +58,6 @@ pub fn watch_paths(socket: &KeynetSocket, tracker: &Arc<Tracker>, tasks: &Tasks)
     });
 }
 
-/// The `relay` event for a link status.
-fn relay_event(spec: &RelaySpec, status: &LinkStatus) -> RelayEvent {
-    let mut e = RelayEvent {
-        addr: spec.addr,
-        node_id: spec.node_id.to_string(),
-        state: "reconnecting",
-        transport: None,
-        observed: None,
-        error: None,
-    };
-    match status {
-        LinkStatus::Connecting => {}
-        LinkStatus::Up {
-            transport,
-            observed,
-            ..
-        } => {
-            e.state = "registered";
-            e.transport = Some(transport);
-            e.observed = Some(*observed);
-        }
-        LinkStatus::Down(code, why) => {
-            e.state = "lost";
-            e.error = Some((code, why.clone()));
-        }
-    }
-    e
-}
-
 /// Starts a link to `spec` for a proxy and wires it.
 pub fn attach(spec: RelaySpec, p: ProxyParts<'_>) -> Arc<RelayLink> {
     let (tcp_tx, tcp_rx) = mpsc::channel(256);
@@ -116,9 +87,9 @@ pub fn attach(spec: RelaySpec, p: ProxyParts<'_>) -> Arc<RelayLink> {
     let spec = link.spec().clone();
     p.tasks.spawn(async move {
         while status.changed().await.is_ok() {
-            let event = relay_event(&spec, &status.borrow_and_update());
+            let now = status.borrow_and_update().clone();
             let Some(t) = tracker.upgrade() else { return };
-            t.send(Event::relay(event));
+            t.send(Event::relay((spec.clone(), now)));
         }
     });
     // Relayed connections cannot outlive their relay: once it has been gone for a grace period
