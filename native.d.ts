@@ -149,8 +149,8 @@ export interface NativeEvent {
   /** For `path`: the path before the change. */
   previousPath?: string
   addresses?: Array<NativeAddress>
-  /** For `relay`: the link's new state. */
-  relay?: NativeRelayEvent
+  /** For `relay`: the link's new status (as `relayStatus`). */
+  relay?: NativeRelayStatus
 }
 
 /** An address found on the DHT. */
@@ -192,21 +192,6 @@ export interface NativeRelay {
   upgrade?: boolean
   upgradeDelay?: number
   token?: string
-}
-
-/** A relay link's state change (the `relay` event). */
-export interface NativeRelayEvent {
-  host: string
-  port: number
-  nodeId: string
-  /** `registered`, `lost` or `reconnecting`. */
-  state: string
-  transport?: string
-  observedHost?: string
-  observedPort?: number
-  /** For `lost`: the error's code and message. */
-  code?: string
-  error?: string
 }
 
 /** `Relay.start()` options (index.js validated the types). */

@@ -160,6 +160,12 @@ labTest("network switch (second uplink, networkChanged()): a 'path' event within
   verify(t, r)
 })
 
+labTest("network switch noticed by itself (Linux netlink, no networkChanged() call): the relay link registers again, a 'path' event within 5 s, the chat stream goes on", async (t) => {
+  t.timeout(180000)
+  const r = await withLab('restricted', { relay: true }, async (lab, A, B) => pc.networkSwitch(lab, A, B, await lab.startRelay(), { manual: false }))
+  verify(t, r)
+})
+
 labTest('flapping with a relay: blackhole on/off every 3 s for 30 s during 40 MiB, nothing lost, ends punched', async (t) => {
   t.timeout(240000)
   const r = await withLab('cone', { relay: true }, async (lab, A, B) => pc.flapping(lab, A, B, await lab.startRelay()))

@@ -319,14 +319,25 @@ async function rebinding(lab, A, B, relay = null, o = {}) {
  * 10 s, the transfer arrives intact; both stop() within 5 s.
  */
 async function networkSwitch(lab, A, B, relay, o = {}) {
-  const { bytes = 16 * MiB, rate = '24mbit', messages = 4, echoLimit = 30000, eventLimit = 5000 } = o
-  return scenario('network switch + relay', lab, A, B, async (run) => {
+  const { bytes = 16 * MiB, rate = '24mbit', messages = 4, echoLimit = 30000, eventLimit = 5000, manual = true } = o
+  return scenario(manual ? 'network switch + relay' : 'network switch noticed by itself + relay', lab, A, B, async (run) => {
     await lab.addUplink('A')
     const target = await relayedPunched(run, relay)
     if (!target) return
     await changeUnderChat(run, target, { bytes, rate, messages, echoLimit }, async () => {
       const to = await lab.switchUplink('A')
+      const switched = now()
       run.set({ uplink: to })
+      if (!manual) {
+        // Nobody tells A: on Linux its netlink watcher must notice, re-register with the relay
+        // (a 'down' relay event that says why) and re-probe the punched path.
+        const down = await run.event(A, { kind: 'relay', proxy: 'fp', state: 'down', after: switched }, eventLimit)
+        run.check(`A notices the switch by itself within ${eventLimit} ms (the relay link registers again)`, down.found && /network changed/.test(down.event?.error ?? ''), det(down, down.found ? `${fmt(down.at - switched)}: ${down.event.state} ${down.event.error}` : 'no relay event'))
+        const ev = await run.event(A, { kind: 'path', proxy: 'fp', after: switched }, eventLimit)
+        run.set({ pathEventMs: ev.found ? ev.at - switched : null, pathEvent: ev.event })
+        run.check(`A reports a 'path' event within ${eventLimit} ms of the switch`, ev.found, det(ev, ev.found ? `${fmt(ev.at - switched)}: ${ev.event.path} (${ev.event.reason ?? 'no reason'})` : 'none'))
+        return
+      }
       const nc = await run.ask(A, { cmd: 'networkChanged' }, 5000)
       run.check('the forward proxy has networkChanged()', nc.ok && nc.supported, nc.ok ? `called on ${nc.called.join(',') || 'nothing'}` : nc.message)
       const ev = await run.event(A, { kind: 'path', proxy: 'fp', after: nc.at ?? now() }, eventLimit)
@@ -419,6 +430,7 @@ const SCENARIOS = [
   { key: 'rebinding-relay', name: 'rebinding + relay', topology: 'restricted', relay: true, run: rebinding },
   { key: 'rebinding', name: 'rebinding, no relay', topology: 'cone', relay: false, run: (lab, A, B) => rebinding(lab, A, B, null) },
   { key: 'network-switch', name: 'network switch + relay', topology: 'restricted', relay: true, run: networkSwitch },
+  { key: 'network-switch-auto', name: 'network switch noticed by itself + relay', topology: 'restricted', relay: true, run: (lab, A, B, relay) => networkSwitch(lab, A, B, relay, { manual: false }) },
   { key: 'flapping', name: 'flapping + relay', topology: 'cone', relay: true, run: flapping },
   { key: 'forged', name: 'forged packets, blackhole + relay', topology: 'cone', relay: true, run: forgedDuringBlackhole },
 ]
