@@ -262,9 +262,10 @@ test('networkChanged(): the relay link registers again, open tunnels go on, dire
   const server = await h.startEchoServer(t)
   const rp = await h.startReverseProxy(t, { serverPort: server.port, relay: relayOpts(relay) })
   const fp = await h.startForwardProxy(t)
-  const moved = h.waitEvent(fp, 'path')
+  const moved = [h.waitEvent(fp, 'path'), h.waitEvent(rp, 'path')]
   await fp.openConnection(rp.getNodeId(), NOWHERE, 20, { relay: relayOpts(relay) })
-  t.is((await moved).path, 'direct')
+  // Both sides moved off the relay (each reports its own upgrade) before anything changes.
+  t.deepEqual((await Promise.all(moved)).map((e) => e.path), ['direct', 'direct'])
   const tunnel = await h.rawConnect(t, fp.getHttpPort(), { target: `${NOWHERE}:20` })
   t.is(tunnel.status, 200)
   await h.assertEchoes(t, tunnel.socket)

@@ -9,11 +9,14 @@ const env = { CARGO_BUILD_JOBS: '2', ...process.env }
 
 function run(title, cmd, args) {
   console.log(`\n=== ${title}: ${cmd} ${args.join(' ')}`)
+  const t0 = Date.now()
   const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit', env })
+  const took = `${((Date.now() - t0) / 1000).toFixed(0)} s`
   if (r.status !== 0) {
-    console.error(`\n=== ${title} failed (exit ${r.status ?? r.signal})`)
+    console.error(`\n=== ${title} failed (exit ${r.status ?? r.signal}) after ${took}`)
     process.exit(r.status || 1)
   }
+  console.log(`=== ${title}: done in ${took}`)
 }
 
 run('rust tests', 'cargo', ['test', '--workspace', '--exclude', 'keynet'])
