@@ -73,6 +73,18 @@ class Run {
   }
 
   /**
+   * Limits A's uplink to `rate`, starts a `bytes` echo transfer to `target` and waits until
+   * `early` bytes came back (the check is named after `when`); returns the transfer.
+   */
+  async startTransfer(target, { bytes, rate, timeout, early, when }) {
+    await this.lab.limitRate('A', rate)
+    const tr = this.transfer(this.A, target, bytes, timeout)
+    const r = await this.ask(this.A, { cmd: 'waitBytes', tag: tr.tag, bytes: early, timeout: 15000 }, 20000)
+    this.check(`bytes flow ${when}`, r.reached, det(r, `${r.received} bytes back`))
+    return tr
+  }
+
+  /**
    * The transfer's result, awaited at most `ms` more (then aborted): checks that every byte came
    * back intact and sets bytesLost.
    */
@@ -188,10 +200,7 @@ async function blackholeWithRelay(lab, A, B, relay, o = {}) {
   return scenario('blackhole + relay', lab, A, B, async (run) => {
     const target = await relayedPunched(run, relay)
     if (!target) return
-    await lab.limitRate('A', rate)
-    const tr = run.transfer(A, target, bytes, 120000)
-    const early = await run.ask(A, { cmd: 'waitBytes', tag: tr.tag, bytes: 4 * MiB, timeout: 15000 }, 20000)
-    run.check('bytes flow on the punched path before the blackhole', early.reached, det(early, `${early.received} bytes back`))
+    const tr = await run.startTransfer(target, { bytes, rate, timeout: 120000, early: 4 * MiB, when: 'on the punched path before the blackhole' })
     await lab.blackhole(true)
     const tOn = now()
     const fb = await run.event(A, { kind: 'path', proxy: 'fp', path: 'relayed', after: tOn }, fallbackLimit + 5000)
@@ -259,10 +268,7 @@ async function blackholeNoRelay(lab, A, B, o = {}) {
     run.set({ timeLabel: 'close' })
     const target = await punchedPair(run, { opts: { connKeepAliveTimeoutTime: keepAliveMs } })
     if (!target) return
-    await lab.limitRate('A', rate)
-    const tr = run.transfer(A, target, bytes, 60000)
-    const early = await run.ask(A, { cmd: 'waitBytes', tag: tr.tag, bytes: 2 * MiB, timeout: 15000 }, 20000)
-    run.check('bytes flow before the blackhole', early.reached, det(early, `${early.received} bytes back`))
+    const tr = await run.startTransfer(target, { bytes, rate, timeout: 60000, early: 2 * MiB, when: 'before the blackhole' })
     await lab.blackhole(true)
     const tOn = now()
     const closed = await run.event(A, { kind: 'close', proxy: 'fp', after: tOn }, limit + 5000)
@@ -352,13 +358,10 @@ async function networkSwitch(lab, A, B, relay, o = {}) {
  * `change()`, then the chat, a new call and the transfer must all go on.
  */
 async function changeUnderChat(run, target, { bytes, rate, messages, echoLimit }, change) {
-  const { A, lab } = run
+  const { A } = run
   const opened = await run.ask(A, { cmd: 'chatOpen', ...target, deadlineMs: 10000 }, 15000)
   if (!run.check('a chat stream opens and echoes', opened.ok, opened.message ?? fmt(opened.ms))) return
-  await lab.limitRate('A', rate)
-  const tr = run.transfer(A, target, bytes, 90000)
-  const early = await run.ask(A, { cmd: 'waitBytes', tag: tr.tag, bytes: 2 * MiB, timeout: 15000 }, 20000)
-  run.check('bytes flow before the change', early.reached, det(early, `${early.received} bytes back`))
+  const tr = await run.startTransfer(target, { bytes, rate, timeout: 90000, early: 2 * MiB, when: 'before the change' })
   const t0 = now()
   await change()
   // The first message right after the change, and a new unary call (a new tunnel) meanwhile.
@@ -395,10 +398,7 @@ async function flapping(lab, A, B, relay, o = {}) {
   return scenario('flapping + relay', lab, A, B, async (run) => {
     const target = await relayedPunched(run, relay)
     if (!target) return
-    await lab.limitRate('A', rate)
-    const tr = run.transfer(A, target, bytes, 150000)
-    const early = await run.ask(A, { cmd: 'waitBytes', tag: tr.tag, bytes: 2 * MiB, timeout: 15000 }, 20000)
-    run.check('bytes flow before the flapping', early.reached, det(early, `${early.received} bytes back`))
+    const tr = await run.startTransfer(target, { bytes, rate, timeout: 150000, early: 2 * MiB, when: 'before the flapping' })
     const t0 = now()
     let tOff = t0
     const toggles = Math.floor(duration / period)
