@@ -130,53 +130,28 @@ labTest('lab: switchUplink moves A behind a second NAT with another public addre
 
 // ---- the scenarios ------------------------------------------------------------------------------
 
-labTest('blackhole with a relay: punched -> relayed within 10 s, back to punched within 30 s of the end, 32 MiB intact, stop() within 5 s', async (t) => {
-  t.timeout(240000)
-  const r = await withLab('cone', { relay: true }, async (lab, A, B) => pc.blackholeWithRelay(lab, A, B, await lab.startRelay()))
-  verify(t, r)
-})
+// What each scenario of natlab/pathchange.js (also the rows of `npm run natmatrix -- paths`)
+// asserts, as the test's title; every scenario has one.
+const TITLES = {
+  'blackhole-relay': 'blackhole with a relay: punched -> relayed within 10 s, back to punched within 30 s of the end, 32 MiB intact, stop() within 5 s',
+  blackhole: "blackhole without a relay: the tunnel socket closes and 'close' says keepaliveTimeout within keepalive timeout + 2 s, stop() within 5 s",
+  'rebinding-relay': 'rebinding with a relay (restricted NATs): a chat stream goes on, a new call works within 10 s, 16 MiB intact',
+  rebinding: 'rebinding without a relay (cone NATs): a chat stream goes on, a new call works within 10 s, 16 MiB intact',
+  'network-switch': "network switch (second uplink, networkChanged()): a 'path' event within 5 s, a chat stream goes on, 16 MiB intact",
+  'network-switch-auto': "network switch noticed by itself (Linux netlink, no networkChanged() call): the relay link registers again, a 'path' event within 5 s, the chat stream goes on",
+  'network-switch-bound': "network switch with the socket bound to the address that goes away: networkChanged() moves it to the new uplink's address, a 'path' event within 5 s, the chat stream goes on",
+  flapping: 'flapping with a relay: blackhole on/off every 3 s for 30 s during 40 MiB, nothing lost, ends punched',
+  forged: 'forged datagrams from the punched address (QUIC look-alikes, punches, acks) do not keep a blackholed path alive',
+}
 
-labTest("blackhole without a relay: the tunnel socket closes and 'close' says keepaliveTimeout within keepalive timeout + 2 s, stop() within 5 s", async (t) => {
-  t.timeout(180000)
-  const r = await withLab('cone', {}, async (lab, A, B) => pc.blackholeNoRelay(lab, A, B, { keepAliveMs: 6000 }))
-  verify(t, r)
-})
-
-labTest('rebinding with a relay (restricted NATs): a chat stream goes on, a new call works within 10 s, 16 MiB intact', async (t) => {
-  t.timeout(180000)
-  const r = await withLab('restricted', { relay: true }, async (lab, A, B) => pc.rebinding(lab, A, B, await lab.startRelay()))
-  verify(t, r)
-})
-
-labTest('rebinding without a relay (cone NATs): a chat stream goes on, a new call works within 10 s, 16 MiB intact', async (t) => {
-  t.timeout(180000)
-  const r = await withLab('cone', {}, async (lab, A, B) => pc.rebinding(lab, A, B, null))
-  verify(t, r)
-})
-
-labTest("network switch (second uplink, networkChanged()): a 'path' event within 5 s, a chat stream goes on, 16 MiB intact", async (t) => {
-  t.timeout(180000)
-  const r = await withLab('restricted', { relay: true }, async (lab, A, B) => pc.networkSwitch(lab, A, B, await lab.startRelay()))
-  verify(t, r)
-})
-
-labTest("network switch noticed by itself (Linux netlink, no networkChanged() call): the relay link registers again, a 'path' event within 5 s, the chat stream goes on", async (t) => {
-  t.timeout(180000)
-  const r = await withLab('restricted', { relay: true }, async (lab, A, B) => pc.networkSwitch(lab, A, B, await lab.startRelay(), { manual: false }))
-  verify(t, r)
-})
-
-labTest('flapping with a relay: blackhole on/off every 3 s for 30 s during 40 MiB, nothing lost, ends punched', async (t) => {
-  t.timeout(240000)
-  const r = await withLab('cone', { relay: true }, async (lab, A, B) => pc.flapping(lab, A, B, await lab.startRelay()))
-  verify(t, r)
-})
-
-labTest('forged datagrams from the punched address (QUIC look-alikes, punches, acks) do not keep a blackholed path alive', async (t) => {
-  t.timeout(120000)
-  const r = await withLab('cone', { relay: true }, async (lab, A, B) => pc.forgedDuringBlackhole(lab, A, B, await lab.startRelay()))
-  verify(t, r)
-})
+for (const sc of pc.SCENARIOS) {
+  if (!TITLES[sc.key]) throw new Error(`scenario ${sc.key} has no test title`)
+  labTest(TITLES[sc.key], async (t) => {
+    t.timeout(240000)
+    const r = await withLab(sc.topology, { relay: sc.relay }, async (lab, A, B) => sc.run(lab, A, B, sc.relay ? await lab.startRelay() : null))
+    verify(t, r)
+  })
+}
 
 if (!unsupported) {
   test.after.always('no namespace of this run is left behind', (t) => {

@@ -242,13 +242,13 @@ const handlers = {
     }
     return { nodeId: proxy.getNodeId(), port: proxy.getIngressPort(), relay: proxy.getRelayStatus() }
   },
-  async startFp({ port, opts, relay }) {
+  async startFp({ port, opts, relay, host = '0.0.0.0' }) {
     fresh()
     const proxy = new (lib().ForwardProxy)({ authToken: TOKEN, ...timing(opts) })
     fp = proxy
     listen(proxy, 'fp')
     try {
-      await proxy.start({ egressHost: '0.0.0.0', egressPort: port, relay })
+      await proxy.start({ egressHost: host, egressPort: port, relay })
     } catch (e) {
       fp = null
       throw e

@@ -48,13 +48,13 @@ async function attempt(lab, A, B, { timeout = 5000, opts = {} } = {}) {
 }
 
 /** Starts a pair registered with the lab's relay; A opens through it (no punching by B). */
-async function startRelayedPair(lab, A, B, relay, { opts = {}, server = 'grpc', upgradeDelay = 0 } = {}) {
+async function startRelayedPair(lab, A, B, relay, { opts = {}, server = 'grpc', upgradeDelay = 0, fpHost } = {}) {
   const pA = nextPort++
   const pB = nextPort++
   if (nextPort > 60000) nextPort = 40000
   const rp = await B.request({ cmd: 'startRp', port: pB, server, opts, relay })
   if (!rp.ok) throw new Error(`B could not start: ${rp.message}`)
-  const fp = await A.request({ cmd: 'startFp', port: pA, opts })
+  const fp = await A.request({ cmd: 'startFp', port: pA, opts, host: fpHost })
   if (!fp.ok) throw new Error(`A could not start: ${fp.message}`)
   return { nodeIdB: rp.nodeId, pubB: lab.publicAddr('B', pB), portA: pA, relay: { ...relay, upgradeDelay }, rpTransport: rp.relay?.transport }
 }

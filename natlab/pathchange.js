@@ -154,9 +154,9 @@ async function scenario(name, lab, A, B, body) {
  * registered with the relay, A opens through it and waits for 'punched'. Resolves the target
  * ({ host, port } of B as A tracks it) or null (checks say why).
  */
-async function relayedPunched(run, relay, { server = 'both', opts = {} } = {}) {
+async function relayedPunched(run, relay, { server = 'both', opts = {}, fpHost } = {}) {
   const { A, B, lab } = run
-  const pair = await startRelayedPair(lab, A, B, relay, { server, upgradeDelay: 300, opts: { connConnectTime: 10000, ...opts } })
+  const pair = await startRelayedPair(lab, A, B, relay, { server, fpHost, upgradeDelay: 300, opts: { connConnectTime: 10000, ...opts } })
   const target = { host: pair.pubB.host, port: pair.pubB.port }
   run.portA = pair.portA
   const open = await run.ask(A, { cmd: 'open', nodeId: pair.nodeIdB, ...target, timeout: 10000, relay: pair.relay }, 20000)
@@ -325,10 +325,13 @@ async function rebinding(lab, A, B, relay = null, o = {}) {
  * 10 s, the transfer arrives intact; both stop() within 5 s.
  */
 async function networkSwitch(lab, A, B, relay, o = {}) {
-  const { bytes = 16 * MiB, rate = '24mbit', messages = 4, echoLimit = 30000, eventLimit = 5000, manual = true } = o
-  return scenario(manual ? 'network switch + relay' : 'network switch noticed by itself + relay', lab, A, B, async (run) => {
+  const { bytes = 16 * MiB, rate = '24mbit', messages = 4, echoLimit = 30000, eventLimit = 5000, manual = true, bound = false } = o
+  const name = bound ? 'network switch, socket on the lost address + relay' : manual ? 'network switch + relay' : 'network switch noticed by itself + relay'
+  return scenario(name, lab, A, B, async (run) => {
     await lab.addUplink('A')
-    const target = await relayedPunched(run, relay)
+    // `bound`: A's socket is bound to its LAN address, which the switch removes: the proxy must
+    // move it to the new uplink's address (without that, every send fails).
+    const target = await relayedPunched(run, relay, bound ? { fpHost: lab.hosts.A.ip } : {})
     if (!target) return
     await changeUnderChat(run, target, { bytes, rate, messages, echoLimit }, async () => {
       const to = await lab.switchUplink('A')
@@ -431,6 +434,7 @@ const SCENARIOS = [
   { key: 'rebinding', name: 'rebinding, no relay', topology: 'cone', relay: false, run: (lab, A, B) => rebinding(lab, A, B, null) },
   { key: 'network-switch', name: 'network switch + relay', topology: 'restricted', relay: true, run: networkSwitch },
   { key: 'network-switch-auto', name: 'network switch noticed by itself + relay', topology: 'restricted', relay: true, run: (lab, A, B, relay) => networkSwitch(lab, A, B, relay, { manual: false }) },
+  { key: 'network-switch-bound', name: 'network switch, socket on the lost address + relay', topology: 'restricted', relay: true, run: (lab, A, B, relay) => networkSwitch(lab, A, B, relay, { bound: true }) },
   { key: 'flapping', name: 'flapping + relay', topology: 'cone', relay: true, run: flapping },
   { key: 'forged', name: 'forged packets, blackhole + relay', topology: 'cone', relay: true, run: forgedDuringBlackhole },
 ]

@@ -31,10 +31,54 @@ const SESSION_QUEUE: usize = 64;
 /// Where the punch datagrams of one peer address go: the session's id and its queue.
 type SessionSlot = (u64, mpsc::Sender<[u8; punch::LEN]>);
 
+/// The OS socket under a [`KeynetSocket`], with its family read once (not per datagram).
+#[derive(Clone)]
+struct OsSocket {
+    io: Arc<dyn AsyncUdpSocket>,
+    v6: bool,
+}
+
+impl OsSocket {
+    /// Registers `socket` with the reactor of `rt` (callers may be outside any runtime: a
+    /// synchronous `networkChanged()` from JS).
+    fn wrap(socket: std::net::UdpSocket, rt: &tokio::runtime::Handle) -> io::Result<OsSocket> {
+        let v6 = socket.local_addr()?.is_ipv6();
+        let _in_runtime = rt.enter();
+        let io = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
+        Ok(OsSocket { io, v6 })
+    }
+
+    /// `to` in this socket's address family (an IPv6 socket sends to IPv4 peers as mapped
+    /// addresses).
+    fn for_socket(&self, to: SocketAddr) -> SocketAddr {
+        match to {
+            SocketAddr::V4(v4) if self.v6 => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            _ => to,
+        }
+    }
+}
+
+/// The local address the kernel would send from toward `to`: a route lookup on an unbound
+/// UDP socket, no packet sent. `None` without a route.
+pub fn route_source(to: SocketAddr) -> Option<std::net::IpAddr> {
+    let any: SocketAddr = if to.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(to).ok()?;
+    Some(probe.local_addr().ok()?.ip())
+}
+
 /// quinn's UDP socket with punch datagrams demultiplexed out.
 pub struct KeynetSocket {
     /// The OS socket; replaced when the network changed and its address is gone.
-    inner: RwLock<Arc<dyn AsyncUdpSocket>>,
+    inner: RwLock<OsSocket>,
+    /// The runtime the socket's I/O is registered with (a replacement registers there too).
+    rt: tokio::runtime::Handle,
     sessions: Mutex<HashMap<SocketAddr, SessionSlot>>,
     next_session: std::sync::atomic::AtomicU64,
     /// Peers reached through a relay (virtual addresses) and their current paths.
@@ -68,15 +112,18 @@ impl Drop for PunchSession {
 }
 
 impl KeynetSocket {
-    fn inner(&self) -> Arc<dyn AsyncUdpSocket> {
+    fn os(&self) -> OsSocket {
         self.inner.read().expect("socket lock").clone()
+    }
+
+    fn inner(&self) -> Arc<dyn AsyncUdpSocket> {
+        self.os().io
     }
 
     /// Moves to a fresh OS socket (the old one's address is gone). The caller then tells the
     /// endpoint (`rebind_abstract`), so quinn's connections register with the new one.
     pub fn replace_os_socket(&self, socket: std::net::UdpSocket) -> io::Result<()> {
-        let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
-        *self.inner.write().expect("socket lock") = inner;
+        *self.inner.write().expect("socket lock") = OsSocket::wrap(socket, &self.rt)?;
         Ok(())
     }
 
@@ -159,31 +206,11 @@ impl KeynetSocket {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         if local.ip().is_unspecified() {
-            let any: SocketAddr = if peer.is_ipv4() {
-                ([0, 0, 0, 0], 0).into()
-            } else {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            if let Ok(probe) = std::net::UdpSocket::bind(any) {
-                if probe.connect(peer).is_ok() {
-                    if let Ok(a) = probe.local_addr() {
-                        local.set_ip(a.ip());
-                    }
-                }
+            if let Some(ip) = route_source(peer) {
+                local.set_ip(ip);
             }
         }
         local
-    }
-
-    /// `to` in the socket's address family (an IPv6 socket sends to IPv4 peers as mapped
-    /// addresses).
-    fn for_socket(&self, to: SocketAddr) -> SocketAddr {
-        match (self.inner().local_addr(), to) {
-            (Ok(SocketAddr::V6(_)), SocketAddr::V4(v4)) => {
-                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
-            }
-            _ => to,
-        }
     }
 
     fn deliver_punch(&self, from: SocketAddr, datagram: &[u8]) {
@@ -204,13 +231,16 @@ impl AsyncUdpSocket for KeynetSocket {
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         match self.paths.route(transmit.destination) {
             Hop::Unchanged => self.inner().try_send(transmit),
-            Hop::Direct(to) => self.inner().try_send(&Transmit {
-                destination: self.for_socket(to),
-                ecn: transmit.ecn,
-                contents: transmit.contents,
-                segment_size: transmit.segment_size,
-                src_ip: None,
-            }),
+            Hop::Direct(to) => {
+                let os = self.os();
+                os.io.try_send(&Transmit {
+                    destination: os.for_socket(to),
+                    ecn: transmit.ecn,
+                    contents: transmit.contents,
+                    segment_size: transmit.segment_size,
+                    src_ip: None,
+                })
+            }
             Hop::Relay(node, outbox) => {
                 let size = transmit.segment_size.unwrap_or(transmit.contents.len());
                 for segment in transmit.contents.chunks(size.max(1)) {
@@ -290,6 +320,7 @@ impl AsyncUdpSocket for KeynetSocket {
 /// `server_config` is given). `reset_secret` keys QUIC stateless resets: derived from the node's
 /// identity, it survives a restart, so a restarted node's reset ends its peers' stale
 /// connections at once instead of after their idle timeout. Returns the endpoint and the socket.
+/// Call it inside the tokio runtime that will drive the socket.
 pub fn bind(
     addr: SocketAddr,
     server_config: Option<quinn::ServerConfig>,
@@ -297,9 +328,10 @@ pub fn bind(
 ) -> Result<(quinn::Endpoint, Arc<KeynetSocket>)> {
     let std_socket = std::net::UdpSocket::bind(addr)?;
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-    let inner = runtime.wrap_udp_socket(std_socket)?;
+    let rt = tokio::runtime::Handle::current();
     let socket = Arc::new(KeynetSocket {
-        inner: RwLock::new(inner),
+        inner: RwLock::new(OsSocket::wrap(std_socket, &rt)?),
+        rt,
         sessions: Mutex::new(HashMap::new()),
         next_session: Default::default(),
         paths: Paths::default(),

@@ -99,10 +99,11 @@ struct Running {
 
 impl Running {
     fn network_changed(&self) {
-        crate::netwatch::rebind_if_gone(&self.endpoint, &self.socket);
-        for link in self.links.lock().expect("links lock").iter() {
-            link.network_changed();
-        }
+        crate::netwatch::react(
+            &self.endpoint,
+            &self.socket,
+            self.links.lock().expect("links lock").iter(),
+        );
     }
 }
 
@@ -200,12 +201,12 @@ impl ForwardProxy {
             network: Arc::new(crate::netwatch::Seen::now()),
         });
         *self.inner.running.write().expect("running lock") = Some(running.clone());
-        let weak = Arc::downgrade(&running);
-        tasks.spawn(crate::netwatch::watch(running.network.clone(), move || {
-            if let Some(r) = weak.upgrade() {
-                r.network_changed();
-            }
-        }));
+        crate::netwatch::spawn_watcher(
+            &tasks,
+            &running,
+            running.network.clone(),
+            Running::network_changed,
+        );
         let me = self.clone();
         tasks.spawn(me.accept_loop(listener, running));
         tracing::info!(%proxy_addr, %egress_addr, %node_id, "forward proxy started");
@@ -333,7 +334,7 @@ impl ForwardProxy {
     /// registers with every relay again and re-probes every direct path at once.
     pub fn network_changed(&self) -> Result<()> {
         let running = self.running()?;
-        running.network.update(crate::netwatch::fingerprint());
+        running.network.mark_current();
         running.network_changed();
         Ok(())
     }

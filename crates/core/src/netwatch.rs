@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::endpoint::KeynetSocket;
+use crate::endpoint::{route_source, KeynetSocket};
+use crate::relay::link::RelayLink;
+use crate::task::Tasks;
 
 /// Changes are acted on once they have settled this long (a network switch is a burst of
 /// address and route messages).
@@ -24,18 +26,6 @@ pub fn fingerprint() -> Fingerprint {
         route_source("8.8.8.8:53".parse().expect("address")),
         route_source("[2001:4860:4860::8888]:53".parse().expect("address")),
     )
-}
-
-/// The local address the kernel would send from toward `to` (a route lookup; no packet).
-fn route_source(to: SocketAddr) -> Option<IpAddr> {
-    let any: SocketAddr = if to.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let probe = UdpSocket::bind(any).ok()?;
-    probe.connect(to).ok()?;
-    Some(probe.local_addr().ok()?.ip())
 }
 
 /// If the socket is bound to a specific address that the host no longer has, moves it to the
@@ -76,6 +66,35 @@ pub fn rebind_if_gone(endpoint: &quinn::Endpoint, socket: &Arc<KeynetSocket>) ->
     }
 }
 
+/// What a proxy does when its network changed: moves its socket if the address is gone and
+/// registers with every relay again (whose direct paths then re-probe).
+pub(crate) fn react<'a>(
+    endpoint: &quinn::Endpoint,
+    socket: &Arc<KeynetSocket>,
+    links: impl IntoIterator<Item = &'a Arc<RelayLink>>,
+) {
+    rebind_if_gone(endpoint, socket);
+    for link in links {
+        link.network_changed();
+    }
+}
+
+/// Runs [`watch`] for a proxy on its `tasks`: `act` is called on the proxy's running state
+/// (held weakly) at each change.
+pub(crate) fn spawn_watcher<R: Send + Sync + 'static>(
+    tasks: &Tasks,
+    running: &Arc<R>,
+    seen: Arc<Seen>,
+    act: fn(&R),
+) {
+    let weak = Arc::downgrade(running);
+    tasks.spawn(watch(seen, move || {
+        if let Some(r) = weak.upgrade() {
+            act(&r);
+        }
+    }));
+}
+
 /// The last network a proxy acted on, so a manual `networkChanged()` and the watcher do not
 /// both act on one change.
 #[derive(Debug, Default)]
@@ -85,6 +104,12 @@ impl Seen {
     /// Starts from the current network.
     pub fn now() -> Self {
         Seen(Mutex::new(fingerprint()))
+    }
+
+    /// The app reported a change: records the current network so the watcher does not act on
+    /// the same change again.
+    pub fn mark_current(&self) {
+        self.update(fingerprint());
     }
 
     /// Records `fp`; returns whether it differs from the one before.

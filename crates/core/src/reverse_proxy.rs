@@ -96,10 +96,7 @@ struct Running {
 
 impl Running {
     fn network_changed(&self) {
-        crate::netwatch::rebind_if_gone(&self.endpoint, &self.socket);
-        if let Some(link) = &self.relay {
-            link.network_changed();
-        }
+        crate::netwatch::react(&self.endpoint, &self.socket, &self.relay);
     }
 }
 
@@ -193,12 +190,12 @@ impl ReverseProxy {
             network: Arc::new(crate::netwatch::Seen::now()),
         });
         *self.inner.running.write().expect("running lock") = Some(running.clone());
-        let weak = Arc::downgrade(&running);
-        tasks.spawn(crate::netwatch::watch(running.network.clone(), move || {
-            if let Some(r) = weak.upgrade() {
-                r.network_changed();
-            }
-        }));
+        crate::netwatch::spawn_watcher(
+            &tasks,
+            &running,
+            running.network.clone(),
+            Running::network_changed,
+        );
         tasks.spawn(self.clone().accept_loop(running));
         tracing::info!(%ingress_addr, server = %start.server_addr, %node_id, "reverse proxy started");
         Ok(())
@@ -207,7 +204,7 @@ impl ReverseProxy {
     /// The device changed networks: as [`crate::ForwardProxy::network_changed`].
     pub fn network_changed(&self) -> Result<()> {
         let running = self.running()?;
-        running.network.update(crate::netwatch::fingerprint());
+        running.network.mark_current();
         running.network_changed();
         Ok(())
     }

@@ -68,7 +68,6 @@ pub struct PathLiveness {
     outstanding: Vec<u64>,
     /// Gap between recovery probes (while dead).
     recovery: Duration,
-    last_proof: Instant,
     /// When the last probe went out (probes are never closer than `PROBE_RETRY`).
     last_sent: Option<Instant>,
 }
@@ -82,7 +81,6 @@ impl PathLiveness {
             unanswered: 0,
             outstanding: Vec::new(),
             recovery: RECOVERY_MIN,
-            last_proof: now,
             last_sent: None,
         }
     }
@@ -95,7 +93,6 @@ impl PathLiveness {
             unanswered: 0,
             outstanding: Vec::new(),
             recovery: RECOVERY_MIN,
-            last_proof: now,
             last_sent: None,
         }
     }
@@ -103,11 +100,6 @@ impl PathLiveness {
     /// Where the path stands.
     pub fn state(&self) -> Liveness {
         self.state
-    }
-
-    /// When the last proof arrived.
-    pub fn last_proof(&self) -> Instant {
-        self.last_proof
     }
 
     /// When the caller must call [`Self::poll`] next.
@@ -166,7 +158,6 @@ impl PathLiveness {
             return None;
         }
         self.outstanding.clear();
-        self.last_proof = now;
         self.unanswered = 0;
         self.next_probe = now + PROBE_INTERVAL;
         let was = std::mem::replace(&mut self.state, Liveness::Alive);

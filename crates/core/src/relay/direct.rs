@@ -88,7 +88,6 @@ impl DirectPath {
             ),
         )
         .await;
-        punch.connected();
         let kind = path_kind(punch.nat_between());
         let confirmed = punch.confirmed();
         let mut session = punch.into_session();
