@@ -171,7 +171,8 @@ for (const topology of ['cone', 'restricted']) {
       const open = await A.request({ cmd: 'open', nodeId: pair.nodeIdB, host, port, timeout: 10000, relay: pair.relay }, 20000)
       t.true(open.ok, open.message)
       t.is(open.path, 'relayed')
-      const transfer = A.request({ cmd: 'transfer', host, port, bytes: 64 * 1024 * 1024 }, 240000)
+      // Spread over 4 s: the upgrade (about 0.4 s in) lands mid-transfer on any machine.
+      const transfer = A.request({ cmd: 'transfer', host, port, bytes: 64 * 1024 * 1024, paceMs: 4000 }, 240000)
       const up = await A.request({ cmd: 'waitPath', host, port, path: 'punched', timeout: 15000 }, 20000)
       t.is(up.path, 'punched')
       const r = await transfer

@@ -212,6 +212,27 @@ function connectTunnel(host, port) {
   })
 }
 
+/** Writes `data` in 64 chunks, chunk k not before k/64 of `paceMs`, then ends the socket. */
+async function writePaced(s, data, paceMs) {
+  const chunks = 64
+  const size = Math.ceil(data.length / chunks)
+  const t0 = now()
+  for (let k = 0; k < chunks && !s.destroyed; k++) {
+    const due = t0 + (k * paceMs) / chunks
+    if (now() < due) await new Promise((r) => setTimeout(r, due - now()))
+    if (!s.write(data.subarray(k * size, (k + 1) * size))) {
+      await new Promise((resolve) => {
+        const done = () => {
+          s.off('drain', done).off('close', done)
+          resolve()
+        }
+        s.on('drain', done).on('close', done)
+      })
+    }
+  }
+  s.end()
+}
+
 function currentPath(host, port) {
   try {
     return fp?.getConnectionInfoByIngress(host, port)?.path ?? null
@@ -346,8 +367,10 @@ const handlers = {
    * when the tunnel client socket closes: { ok: true, ... } when every byte came back, else
    * { ok: false, error, closedAt, ... } (the tunnel was closed early, `timeout` ms passed, or
    * abortTransfer). `sent`/`received` are sha256 hex, `bytes` the count that came back.
+   * `paceMs` spreads the writes over at least that long (so a path change is sure to land
+   * mid-transfer however fast the machine is); 0 writes everything at once.
    */
-  async transfer({ host, port, bytes, tag = 'default', timeout = 0 }) {
+  async transfer({ host, port, bytes, tag = 'default', timeout = 0, paceMs = 0 }) {
     const pathAtStart = currentPath(host, port)
     const data = crypto.randomBytes(bytes)
     const sent = crypto.createHash('sha256').update(data).digest('hex')
@@ -373,7 +396,8 @@ const handlers = {
       s.destroy()
     }
     const timer = timeout ? setTimeout(() => tr.abort(`no end within ${timeout} ms`), timeout) : null
-    s.end(data)
+    if (paceMs > 0) await writePaced(s, data, paceMs)
+    else s.end(data)
     await closed
     clearTimeout(timer)
     const closedAt = now()

@@ -198,3 +198,55 @@ async fn the_relay_is_pinned_and_allowed_node_ids_are_enforced() {
     assert!(strict.registered().unwrap().is_empty());
     strict.stop().await.unwrap();
 }
+
+/// A relayed bulk transfer fills the relay's packet queue toward a node (it drops packets, as
+/// UDP would); the rendezvous that moves the pair off the relay must still reach it. Before
+/// control frames had their own queue, the rendezvous was dropped with the packets and the pair
+/// stayed relayed until the next request (seen in the lab as an 8 s late upgrade).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rendezvous_gets_through_while_relayed_packets_fill_the_queue() {
+    let relay = relay().await;
+    let (a, a_id, _ea) = node(&relay).await;
+    let (b, b_id, _eb) = node(&relay).await;
+    for c in [&a, &b] {
+        c.send(&register()).await.unwrap();
+        assert!(matches!(recv(c).await, Frame::Registered { .. }));
+    }
+    // B stops reading: more than its stream window (8 MiB) plus the relay's queue.
+    const PACKETS: usize = 12_000;
+    for i in 0..PACKETS {
+        a.send(&Frame::SendPacket {
+            dst: b_id.node_id,
+            datagram: vec![i as u8; 1200],
+        })
+        .await
+        .unwrap();
+    }
+    a.send(&Frame::CallMeMaybe { peer: b_id.node_id })
+        .await
+        .unwrap();
+    match recv(&a).await {
+        Frame::Rendezvous { peer, .. } => assert_eq!(peer, b_id.node_id),
+        other => panic!("A expected its rendezvous, got {other:?}"),
+    }
+    // B reads again: the rendezvous is there, although packets were dropped.
+    let mut packets = 0;
+    let mut rendezvous = None;
+    while let Ok(frame) = tokio::time::timeout(Duration::from_secs(1), b.recv()).await {
+        match frame.unwrap().expect("not closed") {
+            Frame::RecvPacket { .. } => packets += 1,
+            Frame::Rendezvous { peer, .. } => rendezvous = Some(peer),
+            other => panic!("B: unexpected {other:?}"),
+        }
+    }
+    assert!(
+        packets < PACKETS,
+        "the relay dropped packets (its queue toward B was full): {packets} of {PACKETS} arrived"
+    );
+    assert_eq!(
+        rendezvous,
+        Some(a_id.node_id),
+        "B got A's rendezvous ({packets} packets read)"
+    );
+    relay.stop().await.unwrap();
+}

@@ -432,19 +432,9 @@ impl Runner {
             let mut nonce = 0u64;
             let mut batch = Vec::new();
             loop {
+                // Control frames (rendezvous requests) and pings go before queued packets.
                 tokio::select! {
-                    p = outbox_rx.recv() => {
-                        let Some((dst, datagram)) = p else { return Ok(()) };
-                        batch.push(Frame::SendPacket { dst, datagram });
-                        while batch.len() < 64 {
-                            match outbox_rx.try_recv() {
-                                Ok((dst, datagram)) => batch.push(Frame::SendPacket { dst, datagram }),
-                                Err(_) => break,
-                            }
-                        }
-                        write_frames(&mut send, &batch).await.map_err(Error::ConnectionStart)?;
-                        batch.clear();
-                    }
+                    biased;
                     c = control_rx.recv() => {
                         let Some(c) = c else { return Ok(()) };
                         write_frames(&mut send, &[c]).await.map_err(Error::ConnectionStart)?;
@@ -458,6 +448,18 @@ impl Runner {
                         }
                         nonce += 1;
                         write_frames(&mut send, &[Frame::Ping { nonce }]).await.map_err(Error::ConnectionStart)?;
+                    }
+                    p = outbox_rx.recv() => {
+                        let Some((dst, datagram)) = p else { return Ok(()) };
+                        batch.push(Frame::SendPacket { dst, datagram });
+                        while batch.len() < 64 {
+                            match outbox_rx.try_recv() {
+                                Ok((dst, datagram)) => batch.push(Frame::SendPacket { dst, datagram }),
+                                Err(_) => break,
+                            }
+                        }
+                        write_frames(&mut send, &batch).await.map_err(Error::ConnectionStart)?;
+                        batch.clear();
                     }
                 }
             }

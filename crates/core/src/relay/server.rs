@@ -35,6 +35,10 @@ use crate::tls::verify::{verify_chain, Acceptable};
 
 /// Frames queued toward one node before packets for it are dropped (they are unreliable).
 const NODE_QUEUE: usize = 512;
+/// Control frames (replies, rendezvous, peer-gone notices) queued toward one node. They have
+/// their own queue, written before packets, so a relayed bulk transfer that fills the packet
+/// queue cannot crowd out the rendezvous that would move it off the relay.
+const CONTROL_QUEUE: usize = 64;
 /// How long a refused node has to read its refusal and leave before it is closed.
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 /// QUIC application close code for a protocol violation.
@@ -97,7 +101,10 @@ struct NodeConn {
     /// The node's QUIC connection: its UDP address, read when needed (it changes when the
     /// node's NAT rebinds and quinn migrates). None over WebSocket (no UDP path).
     quic: Option<quinn::Connection>,
+    /// Relayed packets (dropped when full) and public-port TCP frames (which wait).
     tx: mpsc::Sender<Frame>,
+    /// Control frames: written first; a full queue drops (the node asks again).
+    ctl: mpsc::Sender<Frame>,
     kick: CancellationToken,
     peers: Mutex<HashSet<NodeId>>,
 }
@@ -374,19 +381,23 @@ impl RelayServer {
         close: Closer,
     ) -> Result<()> {
         let (tx, mut rx) = mpsc::channel::<Frame>(NODE_QUEUE);
+        let (ctl, mut ctl_rx) = mpsc::channel::<Frame>(CONTROL_QUEUE);
         let kick = CancellationToken::new();
         let writer_kick = kick.clone();
         running.tasks.spawn(async move {
             let mut batch = Vec::new();
             loop {
                 let first = tokio::select! {
-                    f = rx.recv() => f,
+                    biased;
                     _ = writer_kick.cancelled() => None,
+                    f = ctl_rx.recv() => f,
+                    f = rx.recv() => f,
                 };
                 let Some(first) = first else { return };
                 batch.push(first);
+                // Control first, then packets, up to 64 frames per write.
                 while batch.len() < 64 {
-                    match rx.try_recv() {
+                    match ctl_rx.try_recv().or_else(|_| rx.try_recv()) {
                         Ok(f) => batch.push(f),
                         Err(_) => break,
                     }
@@ -401,6 +412,7 @@ impl RelayServer {
             id: running.next_id.fetch_add(1, Ordering::Relaxed),
             quic,
             tx,
+            ctl,
             kick,
             peers: Mutex::new(HashSet::new()),
         });
@@ -437,7 +449,7 @@ impl RelayServer {
             .collect();
         for other in nodes {
             if other.peers.lock().expect("peers lock").remove(&node) {
-                let _ = other.tx.try_send(Frame::PeerGone {
+                let _ = other.ctl.try_send(Frame::PeerGone {
                     node,
                     reason: GoneReason::Left,
                 });
@@ -491,7 +503,7 @@ impl RelayServer {
                         ) {
                             tracing::warn!(%node, "registration with a wrong token refused");
                             let _ = me
-                                .tx
+                                .ctl
                                 .send(Frame::Error {
                                     code: 401,
                                     message: "registration token refused".into(),
@@ -521,7 +533,7 @@ impl RelayServer {
                             Ok(p) => Some(p),
                             Err(e) => {
                                 let _ = me
-                                    .tx
+                                    .ctl
                                     .send(Frame::Error {
                                         code: 503,
                                         message: format!("no public port: {e}"),
@@ -567,7 +579,7 @@ impl RelayServer {
                 }),
             };
             if let Some(reply) = reply {
-                if me.tx.send(reply).await.is_err() {
+                if me.ctl.send(reply).await.is_err() {
                     return Ok(());
                 }
             }
@@ -638,11 +650,15 @@ impl RelayServer {
             tracing::debug!(%node, %peer, "no rendezvous: a side has no UDP path");
             return None;
         };
-        let _ = target.tx.try_send(Frame::Rendezvous {
+        let sent = target.ctl.try_send(Frame::Rendezvous {
             peer: node,
             peer_addr: mine,
             punch_in_ms: 0,
         });
+        if sent.is_err() {
+            tracing::debug!(%node, %peer, "no rendezvous: the peer's control queue is full");
+            return None;
+        }
         tracing::debug!(%node, %peer, %mine, %theirs, "rendezvous");
         Some(Frame::Rendezvous {
             peer,
