@@ -195,10 +195,39 @@ function streamEcho(socket, total, onProgress = () => {}) {
   return done
 }
 
+/**
+ * A port free for both TCP and UDP below the kernel's ephemeral range: a relay restarted on it
+ * cannot find it taken by some other socket's port-0 bind meanwhile (seen once in a full run).
+ */
+async function portOutsideEphemeral() {
+  const net = require('node:net')
+  const dgram = require('node:dgram')
+  let low = 32768
+  try {
+    low = Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low
+  } catch {}
+  const free = (port) =>
+    new Promise((resolve) => {
+      const tcp = net.createServer()
+      tcp.once('error', () => resolve(false))
+      tcp.listen(port, '127.0.0.1', () => {
+        const udp = dgram.createSocket('udp4')
+        udp.once('error', () => tcp.close(() => resolve(false)))
+        udp.bind(port, '127.0.0.1', () => udp.close(() => tcp.close(() => resolve(true))))
+      })
+    })
+  for (let i = 0; i < 50; i++) {
+    const port = 10000 + crypto.randomInt(Math.max(1, low - 10000))
+    if (await free(port)) return port
+  }
+  return 0
+}
+
 test('relay killed mid-transfer: punched tunnels go on, relayed ones close with relayLost, nodes re-register', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keynet-relay-'))
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  const first = await spawnRelay(t, ['--listen', '127.0.0.1:0', '--identity-dir', dir])
+  const port = await portOutsideEphemeral()
+  const first = await spawnRelay(t, ['--listen', `127.0.0.1:${port}`, '--identity-dir', dir])
   const r = { host: first.host, port: first.port, tcpPort: first.tcpPort, nodeId: first.nodeId }
   // A short keepalive timeout: the QUIC link notices a silent (killed) relay within 3 s.
   const timing = { connKeepAliveTimeoutTime: 3000, connKeepAliveIntervalTime: 500 }

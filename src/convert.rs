@@ -255,11 +255,11 @@ pub struct NativeRelay {
 
 impl NativeRelay {
     /// The core spec.
-    pub fn into_core(self) -> Result<keynet_core::relay::link::RelaySpec> {
-        use keynet_core::relay::transport::Transport;
+    pub fn into_core(self) -> Result<keynet_core::relay::spec::RelaySpec> {
+        use keynet_core::relay::spec::Transport;
         let addr_ = addr("relay.host", &self.host, self.port)?;
         let node = node_id(Some(self.node_id))?.expect("some in, some out");
-        let mut spec = keynet_core::relay::link::RelaySpec::new(addr_, node);
+        let mut spec = keynet_core::relay::spec::RelaySpec::new(addr_, node);
         if let Some(p) = self.tcp_port {
             spec.tcp_addr = Some(addr("relay.host", &self.host, p)?);
         }
@@ -308,10 +308,10 @@ pub struct NativeRelayStatus {
 impl NativeRelayStatus {
     /// The status of the link to `spec`.
     pub fn new(
-        spec: &keynet_core::relay::link::RelaySpec,
-        status: keynet_core::relay::link::LinkStatus,
+        spec: &keynet_core::relay::spec::RelaySpec,
+        status: keynet_core::relay::spec::LinkStatus,
     ) -> NativeRelayStatus {
-        use keynet_core::relay::link::LinkStatus;
+        use keynet_core::relay::spec::LinkStatus;
         let mut s = NativeRelayStatus {
             host: spec.addr.ip().to_string(),
             port: spec.addr.port() as u32,

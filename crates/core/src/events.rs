@@ -120,8 +120,8 @@ pub struct Event {
 /// A relay link's state change (the `relay` event): the relay and where its link stands now
 /// (the same as a proxy's `relay_status`).
 pub type RelayEvent = (
-    crate::relay::link::RelaySpec,
-    crate::relay::link::LinkStatus,
+    crate::relay::spec::RelaySpec,
+    crate::relay::spec::LinkStatus,
 );
 
 impl Event {

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::endpoint::{KeynetSocket, PunchSession};
 use crate::events::Path;
 use crate::proto::hello::{self, Hello};
 use crate::proto::punch::{PunchState, Puncher};
+use crate::socket::{KeynetSocket, PunchSession};
 
 /// What happened while punching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 //! identities. A [`ForwardProxy`] takes HTTP CONNECT from local clients; a [`ReverseProxy`]
 //! carries tunnels to its local server. No napi here: the Node binding is a thin layer on top.
 
+pub mod addr;
 pub mod discovery;
-pub mod endpoint;
 pub mod error;
 pub mod events;
 pub mod forward_proxy;
@@ -11,12 +11,13 @@ pub mod holepunch;
 pub mod identity;
 pub(crate) mod lifecycle;
 pub mod netwatch;
+pub(crate) mod node;
 pub mod nodeid;
 pub mod options;
-pub mod paths;
 pub mod proto;
 pub mod relay;
 pub mod reverse_proxy;
+pub mod socket;
 pub mod splice;
 pub mod task;
 pub mod tls;

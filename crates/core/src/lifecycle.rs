@@ -1,15 +1,69 @@
-//! What both proxies do the same way when they start and stop: choose their identity, and shut
-//! their QUIC endpoint, connections and tasks down in one order so `stop()` resolves only when
-//! everything ended and the UDP port is free.
+//! What the proxies and the relay do the same way when they start and stop: one start or stop
+//! at a time ([`Lifecycle`]), the identity ([`Identities`]), and shutting the QUIC endpoint,
+//! connections and tasks down in one order so `stop()` resolves only when everything ended and
+//! the UDP port is free.
 
+use std::future::Future;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::endpoint::KeynetSocket;
 use crate::error::Result;
 use crate::identity::{LoadedIdentity, TlsConfig};
+use crate::socket::KeynetSocket;
 use crate::task::Tasks;
 use crate::tracker::{reason, Tracker};
+
+/// The start/stop state of a long-lived object: one `start()` or `stop()` at a time, the running
+/// state readable at any moment without waiting for either.
+pub(crate) struct Lifecycle<R> {
+    gate: tokio::sync::Mutex<()>,
+    running: RwLock<Option<Arc<R>>>,
+}
+
+impl<R> Default for Lifecycle<R> {
+    fn default() -> Self {
+        Lifecycle {
+            gate: tokio::sync::Mutex::new(()),
+            running: RwLock::new(None),
+        }
+    }
+}
+
+impl<R> Lifecycle<R> {
+    /// Runs `start` unless already running; what it returns becomes the running state.
+    pub async fn start(&self, start: impl Future<Output = Result<Arc<R>>>) -> Result<()> {
+        let _gate = self.gate.lock().await;
+        if self.get().is_some() {
+            return Ok(());
+        }
+        let running = start.await?;
+        *self.running.write().expect("running lock") = Some(running);
+        Ok(())
+    }
+
+    /// Takes the running state out and runs `stop` on it; does nothing when stopped.
+    pub async fn stop<F, Fut>(&self, stop: F) -> Result<()>
+    where
+        F: FnOnce(Arc<R>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let _gate = self.gate.lock().await;
+        if let Some(running) = self.take() {
+            stop(running).await;
+        }
+        Ok(())
+    }
+
+    /// The running state, if started.
+    pub fn get(&self) -> Option<Arc<R>> {
+        self.running.read().expect("running lock").clone()
+    }
+
+    /// Takes the running state out without waiting (the last handle is being dropped).
+    pub fn take(&self) -> Option<Arc<R>> {
+        self.running.write().map(|mut r| r.take()).unwrap_or(None)
+    }
+}
 
 /// A proxy's identities: the one in use, and the one given to `set_tls_config`.
 #[derive(Default)]

@@ -7,8 +7,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::endpoint::{route_source, KeynetSocket};
-use crate::relay::link::RelayLink;
+use crate::socket::{route_source, KeynetSocket};
 use crate::task::Tasks;
 
 /// Changes are acted on once they have settled this long (a network switch is a burst of
@@ -63,19 +62,6 @@ pub fn rebind_if_gone(endpoint: &quinn::Endpoint, socket: &Arc<KeynetSocket>) ->
             tracing::warn!(%local, error = %e, "could not move the socket off its gone address");
             false
         }
-    }
-}
-
-/// What a proxy does when its network changed: moves its socket if the address is gone and
-/// registers with every relay again (whose direct paths then re-probe).
-pub(crate) fn react<'a>(
-    endpoint: &quinn::Endpoint,
-    socket: &Arc<KeynetSocket>,
-    links: impl IntoIterator<Item = &'a Arc<RelayLink>>,
-) {
-    rebind_if_gone(endpoint, socket);
-    for link in links {
-        link.network_changed();
     }
 }
 
@@ -257,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_socket_on_a_live_address_is_left_alone() {
-        let (ep, sock) = crate::endpoint::bind("127.0.0.1:0".parse().unwrap(), None, b"k").unwrap();
+        let (ep, sock) = crate::socket::bind("127.0.0.1:0".parse().unwrap(), None, b"k").unwrap();
         let before = ep.local_addr().unwrap();
         assert!(!rebind_if_gone(&ep, &sock));
         assert_eq!(ep.local_addr().unwrap(), before);

@@ -12,24 +12,22 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::discovery::{self, Discovery, DiscoveryOptions, Found};
-use crate::endpoint::{self, KeynetSocket};
+use crate::discovery::{DiscoveryOptions, Found};
 use crate::error::{Error, Result};
 use crate::events::{ConnectionInfo, EventSink};
 use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
 use crate::identity::TlsConfig;
-use crate::lifecycle::{self, Identities};
+use crate::lifecycle::{self, Identities, Lifecycle};
+use crate::node::{Node, NodeConfig};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::proto::hello::Hello;
 use crate::proto::tunnel::{self, Ack};
-use crate::relay::attach::{for_start as relay_for_start, ProxyParts};
-use crate::relay::link::{LinkStatus, RelayLink, RelaySpec};
+use crate::relay::spec::{LinkStatus, RelaySpec};
 use crate::splice::splice;
-use crate::task::Tasks;
 use crate::tls::config::server_config;
 use crate::tls::verify::{verify_chain, Acceptable};
-use crate::tracker::{reason, Peer, Role, Tracker};
+use crate::tracker::{reason, Peer, Role};
 
 /// Where the reverse proxy listens and what it serves.
 #[derive(Clone, Debug)]
@@ -63,55 +61,54 @@ impl ReverseStart {
     }
 }
 
-/// The reverse proxy. Cheap to clone; clones share state.
+/// The reverse proxy. Cheap to clone; clones share state. Dropping the last clone of a started
+/// proxy without `stop()` cancels its tasks and closes its connections.
 #[derive(Clone)]
 pub struct ReverseProxy {
     inner: Arc<Inner>,
+    _owner: Arc<Owner>,
+}
+
+/// Held only by handles: its drop is the last handle going.
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(running) = self.0.life.take() {
+            running.node.abandon();
+        }
+    }
 }
 
 struct Inner {
     opts: ConnOptions,
-    identities: Identities,
+    identities: Arc<Identities>,
     sink: Arc<RwLock<Option<EventSink>>>,
-    lifecycle: tokio::sync::Mutex<()>,
-    running: RwLock<Option<Arc<Running>>>,
+    life: Lifecycle<Running>,
 }
 
+/// A started reverse proxy: the server front on its node.
 struct Running {
-    endpoint: quinn::Endpoint,
-    socket: Arc<KeynetSocket>,
-    tracker: Arc<Tracker>,
-    tasks: Tasks,
-    ingress_addr: SocketAddr,
+    node: Arc<Node>,
     server_addr: SocketAddr,
-    node_id: NodeId,
     accept: Acceptable,
     /// Local TCP address of each server connection -> the calling connection.
     by_proxy: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
-    discovery: Option<Arc<Discovery>>,
-    relay: Option<Arc<RelayLink>>,
-    /// The network last acted on.
-    network: Arc<crate::netwatch::Seen>,
-}
-
-impl Running {
-    fn network_changed(&self) {
-        crate::netwatch::react(&self.endpoint, &self.socket, &self.relay);
-    }
 }
 
 impl ReverseProxy {
     /// A stopped reverse proxy.
     pub fn new(opts: ConnOptions) -> Result<ReverseProxy> {
         opts.validate()?;
+        let inner = Arc::new(Inner {
+            opts,
+            identities: Arc::default(),
+            sink: Arc::new(RwLock::new(None)),
+            life: Lifecycle::default(),
+        });
         Ok(ReverseProxy {
-            inner: Arc::new(Inner {
-                opts,
-                identities: Identities::default(),
-                sink: Arc::new(RwLock::new(None)),
-                lifecycle: tokio::sync::Mutex::new(()),
-                running: RwLock::new(None),
-            }),
+            _owner: Arc::new(Owner(inner.clone())),
+            inner,
         })
     }
 
@@ -122,90 +119,46 @@ impl ReverseProxy {
 
     /// Starts accepting; does nothing if already running.
     pub async fn start(&self, start: ReverseStart) -> Result<()> {
-        let _guard = self.inner.lifecycle.lock().await;
-        if self.running().is_ok() {
-            return Ok(());
-        }
-        if let Some(d) = &start.discovery {
-            discovery::validate(d)?;
-        }
-        let identity = self.inner.identities.for_start(start.tls.as_ref())?;
-        let node_id = identity.node_id;
+        let inner = &self.inner;
+        inner.life.start(async {
+        let identity = inner.identities.for_start(start.tls.as_ref())?;
         let accept = match start.allowed_node_ids {
             Some(ids) => Acceptable::OneOf(ids),
             None => Acceptable::Any,
         };
-        let config = server_config(&identity, accept.clone(), self.inner.opts.transport())?;
-        let (endpoint, socket) = endpoint::bind(
-            start.ingress_addr,
-            Some(config),
-            &identity.derived_secret("quic stateless reset"),
-        )?;
-        let ingress_addr = endpoint.local_addr()?;
-        let tasks = Tasks::new();
-        let tracker = Arc::new(Tracker::new(
-            Role::Reverse,
-            ingress_addr,
-            tasks.clone(),
-            self.inner.sink.clone(),
-        ));
-        let discovery = match &start.discovery {
-            Some(opts) => Some(
-                discovery::start_for_proxy(
-                    opts,
-                    &identity,
-                    ingress_addr,
-                    &tasks,
-                    self.inner.sink.clone(),
-                )
-                .await?,
-            ),
-            None => None,
-        };
-        let relay = relay_for_start(
-            start.relay.clone(),
-            ProxyParts {
-                endpoint: &endpoint,
-                socket: &socket,
-                identity: &identity,
-                opts: &self.inner.opts,
-                tasks: &tasks,
-                tracker: &tracker,
+        let config = server_config(&identity, accept.clone(), inner.opts.transport())?;
+        let node = Node::start(
+            &inner.opts,
+            &inner.identities,
+            &inner.sink,
+            NodeConfig {
+                role: Role::Reverse,
+                bind: start.ingress_addr,
+                identity,
+                server_config: Some(config),
+                discovery: start.discovery,
+                relay: start.relay,
                 server: Some(start.server_addr),
             },
         )
         .await?;
+        let (ingress_addr, node_id, tasks) = (node.addr, node.node_id, node.tasks.clone());
         let running = Arc::new(Running {
-            endpoint,
-            socket,
-            tracker,
-            tasks: tasks.clone(),
-            ingress_addr,
+            node,
             server_addr: start.server_addr,
-            node_id,
             accept,
             by_proxy: Mutex::new(HashMap::new()),
-            discovery,
-            relay,
-            network: Arc::new(crate::netwatch::Seen::now()),
         });
-        *self.inner.running.write().expect("running lock") = Some(running.clone());
-        crate::netwatch::spawn_watcher(
-            &tasks,
-            &running,
-            running.network.clone(),
-            Running::network_changed,
-        );
-        tasks.spawn(self.clone().accept_loop(running));
+        tasks.spawn(inner.clone().accept_loop(running.clone()));
         tracing::info!(%ingress_addr, server = %start.server_addr, %node_id, "reverse proxy started");
-        Ok(())
+        Ok(running)
+        })
+        .await
     }
 
     /// The device changed networks: as [`crate::ForwardProxy::network_changed`].
     pub fn network_changed(&self) -> Result<()> {
-        let running = self.running()?;
-        running.network.mark_current();
-        running.network_changed();
+        self.running()?.node.network_changed();
         Ok(())
     }
 
@@ -213,48 +166,36 @@ impl ReverseProxy {
     pub fn relay_status(&self) -> Result<Option<(RelaySpec, LinkStatus)>> {
         Ok(self
             .running()?
-            .relay
-            .as_ref()
+            .node
+            .start_link()
             .map(|l| (l.spec().clone(), l.status())))
     }
 
     /// The addresses the DHT holds for `node` (signed record first, then hints).
     pub async fn lookup(&self, node: NodeId, timeout: Option<Duration>) -> Result<Vec<Found>> {
-        discovery::lookup_on(self.running()?.discovery.as_ref(), node, timeout).await
+        self.running()?.node.lookup(node, timeout).await
     }
 
     /// The addresses this proxy announced last (empty before the first announce succeeded).
     pub fn announced_addrs(&self) -> Result<Vec<SocketAddr>> {
-        Ok(discovery::announced_on(self.running()?.discovery.as_ref()))
+        Ok(self.running()?.node.announced_addrs())
     }
 
     /// Stops: ends every tunnel and connection, awaits every task and releases the port.
     pub async fn stop(&self) -> Result<()> {
-        let _guard = self.inner.lifecycle.lock().await;
-        let Some(running) = self.inner.running.write().expect("running lock").take() else {
-            return Ok(());
-        };
-        lifecycle::shutdown(
-            &running.endpoint,
-            &running.tracker,
-            &running.tasks,
-            self.inner.opts.end_time,
-        )
-        .await;
-        let socket = lifecycle::release_port(&running.endpoint, &running.socket);
-        drop(running);
-        lifecycle::wait_released(socket).await;
-        tracing::info!("reverse proxy stopped");
-        Ok(())
+        self.inner
+            .life
+            .stop(|running| async move {
+                let socket = running.node.shutdown().await;
+                drop(running);
+                lifecycle::wait_released(socket).await;
+                tracing::info!("reverse proxy stopped");
+            })
+            .await
     }
 
     fn running(&self) -> Result<Arc<Running>> {
-        self.inner
-            .running
-            .read()
-            .expect("running lock")
-            .clone()
-            .ok_or(Error::ReverseProxyNotRunning)
+        self.inner.life.get().ok_or(Error::ReverseProxyNotRunning)
     }
 
     /// This proxy's node id.
@@ -264,12 +205,12 @@ impl ReverseProxy {
             .inner
             .identities
             .current()
-            .map_or(running.node_id, |id| id.node_id))
+            .map_or(running.node.node_id, |id| id.node_id))
     }
 
     /// The QUIC socket's address.
     pub fn ingress_addr(&self) -> Result<SocketAddr> {
-        Ok(self.running()?.ingress_addr)
+        Ok(self.running()?.node.addr)
     }
 
     /// The server tunnels are carried to.
@@ -279,12 +220,12 @@ impl ReverseProxy {
 
     /// Number of live QUIC connections.
     pub fn connection_count(&self) -> Result<usize> {
-        Ok(self.running()?.tracker.count())
+        Ok(self.running()?.node.tracker.count())
     }
 
     /// The connection from a forward proxy at `addr`.
     pub fn connection_info_by_egress(&self, addr: SocketAddr) -> Result<Option<ConnectionInfo>> {
-        Ok(self.running()?.tracker.info(&addr))
+        Ok(self.running()?.node.tracker.info(&addr))
     }
 
     /// Who is calling: the connection whose tunnel reaches the server from local address `addr`.
@@ -296,7 +237,7 @@ impl ReverseProxy {
             .expect("by_proxy lock")
             .get(&addr)
             .cloned();
-        Ok(peer.map(|p| running.tracker.info_of(&p)))
+        Ok(peer.map(|p| running.node.tracker.info_of(&p)))
     }
 
     /// Identity for connections accepted from now on, and for later starts.
@@ -304,7 +245,7 @@ impl ReverseProxy {
         let id = self.inner.identities.set(tls)?;
         if let Ok(running) = self.running() {
             let config = server_config(&id, running.accept.clone(), self.inner.opts.transport())?;
-            running.endpoint.set_server_config(Some(config));
+            running.node.endpoint.set_server_config(Some(config));
         }
         Ok(())
     }
@@ -325,11 +266,11 @@ impl ReverseProxy {
                 "cannot punch toward {addr}"
             )));
         }
-        running.tracker.register(addr, None);
+        running.node.tracker.register(addr, None);
         let budget = timeout.unwrap_or(self.inner.opts.connect_time);
         let cancel = cancel.unwrap_or_default();
         let mut punch = PunchDriver::start(
-            &running.socket,
+            &running.node.socket,
             addr,
             self.inner.opts.punch_interval,
             budget,
@@ -338,12 +279,12 @@ impl ReverseProxy {
         let connected = async {
             loop {
                 tokio::select! {
-                    _ = running.tracker.wait_until(|t| t.get(&addr).is_some()) => return,
+                    _ = running.node.tracker.wait_until(|t| t.get(&addr).is_some()) => return,
                     PunchEvent::PathOpened = punch.next_event() => {}
                 }
             }
         };
-        let stopping = running.tasks.token().clone();
+        let stopping = running.node.tasks.token().clone();
         let up = tokio::select! {
             r = tokio::time::timeout(budget, connected) => r.is_ok(),
             _ = cancel.cancelled() => return Err(Error::Aborted),
@@ -356,7 +297,7 @@ impl ReverseProxy {
     /// Closes the connection from `addr` and forgets it; waits up to `connEndTime`.
     pub async fn close_connection(&self, addr: SocketAddr) -> Result<()> {
         let running = self.running()?;
-        if let Some(peer) = running.tracker.remove(&addr, reason::LOCAL) {
+        if let Some(peer) = running.node.tracker.remove(&addr, reason::LOCAL) {
             let _ = tokio::time::timeout(self.inner.opts.end_time, peer.conn.closed()).await;
         }
         Ok(())
@@ -364,19 +305,21 @@ impl ReverseProxy {
 
     /// Forgets `addr` and closes its connection without waiting (first form).
     pub fn remove_connection(&self, addr: SocketAddr) -> Result<()> {
-        self.running()?.tracker.remove(&addr, reason::LOCAL);
+        self.running()?.node.tracker.remove(&addr, reason::LOCAL);
         Ok(())
     }
 
     /// Registers `addr` without punching (first form).
     pub fn add_direct_connection(&self, addr: SocketAddr) -> Result<()> {
-        self.running()?.tracker.register(addr, None);
+        self.running()?.node.tracker.register(addr, None);
         Ok(())
     }
+}
 
-    async fn accept_loop(self, running: Arc<Running>) {
+impl Inner {
+    async fn accept_loop(self: Arc<Self>, running: Arc<Running>) {
         let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-        while let Some(incoming) = running.endpoint.accept().await {
+        while let Some(incoming) = running.node.endpoint.accept().await {
             // Bound the work unauthenticated packets can cause: past half the budget, make
             // unvalidated sources prove their address (Retry); at the limit, drop new ones.
             let in_flight = MAX_HANDSHAKES - handshakes.available_permits();
@@ -390,7 +333,7 @@ impl ReverseProxy {
             };
             let me = self.clone();
             let r = running.clone();
-            running.tasks.spawn(async move {
+            running.node.tasks.spawn(async move {
                 let remote = incoming.remote_address();
                 let handshake = me.handshake(&r, incoming).await;
                 drop(permit);
@@ -411,11 +354,9 @@ impl ReverseProxy {
         let connecting = incoming
             .accept()
             .map_err(|e| Error::ConnectionStart(e.to_string()))?;
-        let conn = tokio::time::timeout(self.inner.opts.connect_time, connecting)
+        let conn = tokio::time::timeout(self.opts.connect_time, connecting)
             .await
-            .map_err(|_| {
-                Error::ConnectionStartTimeout(self.inner.opts.connect_time.as_millis() as u64)
-            })?
+            .map_err(|_| Error::ConnectionStartTimeout(self.opts.connect_time.as_millis() as u64))?
             .map_err(|e| Error::ConnectionStart(e.to_string()))?;
         let certs = crate::tls::verify::peer_chain(&conn);
         let node_id = verify_chain(
@@ -424,29 +365,30 @@ impl ReverseProxy {
             time::OffsetDateTime::now_utc().unix_timestamp(),
         )?;
         // Our hello tells the forward proxy we accepted it, and both learn the path.
-        let own = running.socket.local_toward(remote);
-        let punching = running.socket.has_session(&remote);
+        let own = running.node.socket.local_toward(remote);
+        let punching = running.node.socket.has_session(&remote);
         let ours = Hello {
             punching,
             observed: remote,
             own,
         };
-        let deadline = std::time::Instant::now() + self.inner.opts.connect_time;
+        let deadline = std::time::Instant::now() + self.opts.connect_time;
         let theirs = exchange_hello(&conn, ours, deadline)
             .await
             .map_err(Error::ConnectionStart)?;
         let path = running
+            .node
             .socket
             .paths
             .path_of(&remote)
             .unwrap_or_else(|| judge_path(punching, theirs.nat_between(remote, own)));
         let peer = Arc::new(Peer::new(conn, node_id, path));
-        running.tracker.insert(peer.clone());
+        running.node.tracker.insert(peer.clone());
         tracing::debug!(%remote, %node_id, "accepted connection");
         Ok(peer)
     }
 
-    async fn serve_connection(&self, running: &Arc<Running>, peer: Arc<Peer>) {
+    async fn serve_connection(self: &Arc<Self>, running: &Arc<Running>, peer: Arc<Peer>) {
         loop {
             let (send, recv) = match peer.conn.accept_bi().await {
                 Ok(s) => s,
@@ -456,6 +398,7 @@ impl ReverseProxy {
             let r = running.clone();
             let p = peer.clone();
             running
+                .node
                 .tasks
                 .spawn(async move { me.serve_tunnel(&r, p, send, recv).await });
         }
@@ -468,7 +411,7 @@ impl ReverseProxy {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let budget = self.inner.opts.connect_time;
+        let budget = self.opts.connect_time;
         let mut header = [0u8; tunnel::OPEN_LEN];
         match tokio::time::timeout(budget, recv.read_exact(&mut header)).await {
             Ok(Ok(())) => {}

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::pki_types::CertificateDer;
 
-use crate::endpoint::canonical;
+use crate::addr::canonical;
 use crate::events::{ConnectionInfo, Event, EventKind, EventSink, Path};
 use crate::identity::certs_to_pem;
 use crate::nodeid::NodeId;
-use crate::paths::PathChange;
-use crate::relay::link::RelaySpec;
+use crate::relay::spec::RelaySpec;
+use crate::socket::paths::PathChange;
 use crate::task::Tasks;
 use crate::tls::verify::{verify_chain, Acceptable};
 
@@ -104,7 +104,7 @@ impl Peer {
 
     /// Whether the QUIC connection runs on a virtual (relay-backed) address.
     pub fn is_relay_backed(&self) -> bool {
-        crate::paths::is_virtual(&self.quic_addr)
+        crate::socket::paths::is_virtual(&self.quic_addr)
     }
 
     /// Closes the connection, recording why (the close event carries it).

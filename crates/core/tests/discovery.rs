@@ -256,8 +256,8 @@ async fn without_discovery_a_node_id_target_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_dht_points_only_at_an_impostor_the_relay_reaches_the_real_node() {
-    use keynet_core::relay::link::RelaySpec;
     use keynet_core::relay::server::{RelayServer, RelayStart};
+    use keynet_core::relay::spec::RelaySpec;
     let net = testnet();
     let victim = generate_identity().unwrap();
     let forger = forge(&net, &victim).await;

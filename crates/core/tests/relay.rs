@@ -21,7 +21,7 @@ async fn relay() -> RelayServer {
 async fn node(relay: &RelayServer) -> (RelayClient, LoadedIdentity, quinn::Endpoint) {
     let id = LoadedIdentity::generate().unwrap();
     let (endpoint, _socket) =
-        keynet_core::endpoint::bind("127.0.0.1:0".parse().unwrap(), None, b"test").unwrap();
+        keynet_core::socket::bind("127.0.0.1:0".parse().unwrap(), None, b"test").unwrap();
     let transport = ConnOptions::default().transport();
     let client = RelayClient::connect(
         &endpoint,
@@ -156,7 +156,7 @@ async fn the_relay_is_pinned_and_allowed_node_ids_are_enforced() {
     let relay = relay().await;
     let id = LoadedIdentity::generate().unwrap();
     let (endpoint, _s) =
-        keynet_core::endpoint::bind("127.0.0.1:0".parse().unwrap(), None, b"t").unwrap();
+        keynet_core::socket::bind("127.0.0.1:0".parse().unwrap(), None, b"t").unwrap();
     let wrong = LoadedIdentity::generate().unwrap().node_id;
     let err = RelayClient::connect(
         &endpoint,

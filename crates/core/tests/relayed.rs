@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use common::{connect, echo_server};
 use keynet_core::relay::alloc::AllocOptions;
-use keynet_core::relay::link::{LinkStatus, RelaySpec};
 use keynet_core::relay::server::{RelayServer, RelayStart};
-use keynet_core::relay::transport::Transport;
+use keynet_core::relay::spec::Transport;
+use keynet_core::relay::spec::{LinkStatus, RelaySpec};
 use keynet_core::{
     ConnOptions, Event, EventKind, ForwardProxy, ForwardStart, Path, ReverseProxy, ReverseStart,
 };

@@ -4,6 +4,6 @@ pub mod record;
 mod service;
 
 pub use service::{
-    announced_on, discovery_off, lookup_on, resolve_bootstrap, start_for_proxy, validate,
-    AddressSink, Discovery, DiscoveryOptions, Found, LOOKUP_TIME,
+    discovery_off, resolve_bootstrap, start_for_proxy, validate, AddressSink, Discovery,
+    DiscoveryOptions, Found, LOOKUP_TIME,
 };

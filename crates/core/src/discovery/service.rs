@@ -390,23 +390,6 @@ pub async fn start_for_proxy(
     Ok(discovery)
 }
 
-/// `lookup` on a proxy's discovery, which must be on; `timeout` defaults to [`LOOKUP_TIME`].
-pub async fn lookup_on(
-    discovery: Option<&Arc<Discovery>>,
-    node: NodeId,
-    timeout: Option<Duration>,
-) -> Result<Vec<Found>> {
-    let d = discovery.ok_or_else(discovery_off)?;
-    let deadline = Instant::now() + timeout.unwrap_or(LOOKUP_TIME);
-    Ok(d.lookup(node, deadline).await)
-}
-
-/// The addresses a proxy announced last (empty when discovery is off or before the first
-/// announce succeeded).
-pub fn announced_on(discovery: Option<&Arc<Discovery>>) -> Vec<SocketAddr> {
-    discovery.map(|d| d.announced()).unwrap_or_default()
-}
-
 /// The error of a node-id operation on a proxy without discovery.
 pub fn discovery_off() -> Error {
     Error::InvalidArgument(

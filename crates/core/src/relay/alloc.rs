@@ -300,7 +300,7 @@ impl Allocations {
                     if owner_tx
                         .send(Frame::TcpOpen {
                             conn,
-                            client: crate::endpoint::canonical(client),
+                            client: crate::addr::canonical(client),
                         })
                         .await
                         .is_err()

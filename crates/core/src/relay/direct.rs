@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::endpoint::KeynetSocket;
 use crate::events::{Path, PathReason};
 use crate::holepunch::PunchDriver;
 use crate::nodeid::NodeId;
 use crate::proto::liveness::{Liveness, PathLiveness, Transition};
 use crate::proto::punch::{Kind, Packet};
 use crate::relay::link::RelayLink;
+use crate::socket::KeynetSocket;
 
 /// How long a rendezvous punches before the peer stays relayed (until the next attempt).
 pub const RENDEZVOUS_BUDGET: Duration = Duration::from_secs(5);

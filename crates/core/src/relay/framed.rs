@@ -75,3 +75,15 @@ pub async fn write_frames(send: &mut BoxWrite, frames: &[Frame]) -> Result<(), S
 pub async fn write_frame(send: &mut BoxWrite, frame: &Frame) -> Result<(), String> {
     write_frames(send, std::slice::from_ref(frame)).await
 }
+
+/// An open connection to a relay, split for reading and writing.
+pub struct RelayConn {
+    /// `quic` or `websocket`.
+    pub name: &'static str,
+    /// Reading half.
+    pub read: BoxRead,
+    /// Writing half.
+    pub write: BoxWrite,
+    /// The QUIC connection (kept open while the halves live).
+    pub quic: Option<quinn::Connection>,
+}

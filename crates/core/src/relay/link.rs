@@ -12,21 +12,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::endpoint::KeynetSocket;
 use crate::error::{Error, Result};
-use crate::identity::LoadedIdentity;
 use crate::nodeid::NodeId;
-use crate::options::ConnOptions;
-use crate::paths::Outbox;
 use crate::proto::liveness::Backoff;
 use crate::proto::relay::{Frame, GoneReason};
 use crate::relay::direct::{DirectPath, RECALL_MAX, RECALL_MIN};
-use crate::relay::framed::{write_frames, BoxRead, BoxWrite, FrameReader, ReadError};
-use crate::relay::transport::{self, Transport};
-use crate::task::Tasks;
+use crate::relay::framed::{write_frames, BoxWrite, FrameReader, ReadError};
+use crate::relay::spec::{LinkStatus, RelaySpec};
+use crate::relay::transport::{self, Dialer};
+use crate::socket::paths::Outbox;
+use crate::socket::KeynetSocket;
 
-/// Keepalive cadence toward the relay (seed 004: every 15 s).
-pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 /// Packets waiting for the relay connection before more are dropped.
 const OUTBOX: usize = 1024;
 /// Reconnect backoff bounds.
@@ -35,84 +31,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A session that lived this long resets the backoff.
 const HEALTHY: Duration = Duration::from_secs(10);
 
-/// How to reach a relay and what to ask of it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RelaySpec {
-    /// The relay's UDP (QUIC) address.
-    pub addr: SocketAddr,
-    /// The relay's node id (pinned).
-    pub node_id: NodeId,
-    /// The relay's TLS/WebSocket address; default: `addr`'s host and port over TCP.
-    pub tcp_addr: Option<SocketAddr>,
-    /// Which transport to use.
-    pub transport: Transport,
-    /// Ping cadence (15 s); a relay silent for twice as long is reconnected.
-    pub keepalive: Duration,
-    /// Ask for a public TCP port carried to this node's server.
-    pub want_port: bool,
-    /// Wait this long after a relayed connection is up before asking for a rendezvous.
-    pub upgrade_delay: Duration,
-    /// Ask for rendezvous at all (relayed connections stay relayed when false).
-    pub upgrade: bool,
-    /// The relay's registration token, if it requires one.
-    pub token: Option<String>,
-}
-
-impl RelaySpec {
-    /// A spec with defaults: any transport, 15 s keepalive, no port, upgrade at once.
-    pub fn new(addr: SocketAddr, node_id: NodeId) -> RelaySpec {
-        RelaySpec {
-            addr,
-            node_id,
-            tcp_addr: None,
-            transport: Transport::Auto,
-            keepalive: DEFAULT_KEEPALIVE,
-            want_port: false,
-            upgrade_delay: Duration::ZERO,
-            upgrade: true,
-            token: None,
-        }
-    }
-
-    /// The TLS/WebSocket address.
-    pub fn tcp_addr(&self) -> SocketAddr {
-        self.tcp_addr.unwrap_or(self.addr)
-    }
-}
-
-/// Where the link stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkStatus {
-    /// Connecting (first time, or again after a failure).
-    Connecting,
-    /// Registered.
-    Up {
-        /// `quic` or `websocket`.
-        transport: &'static str,
-        /// This node's address as the relay sees it.
-        observed: SocketAddr,
-        /// The public TCP port the relay allocated, if asked.
-        public_port: Option<u16>,
-    },
-    /// The last attempt failed (error code and message); retrying after backoff.
-    Down(&'static str, String),
-}
-
-/// What a link needs from its proxy.
+/// What a link needs from its node.
 #[derive(Clone)]
 pub struct LinkContext {
-    /// The proxy's QUIC endpoint (the QUIC transport dials from it, so the relay observes the
-    /// same NAT mapping the peers will punch to).
-    pub endpoint: quinn::Endpoint,
-    /// The proxy's socket (relayed packets, punches).
+    /// How it reaches the relay.
+    pub dialer: Dialer,
+    /// The node's socket (relayed packets, punches).
     pub socket: Arc<KeynetSocket>,
-    /// The node's identity.
-    pub identity: LoadedIdentity,
-    /// Connection timing (punch cadence, connect budget).
-    pub opts: ConnOptions,
-    /// The proxy's tasks.
-    pub tasks: Tasks,
-    /// Public-port TCP traffic (relay → node), when the proxy serves one.
+    /// Public-port TCP traffic (relay → node), when the node serves one.
     pub tcp: Option<mpsc::Sender<Frame>>,
 }
 
@@ -138,7 +64,7 @@ pub struct RelayLink {
 }
 
 impl RelayLink {
-    /// Starts the link's task on `ctx.tasks`.
+    /// Starts the link's task on the node's tasks.
     pub fn start(spec: RelaySpec, ctx: LinkContext) -> Arc<RelayLink> {
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let (control, control_rx) = mpsc::channel(256);
@@ -168,7 +94,7 @@ impl RelayLink {
             renew: link.renew.clone(),
         };
         let kill = link.kill.clone();
-        ctx.tasks.spawn(async move {
+        ctx.dialer.tasks.spawn(async move {
             tokio::select! {
                 _ = runner.run(outbox_rx, control_rx) => {}
                 _ = kill.cancelled() => {}
@@ -375,8 +301,13 @@ impl Runner {
         outbox_rx: &mut mpsc::Receiver<(NodeId, Vec<u8>)>,
         control_rx: &mut mpsc::Receiver<Frame>,
     ) -> Result<()> {
-        let budget = self.ctx.opts.connect_time.min(Duration::from_secs(10));
-        let conn = transport::connect(&self.spec, &self.ctx, budget).await?;
+        let budget = self
+            .ctx
+            .dialer
+            .opts
+            .connect_time
+            .min(Duration::from_secs(10));
+        let conn = transport::connect(&self.spec, &self.ctx.dialer, budget).await?;
         let (mut frames, mut send): (FrameReader, BoxWrite) =
             (FrameReader::new(conn.read), conn.write);
         write_frames(
@@ -539,13 +470,13 @@ impl Runner {
             link: self.link.clone(),
             peer,
             addr,
-            punch_interval: self.ctx.opts.punch_interval,
-            keepalive_interval: self.ctx.opts.keepalive_interval,
+            punch_interval: self.ctx.dialer.opts.punch_interval,
+            keepalive_interval: self.ctx.dialer.opts.keepalive_interval,
             initiator,
             network: link.network.subscribe(),
         };
         let weak = self.link.clone();
-        self.ctx.tasks.spawn(async move {
+        self.ctx.dialer.tasks.spawn(async move {
             let run = async {
                 tokio::time::sleep(delay).await;
                 task.run().await
@@ -571,16 +502,4 @@ async fn next(frames: &mut FrameReader) -> Result<Option<Frame>> {
         }
         ReadError::Closed(why) => Error::ConnectionStart(why),
     })
-}
-
-/// An open connection to a relay, split for reading and writing.
-pub struct RelayConn {
-    /// `quic` or `websocket`.
-    pub name: &'static str,
-    /// Reading half.
-    pub read: BoxRead,
-    /// Writing half.
-    pub write: BoxWrite,
-    /// The QUIC connection (kept open while the halves live).
-    pub quic: Option<quinn::Connection>,
 }

@@ -4,13 +4,13 @@
 //! keynode's side of it (the link).
 
 pub mod alloc;
-pub mod attach;
 pub mod client;
 mod direct;
 mod framed;
 pub mod link;
 pub mod public;
 pub mod server;
+pub mod spec;
 pub mod tcp_frames;
 pub mod transport;
 mod ws;

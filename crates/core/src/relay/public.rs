@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::proto::relay::Frame;
-use crate::relay::link::LinkStatus;
+use crate::relay::spec::LinkStatus;
 use crate::relay::tcp_frames::{self, ToTcp};
 use crate::task::Tasks;
 

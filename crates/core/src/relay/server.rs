@@ -13,22 +13,22 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::endpoint::{self, KeynetSocket};
 use crate::error::{Error, Result};
 use crate::identity::TlsConfig;
-use crate::lifecycle::{self, Identities};
+use crate::lifecycle::{self, Identities, Lifecycle};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::proto::relay::{Frame, GoneReason};
 use crate::relay::alloc::{AllocOptions, Allocations};
 use crate::relay::framed::{write_frames, BoxRead, BoxWrite, FrameReader, ReadError};
+use crate::socket::{self, KeynetSocket};
 use crate::task::Tasks;
 use crate::tls::config::{server_config, tls_server_config};
 use crate::tls::verify::{verify_chain, Acceptable};
@@ -82,17 +82,30 @@ impl RelayStart {
     }
 }
 
-/// The relay server. Cheap to clone.
+/// The relay server. Cheap to clone. Dropping the last clone of a started relay without
+/// `stop()` cancels its tasks and closes its connections.
 #[derive(Clone)]
 pub struct RelayServer {
     inner: Arc<Inner>,
+    _owner: Arc<Owner>,
 }
 
 struct Inner {
     opts: ConnOptions,
     identities: Identities,
-    lifecycle: tokio::sync::Mutex<()>,
-    running: RwLock<Option<Arc<Running>>>,
+    life: Lifecycle<Running>,
+}
+
+/// Held only by handles: its drop is the last handle going.
+struct Owner(Arc<Inner>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(running) = self.0.life.take() {
+            running.endpoint.close(0u32.into(), b"relay dropped");
+            running.tasks.token().cancel();
+        }
+    }
 }
 
 /// One registered node.
@@ -114,7 +127,7 @@ impl NodeConn {
     fn observed(&self) -> Option<SocketAddr> {
         self.quic
             .as_ref()
-            .map(|c| endpoint::canonical(c.remote_address()))
+            .map(|c| crate::addr::canonical(c.remote_address()))
     }
 }
 
@@ -139,95 +152,93 @@ impl RelayServer {
     /// A stopped relay.
     pub fn new(opts: ConnOptions) -> Result<RelayServer> {
         opts.validate()?;
+        let inner = Arc::new(Inner {
+            opts,
+            identities: Identities::default(),
+            life: Lifecycle::default(),
+        });
         Ok(RelayServer {
-            inner: Arc::new(Inner {
-                opts,
-                identities: Identities::default(),
-                lifecycle: tokio::sync::Mutex::new(()),
-                running: RwLock::new(None),
-            }),
+            _owner: Arc::new(Owner(inner.clone())),
+            inner,
         })
     }
 
     /// Starts listening; does nothing if already running.
     pub async fn start(&self, start: RelayStart) -> Result<()> {
-        let _guard = self.inner.lifecycle.lock().await;
-        if self.running().is_ok() {
-            return Ok(());
-        }
-        if start.max_peers == 0 || start.node_timeout.is_zero() {
-            return Err(Error::InvalidArgument(
-                "maxPeers and nodeTimeout must be greater than 0".into(),
-            ));
-        }
-        start.alloc.validate()?;
-        let identity = self.inner.identities.for_start(start.tls.as_ref())?;
-        let accept = start
-            .allowed_node_ids
-            .clone()
-            .map_or(Acceptable::Any, Acceptable::OneOf);
-        let config = server_config(&identity, accept.clone(), self.inner.opts.transport())?;
-        let tls = Arc::new(tls_server_config(&identity, accept.clone())?);
-        let secret = identity.derived_secret("quic stateless reset");
-        let (endpoint, socket) = endpoint::bind(start.addr, Some(config), &secret)?;
-        let addr = endpoint.local_addr()?;
-        let tcp = bind_tcp(&start, addr).await?;
-        let tcp_addr = tcp.local_addr()?;
-        let tasks = Tasks::new();
-        let alloc_host = start.alloc.host.unwrap_or(addr.ip());
-        let allocs = Allocations::start(start.alloc.clone(), alloc_host, tasks.clone()).await?;
-        let running = Arc::new(Running {
-            addr,
-            tcp_addr,
-            endpoint,
-            socket,
-            tasks: tasks.clone(),
-            node_id: identity.node_id,
-            accept,
-            start,
-            nodes: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            allocs,
-        });
-        *self.inner.running.write().expect("running lock") = Some(running.clone());
-        tasks.spawn(self.clone().accept_quic(running.clone()));
-        tasks.spawn(self.clone().accept_tcp(running.clone(), tcp, tls));
-        tracing::info!(%addr, %tcp_addr, node_id = %running.node_id, "relay started");
-        Ok(())
+        let inner = &self.inner;
+        inner
+            .life
+            .start(async {
+                if start.max_peers == 0 || start.node_timeout.is_zero() {
+                    return Err(Error::InvalidArgument(
+                        "maxPeers and nodeTimeout must be greater than 0".into(),
+                    ));
+                }
+                start.alloc.validate()?;
+                let identity = inner.identities.for_start(start.tls.as_ref())?;
+                let accept = start
+                    .allowed_node_ids
+                    .clone()
+                    .map_or(Acceptable::Any, Acceptable::OneOf);
+                let config = server_config(&identity, accept.clone(), inner.opts.transport())?;
+                let tls = Arc::new(tls_server_config(&identity, accept.clone())?);
+                let secret = identity.derived_secret("quic stateless reset");
+                let (endpoint, socket) = socket::bind(start.addr, Some(config), &secret)?;
+                let addr = endpoint.local_addr()?;
+                let tcp = bind_tcp(&start, addr).await?;
+                let tcp_addr = tcp.local_addr()?;
+                let tasks = Tasks::new();
+                let alloc_host = start.alloc.host.unwrap_or(addr.ip());
+                let allocs =
+                    Allocations::start(start.alloc.clone(), alloc_host, tasks.clone()).await?;
+                let running = Arc::new(Running {
+                    addr,
+                    tcp_addr,
+                    endpoint,
+                    socket,
+                    tasks: tasks.clone(),
+                    node_id: identity.node_id,
+                    accept,
+                    start,
+                    nodes: Mutex::new(HashMap::new()),
+                    next_id: AtomicU64::new(1),
+                    allocs,
+                });
+                tasks.spawn(inner.clone().accept_quic(running.clone()));
+                tasks.spawn(inner.clone().accept_tcp(running.clone(), tcp, tls));
+                tracing::info!(%addr, %tcp_addr, node_id = %running.node_id, "relay started");
+                Ok(running)
+            })
+            .await
     }
 
     /// Stops: closes every connection, awaits every task, releases the ports.
     pub async fn stop(&self) -> Result<()> {
-        let _guard = self.inner.lifecycle.lock().await;
-        let Some(running) = self.inner.running.write().expect("running lock").take() else {
-            return Ok(());
-        };
-        for n in running.nodes.lock().expect("nodes lock").drain() {
-            n.1.kick.cancel();
-        }
-        running.endpoint.close(0u32.into(), b"relay stopped");
         let grace = self.inner.opts.end_time;
-        let _ = tokio::time::timeout(
-            grace.max(Duration::from_secs(3)),
-            running.endpoint.wait_idle(),
-        )
-        .await;
-        running.allocs.save();
-        running.tasks.shutdown(grace + Duration::from_secs(1)).await;
-        let socket = lifecycle::release_port(&running.endpoint, &running.socket);
-        drop(running);
-        lifecycle::wait_released(socket).await;
-        tracing::info!("relay stopped");
-        Ok(())
+        self.inner
+            .life
+            .stop(|running| async move {
+                for n in running.nodes.lock().expect("nodes lock").drain() {
+                    n.1.kick.cancel();
+                }
+                running.endpoint.close(0u32.into(), b"relay stopped");
+                let _ = tokio::time::timeout(
+                    grace.max(Duration::from_secs(3)),
+                    running.endpoint.wait_idle(),
+                )
+                .await;
+                running.allocs.save();
+                running.tasks.shutdown(grace + Duration::from_secs(1)).await;
+                let socket = lifecycle::release_port(&running.endpoint, &running.socket);
+                drop(running);
+                lifecycle::wait_released(socket).await;
+                tracing::info!("relay stopped");
+            })
+            .await
     }
 
     fn running(&self) -> Result<Arc<Running>> {
-        self.inner
-            .running
-            .read()
-            .expect("running lock")
-            .clone()
-            .ok_or(Error::RelayNotRunning)
+        self.inner.life.get().ok_or(Error::RelayNotRunning)
     }
 
     /// The relay's UDP address.
@@ -261,8 +272,10 @@ impl RelayServer {
     pub fn allocations(&self) -> Result<Vec<(NodeId, u16)>> {
         Ok(self.running()?.allocs.list())
     }
+}
 
-    async fn accept_quic(self, running: Arc<Running>) {
+impl Inner {
+    async fn accept_quic(self: Arc<Self>, running: Arc<Running>) {
         while let Some(incoming) = running.endpoint.accept().await {
             let me = self.clone();
             let r = running.clone();
@@ -276,7 +289,7 @@ impl RelayServer {
     }
 
     async fn serve_quic(&self, running: &Arc<Running>, incoming: quinn::Incoming) -> Result<()> {
-        let budget = self.inner.opts.connect_time;
+        let budget = self.opts.connect_time;
         let connecting = incoming
             .accept()
             .map_err(|e| Error::ConnectionStart(e.to_string()))?;
@@ -303,7 +316,7 @@ impl RelayServer {
                 running,
                 node,
                 Some(conn.clone()),
-                endpoint::canonical(conn.remote_address()),
+                crate::addr::canonical(conn.remote_address()),
                 Box::new(recv),
                 Box::new(send),
                 closer,
@@ -314,7 +327,7 @@ impl RelayServer {
     }
 
     async fn accept_tcp(
-        self,
+        self: Arc<Self>,
         running: Arc<Running>,
         listener: TcpListener,
         tls: Arc<rustls::ServerConfig>,
@@ -347,7 +360,7 @@ impl RelayServer {
         tcp: TcpStream,
         remote: SocketAddr,
     ) -> Result<()> {
-        let budget = self.inner.opts.connect_time;
+        let budget = self.opts.connect_time;
         let _ = tcp.set_nodelay(true);
         let (node, read, write, kill) = tokio::time::timeout(
             budget,
@@ -360,7 +373,7 @@ impl RelayServer {
             running,
             node,
             None,
-            endpoint::canonical(remote),
+            crate::addr::canonical(remote),
             read,
             write,
             closer,

@@ -6,26 +6,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::relay::link::{LinkContext, RelayConn, RelaySpec};
+use crate::identity::LoadedIdentity;
+use crate::options::ConnOptions;
+use crate::relay::framed::RelayConn;
+use crate::relay::spec::{RelaySpec, Transport};
+use crate::task::Tasks;
 use crate::tls::config::{client_config, SERVER_NAME};
 use crate::tls::verify::{handshake_error, Acceptable, VerifyOutcome};
 
-/// Which transport a link uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// QUIC, raced by WebSocket once QUIC has not connected within [`QUIC_FIRST`].
-    Auto,
-    /// QUIC only.
-    Quic,
-    /// TLS + WebSocket over TCP only.
-    WebSocket,
+/// What reaching a relay takes.
+#[derive(Clone)]
+pub struct Dialer {
+    /// The node's QUIC endpoint: the QUIC transport dials from it, so the relay observes the
+    /// same NAT mapping the peers will punch to.
+    pub endpoint: quinn::Endpoint,
+    /// The node's identity (mutual TLS).
+    pub identity: LoadedIdentity,
+    /// Connection timing.
+    pub opts: ConnOptions,
+    /// The node's tasks (the WebSocket pump runs there).
+    pub tasks: Tasks,
 }
 
 /// How long `Auto` lets QUIC try alone before WebSocket joins the race.
 pub const QUIC_FIRST: Duration = Duration::from_secs(1);
 
 /// Opens a connection to the relay within `budget`.
-pub async fn connect(spec: &RelaySpec, ctx: &LinkContext, budget: Duration) -> Result<RelayConn> {
+pub async fn connect(spec: &RelaySpec, ctx: &Dialer, budget: Duration) -> Result<RelayConn> {
     match spec.transport {
         Transport::Quic => connect_quic(spec, ctx, budget).await,
         Transport::WebSocket => {
@@ -66,7 +73,7 @@ pub async fn connect(spec: &RelaySpec, ctx: &LinkContext, budget: Duration) -> R
     }
 }
 
-async fn connect_quic(spec: &RelaySpec, ctx: &LinkContext, budget: Duration) -> Result<RelayConn> {
+async fn connect_quic(spec: &RelaySpec, ctx: &Dialer, budget: Duration) -> Result<RelayConn> {
     let outcome = VerifyOutcome::default();
     let config = client_config(
         &ctx.identity,
@@ -104,7 +111,7 @@ async fn connect_quic(spec: &RelaySpec, ctx: &LinkContext, budget: Duration) -> 
 /// The QUIC transport toward a relay: the proxies' settings, with half their idle timeout, so a
 /// dead relay is noticed (and its relayed connections closed as `relayLost`) before those
 /// connections' own idle timeout would end them anonymously.
-fn relay_transport(opts: &crate::options::ConnOptions) -> Arc<quinn::TransportConfig> {
+fn relay_transport(opts: &ConnOptions) -> Arc<quinn::TransportConfig> {
     let mut o = opts.clone();
     o.keepalive_timeout = opts.keepalive_timeout / 2;
     if o.keepalive_interval * 3 > o.keepalive_timeout {

@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests: an echo server and a raw CONNECT client.
+#![allow(dead_code)] // each test crate uses a different subset
 
 use std::net::SocketAddr;
 

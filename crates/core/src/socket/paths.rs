@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
 
-use crate::endpoint::canonical;
+use crate::addr::canonical;
 use crate::events::{Path, PathReason};
 use crate::nodeid::NodeId;
 

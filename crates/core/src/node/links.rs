@@ -1,20 +1,21 @@
-//! Wiring a relay link into a proxy: path changes reach the tracker (and the user as `path`
-//! events), relayed connections close with `relayLost` when the link goes down, and a reverse
-//! proxy's public-port traffic goes to its server.
+//! Wiring a relay link into a node: path changes reach the tracker (and the user as `path`
+//! events), link states reach the user as `relay` events, relayed connections close with
+//! `relayLost` when the link stays down, and a reverse proxy's public-port traffic goes to its
+//! server.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::endpoint::KeynetSocket;
-use crate::error::Result;
+use super::Node;
 use crate::events::{Event, Path};
 use crate::identity::LoadedIdentity;
 use crate::options::ConnOptions;
-use crate::relay::link::{LinkContext, LinkStatus, RelayLink, RelaySpec};
+use crate::relay::link::{LinkContext, RelayLink};
 use crate::relay::public;
+use crate::relay::spec::{LinkStatus, RelaySpec};
+use crate::relay::transport::Dialer;
+use crate::socket::KeynetSocket;
 use crate::task::Tasks;
 use crate::tracker::{reason, Tracker};
 
@@ -25,27 +26,9 @@ fn relay_loss_grace(opts: &ConnOptions) -> std::time::Duration {
     std::time::Duration::from_secs(2).min(opts.keepalive_timeout / 4)
 }
 
-/// What a proxy hands to [`attach`].
-pub struct ProxyParts<'a> {
-    /// The proxy's endpoint.
-    pub endpoint: &'a quinn::Endpoint,
-    /// The proxy's socket.
-    pub socket: &'a Arc<KeynetSocket>,
-    /// The proxy's identity.
-    pub identity: &'a LoadedIdentity,
-    /// Connection timing.
-    pub opts: &'a ConnOptions,
-    /// The proxy's tasks.
-    pub tasks: &'a Tasks,
-    /// The proxy's tracker.
-    pub tracker: &'a Arc<Tracker>,
-    /// The reverse proxy's server (public-port clients go there).
-    pub server: Option<SocketAddr>,
-}
-
 /// Applies the path changes of `socket`'s relayed peers to `tracker` (which reports them as
 /// `path` events), in a task of the proxy's own: the socket only queues them.
-pub fn watch_paths(socket: &KeynetSocket, tracker: &Arc<Tracker>, tasks: &Tasks) {
+pub(super) fn watch_paths(socket: &KeynetSocket, tracker: &Arc<Tracker>, tasks: &Tasks) {
     let Some(mut changes) = socket.paths.take_changes() else {
         return;
     };
@@ -58,34 +41,36 @@ pub fn watch_paths(socket: &KeynetSocket, tracker: &Arc<Tracker>, tasks: &Tasks)
     });
 }
 
-/// Starts a link to `spec` for a proxy and wires it.
-pub fn attach(spec: RelaySpec, p: ProxyParts<'_>) -> Arc<RelayLink> {
+/// Starts a link to `spec` for `node`, registering as `identity`, and wires it.
+pub(super) fn attach(node: &Node, spec: RelaySpec, identity: &LoadedIdentity) -> Arc<RelayLink> {
     let (tcp_tx, tcp_rx) = mpsc::channel(256);
     let link = RelayLink::start(
         spec,
         LinkContext {
-            endpoint: p.endpoint.clone(),
-            socket: p.socket.clone(),
-            identity: p.identity.clone(),
-            opts: p.opts.clone(),
-            tasks: p.tasks.clone(),
-            tcp: p.server.map(|_| tcp_tx),
+            dialer: Dialer {
+                endpoint: node.endpoint.clone(),
+                identity: identity.clone(),
+                opts: node.opts.clone(),
+                tasks: node.tasks.clone(),
+            },
+            socket: node.socket.clone(),
+            tcp: node.server.map(|_| tcp_tx),
         },
     );
-    if let Some(server) = p.server {
-        p.tasks.spawn(public::serve(
+    if let Some(server) = node.server {
+        node.tasks.spawn(public::serve(
             server,
             tcp_rx,
             link.sender(),
             link.watch(),
-            p.tasks.clone(),
+            node.tasks.clone(),
         ));
     }
     // Every state change of the link reaches the user as a `relay` event.
     let mut status = link.watch();
-    let tracker = Arc::downgrade(p.tracker);
+    let tracker = Arc::downgrade(&node.tracker);
     let spec = link.spec().clone();
-    p.tasks.spawn(async move {
+    node.tasks.spawn(async move {
         while status.changed().await.is_ok() {
             let now = status.borrow_and_update().clone();
             let Some(t) = tracker.upgrade() else { return };
@@ -96,9 +81,9 @@ pub fn attach(spec: RelaySpec, p: ProxyParts<'_>) -> Arc<RelayLink> {
     // (a rendezvous in flight may still move them off it, a quick relay restart lets them go
     // on), close those still relayed with a clear reason.
     let mut status = link.watch();
-    let tracker = Arc::downgrade(p.tracker);
-    let grace = relay_loss_grace(p.opts);
-    p.tasks.spawn(async move {
+    let tracker = Arc::downgrade(&node.tracker);
+    let grace = relay_loss_grace(&node.opts);
+    node.tasks.spawn(async move {
         while status.changed().await.is_ok() {
             if !matches!(*status.borrow_and_update(), LinkStatus::Down(..)) {
                 continue;
@@ -124,27 +109,4 @@ pub fn attach(spec: RelaySpec, p: ProxyParts<'_>) -> Arc<RelayLink> {
         }
     });
     link
-}
-
-/// What a proxy's `start()` does about relays: routes path changes to its tracker, and with a
-/// `relay` option starts the link and waits for its first registration (bounded by
-/// `connConnectTime`; the first failure fails the start). On failure the proxy's tasks (the
-/// link's among them) are shut down and its endpoint closed, so nothing is left behind.
-pub async fn for_start(
-    spec: Option<RelaySpec>,
-    p: ProxyParts<'_>,
-) -> Result<Option<Arc<RelayLink>>> {
-    watch_paths(p.socket, p.tracker, p.tasks);
-    let Some(spec) = spec else {
-        return Ok(None);
-    };
-    let (endpoint, tasks) = (p.endpoint.clone(), p.tasks.clone());
-    let deadline = Instant::now() + p.opts.connect_time;
-    let link = attach(spec, p);
-    if let Err(e) = link.wait_up(deadline, true).await {
-        endpoint.close(0u32.into(), b"start failed");
-        tasks.shutdown(std::time::Duration::from_secs(1)).await;
-        return Err(e);
-    }
-    Ok(Some(link))
 }

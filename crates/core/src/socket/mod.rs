@@ -1,7 +1,8 @@
 //! One UDP socket per proxy, shared by quinn and by punch datagrams. [`KeynetSocket`] wraps
 //! quinn's socket, takes punch datagrams out of what quinn receives and hands them to the punch
 //! session registered for their source address; it sends punch datagrams from the same port,
-//! which is what opens NAT mappings for the QUIC packets that follow.
+//! which is what opens NAT mappings for the QUIC packets that follow. It owns the routing table
+//! of relayed peers ([`paths`]) and the punch sessions.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,15 +16,12 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
-use crate::error::Result;
-use crate::paths::{Hop, Paths};
-use crate::proto::punch;
+pub mod paths;
 
-/// The one form of an address used as a key everywhere: a dual-stack socket reports IPv4 peers
-/// as IPv4-mapped IPv6 (`[::ffff:1.2.3.4]:p`); callers say `1.2.3.4:p`.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
+use crate::addr::canonical;
+use crate::error::Result;
+use crate::proto::punch;
+use paths::{Hop, Paths};
 
 /// Punch datagrams queued per session before further ones are dropped (they repeat anyway).
 const SESSION_QUEUE: usize = 64;

@@ -1,0 +1,397 @@
+//! Dialling a reverse proxy: by address (punching while the handshake waits), through a relay
+//! (the keynodes' own QUIC packets carried by it), or by node id (DHT lookup, every address
+//! found at once, the start relay last). One dial per tracked address at a time; the winner is
+//! tracked, a failed dial leaves nothing behind.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Node;
+use crate::discovery;
+use crate::error::{Error, Result};
+use crate::events::Path;
+use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
+use crate::nodeid::NodeId;
+use crate::proto::hello::Hello;
+use crate::relay::link::RelayLink;
+use crate::relay::spec::RelaySpec;
+use crate::tls::config::{client_config, SERVER_NAME};
+use crate::tls::verify::{handshake_error, verify_chain, Acceptable, VerifyOutcome};
+use crate::tracker::{reason, Peer, Tracker};
+
+/// With a relay at hand, how long the addresses found on the DHT may try before the relay.
+const DIRECT_BEFORE_RELAY: Duration = Duration::from_secs(3);
+
+/// Most addresses of one lookup dialled at once.
+const MAX_CANDIDATES: usize = 8;
+
+/// A pending handshake older than this is restarted when the punched path opens.
+const RESTART_AFTER: Duration = Duration::from_millis(150);
+/// Restarts per dial.
+const MAX_RESTARTS: u32 = 3;
+
+/// One dial: where the connection is tracked, whom it must prove, the relay it goes through,
+/// and its time.
+#[derive(Clone, Debug)]
+pub(crate) struct Dial {
+    /// The address the connection is tracked under (a relayed peer's virtual address when it
+    /// was reached by node id through the start relay).
+    pub addr: SocketAddr,
+    /// The node id the peer must prove; any node when absent (the first form, unpinned).
+    pub pin: Option<NodeId>,
+    /// Through this relay (needs `pin`).
+    pub via: Option<RelaySpec>,
+    /// The whole dial's budget.
+    pub budget: Duration,
+}
+
+impl Dial {
+    fn timed_out(&self) -> Error {
+        Error::ConnectionStartTimeout(self.budget.as_millis() as u64)
+    }
+}
+
+/// On drop, forgets the tracker entry of `addr` unless a connection or registration uses it.
+struct ForgetFailedDial<'a> {
+    tracker: &'a Tracker,
+    addr: SocketAddr,
+    lock: &'a Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for ForgetFailedDial<'_> {
+    fn drop(&mut self) {
+        self.tracker.forget_failed_dial(&self.addr, self.lock);
+    }
+}
+
+impl Node {
+    /// Reaches `node` knowing only its id: a live connection that proved it, else the addresses
+    /// the DHT holds (all at once; the first that proves `node` wins), else the start relay.
+    pub(crate) async fn dial_node(
+        self: &Arc<Self>,
+        node: NodeId,
+        budget: Duration,
+    ) -> Result<Arc<Peer>> {
+        if let Some(peer) = self.tracker.peers().into_iter().find(|p| p.claims(&node)) {
+            return Ok(peer);
+        }
+        let Some(d) = self.discovery().cloned() else {
+            return match self.start_link() {
+                Some(link) => self.connect_by_relay(node, link, budget).await,
+                None => Err(discovery::discovery_off()),
+            };
+        };
+        let deadline = Instant::now() + budget;
+        let found = d.lookup(node, deadline).await;
+        if found.is_empty() {
+            if let Some(link) = self.start_link() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                return self.connect_by_relay(node, link, left).await;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::ConnectionStartTimeout(budget.as_millis() as u64));
+            }
+            return Err(Error::NodeNotFound(node.to_string()));
+        }
+        let mut dials = tokio::task::JoinSet::new();
+        for f in found.iter().take(MAX_CANDIDATES) {
+            let me = self.clone();
+            let addr = f.addr;
+            let mut left = deadline.saturating_duration_since(Instant::now());
+            if self.start_link().is_some() {
+                // Leave time for the relay when no found address answers.
+                left = left.min(DIRECT_BEFORE_RELAY);
+            }
+            dials.spawn(async move {
+                let peer = me.connect(addr, Some(node), left).await?;
+                me.tracker.register(addr, Some(node));
+                Ok::<_, Error>(peer)
+            });
+        }
+        // Prefer the pin's verdict over a timeout: it says a record pointed at another node.
+        let mut failure: Option<Error> = None;
+        while let Some(joined) = dials.join_next().await {
+            match joined {
+                Ok(Ok(peer)) => return Ok(peer),
+                Ok(Err(e)) => {
+                    tracing::debug!(%node, error = %e, "candidate address failed");
+                    let keep = matches!(failure, Some(Error::CertChain(_)));
+                    if !keep {
+                        failure = Some(e);
+                    }
+                }
+                Err(e) => failure = Some(Error::ConnectionStart(e.to_string())),
+            }
+        }
+        let failure = failure.unwrap_or_else(|| Error::NodeNotFound(node.to_string()));
+        // Found but unreachable (a symmetric NAT, blocked UDP): try the start relay, if any.
+        match self.start_link() {
+            Some(link) if Instant::now() < deadline => {
+                tracing::debug!(%node, error = %failure, "no found address answered: trying the relay");
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.connect_by_relay(node, link, left)
+                    .await
+                    .map_err(|_| failure)
+            }
+            _ => Err(failure),
+        }
+    }
+
+    /// Reaches `node` through the start relay, tracked under its virtual address.
+    async fn connect_by_relay(
+        self: &Arc<Self>,
+        node: NodeId,
+        link: &Arc<RelayLink>,
+        budget: Duration,
+    ) -> Result<Arc<Peer>> {
+        let key = self.socket.paths.virtual_for(node, link.outbox());
+        let spec = link.spec().clone();
+        self.dial(Dial {
+            addr: key,
+            pin: Some(node),
+            via: Some(spec),
+            budget,
+        })
+        .await
+    }
+
+    /// Finds or opens the connection to `addr` (through the relay it was registered with, if
+    /// any); one dial per address at a time.
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        pin: Option<NodeId>,
+        budget: Duration,
+    ) -> Result<Arc<Peer>> {
+        let via = self.tracker.via(&addr);
+        self.dial(Dial {
+            addr,
+            pin,
+            via,
+            budget,
+        })
+        .await
+    }
+
+    /// Finds or opens the connection `d` asks for.
+    pub(crate) async fn dial(self: &Arc<Self>, d: Dial) -> Result<Arc<Peer>> {
+        let addr = d.addr;
+        let deadline = Instant::now() + d.budget;
+        let lock = self.tracker.dial_lock(addr);
+        // Forgets the entry of a dial that never connected, also when this future is dropped
+        // mid-dial (aborted, or another address of the same node won the race).
+        let _forget = ForgetFailedDial {
+            tracker: &self.tracker,
+            addr,
+            lock: &lock,
+        };
+        let _dial = tokio::time::timeout_at(deadline.into(), lock.lock())
+            .await
+            .map_err(|_| d.timed_out())?;
+        if let Some(peer) = self.tracker.get(&addr) {
+            if let Some(pin) = d.pin {
+                if !peer.claims(&pin) {
+                    return Err(crate::error::CertChainError::Unclaimed {
+                        expected: pin.to_string(),
+                    }
+                    .into());
+                }
+            }
+            return Ok(peer);
+        }
+        match (&d.via, d.pin) {
+            (Some(spec), Some(node)) => self.dial_relayed(&d, node, spec, deadline, &lock).await,
+            (Some(_), None) => Err(Error::InvalidArgument(
+                "a connection through a relay needs the node id".into(),
+            )),
+            (None, _) => self.dial_direct(&d, deadline, &lock).await,
+        }
+    }
+
+    /// A client config for a dial that accepts a server proving `accept`; the outcome keeps
+    /// the reason a certificate was refused.
+    fn dial_config(&self, accept: &Acceptable) -> Result<(quinn::ClientConfig, VerifyOutcome)> {
+        let identity = self
+            .identities
+            .current()
+            .ok_or(Error::ForwardProxyNotRunning)?;
+        let outcome = VerifyOutcome::default();
+        let config = client_config(
+            &identity,
+            accept.clone(),
+            outcome.clone(),
+            self.opts.transport(),
+        )?;
+        Ok((config, outcome))
+    }
+
+    /// Finishes a dial to `addr` (the caller holds its dial lock `lock`) once the handshake and
+    /// the hellos are done: checks the chain, learns the key for discovery, and tracks the
+    /// connection under `addr` with `path`.
+    fn adopt(
+        self: &Arc<Self>,
+        conn: quinn::Connection,
+        accept: &Acceptable,
+        addr: SocketAddr,
+        lock: &Arc<tokio::sync::Mutex<()>>,
+        path: Path,
+    ) -> Result<Arc<Peer>> {
+        let peer_certs = crate::tls::verify::peer_chain(&conn);
+        let node_id = verify_chain(
+            &peer_certs,
+            accept,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        )?;
+        if !self.tracker.is_current_dial(&addr, lock) {
+            conn.close(0u32.into(), reason::LOCAL.as_bytes());
+            return Err(Error::ConnectionStart(format!(
+                "{addr} was closed while its connection was being opened"
+            )));
+        }
+        if let Some(d) = self.discovery() {
+            d.learn_key(node_id, &peer_certs);
+        }
+        let peer = Arc::new(Peer::with_remote(conn, node_id, path, addr));
+        self.tracker.insert(peer.clone());
+        tracing::debug!(%addr, %node_id, path = path.as_str(), "connection established");
+        Ok(peer)
+    }
+
+    /// Dials `node` through the relay `spec` (the caller holds the dial lock of `d.addr`, the
+    /// address the connection is tracked under).
+    async fn dial_relayed(
+        self: &Arc<Self>,
+        d: &Dial,
+        node: NodeId,
+        spec: &RelaySpec,
+        deadline: Instant,
+        lock: &Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<Arc<Peer>> {
+        let link = self.link_for(spec, Error::ForwardProxyNotRunning)?;
+        link.wait_up(deadline, false).await?;
+        let target = self.socket.paths.virtual_for(node, link.outbox());
+        let accept = Acceptable::OneOf(vec![node]);
+        let (config, outcome) = self.dial_config(&accept)?;
+        let mut gone = link.gone_notices();
+        let connecting = self
+            .endpoint
+            .connect_with(config, target, SERVER_NAME)
+            .map_err(|e| Error::ConnectionStart(format!("{node} via relay: {e}")))?;
+        let refused = async {
+            loop {
+                match gone.recv().await {
+                    Ok((n, why)) if n == node => return why,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        let conn = tokio::select! {
+            r = tokio::time::timeout_at(deadline.into(), connecting) => match r {
+                Err(_) => return Err(d.timed_out()),
+                Ok(Err(e)) => return Err(handshake_error(&outcome, format_args!("{node} via relay"), e)),
+                Ok(Ok(conn)) => conn,
+            },
+            why = refused => return Err(Error::NotOnRelay(format!("{why} ({})", spec.addr))),
+        };
+        let ours = Hello {
+            punching: false,
+            observed: target,
+            own: self.addr,
+        };
+        exchange_hello(&conn, ours, deadline).await.map_err(|e| {
+            Error::ConnectionStart(format!(
+                "{node} refused this node after the handshake (allowedNodeIds?): {e}"
+            ))
+        })?;
+        let path = self.socket.paths.path_of(&target).unwrap_or(Path::Relayed);
+        let peer = self.adopt(conn, &accept, d.addr, lock, path)?;
+        if spec.upgrade {
+            let delay = spec.upgrade_delay;
+            self.tasks.spawn(async move {
+                tokio::time::sleep(delay).await;
+                link.call_me_maybe(node);
+            });
+        }
+        Ok(peer)
+    }
+
+    /// Dials `d.addr` directly (the caller holds its dial lock `lock`): punches, handshakes,
+    /// exchanges hellos, and adds the connection to the tracker.
+    async fn dial_direct(
+        self: &Arc<Self>,
+        d: &Dial,
+        deadline: Instant,
+        lock: &Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<Arc<Peer>> {
+        let addr = d.addr;
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(Error::ConnectionStart(format!("cannot connect to {addr}")));
+        }
+        let accept = d
+            .pin
+            .map(|p| Acceptable::OneOf(vec![p]))
+            .unwrap_or(Acceptable::Any);
+        let (config, outcome) = self.dial_config(&accept)?;
+        let dial = || {
+            self.endpoint
+                .connect_with(config.clone(), addr, SERVER_NAME)
+                .map_err(|e| Error::ConnectionStart(format!("{addr}: {e}")))
+        };
+        let mut connecting = dial()?;
+        let mut attempt_started = Instant::now();
+        let mut restarts = 0;
+        let mut punch = PunchDriver::start(
+            &self.socket,
+            addr,
+            self.opts.punch_interval,
+            d.budget,
+            u32::MAX,
+        );
+        let conn = loop {
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline.into(), &mut connecting) => match r {
+                    Err(_) => return Err(d.timed_out()),
+                    // The handshake's own idle timeout (connKeepAliveTimeoutTime) ran out before
+                    // our budget did: the peer may still start punching, so dial again.
+                    Ok(Err(quinn::ConnectionError::TimedOut)) if Instant::now() < deadline => {
+                        connecting = dial()?;
+                        attempt_started = Instant::now();
+                    }
+                    Ok(Err(e)) => return Err(handshake_error(&outcome, addr, e)),
+                    Ok(Ok(conn)) => break conn,
+                },
+                PunchEvent::PathOpened = punch.next_event() => {
+                    // The path just opened. An attempt still pending after a while had its
+                    // Initial packets dropped by a NAT and waits for a backed-off retransmit:
+                    // start a fresh handshake now instead.
+                    if attempt_started.elapsed() > RESTART_AFTER && restarts < MAX_RESTARTS {
+                        tracing::debug!(%addr, "path opened: restarting the handshake");
+                        connecting = dial()?;
+                        attempt_started = Instant::now();
+                        restarts += 1;
+                    }
+                }
+            }
+        };
+        punch.connected();
+        // The reverse proxy says hello only after it accepted our certificate.
+        let own = self.socket.local_toward(addr);
+        let ours = Hello {
+            punching: true,
+            observed: addr,
+            own,
+        };
+        let theirs = exchange_hello(&conn, ours, deadline).await.map_err(|e| {
+            Error::ConnectionStart(format!(
+                "{addr} refused this node after the handshake (allowedNodeIds?): {e}"
+            ))
+        })?;
+        let path = judge_path(
+            theirs.punching || punch.peer_took_part(),
+            theirs.nat_between(addr, own),
+        );
+        self.adopt(conn, &accept, addr, lock, path)
+    }
+}

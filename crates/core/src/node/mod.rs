@@ -1,0 +1,242 @@
+//! A keynode: what a forward proxy and a reverse proxy share. One QUIC endpoint on one UDP
+//! socket (with its relayed paths and punch sessions), the identity, connection options, the
+//! tasks, the connection tracker, DHT discovery and relay links. The proxies are fronts on a
+//! `Node`: the forward proxy an HTTP CONNECT listener that dials ([`dial`]), the reverse proxy a
+//! QUIC acceptor that carries tunnels to its server.
+//!
+//! Ownership: the front's `start()` builds the node and its `stop()` shuts it down; every task
+//! here is on [`Node::tasks`] and ends then.
+
+pub(crate) mod dial;
+mod links;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use crate::discovery::{self, Discovery, DiscoveryOptions, Found};
+use crate::error::{Error, Result};
+use crate::events::EventSink;
+use crate::identity::LoadedIdentity;
+use crate::lifecycle::{self, Identities};
+use crate::netwatch::{self, Seen};
+use crate::nodeid::NodeId;
+use crate::options::ConnOptions;
+use crate::relay::link::RelayLink;
+use crate::relay::spec::{LinkStatus, RelaySpec};
+use crate::socket::{self, KeynetSocket};
+use crate::task::Tasks;
+use crate::tracker::{reason, Role, Tracker};
+
+/// How a node starts.
+pub(crate) struct NodeConfig {
+    /// Which side it plays (events name it).
+    pub role: Role,
+    /// The UDP address to bind.
+    pub bind: SocketAddr,
+    /// The identity for this start.
+    pub identity: LoadedIdentity,
+    /// Accept QUIC connections with this configuration (reverse proxies).
+    pub server_config: Option<quinn::ServerConfig>,
+    /// Join the DHT.
+    pub discovery: Option<DiscoveryOptions>,
+    /// Register with this relay; the start fails if the first registration does.
+    pub relay: Option<RelaySpec>,
+    /// The server public-port clients of the relay are carried to (reverse proxies).
+    pub server: Option<SocketAddr>,
+}
+
+/// A running keynode.
+pub(crate) struct Node {
+    /// Connection timing.
+    pub opts: ConnOptions,
+    /// The front's identities (kept across starts; `setTlsConfig` changes them).
+    pub identities: Arc<Identities>,
+    /// The QUIC endpoint.
+    pub endpoint: quinn::Endpoint,
+    /// Its UDP socket.
+    pub socket: Arc<KeynetSocket>,
+    /// Every connection and registered address.
+    pub tracker: Arc<Tracker>,
+    /// Every task of this start.
+    pub tasks: Tasks,
+    /// The UDP socket's address at start.
+    pub addr: SocketAddr,
+    /// The node id this start runs as.
+    pub node_id: NodeId,
+    /// The reverse proxy's server, for public-port traffic.
+    server: Option<SocketAddr>,
+    discovery: Option<Arc<Discovery>>,
+    /// The relay given at start (also in `links`).
+    start_link: Option<Arc<RelayLink>>,
+    /// Every relay link, by relay: the start one and those dials asked for.
+    links: Mutex<Vec<Arc<RelayLink>>>,
+    /// The network last acted on.
+    network: Arc<Seen>,
+}
+
+impl Node {
+    /// Binds the socket, starts discovery and the start relay's link (waiting for its first
+    /// registration, bounded by `connConnectTime`), and the network watcher. On failure nothing
+    /// is left running.
+    pub(crate) async fn start(
+        opts: &ConnOptions,
+        identities: &Arc<Identities>,
+        sink: &Arc<RwLock<Option<EventSink>>>,
+        config: NodeConfig,
+    ) -> Result<Arc<Node>> {
+        if let Some(d) = &config.discovery {
+            discovery::validate(d)?;
+        }
+        let identity = config.identity;
+        let (endpoint, socket) = socket::bind(
+            config.bind,
+            config.server_config,
+            &identity.derived_secret("quic stateless reset"),
+        )?;
+        let addr = endpoint.local_addr()?;
+        let tasks = Tasks::new();
+        let tracker = Arc::new(Tracker::new(config.role, addr, tasks.clone(), sink.clone()));
+        let discovery = match &config.discovery {
+            Some(d) => {
+                match discovery::start_for_proxy(d, &identity, addr, &tasks, sink.clone()).await {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        endpoint.close(0u32.into(), b"start failed");
+                        tasks.shutdown(Duration::from_secs(1)).await;
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
+        links::watch_paths(&socket, &tracker, &tasks);
+        let mut node = Node {
+            opts: opts.clone(),
+            identities: identities.clone(),
+            endpoint,
+            socket,
+            tracker,
+            tasks,
+            addr,
+            node_id: identity.node_id,
+            server: config.server,
+            discovery,
+            start_link: None,
+            links: Mutex::new(Vec::new()),
+            network: Arc::new(Seen::now()),
+        };
+        if let Some(spec) = config.relay {
+            let deadline = Instant::now() + opts.connect_time;
+            let link = links::attach(&node, spec, &identity);
+            if let Err(e) = link.wait_up(deadline, true).await {
+                node.endpoint.close(0u32.into(), b"start failed");
+                node.tasks.shutdown(Duration::from_secs(1)).await;
+                return Err(e);
+            }
+            node.links.lock().expect("links lock").push(link.clone());
+            node.start_link = Some(link);
+        }
+        let node = Arc::new(node);
+        netwatch::spawn_watcher(&node.tasks, &node, node.network.clone(), Node::react);
+        Ok(node)
+    }
+
+    /// Closes every connection, lets them drain (up to `connEndTime`) and ends every task;
+    /// then frees the UDP port (see [`lifecycle::release_port`]). The caller drops its handles
+    /// and awaits [`lifecycle::wait_released`] with the result.
+    pub(crate) async fn shutdown(&self) -> Option<Weak<KeynetSocket>> {
+        lifecycle::shutdown(
+            &self.endpoint,
+            &self.tracker,
+            &self.tasks,
+            self.opts.end_time,
+        )
+        .await;
+        lifecycle::release_port(&self.endpoint, &self.socket)
+    }
+
+    /// The last handle went without `stop()`: closes every connection and cancels every task
+    /// (they end at their next await; the UDP port is freed once quinn's driver is gone).
+    pub(crate) fn abandon(&self) {
+        self.tracker.close_all(reason::STOPPED);
+        self.endpoint.close(0u32.into(), reason::STOPPED.as_bytes());
+        self.tasks.token().cancel();
+    }
+
+    /// The app says the network changed: act now, and let the watcher skip this change.
+    pub(crate) fn network_changed(&self) {
+        self.network.mark_current();
+        self.react();
+    }
+
+    /// What the node does when its network changed: moves its socket if its address is gone
+    /// and registers with every relay again (whose direct paths then re-probe).
+    fn react(&self) {
+        netwatch::rebind_if_gone(&self.endpoint, &self.socket);
+        for link in self.links.lock().expect("links lock").iter() {
+            link.network_changed();
+        }
+    }
+
+    /// The relay given at start.
+    pub(crate) fn start_link(&self) -> Option<&Arc<RelayLink>> {
+        self.start_link.as_ref()
+    }
+
+    /// The status of every relay link.
+    pub(crate) fn relay_status(&self) -> Vec<(RelaySpec, LinkStatus)> {
+        let links = self.links.lock().expect("links lock");
+        links
+            .iter()
+            .map(|l| (l.spec().clone(), l.status()))
+            .collect()
+    }
+
+    /// The link to `spec`'s relay, started on first use. One registration per relay: a spec
+    /// asking differently (token, transport) replaces the link.
+    pub(crate) fn link_for(&self, spec: &RelaySpec, not_running: Error) -> Result<Arc<RelayLink>> {
+        let mut links = self.links.lock().expect("links lock");
+        if let Some(l) = links.iter().find(|l| l.same_registration(spec)) {
+            return Ok(l.clone());
+        }
+        links.retain(|l| {
+            let same_relay = l.spec().addr == spec.addr && l.spec().node_id == spec.node_id;
+            if same_relay {
+                l.stop();
+            }
+            !same_relay
+        });
+        let identity = self.identities.current().ok_or(not_running)?;
+        let link = links::attach(self, spec.clone(), &identity);
+        links.push(link.clone());
+        Ok(link)
+    }
+
+    /// The DHT, when discovery is on.
+    pub(crate) fn discovery(&self) -> Option<&Arc<Discovery>> {
+        self.discovery.as_ref()
+    }
+
+    /// The addresses the DHT holds for `node` (signed record first, then hints).
+    pub(crate) async fn lookup(
+        &self,
+        node: NodeId,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Found>> {
+        let d = self
+            .discovery
+            .as_ref()
+            .ok_or_else(discovery::discovery_off)?;
+        let deadline = Instant::now() + timeout.unwrap_or(discovery::LOOKUP_TIME);
+        Ok(d.lookup(node, deadline).await)
+    }
+
+    /// The addresses this node announced last (empty before the first announce succeeded).
+    pub(crate) fn announced_addrs(&self) -> Vec<SocketAddr> {
+        self.discovery
+            .as_ref()
+            .map(|d| d.announced())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,83 @@
+//! What a relay link is asked to do and where it stands: plain data shared by the link, the
+//! tracker, events and the bindings (a leaf: it depends only on node ids).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::nodeid::NodeId;
+
+/// Keepalive cadence toward the relay (seed 004: every 15 s).
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Which transport a link uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC, raced by WebSocket once QUIC has not connected within [`QUIC_FIRST`].
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TLS + WebSocket over TCP only.
+    WebSocket,
+}
+
+/// How to reach a relay and what to ask of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelaySpec {
+    /// The relay's UDP (QUIC) address.
+    pub addr: SocketAddr,
+    /// The relay's node id (pinned).
+    pub node_id: NodeId,
+    /// The relay's TLS/WebSocket address; default: `addr`'s host and port over TCP.
+    pub tcp_addr: Option<SocketAddr>,
+    /// Which transport to use.
+    pub transport: Transport,
+    /// Ping cadence (15 s); a relay silent for twice as long is reconnected.
+    pub keepalive: Duration,
+    /// Ask for a public TCP port carried to this node's server.
+    pub want_port: bool,
+    /// Wait this long after a relayed connection is up before asking for a rendezvous.
+    pub upgrade_delay: Duration,
+    /// Ask for rendezvous at all (relayed connections stay relayed when false).
+    pub upgrade: bool,
+    /// The relay's registration token, if it requires one.
+    pub token: Option<String>,
+}
+
+impl RelaySpec {
+    /// A spec with defaults: any transport, 15 s keepalive, no port, upgrade at once.
+    pub fn new(addr: SocketAddr, node_id: NodeId) -> RelaySpec {
+        RelaySpec {
+            addr,
+            node_id,
+            tcp_addr: None,
+            transport: Transport::Auto,
+            keepalive: DEFAULT_KEEPALIVE,
+            want_port: false,
+            upgrade_delay: Duration::ZERO,
+            upgrade: true,
+            token: None,
+        }
+    }
+
+    /// The TLS/WebSocket address.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr.unwrap_or(self.addr)
+    }
+}
+
+/// Where the link stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// Connecting (first time, or again after a failure).
+    Connecting,
+    /// Registered.
+    Up {
+        /// `quic` or `websocket`.
+        transport: &'static str,
+        /// This node's address as the relay sees it.
+        observed: SocketAddr,
+        /// The public TCP port the relay allocated, if asked.
+        public_port: Option<u16>,
+    },
+    /// The last attempt failed (error code and message); retrying after backoff.
+    Down(&'static str, String),
+}
