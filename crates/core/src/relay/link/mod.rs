@@ -3,6 +3,10 @@
 //! carries the keynode's QUIC packets for relayed peers both ways, and punches when the relay
 //! calls a rendezvous. Owned by a proxy; its task ends on the proxy's `stop()`.
 
+pub(crate) mod direct;
+pub(crate) mod public;
+pub mod transport;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,12 +20,12 @@ use crate::error::{Error, Result};
 use crate::nodeid::NodeId;
 use crate::proto::liveness::Backoff;
 use crate::proto::relay::{Frame, GoneReason};
-use crate::relay::direct::{DirectPath, RECALL_MAX, RECALL_MIN};
 use crate::relay::framed::{write_frames, BoxWrite, FrameReader, ReadError};
 use crate::relay::spec::{LinkStatus, RelaySpec};
-use crate::relay::transport::{self, Dialer};
 use crate::socket::paths::Outbox;
 use crate::socket::KeynetSocket;
+use direct::{Arranger, DirectPath, RECALL_MAX, RECALL_MIN};
+use transport::Dialer;
 
 /// Packets waiting for the relay connection before more are dropped.
 const OUTBOX: usize = 1024;
@@ -194,27 +198,6 @@ impl RelayLink {
         self.recall(peer);
     }
 
-    /// Asks the relay for another rendezvous with `peer` (its direct path died; the addresses
-    /// may have changed).
-    pub(crate) fn recall(&self, peer: NodeId) {
-        let _ = self.control.try_send(Frame::CallMeMaybe { peer });
-    }
-
-    /// How long `peer`'s direct-path task waits before its next rendezvous request.
-    pub(crate) fn recall_delay(&self, peer: NodeId) -> Duration {
-        self.recalls
-            .lock()
-            .expect("recalls lock")
-            .entry(peer)
-            .or_insert_with(|| Backoff::new(RECALL_MIN, RECALL_MAX))
-            .next_delay()
-    }
-
-    /// `peer`'s direct path works (again): the next failure starts the backoff afresh.
-    pub(crate) fn recall_succeeded(&self, peer: NodeId) {
-        self.recalls.lock().expect("recalls lock").remove(&peer);
-    }
-
     /// The device changed networks: register again (the relay then observes the new
     /// address) and re-probe every direct path at once.
     pub fn network_changed(&self) {
@@ -234,6 +217,34 @@ impl RelayLink {
             .lock()
             .expect("rendezvous lock")
             .remove(node);
+    }
+}
+
+/// A direct path asks its link for fresh rendezvous through this.
+impl Arranger for RelayLink {
+    /// Asks the relay for another rendezvous with `peer` (its direct path died; the addresses
+    /// may have changed).
+    fn recall(&self, peer: NodeId) {
+        let _ = self.control.try_send(Frame::CallMeMaybe { peer });
+    }
+
+    /// How long `peer`'s direct-path task waits before its next rendezvous request.
+    fn recall_delay(&self, peer: NodeId) -> Duration {
+        self.recalls
+            .lock()
+            .expect("recalls lock")
+            .entry(peer)
+            .or_insert_with(|| Backoff::new(RECALL_MIN, RECALL_MAX))
+            .next_delay()
+    }
+
+    /// `peer`'s direct path works (again): the next failure starts the backoff afresh.
+    fn recall_succeeded(&self, peer: NodeId) {
+        self.recalls.lock().expect("recalls lock").remove(&peer);
+    }
+
+    fn forget_rendezvous(&self, peer: &NodeId) {
+        RelayLink::forget_rendezvous(self, peer);
     }
 }
 

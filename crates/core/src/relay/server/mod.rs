@@ -5,10 +5,12 @@
 //! - forwards its QUIC packets to other registered nodes only (it is not an open proxy: there is
 //!   no frame that names an address), at most `max_peers` distinct ones per node;
 //! - answers `CallMeMaybe` with a `Rendezvous` to both sides (each other's observed address);
-//! - gives it a public TCP port on request ([`crate::relay::alloc`]).
+//! - gives it a public TCP port on request ([`crate::relay::server::alloc`]).
 //!
 //! A malformed frame closes only the offending connection, with a logged reason. One
 //! registration per node id: a newer connection replaces (and closes) the older one.
+
+pub mod alloc;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -26,12 +28,12 @@ use crate::lifecycle::{self, Identities, Lifecycle};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::proto::relay::{Frame, GoneReason};
-use crate::relay::alloc::{AllocOptions, Allocations};
 use crate::relay::framed::{write_frames, BoxRead, BoxWrite, FrameReader, ReadError};
 use crate::socket::{self, KeynetSocket};
 use crate::task::Tasks;
 use crate::tls::config::{server_config, tls_server_config};
 use crate::tls::verify::{verify_chain, Acceptable};
+use alloc::{AllocOptions, Allocations};
 
 /// Frames queued toward one node before packets for it are dropped (they are unreliable).
 const NODE_QUEUE: usize = 512;

@@ -19,7 +19,6 @@ use crate::holepunch::PunchDriver;
 use crate::nodeid::NodeId;
 use crate::proto::liveness::{Liveness, PathLiveness, Transition};
 use crate::proto::punch::{Kind, Packet};
-use crate::relay::link::RelayLink;
 use crate::socket::KeynetSocket;
 
 /// How long a rendezvous punches before the peer stays relayed (until the next attempt).
@@ -39,12 +38,25 @@ fn idle_limit(keepalive_interval: Duration) -> Duration {
     (keepalive_interval * 3).max(Duration::from_secs(5))
 }
 
+/// What a direct path asks of the relay link that arranged its rendezvous (the link keeps the
+/// request backoff per peer, so it outlives a replaced task).
+pub(crate) trait Arranger: Send + Sync {
+    /// Asks the relay for a fresh rendezvous with `peer`.
+    fn recall(&self, peer: NodeId);
+    /// How long to wait before the next request for `peer` (backs off).
+    fn recall_delay(&self, peer: NodeId) -> Duration;
+    /// `peer`'s direct path works (again): the backoff starts afresh.
+    fn recall_succeeded(&self, peer: NodeId);
+    /// `peer`'s connections are gone: forget its rendezvous.
+    fn forget_rendezvous(&self, peer: &NodeId);
+}
+
 /// What a direct-path task works with.
 pub(crate) struct DirectPath {
     /// The proxy's socket.
     pub socket: Arc<KeynetSocket>,
     /// The link that arranged the rendezvous (asked again for new ones).
-    pub link: Weak<RelayLink>,
+    pub link: Weak<dyn Arranger>,
     /// The relayed peer.
     pub peer: NodeId,
     /// The peer's UDP address, as the relay observed it.
@@ -208,9 +220,9 @@ impl DirectPath {
 }
 
 impl DirectPath {
-    fn with_link(&self, f: impl FnOnce(&RelayLink)) {
+    fn with_link(&self, f: impl FnOnce(&dyn Arranger)) {
         if let Some(l) = self.link.upgrade() {
-            f(&l);
+            f(&*l);
         }
     }
 
