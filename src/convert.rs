@@ -9,17 +9,17 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
 /// Turns a core error into a JS error whose message starts with `[Code] `.
-pub fn err(e: keynet_core::Error) -> Error {
+pub(crate) fn err(e: keynet_core::Error) -> Error {
     Error::new(Status::GenericFailure, format!("[{}] {}", e.code(), e))
 }
 
 /// An argument error (index.js validates first; this is the backstop).
-pub fn arg_err(msg: String) -> Error {
+pub(crate) fn arg_err(msg: String) -> Error {
     Error::new(Status::InvalidArg, format!("[ERR_INVALID_ARG_VALUE] {msg}"))
 }
 
 /// Parses `host` (an IP string) and `port` into an address.
-pub fn addr(name: &str, host: &str, port: u32) -> Result<SocketAddr> {
+pub(crate) fn addr(name: &str, host: &str, port: u32) -> Result<SocketAddr> {
     let ip: IpAddr = host.parse().map_err(|_| {
         arg_err(format!(
             "{name} must be an IPv4 or IPv6 address, got {host:?}"
@@ -31,7 +31,7 @@ pub fn addr(name: &str, host: &str, port: u32) -> Result<SocketAddr> {
 }
 
 /// Parses an optional node id string.
-pub fn node_id(s: Option<String>) -> Result<Option<keynet_core::NodeId>> {
+pub(crate) fn node_id(s: Option<String>) -> Result<Option<keynet_core::NodeId>> {
     s.map(|s| {
         s.parse()
             .map_err(|e: keynet_core::nodeid::NodeIdParseError| arg_err(format!("nodeId: {e}")))
@@ -40,7 +40,7 @@ pub fn node_id(s: Option<String>) -> Result<Option<keynet_core::NodeId>> {
 }
 
 /// Optional PEM pair into a TLS config.
-pub fn tls(key: Option<String>, cert: Option<String>) -> Option<keynet_core::TlsConfig> {
+pub(crate) fn tls(key: Option<String>, cert: Option<String>) -> Option<keynet_core::TlsConfig> {
     match (key, cert) {
         (Some(key_private_pem), Some(cert_chain_pem)) => Some(keynet_core::TlsConfig {
             key_private_pem,
@@ -51,7 +51,7 @@ pub fn tls(key: Option<String>, cert: Option<String>) -> Option<keynet_core::Tls
 }
 
 /// Milliseconds into a duration.
-pub fn ms(v: f64) -> Duration {
+pub(crate) fn ms(v: f64) -> Duration {
     Duration::from_micros((v.max(0.0) * 1000.0) as u64)
 }
 
@@ -102,7 +102,7 @@ pub struct NativeIdentity {
 
 impl From<keynet_core::Identity> for NativeIdentity {
     fn from(id: keynet_core::Identity) -> Self {
-        NativeIdentity {
+        Self {
             node_id: id.node_id.to_string(),
             key_private_pem: id.tls.key_private_pem,
             cert_chain_pem: id.tls.cert_chain_pem,
@@ -128,7 +128,7 @@ pub struct NativeConnectionInfo {
 
 impl From<keynet_core::ConnectionInfo> for NativeConnectionInfo {
     fn from(i: keynet_core::ConnectionInfo) -> Self {
-        NativeConnectionInfo {
+        Self {
             node_id: i.node_id,
             certificates: i.certificates,
             egress_host: i.egress.ip().to_string(),
@@ -168,7 +168,7 @@ pub struct NativeAddress {
 
 impl From<SocketAddr> for NativeAddress {
     fn from(a: SocketAddr) -> Self {
-        NativeAddress {
+        Self {
             host: a.ip().to_string(),
             port: a.port() as u32,
         }
@@ -187,7 +187,7 @@ pub struct NativeFound {
 
 impl From<keynet_core::Found> for NativeFound {
     fn from(f: keynet_core::Found) -> Self {
-        NativeFound {
+        Self {
             host: f.addr.ip().to_string(),
             port: f.addr.port() as u32,
             age_ms: f.age.map(|a| a.as_secs_f64() * 1000.0),
@@ -310,9 +310,9 @@ impl NativeRelayStatus {
     pub fn new(
         spec: &keynet_core::relay::spec::RelaySpec,
         status: keynet_core::relay::spec::LinkStatus,
-    ) -> NativeRelayStatus {
+    ) -> Self {
         use keynet_core::relay::spec::LinkStatus;
-        let mut s = NativeRelayStatus {
+        let mut s = Self {
             host: spec.addr.ip().to_string(),
             port: spec.addr.port() as u32,
             node_id: spec.node_id.to_string(),
@@ -347,11 +347,13 @@ impl NativeRelayStatus {
 
 /// Cancellable operations of one proxy, by the id index.js gave them.
 #[derive(Default)]
-pub struct Ops(std::sync::Mutex<std::collections::HashMap<u32, keynet_core::CancellationToken>>);
+pub(crate) struct Ops(
+    std::sync::Mutex<std::collections::HashMap<u32, keynet_core::CancellationToken>>,
+);
 
 impl Ops {
     /// Registers an operation before it starts, so an abort can never come too early.
-    pub fn begin(&self, id: u32) {
+    pub(crate) fn begin(&self, id: u32) {
         self.0
             .lock()
             .expect("ops lock")
@@ -359,19 +361,19 @@ impl Ops {
     }
 
     /// The token of a registered operation.
-    pub fn token(&self, id: Option<u32>) -> Option<keynet_core::CancellationToken> {
+    pub(crate) fn token(&self, id: Option<u32>) -> Option<keynet_core::CancellationToken> {
         id.and_then(|id| self.0.lock().expect("ops lock").get(&id).cloned())
     }
 
     /// Cancels an operation (it stays registered until it ends).
-    pub fn abort(&self, id: u32) {
+    pub(crate) fn abort(&self, id: u32) {
         if let Some(t) = self.0.lock().expect("ops lock").get(&id) {
             t.cancel();
         }
     }
 
     /// Forgets an operation.
-    pub fn end(&self, id: Option<u32>) {
+    pub(crate) fn end(&self, id: Option<u32>) {
         if let Some(id) = id {
             self.0.lock().expect("ops lock").remove(&id);
         }
@@ -379,10 +381,10 @@ impl Ops {
 }
 
 /// A weak listener: it never keeps Node alive.
-pub type Listener = ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false, true>;
+pub(crate) type Listener = ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false, true>;
 
 /// An event sink that calls the JS listener without blocking the network task.
-pub fn sink(listener: Listener) -> keynet_core::EventSink {
+pub(crate) fn sink(listener: Listener) -> keynet_core::EventSink {
     let listener = Arc::new(listener);
     Arc::new(move |e: keynet_core::Event| {
         let addresses = (e.kind == keynet_core::EventKind::Address)

@@ -20,7 +20,7 @@ impl NativeForwardProxy {
     #[napi(constructor, catch_unwind)]
     pub fn new(auth_token: String, options: Option<NativeOptions>) -> Result<Self> {
         let opts = options.unwrap_or_default().into_core();
-        Ok(NativeForwardProxy {
+        Ok(Self {
             inner: ForwardProxy::new(auth_token, opts).map_err(err)?,
             ops: Ops::default(),
         })

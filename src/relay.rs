@@ -47,7 +47,7 @@ impl NativeRelayServer {
     #[napi(constructor, catch_unwind)]
     pub fn new(options: Option<NativeOptions>) -> Result<Self> {
         let opts = options.unwrap_or_default().into_core();
-        Ok(NativeRelayServer {
+        Ok(Self {
             inner: RelayServer::new(opts).map_err(err)?,
         })
     }

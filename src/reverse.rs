@@ -20,7 +20,7 @@ impl NativeReverseProxy {
     #[napi(constructor, catch_unwind)]
     pub fn new(options: Option<NativeOptions>) -> Result<Self> {
         let opts = options.unwrap_or_default().into_core();
-        Ok(NativeReverseProxy {
+        Ok(Self {
             inner: ReverseProxy::new(opts).map_err(err)?,
             ops: Ops::default(),
         })

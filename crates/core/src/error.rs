@@ -32,12 +32,12 @@ impl CertChainError {
     /// The stable error code of this variant.
     pub fn code(&self) -> &'static str {
         match self {
-            CertChainError::Empty => "ErrorCertChainEmpty",
-            CertChainError::Unclaimed { .. } => "ErrorCertChainUnclaimed",
-            CertChainError::Broken(_) => "ErrorCertChainBroken",
-            CertChainError::DateInvalid(_) => "ErrorCertChainDateInvalid",
-            CertChainError::KeyInvalid(_) => "ErrorCertChainKeyInvalid",
-            CertChainError::SignatureInvalid(_) => "ErrorCertChainSignatureInvalid",
+            Self::Empty => "ErrorCertChainEmpty",
+            Self::Unclaimed { .. } => "ErrorCertChainUnclaimed",
+            Self::Broken(_) => "ErrorCertChainBroken",
+            Self::DateInvalid(_) => "ErrorCertChainDateInvalid",
+            Self::KeyInvalid(_) => "ErrorCertChainKeyInvalid",
+            Self::SignatureInvalid(_) => "ErrorCertChainSignatureInvalid",
         }
     }
 }
@@ -90,29 +90,29 @@ impl Error {
     /// The stable error code the JS layer turns into an `errors` class.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::ForwardProxyNotRunning => "ErrorForwardProxyNotRunning",
-            Error::ReverseProxyNotRunning => "ErrorReverseProxyNotRunning",
-            Error::RelayNotRunning => "ErrorRelayNotRunning",
-            Error::ConnectionStart(_) => "ErrorConnectionStart",
-            Error::ConnectionStartTimeout(_) => "ErrorConnectionStartTimeout",
-            Error::ConnectionTimeout(_) => "ErrorConnectionTimeout",
-            Error::CertChain(e) => e.code(),
-            Error::InvalidArgument(_) => "ERR_INVALID_ARG_VALUE",
-            Error::InvalidTlsConfig(_) => "ErrorInvalidTlsConfig",
-            Error::NodeNotFound(_) | Error::NotOnRelay(_) => "ErrorNodeNotFound",
-            Error::Aborted => "ABORT_ERR",
-            Error::Io(_) => "ErrorNetwork",
+            Self::ForwardProxyNotRunning => "ErrorForwardProxyNotRunning",
+            Self::ReverseProxyNotRunning => "ErrorReverseProxyNotRunning",
+            Self::RelayNotRunning => "ErrorRelayNotRunning",
+            Self::ConnectionStart(_) => "ErrorConnectionStart",
+            Self::ConnectionStartTimeout(_) => "ErrorConnectionStartTimeout",
+            Self::ConnectionTimeout(_) => "ErrorConnectionTimeout",
+            Self::CertChain(e) => e.code(),
+            Self::InvalidArgument(_) => "ERR_INVALID_ARG_VALUE",
+            Self::InvalidTlsConfig(_) => "ErrorInvalidTlsConfig",
+            Self::NodeNotFound(_) | Self::NotOnRelay(_) => "ErrorNodeNotFound",
+            Self::Aborted => "ABORT_ERR",
+            Self::Io(_) => "ErrorNetwork",
         }
     }
 
     /// The HTTP status a CONNECT client gets for this failure (API.md status table).
     pub fn http_status(&self) -> u16 {
         match self {
-            Error::ConnectionStartTimeout(_) => 504,
-            Error::CertChain(_) => 526,
-            Error::ForwardProxyNotRunning
-            | Error::ReverseProxyNotRunning
-            | Error::RelayNotRunning => 503,
+            Self::ConnectionStartTimeout(_) => 504,
+            Self::CertChain(_) => 526,
+            Self::ForwardProxyNotRunning | Self::ReverseProxyNotRunning | Self::RelayNotRunning => {
+                503
+            }
             _ => 502,
         }
     }

@@ -18,9 +18,9 @@ impl Path {
     /// The API.md name.
     pub fn as_str(&self) -> &'static str {
         match self {
-            Path::Direct => "direct",
-            Path::Punched => "punched",
-            Path::Relayed => "relayed",
+            Self::Direct => "direct",
+            Self::Punched => "punched",
+            Self::Relayed => "relayed",
         }
     }
 }
@@ -42,10 +42,10 @@ impl PathReason {
     /// The JS name.
     pub fn as_str(&self) -> &'static str {
         match self {
-            PathReason::Upgrade => "upgrade",
-            PathReason::ProbeTimeout => "probeTimeout",
-            PathReason::Rebinding => "rebinding",
-            PathReason::NetworkChanged => "networkChanged",
+            Self::Upgrade => "upgrade",
+            Self::ProbeTimeout => "probeTimeout",
+            Self::Rebinding => "rebinding",
+            Self::NetworkChanged => "networkChanged",
         }
     }
 }
@@ -90,11 +90,11 @@ impl EventKind {
     /// The JS event name.
     pub fn as_str(&self) -> &'static str {
         match self {
-            EventKind::Connection => "connection",
-            EventKind::Close => "close",
-            EventKind::Path => "path",
-            EventKind::Address => "address",
-            EventKind::Relay => "relay",
+            Self::Connection => "connection",
+            Self::Close => "close",
+            Self::Path => "path",
+            Self::Address => "address",
+            Self::Relay => "relay",
         }
     }
 }
@@ -126,8 +126,8 @@ pub type RelayEvent = (
 
 impl Event {
     /// An `Address` event.
-    pub fn address(addresses: Vec<SocketAddr>) -> Event {
-        Event {
+    pub fn address(addresses: Vec<SocketAddr>) -> Self {
+        Self {
             kind: EventKind::Address,
             info: None,
             reason: None,
@@ -138,8 +138,8 @@ impl Event {
     }
 
     /// A `Relay` event.
-    pub fn relay(relay: RelayEvent) -> Event {
-        Event {
+    pub fn relay(relay: RelayEvent) -> Self {
+        Self {
             kind: EventKind::Relay,
             info: None,
             reason: None,

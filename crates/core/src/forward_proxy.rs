@@ -48,7 +48,7 @@ pub struct ForwardStart {
 
 impl Default for ForwardStart {
     fn default() -> Self {
-        ForwardStart {
+        Self {
             proxy_addr: ([127, 0, 0, 1], 0).into(),
             egress_addr: ([127, 0, 0, 1], 0).into(),
             tls: None,
@@ -98,7 +98,7 @@ struct Running {
 
 impl ForwardProxy {
     /// A stopped forward proxy that will accept clients presenting `auth_token`.
-    pub fn new(auth_token: String, opts: ConnOptions) -> Result<ForwardProxy> {
+    pub fn new(auth_token: String, opts: ConnOptions) -> Result<Self> {
         opts.validate()?;
         let inner = Arc::new(Inner {
             opts,
@@ -107,7 +107,7 @@ impl ForwardProxy {
             sink: Arc::new(RwLock::new(None)),
             life: Lifecycle::default(),
         });
-        Ok(ForwardProxy {
+        Ok(Self {
             _owner: Arc::new(Owner(inner.clone())),
             inner,
         })

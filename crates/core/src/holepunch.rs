@@ -35,7 +35,7 @@ impl PunchDriver {
         interval: Duration,
         budget: Duration,
         max_sends: u32,
-    ) -> PunchDriver {
+    ) -> Self {
         let session = socket.register(target);
         let local = socket.local_toward(target);
         let mut nonce = [0u8; 8];
@@ -50,7 +50,7 @@ impl PunchDriver {
             max_sends,
             u64::from_be_bytes(nonce),
         );
-        PunchDriver {
+        Self {
             socket: socket.clone(),
             target,
             session,

@@ -161,7 +161,7 @@ pub struct LoadedIdentity {
 
 impl Clone for LoadedIdentity {
     fn clone(&self) -> Self {
-        LoadedIdentity {
+        Self {
             node_id: self.node_id,
             chain: self.chain.clone(),
             key: self.key.clone_key(),
@@ -171,7 +171,7 @@ impl Clone for LoadedIdentity {
 
 impl LoadedIdentity {
     /// Parses and checks PEM material: the key must be usable and belong to the leaf.
-    pub fn from_tls_config(tls: &TlsConfig) -> Result<LoadedIdentity> {
+    pub fn from_tls_config(tls: &TlsConfig) -> Result<Self> {
         let chain = parse_cert_chain_pem(&tls.cert_chain_pem)?;
         let mut reader = tls.key_private_pem.as_bytes();
         let key = rustls_pemfile::private_key(&mut reader)
@@ -191,7 +191,7 @@ impl LoadedIdentity {
                 ));
             }
         }
-        Ok(LoadedIdentity {
+        Ok(Self {
             node_id: NodeId::from_spki_der(leaf_spki),
             chain,
             key,
@@ -212,8 +212,8 @@ impl LoadedIdentity {
     }
 
     /// Generates a fresh identity and loads it.
-    pub fn generate() -> Result<LoadedIdentity> {
-        LoadedIdentity::from_tls_config(&generate_identity()?.tls)
+    pub fn generate() -> Result<Self> {
+        Self::from_tls_config(&generate_identity()?.tls)
     }
 }
 

@@ -2,6 +2,8 @@
 //! identities. A [`ForwardProxy`] takes HTTP CONNECT from local clients; a [`ReverseProxy`]
 //! carries tunnels to its local server. No napi here: the Node binding is a thin layer on top.
 
+#![warn(missing_docs)]
+
 pub mod addr;
 pub mod discovery;
 pub mod error;

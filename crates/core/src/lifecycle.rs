@@ -22,7 +22,7 @@ pub(crate) struct Lifecycle<R> {
 
 impl<R> Default for Lifecycle<R> {
     fn default() -> Self {
-        Lifecycle {
+        Self {
             gate: tokio::sync::Mutex::new(()),
             running: RwLock::new(None),
         }
@@ -31,7 +31,7 @@ impl<R> Default for Lifecycle<R> {
 
 impl<R> Lifecycle<R> {
     /// Runs `start` unless already running; what it returns becomes the running state.
-    pub async fn start(&self, start: impl Future<Output = Result<Arc<R>>>) -> Result<()> {
+    pub(crate) async fn start(&self, start: impl Future<Output = Result<Arc<R>>>) -> Result<()> {
         let _gate = self.gate.lock().await;
         if self.get().is_some() {
             return Ok(());
@@ -42,7 +42,7 @@ impl<R> Lifecycle<R> {
     }
 
     /// Takes the running state out and runs `stop` on it; does nothing when stopped.
-    pub async fn stop<F, Fut>(&self, stop: F) -> Result<()>
+    pub(crate) async fn stop<F, Fut>(&self, stop: F) -> Result<()>
     where
         F: FnOnce(Arc<R>) -> Fut,
         Fut: Future<Output = ()>,
@@ -55,12 +55,12 @@ impl<R> Lifecycle<R> {
     }
 
     /// The running state, if started.
-    pub fn get(&self) -> Option<Arc<R>> {
+    pub(crate) fn get(&self) -> Option<Arc<R>> {
         self.running.read().expect("running lock").clone()
     }
 
     /// Takes the running state out without waiting (the last handle is being dropped).
-    pub fn take(&self) -> Option<Arc<R>> {
+    pub(crate) fn take(&self) -> Option<Arc<R>> {
         self.running.write().map(|mut r| r.take()).unwrap_or(None)
     }
 }
@@ -75,7 +75,7 @@ pub(crate) struct Identities {
 impl Identities {
     /// The identity for a start: the given one, else `set_tls_config`'s, else a fresh one
     /// (API.md: an omitted tlsConfig means a new identity).
-    pub fn for_start(&self, given: Option<&TlsConfig>) -> Result<LoadedIdentity> {
+    pub(crate) fn for_start(&self, given: Option<&TlsConfig>) -> Result<LoadedIdentity> {
         let id = match given {
             Some(tls) => LoadedIdentity::from_tls_config(tls)?,
             None => match self.configured.read().expect("identity lock").clone() {
@@ -88,7 +88,7 @@ impl Identities {
     }
 
     /// Parses and keeps `tls` for connections opened afterwards and for later starts.
-    pub fn set(&self, tls: &TlsConfig) -> Result<LoadedIdentity> {
+    pub(crate) fn set(&self, tls: &TlsConfig) -> Result<LoadedIdentity> {
         let id = LoadedIdentity::from_tls_config(tls)?;
         *self.configured.write().expect("identity lock") = Some(id.clone());
         *self.current.write().expect("identity lock") = Some(id.clone());
@@ -96,7 +96,7 @@ impl Identities {
     }
 
     /// The identity in use.
-    pub fn current(&self) -> Option<LoadedIdentity> {
+    pub(crate) fn current(&self) -> Option<LoadedIdentity> {
         self.current.read().expect("identity lock").clone()
     }
 }

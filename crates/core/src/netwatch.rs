@@ -89,7 +89,7 @@ pub struct Seen(Mutex<Fingerprint>);
 impl Seen {
     /// Starts from the current network.
     pub fn now() -> Self {
-        Seen(Mutex::new(fingerprint()))
+        Self(Mutex::new(fingerprint()))
     }
 
     /// The app reported a change: records the current network so the watcher does not act on
@@ -191,7 +191,7 @@ mod netlink {
             // with the AsyncFd.
             let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            Ok(RouteEvents(fd))
+            Ok(Self(fd))
         }
 
         /// Waits for the next message (its content is dropped).

@@ -13,11 +13,11 @@ pub struct NodeId([u8; 32]);
 
 impl NodeId {
     /// Derives the node id of a SubjectPublicKeyInfo (DER).
-    pub fn from_spki_der(spki: &[u8]) -> NodeId {
+    pub fn from_spki_der(spki: &[u8]) -> Self {
         let digest = ring::digest::digest(&ring::digest::SHA256, spki);
         let mut bytes = [0u8; 32];
         bytes.copy_from_slice(digest.as_ref());
-        NodeId(bytes)
+        Self(bytes)
     }
 
     /// The raw 32 bytes.
@@ -26,8 +26,8 @@ impl NodeId {
     }
 
     /// Builds a node id from its raw 32 bytes.
-    pub fn from_bytes(bytes: [u8; 32]) -> NodeId {
-        NodeId(bytes)
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
     }
 }
 
@@ -66,7 +66,7 @@ pub struct NodeIdParseError(pub String);
 impl FromStr for NodeId {
     type Err = NodeIdParseError;
 
-    fn from_str(s: &str) -> Result<NodeId, NodeIdParseError> {
+    fn from_str(s: &str) -> Result<Self, NodeIdParseError> {
         let err = || NodeIdParseError(s.chars().take(80).collect());
         let body = s.strip_prefix('v').ok_or_else(err)?;
         if body.len() != NODE_ID_LEN - 1 {
@@ -95,7 +95,7 @@ impl FromStr for NodeId {
         if acc & ((1 << bits) - 1) != 0 {
             return Err(err());
         }
-        Ok(NodeId(bytes))
+        Ok(Self(bytes))
     }
 }
 

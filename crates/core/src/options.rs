@@ -25,7 +25,7 @@ pub struct ConnOptions {
 
 impl Default for ConnOptions {
     fn default() -> Self {
-        ConnOptions {
+        Self {
             connect_time: Duration::from_millis(20_000),
             keepalive_timeout: Duration::from_millis(20_000),
             keepalive_interval: Duration::from_millis(1_000),

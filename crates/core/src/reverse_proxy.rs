@@ -49,8 +49,8 @@ pub struct ReverseStart {
 impl ReverseStart {
     /// Carries tunnels to `server_addr`; QUIC on 127.0.0.1 (any port), a fresh identity, any
     /// caller, no discovery, no relay.
-    pub fn new(server_addr: SocketAddr) -> ReverseStart {
-        ReverseStart {
+    pub fn new(server_addr: SocketAddr) -> Self {
+        Self {
             server_addr,
             ingress_addr: ([127, 0, 0, 1], 0).into(),
             tls: None,
@@ -98,7 +98,7 @@ struct Running {
 
 impl ReverseProxy {
     /// A stopped reverse proxy.
-    pub fn new(opts: ConnOptions) -> Result<ReverseProxy> {
+    pub fn new(opts: ConnOptions) -> Result<Self> {
         opts.validate()?;
         let inner = Arc::new(Inner {
             opts,
@@ -106,7 +106,7 @@ impl ReverseProxy {
             sink: Arc::new(RwLock::new(None)),
             life: Lifecycle::default(),
         });
-        Ok(ReverseProxy {
+        Ok(Self {
             _owner: Arc::new(Owner(inner.clone())),
             inner,
         })

@@ -16,8 +16,8 @@ pub struct Tasks {
 
 impl Tasks {
     /// A fresh, running set.
-    pub fn new() -> Tasks {
-        Tasks::default()
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Spawns `fut`; it is dropped when the set is cancelled.

@@ -59,9 +59,9 @@ pub struct Peer {
 
 impl Peer {
     /// Wraps an established connection whose peer proved `node_id`.
-    pub fn new(conn: quinn::Connection, node_id: NodeId, path: Path) -> Peer {
+    pub fn new(conn: quinn::Connection, node_id: NodeId, path: Path) -> Self {
         let remote = conn.remote_address();
-        Peer::with_remote(conn, node_id, path, remote)
+        Self::with_remote(conn, node_id, path, remote)
     }
 
     /// Like [`Peer::new`], tracked under `remote` (a relayed connection's QUIC address is
@@ -71,11 +71,11 @@ impl Peer {
         node_id: NodeId,
         path: Path,
         remote: SocketAddr,
-    ) -> Peer {
+    ) -> Self {
         let certs = crate::tls::verify::peer_chain(&conn);
         let remote = canonical(remote);
         let quic_addr = canonical(conn.remote_address());
-        Peer {
+        Self {
             quic_addr,
             conn,
             node_id,
@@ -180,8 +180,8 @@ impl Tracker {
         local: SocketAddr,
         tasks: Tasks,
         sink: Arc<RwLock<Option<EventSink>>>,
-    ) -> Tracker {
-        Tracker {
+    ) -> Self {
+        Self {
             role,
             local,
             tasks,
@@ -306,7 +306,7 @@ impl Tracker {
     }
 
     /// Resolves once `done(self)` holds, re-checking whenever a connection is added or removed.
-    pub async fn wait_until(&self, done: impl Fn(&Tracker) -> bool) {
+    pub async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);

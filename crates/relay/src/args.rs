@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use keynet_core::{generate_identity, NodeId, TlsConfig};
 
 /// `--help` text: every flag.
-pub const HELP: &str = "\
+pub(crate) const HELP: &str = "\
 keynet-relay: a keynet relay hub and/or a DHT node for a private discovery network
 
 USAGE:
@@ -51,7 +51,7 @@ SIGINT or SIGTERM stops the relay cleanly.
 
 /// What to do.
 #[derive(Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Print [`HELP`].
     Help,
     /// Run with these arguments.
@@ -60,7 +60,7 @@ pub enum Command {
 
 /// Where the identity comes from.
 #[derive(Debug, Default)]
-pub enum IdentitySource {
+pub(crate) enum IdentitySource {
     /// A fresh identity per run.
     #[default]
     Fresh,
@@ -72,19 +72,19 @@ pub enum IdentitySource {
 
 impl IdentitySource {
     /// Loads (or creates and saves) the identity; `None` lets the relay generate one.
-    pub fn load(&self) -> keynet_core::Result<Option<TlsConfig>> {
+    pub(crate) fn load(&self) -> keynet_core::Result<Option<TlsConfig>> {
         let read = |p: &PathBuf| {
             std::fs::read_to_string(p).map_err(|e| {
                 keynet_core::Error::InvalidTlsConfig(format!("cannot read {}: {e}", p.display()))
             })
         };
         match self {
-            IdentitySource::Fresh => Ok(None),
-            IdentitySource::Files { key, cert } => Ok(Some(TlsConfig {
+            Self::Fresh => Ok(None),
+            Self::Files { key, cert } => Ok(Some(TlsConfig {
                 key_private_pem: read(key)?,
                 cert_chain_pem: read(cert)?,
             })),
-            IdentitySource::Dir(dir) => {
+            Self::Dir(dir) => {
                 let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
                 if !key.exists() && !cert.exists() {
                     let id = generate_identity()?;
@@ -116,7 +116,7 @@ fn write_private(path: &PathBuf, content: &str) -> std::io::Result<()> {
 
 /// Parsed flags.
 #[derive(Debug, Default)]
-pub struct Args {
+pub(crate) struct Args {
     pub listen: Option<SocketAddr>,
     pub identity: IdentitySource,
     pub allowed: Option<Vec<NodeId>>,
@@ -149,7 +149,7 @@ fn seconds(name: &str, v: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Parses the flags (without the program name).
-pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut a = Args::default();
     let (mut key, mut cert, mut dir) = (None, None, None);
     let mut it = args.into_iter();

@@ -117,7 +117,7 @@ impl Record {
     }
 
     /// Parses [`Record::encode`]'s output; anything else is a typed error.
-    pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         let rest = bytes.strip_prefix(&MAGIC[..]).ok_or(RecordError::Magic)?;
         let (id, rest) = split(rest, 32)?;
         let node_id = NodeId::from_bytes(id.try_into().expect("32 bytes"));
@@ -149,7 +149,7 @@ impl Record {
         if !rest.is_empty() {
             return Err(RecordError::Malformed("bytes after the last address"));
         }
-        Ok(Record { node_id, addrs })
+        Ok(Self { node_id, addrs })
     }
 }
 

@@ -34,7 +34,7 @@ pub struct DiscoveryOptions {
 
 impl Default for DiscoveryOptions {
     fn default() -> Self {
-        DiscoveryOptions {
+        Self {
             bootstrap: None,
             announce: true,
             reannounce_interval: Duration::from_secs(600),
@@ -93,7 +93,7 @@ pub fn resolve_bootstrap(entries: &[String]) -> Result<Vec<SocketAddrV4>> {
 impl Discovery {
     /// Binds and starts a DHT node. `proxy_ip` is the host the proxy's QUIC socket is bound to:
     /// the DHT binds the same IPv4 host unless `opts.bind` says otherwise.
-    pub async fn start(opts: &DiscoveryOptions, proxy_ip: IpAddr) -> Result<Arc<Discovery>> {
+    pub async fn start(opts: &DiscoveryOptions, proxy_ip: IpAddr) -> Result<Arc<Self>> {
         let bind = opts.bind.unwrap_or_else(|| {
             let ip = match proxy_ip {
                 IpAddr::V4(ip) => ip,
@@ -121,7 +121,7 @@ impl Discovery {
         .as_async();
         let local = SocketAddr::V4(dht.info().await.local_addr());
         tracing::info!(%local, "DHT node started");
-        Ok(Arc::new(Discovery {
+        Ok(Arc::new(Self {
             dht,
             local,
             keys: Mutex::new(HashMap::new()),

@@ -84,7 +84,7 @@ impl Node {
         identities: &Arc<Identities>,
         sink: &Arc<RwLock<Option<EventSink>>>,
         config: NodeConfig,
-    ) -> Result<Arc<Node>> {
+    ) -> Result<Arc<Self>> {
         if let Some(d) = &config.discovery {
             discovery::validate(d)?;
         }
@@ -111,7 +111,7 @@ impl Node {
             None => None,
         };
         links::watch_paths(&socket, &tracker, &tasks);
-        let mut node = Node {
+        let mut node = Self {
             opts: opts.clone(),
             identities: identities.clone(),
             endpoint,
@@ -138,7 +138,7 @@ impl Node {
             node.start_link = Some(link);
         }
         let node = Arc::new(node);
-        netwatch::spawn_watcher(&node.tasks, &node, node.network.clone(), Node::react);
+        netwatch::spawn_watcher(&node.tasks, &node, node.network.clone(), Self::react);
         Ok(node)
     }
 

@@ -46,8 +46,8 @@ impl HeadError {
     /// HTTP status answering this error.
     pub fn status(&self) -> u16 {
         match self {
-            HeadError::Malformed(_) => 400,
-            HeadError::TooLarge => 431,
+            Self::Malformed(_) => 400,
+            Self::TooLarge => 431,
         }
     }
 }

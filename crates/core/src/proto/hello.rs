@@ -61,7 +61,7 @@ impl Hello {
     }
 
     /// Decodes a hello, refusing anything malformed.
-    pub fn decode(b: &[u8; LEN]) -> Result<Hello, HelloError> {
+    pub fn decode(b: &[u8; LEN]) -> Result<Self, HelloError> {
         if &b[..3] != MAGIC {
             return Err(HelloError::Magic);
         }
@@ -76,7 +76,7 @@ impl Hello {
                 .map_err(|_: DecodeError| HelloError::Address)?
                 .ok_or(HelloError::Address)
         };
-        Ok(Hello {
+        Ok(Self {
             punching: b[4] & 1 == 1,
             observed: addr(&b[5..24])?,
             own: addr(&b[24..43])?,

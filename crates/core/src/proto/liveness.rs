@@ -75,7 +75,7 @@ pub struct PathLiveness {
 impl PathLiveness {
     /// A path known to work at `now` (a punch was just acknowledged).
     pub fn alive(now: Instant) -> Self {
-        PathLiveness {
+        Self {
             state: Liveness::Alive,
             next_probe: now + PROBE_INTERVAL,
             unanswered: 0,
@@ -87,7 +87,7 @@ impl PathLiveness {
 
     /// A path not known to work (a rendezvous did not confirm it): only recovery probes.
     pub fn dead(now: Instant) -> Self {
-        PathLiveness {
+        Self {
             state: Liveness::Dead,
             next_probe: now,
             unanswered: 0,
@@ -187,7 +187,7 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `min`, doubling to `max`.
     pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
+        Self {
             min,
             max,
             next: min,

@@ -121,7 +121,7 @@ impl Packet {
     }
 
     /// Decodes a datagram, refusing anything malformed.
-    pub fn decode(b: &[u8]) -> Result<Packet, DecodeError> {
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
         if b.len() != LEN {
             return Err(DecodeError::Length(b.len()));
         }
@@ -141,7 +141,7 @@ impl Packet {
         if kind == Kind::Ack && observed.is_none() {
             return Err(DecodeError::Address);
         }
-        Ok(Packet {
+        Ok(Self {
             kind,
             nonce: u64::from_be_bytes(b[6..14].try_into().expect("8 bytes")),
             sender_local,
@@ -191,8 +191,8 @@ impl Puncher {
         budget: Duration,
         max_sends: u32,
         nonce: u64,
-    ) -> Puncher {
-        Puncher {
+    ) -> Self {
+        Self {
             target,
             local,
             nonce,

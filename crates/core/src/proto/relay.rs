@@ -17,7 +17,7 @@
 //! 0x0a TcpOpen       conn(4) client addr(19)                relay -> node: a client on the public port
 //! 0x0b TcpData       conn(4) bytes(1..)
 //! 0x0c TcpClose      conn(4) reset(1: 0 or 1)
-//! 0x0d Error         code(2) message(utf-8, <= 1024)
+//! 0x0d Error         code(2) has_node(1) [node(32)] message(utf-8, <= 1024)
 //! ```
 //! Addresses as in [`crate::proto::punch`]. Node ids are their 32 raw bytes.
 
@@ -48,40 +48,96 @@ pub enum GoneReason {
 /// One relay frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    /// Register the sending node; optionally ask for a public TCP port. `token` is the relay's
-    /// registration token when it requires one (empty otherwise).
-    Register { want_port: bool, token: String },
-    /// Registration accepted: where the relay sees the node, and its public port if any.
+    /// Register the sending node; optionally ask for a public TCP port.
+    Register {
+        /// Ask for a public TCP port carried to the node's server.
+        want_port: bool,
+        /// The relay's registration token when it requires one (empty otherwise).
+        token: String,
+    },
+    /// Registration accepted.
     Registered {
+        /// Where the relay sees the node.
         observed: SocketAddr,
+        /// The node's public port, if it asked for one.
         public_port: Option<u16>,
     },
-    /// A QUIC packet for `dst`.
-    SendPacket { dst: NodeId, datagram: Vec<u8> },
-    /// A QUIC packet from `src`.
-    RecvPacket { src: NodeId, datagram: Vec<u8> },
-    /// `node` cannot be reached through this relay.
-    PeerGone { node: NodeId, reason: GoneReason },
+    /// A QUIC packet for another node.
+    SendPacket {
+        /// The node it is for.
+        dst: NodeId,
+        /// The packet (ciphertext to the relay).
+        datagram: Vec<u8>,
+    },
+    /// A QUIC packet from another node.
+    RecvPacket {
+        /// The node that sent it (proven by its registration).
+        src: NodeId,
+        /// The packet.
+        datagram: Vec<u8>,
+    },
+    /// A node cannot be reached through this relay.
+    PeerGone {
+        /// The node.
+        node: NodeId,
+        /// Never registered, or left.
+        reason: GoneReason,
+    },
     /// Keepalive request.
-    Ping { nonce: u64 },
+    Ping {
+        /// Echoed in the answer.
+        nonce: u64,
+    },
     /// Keepalive answer.
-    Pong { nonce: u64 },
-    /// Ask `peer` (through the relay) to punch toward the sender.
-    CallMeMaybe { peer: NodeId },
-    /// Punch toward `peer` at `peer_addr` in `punch_in_ms`.
-    Rendezvous {
+    Pong {
+        /// The request's nonce.
+        nonce: u64,
+    },
+    /// Ask a peer (through the relay) to punch toward the sender.
+    CallMeMaybe {
+        /// The peer.
         peer: NodeId,
+    },
+    /// Punch toward a peer.
+    Rendezvous {
+        /// The peer.
+        peer: NodeId,
+        /// Its UDP address as the relay sees it.
         peer_addr: SocketAddr,
+        /// Start punching after this many milliseconds.
         punch_in_ms: u16,
     },
     /// A plain TCP client connected to the node's public port.
-    TcpOpen { conn: u32, client: SocketAddr },
+    TcpOpen {
+        /// The relay's id for the TCP connection.
+        conn: u32,
+        /// The client's address.
+        client: SocketAddr,
+    },
     /// Bytes of a public-port TCP connection.
-    TcpData { conn: u32, data: Vec<u8> },
-    /// A public-port TCP connection ended (reset: abortively).
-    TcpClose { conn: u32, reset: bool },
+    TcpData {
+        /// The TCP connection.
+        conn: u32,
+        /// The bytes (never empty).
+        data: Vec<u8>,
+    },
+    /// A public-port TCP connection ended.
+    TcpClose {
+        /// The TCP connection.
+        conn: u32,
+        /// Abortively (a reset), not with a FIN.
+        reset: bool,
+    },
     /// The other side refuses something; the connection may go on.
-    Error { code: u16, message: String },
+    Error {
+        /// An HTTP-like status: 400 malformed, 401 not registered or bad token, 429 a limit.
+        code: u16,
+        /// The node the refusal is about, when it is about one (the sender's packets to it
+        /// are refused): the node learns it without reading the message.
+        node: Option<NodeId>,
+        /// For people.
+        message: String,
+    },
 }
 
 /// Why bytes are not a valid frame. A relay closes only the offending connection on these.
@@ -128,19 +184,19 @@ pub enum EncodeError {
 impl Frame {
     fn kind(&self) -> u8 {
         match self {
-            Frame::Register { .. } => 0x01,
-            Frame::Registered { .. } => 0x02,
-            Frame::SendPacket { .. } => 0x03,
-            Frame::RecvPacket { .. } => 0x04,
-            Frame::PeerGone { .. } => 0x05,
-            Frame::Ping { .. } => 0x06,
-            Frame::Pong { .. } => 0x07,
-            Frame::CallMeMaybe { .. } => 0x08,
-            Frame::Rendezvous { .. } => 0x09,
-            Frame::TcpOpen { .. } => 0x0a,
-            Frame::TcpData { .. } => 0x0b,
-            Frame::TcpClose { .. } => 0x0c,
-            Frame::Error { .. } => 0x0d,
+            Self::Register { .. } => 0x01,
+            Self::Registered { .. } => 0x02,
+            Self::SendPacket { .. } => 0x03,
+            Self::RecvPacket { .. } => 0x04,
+            Self::PeerGone { .. } => 0x05,
+            Self::Ping { .. } => 0x06,
+            Self::Pong { .. } => 0x07,
+            Self::CallMeMaybe { .. } => 0x08,
+            Self::Rendezvous { .. } => 0x09,
+            Self::TcpOpen { .. } => 0x0a,
+            Self::TcpData { .. } => 0x0b,
+            Self::TcpClose { .. } => 0x0c,
+            Self::Error { .. } => 0x0d,
         }
     }
 
@@ -153,25 +209,25 @@ impl Frame {
             p.extend_from_slice(&b);
         };
         match self {
-            Frame::Register { want_port, token } => {
+            Self::Register { want_port, token } => {
                 if token.len() > MAX_TOKEN {
                     return Err(EncodeError::TooLarge(token.len()));
                 }
                 p.push(*want_port as u8);
                 p.extend_from_slice(token.as_bytes());
             }
-            Frame::Registered {
+            Self::Registered {
                 observed,
                 public_port,
             } => {
                 addr(&mut p, *observed);
                 p.extend_from_slice(&public_port.unwrap_or(0).to_be_bytes());
             }
-            Frame::SendPacket {
+            Self::SendPacket {
                 dst: node,
                 datagram,
             }
-            | Frame::RecvPacket {
+            | Self::RecvPacket {
                 src: node,
                 datagram,
             } => {
@@ -181,15 +237,15 @@ impl Frame {
                 p.extend_from_slice(node.as_bytes());
                 p.extend_from_slice(datagram);
             }
-            Frame::PeerGone { node, reason } => {
+            Self::PeerGone { node, reason } => {
                 p.extend_from_slice(node.as_bytes());
                 p.push(matches!(reason, GoneReason::Left) as u8);
             }
-            Frame::Ping { nonce } | Frame::Pong { nonce } => {
+            Self::Ping { nonce } | Self::Pong { nonce } => {
                 p.extend_from_slice(&nonce.to_be_bytes())
             }
-            Frame::CallMeMaybe { peer } => p.extend_from_slice(peer.as_bytes()),
-            Frame::Rendezvous {
+            Self::CallMeMaybe { peer } => p.extend_from_slice(peer.as_bytes()),
+            Self::Rendezvous {
                 peer,
                 peer_addr,
                 punch_in_ms,
@@ -198,26 +254,37 @@ impl Frame {
                 addr(&mut p, *peer_addr);
                 p.extend_from_slice(&punch_in_ms.to_be_bytes());
             }
-            Frame::TcpOpen { conn, client } => {
+            Self::TcpOpen { conn, client } => {
                 p.extend_from_slice(&conn.to_be_bytes());
                 addr(&mut p, *client);
             }
-            Frame::TcpData { conn, data } => {
+            Self::TcpData { conn, data } => {
                 if data.is_empty() {
                     return Err(EncodeError::Empty);
                 }
                 p.extend_from_slice(&conn.to_be_bytes());
                 p.extend_from_slice(data);
             }
-            Frame::TcpClose { conn, reset } => {
+            Self::TcpClose { conn, reset } => {
                 p.extend_from_slice(&conn.to_be_bytes());
                 p.push(*reset as u8);
             }
-            Frame::Error { code, message } => {
+            Self::Error {
+                code,
+                node,
+                message,
+            } => {
                 if message.len() > MAX_MESSAGE {
                     return Err(EncodeError::TooLarge(message.len()));
                 }
                 p.extend_from_slice(&code.to_be_bytes());
+                match node {
+                    Some(n) => {
+                        p.push(1);
+                        p.extend_from_slice(n.as_bytes());
+                    }
+                    None => p.push(0),
+                }
                 p.extend_from_slice(message.as_bytes());
             }
         }
@@ -232,7 +299,7 @@ impl Frame {
 
     /// Decodes the frame at the start of `buf`: `Ok(None)` until it is whole, then the frame
     /// and how many bytes it took.
-    pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    pub fn decode(buf: &[u8]) -> Result<Option<(Self, usize)>, FrameError> {
         if buf.len() < HEADER {
             return Ok(None);
         }
@@ -268,7 +335,7 @@ impl Frame {
                 if len - 1 > MAX_TOKEN {
                     return Err(bad_len());
                 }
-                Frame::Register {
+                Self::Register {
                     want_port: flag(p[0])?,
                     token: std::str::from_utf8(&p[1..])
                         .map_err(|_| FrameError::Utf8)?
@@ -278,7 +345,7 @@ impl Frame {
             0x02 => {
                 exact(ADDR + 2)?;
                 let port = u16_at(ADDR);
-                Frame::Registered {
+                Self::Registered {
                     observed: addr(p)?,
                     public_port: (port != 0).then_some(port),
                 }
@@ -287,12 +354,12 @@ impl Frame {
                 at_least(NODE + 1)?;
                 let (n, d) = (node(p), p[NODE..].to_vec());
                 if kind == 0x03 {
-                    Frame::SendPacket {
+                    Self::SendPacket {
                         dst: n,
                         datagram: d,
                     }
                 } else {
-                    Frame::RecvPacket {
+                    Self::RecvPacket {
                         src: n,
                         datagram: d,
                     }
@@ -305,7 +372,7 @@ impl Frame {
                 } else {
                     GoneReason::Unknown
                 };
-                Frame::PeerGone {
+                Self::PeerGone {
                     node: node(p),
                     reason,
                 }
@@ -314,18 +381,18 @@ impl Frame {
                 exact(8)?;
                 let nonce = u64::from_be_bytes(p.try_into().expect("8 bytes"));
                 if kind == 0x06 {
-                    Frame::Ping { nonce }
+                    Self::Ping { nonce }
                 } else {
-                    Frame::Pong { nonce }
+                    Self::Pong { nonce }
                 }
             }
             0x08 => {
                 exact(NODE)?;
-                Frame::CallMeMaybe { peer: node(p) }
+                Self::CallMeMaybe { peer: node(p) }
             }
             0x09 => {
                 exact(NODE + ADDR + 2)?;
-                Frame::Rendezvous {
+                Self::Rendezvous {
                     peer: node(p),
                     peer_addr: addr(&p[NODE..])?,
                     punch_in_ms: u16_at(NODE + ADDR),
@@ -333,35 +400,42 @@ impl Frame {
             }
             0x0a => {
                 exact(4 + ADDR)?;
-                Frame::TcpOpen {
+                Self::TcpOpen {
                     conn: u32_at(0),
                     client: addr(&p[4..])?,
                 }
             }
             0x0b => {
                 at_least(5)?;
-                Frame::TcpData {
+                Self::TcpData {
                     conn: u32_at(0),
                     data: p[4..].to_vec(),
                 }
             }
             0x0c => {
                 exact(5)?;
-                Frame::TcpClose {
+                Self::TcpClose {
                     conn: u32_at(0),
                     reset: flag(p[4])?,
                 }
             }
             _ => {
-                at_least(2)?;
-                if len - 2 > MAX_MESSAGE {
+                at_least(3)?;
+                let (node, text) = if flag(p[2])? {
+                    at_least(3 + NODE)?;
+                    (Some(node(&p[3..])), 3 + NODE)
+                } else {
+                    (None, 3)
+                };
+                if len - text > MAX_MESSAGE {
                     return Err(bad_len());
                 }
-                let message = std::str::from_utf8(&p[2..])
+                let message = std::str::from_utf8(&p[text..])
                     .map_err(|_| FrameError::Utf8)?
                     .to_string();
-                Frame::Error {
+                Self::Error {
                     code: u16_at(0),
+                    node,
                     message,
                 }
             }
@@ -442,9 +516,10 @@ mod tests {
         assert_eq!(
             hex(&Frame::Error {
                 code: 403,
+                node: None,
                 message: "no".into()
             }),
-            "0d000401936e6f"
+            "0d00050193006e6f"
         );
     }
 
@@ -481,15 +556,23 @@ mod tests {
         let mut bad_addr = vec![0x0a, 0, 23, 0, 0, 0, 1];
         bad_addr.extend_from_slice(&[7; 19]);
         assert_eq!(dec(&bad_addr), Err(FrameError::Address(0x0a)));
-        assert_eq!(dec(&[0x0d, 0, 4, 0, 1, 0xff, 0xfe]), Err(FrameError::Utf8));
-        let mut long = vec![0x0d, 0x04, 0x03, 0, 1];
-        long.resize(3 + 0x0403, b'a');
+        assert_eq!(
+            dec(&[0x0d, 0, 5, 0, 1, 0, 0xff, 0xfe]),
+            Err(FrameError::Utf8)
+        );
+        let mut long = vec![0x0d, 0x04, 0x04, 0, 1, 0];
+        long.resize(3 + 0x0404, b'a');
         assert_eq!(
             dec(&long),
             Err(FrameError::Length {
                 kind: 0x0d,
-                len: 0x0403
+                len: 0x0404
             })
+        );
+        // A refusal that names a node must carry all of it.
+        assert_eq!(
+            dec(&[0x0d, 0, 4, 0, 1, 1, 7]),
+            Err(FrameError::Length { kind: 0x0d, len: 4 })
         );
         let mut out = Vec::new();
         assert_eq!(
@@ -562,8 +645,13 @@ mod tests {
             (any::<u32>(), addr()).prop_map(|(conn, client)| Frame::TcpOpen { conn, client }),
             (any::<u32>(), bytes()).prop_map(|(conn, data)| Frame::TcpData { conn, data }),
             (any::<u32>(), any::<bool>()).prop_map(|(conn, reset)| Frame::TcpClose { conn, reset }),
-            (any::<u16>(), "[a-z ]{0,100}")
-                .prop_map(|(code, message)| Frame::Error { code, message }),
+            (any::<u16>(), proptest::option::of(node()), "[a-z ]{0,100}").prop_map(
+                |(code, node, message)| Frame::Error {
+                    code,
+                    node,
+                    message
+                }
+            ),
         ]
     }
 

@@ -27,31 +27,31 @@ pub enum Opcode {
 }
 
 impl Opcode {
-    fn from_u8(b: u8) -> Option<Opcode> {
+    fn from_u8(b: u8) -> Option<Self> {
         Some(match b {
-            0x0 => Opcode::Continuation,
-            0x1 => Opcode::Text,
-            0x2 => Opcode::Binary,
-            0x8 => Opcode::Close,
-            0x9 => Opcode::Ping,
-            0xa => Opcode::Pong,
+            0x0 => Self::Continuation,
+            0x1 => Self::Text,
+            0x2 => Self::Binary,
+            0x8 => Self::Close,
+            0x9 => Self::Ping,
+            0xa => Self::Pong,
             _ => return None,
         })
     }
 
     fn as_u8(self) -> u8 {
         match self {
-            Opcode::Continuation => 0x0,
-            Opcode::Text => 0x1,
-            Opcode::Binary => 0x2,
-            Opcode::Close => 0x8,
-            Opcode::Ping => 0x9,
-            Opcode::Pong => 0xa,
+            Self::Continuation => 0x0,
+            Self::Text => 0x1,
+            Self::Binary => 0x2,
+            Self::Close => 0x8,
+            Self::Ping => 0x9,
+            Self::Pong => 0xa,
         }
     }
 
     fn is_control(self) -> bool {
-        matches!(self, Opcode::Close | Opcode::Ping | Opcode::Pong)
+        matches!(self, Self::Close | Self::Ping | Self::Pong)
     }
 }
 

@@ -28,7 +28,7 @@ impl RelayClient {
         relay_id: NodeId,
         transport: Arc<quinn::TransportConfig>,
         timeout: Duration,
-    ) -> Result<RelayClient> {
+    ) -> Result<Self> {
         let outcome = VerifyOutcome::default();
         let config = client_config(
             identity,
@@ -48,7 +48,7 @@ impl RelayClient {
             .open_bi()
             .await
             .map_err(|e| Error::ConnectionStart(e.to_string()))?;
-        Ok(RelayClient {
+        Ok(Self {
             conn,
             send: tokio::sync::Mutex::new(Box::new(send)),
             frames: tokio::sync::Mutex::new(FrameReader::new(Box::new(recv))),

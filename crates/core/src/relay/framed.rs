@@ -6,13 +6,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::proto::relay::{Frame, FrameError, MAX_PAYLOAD};
 
 /// The reading half of a relay connection.
-pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub(super) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 /// The writing half of a relay connection.
-pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+pub(super) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(super) enum ReadError {
     /// The peer sent bytes that are not a frame.
     #[error(transparent)]
     Malformed(#[from] FrameError),
@@ -22,22 +22,22 @@ pub enum ReadError {
 }
 
 /// Buffers a byte stream into frames.
-pub struct FrameReader {
+pub(super) struct FrameReader {
     recv: BoxRead,
     buf: Vec<u8>,
 }
 
 impl FrameReader {
     /// Reads frames from `recv`.
-    pub fn new(recv: BoxRead) -> FrameReader {
-        FrameReader {
+    pub(super) fn new(recv: BoxRead) -> Self {
+        Self {
             recv,
             buf: Vec::with_capacity(4096),
         }
     }
 
     /// The next frame; `Ok(None)` when the peer finished the stream cleanly between frames.
-    pub async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
+    pub(super) async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
         loop {
             if let Some((frame, used)) = Frame::decode(&self.buf)? {
                 self.buf.drain(..used);
@@ -62,7 +62,7 @@ impl FrameReader {
 }
 
 /// Encodes and writes frames, flushing once.
-pub async fn write_frames(send: &mut BoxWrite, frames: &[Frame]) -> Result<(), String> {
+pub(super) async fn write_frames(send: &mut BoxWrite, frames: &[Frame]) -> Result<(), String> {
     let mut out = Vec::new();
     for frame in frames {
         frame.encode(&mut out).map_err(|e| e.to_string())?;
@@ -72,7 +72,7 @@ pub async fn write_frames(send: &mut BoxWrite, frames: &[Frame]) -> Result<(), S
 }
 
 /// Encodes and writes one frame.
-pub async fn write_frame(send: &mut BoxWrite, frame: &Frame) -> Result<(), String> {
+pub(super) async fn write_frame(send: &mut BoxWrite, frame: &Frame) -> Result<(), String> {
     write_frames(send, std::slice::from_ref(frame)).await
 }
 

@@ -44,8 +44,8 @@ pub struct RelaySpec {
 
 impl RelaySpec {
     /// A spec with defaults: any transport, 15 s keepalive, no port, upgrade at once.
-    pub fn new(addr: SocketAddr, node_id: NodeId) -> RelaySpec {
-        RelaySpec {
+    pub fn new(addr: SocketAddr, node_id: NodeId) -> Self {
+        Self {
             addr,
             node_id,
             tcp_addr: None,

@@ -29,7 +29,7 @@ const MAX_HEAD: usize = 8 * 1024;
 const PIPE: usize = 256 * 1024;
 
 /// Connects to the relay's TCP address, upgrades to WebSocket, and returns the byte stream.
-pub async fn connect(
+pub(super) async fn connect(
     spec: &RelaySpec,
     identity: &LoadedIdentity,
     tasks: &Tasks,
@@ -106,7 +106,7 @@ pub async fn connect(
 /// Accepts a node on the relay's TCP listener: TLS (the client certificate must prove a node id
 /// in `accept`), then the upgrade. Returns the node id, the byte stream, and a token that kills
 /// the connection.
-pub async fn accept(
+pub(super) async fn accept(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     accept: &Acceptable,

@@ -39,11 +39,11 @@ struct OsSocket {
 impl OsSocket {
     /// Registers `socket` with the reactor of `rt` (callers may be outside any runtime: a
     /// synchronous `networkChanged()` from JS).
-    fn wrap(socket: std::net::UdpSocket, rt: &tokio::runtime::Handle) -> io::Result<OsSocket> {
+    fn wrap(socket: std::net::UdpSocket, rt: &tokio::runtime::Handle) -> io::Result<Self> {
         let v6 = socket.local_addr()?.is_ipv6();
         let _in_runtime = rt.enter();
         let io = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
-        Ok(OsSocket { io, v6 })
+        Ok(Self { io, v6 })
     }
 
     /// `to` in this socket's address family (an IPv6 socket sends to IPv4 peers as mapped

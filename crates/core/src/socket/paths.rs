@@ -94,7 +94,7 @@ impl Default for Paths {
     fn default() -> Self {
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let (changes_tx, changes_rx) = mpsc::channel(CHANGE_QUEUE);
-        Paths {
+        Self {
             table: Mutex::new(Table::default()),
             inbound_tx,
             inbound_rx: Mutex::new(inbound_rx),

@@ -173,7 +173,7 @@ pub struct NodeIdVerifier {
 impl NodeIdVerifier {
     /// A verifier that accepts `accept` and records refusals in `outcome`.
     pub fn new(accept: Acceptable, provider: Arc<CryptoProvider>, outcome: VerifyOutcome) -> Self {
-        NodeIdVerifier {
+        Self {
             accept,
             provider,
             outcome,

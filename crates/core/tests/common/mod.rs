@@ -9,10 +9,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The token every test forward proxy accepts.
-pub const TOKEN: &str = "s3cret";
+pub(crate) const TOKEN: &str = "s3cret";
 
 /// A TCP echo server on loopback that half-closes after echoing.
-pub async fn echo_server() -> SocketAddr {
+pub(crate) async fn echo_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -28,7 +28,7 @@ pub async fn echo_server() -> SocketAddr {
 }
 
 /// Sends a CONNECT for `target` through `fp`; returns the stream and the response head.
-pub async fn connect(fp: &ForwardProxy, target: &str) -> (TcpStream, String) {
+pub(crate) async fn connect(fp: &ForwardProxy, target: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(fp.proxy_addr().unwrap()).await.unwrap();
     let auth = base64::engine::general_purpose::STANDARD.encode(TOKEN);
     let req = format!(

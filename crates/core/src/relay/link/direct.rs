@@ -22,7 +22,7 @@ use crate::proto::punch::{Kind, Packet};
 use crate::socket::KeynetSocket;
 
 /// How long a rendezvous punches before the peer stays relayed (until the next attempt).
-pub const RENDEZVOUS_BUDGET: Duration = Duration::from_secs(5);
+pub(crate) const RENDEZVOUS_BUDGET: Duration = Duration::from_secs(5);
 /// A fresh rendezvous is asked for this long after the path died (recovery probes find a path
 /// that merely blinked sooner; one whose addresses changed needs the relay)…
 pub(crate) const RECALL_MIN: Duration = Duration::from_secs(3);

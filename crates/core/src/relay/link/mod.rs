@@ -69,12 +69,12 @@ pub struct RelayLink {
 
 impl RelayLink {
     /// Starts the link's task on the node's tasks.
-    pub fn start(spec: RelaySpec, ctx: LinkContext) -> Arc<RelayLink> {
+    pub fn start(spec: RelaySpec, ctx: LinkContext) -> Arc<Self> {
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let (control, control_rx) = mpsc::channel(256);
         let (status_tx, status) = watch::channel(LinkStatus::Connecting);
         let (gone, _) = broadcast::channel(64);
-        let link = Arc::new(RelayLink {
+        let link = Arc::new(Self {
             spec,
             outbox,
             control,
@@ -244,7 +244,7 @@ impl Arranger for RelayLink {
     }
 
     fn forget_rendezvous(&self, peer: &NodeId) {
-        RelayLink::forget_rendezvous(self, peer);
+        Self::forget_rendezvous(self, peer);
     }
 }
 
@@ -338,7 +338,7 @@ impl Runner {
                 observed,
                 public_port,
             }) => (observed, public_port),
-            Some(Frame::Error { code, message }) => {
+            Some(Frame::Error { code, message, .. }) => {
                 return Err(Error::ConnectionStart(format!(
                     "relay refused registration ({code}): {message}"
                 )))
@@ -432,12 +432,13 @@ impl Runner {
                 peer_addr,
                 punch_in_ms,
             } => self.rendezvous(peer, peer_addr, Duration::from_millis(punch_in_ms as u64)),
-            Frame::Error { code, message } => {
+            Frame::Error {
+                code,
+                node,
+                message,
+            } => {
                 tracing::warn!(relay = %self.spec.addr, code, %message, "relay error");
-                if let Some(node) = message
-                    .split_whitespace()
-                    .find_map(|w| w.parse::<NodeId>().ok())
-                {
+                if let Some(node) = node {
                     let _ = self
                         .gone
                         .send((node, format!("relay refused ({code}): {message}")));

@@ -16,7 +16,7 @@ use crate::task::Tasks;
 
 /// Serves the public-port frames arriving on `frames`, answering on `to_relay`, until the task
 /// set stops. Every connection is dropped when the link goes down (the relay closed its side).
-pub async fn serve(
+pub(crate) async fn serve(
     server: SocketAddr,
     mut frames: mpsc::Receiver<Frame>,
     to_relay: mpsc::Sender<Frame>,

@@ -43,7 +43,7 @@ pub struct AllocOptions {
 
 impl Default for AllocOptions {
     fn default() -> Self {
-        AllocOptions {
+        Self {
             host: None,
             range: None,
             retention: DEFAULT_RETENTION,
@@ -104,8 +104,8 @@ fn now_ms() -> u64 {
 
 impl Allocations {
     /// Loads the state file (if any) and rebinds the ports it retains.
-    pub async fn start(opts: AllocOptions, host: IpAddr, tasks: Tasks) -> Result<Arc<Allocations>> {
-        let me = Arc::new(Allocations {
+    pub async fn start(opts: AllocOptions, host: IpAddr, tasks: Tasks) -> Result<Arc<Self>> {
+        let me = Arc::new(Self {
             opts,
             host,
             tasks,

@@ -70,8 +70,8 @@ pub struct RelayStart {
 
 impl RelayStart {
     /// Defaults: no token, any node, 64 peers per node, 45 s node timeout, default allocation.
-    pub fn new(addr: SocketAddr) -> RelayStart {
-        RelayStart {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
             addr,
             tcp_addr: None,
             tls: None,
@@ -152,14 +152,14 @@ type Closer = Box<dyn Fn(&str) + Send + Sync>;
 
 impl RelayServer {
     /// A stopped relay.
-    pub fn new(opts: ConnOptions) -> Result<RelayServer> {
+    pub fn new(opts: ConnOptions) -> Result<Self> {
         opts.validate()?;
         let inner = Arc::new(Inner {
             opts,
             identities: Identities::default(),
             life: Lifecycle::default(),
         });
-        Ok(RelayServer {
+        Ok(Self {
             _owner: Arc::new(Owner(inner.clone())),
             inner,
         })
@@ -521,6 +521,7 @@ impl Inner {
                                 .ctl
                                 .send(Frame::Error {
                                     code: 401,
+                                    node: None,
                                     message: "registration token refused".into(),
                                 })
                                 .await;
@@ -551,6 +552,7 @@ impl Inner {
                                     .ctl
                                     .send(Frame::Error {
                                         code: 503,
+                                        node: None,
                                         message: format!("no public port: {e}"),
                                     })
                                     .await;
@@ -581,12 +583,14 @@ impl Inner {
                 | Frame::TcpData { .. }
                 | Frame::TcpClose { .. } => Some(Frame::Error {
                     code: 401,
+                    node: None,
                     message: "register first".into(),
                 }),
                 Frame::Ping { nonce } => Some(Frame::Pong { nonce }),
                 Frame::Pong { .. } => None,
                 other => Some(Frame::Error {
                     code: 400,
+                    node: None,
                     message: format!("unexpected frame {other:?}")
                         .chars()
                         .take(200)
@@ -623,6 +627,7 @@ impl Inner {
                     tracing::warn!(%node, limit = running.start.max_peers, "relayed peer limit reached");
                     return Some(Frame::Error {
                         code: 429,
+                        node: Some(dst),
                         message: format!(
                             "too many relayed peers (limit {}): {dst} refused",
                             running.start.max_peers
