@@ -1,7 +1,9 @@
 'use strict'
 // Shared helpers of the ava suite: servers behind the reverse proxy, proxy pairs, raw CONNECT
 // requests, child processes, and waits that always have a deadline. Everything a helper starts
-// is registered with `t.teardown`, so it is cleaned up even when the test fails.
+// is registered with `t.teardown`, so it is cleaned up even when the test fails. The echo
+// servers, the proto and the CONNECT client come from ../support (shared with the demo, the
+// bench and the NAT lab); what is here adds the ava side: teardown, recorded calls and errors.
 
 const net = require('node:net')
 const dgram = require('node:dgram')
@@ -10,28 +12,18 @@ const crypto = require('node:crypto')
 const fs = require('node:fs')
 const readline = require('node:readline')
 const { spawn } = require('node:child_process')
-const grpc = require('@grpc/grpc-js')
-const protoLoader = require('@grpc/proto-loader')
 const keynet = require('..')
+const support = require('../support')
 
 const HOST = '127.0.0.1'
 const TOKEN = 'keynet-test-token'
 const ROOT = path.join(__dirname, '..')
 const FIXTURES = path.join(__dirname, 'fixtures')
-const PROTO_PATH = path.join(FIXTURES, 'echo.proto')
+const { PROTO_PATH, withTimeout, loadEcho, parseHead, readHead } = support
 /** Upper bound for any single wait in the suite unless a test says otherwise. */
 const WAIT = 10_000
 
 // ---- waiting --------------------------------------------------------------------------------
-
-/** Rejects with a message naming `what` if `promise` has not settled within `ms`. */
-function withTimeout(promise, ms, what) {
-  let timer
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)
-  })
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
-}
 
 /** Resolves with the first argument of the next `event` (passing `filter`) within `timeout`. */
 function waitEvent(emitter, event, { timeout = WAIT, filter = () => true } = {}) {
@@ -103,10 +95,16 @@ function sha256(buf) {
 }
 
 function basicAuth(token = TOKEN) {
-  return 'Basic ' + Buffer.from(token).toString('base64')
+  return support.basicAuth(token)
 }
 
 // ---- plain TCP servers (what the reverse proxy carries tunnels to) ------------------------------
+
+/** Closes a support server (its open sockets first) in teardown, bounded. */
+function closedInTeardown(t, server) {
+  t.teardown(() => withTimeout(server.close(), WAIT, 'server close'))
+  return server
+}
 
 /**
  * Starts a TCP server on 127.0.0.1:0 calling `onSocket(socket)` for each connection. Returns
@@ -114,52 +112,12 @@ function basicAuth(token = TOKEN) {
  * resolves with the next accepted socket not yet taken. Every socket and the server are closed in teardown.
  */
 async function startTcpServer(t, onSocket = () => {}, { allowHalfOpen = false } = {}) {
-  const server = net.createServer({ allowHalfOpen })
-  const sockets = new Set()
-  const accepted = []
-  const waiting = []
-  let count = 0
-  server.on('connection', (socket) => {
-    count++
-    sockets.add(socket)
-    socket.on('error', () => {}) // a reset tunnel is a normal way for a test to end
-    socket.on('close', () => sockets.delete(socket))
-    onSocket(socket)
-    const w = waiting.shift()
-    if (w) w(socket)
-    else accepted.push(socket)
-  })
-  server.listen(0, HOST)
-  await withTimeout(waitEvent(server, 'listening'), WAIT, 'server listening')
-  t.teardown(() => {
-    for (const s of sockets) s.destroy()
-    return withTimeout(new Promise((r) => server.close(() => r())), WAIT, 'server close')
-  })
-  return {
-    server,
-    port: server.address().port,
-    sockets,
-    /** How many connections the server accepted so far. */
-    get count() {
-      return count
-    },
-    nextSocket(timeout = WAIT) {
-      if (accepted.length) return Promise.resolve(accepted.shift())
-      return withTimeout(new Promise((r) => waiting.push(r)), timeout, 'a connection to the server')
-    },
-  }
+  return closedInTeardown(t, await support.startTcpServer(onSocket, { host: HOST, allowHalfOpen, timeout: WAIT }))
 }
 
 /** A TCP echo server; with `greeting`, writes it first on every connection. */
-function startEchoServer(t, { greeting, allowHalfOpen = false } = {}) {
-  return startTcpServer(
-    t,
-    (socket) => {
-      if (greeting) socket.write(greeting)
-      socket.pipe(socket)
-    },
-    { allowHalfOpen },
-  )
+async function startEchoServer(t, { greeting, allowHalfOpen = false } = {}) {
+  return closedInTeardown(t, await support.startTcpEchoServer({ greeting, host: HOST, allowHalfOpen, timeout: WAIT }))
 }
 
 /** A TCP port on 127.0.0.1 nothing listens on (bound then released). */
@@ -211,53 +169,18 @@ function canBind(type, port) {
 
 // ---- gRPC echo server --------------------------------------------------------------------------
 
-function loadEcho() {
-  const def = protoLoader.loadSync(PROTO_PATH, { keepCase: true, defaults: true })
-  return grpc.loadPackageDefinition(def).echo
-}
-
 /**
- * Starts the echo service of fixtures/echo.proto on 127.0.0.1:0 (insecure). Every call is
+ * Starts the echo service of support/echo.proto on 127.0.0.1:0 (insecure). Every call is
  * recorded in `calls` as `{ method, peer, ...onCall(peer, method) }`; `onCall` runs inside the
  * handler, while the caller's tunnel is up.
  */
 async function startGrpcEchoServer(t, { onCall } = {}) {
-  const echo = loadEcho()
-  const server = new grpc.Server()
   const calls = []
-  const seen = (call, method) => {
+  const record = (call, method) => {
     const peer = call.getPeer()
     calls.push({ method, peer, ...(onCall ? onCall(peer, method) : {}) })
   }
-  server.addService(echo.Echo.service, {
-    Unary(call, cb) {
-      seen(call, 'Unary')
-      cb(null, { text: call.request.text, count: call.request.count })
-    },
-    ServerStream(call) {
-      seen(call, 'ServerStream')
-      for (let i = 0; i < call.request.count; i++) call.write({ text: `${call.request.text}-${i}`, count: i })
-      call.end()
-    },
-    ClientStream(call, cb) {
-      seen(call, 'ClientStream')
-      const texts = []
-      call.on('data', (m) => texts.push(m.text))
-      call.on('end', () => cb(null, { text: texts.join(','), count: texts.length }))
-    },
-    Bidi(call) {
-      seen(call, 'Bidi')
-      call.on('data', (m) => call.write({ text: m.text, count: m.count }))
-      call.on('end', () => call.end())
-    },
-  })
-  const port = await withTimeout(
-    new Promise((resolve, reject) =>
-      server.bindAsync(`${HOST}:0`, grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
-    ),
-    WAIT,
-    'grpc server bind',
-  )
+  const { server, port } = await support.startGrpcEchoServer({ host: HOST, onCall: record, timeout: WAIT })
   t.teardown(() => server.forceShutdown())
   return { server, port, calls }
 }
@@ -303,53 +226,6 @@ function targetOf(rp, { pin = true, nodeId = rp.getNodeId() } = {}) {
 }
 
 // ---- raw HTTP CONNECT ----------------------------------------------------------------------------
-
-function parseHead(text) {
-  const lines = text.split('\r\n')
-  const statusLine = lines[0]
-  const m = /^HTTP\/1\.[01] (\d{3})/.exec(statusLine)
-  const headers = {}
-  for (const line of lines.slice(1)) {
-    const i = line.indexOf(':')
-    if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim()
-  }
-  return { status: m ? Number(m[1]) : null, statusLine, headers, head: text }
-}
-
-/**
- * Reads a response head from `socket`. Bytes after the head are pushed back into the socket,
- * which is left paused: later readers get exactly the tunnel's bytes. If the socket closes first,
- * resolves `{ status: null, closed: true, raw }`.
- */
-function readHead(socket, timeout = WAIT) {
-  let cleanup
-  const p = new Promise((resolve) => {
-    let buf = Buffer.alloc(0)
-    const done = (r) => {
-      cleanup()
-      resolve(r)
-    }
-    const onData = (d) => {
-      buf = Buffer.concat([buf, d])
-      const i = buf.indexOf('\r\n\r\n')
-      if (i < 0) return
-      socket.pause()
-      const rest = buf.subarray(i + 4)
-      if (rest.length) socket.unshift(rest)
-      done(parseHead(buf.subarray(0, i + 4).toString('latin1')))
-    }
-    const onClose = () => done({ status: null, closed: true, raw: buf.toString('latin1') })
-    cleanup = () => {
-      socket.off('data', onData)
-      socket.off('end', onClose)
-      socket.off('close', onClose)
-    }
-    socket.on('data', onData)
-    socket.on('end', onClose)
-    socket.on('close', onClose)
-  })
-  return withTimeout(p, timeout, 'response head').finally(() => cleanup())
-}
 
 /** Reads exactly `n` bytes (surplus is pushed back, the socket left paused). */
 function readBytes(socket, n, timeout = WAIT) {
@@ -418,12 +294,9 @@ async function connectTcp(t, port, opts = {}) {
   return socket
 }
 
-/** The bytes of a request head. `auth: null` leaves Proxy-Authorization out. */
-function requestHead({ method = 'CONNECT', target, auth = basicAuth(), headers = [] }) {
-  const lines = [`${method} ${target} HTTP/1.1`, `Host: ${target}`]
-  if (auth !== null) lines.push(`Proxy-Authorization: ${auth}`)
-  lines.push(...headers)
-  return lines.join('\r\n') + '\r\n\r\n'
+/** The bytes of a request head, with the suite's token unless told. `auth: null` leaves Proxy-Authorization out. */
+function requestHead({ auth = basicAuth(), ...req }) {
+  return support.requestHead({ auth, ...req })
 }
 
 /**

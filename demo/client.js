@@ -5,12 +5,13 @@
 // proxy). It prints one line per call and exits 0 only if every call succeeded; it also sends
 // a summary to the parent over the IPC channel.
 
-const { grpc, Echo } = require('./proto.js')
+// The echo service of support/echo.proto, shared with the demo's server, the tests and the lab.
+const { grpc, loadEcho } = require('../support')
 
 const target = process.argv[2]
 const CALL_TIMEOUT_MS = 5000
 
-const client = new Echo(target, grpc.credentials.createInsecure())
+const client = new (loadEcho().Echo)(target, grpc.credentials.createInsecure())
 const results = []
 
 function deadline() {
@@ -44,59 +45,59 @@ async function step(name, fn) {
   }
 }
 
-function unary(message) {
+function unary(text) {
   return new Promise((resolve, reject) => {
-    client.Unary({ message }, { deadline: deadline() }, (err, reply) => {
+    client.Unary({ text }, { deadline: deadline() }, (err, reply) => {
       if (err) return reject(err)
-      if (reply.message !== message) return reject(new Error(`echo mismatch: '${reply.message}'`))
+      if (reply.text !== text) return reject(new Error(`echo mismatch: '${reply.text}'`))
       resolve(reply)
     })
   })
 }
 
-function serverStream(message, count) {
+function serverStream(text, count) {
   return new Promise((resolve, reject) => {
     const got = []
-    const call = client.ServerStream({ message, count }, { deadline: deadline() })
-    call.on('data', (r) => got.push(r.message))
+    const call = client.ServerStream({ text, count }, { deadline: deadline() })
+    call.on('data', (r) => got.push(r.text))
     call.on('error', reject)
     call.on('end', () => {
-      const want = Array.from({ length: count }, (_, i) => `${message} #${i + 1}`)
+      const want = Array.from({ length: count }, (_, i) => `${text}-${i}`)
       if (JSON.stringify(got) !== JSON.stringify(want)) return reject(new Error(`got ${JSON.stringify(got)}`))
       resolve(got)
     })
   })
 }
 
-function clientStream(messages) {
+function clientStream(texts) {
   return new Promise((resolve, reject) => {
     const call = client.ClientStream({ deadline: deadline() }, (err, reply) => {
       if (err) return reject(err)
-      if (reply.message !== messages.join(' ')) return reject(new Error(`got '${reply.message}'`))
+      if (reply.text !== texts.join(',')) return reject(new Error(`got '${reply.text}'`))
       resolve(reply)
     })
-    for (const message of messages) call.write({ message })
+    for (const text of texts) call.write({ text })
     call.end()
   })
 }
 
-function bidi(messages) {
+function bidi(texts) {
   return new Promise((resolve, reject) => {
     const got = []
     const call = client.Bidi({ deadline: deadline() })
     let i = 0
     // Ping-pong: send the next message only after the previous one came back.
     const sendNext = () => {
-      if (i < messages.length) call.write({ message: messages[i++] })
+      if (i < texts.length) call.write({ text: texts[i++] })
       else call.end()
     }
     call.on('data', (r) => {
-      got.push(r.message)
+      got.push(r.text)
       sendNext()
     })
     call.on('error', reject)
     call.on('end', () => {
-      if (JSON.stringify(got) !== JSON.stringify(messages)) return reject(new Error(`got ${JSON.stringify(got)}`))
+      if (JSON.stringify(got) !== JSON.stringify(texts)) return reject(new Error(`got ${JSON.stringify(got)}`))
       resolve(got)
     })
     sendNext()
@@ -114,7 +115,7 @@ async function main() {
   await step('Unary', async () => {
     const r = await unary('hello through keynet')
     caller = r.caller
-    return `'${r.message}' (server says caller = ${short(r.caller)})`
+    return `'${r.text}' (server says caller = ${short(r.caller)})`
   })
   await step('ServerStream', async () => {
     const got = await serverStream('tick', 5)
@@ -122,7 +123,7 @@ async function main() {
   })
   await step('ClientStream', async () => {
     const r = await clientStream(['one', 'two', 'three', 'four', 'five'])
-    return `5 requests -> '${r.message}'`
+    return `5 requests -> '${r.text}'`
   })
   await step('Bidi', async () => {
     const got = await bidi(['ping 1', 'ping 2', 'ping 3', 'ping 4', 'ping 5'])
@@ -132,7 +133,7 @@ async function main() {
   for (let i = 1; i <= 5; i++) {
     const t = await step(`Unary ${i}/5`, async () => {
       const r = await unary(`call ${i}`)
-      return `'${r.message}'`
+      return `'${r.text}'`
     })
     if (t !== undefined) lat.push(t)
   }

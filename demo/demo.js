@@ -13,7 +13,8 @@ const net = require('node:net')
 const crypto = require('node:crypto')
 const { fork } = require('node:child_process')
 const { ForwardProxy, ReverseProxy } = require('..')
-const { grpc, Echo } = require('./proto.js')
+// The echo service of support/echo.proto, shared with the tests and the NAT lab.
+const { startGrpcEchoServer, withTimeout } = require('../support')
 
 const HOST = '127.0.0.1'
 const OVERALL_TIMEOUT_MS = 60_000
@@ -23,16 +24,6 @@ const t0 = Date.now()
 const elapsed = () => `${String(Date.now() - t0).padStart(5)} ms`
 const say = (line) => console.log(line)
 const short = (id) => (typeof id === 'string' && id.length > 14 ? id.slice(0, 12) + '…' : String(id))
-
-function withTimeout(promise, ms, what) {
-  let timer
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what}: no result within ${ms} ms`)), ms)
-    }),
-  ]).finally(() => clearTimeout(timer))
-}
 
 /** "127.0.0.1:1234" / "[::1]:1234" / "ipv4:127.0.0.1:1234" -> { host, port } */
 function parsePeer(peer) {
@@ -50,9 +41,8 @@ async function main() {
 
   // --- 1. the gRPC server (only ever reached through the reverse proxy) -----------------------
   say(`[${elapsed()}] 1. gRPC echo server`)
-  const server = new grpc.Server()
-  state.server = server
-  const whoCalled = (method, call) => {
+  // Runs inside each call's handler; what it returns goes back to the client as `caller`.
+  const whoCalled = (call, method) => {
     const peer = call.getPeer()
     const { host, port } = parsePeer(peer)
     const info = state.rp ? state.rp.getConnectionInfoByProxy(host, port) : undefined
@@ -62,37 +52,8 @@ async function main() {
     say(`     server │ ${method.padEnd(12)} peer ${peer} -> caller ${short(caller)} ${ok ? '= forward proxy ✓' : '≠ forward proxy ✗'}`)
     return caller || ''
   }
-  server.addService(Echo.service, {
-    Unary(call, cb) {
-      cb(null, { message: call.request.message, caller: whoCalled('Unary', call) })
-    },
-    ServerStream(call) {
-      const caller = whoCalled('ServerStream', call)
-      const n = Math.max(0, Math.min(call.request.count, 100))
-      for (let i = 1; i <= n; i++) call.write({ message: `${call.request.message} #${i}`, caller })
-      call.end()
-    },
-    ClientStream(call, cb) {
-      const caller = whoCalled('ClientStream', call)
-      const parts = []
-      call.on('data', (r) => parts.push(r.message))
-      call.on('end', () => cb(null, { message: parts.join(' '), caller }))
-      call.on('error', () => {})
-    },
-    Bidi(call) {
-      const caller = whoCalled('Bidi', call)
-      call.on('data', (r) => call.write({ message: r.message, caller }))
-      call.on('end', () => call.end())
-      call.on('error', () => {})
-    },
-  })
-  const serverPort = await withTimeout(
-    new Promise((resolve, reject) =>
-      server.bindAsync(`${HOST}:0`, grpc.ServerCredentials.createInsecure(), (e, port) => (e ? reject(e) : resolve(port))),
-    ),
-    5000,
-    'gRPC server bind',
-  )
+  const { server, port: serverPort } = await startGrpcEchoServer({ host: HOST, onCall: whoCalled, timeout: 5000 })
+  state.server = server
   say(`     listening on ${HOST}:${serverPort} (TCP); the client is never told this address`)
 
   // --- 2. the reverse proxy, in front of the server ---------------------------------------------

@@ -3,7 +3,8 @@
 // commands overlap: a long `transfer` does not hold up the others).
 // Proxies: startRp, startFp, punch, open, info, relayStatus, networkChanged, stop, exit.
 // Traffic: call (unary gRPC), transfer / waitBytes / abortTransfer (bytes through a tunnel to
-// the echo server), chatOpen / chatSend / chatClose (a gRPC bidi stream), connectStatus.
+// the echo server), chatOpen / chatSend / chatClose (a gRPC Bidi stream), connectStatus. The
+// servers, support/echo.proto and the CONNECT client come from ../support (shared with the tests).
 // Events: waitPath, waitEvent, waitCurrentPath, events. Plain UDP (lab self-tests, no keynet):
 // udpOpen, udpSend, udpWait, udpClose.
 // Times (`at`, `after`, `closedAt`, ...) are epoch milliseconds with sub-ms precision
@@ -12,17 +13,15 @@
 const net = require('node:net')
 const dgram = require('node:dgram')
 const crypto = require('node:crypto')
-const path = require('node:path')
 const readline = require('node:readline')
-const grpc = require('@grpc/grpc-js')
-const protoLoader = require('@grpc/proto-loader')
+const { grpc, loadEcho, startGrpcEchoServer, startTcpEchoServer, request, openTunnel } = require('../support')
 
 // Loaded on first use: the UDP commands work without the native addon.
 let keynet = null
 const lib = () => (keynet = keynet || require('..'))
 
 const TOKEN = 'lab-token'
-const proto = grpc.loadPackageDefinition(protoLoader.loadSync(path.join(__dirname, 'echo.proto'))).echo
+const proto = loadEcho()
 const now = () => performance.timeOrigin + performance.now()
 let fp = null
 let rp = null
@@ -99,33 +98,16 @@ function matches(e, f) {
   return true
 }
 
-const grpcHandlers = {
-  Unary: (call, cb) => cb(null, { text: call.request.text }),
-  Chat: (call) => {
-    call.on('data', (m) => call.write({ text: m.text }))
-    call.on('end', () => call.end())
-    call.on('error', () => {})
-  },
-}
-
 async function grpcServer() {
-  const server = new grpc.Server()
-  server.addService(proto.Echo.service, grpcHandlers)
-  const port = await new Promise((resolve, reject) =>
-    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
-  )
+  const { server, port } = await startGrpcEchoServer()
   servers.push({ close: () => new Promise((r) => server.tryShutdown(() => r())) })
   return port
 }
 
 async function echoServer() {
-  const server = net.createServer((s) => {
-    s.on('error', () => {})
-    s.pipe(s)
-  })
-  await new Promise((r) => server.listen(0, '127.0.0.1', r))
-  servers.push({ close: () => new Promise((r) => server.close(() => r())) })
-  return server.address().port
+  const server = await startTcpEchoServer()
+  servers.push(server)
+  return server.port
 }
 
 /**
@@ -187,29 +169,9 @@ async function stopAll() {
   return { fpStopMs: took.fp ?? null, rpStopMs: took.rp ?? null, errors }
 }
 
-function connectTunnel(host, port) {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(fp.getHttpPort(), '127.0.0.1')
-    const auth = Buffer.from(TOKEN).toString('base64')
-    s.once('error', reject)
-    s.write(`CONNECT ${host}:${port} HTTP/1.1\r\nProxy-Authorization: Basic ${auth}\r\n\r\n`)
-    let head = Buffer.alloc(0)
-    const onData = (d) => {
-      head = Buffer.concat([head, d])
-      const end = head.indexOf('\r\n\r\n')
-      if (end < 0) return
-      s.off('data', onData)
-      s.off('error', reject)
-      const status = Number(head.toString('latin1').split(' ')[1])
-      if (status !== 200) {
-        s.destroy()
-        return reject(new Error(`CONNECT answered ${status}`))
-      }
-      if (head.length > end + 4) s.unshift(head.subarray(end + 4))
-      resolve(s)
-    }
-    s.on('data', onData)
-  })
+/** A tunnel through the forward proxy to host:port (its tracked connection), no time limit. */
+async function connectTunnel(host, port) {
+  return (await openTunnel({ port: fp.getHttpPort(), target: `${host}:${port}`, token: TOKEN, timeout: 0 })).socket
 }
 
 /** Writes `data` in 64 chunks, chunk k not before k/64 of `paceMs`, then ends the socket. */
@@ -248,7 +210,7 @@ function fresh() {
 }
 
 const handlers = {
-  /** server: 'grpc' (Echo: Unary, Chat), 'echo' (TCP echo) or 'both' (sniffed per tunnel). */
+  /** server: 'grpc' (support/echo.proto's Echo), 'echo' (TCP echo) or 'both' (sniffed per tunnel). */
   async startRp({ port, server = 'grpc', opts, relay }) {
     fresh()
     const serverPort = server === 'echo' ? await echoServer() : server === 'both' ? await bothServer() : await grpcServer()
@@ -346,21 +308,12 @@ const handlers = {
       if (!keep) client.close()
     }
   },
+  /** The forward proxy's answer to a CONNECT (null if it closed without one), no time limit. */
   async connectStatus({ host, port, nodeId }) {
-    const s = net.connect(fp.getHttpPort(), '127.0.0.1')
-    const auth = Buffer.from(TOKEN).toString('base64')
     const target = nodeId ? `${host}:${port}?nodeId=${nodeId}` : `${host}:${port}`
-    s.write(`CONNECT ${target} HTTP/1.1\r\nProxy-Authorization: Basic ${auth}\r\n\r\n`)
-    const head = await new Promise((resolve) => {
-      let buf = ''
-      s.on('data', (d) => {
-        buf += d.toString('latin1')
-        if (buf.includes('\r\n\r\n')) resolve(buf)
-      })
-      s.on('close', () => resolve(buf))
-    })
-    s.destroy()
-    return { status: Number(head.split(' ')[1]) }
+    const { status, socket } = await request({ port: fp.getHttpPort(), target, token: TOKEN, timeout: 0 })
+    socket.destroy()
+    return { status }
   },
   /**
    * Sends `bytes` random bytes through a tunnel to the echo server and reads them back. Resolves
@@ -390,6 +343,7 @@ const handlers = {
       s.on('end', () => (ended = true))
       s.on('error', (e) => (error = error || e.message))
       s.on('close', resolve)
+      s.resume() // connectTunnel hands the socket over paused, right after the answer head
     })
     tr.abort = (why) => {
       error = error || why
@@ -421,11 +375,11 @@ const handlers = {
     if (tr?.abort) tr.abort(why)
     return { received: tr?.received ?? 0 }
   },
-  /** Opens a Chat stream through the forward proxy and waits for the echo of a first message. */
+  /** Opens a Bidi stream through the forward proxy and waits for the echo of a first message. */
   async chatOpen({ host, port, deadlineMs = 10000 }) {
     closeChat('reopened')
     const client = new proto.Echo(`${host}:${port}`, grpc.credentials.createInsecure())
-    const call = client.Chat()
+    const call = client.Bidi()
     const c = { client, call, pending: new Map(), received: 0, late: [], error: null, endedAt: null }
     chat = c
     call.on('data', (m) => {
