@@ -403,7 +403,17 @@ class ForwardProxy extends Proxy {
     const discovery = checkDiscovery(opts.discovery)
     const relay = checkRelay('opts.relay', opts.relay)
     await wrap(
-      this._native.start(proxyHost, proxyPort, egressHost, egressPort, tls?.keyPrivatePem, tls?.certChainPem, token, discovery, relay),
+      this._native.start({
+        proxyHost,
+        proxyPort,
+        egressHost,
+        egressPort,
+        keyPrivatePem: tls?.keyPrivatePem,
+        certChainPem: tls?.certChainPem,
+        authToken: token,
+        discovery,
+        relay,
+      }),
     )
     LoopHold.hold(this)
   }
@@ -515,7 +525,17 @@ class ReverseProxy extends Proxy {
     const discovery = checkDiscovery(opts.discovery)
     const relay = checkRelay('opts.relay', opts.relay)
     await wrap(
-      this._native.start(serverHost, serverPort, ingressHost, ingressPort, tls?.keyPrivatePem, tls?.certChainPem, allowed, discovery, relay),
+      this._native.start({
+        serverHost,
+        serverPort,
+        ingressHost,
+        ingressPort,
+        keyPrivatePem: tls?.keyPrivatePem,
+        certChainPem: tls?.certChainPem,
+        allowedNodeIds: allowed,
+        discovery,
+        relay,
+      }),
     )
     LoopHold.hold(this)
   }

@@ -12,7 +12,7 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class NativeForwardProxy {
   constructor(authToken: string, options?: NativeOptions | undefined | null)
   setEventListener(listener?: Listener | undefined | null): void
-  start(proxyHost: string, proxyPort: number, egressHost: string, egressPort: number, keyPrivatePem?: string | undefined | null, certChainPem?: string | undefined | null, authToken?: string | undefined | null, discovery?: NativeDiscovery | undefined | null, relay?: NativeRelay | undefined | null): Promise<void>
+  start(start: NativeForwardStart): Promise<void>
   /** The addresses the DHT holds for `node_id`, signed record first. */
   lookup(nodeId: string, timeoutMs?: number | undefined | null): Promise<Array<NativeFound>>
   /** The addresses announced last. */
@@ -64,7 +64,7 @@ export declare class NativeRelayServer {
 export declare class NativeReverseProxy {
   constructor(options?: NativeOptions | undefined | null)
   setEventListener(listener?: Listener | undefined | null): void
-  start(serverHost: string, serverPort: number, ingressHost: string, ingressPort: number, keyPrivatePem?: string | undefined | null, certChainPem?: string | undefined | null, allowedNodeIds?: Array<string> | undefined | null, discovery?: NativeDiscovery | undefined | null, relay?: NativeRelay | undefined | null): Promise<void>
+  start(start: NativeReverseStart): Promise<void>
   /** The addresses the DHT holds for `node_id`, signed record first. */
   lookup(nodeId: string, timeoutMs?: number | undefined | null): Promise<Array<NativeFound>>
   /** The addresses announced last. */
@@ -153,6 +153,20 @@ export interface NativeEvent {
   relay?: NativeRelayStatus
 }
 
+/** `ForwardProxy.start` options, already checked and defaulted by index.js. */
+export interface NativeForwardStart {
+  proxyHost: string
+  proxyPort: number
+  egressHost: string
+  egressPort: number
+  keyPrivatePem?: string
+  certChainPem?: string
+  /** Replaces the token given to the constructor. */
+  authToken?: string
+  discovery?: NativeDiscovery
+  relay?: NativeRelay
+}
+
 /** An address found on the DHT. */
 export interface NativeFound {
   host: string
@@ -226,6 +240,19 @@ export interface NativeRelayStatus {
   observedPort?: number
   publicPort?: number
   error?: string
+}
+
+/** `ReverseProxy.start` options, already checked and defaulted by index.js. */
+export interface NativeReverseStart {
+  serverHost: string
+  serverPort: number
+  ingressHost: string
+  ingressPort: number
+  keyPrivatePem?: string
+  certChainPem?: string
+  allowedNodeIds?: Array<string>
+  discovery?: NativeDiscovery
+  relay?: NativeRelay
 }
 
 /** Node id of the first certificate in a PEM string. */

@@ -1,12 +1,12 @@
 //! `NativeForwardProxy`: the binding of keynet-core's ForwardProxy.
 
-use keynet_core::{ForwardProxy, ForwardStart};
+use keynet_core::ForwardProxy;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use crate::convert::{
-    self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeDiscovery, NativeFound,
-    NativeOptions, NativeRelay, NativeRelayStatus, Ops,
+    self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeForwardStart,
+    NativeFound, NativeOptions, NativeRelay, NativeRelayStatus, Ops,
 };
 
 #[napi]
@@ -32,26 +32,8 @@ impl NativeForwardProxy {
     }
 
     #[napi]
-    #[allow(clippy::too_many_arguments)]
-    pub async fn start(
-        &self,
-        proxy_host: String,
-        proxy_port: u32,
-        egress_host: String,
-        egress_port: u32,
-        key_private_pem: Option<String>,
-        cert_chain_pem: Option<String>,
-        auth_token: Option<String>,
-        discovery: Option<NativeDiscovery>,
-        relay: Option<NativeRelay>,
-    ) -> Result<()> {
-        let start = ForwardStart {
-            proxy_addr: addr("proxyHost", &proxy_host, proxy_port)?,
-            egress_addr: addr("egressHost", &egress_host, egress_port)?,
-            tls: convert::tls(key_private_pem, cert_chain_pem),
-            discovery: discovery.map(NativeDiscovery::into_core).transpose()?,
-            relay: relay.map(NativeRelay::into_core).transpose()?,
-        };
+    pub async fn start(&self, start: NativeForwardStart) -> Result<()> {
+        let (start, auth_token) = start.into_core()?;
         if let Some(token) = auth_token {
             self.inner.set_auth_token(token);
         }

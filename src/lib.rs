@@ -11,7 +11,7 @@ mod reverse;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-pub use convert::{NativeConnectionInfo, NativeEvent, NativeIdentity, NativeOptions};
+use convert::NativeIdentity;
 
 /// Logs to stderr when `KEYNET_LOG` (or `RUST_LOG`) is set, e.g. `KEYNET_LOG=keynet_core=debug`.
 static LOGGING: once_cell::sync::Lazy<()> = once_cell::sync::Lazy::new(|| {

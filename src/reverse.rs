@@ -1,12 +1,12 @@
 //! `NativeReverseProxy`: the binding of keynet-core's ReverseProxy.
 
-use keynet_core::{ReverseProxy, ReverseStart};
+use keynet_core::ReverseProxy;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use crate::convert::{
-    self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeDiscovery, NativeFound,
-    NativeOptions, NativeRelay, NativeRelayStatus, Ops,
+    self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeFound, NativeOptions,
+    NativeRelayStatus, NativeReverseStart, Ops,
 };
 
 #[napi]
@@ -32,35 +32,8 @@ impl NativeReverseProxy {
     }
 
     #[napi]
-    #[allow(clippy::too_many_arguments)]
-    pub async fn start(
-        &self,
-        server_host: String,
-        server_port: u32,
-        ingress_host: String,
-        ingress_port: u32,
-        key_private_pem: Option<String>,
-        cert_chain_pem: Option<String>,
-        allowed_node_ids: Option<Vec<String>>,
-        discovery: Option<NativeDiscovery>,
-        relay: Option<NativeRelay>,
-    ) -> Result<()> {
-        let allowed = match allowed_node_ids {
-            Some(ids) => Some(
-                ids.into_iter()
-                    .map(|s| convert::node_id(Some(s)).map(|o| o.expect("some in, some out")))
-                    .collect::<Result<Vec<_>>>()?,
-            ),
-            None => None,
-        };
-        let start = ReverseStart {
-            server_addr: addr("serverHost", &server_host, server_port)?,
-            ingress_addr: addr("ingressHost", &ingress_host, ingress_port)?,
-            tls: convert::tls(key_private_pem, cert_chain_pem),
-            allowed_node_ids: allowed,
-            discovery: discovery.map(NativeDiscovery::into_core).transpose()?,
-            relay: relay.map(NativeRelay::into_core).transpose()?,
-        };
+    pub async fn start(&self, start: NativeReverseStart) -> Result<()> {
+        let start = start.into_core()?;
         self.inner.start(start).await.map_err(err)
     }
 

@@ -1,0 +1,150 @@
+//! What JS reads back: identities, connection information, addresses, relay status.
+
+use std::net::SocketAddr;
+
+use napi_derive::napi;
+
+/// A generated identity.
+#[napi(object)]
+pub struct NativeIdentity {
+    pub node_id: String,
+    pub key_private_pem: String,
+    pub cert_chain_pem: String,
+}
+
+impl From<keynet_core::Identity> for NativeIdentity {
+    fn from(id: keynet_core::Identity) -> Self {
+        Self {
+            node_id: id.node_id.to_string(),
+            key_private_pem: id.tls.key_private_pem,
+            cert_chain_pem: id.tls.cert_chain_pem,
+        }
+    }
+}
+
+/// API.md `ConnectionInfo`.
+#[napi(object)]
+#[derive(Clone)]
+pub struct NativeConnectionInfo {
+    pub node_id: String,
+    pub certificates: Vec<String>,
+    pub egress_host: String,
+    pub egress_port: u32,
+    pub ingress_host: String,
+    pub ingress_port: u32,
+    pub path: String,
+    pub rtt_ms: f64,
+    pub bytes_sent: f64,
+    pub bytes_received: f64,
+}
+
+impl From<keynet_core::ConnectionInfo> for NativeConnectionInfo {
+    fn from(i: keynet_core::ConnectionInfo) -> Self {
+        Self {
+            node_id: i.node_id,
+            certificates: i.certificates,
+            egress_host: i.egress.ip().to_string(),
+            egress_port: i.egress.port() as u32,
+            ingress_host: i.ingress.ip().to_string(),
+            ingress_port: i.ingress.port() as u32,
+            path: i.path.as_str().to_string(),
+            rtt_ms: i.rtt_ms,
+            bytes_sent: i.bytes_sent as f64,
+            bytes_received: i.bytes_received as f64,
+        }
+    }
+}
+
+/// A host and port.
+#[napi(object)]
+#[derive(Clone)]
+pub struct NativeAddress {
+    pub host: String,
+    pub port: u32,
+}
+
+impl From<SocketAddr> for NativeAddress {
+    fn from(a: SocketAddr) -> Self {
+        Self {
+            host: a.ip().to_string(),
+            port: a.port() as u32,
+        }
+    }
+}
+
+/// An address found on the DHT.
+#[napi(object)]
+pub struct NativeFound {
+    pub host: String,
+    pub port: u32,
+    /// Milliseconds since the node signed it; absent for unsigned hints.
+    pub age_ms: Option<f64>,
+    pub signed: bool,
+}
+
+impl From<keynet_core::Found> for NativeFound {
+    fn from(f: keynet_core::Found) -> Self {
+        Self {
+            host: f.addr.ip().to_string(),
+            port: f.addr.port() as u32,
+            age_ms: f.age.map(|a| a.as_secs_f64() * 1000.0),
+            signed: f.signed,
+        }
+    }
+}
+
+/// A relay link's status (`getRelayStatus()`).
+#[napi(object)]
+#[derive(Clone)]
+pub struct NativeRelayStatus {
+    pub host: String,
+    pub port: u32,
+    pub node_id: String,
+    /// `connecting`, `up` or `down`.
+    pub state: String,
+    pub transport: Option<String>,
+    pub observed_host: Option<String>,
+    pub observed_port: Option<u32>,
+    pub public_port: Option<u32>,
+    pub error: Option<String>,
+}
+
+impl NativeRelayStatus {
+    /// The status of the link to `spec`.
+    pub fn new(
+        spec: &keynet_core::relay::spec::RelaySpec,
+        status: keynet_core::relay::spec::LinkStatus,
+    ) -> Self {
+        use keynet_core::relay::spec::LinkStatus;
+        let mut s = Self {
+            host: spec.addr.ip().to_string(),
+            port: spec.addr.port() as u32,
+            node_id: spec.node_id.to_string(),
+            state: "connecting".into(),
+            transport: None,
+            observed_host: None,
+            observed_port: None,
+            public_port: None,
+            error: None,
+        };
+        match status {
+            LinkStatus::Connecting => {}
+            LinkStatus::Up {
+                transport,
+                observed,
+                public_port,
+            } => {
+                s.state = "up".into();
+                s.transport = Some(transport.into());
+                s.observed_host = Some(observed.ip().to_string());
+                s.observed_port = Some(observed.port() as u32);
+                s.public_port = public_port.map(u32::from);
+            }
+            LinkStatus::Down(code, message) => {
+                s.state = "down".into();
+                s.error = Some(format!("[{code}] {message}"));
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,204 @@
+//! What JS passes in: timing options and start options (checked by index.js first).
+
+use std::net::SocketAddr;
+
+use keynet_core::{ForwardStart, ReverseStart};
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+
+use super::{addr, arg_err, ms, node_id, tls};
+
+/// Timing options in milliseconds (undefined: API.md default).
+#[napi(object)]
+#[derive(Default)]
+pub struct NativeOptions {
+    pub conn_connect_time: Option<f64>,
+    pub conn_keep_alive_timeout_time: Option<f64>,
+    pub conn_keep_alive_interval_time: Option<f64>,
+    pub conn_punch_interval_time: Option<f64>,
+    pub conn_end_time: Option<f64>,
+    /// Test-only: no keepalives.
+    pub disable_keep_alive: Option<bool>,
+}
+
+impl NativeOptions {
+    /// Into core options.
+    pub fn into_core(self) -> keynet_core::ConnOptions {
+        let d = keynet_core::ConnOptions::default();
+        keynet_core::ConnOptions {
+            connect_time: self.conn_connect_time.map(ms).unwrap_or(d.connect_time),
+            keepalive_timeout: self
+                .conn_keep_alive_timeout_time
+                .map(ms)
+                .unwrap_or(d.keepalive_timeout),
+            keepalive_interval: self
+                .conn_keep_alive_interval_time
+                .map(ms)
+                .unwrap_or(d.keepalive_interval),
+            punch_interval: self
+                .conn_punch_interval_time
+                .map(ms)
+                .unwrap_or(d.punch_interval),
+            end_time: self.conn_end_time.map(ms).unwrap_or(d.end_time),
+            keepalive_disabled: self.disable_keep_alive.unwrap_or(false),
+        }
+    }
+}
+
+/// `discovery` start options (checked by index.js).
+#[napi(object)]
+pub struct NativeDiscovery {
+    pub bootstrap: Option<Vec<String>>,
+    pub announce: Option<bool>,
+    pub reannounce_interval: Option<f64>,
+    pub host: Option<String>,
+    pub port: Option<u32>,
+    pub server: Option<bool>,
+}
+
+impl NativeDiscovery {
+    /// The core options.
+    pub fn into_core(self) -> Result<keynet_core::DiscoveryOptions> {
+        let defaults = keynet_core::DiscoveryOptions::default();
+        let bind = match self.host {
+            Some(host) => match addr("discovery.host", &host, self.port.unwrap_or(0))? {
+                SocketAddr::V4(a) => Some(a),
+                SocketAddr::V6(_) => {
+                    return Err(arg_err(
+                        "discovery.host must be an IPv4 address (the mainline DHT is IPv4)".into(),
+                    ))
+                }
+            },
+            None => None,
+        };
+        if bind.is_none() && self.port.is_some_and(|p| p != 0) {
+            return Err(arg_err("discovery.port needs discovery.host".into()));
+        }
+        Ok(keynet_core::DiscoveryOptions {
+            bootstrap: self.bootstrap,
+            announce: self.announce.unwrap_or(defaults.announce),
+            reannounce_interval: self
+                .reannounce_interval
+                .map(ms)
+                .unwrap_or(defaults.reannounce_interval),
+            bind,
+            server_mode: self.server.unwrap_or(defaults.server_mode),
+        })
+    }
+}
+
+/// `relay` options of `start()` and `openConnection()` (index.js validated the types).
+#[napi(object)]
+pub struct NativeRelay {
+    pub host: String,
+    pub port: u32,
+    pub node_id: String,
+    pub tcp_port: Option<u32>,
+    pub transport: Option<String>,
+    pub keepalive_interval: Option<f64>,
+    pub public_port: Option<bool>,
+    pub upgrade: Option<bool>,
+    pub upgrade_delay: Option<f64>,
+    pub token: Option<String>,
+}
+
+impl NativeRelay {
+    /// The core spec.
+    pub fn into_core(self) -> Result<keynet_core::relay::spec::RelaySpec> {
+        use keynet_core::relay::spec::Transport;
+        let addr_ = addr("relay.host", &self.host, self.port)?;
+        let node = node_id(Some(self.node_id))?.expect("some in, some out");
+        let mut spec = keynet_core::relay::spec::RelaySpec::new(addr_, node);
+        if let Some(p) = self.tcp_port {
+            spec.tcp_addr = Some(addr("relay.host", &self.host, p)?);
+        }
+        spec.transport = match self.transport.as_deref() {
+            None | Some("auto") => Transport::Auto,
+            Some("quic") => Transport::Quic,
+            Some("websocket") => Transport::WebSocket,
+            Some(other) => {
+                return Err(arg_err(format!(
+                    "relay.transport must be 'auto', 'quic' or 'websocket', got {other:?}"
+                )))
+            }
+        };
+        if let Some(k) = self.keepalive_interval {
+            if k <= 0.0 {
+                return Err(arg_err(
+                    "relay.keepaliveInterval must be greater than 0".into(),
+                ));
+            }
+            spec.keepalive = ms(k);
+        }
+        spec.want_port = self.public_port.unwrap_or(false);
+        spec.upgrade = self.upgrade.unwrap_or(true);
+        spec.upgrade_delay = self.upgrade_delay.map(ms).unwrap_or_default();
+        spec.token = self.token;
+        Ok(spec)
+    }
+}
+
+/// `ForwardProxy.start` options, already checked and defaulted by index.js.
+#[napi(object)]
+pub struct NativeForwardStart {
+    pub proxy_host: String,
+    pub proxy_port: u32,
+    pub egress_host: String,
+    pub egress_port: u32,
+    pub key_private_pem: Option<String>,
+    pub cert_chain_pem: Option<String>,
+    /// Replaces the token given to the constructor.
+    pub auth_token: Option<String>,
+    pub discovery: Option<NativeDiscovery>,
+    pub relay: Option<NativeRelay>,
+}
+
+impl NativeForwardStart {
+    /// The core's start; the auth token travels apart (it is the proxy's, not the start's).
+    pub fn into_core(self) -> Result<(ForwardStart, Option<String>)> {
+        let start = ForwardStart {
+            proxy_addr: addr("proxyHost", &self.proxy_host, self.proxy_port)?,
+            egress_addr: addr("egressHost", &self.egress_host, self.egress_port)?,
+            tls: tls(self.key_private_pem, self.cert_chain_pem),
+            discovery: self.discovery.map(NativeDiscovery::into_core).transpose()?,
+            relay: self.relay.map(NativeRelay::into_core).transpose()?,
+        };
+        Ok((start, self.auth_token))
+    }
+}
+
+/// `ReverseProxy.start` options, already checked and defaulted by index.js.
+#[napi(object)]
+pub struct NativeReverseStart {
+    pub server_host: String,
+    pub server_port: u32,
+    pub ingress_host: String,
+    pub ingress_port: u32,
+    pub key_private_pem: Option<String>,
+    pub cert_chain_pem: Option<String>,
+    pub allowed_node_ids: Option<Vec<String>>,
+    pub discovery: Option<NativeDiscovery>,
+    pub relay: Option<NativeRelay>,
+}
+
+impl NativeReverseStart {
+    /// The core's start.
+    pub fn into_core(self) -> Result<ReverseStart> {
+        let allowed_node_ids = self
+            .allowed_node_ids
+            .map(|ids| {
+                ids.into_iter()
+                    .map(|s| node_id(Some(s)).map(|o| o.expect("some in, some out")))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
+        Ok(ReverseStart {
+            server_addr: addr("serverHost", &self.server_host, self.server_port)?,
+            ingress_addr: addr("ingressHost", &self.ingress_host, self.ingress_port)?,
+            tls: tls(self.key_private_pem, self.cert_chain_pem),
+            allowed_node_ids,
+            discovery: self.discovery.map(NativeDiscovery::into_core).transpose()?,
+            relay: self.relay.map(NativeRelay::into_core).transpose()?,
+        })
+    }
+}
