@@ -11,8 +11,10 @@
 //! registration per node id: a newer connection replaces (and closes) the older one.
 
 pub mod alloc;
+mod registry;
 
-use std::collections::{HashMap, HashSet};
+use registry::{Refusal, Registry};
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +29,7 @@ use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities, Lifecycle};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
-use crate::proto::relay::{Frame, GoneReason};
+use crate::proto::relay::Frame;
 use crate::relay::framed::{write_frames, BoxRead, BoxWrite, FrameReader, ReadError};
 use crate::socket::{self, KeynetSocket};
 use crate::task::Tasks;
@@ -121,7 +123,6 @@ struct NodeConn {
     /// Control frames: written first; a full queue drops (the node asks again).
     ctl: mpsc::Sender<Frame>,
     kick: CancellationToken,
-    peers: Mutex<HashSet<NodeId>>,
 }
 
 impl NodeConn {
@@ -142,7 +143,8 @@ struct Running {
     node_id: NodeId,
     accept: Acceptable,
     start: RelayStart,
-    nodes: Mutex<HashMap<NodeId, Arc<NodeConn>>>,
+    /// The relay's policy: who is registered, who may send to whom.
+    nodes: Mutex<Registry<NodeConn>>,
     next_id: AtomicU64,
     allocs: Arc<Allocations>,
 }
@@ -201,8 +203,8 @@ impl RelayServer {
                     tasks: tasks.clone(),
                     node_id: identity.node_id,
                     accept,
+                    nodes: Mutex::new(Registry::new(start.max_peers, start.token.clone())),
                     start,
-                    nodes: Mutex::new(HashMap::new()),
                     next_id: AtomicU64::new(1),
                     allocs,
                 });
@@ -221,7 +223,7 @@ impl RelayServer {
             .life
             .stop(|running| async move {
                 for n in running.nodes.lock().expect("nodes lock").drain() {
-                    n.1.kick.cancel();
+                    n.kick.cancel();
                 }
                 running.endpoint.close(0u32.into(), b"relay stopped");
                 let _ = tokio::time::timeout(
@@ -265,9 +267,7 @@ impl RelayServer {
             .nodes
             .lock()
             .expect("nodes lock")
-            .keys()
-            .copied()
-            .collect())
+            .registered())
     }
 
     /// Public ports allocated now (held for a connected node or retained), by node.
@@ -429,7 +429,6 @@ impl Inner {
             tx,
             ctl,
             kick,
-            peers: Mutex::new(HashSet::new()),
         });
         let result = self
             .read_frames(running, node, remote, &me, FrameReader::new(read), &close)
@@ -442,33 +441,15 @@ impl Inner {
     /// Removes `me`'s registration (if it is still the current one for `node`): its public port
     /// goes into retention and its peers learn it left. Idempotent.
     fn unregister(&self, running: &Arc<Running>, node: NodeId, me: &Arc<NodeConn>) {
-        let was_registered = {
-            let mut nodes = running.nodes.lock().expect("nodes lock");
-            if nodes.get(&node).is_some_and(|r| r.id == me.id) {
-                nodes.remove(&node);
-                true
-            } else {
-                false
-            }
-        };
-        if !was_registered {
-            return;
-        }
-        running.allocs.node_left(node);
-        let nodes: Vec<_> = running
+        let peers = running
             .nodes
             .lock()
             .expect("nodes lock")
-            .values()
-            .cloned()
-            .collect();
-        for other in nodes {
-            if other.peers.lock().expect("peers lock").remove(&node) {
-                let _ = other.ctl.try_send(Frame::PeerGone {
-                    node,
-                    reason: GoneReason::Left,
-                });
-            }
+            .unregister(node, me.id);
+        let Some(peers) = peers else { return };
+        running.allocs.node_left(node);
+        for peer in peers {
+            let _ = peer.ctl.try_send(registry::left(node));
         }
         tracing::info!(%node, "node left the relay");
     }
@@ -482,7 +463,6 @@ impl Inner {
         mut frames: FrameReader,
         close: &Closer,
     ) -> Result<()> {
-        let mut registered = false;
         let idle = running.start.node_timeout;
         loop {
             let next = tokio::select! {
@@ -511,20 +491,18 @@ impl Inner {
             };
             let reply = match frame {
                 Frame::Register { want_port, token } => {
-                    if let Some(want) = &running.start.token {
-                        if !crate::proto::connect::constant_time_eq(
-                            want.as_bytes(),
-                            token.as_bytes(),
-                        ) {
+                    let registered = running.nodes.lock().expect("nodes lock").register(
+                        node,
+                        me.id,
+                        me.clone(),
+                        &token,
+                    );
+                    match registered {
+                        Ok(Some(old)) => old.kick.cancel(),
+                        Ok(None) => {}
+                        Err(refusal) => {
                             tracing::warn!(%node, "registration with a wrong token refused");
-                            let _ = me
-                                .ctl
-                                .send(Frame::Error {
-                                    code: 401,
-                                    node: None,
-                                    message: "registration token refused".into(),
-                                })
-                                .await;
+                            let _ = me.ctl.send(refusal.frame()).await;
                             // The node ends the session when it reads the refusal (closing now
                             // could discard it unsent); bounded, in case it does not.
                             let _ = tokio::time::timeout(REFUSAL_GRACE, async {
@@ -535,15 +513,6 @@ impl Inner {
                             return Ok(());
                         }
                     }
-                    let old = running
-                        .nodes
-                        .lock()
-                        .expect("nodes lock")
-                        .insert(node, me.clone());
-                    if let Some(old) = old.filter(|o| o.id != me.id) {
-                        old.kick.cancel();
-                    }
-                    registered = true;
                     let public_port = if want_port {
                         match running.allocs.claim(node, me.tx.clone()).await {
                             Ok(p) => Some(p),
@@ -568,34 +537,26 @@ impl Inner {
                         public_port,
                     })
                 }
-                Frame::SendPacket { dst, datagram } if registered => {
+                Frame::SendPacket { dst, datagram } => {
                     self.forward(running, node, me, dst, datagram)
                 }
-                Frame::CallMeMaybe { peer } if registered => {
-                    self.rendezvous(running, node, me, peer)
+                Frame::CallMeMaybe { peer } => self.rendezvous(running, node, me, peer),
+                Frame::TcpData { .. } | Frame::TcpClose { .. } => {
+                    if running
+                        .nodes
+                        .lock()
+                        .expect("nodes lock")
+                        .is_current(node, me.id)
+                    {
+                        running.allocs.from_node(node, frame).await;
+                        None
+                    } else {
+                        Some(Refusal::NotRegistered.frame())
+                    }
                 }
-                Frame::TcpData { .. } | Frame::TcpClose { .. } if registered => {
-                    running.allocs.from_node(node, frame).await;
-                    None
-                }
-                Frame::SendPacket { .. }
-                | Frame::CallMeMaybe { .. }
-                | Frame::TcpData { .. }
-                | Frame::TcpClose { .. } => Some(Frame::Error {
-                    code: 401,
-                    node: None,
-                    message: "register first".into(),
-                }),
                 Frame::Ping { nonce } => Some(Frame::Pong { nonce }),
                 Frame::Pong { .. } => None,
-                other => Some(Frame::Error {
-                    code: 400,
-                    node: None,
-                    message: format!("unexpected frame {other:?}")
-                        .chars()
-                        .take(200)
-                        .collect(),
-                }),
+                other => Some(Refusal::Unexpected(format!("{other:?}")).frame()),
             };
             if let Some(reply) = reply {
                 if me.ctl.send(reply).await.is_err() {
@@ -613,37 +574,27 @@ impl Inner {
         dst: NodeId,
         datagram: Vec<u8>,
     ) -> Option<Frame> {
-        let target = running.nodes.lock().expect("nodes lock").get(&dst).cloned();
-        let Some(target) = target else {
-            return Some(Frame::PeerGone {
-                node: dst,
-                reason: GoneReason::Unknown,
-            });
-        };
-        {
-            let mut peers = me.peers.lock().expect("peers lock");
-            if !peers.contains(&dst) {
-                if peers.len() >= running.start.max_peers {
-                    tracing::warn!(%node, limit = running.start.max_peers, "relayed peer limit reached");
-                    return Some(Frame::Error {
-                        code: 429,
-                        node: Some(dst),
-                        message: format!(
-                            "too many relayed peers (limit {}): {dst} refused",
-                            running.start.max_peers
-                        ),
-                    });
+        let target = running
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .forward(node, me.id, dst);
+        match target {
+            Ok(target) => {
+                // Packets are unreliable: a full queue drops, never blocks the sender.
+                let _ = target.tx.try_send(Frame::RecvPacket {
+                    src: node,
+                    datagram,
+                });
+                None
+            }
+            Err(refusal) => {
+                if let Refusal::PeerLimit { limit, .. } = refusal {
+                    tracing::warn!(%node, limit, "relayed peer limit reached");
                 }
-                peers.insert(dst);
+                Some(refusal.frame())
             }
         }
-        target.peers.lock().expect("peers lock").insert(node);
-        // Packets are unreliable: a full queue drops, never blocks the sender.
-        let _ = target.tx.try_send(Frame::RecvPacket {
-            src: node,
-            datagram,
-        });
-        None
     }
 
     fn rendezvous(
@@ -657,13 +608,10 @@ impl Inner {
             .nodes
             .lock()
             .expect("nodes lock")
-            .get(&peer)
-            .cloned();
-        let Some(target) = target else {
-            return Some(Frame::PeerGone {
-                node: peer,
-                reason: GoneReason::Unknown,
-            });
+            .pair(node, me.id, peer);
+        let target = match target {
+            Ok(t) => t,
+            Err(refusal) => return Some(refusal.frame()),
         };
         // Only QUIC-connected nodes have a UDP address worth punching to.
         let (Some(mine), Some(theirs)) = (me.observed(), target.observed()) else {
