@@ -140,9 +140,9 @@ impl NativeRelayStatus {
                 s.observed_port = Some(observed.port() as u32);
                 s.public_port = public_port.map(u32::from);
             }
-            LinkStatus::Down(code, message) => {
+            LinkStatus::Down(kind, message) => {
                 s.state = "down".into();
-                s.error = Some(format!("[{code}] {message}"));
+                s.error = Some(format!("[{}] {message}", kind.code()));
             }
         }
         s

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{DiscoveryOptions, Found};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result, StartError};
 use crate::events::{ConnectionInfo, EventSink};
 use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities, Lifecycle};
@@ -423,7 +423,7 @@ impl Inner {
                 let status = if running.stopping.load(Ordering::SeqCst) {
                     503
                 } else {
-                    e.http_status()
+                    connect_status(e.kind())
                 };
                 return answer(&mut tcp, status, &e.to_string()).await;
             }
@@ -460,6 +460,18 @@ async fn cancellable<T>(
     }
 }
 
+/// The HTTP status a CONNECT client gets for a failure (API.md status table).
+fn connect_status(kind: ErrorKind) -> u16 {
+    match kind {
+        ErrorKind::ConnectionStartTimeout => 504,
+        ErrorKind::CertChain(_) => 526,
+        ErrorKind::ForwardProxyNotRunning
+        | ErrorKind::ReverseProxyNotRunning
+        | ErrorKind::RelayNotRunning => 503,
+        _ => 502,
+    }
+}
+
 /// What a CONNECT asks to reach.
 enum Target {
     /// A reverse proxy's address, with the pin that applies.
@@ -477,25 +489,23 @@ async fn open_tunnel(peer: &Peer) -> Result<(quinn::SendStream, quinn::RecvStrea
         .conn
         .open_bi()
         .await
-        .map_err(|e| Error::ConnectionStart(format!("cannot open tunnel: {e}")))?;
+        .map_err(|e| StartError::Tunnel(e.into()))?;
     send.write_all(&tunnel::encode_open())
         .await
-        .map_err(|e| Error::ConnectionStart(format!("cannot open tunnel: {e}")))?;
+        .map_err(|e| StartError::Tunnel(e.into()))?;
     let mut prefix = [0u8; 3];
     recv.read_exact(&mut prefix)
         .await
-        .map_err(|e| Error::ConnectionStart(format!("reverse proxy did not acknowledge: {e}")))?;
+        .map_err(|e| StartError::NoAck(e.into()))?;
     let (status, len) =
-        tunnel::decode_ack_prefix(&prefix).map_err(|e| Error::ConnectionStart(e.to_string()))?;
+        tunnel::decode_ack_prefix(&prefix).map_err(|e| StartError::NoAck(e.into()))?;
     let mut reason = vec![0u8; len];
     recv.read_exact(&mut reason)
         .await
-        .map_err(|e| Error::ConnectionStart(format!("reverse proxy did not acknowledge: {e}")))?;
+        .map_err(|e| StartError::NoAck(e.into()))?;
     match tunnel::decode_ack(status, &reason) {
         Ack::Ok => Ok((send, recv)),
-        Ack::ServerUnreachable(why) => Err(Error::ConnectionStart(format!(
-            "reverse proxy could not reach its server: {why}"
-        ))),
+        Ack::ServerUnreachable(why) => Err(StartError::ServerUnreachable(why).into()),
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{DiscoveryOptions, Found};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StartError};
 use crate::events::{ConnectionInfo, EventSink};
 use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
 use crate::identity::TlsConfig;
@@ -262,9 +262,11 @@ impl ReverseProxy {
     ) -> Result<bool> {
         let running = self.running()?;
         if addr.port() == 0 || addr.ip().is_unspecified() {
-            return Err(Error::ConnectionStart(format!(
-                "cannot punch toward {addr}"
-            )));
+            return Err(StartError::Unroutable {
+                action: "punch toward",
+                addr,
+            }
+            .into());
         }
         running.node.tracker.register(addr, None);
         let budget = timeout.unwrap_or(self.inner.opts.connect_time);
@@ -351,13 +353,17 @@ impl Inner {
         incoming: quinn::Incoming,
     ) -> Result<Arc<Peer>> {
         let remote = incoming.remote_address();
-        let connecting = incoming
-            .accept()
-            .map_err(|e| Error::ConnectionStart(e.to_string()))?;
+        let connecting = incoming.accept().map_err(|e| StartError::Handshake {
+            to: remote.to_string(),
+            source: e,
+        })?;
         let conn = tokio::time::timeout(self.opts.connect_time, connecting)
             .await
             .map_err(|_| Error::ConnectionStartTimeout(self.opts.connect_time.as_millis() as u64))?
-            .map_err(|e| Error::ConnectionStart(e.to_string()))?;
+            .map_err(|e| StartError::Handshake {
+                to: remote.to_string(),
+                source: e,
+            })?;
         let certs = crate::tls::verify::peer_chain(&conn);
         let node_id = verify_chain(
             &certs,
@@ -375,7 +381,7 @@ impl Inner {
         let deadline = std::time::Instant::now() + self.opts.connect_time;
         let theirs = exchange_hello(&conn, ours, deadline)
             .await
-            .map_err(Error::ConnectionStart)?;
+            .map_err(StartError::Hello)?;
         let path = running
             .node
             .socket

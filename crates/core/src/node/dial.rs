@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::Node;
 use crate::discovery;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StartError};
 use crate::events::Path;
 use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
 use crate::nodeid::NodeId;
@@ -121,7 +121,7 @@ impl Node {
                         failure = Some(e);
                     }
                 }
-                Err(e) => failure = Some(Error::ConnectionStart(e.to_string())),
+                Err(e) => failure = Some(StartError::Task(e.into()).into()),
             }
         }
         let failure = failure.unwrap_or_else(|| Error::NodeNotFound(node.to_string()));
@@ -245,9 +245,7 @@ impl Node {
         )?;
         if !self.tracker.is_current_dial(&addr, lock) {
             conn.close(0u32.into(), reason::LOCAL.as_bytes());
-            return Err(Error::ConnectionStart(format!(
-                "{addr} was closed while its connection was being opened"
-            )));
+            return Err(StartError::ClosedWhileOpening(addr).into());
         }
         if let Some(d) = self.discovery() {
             d.learn_key(node_id, &peer_certs);
@@ -277,7 +275,10 @@ impl Node {
         let connecting = self
             .endpoint
             .connect_with(config, target, SERVER_NAME)
-            .map_err(|e| Error::ConnectionStart(format!("{node} via relay: {e}")))?;
+            .map_err(|source| StartError::Dial {
+                to: format!("{node} via relay"),
+                source,
+            })?;
         let refused = async {
             loop {
                 match gone.recv().await {
@@ -290,7 +291,10 @@ impl Node {
         let conn = tokio::select! {
             r = tokio::time::timeout_at(deadline.into(), connecting) => match r {
                 Err(_) => return Err(d.timed_out()),
-                Ok(Err(e)) => return Err(handshake_error(&outcome, format_args!("{node} via relay"), e)),
+                Ok(Err(source)) => {
+                    let to = format!("{node} via relay");
+                    return Err(handshake_error(&outcome, StartError::Handshake { to, source }));
+                }
                 Ok(Ok(conn)) => conn,
             },
             why = refused => return Err(Error::NotOnRelay(format!("{why} ({})", spec.addr))),
@@ -301,9 +305,10 @@ impl Node {
             own: self.addr,
         };
         exchange_hello(&conn, ours, deadline).await.map_err(|e| {
-            Error::ConnectionStart(format!(
-                "{node} refused this node after the handshake (allowedNodeIds?): {e}"
-            ))
+            Error::from(StartError::NotAccepted {
+                to: node.to_string(),
+                why: e,
+            })
         })?;
         let path = self.socket.paths.path_of(&target).unwrap_or(Path::Relayed);
         let peer = self.adopt(conn, &accept, d.addr, lock, path)?;
@@ -327,7 +332,11 @@ impl Node {
     ) -> Result<Arc<Peer>> {
         let addr = d.addr;
         if addr.port() == 0 || addr.ip().is_unspecified() {
-            return Err(Error::ConnectionStart(format!("cannot connect to {addr}")));
+            return Err(StartError::Unroutable {
+                action: "connect to",
+                addr,
+            }
+            .into());
         }
         let accept = d
             .pin
@@ -337,7 +346,10 @@ impl Node {
         let dial = || {
             self.endpoint
                 .connect_with(config.clone(), addr, SERVER_NAME)
-                .map_err(|e| Error::ConnectionStart(format!("{addr}: {e}")))
+                .map_err(|source| StartError::Dial {
+                    to: addr.to_string(),
+                    source,
+                })
         };
         let mut connecting = dial()?;
         let mut attempt_started = Instant::now();
@@ -359,7 +371,10 @@ impl Node {
                         connecting = dial()?;
                         attempt_started = Instant::now();
                     }
-                    Ok(Err(e)) => return Err(handshake_error(&outcome, addr, e)),
+                    Ok(Err(source)) => {
+                        let to = addr.to_string();
+                        return Err(handshake_error(&outcome, StartError::Handshake { to, source }));
+                    }
                     Ok(Ok(conn)) => break conn,
                 },
                 PunchEvent::PathOpened = punch.next_event() => {
@@ -384,9 +399,10 @@ impl Node {
             own,
         };
         let theirs = exchange_hello(&conn, ours, deadline).await.map_err(|e| {
-            Error::ConnectionStart(format!(
-                "{addr} refused this node after the handshake (allowedNodeIds?): {e}"
-            ))
+            Error::from(StartError::NotAccepted {
+                to: addr.to_string(),
+                why: e,
+            })
         })?;
         let path = judge_path(
             theirs.punching || punch.peer_took_part(),

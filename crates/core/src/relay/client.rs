@@ -4,11 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, RelayError, Result, StartError};
 use crate::identity::LoadedIdentity;
 use crate::nodeid::NodeId;
 use crate::proto::relay::Frame;
-use crate::relay::framed::{write_frame, BoxWrite, FrameReader, ReadError};
+use crate::relay::framed::{write_frame, BoxWrite, FrameReader};
 use crate::tls::config::{client_config, SERVER_NAME};
 use crate::tls::verify::{handshake_error, Acceptable, VerifyOutcome};
 
@@ -38,16 +38,28 @@ impl RelayClient {
         )?;
         let connecting = endpoint
             .connect_with(config, relay, SERVER_NAME)
-            .map_err(|e| Error::ConnectionStart(format!("{relay}: {e}")))?;
+            .map_err(|source| StartError::Dial {
+                to: relay.to_string(),
+                source,
+            })?;
         let conn = match tokio::time::timeout(timeout, connecting).await {
             Err(_) => return Err(Error::ConnectionStartTimeout(timeout.as_millis() as u64)),
-            Ok(Err(e)) => return Err(handshake_error(&outcome, relay, e)),
+            Ok(Err(source)) => {
+                let to = relay.to_string();
+                return Err(handshake_error(
+                    &outcome,
+                    StartError::Handshake { to, source },
+                ));
+            }
             Ok(Ok(conn)) => conn,
         };
         let (send, recv) = conn
             .open_bi()
             .await
-            .map_err(|e| Error::ConnectionStart(e.to_string()))?;
+            .map_err(|source| StartError::Handshake {
+                to: relay.to_string(),
+                source,
+            })?;
         Ok(Self {
             conn,
             send: tokio::sync::Mutex::new(Box::new(send)),
@@ -60,7 +72,7 @@ impl RelayClient {
         let mut send = self.send.lock().await;
         write_frame(&mut send, frame)
             .await
-            .map_err(Error::ConnectionStart)
+            .map_err(|why| RelayError::Closed(why).into())
     }
 
     /// Sends raw bytes (tests use it to send malformed frames).
@@ -71,17 +83,14 @@ impl RelayClient {
             .await
             .write_all(bytes)
             .await
-            .map_err(|e| Error::ConnectionStart(e.to_string()))
+            .map_err(|e| RelayError::Closed(e.to_string()).into())
     }
 
     /// The next frame from the relay; `None` when the relay ended the stream.
     pub async fn recv(&self) -> Result<Option<Frame>> {
         match self.frames.lock().await.next().await {
             Ok(f) => Ok(f),
-            Err(ReadError::Malformed(e)) => Err(Error::ConnectionStart(format!(
-                "malformed frame from the relay: {e}"
-            ))),
-            Err(ReadError::Closed(why)) => Err(Error::ConnectionStart(why)),
+            Err(e) => Err(e.relay_error("the relay").into()),
         }
     }
 

@@ -21,6 +21,19 @@ pub(super) enum ReadError {
     Closed(String),
 }
 
+impl ReadError {
+    /// As a relay error; `from` names the sender (`the relay`, a node).
+    pub(super) fn relay_error(self, from: impl std::fmt::Display) -> crate::error::RelayError {
+        match self {
+            Self::Malformed(source) => crate::error::RelayError::Malformed {
+                from: from.to_string(),
+                source,
+            },
+            Self::Closed(why) => crate::error::RelayError::Closed(why),
+        }
+    }
+}
+
 /// Buffers a byte stream into frames.
 pub(super) struct FrameReader {
     recv: BoxRead,

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::error::ErrorKind;
 use crate::nodeid::NodeId;
 
 /// Keepalive cadence toward the relay (seed 004: every 15 s).
@@ -79,5 +80,5 @@ pub enum LinkStatus {
         public_port: Option<u16>,
     },
     /// The last attempt failed (error code and message); retrying after backoff.
-    Down(&'static str, String),
+    Down(ErrorKind, String),
 }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, RelayError, Result};
 use crate::identity::LoadedIdentity;
 use crate::nodeid::NodeId;
 use crate::proto::websocket::{self, Opcode};
@@ -40,7 +40,7 @@ pub(super) async fn connect(
     let work = async {
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| Error::ConnectionStart(format!("relay {addr} (TCP): {e}")))?;
+            .map_err(|source| RelayError::Tcp { addr, source })?;
         let _ = tcp.set_nodelay(true);
         let outcome = VerifyOutcome::default();
         let tls = tls_client_config(
@@ -54,16 +54,13 @@ pub(super) async fn connect(
         let mut stream = match connector.connect(name, tcp).await {
             Ok(s) => s,
             Err(e) => {
-                return Err(handshake_error(
-                    &outcome,
-                    format_args!("relay {addr} (TLS)"),
-                    e,
-                ))
+                let why = format!("relay {addr} (TLS): {e}");
+                return Err(handshake_error(&outcome, RelayError::Upgrade(why)));
             }
         };
         let mut key = [0u8; 16];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-            .map_err(|_| Error::ConnectionStart("no randomness".into()))?;
+            .map_err(|_| RelayError::Upgrade("no randomness".into()))?;
         let key = base64::engine::general_purpose::STANDARD.encode(key);
         stream
             .write_all(websocket::client_request(&addr.to_string(), &key).as_bytes())
@@ -72,13 +69,14 @@ pub(super) async fn connect(
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
         resp.parse(&head)
-            .map_err(|e| Error::ConnectionStart(format!("relay upgrade answer: {e}")))?;
+            .map_err(|e| RelayError::Upgrade(format!("relay upgrade answer: {e}")))?;
         if resp.code != Some(101) {
-            return Err(Error::ConnectionStart(format!(
+            return Err(RelayError::Upgrade(format!(
                 "relay refused the WebSocket upgrade: {} {}",
                 resp.code.unwrap_or(0),
                 resp.reason.unwrap_or("")
-            )));
+            ))
+            .into());
         }
         let accept = resp
             .headers
@@ -86,9 +84,7 @@ pub(super) async fn connect(
             .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
             .map(|h| String::from_utf8_lossy(h.value).trim().to_string());
         if accept.as_deref() != Some(websocket::accept_key(&key).as_str()) {
-            return Err(Error::ConnectionStart(
-                "relay's WebSocket accept key is wrong".into(),
-            ));
+            return Err(RelayError::Upgrade("relay's WebSocket accept key is wrong".into()).into());
         }
         let (read, write, _kill) = pipe(stream, rest, true, tasks);
         Ok(RelayConn {
@@ -112,10 +108,7 @@ pub(super) async fn accept(
     accept: &Acceptable,
     tasks: &Tasks,
 ) -> Result<(NodeId, BoxRead, BoxWrite, CancellationToken)> {
-    let mut stream = acceptor
-        .accept(tcp)
-        .await
-        .map_err(|e| Error::ConnectionStart(format!("TLS: {e}")))?;
+    let mut stream = acceptor.accept(tcp).await.map_err(RelayError::Tls)?;
     let certs: Vec<_> = stream
         .get_ref()
         .1
@@ -156,7 +149,7 @@ pub(super) async fn accept(
             );
             let _ = stream.write_all(body.as_bytes()).await;
             let _ = stream.shutdown().await;
-            return Err(Error::ConnectionStart(format!("upgrade refused: {why}")));
+            return Err(RelayError::Upgrade(format!("upgrade refused: {why}")).into());
         }
     }
     let (read, write, kill) = pipe(stream, rest, false, tasks);
@@ -173,13 +166,11 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<(Vec<u8>, Vec<u8>)
             return Ok((buf, rest));
         }
         if buf.len() > MAX_HEAD {
-            return Err(Error::ConnectionStart("upgrade head too large".into()));
+            return Err(RelayError::Upgrade("upgrade head too large".into()).into());
         }
         let n = s.read(&mut chunk).await?;
         if n == 0 {
-            return Err(Error::ConnectionStart(
-                "connection closed during the upgrade".into(),
-            ));
+            return Err(RelayError::Upgrade("connection closed during the upgrade".into()).into());
         }
         buf.extend_from_slice(&chunk[..n]);
     }

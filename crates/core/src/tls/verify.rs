@@ -148,16 +148,15 @@ pub fn peer_chain(conn: &quinn::Connection) -> Vec<CertificateDer<'static>> {
 /// (rustls only carries an alert to the other side).
 pub type VerifyOutcome = Arc<Mutex<Option<CertChainError>>>;
 
-/// The error of a failed handshake with `what`: the refused certificate's typed reason when the
-/// verifier left one in `outcome`, else a connection error naming `what` and `e`.
+/// The error of a failed handshake: the refused certificate's typed reason when the verifier
+/// left one in `outcome`, else `otherwise`.
 pub fn handshake_error(
     outcome: &VerifyOutcome,
-    what: impl std::fmt::Display,
-    e: impl std::fmt::Display,
+    otherwise: impl Into<crate::error::Error>,
 ) -> crate::error::Error {
     match outcome.lock().expect("outcome lock").take() {
         Some(cert) => cert.into(),
-        None => crate::error::Error::ConnectionStart(format!("{what}: {e}")),
+        None => otherwise.into(),
     }
 }
 
@@ -351,7 +350,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, CertChainError::Unclaimed { .. }), "{err:?}");
-        assert_eq!(err.code(), "ErrorCertChainUnclaimed");
+        assert_eq!(err.kind(), crate::error::CertChainKind::Unclaimed);
     }
 
     #[test]
@@ -415,7 +414,7 @@ mod tests {
             generate_identity_valid(t + Duration::days(1), t + Duration::days(10)).unwrap();
         let err =
             verify_chain(&chain(&future.tls.cert_chain_pem), &Acceptable::Any, now()).unwrap_err();
-        assert_eq!(err.code(), "ErrorCertChainDateInvalid");
+        assert_eq!(err.kind(), crate::error::CertChainKind::DateInvalid);
     }
 
     #[test]

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::{CertChainKind, Error, ErrorKind, RelayError, Result};
 use crate::nodeid::NodeId;
 use crate::proto::liveness::Backoff;
 use crate::proto::relay::{Frame, GoneReason};
-use crate::relay::framed::{write_frames, BoxWrite, FrameReader, ReadError};
+use crate::relay::framed::{write_frames, BoxWrite, FrameReader};
 use crate::relay::spec::{LinkStatus, RelaySpec};
 use crate::socket::paths::Outbox;
 use crate::socket::KeynetSocket;
@@ -161,16 +161,16 @@ impl RelayLink {
         if matches!(up, Ok(true)) {
             return Ok(());
         }
-        let relay = format!("relay {} ({})", self.spec.addr, self.spec.node_id);
+        let relay = self.spec.addr;
         Err(match self.status() {
-            LinkStatus::Down("ErrorCertChainUnclaimed", _) => {
+            LinkStatus::Down(ErrorKind::CertChain(CertChainKind::Unclaimed), _) => {
                 crate::error::CertChainError::Unclaimed {
                     expected: self.spec.node_id.to_string(),
                 }
                 .into()
             }
-            LinkStatus::Down(_, why) => Error::ConnectionStart(format!("{relay}: {why}")),
-            _ => Error::ConnectionStart(format!("{relay}: not registered in time")),
+            LinkStatus::Down(_, why) => RelayError::Down { relay, why }.into(),
+            _ => RelayError::NotRegistered(relay).into(),
         })
     }
 
@@ -275,15 +275,15 @@ impl Runner {
                 r = self.session(&mut outbox_rx, &mut control_rx) => r,
                 _ = self.renew.notified() => {
                     renewing = true;
-                    Err(Error::ConnectionStart("the network changed: registering again".into()))
+                    Err(RelayError::NetworkChanged.into())
                 }
             };
             let (code, why) = match ended {
                 Ok(()) => (
-                    "ErrorConnectionStart",
+                    ErrorKind::ConnectionStart,
                     "the relay closed the connection".to_string(),
                 ),
-                Err(e) => (e.code(), e.to_string()),
+                Err(e) => (e.kind(), e.to_string()),
             };
             tracing::info!(relay = %self.spec.addr, reason = %why, "relay link down");
             let _ = self.status.send(LinkStatus::Down(code, why));
@@ -329,7 +329,7 @@ impl Runner {
             }],
         )
         .await
-        .map_err(Error::ConnectionStart)?;
+        .map_err(RelayError::Closed)?;
         let registered = tokio::time::timeout(budget, next(&mut frames))
             .await
             .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))??;
@@ -339,15 +339,9 @@ impl Runner {
                 public_port,
             }) => (observed, public_port),
             Some(Frame::Error { code, message, .. }) => {
-                return Err(Error::ConnectionStart(format!(
-                    "relay refused registration ({code}): {message}"
-                )))
+                return Err(RelayError::Refused { code, message }.into())
             }
-            other => {
-                return Err(Error::ConnectionStart(format!(
-                    "relay answered {other:?} to a registration"
-                )))
-            }
+            other => return Err(RelayError::UnexpectedAnswer(format!("{other:?}")).into()),
         };
         tracing::info!(relay = %self.spec.addr, transport = conn.name, %observed, ?public_port, "registered with the relay");
         let _ = self.status.send(LinkStatus::Up {
@@ -379,17 +373,15 @@ impl Runner {
                     biased;
                     c = control_rx.recv() => {
                         let Some(c) = c else { return Ok(()) };
-                        write_frames(&mut send, &[c]).await.map_err(Error::ConnectionStart)?;
+                        write_frames(&mut send, &[c]).await.map_err(RelayError::Closed)?;
                     }
                     _ = ping.tick() => {
                         let silent = last_heard.lock().expect("last heard lock").elapsed();
                         if silent > self.spec.keepalive * 2 {
-                            return Err(Error::ConnectionStart(format!(
-                                "relay silent for {} ms", silent.as_millis()
-                            )));
+                            return Err(RelayError::Silent(silent.as_millis()).into());
                         }
                         nonce += 1;
-                        write_frames(&mut send, &[Frame::Ping { nonce }]).await.map_err(Error::ConnectionStart)?;
+                        write_frames(&mut send, &[Frame::Ping { nonce }]).await.map_err(RelayError::Closed)?;
                     }
                     p = outbox_rx.recv() => {
                         let Some((dst, datagram)) = p else { return Ok(()) };
@@ -400,7 +392,7 @@ impl Runner {
                                 Err(_) => break,
                             }
                         }
-                        write_frames(&mut send, &batch).await.map_err(Error::ConnectionStart)?;
+                        write_frames(&mut send, &batch).await.map_err(RelayError::Closed)?;
                         batch.clear();
                     }
                 }
@@ -508,10 +500,8 @@ impl Runner {
 }
 
 async fn next(frames: &mut FrameReader) -> Result<Option<Frame>> {
-    frames.next().await.map_err(|e| match e {
-        ReadError::Malformed(e) => {
-            Error::ConnectionStart(format!("malformed frame from the relay: {e}"))
-        }
-        ReadError::Closed(why) => Error::ConnectionStart(why),
-    })
+    frames
+        .next()
+        .await
+        .map_err(|e| e.relay_error("the relay").into())
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, RelayError, Result, StartError};
 use crate::identity::LoadedIdentity;
 use crate::options::ConnOptions;
 use crate::relay::framed::RelayConn;
@@ -62,11 +62,13 @@ pub async fn connect(spec: &RelaySpec, ctx: &Dialer, budget: Duration) -> Result
                         Err(e) => ws_err = Some(e),
                     },
                 }
-                if let (Some(q), Some(w)) = (&quic_err, &ws_err) {
-                    return Err(Error::ConnectionStart(format!(
-                        "relay {} not reachable: QUIC: {q}; WebSocket: {w}",
-                        spec.addr
-                    )));
+                if quic_err.is_some() && ws_err.is_some() {
+                    return Err(RelayError::Unreachable {
+                        addr: spec.addr,
+                        quic: Box::new(quic_err.take().expect("checked")),
+                        websocket: Box::new(ws_err.take().expect("checked")),
+                    }
+                    .into());
                 }
             }
         }
@@ -84,22 +86,28 @@ async fn connect_quic(spec: &RelaySpec, ctx: &Dialer, budget: Duration) -> Resul
     let connecting = ctx
         .endpoint
         .connect_with(config, spec.addr, SERVER_NAME)
-        .map_err(|e| Error::ConnectionStart(format!("relay {}: {e}", spec.addr)))?;
+        .map_err(|source| StartError::Dial {
+            to: format!("relay {}", spec.addr),
+            source,
+        })?;
     let conn = match tokio::time::timeout(budget, connecting).await {
         Err(_) => return Err(Error::ConnectionStartTimeout(budget.as_millis() as u64)),
-        Ok(Err(e)) => {
+        Ok(Err(source)) => {
+            let to = format!("relay {}", spec.addr);
             return Err(handshake_error(
                 &outcome,
-                format_args!("relay {}", spec.addr),
-                e,
-            ))
+                StartError::Handshake { to, source },
+            ));
         }
         Ok(Ok(conn)) => conn,
     };
     let (send, recv) = tokio::time::timeout(budget, conn.open_bi())
         .await
         .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))?
-        .map_err(|e| Error::ConnectionStart(e.to_string()))?;
+        .map_err(|source| StartError::Handshake {
+            to: format!("relay {}", spec.addr),
+            source,
+        })?;
     Ok(RelayConn {
         name: "quic",
         read: Box::new(recv),

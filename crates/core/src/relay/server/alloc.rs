@@ -225,8 +225,9 @@ impl Allocations {
                 return Ok(l);
             }
         }
-        Err(Error::ConnectionStart(format!(
-            "every port in {lo}-{hi} is taken"
+        Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("every port in {lo}-{hi} is taken"),
         )))
     }
 

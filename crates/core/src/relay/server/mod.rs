@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, RelayError, Result, StartError};
 use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities, Lifecycle};
 use crate::nodeid::NodeId;
@@ -292,13 +292,16 @@ impl Inner {
 
     async fn serve_quic(&self, running: &Arc<Running>, incoming: quinn::Incoming) -> Result<()> {
         let budget = self.opts.connect_time;
-        let connecting = incoming
-            .accept()
-            .map_err(|e| Error::ConnectionStart(e.to_string()))?;
+        let remote = incoming.remote_address();
+        let handshake = |source| StartError::Handshake {
+            to: remote.to_string(),
+            source,
+        };
+        let connecting = incoming.accept().map_err(handshake)?;
         let conn = tokio::time::timeout(budget, connecting)
             .await
             .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))?
-            .map_err(|e| Error::ConnectionStart(e.to_string()))?;
+            .map_err(handshake)?;
         let certs = crate::tls::verify::peer_chain(&conn);
         let node = verify_chain(
             &certs,
@@ -308,7 +311,7 @@ impl Inner {
         let (send, recv) = tokio::time::timeout(budget, conn.accept_bi())
             .await
             .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))?
-            .map_err(|e| Error::ConnectionStart(e.to_string()))?;
+            .map_err(handshake)?;
         let closer_conn = conn.clone();
         let closer: Closer = Box::new(move |why: &str| {
             closer_conn.close(PROTOCOL_ERROR.into(), why.as_bytes());
@@ -483,11 +486,9 @@ impl Inner {
                     // registered after its connection ended.
                     self.unregister(running, node, me);
                     close(&e.to_string());
-                    return Err(Error::ConnectionStart(format!(
-                        "malformed frame from {node}: {e}"
-                    )));
+                    return Err(ReadError::Malformed(e).relay_error(node).into());
                 }
-                Ok(Err(ReadError::Closed(why))) => return Err(Error::ConnectionStart(why)),
+                Ok(Err(ReadError::Closed(why))) => return Err(RelayError::Closed(why).into()),
             };
             let reply = match frame {
                 Frame::Register { want_port, token } => {
