@@ -367,56 +367,40 @@ export declare class Relay {
   getAllocations(): Array<{ nodeId: string; port: number }>
 }
 
-/** Base of every keynet error; `code` is the class name. */
-declare class ErrorNetwork extends Error {
-  code: string
-}
-declare class ErrorForwardProxy extends ErrorNetwork {}
-declare class ErrorForwardProxyNotRunning extends ErrorForwardProxy {}
-declare class ErrorForwardProxyAuth extends ErrorForwardProxy {}
-declare class ErrorForwardProxyInvalidUrl extends ErrorForwardProxy {}
-declare class ErrorForwardProxyMissingNodeId extends ErrorForwardProxy {}
-declare class ErrorReverseProxy extends ErrorNetwork {}
-declare class ErrorReverseProxyNotRunning extends ErrorReverseProxy {}
-declare class ErrorRelay extends ErrorNetwork {}
-declare class ErrorRelayNotRunning extends ErrorRelay {}
-declare class ErrorConnection extends ErrorNetwork {}
-declare class ErrorConnectionStart extends ErrorConnection {}
-declare class ErrorConnectionStartTimeout extends ErrorConnectionStart {}
-declare class ErrorConnectionTimeout extends ErrorConnection {}
-declare class ErrorCertChain extends ErrorNetwork {}
-declare class ErrorCertChainUnclaimed extends ErrorCertChain {}
-declare class ErrorCertChainEmpty extends ErrorCertChain {}
-declare class ErrorCertChainBroken extends ErrorCertChain {}
-declare class ErrorCertChainDateInvalid extends ErrorCertChain {}
-declare class ErrorCertChainKeyInvalid extends ErrorCertChain {}
-declare class ErrorCertChainSignatureInvalid extends ErrorCertChain {}
-/** Discovery found no address for the node id. */
-declare class ErrorNodeNotFound extends ErrorConnectionStart {}
-declare class ErrorInvalidTlsConfig extends ErrorNetwork {}
-
-export declare const errors: {
-  ErrorNetwork: typeof ErrorNetwork
-  ErrorForwardProxy: typeof ErrorForwardProxy
-  ErrorForwardProxyNotRunning: typeof ErrorForwardProxyNotRunning
-  ErrorForwardProxyAuth: typeof ErrorForwardProxyAuth
-  ErrorForwardProxyInvalidUrl: typeof ErrorForwardProxyInvalidUrl
-  ErrorForwardProxyMissingNodeId: typeof ErrorForwardProxyMissingNodeId
-  ErrorReverseProxy: typeof ErrorReverseProxy
-  ErrorReverseProxyNotRunning: typeof ErrorReverseProxyNotRunning
-  ErrorRelay: typeof ErrorRelay
-  ErrorRelayNotRunning: typeof ErrorRelayNotRunning
-  ErrorConnection: typeof ErrorConnection
-  ErrorConnectionStart: typeof ErrorConnectionStart
-  ErrorConnectionStartTimeout: typeof ErrorConnectionStartTimeout
-  ErrorConnectionTimeout: typeof ErrorConnectionTimeout
-  ErrorCertChain: typeof ErrorCertChain
-  ErrorCertChainUnclaimed: typeof ErrorCertChainUnclaimed
-  ErrorCertChainEmpty: typeof ErrorCertChainEmpty
-  ErrorCertChainBroken: typeof ErrorCertChainBroken
-  ErrorCertChainDateInvalid: typeof ErrorCertChainDateInvalid
-  ErrorCertChainKeyInvalid: typeof ErrorCertChainKeyInvalid
-  ErrorCertChainSignatureInvalid: typeof ErrorCertChainSignatureInvalid
-  ErrorNodeNotFound: typeof ErrorNodeNotFound
-  ErrorInvalidTlsConfig: typeof ErrorInvalidTlsConfig
+/**
+ * The error classes (API.md), with their hierarchy: every error keynet throws or rejects with is
+ * one of these (or a TypeError/RangeError for a bad argument, or an AbortError) and carries
+ * `code` = its class name. A namespace, so each class is both a value (`instanceof
+ * errors.ErrorCertChain`) and a type (`let e: errors.ErrorCertChain`); only `errors` itself is
+ * exported by index.js, never the classes at the top level.
+ */
+export declare namespace errors {
+  /** Base of every keynet error; `code` is the class name. */
+  class ErrorNetwork extends Error {
+    code: string
+  }
+  class ErrorForwardProxy extends ErrorNetwork {}
+  class ErrorForwardProxyNotRunning extends ErrorForwardProxy {}
+  class ErrorForwardProxyAuth extends ErrorForwardProxy {}
+  class ErrorForwardProxyInvalidUrl extends ErrorForwardProxy {}
+  class ErrorForwardProxyMissingNodeId extends ErrorForwardProxy {}
+  class ErrorReverseProxy extends ErrorNetwork {}
+  class ErrorReverseProxyNotRunning extends ErrorReverseProxy {}
+  class ErrorRelay extends ErrorNetwork {}
+  class ErrorRelayNotRunning extends ErrorRelay {}
+  class ErrorConnection extends ErrorNetwork {}
+  class ErrorConnectionStart extends ErrorConnection {}
+  class ErrorConnectionStartTimeout extends ErrorConnectionStart {}
+  class ErrorConnectionTimeout extends ErrorConnection {}
+  class ErrorCertChain extends ErrorNetwork {}
+  class ErrorCertChainUnclaimed extends ErrorCertChain {}
+  class ErrorCertChainEmpty extends ErrorCertChain {}
+  class ErrorCertChainBroken extends ErrorCertChain {}
+  class ErrorCertChainDateInvalid extends ErrorCertChain {}
+  class ErrorCertChainKeyInvalid extends ErrorCertChain {}
+  class ErrorCertChainSignatureInvalid extends ErrorCertChain {}
+  /** Discovery (or a relay) found no address for the node id. */
+  class ErrorNodeNotFound extends ErrorConnectionStart {}
+  /** PEM material that cannot be used (not PEM, key does not match the leaf certificate). */
+  class ErrorInvalidTlsConfig extends ErrorNetwork {}
 }

@@ -1,0 +1,403 @@
+// Type test (never run): uses every export, class, method, overload, option and event of
+// index.d.ts the way an application would, through the package root as `require('keynet')` /
+// `import ... from 'keynet'` resolves it (package.json "types"). `tsc -p tsconfig.json` must pass
+// with strict on; __test__/types.test.js runs it. Exact-type checks (`same<...>()`) make a
+// widened or loosened declaration fail here too, not only a missing one.
+
+import {
+  ForwardProxy,
+  ReverseProxy,
+  Relay,
+  generateIdentity,
+  rotateIdentity,
+  nodeIdFromCertificate,
+  errors,
+} from '../..'
+import type {
+  TlsConfig,
+  Identity,
+  Path,
+  ConnectionInfo,
+  ConnectionEvent,
+  PathReason,
+  RelayEvent,
+  ConnectionEventName,
+  ConnOptions,
+  DiscoveryOptions,
+  FoundAddress,
+  LookupOptions,
+  AddressEvent,
+  ForwardProxyOptions,
+  ForwardProxyStartOptions,
+  OpenOptions,
+  RelayOptions,
+  RelayStatus,
+  ReverseProxyStartOptions,
+  RelayStartOptions,
+} from '../..'
+
+// ---- exact-type assertions ----------------------------------------------------------------
+
+type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false
+/** Compiles only when A and B are the same type. */
+function same<A, B>(..._proof: Equal<A, B> extends true ? [] : [never]): void {}
+
+// ---- identity -----------------------------------------------------------------------------
+
+async function identities(): Promise<TlsConfig> {
+  const id: Identity = await generateIdentity()
+  same<typeof id.nodeId, string>()
+  same<typeof id.tlsConfig, TlsConfig>()
+  const tls: TlsConfig = { keyPrivatePem: id.tlsConfig.keyPrivatePem, certChainPem: id.tlsConfig.certChainPem }
+  const rotated = rotateIdentity(tls)
+  same<typeof rotated, Identity>()
+  const nodeId: string = nodeIdFromCertificate(rotated.tlsConfig.certChainPem)
+  same<ReturnType<typeof generateIdentity>, Promise<Identity>>()
+  return nodeId === id.nodeId ? tls : rotated.tlsConfig
+}
+
+// ---- options ------------------------------------------------------------------------------
+
+const timing: ConnOptions = {
+  connConnectTime: 20000,
+  connKeepAliveTimeoutTime: 20000,
+  connKeepAliveIntervalTime: 1000,
+  connPunchIntervalTime: 50,
+  connEndTime: 1000,
+}
+
+const discovery: DiscoveryOptions = {
+  bootstrap: ['127.0.0.1:6881', '[::1]:6881'],
+  announce: true,
+  reannounceInterval: 600000,
+  host: '127.0.0.1',
+  port: 0,
+  server: false,
+}
+
+const relayOpts: RelayOptions = {
+  host: '127.0.0.1',
+  port: 7000,
+  nodeId: 'v' + '0'.repeat(52),
+  tcpPort: 7000,
+  transport: 'auto',
+  keepaliveInterval: 15000,
+  publicPort: true,
+  upgrade: true,
+  upgradeDelay: 0,
+  token: 'relay-token',
+}
+const transports: Array<NonNullable<RelayOptions['transport']>> = ['auto', 'quic', 'websocket']
+
+// ---- events -------------------------------------------------------------------------------
+
+function describeInfo(i: ConnectionInfo): string {
+  const p: Path = i.path
+  const certs: string[] = i.certificates
+  return [
+    i.nodeId, certs.length, i.egressHost, i.egressPort, i.ingressHost, i.ingressPort,
+    p, i.rttMs.toFixed(1), i.bytesSent + i.bytesReceived,
+  ].join(' ')
+}
+
+function onConnectionEvent(e: ConnectionEvent): void {
+  describeInfo(e) // a ConnectionEvent is a ConnectionInfo
+  const reason: string | undefined = e.reason
+  const previous: Path | undefined = e.previousPath
+  if (e.previousPath !== undefined) {
+    // on 'path' the reason is a PathReason
+    const why = e.reason as PathReason
+    const reasons: PathReason[] = ['upgrade', 'probeTimeout', 'rebinding', 'networkChanged']
+    void [why, reasons, previous, reason]
+  }
+}
+
+function onAddress(e: AddressEvent): void {
+  for (const a of e.addresses) void `${a.host}:${a.port.toString()}`
+}
+
+function describeRelay(s: RelayStatus): string {
+  const state: 'connecting' | 'up' | 'down' = s.state
+  const transport: 'quic' | 'websocket' | null = s.transport
+  const observed = s.observedHost === null ? 'unknown' : `${s.observedHost}:${s.observedPort ?? 0}`
+  const publicPort: number | null = s.publicPort
+  const error: string | null = s.error
+  return `${s.host}:${s.port} ${s.nodeId} ${state} ${transport} ${observed} ${publicPort} ${error}`
+}
+
+function onRelay(e: RelayEvent): void {
+  same<RelayEvent, RelayStatus>()
+  describeRelay(e)
+}
+
+function listen(proxy: ForwardProxy): ForwardProxy
+function listen(proxy: ReverseProxy): ReverseProxy
+function listen(proxy: ForwardProxy | ReverseProxy): ForwardProxy | ReverseProxy {
+  const names: ConnectionEventName[] = ['connection', 'close', 'path']
+  for (const name of names) proxy.on(name, onConnectionEvent)
+  // Contextually typed listeners: the payload type follows the event name.
+  proxy.on('connection', (e) => { same<typeof e, ConnectionEvent>(); describeInfo(e) })
+  proxy.on('close', (e) => { const r: string | undefined = e.reason; void r })
+  proxy.on('path', (e) => { const before: Path | undefined = e.previousPath; const now: Path = e.path; void [before, now] })
+  proxy.on('address', (e) => { same<typeof e, AddressEvent>(); onAddress(e) })
+  proxy.on('relay', (e) => { same<typeof e, RelayEvent>(); onRelay(e) })
+  // once/off take the same forms and chain (`this`).
+  return proxy
+    .once('connection', onConnectionEvent)
+    .once('address', onAddress)
+    .once('relay', onRelay)
+    .off('close', onConnectionEvent)
+    .off('address', onAddress)
+    .off('relay', onRelay)
+}
+
+// ---- errors -------------------------------------------------------------------------------
+
+const errorClasses = [
+  errors.ErrorNetwork,
+  errors.ErrorForwardProxy,
+  errors.ErrorForwardProxyNotRunning,
+  errors.ErrorForwardProxyAuth,
+  errors.ErrorForwardProxyInvalidUrl,
+  errors.ErrorForwardProxyMissingNodeId,
+  errors.ErrorReverseProxy,
+  errors.ErrorReverseProxyNotRunning,
+  errors.ErrorRelay,
+  errors.ErrorRelayNotRunning,
+  errors.ErrorConnection,
+  errors.ErrorConnectionStart,
+  errors.ErrorConnectionStartTimeout,
+  errors.ErrorConnectionTimeout,
+  errors.ErrorCertChain,
+  errors.ErrorCertChainUnclaimed,
+  errors.ErrorCertChainEmpty,
+  errors.ErrorCertChainBroken,
+  errors.ErrorCertChainDateInvalid,
+  errors.ErrorCertChainKeyInvalid,
+  errors.ErrorCertChainSignatureInvalid,
+  errors.ErrorNodeNotFound,
+  errors.ErrorInvalidTlsConfig,
+] as const
+
+function classify(e: unknown): string {
+  if (e instanceof errors.ErrorNodeNotFound) {
+    // the hierarchy: NodeNotFound -> ConnectionStart -> Connection -> Network -> Error
+    const start: errors.ErrorConnectionStart = e
+    const conn: errors.ErrorConnection = start
+    const net: errors.ErrorNetwork = conn
+    const base: Error = net
+    return `${base.message} ${e.code}`
+  }
+  if (e instanceof errors.ErrorConnectionStartTimeout) return 'timeout: ' + e.code
+  if (e instanceof errors.ErrorCertChain) {
+    const pinned = e instanceof errors.ErrorCertChainUnclaimed ? 'wrong node' : 'bad chain'
+    return `${pinned} (${e.code})`
+  }
+  if (e instanceof errors.ErrorForwardProxyNotRunning || e instanceof errors.ErrorReverseProxyNotRunning) return 'stopped'
+  if (e instanceof errors.ErrorRelayNotRunning) return 'relay stopped'
+  if (e instanceof errors.ErrorNetwork) {
+    const code: string = e.code
+    return `${e.name} ${code} ${e.message} ${String(e.stack)}`
+  }
+  if (e instanceof TypeError || e instanceof RangeError) return 'bad argument'
+  return String(e)
+}
+
+function makeErrors(): errors.ErrorNetwork[] {
+  const cause = new Error('underlying')
+  return errorClasses.map((C) => new C('message', { cause }))
+}
+
+// ---- ForwardProxy -------------------------------------------------------------------------
+
+async function forward(tls: TlsConfig, serverNodeId: string): Promise<void> {
+  const options: ForwardProxyOptions = { authToken: 'token', ...timing }
+  const fp = listen(new ForwardProxy(options))
+  const chained: ForwardProxy = fp.on('close', onConnectionEvent).once('relay', onRelay).off('address', onAddress)
+  new ForwardProxy({ authToken: 'token' })
+
+  const start: ForwardProxyStartOptions = {
+    proxyHost: '127.0.0.1',
+    proxyPort: 0,
+    egressHost: '0.0.0.0',
+    egressPort: 0,
+    tlsConfig: tls,
+    authToken: 'other-token',
+    discovery,
+    relay: relayOpts,
+  }
+  await fp.start(start)
+  await fp.start({ discovery: true })
+  await fp.start({ discovery: false, proxyPort: 8080 })
+  await fp.start('token') // first form: the auth token
+  await fp.start()
+
+  const nodeId: string = fp.getNodeId()
+  const host: string = fp.getProxyHost()
+  const ports: number[] = [fp.getProxyPort(), fp.getEgressPort(), fp.getHttpPort(), fp.getSocketPort()]
+  const egressHost: string = fp.getEgressHost()
+  const grpcProxy = `http://token@${host}:${fp.getProxyPort()}`
+  void [nodeId, ports, egressHost, grpcProxy, chained]
+
+  const controller = new AbortController()
+  const open: OpenOptions = { timeout: 5000, signal: controller.signal }
+  // (nodeId, host, port, opts?)
+  const a: ConnectionInfo = await fp.openConnection(serverNodeId, '127.0.0.1', 9000)
+  await fp.openConnection(serverNodeId, '::1', 9000, open)
+  await fp.openConnection(serverNodeId, '127.0.0.1', 9000, { ...open, relay: relayOpts })
+  // (host, port, opts?)
+  const b = await fp.openConnection('127.0.0.1', 9000)
+  await fp.openConnection('127.0.0.1', 9000, { nodeId: serverNodeId, timeout: 1000 })
+  await fp.openConnection('127.0.0.1', 9000, { nodeId: serverNodeId, relay: relayOpts, signal: AbortSignal.timeout(1000) })
+  // (nodeId, opts?) with discovery or a relay
+  const c = await fp.openConnection(serverNodeId)
+  await fp.openConnection(serverNodeId, { timeout: 10000 })
+  await fp.openConnection(serverNodeId, open)
+  same<typeof b, ConnectionInfo>()
+  same<typeof c, ConnectionInfo>()
+  describeInfo(a)
+
+  await fp.closeConnection('127.0.0.1', 9000)
+  const count: number = fp.getConnectionCount()
+  const byIngress: ConnectionInfo | undefined = fp.getConnectionInfoByIngress('127.0.0.1', 9000)
+  const byClient = fp.getConnectionInfoByClient('127.0.0.1', 54321)
+  same<typeof byClient, ConnectionInfo | undefined>()
+  if (byIngress) describeInfo(byIngress)
+  if (byClient !== undefined) void byClient.nodeId
+  void count
+
+  fp.setTlsConfig(tls)
+  fp.addDirectConnection(9000, '127.0.0.1')
+  const up: boolean = await fp.addNatConnection(9000, '127.0.0.1')
+  await fp.addNatConnection(9000, '127.0.0.1', 10)
+  fp.removeConnection(9000, '127.0.0.1')
+  void up
+
+  const lookupOpts: LookupOptions = { timeout: 10000 }
+  const found: FoundAddress[] = await fp.lookup(serverNodeId, lookupOpts)
+  await fp.lookup(serverNodeId)
+  for (const f of found) {
+    const age: number | null = f.ageMs
+    const signed: boolean = f.signed
+    void `${f.host}:${f.port} ${age ?? 'hint'} ${signed}`
+  }
+  const announced: Array<{ host: string; port: number }> = fp.getAnnouncedAddresses()
+  const relays: RelayStatus[] = fp.getRelayStatus()
+  relays.map(describeRelay)
+  void announced
+
+  fp.networkChanged()
+  const same1: ForwardProxy = fp.unref()
+  const same2: ForwardProxy = fp.ref().unref()
+  void [same1, same2]
+  await fp.stop()
+}
+
+// ---- ReverseProxy -------------------------------------------------------------------------
+
+async function reverse(tls: TlsConfig, clientNodeId: string): Promise<void> {
+  const rp = listen(new ReverseProxy(timing))
+  const chained: ReverseProxy = rp.once('path', onConnectionEvent).on('address', onAddress).off('relay', onRelay)
+  new ReverseProxy()
+  new ReverseProxy({ connConnectTime: 5000 })
+
+  const start: ReverseProxyStartOptions = {
+    serverHost: '127.0.0.1',
+    serverPort: 50051,
+    ingressHost: '0.0.0.0',
+    ingressPort: 0,
+    tlsConfig: tls,
+    allowedNodeIds: [clientNodeId],
+    discovery: { bootstrap: [], announce: true },
+    relay: { host: '127.0.0.1', port: 7000, nodeId: relayOpts.nodeId, publicPort: true },
+  }
+  await rp.start(start)
+  await rp.start({ grpcHost: '127.0.0.1', grpcPort: 50051 }) // first-form names
+  await rp.start({ serverPort: 50051, discovery: true })
+  await rp.start('127.0.0.1', 50051) // first form
+
+  const id: string = rp.getNodeId()
+  const ingress = `${rp.getIngressHost()}:${rp.getIngressPort()}`
+  const server = `${rp.getServerHost()}:${rp.getServerPort()}`
+  const socketPort: number = rp.getSocketPort()
+  void [id, ingress, server, socketPort, chained]
+
+  const punched: void = await rp.openConnection('127.0.0.1', 40000)
+  await rp.openConnection('127.0.0.1', 40000, { timeout: 5000, signal: new AbortController().signal })
+  await rp.closeConnection('127.0.0.1', 40000)
+  const count: number = rp.getConnectionCount()
+  const byEgress: ConnectionInfo | undefined = rp.getConnectionInfoByEgress('127.0.0.1', 40000)
+  // who is calling: the TCP source address the server sees
+  const caller = rp.getConnectionInfoByProxy('127.0.0.1', 61000)
+  same<typeof caller, ConnectionInfo | undefined>()
+  void [punched, count, byEgress]
+
+  rp.setTlsConfig(tls)
+  const ok: boolean = await rp.addNatConnection(40000, '127.0.0.1', 50)
+  rp.addDirectConnection(40000, '127.0.0.1')
+  rp.removeConnection(40000, '127.0.0.1')
+  void ok
+
+  const found = await rp.lookup(clientNodeId, { timeout: 2000 })
+  same<typeof found, FoundAddress[]>()
+  rp.getAnnouncedAddresses().forEach(({ host, port }) => void `${host}:${port}`)
+  const status: RelayStatus | null = rp.getRelayStatus()
+  if (status !== null && status.publicPort !== null) void `public TCP port ${status.publicPort}`
+
+  rp.networkChanged()
+  rp.unref().ref()
+  await rp.stop()
+}
+
+// ---- Relay --------------------------------------------------------------------------------
+
+async function relay(tls: TlsConfig): Promise<Relay> {
+  const r = new Relay({ connConnectTime: 20000, connKeepAliveTimeoutTime: 20000, connKeepAliveIntervalTime: 1000, connEndTime: 1000 })
+  new Relay()
+  const start: RelayStartOptions = {
+    host: '127.0.0.1',
+    port: 0,
+    tcpPort: 0,
+    tlsConfig: tls,
+    allowedNodeIds: ['v' + '1'.repeat(52)],
+    token: 'relay-token',
+    publicPorts: {
+      host: '0.0.0.0',
+      range: [20000, 20999],
+      retention: 180 * 60 * 1000,
+      stateFile: '/var/lib/keynet/ports.json',
+      maxClients: 256,
+    },
+    maxPeers: 64,
+    nodeTimeout: 45000,
+  }
+  await r.start(start)
+  await r.start({ publicPorts: false })
+  await r.start({ publicPorts: {} })
+  await r.start()
+
+  const where = `${r.getHost()}:${r.getPort()} tcp ${r.getTcpPort()} node id ${r.getNodeId()}`
+  const registered: string[] = r.getRegisteredNodeIds()
+  for (const { nodeId, port } of r.getAllocations()) void `${nodeId} -> ${port}`
+  void [where, registered]
+
+  const chained: Relay = r.unref().ref()
+  await chained.stop()
+  return r
+}
+
+// ---- all together -------------------------------------------------------------------------
+
+export async function main(): Promise<void> {
+  const tls = await identities()
+  try {
+    const r = await relay(tls)
+    await reverse(tls, r.getNodeId())
+    await forward(tls, r.getNodeId())
+  } catch (e) {
+    classify(e)
+    makeErrors().map(classify)
+    throw e
+  }
+  void transports
+}
