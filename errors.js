@@ -1,5 +1,5 @@
 'use strict'
-// The error classes of API.md. Every error keynet throws or rejects with is one of these (or a
+// The error classes of the public API. Every error keynet throws or rejects with is one of these (or a
 // TypeError/RangeError for a bad argument, or an AbortError), and carries `code` = class name.
 
 class ErrorNetwork extends Error {

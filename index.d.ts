@@ -1,4 +1,4 @@
-// keynet — public TypeScript declarations (API.md). The generated binding types are in
+// keynet — public TypeScript declarations (the contract). The generated binding types are in
 // native.d.ts; this file describes what `require('keynet')` exports.
 
 /** PEM material of a node identity. */
@@ -368,7 +368,7 @@ export declare class Relay {
 }
 
 /**
- * The error classes (API.md), with their hierarchy: every error keynet throws or rejects with is
+ * The error classes, with their hierarchy: every error keynet throws or rejects with is
  * one of these (or a TypeError/RangeError for a bad argument, or an AbortError) and carries
  * `code` = its class name. A namespace, so each class is both a value (`instanceof
  * errors.ErrorCertChain`) and a type (`let e: errors.ErrorCertChain`); only `errors` itself is

@@ -1,5 +1,5 @@
 'use strict'
-// keynet: the public JavaScript API (API.md). A thin layer over the generated binding
+// keynet: the public JavaScript API. A thin layer over the generated binding
 // (native.js): argument forms and validation, typed errors, and events.
 
 const { EventEmitter } = require('node:events')

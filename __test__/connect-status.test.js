@@ -1,5 +1,5 @@
 'use strict'
-// Every row of API.md's CONNECT status table, driven by raw HTTP bytes to the forward proxy's
+// Every row of the CONNECT status table (README), driven by raw HTTP bytes to the forward proxy's
 // port. After every refusal the proxy must keep serving: a good CONNECT through it still works.
 
 const test = require('ava')

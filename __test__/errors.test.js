@@ -1,5 +1,5 @@
 'use strict'
-// The typed errors of API.md: what openConnection rejects with, getters of a stopped proxy,
+// The typed errors of the public API: what openConnection rejects with, getters of a stopped proxy,
 // argument validation, AbortSignal, allowedNodeIds, and key rotation.
 
 const test = require('ava')

@@ -8,7 +8,7 @@ use napi_derive::napi;
 
 use super::{NativeAddress, NativeConnectionInfo, NativeRelayStatus};
 
-/// API.md `ConnectionEvent`, with its event name in `kind`; `address` events carry
+/// JS `ConnectionEvent`, with its event name in `kind`; `address` events carry
 /// `addresses` instead of `info`.
 #[napi(object)]
 #[derive(Clone)]

@@ -22,7 +22,7 @@ impl From<keynet_core::Identity> for NativeIdentity {
     }
 }
 
-/// API.md `ConnectionInfo`.
+/// JS `ConnectionInfo`.
 #[napi(object)]
 #[derive(Clone)]
 pub struct NativeConnectionInfo {

@@ -8,7 +8,7 @@ use napi_derive::napi;
 
 use super::{addr, arg_err, ms, node_id, tls};
 
-/// Timing options in milliseconds (undefined: API.md default).
+/// Timing options in milliseconds (undefined: the default).
 #[napi(object)]
 #[derive(Default)]
 pub struct NativeOptions {

@@ -213,7 +213,7 @@ pub enum CertChainKind {
 }
 
 impl ErrorKind {
-    /// The stable code every front end shows (API.md; JS picks its error class by it, the C
+    /// The stable code every front end shows (JS picks its error class by it, the C
     /// ABI prefixes its messages with it).
     pub fn code(self) -> &'static str {
         match self {

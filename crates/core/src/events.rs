@@ -15,7 +15,7 @@ pub enum Path {
 }
 
 impl Path {
-    /// The API.md name.
+    /// The name JS sees.
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Direct => "direct",
@@ -50,7 +50,7 @@ impl PathReason {
     }
 }
 
-/// A snapshot of one connection (API.md `ConnectionInfo`).
+/// A snapshot of one connection (JS `ConnectionInfo`).
 #[derive(Clone, Debug)]
 pub struct ConnectionInfo {
     /// Node id the peer proved.
@@ -99,7 +99,7 @@ impl EventKind {
     }
 }
 
-/// An event about a connection (API.md `ConnectionEvent`) or about the proxy's own addresses.
+/// An event about a connection (JS `ConnectionEvent`) or about the proxy's own addresses.
 #[derive(Clone, Debug)]
 pub struct Event {
     /// What happened.

@@ -460,7 +460,7 @@ async fn cancellable<T>(
     }
 }
 
-/// The HTTP status a CONNECT client gets for a failure (API.md status table).
+/// The HTTP status a CONNECT client gets for a failure (the status table of the README).
 fn connect_status(kind: ErrorKind) -> u16 {
     match kind {
         ErrorKind::ConnectionStartTimeout => 504,

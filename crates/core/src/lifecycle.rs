@@ -74,7 +74,7 @@ pub(crate) struct Identities {
 
 impl Identities {
     /// The identity for a start: the given one, else `set_tls_config`'s, else a fresh one
-    /// (API.md: an omitted tlsConfig means a new identity).
+    /// (an omitted tlsConfig means a new identity).
     pub(crate) fn for_start(&self, given: Option<&TlsConfig>) -> Result<LoadedIdentity> {
         let id = match given {
             Some(tls) => LoadedIdentity::from_tls_config(tls)?,

@@ -1,11 +1,11 @@
-//! Connection timing options shared by both proxies (API.md names in parentheses).
+//! Connection timing options shared by both proxies (their JS names in parentheses).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// Timing of connections. Defaults follow API.md.
+/// Timing of connections. Defaults are the JS API's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnOptions {
     /// Budget to establish a connection: punch + handshake + ack (`connConnectTime`, 20 s).

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::error::ErrorKind;
 use crate::nodeid::NodeId;
 
-/// Keepalive cadence toward the relay (seed 004: every 15 s).
+/// Keepalive cadence toward the relay (every 15 s).
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 /// Which transport a link uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! Public TCP ports on the relay (seed 004): a registered node may ask for one; plain TCP
+//! Public TCP ports on the relay: a registered node may ask for one; plain TCP
 //! clients that connect there are carried, as `TcpOpen`/`TcpData`/`TcpClose` frames on the
 //! node's relay connection, to the node, which connects them to its local server. A node gets
 //! its port back when it reconnects within the retention time; meanwhile the port stays bound
@@ -21,7 +21,7 @@ use crate::proto::relay::Frame;
 use crate::relay::tcp_frames::{self, ToTcp};
 use crate::task::Tasks;
 
-/// Default retention of a disconnected node's port (seed 004: 180 minutes).
+/// Default retention of a disconnected node's port (180 minutes).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(180 * 60);
 
 /// How the relay allocates public ports.
