@@ -35,7 +35,7 @@ pub(crate) fn sink(listener: Listener) -> keynet_core::EventSink {
         let ev = NativeEvent {
             kind: e.kind.as_str().to_string(),
             info: e.info.map(Into::into),
-            reason: e.reason,
+            reason: e.reason.map(|r| r.as_str().to_string()),
             previous_path: e.previous_path.map(|p| p.as_str().to_string()),
             addresses,
             relay: e.relay.map(|(spec, st)| NativeRelayStatus::new(&spec, st)),

@@ -135,7 +135,7 @@ impl NativeRelayStatus {
                 public_port,
             } => {
                 s.state = "up".into();
-                s.transport = Some(transport.into());
+                s.transport = Some(transport.as_str().into());
                 s.observed_host = Some(observed.ip().to_string());
                 s.observed_port = Some(observed.port() as u32);
                 s.public_port = public_port.map(u32::from);

@@ -25,6 +25,68 @@ impl Path {
     }
 }
 
+/// Why a connection closed (the `reason` of a `close` event).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Closed by this side (`closeConnection`, `removeConnection`, a superseded dial).
+    Local,
+    /// Closed by the peer.
+    Remote,
+    /// The peer went silent for longer than `connKeepAliveTimeoutTime`.
+    KeepaliveTimeout,
+    /// This proxy was stopped (or dropped).
+    Stopped,
+    /// The relay carrying the connection went away.
+    RelayLost,
+    /// A transport error quinn reported, as its text.
+    Other(String),
+}
+
+impl CloseReason {
+    /// The name JS sees.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Local => "local",
+            Self::Remote => "remote",
+            Self::KeepaliveTimeout => "keepaliveTimeout",
+            Self::Stopped => "stopped",
+            Self::RelayLost => "relayLost",
+            Self::Other(text) => text,
+        }
+    }
+
+    /// Why quinn ended a connection this side did not close with a reason of its own.
+    pub fn of(err: &quinn::ConnectionError) -> Self {
+        match err {
+            quinn::ConnectionError::TimedOut => Self::KeepaliveTimeout,
+            quinn::ConnectionError::ApplicationClosed(_)
+            | quinn::ConnectionError::ConnectionClosed(_)
+            | quinn::ConnectionError::Reset => Self::Remote,
+            quinn::ConnectionError::LocallyClosed => Self::Local,
+            other => Self::Other(other.to_string()),
+        }
+    }
+}
+
+/// The `reason` of a `close` or `path` event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Why a connection closed.
+    Close(CloseReason),
+    /// Why a connection changed path.
+    Path(PathReason),
+}
+
+impl Reason {
+    /// The name JS sees.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Close(r) => r.as_str(),
+            Self::Path(r) => r.as_str(),
+        }
+    }
+}
+
 /// Why a connection changed path (the `reason` of a `path` event).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathReason {
@@ -106,9 +168,8 @@ pub struct Event {
     pub kind: EventKind,
     /// The connection, as it was when it happened (`None` for `Address`).
     pub info: Option<ConnectionInfo>,
-    /// For `Close`: `local`, `remote`, `keepaliveTimeout`, `stopped` or an error text; for
-    /// `Path`: a [`PathReason`] name.
-    pub reason: Option<String>,
+    /// For `Close` and `Path`: why.
+    pub reason: Option<Reason>,
     /// For `Path`: the path before the change.
     pub previous_path: Option<Path>,
     /// For `Address`: the addresses now announced.

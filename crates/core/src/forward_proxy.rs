@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{DiscoveryOptions, Found};
 use crate::error::{Error, ErrorKind, Result, StartError};
-use crate::events::{ConnectionInfo, EventSink};
+use crate::events::{CloseReason, ConnectionInfo, EventSink};
 use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities, Lifecycle};
 use crate::node::dial::Dial;
@@ -29,7 +29,7 @@ use crate::proto::connect::{self, HeadParse, MAX_HEAD_LEN};
 use crate::proto::tunnel::{self, Ack};
 use crate::relay::spec::{LinkStatus, RelaySpec};
 use crate::splice::splice;
-use crate::tracker::{reason, Peer, Role};
+use crate::tracker::{Peer, Role};
 
 /// Where the forward proxy listens.
 #[derive(Clone, Debug)]
@@ -294,7 +294,7 @@ impl ForwardProxy {
     /// `connEndTime` for the close to be acknowledged.
     pub async fn close_connection(&self, addr: SocketAddr) -> Result<()> {
         let running = self.running()?;
-        if let Some(peer) = running.node.tracker.remove(&addr, reason::LOCAL) {
+        if let Some(peer) = running.node.tracker.remove(&addr, CloseReason::Local) {
             let _ = tokio::time::timeout(self.inner.opts.end_time, peer.conn.closed()).await;
         }
         Ok(())
@@ -302,7 +302,10 @@ impl ForwardProxy {
 
     /// Forgets `addr` and closes its connection without waiting (first form).
     pub fn remove_connection(&self, addr: SocketAddr) -> Result<()> {
-        self.running()?.node.tracker.remove(&addr, reason::LOCAL);
+        self.running()?
+            .node
+            .tracker
+            .remove(&addr, CloseReason::Local);
         Ok(())
     }
 

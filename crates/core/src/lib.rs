@@ -26,8 +26,10 @@ pub mod tls;
 pub mod tracker;
 
 pub use discovery::{DiscoveryOptions, Found};
-pub use error::{CertChainError, Error, Result};
-pub use events::{ConnectionInfo, Event, EventKind, EventSink, Path, PathReason, RelayEvent};
+pub use error::{CertChainError, CertChainKind, Error, ErrorKind, RelayError, Result, StartError};
+pub use events::{
+    CloseReason, ConnectionInfo, Event, EventKind, EventSink, Path, PathReason, Reason, RelayEvent,
+};
 pub use forward_proxy::{ForwardProxy, ForwardStart};
 pub use identity::{
     generate_identity, node_id_from_certificate_pem, rotate_identity, Identity, TlsConfig,

@@ -8,10 +8,11 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
+use crate::events::CloseReason;
 use crate::identity::{LoadedIdentity, TlsConfig};
 use crate::socket::KeynetSocket;
 use crate::task::Tasks;
-use crate::tracker::{reason, Tracker};
+use crate::tracker::Tracker;
 
 /// The start/stop state of a long-lived object: one `start()` or `stop()` at a time, the running
 /// state readable at any moment without waiting for either.
@@ -110,8 +111,8 @@ pub(crate) async fn shutdown(
     tasks: &Tasks,
     grace: Duration,
 ) {
-    tracker.close_all(reason::STOPPED);
-    endpoint.close(0u32.into(), reason::STOPPED.as_bytes());
+    tracker.close_all(CloseReason::Stopped);
+    endpoint.close(0u32.into(), CloseReason::Stopped.as_str().as_bytes());
     // Closing connections (abandoned handshakes too) drain for three PTOs, which on a congested
     // path is seconds: wait at most `grace` (`connEndTime`); the peers were told already, and
     // [`wait_released`] frees the port even if quinn is still draining.

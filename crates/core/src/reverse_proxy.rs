@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{DiscoveryOptions, Found};
 use crate::error::{Error, Result, StartError};
-use crate::events::{ConnectionInfo, EventSink};
+use crate::events::{CloseReason, ConnectionInfo, EventSink};
 use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
 use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities, Lifecycle};
@@ -27,7 +27,7 @@ use crate::relay::spec::{LinkStatus, RelaySpec};
 use crate::splice::splice;
 use crate::tls::config::server_config;
 use crate::tls::verify::{verify_chain, Acceptable};
-use crate::tracker::{reason, Peer, Role};
+use crate::tracker::{Peer, Role};
 
 /// Where the reverse proxy listens and what it serves.
 #[derive(Clone, Debug)]
@@ -299,7 +299,7 @@ impl ReverseProxy {
     /// Closes the connection from `addr` and forgets it; waits up to `connEndTime`.
     pub async fn close_connection(&self, addr: SocketAddr) -> Result<()> {
         let running = self.running()?;
-        if let Some(peer) = running.node.tracker.remove(&addr, reason::LOCAL) {
+        if let Some(peer) = running.node.tracker.remove(&addr, CloseReason::Local) {
             let _ = tokio::time::timeout(self.inner.opts.end_time, peer.conn.closed()).await;
         }
         Ok(())
@@ -307,7 +307,10 @@ impl ReverseProxy {
 
     /// Forgets `addr` and closes its connection without waiting (first form).
     pub fn remove_connection(&self, addr: SocketAddr) -> Result<()> {
-        self.running()?.node.tracker.remove(&addr, reason::LOCAL);
+        self.running()?
+            .node
+            .tracker
+            .remove(&addr, CloseReason::Local);
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rustls::pki_types::CertificateDer;
 
 use crate::addr::canonical;
-use crate::events::{ConnectionInfo, Event, EventKind, EventSink, Path};
+use crate::events::{CloseReason, ConnectionInfo, Event, EventKind, EventSink, Path, Reason};
 use crate::identity::certs_to_pem;
 use crate::nodeid::NodeId;
 use crate::relay::spec::RelaySpec;
@@ -23,20 +23,6 @@ pub enum Role {
     Forward,
     /// The reverse proxy: local address is the ingress.
     Reverse,
-}
-
-/// Close reasons carried in `close` events.
-pub mod reason {
-    /// Closed by this side (`closeConnection`, `removeConnection`).
-    pub const LOCAL: &str = "local";
-    /// Closed by the peer.
-    pub const REMOTE: &str = "remote";
-    /// The peer went silent for longer than `connKeepAliveTimeoutTime`.
-    pub const KEEPALIVE_TIMEOUT: &str = "keepaliveTimeout";
-    /// This proxy was stopped.
-    pub const STOPPED: &str = "stopped";
-    /// The relay carrying the connection went away.
-    pub const RELAY_LOST: &str = "relayLost";
 }
 
 /// One established QUIC connection to a peer whose identity was verified.
@@ -54,7 +40,7 @@ pub struct Peer {
     /// asking the connection takes its lock, which the socket's send path may hold.
     quic_addr: SocketAddr,
     path: Mutex<Path>,
-    close_reason: Mutex<Option<&'static str>>,
+    close_reason: Mutex<Option<CloseReason>>,
 }
 
 impl Peer {
@@ -108,12 +94,12 @@ impl Peer {
     }
 
     /// Closes the connection, recording why (the close event carries it).
-    pub fn close(&self, why: &'static str) {
+    pub fn close(&self, why: CloseReason) {
+        self.conn.close(0u32.into(), why.as_str().as_bytes());
         self.close_reason
             .lock()
             .expect("reason lock")
             .get_or_insert(why);
-        self.conn.close(0u32.into(), why.as_bytes());
     }
 
     /// A snapshot for the user; `local` is this proxy's UDP address.
@@ -135,18 +121,9 @@ impl Peer {
         }
     }
 
-    fn reason_for(&self, err: &quinn::ConnectionError) -> String {
-        if let Some(r) = *self.close_reason.lock().expect("reason lock") {
-            return r.to_string();
-        }
-        match err {
-            quinn::ConnectionError::TimedOut => reason::KEEPALIVE_TIMEOUT.into(),
-            quinn::ConnectionError::ApplicationClosed(_)
-            | quinn::ConnectionError::ConnectionClosed(_)
-            | quinn::ConnectionError::Reset => reason::REMOTE.into(),
-            quinn::ConnectionError::LocallyClosed => reason::LOCAL.into(),
-            other => other.to_string(),
-        }
+    fn reason_for(&self, err: &quinn::ConnectionError) -> CloseReason {
+        let recorded = self.close_reason.lock().expect("reason lock").clone();
+        recorded.unwrap_or_else(|| CloseReason::of(err))
     }
 }
 
@@ -330,7 +307,7 @@ impl Tracker {
         self.tasks.spawn(async move {
             let err = peer.conn.closed().await;
             let why = peer.reason_for(&err);
-            tracing::debug!(remote = %peer.remote, node = %peer.node_id, reason = %why, "connection closed");
+            tracing::debug!(remote = %peer.remote, node = %peer.node_id, reason = why.as_str(), "connection closed");
             {
                 let mut map = me.entries.lock().expect("tracker lock");
                 if let Some(e) = map.get_mut(&peer.remote) {
@@ -341,26 +318,26 @@ impl Tracker {
                 }
             }
             me.changed.notify_waiters();
-            me.emit(EventKind::Close, &peer, Some(why));
+            me.emit(EventKind::Close, &peer, Some(Reason::Close(why)));
         });
     }
 
     /// Forgets `addr` and closes its connections; returns the newest one that was closed.
-    pub fn remove(&self, addr: &SocketAddr, why: &'static str) -> Option<Arc<Peer>> {
+    pub fn remove(&self, addr: &SocketAddr, why: CloseReason) -> Option<Arc<Peer>> {
         let addr = &canonical(*addr);
         let entry = self.entries.lock().expect("tracker lock").remove(addr);
         let peers = entry.map(|e| e.peers).unwrap_or_default();
         for p in &peers {
-            p.close(why);
+            p.close(why.clone());
         }
         self.changed.notify_waiters();
         peers.last().cloned()
     }
 
     /// Closes every connection with `why`.
-    pub fn close_all(&self, why: &'static str) {
+    pub fn close_all(&self, why: CloseReason) {
         for p in self.peers() {
-            p.close(why);
+            p.close(why.clone());
         }
     }
 
@@ -374,7 +351,7 @@ impl Tracker {
         peer.info(self.local, self.role)
     }
 
-    fn emit(&self, kind: EventKind, peer: &Peer, reason: Option<String>) {
+    fn emit(&self, kind: EventKind, peer: &Peer, reason: Option<Reason>) {
         self.send(Event {
             kind,
             info: Some(peer.info(self.local, self.role)),
@@ -389,7 +366,7 @@ impl Tracker {
         self.send(Event {
             kind: EventKind::Path,
             info: Some(peer.info(self.local, self.role)),
-            reason: Some(reason.as_str().to_string()),
+            reason: Some(Reason::Path(reason)),
             previous_path: Some(before),
             addresses: Vec::new(),
             relay: None,

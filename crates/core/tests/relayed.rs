@@ -152,7 +152,12 @@ async fn without_upgrade_it_stays_relayed_and_closes_with_relay_lost_when_the_re
     echo_through(&fp, &unreachable().to_string(), 1 << 20).await;
     relay.stop().await.unwrap();
     let closed = wait_for(&mut events, |e| e.kind == EventKind::Close).await;
-    assert_eq!(closed.reason.as_deref(), Some("relayLost"));
+    assert_eq!(
+        closed.reason,
+        Some(keynet_core::events::Reason::Close(
+            keynet_core::events::CloseReason::RelayLost
+        ))
+    );
     fp.stop().await.unwrap();
     rp.stop().await.unwrap();
 }
@@ -164,7 +169,7 @@ async fn websocket_transport_carries_a_relayed_tunnel() {
     ws.transport = Transport::WebSocket;
     let rp = reverse_proxy(echo_server().await, ws.clone()).await;
     match rp.relay_status().unwrap().unwrap().1 {
-        LinkStatus::Up { transport, .. } => assert_eq!(transport, "websocket"),
+        LinkStatus::Up { transport, .. } => assert_eq!(transport, Transport::WebSocket),
         other => panic!("{other:?}"),
     }
     let (fp, _events) = forward_proxy().await;

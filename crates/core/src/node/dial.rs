@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::Node;
 use crate::discovery;
 use crate::error::{Error, Result, StartError};
-use crate::events::Path;
+use crate::events::{CloseReason, Path};
 use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
 use crate::nodeid::NodeId;
 use crate::proto::hello::Hello;
@@ -18,7 +18,7 @@ use crate::relay::link::RelayLink;
 use crate::relay::spec::RelaySpec;
 use crate::tls::config::{client_config, SERVER_NAME};
 use crate::tls::verify::{handshake_error, verify_chain, Acceptable, VerifyOutcome};
-use crate::tracker::{reason, Peer, Tracker};
+use crate::tracker::{Peer, Tracker};
 
 /// With a relay at hand, how long the addresses found on the DHT may try before the relay.
 const DIRECT_BEFORE_RELAY: Duration = Duration::from_secs(3);
@@ -244,7 +244,7 @@ impl Node {
             time::OffsetDateTime::now_utc().unix_timestamp(),
         )?;
         if !self.tracker.is_current_dial(&addr, lock) {
-            conn.close(0u32.into(), reason::LOCAL.as_bytes());
+            conn.close(0u32.into(), CloseReason::Local.as_str().as_bytes());
             return Err(StartError::ClosedWhileOpening(addr).into());
         }
         if let Some(d) = self.discovery() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::Node;
-use crate::events::{Event, Path};
+use crate::events::{CloseReason, Event, Path};
 use crate::identity::LoadedIdentity;
 use crate::options::ConnOptions;
 use crate::relay::link::public;
@@ -17,7 +17,7 @@ use crate::relay::link::{LinkContext, RelayLink};
 use crate::relay::spec::{LinkStatus, RelaySpec};
 use crate::socket::KeynetSocket;
 use crate::task::Tasks;
-use crate::tracker::{reason, Tracker};
+use crate::tracker::Tracker;
 
 /// How long relayed connections outlive their relay's link (it may come back): 2 s, or a
 /// quarter of the keepalive timeout when that is shorter (the link notices a dead relay at half
@@ -103,7 +103,7 @@ pub(super) fn attach(node: &Node, spec: RelaySpec, identity: &LoadedIdentity) ->
             let Some(t) = tracker.upgrade() else { return };
             for peer in t.peers() {
                 if peer.is_relay_backed() && peer.path() == Path::Relayed {
-                    peer.close(reason::RELAY_LOST);
+                    peer.close(CloseReason::RelayLost);
                 }
             }
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::discovery::{self, Discovery, DiscoveryOptions, Found};
 use crate::error::{Error, Result};
-use crate::events::EventSink;
+use crate::events::{CloseReason, EventSink};
 use crate::identity::LoadedIdentity;
 use crate::lifecycle::{self, Identities};
 use crate::netwatch::{self, Seen};
@@ -26,7 +26,7 @@ use crate::relay::link::RelayLink;
 use crate::relay::spec::{LinkStatus, RelaySpec};
 use crate::socket::{self, KeynetSocket};
 use crate::task::Tasks;
-use crate::tracker::{reason, Role, Tracker};
+use crate::tracker::{Role, Tracker};
 
 /// How a node starts.
 pub(crate) struct NodeConfig {
@@ -159,8 +159,9 @@ impl Node {
     /// The last handle went without `stop()`: closes every connection and cancels every task
     /// (they end at their next await; the UDP port is freed once quinn's driver is gone).
     pub(crate) fn abandon(&self) {
-        self.tracker.close_all(reason::STOPPED);
-        self.endpoint.close(0u32.into(), reason::STOPPED.as_bytes());
+        self.tracker.close_all(CloseReason::Stopped);
+        self.endpoint
+            .close(0u32.into(), CloseReason::Stopped.as_str().as_bytes());
         self.tasks.token().cancel();
     }
 

@@ -91,8 +91,8 @@ pub(super) async fn write_frame(send: &mut BoxWrite, frame: &Frame) -> Result<()
 
 /// An open connection to a relay, split for reading and writing.
 pub struct RelayConn {
-    /// `quic` or `websocket`.
-    pub name: &'static str,
+    /// `Quic` or `WebSocket`.
+    pub transport: crate::relay::spec::Transport,
     /// Reading half.
     pub read: BoxRead,
     /// Writing half.

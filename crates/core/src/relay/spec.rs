@@ -20,6 +20,17 @@ pub enum Transport {
     WebSocket,
 }
 
+impl Transport {
+    /// The name JS sees.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Quic => "quic",
+            Self::WebSocket => "websocket",
+        }
+    }
+}
+
 /// How to reach a relay and what to ask of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelaySpec {
@@ -72,8 +83,8 @@ pub enum LinkStatus {
     Connecting,
     /// Registered.
     Up {
-        /// `quic` or `websocket`.
-        transport: &'static str,
+        /// The transport in use (never `Auto`).
+        transport: Transport,
         /// This node's address as the relay sees it.
         observed: SocketAddr,
         /// The public TCP port the relay allocated, if asked.

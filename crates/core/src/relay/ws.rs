@@ -88,7 +88,7 @@ pub(super) async fn connect(
         }
         let (read, write, _kill) = pipe(stream, rest, true, tasks);
         Ok(RelayConn {
-            name: "websocket",
+            transport: crate::relay::spec::Transport::WebSocket,
             read,
             write,
             quic: None,

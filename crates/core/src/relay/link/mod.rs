@@ -343,9 +343,9 @@ impl Runner {
             }
             other => return Err(RelayError::UnexpectedAnswer(format!("{other:?}")).into()),
         };
-        tracing::info!(relay = %self.spec.addr, transport = conn.name, %observed, ?public_port, "registered with the relay");
+        tracing::info!(relay = %self.spec.addr, transport = conn.transport.as_str(), %observed, ?public_port, "registered with the relay");
         let _ = self.status.send(LinkStatus::Up {
-            transport: conn.name,
+            transport: conn.transport,
             observed,
             public_port,
         });

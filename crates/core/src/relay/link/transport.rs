@@ -109,7 +109,7 @@ async fn connect_quic(spec: &RelaySpec, ctx: &Dialer, budget: Duration) -> Resul
             source,
         })?;
     Ok(RelayConn {
-        name: "quic",
+        transport: Transport::Quic,
         read: Box::new(recv),
         write: Box::new(send),
         quic: Some(conn),
