@@ -114,7 +114,7 @@ export interface NativeAllocation {
   port: number
 }
 
-/** API.md `ConnectionInfo`. */
+/** JS `ConnectionInfo`. */
 export interface NativeConnectionInfo {
   nodeId: string
   certificates: Array<string>
@@ -139,7 +139,7 @@ export interface NativeDiscovery {
 }
 
 /**
- * API.md `ConnectionEvent`, with its event name in `kind`; `address` events carry
+ * JS `ConnectionEvent`, with its event name in `kind`; `address` events carry
  * `addresses` instead of `info`.
  */
 export interface NativeEvent {
@@ -183,7 +183,7 @@ export interface NativeIdentity {
   certChainPem: string
 }
 
-/** Timing options in milliseconds (undefined: API.md default). */
+/** Timing options in milliseconds (undefined: the default). */
 export interface NativeOptions {
   connConnectTime?: number
   connKeepAliveTimeoutTime?: number

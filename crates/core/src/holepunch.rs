@@ -11,11 +11,18 @@ use crate::proto::hello::{self, Hello};
 use crate::proto::punch::{PunchState, Puncher};
 use crate::socket::{KeynetSocket, PunchSession};
 
-/// What happened while punching.
+/// What happened while punching: the one way a driver reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PunchEvent {
-    /// The peer's punch (or its ack of ours) arrived: inbound packets from it pass our NAT.
+    /// A valid punch from the peer arrived. Its ack goes out when [`PunchDriver::next_event`]
+    /// is called again, so the caller can first get ready for the peer's packets from that
+    /// address (which the peer sends once the ack reaches it).
+    PeerPunched,
+    /// The peer's punch, or its ack of ours, arrived: inbound packets from it pass our NAT.
     PathOpened,
+    /// An ack of our punch arrived: the path works both ways
+    /// ([`PunchDriver::nat_between`] is known now).
+    Confirmed,
 }
 
 /// A punch session toward one address.
@@ -25,6 +32,11 @@ pub struct PunchDriver {
     session: PunchSession,
     puncher: Puncher,
     receiving: bool,
+    /// The ack of the peer's last punch, sent at the next call.
+    pending_ack: Option<[u8; crate::proto::punch::LEN]>,
+    confirmed_reported: bool,
+    /// Stop punching once confirmed (a rendezvous: the path is proven, only acks remain).
+    quiet_when_confirmed: bool,
 }
 
 impl PunchDriver {
@@ -56,60 +68,52 @@ impl PunchDriver {
             session,
             puncher,
             receiving: true,
+            pending_ack: None,
+            confirmed_reported: false,
+            quiet_when_confirmed: false,
         }
     }
 
-    /// Punches until the path opens. Pending forever once the machine has nothing left to do
-    /// (the caller's own deadline ends the wait).
+    /// For a rendezvous on a relayed connection: stops punching once our punch was
+    /// acknowledged (it keeps acknowledging the peer's).
+    pub fn for_rendezvous(mut self) -> Self {
+        self.quiet_when_confirmed = true;
+        self
+    }
+
+    /// Punches, acknowledges the peer's punches, and returns what happened next. Pending
+    /// forever once the machine has nothing left to do (the caller's deadline ends the wait).
     pub async fn next_event(&mut self) -> PunchEvent {
         loop {
+            if let Some(ack) = self.pending_ack.take() {
+                self.socket.send_to(self.target, &ack).await;
+            }
+            if self.puncher.path_confirmed() && !self.confirmed_reported {
+                self.confirmed_reported = true;
+                return PunchEvent::Confirmed;
+            }
             if self.puncher.take_path_opened() {
                 return PunchEvent::PathOpened;
             }
-            self.turn(true, || {}).await;
+            if self.turn().await {
+                return PunchEvent::PeerPunched;
+            }
         }
     }
 
-    /// Punches for a rendezvous on an existing relayed connection until the path works both ways
-    /// and the peer's punch was acknowledged. `on_peer` runs when the peer's first valid punch
-    /// arrives, before it is acknowledged (the caller starts accepting the peer's packets from
-    /// that address, which the peer sends once our ack reaches it); `on_confirmed(nat_between)`
-    /// runs once an ack of our punch arrived (the caller starts sending there). Keeps acking the
-    /// peer's punches after that, until one was acknowledged. Pending forever once the machine
-    /// gave up (the caller's deadline ends the wait).
-    pub async fn rendezvous(
-        &mut self,
-        mut on_peer: impl FnMut(),
-        mut on_confirmed: impl FnMut(bool),
-    ) {
-        let (mut seen, mut confirmed) = (false, false);
-        loop {
-            if self.puncher.path_confirmed() && !confirmed {
-                confirmed = true;
-                if !seen {
-                    on_peer();
-                }
-                on_confirmed(self.puncher.nat_between());
-            }
-            if confirmed && seen {
-                return;
-            }
-            let first = !seen && !confirmed;
-            seen |= self
-                .turn(!confirmed, || {
-                    if first {
-                        on_peer()
-                    }
-                })
-                .await;
+    /// Sends the ack of the peer's last punch, if one is pending (the caller stops asking for
+    /// events).
+    pub async fn flush(&mut self) {
+        if let Some(ack) = self.pending_ack.take() {
+            self.socket.send_to(self.target, &ack).await;
         }
     }
 
-    /// One turn of the machine: sends the punches due (when `sending`), then waits for the next
-    /// one or for a datagram. Returns whether a valid punch from the peer arrived; its ack is sent
-    /// after `before_ack` ran.
-    async fn turn(&mut self, sending: bool, before_ack: impl FnOnce()) -> bool {
+    /// One turn of the machine: sends the punches due, then waits for the next one or for a
+    /// datagram. Returns whether a valid punch from the peer arrived (its ack is pending).
+    async fn turn(&mut self) -> bool {
         let now = Instant::now();
+        let sending = !(self.quiet_when_confirmed && self.puncher.path_confirmed());
         if sending {
             while let Some(d) = self.puncher.poll_transmit(now) {
                 self.socket.send_to(self.target, &d).await;
@@ -135,8 +139,7 @@ impl PunchDriver {
                 };
                 match self.puncher.handle(Instant::now(), self.target, &d) {
                     Some(ack) => {
-                        before_ack();
-                        self.socket.send_to(self.target, &ack).await;
+                        self.pending_ack = Some(ack);
                         true
                     }
                     None => false,

@@ -3,7 +3,7 @@
 //!
 //! Actor view: the accept loop owns the endpoint's incoming queue; one task per incoming
 //! handshake (bounded by `connConnectTime`); one stream-accept loop per connection; one task per
-//! tunnel. All belong to the proxy's [`Tasks`] and end on `stop()`.
+//! tunnel. All belong to the proxy's tasks (`crate::task::Tasks`) and end on `stop()`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::discovery::{DiscoveryOptions, Found};
 use crate::error::{Error, Result, StartError};
 use crate::events::{CloseReason, ConnectionInfo, EventSink};
-use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
+use crate::holepunch::{exchange_hello, judge_path, PunchDriver};
 use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities, Lifecycle};
 use crate::node::{Node, NodeConfig};
@@ -282,7 +282,7 @@ impl ReverseProxy {
             loop {
                 tokio::select! {
                     _ = running.node.tracker.wait_until(|t| t.get(&addr).is_some()) => return,
-                    PunchEvent::PathOpened = punch.next_event() => {}
+                    _ = punch.next_event() => {}
                 }
             }
         };

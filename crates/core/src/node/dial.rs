@@ -377,7 +377,10 @@ impl Node {
                     }
                     Ok(Ok(conn)) => break conn,
                 },
-                PunchEvent::PathOpened = punch.next_event() => {
+                event = punch.next_event() => {
+                    if event != PunchEvent::PathOpened {
+                        continue;
+                    }
                     // The path just opened. An attempt still pending after a while had its
                     // Initial packets dropped by a NAT and waits for a backed-off retransmit:
                     // start a fresh handshake now instead.

@@ -14,7 +14,7 @@
 //! ```
 //!
 //! While dead, recovery probes go out with a backoff (a blackholed path that comes back is
-//! found again without the relay), and [`Backoff`] paces rendezvous requests (a path whose
+//! found again without the relay), and a [`super::backoff::Backoff`] paces rendezvous requests (a path whose
 //! addresses changed, e.g. after a NAT rebinding, needs the relay to tell both sides the new
 //! ones).
 
@@ -176,37 +176,6 @@ impl PathLiveness {
     }
 }
 
-/// Exponential backoff between `min` and `max`, with no clock of its own.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// Starts at `min`, doubling to `max`.
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max,
-            next: min,
-        }
-    }
-
-    /// The wait before the next attempt (and doubles the one after).
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    /// Back to `min` (an attempt succeeded).
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,14 +327,5 @@ mod tests {
             }
         }
         assert!(sent <= 11, "{sent} probes in 5 s");
-    }
-
-    #[test]
-    fn backoff_doubles_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
-        let seq: Vec<u64> = (0..9).map(|_| b.next_delay().as_secs()).collect();
-        assert_eq!(seq, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_secs(5));
     }
 }

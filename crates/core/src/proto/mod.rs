@@ -1,6 +1,8 @@
 //! Sans-IO wire formats and state machines: the HTTP CONNECT head, the tunnel header on each
-//! QUIC stream, hole punching, the liveness of punched paths, the post-handshake hello, and the relay frames.
+//! QUIC stream, hole punching, the liveness of punched paths, retry backoff, the post-handshake
+//! hello, and the relay frames.
 
+pub mod backoff;
 pub mod connect;
 pub mod hello;
 pub mod liveness;

@@ -12,7 +12,7 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 /// Which transport a link uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
-    /// QUIC, raced by WebSocket once QUIC has not connected within [`QUIC_FIRST`].
+    /// QUIC, raced by WebSocket once QUIC has not connected within 1 s (`link::transport::QUIC_FIRST`).
     Auto,
     /// QUIC only.
     Quic,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::events::{Path, PathReason};
-use crate::holepunch::PunchDriver;
+use crate::holepunch::{PunchDriver, PunchEvent};
 use crate::nodeid::NodeId;
 use crate::proto::liveness::{Liveness, PathLiveness, Transition};
 use crate::proto::punch::{Kind, Packet};
@@ -87,18 +87,34 @@ impl DirectPath {
             self.punch_interval,
             RENDEZVOUS_BUDGET,
             u32::MAX,
-        );
-        let _ = tokio::time::timeout(
-            RENDEZVOUS_BUDGET,
-            punch.rendezvous(
-                || {
-                    paths.accept_direct(peer, addr);
-                },
-                |nat_between| {
-                    paths.use_direct(peer, addr, path_kind(nat_between), PathReason::Upgrade);
-                },
-            ),
         )
+        .for_rendezvous();
+        // Until the path works both ways and the peer's punch was acknowledged: accept the
+        // peer's packets from `addr` before acknowledging its first punch (it sends there once
+        // the ack arrives), send there once our punch was acknowledged.
+        let _ = tokio::time::timeout(RENDEZVOUS_BUDGET, async {
+            let (mut seen, mut confirmed) = (false, false);
+            while !(seen && confirmed) {
+                match punch.next_event().await {
+                    PunchEvent::PeerPunched => {
+                        if !seen && !confirmed {
+                            paths.accept_direct(peer, addr);
+                        }
+                        seen = true;
+                    }
+                    PunchEvent::Confirmed => {
+                        if !seen {
+                            paths.accept_direct(peer, addr);
+                        }
+                        confirmed = true;
+                        let kind = path_kind(punch.nat_between());
+                        paths.use_direct(peer, addr, kind, PathReason::Upgrade);
+                    }
+                    PunchEvent::PathOpened => {}
+                }
+            }
+            punch.flush().await;
+        })
         .await;
         let kind = path_kind(punch.nat_between());
         let confirmed = punch.confirmed();

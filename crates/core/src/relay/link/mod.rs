@@ -1,7 +1,23 @@
 //! A keynode's standing connection to one relay: registers with it (the node's own identity, the
 //! relay's node id pinned), keeps it alive, reconnects with backoff when the relay goes away,
 //! carries the keynode's QUIC packets for relayed peers both ways, and punches when the relay
-//! calls a rendezvous. Owned by a proxy; its task ends on the proxy's `stop()`.
+//! calls a rendezvous. Owned by a node; its task ends on the node's `stop()`.
+//!
+//! Actor view. One task (`Runner::run`) owns the relay connection:
+//! ```text
+//!   Connecting ──registered──▶ Up ──error, silence, renew──▶ Down ──backoff──▶ Connecting
+//!        └──────────────failed───────────────────────────────▲
+//! ```
+//! - States are published on a watch channel (`LinkStatus`; `relay` events and
+//!   `getRelayStatus()` read it). `Down` carries the error kind and text.
+//! - Inboxes, each bounded: the outbox (QUIC packets for relayed peers, 1024 of them, dropped
+//!   when full as a congested network would), the control queue (rendezvous requests,
+//!   public-port frames; written before packets), `renew` (a network change: end the session
+//!   and register again at once), and `kill` (the owner stops the link).
+//! - Reconnects back off from 200 ms to 10 s ([`Backoff`]); a session that lived 10 s, or a
+//!   renewal, starts the backoff over.
+//! - Outputs besides frames: `gone` notices (a relayed peer is unknown or refused), and one
+//!   `DirectPath` task per rendezvous (`direct.rs`).
 
 pub(crate) mod direct;
 pub(crate) mod public;
@@ -18,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{CertChainKind, Error, ErrorKind, RelayError, Result};
 use crate::nodeid::NodeId;
-use crate::proto::liveness::Backoff;
+use crate::proto::backoff::Backoff;
 use crate::proto::relay::{Frame, GoneReason};
 use crate::relay::framed::{write_frames, BoxWrite, FrameReader};
 use crate::relay::spec::{LinkStatus, RelaySpec};
@@ -264,7 +280,7 @@ impl Runner {
         mut outbox_rx: mpsc::Receiver<(NodeId, Vec<u8>)>,
         mut control_rx: mpsc::Receiver<Frame>,
     ) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
             if self.link.strong_count() == 0 {
                 return;
@@ -288,10 +304,10 @@ impl Runner {
             tracing::info!(relay = %self.spec.addr, reason = %why, "relay link down");
             let _ = self.status.send(LinkStatus::Down(code, why));
             if started.elapsed() > HEALTHY || renewing {
-                backoff = MIN_BACKOFF;
+                backoff.reset();
             }
             // While down, packets for relayed peers are lost (as on a broken network).
-            let wait = tokio::time::sleep(backoff);
+            let wait = tokio::time::sleep(backoff.next_delay());
             tokio::pin!(wait);
             loop {
                 tokio::select! {
@@ -302,7 +318,6 @@ impl Runner {
                     c = control_rx.recv() => if c.is_none() { return },
                 }
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
             let _ = self.status.send(LinkStatus::Connecting);
         }
     }
