@@ -7,8 +7,10 @@
 // servers, support/echo.proto and the CONNECT client come from ../support (shared with the tests).
 // Events: waitPath, waitEvent, waitCurrentPath, events. Plain UDP (lab self-tests, no keynet):
 // udpOpen, udpSend, udpWait, udpClose.
-// Times (`at`, `after`, `closedAt`, ...) are epoch milliseconds with sub-ms precision
-// (performance.timeOrigin + performance.now()), comparable across the lab's processes.
+// Times (`at`, `after`, `closedAt`, ...) are epoch milliseconds read from the system clock at
+// the moment (Date.now()), so the lab's processes agree on them. (performance.timeOrigin is
+// fixed when a process starts: after the machine was paused and its wall clock stepped, a
+// process started later is ahead of one started earlier by the step; a full run once saw 34 s.)
 
 const net = require('node:net')
 const dgram = require('node:dgram')
@@ -22,7 +24,7 @@ const lib = () => (keynet = keynet || require('..'))
 
 const TOKEN = 'lab-token'
 const proto = loadEcho()
-const now = () => performance.timeOrigin + performance.now()
+const now = () => Date.now()
 let fp = null
 let rp = null
 let servers = []

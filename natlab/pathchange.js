@@ -14,7 +14,8 @@
 const { startPair, openBoth, startRelayedPair } = require('./attempt.js')
 
 const MiB = 1024 * 1024
-const now = () => performance.timeOrigin + performance.now()
+// The system clock, as the agents read it (see agent.js): comparable across processes.
+const now = () => Date.now()
 const sleep = (ms) => new Promise((r) => setTimeout(r, Math.max(0, ms)))
 const TIMED_OUT = Symbol('timed out')
 
