@@ -279,3 +279,22 @@ test('key rotation: a reverse proxy with a rotated identity is accepted for the 
   const e = await t.throwsAsync(fp3.openConnection(stranger, h.HOST, rp.getIngressPort(), { timeout: 5000 }))
   t.true(e instanceof errors.ErrorCertChainUnclaimed, `${e.name}: ${e.message}`)
 })
+
+const keynet = h.keynet
+
+test('unusable TLS material is ErrorInvalidTlsConfig from every entry point (sync and async)', async (t) => {
+  const bad = { keyPrivatePem: 'not a key', certChainPem: 'not a certificate' }
+  const check = (e, where) => {
+    t.true(e instanceof errors.ErrorInvalidTlsConfig, `${where}: ${e?.constructor?.name}`)
+    t.true(e instanceof errors.ErrorNetwork, `${where}: in the ErrorNetwork hierarchy`)
+    t.is(e.code, 'ErrorInvalidTlsConfig', where)
+    t.regex(e.message, /^invalid TLS config: /, where)
+  }
+  check(t.throws(() => keynet.nodeIdFromCertificate('garbage')), 'nodeIdFromCertificate')
+  check(t.throws(() => keynet.rotateIdentity(bad)), 'rotateIdentity')
+  const rp = new keynet.ReverseProxy()
+  check(await t.throwsAsync(rp.start({ serverPort: 1, tlsConfig: bad })), 'ReverseProxy.start')
+  const fp = new keynet.ForwardProxy({ authToken: 't' })
+  check(await t.throwsAsync(fp.start({ tlsConfig: bad })), 'ForwardProxy.start')
+  t.throws(() => rp.getNodeId(), { instanceOf: errors.ErrorReverseProxyNotRunning }, 'nothing started')
+})
