@@ -13,7 +13,7 @@ use crate::socket::{KeynetSocket, PunchSession};
 
 /// What happened while punching: the one way a driver reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PunchEvent {
+pub(crate) enum PunchEvent {
     /// A valid punch from the peer arrived. Its ack goes out when [`PunchDriver::next_event`]
     /// is called again, so the caller can first get ready for the peer's packets from that
     /// address (which the peer sends once the ack reaches it).
@@ -26,7 +26,7 @@ pub enum PunchEvent {
 }
 
 /// A punch session toward one address.
-pub struct PunchDriver {
+pub(crate) struct PunchDriver {
     socket: Arc<KeynetSocket>,
     target: SocketAddr,
     session: PunchSession,
@@ -41,7 +41,7 @@ pub struct PunchDriver {
 
 impl PunchDriver {
     /// Starts punching `target` every `interval` (at most `max_sends` datagrams) for `budget`.
-    pub fn start(
+    pub(crate) fn start(
         socket: &Arc<KeynetSocket>,
         target: SocketAddr,
         interval: Duration,
@@ -76,14 +76,14 @@ impl PunchDriver {
 
     /// For a rendezvous on a relayed connection: stops punching once our punch was
     /// acknowledged (it keeps acknowledging the peer's).
-    pub fn for_rendezvous(mut self) -> Self {
+    pub(crate) fn for_rendezvous(mut self) -> Self {
         self.quiet_when_confirmed = true;
         self
     }
 
     /// Punches, acknowledges the peer's punches, and returns what happened next. Pending
     /// forever once the machine has nothing left to do (the caller's deadline ends the wait).
-    pub async fn next_event(&mut self) -> PunchEvent {
+    pub(crate) async fn next_event(&mut self) -> PunchEvent {
         loop {
             if let Some(ack) = self.pending_ack.take() {
                 self.socket.send_to(self.target, &ack).await;
@@ -103,7 +103,7 @@ impl PunchDriver {
 
     /// Sends the ack of the peer's last punch, if one is pending (the caller stops asking for
     /// events).
-    pub async fn flush(&mut self) {
+    pub(crate) async fn flush(&mut self) {
         if let Some(ack) = self.pending_ack.take() {
             self.socket.send_to(self.target, &ack).await;
         }
@@ -149,34 +149,34 @@ impl PunchDriver {
     }
 
     /// Whether an ack of our punch arrived (the path works both ways).
-    pub fn confirmed(&self) -> bool {
+    pub(crate) fn confirmed(&self) -> bool {
         self.puncher.path_confirmed()
     }
 
     /// Whether a NAT sits between us (known once punches were exchanged).
-    pub fn nat_between(&self) -> bool {
+    pub(crate) fn nat_between(&self) -> bool {
         self.puncher.nat_between()
     }
 
     /// The connection is up: stop punching.
-    pub fn connected(&mut self) {
+    pub(crate) fn connected(&mut self) {
         self.puncher.connected();
     }
 
     /// Ends punching and hands over the session: the peer's punch-format datagrams (probes,
     /// acks) keep arriving there.
-    pub fn into_session(self) -> PunchSession {
+    pub(crate) fn into_session(self) -> PunchSession {
         self.session
     }
 
     /// Whether the peer took part in punching (its punch, or its ack of ours, arrived).
-    pub fn peer_took_part(&self) -> bool {
+    pub(crate) fn peer_took_part(&self) -> bool {
         self.puncher.peer_punching() || self.puncher.path_confirmed()
     }
 }
 
 /// Sends our hello on a unidirectional stream and reads the peer's, before `deadline`.
-pub async fn exchange_hello(
+pub(crate) async fn exchange_hello(
     conn: &quinn::Connection,
     ours: Hello,
     deadline: Instant,
@@ -204,7 +204,7 @@ pub async fn exchange_hello(
 
 /// The path of a connection: `Punched` if the reverse proxy was punching toward the forward
 /// proxy and a NAT sits between them (it had to punch), else `Direct`.
-pub fn judge_path(rp_was_punching: bool, nat_between: bool) -> Path {
+pub(crate) fn judge_path(rp_was_punching: bool, nat_between: bool) -> Path {
     if rp_was_punching && nat_between {
         Path::Punched
     } else {

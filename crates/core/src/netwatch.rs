@@ -12,15 +12,15 @@ use crate::task::Tasks;
 
 /// Changes are acted on once they have settled this long (a network switch is a burst of
 /// address and route messages).
-pub const SETTLE: Duration = Duration::from_millis(500);
+pub(crate) const SETTLE: Duration = Duration::from_millis(500);
 
 /// What identifies the network the host is on: the source address the kernel picks toward the
 /// internet, per family (`None` without a route). Nothing is sent to find it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Fingerprint(Option<IpAddr>, Option<IpAddr>);
+pub(crate) struct Fingerprint(Option<IpAddr>, Option<IpAddr>);
 
 /// The host's current [`Fingerprint`].
-pub fn fingerprint() -> Fingerprint {
+pub(crate) fn fingerprint() -> Fingerprint {
     Fingerprint(
         route_source("8.8.8.8:53".parse().expect("address")),
         route_source("[2001:4860:4860::8888]:53".parse().expect("address")),
@@ -30,7 +30,7 @@ pub fn fingerprint() -> Fingerprint {
 /// If the socket is bound to a specific address that the host no longer has, moves it to the
 /// address the kernel now routes from (same port when free), never to all interfaces, and
 /// tells quinn (its connections migrate). Returns whether it moved.
-pub fn rebind_if_gone(endpoint: &quinn::Endpoint, socket: &Arc<KeynetSocket>) -> bool {
+pub(crate) fn rebind_if_gone(endpoint: &quinn::Endpoint, socket: &Arc<KeynetSocket>) -> bool {
     use quinn::AsyncUdpSocket;
     let Ok(local) = socket.local_addr() else {
         return false;
@@ -84,22 +84,22 @@ pub(crate) fn spawn_watcher<R: Send + Sync + 'static>(
 /// The last network a proxy acted on, so a manual `networkChanged()` and the watcher do not
 /// both act on one change.
 #[derive(Debug, Default)]
-pub struct Seen(Mutex<Fingerprint>);
+pub(crate) struct Seen(Mutex<Fingerprint>);
 
 impl Seen {
     /// Starts from the current network.
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Self(Mutex::new(fingerprint()))
     }
 
     /// The app reported a change: records the current network so the watcher does not act on
     /// the same change again.
-    pub fn mark_current(&self) {
+    pub(crate) fn mark_current(&self) {
         self.update(fingerprint());
     }
 
     /// Records `fp`; returns whether it differs from the one before.
-    pub fn update(&self, fp: Fingerprint) -> bool {
+    pub(crate) fn update(&self, fp: Fingerprint) -> bool {
         let mut last = self.0.lock().expect("fingerprint lock");
         std::mem::replace(&mut *last, fp) != fp
     }
@@ -108,7 +108,7 @@ impl Seen {
 /// Calls `on_change` whenever the host's network changed (Linux: netlink address and route
 /// messages, settled for [`SETTLE`], then a changed [`Fingerprint`]). Runs until cancelled;
 /// elsewhere, or where netlink is refused, returns at once (the app calls `networkChanged()`).
-pub async fn watch(seen: Arc<Seen>, on_change: impl Fn() + Send + 'static) {
+pub(crate) async fn watch(seen: Arc<Seen>, on_change: impl Fn() + Send + 'static) {
     #[cfg(target_os = "linux")]
     {
         let mut events = match netlink::RouteEvents::open() {

@@ -9,11 +9,11 @@ use tokio::net::TcpStream;
 
 const BUF: usize = 64 * 1024;
 /// QUIC application error code for an aborted tunnel.
-pub const ABORTED: u32 = 1;
+pub(crate) const ABORTED: u32 = 1;
 
 /// Bytes moved by a finished splice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Moved {
+pub(crate) struct Moved {
     /// From the TCP socket into the QUIC stream.
     pub tcp_to_quic: u64,
     /// From the QUIC stream into the TCP socket.
@@ -23,7 +23,7 @@ pub struct Moved {
 /// Splices `tcp` and the stream until both directions ended. `prefix` is written into the
 /// stream first (bytes the client sent right behind its request head). On an error the TCP
 /// socket is reset (RST) and the stream reset, so neither end mistakes it for a clean end.
-pub async fn splice(
+pub(crate) async fn splice(
     tcp: TcpStream,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,

@@ -18,7 +18,7 @@ use crate::tls::verify::{verify_chain, Acceptable};
 
 /// Which side of the tunnel the tracker belongs to (decides which address is egress).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// The forward proxy: local address is the egress.
     Forward,
     /// The reverse proxy: local address is the ingress.
@@ -27,7 +27,7 @@ pub enum Role {
 
 /// One established QUIC connection to a peer whose identity was verified.
 #[derive(Debug)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// The QUIC connection.
     pub conn: quinn::Connection,
     /// The node id the peer proved.
@@ -45,14 +45,14 @@ pub struct Peer {
 
 impl Peer {
     /// Wraps an established connection whose peer proved `node_id`.
-    pub fn new(conn: quinn::Connection, node_id: NodeId, path: Path) -> Self {
+    pub(crate) fn new(conn: quinn::Connection, node_id: NodeId, path: Path) -> Self {
         let remote = conn.remote_address();
         Self::with_remote(conn, node_id, path, remote)
     }
 
     /// Like [`Peer::new`], tracked under `remote` (a relayed connection's QUIC address is
     /// virtual; it is tracked under the address the caller named).
-    pub fn with_remote(
+    pub(crate) fn with_remote(
         conn: quinn::Connection,
         node_id: NodeId,
         path: Path,
@@ -73,7 +73,7 @@ impl Peer {
     }
 
     /// Whether the peer's chain claims `id` (it is the leaf's id, or a rotation ancestor's).
-    pub fn claims(&self, id: &NodeId) -> bool {
+    pub(crate) fn claims(&self, id: &NodeId) -> bool {
         *id == self.node_id
             || verify_chain(
                 &self.certs,
@@ -84,17 +84,17 @@ impl Peer {
     }
 
     /// The current path.
-    pub fn path(&self) -> Path {
+    pub(crate) fn path(&self) -> Path {
         *self.path.lock().expect("path lock")
     }
 
     /// Whether the QUIC connection runs on a virtual (relay-backed) address.
-    pub fn is_relay_backed(&self) -> bool {
+    pub(crate) fn is_relay_backed(&self) -> bool {
         crate::socket::paths::is_virtual(&self.quic_addr)
     }
 
     /// Closes the connection, recording why (the close event carries it).
-    pub fn close(&self, why: CloseReason) {
+    pub(crate) fn close(&self, why: CloseReason) {
         self.conn.close(0u32.into(), why.as_str().as_bytes());
         self.close_reason
             .lock()
@@ -103,7 +103,7 @@ impl Peer {
     }
 
     /// A snapshot for the user; `local` is this proxy's UDP address.
-    pub fn info(&self, local: SocketAddr, role: Role) -> ConnectionInfo {
+    pub(crate) fn info(&self, local: SocketAddr, role: Role) -> ConnectionInfo {
         let stats = self.conn.stats();
         let (egress, ingress) = match role {
             Role::Forward => (local, self.remote),
@@ -141,7 +141,7 @@ struct Entry {
 }
 
 /// QUIC connections by remote address.
-pub struct Tracker {
+pub(crate) struct Tracker {
     role: Role,
     local: SocketAddr,
     tasks: Tasks,
@@ -152,7 +152,7 @@ pub struct Tracker {
 
 impl Tracker {
     /// A tracker for a proxy bound at `local`, spawning its watchers on `tasks`.
-    pub fn new(
+    pub(crate) fn new(
         role: Role,
         local: SocketAddr,
         tasks: Tasks,
@@ -168,13 +168,8 @@ impl Tracker {
         }
     }
 
-    /// This proxy's UDP address.
-    pub fn local(&self) -> SocketAddr {
-        self.local
-    }
-
     /// Registers `addr` so CONNECTs without `nodeId` may use it; `pin` applies to them.
-    pub fn register(&self, addr: SocketAddr, pin: Option<NodeId>) {
+    pub(crate) fn register(&self, addr: SocketAddr, pin: Option<NodeId>) {
         let addr = canonical(addr);
         let mut map = self.entries.lock().expect("tracker lock");
         let e = map.entry(addr).or_default();
@@ -185,7 +180,7 @@ impl Tracker {
     }
 
     /// Registers `addr` as reached through `relay` with `pin`.
-    pub fn register_relayed(&self, addr: SocketAddr, pin: NodeId, relay: RelaySpec) {
+    pub(crate) fn register_relayed(&self, addr: SocketAddr, pin: NodeId, relay: RelaySpec) {
         let addr = canonical(addr);
         let mut map = self.entries.lock().expect("tracker lock");
         let e = map.entry(addr).or_default();
@@ -195,14 +190,14 @@ impl Tracker {
     }
 
     /// The relay a registered address is reached through.
-    pub fn via(&self, addr: &SocketAddr) -> Option<RelaySpec> {
+    pub(crate) fn via(&self, addr: &SocketAddr) -> Option<RelaySpec> {
         let map = self.entries.lock().expect("tracker lock");
         map.get(&canonical(*addr)).and_then(|e| e.via.clone())
     }
 
     /// Applies a path change to the connections running on its virtual address and reports
     /// it as a `path` event (called by the proxy's event task, never from the socket).
-    pub fn set_path(&self, change: PathChange) {
+    pub(crate) fn set_path(&self, change: PathChange) {
         let addr = canonical(change.addr);
         let changed: Vec<(Arc<Peer>, Path)> = self
             .peers()
@@ -219,14 +214,14 @@ impl Tracker {
     }
 
     /// The pin of a registered address: `None` if not registered.
-    pub fn registration(&self, addr: &SocketAddr) -> Option<Option<NodeId>> {
+    pub(crate) fn registration(&self, addr: &SocketAddr) -> Option<Option<NodeId>> {
         let addr = &canonical(*addr);
         let map = self.entries.lock().expect("tracker lock");
         map.get(addr).filter(|e| e.registered).map(|e| e.pin)
     }
 
     /// The live connection to `addr`.
-    pub fn get(&self, addr: &SocketAddr) -> Option<Arc<Peer>> {
+    pub(crate) fn get(&self, addr: &SocketAddr) -> Option<Arc<Peer>> {
         // Copied out first: no connection is asked anything while the tracker lock is held
         // (asking takes the connection's lock, which its driver may hold for a while).
         let peers = {
@@ -241,7 +236,7 @@ impl Tracker {
     }
 
     /// The lock serialising dials to `addr` (one QUIC connection per address).
-    pub fn dial_lock(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn dial_lock(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<()>> {
         let addr = canonical(addr);
         let mut map = self.entries.lock().expect("tracker lock");
         map.entry(addr).or_default().dialing.clone()
@@ -249,14 +244,18 @@ impl Tracker {
 
     /// Whether `lock` is still the dial lock of `addr` (false if the address was removed, e.g.
     /// by `closeConnection`, while the dial was in flight).
-    pub fn is_current_dial(&self, addr: &SocketAddr, lock: &Arc<tokio::sync::Mutex<()>>) -> bool {
+    pub(crate) fn is_current_dial(
+        &self,
+        addr: &SocketAddr,
+        lock: &Arc<tokio::sync::Mutex<()>>,
+    ) -> bool {
         let map = self.entries.lock().expect("tracker lock");
         map.get(&canonical(*addr))
             .is_some_and(|e| Arc::ptr_eq(&e.dialing, lock))
     }
 
     /// Drops the entry of `addr` after a failed dial if nothing else uses it.
-    pub fn forget_failed_dial(&self, addr: &SocketAddr, lock: &Arc<tokio::sync::Mutex<()>>) {
+    pub(crate) fn forget_failed_dial(&self, addr: &SocketAddr, lock: &Arc<tokio::sync::Mutex<()>>) {
         let mut map = self.entries.lock().expect("tracker lock");
         let key = canonical(*addr);
         let unused = map.get(&key).is_some_and(|e| {
@@ -271,19 +270,19 @@ impl Tracker {
     }
 
     /// Number of live connections.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         let map = self.entries.lock().expect("tracker lock");
         map.values().filter(|e| !e.peers.is_empty()).count()
     }
 
     /// Every live connection.
-    pub fn peers(&self) -> Vec<Arc<Peer>> {
+    pub(crate) fn peers(&self) -> Vec<Arc<Peer>> {
         let map = self.entries.lock().expect("tracker lock");
         map.values().flat_map(|e| e.peers.iter().cloned()).collect()
     }
 
     /// Resolves once `done(self)` holds, re-checking whenever a connection is added or removed.
-    pub async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
+    pub(crate) async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -296,7 +295,7 @@ impl Tracker {
     }
 
     /// Adds an established connection, emits `connection`, and watches it until it closes.
-    pub fn insert(self: &Arc<Self>, peer: Arc<Peer>) {
+    pub(crate) fn insert(self: &Arc<Self>, peer: Arc<Peer>) {
         {
             let mut map = self.entries.lock().expect("tracker lock");
             map.entry(peer.remote).or_default().peers.push(peer.clone());
@@ -323,7 +322,7 @@ impl Tracker {
     }
 
     /// Forgets `addr` and closes its connections; returns the newest one that was closed.
-    pub fn remove(&self, addr: &SocketAddr, why: CloseReason) -> Option<Arc<Peer>> {
+    pub(crate) fn remove(&self, addr: &SocketAddr, why: CloseReason) -> Option<Arc<Peer>> {
         let addr = &canonical(*addr);
         let entry = self.entries.lock().expect("tracker lock").remove(addr);
         let peers = entry.map(|e| e.peers).unwrap_or_default();
@@ -335,19 +334,19 @@ impl Tracker {
     }
 
     /// Closes every connection with `why`.
-    pub fn close_all(&self, why: CloseReason) {
+    pub(crate) fn close_all(&self, why: CloseReason) {
         for p in self.peers() {
             p.close(why.clone());
         }
     }
 
     /// A snapshot of the connection to `addr`.
-    pub fn info(&self, addr: &SocketAddr) -> Option<ConnectionInfo> {
+    pub(crate) fn info(&self, addr: &SocketAddr) -> Option<ConnectionInfo> {
         self.get(addr).map(|p| p.info(self.local, self.role))
     }
 
     /// A snapshot of `peer` from this tracker's side.
-    pub fn info_of(&self, peer: &Peer) -> ConnectionInfo {
+    pub(crate) fn info_of(&self, peer: &Peer) -> ConnectionInfo {
         peer.info(self.local, self.role)
     }
 
@@ -374,7 +373,7 @@ impl Tracker {
     }
 
     /// Hands an event to the user's sink, if one is set.
-    pub fn send(&self, event: Event) {
+    pub(crate) fn send(&self, event: Event) {
         let sink = self.sink.read().expect("sink lock").clone();
         if let Some(sink) = sink {
             sink(event);

@@ -10,9 +10,9 @@ use crate::identity::LoadedIdentity;
 use crate::tls::verify::{Acceptable, NodeIdVerifier, VerifyOutcome};
 
 /// ALPN of keynet's tunnel protocol.
-pub const ALPN: &[u8] = b"keynet/1";
+pub(crate) const ALPN: &[u8] = b"keynet/1";
 /// Server name sent in the handshake; verification ignores it (identity is the node id).
-pub const SERVER_NAME: &str = "keynet";
+pub(crate) const SERVER_NAME: &str = "keynet";
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -24,7 +24,7 @@ fn tls_err(e: impl std::fmt::Display) -> Error {
 
 /// Client (dialing) config: presents `identity`, accepts a server that proves `accept`, and
 /// leaves the reason of a refusal in `outcome`.
-pub fn client_config(
+pub(crate) fn client_config(
     identity: &LoadedIdentity,
     accept: Acceptable,
     outcome: VerifyOutcome,
@@ -39,7 +39,7 @@ pub fn client_config(
 
 /// The rustls client config behind [`client_config`] (also used over TCP by the relay's
 /// WebSocket transport).
-pub fn tls_client_config(
+pub(crate) fn tls_client_config(
     identity: &LoadedIdentity,
     accept: Acceptable,
     outcome: VerifyOutcome,
@@ -59,7 +59,7 @@ pub fn tls_client_config(
 
 /// Server (accepting) config: presents `identity` and requires a client certificate that proves
 /// `accept`.
-pub fn server_config(
+pub(crate) fn server_config(
     identity: &LoadedIdentity,
     accept: Acceptable,
     transport: Arc<quinn::TransportConfig>,
@@ -72,7 +72,7 @@ pub fn server_config(
 }
 
 /// The rustls server config behind [`server_config`] (also used over TCP by the relay).
-pub fn tls_server_config(
+pub(crate) fn tls_server_config(
     identity: &LoadedIdentity,
     accept: Acceptable,
 ) -> Result<rustls::ServerConfig> {

@@ -1,4 +1,4 @@
 //! TLS for keynet's QUIC connections: mutual authentication by node id, TLS 1.3 only.
 
-pub mod config;
-pub mod verify;
+pub(crate) mod config;
+pub(crate) mod verify;

@@ -16,7 +16,7 @@ use crate::nodeid::NodeId;
 
 /// Which node ids a verifier accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Acceptable {
+pub(crate) enum Acceptable {
     /// Any valid chain; the leaf's node id is reported.
     Any,
     /// Only chains claiming one of these node ids.
@@ -30,7 +30,7 @@ pub enum Acceptable {
 /// claims N and every link from it down to the leaf is signed by its parent. Every certificate
 /// from the leaf to the claiming one must be within its validity period and carry an accepted
 /// key (Ed25519, ECDSA P-256/P-384, RSA >= 2048 bits).
-pub fn verify_chain(
+pub(crate) fn verify_chain(
     chain: &[CertificateDer<'_>],
     accept: &Acceptable,
     now_secs: i64,
@@ -137,7 +137,7 @@ fn check_date(i: usize, cert: &X509Certificate<'_>, now_secs: i64) -> Result<(),
 }
 
 /// The certificate chain a connection's peer presented (leaf first); empty if none.
-pub fn peer_chain(conn: &quinn::Connection) -> Vec<CertificateDer<'static>> {
+pub(crate) fn peer_chain(conn: &quinn::Connection) -> Vec<CertificateDer<'static>> {
     conn.peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
         .map(|b| *b)
@@ -146,11 +146,11 @@ pub fn peer_chain(conn: &quinn::Connection) -> Vec<CertificateDer<'static>> {
 
 /// Where a verifier leaves the typed reason of a refusal, for the code that started the handshake
 /// (rustls only carries an alert to the other side).
-pub type VerifyOutcome = Arc<Mutex<Option<CertChainError>>>;
+pub(crate) type VerifyOutcome = Arc<Mutex<Option<CertChainError>>>;
 
 /// The error of a failed handshake: the refused certificate's typed reason when the verifier
 /// left one in `outcome`, else `otherwise`.
-pub fn handshake_error(
+pub(crate) fn handshake_error(
     outcome: &VerifyOutcome,
     otherwise: impl Into<crate::error::Error>,
 ) -> crate::error::Error {
@@ -163,7 +163,7 @@ pub fn handshake_error(
 /// rustls verifier for both roles: checks the peer's chain against [`Acceptable`], and the
 /// handshake signature with the crypto provider.
 #[derive(Debug)]
-pub struct NodeIdVerifier {
+pub(crate) struct NodeIdVerifier {
     accept: Acceptable,
     provider: Arc<CryptoProvider>,
     outcome: VerifyOutcome,
@@ -171,7 +171,11 @@ pub struct NodeIdVerifier {
 
 impl NodeIdVerifier {
     /// A verifier that accepts `accept` and records refusals in `outcome`.
-    pub fn new(accept: Acceptable, provider: Arc<CryptoProvider>, outcome: VerifyOutcome) -> Self {
+    pub(crate) fn new(
+        accept: Acceptable,
+        provider: Arc<CryptoProvider>,
+        outcome: VerifyOutcome,
+    ) -> Self {
         Self {
             accept,
             provider,
