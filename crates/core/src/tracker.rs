@@ -95,11 +95,13 @@ impl Peer {
 
     /// Closes the connection, recording why (the close event carries it).
     pub(crate) fn close(&self, why: CloseReason) {
-        self.conn.close(0u32.into(), why.as_str().as_bytes());
+        // Recorded before the close: the close watcher reads it as soon as quinn reports.
+        let text = why.as_str().as_bytes().to_vec();
         self.close_reason
             .lock()
             .expect("reason lock")
             .get_or_insert(why);
+        self.conn.close(0u32.into(), &text);
     }
 
     /// A snapshot for the user; `local` is this proxy's UDP address.

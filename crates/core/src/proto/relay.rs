@@ -28,6 +28,11 @@ use crate::proto::punch::{get_addr, put_addr};
 
 /// Largest payload of one frame.
 pub const MAX_PAYLOAD: usize = 65_535;
+/// Largest relayed QUIC datagram: an Ethernet MTU. quinn sends at most 1452 bytes (its path
+/// MTU discovery's upper bound), and GSO batches are split into datagrams before they reach
+/// the relay; anything larger is not a QUIC packet, and would let one frame hold 64 KiB of a
+/// relay's queue.
+pub const MAX_DATAGRAM: usize = 1500;
 /// Longest error message.
 pub const MAX_MESSAGE: usize = 1024;
 /// Longest registration token.
@@ -234,6 +239,9 @@ impl Frame {
                 if datagram.is_empty() {
                     return Err(EncodeError::Empty);
                 }
+                if datagram.len() > MAX_DATAGRAM {
+                    return Err(EncodeError::TooLarge(datagram.len()));
+                }
                 p.extend_from_slice(node.as_bytes());
                 p.extend_from_slice(datagram);
             }
@@ -352,6 +360,9 @@ impl Frame {
             }
             0x03 | 0x04 => {
                 at_least(NODE + 1)?;
+                if len > NODE + MAX_DATAGRAM {
+                    return Err(bad_len());
+                }
                 let (n, d) = (node(p), p[NODE..].to_vec());
                 if kind == 0x03 {
                     Self::SendPacket {
@@ -524,6 +535,33 @@ mod tests {
     }
 
     #[test]
+    fn a_relayed_datagram_is_at_most_an_mtu() {
+        let mut out = Vec::new();
+        let packet = |n| Frame::SendPacket {
+            dst: NodeId::from_bytes([1; 32]),
+            datagram: vec![7; n],
+        };
+        assert!(packet(MAX_DATAGRAM).encode(&mut out).is_ok());
+        assert_eq!(
+            packet(MAX_DATAGRAM + 1).encode(&mut Vec::new()),
+            Err(EncodeError::TooLarge(MAX_DATAGRAM + 1))
+        );
+        // A peer that sends one anyway sends a malformed frame (its session is closed).
+        let len = (NODE + MAX_DATAGRAM + 1) as u16;
+        let mut big = vec![0x03];
+        big.extend_from_slice(&len.to_be_bytes());
+        big.resize(3 + len as usize, 0);
+        assert_eq!(
+            Frame::decode(&big),
+            Err(FrameError::Length {
+                kind: 0x03,
+                len: len as usize
+            })
+        );
+        assert!(matches!(Frame::decode(&out), Ok(Some(_))));
+    }
+
+    #[test]
     fn malformed_frames_are_refused_with_typed_errors() {
         let dec = |b: &[u8]| Frame::decode(b);
         assert_eq!(dec(&[0x00, 0, 0]), Err(FrameError::UnknownType(0)));
@@ -584,12 +622,12 @@ mod tests {
             Err(EncodeError::Empty)
         );
         assert_eq!(
-            Frame::SendPacket {
-                dst: id(1),
-                datagram: vec![0; MAX_PAYLOAD]
+            Frame::TcpData {
+                conn: 1,
+                data: vec![0; MAX_PAYLOAD]
             }
             .encode(&mut out),
-            Err(EncodeError::TooLarge(MAX_PAYLOAD + 32))
+            Err(EncodeError::TooLarge(MAX_PAYLOAD + 4))
         );
         assert!(out.is_empty(), "nothing is written for a refused frame");
     }
@@ -611,7 +649,7 @@ mod tests {
     }
 
     fn bytes() -> impl Strategy<Value = Vec<u8>> {
-        proptest::collection::vec(any::<u8>(), 1..1500)
+        proptest::collection::vec(any::<u8>(), 1..=MAX_DATAGRAM)
     }
 
     fn frame() -> impl Strategy<Value = Frame> {

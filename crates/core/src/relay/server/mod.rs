@@ -605,11 +605,12 @@ impl Inner {
         me: &Arc<NodeConn>,
         peer: NodeId,
     ) -> Option<Frame> {
-        let target = running
-            .nodes
-            .lock()
-            .expect("nodes lock")
-            .pair(node, me.id, peer);
+        let target = running.nodes.lock().expect("nodes lock").pair(
+            node,
+            me.id,
+            peer,
+            std::time::Instant::now(),
+        );
         let target = match target {
             Ok(t) => t,
             Err(refusal) => return Some(refusal.frame()),

@@ -1,11 +1,14 @@
 //! The relay's policy without I/O: who is registered (one session per node id; a newer
 //! registration replaces the older), who may send to whom (only registered senders, only to
-//! registered nodes, at most `max_peers` relayed peers per node), whom to tell when a node
-//! leaves, and the frame each refusal is answered with. The server (`mod.rs`) holds it under
+//! registered nodes, at most `max_peers` peers a node starts relaying with; answering a node
+//! that relays to you is free), who may ask for a rendezvous with whom (only a peer it already
+//! relays packets with, at a bounded rate), whom to tell when a node leaves, and the frame each
+//! refusal is answered with. The server (`mod.rs`) holds it under
 //! one lock and does what it decides; every rule is unit-tested here without sockets.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::nodeid::NodeId;
 use crate::proto::connect::constant_time_eq;
@@ -27,9 +30,20 @@ pub(crate) enum Refusal {
         /// The relay's `maxPeers`.
         limit: usize,
     },
+    /// A rendezvous with a node the sender relays no packets with (it would learn any node's
+    /// address from its id, and make it punch).
+    NoRelayedTraffic(NodeId),
+    /// Rendezvous requests faster than [`RENDEZVOUS_RATE`] allows.
+    RendezvousRate,
     /// A frame only the relay sends, or one out of place.
     Unexpected(String),
 }
+
+/// Rendezvous requests a node may make: a burst of this many…
+pub(crate) const RENDEZVOUS_BURST: f64 = 16.0;
+/// …refilled at this many per second. A node's direct paths ask again at most every 3 s per
+/// peer (backing off to 5 min), so a well-behaved node with its 64 peers stays far below it.
+pub(crate) const RENDEZVOUS_RATE: f64 = 4.0;
 
 impl Refusal {
     /// The frame the sender gets.
@@ -51,6 +65,14 @@ impl Refusal {
                 Some(*dst),
                 format!("too many relayed peers (limit {limit}): {dst} refused"),
             ),
+            // Not naming the peer: the node must not take a refused rendezvous for a refused
+            // peer (its relayed connection goes on).
+            Self::NoRelayedTraffic(peer) => error(
+                403,
+                None,
+                format!("rendezvous refused: no relayed packets with {peer}"),
+            ),
+            Self::RendezvousRate => error(429, None, "rendezvous requests too fast".into()),
             Self::Unexpected(what) => error(
                 400,
                 None,
@@ -67,8 +89,19 @@ impl Refusal {
 struct Entry<H> {
     session: u64,
     handle: Arc<H>,
-    /// The nodes this one relayed packets with (told when it leaves).
-    peers: HashSet<NodeId>,
+    /// Nodes this one started relaying packets to (at most `max_peers`).
+    initiated: HashSet<NodeId>,
+    /// Nodes that relayed packets to this one (answering them is free).
+    heard_from: HashSet<NodeId>,
+    /// Rendezvous tokens left, and when they were counted.
+    rendezvous: (f64, Instant),
+}
+
+impl<H> Entry<H> {
+    /// Whether this node relays packets with `peer`, either way.
+    fn relays_with(&self, peer: &NodeId) -> bool {
+        self.initiated.contains(peer) || self.heard_from.contains(peer)
+    }
 }
 
 /// The registered sessions; `H` is the server's handle to a session (its queues).
@@ -108,7 +141,9 @@ impl<H> Registry<H> {
             Entry {
                 session,
                 handle,
-                peers: HashSet::new(),
+                initiated: HashSet::new(),
+                heard_from: HashSet::new(),
+                rendezvous: (RENDEZVOUS_BURST, Instant::now()),
             },
         );
         Ok(old.filter(|o| o.session != session).map(|o| o.handle))
@@ -119,8 +154,9 @@ impl<H> Registry<H> {
         self.nodes.get(&node).is_some_and(|e| e.session == session)
     }
 
-    /// May `session` (as `node`) send a packet to `dst`? Then both remember each other as
-    /// peers, and `dst`'s handle is returned.
+    /// May `session` (as `node`) send a packet to `dst`? Then both remember it (`dst` counts
+    /// against `node`'s limit unless `dst` relayed to `node` first), and `dst`'s handle is
+    /// returned.
     pub(crate) fn forward(
         &mut self,
         node: NodeId,
@@ -135,27 +171,47 @@ impl<H> Registry<H> {
         };
         let limit = self.max_peers;
         let me = self.nodes.get_mut(&node).expect("checked above");
-        if !me.peers.contains(&dst) {
-            if me.peers.len() >= limit {
+        if !me.relays_with(&dst) {
+            if me.initiated.len() >= limit {
                 return Err(Refusal::PeerLimit { dst, limit });
             }
-            me.peers.insert(dst);
+            me.initiated.insert(dst);
         }
         if let Some(e) = self.nodes.get_mut(&dst) {
-            e.peers.insert(node);
+            e.heard_from.insert(node);
         }
         Ok(target)
     }
 
-    /// May `session` (as `node`) ask for a rendezvous with `peer`? Returns `peer`'s handle.
-    pub(crate) fn pair(&self, node: NodeId, session: u64, peer: NodeId) -> Result<Arc<H>, Refusal> {
+    /// May `session` (as `node`) ask for a rendezvous with `peer` at `now`? Only with a peer
+    /// it relays packets with, at most [`RENDEZVOUS_BURST`] at once and [`RENDEZVOUS_RATE`] a
+    /// second. Returns `peer`'s handle.
+    pub(crate) fn pair(
+        &mut self,
+        node: NodeId,
+        session: u64,
+        peer: NodeId,
+        now: Instant,
+    ) -> Result<Arc<H>, Refusal> {
         if !self.is_current(node, session) {
             return Err(Refusal::NotRegistered);
         }
-        self.nodes
-            .get(&peer)
-            .map(|e| e.handle.clone())
-            .ok_or(Refusal::UnknownPeer(peer))
+        let Some(target) = self.nodes.get(&peer).map(|e| e.handle.clone()) else {
+            return Err(Refusal::UnknownPeer(peer));
+        };
+        let me = self.nodes.get_mut(&node).expect("checked above");
+        if !me.relays_with(&peer) {
+            return Err(Refusal::NoRelayedTraffic(peer));
+        }
+        let (tokens, at) = me.rendezvous;
+        let elapsed = now.saturating_duration_since(at).as_secs_f64();
+        let tokens = (tokens + elapsed * RENDEZVOUS_RATE).min(RENDEZVOUS_BURST);
+        if tokens < 1.0 {
+            me.rendezvous = (tokens, now);
+            return Err(Refusal::RendezvousRate);
+        }
+        me.rendezvous = (tokens - 1.0, now);
+        Ok(target)
     }
 
     /// Removes `session`'s registration of `node` if it is still the current one; returns the
@@ -168,7 +224,11 @@ impl<H> Registry<H> {
         Some(
             self.nodes
                 .values_mut()
-                .filter_map(|e| e.peers.remove(&node).then(|| e.handle.clone()))
+                .filter_map(|e| {
+                    let initiated = e.initiated.remove(&node);
+                    let heard = e.heard_from.remove(&node);
+                    (initiated || heard).then(|| e.handle.clone())
+                })
                 .collect(),
         )
     }
@@ -194,6 +254,8 @@ pub(crate) fn left(node: NodeId) -> Frame {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn n(b: u8) -> NodeId {
@@ -246,7 +308,10 @@ mod tests {
         assert_eq!(reg(&mut r, n(1), 3), Some(1));
         // …which may no longer send, nor unregister the new one.
         assert_eq!(r.forward(n(1), 1, n(2)).err(), Some(Refusal::NotRegistered));
-        assert_eq!(r.pair(n(1), 1, n(2)).err(), Some(Refusal::NotRegistered));
+        assert_eq!(
+            r.pair(n(1), 1, n(2), Instant::now()).err(),
+            Some(Refusal::NotRegistered)
+        );
         assert_eq!(r.unregister(n(1), 1), None);
         assert!(r.is_current(n(1), 3));
         assert_eq!(r.forward(n(1), 3, n(2)).map(|h| *h), Ok(2));
@@ -258,14 +323,17 @@ mod tests {
         reg(&mut r, n(1), 1);
         // An unregistered sender: refused (the relay is not an open proxy).
         assert_eq!(r.forward(n(9), 9, n(1)).err(), Some(Refusal::NotRegistered));
-        assert_eq!(r.pair(n(9), 9, n(1)).err(), Some(Refusal::NotRegistered));
+        assert_eq!(
+            r.pair(n(9), 9, n(1), Instant::now()).err(),
+            Some(Refusal::NotRegistered)
+        );
         // An unknown destination: PeerGone(unknown), nothing remembered.
         assert_eq!(
             r.forward(n(1), 1, n(2)).err(),
             Some(Refusal::UnknownPeer(n(2)))
         );
         assert_eq!(
-            r.pair(n(1), 1, n(2)).err(),
+            r.pair(n(1), 1, n(2), Instant::now()).err(),
             Some(Refusal::UnknownPeer(n(2)))
         );
         assert_eq!(
@@ -334,13 +402,74 @@ mod tests {
     }
 
     #[test]
-    fn a_rendezvous_needs_no_peer_slot() {
-        let mut r = registry(1, None);
+    fn nodes_that_relay_to_you_do_not_use_up_your_peer_slots() {
+        let mut r = registry(2, None);
+        for i in 1..=6 {
+            reg(&mut r, n(i), i as u64);
+        }
+        // Nodes 2 and 3 relay to node 1: answering them is free…
+        assert!(r.forward(n(2), 2, n(1)).is_ok());
+        assert!(r.forward(n(3), 3, n(1)).is_ok());
+        assert!(r.forward(n(1), 1, n(2)).is_ok());
+        assert!(r.forward(n(1), 1, n(3)).is_ok());
+        // …and node 1 may still start relaying with two peers of its own, not a third.
+        assert!(r.forward(n(1), 1, n(4)).is_ok());
+        assert!(r.forward(n(1), 1, n(5)).is_ok());
+        assert_eq!(
+            r.forward(n(1), 1, n(6)).err(),
+            Some(Refusal::PeerLimit {
+                dst: n(6),
+                limit: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_rendezvous_only_with_a_peer_the_asker_relays_with() {
+        let mut r = registry(8, None);
         for i in 1..=3 {
             reg(&mut r, n(i), i as u64);
         }
+        let now = Instant::now();
+        // Registered, but no packets between 1 and 2: refused, without naming the peer.
+        let refused = r.pair(n(1), 1, n(2), now).unwrap_err();
+        assert_eq!(refused, Refusal::NoRelayedTraffic(n(2)));
+        assert!(matches!(
+            refused.frame(),
+            Frame::Error {
+                code: 403,
+                node: None,
+                ..
+            }
+        ));
+        // Either direction of relayed packets makes them peers.
         r.forward(n(1), 1, n(2)).unwrap();
-        assert_eq!(r.pair(n(1), 1, n(3)).map(|h| *h), Ok(3));
+        assert_eq!(r.pair(n(1), 1, n(2), now).map(|h| *h), Ok(2));
+        assert_eq!(r.pair(n(2), 2, n(1), now).map(|h| *h), Ok(1));
+        assert!(r.pair(n(3), 3, n(1), now).is_err());
+    }
+
+    #[test]
+    fn rendezvous_requests_are_rate_limited_per_node() {
+        let mut r = registry(8, None);
+        reg(&mut r, n(1), 1);
+        reg(&mut r, n(2), 2);
+        r.forward(n(1), 1, n(2)).unwrap();
+        let t0 = Instant::now();
+        let burst = (0..100)
+            .take_while(|_| r.pair(n(1), 1, n(2), t0).is_ok())
+            .count();
+        assert_eq!(burst, RENDEZVOUS_BURST as usize);
+        assert_eq!(
+            r.pair(n(1), 1, n(2), t0).err(),
+            Some(Refusal::RendezvousRate)
+        );
+        // The other node's budget is its own.
+        assert!(r.pair(n(2), 2, n(1), t0).is_ok());
+        // Tokens come back at RENDEZVOUS_RATE a second.
+        let later = t0 + Duration::from_secs_f64(1.0 / RENDEZVOUS_RATE);
+        assert!(r.pair(n(1), 1, n(2), later).is_ok());
+        assert!(r.pair(n(1), 1, n(2), later).is_err());
     }
 
     #[test]
