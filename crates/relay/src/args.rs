@@ -22,7 +22,8 @@ RELAY:
                              blocked (default: the --listen address, over TCP)
     --allow NODEID           only this node id may register (repeatable; default: any node)
     --token TOKEN            registration requires this token (default: none)
-    --max-peers N            most distinct nodes one node may send packets to (default 64)
+    --max-peers N            most distinct nodes one node may start sending packets to
+                             (default 64; answering nodes that sent first is free)
     --node-timeout SECONDS   disconnect a node silent this long (default 45; nodes ping every 15)
 
 PUBLIC PORTS (a registered node may ask for a TCP port carried to its server):
