@@ -345,6 +345,8 @@ export interface RelayStartOptions {
   maxPeers?: number
   /** Disconnect a node silent this long, ms (default 45000). */
   nodeTimeout?: number
+  /** Close a session not registered this long after its handshake, ms (default 10000). */
+  registerTimeout?: number
 }
 
 /** The relay hub (same server as the keynet-relay binary). */

@@ -616,7 +616,7 @@ class Relay extends Service {
   /**
    * start({ host = '127.0.0.1', port = 0, tcpPort?, tlsConfig?, allowedNodeIds?, token?,
    *   publicPorts?: false | { host?, range?: [first, last], retention?, stateFile?, maxClients? },
-   *   maxPeers?, nodeTimeout? })
+   *   maxPeers?, nodeTimeout?, registerTimeout? })
    */
   async start(opts) {
     opts = checkObject('opts', opts)
@@ -660,10 +660,11 @@ class Relay extends Service {
       if (!Number.isInteger(opts.maxPeers) || opts.maxPeers < 1) throw rangeError('opts.maxPeers', 'an integer >= 1', opts.maxPeers)
       o.maxPeers = opts.maxPeers
     }
-    const nodeTimeout = checkTime('opts.nodeTimeout', opts.nodeTimeout)
-    if (nodeTimeout !== undefined) {
-      if (nodeTimeout <= 0) throw rangeError('opts.nodeTimeout', 'a time > 0 ms', nodeTimeout)
-      o.nodeTimeout = nodeTimeout
+    for (const name of ['nodeTimeout', 'registerTimeout']) {
+      const ms = checkTime(`opts.${name}`, opts[name])
+      if (ms === undefined) continue
+      if (ms <= 0) throw rangeError(`opts.${name}`, 'a time > 0 ms', ms)
+      o[name] = ms
     }
     await wrap(this._native.start(o))
     LoopHold.hold(this)

@@ -226,6 +226,7 @@ export interface NativeRelayStart {
   maxClients?: number
   maxPeers?: number
   nodeTimeout?: number
+  registerTimeout?: number
 }
 
 /** A relay link's status (`getRelayStatus()`). */

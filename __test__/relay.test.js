@@ -141,6 +141,8 @@ test('bad relay options are typed errors', async (t) => {
   const relay = new Relay()
   await t.throwsAsync(relay.start({ publicPorts: { range: [10, 5] } }), { instanceOf: RangeError })
   await t.throwsAsync(relay.start({ maxPeers: 0 }), { instanceOf: RangeError })
+  await t.throwsAsync(relay.start({ registerTimeout: 0 }), { instanceOf: RangeError, message: /opts\.registerTimeout/ })
+  await t.throwsAsync(relay.start({ registerTimeout: '10s' }), { instanceOf: TypeError, message: /opts\.registerTimeout/ })
   t.throws(() => relay.getNodeId(), { instanceOf: errors.ErrorRelayNotRunning })
 })
 

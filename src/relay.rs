@@ -28,6 +28,7 @@ pub struct NativeRelayStart {
     pub max_clients: Option<u32>,
     pub max_peers: Option<u32>,
     pub node_timeout: Option<f64>,
+    pub register_timeout: Option<f64>,
 }
 
 /// A public port held for a node.
@@ -92,6 +93,9 @@ impl NativeRelayServer {
         }
         if let Some(t) = o.node_timeout {
             start.node_timeout = convert::ms(t).max(Duration::from_millis(1));
+        }
+        if let Some(t) = o.register_timeout {
+            start.register_timeout = convert::ms(t).max(Duration::from_millis(1));
         }
         self.inner.start(start).await.map_err(err)
     }

@@ -370,6 +370,7 @@ async function relay(tls: TlsConfig): Promise<Relay> {
     },
     maxPeers: 64,
     nodeTimeout: 45000,
+    registerTimeout: 10000,
   }
   await r.start(start)
   await r.start({ publicPorts: false })

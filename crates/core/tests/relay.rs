@@ -250,3 +250,41 @@ async fn a_rendezvous_gets_through_while_relayed_packets_fill_the_queue() {
     );
     relay.stop().await.unwrap();
 }
+
+/// A session that never registers is closed at the registration deadline, however often it
+/// pings; one that registers stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unregistered_session_is_closed_at_the_registration_deadline() {
+    let relay = RelayServer::new(ConnOptions::default()).unwrap();
+    let mut start = RelayStart::new("127.0.0.1:0".parse().unwrap());
+    start.register_timeout = Duration::from_millis(500);
+    relay.start(start).await.unwrap();
+    let (idle, _, _e1) = node(&relay).await;
+    let (member, _, _e2) = node(&relay).await;
+    member.send(&register()).await.unwrap();
+    assert!(matches!(recv(&member).await, Frame::Registered { .. }));
+    let t0 = std::time::Instant::now();
+    let mut pongs = 0;
+    let ended = loop {
+        idle.send(&Frame::Ping { nonce: pongs }).await.ok();
+        match tokio::time::timeout(Duration::from_millis(200), idle.recv()).await {
+            Ok(Ok(Some(Frame::Pong { .. }))) => pongs += 1,
+            Ok(Ok(Some(other))) => panic!("unexpected {other:?}"),
+            Ok(Ok(None)) | Ok(Err(_)) => break t0.elapsed(),
+            Err(_) => {}
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "a pinging, unregistered session outlived the 500 ms deadline by 4.5 s ({pongs} pongs)"
+        );
+    };
+    assert!(pongs >= 1, "it was served until the deadline");
+    assert!(
+        ended >= Duration::from_millis(400),
+        "closed at the deadline, not before: {ended:?}"
+    );
+    // The registered one is still served after the deadline.
+    member.send(&Frame::Ping { nonce: 7 }).await.unwrap();
+    assert_eq!(recv(&member).await, Frame::Pong { nonce: 7 });
+    relay.stop().await.unwrap();
+}

@@ -25,6 +25,9 @@ RELAY:
     --max-peers N            most distinct nodes one node may start sending packets to
                              (default 64; answering nodes that sent first is free)
     --node-timeout SECONDS   disconnect a node silent this long (default 45; nodes ping every 15)
+    --register-timeout SECONDS
+                             close a session not registered this long after its handshake
+                             (default 10; pinging does not keep it)
 
 PUBLIC PORTS (a registered node may ask for a TCP port carried to its server):
     --public-host IP         IP to bind public ports on (default: the --listen IP)
@@ -128,6 +131,7 @@ pub(crate) struct Args {
     pub token: Option<String>,
     pub max_peers: Option<usize>,
     pub node_timeout: Option<std::time::Duration>,
+    pub register_timeout: Option<std::time::Duration>,
     pub public_host: Option<std::net::IpAddr>,
     pub port_range: Option<(u16, u16)>,
     pub retention: Option<std::time::Duration>,
@@ -193,6 +197,10 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             "--max-peers" => a.max_peers = Some(number("--max-peers", &value("--max-peers")?)?),
             "--node-timeout" => {
                 a.node_timeout = Some(seconds("--node-timeout", &value("--node-timeout")?)?)
+            }
+            "--register-timeout" => {
+                let v = value("--register-timeout")?;
+                a.register_timeout = Some(seconds("--register-timeout", &v)?)
             }
             "--public-host" => {
                 let v = value("--public-host")?;
@@ -282,6 +290,8 @@ mod tests {
             "/var/lib/keynet/alloc",
             "--node-timeout",
             "30",
+            "--register-timeout",
+            "5",
         ])
         .unwrap();
         assert_eq!(a.tcp_listen, Some("0.0.0.0:443".parse().unwrap()));
@@ -290,6 +300,7 @@ mod tests {
         assert_eq!(a.retention, Some(std::time::Duration::from_secs(90)));
         assert_eq!(a.max_peers, Some(8));
         assert_eq!(a.node_timeout, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(a.register_timeout, Some(std::time::Duration::from_secs(5)));
         assert!(a.state_file.is_some() && !a.no_public_ports);
     }
 

@@ -53,6 +53,9 @@ async fn run(a: args::Args) -> keynet_core::Result<()> {
             if let Some(t) = a.node_timeout {
                 start.node_timeout = t;
             }
+            if let Some(t) = a.register_timeout {
+                start.register_timeout = t;
+            }
             start.alloc.enabled = !a.no_public_ports;
             start.alloc.host = a.public_host;
             start.alloc.range = a.port_range;

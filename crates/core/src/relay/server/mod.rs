@@ -68,10 +68,14 @@ pub struct RelayStart {
     pub max_peers: usize,
     /// A node silent for this long is disconnected (nodes ping every 15 s).
     pub node_timeout: Duration,
+    /// A session that has not registered this long after its handshake is closed (pinging does
+    /// not keep an unregistered session: it would hold a connection slot for nothing).
+    pub register_timeout: Duration,
 }
 
 impl RelayStart {
-    /// Defaults: no token, any node, 64 peers per node, 45 s node timeout, default allocation.
+    /// Defaults: no token, any node, 64 peers per node, 45 s node timeout, 10 s to register,
+    /// default allocation.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
@@ -82,6 +86,7 @@ impl RelayStart {
             alloc: AllocOptions::default(),
             max_peers: 64,
             node_timeout: Duration::from_secs(45),
+            register_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -173,9 +178,12 @@ impl RelayServer {
         inner
             .life
             .start(async {
-                if start.max_peers == 0 || start.node_timeout.is_zero() {
+                if start.max_peers == 0
+                    || start.node_timeout.is_zero()
+                    || start.register_timeout.is_zero()
+                {
                     return Err(Error::InvalidArgument(
-                        "maxPeers and nodeTimeout must be greater than 0".into(),
+                        "maxPeers, nodeTimeout and registerTimeout must be greater than 0".into(),
                     ));
                 }
                 start.alloc.validate()?;
@@ -467,12 +475,25 @@ impl Inner {
         close: &Closer,
     ) -> Result<()> {
         let idle = running.start.node_timeout;
+        let register_by = tokio::time::Instant::now() + running.start.register_timeout;
+        let mut registered = false;
         loop {
+            let silent_by = tokio::time::Instant::now() + idle;
+            let wait = if registered {
+                silent_by
+            } else {
+                silent_by.min(register_by)
+            };
             let next = tokio::select! {
-                n = tokio::time::timeout(idle, frames.next()) => n,
+                n = tokio::time::timeout_at(wait, frames.next()) => n,
                 _ = me.kick.cancelled() => return Ok(()),
             };
             let frame = match next {
+                Err(_) if !registered && tokio::time::Instant::now() >= register_by => {
+                    tracing::info!(%node, "not registered in time: disconnecting");
+                    close("not registered in time");
+                    return Ok(());
+                }
                 Err(_) => {
                     tracing::info!(%node, "node silent for {} s: disconnecting", idle.as_secs());
                     close("keepalive timeout");
@@ -492,15 +513,18 @@ impl Inner {
             };
             let reply = match frame {
                 Frame::Register { want_port, token } => {
-                    let registered = running.nodes.lock().expect("nodes lock").register(
+                    let outcome = running.nodes.lock().expect("nodes lock").register(
                         node,
                         me.id,
                         me.clone(),
                         &token,
                     );
-                    match registered {
-                        Ok(Some(old)) => old.kick.cancel(),
-                        Ok(None) => {}
+                    match outcome {
+                        Ok(Some(old)) => {
+                            registered = true;
+                            old.kick.cancel();
+                        }
+                        Ok(None) => registered = true,
                         Err(refusal) => {
                             tracing::warn!(%node, "registration with a wrong token refused");
                             let _ = me.ctl.send(refusal.frame()).await;
