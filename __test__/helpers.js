@@ -19,7 +19,7 @@ const HOST = '127.0.0.1'
 const TOKEN = 'keynet-test-token'
 const ROOT = path.join(__dirname, '..')
 const FIXTURES = path.join(__dirname, 'fixtures')
-const { PROTO_PATH, withTimeout, loadEcho, parseHead, readHead } = support
+const { PROTO_PATH, withTimeout, loadEcho, parseHead, readHead, readUntil } = support
 /** Upper bound for any single wait in the suite unless a test says otherwise. */
 const WAIT = 10_000
 
@@ -229,35 +229,14 @@ function targetOf(rp, { pin = true, nodeId = rp.getNodeId() } = {}) {
 
 /** Reads exactly `n` bytes (surplus is pushed back, the socket left paused). */
 function readBytes(socket, n, timeout = WAIT) {
-  let cleanup
-  const p = new Promise((resolve, reject) => {
-    const chunks = []
-    let have = 0
-    const onData = (d) => {
-      chunks.push(d)
-      have += d.length
-      if (have < n) return
-      socket.pause()
-      const all = Buffer.concat(chunks)
-      if (all.length > n) socket.unshift(all.subarray(n))
-      cleanup()
-      resolve(all.subarray(0, n))
-    }
-    const onClose = () => {
-      cleanup()
-      reject(new Error(`socket closed after ${have} of ${n} bytes`))
-    }
-    cleanup = () => {
-      socket.off('data', onData)
-      socket.off('end', onClose)
-      socket.off('close', onClose)
-    }
-    socket.on('data', onData)
-    socket.on('end', onClose)
-    socket.on('close', onClose)
-    socket.resume()
+  return readUntil(socket, {
+    enough: (buf) => (buf.length < n ? null : [buf.subarray(0, n), n]),
+    onClose: (buf) => {
+      throw new Error(`socket closed after ${buf.length} of ${n} bytes`)
+    },
+    timeout,
+    what: `${n} bytes`,
   })
-  return withTimeout(p, timeout, `${n} bytes`).finally(() => cleanup())
 }
 
 /** Reads until the peer ends (or the socket closes); resolves with everything read. */

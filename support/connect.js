@@ -39,38 +39,61 @@ function parseHead(text) {
 }
 
 /**
+ * Reads from `socket` until `enough(buffered)` returns `[value, used]`: resolves `value`, pushes
+ * the bytes after `used` back and leaves the socket paused, so later readers get exactly what
+ * follows. If the socket ends first, settles with `onClose(buffered)` (a thrown error rejects).
+ * `timeout` 0: no limit; `what` names the wait in the timeout error.
+ */
+function readUntil(socket, { enough, onClose, timeout = WAIT, what }) {
+  let cleanup
+  const p = new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0)
+    const onData = (d) => {
+      buf = Buffer.concat([buf, d])
+      const got = enough(buf)
+      if (!got) return
+      socket.pause()
+      const [value, used] = got
+      if (buf.length > used) socket.unshift(buf.subarray(used))
+      cleanup()
+      resolve(value)
+    }
+    const onEnd = () => {
+      cleanup()
+      try {
+        resolve(onClose(buf))
+      } catch (e) {
+        reject(e)
+      }
+    }
+    cleanup = () => {
+      socket.off('data', onData)
+      socket.off('end', onEnd)
+      socket.off('close', onEnd)
+    }
+    socket.on('data', onData)
+    socket.on('end', onEnd)
+    socket.on('close', onEnd)
+    socket.resume()
+  })
+  return withTimeout(p, timeout, what).finally(() => cleanup())
+}
+
+/**
  * Reads a response head from `socket`. Bytes after the head are pushed back into the socket,
  * which is left paused: later readers get exactly the tunnel's bytes. If the socket closes first,
  * resolves `{ status: null, closed: true, raw }`. `timeout` 0: no limit.
  */
 function readHead(socket, timeout = WAIT) {
-  let cleanup
-  const p = new Promise((resolve) => {
-    let buf = Buffer.alloc(0)
-    const done = (r) => {
-      cleanup()
-      resolve(r)
-    }
-    const onData = (d) => {
-      buf = Buffer.concat([buf, d])
+  return readUntil(socket, {
+    enough: (buf) => {
       const i = buf.indexOf('\r\n\r\n')
-      if (i < 0) return
-      socket.pause()
-      const rest = buf.subarray(i + 4)
-      if (rest.length) socket.unshift(rest)
-      done(parseHead(buf.subarray(0, i + 4).toString('latin1')))
-    }
-    const onClose = () => done({ status: null, closed: true, raw: buf.toString('latin1') })
-    cleanup = () => {
-      socket.off('data', onData)
-      socket.off('end', onClose)
-      socket.off('close', onClose)
-    }
-    socket.on('data', onData)
-    socket.on('end', onClose)
-    socket.on('close', onClose)
+      return i < 0 ? null : [parseHead(buf.subarray(0, i + 4).toString('latin1')), i + 4]
+    },
+    onClose: (buf) => ({ status: null, closed: true, raw: buf.toString('latin1') }),
+    timeout,
+    what: 'response head',
   })
-  return withTimeout(p, timeout, 'response head').finally(() => cleanup())
 }
 
 /**
@@ -121,4 +144,4 @@ async function openTunnel(opts) {
   return res
 }
 
-module.exports = { basicAuth, requestHead, parseHead, readHead, request, openTunnel }
+module.exports = { basicAuth, requestHead, parseHead, readUntil, readHead, request, openTunnel }

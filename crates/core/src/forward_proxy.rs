@@ -270,7 +270,7 @@ impl ForwardProxy {
         Ok(running.node.tracker.info_of(&peer))
     }
 
-    /// The device changed networks (the app says so; see [`crate::netwatch`] for Linux, where
+    /// The device changed networks (the app says so; see `netwatch.rs` for Linux, where
     /// it is noticed without being asked): rebinds the UDP socket if its address is gone,
     /// registers with every relay again and re-probes every direct path at once.
     pub fn network_changed(&self) -> Result<()> {
