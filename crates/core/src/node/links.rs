@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-
 use super::Node;
 use crate::events::{CloseReason, Event, Path};
 use crate::identity::LoadedIdentity;
@@ -43,7 +41,6 @@ pub(super) fn watch_paths(socket: &KeynetSocket, tracker: &Arc<Tracker>, tasks: 
 
 /// Starts a link to `spec` for `node`, registering as `identity`, and wires it.
 pub(super) fn attach(node: &Node, spec: RelaySpec, identity: &LoadedIdentity) -> Arc<RelayLink> {
-    let (tcp_tx, tcp_rx) = mpsc::channel(256);
     let link = RelayLink::start(
         spec,
         LinkContext {
@@ -54,18 +51,11 @@ pub(super) fn attach(node: &Node, spec: RelaySpec, identity: &LoadedIdentity) ->
                 tasks: node.tasks.clone(),
             },
             socket: node.socket.clone(),
-            tcp: node.server.map(|_| tcp_tx),
+            public: node
+                .server
+                .map(|server| public::PublicPort::new(server, node.tasks.clone())),
         },
     );
-    if let Some(server) = node.server {
-        node.tasks.spawn(public::serve(
-            server,
-            tcp_rx,
-            link.sender(),
-            link.watch(),
-            node.tasks.clone(),
-        ));
-    }
     // Every state change of the link reaches the user as a `relay` event.
     let mut status = link.watch();
     let tracker = Arc::downgrade(&node.tracker);

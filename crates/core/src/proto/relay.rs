@@ -18,7 +18,11 @@
 //! 0x0b TcpData       conn(4) bytes(1..)
 //! 0x0c TcpClose      conn(4) reset(1: 0 or 1)
 //! 0x0d Error         code(2) has_node(1) [node(32)] message(utf-8, <= 1024)
+//! 0x0e TcpCredit     conn(4) bytes(4)                       the sender may send this many more bytes
 //! ```
+//! Public-port connections are flow-controlled per connection (the `relay::carried` module):
+//! each side may have at most a window of `TcpData` bytes unacknowledged toward the other, and
+//! `TcpCredit` returns what the receiver has written to its TCP socket.
 //! Addresses as in [`crate::proto::punch`]. Node ids are their 32 raw bytes.
 
 use std::net::SocketAddr;
@@ -126,6 +130,14 @@ pub enum Frame {
         /// The bytes (never empty).
         data: Vec<u8>,
     },
+    /// The receiver of a public-port connection's bytes wrote them out: the sender may send
+    /// `bytes` more.
+    TcpCredit {
+        /// The TCP connection.
+        conn: u32,
+        /// Credit returned.
+        bytes: u32,
+    },
     /// A public-port TCP connection ended.
     TcpClose {
         /// The TCP connection.
@@ -202,6 +214,7 @@ impl Frame {
             Self::TcpData { .. } => 0x0b,
             Self::TcpClose { .. } => 0x0c,
             Self::Error { .. } => 0x0d,
+            Self::TcpCredit { .. } => 0x0e,
         }
     }
 
@@ -277,6 +290,10 @@ impl Frame {
                 p.extend_from_slice(&conn.to_be_bytes());
                 p.push(*reset as u8);
             }
+            Self::TcpCredit { conn, bytes } => {
+                p.extend_from_slice(&conn.to_be_bytes());
+                p.extend_from_slice(&bytes.to_be_bytes());
+            }
             Self::Error {
                 code,
                 node,
@@ -312,7 +329,7 @@ impl Frame {
             return Ok(None);
         }
         let kind = buf[0];
-        if !(0x01..=0x0d).contains(&kind) {
+        if !(0x01..=0x0e).contains(&kind) {
             return Err(FrameError::UnknownType(kind));
         }
         let len = u16::from_be_bytes([buf[1], buf[2]]) as usize;
@@ -430,6 +447,13 @@ impl Frame {
                     reset: flag(p[4])?,
                 }
             }
+            0x0e => {
+                exact(8)?;
+                Self::TcpCredit {
+                    conn: u32_at(0),
+                    bytes: u32_at(4),
+                }
+            }
             _ => {
                 at_least(3)?;
                 let (node, text) = if flag(p[2])? {
@@ -523,6 +547,13 @@ mod tests {
                 reset: false
             }),
             "0c00050000000700"
+        );
+        assert_eq!(
+            hex(&Frame::TcpCredit {
+                conn: 7,
+                bytes: 65536
+            }),
+            "0e00080000000700010000"
         );
         assert_eq!(
             hex(&Frame::Error {
@@ -682,6 +713,7 @@ mod tests {
             }),
             (any::<u32>(), addr()).prop_map(|(conn, client)| Frame::TcpOpen { conn, client }),
             (any::<u32>(), bytes()).prop_map(|(conn, data)| Frame::TcpData { conn, data }),
+            (any::<u32>(), any::<u32>()).prop_map(|(conn, bytes)| Frame::TcpCredit { conn, bytes }),
             (any::<u32>(), any::<bool>()).prop_map(|(conn, reset)| Frame::TcpClose { conn, reset }),
             (any::<u16>(), proptest::option::of(node()), "[a-z ]{0,100}").prop_map(
                 |(code, node, message)| Frame::Error {

@@ -5,15 +5,15 @@
 //!
 //! - `link/`: the keynode side (the link, its transports, direct paths, public-port serving);
 //! - `server/`: the relay itself (sessions, port allocations);
-//! - beside them, what both sides share: `spec` (plain data), `framed` and `tcp_frames` (frame
+//! - beside them, what both sides share: `spec` (plain data), `framed` and `carried` (frame
 //!   code), `ws` (the WebSocket transport's two ends), `client` (a bare frame client for tests).
 
+pub mod carried;
 pub mod client;
 mod framed;
 pub mod link;
 pub mod server;
 pub mod spec;
-pub mod tcp_frames;
 mod ws;
 
 pub use server::alloc;

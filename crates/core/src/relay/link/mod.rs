@@ -11,9 +11,10 @@
 //! - States are published on a watch channel (`LinkStatus`; `relay` events and
 //!   `getRelayStatus()` read it). `Down` carries the error kind and text.
 //! - Inboxes, each bounded: the outbox (QUIC packets for relayed peers, 1024 of them, dropped
-//!   when full as a congested network would), the control queue (rendezvous requests,
-//!   public-port frames; written before packets), `renew` (a network change: end the session
-//!   and register again at once), and `kill` (the owner stops the link).
+//!   when full as a congested network would), the control queue (rendezvous requests; written
+//!   first), the public-port queue of the session (flow-controlled frames, never dropped; it
+//!   shares the link fairly with packets), `renew` (a network change: end the session and
+//!   register again at once), and `kill` (the owner stops the link).
 //! - Reconnects back off from 200 ms to 10 s ([`Backoff`]); a session that lived 10 s, or a
 //!   renewal, starts the backoff over.
 //! - Outputs besides frames: `gone` notices (a relayed peer is unknown or refused), and one
@@ -53,13 +54,13 @@ const HEALTHY: Duration = Duration::from_secs(10);
 
 /// What a link needs from its node.
 #[derive(Clone)]
-pub struct LinkContext {
+pub(crate) struct LinkContext {
     /// How it reaches the relay.
     pub dialer: Dialer,
     /// The node's socket (relayed packets, punches).
     pub socket: Arc<KeynetSocket>,
-    /// Public-port TCP traffic (relay → node), when the node serves one.
-    pub tcp: Option<mpsc::Sender<Frame>>,
+    /// The node's public-port connections, when it serves a public port.
+    pub public: Option<Arc<public::PublicPort>>,
 }
 
 /// A running link to one relay.
@@ -85,7 +86,7 @@ pub struct RelayLink {
 
 impl RelayLink {
     /// Starts the link's task on the node's tasks.
-    pub fn start(spec: RelaySpec, ctx: LinkContext) -> Arc<Self> {
+    pub(crate) fn start(spec: RelaySpec, ctx: LinkContext) -> Arc<Self> {
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let (control, control_rx) = mpsc::channel(256);
         let (status_tx, status) = watch::channel(LinkStatus::Connecting);
@@ -219,11 +220,6 @@ impl RelayLink {
     pub fn network_changed(&self) {
         self.network.send_modify(|n| *n += 1);
         self.renew.notify_one();
-    }
-
-    /// Where frames for the relay go (public-port traffic).
-    pub fn sender(&self) -> mpsc::Sender<Frame> {
-        self.control.clone()
     }
 
     /// Forgets that a rendezvous with `node` was asked for (the next relayed dial asks again).
@@ -364,16 +360,41 @@ impl Runner {
             observed,
             public_port,
         });
+        let mut public_rx = self.ctx.public.as_ref().map(|p| p.session());
+        let ended = self
+            .carry(
+                &mut frames,
+                &mut send,
+                outbox_rx,
+                control_rx,
+                &mut public_rx,
+            )
+            .await;
+        if let Some(p) = &self.ctx.public {
+            p.reset_all();
+        }
+        ended
+    }
+
+    /// Carries frames both ways on a registered session until it fails.
+    async fn carry(
+        &self,
+        frames: &mut FrameReader,
+        send: &mut BoxWrite,
+        outbox_rx: &mut mpsc::Receiver<(NodeId, Vec<u8>)>,
+        control_rx: &mut mpsc::Receiver<Frame>,
+        public_rx: &mut Option<mpsc::Receiver<Frame>>,
+    ) -> Result<()> {
         // Reading and writing run concurrently: a write waiting for the relay must never stop
         // us from reading what the relay sends (both sides would wait on each other).
         let last_heard = std::sync::Mutex::new(Instant::now());
         let reader = async {
             loop {
-                let Some(f) = next(&mut frames).await? else {
+                let Some(f) = next(frames).await? else {
                     return Ok::<(), Error>(());
                 };
                 *last_heard.lock().expect("last heard lock") = Instant::now();
-                self.handle(f);
+                self.handle(f)?;
             }
         };
         let writer = async {
@@ -383,12 +404,14 @@ impl Runner {
             let mut nonce = 0u64;
             let mut batch = Vec::new();
             loop {
-                // Control frames (rendezvous requests) and pings go before queued packets.
-                tokio::select! {
+                // Control frames (rendezvous requests) and pings go first; packets and
+                // public-port frames share the rest fairly.
+                let data = tokio::select! {
                     biased;
                     c = control_rx.recv() => {
                         let Some(c) = c else { return Ok(()) };
-                        write_frames(&mut send, &[c]).await.map_err(RelayError::Closed)?;
+                        write_frames(send, &[c]).await.map_err(RelayError::Closed)?;
+                        continue;
                     }
                     _ = ping.tick() => {
                         let silent = last_heard.lock().expect("last heard lock").elapsed();
@@ -396,21 +419,38 @@ impl Runner {
                             return Err(RelayError::Silent(silent.as_millis()).into());
                         }
                         nonce += 1;
-                        write_frames(&mut send, &[Frame::Ping { nonce }]).await.map_err(RelayError::Closed)?;
+                        write_frames(send, &[Frame::Ping { nonce }]).await.map_err(RelayError::Closed)?;
+                        continue;
                     }
-                    p = outbox_rx.recv() => {
-                        let Some((dst, datagram)) = p else { return Ok(()) };
-                        batch.push(Frame::SendPacket { dst, datagram });
-                        while batch.len() < 64 {
-                            match outbox_rx.try_recv() {
-                                Ok((dst, datagram)) => batch.push(Frame::SendPacket { dst, datagram }),
-                                Err(_) => break,
-                            }
+                    d = async {
+                        tokio::select! {
+                            p = outbox_rx.recv() => p.map(|(dst, datagram)| Frame::SendPacket { dst, datagram }),
+                            f = recv_public(public_rx) => f,
                         }
-                        write_frames(&mut send, &batch).await.map_err(RelayError::Closed)?;
-                        batch.clear();
+                    } => d,
+                };
+                let Some(first) = data else { return Ok(()) };
+                batch.push(first);
+                while batch.len() < 64 {
+                    let mut packet = || {
+                        outbox_rx
+                            .try_recv()
+                            .map(|(dst, datagram)| Frame::SendPacket { dst, datagram })
+                    };
+                    let next = match public_rx.as_mut() {
+                        Some(p) if batch.len() % 2 == 1 => p.try_recv().or_else(|_| packet()),
+                        Some(p) => packet().or_else(|_| p.try_recv()),
+                        None => packet(),
+                    };
+                    match next {
+                        Ok(f) => batch.push(f),
+                        Err(_) => break,
                     }
                 }
+                write_frames(send, &batch)
+                    .await
+                    .map_err(RelayError::Closed)?;
+                batch.clear();
             }
         };
         tokio::select! {
@@ -419,7 +459,9 @@ impl Runner {
         }
     }
 
-    fn handle(&self, frame: Frame) {
+    /// Acts on a frame from the relay; an error ends the session (the relay broke the
+    /// public-port flow control).
+    fn handle(&self, frame: Frame) -> Result<()> {
         match frame {
             Frame::RecvPacket { src, datagram } => {
                 self.ctx
@@ -451,16 +493,20 @@ impl Runner {
                         .send((node, format!("relay refused ({code}): {message}")));
                 }
             }
-            f @ (Frame::TcpOpen { .. } | Frame::TcpData { .. } | Frame::TcpClose { .. }) => {
-                if let Some(tcp) = &self.ctx.tcp {
-                    if tcp.try_send(f).is_err() {
-                        tracing::warn!("public-port traffic dropped: the server side is behind");
-                    }
+            f @ (Frame::TcpOpen { .. }
+            | Frame::TcpData { .. }
+            | Frame::TcpClose { .. }
+            | Frame::TcpCredit { .. }) => {
+                if let Some(public) = &self.ctx.public {
+                    public
+                        .handle(f)
+                        .map_err(|e| RelayError::Closed(format!("the relay broke {e}")))?;
                 }
             }
             Frame::Pong { .. } | Frame::Ping { .. } | Frame::Registered { .. } => {}
             other => tracing::debug!(?other, "unexpected frame from the relay"),
         }
+        Ok(())
     }
 
     /// Starts (or restarts) the direct-path task of `peer` at `addr`: punch, then keep the
@@ -511,6 +557,14 @@ impl Runner {
                 }
             }
         });
+    }
+}
+
+/// The next frame of the session's public-port queue; never, when the node has no public port.
+async fn recv_public(rx: &mut Option<mpsc::Receiver<Frame>>) -> Option<Frame> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,78 +1,110 @@
 //! The node's side of its public port on a relay: each `TcpOpen` from the relay becomes a TCP
-//! connection to the node's local server, carried both ways in `TcpData`/`TcpClose` frames
-//! (with half-close: a FIN travels as `TcpClose { reset: false }`).
+//! connection to the node's local server, carried both ways as flow-controlled frames
+//! ([`crate::relay::carried`]).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::proto::relay::Frame;
-use crate::relay::spec::LinkStatus;
-use crate::relay::tcp_frames::{self, ToTcp};
+use crate::relay::carried::{self, Broken, Table};
 use crate::task::Tasks;
 
-/// Serves the public-port frames arriving on `frames`, answering on `to_relay`, until the task
-/// set stops. Every connection is dropped when the link goes down (the relay closed its side).
-pub(crate) async fn serve(
+/// Public-port connections one node carries at once; beyond, a new one is refused with a reset
+/// (the relay has its own, lower, per-node limit: this bounds what a hostile relay can open).
+pub(crate) const MAX_CONNS: usize = 4096;
+/// Frames queued toward the relay (the node's public-port side of the link). They wait for
+/// room, never dropped; each connection's window bounds what it can queue.
+pub(crate) const QUEUE: usize = 256;
+/// How long connecting to the local server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A node's public-port connections on one relay link.
+pub(crate) struct PublicPort {
     server: SocketAddr,
-    mut frames: mpsc::Receiver<Frame>,
-    to_relay: mpsc::Sender<Frame>,
-    mut status: watch::Receiver<LinkStatus>,
+    state: Mutex<Session>,
     tasks: Tasks,
-) {
-    let mut conns: HashMap<u32, mpsc::Sender<ToTcp>> = HashMap::new();
-    loop {
-        tokio::select! {
-            changed = status.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                if !matches!(*status.borrow_and_update(), LinkStatus::Up { .. }) {
-                    // Dropping the senders resets those connections.
-                    conns.clear();
-                }
-            }
-            f = frames.recv() => {
-                let Some(f) = f else { return };
-                if let Frame::TcpOpen { conn, client } = f {
-                    let (tx, rx) = mpsc::channel(tcp_frames::QUEUE);
-                    conns.insert(conn, tx);
-                    tasks.spawn(open(server, conn, client, rx, to_relay.clone()));
-                } else if let Some((conn, msg)) = tcp_frames::from_frame(f) {
-                    let delivered = match conns.get(&conn) {
-                        Some(tx) => tcp_frames::deliver(tx, msg).await,
-                        None => true,
-                    };
-                    if !delivered {
-                        conns.remove(&conn);
-                    }
-                }
-                conns.retain(|_, tx| !tx.is_closed());
-            }
-        }
-    }
 }
 
-/// Connects one public-port client to the local server and carries it.
-async fn open(
-    server: SocketAddr,
-    conn: u32,
-    client: SocketAddr,
-    from_relay: mpsc::Receiver<ToTcp>,
+/// The connections of the current relay session, and where their frames go. Each session has
+/// its own queue: frames of a session that ended can never reach the next one (where the
+/// relay may reuse their connection ids).
+struct Session {
     to_relay: mpsc::Sender<Frame>,
-) {
-    let tcp = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(server)).await
-    {
-        Ok(Ok(t)) => t,
-        other => {
-            tracing::info!(%client, %server, ?other, "public-port client: server unreachable");
-            let _ = to_relay.send(Frame::TcpClose { conn, reset: true }).await;
-            return;
+    conns: Table,
+}
+
+impl PublicPort {
+    /// Serves clients of the public port by connecting them to `server`.
+    pub(crate) fn new(server: SocketAddr, tasks: Tasks) -> Arc<Self> {
+        Arc::new(Self {
+            server,
+            state: Mutex::new(Session {
+                to_relay: mpsc::channel(1).0,
+                conns: Table::default(),
+            }),
+            tasks,
+        })
+    }
+
+    /// A relay session starts: the link writes what arrives on the returned queue. The
+    /// previous session's connections are reset.
+    pub(crate) fn session(&self) -> mpsc::Receiver<Frame> {
+        let (to_relay, rx) = mpsc::channel(QUEUE);
+        *self.state.lock().expect("public port lock") = Session {
+            to_relay,
+            conns: Table::default(),
+        };
+        rx
+    }
+
+    /// A public-port frame from the relay. Never waits; an error means the relay broke the flow
+    /// control (the link ends that session).
+    pub(crate) fn handle(self: &Arc<Self>, frame: Frame) -> Result<(), Broken> {
+        let mut state = self.state.lock().expect("public port lock");
+        let Frame::TcpOpen { conn, client } = frame else {
+            return state.conns.route(frame);
+        };
+        let to_relay = state.to_relay.clone();
+        if state.conns.len() >= MAX_CONNS || state.conns.contains(conn) {
+            drop(state);
+            tracing::warn!(%client, conn, "public-port client refused: too many, or a duplicate id");
+            self.tasks.spawn(async move {
+                let _ = to_relay.send(Frame::TcpClose { conn, reset: true }).await;
+            });
+            return Ok(());
         }
-    };
-    tracing::debug!(%client, %server, conn, "public-port client connected");
-    tcp_frames::carry(tcp, conn, to_relay, from_relay).await;
+        let ends = state.conns.open(conn);
+        drop(state);
+        let me = Arc::downgrade(self);
+        let server = self.server;
+        self.tasks.spawn(async move {
+            let serial = ends.serial();
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server)).await {
+                Ok(Ok(tcp)) => {
+                    tracing::debug!(%client, %server, conn, "public-port client connected");
+                    let ended = carried::carry(tcp, ends, to_relay, carried::DEFAULT_STALL).await;
+                    if ended == carried::Ended::Stalled {
+                        tracing::info!(%client, %server, "local server read nothing for {} s: public-port client reset", carried::DEFAULT_STALL.as_secs());
+                    }
+                }
+                other => {
+                    tracing::info!(%client, %server, ?other, "public-port client: server unreachable");
+                    let _ = to_relay.send(Frame::TcpClose { conn, reset: true }).await;
+                }
+            }
+            if let Some(me) = me.upgrade() {
+                me.state.lock().expect("public port lock").conns.forget(conn, serial);
+            }
+        });
+        Ok(())
+    }
+
+    /// The relay session ended: every connection is reset.
+    pub(crate) fn reset_all(&self) {
+        self.state.lock().expect("public port lock").conns.clear();
+    }
 }

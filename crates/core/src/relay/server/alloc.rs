@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::nodeid::NodeId;
 use crate::proto::relay::Frame;
-use crate::relay::tcp_frames::{self, ToTcp};
+use crate::relay::carried::{self, Broken, Table};
 use crate::task::Tasks;
 
 /// Default retention of a disconnected node's port (180 minutes).
@@ -37,6 +37,8 @@ pub struct AllocOptions {
     pub state_file: Option<PathBuf>,
     /// Most concurrent public-port clients per node.
     pub max_clients: usize,
+    /// A public client that accepts no byte this long while data waits for it is reset.
+    pub stall: Duration,
     /// Whether nodes may ask for ports at all.
     pub enabled: bool,
 }
@@ -49,6 +51,7 @@ impl Default for AllocOptions {
             retention: DEFAULT_RETENTION,
             state_file: None,
             max_clients: 256,
+            stall: carried::DEFAULT_STALL,
             enabled: true,
         }
     }
@@ -64,9 +67,9 @@ impl AllocOptions {
                 )));
             }
         }
-        if self.retention.is_zero() || self.max_clients == 0 {
+        if self.retention.is_zero() || self.max_clients == 0 || self.stall.is_zero() {
             return Err(Error::InvalidArgument(
-                "retention and maxClients must be greater than 0".into(),
+                "retention, maxClients and stallTimeout must be greater than 0".into(),
             ));
         }
         Ok(())
@@ -74,9 +77,20 @@ impl AllocOptions {
 }
 
 struct Owner {
+    /// The node's public-port queue (frames wait there: they are never dropped).
     tx: mpsc::Sender<Frame>,
-    clients: HashMap<u32, mpsc::Sender<ToTcp>>,
+    clients: Table,
     next_conn: u32,
+}
+
+impl Owner {
+    fn new(tx: mpsc::Sender<Frame>) -> Self {
+        Self {
+            tx,
+            clients: Table::default(),
+            next_conn: 1,
+        }
+    }
 }
 
 struct Alloc {
@@ -178,11 +192,7 @@ impl Allocations {
             if let Some(a) = map.get_mut(&node) {
                 a.generation += 1;
                 a.expires = None;
-                a.owner = Some(Owner {
-                    tx,
-                    clients: HashMap::new(),
-                    next_conn: 1,
-                });
+                a.owner = Some(Owner::new(tx));
                 let port = a.port;
                 drop(map);
                 self.save();
@@ -197,11 +207,7 @@ impl Allocations {
             Alloc {
                 port,
                 expires: None,
-                owner: Some(Owner {
-                    tx,
-                    clients: HashMap::new(),
-                    next_conn: 1,
-                }),
+                owner: Some(Owner::new(tx)),
                 generation: 0,
                 listener: token.clone(),
             },
@@ -290,76 +296,68 @@ impl Allocations {
                 };
                 let Some(me) = me.upgrade() else { return };
                 let opened = me.open_client(node, client);
-                let Some((conn, tx, rx)) = opened else {
+                let Some((ends, tx)) = opened else {
                     // The node is away or at its limit: close at once.
                     drop(tcp);
                     continue;
                 };
-                let owner_tx = tx.clone();
+                let stall = me.opts.stall;
                 let weak = Arc::downgrade(&me);
                 tasks.spawn(async move {
-                    if owner_tx
-                        .send(Frame::TcpOpen {
-                            conn,
-                            client: crate::addr::canonical(client),
-                        })
-                        .await
-                        .is_err()
-                    {
+                    let (conn, serial) = (ends.conn(), ends.serial());
+                    let open = Frame::TcpOpen {
+                        conn,
+                        client: crate::addr::canonical(client),
+                    };
+                    if tx.send(open).await.is_err() {
                         return;
                     }
-                    tcp_frames::carry(tcp, conn, owner_tx, rx).await;
+                    let ended = carried::carry(tcp, ends, tx, stall).await;
+                    if ended == carried::Ended::Stalled {
+                        tracing::info!(%node, %client, "public-port client read nothing for {} s: reset", stall.as_secs_f32());
+                    }
                     if let Some(me) = weak.upgrade() {
-                        me.forget_client(node, conn);
+                        me.forget_client(node, conn, serial);
                     }
                 });
             }
         });
     }
 
-    #[allow(clippy::type_complexity)]
     fn open_client(
         &self,
         node: NodeId,
         client: SocketAddr,
-    ) -> Option<(u32, mpsc::Sender<Frame>, mpsc::Receiver<ToTcp>)> {
+    ) -> Option<(carried::Ends, mpsc::Sender<Frame>)> {
         let mut map = self.by_node.lock().expect("alloc lock");
         let owner = map.get_mut(&node)?.owner.as_mut()?;
         if owner.clients.len() >= self.opts.max_clients {
             tracing::warn!(%node, %client, "public-port client limit reached: refused");
             return None;
         }
+        // Skip ids still in use (after a wrap).
+        while owner.clients.contains(owner.next_conn) {
+            owner.next_conn = owner.next_conn.wrapping_add(1).max(1);
+        }
         let conn = owner.next_conn;
         owner.next_conn = owner.next_conn.wrapping_add(1).max(1);
-        let (tx, rx) = mpsc::channel(tcp_frames::QUEUE);
-        owner.clients.insert(conn, tx);
-        Some((conn, owner.tx.clone(), rx))
+        Some((owner.clients.open(conn), owner.tx.clone()))
     }
 
-    fn forget_client(&self, node: NodeId, conn: u32) {
+    fn forget_client(&self, node: NodeId, conn: u32, serial: u64) {
         let mut map = self.by_node.lock().expect("alloc lock");
         if let Some(owner) = map.get_mut(&node).and_then(|a| a.owner.as_mut()) {
-            owner.clients.remove(&conn);
+            owner.clients.forget(conn, serial);
         }
     }
 
-    /// A `TcpData`/`TcpClose` from `node` for one of its clients; a client that stalls is
-    /// dropped (reset).
-    pub async fn from_node(&self, node: NodeId, frame: Frame) {
-        let Some((conn, msg)) = tcp_frames::from_frame(frame) else {
-            return;
-        };
-        let tx = {
-            let map = self.by_node.lock().expect("alloc lock");
-            map.get(&node)
-                .and_then(|a| a.owner.as_ref())
-                .and_then(|o| o.clients.get(&conn).cloned())
-        };
-        if let Some(tx) = tx {
-            if !tcp_frames::deliver(&tx, msg).await {
-                tracing::info!(%node, conn, "public-port client stalled: reset");
-                self.forget_client(node, conn);
-            }
+    /// A `TcpData`, `TcpClose` or `TcpCredit` from `node` for one of its clients. Never waits;
+    /// an error means the node broke the flow control (its session should end).
+    pub fn from_node(&self, node: NodeId, frame: Frame) -> Result<(), Broken> {
+        let mut map = self.by_node.lock().expect("alloc lock");
+        match map.get_mut(&node).and_then(|a| a.owner.as_mut()) {
+            Some(owner) => owner.clients.route(frame),
+            None => Ok(()),
         }
     }
 

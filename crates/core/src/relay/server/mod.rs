@@ -16,7 +16,7 @@ mod registry;
 use registry::{Refusal, Registry};
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities, Lifecycle};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
-use crate::proto::relay::Frame;
+use crate::proto::relay::{Frame, MAX_DATAGRAM};
 use crate::relay::framed::{write_frames, BoxRead, BoxWrite, FrameReader, ReadError};
 use crate::socket::{self, KeynetSocket};
 use crate::task::Tasks;
@@ -37,8 +37,13 @@ use crate::tls::config::{server_config, tls_server_config};
 use crate::tls::verify::{verify_chain, Acceptable};
 use alloc::{AllocOptions, Allocations};
 
-/// Frames queued toward one node before packets for it are dropped (they are unreliable).
-const NODE_QUEUE: usize = 512;
+/// Relayed packets queued toward one node (also bounded in bytes by
+/// [`RelayStart::queue_bytes`]); beyond either, packets for it are dropped (they are
+/// unreliable: QUIC recovers).
+const NODE_QUEUE: usize = 4096;
+/// Public-port frames queued toward one node. They are never dropped: a carrier waits for room
+/// (each connection's window bounds what it can queue).
+const PUBLIC_QUEUE: usize = 256;
 /// Control frames (replies, rendezvous, peer-gone notices) queued toward one node. They have
 /// their own queue, written before packets, so a relayed bulk transfer that fills the packet
 /// queue cannot crowd out the rendezvous that would move it off the relay.
@@ -71,11 +76,13 @@ pub struct RelayStart {
     /// A session that has not registered this long after its handshake is closed (pinging does
     /// not keep an unregistered session: it would hold a connection slot for nothing).
     pub register_timeout: Duration,
+    /// Bytes of relayed packets queued toward one node; packets beyond are dropped.
+    pub queue_bytes: usize,
 }
 
 impl RelayStart {
     /// Defaults: no token, any node, 64 peers per node, 45 s node timeout, 10 s to register,
-    /// default allocation.
+    /// 1 MiB of queued packets per node, default allocation.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
@@ -87,6 +94,7 @@ impl RelayStart {
             max_peers: 64,
             node_timeout: Duration::from_secs(45),
             register_timeout: Duration::from_secs(10),
+            queue_bytes: 1 << 20,
         }
     }
 }
@@ -123,14 +131,27 @@ struct NodeConn {
     /// The node's QUIC connection: its UDP address, read when needed (it changes when the
     /// node's NAT rebinds and quinn migrates). None over WebSocket (no UDP path).
     quic: Option<quinn::Connection>,
-    /// Relayed packets (dropped when full) and public-port TCP frames (which wait).
+    /// Relayed packets (dropped when full).
     tx: mpsc::Sender<Frame>,
+    /// Bytes of the packets in `tx`.
+    queued: Arc<AtomicUsize>,
+    /// Public-port frames (which wait for room).
+    public: mpsc::Sender<Frame>,
     /// Control frames: written first; a full queue drops (the node asks again).
     ctl: mpsc::Sender<Frame>,
     kick: CancellationToken,
 }
 
 impl NodeConn {
+    /// Queues a control frame for the node; false when the session ended or the node has read
+    /// nothing for `idle` (a node that only sends would otherwise hold its session for ever).
+    async fn reply(&self, frame: Frame, idle: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(idle, self.ctl.send(frame)).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// The node's UDP address as the relay sees it now (None: no UDP path).
     fn observed(&self) -> Option<SocketAddr> {
         self.quic
@@ -181,10 +202,12 @@ impl RelayServer {
                 if start.max_peers == 0
                     || start.node_timeout.is_zero()
                     || start.register_timeout.is_zero()
+                    || start.queue_bytes < MAX_DATAGRAM
                 {
-                    return Err(Error::InvalidArgument(
-                        "maxPeers, nodeTimeout and registerTimeout must be greater than 0".into(),
-                    ));
+                    return Err(Error::InvalidArgument(format!(
+                        "maxPeers, nodeTimeout and registerTimeout must be greater than 0, \
+                         queueBytes at least {MAX_DATAGRAM}"
+                    )));
                 }
                 start.alloc.validate()?;
                 let identity = inner.identities.for_start(start.tls.as_ref())?;
@@ -407,24 +430,47 @@ impl Inner {
         close: Closer,
     ) -> Result<()> {
         let (tx, mut rx) = mpsc::channel::<Frame>(NODE_QUEUE);
+        let (public, mut public_rx) = mpsc::channel::<Frame>(PUBLIC_QUEUE);
         let (ctl, mut ctl_rx) = mpsc::channel::<Frame>(CONTROL_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
         let kick = CancellationToken::new();
         let writer_kick = kick.clone();
+        let writer_queued = queued.clone();
         running.tasks.spawn(async move {
             let mut batch = Vec::new();
+            let take = |batch: &mut Vec<Frame>, f: Frame| {
+                if let Frame::RecvPacket { datagram, .. } = &f {
+                    writer_queued.fetch_sub(datagram.len(), Ordering::AcqRel);
+                }
+                batch.push(f);
+            };
             loop {
+                // Control frames first; packets and public-port frames share what is left
+                // fairly (neither can starve the other).
                 let first = tokio::select! {
                     biased;
                     _ = writer_kick.cancelled() => None,
                     f = ctl_rx.recv() => f,
-                    f = rx.recv() => f,
+                    f = async {
+                        tokio::select! {
+                            f = rx.recv() => f,
+                            f = public_rx.recv() => f,
+                        }
+                    } => f,
                 };
                 let Some(first) = first else { return };
-                batch.push(first);
-                // Control first, then packets, up to 64 frames per write.
+                take(&mut batch, first);
+                // Up to 64 frames per write: control, then packets and public frames in turn.
                 while batch.len() < 64 {
-                    match ctl_rx.try_recv().or_else(|_| rx.try_recv()) {
-                        Ok(f) => batch.push(f),
+                    let next = ctl_rx.try_recv().or_else(|_| {
+                        if batch.len() % 2 == 0 {
+                            rx.try_recv().or_else(|_| public_rx.try_recv())
+                        } else {
+                            public_rx.try_recv().or_else(|_| rx.try_recv())
+                        }
+                    });
+                    match next {
+                        Ok(f) => take(&mut batch, f),
                         Err(_) => break,
                     }
                 }
@@ -438,6 +484,8 @@ impl Inner {
             id: running.next_id.fetch_add(1, Ordering::Relaxed),
             quic,
             tx,
+            queued,
+            public,
             ctl,
             kick,
         });
@@ -527,7 +575,9 @@ impl Inner {
                         Ok(None) => registered = true,
                         Err(refusal) => {
                             tracing::warn!(%node, "registration with a wrong token refused");
-                            let _ = me.ctl.send(refusal.frame()).await;
+                            let _ =
+                                tokio::time::timeout(REFUSAL_GRACE, me.ctl.send(refusal.frame()))
+                                    .await;
                             // The node ends the session when it reads the refusal (closing now
                             // could discard it unsent); bounded, in case it does not.
                             let _ = tokio::time::timeout(REFUSAL_GRACE, async {
@@ -539,17 +589,18 @@ impl Inner {
                         }
                     }
                     let public_port = if want_port {
-                        match running.allocs.claim(node, me.tx.clone()).await {
+                        match running.allocs.claim(node, me.public.clone()).await {
                             Ok(p) => Some(p),
                             Err(e) => {
-                                let _ = me
-                                    .ctl
-                                    .send(Frame::Error {
-                                        code: 503,
-                                        node: None,
-                                        message: format!("no public port: {e}"),
-                                    })
-                                    .await;
+                                let refused = Frame::Error {
+                                    code: 503,
+                                    node: None,
+                                    message: format!("no public port: {e}"),
+                                };
+                                if !me.reply(refused, idle).await {
+                                    close("not reading");
+                                    return Ok(());
+                                }
                                 None
                             }
                         }
@@ -566,17 +617,21 @@ impl Inner {
                     self.forward(running, node, me, dst, datagram)
                 }
                 Frame::CallMeMaybe { peer } => self.rendezvous(running, node, me, peer),
-                Frame::TcpData { .. } | Frame::TcpClose { .. } => {
-                    if running
+                Frame::TcpData { .. } | Frame::TcpClose { .. } | Frame::TcpCredit { .. } => {
+                    let current = running
                         .nodes
                         .lock()
                         .expect("nodes lock")
-                        .is_current(node, me.id)
-                    {
-                        running.allocs.from_node(node, frame).await;
-                        None
-                    } else {
+                        .is_current(node, me.id);
+                    if !current {
                         Some(Refusal::NotRegistered.frame())
+                    } else if let Err(broken) = running.allocs.from_node(node, frame) {
+                        tracing::warn!(%node, error = %broken, "public-port flow control broken: closing the connection");
+                        self.unregister(running, node, me);
+                        close(&broken.to_string());
+                        return Err(RelayError::Closed(broken.to_string()).into());
+                    } else {
+                        None
                     }
                 }
                 Frame::Ping { nonce } => Some(Frame::Pong { nonce }),
@@ -584,7 +639,9 @@ impl Inner {
                 other => Some(Refusal::Unexpected(format!("{other:?}")).frame()),
             };
             if let Some(reply) = reply {
-                if me.ctl.send(reply).await.is_err() {
+                if !me.reply(reply, idle).await {
+                    tracing::info!(%node, "node reads no replies: disconnecting");
+                    close("not reading");
                     return Ok(());
                 }
             }
@@ -607,10 +664,23 @@ impl Inner {
         match target {
             Ok(target) => {
                 // Packets are unreliable: a full queue drops, never blocks the sender.
-                let _ = target.tx.try_send(Frame::RecvPacket {
-                    src: node,
-                    datagram,
-                });
+                let len = datagram.len();
+                let limit = running.start.queue_bytes;
+                let fits = target
+                    .queued
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                        (q + len <= limit).then_some(q + len)
+                    })
+                    .is_ok();
+                if fits {
+                    let sent = target.tx.try_send(Frame::RecvPacket {
+                        src: node,
+                        datagram,
+                    });
+                    if sent.is_err() {
+                        target.queued.fetch_sub(len, Ordering::AcqRel);
+                    }
+                }
                 None
             }
             Err(refusal) => {
