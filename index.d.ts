@@ -338,15 +338,73 @@ export interface RelayStartOptions {
     retention?: number
     /** Save allocations here and restore them at start. */
     stateFile?: string
-    /** Most concurrent clients per port (default 256). */
+    /** Same as the top-level `maxClients` (accepted here too). */
     maxClients?: number
   }
-  /** Most distinct nodes one node may send packets to (default 64). */
-  maxPeers?: number
-  /** Disconnect a node silent this long, ms (default 45000). */
-  nodeTimeout?: number
+  // The relay's limits (`Relay.limits` lists them with their defaults; `keynet-relay --help`
+  // has the same as flags). Times are in ms.
+  /** Relay sessions at once, both transports (default 10000). */
+  maxConnections?: number
+  /** Sessions at once from one IP, an IPv6 /64 (default 100). */
+  maxConnectionsPerIp?: number
+  /** New sessions a second from one IP, sustained (default 5). */
+  handshakeRate?: number
+  /** New sessions from one IP in a burst (default 20). */
+  handshakeBurst?: number
   /** Close a session not registered this long after its handshake, ms (default 10000). */
   registerTimeout?: number
+  /** Disconnect a node silent this long, or reading no replies this long, ms (default 45000). */
+  nodeTimeout?: number
+  /** Most distinct nodes one node may start sending packets to (default 64). */
+  maxPeers?: number
+  /** Bytes of relayed packets queued toward one node; beyond, packets drop (default 1048576). */
+  queueBytes?: number
+  /** Rendezvous requests of one node in a burst (default 16). */
+  rendezvousBurst?: number
+  /** Rendezvous requests of one node a second, sustained (default 4). */
+  rendezvousRate?: number
+  /** Public ports held at once, connected and retained nodes (default 1024). */
+  maxPorts?: number
+  /** Public ports held at once for nodes from one IP (default 4). */
+  maxPortsPerIp?: number
+  /** Clients at once on one public port (default 256). */
+  maxClients?: number
+  /** Reset a public client that accepts no byte this long while data waits, ms (default 30000). */
+  stallTimeout?: number
+}
+
+/** One of the relay's limits. */
+export interface RelayLimit {
+  /** Its `Relay.start()` option. */
+  key: string
+  unit: 'count' | 'bytes' | 'ms' | 'perSecond'
+  defaultValue: number
+  doc: string
+}
+
+/** What a relay holds, carried, dropped and refused (`Relay.getMetrics()`). */
+export interface RelayMetrics {
+  /** Sessions open, by transport. */
+  sessions: { quic: number; websocket: number }
+  registeredNodes: number
+  /** Public ports held (connected and retained nodes). */
+  allocations: number
+  publicClients: number
+  /** Bytes of relayed packets queued toward nodes now. */
+  queuedBytes: number
+  /** Addresses the admission tables remember (bounded). */
+  trackedAddresses: number
+  packetsRelayed: number
+  bytesRelayed: number
+  rendezvousSent: number
+  /** Public clients reset for accepting no byte for `stallTimeout`. */
+  stalledResets: number
+  /** Dropped packets by reason: `queue_full`, `unknown_peer`, `peer_limit`. */
+  drops: Record<string, number>
+  /** Refusals by reason: `max_connections`, `max_connections_per_ip`, `handshake_rate`,
+   * `handshake`, `token`, `register_timeout`, `malformed`, `not_reading`, `no_relayed_traffic`,
+   * `rendezvous_rate`, `no_port`, `max_clients`. */
+  refusals: Record<string, number>
 }
 
 /** The relay hub (same server as the keynet-relay binary). */
@@ -367,6 +425,12 @@ export declare class Relay {
   getRegisteredNodeIds(): string[]
   /** Public ports held now (connected and retained nodes). */
   getAllocations(): Array<{ nodeId: string; port: number }>
+  /** Counters and gauges. */
+  getMetrics(): RelayMetrics
+  /** The same in the Prometheus text format. */
+  getMetricsText(): string
+  /** Every limit `start()` takes, with its default. */
+  static readonly limits: ReadonlyArray<RelayLimit>
 }
 
 /**

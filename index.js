@@ -615,8 +615,10 @@ class Relay extends Service {
 
   /**
    * start({ host = '127.0.0.1', port = 0, tcpPort?, tlsConfig?, allowedNodeIds?, token?,
-   *   publicPorts?: false | { host?, range?: [first, last], retention?, stateFile?, maxClients? },
-   *   maxPeers?, nodeTimeout?, registerTimeout? })
+   *   publicPorts?: false | { host?, range?: [first, last], retention?, stateFile? },
+   *   ...limits })
+   * Every limit of `Relay.limits` is an option of its own (times in ms), e.g. `maxPeers`,
+   * `maxConnectionsPerIp`, `stallTimeout`.
    */
   async start(opts) {
     opts = checkObject('opts', opts)
@@ -651,20 +653,26 @@ class Relay extends Service {
         o.retention = retention
       }
       if (p.stateFile !== undefined) o.stateFile = checkString('opts.publicPorts.stateFile', p.stateFile)
-      if (p.maxClients !== undefined) {
-        if (!Number.isInteger(p.maxClients) || p.maxClients < 1) throw rangeError('opts.publicPorts.maxClients', 'an integer >= 1', p.maxClients)
-        o.maxClients = p.maxClients
+      // Still accepted here (it was, before the limits moved to the top level).
+      if (p.maxClients !== undefined && opts.maxClients === undefined) opts = { ...opts, maxClients: p.maxClients }
+    }
+    o.limits = {}
+    for (const { key, unit } of RELAY_LIMITS) {
+      if (opts[key] === undefined) continue
+      const name = `opts.${key}`
+      if (unit === 'ms') {
+        const ms = checkTime(name, opts[key])
+        if (ms <= 0) throw rangeError(name, 'a time > 0 ms', ms)
+        o.limits[key] = ms
+      } else if (unit === 'perSecond') {
+        if (typeof opts[key] !== 'number') throw typeError(name, 'a number', opts[key])
+        if (!(opts[key] > 0) || !Number.isFinite(opts[key])) throw rangeError(name, 'a rate > 0', opts[key])
+        o.limits[key] = opts[key]
+      } else {
+        if (typeof opts[key] !== 'number') throw typeError(name, 'an integer', opts[key])
+        if (!Number.isInteger(opts[key]) || opts[key] < 1) throw rangeError(name, 'an integer >= 1', opts[key])
+        o.limits[key] = opts[key]
       }
-    }
-    if (opts.maxPeers !== undefined) {
-      if (!Number.isInteger(opts.maxPeers) || opts.maxPeers < 1) throw rangeError('opts.maxPeers', 'an integer >= 1', opts.maxPeers)
-      o.maxPeers = opts.maxPeers
-    }
-    for (const name of ['nodeTimeout', 'registerTimeout']) {
-      const ms = checkTime(`opts.${name}`, opts[name])
-      if (ms === undefined) continue
-      if (ms <= 0) throw rangeError(`opts.${name}`, 'a time > 0 ms', ms)
-      o[name] = ms
     }
     await wrap(this._native.start(o))
     LoopHold.hold(this)
@@ -680,7 +688,38 @@ class Relay extends Service {
   getRegisteredNodeIds() { return sync(() => this._native.registered()) }
   /** Public ports held now: `[{ nodeId, port }]` (for connected nodes and retained ones). */
   getAllocations() { return sync(() => this._native.allocations()) }
+
+  /**
+   * What the relay holds, carried, dropped and refused: `{ sessions: { quic, websocket },
+   * registeredNodes, allocations, publicClients, queuedBytes, trackedAddresses, packetsRelayed,
+   * bytesRelayed, rendezvousSent, stalledResets, drops: { reason: n }, refusals: { reason: n } }`.
+   */
+  getMetrics() {
+    const m = sync(() => this._native.metrics())
+    const byReason = (rows) => Object.fromEntries(rows.map((r) => [r.reason, r.count]))
+    return {
+      sessions: { quic: m.sessionsQuic, websocket: m.sessionsWebsocket },
+      registeredNodes: m.registeredNodes,
+      allocations: m.allocations,
+      publicClients: m.publicClients,
+      queuedBytes: m.queuedBytes,
+      trackedAddresses: m.trackedAddresses,
+      packetsRelayed: m.packetsRelayed,
+      bytesRelayed: m.bytesRelayed,
+      rendezvousSent: m.rendezvousSent,
+      stalledResets: m.stalledResets,
+      drops: byReason(m.drops),
+      refusals: byReason(m.refusals),
+    }
+  }
+
+  /** The same as `getMetrics()`, in the Prometheus text format. */
+  getMetricsText() { return sync(() => this._native.metrics()).prometheus }
 }
+
+/** The relay's limits: `[{ key, unit: 'count' | 'bytes' | 'ms' | 'perSecond', defaultValue, doc }]`. */
+const RELAY_LIMITS = Object.freeze(native.relayLimits().map((l) => Object.freeze(l)))
+Relay.limits = RELAY_LIMITS
 
 // ---- identity --------------------------------------------------------------------------------
 

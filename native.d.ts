@@ -58,6 +58,7 @@ export declare class NativeRelayServer {
   port(): number
   tcpPort(): number
   registered(): Array<string>
+  metrics(): NativeRelayMetrics
   allocations(): Array<NativeAllocation>
 }
 
@@ -183,6 +184,15 @@ export interface NativeIdentity {
   certChainPem: string
 }
 
+/** One of the relay's limits, as `Relay.start()` takes it. */
+export interface NativeLimit {
+  key: string
+  /** `count`, `bytes`, `ms` or `perSecond`. */
+  unit: string
+  defaultValue: number
+  doc: string
+}
+
 /** Timing options in milliseconds (undefined: the default). */
 export interface NativeOptions {
   connConnectTime?: number
@@ -192,6 +202,12 @@ export interface NativeOptions {
   connEndTime?: number
   /** Test-only: no keepalives. */
   disableKeepAlive?: boolean
+}
+
+/** A count by reason. */
+export interface NativeReasonCount {
+  reason: string
+  count: number
 }
 
 /** `relay` options of `start()` and `openConnection()` (index.js validated the types). */
@@ -206,6 +222,25 @@ export interface NativeRelay {
   upgrade?: boolean
   upgradeDelay?: number
   token?: string
+}
+
+/** `Relay.getMetrics()`. */
+export interface NativeRelayMetrics {
+  sessionsQuic: number
+  sessionsWebsocket: number
+  registeredNodes: number
+  allocations: number
+  publicClients: number
+  queuedBytes: number
+  trackedAddresses: number
+  packetsRelayed: number
+  bytesRelayed: number
+  rendezvousSent: number
+  stalledResets: number
+  drops: Array<NativeReasonCount>
+  refusals: Array<NativeReasonCount>
+  /** The same in Prometheus text. */
+  prometheus: string
 }
 
 /** `Relay.start()` options (index.js validated the types). */
@@ -223,10 +258,8 @@ export interface NativeRelayStart {
   portRangeEnd?: number
   retention?: number
   stateFile?: string
-  maxClients?: number
-  maxPeers?: number
-  nodeTimeout?: number
-  registerTimeout?: number
+  /** Limits by option key, times in milliseconds. */
+  limits?: Record<string, number>
 }
 
 /** A relay link's status (`getRelayStatus()`). */
@@ -258,6 +291,9 @@ export interface NativeReverseStart {
 
 /** Node id of the first certificate in a PEM string. */
 export declare function nodeIdFromCertificate(certPem: string): string
+
+/** The relay's limits, with their defaults (`Relay.limits`). */
+export declare function relayLimits(): Array<NativeLimit>
 
 /** Rotates an identity to a fresh key: the new leaf is signed by the previous key. */
 export declare function rotateIdentity(keyPrivatePem: string, certChainPem: string): NativeIdentity

@@ -840,4 +840,5 @@ module.exports.NativeRelayServer = nativeBinding.NativeRelayServer
 module.exports.NativeReverseProxy = nativeBinding.NativeReverseProxy
 module.exports.generateIdentity = nativeBinding.generateIdentity
 module.exports.nodeIdFromCertificate = nativeBinding.nodeIdFromCertificate
+module.exports.relayLimits = nativeBinding.relayLimits
 module.exports.rotateIdentity = nativeBinding.rotateIdentity

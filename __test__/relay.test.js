@@ -143,7 +143,45 @@ test('bad relay options are typed errors', async (t) => {
   await t.throwsAsync(relay.start({ maxPeers: 0 }), { instanceOf: RangeError })
   await t.throwsAsync(relay.start({ registerTimeout: 0 }), { instanceOf: RangeError, message: /opts\.registerTimeout/ })
   await t.throwsAsync(relay.start({ registerTimeout: '10s' }), { instanceOf: TypeError, message: /opts\.registerTimeout/ })
+  await t.throwsAsync(relay.start({ maxConnectionsPerIp: 1.5 }), { instanceOf: RangeError, message: /opts\.maxConnectionsPerIp/ })
+  await t.throwsAsync(relay.start({ handshakeRate: -1 }), { instanceOf: RangeError, message: /opts\.handshakeRate/ })
+  await t.throwsAsync(relay.start({ stallTimeout: 'long' }), { instanceOf: TypeError, message: /opts\.stallTimeout/ })
+  // Limits that contradict each other are the core's to refuse.
+  await t.throwsAsync(relay.start({ maxConnections: 2, maxConnectionsPerIp: 3 }), { code: 'ERR_INVALID_ARG_VALUE', message: /maxConnectionsPerIp/ })
   t.throws(() => relay.getNodeId(), { instanceOf: errors.ErrorRelayNotRunning })
+  t.throws(() => relay.getMetrics(), { instanceOf: errors.ErrorRelayNotRunning })
+})
+
+test('relay limits: every one is listed with its default; one hit on purpose is refused, counted, and the relay serves others', async (t) => {
+  const keys = Relay.limits.map((l) => l.key)
+  for (const k of ['maxConnections', 'maxConnectionsPerIp', 'handshakeRate', 'registerTimeout', 'queueBytes', 'maxPorts', 'maxPortsPerIp', 'stallTimeout']) t.true(keys.includes(k), k)
+  t.is(Relay.limits.find((l) => l.key === 'stallTimeout').defaultValue, 30000)
+  t.is(Relay.limits.find((l) => l.key === 'stallTimeout').unit, 'ms')
+
+  // Two sessions from 127.0.0.1 at most: a third reverse proxy cannot register.
+  const relay = await startRelay(t, { maxConnectionsPerIp: 2, stallTimeout: 5000 })
+  const server = await h.startEchoServer(t)
+  const a = await h.startReverseProxy(t, { serverPort: server.port, relay: relayOpts(relay) })
+  const b = await h.startReverseProxy(t, { serverPort: server.port, relay: relayOpts(relay) })
+  const { ReverseProxy } = h.keynet
+  const third = new ReverseProxy()
+  t.teardown(() => third.stop().catch(() => {}))
+  const err = await t.throwsAsync(third.start({ host: h.HOST, port: 0, serverHost: h.HOST, serverPort: server.port, relay: relayOpts(relay, { transport: 'quic' }) }))
+  t.regex(err.message, /refused/i)
+  const m = relay.getMetrics()
+  t.true(m.refusals.max_connections_per_ip >= 1, JSON.stringify(m.refusals))
+  t.is(m.registeredNodes, 2)
+  t.is(m.sessions.quic, 2)
+  t.regex(relay.getMetricsText(), /^keynet_relay_refusals_total\{reason="max_connections_per_ip"\} [1-9]/m)
+  t.regex(relay.getMetricsText(), /^keynet_relay_registered_nodes 2$/m)
+  // A session that ends frees its slot, and the relay serves the rest: a forward proxy takes
+  // the slot and its relayed tunnel to the other node echoes.
+  await a.stop()
+  const fp = await h.startForwardProxy(t)
+  await fp.openConnection(b.getNodeId(), NOWHERE, 7, { relay: relayOpts(relay, { upgrade: false }) })
+  const res = await h.rawConnect(t, fp.getHttpPort(), { target: `${NOWHERE}:7` })
+  t.is(res.status, 200)
+  await h.assertEchoes(t, res.socket)
 })
 
 test('keynet-relay: a reverse proxy registers with the binary, asks for a port, and tunnels work', async (t) => {

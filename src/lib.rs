@@ -12,6 +12,13 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use convert::NativeIdentity;
+pub use relay::NativeLimit;
+
+/// The relay's limits, with their defaults (`Relay.limits`).
+#[napi(catch_unwind)]
+pub fn relay_limits() -> Vec<NativeLimit> {
+    relay::limits_table()
+}
 
 /// Logs to stderr when `KEYNET_LOG` (or `RUST_LOG`) is set, e.g. `KEYNET_LOG=keynet_core=debug`.
 static LOGGING: once_cell::sync::Lazy<()> = once_cell::sync::Lazy::new(|| {

@@ -1,8 +1,7 @@
 //! `NativeRelay`: the binding of keynet-core's relay server (the `Relay` class).
 
-use std::time::Duration;
-
 use keynet_core::relay::alloc::AllocOptions;
+use keynet_core::relay::server::limits::{Limits, Unit, TABLE};
 use keynet_core::relay::server::{RelayServer, RelayStart};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -25,10 +24,68 @@ pub struct NativeRelayStart {
     pub port_range_end: Option<u32>,
     pub retention: Option<f64>,
     pub state_file: Option<String>,
-    pub max_clients: Option<u32>,
-    pub max_peers: Option<u32>,
-    pub node_timeout: Option<f64>,
-    pub register_timeout: Option<f64>,
+    /// Limits by option key, times in milliseconds.
+    pub limits: Option<std::collections::HashMap<String, f64>>,
+}
+
+/// One of the relay's limits, as `Relay.start()` takes it.
+#[napi(object)]
+pub struct NativeLimit {
+    pub key: String,
+    /// `count`, `bytes`, `ms` or `perSecond`.
+    pub unit: String,
+    pub default_value: f64,
+    pub doc: String,
+}
+
+/// The relay's limits: the options `Relay.start()` takes besides the others.
+pub(crate) fn limits_table() -> Vec<NativeLimit> {
+    let defaults = Limits::default();
+    TABLE
+        .iter()
+        .map(|l| {
+            let v = defaults.get(l.key).expect("every row has a field");
+            let (unit, v) = match l.unit {
+                Unit::Count => ("count", v),
+                Unit::Bytes => ("bytes", v),
+                Unit::Seconds => ("ms", v * 1000.0),
+                Unit::PerSecond => ("perSecond", v),
+            };
+            NativeLimit {
+                key: l.key.into(),
+                unit: unit.into(),
+                default_value: v,
+                doc: l.doc.into(),
+            }
+        })
+        .collect()
+}
+
+/// A count by reason.
+#[napi(object)]
+pub struct NativeReasonCount {
+    pub reason: String,
+    pub count: f64,
+}
+
+/// `Relay.getMetrics()`.
+#[napi(object)]
+pub struct NativeRelayMetrics {
+    pub sessions_quic: f64,
+    pub sessions_websocket: f64,
+    pub registered_nodes: f64,
+    pub allocations: f64,
+    pub public_clients: f64,
+    pub queued_bytes: f64,
+    pub tracked_addresses: f64,
+    pub packets_relayed: f64,
+    pub bytes_relayed: f64,
+    pub rendezvous_sent: f64,
+    pub stalled_resets: f64,
+    pub drops: Vec<NativeReasonCount>,
+    pub refusals: Vec<NativeReasonCount>,
+    /// The same in Prometheus text.
+    pub prometheus: String,
 }
 
 /// A public port held for a node.
@@ -84,18 +141,13 @@ impl NativeRelayServer {
             alloc.retention = convert::ms(r);
         }
         alloc.state_file = o.state_file.map(Into::into);
-        if let Some(m) = o.max_clients {
-            alloc.max_clients = m as usize;
-        }
         start.alloc = alloc;
-        if let Some(m) = o.max_peers {
-            start.max_peers = m as usize;
-        }
-        if let Some(t) = o.node_timeout {
-            start.node_timeout = convert::ms(t).max(Duration::from_millis(1));
-        }
-        if let Some(t) = o.register_timeout {
-            start.register_timeout = convert::ms(t).max(Duration::from_millis(1));
+        for (key, value) in o.limits.unwrap_or_default() {
+            let seconds = TABLE
+                .iter()
+                .any(|l| l.key == key && l.unit == Unit::Seconds);
+            let value = if seconds { value / 1000.0 } else { value };
+            start.limits.set(&key, value).map_err(err)?;
         }
         self.inner.start(start).await.map_err(err)
     }
@@ -136,6 +188,36 @@ impl NativeRelayServer {
             .collect();
         ids.sort();
         Ok(ids)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn metrics(&self) -> Result<NativeRelayMetrics> {
+        let s = self.inner.stats().map_err(err)?;
+        let g = &s.gauges;
+        let reasons = |rows: &[(&str, u64)]| {
+            rows.iter()
+                .map(|(r, n)| NativeReasonCount {
+                    reason: (*r).into(),
+                    count: *n as f64,
+                })
+                .collect()
+        };
+        Ok(NativeRelayMetrics {
+            sessions_quic: g.sessions_quic as f64,
+            sessions_websocket: g.sessions_websocket as f64,
+            registered_nodes: g.registered as f64,
+            allocations: g.allocations as f64,
+            public_clients: g.public_clients as f64,
+            queued_bytes: g.queued_bytes as f64,
+            tracked_addresses: g.tracked_addresses as f64,
+            packets_relayed: s.packets_relayed as f64,
+            bytes_relayed: s.bytes_relayed as f64,
+            rendezvous_sent: s.rendezvous_sent as f64,
+            stalled_resets: s.stalled_resets as f64,
+            drops: reasons(&s.drops),
+            refusals: reasons(&s.refusals),
+            prometheus: s.prometheus(),
+        })
     }
 
     #[napi(catch_unwind)]

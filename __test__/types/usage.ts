@@ -34,6 +34,7 @@ import type {
   RelayStatus,
   ReverseProxyStartOptions,
   RelayStartOptions,
+  RelayMetrics,
 } from '../..'
 
 // ---- exact-type assertions ----------------------------------------------------------------
@@ -371,6 +372,17 @@ async function relay(tls: TlsConfig): Promise<Relay> {
     maxPeers: 64,
     nodeTimeout: 45000,
     registerTimeout: 10000,
+    maxConnections: 10000,
+    maxConnectionsPerIp: 100,
+    handshakeRate: 5,
+    handshakeBurst: 20,
+    queueBytes: 1 << 20,
+    rendezvousBurst: 16,
+    rendezvousRate: 4,
+    maxPorts: 1024,
+    maxPortsPerIp: 4,
+    maxClients: 256,
+    stallTimeout: 30000,
   }
   await r.start(start)
   await r.start({ publicPorts: false })
@@ -381,6 +393,11 @@ async function relay(tls: TlsConfig): Promise<Relay> {
   const registered: string[] = r.getRegisteredNodeIds()
   for (const { nodeId, port } of r.getAllocations()) void `${nodeId} -> ${port}`
   void [where, registered]
+  const m: RelayMetrics = r.getMetrics()
+  const refusedPerIp: number = m.refusals['max_connections_per_ip'] ?? 0
+  const text: string = r.getMetricsText()
+  for (const l of Relay.limits) void `${l.key} ${l.unit} ${l.defaultValue} ${l.doc}`
+  void [m.sessions.quic, m.drops, refusedPerIp, text]
 
   const chained: Relay = r.unref().ref()
   await chained.stop()

@@ -225,7 +225,7 @@ async fn a_slow_server_slows_only_its_own_public_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_public_client_that_never_reads_is_reset_after_the_stall_time() {
     let mut srv = server().await;
-    let (relay, spec) = relay(|s| s.alloc.stall = Duration::from_secs(1)).await;
+    let (relay, spec) = relay(|s| s.limits.stall_timeout = Duration::from_secs(1)).await;
     let (rp, port) = node(srv.addr, &spec).await;
     let (fp, target) = relayed_tunnel(&rp, &spec).await;
     // A client that asks for an endless download and reads none of it.

@@ -257,7 +257,7 @@ async fn a_rendezvous_gets_through_while_relayed_packets_fill_the_queue() {
 async fn an_unregistered_session_is_closed_at_the_registration_deadline() {
     let relay = RelayServer::new(ConnOptions::default()).unwrap();
     let mut start = RelayStart::new("127.0.0.1:0".parse().unwrap());
-    start.register_timeout = Duration::from_millis(500);
+    start.limits.register_timeout = Duration::from_millis(500);
     relay.start(start).await.unwrap();
     let (idle, _, _e1) = node(&relay).await;
     let (member, _, _e2) = node(&relay).await;

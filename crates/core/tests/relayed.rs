@@ -314,7 +314,7 @@ async fn a_public_port_carries_plain_tcp_and_comes_back_after_a_reconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_node_peer_limit_refuses_the_next_peer_with_a_typed_error() {
-    let relay = relay_with(|s| s.max_peers = 1).await;
+    let relay = relay_with(|s| s.limits.max_peers = 1).await;
     let rp1 = reverse_proxy(echo_server().await, spec(&relay)).await;
     let rp2 = reverse_proxy(echo_server().await, spec(&relay)).await;
     let (fp, _events) = forward_proxy().await;
@@ -420,7 +420,7 @@ async fn allocations_survive_a_relay_restart_with_a_state_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_public_port_refuses_clients_over_its_limit() {
-    let relay = relay_with(|s| s.alloc.max_clients = 1).await;
+    let relay = relay_with(|s| s.limits.max_clients = 1).await;
     let mut s = spec(&relay);
     s.want_port = true;
     let rp = reverse_proxy(echo_server().await, s).await;

@@ -3,10 +3,18 @@
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
+use keynet_core::relay::server::limits::{Limits, TABLE};
 use keynet_core::{generate_identity, NodeId, TlsConfig};
 
-/// `--help` text: every flag.
-pub(crate) const HELP: &str = "\
+/// `--help` text: every flag, the limits from keynet-core's table.
+pub(crate) fn help() -> String {
+    format!(
+        "{HEAD}\nLIMITS (the relay's bounds; each flag takes a number):\n{}{TAIL}",
+        Limits::help()
+    )
+}
+
+const HEAD: &str = "\
 keynet-relay: a keynet relay hub and/or a DHT node for a private discovery network
 
 USAGE:
@@ -22,19 +30,13 @@ RELAY:
                              blocked (default: the --listen address, over TCP)
     --allow NODEID           only this node id may register (repeatable; default: any node)
     --token TOKEN            registration requires this token (default: none)
-    --max-peers N            most distinct nodes one node may start sending packets to
-                             (default 64; answering nodes that sent first is free)
-    --node-timeout SECONDS   disconnect a node silent this long (default 45; nodes ping every 15)
-    --register-timeout SECONDS
-                             close a session not registered this long after its handshake
-                             (default 10; pinging does not keep it)
 
 PUBLIC PORTS (a registered node may ask for a TCP port carried to its server):
     --public-host IP         IP to bind public ports on (default: the --listen IP)
     --port-range FIRST-LAST  allocate public ports from this range (default: any free port)
     --retention MINUTES      keep a disconnected node's port this long (default 180)
-    --state-file FILE        save allocations there and restore them at start
-    --max-clients N          most concurrent clients per public port (default 256)
+    --state-file FILE        save allocations there and restore them at start (written after
+                             each change, atomically; a corrupt file stops the start)
     --no-public-ports        refuse public port requests
 
 DISCOVERY (BitTorrent mainline DHT):
@@ -44,7 +46,9 @@ DISCOVERY (BitTorrent mainline DHT):
                              join the DHT through this node (repeatable); without it the node
                              is the first of a private network
     --dht-public             join the public mainline DHT through its usual bootstrap nodes
+";
 
+const TAIL: &str = "
 OTHER:
     -h, --help               print this help
 
@@ -129,14 +133,11 @@ pub(crate) struct Args {
     pub dht_public: bool,
     pub tcp_listen: Option<SocketAddr>,
     pub token: Option<String>,
-    pub max_peers: Option<usize>,
-    pub node_timeout: Option<std::time::Duration>,
-    pub register_timeout: Option<std::time::Duration>,
+    pub limits: Limits,
     pub public_host: Option<std::net::IpAddr>,
     pub port_range: Option<(u16, u16)>,
     pub retention: Option<std::time::Duration>,
     pub state_file: Option<PathBuf>,
-    pub max_clients: Option<usize>,
     pub no_public_ports: bool,
 }
 
@@ -194,13 +195,15 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
                 );
             }
             "--token" => a.token = Some(value("--token")?),
-            "--max-peers" => a.max_peers = Some(number("--max-peers", &value("--max-peers")?)?),
-            "--node-timeout" => {
-                a.node_timeout = Some(seconds("--node-timeout", &value("--node-timeout")?)?)
-            }
-            "--register-timeout" => {
-                let v = value("--register-timeout")?;
-                a.register_timeout = Some(seconds("--register-timeout", &v)?)
+            limit
+                if limit
+                    .strip_prefix("--")
+                    .is_some_and(|f| TABLE.iter().any(|l| l.flag == f)) =>
+            {
+                let v: f64 = number(limit, &value(limit)?)?;
+                a.limits
+                    .set(&limit[2..], v)
+                    .map_err(|e| format!("{limit}: {e}"))?;
             }
             "--public-host" => {
                 let v = value("--public-host")?;
@@ -226,9 +229,6 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
                 a.retention = Some(m * 60);
             }
             "--state-file" => a.state_file = Some(PathBuf::from(value("--state-file")?)),
-            "--max-clients" => {
-                a.max_clients = Some(number("--max-clients", &value("--max-clients")?)?)
-            }
             "--no-public-ports" => a.no_public_ports = true,
             other => return Err(format!("unknown flag {other:?}")),
         }
@@ -298,10 +298,20 @@ mod tests {
         assert_eq!(a.token.as_deref(), Some("t"));
         assert_eq!(a.port_range, Some((40000, 40099)));
         assert_eq!(a.retention, Some(std::time::Duration::from_secs(90)));
-        assert_eq!(a.max_peers, Some(8));
-        assert_eq!(a.node_timeout, Some(std::time::Duration::from_secs(30)));
-        assert_eq!(a.register_timeout, Some(std::time::Duration::from_secs(5)));
+        assert_eq!(a.limits.max_peers, 8);
+        assert_eq!(a.limits.node_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(a.limits.register_timeout, std::time::Duration::from_secs(5));
         assert!(a.state_file.is_some() && !a.no_public_ports);
+    }
+
+    #[test]
+    fn every_limit_has_a_flag_in_the_help() {
+        let help = help();
+        for l in TABLE {
+            assert!(help.contains(&format!("--{} ", l.flag)), "{}", l.flag);
+            let a = run(&["--listen", "1.2.3.4:1", &format!("--{}", l.flag), "7"]).unwrap();
+            assert_eq!(a.limits.get(l.key), Some(7.0), "{}", l.flag);
+        }
     }
 
     #[test]
@@ -326,6 +336,8 @@ mod tests {
         assert!(l(&["--port-range", "0-3"]).contains("--port-range"));
         assert!(l(&["--retention", "-1"]).contains("--retention"));
         assert!(l(&["--max-peers", "many"]).contains("--max-peers"));
+        assert!(l(&["--max-peers", "0"]).contains("--max-peers"));
+        assert!(l(&["--stall-timeout", "0"]).contains("--stall-timeout"));
         assert!(matches!(parse(["--help".to_string()]), Ok(Command::Help)));
     }
 }

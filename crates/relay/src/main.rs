@@ -13,7 +13,7 @@ use keynet_core::{ConnOptions, DiscoveryOptions};
 async fn main() -> ExitCode {
     let args = match args::parse(std::env::args().skip(1)) {
         Ok(args::Command::Help) => {
-            print!("{}", args::HELP);
+            print!("{}", args::help());
             return ExitCode::SUCCESS;
         }
         Ok(args::Command::Run(a)) => *a,
@@ -47,15 +47,7 @@ async fn run(a: args::Args) -> keynet_core::Result<()> {
             start.tls = tls;
             start.allowed_node_ids = a.allowed;
             start.token = a.token;
-            if let Some(n) = a.max_peers {
-                start.max_peers = n;
-            }
-            if let Some(t) = a.node_timeout {
-                start.node_timeout = t;
-            }
-            if let Some(t) = a.register_timeout {
-                start.register_timeout = t;
-            }
+            start.limits = a.limits;
             start.alloc.enabled = !a.no_public_ports;
             start.alloc.host = a.public_host;
             start.alloc.range = a.port_range;
@@ -63,9 +55,6 @@ async fn run(a: args::Args) -> keynet_core::Result<()> {
                 start.alloc.retention = r;
             }
             start.alloc.state_file = a.state_file;
-            if let Some(n) = a.max_clients {
-                start.alloc.max_clients = n;
-            }
             relay.start(start).await?;
             // One line per service on stdout, for scripts and tests to read.
             println!(

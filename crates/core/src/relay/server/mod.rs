@@ -10,10 +10,16 @@
 //! A malformed frame closes only the offending connection, with a logged reason. One
 //! registration per node id: a newer connection replaces (and closes) the older one.
 
+mod admission;
 pub mod alloc;
+pub mod limits;
 mod registry;
+pub mod stats;
 
+use admission::Admission;
+use limits::Limits;
 use registry::{Refusal, Registry};
+use stats::{Counters, Gauges, RelayStats};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,7 +35,7 @@ use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities, Lifecycle};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
-use crate::proto::relay::{Frame, MAX_DATAGRAM};
+use crate::proto::relay::Frame;
 use crate::relay::framed::{write_frames, BoxRead, BoxWrite, FrameReader, ReadError};
 use crate::socket::{self, KeynetSocket};
 use crate::task::Tasks;
@@ -38,7 +44,7 @@ use crate::tls::verify::{verify_chain, Acceptable};
 use alloc::{AllocOptions, Allocations};
 
 /// Relayed packets queued toward one node (also bounded in bytes by
-/// [`RelayStart::queue_bytes`]); beyond either, packets for it are dropped (they are
+/// [`Limits::queue_bytes`]); beyond either, packets for it are dropped (they are
 /// unreliable: QUIC recovers).
 const NODE_QUEUE: usize = 4096;
 /// Public-port frames queued toward one node. They are never dropped: a carrier waits for room
@@ -69,20 +75,12 @@ pub struct RelayStart {
     pub token: Option<String>,
     /// Public port allocation.
     pub alloc: AllocOptions,
-    /// Most distinct peers one node may send packets to.
-    pub max_peers: usize,
-    /// A node silent for this long is disconnected (nodes ping every 15 s).
-    pub node_timeout: Duration,
-    /// A session that has not registered this long after its handshake is closed (pinging does
-    /// not keep an unregistered session: it would hold a connection slot for nothing).
-    pub register_timeout: Duration,
-    /// Bytes of relayed packets queued toward one node; packets beyond are dropped.
-    pub queue_bytes: usize,
+    /// Every bound the relay enforces ([`limits::TABLE`]).
+    pub limits: Limits,
 }
 
 impl RelayStart {
-    /// Defaults: no token, any node, 64 peers per node, 45 s node timeout, 10 s to register,
-    /// 1 MiB of queued packets per node, default allocation.
+    /// Defaults: no token, any node, default allocation and limits.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
@@ -91,10 +89,7 @@ impl RelayStart {
             allowed_node_ids: None,
             token: None,
             alloc: AllocOptions::default(),
-            max_peers: 64,
-            node_timeout: Duration::from_secs(45),
-            register_timeout: Duration::from_secs(10),
-            queue_bytes: 1 << 20,
+            limits: Limits::default(),
         }
     }
 }
@@ -173,6 +168,63 @@ struct Running {
     nodes: Mutex<Registry<NodeConn>>,
     next_id: AtomicU64,
     allocs: Arc<Allocations>,
+    /// Who may open a session.
+    admission: Mutex<Admission>,
+    counters: Arc<Counters>,
+    /// Sessions open over QUIC, over WebSocket.
+    sessions: [AtomicU64; 2],
+}
+
+impl Running {
+    /// Admits a session from `remote` (counted until the guard drops), or counts and logs the
+    /// refusal.
+    fn admit(self: &Arc<Self>, remote: SocketAddr, quic: bool) -> Option<Admitted> {
+        let refused = self
+            .admission
+            .lock()
+            .expect("admission lock")
+            .admit(remote.ip(), std::time::Instant::now());
+        if let Err(why) = refused {
+            let reason = match why {
+                admission::Refused::Total => stats::Refusal::MaxConnections,
+                admission::Refused::PerIp => stats::Refusal::MaxConnectionsPerIp,
+                admission::Refused::Rate => stats::Refusal::HandshakeRate,
+            };
+            self.refuse(reason, &remote.to_string());
+            return None;
+        }
+        self.sessions[usize::from(!quic)].fetch_add(1, Ordering::Relaxed);
+        Some(Admitted {
+            running: Arc::downgrade(self),
+            ip: remote.ip(),
+            quic,
+        })
+    }
+
+    /// Counts a refusal; logs the first of each reason and then every 1000th (a flood must
+    /// not flood the log).
+    fn refuse(&self, why: stats::Refusal, whom: &str) {
+        let n = self.counters.refused(why);
+        if n == 1 || n.is_multiple_of(1000) {
+            tracing::warn!(reason = why.as_str(), count = n, %whom, "relay refused");
+        }
+    }
+}
+
+/// An admitted session: releases its admission when it ends.
+struct Admitted {
+    running: std::sync::Weak<Running>,
+    ip: std::net::IpAddr,
+    quic: bool,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.upgrade() {
+            r.admission.lock().expect("admission lock").release(self.ip);
+            r.sessions[usize::from(!self.quic)].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// How a node's connection is closed when it misbehaves.
@@ -199,16 +251,7 @@ impl RelayServer {
         inner
             .life
             .start(async {
-                if start.max_peers == 0
-                    || start.node_timeout.is_zero()
-                    || start.register_timeout.is_zero()
-                    || start.queue_bytes < MAX_DATAGRAM
-                {
-                    return Err(Error::InvalidArgument(format!(
-                        "maxPeers, nodeTimeout and registerTimeout must be greater than 0, \
-                         queueBytes at least {MAX_DATAGRAM}"
-                    )));
-                }
+                start.limits.validate()?;
                 start.alloc.validate()?;
                 let identity = inner.identities.for_start(start.tls.as_ref())?;
                 let accept = start
@@ -224,8 +267,15 @@ impl RelayServer {
                 let tcp_addr = tcp.local_addr()?;
                 let tasks = Tasks::new();
                 let alloc_host = start.alloc.host.unwrap_or(addr.ip());
-                let allocs =
-                    Allocations::start(start.alloc.clone(), alloc_host, tasks.clone()).await?;
+                let counters = Arc::new(Counters::default());
+                let allocs = Allocations::start(
+                    start.alloc.clone(),
+                    &start.limits,
+                    alloc_host,
+                    tasks.clone(),
+                    counters.clone(),
+                )
+                .await?;
                 let running = Arc::new(Running {
                     addr,
                     tcp_addr,
@@ -234,7 +284,10 @@ impl RelayServer {
                     tasks: tasks.clone(),
                     node_id: identity.node_id,
                     accept,
-                    nodes: Mutex::new(Registry::new(start.max_peers, start.token.clone())),
+                    nodes: Mutex::new(Registry::new(&start.limits, start.token.clone())),
+                    admission: Mutex::new(Admission::new(&start.limits)),
+                    counters,
+                    sessions: [AtomicU64::new(0), AtomicU64::new(0)],
                     start,
                     next_id: AtomicU64::new(1),
                     allocs,
@@ -262,7 +315,7 @@ impl RelayServer {
                     running.endpoint.wait_idle(),
                 )
                 .await;
-                running.allocs.save();
+                running.allocs.flush().await;
                 running.tasks.shutdown(grace + Duration::from_secs(1)).await;
                 let socket = lifecycle::release_port(&running.endpoint, &running.socket);
                 drop(running);
@@ -301,6 +354,30 @@ impl RelayServer {
             .registered())
     }
 
+    /// The relay's counters and what it holds now.
+    pub fn stats(&self) -> Result<RelayStats> {
+        let r = self.running()?;
+        let (registered, queued) = {
+            let nodes = r.nodes.lock().expect("nodes lock");
+            let queued = nodes
+                .handles()
+                .map(|n| n.queued.load(Ordering::Relaxed) as u64)
+                .sum();
+            (nodes.registered().len() as u64, queued)
+        };
+        let (allocations, public_clients) = r.allocs.counts();
+        let gauges = Gauges {
+            sessions_quic: r.sessions[0].load(Ordering::Relaxed),
+            sessions_websocket: r.sessions[1].load(Ordering::Relaxed),
+            registered,
+            allocations,
+            public_clients,
+            queued_bytes: queued,
+            tracked_addresses: r.admission.lock().expect("admission lock").tracked() as u64,
+        };
+        Ok(r.counters.snapshot(gauges))
+    }
+
     /// Public ports allocated now (held for a connected node or retained), by node.
     pub fn allocations(&self) -> Result<Vec<(NodeId, u16)>> {
         Ok(self.running()?.allocs.list())
@@ -310,10 +387,15 @@ impl RelayServer {
 impl Inner {
     async fn accept_quic(self: Arc<Self>, running: Arc<Running>) {
         while let Some(incoming) = running.endpoint.accept().await {
+            let remote = incoming.remote_address();
+            let Some(admitted) = running.admit(remote, true) else {
+                incoming.refuse();
+                continue;
+            };
             let me = self.clone();
             let r = running.clone();
             running.tasks.spawn(async move {
-                let remote = incoming.remote_address();
+                let _admitted = admitted;
                 if let Err(e) = me.serve_quic(&r, incoming).await {
                     tracing::info!(%remote, error = %e, "relay connection ended");
                 }
@@ -328,21 +410,27 @@ impl Inner {
             to: remote.to_string(),
             source,
         };
-        let connecting = incoming.accept().map_err(handshake)?;
-        let conn = tokio::time::timeout(budget, connecting)
-            .await
-            .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))?
-            .map_err(handshake)?;
-        let certs = crate::tls::verify::peer_chain(&conn);
-        let node = verify_chain(
-            &certs,
-            &running.accept,
-            time::OffsetDateTime::now_utc().unix_timestamp(),
-        )?;
-        let (send, recv) = tokio::time::timeout(budget, conn.accept_bi())
-            .await
-            .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))?
-            .map_err(handshake)?;
+        let shaken = async {
+            let connecting = incoming.accept().map_err(handshake)?;
+            let conn = tokio::time::timeout(budget, connecting)
+                .await
+                .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))?
+                .map_err(handshake)?;
+            let certs = crate::tls::verify::peer_chain(&conn);
+            let node = verify_chain(
+                &certs,
+                &running.accept,
+                time::OffsetDateTime::now_utc().unix_timestamp(),
+            )?;
+            let (send, recv) = tokio::time::timeout(budget, conn.accept_bi())
+                .await
+                .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))?
+                .map_err(handshake)?;
+            Ok::<_, Error>((conn, node, send, recv))
+        };
+        let (conn, node, send, recv) = shaken.await.inspect_err(|_| {
+            running.counters.refused(stats::Refusal::Handshake);
+        })?;
         let closer_conn = conn.clone();
         let closer: Closer = Box::new(move |why: &str| {
             closer_conn.close(PROTOCOL_ERROR.into(), why.as_bytes());
@@ -378,10 +466,16 @@ impl Inner {
                     continue;
                 }
             };
+            let Some(admitted) = running.admit(remote, false) else {
+                // Closed before TLS: a refused client costs no handshake.
+                drop(tcp);
+                continue;
+            };
             let me = self.clone();
             let r = running.clone();
             let acceptor = acceptor.clone();
             running.tasks.spawn(async move {
+                let _admitted = admitted;
                 if let Err(e) = me.serve_tcp(&r, acceptor, tcp, remote).await {
                     tracing::info!(%remote, error = %e, "relay WebSocket connection ended");
                 }
@@ -398,12 +492,17 @@ impl Inner {
     ) -> Result<()> {
         let budget = self.opts.connect_time;
         let _ = tcp.set_nodelay(true);
-        let (node, read, write, kill) = tokio::time::timeout(
+        let shaken = tokio::time::timeout(
             budget,
             crate::relay::ws::accept(acceptor, tcp, &running.accept, &running.tasks),
         )
         .await
-        .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))??;
+        .unwrap_or(Err(
+            Error::ConnectionStartTimeout(budget.as_millis() as u64),
+        ));
+        let (node, read, write, kill) = shaken.inspect_err(|_| {
+            running.counters.refused(stats::Refusal::Handshake);
+        })?;
         let closer: Closer = Box::new(move |_why: &str| kill.cancel());
         self.serve_node(
             running,
@@ -522,8 +621,8 @@ impl Inner {
         mut frames: FrameReader,
         close: &Closer,
     ) -> Result<()> {
-        let idle = running.start.node_timeout;
-        let register_by = tokio::time::Instant::now() + running.start.register_timeout;
+        let idle = running.start.limits.node_timeout;
+        let register_by = tokio::time::Instant::now() + running.start.limits.register_timeout;
         let mut registered = false;
         loop {
             let silent_by = tokio::time::Instant::now() + idle;
@@ -538,7 +637,7 @@ impl Inner {
             };
             let frame = match next {
                 Err(_) if !registered && tokio::time::Instant::now() >= register_by => {
-                    tracing::info!(%node, "not registered in time: disconnecting");
+                    running.refuse(stats::Refusal::RegisterTimeout, &node.to_string());
                     close("not registered in time");
                     return Ok(());
                 }
@@ -550,6 +649,7 @@ impl Inner {
                 Ok(Ok(Some(f))) => f,
                 Ok(Ok(None)) => return Ok(()),
                 Ok(Err(ReadError::Malformed(e))) => {
+                    running.counters.refused(stats::Refusal::Malformed);
                     tracing::warn!(%node, error = %e, "malformed relay frame: closing the connection");
                     // Unregistered before the close, so the offender's peer never sees it
                     // registered after its connection ended.
@@ -574,7 +674,7 @@ impl Inner {
                         }
                         Ok(None) => registered = true,
                         Err(refusal) => {
-                            tracing::warn!(%node, "registration with a wrong token refused");
+                            running.refuse(stats::Refusal::Token, &node.to_string());
                             let _ =
                                 tokio::time::timeout(REFUSAL_GRACE, me.ctl.send(refusal.frame()))
                                     .await;
@@ -589,15 +689,21 @@ impl Inner {
                         }
                     }
                     let public_port = if want_port {
-                        match running.allocs.claim(node, me.public.clone()).await {
+                        match running
+                            .allocs
+                            .claim(node, remote.ip(), me.public.clone())
+                            .await
+                        {
                             Ok(p) => Some(p),
                             Err(e) => {
+                                running.refuse(stats::Refusal::NoPort, &node.to_string());
                                 let refused = Frame::Error {
                                     code: 503,
                                     node: None,
                                     message: format!("no public port: {e}"),
                                 };
                                 if !me.reply(refused, idle).await {
+                                    running.refuse(stats::Refusal::NotReading, &node.to_string());
                                     close("not reading");
                                     return Ok(());
                                 }
@@ -626,6 +732,7 @@ impl Inner {
                     if !current {
                         Some(Refusal::NotRegistered.frame())
                     } else if let Err(broken) = running.allocs.from_node(node, frame) {
+                        running.counters.refused(stats::Refusal::Malformed);
                         tracing::warn!(%node, error = %broken, "public-port flow control broken: closing the connection");
                         self.unregister(running, node, me);
                         close(&broken.to_string());
@@ -640,7 +747,7 @@ impl Inner {
             };
             if let Some(reply) = reply {
                 if !me.reply(reply, idle).await {
-                    tracing::info!(%node, "node reads no replies: disconnecting");
+                    running.refuse(stats::Refusal::NotReading, &node.to_string());
                     close("not reading");
                     return Ok(());
                 }
@@ -665,27 +772,39 @@ impl Inner {
             Ok(target) => {
                 // Packets are unreliable: a full queue drops, never blocks the sender.
                 let len = datagram.len();
-                let limit = running.start.queue_bytes;
+                let limit = running.start.limits.queue_bytes;
                 let fits = target
                     .queued
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                         (q + len <= limit).then_some(q + len)
                     })
                     .is_ok();
-                if fits {
-                    let sent = target.tx.try_send(Frame::RecvPacket {
-                        src: node,
-                        datagram,
-                    });
-                    if sent.is_err() {
+                let sent = fits
+                    && target
+                        .tx
+                        .try_send(Frame::RecvPacket {
+                            src: node,
+                            datagram,
+                        })
+                        .is_ok();
+                if sent {
+                    running.counters.relayed(len);
+                } else {
+                    if fits {
                         target.queued.fetch_sub(len, Ordering::AcqRel);
                     }
+                    running.counters.dropped(stats::Drop::QueueFull);
                 }
                 None
             }
             Err(refusal) => {
-                if let Refusal::PeerLimit { limit, .. } = refusal {
-                    tracing::warn!(%node, limit, "relayed peer limit reached");
+                match refusal {
+                    Refusal::PeerLimit { limit, .. } => {
+                        running.counters.dropped(stats::Drop::PeerLimit);
+                        tracing::warn!(%node, limit, "relayed peer limit reached");
+                    }
+                    Refusal::UnknownPeer(_) => running.counters.dropped(stats::Drop::UnknownPeer),
+                    _ => {}
                 }
                 Some(refusal.frame())
             }
@@ -707,7 +826,18 @@ impl Inner {
         );
         let target = match target {
             Ok(t) => t,
-            Err(refusal) => return Some(refusal.frame()),
+            Err(refusal) => {
+                match refusal {
+                    Refusal::NoRelayedTraffic(_) => {
+                        running.counters.refused(stats::Refusal::NoRelayedTraffic)
+                    }
+                    Refusal::RendezvousRate => {
+                        running.counters.refused(stats::Refusal::RendezvousRate)
+                    }
+                    _ => 0,
+                };
+                return Some(refusal.frame());
+            }
         };
         // Only QUIC-connected nodes have a UDP address worth punching to.
         let (Some(mine), Some(theirs)) = (me.observed(), target.observed()) else {
@@ -723,6 +853,7 @@ impl Inner {
             tracing::debug!(%node, %peer, "no rendezvous: the peer's control queue is full");
             return None;
         }
+        running.counters.rendezvous_sent();
         tracing::debug!(%node, %peer, %mine, %theirs, "rendezvous");
         Some(Frame::Rendezvous {
             peer,

@@ -10,6 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::admission::Bucket;
+use super::limits::Limits;
 use crate::nodeid::NodeId;
 use crate::proto::connect::constant_time_eq;
 use crate::proto::relay::{Frame, GoneReason};
@@ -33,17 +35,13 @@ pub(crate) enum Refusal {
     /// A rendezvous with a node the sender relays no packets with (it would learn any node's
     /// address from its id, and make it punch).
     NoRelayedTraffic(NodeId),
-    /// Rendezvous requests faster than [`RENDEZVOUS_RATE`] allows.
+    /// Rendezvous requests faster than `rendezvous_rate` allows. (A node's direct paths ask
+    /// again at most every 3 s per peer, backing off to 5 min: a well-behaved node with its 64
+    /// peers stays far below the default.)
     RendezvousRate,
     /// A frame only the relay sends, or one out of place.
     Unexpected(String),
 }
-
-/// Rendezvous requests a node may make: a burst of this many…
-pub(crate) const RENDEZVOUS_BURST: f64 = 16.0;
-/// …refilled at this many per second. A node's direct paths ask again at most every 3 s per
-/// peer (backing off to 5 min), so a well-behaved node with its 64 peers stays far below it.
-pub(crate) const RENDEZVOUS_RATE: f64 = 4.0;
 
 impl Refusal {
     /// The frame the sender gets.
@@ -93,8 +91,8 @@ struct Entry<H> {
     initiated: HashSet<NodeId>,
     /// Nodes that relayed packets to this one (answering them is free).
     heard_from: HashSet<NodeId>,
-    /// Rendezvous tokens left, and when they were counted.
-    rendezvous: (f64, Instant),
+    /// Rendezvous requests left.
+    rendezvous: Bucket,
 }
 
 impl<H> Entry<H> {
@@ -107,16 +105,20 @@ impl<H> Entry<H> {
 /// The registered sessions; `H` is the server's handle to a session (its queues).
 pub(crate) struct Registry<H> {
     max_peers: usize,
+    rendezvous_burst: f64,
+    rendezvous_rate: f64,
     token: Option<String>,
     nodes: HashMap<NodeId, Entry<H>>,
 }
 
 impl<H> Registry<H> {
-    /// An empty registry: `token` required to register when given; at most `max_peers`
-    /// relayed peers per node.
-    pub(crate) fn new(max_peers: usize, token: Option<String>) -> Self {
+    /// An empty registry: `token` required to register when given; peers and rendezvous
+    /// bounded by `limits`.
+    pub(crate) fn new(limits: &Limits, token: Option<String>) -> Self {
         Self {
-            max_peers,
+            max_peers: limits.max_peers,
+            rendezvous_burst: limits.rendezvous_burst as f64,
+            rendezvous_rate: limits.rendezvous_rate,
             token,
             nodes: HashMap::new(),
         }
@@ -143,7 +145,7 @@ impl<H> Registry<H> {
                 handle,
                 initiated: HashSet::new(),
                 heard_from: HashSet::new(),
-                rendezvous: (RENDEZVOUS_BURST, Instant::now()),
+                rendezvous: Bucket::full(self.rendezvous_burst, Instant::now()),
             },
         );
         Ok(old.filter(|o| o.session != session).map(|o| o.handle))
@@ -184,7 +186,7 @@ impl<H> Registry<H> {
     }
 
     /// May `session` (as `node`) ask for a rendezvous with `peer` at `now`? Only with a peer
-    /// it relays packets with, at most [`RENDEZVOUS_BURST`] at once and [`RENDEZVOUS_RATE`] a
+    /// it relays packets with, at most `rendezvous_burst` at once and `rendezvous_rate` a
     /// second. Returns `peer`'s handle.
     pub(crate) fn pair(
         &mut self,
@@ -203,15 +205,18 @@ impl<H> Registry<H> {
         if !me.relays_with(&peer) {
             return Err(Refusal::NoRelayedTraffic(peer));
         }
-        let (tokens, at) = me.rendezvous;
-        let elapsed = now.saturating_duration_since(at).as_secs_f64();
-        let tokens = (tokens + elapsed * RENDEZVOUS_RATE).min(RENDEZVOUS_BURST);
-        if tokens < 1.0 {
-            me.rendezvous = (tokens, now);
+        if !me
+            .rendezvous
+            .take(self.rendezvous_burst, self.rendezvous_rate, now)
+        {
             return Err(Refusal::RendezvousRate);
         }
-        me.rendezvous = (tokens - 1.0, now);
         Ok(target)
+    }
+
+    /// Every registered session's handle.
+    pub(crate) fn handles(&self) -> impl Iterator<Item = &Arc<H>> {
+        self.nodes.values().map(|e| &e.handle)
     }
 
     /// Removes `session`'s registration of `node` if it is still the current one; returns the
@@ -264,7 +269,11 @@ mod tests {
 
     /// A registry whose handles are just the session ids.
     fn registry(max_peers: usize, token: Option<&str>) -> Registry<u64> {
-        Registry::new(max_peers, token.map(Into::into))
+        let limits = Limits {
+            max_peers,
+            ..Limits::default()
+        };
+        Registry::new(&limits, token.map(Into::into))
     }
 
     fn reg(r: &mut Registry<u64>, node: NodeId, session: u64) -> Option<u64> {
@@ -459,15 +468,19 @@ mod tests {
         let burst = (0..100)
             .take_while(|_| r.pair(n(1), 1, n(2), t0).is_ok())
             .count();
-        assert_eq!(burst, RENDEZVOUS_BURST as usize);
+        let (burst_limit, rate) = (
+            Limits::default().rendezvous_burst,
+            Limits::default().rendezvous_rate,
+        );
+        assert_eq!(burst, burst_limit);
         assert_eq!(
             r.pair(n(1), 1, n(2), t0).err(),
             Some(Refusal::RendezvousRate)
         );
         // The other node's budget is its own.
         assert!(r.pair(n(2), 2, n(1), t0).is_ok());
-        // Tokens come back at RENDEZVOUS_RATE a second.
-        let later = t0 + Duration::from_secs_f64(1.0 / RENDEZVOUS_RATE);
+        // Tokens come back at the rate.
+        let later = t0 + Duration::from_secs_f64(1.0 / rate);
         assert!(r.pair(n(1), 1, n(2), later).is_ok());
         assert!(r.pair(n(1), 1, n(2), later).is_err());
     }

@@ -1,0 +1,239 @@
+//! Each of the relay's limits hit on purpose, over loopback with real QUIC and TCP clients: the
+//! refusal is the documented one, it is counted under its reason, the relay keeps serving
+//! everyone else, and its tables stay bounded (read from its own counters).
+
+use std::time::Duration;
+
+use keynet_core::identity::LoadedIdentity;
+use keynet_core::proto::relay::Frame;
+use keynet_core::relay::client::RelayClient;
+use keynet_core::relay::server::stats::{Drop, Refusal};
+use keynet_core::relay::server::{RelayServer, RelayStart};
+use keynet_core::ConnOptions;
+use tokio::io::AsyncReadExt;
+
+const T: Duration = Duration::from_secs(5);
+
+async fn relay(f: impl FnOnce(&mut RelayStart)) -> RelayServer {
+    let relay = RelayServer::new(ConnOptions::default()).unwrap();
+    let mut start = RelayStart::new("127.0.0.1:0".parse().unwrap());
+    f(&mut start);
+    relay.start(start).await.unwrap();
+    relay
+}
+
+struct Node {
+    client: RelayClient,
+    id: LoadedIdentity,
+    _endpoint: quinn::Endpoint,
+}
+
+async fn try_node(relay: &RelayServer) -> keynet_core::Result<Node> {
+    let id = LoadedIdentity::generate().unwrap();
+    let (endpoint, _socket) =
+        keynet_core::socket::bind("127.0.0.1:0".parse().unwrap(), None, b"test").unwrap();
+    let client = RelayClient::connect(
+        &endpoint,
+        &id,
+        relay.addr().unwrap(),
+        relay.node_id().unwrap(),
+        ConnOptions::default().transport(),
+        T,
+    )
+    .await?;
+    Ok(Node {
+        client,
+        id,
+        _endpoint: endpoint,
+    })
+}
+
+/// A node registered (with a public port when `want_port`); the relay's first answer.
+async fn register(n: &Node, want_port: bool) -> Frame {
+    n.client
+        .send(&Frame::Register {
+            want_port,
+            token: String::new(),
+        })
+        .await
+        .unwrap();
+    recv(n).await
+}
+
+async fn recv(n: &Node) -> Frame {
+    tokio::time::timeout(T, n.client.recv())
+        .await
+        .expect("a frame in time")
+        .unwrap()
+        .expect("not closed")
+}
+
+async fn registered(relay: &RelayServer) -> Node {
+    let n = try_node(relay).await.unwrap();
+    assert!(matches!(
+        register(&n, false).await,
+        Frame::Registered { .. }
+    ));
+    n
+}
+
+/// Registration works end to end: two fresh nodes exchange a packet.
+async fn still_serves(relay: &RelayServer) {
+    let a = registered(relay).await;
+    let b = registered(relay).await;
+    a.client
+        .send(&Frame::SendPacket {
+            dst: b.id.node_id,
+            datagram: vec![7; 100],
+        })
+        .await
+        .unwrap();
+    match recv(&b).await {
+        Frame::RecvPacket { src, .. } => assert_eq!(src, a.id.node_id),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_from_one_address_are_bounded_over_quic_and_tcp() {
+    let relay = relay(|s| {
+        s.limits.max_connections_per_ip = 2;
+    })
+    .await;
+    let a = registered(&relay).await;
+    let _b = registered(&relay).await;
+    let refused = try_node(&relay)
+        .await
+        .err()
+        .expect("a third session refused");
+    assert!(refused.to_string().contains("refused"), "{refused}");
+    // Over TCP too: closed before TLS, without a byte.
+    let mut tcp = tokio::net::TcpStream::connect(relay.tcp_addr().unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(T, tcp.read(&mut buf)).await.unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let stats = relay.stats().unwrap();
+    assert_eq!(stats.refusals(Refusal::MaxConnectionsPerIp), 2);
+    assert_eq!(stats.gauges.sessions_quic, 2);
+    // A session that ends gives its slot back.
+    drop(a);
+    relay_sees_sessions(&relay, 1).await;
+    let _c = registered(&relay).await;
+    relay.stop().await.unwrap();
+}
+
+/// Waits until the relay counts `n` QUIC sessions (a dropped client's close takes a moment).
+async fn relay_sees_sessions(relay: &RelayServer, n: u64) {
+    tokio::time::timeout(T, async {
+        while relay.stats().unwrap().gauges.sessions_quic != n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("sessions counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_bounded_in_total() {
+    let relay = relay(|s| {
+        s.limits.max_connections = 2;
+        s.limits.max_connections_per_ip = 2;
+    })
+    .await;
+    let _a = registered(&relay).await;
+    let _b = registered(&relay).await;
+    assert!(try_node(&relay).await.is_err());
+    assert_eq!(relay.stats().unwrap().refusals(Refusal::MaxConnections), 1);
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_from_one_address_are_rate_limited() {
+    let relay = relay(|s| {
+        s.limits.handshake_burst = 3;
+        s.limits.handshake_rate = 0.5;
+    })
+    .await;
+    for _ in 0..3 {
+        let n = try_node(&relay).await.unwrap();
+        n.client.connection().close(0u32.into(), b"done");
+    }
+    assert!(try_node(&relay).await.is_err());
+    let stats = relay.stats().unwrap();
+    assert_eq!(stats.refusals(Refusal::HandshakeRate), 1);
+    assert!(stats.gauges.tracked_addresses <= 2);
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_ports_are_bounded_per_address_and_the_node_is_told() {
+    let relay = relay(|s| s.limits.max_ports_per_ip = 1).await;
+    let a = try_node(&relay).await.unwrap();
+    assert!(matches!(
+        register(&a, true).await,
+        Frame::Registered {
+            public_port: Some(_),
+            ..
+        }
+    ));
+    let b = try_node(&relay).await.unwrap();
+    match register(&b, true).await {
+        Frame::Error { code, message, .. } => {
+            assert_eq!(code, 503);
+            assert!(message.contains("no public port"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // It is still registered, without a port.
+    assert!(matches!(
+        recv(&b).await,
+        Frame::Registered {
+            public_port: None,
+            ..
+        }
+    ));
+    let stats = relay.stats().unwrap();
+    assert_eq!(stats.refusals(Refusal::NoPort), 1);
+    assert_eq!(stats.gauges.allocations, 1);
+    still_serves(&relay).await;
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_beyond_a_nodes_queue_bytes_are_dropped_and_counted() {
+    let limit = 8 * 1500;
+    let relay = relay(|s| s.limits.queue_bytes = limit).await;
+    let a = registered(&relay).await;
+    let b = registered(&relay).await;
+    // B reads nothing while A sends far more than its queue and its stream window hold.
+    let sent = 12_000u64;
+    for _ in 0..sent {
+        let p = Frame::SendPacket {
+            dst: b.id.node_id,
+            datagram: vec![1; 1200],
+        };
+        a.client.send(&p).await.unwrap();
+    }
+    // A's session is still served (a ping answered) after the flood.
+    a.client.send(&Frame::Ping { nonce: 5 }).await.unwrap();
+    loop {
+        if let Frame::Pong { nonce: 5 } = recv(&a).await {
+            break;
+        }
+    }
+    let stats = relay.stats().unwrap();
+    assert!(stats.drops(Drop::QueueFull) > 0, "{stats:?}");
+    assert_eq!(
+        stats.drops(Drop::QueueFull) + stats.packets_relayed,
+        sent,
+        "every packet relayed or counted as dropped"
+    );
+    assert!(
+        stats.gauges.queued_bytes <= limit as u64,
+        "{}",
+        stats.gauges.queued_bytes
+    );
+    relay.stop().await.unwrap();
+}
