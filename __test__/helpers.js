@@ -360,10 +360,12 @@ async function spawnKeynetRelay(t, args, ready) {
     await withTimeout(exited, 5000, 'keynet-relay to exit on SIGTERM').catch(() => child.kill('SIGKILL'))
   })
   const lines = readline.createInterface({ input: child.stdout })
+  const seen = []
   const listening = new Promise((resolve, reject) => {
     lines.on('line', (line) => {
+      seen.push(line)
       const match = ready.exec(line)
-      if (match) resolve({ child, match })
+      if (match) resolve({ child, match, lines: seen })
     })
     child.once('exit', (code) => reject(new Error(`keynet-relay exited ${code}: ${stderr}`)))
     child.once('error', reject)

@@ -184,6 +184,28 @@ test('relay limits: every one is listed with its default; one hit on purpose is 
   await h.assertEchoes(t, res.socket)
 })
 
+test('keynet-relay --metrics: curl scrapes Prometheus text that counts the sessions and refusals', async (t) => {
+  const { lines } = await h.spawnKeynetRelay(t, ['--listen', '127.0.0.1:0', '--metrics', '127.0.0.1:0', '--max-connections-per-ip', '1'], /^metrics listening on (\S+)$/)
+  const [, host, port, nodeId] = /^relay listening on (\S+):(\d+) tcp \S+ node id (\S+)$/.exec(lines[0])
+  const metricsAt = /^metrics listening on (\S+)$/.exec(lines[1])[1]
+  const server = await h.startEchoServer(t)
+  const relay = { host, port: Number(port), nodeId, transport: 'quic' }
+  await h.startReverseProxy(t, { serverPort: server.port, relay })
+  // A second session from this address is refused (the limit is 1).
+  const second = new h.keynet.ReverseProxy()
+  t.teardown(() => second.stop().catch(() => {}))
+  await t.throwsAsync(second.start({ host: h.HOST, port: 0, serverHost: h.HOST, serverPort: server.port, relay }))
+  const r = await h.run(t, '/usr/bin/curl', ['-sS', '-i', `http://${metricsAt}/metrics`])
+  t.is(r.code, 0, r.stderr)
+  t.regex(r.stdout, /^HTTP\/1\.1 200 OK\r$/m)
+  t.regex(r.stdout, /^content-type: text\/plain; version=0\.0\.4/im)
+  t.regex(r.stdout, /^keynet_relay_registered_nodes 1$/m)
+  t.regex(r.stdout, /^keynet_relay_sessions\{transport="quic"\} 1$/m)
+  t.regex(r.stdout, /^keynet_relay_refusals_total\{reason="max_connections_per_ip"\} [1-9]/m)
+  const missing = await h.run(t, '/usr/bin/curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', `http://${metricsAt}/`])
+  t.is(missing.stdout, '404')
+})
+
 test('keynet-relay: a reverse proxy registers with the binary, asks for a port, and tunnels work', async (t) => {
   const { child, ...r } = await spawnRelay(t, ['--listen', '127.0.0.1:0'])
   const server = await h.startEchoServer(t)

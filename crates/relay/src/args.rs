@@ -30,6 +30,8 @@ RELAY:
                              blocked (default: the --listen address, over TCP)
     --allow NODEID           only this node id may register (repeatable; default: any node)
     --token TOKEN            registration requires this token (default: none)
+    --metrics HOST:PORT      serve GET /metrics (Prometheus text: sessions, registered nodes,
+                             relayed packets and bytes, drops and refusals by reason, ports)
 
 PUBLIC PORTS (a registered node may ask for a TCP port carried to its server):
     --public-host IP         IP to bind public ports on (default: the --listen IP)
@@ -134,6 +136,7 @@ pub(crate) struct Args {
     pub tcp_listen: Option<SocketAddr>,
     pub token: Option<String>,
     pub limits: Limits,
+    pub metrics: Option<SocketAddr>,
     pub public_host: Option<std::net::IpAddr>,
     pub port_range: Option<(u16, u16)>,
     pub retention: Option<std::time::Duration>,
@@ -195,6 +198,13 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
                 );
             }
             "--token" => a.token = Some(value("--token")?),
+            "--metrics" => {
+                let v = value("--metrics")?;
+                a.metrics = Some(
+                    v.parse()
+                        .map_err(|_| format!("--metrics {v:?}: not HOST:PORT"))?,
+                );
+            }
             limit
                 if limit
                     .strip_prefix("--")
@@ -292,6 +302,8 @@ mod tests {
             "30",
             "--register-timeout",
             "5",
+            "--metrics",
+            "127.0.0.1:9100",
         ])
         .unwrap();
         assert_eq!(a.tcp_listen, Some("0.0.0.0:443".parse().unwrap()));
@@ -302,6 +314,7 @@ mod tests {
         assert_eq!(a.limits.node_timeout, std::time::Duration::from_secs(30));
         assert_eq!(a.limits.register_timeout, std::time::Duration::from_secs(5));
         assert!(a.state_file.is_some() && !a.no_public_ports);
+        assert_eq!(a.metrics, Some("127.0.0.1:9100".parse().unwrap()));
     }
 
     #[test]

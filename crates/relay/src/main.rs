@@ -48,6 +48,7 @@ async fn run(a: args::Args) -> keynet_core::Result<()> {
             start.allowed_node_ids = a.allowed;
             start.token = a.token;
             start.limits = a.limits;
+            start.metrics = a.metrics;
             start.alloc.enabled = !a.no_public_ports;
             start.alloc.host = a.public_host;
             start.alloc.range = a.port_range;
@@ -63,6 +64,9 @@ async fn run(a: args::Args) -> keynet_core::Result<()> {
                 relay.tcp_addr()?,
                 relay.node_id()?
             );
+            if let Some(m) = relay.metrics_addr()? {
+                println!("metrics listening on {m}");
+            }
             Some(relay)
         }
         None => None,

@@ -38,6 +38,10 @@ impl ReadError {
 pub(super) struct FrameReader {
     recv: BoxRead,
     buf: Vec<u8>,
+    /// Where the next frame starts in `buf`. Frames taken are dropped from the buffer once per
+    /// read, not once per frame (which would move the rest of a read of many small frames
+    /// again for each of them).
+    start: usize,
 }
 
 impl FrameReader {
@@ -46,16 +50,19 @@ impl FrameReader {
         Self {
             recv,
             buf: Vec::with_capacity(4096),
+            start: 0,
         }
     }
 
     /// The next frame; `Ok(None)` when the peer finished the stream cleanly between frames.
     pub(super) async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
         loop {
-            if let Some((frame, used)) = Frame::decode(&self.buf)? {
-                self.buf.drain(..used);
+            if let Some((frame, used)) = Frame::decode(&self.buf[self.start..])? {
+                self.start += used;
                 return Ok(Some(frame));
             }
+            self.buf.drain(..self.start);
+            self.start = 0;
             let mut chunk = [0u8; 16 * 1024];
             match self.recv.read(&mut chunk).await {
                 Ok(0) if self.buf.is_empty() => return Ok(None),
@@ -99,4 +106,35 @@ pub struct RelayConn {
     pub write: BoxWrite,
     /// The QUIC connection (kept open while the halves live).
     pub quic: Option<quinn::Connection>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn many_small_frames_in_one_read_come_out_in_order_and_whole() {
+        let mut bytes = Vec::new();
+        for nonce in 0..10_000u64 {
+            Frame::Ping { nonce }.encode(&mut bytes).unwrap();
+        }
+        // A frame cut across reads, at the end.
+        Frame::Pong { nonce: 7 }.encode(&mut bytes).unwrap();
+        let (mut w, r) = tokio::io::duplex(1 << 20);
+        let writer = tokio::spawn(async move {
+            let (head, tail) = bytes.split_at(bytes.len() - 5);
+            w.write_all(head).await.unwrap();
+            w.flush().await.unwrap();
+            tokio::task::yield_now().await;
+            w.write_all(tail).await.unwrap();
+        });
+        let mut frames = FrameReader::new(Box::new(r));
+        for nonce in 0..10_000u64 {
+            assert_eq!(frames.next().await.unwrap(), Some(Frame::Ping { nonce }));
+        }
+        assert_eq!(frames.next().await.unwrap(), Some(Frame::Pong { nonce: 7 }));
+        writer.await.unwrap();
+        assert_eq!(frames.next().await.unwrap(), None);
+        assert!(frames.buf.is_empty());
+    }
 }

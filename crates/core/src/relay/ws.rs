@@ -223,8 +223,12 @@ where
     let inbound = async move {
         let mut chunk = vec![0u8; 16 * 1024];
         loop {
-            while let Some((frame, used)) = websocket::decode(&inbuf, !client).map_err(bad)? {
-                inbuf.drain(..used);
+            // Frames taken leave the buffer once per read, not once per frame.
+            let mut start = 0;
+            while let Some((frame, used)) =
+                websocket::decode(&inbuf[start..], !client).map_err(bad)?
+            {
+                start += used;
                 match frame.opcode {
                     Opcode::Binary | Opcode::Continuation => {
                         local_w.write_all(&frame.payload).await?
@@ -245,6 +249,7 @@ where
                     }
                 }
             }
+            inbuf.drain(..start);
             let n = ws_r.read(&mut chunk).await?;
             if n == 0 {
                 return Ok(());

@@ -13,6 +13,7 @@
 mod admission;
 pub mod alloc;
 pub mod limits;
+mod metrics_http;
 mod registry;
 pub mod stats;
 
@@ -77,6 +78,8 @@ pub struct RelayStart {
     pub alloc: AllocOptions,
     /// Every bound the relay enforces ([`limits::TABLE`]).
     pub limits: Limits,
+    /// Where to serve `GET /metrics` (Prometheus text); none by default.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl RelayStart {
@@ -90,6 +93,7 @@ impl RelayStart {
             token: None,
             alloc: AllocOptions::default(),
             limits: Limits::default(),
+            metrics: None,
         }
     }
 }
@@ -173,9 +177,34 @@ struct Running {
     counters: Arc<Counters>,
     /// Sessions open over QUIC, over WebSocket.
     sessions: [AtomicU64; 2],
+    /// Where `GET /metrics` is served, if anywhere.
+    metrics_addr: Mutex<Option<SocketAddr>>,
 }
 
 impl Running {
+    /// The counters, and what the relay holds now.
+    fn stats(&self) -> RelayStats {
+        let (registered, queued) = {
+            let nodes = self.nodes.lock().expect("nodes lock");
+            let queued = nodes
+                .handles()
+                .map(|n| n.queued.load(Ordering::Relaxed) as u64)
+                .sum();
+            (nodes.registered().len() as u64, queued)
+        };
+        let (allocations, public_clients) = self.allocs.counts();
+        let gauges = Gauges {
+            sessions_quic: self.sessions[0].load(Ordering::Relaxed),
+            sessions_websocket: self.sessions[1].load(Ordering::Relaxed),
+            registered,
+            allocations,
+            public_clients,
+            queued_bytes: queued,
+            tracked_addresses: self.admission.lock().expect("admission lock").tracked() as u64,
+        };
+        self.counters.snapshot(gauges)
+    }
+
     /// Admits a session from `remote` (counted until the guard drops), or counts and logs the
     /// refusal.
     fn admit(self: &Arc<Self>, remote: SocketAddr, quic: bool) -> Option<Admitted> {
@@ -265,6 +294,10 @@ impl RelayServer {
                 let addr = endpoint.local_addr()?;
                 let tcp = bind_tcp(&start, addr).await?;
                 let tcp_addr = tcp.local_addr()?;
+                let metrics = match start.metrics {
+                    Some(at) => Some(TcpListener::bind(at).await?),
+                    None => None,
+                };
                 let tasks = Tasks::new();
                 let alloc_host = start.alloc.host.unwrap_or(addr.ip());
                 let counters = Arc::new(Counters::default());
@@ -288,10 +321,20 @@ impl RelayServer {
                     admission: Mutex::new(Admission::new(&start.limits)),
                     counters,
                     sessions: [AtomicU64::new(0), AtomicU64::new(0)],
+                    metrics_addr: Mutex::new(None),
                     start,
                     next_id: AtomicU64::new(1),
                     allocs,
                 });
+                if let Some(listener) = metrics {
+                    let weak = Arc::downgrade(&running);
+                    let stats =
+                        Arc::new(move || weak.upgrade().map(|r| r.stats()).unwrap_or_default());
+                    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+                    *running.metrics_addr.lock().expect("metrics lock") =
+                        Some(listener.local_addr()?);
+                    tasks.spawn(metrics_http::serve(listener, stats, tasks.clone()));
+                }
                 tasks.spawn(inner.clone().accept_quic(running.clone()));
                 tasks.spawn(inner.clone().accept_tcp(running.clone(), tcp, tls));
                 tracing::info!(%addr, %tcp_addr, node_id = %running.node_id, "relay started");
@@ -356,26 +399,12 @@ impl RelayServer {
 
     /// The relay's counters and what it holds now.
     pub fn stats(&self) -> Result<RelayStats> {
-        let r = self.running()?;
-        let (registered, queued) = {
-            let nodes = r.nodes.lock().expect("nodes lock");
-            let queued = nodes
-                .handles()
-                .map(|n| n.queued.load(Ordering::Relaxed) as u64)
-                .sum();
-            (nodes.registered().len() as u64, queued)
-        };
-        let (allocations, public_clients) = r.allocs.counts();
-        let gauges = Gauges {
-            sessions_quic: r.sessions[0].load(Ordering::Relaxed),
-            sessions_websocket: r.sessions[1].load(Ordering::Relaxed),
-            registered,
-            allocations,
-            public_clients,
-            queued_bytes: queued,
-            tracked_addresses: r.admission.lock().expect("admission lock").tracked() as u64,
-        };
-        Ok(r.counters.snapshot(gauges))
+        Ok(self.running()?.stats())
+    }
+
+    /// Where `GET /metrics` is served (when asked for with [`RelayStart::metrics`]).
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>> {
+        Ok(*self.running()?.metrics_addr.lock().expect("metrics lock"))
     }
 
     /// Public ports allocated now (held for a connected node or retained), by node.
