@@ -137,6 +137,8 @@ export interface ForwardProxyStartOptions {
   /** Register with a relay at start: node ids the DHT does not find (or all, without discovery)
    * are reached through it, by openConnection(nodeId) and CONNECT to 'NODEID.keynet:PORT'. */
   relay?: RelayOptions
+  /** CONNECT clients (and their tunnels) at once; more are answered 503 (default 8192). */
+  maxConnections?: number
 }
 
 export interface OpenOptions {
@@ -265,6 +267,11 @@ export interface ReverseProxyStartOptions {
   /** Register with a relay (start() resolves once registered, rejects if the first attempt
    * fails); kept alive and re-registered with backoff when the relay goes away. */
   relay?: RelayOptions
+  /** Connections from forward proxies at once; more are refused in the handshake (default 4096). */
+  maxConnections?: number
+  /** Tunnels at once on one connection (each a TCP connection to the server); more wait for a
+   * free one (default 1024). */
+  maxStreamsPerConnection?: number
 }
 
 export declare class ReverseProxy {

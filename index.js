@@ -85,6 +85,14 @@ function checkPort(name, v) {
   return v
 }
 
+/** A whole number >= 1 (a count limit), or undefined. */
+function checkCount(name, v) {
+  if (v === undefined) return undefined
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw typeError(name, 'an integer', v)
+  if (v < 1 || v > 2 ** 32 - 1) throw rangeError(name, '>= 1 && <= 4294967295', v)
+  return v
+}
+
 function checkTime(name, v) {
   if (v === undefined) return undefined
   if (typeof v !== 'number' || Number.isNaN(v)) throw typeError(name, 'a number of milliseconds', v)
@@ -402,6 +410,7 @@ class ForwardProxy extends Proxy {
     const token = opts.authToken === undefined ? undefined : checkString('opts.authToken', opts.authToken)
     const discovery = checkDiscovery(opts.discovery)
     const relay = checkRelay('opts.relay', opts.relay)
+    const maxConnections = checkCount('opts.maxConnections', opts.maxConnections)
     await wrap(
       this._native.start({
         proxyHost,
@@ -413,6 +422,7 @@ class ForwardProxy extends Proxy {
         authToken: token,
         discovery,
         relay,
+        maxConnections,
       }),
     )
     LoopHold.hold(this)
@@ -524,6 +534,8 @@ class ReverseProxy extends Proxy {
     }
     const discovery = checkDiscovery(opts.discovery)
     const relay = checkRelay('opts.relay', opts.relay)
+    const maxConnections = checkCount('opts.maxConnections', opts.maxConnections)
+    const maxStreamsPerConnection = checkCount('opts.maxStreamsPerConnection', opts.maxStreamsPerConnection)
     await wrap(
       this._native.start({
         serverHost,
@@ -535,6 +547,8 @@ class ReverseProxy extends Proxy {
         allowedNodeIds: allowed,
         discovery,
         relay,
+        maxConnections,
+        maxStreamsPerConnection,
       }),
     )
     LoopHold.hold(this)

@@ -166,6 +166,7 @@ export interface NativeForwardStart {
   authToken?: string
   discovery?: NativeDiscovery
   relay?: NativeRelay
+  maxConnections?: number
 }
 
 /** An address found on the DHT. */
@@ -287,6 +288,8 @@ export interface NativeReverseStart {
   allowedNodeIds?: Array<string>
   discovery?: NativeDiscovery
   relay?: NativeRelay
+  maxConnections?: number
+  maxStreamsPerConnection?: number
 }
 
 /** Node id of the first certificate in a PEM string. */

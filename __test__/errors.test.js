@@ -129,6 +129,9 @@ test('bad arguments throw TypeError / RangeError naming the argument', async (t)
   await assertArgError(t, () => new ReverseProxy().start({}), TypeError, 'serverPort')
   await assertArgError(t, () => new ReverseProxy().start({ serverPort: 1, allowedNodeIds: ['x'] }), TypeError, 'allowedNodeIds')
   await assertArgError(t, () => new ForwardProxy({ authToken: h.TOKEN }).start({ proxyPort: 99999 }), RangeError, 'proxyPort')
+  await assertArgError(t, () => new ForwardProxy({ authToken: h.TOKEN }).start({ maxConnections: 0 }), RangeError, 'maxConnections')
+  await assertArgError(t, () => new ReverseProxy().start({ serverPort: 1, maxConnections: 1.5 }), TypeError, 'maxConnections')
+  await assertArgError(t, () => new ReverseProxy().start({ serverPort: 1, maxStreamsPerConnection: -1 }), RangeError, 'maxStreamsPerConnection')
 })
 
 test('openConnection(nodeId, host, port) with a malformed nodeId names "nodeId"', async (t) => {

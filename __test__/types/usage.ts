@@ -226,6 +226,7 @@ async function forward(tls: TlsConfig, serverNodeId: string): Promise<void> {
     authToken: 'other-token',
     discovery,
     relay: relayOpts,
+    maxConnections: 8192,
   }
   await fp.start(start)
   await fp.start({ discovery: true })
@@ -311,6 +312,8 @@ async function reverse(tls: TlsConfig, clientNodeId: string): Promise<void> {
     allowedNodeIds: [clientNodeId],
     discovery: { bootstrap: [], announce: true },
     relay: { host: '127.0.0.1', port: 7000, nodeId: relayOpts.nodeId, publicPort: true },
+    maxConnections: 4096,
+    maxStreamsPerConnection: 1024,
   }
   await rp.start(start)
   await rp.start({ grpcHost: '127.0.0.1', grpcPort: 50051 }) // first-form names

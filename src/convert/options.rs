@@ -151,6 +151,7 @@ pub struct NativeForwardStart {
     pub auth_token: Option<String>,
     pub discovery: Option<NativeDiscovery>,
     pub relay: Option<NativeRelay>,
+    pub max_connections: Option<u32>,
 }
 
 impl NativeForwardStart {
@@ -162,6 +163,11 @@ impl NativeForwardStart {
             tls: tls(self.key_private_pem, self.cert_chain_pem),
             discovery: self.discovery.map(NativeDiscovery::into_core).transpose()?,
             relay: self.relay.map(NativeRelay::into_core).transpose()?,
+            max_connections: self
+                .max_connections
+                .map_or(keynet_core::forward_proxy::DEFAULT_MAX_CONNECTIONS, |n| {
+                    n as usize
+                }),
         };
         Ok((start, self.auth_token))
     }
@@ -179,6 +185,8 @@ pub struct NativeReverseStart {
     pub allowed_node_ids: Option<Vec<String>>,
     pub discovery: Option<NativeDiscovery>,
     pub relay: Option<NativeRelay>,
+    pub max_connections: Option<u32>,
+    pub max_streams_per_connection: Option<u32>,
 }
 
 impl NativeReverseStart {
@@ -199,6 +207,14 @@ impl NativeReverseStart {
             allowed_node_ids,
             discovery: self.discovery.map(NativeDiscovery::into_core).transpose()?,
             relay: self.relay.map(NativeRelay::into_core).transpose()?,
+            max_connections: self
+                .max_connections
+                .map_or(keynet_core::reverse_proxy::DEFAULT_MAX_CONNECTIONS, |n| {
+                    n as usize
+                }),
+            max_streams_per_connection: self
+                .max_streams_per_connection
+                .unwrap_or(keynet_core::reverse_proxy::DEFAULT_MAX_STREAMS),
         })
     }
 }

@@ -44,7 +44,13 @@ pub struct ForwardStart {
     pub discovery: Option<DiscoveryOptions>,
     /// Register with this relay at start (node ids not found otherwise are reached through it).
     pub relay: Option<RelaySpec>,
+    /// Client connections (CONNECT requests and their tunnels) at once; more are answered `503`
+    /// (`maxConnections`, 8192).
+    pub max_connections: usize,
 }
+
+/// Default of [`ForwardStart::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
 
 impl Default for ForwardStart {
     fn default() -> Self {
@@ -54,6 +60,7 @@ impl Default for ForwardStart {
             tls: None,
             discovery: None,
             relay: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -94,6 +101,7 @@ struct Running {
     /// The connection each CONNECT client's tunnel is on.
     clients: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     stopping: AtomicBool,
+    max_connections: usize,
 }
 
 impl ForwardProxy {
@@ -129,6 +137,11 @@ impl ForwardProxy {
         inner
             .life
             .start(async {
+                if start.max_connections == 0 {
+                    return Err(Error::InvalidArgument(
+                        "maxConnections must be at least 1".into(),
+                    ));
+                }
                 let identity = inner.identities.for_start(start.tls.as_ref())?;
                 let listener = TcpListener::bind(start.proxy_addr).await?;
                 let proxy_addr = listener.local_addr()?;
@@ -153,6 +166,7 @@ impl ForwardProxy {
                     proxy_addr,
                     clients: Mutex::new(HashMap::new()),
                     stopping: AtomicBool::new(false),
+                    max_connections: start.max_connections,
                 });
                 tasks.spawn(inner.clone().accept_loop(listener, running.clone()));
                 tracing::info!(%proxy_addr, %egress_addr, %node_id, "forward proxy started");
@@ -338,16 +352,35 @@ impl ForwardProxy {
 
 impl Inner {
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, running: Arc<Running>) {
-        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+        let limit = Arc::new(tokio::sync::Semaphore::new(running.max_connections));
+        // Answers to clients over the limit, at most this many at once (then they wait in the
+        // kernel's backlog).
+        let refusals = Arc::new(tokio::sync::Semaphore::new(64));
+        let mut refused = 0u64;
         let mut backoff = Duration::from_millis(5);
         loop {
-            let permit = match limit.clone().acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => return,
-            };
             match listener.accept().await {
-                Ok((tcp, client)) => {
+                Ok((mut tcp, client)) => {
                     backoff = Duration::from_millis(5);
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        refused += 1;
+                        if refused == 1 || refused.is_multiple_of(1000) {
+                            tracing::warn!(%client, limit = running.max_connections, count = refused, "maxConnections reached: 503");
+                        }
+                        let Ok(slot) = refusals.clone().acquire_owned().await else {
+                            return;
+                        };
+                        running.node.tasks.spawn(async move {
+                            let busy = "too many connections (maxConnections)";
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                answer(&mut tcp, 503, busy),
+                            )
+                            .await;
+                            drop(slot);
+                        });
+                        continue;
+                    };
                     let me = self.clone();
                     let r = running.clone();
                     running.node.tasks.spawn(async move {
@@ -482,9 +515,6 @@ enum Target {
     /// A node id, found through discovery.
     Node(NodeId),
 }
-
-/// Most concurrent CONNECT clients; more wait in the listen backlog.
-const MAX_CLIENTS: usize = 8192;
 
 /// Opens a stream, writes the tunnel header and waits for the reverse proxy's acknowledgement.
 async fn open_tunnel(peer: &Peer) -> Result<(quinn::SendStream, quinn::RecvStream)> {

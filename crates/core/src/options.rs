@@ -62,6 +62,11 @@ impl ConnOptions {
 
     /// The QUIC transport these options imply.
     pub fn transport(&self) -> Arc<quinn::TransportConfig> {
+        Arc::new(self.transport_config())
+    }
+
+    /// The same, to adjust before use.
+    pub fn transport_config(&self) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
         t.keep_alive_interval((!self.keepalive_disabled).then_some(self.keepalive_interval));
         // Initial packets toward a peer that is still punching are dropped by its NAT; a lower
@@ -80,6 +85,6 @@ impl ConnOptions {
         t.stream_receive_window((8u32 * 1024 * 1024).into());
         t.receive_window((32u32 * 1024 * 1024).into());
         t.send_window(32 * 1024 * 1024);
-        Arc::new(t)
+        t
     }
 }

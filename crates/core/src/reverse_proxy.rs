@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -44,7 +45,19 @@ pub struct ReverseStart {
     pub discovery: Option<DiscoveryOptions>,
     /// Register with this relay (reachable through it, by node id); none when absent.
     pub relay: Option<RelaySpec>,
+    /// Connections from forward proxies at once (each may carry many tunnels); more are refused
+    /// in the handshake (`maxConnections`, 4096).
+    pub max_connections: usize,
+    /// Tunnels at once on one connection, each a TCP connection to the server: QUIC's stream
+    /// limit, so a caller waits for a free one rather than being refused
+    /// (`maxStreamsPerConnection`, 1024).
+    pub max_streams_per_connection: u32,
 }
+
+/// Default of [`ReverseStart::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default of [`ReverseStart::max_streams_per_connection`].
+pub const DEFAULT_MAX_STREAMS: u32 = 1024;
 
 impl ReverseStart {
     /// Carries tunnels to `server_addr`; QUIC on 127.0.0.1 (any port), a fresh identity, any
@@ -57,8 +70,26 @@ impl ReverseStart {
             allowed_node_ids: None,
             discovery: None,
             relay: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS,
         }
     }
+
+    fn validate(&self) -> Result<()> {
+        if self.max_connections == 0 || self.max_streams_per_connection == 0 {
+            return Err(Error::InvalidArgument(
+                "maxConnections and maxStreamsPerConnection must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The QUIC transport of a reverse proxy's accepted connections: `opts`' with the stream limit.
+fn accepted_transport(opts: &ConnOptions, max_streams: u32) -> Arc<quinn::TransportConfig> {
+    let mut t = opts.transport_config();
+    t.max_concurrent_bidi_streams(max_streams.into());
+    Arc::new(t)
 }
 
 /// The reverse proxy. Cheap to clone; clones share state. Dropping the last clone of a started
@@ -94,6 +125,13 @@ struct Running {
     accept: Acceptable,
     /// Local TCP address of each server connection -> the calling connection.
     by_proxy: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    /// The transport accepted connections get (its stream limit).
+    transport: Arc<quinn::TransportConfig>,
+    max_connections: usize,
+    /// Connections accepted (or in their handshake) now.
+    connections: AtomicUsize,
+    /// Connections refused at `max_connections` so far.
+    refused: AtomicU64,
 }
 
 impl ReverseProxy {
@@ -121,12 +159,14 @@ impl ReverseProxy {
     pub async fn start(&self, start: ReverseStart) -> Result<()> {
         let inner = &self.inner;
         inner.life.start(async {
+        start.validate()?;
         let identity = inner.identities.for_start(start.tls.as_ref())?;
         let accept = match start.allowed_node_ids {
             Some(ids) => Acceptable::OneOf(ids),
             None => Acceptable::Any,
         };
-        let config = server_config(&identity, accept.clone(), inner.opts.transport())?;
+        let transport = accepted_transport(&inner.opts, start.max_streams_per_connection);
+        let config = server_config(&identity, accept.clone(), transport.clone())?;
         let node = Node::start(
             &inner.opts,
             &inner.identities,
@@ -148,6 +188,10 @@ impl ReverseProxy {
             server_addr: start.server_addr,
             accept,
             by_proxy: Mutex::new(HashMap::new()),
+            transport,
+            max_connections: start.max_connections,
+            connections: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
         });
         tasks.spawn(inner.clone().accept_loop(running.clone()));
         tracing::info!(%ingress_addr, server = %start.server_addr, %node_id, "reverse proxy started");
@@ -244,7 +288,7 @@ impl ReverseProxy {
     pub fn set_tls_config(&self, tls: &TlsConfig) -> Result<()> {
         let id = self.inner.identities.set(tls)?;
         if let Ok(running) = self.running() {
-            let config = server_config(&id, running.accept.clone(), self.inner.opts.transport())?;
+            let config = server_config(&id, running.accept.clone(), running.transport.clone())?;
             running.node.endpoint.set_server_config(Some(config));
         }
         Ok(())
@@ -336,6 +380,17 @@ impl Inner {
                 incoming.ignore();
                 continue;
             };
+            // A connection slot, held until the connection ends.
+            let held = running.connections.fetch_add(1, Ordering::AcqRel);
+            if held >= running.max_connections {
+                running.connections.fetch_sub(1, Ordering::AcqRel);
+                let n = running.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.is_multiple_of(1000) {
+                    tracing::warn!(remote = %incoming.remote_address(), limit = running.max_connections, count = n, "maxConnections reached: connection refused");
+                }
+                incoming.refuse();
+                continue;
+            }
             let me = self.clone();
             let r = running.clone();
             running.node.tasks.spawn(async move {
@@ -346,6 +401,7 @@ impl Inner {
                     Ok(peer) => me.serve_connection(&r, peer).await,
                     Err(e) => tracing::info!(%remote, error = %e, "refused incoming connection"),
                 }
+                r.connections.fetch_sub(1, Ordering::AcqRel);
             });
         }
     }

@@ -44,12 +44,12 @@ async fn announced_reverse(
         }
     })));
     rp.start(ReverseStart {
-        server_addr: echo_server().await,
         ingress_addr: "127.0.0.1:0".parse().unwrap(),
         tls: Some(identity.tls.clone()),
         allowed_node_ids: None,
         discovery: Some(discovery(net, true, every)),
         relay: None,
+        ..ReverseStart::new(echo_server().await)
     })
     .await
     .unwrap();

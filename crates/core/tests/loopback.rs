@@ -15,12 +15,12 @@ async fn pair() -> (ForwardProxy, ReverseProxy) {
     let server = echo_server().await;
     let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
     rp.start(ReverseStart {
-        server_addr: server,
         ingress_addr: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         allowed_node_ids: None,
         discovery: None,
         relay: None,
+        ..ReverseStart::new(server)
     })
     .await
     .unwrap();
@@ -112,12 +112,12 @@ async fn restart_frees_ports_and_works_again() {
     drop(std::net::UdpSocket::bind(ingress).unwrap());
     drop(std::net::TcpListener::bind(proxy).unwrap());
     rp.start(ReverseStart {
-        server_addr: echo_server().await,
         ingress_addr: ingress,
         tls: None,
         allowed_node_ids: None,
         discovery: None,
         relay: None,
+        ..ReverseStart::new(echo_server().await)
     })
     .await
     .unwrap();
@@ -142,12 +142,12 @@ async fn dual_stack_egress_tracks_ipv4_peers_under_their_ipv4_address() {
     let server = echo_server().await;
     let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
     let start = ReverseStart {
-        server_addr: server,
         ingress_addr: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         allowed_node_ids: None,
         discovery: None,
         relay: None,
+        ..ReverseStart::new(server)
     };
     rp.start(start).await.unwrap();
     let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
@@ -182,12 +182,12 @@ async fn dual_stack_egress_tracks_ipv4_peers_under_their_ipv4_address() {
 async fn stop_ends_a_pending_punch_and_frees_the_port() {
     let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
     let start = ReverseStart {
-        server_addr: "127.0.0.1:9".parse().unwrap(),
         ingress_addr: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         allowed_node_ids: None,
         discovery: None,
         relay: None,
+        ..ReverseStart::new("127.0.0.1:9".parse().unwrap())
     };
     rp.start(start).await.unwrap();
     let ingress = rp.ingress_addr().unwrap();
@@ -242,12 +242,12 @@ async fn a_peer_that_appears_after_the_handshake_idle_timeout_is_still_reached()
     tokio::time::sleep(Duration::from_millis(2000)).await; // the subject: a late peer
     let rp = ReverseProxy::new(opts).unwrap();
     let start = ReverseStart {
-        server_addr: echo_server().await,
         ingress_addr: port,
         tls: Some(identity.tls.clone()),
         allowed_node_ids: None,
         discovery: None,
         relay: None,
+        ..ReverseStart::new(echo_server().await)
     };
     rp.start(start).await.unwrap();
     let info = tokio::time::timeout(Duration::from_secs(10), dial)
@@ -265,12 +265,12 @@ async fn the_server_knows_who_calls_the_moment_it_accepts() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
     let start = ReverseStart {
-        server_addr: listener.local_addr().unwrap(),
         ingress_addr: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         allowed_node_ids: None,
         discovery: None,
         relay: None,
+        ..ReverseStart::new(listener.local_addr().unwrap())
     };
     rp.start(start).await.unwrap();
     let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();

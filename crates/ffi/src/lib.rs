@@ -103,12 +103,8 @@ pub unsafe extern "C" fn keynet_reverse_proxy_start(
         Err(e) => return core_err(e),
     };
     let start = ReverseStart {
-        server_addr: server,
         ingress_addr: ingress,
-        tls: None,
-        allowed_node_ids: None,
-        discovery: None,
-        relay: None,
+        ..ReverseStart::new(server)
     };
     if let Err(e) = rt.0.block_on(rp.start(start)) {
         return core_err(e);
@@ -192,9 +188,7 @@ pub unsafe extern "C" fn keynet_forward_proxy_start(
     let start = ForwardStart {
         proxy_addr: proxy,
         egress_addr: egress,
-        tls: None,
-        discovery: None,
-        relay: None,
+        ..ForwardStart::default()
     };
     if let Err(e) = rt.0.block_on(fp.start(start)) {
         return core_err(e);

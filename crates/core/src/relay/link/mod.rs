@@ -46,6 +46,9 @@ use transport::Dialer;
 
 /// Packets waiting for the relay connection before more are dropped.
 const OUTBOX: usize = 1024;
+/// Punch sessions (direct-path tasks) a link runs at once: each comes from a rendezvous, and a
+/// relay that sent rendezvous for many peers must not make the node punch toward all of them.
+pub(crate) const MAX_DIRECT: usize = 64;
 /// Reconnect backoff bounds.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -517,13 +520,15 @@ impl Runner {
         };
         let cancel = CancellationToken::new();
         let id = link.next_direct.fetch_add(1, Ordering::Relaxed);
-        if let Some((_, older)) = link
-            .direct
-            .lock()
-            .expect("direct lock")
-            .insert(peer, (id, cancel.clone()))
         {
-            older.cancel();
+            let mut direct = link.direct.lock().expect("direct lock");
+            if direct.len() >= MAX_DIRECT && !direct.contains_key(&peer) {
+                tracing::warn!(relay = %self.spec.addr, %peer, "{MAX_DIRECT} punch sessions run already: rendezvous ignored");
+                return;
+            }
+            if let Some((_, older)) = direct.insert(peer, (id, cancel.clone())) {
+                older.cancel();
+            }
         }
         let initiator = link
             .rendezvous_done

@@ -1,0 +1,126 @@
+//! The proxies' own bounds, hit on purpose over loopback: a reverse proxy refuses connections
+//! beyond `max_connections` and holds tunnels beyond `max_streams_per_connection` until one
+//! ends; a forward proxy answers `503` to clients beyond its `max_connections`. Each time the
+//! ones already served go on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{connect, echo_server, TOKEN};
+use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, ReverseProxy, ReverseStart};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(10);
+
+async fn reverse(f: impl FnOnce(&mut ReverseStart)) -> (ReverseProxy, String) {
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    let mut start = ReverseStart::new(echo_server().await);
+    f(&mut start);
+    rp.start(start).await.unwrap();
+    let target = format!(
+        "{}?nodeId={}",
+        rp.ingress_addr().unwrap(),
+        rp.node_id().unwrap()
+    );
+    (rp, target)
+}
+
+async fn forward(f: impl FnOnce(&mut ForwardStart)) -> ForwardProxy {
+    let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
+    let mut start = ForwardStart::default();
+    f(&mut start);
+    fp.start(start).await.unwrap();
+    fp
+}
+
+async fn echoes(s: &mut TcpStream, what: &[u8]) {
+    s.write_all(what).await.unwrap();
+    let mut b = vec![0u8; what.len()];
+    tokio::time::timeout(T, s.read_exact(&mut b))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(b, what);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reverse_proxy_refuses_connections_beyond_max_connections() {
+    let (rp, target) = reverse(|s| s.max_connections = 1).await;
+    let first = forward(|_| {}).await;
+    let (mut a, head) = connect(&first, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Another forward proxy is another connection: refused in the handshake.
+    let second = forward(|_| {}).await;
+    let (mut b, head) = connect(&second, &target).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let mut body = String::new();
+    tokio::time::timeout(T, b.read_to_string(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(body.contains("refused"), "{body}");
+    // The first is served on: its tunnel echoes, and a new tunnel on its connection opens.
+    echoes(&mut a, b"still here").await;
+    let (mut c, head) = connect(&first, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    echoes(&mut c, b"and here").await;
+    assert_eq!(rp.connection_count().unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_beyond_max_streams_per_connection_wait_for_a_free_one() {
+    let (_rp, target) = reverse(|s| s.max_streams_per_connection = 2).await;
+    let fp = forward(|_| {}).await;
+    let (mut a, head) = connect(&fp, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (mut b, head) = connect(&fp, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The third waits for a stream: no answer while both are open.
+    let mut third = tokio::spawn({
+        let fp = fp.clone();
+        let target = target.clone();
+        async move { connect(&fp, &target).await }
+    });
+    // (A tunnel opens in a few ms on loopback; half a second without one is a wait.)
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut third).await;
+    assert!(early.is_err(), "a third tunnel opened beside two");
+    echoes(&mut a, b"one").await;
+    // One ends: the third gets its stream and works.
+    b.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    b.read_to_end(&mut rest).await.unwrap();
+    drop(b);
+    let (mut c, head) = tokio::time::timeout(T, third).await.unwrap().unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    echoes(&mut c, b"three").await;
+    echoes(&mut a, b"one again").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_proxy_answers_503_beyond_max_connections() {
+    let (_rp, target) = reverse(|_| {}).await;
+    let fp = forward(|s| s.max_connections = 1).await;
+    let (mut a, head) = connect(&fp, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_b, head) = connect(&fp, &target).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    echoes(&mut a, b"served").await;
+    // The slot comes back when the client leaves.
+    drop(a);
+    let again = tokio::time::timeout(T, async {
+        loop {
+            let (s, head) = connect(&fp, &target).await;
+            if head.starts_with("HTTP/1.1 200") {
+                return s;
+            }
+            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the slot came back");
+    let mut again = again;
+    echoes(&mut again, b"again").await;
+}
