@@ -64,7 +64,7 @@ for t in "${targets[@]}"; do
     printf '%-18s %-8s %7s %10s %8s %s\n' "$t" CRASH "$took" "${execs:-?}" "$files" \
       "input: ${artifact:-see $log}"
     # The panic message and where it was raised.
-    grep -m 3 -E "panicked at|^  (left|right):|ERROR: (libFuzzer|AddressSanitizer)" "$log" |
+    { grep -m 1 -A 3 "panicked at" "$log" || grep -m 1 -A 2 "ERROR: " "$log"; } |
       sed 's/^/    /' || true
   fi
 done
