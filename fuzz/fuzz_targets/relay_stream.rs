@@ -4,14 +4,16 @@
 //!   (a prefix of a frame is always "incomplete", never an error or another frame);
 //! - every decoded frame encodes back to exactly the bytes it came from (one encoding per
 //!   frame), and those decode to the frame again;
-//! - `tcp_frames::from_frame` takes exactly the TCP frames, with their connection id.
+//! - routing the public-port frames (`TcpData`, `TcpClose`, `TcpCredit`) into a table of carried
+//!   connections (`relay::carried::Table`, as the relay and the node do) never panics, never
+//!   queues beyond a connection's window, and drops exactly the connection a peer broke.
 //!
 //! A relay reads these frames from every registered node (and a node from the relay), so a
 //! panic here would take down a relay session from the wire.
 #![no_main]
 
 use keynet_core::proto::relay::{Frame, MAX_DATAGRAM, MAX_MESSAGE, MAX_PAYLOAD, MAX_TOKEN};
-use keynet_core::relay::tcp_frames::{from_frame, ToTcp};
+use keynet_core::relay::carried::{Ends, Table};
 use keynet_fuzz::{read_stream, CutStream};
 use libfuzzer_sys::fuzz_target;
 
@@ -36,20 +38,23 @@ fn check_frame(frame: &Frame, wire: &[u8]) {
         Ok(Some((frame.clone(), again.len())))
     );
 
-    let tcp = from_frame(frame.clone());
-    match (frame, tcp) {
-        (Frame::TcpData { conn, data }, Some((c, ToTcp::Data(d)))) => {
-            assert!(c == *conn && &d == data)
+}
+
+/// Routes `frame` as a relay session would; a connection a peer broke is gone afterwards, the
+/// others stay.
+fn route(table: &mut Table, frame: &Frame) {
+    let conn = match frame {
+        Frame::TcpData { conn, .. } | Frame::TcpClose { conn, .. } | Frame::TcpCredit { conn, .. } => *conn,
+        _ => return,
+    };
+    let before = table.len();
+    match table.route(frame.clone()) {
+        Ok(()) => assert_eq!(table.len(), before),
+        Err(broken) => {
+            assert_eq!(broken.conn, conn);
+            assert!(!table.contains(conn), "a broken connection stays");
+            assert_eq!(table.len(), before - 1);
         }
-        (Frame::TcpClose { conn, reset }, Some((c, msg))) => {
-            assert_eq!(c, *conn);
-            assert_eq!(msg, if *reset { ToTcp::Reset } else { ToTcp::Fin });
-        }
-        (Frame::TcpData { .. } | Frame::TcpClose { .. }, other) => {
-            panic!("{frame:?} carried as {other:?}")
-        }
-        (_, None) => {}
-        (_, Some(other)) => panic!("{frame:?} carried as {other:?}"),
     }
 }
 
@@ -57,7 +62,13 @@ fuzz_target!(|data: &[u8]| {
     let Some(input) = CutStream::parse(data) else {
         return;
     };
-    let whole = read_stream(input.whole(), Frame::decode, check_frame);
+    // Connections 0 to 3 are open (their carriers' ends kept, reading nothing).
+    let mut table = Table::default();
+    let _ends: Vec<Ends> = (0..4).map(|c| table.open(c)).collect();
+    let whole = read_stream(input.whole(), Frame::decode, |f, w| {
+        check_frame(f, w);
+        route(&mut table, f);
+    });
     let cut = read_stream(input.chunks(), Frame::decode, |_, _| {});
     assert_eq!(cut, whole, "cut differently, the stream reads differently");
     let bytewise = read_stream(input.bytewise(), Frame::decode, |_, _| {});
