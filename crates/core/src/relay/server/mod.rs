@@ -61,7 +61,7 @@ const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 const PROTOCOL_ERROR: u32 = 2;
 
 /// Where the relay listens and whom it serves.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RelayStart {
     /// UDP address of the relay's QUIC endpoint.
     pub addr: SocketAddr,
@@ -80,7 +80,15 @@ pub struct RelayStart {
     pub limits: Limits,
     /// Where to serve `GET /metrics` (Prometheus text); none by default.
     pub metrics: Option<SocketAddr>,
+    /// Test harness only: rewrites each frame the relay sends to a node (the node's id, the
+    /// frame) into the frames actually sent, so tests can play a hostile relay (forge,
+    /// duplicate, reorder). Never set in production.
+    #[doc(hidden)]
+    pub tamper: Option<Tamper>,
 }
+
+/// See [`RelayStart::tamper`].
+pub type Tamper = Arc<dyn Fn(NodeId, Frame) -> Vec<Frame> + Send + Sync>;
 
 impl RelayStart {
     /// Defaults: no token, any node, default allocation and limits.
@@ -94,6 +102,7 @@ impl RelayStart {
             alloc: AllocOptions::default(),
             limits: Limits::default(),
             metrics: None,
+            tamper: None,
         }
     }
 }
@@ -564,13 +573,17 @@ impl Inner {
         let kick = CancellationToken::new();
         let writer_kick = kick.clone();
         let writer_queued = queued.clone();
+        let tamper = running.start.tamper.clone();
         running.tasks.spawn(async move {
             let mut batch = Vec::new();
             let take = |batch: &mut Vec<Frame>, f: Frame| {
                 if let Frame::RecvPacket { datagram, .. } = &f {
                     writer_queued.fetch_sub(datagram.len(), Ordering::AcqRel);
                 }
-                batch.push(f);
+                match &tamper {
+                    Some(t) => batch.extend(t(node, f)),
+                    None => batch.push(f),
+                }
             };
             loop {
                 // Control frames first; packets and public-port frames share what is left
