@@ -215,6 +215,8 @@ export declare class ForwardProxy {
   openConnection(nodeId: string, opts?: OpenOptions): Promise<ConnectionInfo>
   closeConnection(host: string, port: number): Promise<void>
   getConnectionCount(): number
+  /** Connections by path, tunnels, bytes, failed attempts by error code. */
+  getStats(): ProxyStats
   getConnectionInfoByIngress(host: string, port: number): ConnectionInfo | undefined
   /** The connection carrying the tunnel of the CONNECT client at this address. */
   getConnectionInfoByClient(clientHost: string, clientPort: number): ConnectionInfo | undefined
@@ -293,6 +295,8 @@ export declare class ReverseProxy {
   openConnection(egressHost: string, egressPort: number, opts?: OpenOptions): Promise<void>
   closeConnection(egressHost: string, egressPort: number): Promise<void>
   getConnectionCount(): number
+  /** Connections by path, tunnels, bytes, failed attempts by error code. */
+  getStats(): ProxyStats
   getConnectionInfoByEgress(egressHost: string, egressPort: number): ConnectionInfo | undefined
   /** Who is calling: the local TCP source address the server sees for a tunnel -> its connection. */
   getConnectionInfoByProxy(proxyHost: string, proxyPort: number): ConnectionInfo | undefined
@@ -378,6 +382,20 @@ export interface RelayStartOptions {
   maxClients?: number
   /** Reset a public client that accepts no byte this long while data waits, ms (default 30000). */
   stallTimeout?: number
+}
+
+/** A proxy's counters (`getStats()`). */
+export interface ProxyStats {
+  /** Connections by their path now. */
+  connections: { direct: number; punched: number; relayed: number }
+  tunnelsOpen: number
+  tunnelsTotal: number
+  /** Tunnel bytes from the local TCP side into QUIC. */
+  bytesSent: number
+  /** Tunnel bytes from QUIC to the local TCP side. */
+  bytesReceived: number
+  /** Failed connection attempts by error code; `maxConnections` for refusals at the limit. */
+  failures: Record<string, number>
 }
 
 /** One of the relay's limits. */

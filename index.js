@@ -338,6 +338,14 @@ class Proxy extends Service {
   getNodeId() { return sync(() => this._native.nodeId()) }
   getConnectionCount() { return sync(() => this._native.connectionCount()) }
 
+  /**
+   * `{ connections: { direct, punched, relayed }, tunnelsOpen, tunnelsTotal, bytesSent,
+   * bytesReceived, failures: { code: n } }`: connections by their path now, tunnels and their
+   * bytes (sent: from the local TCP side), failed connection attempts by error code
+   * (`maxConnections` for those refused at the limit).
+   */
+  getStats() { return proxyStats(sync(() => this._native.stats())) }
+
   /** Identity for connections opened afterwards (and for later starts without tlsConfig). */
   setTlsConfig(tlsConfig) {
     if (tlsConfig === undefined || tlsConfig === null) throw typeError('tlsConfig', 'a { keyPrivatePem, certChainPem } object', tlsConfig)
@@ -610,6 +618,20 @@ class ReverseProxy extends Proxy {
     checkHost('host', host)
     if (!Number.isInteger(attempts) || attempts < 1) throw rangeError('attempts', 'an integer >= 1', attempts)
     return wrap(this._native.punch(host, port, attempts, undefined, undefined))
+  }
+}
+
+/** A proxy's `getStats()` from the native snapshot. */
+function proxyStats(s) {
+  const failures = {}
+  s.failureCodes.forEach((code, i) => { failures[code] = s.failureCounts[i] })
+  return {
+    connections: { direct: s.direct, punched: s.punched, relayed: s.relayed },
+    tunnelsOpen: s.tunnelsOpen,
+    tunnelsTotal: s.tunnelsTotal,
+    bytesSent: s.bytesSent,
+    bytesReceived: s.bytesReceived,
+    failures,
   }
 }
 

@@ -44,6 +44,7 @@ export declare class NativeForwardProxy {
    */
   networkChanged(): void
   connectionCount(): number
+  stats(): NativeProxyStats
   infoByIngress(host: string, port: number): NativeConnectionInfo | null
   infoByClient(host: string, port: number): NativeConnectionInfo | null
   setTlsConfig(keyPrivatePem: string, certChainPem: string): void
@@ -95,6 +96,7 @@ export declare class NativeReverseProxy {
    */
   networkChanged(): void
   connectionCount(): number
+  stats(): NativeProxyStats
   infoByEgress(host: string, port: number): NativeConnectionInfo | null
   infoByProxy(host: string, port: number): NativeConnectionInfo | null
   setTlsConfig(keyPrivatePem: string, certChainPem: string): void
@@ -203,6 +205,19 @@ export interface NativeOptions {
   connEndTime?: number
   /** Test-only: no keepalives. */
   disableKeepAlive?: boolean
+}
+
+/** A proxy's `getStats()`. */
+export interface NativeProxyStats {
+  direct: number
+  punched: number
+  relayed: number
+  tunnelsOpen: number
+  tunnelsTotal: number
+  bytesSent: number
+  bytesReceived: number
+  failureCodes: Array<string>
+  failureCounts: Array<number>
 }
 
 /** A count by reason. */

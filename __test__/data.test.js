@@ -69,7 +69,19 @@ test('100 concurrent tunnels over one connection each echo their own data', asyn
   for (let i = 0; i < N; i++) {
     if (!echoed[i].equals(payloads[i])) t.fail(`tunnel ${i} echoed other bytes`)
   }
-  t.pass()
+  // Both proxies count the tunnels (open now) and their bytes, as they move.
+  for (const [proxy, sent, received] of [[fp, N * SIZE, N * SIZE], [rp, N * SIZE, N * SIZE]]) {
+    const s = proxy.getStats()
+    t.is(s.tunnelsOpen, N)
+    t.is(s.tunnelsTotal, N)
+    t.is(s.bytesSent, sent)
+    t.is(s.bytesReceived, received)
+    t.deepEqual(s.connections, { direct: 1, punched: 0, relayed: 0 })
+    t.deepEqual(s.failures, {})
+  }
+  await Promise.all(sockets.map((s) => new Promise((resolve) => { s.once('close', resolve); s.end() })))
+  await h.waitFor(() => fp.getStats().tunnelsOpen === 0 && rp.getStats().tunnelsOpen === 0, { what: 'the tunnels to close' })
+  t.is(fp.getStats().tunnelsTotal, N)
 })
 
 test('half-close: the client ends its write side and still receives the server remaining data', async (t) => {

@@ -182,6 +182,11 @@ impl NativeReverseProxy {
     }
 
     #[napi(catch_unwind)]
+    pub fn stats(&self) -> Result<crate::convert::NativeProxyStats> {
+        self.inner.stats().map(Into::into).map_err(err)
+    }
+
+    #[napi(catch_unwind)]
     pub fn info_by_egress(&self, host: String, port: u32) -> Result<Option<NativeConnectionInfo>> {
         let info = self
             .inner

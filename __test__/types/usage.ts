@@ -35,6 +35,7 @@ import type {
   ReverseProxyStartOptions,
   RelayStartOptions,
   RelayMetrics,
+  ProxyStats,
 } from '../..'
 
 // ---- exact-type assertions ----------------------------------------------------------------
@@ -261,6 +262,8 @@ async function forward(tls: TlsConfig, serverNodeId: string): Promise<void> {
 
   await fp.closeConnection('127.0.0.1', 9000)
   const count: number = fp.getConnectionCount()
+  const fpStats: ProxyStats = fp.getStats()
+  void [fpStats.connections.relayed, fpStats.tunnelsOpen, fpStats.bytesSent, fpStats.failures['ErrorConnectionStartTimeout']]
   const byIngress: ConnectionInfo | undefined = fp.getConnectionInfoByIngress('127.0.0.1', 9000)
   const byClient = fp.getConnectionInfoByClient('127.0.0.1', 54321)
   same<typeof byClient, ConnectionInfo | undefined>()
@@ -330,6 +333,8 @@ async function reverse(tls: TlsConfig, clientNodeId: string): Promise<void> {
   await rp.openConnection('127.0.0.1', 40000, { timeout: 5000, signal: new AbortController().signal })
   await rp.closeConnection('127.0.0.1', 40000)
   const count: number = rp.getConnectionCount()
+  const rpStats: ProxyStats = rp.getStats()
+  void [rpStats.connections.direct, rpStats.tunnelsTotal, rpStats.bytesReceived]
   const byEgress: ConnectionInfo | undefined = rp.getConnectionInfoByEgress('127.0.0.1', 40000)
   // who is calling: the TCP source address the server sees
   const caller = rp.getConnectionInfoByProxy('127.0.0.1', 61000)

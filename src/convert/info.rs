@@ -148,3 +148,33 @@ impl NativeRelayStatus {
         s
     }
 }
+
+/// A proxy's `getStats()`.
+#[napi(object)]
+pub struct NativeProxyStats {
+    pub direct: f64,
+    pub punched: f64,
+    pub relayed: f64,
+    pub tunnels_open: f64,
+    pub tunnels_total: f64,
+    pub bytes_sent: f64,
+    pub bytes_received: f64,
+    pub failure_codes: Vec<String>,
+    pub failure_counts: Vec<f64>,
+}
+
+impl From<keynet_core::ProxyStats> for NativeProxyStats {
+    fn from(s: keynet_core::ProxyStats) -> Self {
+        Self {
+            direct: s.direct as f64,
+            punched: s.punched as f64,
+            relayed: s.relayed as f64,
+            tunnels_open: s.tunnels_open as f64,
+            tunnels_total: s.tunnels_total as f64,
+            bytes_sent: s.bytes_sent as f64,
+            bytes_received: s.bytes_received as f64,
+            failure_codes: s.failures.iter().map(|(k, _)| (*k).to_string()).collect(),
+            failure_counts: s.failures.iter().map(|(_, v)| *v as f64).collect(),
+        }
+    }
+}

@@ -14,7 +14,8 @@ use napi::bindgen_prelude::*;
 
 pub(crate) use events::{sink, Listener};
 pub(crate) use info::{
-    NativeAddress, NativeConnectionInfo, NativeFound, NativeIdentity, NativeRelayStatus,
+    NativeAddress, NativeConnectionInfo, NativeFound, NativeIdentity, NativeProxyStats,
+    NativeRelayStatus,
 };
 pub(crate) use ops::Ops;
 pub(crate) use options::{NativeForwardStart, NativeOptions, NativeRelay, NativeReverseStart};

@@ -219,6 +219,11 @@ impl ForwardProxy {
         Ok(self.running()?.node.tracker.count())
     }
 
+    /// Connections by path, tunnels, their bytes, and failed attempts by error code.
+    pub fn stats(&self) -> Result<crate::ProxyStats> {
+        Ok(self.running()?.node.stats())
+    }
+
     /// The connection to a reverse proxy at `addr`.
     pub fn connection_info_by_ingress(&self, addr: SocketAddr) -> Result<Option<ConnectionInfo>> {
         Ok(self.running()?.node.tracker.info(&addr))
@@ -364,6 +369,7 @@ impl Inner {
                     backoff = Duration::from_millis(5);
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
                         refused += 1;
+                        running.node.counters.failed("maxConnections");
                         if refused == 1 || refused.is_multiple_of(1000) {
                             tracing::warn!(%client, limit = running.max_connections, count = refused, "maxConnections reached: 503");
                         }
@@ -456,6 +462,7 @@ impl Inner {
         let (peer, send, recv) = match opened {
             Ok(x) => x,
             Err(e) => {
+                node.counters.failed(e.code());
                 let status = if running.stopping.load(Ordering::SeqCst) {
                     503
                 } else {
@@ -472,7 +479,8 @@ impl Inner {
             .lock()
             .expect("clients lock")
             .insert(client, peer.clone());
-        match splice(tcp, send, recv, &rest).await {
+        let _tunnel = node.counters.tunnel();
+        match splice(tcp, send, recv, &rest, &node.counters).await {
             Ok(m) => {
                 tracing::debug!(%client, up = m.tcp_to_quic, down = m.quic_to_tcp, "tunnel ended")
             }

@@ -34,6 +34,7 @@ pub use forward_proxy::{ForwardProxy, ForwardStart};
 pub use identity::{
     generate_identity, node_id_from_certificate_pem, rotate_identity, Identity, TlsConfig,
 };
+pub use node::stats::ProxyStats;
 pub use nodeid::NodeId;
 pub use options::ConnOptions;
 pub use reverse_proxy::{ReverseProxy, ReverseStart};

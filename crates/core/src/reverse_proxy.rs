@@ -267,6 +267,11 @@ impl ReverseProxy {
         Ok(self.running()?.node.tracker.count())
     }
 
+    /// Connections by path, tunnels, their bytes, and failed attempts by error code.
+    pub fn stats(&self) -> Result<crate::ProxyStats> {
+        Ok(self.running()?.node.stats())
+    }
+
     /// The connection from a forward proxy at `addr`.
     pub fn connection_info_by_egress(&self, addr: SocketAddr) -> Result<Option<ConnectionInfo>> {
         Ok(self.running()?.node.tracker.info(&addr))
@@ -384,6 +389,7 @@ impl Inner {
             let held = running.connections.fetch_add(1, Ordering::AcqRel);
             if held >= running.max_connections {
                 running.connections.fetch_sub(1, Ordering::AcqRel);
+                running.node.counters.failed("maxConnections");
                 let n = running.refused.fetch_add(1, Ordering::Relaxed) + 1;
                 if n == 1 || n.is_multiple_of(1000) {
                     tracing::warn!(remote = %incoming.remote_address(), limit = running.max_connections, count = n, "maxConnections reached: connection refused");
@@ -399,7 +405,10 @@ impl Inner {
                 drop(permit);
                 match handshake {
                     Ok(peer) => me.serve_connection(&r, peer).await,
-                    Err(e) => tracing::info!(%remote, error = %e, "refused incoming connection"),
+                    Err(e) => {
+                        r.node.counters.failed(e.code());
+                        tracing::info!(%remote, error = %e, "refused incoming connection")
+                    }
                 }
                 r.connections.fetch_sub(1, Ordering::AcqRel);
             });
@@ -526,8 +535,10 @@ impl Inner {
                 return refuse(send, recv, why).await;
             }
         };
+        let _tunnel = running.node.counters.tunnel();
+        let counters = &running.node.counters;
         let result = match send.write_all(&tunnel::encode_ack(&Ack::Ok)).await {
-            Ok(()) => splice(tcp, send, recv, &[]).await,
+            Ok(()) => splice(tcp, send, recv, &[], counters).await,
             Err(e) => Err(std::io::Error::other(e)),
         };
         match result {

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::node::stats::Counters;
+
 const BUF: usize = 64 * 1024;
 /// QUIC application error code for an aborted tunnel.
 pub(crate) const ABORTED: u32 = 1;
@@ -28,12 +30,13 @@ pub(crate) async fn splice(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     prefix: &[u8],
+    counters: &Counters,
 ) -> std::io::Result<Moved> {
     let _ = tcp.set_nodelay(true);
     let (mut tcp_r, mut tcp_w) = tcp.into_split();
     let sent_all = AtomicBool::new(false);
     let result = copy_both(
-        &mut tcp_r, &mut tcp_w, &mut send, &mut recv, prefix, &sent_all,
+        &mut tcp_r, &mut tcp_w, &mut send, &mut recv, prefix, &sent_all, counters,
     )
     .await;
     if let Err(e) = &result {
@@ -58,6 +61,7 @@ async fn copy_both(
     recv: &mut quinn::RecvStream,
     prefix: &[u8],
     sent_all: &AtomicBool,
+    counters: &Counters,
 ) -> std::io::Result<Moved> {
     let up = async {
         let mut total = 0u64;
@@ -66,6 +70,7 @@ async fn copy_both(
                 .await
                 .map_err(std::io::Error::other)?;
             total += prefix.len() as u64;
+            counters.sent(prefix.len());
         }
         let mut buf = vec![0u8; BUF];
         loop {
@@ -79,6 +84,7 @@ async fn copy_both(
                 .await
                 .map_err(std::io::Error::other)?;
             total += n as u64;
+            counters.sent(n);
         }
     };
     let down = async {
@@ -89,6 +95,7 @@ async fn copy_both(
                 Some(n) => {
                     tcp_w.write_all(&buf[..n]).await?;
                     total += n as u64;
+                    counters.received(n);
                 }
                 None => {
                     tcp_w.shutdown().await?;

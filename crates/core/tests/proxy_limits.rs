@@ -67,6 +67,16 @@ async fn a_reverse_proxy_refuses_connections_beyond_max_connections() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     echoes(&mut c, b"and here").await;
     assert_eq!(rp.connection_count().unwrap(), 1);
+    // The proxies count it: the refusal at the limit, the failed dial, the tunnels and bytes.
+    let stats = rp.stats().unwrap();
+    assert_eq!(stats.failures, vec![("maxConnections", 1)]);
+    assert_eq!(stats.direct, 1);
+    assert_eq!((stats.tunnels_open, stats.tunnels_total), (2, 2));
+    let echoed = (b"still here".len() + b"and here".len()) as u64;
+    assert_eq!((stats.bytes_sent, stats.bytes_received), (echoed, echoed));
+    let failed = second.stats().unwrap().failures;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(first.stats().unwrap().tunnels_open, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 
 pub(crate) mod dial;
 mod links;
+pub(crate) mod stats;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -64,6 +65,8 @@ pub(crate) struct Node {
     pub addr: SocketAddr,
     /// The node id this start runs as.
     pub node_id: NodeId,
+    /// Tunnels, bytes and failures, for `getStats()`.
+    pub counters: Arc<stats::Counters>,
     /// The reverse proxy's server, for public-port traffic.
     server: Option<SocketAddr>,
     discovery: Option<Arc<Discovery>>,
@@ -120,6 +123,7 @@ impl Node {
             tasks,
             addr,
             node_id: identity.node_id,
+            counters: Arc::default(),
             server: config.server,
             discovery,
             start_link: None,
@@ -140,6 +144,12 @@ impl Node {
         let node = Arc::new(node);
         netwatch::spawn_watcher(&node.tasks, &node, node.network.clone(), Self::react);
         Ok(node)
+    }
+
+    /// The counters, with the connections' paths now.
+    pub(crate) fn stats(&self) -> stats::ProxyStats {
+        self.counters
+            .snapshot(self.tracker.peers().iter().map(|p| p.path()))
     }
 
     /// Closes every connection, lets them drain (up to `connEndTime`) and ends every task;

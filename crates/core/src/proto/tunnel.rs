@@ -56,10 +56,12 @@ pub fn encode_ack(ack: &Ack) -> Vec<u8> {
     match ack {
         Ack::Ok => vec![0, 0, 0],
         Ack::ServerUnreachable(reason) => {
-            let mut r = reason.as_bytes();
-            if r.len() > MAX_REASON {
-                r = &r[..MAX_REASON];
+            // At most MAX_REASON bytes, cut on a character boundary (the peer reads UTF-8).
+            let mut end = reason.len().min(MAX_REASON);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
             }
+            let r = &reason.as_bytes()[..end];
             let mut out = vec![1];
             out.extend_from_slice(&(r.len() as u16).to_be_bytes());
             out.extend_from_slice(r);
@@ -104,6 +106,19 @@ pub fn decode_ack(status: u8, reason: &[u8]) -> Ack {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_long_reason_is_cut_on_a_character_boundary() {
+        let reason = format!("{}é", "x".repeat(MAX_REASON - 1));
+        let wire = encode_ack(&Ack::ServerUnreachable(reason));
+        let (status, len) = decode_ack_prefix(wire[..3].try_into().unwrap()).unwrap();
+        assert_eq!(len, MAX_REASON - 1);
+        assert!(std::str::from_utf8(&wire[3..]).is_ok());
+        assert_eq!(
+            decode_ack(status, &wire[3..]),
+            Ack::ServerUnreachable("x".repeat(MAX_REASON - 1))
+        );
+    }
 
     #[test]
     fn open_snapshot() {
