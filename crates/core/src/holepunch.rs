@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::events::Path;
 use crate::proto::hello::{self, Hello};
-use crate::proto::punch::{PunchState, Puncher};
+use crate::proto::punch::{AckKey, PunchState, Puncher};
 use crate::socket::{KeynetSocket, PunchSession};
 
 /// What happened while punching: the one way a driver reports.
@@ -74,9 +74,11 @@ impl PunchDriver {
         }
     }
 
-    /// For a rendezvous on a relayed connection: stops punching once our punch was
-    /// acknowledged (it keeps acknowledging the peer's).
-    pub(crate) fn for_rendezvous(mut self) -> Self {
+    /// For a rendezvous on a relayed connection: acks are keyed with `key` (the address came
+    /// from the relay, which must not be able to confirm a path of its choosing), and punching
+    /// stops once our punch was acknowledged (it keeps acknowledging the peer's).
+    pub(crate) fn for_rendezvous(mut self, key: AckKey) -> Self {
+        self.puncher.set_ack_key(key);
         self.quiet_when_confirmed = true;
         self
     }

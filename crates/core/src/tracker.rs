@@ -283,6 +283,22 @@ impl Tracker {
         map.values().flat_map(|e| e.peers.iter().cloned()).collect()
     }
 
+    /// The secret a direct path to `peer` keys its acks with: exported from the TLS session of
+    /// a connection to it; of several, the least, so both ends pick the same one.
+    pub(crate) fn ack_secret(&self, peer: NodeId) -> Option<[u8; 32]> {
+        self.peers()
+            .iter()
+            .filter(|p| p.node_id == peer)
+            .filter_map(|p| {
+                let mut k = [0u8; 32];
+                p.conn
+                    .export_keying_material(&mut k, b"keynet direct-path acks", b"")
+                    .ok()
+                    .map(|()| k)
+            })
+            .min()
+    }
+
     /// Resolves once `done(self)` holds, re-checking whenever a connection is added or removed.
     pub(crate) async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
         loop {

@@ -1,7 +1,8 @@
 //! A hostile relay: the real relay server with a tamper hook that rewrites what it sends to
 //! nodes. Relayed packets duplicated and reordered leave every tunnel byte intact (QUIC
 //! authenticates and orders them); a forged rendezvous toward an address that is not the peer
-//! moves no connection off the relay.
+//! moves no connection off the relay, even when whoever sits there answers every punch and probe
+//! it gets (acks on a rendezvous path are keyed by the nodes' shared connection).
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use common::{connect, echo_server};
 use keynet_core::nodeid::NodeId;
+use keynet_core::proto::punch::{Kind, Packet};
 use keynet_core::proto::relay::Frame;
 use keynet_core::relay::server::{RelayServer, RelayStart, Tamper};
 use keynet_core::relay::spec::RelaySpec;
@@ -122,8 +124,20 @@ async fn duplicated_and_reordered_relayed_packets_leave_the_bytes_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_rendezvous_toward_another_address_moves_nothing_off_the_relay() {
-    // Where the forged rendezvous sends the nodes: a socket that only listens.
+async fn a_forged_rendezvous_toward_a_silent_address_moves_nothing_off_the_relay() {
+    forged_rendezvous(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_rendezvous_toward_an_address_that_echoes_every_punch_moves_nothing() {
+    // With acks that only echoed the nonce, this failed: the connection moved to the trap (whose
+    // echoes kept its probes happy) and every tunnel on it answered 502.
+    forged_rendezvous(true).await;
+}
+
+/// Both nodes are told, by the relay, to punch an address that is not the peer's; `echo`: the
+/// trap there acknowledges every punch and probe, echoing its nonce as a peer would.
+async fn forged_rendezvous(echo_acks: bool) {
     let trap = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let trap_addr = trap.local_addr().unwrap();
     // Both nodes, on their first relayed packet, are told to punch the trap as each other.
@@ -147,11 +161,29 @@ async fn a_forged_rendezvous_toward_another_address_moves_nothing_off_the_relay(
     let (relay, spec) = relay(tamper).await;
     let (rp, fp, target, mut events) = relayed_pair(&spec).await;
     // The nodes did act on it: their punches reach the trap.
-    let mut b = [0u8; 128];
-    tokio::time::timeout(T, trap.recv_from(&mut b))
+    let (punched_tx, mut punched) = mpsc::unbounded_channel();
+    let t = trap.clone();
+    tokio::spawn(async move {
+        let mut b = [0u8; 2048];
+        while let Ok((n, from)) = t.recv_from(&mut b).await {
+            let _ = punched_tx.send(());
+            let Ok(p) = Packet::decode(&b[..n]) else {
+                continue;
+            };
+            if echo_acks && p.kind == Kind::Punch {
+                let ack = Packet {
+                    kind: Kind::Ack,
+                    nonce: p.nonce,
+                    sender_local: t.local_addr().unwrap(),
+                    observed: Some(from),
+                };
+                let _ = t.send_to(&ack.encode(), from).await;
+            }
+        }
+    });
+    tokio::time::timeout(T, punched.recv())
         .await
-        .expect("a punch toward the forged address")
-        .unwrap();
+        .expect("a punch toward the forged address");
     // Tunnels work throughout, and the connection stays on the relay: no path event, and the
     // path is still relayed once the punch sessions have given up (their budget is 5 s).
     for _ in 0..4 {

@@ -54,6 +54,7 @@ pub(super) fn attach(node: &Node, spec: RelaySpec, identity: &LoadedIdentity) ->
             public: node
                 .server
                 .map(|server| public::PublicPort::new(server, node.tasks.clone())),
+            tracker: Arc::downgrade(&node.tracker),
         },
     );
     // Every state change of the link reaches the user as a `relay` event.

@@ -73,6 +73,11 @@ pub struct PathLiveness {
 }
 
 impl PathLiveness {
+    /// The nonces of the probes awaiting an ack.
+    pub fn outstanding(&self) -> &[u64] {
+        &self.outstanding
+    }
+
     /// A path known to work at `now` (a punch was just acknowledged).
     pub fn alive(now: Instant) -> Self {
         Self {

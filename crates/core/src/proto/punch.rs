@@ -13,6 +13,12 @@
 //! an ack only counts if it echoes the machine's own random nonce (like a STUN transaction id),
 //! so a stray or forged datagram from elsewhere, or a replayed ack, changes nothing.
 //!
+//! That is not enough where the address came from a relay (a rendezvous): a hostile relay can
+//! name an address it controls, which sees the punch and can echo its nonce. There the two
+//! nodes already share a QUIC connection, and acks are keyed ([`AckKey`]): an ack carries, in
+//! place of the nonce, a MAC of it under a secret both ends export from that connection's TLS
+//! session, bound to the acking node's id (so a node's own ack reflected back does not count).
+//!
 //! The machine ([`Puncher`]) sends a punch every `interval` until the connection is up
 //! ([`Puncher::connected`]) or the budget runs out ([`PunchState::GaveUp`]). A valid punch from
 //! the target means the peer is punching too and inbound packets from it pass our NAT: the
@@ -150,6 +156,51 @@ impl Packet {
     }
 }
 
+/// Keys the acks of a direct path between two nodes that share a connection (see the module
+/// documentation).
+#[derive(Clone)]
+pub struct AckKey {
+    key: ring::hmac::Key,
+    me: [u8; 32],
+    peer: [u8; 32],
+}
+
+impl std::fmt::Debug for AckKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AckKey(..)")
+    }
+}
+
+impl AckKey {
+    /// Acks between node `me` and node `peer`, keyed by `secret` (the same on both ends).
+    pub fn new(secret: &[u8], me: &[u8; 32], peer: &[u8; 32]) -> Self {
+        Self {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+            me: *me,
+            peer: *peer,
+        }
+    }
+
+    /// What our ack of the peer's `nonce` carries.
+    pub fn ours(&self, nonce: u64) -> u64 {
+        self.tag(&self.me, nonce)
+    }
+
+    /// What the peer's ack of our `nonce` must carry.
+    pub fn theirs(&self, nonce: u64) -> u64 {
+        self.tag(&self.peer, nonce)
+    }
+
+    fn tag(&self, acker: &[u8; 32], nonce: u64) -> u64 {
+        let mut msg = [0u8; 9 + 32 + 8];
+        msg[..9].copy_from_slice(b"keynet ak");
+        msg[9..41].copy_from_slice(acker);
+        msg[41..].copy_from_slice(&nonce.to_be_bytes());
+        let mac = ring::hmac::sign(&self.key, &msg);
+        u64::from_be_bytes(mac.as_ref()[..8].try_into().expect("8 bytes"))
+    }
+}
+
 /// Where a [`Puncher`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PunchState {
@@ -178,6 +229,8 @@ pub struct Puncher {
     path_opened_pending: bool,
     peer_local: Option<SocketAddr>,
     observed_self: Option<SocketAddr>,
+    /// Keyed acks (a rendezvous on a shared connection); plain nonce echoes otherwise.
+    ack_key: Option<AckKey>,
 }
 
 impl Puncher {
@@ -207,7 +260,13 @@ impl Puncher {
             path_opened_pending: false,
             peer_local: None,
             observed_self: None,
+            ack_key: None,
         }
+    }
+
+    /// Requires keyed acks from now on (and sends them).
+    pub fn set_ack_key(&mut self, key: AckKey) {
+        self.ack_key = Some(key);
     }
 
     /// The state at `now` (gives up once the deadline passed).
@@ -270,17 +329,21 @@ impl Puncher {
                     self.path_opened_pending = true;
                 }
                 self.peer_local = Some(packet.sender_local);
+                let nonce = match &self.ack_key {
+                    Some(k) => k.ours(packet.nonce),
+                    None => packet.nonce,
+                };
                 Some(
                     Packet {
                         kind: Kind::Ack,
-                        nonce: packet.nonce,
+                        nonce,
                         sender_local: self.local,
                         observed: Some(from),
                     }
                     .encode(),
                 )
             }
-            Kind::Ack if packet.nonce == self.nonce => {
+            Kind::Ack if packet.nonce == self.expected_ack() => {
                 if !self.path_confirmed {
                     self.path_confirmed = true;
                     self.path_opened_pending = true;
@@ -290,6 +353,14 @@ impl Puncher {
                 None
             }
             Kind::Ack => None,
+        }
+    }
+
+    /// What an ack of our punches carries.
+    fn expected_ack(&self) -> u64 {
+        match &self.ack_key {
+            Some(k) => k.theirs(self.nonce),
+            None => self.nonce,
         }
     }
 
@@ -618,5 +689,77 @@ mod tests {
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = Packet::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn keyed_acks_count_only_from_the_peer_with_the_key() {
+        let now = Instant::now();
+        let (a_id, b_id) = ([1u8; 32], [2u8; 32]);
+        let a_addr: SocketAddr = "10.0.0.1:1000".parse().unwrap();
+        let b_addr: SocketAddr = "10.0.0.2:2000".parse().unwrap();
+        let secret = [9u8; 32];
+        let mut a = Puncher::new(
+            now,
+            a_addr,
+            b_addr,
+            Duration::from_millis(50),
+            Duration::from_secs(5),
+            10,
+            77,
+        );
+        a.set_ack_key(AckKey::new(&secret, &a_id, &b_id));
+        let mut b = Puncher::new(
+            now,
+            b_addr,
+            a_addr,
+            Duration::from_millis(50),
+            Duration::from_secs(5),
+            10,
+            88,
+        );
+        b.set_ack_key(AckKey::new(&secret, &b_id, &a_id));
+        let punch = a.poll_transmit(now).unwrap();
+        // Whoever sits at the target's address and merely echoes the nonce does not confirm.
+        let echoed = Packet {
+            kind: Kind::Ack,
+            nonce: 77,
+            sender_local: b_addr,
+            observed: Some(a_addr),
+        }
+        .encode();
+        assert!(a.handle(now, b_addr, &echoed).is_none());
+        assert!(!a.path_confirmed());
+        // Nor does A's own keyed ack, reflected back to it.
+        let mut reflect = Puncher::new(
+            now,
+            a_addr,
+            b_addr,
+            Duration::from_millis(50),
+            Duration::from_secs(5),
+            10,
+            1,
+        );
+        reflect.set_ack_key(AckKey::new(&secret, &a_id, &b_id));
+        let own = reflect.handle(now, b_addr, &punch).unwrap();
+        assert!(a.handle(now, b_addr, &own).is_none());
+        assert!(!a.path_confirmed());
+        // A key for another pair does not either.
+        let mut stranger = Puncher::new(
+            now,
+            b_addr,
+            a_addr,
+            Duration::from_millis(50),
+            Duration::from_secs(5),
+            10,
+            2,
+        );
+        stranger.set_ack_key(AckKey::new(&[8u8; 32], &b_id, &a_id));
+        let wrong = stranger.handle(now, a_addr, &punch).unwrap();
+        a.handle(now, b_addr, &wrong);
+        assert!(!a.path_confirmed());
+        // The peer with the key does.
+        let ack = b.handle(now, a_addr, &punch).unwrap();
+        a.handle(now, b_addr, &ack);
+        assert!(a.path_confirmed());
     }
 }

@@ -18,8 +18,9 @@ use crate::events::{Path, PathReason};
 use crate::holepunch::{PunchDriver, PunchEvent};
 use crate::nodeid::NodeId;
 use crate::proto::liveness::{Liveness, PathLiveness, Transition};
-use crate::proto::punch::{Kind, Packet};
+use crate::proto::punch::{AckKey, Kind, Packet};
 use crate::socket::KeynetSocket;
+use crate::tracker::Tracker;
 
 /// How long a rendezvous punches before the peer stays relayed (until the next attempt).
 pub(crate) const RENDEZVOUS_BUDGET: Duration = Duration::from_secs(5);
@@ -32,6 +33,9 @@ pub(crate) const RECALL_MAX: Duration = Duration::from_secs(300);
 /// After a network change, a rendezvous is asked for this long after the path died: time for
 /// the link to register again from the new network (a request sent while it is down is lost).
 const AFTER_NETWORK_CHANGE: Duration = Duration::from_secs(1);
+/// How long a rendezvous waits for the connection to the peer to be tracked (the relay can
+/// deliver it just before the accepted connection's hello is done).
+const KEY_WAIT: Duration = Duration::from_secs(2);
 /// The connections to the peer count as gone once quinn sent it nothing for this long (live
 /// connections send keepalives every `connKeepAliveIntervalTime`); at least 5 s.
 fn idle_limit(keepalive_interval: Duration) -> Duration {
@@ -69,6 +73,10 @@ pub(crate) struct DirectPath {
     pub initiator: bool,
     /// Bumped when the application reports a network change.
     pub network: watch::Receiver<u64>,
+    /// The node's connections: acks are keyed with a secret of a connection to the peer.
+    pub tracker: Weak<Tracker>,
+    /// This node's id (acks are bound to the acking node).
+    pub me: NodeId,
 }
 
 impl DirectPath {
@@ -77,6 +85,10 @@ impl DirectPath {
     pub(crate) async fn run(mut self) {
         let paths = &self.socket.paths;
         let (peer, addr) = (self.peer, self.addr);
+        let Some(key) = self.ack_key().await else {
+            tracing::info!(%peer, "rendezvous without a connection to the peer: ignored");
+            return;
+        };
         if paths.direct_of(peer).is_some_and(|d| d != addr) {
             // The relay reports the peer somewhere else: its old address is stale.
             paths.drop_direct(peer, PathReason::Rebinding);
@@ -88,7 +100,7 @@ impl DirectPath {
             RENDEZVOUS_BUDGET,
             u32::MAX,
         )
-        .for_rendezvous();
+        .for_rendezvous(key.clone());
         // Until the path works both ways and the peer's punch was acknowledged: accept the
         // peer's packets from `addr` before acknowledging its first punch (it sends there once
         // the ack arrives), send there once our punch was acknowledged.
@@ -154,14 +166,17 @@ impl DirectPath {
                         Kind::Punch => {
                             // The peer probes or punches: answer, and if our side thinks the
                             // path dead, check at once whether it works again.
-                            let ack = Packet { kind: Kind::Ack, nonce: p.nonce, sender_local: local, observed: Some(addr) };
+                            let ack = Packet { kind: Kind::Ack, nonce: key.ours(p.nonce), sender_local: local, observed: Some(addr) };
                             self.socket.send_to(addr, &ack.encode()).await;
                             if live.state() == Liveness::Dead {
                                 live.probe_now(Instant::now());
                             }
                         }
                         Kind::Ack => {
-                            if live.on_ack(Instant::now(), p.nonce) == Some(Transition::Recovered) {
+                            // Only the peer, with the key, can answer one of our probes.
+                            let answered = live.outstanding().iter().copied().find(|n| key.theirs(*n) == p.nonce);
+                            let Some(nonce) = answered else { continue };
+                            if live.on_ack(Instant::now(), nonce) == Some(Transition::Recovered) {
                                 paths.use_direct(peer, addr, kind, PathReason::Upgrade);
                                 self.with_link(|l| l.recall_succeeded(peer));
                                 recall_at = None;
@@ -236,6 +251,19 @@ impl DirectPath {
 }
 
 impl DirectPath {
+    /// The key of this path's acks, once a connection to the peer is tracked.
+    async fn ack_key(&self) -> Option<AckKey> {
+        let tracker = self.tracker.upgrade()?;
+        let peer = self.peer;
+        let _ = tokio::time::timeout(
+            KEY_WAIT,
+            tracker.wait_until(|t| t.ack_secret(peer).is_some()),
+        )
+        .await;
+        let secret = tracker.ack_secret(peer)?;
+        Some(AckKey::new(&secret, self.me.as_bytes(), peer.as_bytes()))
+    }
+
     fn with_link(&self, f: impl FnOnce(&dyn Arranger)) {
         if let Some(l) = self.link.upgrade() {
             f(&*l);

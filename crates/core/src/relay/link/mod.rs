@@ -64,6 +64,8 @@ pub(crate) struct LinkContext {
     pub socket: Arc<KeynetSocket>,
     /// The node's public-port connections, when it serves a public port.
     pub public: Option<Arc<public::PublicPort>>,
+    /// The node's connections (direct paths key their acks with them).
+    pub tracker: std::sync::Weak<crate::tracker::Tracker>,
 }
 
 /// A running link to one relay.
@@ -544,6 +546,8 @@ impl Runner {
             keepalive_interval: self.ctx.dialer.opts.keepalive_interval,
             initiator,
             network: link.network.subscribe(),
+            tracker: self.ctx.tracker.clone(),
+            me: self.ctx.dialer.identity.node_id,
         };
         let weak = self.link.clone();
         self.ctx.dialer.tasks.spawn(async move {
