@@ -368,6 +368,8 @@ export interface RelayStartOptions {
   nodeTimeout?: number
   /** Most distinct nodes one node may start sending packets to (default 64). */
   maxPeers?: number
+  /** Largest relayed datagram, 1200 to 1500 bytes (default 1500). */
+  maxDatagram?: number
   /** Bytes of relayed packets queued toward one node; beyond, packets drop (default 1048576). */
   queueBytes?: number
   /** Rendezvous requests of one node in a burst (default 16). */
@@ -424,7 +426,7 @@ export interface RelayMetrics {
   rendezvousSent: number
   /** Public clients reset for accepting no byte for `stallTimeout`. */
   stalledResets: number
-  /** Dropped packets by reason: `queue_full`, `unknown_peer`, `peer_limit`. */
+  /** Dropped packets by reason: `queue_full`, `unknown_peer`, `peer_limit`, `too_large`. */
   drops: Record<string, number>
   /** Refusals by reason: `max_connections`, `max_connections_per_ip`, `handshake_rate`,
    * `handshake`, `token`, `register_timeout`, `malformed`, `not_reading`, `no_relayed_traffic`,

@@ -384,6 +384,7 @@ async function relay(tls: TlsConfig): Promise<Relay> {
     maxConnectionsPerIp: 100,
     handshakeRate: 5,
     handshakeBurst: 20,
+    maxDatagram: 1500,
     queueBytes: 1 << 20,
     rendezvousBurst: 16,
     rendezvousRate: 4,

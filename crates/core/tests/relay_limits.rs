@@ -237,3 +237,26 @@ async fn packets_beyond_a_nodes_queue_bytes_are_dropped_and_counted() {
     );
     relay.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_over_max_datagram_are_dropped_and_counted() {
+    let relay = relay(|s| s.limits.max_datagram = 1200).await;
+    let a = registered(&relay).await;
+    let b = registered(&relay).await;
+    for len in [1300, 1200] {
+        let p = Frame::SendPacket {
+            dst: b.id.node_id,
+            datagram: vec![len as u8; len],
+        };
+        a.client.send(&p).await.unwrap();
+    }
+    // Only the one that fits arrives.
+    match recv(&b).await {
+        Frame::RecvPacket { datagram, .. } => assert_eq!(datagram.len(), 1200),
+        other => panic!("{other:?}"),
+    }
+    let stats = relay.stats().unwrap();
+    assert_eq!(stats.drops(Drop::TooLarge), 1);
+    assert_eq!(stats.packets_relayed, 1);
+    relay.stop().await.unwrap();
+}

@@ -136,6 +136,9 @@ limits! {
     /// Peers one node may start relaying packets to.
     max_peers: usize = 64, "maxPeers", "max-peers", Count,
         "distinct nodes one node may start sending packets to (answering is free)";
+    /// Largest relayed datagram (at most the protocol's 1500).
+    max_datagram: usize = 1500, "maxDatagram", "max-datagram", Bytes,
+        "largest relayed datagram, 1200 to 1500 (QUIC's minimum to an Ethernet MTU); larger ones are dropped";
     /// Bytes of relayed packets queued toward one node.
     queue_bytes: usize = 1 << 20, "queueBytes", "queue-bytes", Bytes,
         "relayed packets queued toward one node; beyond, packets are dropped (QUIC recovers; public-port bytes are never dropped)";
@@ -187,6 +190,11 @@ impl Limits {
         if self.queue_bytes < max_datagram {
             return Err(Error::InvalidArgument(format!(
                 "queueBytes must hold one datagram ({max_datagram} bytes)"
+            )));
+        }
+        if !(1200..=max_datagram).contains(&self.max_datagram) {
+            return Err(Error::InvalidArgument(format!(
+                "maxDatagram must be 1200 to {max_datagram} bytes"
             )));
         }
         if self.max_connections_per_ip > self.max_connections {

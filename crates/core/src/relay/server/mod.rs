@@ -762,6 +762,12 @@ impl Inner {
                         public_port,
                     })
                 }
+                Frame::SendPacket { datagram, .. }
+                    if datagram.len() > running.start.limits.max_datagram =>
+                {
+                    running.counters.dropped(stats::Drop::TooLarge);
+                    None
+                }
                 Frame::SendPacket { dst, datagram } => {
                     self.forward(running, node, me, dst, datagram)
                 }

@@ -13,6 +13,8 @@ pub enum Drop {
     UnknownPeer,
     /// The sender is at `max_peers`.
     PeerLimit,
+    /// Larger than `max_datagram`.
+    TooLarge,
 }
 
 /// Why the relay refused something (a session, a registration, a request).
@@ -45,7 +47,12 @@ pub enum Refusal {
 }
 
 impl Drop {
-    const ALL: [Self; 3] = [Self::QueueFull, Self::UnknownPeer, Self::PeerLimit];
+    const ALL: [Self; 4] = [
+        Self::QueueFull,
+        Self::UnknownPeer,
+        Self::PeerLimit,
+        Self::TooLarge,
+    ];
 
     /// The reason's label.
     pub fn as_str(self) -> &'static str {
@@ -53,6 +60,7 @@ impl Drop {
             Self::QueueFull => "queue_full",
             Self::UnknownPeer => "unknown_peer",
             Self::PeerLimit => "peer_limit",
+            Self::TooLarge => "too_large",
         }
     }
 }
