@@ -698,26 +698,15 @@ mod tests {
         let a_addr: SocketAddr = "10.0.0.1:1000".parse().unwrap();
         let b_addr: SocketAddr = "10.0.0.2:2000".parse().unwrap();
         let secret = [9u8; 32];
-        let mut a = Puncher::new(
-            now,
-            a_addr,
-            b_addr,
-            Duration::from_millis(50),
-            Duration::from_secs(5),
-            10,
-            77,
-        );
-        a.set_ack_key(AckKey::new(&secret, &a_id, &b_id));
-        let mut b = Puncher::new(
-            now,
-            b_addr,
-            a_addr,
-            Duration::from_millis(50),
-            Duration::from_secs(5),
-            10,
-            88,
-        );
-        b.set_ack_key(AckKey::new(&secret, &b_id, &a_id));
+        // A puncher from `local` to `target` whose acks are keyed.
+        let keyed = |local, target, nonce, secret: &[u8; 32], me, peer| {
+            let t = Duration::from_millis(50);
+            let mut p = Puncher::new(now, local, target, t, Duration::from_secs(5), 10, nonce);
+            p.set_ack_key(AckKey::new(secret, me, peer));
+            p
+        };
+        let mut a = keyed(a_addr, b_addr, 77, &secret, &a_id, &b_id);
+        let mut b = keyed(b_addr, a_addr, 88, &secret, &b_id, &a_id);
         let punch = a.poll_transmit(now).unwrap();
         // Whoever sits at the target's address and merely echoes the nonce does not confirm.
         let echoed = Packet {
@@ -730,30 +719,12 @@ mod tests {
         assert!(a.handle(now, b_addr, &echoed).is_none());
         assert!(!a.path_confirmed());
         // Nor does A's own keyed ack, reflected back to it.
-        let mut reflect = Puncher::new(
-            now,
-            a_addr,
-            b_addr,
-            Duration::from_millis(50),
-            Duration::from_secs(5),
-            10,
-            1,
-        );
-        reflect.set_ack_key(AckKey::new(&secret, &a_id, &b_id));
+        let mut reflect = keyed(a_addr, b_addr, 1, &secret, &a_id, &b_id);
         let own = reflect.handle(now, b_addr, &punch).unwrap();
         assert!(a.handle(now, b_addr, &own).is_none());
         assert!(!a.path_confirmed());
         // A key for another pair does not either.
-        let mut stranger = Puncher::new(
-            now,
-            b_addr,
-            a_addr,
-            Duration::from_millis(50),
-            Duration::from_secs(5),
-            10,
-            2,
-        );
-        stranger.set_ack_key(AckKey::new(&[8u8; 32], &b_id, &a_id));
+        let mut stranger = keyed(b_addr, a_addr, 2, &[8u8; 32], &b_id, &a_id);
         let wrong = stranger.handle(now, a_addr, &punch).unwrap();
         a.handle(now, b_addr, &wrong);
         assert!(!a.path_confirmed());

@@ -232,54 +232,59 @@ impl RelayStats {
                 ("{transport=\"websocket\"}".into(), g.sessions_websocket),
             ],
         );
-        metric(
-            "registered_nodes",
-            "gauge",
-            "Registered nodes.",
-            &one(g.registered),
-        );
-        metric(
-            "allocations",
-            "gauge",
-            "Public ports held (connected and retained nodes).",
-            &one(g.allocations),
-        );
-        metric(
-            "public_clients",
-            "gauge",
-            "Public-port clients connected.",
-            &one(g.public_clients),
-        );
-        metric(
-            "queued_bytes",
-            "gauge",
-            "Bytes of relayed packets queued toward nodes.",
-            &one(g.queued_bytes),
-        );
-        metric(
-            "packets_relayed_total",
-            "counter",
-            "Relayed packets.",
-            &one(self.packets_relayed),
-        );
-        metric(
-            "bytes_relayed_total",
-            "counter",
-            "Relayed packet bytes.",
-            &one(self.bytes_relayed),
-        );
-        metric(
-            "rendezvous_total",
-            "counter",
-            "Rendezvous pairs arranged.",
-            &one(self.rendezvous_sent),
-        );
-        metric(
-            "stalled_resets_total",
-            "counter",
-            "Public-port clients reset for accepting no byte for the stall time.",
-            &one(self.stalled_resets),
-        );
+        let single = [
+            (
+                "registered_nodes",
+                "gauge",
+                "Registered nodes.",
+                g.registered,
+            ),
+            (
+                "allocations",
+                "gauge",
+                "Public ports held (connected and retained nodes).",
+                g.allocations,
+            ),
+            (
+                "public_clients",
+                "gauge",
+                "Public-port clients connected.",
+                g.public_clients,
+            ),
+            (
+                "queued_bytes",
+                "gauge",
+                "Bytes of relayed packets queued toward nodes.",
+                g.queued_bytes,
+            ),
+            (
+                "packets_relayed_total",
+                "counter",
+                "Relayed packets.",
+                self.packets_relayed,
+            ),
+            (
+                "bytes_relayed_total",
+                "counter",
+                "Relayed packet bytes.",
+                self.bytes_relayed,
+            ),
+            (
+                "rendezvous_total",
+                "counter",
+                "Rendezvous pairs arranged.",
+                self.rendezvous_sent,
+            ),
+            (
+                "stalled_resets_total",
+                "counter",
+                "Public-port clients reset for accepting no byte for the stall time.",
+                self.stalled_resets,
+            ),
+        ];
+        for (name, kind, help, v) in single {
+            metric(name, kind, help, &one(v));
+        }
         let labelled = |rows: &[(&str, u64)]| {
             rows.iter()
                 .map(|(k, v)| (format!("{{reason=\"{k}\"}}"), *v))
