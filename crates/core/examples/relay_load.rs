@@ -1,7 +1,8 @@
 //! Load test of the relay (`npm run loadtest`; not part of `npm test`). Runs the
 //! `keynet-relay` binary in its own process (so its memory and CPU are its own), then from this
 //! process:
-//! 1. registers many nodes, each a real QUIC link with its own identity;
+//! 1. registers many nodes, each a real link with its own identity (QUIC, or TLS + WebSocket
+//!    for a share of them);
 //! 2. runs one relayed packet flow per node (node i sends to node i + n/2) at a fixed rate,
 //!    timestamps in the packets, and a direct UDP flow beside them as the baseline;
 //! 3. carries public-port clients (1 MiB echo each) to a reverse proxy's server;
@@ -12,7 +13,8 @@
 //! fails only on errors or altered or lost tunnel bytes.
 //!
 //! Flags: `--nodes N` (1000), `--seconds S` (10), `--rate PACKETS_PER_S_PER_NODE` (20),
-//! `--public-clients N` (100), `--flow-mib N` (128). `KEYNET_RELAY` names the relay binary
+//! `--public-clients N` (100), `--flow-mib N` (128), `--websocket PERCENT` (25: the share of
+//! nodes on the TLS/WebSocket transport). `KEYNET_RELAY` names the relay binary
 //! (default `target/release/keynet-relay`).
 
 use std::collections::HashMap;
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 use keynet_core::identity::LoadedIdentity;
 use keynet_core::proto::relay::Frame;
 use keynet_core::relay::client::RelayClient;
-use keynet_core::relay::spec::{LinkStatus, RelaySpec};
+use keynet_core::relay::spec::{LinkStatus, RelaySpec, Transport};
 use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, NodeId, ReverseProxy, ReverseStart};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -38,6 +40,7 @@ struct Args {
     rate: u64,
     public_clients: usize,
     flow_mib: usize,
+    websocket: usize,
 }
 
 fn args() -> Result<Args, String> {
@@ -47,6 +50,7 @@ fn args() -> Result<Args, String> {
         rate: 20,
         public_clients: 100,
         flow_mib: 128,
+        websocket: 25,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,6 +64,7 @@ fn args() -> Result<Args, String> {
             "--rate" => a.rate = n.max(1),
             "--public-clients" => a.public_clients = n as usize,
             "--flow-mib" => a.flow_mib = (n as usize).max(1),
+            "--websocket" => a.websocket = (n as usize).min(100),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -70,6 +75,7 @@ fn args() -> Result<Args, String> {
 struct Relay {
     child: tokio::process::Child,
     addr: SocketAddr,
+    tcp: SocketAddr,
     node_id: NodeId,
     metrics: SocketAddr,
 }
@@ -105,6 +111,10 @@ impl Relay {
         Ok(Self {
             addr: w
                 .get(3)
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(parse_err)?,
+            tcp: w
+                .get(5)
                 .and_then(|a| a.parse().ok())
                 .ok_or_else(parse_err)?,
             node_id: w
@@ -179,30 +189,30 @@ struct Node {
     id: NodeId,
 }
 
-async fn register_nodes(relay: &Relay, n: usize) -> Result<Vec<Node>, String> {
+async fn register_nodes(relay: &Relay, n: usize, ws_percent: usize) -> Result<Vec<Node>, String> {
     let (endpoint, _socket) =
         keynet_core::socket::bind("127.0.0.1:0".parse().unwrap(), None, b"load")
             .map_err(|e| e.to_string())?;
-    let transport = ConnOptions::default().transport();
     let mut nodes = Vec::with_capacity(n);
     // A few dozen handshakes at a time.
     for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
         let mut joins = Vec::new();
-        for _ in chunk {
-            let (endpoint, transport) = (endpoint.clone(), transport.clone());
-            let (addr, relay_id) = (relay.addr, relay.node_id);
+        for &i in chunk {
+            let endpoint = endpoint.clone();
+            let mut spec = RelaySpec::new(relay.addr, relay.node_id);
+            spec.tcp_addr = Some(relay.tcp);
+            spec.transport = if i * 100 < n * ws_percent {
+                Transport::WebSocket
+            } else {
+                Transport::Quic
+            };
             joins.push(tokio::spawn(async move {
                 let id = LoadedIdentity::generate().map_err(|e| e.to_string())?;
-                let c = RelayClient::connect(
-                    &endpoint,
-                    &id,
-                    addr,
-                    relay_id,
-                    transport,
-                    Duration::from_secs(20),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+                let opts = ConnOptions::default();
+                let timeout = Duration::from_secs(20);
+                let c = RelayClient::connect_spec(&endpoint, &id, &spec, &opts, timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 c.send(&Frame::Register {
                     want_port: false,
                     token: String::new(),
@@ -502,20 +512,25 @@ async fn run(a: Args) -> Result<(), String> {
     let relay = Relay::spawn(a.nodes).await?;
     let rss0 = relay.rss();
     println!(
-        "relay pid {} at {}; {} nodes, {} s at {} packets/s each ({} B)",
+        "relay pid {} at {}; {} nodes ({} % over WebSocket), {} s at {} packets/s each ({} B)",
         relay.pid(),
         relay.addr,
         a.nodes,
+        a.websocket,
         a.seconds,
         a.rate,
         PACKET
     );
 
     let started = Instant::now();
-    let nodes = register_nodes(&relay, a.nodes).await?;
+    let nodes = register_nodes(&relay, a.nodes, a.websocket).await?;
     let registered_in = started.elapsed();
     let rss1 = relay.rss();
     let m = relay.metrics().await;
+    let ws_sessions = m
+        .get("keynet_relay_sessions{transport=\"websocket\"}")
+        .copied()
+        .unwrap_or(0.0);
     let registered = m
         .get("keynet_relay_registered_nodes")
         .copied()
@@ -564,9 +579,10 @@ async fn run(a: Args) -> Result<(), String> {
     println!("| measure | value |");
     println!("|---|---|");
     println!(
-        "| nodes registered | {} in {:.1} s |",
+        "| nodes registered | {} in {:.1} s ({} over TLS/WebSocket) |",
         a.nodes,
-        registered_in.as_secs_f64()
+        registered_in.as_secs_f64(),
+        ws_sessions
     );
     println!(
         "| relay RSS idle / registered / under load | {:.1} / {:.1} / {:.1} MiB |",

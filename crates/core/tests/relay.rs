@@ -65,12 +65,10 @@ async fn registered_nodes_exchange_packets_and_nothing_else_gets_through() {
         } => {
             assert_eq!(
                 observed,
-                a.connection()
-                    .local_ip()
-                    .map_or(observed, |ip| std::net::SocketAddr::new(
-                        ip,
-                        observed.port()
-                    ))
+                a.connection().unwrap().local_ip().map_or(
+                    observed,
+                    |ip| std::net::SocketAddr::new(ip, observed.port())
+                )
             );
             assert_eq!(public_port, None);
         }
@@ -134,7 +132,7 @@ async fn a_malformed_frame_closes_only_the_offending_connection() {
         assert!(matches!(recv(c).await, Frame::Registered { .. }));
     }
     a.send_raw(&[0x42, 0, 0]).await.unwrap();
-    let closed = tokio::time::timeout(T, a.connection().closed())
+    let closed = tokio::time::timeout(T, a.connection().unwrap().closed())
         .await
         .expect("closed in time");
     assert!(

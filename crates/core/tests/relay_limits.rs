@@ -158,7 +158,7 @@ async fn handshakes_from_one_address_are_rate_limited() {
     .await;
     for _ in 0..3 {
         let n = try_node(&relay).await.unwrap();
-        n.client.connection().close(0u32.into(), b"done");
+        n.client.connection().unwrap().close(0u32.into(), b"done");
     }
     assert!(try_node(&relay).await.is_err());
     let stats = relay.stats().unwrap();

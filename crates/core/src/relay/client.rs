@@ -1,4 +1,5 @@
-//! A keynode's connection to a relay: pinned to the relay's node id, frames on one stream.
+//! A bare relay session, frames in and out, pinned to the relay's node id: what tests and the
+//! load test use to play many nodes (or misbehaving ones) without a whole proxy each.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,16 +8,29 @@ use std::time::Duration;
 use crate::error::{Error, RelayError, Result, StartError};
 use crate::identity::LoadedIdentity;
 use crate::nodeid::NodeId;
+use crate::options::ConnOptions;
 use crate::proto::relay::Frame;
 use crate::relay::framed::{write_frame, BoxWrite, FrameReader};
+use crate::relay::link::transport::{self, Dialer};
+use crate::relay::spec::RelaySpec;
+use crate::task::Tasks;
 use crate::tls::config::{client_config, SERVER_NAME};
 use crate::tls::verify::{handshake_error, Acceptable, VerifyOutcome};
 
 /// An open relay connection.
 pub struct RelayClient {
-    conn: quinn::Connection,
+    /// The QUIC connection (none over WebSocket).
+    conn: Option<quinn::Connection>,
     send: tokio::sync::Mutex<BoxWrite>,
     frames: tokio::sync::Mutex<FrameReader>,
+    /// The WebSocket pump, ended with the client.
+    tasks: Tasks,
+}
+
+impl Drop for RelayClient {
+    fn drop(&mut self) {
+        self.tasks.token().cancel();
+    }
 }
 
 impl RelayClient {
@@ -61,9 +75,35 @@ impl RelayClient {
                 source,
             })?;
         Ok(Self {
-            conn,
+            conn: Some(conn),
             send: tokio::sync::Mutex::new(Box::new(send)),
             frames: tokio::sync::Mutex::new(FrameReader::new(Box::new(recv))),
+            tasks: Tasks::new(),
+        })
+    }
+
+    /// Connects as `identity` to the relay `spec` names, over its transport (QUIC from
+    /// `endpoint`, or TLS + WebSocket to `spec.tcp_addr`).
+    pub async fn connect_spec(
+        endpoint: &quinn::Endpoint,
+        identity: &LoadedIdentity,
+        spec: &RelaySpec,
+        opts: &ConnOptions,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let tasks = Tasks::new();
+        let dialer = Dialer {
+            endpoint: endpoint.clone(),
+            identity: identity.clone(),
+            opts: opts.clone(),
+            tasks: tasks.clone(),
+        };
+        let c = transport::connect(spec, &dialer, timeout).await?;
+        Ok(Self {
+            conn: c.quic,
+            send: tokio::sync::Mutex::new(c.write),
+            frames: tokio::sync::Mutex::new(FrameReader::new(c.read)),
+            tasks,
         })
     }
 
@@ -94,8 +134,8 @@ impl RelayClient {
         }
     }
 
-    /// The QUIC connection (close reason, stats).
-    pub fn connection(&self) -> &quinn::Connection {
-        &self.conn
+    /// The QUIC connection (close reason, stats); none over WebSocket.
+    pub fn connection(&self) -> Option<&quinn::Connection> {
+        self.conn.as_ref()
     }
 }
