@@ -147,7 +147,7 @@ test('bad relay options are typed errors', async (t) => {
   await t.throwsAsync(relay.start({ handshakeRate: -1 }), { instanceOf: RangeError, message: /opts\.handshakeRate/ })
   await t.throwsAsync(relay.start({ stallTimeout: 'long' }), { instanceOf: TypeError, message: /opts\.stallTimeout/ })
   // Limits that contradict each other are the core's to refuse.
-  await t.throwsAsync(relay.start({ maxConnections: 2, maxConnectionsPerIp: 3 }), { code: 'ERR_INVALID_ARG_VALUE', message: /maxConnectionsPerIp/ })
+  await t.throwsAsync(relay.start({ queueBytes: 100 }), { code: 'ERR_INVALID_ARG_VALUE', message: /queueBytes/ })
   t.throws(() => relay.getNodeId(), { instanceOf: errors.ErrorRelayNotRunning })
   t.throws(() => relay.getMetrics(), { instanceOf: errors.ErrorRelayNotRunning })
 })

@@ -370,6 +370,15 @@ impl ReverseProxy {
     }
 }
 
+/// A connection slot of [`ReverseStart::max_connections`], held by a connection's task.
+struct Slot(Arc<Running>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Inner {
     async fn accept_loop(self: Arc<Self>, running: Arc<Running>) {
         let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
@@ -400,6 +409,8 @@ impl Inner {
             let me = self.clone();
             let r = running.clone();
             running.node.tasks.spawn(async move {
+                // Gives the slot back however the task ends.
+                let _slot = Slot(r.clone());
                 let remote = incoming.remote_address();
                 let handshake = me.handshake(&r, incoming).await;
                 drop(permit);
@@ -410,7 +421,6 @@ impl Inner {
                         tracing::info!(%remote, error = %e, "refused incoming connection")
                     }
                 }
-                r.connections.fetch_sub(1, Ordering::AcqRel);
             });
         }
     }

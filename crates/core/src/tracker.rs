@@ -283,10 +283,12 @@ impl Tracker {
         map.values().flat_map(|e| e.peers.iter().cloned()).collect()
     }
 
-    /// The secret a direct path to `peer` keys its acks with: exported from the TLS session of
-    /// a connection to it; of several, the least, so both ends pick the same one.
-    pub(crate) fn ack_secret(&self, peer: NodeId) -> Option<[u8; 32]> {
-        self.peers()
+    /// The secrets a direct path to `peer` keys its acks with: one exported from the TLS
+    /// session of each connection to it, least first (both ends make their acks with the least
+    /// and accept any, as one may still see a connection the other has closed).
+    pub(crate) fn ack_secrets(&self, peer: NodeId) -> Vec<[u8; 32]> {
+        let mut secrets: Vec<[u8; 32]> = self
+            .peers()
             .iter()
             .filter(|p| p.node_id == peer)
             .filter_map(|p| {
@@ -296,7 +298,9 @@ impl Tracker {
                     .ok()
                     .map(|()| k)
             })
-            .min()
+            .collect();
+        secrets.sort_unstable();
+        secrets
     }
 
     /// Resolves once `done(self)` holds, re-checking whenever a connection is added or removed.

@@ -178,22 +178,27 @@ async fn public_ports_are_bounded_per_address_and_the_node_is_told() {
             ..
         }
     ));
+    // The next is registered (its relayed traffic works), without a port, and told why.
     let b = try_node(&relay).await.unwrap();
-    match register(&b, true).await {
+    assert!(matches!(
+        register(&b, true).await,
+        Frame::Registered {
+            public_port: None,
+            ..
+        }
+    ));
+    match recv(&b).await {
         Frame::Error { code, message, .. } => {
             assert_eq!(code, 503);
             assert!(message.contains("no public port"), "{message}");
         }
         other => panic!("{other:?}"),
     }
-    // It is still registered, without a port.
-    assert!(matches!(
-        recv(&b).await,
-        Frame::Registered {
-            public_port: None,
-            ..
-        }
-    ));
+    // Registering again on the same session is refused (it would reset the node's budgets).
+    match register(&b, false).await {
+        Frame::Error { code, .. } => assert_eq!(code, 400),
+        other => panic!("{other:?}"),
+    }
     let stats = relay.stats().unwrap();
     assert_eq!(stats.refusals(Refusal::NoPort), 1);
     assert_eq!(stats.gauges.allocations, 1);

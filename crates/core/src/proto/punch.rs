@@ -160,7 +160,9 @@ impl Packet {
 /// documentation).
 #[derive(Clone)]
 pub struct AckKey {
-    key: ring::hmac::Key,
+    /// Ours are made with the first; the peer's count under any (the two ends may not see the
+    /// same set of connections at every moment).
+    keys: Vec<ring::hmac::Key>,
     me: [u8; 32],
     peer: [u8; 32],
 }
@@ -172,10 +174,16 @@ impl std::fmt::Debug for AckKey {
 }
 
 impl AckKey {
-    /// Acks between node `me` and node `peer`, keyed by `secret` (the same on both ends).
-    pub fn new(secret: &[u8], me: &[u8; 32], peer: &[u8; 32]) -> Self {
+    /// Acks between node `me` and node `peer`, keyed by the secrets of their shared
+    /// connections (at least one; both ends derive the same ones, ours are made with the
+    /// first).
+    pub fn new(secrets: &[[u8; 32]], me: &[u8; 32], peer: &[u8; 32]) -> Self {
+        assert!(!secrets.is_empty(), "an ack key needs a secret");
         Self {
-            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+            keys: secrets
+                .iter()
+                .map(|s| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, s))
+                .collect(),
             me: *me,
             peer: *peer,
         }
@@ -183,22 +191,23 @@ impl AckKey {
 
     /// What our ack of the peer's `nonce` carries.
     pub fn ours(&self, nonce: u64) -> u64 {
-        self.tag(&self.me, nonce)
+        tag(&self.keys[0], &self.me, nonce)
     }
 
-    /// What the peer's ack of our `nonce` must carry.
-    pub fn theirs(&self, nonce: u64) -> u64 {
-        self.tag(&self.peer, nonce)
+    /// Whether `ack` is the peer's ack of our `nonce`.
+    pub fn accepts(&self, nonce: u64, ack: u64) -> bool {
+        self.keys.iter().any(|k| tag(k, &self.peer, nonce) == ack)
     }
+}
 
-    fn tag(&self, acker: &[u8; 32], nonce: u64) -> u64 {
-        let mut msg = [0u8; 9 + 32 + 8];
-        msg[..9].copy_from_slice(b"keynet ak");
-        msg[9..41].copy_from_slice(acker);
-        msg[41..].copy_from_slice(&nonce.to_be_bytes());
-        let mac = ring::hmac::sign(&self.key, &msg);
-        u64::from_be_bytes(mac.as_ref()[..8].try_into().expect("8 bytes"))
-    }
+/// The MAC of `nonce` acknowledged by `acker`, truncated to the nonce field.
+fn tag(key: &ring::hmac::Key, acker: &[u8; 32], nonce: u64) -> u64 {
+    let mut msg = [0u8; 9 + 32 + 8];
+    msg[..9].copy_from_slice(b"keynet ak");
+    msg[9..41].copy_from_slice(acker);
+    msg[41..].copy_from_slice(&nonce.to_be_bytes());
+    let mac = ring::hmac::sign(key, &msg);
+    u64::from_be_bytes(mac.as_ref()[..8].try_into().expect("8 bytes"))
 }
 
 /// Where a [`Puncher`] is.
@@ -343,7 +352,7 @@ impl Puncher {
                     .encode(),
                 )
             }
-            Kind::Ack if packet.nonce == self.expected_ack() => {
+            Kind::Ack if self.ack_counts(packet.nonce) => {
                 if !self.path_confirmed {
                     self.path_confirmed = true;
                     self.path_opened_pending = true;
@@ -356,11 +365,11 @@ impl Puncher {
         }
     }
 
-    /// What an ack of our punches carries.
-    fn expected_ack(&self) -> u64 {
+    /// Whether an ack carrying `ack` acknowledges our punches.
+    fn ack_counts(&self, ack: u64) -> bool {
         match &self.ack_key {
-            Some(k) => k.theirs(self.nonce),
-            None => self.nonce,
+            Some(k) => k.accepts(self.nonce, ack),
+            None => ack == self.nonce,
         }
     }
 
@@ -702,7 +711,7 @@ mod tests {
         let keyed = |local, target, nonce, secret: &[u8; 32], me, peer| {
             let t = Duration::from_millis(50);
             let mut p = Puncher::new(now, local, target, t, Duration::from_secs(5), 10, nonce);
-            p.set_ack_key(AckKey::new(secret, me, peer));
+            p.set_ack_key(AckKey::new(&[*secret], me, peer));
             p
         };
         let mut a = keyed(a_addr, b_addr, 77, &secret, &a_id, &b_id);

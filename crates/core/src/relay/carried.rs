@@ -13,7 +13,7 @@
 //! Half-close travels as `TcpClose { reset: false }`, an abort as `reset: true`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -250,6 +250,10 @@ pub async fn carry(tcp: TcpStream, ends: Ends, out: mpsc::Sender<Frame>, stall: 
         ..
     } = ends;
     let (mut rd, mut wr) = tcp.into_split();
+    // Our FIN went out / the peer's FIN arrived. After its FIN the peer may still reset the
+    // connection, so its frames are read until the connection is closed both ways.
+    let up_finished = AtomicBool::new(false);
+    let fin_seen = AtomicBool::new(false);
     let up = async {
         let mut buf = vec![0u8; CHUNK as usize];
         loop {
@@ -288,6 +292,7 @@ pub async fn carry(tcp: TcpStream, ends: Ends, out: mpsc::Sender<Frame>, stall: 
                 return Err(Ended::Dropped);
             }
             if fin {
+                up_finished.store(true, Ordering::Release);
                 return Ok(());
             }
         }
@@ -296,6 +301,9 @@ pub async fn carry(tcp: TcpStream, ends: Ends, out: mpsc::Sender<Frame>, stall: 
         let mut written = 0u32;
         loop {
             match rx.recv().await {
+                Some(ToTcp::Data(_)) if fin_seen.load(Ordering::Acquire) => {
+                    return Err(Ended::Failed("data after the peer's FIN".into()));
+                }
                 Some(ToTcp::Data(d)) => {
                     let mut at = 0;
                     while at < d.len() {
@@ -321,8 +329,12 @@ pub async fn carry(tcp: TcpStream, ends: Ends, out: mpsc::Sender<Frame>, stall: 
                     }
                 }
                 Some(ToTcp::Fin) => {
-                    let _ = wr.shutdown().await;
-                    return Ok(());
+                    if !fin_seen.swap(true, Ordering::AcqRel) {
+                        let _ = wr.shutdown().await;
+                    }
+                    if up_finished.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
                 }
                 Some(ToTcp::Reset) | None => return Err(Ended::Dropped),
             }
@@ -337,7 +349,8 @@ pub async fn carry(tcp: TcpStream, ends: Ends, out: mpsc::Sender<Frame>, stall: 
                 r = &mut down, if !down_done => { down_done = true; r }
             };
             match r {
-                Ok(()) if up_done && down_done => return Ended::Closed,
+                // Closed both ways: the peer's FIN arrived and ours went out.
+                Ok(()) if down_done || fin_seen.load(Ordering::Acquire) => return Ended::Closed,
                 Ok(()) => {}
                 Err(e) => break e,
             }
@@ -483,6 +496,41 @@ mod tests {
                 data: vec![1],
             })
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reset_after_the_peers_fin_still_ends_a_connection_waiting_for_credit() {
+        let (mut peer, tcp) = pair().await;
+        let mut table = Table::default();
+        let ends = table.open(4);
+        let (out_tx, mut out_rx) = mpsc::channel(1024);
+        let carried = tokio::spawn(carry(tcp, ends, out_tx, DEFAULT_STALL));
+        let fin = Frame::TcpClose {
+            conn: 4,
+            reset: false,
+        };
+        table.route(fin).unwrap();
+        // Our TCP peer sends more than a window: the carrier then waits for credit.
+        peer.write_all(&vec![3u8; 2 * WINDOW as usize])
+            .await
+            .unwrap();
+        let mut sent = 0;
+        while sent < WINDOW as usize {
+            if let Some(Frame::TcpData { data, .. }) = out_rx.recv().await {
+                sent += data.len();
+            }
+        }
+        // The other end resets: the carrier ends instead of waiting for ever.
+        let reset = Frame::TcpClose {
+            conn: 4,
+            reset: true,
+        };
+        table.route(reset).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), carried)
+            .await
+            .expect("ended")
+            .unwrap();
+        assert_eq!(ended, Ended::Dropped);
     }
 
     #[tokio::test]

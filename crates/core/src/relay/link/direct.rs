@@ -174,7 +174,7 @@ impl DirectPath {
                         }
                         Kind::Ack => {
                             // Only the peer, with the key, can answer one of our probes.
-                            let answered = live.outstanding().iter().copied().find(|n| key.theirs(*n) == p.nonce);
+                            let answered = live.outstanding().iter().copied().find(|n| key.accepts(*n, p.nonce));
                             let Some(nonce) = answered else { continue };
                             if live.on_ack(Instant::now(), nonce) == Some(Transition::Recovered) {
                                 paths.use_direct(peer, addr, kind, PathReason::Upgrade);
@@ -257,11 +257,11 @@ impl DirectPath {
         let peer = self.peer;
         let _ = tokio::time::timeout(
             KEY_WAIT,
-            tracker.wait_until(|t| t.ack_secret(peer).is_some()),
+            tracker.wait_until(|t| !t.ack_secrets(peer).is_empty()),
         )
         .await;
-        let secret = tracker.ack_secret(peer)?;
-        Some(AckKey::new(&secret, self.me.as_bytes(), peer.as_bytes()))
+        let secrets = tracker.ack_secrets(peer);
+        (!secrets.is_empty()).then(|| AckKey::new(&secrets, self.me.as_bytes(), peer.as_bytes()))
     }
 
     fn with_link(&self, f: impl FnOnce(&dyn Arranger)) {

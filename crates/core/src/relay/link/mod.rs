@@ -49,6 +49,8 @@ const OUTBOX: usize = 1024;
 /// Punch sessions (direct-path tasks) a link runs at once: each comes from a rendezvous, and a
 /// relay that sent rendezvous for many peers must not make the node punch toward all of them.
 pub(crate) const MAX_DIRECT: usize = 64;
+/// Frames a relay may send before its answer to our registration that are kept for after it.
+const EARLY_FRAMES: usize = 256;
 /// Reconnect backoff bounds.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -346,10 +348,24 @@ impl Runner {
         )
         .await
         .map_err(RelayError::Closed)?;
-        let registered = tokio::time::timeout(budget, next(&mut frames))
-            .await
-            .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))??;
-        let (observed, public_port) = match registered {
+        // The answer; frames the relay wrote before it (a peer's packet, a public-port client
+        // that came early) are handled once registered.
+        let mut early = Vec::new();
+        let answer = tokio::time::timeout(budget, async {
+            loop {
+                match next(&mut frames).await? {
+                    Some(f @ (Frame::Registered { .. } | Frame::Error { .. })) => {
+                        return Ok::<_, Error>(Some(f));
+                    }
+                    None => return Ok(None),
+                    Some(f) if early.len() < EARLY_FRAMES => early.push(f),
+                    Some(_) => {}
+                }
+            }
+        })
+        .await
+        .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))??;
+        let (observed, public_port) = match answer {
             Some(Frame::Registered {
                 observed,
                 public_port,
@@ -366,15 +382,19 @@ impl Runner {
             public_port,
         });
         let mut public_rx = self.ctx.public.as_ref().map(|p| p.session());
-        let ended = self
-            .carry(
+        let handled: Result<()> = early.into_iter().try_for_each(|f| self.handle(f));
+        let ended = async {
+            handled?;
+            self.carry(
                 &mut frames,
                 &mut send,
                 outbox_rx,
                 control_rx,
                 &mut public_rx,
             )
-            .await;
+            .await
+        }
+        .await;
         if let Some(p) = &self.ctx.public {
             p.reset_all();
         }

@@ -72,9 +72,9 @@ impl PublicPort {
         if state.conns.len() >= MAX_CONNS || state.conns.contains(conn) {
             drop(state);
             tracing::warn!(%client, conn, "public-port client refused: too many, or a duplicate id");
-            self.tasks.spawn(async move {
-                let _ = to_relay.send(Frame::TcpClose { conn, reset: true }).await;
-            });
+            // Never waits (a relay flooding opens must not pile up tasks); a full queue drops
+            // the reset, and the relay's stall timer ends that client.
+            let _ = to_relay.try_send(Frame::TcpClose { conn, reset: true });
             return Ok(());
         }
         let ends = state.conns.open(conn);

@@ -129,6 +129,8 @@ pub struct Allocations {
     rewake: Notify,
     /// The state file is out of date.
     dirty: Notify,
+    /// One state-file write at a time (the writer task, and the final one at stop).
+    writing: tokio::sync::Mutex<()>,
 }
 
 fn now_ms() -> u64 {
@@ -159,6 +161,7 @@ impl Allocations {
             state: Mutex::new(State::default()),
             rewake: Notify::new(),
             dirty: Notify::new(),
+            writing: tokio::sync::Mutex::new(()),
         });
         if let Some(path) = me.opts.state_file.clone() {
             me.load(&path).await?;
@@ -265,7 +268,9 @@ impl Allocations {
                     st.expiries.remove(&(at, node));
                 }
                 a.owner = Some(Owner::new(tx));
-                a.ip = Some(ip);
+                // A port counts against the address it was made from: reconnecting from
+                // elsewhere must not free that address's quota.
+                a.ip.get_or_insert(ip);
                 let port = a.port;
                 self.dirty.notify_one();
                 return Ok(port);
@@ -286,16 +291,28 @@ impl Allocations {
         let listener = self.bind_new().await?;
         let port = listener.local_addr()?.port();
         let token = CancellationToken::new();
-        self.state.lock().expect("alloc lock").by_node.insert(
-            node,
-            Alloc {
-                port,
-                expires: None,
-                owner: Some(Owner::new(tx)),
-                ip: Some(ip),
-                listener: token.clone(),
-            },
-        );
+        {
+            // Checked again: another claim may have run while we bound.
+            let mut st = self.state.lock().expect("alloc lock");
+            let taken = st.by_node.len() >= self.max_ports
+                || st.by_node.values().filter(|a| a.ip == Some(ip)).count()
+                    >= self.max_ports_per_ip;
+            if st.by_node.contains_key(&node) || taken {
+                return Err(Error::InvalidArgument(
+                    "public ports were claimed meanwhile: try again".into(),
+                ));
+            }
+            st.by_node.insert(
+                node,
+                Alloc {
+                    port,
+                    expires: None,
+                    owner: Some(Owner::new(tx)),
+                    ip: Some(ip),
+                    listener: token.clone(),
+                },
+            );
+        }
         self.spawn_listener(node, listener, token);
         self.dirty.notify_one();
         tracing::info!(%node, port, "public port allocated");
@@ -428,6 +445,10 @@ impl Allocations {
                         client: crate::addr::canonical(client),
                     };
                     if tx.send(open).await.is_err() {
+                        // The node's session is gone.
+                        if let Some(me) = weak.upgrade() {
+                            me.forget_client(node, conn, serial);
+                        }
                         return;
                     }
                     let ended = carried::carry(tcp, ends, tx, stall).await;
@@ -508,6 +529,7 @@ impl Allocations {
     async fn write_state(self: Arc<Self>, path: PathBuf) {
         loop {
             self.dirty.notified().await;
+            let _one = self.writing.lock().await;
             if let Err(e) = write_atomically(&path, &self.state_text()).await {
                 tracing::warn!(file = %path.display(), error = %e, "state file not written");
             }
@@ -517,6 +539,7 @@ impl Allocations {
     /// Writes the state file now (the relay is stopping).
     pub async fn flush(&self) {
         if let Some(path) = &self.opts.state_file {
+            let _one = self.writing.lock().await;
             if let Err(e) = write_atomically(path, &self.state_text()).await {
                 tracing::warn!(file = %path.display(), error = %e, "state file not written");
             }

@@ -184,7 +184,15 @@ impl Unit {
 }
 
 impl Limits {
-    /// Checks the limits against each other and against the protocol.
+    /// The limits as enforced: a per-address limit above its total is the total (lowering
+    /// `maxConnections` alone must not need `maxConnectionsPerIp` lowered too).
+    pub fn effective(mut self) -> Self {
+        self.max_connections_per_ip = self.max_connections_per_ip.min(self.max_connections);
+        self.max_ports_per_ip = self.max_ports_per_ip.min(self.max_ports);
+        self
+    }
+
+    /// Checks the limits against the protocol.
     pub fn validate(&self) -> Result<()> {
         let max_datagram = crate::proto::relay::MAX_DATAGRAM;
         if self.queue_bytes < max_datagram {
@@ -196,16 +204,6 @@ impl Limits {
             return Err(Error::InvalidArgument(format!(
                 "maxDatagram must be 1200 to {max_datagram} bytes"
             )));
-        }
-        if self.max_connections_per_ip > self.max_connections {
-            return Err(Error::InvalidArgument(
-                "maxConnectionsPerIp cannot exceed maxConnections".into(),
-            ));
-        }
-        if self.max_ports_per_ip > self.max_ports {
-            return Err(Error::InvalidArgument(
-                "maxPortsPerIp cannot exceed maxPorts".into(),
-            ));
         }
         Ok(())
     }
@@ -288,5 +286,8 @@ mod tests {
         l.set("queueBytes", 100.0).unwrap();
         assert!(l.validate().is_err());
         assert!(Limits::default().validate().is_ok());
+        let mut low = Limits::default();
+        low.set("maxConnections", 50.0).unwrap();
+        assert_eq!(low.effective().max_connections_per_ip, 50);
     }
 }

@@ -289,7 +289,9 @@ impl RelayServer {
         inner
             .life
             .start(async {
+                let mut start = start;
                 start.limits.validate()?;
+                start.limits = start.limits.effective();
                 start.alloc.validate()?;
                 let identity = inner.identities.for_start(start.tls.as_ref())?;
                 let accept = start
@@ -426,6 +428,13 @@ impl RelayServer {
 impl Inner {
     async fn accept_quic(self: Arc<Self>, running: Arc<Running>) {
         while let Some(incoming) = running.endpoint.accept().await {
+            // Count a source only once it proved its address (a QUIC Retry round trip): a
+            // spoofed Initial must not spend another address's handshake budget, nor hold a
+            // session slot.
+            if !incoming.remote_address_validated() {
+                let _ = incoming.retry();
+                continue;
+            }
             let remote = incoming.remote_address();
             let Some(admitted) = running.admit(remote, true) else {
                 incoming.refuse();
@@ -600,7 +609,7 @@ impl Inner {
                         }
                     } => f,
                 };
-                let Some(first) = first else { return };
+                let Some(first) = first else { break };
                 take(&mut batch, first);
                 // Up to 64 frames per write: control, then packets and public frames in turn.
                 while batch.len() < 64 {
@@ -617,9 +626,17 @@ impl Inner {
                     }
                 }
                 if write_frames(&mut write, &batch).await.is_err() {
-                    return;
+                    break;
                 }
                 batch.clear();
+            }
+            // The session is over: packets still queued leave the byte count (and no more
+            // come in).
+            rx.close();
+            while let Ok(f) = rx.try_recv() {
+                if let Frame::RecvPacket { datagram, .. } = &f {
+                    writer_queued.fetch_sub(datagram.len(), Ordering::AcqRel);
+                }
             }
         });
         let me = Arc::new(NodeConn {
@@ -703,6 +720,11 @@ impl Inner {
                 Ok(Err(ReadError::Closed(why))) => return Err(RelayError::Closed(why).into()),
             };
             let reply = match frame {
+                Frame::Register { .. } if registered => {
+                    // Once per session: registering again would reset its peer and rendezvous
+                    // budgets.
+                    Some(Refusal::Unexpected("a second Register".into()).frame())
+                }
                 Frame::Register { want_port, token } => {
                     let outcome = running.nodes.lock().expect("nodes lock").register(
                         node,
@@ -731,36 +753,39 @@ impl Inner {
                             return Ok(());
                         }
                     }
-                    let public_port = if want_port {
+                    let (public_port, refused) = if want_port {
                         match running
                             .allocs
                             .claim(node, remote.ip(), me.public.clone())
                             .await
                         {
-                            Ok(p) => Some(p),
+                            Ok(p) => (Some(p), None),
                             Err(e) => {
                                 running.refuse(stats::Refusal::NoPort, &node.to_string());
-                                let refused = Frame::Error {
+                                let notice = Frame::Error {
                                     code: 503,
                                     node: None,
                                     message: format!("no public port: {e}"),
                                 };
-                                if !me.reply(refused, idle).await {
-                                    running.refuse(stats::Refusal::NotReading, &node.to_string());
-                                    close("not reading");
-                                    return Ok(());
-                                }
-                                None
+                                (None, Some(notice))
                             }
                         }
                     } else {
-                        None
+                        (None, None)
                     };
                     tracing::info!(%node, %remote, ?public_port, "node registered");
-                    Some(Frame::Registered {
+                    // Registered first: a node without the port it asked for is still a node
+                    // (its relayed connections work); why it has none follows.
+                    let answer = Frame::Registered {
                         observed: me.observed().unwrap_or(remote),
                         public_port,
-                    })
+                    };
+                    if !me.reply(answer, idle).await {
+                        running.refuse(stats::Refusal::NotReading, &node.to_string());
+                        close("not reading");
+                        return Ok(());
+                    }
+                    refused
                 }
                 Frame::SendPacket { datagram, .. }
                     if datagram.len() > running.start.limits.max_datagram =>
