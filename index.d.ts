@@ -364,7 +364,7 @@ export interface RelayStartOptions {
   handshakeBurst?: number
   /** Close a session not registered this long after its handshake, ms (default 10000). */
   registerTimeout?: number
-  /** Disconnect a node silent this long, or reading no replies this long, ms (default 45000). */
+  /** Disconnect a node silent this long, or reading nothing this long, ms (default 45000). */
   nodeTimeout?: number
   /** Most distinct nodes one node may start sending packets to (default 64). */
   maxPeers?: number
@@ -382,6 +382,8 @@ export interface RelayStartOptions {
   maxPortsPerIp?: number
   /** Clients at once on one public port (default 256). */
   maxClients?: number
+  /** Public-port clients at once on the whole relay (default 4096). */
+  maxPublicClients?: number
   /** Reset a public client that accepts no byte this long while data waits, ms (default 30000). */
   stallTimeout?: number
 }

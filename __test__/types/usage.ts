@@ -391,6 +391,7 @@ async function relay(tls: TlsConfig): Promise<Relay> {
     maxPorts: 1024,
     maxPortsPerIp: 4,
     maxClients: 256,
+    maxPublicClients: 4096,
     stallTimeout: 30000,
   }
   await r.start(start)

@@ -259,3 +259,36 @@ async fn a_public_client_that_never_reads_is_reset_after_the_stall_time() {
     rp.stop().await.unwrap();
     relay.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_clients_are_bounded_on_the_whole_relay() {
+    let srv = server().await;
+    let (relay, spec) = relay(|s| s.limits.max_public_clients = 1).await;
+    let (a, port_a) = node(srv.addr, &spec).await;
+    let (b, port_b) = node(srv.addr, &spec).await;
+    // The one slot: a client of A's port, carried (its echo proves it).
+    let mut first = TcpStream::connect(("127.0.0.1", port_a)).await.unwrap();
+    first.write_all(&[ECHO]).await.unwrap();
+    first.write_all(b"one").await.unwrap();
+    let mut got = [0u8; 3];
+    tokio::time::timeout(T, first.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    // A client of B's port is closed at once, without a byte.
+    let mut second = TcpStream::connect(("127.0.0.1", port_b)).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(T, second.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    assert!(rest.is_empty());
+    let stats = relay.stats().unwrap();
+    assert_eq!(
+        stats.refusals(keynet_core::relay::server::stats::Refusal::MaxClients),
+        1
+    );
+    assert_eq!(stats.gauges.public_clients, 1);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}

@@ -265,3 +265,44 @@ async fn datagrams_over_max_datagram_are_dropped_and_counted() {
     assert_eq!(stats.packets_relayed, 1);
     relay.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_sends_but_never_reads_is_disconnected_after_the_node_timeout() {
+    let relay = relay(|s| s.limits.node_timeout = Duration::from_secs(1)).await;
+    let deaf = registered(&relay).await;
+    let loud = registered(&relay).await;
+    // The deaf node keeps sending (pongs need no answer), so it is never silent...
+    let keepalive = {
+        let client = std::sync::Arc::new(deaf.client);
+        let c = client.clone();
+        tokio::spawn(async move {
+            let mut nonce = 0;
+            while c.send(&Frame::Pong { nonce }).await.is_ok() {
+                nonce += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        client
+    };
+    // ...but reads nothing while the other floods it, past its stream window.
+    let victim = deaf.id.node_id;
+    let flood = tokio::spawn(async move {
+        let p = Frame::SendPacket {
+            dst: victim,
+            datagram: vec![5; 1200],
+        };
+        while loud.client.send(&p).await.is_ok() {}
+    });
+    tokio::time::timeout(T * 4, async {
+        while relay.registered().unwrap().contains(&deaf.id.node_id) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the node that reads nothing was disconnected");
+    assert_eq!(relay.stats().unwrap().refusals(Refusal::NotReading), 1);
+    flood.abort();
+    still_serves(&relay).await;
+    drop(keepalive);
+    relay.stop().await.unwrap();
+}

@@ -118,6 +118,7 @@ struct State {
 pub struct Allocations {
     opts: AllocOptions,
     max_clients: usize,
+    max_public_clients: usize,
     stall: Duration,
     max_ports: usize,
     max_ports_per_ip: usize,
@@ -151,6 +152,7 @@ impl Allocations {
     ) -> Result<Arc<Self>> {
         let me = Arc::new(Self {
             max_clients: limits.max_clients,
+            max_public_clients: limits.max_public_clients,
             stall: limits.stall_timeout,
             max_ports: limits.max_ports,
             max_ports_per_ip: limits.max_ports_per_ip,
@@ -469,12 +471,18 @@ impl Allocations {
         client: SocketAddr,
     ) -> Option<(carried::Ends, mpsc::Sender<Frame>)> {
         let mut st = self.state.lock().expect("alloc lock");
+        let everyone: usize = st
+            .by_node
+            .values()
+            .filter_map(|a| a.owner.as_ref())
+            .map(|o| o.clients.len())
+            .sum();
         let owner = st.by_node.get_mut(&node)?.owner.as_mut()?;
-        if owner.clients.len() >= self.max_clients {
+        if owner.clients.len() >= self.max_clients || everyone >= self.max_public_clients {
             drop(st);
             let n = self.counters.refused(stats::Refusal::MaxClients);
             if n == 1 || n.is_multiple_of(1000) {
-                tracing::warn!(%node, %client, count = n, "public-port client limit reached: refused");
+                tracing::warn!(%node, %client, count = n, "public-port client limit (maxClients or maxPublicClients) reached: refused");
             }
             return None;
         }

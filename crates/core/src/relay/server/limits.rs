@@ -132,7 +132,7 @@ limits! {
         "close a session not registered this long after its handshake, however often it pings";
     /// Time a registered node may stay silent (nodes ping every 15 s).
     node_timeout: Duration = Duration::from_secs(45), "nodeTimeout", "node-timeout", Seconds,
-        "disconnect a node silent this long, or one that reads no replies this long";
+        "disconnect a node silent this long, or one that reads nothing the relay writes this long";
     /// Peers one node may start relaying packets to.
     max_peers: usize = 64, "maxPeers", "max-peers", Count,
         "distinct nodes one node may start sending packets to (answering is free)";
@@ -157,6 +157,9 @@ limits! {
     /// Clients at once on one public port.
     max_clients: usize = 256, "maxClients", "max-clients", Count,
         "clients at once on one public port; more are closed at once";
+    /// Public-port clients at once on the whole relay.
+    max_public_clients: usize = 4096, "maxPublicClients", "max-public-clients", Count,
+        "public-port clients at once on the whole relay (each may hold a 256 KiB window of queued bytes: 1 GiB at most by default)";
     /// Time a public client may accept no byte while data waits for it.
     stall_timeout: Duration = Duration::from_secs(30), "stallTimeout", "stall-timeout", Seconds,
         "reset a public-port client that accepts no byte this long while data waits for it";

@@ -584,6 +584,8 @@ impl Inner {
         let writer_kick = kick.clone();
         let writer_queued = queued.clone();
         let tamper = running.start.tamper.clone();
+        let writer_counters = running.counters.clone();
+        let stuck_after = running.start.limits.node_timeout;
         running.tasks.spawn(async move {
             let mut batch = Vec::new();
             let take = |batch: &mut Vec<Frame>, f: Frame| {
@@ -625,8 +627,19 @@ impl Inner {
                         Err(_) => break,
                     }
                 }
-                if write_frames(&mut write, &batch).await.is_err() {
-                    break;
+                // A node that reads nothing for the node timeout is ended: otherwise one that
+                // only sends (packets, pongs, credit) would keep its session and full queues.
+                match tokio::time::timeout(stuck_after, write_frames(&mut write, &batch)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        let n = writer_counters.refused(stats::Refusal::NotReading);
+                        if n == 1 || n.is_multiple_of(1000) {
+                            tracing::warn!(%node, count = n, "relay refused: node reads nothing");
+                        }
+                        writer_kick.cancel();
+                        break;
+                    }
                 }
                 batch.clear();
             }

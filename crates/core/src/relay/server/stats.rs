@@ -42,7 +42,7 @@ pub enum Refusal {
     RendezvousRate,
     /// No public port: at `max_ports` or `max_ports_per_ip`, or ports are off.
     NoPort,
-    /// A public-port client beyond `max_clients`.
+    /// A public-port client beyond `max_clients` or `max_public_clients`.
     MaxClients,
 }
 
