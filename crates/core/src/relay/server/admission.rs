@@ -128,6 +128,19 @@ impl Admission {
         Ok(())
     }
 
+    /// Whether a source that has not proved its address (QUIC Retry) must before it is counted:
+    /// when sessions are past half the total, or its address has spent half its burst. A
+    /// spoofed flood then cannot drain another address's budget nor fill the table, and a
+    /// relay at ease costs nobody a round trip.
+    pub(crate) fn needs_proof(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let (burst, rate) = (self.burst, self.rate);
+        let low = self.buckets.get_mut(&source(ip)).is_some_and(|b| {
+            b.refill(burst, rate, now);
+            b.tokens <= burst / 2.0
+        });
+        low || self.total >= self.max_total / 2
+    }
+
     /// A session admitted from `ip` ended.
     pub(crate) fn release(&mut self, ip: IpAddr) {
         let ip = source(ip);
@@ -223,6 +236,22 @@ mod tests {
             a.admit(ip("10.0.0.1"), t0 + Duration::from_millis(500)),
             Err(Refused::Rate)
         );
+    }
+
+    #[test]
+    fn proof_is_asked_once_an_address_spent_half_its_burst_or_the_table_is_half_full() {
+        let mut a = Admission::new(&limits(4, 4, 4, 0.001));
+        let t0 = Instant::now();
+        assert!(!a.needs_proof(ip("10.0.0.1"), t0));
+        a.admit(ip("10.0.0.1"), t0).unwrap();
+        assert!(!a.needs_proof(ip("10.0.0.1"), t0));
+        a.admit(ip("10.0.0.1"), t0).unwrap();
+        // Half the total is open now, and 10.0.0.1 spent half its burst.
+        assert!(a.needs_proof(ip("10.0.0.1"), t0));
+        assert!(a.needs_proof(ip("10.0.0.2"), t0));
+        a.release(ip("10.0.0.1"));
+        assert!(!a.needs_proof(ip("10.0.0.2"), t0));
+        assert!(a.needs_proof(ip("10.0.0.1"), t0));
     }
 
     #[test]

@@ -427,13 +427,22 @@ impl RelayServer {
 
 impl Inner {
     async fn accept_quic(self: Arc<Self>, running: Arc<Running>) {
-        while let Some(incoming) = running.endpoint.accept().await {
-            // Count a source only once it proved its address (a QUIC Retry round trip): a
-            // spoofed Initial must not spend another address's handshake budget, nor hold a
-            // session slot.
-            if !incoming.remote_address_validated() {
-                let _ = incoming.retry();
-                continue;
+        while let Some(mut incoming) = running.endpoint.accept().await {
+            // Under pressure, count a source only once it proved its address (a QUIC Retry
+            // round trip): a spoofed Initial must not spend another address's handshake
+            // budget, nor hold a session slot. (Where quinn cannot send a Retry, the source is
+            // counted as is.)
+            let prove = !incoming.remote_address_validated()
+                && running
+                    .admission
+                    .lock()
+                    .expect("admission lock")
+                    .needs_proof(incoming.remote_address().ip(), std::time::Instant::now());
+            if prove {
+                match incoming.retry() {
+                    Ok(()) => continue,
+                    Err(e) => incoming = e.into_incoming(),
+                }
             }
             let remote = incoming.remote_address();
             let Some(admitted) = running.admit(remote, true) else {
