@@ -189,7 +189,12 @@ struct Node {
     id: NodeId,
 }
 
-async fn register_nodes(relay: &Relay, n: usize, ws_percent: usize) -> Result<Vec<Node>, String> {
+/// Registers `n` nodes; also returns the QUIC endpoint they share (the caller keeps it open).
+async fn register_nodes(
+    relay: &Relay,
+    n: usize,
+    ws_percent: usize,
+) -> Result<(Vec<Node>, quinn::Endpoint), String> {
     let (endpoint, _socket) =
         keynet_core::socket::bind("127.0.0.1:0".parse().unwrap(), None, b"load")
             .map_err(|e| e.to_string())?;
@@ -232,8 +237,7 @@ async fn register_nodes(relay: &Relay, n: usize, ws_percent: usize) -> Result<Ve
             nodes.push(j.await.map_err(|e| e.to_string())??);
         }
     }
-    std::mem::forget(endpoint); // lives as long as the clients
-    Ok(nodes)
+    Ok((nodes, endpoint))
 }
 
 /// Latencies (µs) and counts of the relayed flows.
@@ -523,7 +527,7 @@ async fn run(a: Args) -> Result<(), String> {
     );
 
     let started = Instant::now();
-    let nodes = register_nodes(&relay, a.nodes, a.websocket).await?;
+    let (nodes, _endpoint) = register_nodes(&relay, a.nodes, a.websocket).await?;
     let registered_in = started.elapsed();
     let rss1 = relay.rss();
     let m = relay.metrics().await;
