@@ -95,6 +95,17 @@ export interface DiscoveryOptions {
   port?: number
   /** Answer other nodes' queries from the start (always-on, reachable nodes). Default false. */
   server?: boolean
+  /**
+   * Publish this proxy's direct addresses in its record. Default true. `false` publishes only
+   * its relays: callers reach it through its home relay first, and its IPs stay private until a
+   * rendezvous moves the connection to a punched path.
+   */
+  announceAddresses?: boolean
+  /**
+   * How long (ms) a relay link this proxy opened on its own, to reach a node through that node's
+   * home relay, stays after its last relayed connection closed. Default 60000.
+   */
+  relayIdleTime?: number
 }
 
 /** An address found on the DHT for a node id: a hint; the TLS pin on the node id decides. */

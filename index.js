@@ -173,7 +173,10 @@ function checkRelay(name, v) {
   return out
 }
 
-/** Checks `opts.discovery` ({ bootstrap?, announce?, reannounceInterval?, host?, port?, server? }). */
+/**
+ * Checks `opts.discovery` ({ bootstrap?, announce?, reannounceInterval?, host?, port?, server?,
+ * announceAddresses?, relayIdleTime? }).
+ */
 function checkDiscovery(v) {
   if (v === undefined || v === null || v === false) return undefined
   if (v === true) return {}
@@ -193,9 +196,15 @@ function checkDiscovery(v) {
     if (typeof d.announce !== 'boolean') throw typeError('opts.discovery.announce', 'a boolean', d.announce)
     out.announce = d.announce
   }
-  if (d.server !== undefined) {
-    if (typeof d.server !== 'boolean') throw typeError('opts.discovery.server', 'a boolean', d.server)
-    out.server = d.server
+  for (const key of ['server', 'announceAddresses']) {
+    if (d[key] === undefined) continue
+    if (typeof d[key] !== 'boolean') throw typeError(`opts.discovery.${key}`, 'a boolean', d[key])
+    out[key] = d[key]
+  }
+  const idle = checkTime('opts.discovery.relayIdleTime', d.relayIdleTime)
+  if (idle !== undefined) {
+    if (idle <= 0) throw rangeError('opts.discovery.relayIdleTime', 'a time > 0 ms', idle)
+    out.relayIdleTime = idle
   }
   const every = checkTime('opts.discovery.reannounceInterval', d.reannounceInterval)
   if (every !== undefined) {

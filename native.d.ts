@@ -139,6 +139,8 @@ export interface NativeDiscovery {
   host?: string
   port?: number
   server?: boolean
+  announceAddresses?: boolean
+  relayIdleTime?: number
 }
 
 /**

@@ -1,7 +1,8 @@
 'use strict'
 // A keynode inside a lab namespace, driven by JSON lines on stdin (one answer line per command;
 // commands overlap: a long `transfer` does not hold up the others).
-// Proxies: startRp, startFp, punch, open, info, relayStatus, networkChanged, stop, exit.
+// Proxies: startRp, startFp, punch, open, info, relayStatus, lookup, openNode, networkChanged,
+// stop, exit.
 // Traffic: call (unary gRPC), transfer / waitBytes / abortTransfer (bytes through a tunnel to
 // the echo server), chatOpen / chatSend / chatClose (a gRPC Bidi stream), connectStatus. The
 // servers, support/echo.proto and the CONNECT client come from ../support (shared with the tests).
@@ -213,33 +214,44 @@ function fresh() {
 
 const handlers = {
   /** server: 'grpc' (support/echo.proto's Echo), 'echo' (TCP echo) or 'both' (sniffed per tunnel). */
-  async startRp({ port, server = 'grpc', opts, relay }) {
+  async startRp({ port, server = 'grpc', opts, relay, discovery }) {
     fresh()
     const serverPort = server === 'echo' ? await echoServer() : server === 'both' ? await bothServer() : await grpcServer()
     const proxy = new (lib().ReverseProxy)(timing(opts))
     rp = proxy
     listen(proxy, 'rp')
     try {
-      await proxy.start({ serverPort, ingressHost: '0.0.0.0', ingressPort: port, relay })
+      await proxy.start({ serverPort, ingressHost: '0.0.0.0', ingressPort: port, relay, discovery })
     } catch (e) {
       rp = null
       throw e
     }
     return { nodeId: proxy.getNodeId(), port: proxy.getIngressPort(), relay: proxy.getRelayStatus() }
   },
-  async startFp({ port, opts, relay, host = '0.0.0.0' }) {
+  async startFp({ port, opts, relay, host = '0.0.0.0', discovery }) {
     fresh()
     const proxy = new (lib().ForwardProxy)({ authToken: TOKEN, ...timing(opts) })
     fp = proxy
     listen(proxy, 'fp')
     try {
-      await proxy.start({ egressHost: host, egressPort: port, relay })
+      await proxy.start({ egressHost: host, egressPort: port, relay, discovery })
     } catch (e) {
       fp = null
       throw e
     }
     process.env.grpc_proxy = `http://${TOKEN}@127.0.0.1:${proxy.getHttpPort()}`
     return { nodeId: proxy.getNodeId(), port: proxy.getEgressPort() }
+  },
+  /** The forward proxy's DHT lookup of `nodeId` (its addresses). */
+  async lookup({ nodeId, timeout }) {
+    return { found: await fp.lookup(nodeId, { timeout }) }
+  },
+  /** openConnection(nodeId) alone: { ms, path, ingress, relays (the links then) }. */
+  async openNode({ nodeId, timeout }) {
+    const t0 = now()
+    openedAt = t0
+    const info = await fp.openConnection(nodeId, { timeout })
+    return { ms: now() - t0, at: now(), path: info.path, ingress: `${info.ingressHost}:${info.ingressPort}`, relays: fp.getRelayStatus() }
   },
   async punch({ host, port, timeout }) {
     await rp.openConnection(host, port, { timeout })

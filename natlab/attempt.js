@@ -81,4 +81,78 @@ async function relayedAttempt(lab, A, B, relay, { timeout = 10000, waitMs = 6000
   }
 }
 
-module.exports = { attempt, startPair, openBoth, startRelayedPair, relayedAttempt }
+/**
+ * Where a call by node id must end for A's and B's NAT kinds when B has a home relay: direct or
+ * punched when either side can take an unsolicited datagram or both map endpoint-independently;
+ * relayed when one side is symmetric and the other filters (no hard-NAT punching yet).
+ */
+function byNodeIdExpect(kindA, kindB) {
+  if (kindA === 'none' || kindB === 'none') return 'direct'
+  if (kindA === 'symmetric' || kindB === 'symmetric') return 'relayed'
+  return 'direct'
+}
+
+/**
+ * A lab of A and B behind `kinds` with the relay host running keynet-relay and the DHT's
+ * bootstrap node; B registers with the relay and announces itself; `attempts` times, a fresh
+ * forward proxy on A that knows only B's node id (discovery, no relay) opens a connection and
+ * makes a grpc-js call to NODEID.keynet:443, then waits for the path to leave the relay when it
+ * should. Resolves { rows: [{ ok, code, path, finalPath, ttfrMs, onDemand }], expect }.
+ */
+async function byNodeIdCell(Lab, kinds, { attempts = 10, timeout = 15000, waitMs = 8000 } = {}) {
+  const lab = await Lab.create('pair', { kinds, relay: true })
+  const A = lab.agent('A')
+  const B = lab.agent('B')
+  const expect = byNodeIdExpect(...kinds)
+  const rows = []
+  try {
+    const relay = await lab.startRelay(7000, { dht: true })
+    const discovery = { bootstrap: [relay.dht] }
+    const rp = await B.request({ cmd: 'startRp', port: nextPort++, relay: { host: relay.host, port: relay.port, tcpPort: relay.tcpPort, nodeId: relay.nodeId }, discovery })
+    if (!rp.ok) throw new Error(`B could not start: ${rp.message}`)
+    const nodeId = rp.nodeId
+    for (let i = 0; i < attempts; i++) {
+      const fp = await A.request({ cmd: 'startFp', port: nextPort++, discovery: { ...discovery, announce: false } })
+      if (!fp.ok) throw new Error(`A could not start: ${fp.message}`)
+      try {
+        if (i === 0) {
+          // B's first record may still be on its way: look until it is there (each lookup is the
+          // wait), then time the attempts.
+          const until = Date.now() + 20000
+          for (;;) {
+            const l = await A.request({ cmd: 'lookup', nodeId, timeout: 3000 })
+            if (l.ok && l.found.some((f) => f.signed)) break
+            if (Date.now() > until) throw new Error(`B's record never appeared: ${JSON.stringify(l)}`)
+          }
+        }
+        const t0 = performance.now()
+        const open = await A.request({ cmd: 'openNode', nodeId, timeout }, timeout + 5000)
+        if (!open.ok) {
+          rows.push({ ok: false, code: `${open.code}: ${open.message}`, path: '-' })
+          continue
+        }
+        const call = await A.request({ cmd: 'call', host: `${nodeId}.keynet`, port: 443 })
+        const ttfrMs = performance.now() - t0
+        if (!call.ok || call.text !== 'hello') {
+          rows.push({ ok: false, code: call.code || 'BadReply', path: open.path })
+          continue
+        }
+        let finalPath = open.path
+        if (expect !== 'relayed' && open.path === 'relayed') {
+          const up = await A.request({ cmd: 'waitEvent', kind: 'path', proxy: 'fp', timeout: waitMs }, waitMs + 5000)
+          finalPath = up.found ? up.event.path : 'relayed'
+        }
+        const onDemand = open.relays.some((r) => r.nodeId === relay.nodeId)
+        rows.push({ ok: true, path: open.path, finalPath, ttfrMs, onDemand })
+      } finally {
+        await A.request({ cmd: 'stop' })
+      }
+    }
+  } finally {
+    await Promise.all([A.close(), B.close()]).catch(() => {})
+    await lab.destroy()
+  }
+  return { rows, expect }
+}
+
+module.exports = { attempt, startPair, openBoth, startRelayedPair, relayedAttempt, byNodeIdCell, byNodeIdExpect }

@@ -45,6 +45,9 @@ const TOPOLOGIES = {
   hairpin: { mustWork: true, describe: 'A and B behind the same NAT, reaching each other by its public address' },
 }
 
+/** NAT kinds a side of the 'pair' topology may have. */
+const NAT_KINDS = ['none', 'cone', 'restricted', 'symmetric', 'udp-blocked']
+
 const live = new Set()
 let hooked = false
 function hookExit() {
@@ -94,6 +97,8 @@ let labCounter = 0
 class Lab {
   constructor(topology, opts) {
     this.topology = topology
+    /** For the 'pair' topology: the NAT kinds of A and B ('none', 'cone', 'restricted', 'symmetric', 'udp-blocked'). */
+    this.kinds = opts.kinds
     this.udpTimeout = opts.udpTimeout ?? 30
     this.withRelay = opts.relay === true
     this.prefix = `kn${process.pid % 100000}x${labCounter++}`
@@ -101,9 +106,15 @@ class Lab {
     this.hosts = {}
   }
 
-  /** Builds a topology. `udpTimeout` (s) is the NATs' UDP mapping timeout. */
+  /**
+   * Builds a topology. `udpTimeout` (s) is the NATs' UDP mapping timeout. The 'pair' topology
+   * takes `kinds: [kindA, kindB]` from NAT_KINDS ('none': the host sits on the public segment).
+   */
   static async create(topology, opts = {}) {
-    if (!TOPOLOGIES[topology]) throw new Error(`unknown topology ${topology}`)
+    if (topology === 'pair') {
+      const bad = (opts.kinds || []).length !== 2 || !opts.kinds.every((k) => NAT_KINDS.includes(k))
+      if (bad) throw new Error(`the pair topology needs kinds: [A, B] from ${NAT_KINDS.join(', ')}`)
+    } else if (!TOPOLOGIES[topology]) throw new Error(`unknown topology ${topology}`)
     const why = labSupport()
     if (why) throw new Error(why)
     hookExit()
@@ -208,7 +219,7 @@ class Lab {
       return
     }
     // Two hosts, each behind its own router (A possibly behind two).
-    const kinds = {
+    const kinds = t === 'pair' ? this.kinds : {
       cone: ['cone', 'cone'],
       restricted: ['restricted', 'restricted'],
       symmetric: ['symmetric', 'restricted'],
@@ -222,6 +233,14 @@ class Lab {
     ]
     for (const [name, kind, wanIp, lanPrefix, base] of sides) {
       const lower = name.toLowerCase()
+      if (kind === 'none') {
+        // On the public segment itself, at .10 (A) or .20 (B).
+        const h = await this.addNs(lower)
+        const ip = `${PUBLIC}.${name === 'A' ? 10 : 20}`
+        await this.toPublic(h, 'eth0', `${ip}/24`)
+        this.hosts[name] = { ns: h, ip, publicIp: ip, kind }
+        continue
+      }
       const r = await this.addNs(`n${lower}`, { router: true })
       const h = await this.addNs(lower)
       const lanNet = `${lanPrefix}.${base}/26`
@@ -273,12 +292,15 @@ class Lab {
 
   /**
    * Starts `keynet-relay` on the lab's relay host (create the lab with `{ relay: true }`);
-   * resolves `{ host, port, tcpPort, nodeId }` once it listens. Stopped by destroy().
+   * resolves `{ host, port, tcpPort, nodeId, dht }` once it listens. With `dht: true` it also
+   * runs a DHT node at RELAY_IP:6881 (`dht`: its 'host:port', the lab's bootstrap node).
+   * Stopped by destroy().
    */
-  async startRelay(port = 7000) {
+  async startRelay(port = 7000, { dht = false } = {}) {
     if (!this.hosts.relay) throw new Error('this lab has no relay host: create it with { relay: true }')
     if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: cargo build -p keynet-relay`)
-    const child = spawn(IP, ['netns', 'exec', this.hosts.relay.ns, RELAY_BIN, '--listen', `${RELAY_IP}:${port}`], {
+    const args = ['--listen', `${RELAY_IP}:${port}`, ...(dht ? ['--dht', `${RELAY_IP}:6881`] : [])]
+    const child = spawn(IP, ['netns', 'exec', this.hosts.relay.ns, RELAY_BIN, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
     })
@@ -290,11 +312,16 @@ class Lab {
     const lines = readline.createInterface({ input: child.stdout })
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`keynet-relay did not start: ${stderr}`)), 10000)
+      let relay = null
+      let dhtAddr = dht ? null : undefined
       lines.on('line', (line) => {
         const m = /^relay listening on (\S+):(\d+) tcp \S+:(\d+) node id (\S+)$/.exec(line)
-        if (!m) return
+        if (m) relay = { host: m[1], port: Number(m[2]), tcpPort: Number(m[3]), nodeId: m[4] }
+        const d = /^dht listening on (\S+)$/.exec(line)
+        if (d) dhtAddr = d[1]
+        if (!relay || dhtAddr === null) return
         clearTimeout(timer)
-        resolve({ host: m[1], port: Number(m[2]), tcpPort: Number(m[3]), nodeId: m[4] })
+        resolve(dht ? { ...relay, dht: dhtAddr } : relay)
       })
       child.once('exit', (code) => {
         clearTimeout(timer)
@@ -717,4 +744,4 @@ function leftovers(prefix = 'kn') {
     .filter((n) => n && /^kn\d+x\d+-/.test(n) && n.startsWith(prefix))
 }
 
-module.exports = { IP, Lab, TOPOLOGIES, labSupport, leftovers, natRules, withLab }
+module.exports = { IP, Lab, NAT_KINDS, TOPOLOGIES, labSupport, leftovers, natRules, withLab }

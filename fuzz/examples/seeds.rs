@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use keynet_core::discovery::record::Record;
+use keynet_core::discovery::record::{
+    ed25519_public_of_seed, node_id_of_ed25519, Record, RelayHint,
+};
 use keynet_core::proto::hello::Hello;
 use keynet_core::proto::punch::{Kind, Packet};
 use keynet_core::proto::relay::{Frame, GoneReason};
@@ -205,11 +207,21 @@ fn main() {
         ),
     ];
     for (name, addrs) in records {
+        let seed = [7; 32];
         let r = Record {
-            node_id: node(7),
+            node_id: node_id_of_ed25519(&ed25519_public_of_seed(&seed)),
+            signed_at_ms: 1_700_000_000_000,
+            observed: addrs.first().copied(),
             addrs,
+            relays: vec![RelayHint {
+                node_id: node(9),
+                addr: addr("203.0.113.100:7000"),
+                tcp_port: 7000,
+                quic: true,
+                websocket: false,
+            }],
         };
-        c.write("discovery_record", name, &r.encode());
+        c.write("discovery_record", name, &r.sign(&seed).unwrap());
     }
     let mut spki = vec![
         0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,

@@ -54,6 +54,8 @@ pub struct NativeDiscovery {
     pub host: Option<String>,
     pub port: Option<u32>,
     pub server: Option<bool>,
+    pub announce_addresses: Option<bool>,
+    pub relay_idle_time: Option<f64>,
 }
 
 impl NativeDiscovery {
@@ -83,6 +85,8 @@ impl NativeDiscovery {
                 .unwrap_or(defaults.reannounce_interval),
             bind,
             server_mode: self.server.unwrap_or(defaults.server_mode),
+            announce_direct: self.announce_addresses.unwrap_or(defaults.announce_direct),
+            relay_idle: self.relay_idle_time.map(ms).unwrap_or(defaults.relay_idle),
         })
     }
 }

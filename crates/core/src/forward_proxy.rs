@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::discovery::{DiscoveryOptions, Found};
+use crate::discovery::{DiscoveryOptions, Found, Located};
 use crate::error::{Error, ErrorKind, Result, StartError};
 use crate::events::{CloseReason, ConnectionInfo, EventSink};
 use crate::identity::TlsConfig;
@@ -336,6 +336,11 @@ impl ForwardProxy {
     /// The addresses this proxy announced last (empty before the first announce succeeded).
     pub fn announced_addrs(&self) -> Result<Vec<SocketAddr>> {
         Ok(self.running()?.node.announced_addrs())
+    }
+
+    /// What the DHT says about reaching `node`: direct candidates and its relays (home first).
+    pub async fn locate(&self, node: NodeId, timeout: Option<Duration>) -> Result<Located> {
+        self.running()?.node.locate(node, timeout).await
     }
 
     /// Opens (or reuses) a connection to `node` knowing only its node id: reuses a live

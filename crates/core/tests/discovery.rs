@@ -300,3 +300,105 @@ async fn when_the_dht_points_only_at_an_impostor_the_relay_reaches_the_real_node
     forger.stop().await.unwrap();
     relay.stop().await.unwrap();
 }
+
+/// A relay on loopback, and how a node registers with it.
+async fn loopback_relay() -> (
+    keynet_core::relay::server::RelayServer,
+    keynet_core::relay::spec::RelaySpec,
+) {
+    use keynet_core::relay::server::{RelayServer, RelayStart};
+    let relay = RelayServer::new(ConnOptions::default()).unwrap();
+    relay
+        .start(RelayStart::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let mut spec =
+        keynet_core::relay::spec::RelaySpec::new(relay.addr().unwrap(), relay.node_id().unwrap());
+    spec.tcp_addr = Some(relay.tcp_addr().unwrap());
+    (relay, spec)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_announces_only_its_home_relay_is_reached_through_it_on_demand() {
+    let net = testnet();
+    let (relay, spec) = loopback_relay().await;
+    let identity = generate_identity().unwrap();
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(ReverseStart {
+        tls: Some(identity.tls.clone()),
+        discovery: Some(DiscoveryOptions {
+            announce_direct: false,
+            ..discovery(&net, true, Duration::from_secs(600))
+        }),
+        relay: Some(spec.clone()),
+        ..ReverseStart::new(echo_server().await)
+    })
+    .await
+    .unwrap();
+
+    // The caller has discovery and no relay of its own.
+    let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
+    fp.start(ForwardStart {
+        discovery: Some(DiscoveryOptions {
+            relay_idle: Duration::from_millis(400),
+            ..discovery(&net, false, Duration::from_secs(600))
+        }),
+        relay: None,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // The record names the home relay and no direct address (the first announce may still be
+    // on its way: each lookup is itself the wait).
+    let started = Instant::now();
+    let located = loop {
+        let l = fp.locate(identity.node_id, None).await.unwrap();
+        if !l.relays.is_empty() || started.elapsed() > WAIT {
+            break l;
+        }
+    };
+    assert_eq!(located.relays.len(), 1, "{located:?}");
+    assert_eq!(located.relays[0].node_id, spec.node_id);
+    assert_eq!(located.relays[0].addr, spec.addr);
+    assert_eq!(located.relays[0].tcp_port, spec.tcp_addr().port());
+    assert!(located.addrs.iter().all(|f| !f.signed), "{located:?}");
+    assert!(fp.relay_status().unwrap().is_empty());
+
+    // A CONNECT naming only the node id reaches the server through the home relay.
+    let (mut s, head) = connect(&fp, &format!("{}.keynet:443", identity.node_id)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"through its home relay").await.unwrap();
+    let mut back = [0u8; 22];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"through its home relay");
+    let links = fp.relay_status().unwrap();
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert_eq!(
+        links[0].0.node_id, spec.node_id,
+        "an on-demand link to the home relay"
+    );
+
+    // Once its last relayed connection is gone, the on-demand link closes after the idle time.
+    drop(s);
+    let info = fp
+        .open_connection_to_node(identity.node_id, None, None)
+        .await
+        .unwrap();
+    fp.close_connection(info.ingress).await.unwrap();
+    let closed = tokio::time::timeout(WAIT, async {
+        while !fp.relay_status().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the on-demand link stayed: {:?}",
+        fp.relay_status()
+    );
+
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}

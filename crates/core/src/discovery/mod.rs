@@ -4,6 +4,6 @@ pub mod record;
 mod service;
 
 pub use service::{
-    discovery_off, resolve_bootstrap, start_for_proxy, validate, AddressSink, Discovery,
-    DiscoveryOptions, Found, LOOKUP_TIME,
+    announce_for_proxy, discovery_off, resolve_bootstrap, validate, AddressSink, Discovery,
+    DiscoveryOptions, Found, Located, Reach, LOOKUP_TIME,
 };

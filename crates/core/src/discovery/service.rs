@@ -10,7 +10,7 @@ use mainline::async_dht::AsyncDht;
 use mainline::{Id, MutableItem, SigningKey};
 use rustls::pki_types::CertificateDer;
 
-use super::record::{self, Record, SALT};
+use super::record::{self, Record, RelayHint, SALT};
 use crate::error::{Error, Result};
 use crate::identity::LoadedIdentity;
 use crate::nodeid::NodeId;
@@ -30,6 +30,13 @@ pub struct DiscoveryOptions {
     pub bind: Option<SocketAddrV4>,
     /// Answer other nodes' queries from the start (bootstrap and always-on nodes).
     pub server_mode: bool,
+    /// Publish direct addresses in the record (default true). `false` publishes only the relays
+    /// (and their observed address is left out too): callers reach the node through its home
+    /// relay first, and its IPs stay private until a rendezvous.
+    pub announce_direct: bool,
+    /// How long a relay link opened on demand (to reach a node through its home relay) stays
+    /// after its last relayed connection closed (default 60 s).
+    pub relay_idle: Duration,
 }
 
 impl Default for DiscoveryOptions {
@@ -40,6 +47,8 @@ impl Default for DiscoveryOptions {
             reannounce_interval: Duration::from_secs(600),
             bind: None,
             server_mode: false,
+            announce_direct: true,
+            relay_idle: Duration::from_secs(60),
         }
     }
 }
@@ -55,6 +64,27 @@ pub struct Found {
     pub signed: bool,
 }
 
+/// What a lookup found: direct candidates, and the relays the node is registered with (its
+/// home relay first), from its newest signed record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Located {
+    /// Direct candidates, best first.
+    pub addrs: Vec<Found>,
+    /// Relays that carry packets to the node.
+    pub relays: Vec<RelayHint>,
+}
+
+/// How a node is reached besides its direct addresses: its relays (home first) and the public
+/// address the home relay observed. The node updates it as its relay links change; a change is
+/// announced at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// The node's public UDP address as its home relay saw it (QUIC links only).
+    pub observed: Option<SocketAddr>,
+    /// Relays it is registered with, home first.
+    pub relays: Vec<RelayHint>,
+}
+
 /// Receives the proxy's own announced addresses when they change.
 pub type AddressSink = Arc<dyn Fn(Vec<SocketAddr>) + Send + Sync>;
 
@@ -66,6 +96,9 @@ pub struct Discovery {
     /// records).
     keys: Mutex<HashMap<NodeId, [u8; 32]>>,
     announced: Mutex<Vec<SocketAddr>>,
+    /// The node's relays and observed address, for the next record.
+    reach: tokio::sync::watch::Sender<Reach>,
+    announce_direct: bool,
 }
 
 /// Resolves `host:port` bootstrap entries to IPv4 addresses; names the bad entry.
@@ -126,6 +159,8 @@ impl Discovery {
             local,
             keys: Mutex::new(HashMap::new()),
             announced: Mutex::new(Vec::new()),
+            reach: tokio::sync::watch::channel(Reach::default()).0,
+            announce_direct: opts.announce_direct,
         }))
     }
 
@@ -139,8 +174,18 @@ impl Discovery {
         self.announced.lock().expect("announced lock").clone()
     }
 
-    /// Announces `identity`'s node id at `quic` now and every `interval` until `tasks` stop;
-    /// `on_change` hears of every change of the announced addresses.
+    /// Sets how the node is reached through relays; a change is announced at once.
+    pub fn set_reach(&self, reach: Reach) {
+        self.reach.send_if_modified(|r| {
+            let changed = *r != reach;
+            *r = reach;
+            changed
+        });
+    }
+
+    /// Announces `identity`'s node id at `quic` now, every `interval`, and at once when the
+    /// node's [`Reach`] changes, until `tasks` stop; `on_change` hears of every change of the
+    /// announced addresses.
     pub fn spawn_announcer(
         self: &Arc<Self>,
         tasks: &Tasks,
@@ -151,23 +196,32 @@ impl Discovery {
     ) {
         let me = self.clone();
         let node_id = identity.node_id;
-        let signer = record::ed25519_seed_of_pkcs8(identity.key.secret_der())
-            .map(|seed| SigningKey::from_bytes(&seed))
-            .filter(|k| record::node_id_of_ed25519(&k.verifying_key().to_bytes()) == node_id);
-        if signer.is_none() {
-            tracing::warn!(%node_id, "identity key is not Ed25519: announcing unsigned hints only");
+        let seed = record::ed25519_seed_of_pkcs8(identity.key.secret_der()).filter(|seed| {
+            record::node_id_of_ed25519(&record::ed25519_public_of_seed(seed)) == node_id
+        });
+        if seed.is_none() {
+            tracing::warn!(%node_id, "identity key is not Ed25519: announcing unsigned hints only (no relays)");
         }
+        let mut reach = self.reach.subscribe();
         let stop = tasks.token().clone();
         tasks.spawn(async move {
             loop {
+                reach.mark_unchanged();
                 let ok = me
-                    .announce_once(node_id, signer.as_ref(), quic, &on_change)
+                    .announce_once(node_id, seed.as_ref(), quic, &on_change)
                     .await;
                 // A failed announce (no DHT node answered yet) is retried soon.
                 let wait = if ok { interval } else { interval.min(RETRY) };
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
+                    changed = reach.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        // Several links settle at once on start and after a network change.
+                        tokio::time::sleep(SETTLE).await;
+                    }
                 }
             }
         });
@@ -176,30 +230,58 @@ impl Discovery {
     async fn announce_once(
         &self,
         node_id: NodeId,
-        signer: Option<&SigningKey>,
+        seed: Option<&[u8; 32]>,
         quic: SocketAddr,
         on_change: &Option<AddressSink>,
     ) -> bool {
-        let addrs = self.own_addresses(quic).await;
+        let reach = self.reach.borrow().clone();
+        let addrs = self.own_addresses(quic, &reach).await;
         let hint = self
             .dht
             .announce_peer(Id::from(record::info_hash(&node_id)), Some(quic.port()));
         let signed = async {
-            let Some(signer) = signer else {
+            let Some(seed) = seed else {
                 return Ok(());
             };
+            let now = unix_ms();
             let value = Record {
                 node_id,
-                addrs: addrs.clone(),
+                signed_at_ms: now,
+                observed: reach.observed.filter(|_| self.announce_direct),
+                addrs: addrs.iter().take(record::MAX_ADDRS).copied().collect(),
+                relays: reach
+                    .relays
+                    .iter()
+                    .take(record::MAX_RELAYS)
+                    .cloned()
+                    .collect(),
             }
-            .encode();
-            let seq = unix_ms() as i64;
-            let item = MutableItem::new(signer.clone(), &value, seq, Some(SALT));
-            self.dht
-                .put_mutable(item, None)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            .sign(seed)
+            .map_err(|e| e.to_string())?;
+            let seq = now as i64;
+            // Under the node's own key, and under its locator for this hour and the next (so a
+            // caller finds it across the hour's turn before the next announce).
+            let own = SigningKey::from_bytes(seed);
+            let locator = SigningKey::from_bytes(&record::locator_seed(&node_id));
+            let epoch = record::locator_epoch(now / 1000);
+            let items = [
+                MutableItem::new(own, &value, seq, Some(SALT)),
+                MutableItem::new(
+                    locator.clone(),
+                    &value,
+                    seq,
+                    Some(&record::locator_salt(epoch)),
+                ),
+                MutableItem::new(locator, &value, seq, Some(&record::locator_salt(epoch + 1))),
+            ];
+            let puts = items
+                .into_iter()
+                .map(|item| self.dht.put_mutable(item, None));
+            let results = join_all(puts).await;
+            for r in results {
+                r.map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
         };
         let both = async { tokio::join!(hint, signed) };
         let Ok((hint, signed)) = tokio::time::timeout(ANNOUNCE_TIME, both).await else {
@@ -214,7 +296,7 @@ impl Discovery {
         }
         let ok = hint.is_ok() && signed.is_ok();
         if ok {
-            tracing::debug!(%node_id, ?addrs, "announced on the DHT");
+            tracing::debug!(%node_id, ?addrs, ?reach, "announced on the DHT");
             let changed = {
                 let mut last = self.announced.lock().expect("announced lock");
                 let changed = *last != addrs;
@@ -230,15 +312,27 @@ impl Discovery {
         ok
     }
 
-    /// Where others can reach `quic`: the public IP the DHT observed (with the QUIC port,
-    /// right for port-preserving NATs), then the bound IP when it is a specific one.
-    async fn own_addresses(&self, quic: SocketAddr) -> Vec<SocketAddr> {
+    /// Where others can reach `quic` directly: the public address the home relay observed, the
+    /// public IP the DHT observed (with the QUIC port, right for port-preserving NATs), then the
+    /// bound IP when it is a specific one. None when the node announces relays only.
+    async fn own_addresses(&self, quic: SocketAddr, reach: &Reach) -> Vec<SocketAddr> {
         let mut out = Vec::new();
-        if let Some(public) = self.dht.info().await.public_address() {
-            out.push(SocketAddr::new(IpAddr::V4(*public.ip()), quic.port()));
+        if !self.announce_direct {
+            return out;
         }
-        if !quic.ip().is_unspecified() && !out.contains(&quic) {
-            out.push(quic);
+        let mut add = |a: SocketAddr| {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        };
+        if let Some(observed) = reach.observed {
+            add(observed);
+        }
+        if let Some(public) = self.dht.info().await.public_address() {
+            add(SocketAddr::new(IpAddr::V4(*public.ip()), quic.port()));
+        }
+        if !quic.ip().is_unspecified() {
+            add(quic);
         }
         out
     }
@@ -257,46 +351,39 @@ impl Discovery {
         }
     }
 
-    /// Looks `node` up until `deadline`: its signed record first (when its key is known), then
-    /// the unsigned hints not already in it. Duplicates are removed; the list may be empty.
-    pub async fn lookup(&self, node: NodeId, deadline: Instant) -> Vec<Found> {
+    /// Looks `node` up until `deadline`: the newest of its records (under its own key when
+    /// known, and under its locator for this hour and the last), then the unsigned hints not
+    /// already in it. Duplicates are removed; the lists may be empty.
+    pub async fn locate(&self, node: NodeId, deadline: Instant) -> Located {
         let key = self.keys.lock().expect("keys lock").get(&node).copied();
-        let signed = async {
-            let Some(key) = key else { return Vec::new() };
-            let mut newest: Option<MutableItem> = None;
-            let items = self.dht.get_mutable(&key, Some(SALT), None);
-            gather(items, |item: MutableItem| {
-                if newest.as_ref().is_none_or(|n| item.seq() > n.seq()) {
-                    newest = Some(item);
+        let locator = SigningKey::from_bytes(&record::locator_seed(&node))
+            .verifying_key()
+            .to_bytes();
+        let epoch = record::locator_epoch(unix_ms() / 1000);
+        let mut queries = vec![
+            (locator, record::locator_salt(epoch)),
+            (locator, record::locator_salt(epoch.saturating_sub(1))),
+        ];
+        if let Some(key) = key {
+            queries.push((key, SALT.to_vec()));
+        }
+        let newest: Mutex<Option<Record>> = Mutex::new(None);
+        let records = join_all(queries.iter().map(|(key, salt)| {
+            let newest = &newest;
+            let items = self.dht.get_mutable(key, Some(salt), None);
+            gather(items, move |item: MutableItem| {
+                match Record::open(item.value()) {
+                    Ok(r) if r.node_id == node => {
+                        let mut n = newest.lock().expect("newest lock");
+                        if n.as_ref().is_none_or(|n| r.signed_at_ms > n.signed_at_ms) {
+                            *n = Some(r);
+                        }
+                    }
+                    Ok(_) => tracing::debug!(%node, "DHT record of another node id: ignored"),
+                    Err(e) => tracing::debug!(%node, error = %e, "unusable DHT record: ignored"),
                 }
             })
-            .await;
-            let Some(item) = newest else {
-                return Vec::new();
-            };
-            match Record::decode(item.value()) {
-                Ok(r) if r.node_id == node => {
-                    let signed_at = item.seq().max(0) as u64;
-                    let age = Duration::from_millis(unix_ms().saturating_sub(signed_at));
-                    r.addrs
-                        .into_iter()
-                        .map(|addr| Found {
-                            addr,
-                            age: Some(age),
-                            signed: true,
-                        })
-                        .collect()
-                }
-                Ok(_) => {
-                    tracing::warn!(%node, "signed DHT record names another node id: ignored");
-                    Vec::new()
-                }
-                Err(e) => {
-                    tracing::warn!(%node, error = %e, "malformed signed DHT record: ignored");
-                    Vec::new()
-                }
-            }
-        };
+        }));
         let hints = async {
             let mut found = Vec::new();
             let peers = self.dht.get_peers(Id::from(record::info_hash(&node)));
@@ -311,14 +398,28 @@ impl Discovery {
             .await;
             found
         };
-        let both = async { tokio::join!(signed, hints) };
-        let (signed, hints) = tokio::time::timeout_at(deadline.into(), both)
+        let both = async { tokio::join!(records, hints) };
+        let hints = tokio::time::timeout_at(deadline.into(), both)
             .await
+            .map(|(_, hints)| hints)
             .unwrap_or_default();
-        let mut out = signed;
+        let mut out = Located::default();
+        if let Some(r) = newest.into_inner().expect("newest lock") {
+            let age = Duration::from_millis(unix_ms().saturating_sub(r.signed_at_ms));
+            for addr in r.observed.into_iter().chain(r.addrs) {
+                if !out.addrs.iter().any(|f| f.addr == addr) {
+                    out.addrs.push(Found {
+                        addr,
+                        age: Some(age),
+                        signed: true,
+                    });
+                }
+            }
+            out.relays = r.relays;
+        }
         for addr in hints {
-            if !out.iter().any(|f| f.addr == addr) {
-                out.push(Found {
+            if !out.addrs.iter().any(|f| f.addr == addr) {
+                out.addrs.push(Found {
                     addr,
                     age: None,
                     signed: false,
@@ -327,6 +428,40 @@ impl Discovery {
         }
         out
     }
+
+    /// The direct candidates of [`Discovery::locate`].
+    pub async fn lookup(&self, node: NodeId, deadline: Instant) -> Vec<Found> {
+        self.locate(node, deadline).await.addrs
+    }
+}
+
+/// Awaits every future of `futs` side by side (the DHT puts and gets of one step).
+async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futs.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut out: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, result) in pending.iter_mut().zip(out.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *result = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }
 
 /// Feeds a DHT query's results to `take` until the query ends or [`GRACE`] after the first
@@ -352,6 +487,10 @@ const GRACE: Duration = Duration::from_millis(300);
 /// Budget of one announce (both puts).
 const ANNOUNCE_TIME: Duration = Duration::from_secs(30);
 
+/// How long a changed [`Reach`] waits before it is announced (the links of a node settle
+/// together).
+const SETTLE: Duration = Duration::from_millis(200);
+
 /// Retry cadence of a failed announce.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -362,32 +501,33 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts a proxy's DHT node and, when `opts.announce`, its announcer; address changes reach
-/// the proxy's event sink as `address` events.
-pub async fn start_for_proxy(
+/// Starts a proxy's announcer when `opts.announce`: address changes reach the proxy's event
+/// sink as `address` events. The node calls it once its start relay is up (or absent), so its
+/// first record already names that relay.
+pub fn announce_for_proxy(
+    discovery: &Arc<Discovery>,
     opts: &DiscoveryOptions,
     identity: &LoadedIdentity,
     quic: SocketAddr,
     tasks: &Tasks,
     sink: Arc<std::sync::RwLock<Option<crate::events::EventSink>>>,
-) -> Result<Arc<Discovery>> {
-    let discovery = Discovery::start(opts, quic.ip()).await?;
-    if opts.announce {
-        let on_change: AddressSink = Arc::new(move |addrs| {
-            let sink = sink.read().expect("sink lock").clone();
-            if let Some(sink) = sink {
-                sink(crate::events::Event::address(addrs));
-            }
-        });
-        discovery.spawn_announcer(
-            tasks,
-            identity,
-            quic,
-            opts.reannounce_interval,
-            Some(on_change),
-        );
+) {
+    if !opts.announce {
+        return;
     }
-    Ok(discovery)
+    let on_change: AddressSink = Arc::new(move |addrs| {
+        let sink = sink.read().expect("sink lock").clone();
+        if let Some(sink) = sink {
+            sink(crate::events::Event::address(addrs));
+        }
+    });
+    discovery.spawn_announcer(
+        tasks,
+        identity,
+        quic,
+        opts.reannounce_interval,
+        Some(on_change),
+    );
 }
 
 /// The error of a node-id operation on a proxy without discovery.
@@ -402,6 +542,11 @@ pub const LOOKUP_TIME: Duration = Duration::from_secs(10);
 
 /// Checks discovery options.
 pub fn validate(opts: &DiscoveryOptions) -> Result<()> {
+    if opts.relay_idle.is_zero() {
+        return Err(Error::InvalidArgument(
+            "discovery.relayIdleTime must be greater than 0".into(),
+        ));
+    }
     if opts.reannounce_interval.is_zero() {
         return Err(Error::InvalidArgument(
             "discovery.reannounceInterval must be greater than 0".into(),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::Node;
 use crate::discovery;
+use crate::discovery::record::RelayHint;
 use crate::error::{Error, Result, StartError};
 use crate::events::{CloseReason, Path};
 use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
@@ -20,8 +21,10 @@ use crate::tls::config::{client_config, SERVER_NAME};
 use crate::tls::verify::{handshake_error, verify_chain, Acceptable, VerifyOutcome};
 use crate::tracker::{Peer, Tracker};
 
-/// With a relay at hand, how long the addresses found on the DHT may try before the relay.
-const DIRECT_BEFORE_RELAY: Duration = Duration::from_secs(3);
+/// Happy Eyeballs for dials by node id: the node's relay joins the race this long after the
+/// direct candidates (a direct path is cheaper; behind a filtering NAT the caller waits this much
+/// longer for its first byte).
+pub(crate) const RELAY_DELAY: Duration = Duration::from_millis(500);
 
 /// Most addresses of one lookup dialled at once.
 const MAX_CANDIDATES: usize = 8;
@@ -52,6 +55,19 @@ impl Dial {
     }
 }
 
+/// Ends the other ways of a race `winner` won: aborts those still dialling and closes any that
+/// connected meanwhile.
+async fn close_losers(mut dials: tokio::task::JoinSet<Result<Arc<Peer>>>, winner: &Arc<Peer>) {
+    dials.abort_all();
+    while let Some(joined) = dials.join_next().await {
+        if let Ok(Ok(peer)) = joined {
+            if !Arc::ptr_eq(&peer, winner) {
+                peer.close(CloseReason::Local);
+            }
+        }
+    }
+}
+
 /// On drop, forgets the tracker entry of `addr` unless a connection or registration uses it.
 struct ForgetFailedDial<'a> {
     tracker: &'a Tracker,
@@ -66,8 +82,9 @@ impl Drop for ForgetFailedDial<'_> {
 }
 
 impl Node {
-    /// Reaches `node` knowing only its id: a live connection that proved it, else the addresses
-    /// the DHT holds (all at once; the first that proves `node` wins), else the start relay.
+    /// Reaches `node` knowing only its id: a live connection that proved it, else a race of
+    /// every way the DHT names (each direct candidate at once, the node's relay [`RELAY_DELAY`]
+    /// later); the first that proves `node` wins and the others are dropped.
     pub(crate) async fn dial_node(
         self: &Arc<Self>,
         node: NodeId,
@@ -83,39 +100,48 @@ impl Node {
             };
         };
         let deadline = Instant::now() + budget;
-        let found = d.lookup(node, deadline).await;
-        if found.is_empty() {
-            if let Some(link) = self.start_link() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                return self.connect_by_relay(node, link, left).await;
-            }
+        let located = d.locate(node, deadline).await;
+        let relay = self.relay_toward(node, &located.relays);
+        if located.addrs.is_empty() && relay.is_none() {
             if Instant::now() >= deadline {
                 return Err(Error::ConnectionStartTimeout(budget.as_millis() as u64));
             }
             return Err(Error::NodeNotFound(node.to_string()));
         }
         let mut dials = tokio::task::JoinSet::new();
-        for f in found.iter().take(MAX_CANDIDATES) {
+        for f in located.addrs.iter().take(MAX_CANDIDATES) {
             let me = self.clone();
             let addr = f.addr;
-            let mut left = deadline.saturating_duration_since(Instant::now());
-            if self.start_link().is_some() {
-                // Leave time for the relay when no found address answers.
-                left = left.min(DIRECT_BEFORE_RELAY);
-            }
+            let left = deadline.saturating_duration_since(Instant::now());
             dials.spawn(async move {
                 let peer = me.connect(addr, Some(node), left).await?;
                 me.tracker.register(addr, Some(node));
                 Ok::<_, Error>(peer)
             });
         }
+        if let Some(link) = relay {
+            let me = self.clone();
+            let delay = if located.addrs.is_empty() {
+                Duration::ZERO
+            } else {
+                RELAY_DELAY
+            };
+            dials.spawn(async move {
+                tokio::time::sleep(delay).await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                me.connect_by_relay(node, &link, left).await
+            });
+        }
         // Prefer the pin's verdict over a timeout: it says a record pointed at another node.
         let mut failure: Option<Error> = None;
         while let Some(joined) = dials.join_next().await {
             match joined {
-                Ok(Ok(peer)) => return Ok(peer),
+                Ok(Ok(peer)) => {
+                    close_losers(dials, &peer).await;
+                    return Ok(peer);
+                }
                 Ok(Err(e)) => {
-                    tracing::debug!(%node, error = %e, "candidate address failed");
+                    tracing::debug!(%node, error = %e, "a way to the node failed");
                     let keep = matches!(failure, Some(Error::CertChain(_)));
                     if !keep {
                         failure = Some(e);
@@ -124,18 +150,23 @@ impl Node {
                 Err(e) => failure = Some(StartError::Task(e.into()).into()),
             }
         }
-        let failure = failure.unwrap_or_else(|| Error::NodeNotFound(node.to_string()));
-        // Found but unreachable (a symmetric NAT, blocked UDP): try the start relay, if any.
-        match self.start_link() {
-            Some(link) if Instant::now() < deadline => {
-                tracing::debug!(%node, error = %failure, "no found address answered: trying the relay");
-                let left = deadline.saturating_duration_since(Instant::now());
-                self.connect_by_relay(node, link, left)
-                    .await
-                    .map_err(|_| failure)
-            }
-            _ => Err(failure),
+        Err(failure.unwrap_or_else(|| Error::NodeNotFound(node.to_string())))
+    }
+
+    /// The relay to race toward `node`: a link this node has to one of the relays its record
+    /// names, else a link opened on demand to its home relay, else the start relay (the node
+    /// may be registered there without announcing it).
+    fn relay_toward(&self, node: NodeId, named: &[RelayHint]) -> Option<Arc<RelayLink>> {
+        if let Some(link) = named.iter().find_map(|h| self.links.by_relay(&h.node_id)) {
+            return Some(link);
         }
+        if let Some(home) = named.first() {
+            match self.link_to_hint(home) {
+                Ok(link) => return Some(link),
+                Err(e) => tracing::debug!(%node, error = %e, "no link to the node's home relay"),
+            }
+        }
+        self.start_link().cloned()
     }
 
     /// Reaches `node` through the start relay, tracked under its virtual address.

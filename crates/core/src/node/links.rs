@@ -1,21 +1,178 @@
 //! Wiring a relay link into a node: path changes reach the tracker (and the user as `path`
-//! events), link states reach the user as `relay` events, relayed connections close with
-//! `relayLost` when the link stays down, and a reverse proxy's public-port traffic goes to its
-//! server.
+//! events), link states reach the user as `relay` events and discovery as the node's [`Reach`],
+//! relayed connections close with `relayLost` when the link stays down, a reverse proxy's
+//! public-port traffic goes to its server, and links opened on demand close once idle.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::Node;
+use crate::discovery::record::{RelayHint, MAX_RELAYS};
+use crate::discovery::Reach;
 use crate::events::{CloseReason, Event, Path};
 use crate::identity::LoadedIdentity;
+use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::relay::link::public;
 use crate::relay::link::transport::Dialer;
 use crate::relay::link::{LinkContext, RelayLink};
-use crate::relay::spec::{LinkStatus, RelaySpec};
+use crate::relay::spec::{LinkStatus, RelaySpec, Transport};
 use crate::socket::KeynetSocket;
 use crate::task::Tasks;
 use crate::tracker::Tracker;
+
+/// One relay link of a node.
+struct Entry {
+    link: Arc<RelayLink>,
+    /// Opened to reach a node through its home relay: never announced, closed once idle.
+    on_demand: bool,
+    /// Since when no relayed connection used it (on-demand links only).
+    idle_since: Option<Instant>,
+}
+
+/// A node's relay links, in the order they were made (the start relay first: the home relay).
+#[derive(Default)]
+pub(crate) struct Links(Mutex<Vec<Entry>>);
+
+impl Links {
+    /// Adds a link.
+    pub(super) fn add(&self, link: Arc<RelayLink>, on_demand: bool) {
+        self.0.lock().expect("links lock").push(Entry {
+            link,
+            on_demand,
+            idle_since: None,
+        });
+    }
+
+    /// Every link.
+    pub(crate) fn all(&self) -> Vec<Arc<RelayLink>> {
+        let links = self.0.lock().expect("links lock");
+        links.iter().map(|e| e.link.clone()).collect()
+    }
+
+    /// A link to the relay with node id `relay`, whatever it registered with.
+    pub(crate) fn by_relay(&self, relay: &NodeId) -> Option<Arc<RelayLink>> {
+        let links = self.0.lock().expect("links lock");
+        links
+            .iter()
+            .find(|e| e.link.spec().node_id == *relay)
+            .map(|e| e.link.clone())
+    }
+
+    /// The link registered as `spec` asks, else a new one from `attach`; a link to the same relay
+    /// registered differently (token, transport) is replaced. A link a user asked for
+    /// (`on_demand` false) is kept from then on.
+    pub(super) fn get_or_attach(
+        &self,
+        spec: &RelaySpec,
+        on_demand: bool,
+        attach: impl FnOnce() -> Arc<RelayLink>,
+    ) -> Arc<RelayLink> {
+        let mut links = self.0.lock().expect("links lock");
+        if let Some(e) = links.iter_mut().find(|e| e.link.same_registration(spec)) {
+            e.on_demand &= on_demand;
+            return e.link.clone();
+        }
+        links.retain(|e| {
+            let same_relay =
+                e.link.spec().addr == spec.addr && e.link.spec().node_id == spec.node_id;
+            if same_relay {
+                e.link.stop();
+            }
+            !same_relay
+        });
+        let link = attach();
+        links.push(Entry {
+            link: link.clone(),
+            on_demand,
+            idle_since: None,
+        });
+        link
+    }
+
+    /// How the node is reached through its registered links (not those opened on demand): the
+    /// relays up, in order, and the address the first QUIC one observed.
+    pub(crate) fn reach(&self) -> Reach {
+        let links = self.0.lock().expect("links lock");
+        let mut reach = Reach::default();
+        for e in links.iter().filter(|e| !e.on_demand) {
+            let LinkStatus::Up {
+                transport,
+                observed,
+                ..
+            } = e.link.status()
+            else {
+                continue;
+            };
+            if reach.relays.len() == MAX_RELAYS {
+                break;
+            }
+            let spec = e.link.spec();
+            if transport == Transport::Quic && reach.observed.is_none() {
+                reach.observed = Some(observed);
+            }
+            reach.relays.push(RelayHint {
+                node_id: spec.node_id,
+                addr: spec.addr,
+                tcp_port: spec.tcp_addr().port(),
+                quic: transport == Transport::Quic,
+                websocket: transport == Transport::WebSocket,
+            });
+        }
+        reach
+    }
+
+    /// Stops and removes the on-demand links no relayed connection used for `idle`;
+    /// `in_use(link)` says whether one uses it now.
+    fn reap(&self, idle: Duration, now: Instant, in_use: impl Fn(&RelayLink) -> bool) {
+        let mut links = self.0.lock().expect("links lock");
+        links.retain_mut(|e| {
+            if !e.on_demand {
+                return true;
+            }
+            if in_use(&e.link) {
+                e.idle_since = None;
+                return true;
+            }
+            let since = *e.idle_since.get_or_insert(now);
+            if now.duration_since(since) < idle {
+                return true;
+            }
+            tracing::debug!(relay = %e.link.spec().addr, "idle on-demand relay link closed");
+            e.link.stop();
+            false
+        });
+    }
+}
+
+/// Closes on-demand relay links once no relayed connection used them for `idle` (checked every
+/// quarter of it, at most every 15 s).
+pub(super) fn spawn_idle_reaper(node: &Arc<Node>, idle: Duration) {
+    let weak = Arc::downgrade(node);
+    let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
+    node.tasks.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(node) = weak.upgrade() else { return };
+            let relayed: Vec<_> = node
+                .tracker
+                .peers()
+                .into_iter()
+                .filter(|p| p.is_relay_backed())
+                .map(|p| p.node_id)
+                .collect();
+            let paths = &node.socket.paths;
+            node.links.reap(idle, Instant::now(), |link| {
+                relayed.iter().any(|n| {
+                    paths
+                        .relay_of(n)
+                        .is_some_and(|o| o.same_channel(link.outbox()))
+                })
+            });
+        }
+    });
+}
 
 /// How long relayed connections outlive their relay's link (it may come back): 2 s, or a
 /// quarter of the keepalive timeout when that is shorter (the link notices a dead relay at half
@@ -57,13 +214,19 @@ pub(super) fn attach(node: &Node, spec: RelaySpec, identity: &LoadedIdentity) ->
             tracker: Arc::downgrade(&node.tracker),
         },
     );
-    // Every state change of the link reaches the user as a `relay` event.
+    // Every state change of the link reaches the user as a `relay` event, and discovery as
+    // the node's reach.
     let mut status = link.watch();
     let tracker = Arc::downgrade(&node.tracker);
     let spec = link.spec().clone();
+    let links = Arc::downgrade(&node.links);
+    let discovery = node.discovery.clone();
     node.tasks.spawn(async move {
         while status.changed().await.is_ok() {
             let now = status.borrow_and_update().clone();
+            if let (Some(d), Some(links)) = (&discovery, links.upgrade()) {
+                d.set_reach(links.reach());
+            }
             let Some(t) = tracker.upgrade() else { return };
             t.send(Event::relay((spec.clone(), now)));
         }

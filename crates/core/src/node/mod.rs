@@ -12,10 +12,11 @@ mod links;
 pub(crate) mod stats;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::discovery::{self, Discovery, DiscoveryOptions, Found};
+use crate::discovery::record::RelayHint;
+use crate::discovery::{self, Discovery, DiscoveryOptions, Found, Located};
 use crate::error::{Error, Result};
 use crate::events::{CloseReason, EventSink};
 use crate::identity::LoadedIdentity;
@@ -72,8 +73,9 @@ pub(crate) struct Node {
     discovery: Option<Arc<Discovery>>,
     /// The relay given at start (also in `links`).
     start_link: Option<Arc<RelayLink>>,
-    /// Every relay link, by relay: the start one and those dials asked for.
-    links: Mutex<Vec<Arc<RelayLink>>>,
+    /// Every relay link: the start one, those dials asked for, and those opened on demand to
+    /// reach a node through its home relay.
+    links: Arc<links::Links>,
     /// The network last acted on.
     network: Arc<Seen>,
 }
@@ -101,16 +103,14 @@ impl Node {
         let tasks = Tasks::new();
         let tracker = Arc::new(Tracker::new(config.role, addr, tasks.clone(), sink.clone()));
         let discovery = match &config.discovery {
-            Some(d) => {
-                match discovery::start_for_proxy(d, &identity, addr, &tasks, sink.clone()).await {
-                    Ok(d) => Some(d),
-                    Err(e) => {
-                        endpoint.close(0u32.into(), b"start failed");
-                        tasks.shutdown(Duration::from_secs(1)).await;
-                        return Err(e);
-                    }
+            Some(d) => match Discovery::start(d, addr.ip()).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    endpoint.close(0u32.into(), b"start failed");
+                    tasks.shutdown(Duration::from_secs(1)).await;
+                    return Err(e);
                 }
-            }
+            },
             None => None,
         };
         links::watch_paths(&socket, &tracker, &tasks);
@@ -127,7 +127,7 @@ impl Node {
             server: config.server,
             discovery,
             start_link: None,
-            links: Mutex::new(Vec::new()),
+            links: Arc::default(),
             network: Arc::new(Seen::now()),
         };
         if let Some(spec) = config.relay {
@@ -138,10 +138,17 @@ impl Node {
                 node.tasks.shutdown(Duration::from_secs(1)).await;
                 return Err(e);
             }
-            node.links.lock().expect("links lock").push(link.clone());
+            node.links.add(link.clone(), false);
             node.start_link = Some(link);
         }
+        node.publish_reach();
+        if let (Some(d), Some(opts)) = (&node.discovery, &config.discovery) {
+            discovery::announce_for_proxy(d, opts, &identity, addr, &node.tasks, sink.clone());
+        }
         let node = Arc::new(node);
+        if let Some(opts) = &config.discovery {
+            links::spawn_idle_reaper(&node, opts.relay_idle);
+        }
         netwatch::spawn_watcher(&node.tasks, &node, node.network.clone(), Self::react);
         Ok(node)
     }
@@ -185,7 +192,7 @@ impl Node {
     /// and registers with every relay again (whose direct paths then re-probe).
     fn react(&self) {
         netwatch::rebind_if_gone(&self.endpoint, &self.socket);
-        for link in self.links.lock().expect("links lock").iter() {
+        for link in self.links.all() {
             link.network_changed();
         }
     }
@@ -197,8 +204,8 @@ impl Node {
 
     /// The status of every relay link.
     pub(crate) fn relay_status(&self) -> Vec<(RelaySpec, LinkStatus)> {
-        let links = self.links.lock().expect("links lock");
-        links
+        self.links
+            .all()
             .iter()
             .map(|l| (l.spec().clone(), l.status()))
             .collect()
@@ -207,21 +214,36 @@ impl Node {
     /// The link to `spec`'s relay, started on first use. One registration per relay: a spec
     /// asking differently (token, transport) replaces the link.
     pub(crate) fn link_for(&self, spec: &RelaySpec, not_running: Error) -> Result<Arc<RelayLink>> {
-        let mut links = self.links.lock().expect("links lock");
-        if let Some(l) = links.iter().find(|l| l.same_registration(spec)) {
-            return Ok(l.clone());
-        }
-        links.retain(|l| {
-            let same_relay = l.spec().addr == spec.addr && l.spec().node_id == spec.node_id;
-            if same_relay {
-                l.stop();
-            }
-            !same_relay
-        });
         let identity = self.identities.current().ok_or(not_running)?;
-        let link = links::attach(self, spec.clone(), &identity);
-        links.push(link.clone());
-        Ok(link)
+        Ok(self
+            .links
+            .get_or_attach(spec, false, || links::attach(self, spec.clone(), &identity)))
+    }
+
+    /// A link to the relay `hint` names: one this node has (any registration), else one opened
+    /// on demand (closed once idle, never announced).
+    pub(crate) fn link_to_hint(&self, hint: &RelayHint) -> Result<Arc<RelayLink>> {
+        if let Some(l) = self.links.by_relay(&hint.node_id) {
+            return Ok(l);
+        }
+        let mut spec = RelaySpec::new(hint.addr, hint.node_id);
+        if hint.tcp_port != 0 {
+            spec.tcp_addr = Some(SocketAddr::new(hint.addr.ip(), hint.tcp_port));
+        }
+        let identity = self
+            .identities
+            .current()
+            .ok_or(Error::ForwardProxyNotRunning)?;
+        Ok(self
+            .links
+            .get_or_attach(&spec, true, || links::attach(self, spec.clone(), &identity)))
+    }
+
+    /// Tells discovery how this node is reached through its relays (announced on change).
+    pub(crate) fn publish_reach(&self) {
+        if let Some(d) = &self.discovery {
+            d.set_reach(self.links.reach());
+        }
     }
 
     /// The DHT, when discovery is on.
@@ -241,6 +263,16 @@ impl Node {
             .ok_or_else(discovery::discovery_off)?;
         let deadline = Instant::now() + timeout.unwrap_or(discovery::LOOKUP_TIME);
         Ok(d.lookup(node, deadline).await)
+    }
+
+    /// The direct candidates and relays the DHT holds for `node`.
+    pub(crate) async fn locate(&self, node: NodeId, timeout: Option<Duration>) -> Result<Located> {
+        let d = self
+            .discovery
+            .as_ref()
+            .ok_or_else(discovery::discovery_off)?;
+        let deadline = Instant::now() + timeout.unwrap_or(discovery::LOOKUP_TIME);
+        Ok(d.locate(node, deadline).await)
     }
 
     /// The addresses this node announced last (empty before the first announce succeeded).

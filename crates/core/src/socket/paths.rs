@@ -149,6 +149,13 @@ impl Paths {
         addr
     }
 
+    /// The relay link `node`'s packets go through, if it has a relayed route.
+    pub fn relay_of(&self, node: &NodeId) -> Option<Outbox> {
+        let t = self.table.lock().expect("paths lock");
+        let addr = t.by_node.get(node)?;
+        t.routes.get(addr)?.relay.clone()
+    }
+
     /// A datagram from `src` arrived through `relay`: queue it for quinn.
     pub fn from_relay(&self, src: NodeId, datagram: Vec<u8>, relay: &Outbox) {
         let from = self.virtual_for(src, relay);
