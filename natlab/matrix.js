@@ -6,11 +6,13 @@
 //   node natlab/matrix.js [topology ...]        only these topologies (no path changes)
 //   node natlab/matrix.js paths [scenario ...]  only the path changes (scenario keys: see
 //                                                pathchange.js SCENARIOS, e.g. blackhole-relay)
+//   node natlab/matrix.js bynodeid              only the "by node id" table: A's NAT x B's NAT,
+//                                                B homed on a relay, A knowing only B's node id
 // NATMATRIX_ATTEMPTS (10) sets the attempts per topology, NATMATRIX_PATH_RUNS (10) or
 // --runs=N the runs per path change scenario.
 
 const { Lab, TOPOLOGIES, labSupport } = require('./lab.js')
-const { attempt, relayedAttempt } = require('./attempt.js')
+const { attempt, relayedAttempt, byNodeIdCell } = require('./attempt.js')
 const { SCENARIOS, summary } = require('./pathchange.js')
 
 /** With a relay: where each topology must end (symmetric NAT and blocked UDP stay relayed). */
@@ -38,7 +40,13 @@ async function main() {
     console.error(`natmatrix: ${why}`)
     process.exit(2)
   }
-  const words = process.argv.slice(2).filter((a) => !a.startsWith('--'))
+  const all = process.argv.slice(2).filter((a) => !a.startsWith('--'))
+  const byId = all.includes('bynodeid') || !all.length
+  if (all.length === 1 && byId) {
+    const { failed } = await byNodeIdTable()
+    process.exit(failed ? 1 : 0)
+  }
+  const words = all.filter((w) => w !== 'bynodeid')
   const paths = words.includes('paths')
   const only = words.filter((w) => w !== 'paths' && !SCENARIOS.some((s) => s.key === w))
   // `paths` alone: no topology table; topology names alone: no path changes; nothing: all.
@@ -198,7 +206,59 @@ async function main() {
     console.log(pc.map((c) => '-'.repeat(pw[c])).join('-|-'))
     for (const r of pathRows) console.log(pl(r))
   }
+  if (byId) {
+    console.log('')
+    if ((await byNodeIdTable()).failed) failed = true
+  }
   process.exit(failed ? 1 : 0)
+}
+
+/** NAT kinds of the "by node id" table (B's rows, A's columns). */
+const BY_ID_KINDS = ['none', 'cone', 'restricted', 'symmetric']
+
+/**
+ * The "by node id" table: for each B NAT x A NAT, ATTEMPTS fresh forward proxies on A that
+ * know only B's node id reach B's gRPC server (B homed on the lab relay, announced on the lab's
+ * DHT); result, opening and final path, first reply. Prints it; resolves { rows, failed }.
+ */
+async function byNodeIdTable() {
+  const rows = []
+  let failed = false
+  for (const kindB of BY_ID_KINDS) {
+    for (const kindA of BY_ID_KINDS) {
+      let res
+      try {
+        res = await byNodeIdCell(Lab, [kindA, kindB], { attempts: ATTEMPTS })
+      } catch (e) {
+        res = { rows: [{ ok: false, code: `harness: ${e.message}` }], expect: '?' }
+      }
+      const oks = res.rows.filter((r) => r.ok)
+      const ended = (r) => (res.expect === 'relayed' ? r.finalPath === 'relayed' : r.finalPath !== 'relayed')
+      const good = oks.filter(ended)
+      const codes = [...new Set(res.rows.filter((r) => !r.ok).map((r) => r.code))]
+      const row = {
+        b: kindB,
+        a: kindA,
+        result: codes.length ? (oks.length ? `ok+${codes.join(',')}` : codes.join(',')) : 'ok',
+        path: [...new Set(oks.map((r) => `${r.path}->${r.finalPath}`))].join(',') || '-',
+        ttfr: oks.length ? `${median(oks.map((r) => r.ttfrMs)).toFixed(0)} ms` : '-',
+        rate: `${good.length}/${ATTEMPTS}`,
+        expected: res.expect === 'relayed' ? 'ends relayed' : 'ends direct/punched',
+      }
+      if (good.length !== ATTEMPTS) failed = true
+      rows.push(row)
+      console.error(`natmatrix: by node id, B ${kindB} x A ${kindA}: ${row.rate} ${row.result} ${row.path}`)
+    }
+  }
+  const cols = ['b', 'a', 'result', 'path', 'ttfr', 'rate', 'expected']
+  const head = { b: "B's NAT", a: "A's NAT", result: 'result', path: 'path (open->final)', ttfr: 'first reply (median)', rate: 'success', expected: 'expectation' }
+  const width = Object.fromEntries(cols.map((c) => [c, Math.max(...[head, ...rows].map((r) => String(r[c]).length))]))
+  const line = (r) => cols.map((c) => String(r[c]).padEnd(width[c])).join(' | ')
+  console.log('by node id (A: discovery only; B: homed on the relay)')
+  console.log(line(head))
+  console.log(cols.map((c) => '-'.repeat(width[c])).join('-|-'))
+  for (const r of rows) console.log(line(r))
+  return { rows, failed }
 }
 
 main().catch((e) => {
