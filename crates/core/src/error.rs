@@ -117,6 +117,15 @@ pub enum RelayError {
         /// The relay's message.
         message: String,
     },
+    /// A newer registration of this node id replaced this one (the same identity runs
+    /// elsewhere); the link does not retry until the network changes or it is restarted.
+    #[error("relay {relay}: {message}; not reconnecting (the same identity runs elsewhere)")]
+    Replaced {
+        /// The relay.
+        relay: std::net::SocketAddr,
+        /// The relay's notice.
+        message: String,
+    },
     /// The relay answered a registration with something else.
     #[error("relay answered {0} to a registration")]
     UnexpectedAnswer(String),

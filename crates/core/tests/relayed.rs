@@ -458,3 +458,80 @@ async fn a_public_port_refuses_clients_over_its_limit() {
     rp.stop().await.unwrap();
     relay.stop().await.unwrap();
 }
+
+/// A reverse proxy running as `identity` through `relay`, with its event receiver.
+async fn reverse_as(
+    identity: &keynet_core::Identity,
+    server: SocketAddr,
+    relay: RelaySpec,
+) -> (ReverseProxy, Events) {
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    rp.set_event_sink(Some(Arc::new(move |ev| {
+        let _ = tx.send(ev);
+    })));
+    rp.start(ReverseStart {
+        tls: Some(identity.tls.clone()),
+        relay: Some(relay),
+        ..ReverseStart::new(server)
+    })
+    .await
+    .unwrap();
+    (rp, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_registration_of_an_identity_wins_and_the_older_stops_retrying() {
+    let relay = relay_with(|_| {}).await;
+    let identity = keynet_core::generate_identity().unwrap();
+    let server = echo_server().await;
+    let (first, mut first_events) = reverse_as(&identity, server, spec(&relay)).await;
+    let (second, mut second_events) = reverse_as(&identity, server, spec(&relay)).await;
+
+    // The older instance is told, in its relay event.
+    let down = wait_for(
+        &mut first_events,
+        |e| matches!(&e.relay, Some((_, LinkStatus::Down(_, why))) if why.contains("replaced")),
+    )
+    .await;
+    let Some((_, LinkStatus::Down(_, why))) = &down.relay else {
+        unreachable!()
+    };
+    assert!(why.contains("registered again from 127.0.0.1"), "{why}");
+
+    // No loop: for 2 s (ten reconnects at the link's first backoff) the older does not try
+    // again and the newer is not kicked out.
+    let retrying = |e: &Event| !matches!(&e.relay, None | Some((_, LinkStatus::Down(..))));
+    let kicked = |e: &Event| !matches!(&e.relay, None | Some((_, LinkStatus::Up { .. })));
+    let quiet = tokio::time::timeout(Duration::from_secs(2), async {
+        tokio::select! {
+            e = wait_for(&mut first_events, retrying) => e,
+            e = wait_for(&mut second_events, kicked) => e,
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "a link changed state: {quiet:?}");
+    assert!(matches!(
+        first.relay_status().unwrap().unwrap().1,
+        LinkStatus::Down(..)
+    ));
+    assert!(matches!(
+        second.relay_status().unwrap().unwrap().1,
+        LinkStatus::Up { .. }
+    ));
+
+    // The newer instance is the one the relay carries to.
+    let (fp, _events) = forward_proxy().await;
+    let info = fp
+        .open_connection_via(unreachable(), identity.node_id, spec(&relay), None, None)
+        .await
+        .unwrap();
+    assert_eq!(info.node_id, identity.node_id.to_string());
+    wait_for(&mut second_events, |e| e.kind == EventKind::Connection).await;
+    assert_eq!(first.connection_count().unwrap(), 0);
+
+    fp.stop().await.unwrap();
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}

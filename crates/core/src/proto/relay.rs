@@ -45,6 +45,10 @@ const HEADER: usize = 3;
 const ADDR: usize = 19;
 const NODE: usize = 32;
 
+/// The `Error` status that tells a session a newer registration of its node id replaced it
+/// (the newest wins; the older node stops retrying).
+pub const REPLACED: u16 = 409;
+
 /// Why a peer is gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GoneReason {

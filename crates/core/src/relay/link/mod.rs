@@ -297,6 +297,12 @@ impl Runner {
                     Err(RelayError::NetworkChanged.into())
                 }
             };
+            let replaced = matches!(
+                ended,
+                Err(Error::ConnectionStart(crate::error::StartError::Relay(
+                    RelayError::Replaced { .. }
+                )))
+            );
             let (code, why) = match ended {
                 Ok(()) => (
                     ErrorKind::ConnectionStart,
@@ -306,6 +312,21 @@ impl Runner {
             };
             tracing::info!(relay = %self.spec.addr, reason = %why, "relay link down");
             let _ = self.status.send(LinkStatus::Down(code, why));
+            if replaced {
+                // Another instance of this identity holds the registration: retrying would
+                // take it back, and that one would retry in turn. Wait for a network change.
+                tracing::warn!(relay = %self.spec.addr, "replaced by a newer registration of this node id: not reconnecting");
+                loop {
+                    tokio::select! {
+                        _ = self.renew.notified() => break,
+                        p = outbox_rx.recv() => if p.is_none() { return },
+                        c = control_rx.recv() => if c.is_none() { return },
+                    }
+                }
+                backoff.reset();
+                let _ = self.status.send(LinkStatus::Connecting);
+                continue;
+            }
             if started.elapsed() > HEALTHY || renewing {
                 backoff.reset();
             }
@@ -506,6 +527,17 @@ impl Runner {
                 peer_addr,
                 punch_in_ms,
             } => self.rendezvous(peer, peer_addr, Duration::from_millis(punch_in_ms as u64)),
+            Frame::Error {
+                code: crate::proto::relay::REPLACED,
+                node: None,
+                message,
+            } => {
+                return Err(RelayError::Replaced {
+                    relay: self.spec.addr,
+                    message,
+                }
+                .into());
+            }
             Frame::Error {
                 code,
                 node,

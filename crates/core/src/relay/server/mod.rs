@@ -57,6 +57,8 @@ const PUBLIC_QUEUE: usize = 256;
 const CONTROL_QUEUE: usize = 64;
 /// How long a refused node has to read its refusal and leave before it is closed.
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);
+/// How long a replaced session's writer gets to flush that notice before the session ends.
+const REPLACED_FLUSH: Duration = Duration::from_millis(200);
 /// QUIC application close code for a protocol violation.
 const PROTOCOL_ERROR: u32 = 2;
 
@@ -757,7 +759,25 @@ impl Inner {
                     match outcome {
                         Ok(Some(old)) => {
                             registered = true;
-                            old.kick.cancel();
+                            // The newest registration wins. The older session is told why
+                            // (bounded), then ended: its node stops retrying, so two places
+                            // holding one identity do not take turns kicking each other out.
+                            let message = format!(
+                                "replaced: node {node} registered again from {}",
+                                remote.ip()
+                            );
+                            tracing::info!(%node, from = %remote, "a newer registration replaced the older");
+                            tokio::spawn(async move {
+                                let notice = Frame::Error {
+                                    code: crate::proto::relay::REPLACED,
+                                    node: None,
+                                    message,
+                                };
+                                let _ =
+                                    tokio::time::timeout(REFUSAL_GRACE, old.ctl.send(notice)).await;
+                                tokio::time::sleep(REPLACED_FLUSH).await;
+                                old.kick.cancel();
+                            });
                         }
                         Ok(None) => registered = true,
                         Err(refusal) => {
