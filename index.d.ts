@@ -89,7 +89,11 @@ export interface DiscoveryOptions {
   announce?: boolean
   /** Re-announce cadence in ms. Default 600000 (10 min). */
   reannounceInterval?: number
-  /** IPv4 host of the DHT's UDP socket. Default: the proxy's own UDP host. */
+  /**
+   * IPv4 host of the DHT's UDP socket. Default: the proxy's own UDP host; when that is loopback
+   * and the bootstrap nodes are elsewhere (the public DHT by default), the address of the
+   * interface that routes to them (start() fails with ERR_INVALID_ARG_VALUE when none does).
+   */
   host?: string
   /** Port of the DHT's UDP socket (needs host). Default 0 (any free port). */
   port?: number

@@ -1,6 +1,8 @@
 //! One proxy's DHT node: announces the proxy's node id and looks other node ids up.
 
 use std::collections::HashMap;
+#[cfg(test)]
+use std::net::Ipv6Addr;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -123,22 +125,71 @@ pub fn resolve_bootstrap(entries: &[String]) -> Result<Vec<SocketAddrV4>> {
     Ok(out)
 }
 
+/// Where a proxy's DHT socket binds: `explicit` if given; else the proxy's own IPv4 host
+/// (`0.0.0.0` for an unspecified IPv6 host), except that a loopback host cannot reach
+/// bootstrap nodes elsewhere: then the local address `route` finds toward the first such node
+/// (the public mainline nodes when `bootstrap` is `None`), so the DHT talks to the network
+/// through one interface and never listens on all of them unasked. No route is a clear error.
+pub(crate) fn choose_bind(
+    explicit: Option<SocketAddrV4>,
+    proxy_ip: IpAddr,
+    bootstrap: Option<&[SocketAddrV4]>,
+    route: impl Fn(SocketAddrV4) -> std::io::Result<Ipv4Addr>,
+) -> Result<SocketAddrV4> {
+    if let Some(bind) = explicit {
+        return Ok(bind);
+    }
+    let ip = match proxy_ip {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(ip) if ip.is_unspecified() => Ipv4Addr::UNSPECIFIED,
+        IpAddr::V6(ip) if ip.is_loopback() => Ipv4Addr::LOCALHOST,
+        // An IPv6-only host: the DHT is IPv4, so let the routing table pick.
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    };
+    if !ip.is_loopback() {
+        return Ok(SocketAddrV4::new(ip, 0));
+    }
+    let away = match bootstrap {
+        None => Some(PUBLIC_PROBE),
+        Some(list) => list.iter().copied().find(|a| !a.ip().is_loopback()),
+    };
+    let Some(away) = away else {
+        return Ok(SocketAddrV4::new(ip, 0));
+    };
+    match route(away) {
+        Ok(local) if !local.is_unspecified() => Ok(SocketAddrV4::new(local, 0)),
+        Ok(_) | Err(_) => Err(Error::InvalidArgument(format!(
+            "discovery: the proxy is on loopback and no interface routes to the DHT bootstrap \
+             node {away}: give discovery.host (an IPv4 address of this machine)"
+        ))),
+    }
+}
+
+/// Where the public mainline DHT is, for the route lookup of [`choose_bind`] (no datagram is
+/// sent: connecting a UDP socket only asks the routing table).
+const PUBLIC_PROBE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(1, 1, 1, 1), 6881);
+
+/// The local IPv4 address the routing table uses toward `to`.
+fn route_toward(to: SocketAddrV4) -> std::io::Result<Ipv4Addr> {
+    let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    s.connect(to)?;
+    match s.local_addr()?.ip() {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(_) => Err(std::io::Error::other("an IPv6 route")),
+    }
+}
+
 impl Discovery {
     /// Binds and starts a DHT node. `proxy_ip` is the host the proxy's QUIC socket is bound to:
-    /// the DHT binds the same IPv4 host unless `opts.bind` says otherwise.
+    /// the DHT binds the same IPv4 host unless `opts.bind` says otherwise, or that host is
+    /// loopback while the bootstrap nodes are not (see [`choose_bind`]).
     pub async fn start(opts: &DiscoveryOptions, proxy_ip: IpAddr) -> Result<Arc<Self>> {
-        let bind = opts.bind.unwrap_or_else(|| {
-            let ip = match proxy_ip {
-                IpAddr::V4(ip) => ip,
-                IpAddr::V6(ip) if ip.is_unspecified() => Ipv4Addr::UNSPECIFIED,
-                IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
-            };
-            SocketAddrV4::new(ip, 0)
-        });
         let bootstrap = opts.bootstrap.clone();
         let server_mode = opts.server_mode;
+        let explicit = opts.bind;
         let dht = tokio::task::spawn_blocking(move || -> Result<mainline::Dht> {
             let bootstrap = bootstrap.map(|b| resolve_bootstrap(&b)).transpose()?;
+            let bind = choose_bind(explicit, proxy_ip, bootstrap.as_deref(), route_toward)?;
             let config = mainline::Config {
                 bootstrap,
                 // Port 0 must stay 0: mainline reads `None` as "try 6881 first".
@@ -553,4 +604,66 @@ pub fn validate(opts: &DiscoveryOptions) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_loopback_proxy_binds_its_dht_where_the_bootstrap_nodes_are_reached() {
+        let lan = Ipv4Addr::new(192, 0, 2, 7);
+        let route = |_| Ok(lan);
+        let loopback: IpAddr = Ipv4Addr::LOCALHOST.into();
+        // Public bootstrap (the default, or a listed one): the routed interface, never loopback.
+        assert_eq!(
+            choose_bind(None, loopback, None, route).unwrap(),
+            SocketAddrV4::new(lan, 0)
+        );
+        let list = [v4("127.0.0.1:1"), v4("203.0.113.5:6881")];
+        assert_eq!(
+            choose_bind(None, loopback, Some(&list), route).unwrap(),
+            SocketAddrV4::new(lan, 0)
+        );
+        // A private DHT on loopback stays on loopback.
+        assert_eq!(
+            choose_bind(None, loopback, Some(&list[..1]), route).unwrap(),
+            v4("127.0.0.1:0")
+        );
+        // A specific or unspecified proxy host is kept; an explicit bind wins.
+        let host: IpAddr = lan.into();
+        assert_eq!(
+            choose_bind(None, host, None, route).unwrap(),
+            SocketAddrV4::new(lan, 0)
+        );
+        assert_eq!(
+            choose_bind(None, Ipv6Addr::UNSPECIFIED.into(), None, route).unwrap(),
+            v4("0.0.0.0:0")
+        );
+        let explicit = v4("127.0.0.1:6881");
+        assert_eq!(
+            choose_bind(Some(explicit), loopback, None, route).unwrap(),
+            explicit
+        );
+    }
+
+    #[test]
+    fn no_route_to_the_bootstrap_nodes_is_a_clear_error() {
+        let none = |_| Err(std::io::Error::other("unreachable"));
+        let e = choose_bind(None, Ipv4Addr::LOCALHOST.into(), None, none).unwrap_err();
+        assert_eq!(e.code(), "ERR_INVALID_ARG_VALUE");
+        assert!(e.to_string().contains("discovery.host"), "{e}");
+    }
+
+    #[test]
+    fn the_route_lookup_reads_the_routing_table() {
+        assert_eq!(
+            route_toward(v4("127.0.0.1:9")).unwrap(),
+            Ipv4Addr::LOCALHOST
+        );
+    }
 }
