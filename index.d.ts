@@ -152,6 +152,13 @@ export interface ForwardProxyStartOptions {
   /** Register with a relay at start: node ids the DHT does not find (or all, without discovery)
    * are reached through it, by openConnection(nodeId) and CONNECT to 'NODEID.keynet:PORT'. */
   relay?: RelayOptions
+  /**
+   * More relays to register with (after `relay`; up to 8). The proxy picks its home relay by
+   * round trip (moving only to one under two thirds of the home's and 10 ms faster), names it
+   * first in its discovery records, and re-homes within seconds when it dies (with several
+   * relays, a relay silent for 3 s counts as dead). start() resolves once one registered.
+   */
+  relays?: RelayOptions[]
   /** CONNECT clients (and their tunnels) at once; more are answered 503 (default 8192). */
   maxConnections?: number
 }
@@ -199,6 +206,8 @@ export interface RelayStatus {
   publicPort: number | null
   /** Why the last attempt failed ('[Code] message'), while down. */
   error: string | null
+  /** From getRelays(): whether this is the proxy's home relay (the one its records name first). */
+  home?: boolean
 }
 
 export declare class ForwardProxy {
@@ -284,6 +293,13 @@ export interface ReverseProxyStartOptions {
   /** Register with a relay (start() resolves once registered, rejects if the first attempt
    * fails); kept alive and re-registered with backoff when the relay goes away. */
   relay?: RelayOptions
+  /**
+   * More relays to register with (after `relay`; up to 8). The proxy picks its home relay by
+   * round trip (moving only to one under two thirds of the home's and 10 ms faster), names it
+   * first in its discovery records, and re-homes within seconds when it dies (with several
+   * relays, a relay silent for 3 s counts as dead). start() resolves once one registered.
+   */
+  relays?: RelayOptions[]
   /** Connections from forward proxies at once; more are refused in the handshake (default 4096). */
   maxConnections?: number
   /** Tunnels at once on one connection (each a TCP connection to the server); more wait for a
@@ -325,6 +341,8 @@ export declare class ReverseProxy {
   getAnnouncedAddresses(): Array<{ host: string; port: number }>
   /** The relay link, or null without `relay` at start. */
   getRelayStatus(): RelayStatus | null
+  /** Every relay link (`relay` and `relays`), `home` marking the home relay. */
+  getRelays(): RelayStatus[]
   on(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
   once(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
   off(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this

@@ -283,8 +283,20 @@ function attachEvents(handle) {
 function relayStatus(s) {
   const out = { host: s.host, port: s.port, nodeId: s.nodeId, state: s.state }
   for (const k of ['transport', 'observedHost', 'observedPort', 'publicPort', 'error']) out[k] = s[k] ?? null
+  if (s.home !== undefined && s.home !== null) out.home = s.home
   return out
 }
+
+/** Checks the `relays` start option: an array of `relay` options (up to 8). */
+function checkRelays(v) {
+  if (v === undefined || v === null) return undefined
+  if (!Array.isArray(v)) throw typeError('opts.relays', 'an array of relay options', v)
+  if (v.length > MAX_START_RELAYS) throw rangeError('opts.relays', `at most ${MAX_START_RELAYS} relays`, v.length)
+  return v.map((r, i) => checkRelay(`opts.relays[${i}]`, r))
+}
+
+/** Most relays a proxy registers with at start (records name the home relay and two more). */
+const MAX_START_RELAYS = 8
 
 function info(i) {
   return i === null || i === undefined ? undefined : i
@@ -427,6 +439,7 @@ class ForwardProxy extends Proxy {
     const token = opts.authToken === undefined ? undefined : checkString('opts.authToken', opts.authToken)
     const discovery = checkDiscovery(opts.discovery)
     const relay = checkRelay('opts.relay', opts.relay)
+    const relays = checkRelays(opts.relays)
     const maxConnections = checkCount('opts.maxConnections', opts.maxConnections)
     await wrap(
       this._native.start({
@@ -439,6 +452,7 @@ class ForwardProxy extends Proxy {
         authToken: token,
         discovery,
         relay,
+        relays,
         maxConnections,
       }),
     )
@@ -551,6 +565,7 @@ class ReverseProxy extends Proxy {
     }
     const discovery = checkDiscovery(opts.discovery)
     const relay = checkRelay('opts.relay', opts.relay)
+    const relays = checkRelays(opts.relays)
     const maxConnections = checkCount('opts.maxConnections', opts.maxConnections)
     const maxStreamsPerConnection = checkCount('opts.maxStreamsPerConnection', opts.maxStreamsPerConnection)
     await wrap(
@@ -564,6 +579,7 @@ class ReverseProxy extends Proxy {
         allowedNodeIds: allowed,
         discovery,
         relay,
+        relays,
         maxConnections,
         maxStreamsPerConnection,
       }),
@@ -580,6 +596,11 @@ class ReverseProxy extends Proxy {
     const s = sync(() => this._native.relayStatus())
     return s === null || s === undefined ? null : relayStatus(s)
   }
+  /**
+   * Every relay link (`relay` and `relays` at start): `[{ ...getRelayStatus() fields, home }]`;
+   * `home` marks the relay this proxy's records name first (the one callers dial).
+   */
+  getRelays() { return sync(() => this._native.relaysStatus()).map(relayStatus) }
 
   getIngressHost() { return sync(() => this._native.ingressHost()) }
   getIngressPort() { return sync(() => this._native.ingressPort()) }

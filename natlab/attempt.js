@@ -82,13 +82,14 @@ async function relayedAttempt(lab, A, B, relay, { timeout = 10000, waitMs = 6000
 }
 
 /**
- * Where a call by node id must end for A's and B's NAT kinds when B has a home relay: direct or
- * punched when either side can take an unsolicited datagram or both map endpoint-independently;
- * relayed when one side is symmetric and the other filters (no hard-NAT punching yet).
+ * Where a call by node id must end for A's and B's NAT kinds when B has a home relay: off the
+ * relay (direct or punched) unless one side is symmetric (endpoint-dependent mapping) and the
+ * other filters by address and port (restricted or symmetric): no hard-NAT punching yet. A full
+ * cone takes the symmetric side's datagrams from any new mapping, so that pair goes direct.
  */
 function byNodeIdExpect(kindA, kindB) {
-  if (kindA === 'none' || kindB === 'none') return 'direct'
-  if (kindA === 'symmetric' || kindB === 'symmetric') return 'relayed'
+  const filters = (k) => k === 'restricted' || k === 'symmetric'
+  if ((kindA === 'symmetric' && filters(kindB)) || (kindB === 'symmetric' && filters(kindA))) return 'relayed'
   return 'direct'
 }
 

@@ -65,11 +65,25 @@ impl NativeReverseProxy {
         self.inner.stop().await.map_err(err)
     }
 
-    /// The relay link's status (null without a relay).
+    /// The home relay link's status (null without a relay).
     #[napi(catch_unwind)]
     pub fn relay_status(&self) -> Result<Option<NativeRelayStatus>> {
         let status = self.inner.relay_status().map_err(err)?;
         Ok(status.map(|(spec, st)| NativeRelayStatus::new(&spec, st)))
+    }
+
+    /// Every relay link's status, with which is home.
+    #[napi(catch_unwind)]
+    pub fn relays_status(&self) -> Result<Vec<NativeRelayStatus>> {
+        let (all, home) = self.inner.relays_status().map_err(err)?;
+        Ok(all
+            .into_iter()
+            .map(|(spec, st)| {
+                let mut s = NativeRelayStatus::new(&spec, st);
+                s.home = Some(Some(spec.node_id) == home);
+                s
+            })
+            .collect())
     }
 
     #[napi(catch_unwind)]

@@ -107,6 +107,8 @@ pub struct NativeRelayStatus {
     pub observed_port: Option<u32>,
     pub public_port: Option<u32>,
     pub error: Option<String>,
+    /// The node's home relay (the one its records name first); absent in events.
+    pub home: Option<bool>,
 }
 
 impl NativeRelayStatus {
@@ -126,6 +128,7 @@ impl NativeRelayStatus {
             observed_port: None,
             public_port: None,
             error: None,
+            home: None,
         };
         match status {
             LinkStatus::Connecting => {}

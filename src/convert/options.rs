@@ -155,6 +155,7 @@ pub struct NativeForwardStart {
     pub auth_token: Option<String>,
     pub discovery: Option<NativeDiscovery>,
     pub relay: Option<NativeRelay>,
+    pub relays: Option<Vec<NativeRelay>>,
     pub max_connections: Option<u32>,
 }
 
@@ -167,6 +168,7 @@ impl NativeForwardStart {
             tls: tls(self.key_private_pem, self.cert_chain_pem),
             discovery: self.discovery.map(NativeDiscovery::into_core).transpose()?,
             relay: self.relay.map(NativeRelay::into_core).transpose()?,
+            relays: relays(self.relays)?,
             max_connections: self
                 .max_connections
                 .map_or(keynet_core::forward_proxy::DEFAULT_MAX_CONNECTIONS, |n| {
@@ -189,6 +191,7 @@ pub struct NativeReverseStart {
     pub allowed_node_ids: Option<Vec<String>>,
     pub discovery: Option<NativeDiscovery>,
     pub relay: Option<NativeRelay>,
+    pub relays: Option<Vec<NativeRelay>>,
     pub max_connections: Option<u32>,
     pub max_streams_per_connection: Option<u32>,
 }
@@ -211,6 +214,7 @@ impl NativeReverseStart {
             allowed_node_ids,
             discovery: self.discovery.map(NativeDiscovery::into_core).transpose()?,
             relay: self.relay.map(NativeRelay::into_core).transpose()?,
+            relays: relays(self.relays)?,
             max_connections: self
                 .max_connections
                 .map_or(keynet_core::reverse_proxy::DEFAULT_MAX_CONNECTIONS, |n| {
@@ -221,4 +225,12 @@ impl NativeReverseStart {
                 .unwrap_or(keynet_core::reverse_proxy::DEFAULT_MAX_STREAMS),
         })
     }
+}
+
+/// The `relays` start option.
+fn relays(list: Option<Vec<NativeRelay>>) -> Result<Vec<keynet_core::relay::spec::RelaySpec>> {
+    list.unwrap_or_default()
+        .into_iter()
+        .map(NativeRelay::into_core)
+        .collect()
 }

@@ -44,6 +44,9 @@ pub struct ForwardStart {
     pub discovery: Option<DiscoveryOptions>,
     /// Register with this relay at start (node ids not found otherwise are reached through it).
     pub relay: Option<RelaySpec>,
+    /// More relays to register with (after `relay`): the node picks its home among them by
+    /// round trip and moves when the home dies.
+    pub relays: Vec<RelaySpec>,
     /// Client connections (CONNECT requests and their tunnels) at once; more are answered `503`
     /// (`maxConnections`, 8192).
     pub max_connections: usize,
@@ -60,6 +63,7 @@ impl Default for ForwardStart {
             tls: None,
             discovery: None,
             relay: None,
+            relays: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
@@ -155,7 +159,7 @@ impl ForwardProxy {
                         identity,
                         server_config: None,
                         discovery: start.discovery,
-                        relay: start.relay,
+                        relays: start.relay.into_iter().chain(start.relays).collect(),
                         server: None,
                     },
                 )

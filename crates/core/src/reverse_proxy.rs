@@ -30,6 +30,9 @@ use crate::tls::config::server_config;
 use crate::tls::verify::{verify_chain, Acceptable};
 use crate::tracker::{Peer, Role};
 
+/// Each relay link's spec and status.
+pub type RelayLinks = Vec<(RelaySpec, LinkStatus)>;
+
 /// Where the reverse proxy listens and what it serves.
 #[derive(Clone, Debug)]
 pub struct ReverseStart {
@@ -45,6 +48,9 @@ pub struct ReverseStart {
     pub discovery: Option<DiscoveryOptions>,
     /// Register with this relay (reachable through it, by node id); none when absent.
     pub relay: Option<RelaySpec>,
+    /// More relays to register with (after `relay`): the node picks its home among them by
+    /// round trip, names it first in its records, and moves when it dies.
+    pub relays: Vec<RelaySpec>,
     /// Connections from forward proxies at once (each may carry many tunnels); more are refused
     /// in the handshake (`maxConnections`, 4096).
     pub max_connections: usize,
@@ -70,6 +76,7 @@ impl ReverseStart {
             allowed_node_ids: None,
             discovery: None,
             relay: None,
+            relays: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS,
         }
@@ -177,7 +184,7 @@ impl ReverseProxy {
                 identity,
                 server_config: Some(config),
                 discovery: start.discovery,
-                relay: start.relay,
+                relays: start.relay.into_iter().chain(start.relays).collect(),
                 server: Some(start.server_addr),
             },
         )
@@ -206,13 +213,20 @@ impl ReverseProxy {
         Ok(())
     }
 
-    /// The relay link's status (`None` without a relay).
+    /// The home relay link's status (`None` without a relay): see [`Self::relays_status`] for
+    /// every relay.
     pub fn relay_status(&self) -> Result<Option<(RelaySpec, LinkStatus)>> {
         Ok(self
             .running()?
             .node
             .start_link()
             .map(|l| (l.spec().clone(), l.status())))
+    }
+
+    /// Every relay link's status, and the home relay's node id.
+    pub fn relays_status(&self) -> Result<(RelayLinks, Option<NodeId>)> {
+        let node = &self.running()?.node;
+        Ok((node.relay_status(), node.home_relay()))
     }
 
     /// The addresses the DHT holds for `node` (signed record first, then hints).

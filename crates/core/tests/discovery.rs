@@ -402,3 +402,92 @@ async fn a_node_that_announces_only_its_home_relay_is_reached_through_it_on_dema
     rp.stop().await.unwrap();
     relay.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_home_relay_dies_the_node_rehomes_and_reannounces_and_callers_follow() {
+    let net = testnet();
+    let (r1, s1) = loopback_relay().await;
+    let (r2, s2) = loopback_relay().await;
+    let identity = generate_identity().unwrap();
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(ReverseStart {
+        tls: Some(identity.tls.clone()),
+        discovery: Some(DiscoveryOptions {
+            announce_direct: false,
+            ..discovery(&net, true, Duration::from_secs(600))
+        }),
+        relay: Some(s1.clone()),
+        relays: vec![s2.clone()],
+        ..ReverseStart::new(echo_server().await)
+    })
+    .await
+    .unwrap();
+    let fp = looking_forward(&net).await;
+    // Each lookup is itself the wait for the next announce.
+    let home_named = |fp: &ForwardProxy, want: keynet_core::NodeId, relays: usize| {
+        let fp = fp.clone();
+        let node = identity.node_id;
+        async move {
+            tokio::time::timeout(WAIT, async {
+                loop {
+                    let l = fp.locate(node, None).await.unwrap();
+                    if l.relays.first().map(|r| r.node_id) == Some(want) && l.relays.len() == relays
+                    {
+                        return l;
+                    }
+                }
+            })
+            .await
+            .expect("the record names the home relay first")
+        }
+    };
+
+    // Both relays registered; the record names the home first and the other second.
+    let up = tokio::time::timeout(WAIT, async {
+        loop {
+            let (all, home) = rp.relays_status().unwrap();
+            let ups = all
+                .iter()
+                .filter(|(_, s)| matches!(s, keynet_core::relay::spec::LinkStatus::Up { .. }))
+                .count();
+            if ups == 2 {
+                if let Some(home) = home {
+                    return home;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let home = up.expect("both relays up, one home");
+    home_named(&fp, home, 2).await;
+    let (dead, other, other_spec) = if home == s1.node_id {
+        (r1, r2, s2)
+    } else {
+        (r2, r1, s1)
+    };
+
+    // The home relay goes away: the node re-homes and re-announces within 5 s.
+    let t0 = Instant::now();
+    dead.stop().await.unwrap();
+    home_named(&fp, other_spec.node_id, 1).await;
+    let rehomed = t0.elapsed();
+    eprintln!("re-homed and re-announced in {rehomed:?}");
+    assert!(rehomed < Duration::from_secs(5), "{rehomed:?}");
+    assert_eq!(rp.relays_status().unwrap().1, Some(other_spec.node_id));
+
+    // A caller that knows only the node id reaches it through the new home.
+    let caller = looking_forward(&net).await;
+    let (mut s, head) = connect(&caller, &format!("{}.keynet:443", identity.node_id)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"new home").await.unwrap();
+    let mut back = [0u8; 8];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"new home");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+
+    caller.stop().await.unwrap();
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    other.stop().await.unwrap();
+}

@@ -419,8 +419,12 @@ impl Discovery {
             queries.push((key, SALT.to_vec()));
         }
         let newest: Mutex<Option<Record>> = Mutex::new(None);
+        // The first record found starts a grace period for the other queries: the query of an
+        // hour with no record runs until its slowest node answered or timed out.
+        let found_one = tokio::sync::Notify::new();
         let records = join_all(queries.iter().map(|(key, salt)| {
             let newest = &newest;
+            let found_one = &found_one;
             let items = self.dht.get_mutable(key, Some(salt), None);
             gather(items, move |item: MutableItem| {
                 match Record::open(item.value()) {
@@ -429,16 +433,18 @@ impl Discovery {
                         if n.as_ref().is_none_or(|n| r.signed_at_ms > n.signed_at_ms) {
                             *n = Some(r);
                         }
+                        found_one.notify_one();
                     }
                     Ok(_) => tracing::debug!(%node, "DHT record of another node id: ignored"),
                     Err(e) => tracing::debug!(%node, error = %e, "unusable DHT record: ignored"),
                 }
             })
         }));
-        let hints = async {
-            let mut found = Vec::new();
+        let hints = Mutex::new(Vec::new());
+        let hinted = async {
             let peers = self.dht.get_peers(Id::from(record::info_hash(&node)));
             gather(peers, |batch: Vec<SocketAddrV4>| {
+                let mut found = hints.lock().expect("hints lock");
                 for a in batch {
                     let a = SocketAddr::V4(a);
                     if !found.contains(&a) {
@@ -447,13 +453,20 @@ impl Discovery {
                 }
             })
             .await;
-            found
         };
-        let both = async { tokio::join!(records, hints) };
-        let hints = tokio::time::timeout_at(deadline.into(), both)
-            .await
-            .map(|(_, hints)| hints)
-            .unwrap_or_default();
+        let all = async { tokio::join!(records, hinted) };
+        let graced = async {
+            found_one.notified().await;
+            tokio::time::sleep(GRACE).await;
+        };
+        let _ = tokio::time::timeout_at(deadline.into(), async {
+            tokio::select! {
+                _ = all => {}
+                _ = graced => {}
+            }
+        })
+        .await;
+        let hints = hints.into_inner().expect("hints lock");
         let mut out = Located::default();
         if let Some(r) = newest.into_inner().expect("newest lock") {
             let age = Duration::from_millis(unix_ms().saturating_sub(r.signed_at_ms));

@@ -95,7 +95,7 @@ impl Node {
         }
         let Some(d) = self.discovery().cloned() else {
             return match self.start_link() {
-                Some(link) => self.connect_by_relay(node, link, budget).await,
+                Some(link) => self.connect_by_relay(node, &link, budget).await,
                 None => Err(discovery::discovery_off()),
             };
         };
@@ -166,7 +166,7 @@ impl Node {
                 Err(e) => tracing::debug!(%node, error = %e, "no link to the node's home relay"),
             }
         }
-        self.start_link().cloned()
+        self.start_link()
     }
 
     /// Reaches `node` through the start relay, tracked under its virtual address.

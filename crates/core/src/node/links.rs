@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::home::HomeChooser;
 use super::Node;
 use crate::discovery::record::{RelayHint, MAX_RELAYS};
 use crate::discovery::Reach;
@@ -30,9 +31,10 @@ struct Entry {
     idle_since: Option<Instant>,
 }
 
-/// A node's relay links, in the order they were made (the start relay first: the home relay).
+/// A node's relay links, in the order they were made (the start relays first, in the order
+/// given), and the choice of its home relay among the registered ones.
 #[derive(Default)]
-pub(crate) struct Links(Mutex<Vec<Entry>>);
+pub(crate) struct Links(Mutex<Vec<Entry>>, Mutex<HomeChooser>);
 
 impl Links {
     /// Adds a link.
@@ -42,6 +44,55 @@ impl Links {
             on_demand,
             idle_since: None,
         });
+    }
+
+    /// Records a round-trip sample of the relay `relay`.
+    pub(crate) fn sample(&self, relay: NodeId, rtt: Duration) {
+        self.1
+            .lock()
+            .expect("home lock")
+            .sample(relay, rtt, Instant::now());
+    }
+
+    /// The registered links (not those opened on demand) in order, the home first, with the
+    /// home's node id. Decides the home now.
+    fn registered(&self) -> (Vec<Arc<RelayLink>>, Option<NodeId>) {
+        let mut links: Vec<Arc<RelayLink>> = {
+            let all = self.0.lock().expect("links lock");
+            all.iter()
+                .filter(|e| !e.on_demand)
+                .map(|e| e.link.clone())
+                .collect()
+        };
+        let states: Vec<(NodeId, bool)> = links
+            .iter()
+            .map(|l| {
+                let up = matches!(l.status(), LinkStatus::Up { .. });
+                (l.spec().node_id, up)
+            })
+            .collect();
+        let home = self
+            .1
+            .lock()
+            .expect("home lock")
+            .choose(&states, Instant::now());
+        if let Some(i) = links.iter().position(|l| Some(l.spec().node_id) == home) {
+            let h = links.remove(i);
+            links.insert(0, h);
+        }
+        (links, home)
+    }
+
+    /// The first link given at start (a registered one).
+    pub(crate) fn first_registered(&self) -> Option<Arc<RelayLink>> {
+        let all = self.0.lock().expect("links lock");
+        all.iter().find(|e| !e.on_demand).map(|e| e.link.clone())
+    }
+
+    /// The home relay's link, if one is up.
+    pub(crate) fn home(&self) -> Option<Arc<RelayLink>> {
+        let (links, home) = self.registered();
+        home.and(links.into_iter().next())
     }
 
     /// Every link.
@@ -91,23 +142,23 @@ impl Links {
     }
 
     /// How the node is reached through its registered links (not those opened on demand): the
-    /// relays up, in order, and the address the first QUIC one observed.
+    /// relays up, the home first, and the address the first QUIC one observed.
     pub(crate) fn reach(&self) -> Reach {
-        let links = self.0.lock().expect("links lock");
+        let (links, _) = self.registered();
         let mut reach = Reach::default();
-        for e in links.iter().filter(|e| !e.on_demand) {
+        for link in links {
             let LinkStatus::Up {
                 transport,
                 observed,
                 ..
-            } = e.link.status()
+            } = link.status()
             else {
                 continue;
             };
             if reach.relays.len() == MAX_RELAYS {
                 break;
             }
-            let spec = e.link.spec();
+            let spec = link.spec();
             if transport == Transport::Quic && reach.observed.is_none() {
                 reach.observed = Some(observed);
             }
@@ -139,10 +190,41 @@ impl Links {
                 return true;
             }
             tracing::debug!(relay = %e.link.spec().addr, "idle on-demand relay link closed");
+            self.1
+                .lock()
+                .expect("home lock")
+                .forget(&e.link.spec().node_id);
             e.link.stop();
             false
         });
     }
+}
+
+/// Waits until one of `links` registered (the others go on trying in the background), until
+/// `deadline`; else the first failure (each wait ends at its link's first failure, as the start
+/// with one relay always did).
+pub(super) async fn wait_any_up(
+    links: &[Arc<RelayLink>],
+    deadline: Instant,
+) -> crate::error::Result<()> {
+    let mut waits = tokio::task::JoinSet::new();
+    for link in links {
+        let link = link.clone();
+        waits.spawn(async move { link.wait_up(deadline, true).await });
+    }
+    let mut first_error = None;
+    while let Some(joined) = waits.join_next().await {
+        match joined {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(crate::error::StartError::Task(e.into()).into());
+            }
+        }
+    }
+    Err(first_error.unwrap_or(crate::error::Error::ForwardProxyNotRunning))
 }
 
 /// Closes on-demand relay links once no relayed connection used them for `idle` (checked every
@@ -229,6 +311,23 @@ pub(super) fn attach(node: &Node, spec: RelaySpec, identity: &LoadedIdentity) ->
             }
             let Some(t) = tracker.upgrade() else { return };
             t.send(Event::relay((spec.clone(), now)));
+        }
+    });
+    // Round trips feed the home choice; a new home is announced.
+    let mut rtt = link.watch_rtt();
+    let links = Arc::downgrade(&node.links);
+    let discovery = node.discovery.clone();
+    let relay = link.spec().node_id;
+    node.tasks.spawn(async move {
+        while rtt.changed().await.is_ok() {
+            let sample = *rtt.borrow_and_update();
+            let Some(links) = links.upgrade() else { return };
+            if let Some(sample) = sample {
+                links.sample(relay, sample);
+            }
+            if let Some(d) = &discovery {
+                d.set_reach(links.reach());
+            }
         }
     });
     // Relayed connections cannot outlive their relay: once it has been gone for a grace period

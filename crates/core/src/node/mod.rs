@@ -8,6 +8,7 @@
 //! here is on [`Node::tasks`] and ends then.
 
 pub(crate) mod dial;
+mod home;
 mod links;
 pub(crate) mod stats;
 
@@ -25,7 +26,7 @@ use crate::netwatch::{self, Seen};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::relay::link::RelayLink;
-use crate::relay::spec::{LinkStatus, RelaySpec};
+use crate::relay::spec::{LinkStatus, RelaySpec, FAILOVER_SILENCE};
 use crate::socket::{self, KeynetSocket};
 use crate::task::Tasks;
 use crate::tracker::{Role, Tracker};
@@ -42,8 +43,8 @@ pub(crate) struct NodeConfig {
     pub server_config: Option<quinn::ServerConfig>,
     /// Join the DHT.
     pub discovery: Option<DiscoveryOptions>,
-    /// Register with this relay; the start fails if the first registration does.
-    pub relay: Option<RelaySpec>,
+    /// Register with these relays; the start fails if none registers in time.
+    pub relays: Vec<RelaySpec>,
     /// The server public-port clients of the relay are carried to (reverse proxies).
     pub server: Option<SocketAddr>,
 }
@@ -71,8 +72,6 @@ pub(crate) struct Node {
     /// The reverse proxy's server, for public-port traffic.
     server: Option<SocketAddr>,
     discovery: Option<Arc<Discovery>>,
-    /// The relay given at start (also in `links`).
-    start_link: Option<Arc<RelayLink>>,
     /// Every relay link: the start one, those dials asked for, and those opened on demand to
     /// reach a node through its home relay.
     links: Arc<links::Links>,
@@ -114,7 +113,7 @@ impl Node {
             None => None,
         };
         links::watch_paths(&socket, &tracker, &tasks);
-        let mut node = Self {
+        let node = Self {
             opts: opts.clone(),
             identities: identities.clone(),
             endpoint,
@@ -126,20 +125,30 @@ impl Node {
             counters: Arc::default(),
             server: config.server,
             discovery,
-            start_link: None,
             links: Arc::default(),
             network: Arc::new(Seen::now()),
         };
-        if let Some(spec) = config.relay {
+        let mut relays = config.relays;
+        if relays.len() > 1 {
+            // Several relays: notice a dead home quickly, so the node re-homes in seconds.
+            for spec in &mut relays {
+                spec.silence.get_or_insert(FAILOVER_SILENCE);
+            }
+        }
+        if !relays.is_empty() {
             let deadline = Instant::now() + opts.connect_time;
-            let link = links::attach(&node, spec, &identity);
-            if let Err(e) = link.wait_up(deadline, true).await {
+            let started: Vec<_> = relays
+                .into_iter()
+                .map(|spec| links::attach(&node, spec, &identity))
+                .collect();
+            for link in &started {
+                node.links.add(link.clone(), false);
+            }
+            if let Err(e) = links::wait_any_up(&started, deadline).await {
                 node.endpoint.close(0u32.into(), b"start failed");
                 node.tasks.shutdown(Duration::from_secs(1)).await;
                 return Err(e);
             }
-            node.links.add(link.clone(), false);
-            node.start_link = Some(link);
         }
         node.publish_reach();
         if let (Some(d), Some(opts)) = (&node.discovery, &config.discovery) {
@@ -197,9 +206,14 @@ impl Node {
         }
     }
 
-    /// The relay given at start.
-    pub(crate) fn start_link(&self) -> Option<&Arc<RelayLink>> {
-        self.start_link.as_ref()
+    /// The home relay's link (or the first relay given at start while none is up).
+    pub(crate) fn start_link(&self) -> Option<Arc<RelayLink>> {
+        self.links.home().or_else(|| self.links.first_registered())
+    }
+
+    /// The home relay's node id.
+    pub(crate) fn home_relay(&self) -> Option<NodeId> {
+        self.links.home().map(|l| l.spec().node_id)
     }
 
     /// The status of every relay link.

@@ -52,7 +52,15 @@ pub struct RelaySpec {
     pub upgrade: bool,
     /// The relay's registration token, if it requires one.
     pub token: Option<String>,
+    /// A relay silent this long is reconnected. `None`: twice the keepalive for the relay's own
+    /// pings, half the connections' idle timeout for QUIC. A node with several relays sets it
+    /// short ([`crate::relay::spec::FAILOVER_SILENCE`]) so a dead home relay is left quickly.
+    pub silence: Option<Duration>,
 }
+
+/// How long a relay of a node with several relays may stay silent before its link is down (and
+/// the node re-homes): QUIC keepalives go every second anyway, so this costs nothing more.
+pub const FAILOVER_SILENCE: Duration = Duration::from_secs(3);
 
 impl RelaySpec {
     /// A spec with defaults: any transport, 15 s keepalive, no port, upgrade at once.
@@ -67,6 +75,7 @@ impl RelaySpec {
             upgrade_delay: Duration::ZERO,
             upgrade: true,
             token: None,
+            silence: None,
         }
     }
 

@@ -76,6 +76,8 @@ pub struct RelayLink {
     outbox: Outbox,
     control: mpsc::Sender<Frame>,
     status: watch::Receiver<LinkStatus>,
+    /// The latest round-trip time to the relay (at registration, then every keepalive).
+    rtt: watch::Receiver<Option<Duration>>,
     gone: broadcast::Sender<(NodeId, String)>,
     rendezvous_done: Mutex<std::collections::HashSet<NodeId>>,
     /// The direct-path task of each peer a rendezvous was arranged with (id, cancel).
@@ -97,12 +99,14 @@ impl RelayLink {
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let (control, control_rx) = mpsc::channel(256);
         let (status_tx, status) = watch::channel(LinkStatus::Connecting);
+        let (rtt_tx, rtt) = watch::channel(None);
         let (gone, _) = broadcast::channel(64);
         let link = Arc::new(Self {
             spec,
             outbox,
             control,
             status,
+            rtt,
             gone,
             rendezvous_done: Mutex::new(Default::default()),
             direct: Mutex::new(HashMap::new()),
@@ -117,6 +121,7 @@ impl RelayLink {
             spec: link.spec.clone(),
             ctx: ctx.clone(),
             status: status_tx,
+            rtt: rtt_tx,
             gone: link.gone.clone(),
             outbox: link.outbox.clone(),
             renew: link.renew.clone(),
@@ -163,6 +168,16 @@ impl RelayLink {
     /// The current status.
     pub fn status(&self) -> LinkStatus {
         self.status.borrow().clone()
+    }
+
+    /// The latest round-trip time to the relay, once registered.
+    pub fn rtt(&self) -> Option<Duration> {
+        *self.rtt.borrow()
+    }
+
+    /// A receiver of the round-trip times to the relay.
+    pub fn watch_rtt(&self) -> watch::Receiver<Option<Duration>> {
+        self.rtt.clone()
     }
 
     /// Waits until registered, or until `deadline` (or the first failure when `fail_fast`);
@@ -272,6 +287,7 @@ struct Runner {
     spec: RelaySpec,
     ctx: LinkContext,
     status: watch::Sender<LinkStatus>,
+    rtt: watch::Sender<Option<Duration>>,
     gone: broadcast::Sender<(NodeId, String)>,
     outbox: Outbox,
     renew: Arc<Notify>,
@@ -358,8 +374,10 @@ impl Runner {
             .connect_time
             .min(Duration::from_secs(10));
         let conn = transport::connect(&self.spec, &self.ctx.dialer, budget).await?;
+        let quic = conn.quic.clone();
         let (mut frames, mut send): (FrameReader, BoxWrite) =
             (FrameReader::new(conn.read), conn.write);
+        let asked = Instant::now();
         write_frames(
             &mut send,
             &[Frame::Register {
@@ -396,6 +414,7 @@ impl Runner {
             }
             other => return Err(RelayError::UnexpectedAnswer(format!("{other:?}")).into()),
         };
+        let _ = self.rtt.send(Some(asked.elapsed()));
         tracing::info!(relay = %self.spec.addr, transport = conn.transport.as_str(), %observed, ?public_port, "registered with the relay");
         let _ = self.status.send(LinkStatus::Up {
             transport: conn.transport,
@@ -412,6 +431,7 @@ impl Runner {
                 outbox_rx,
                 control_rx,
                 &mut public_rx,
+                quic,
             )
             .await
         }
@@ -430,21 +450,35 @@ impl Runner {
         outbox_rx: &mut mpsc::Receiver<(NodeId, Vec<u8>)>,
         control_rx: &mut mpsc::Receiver<Frame>,
         public_rx: &mut Option<mpsc::Receiver<Frame>>,
+        quic: Option<quinn::Connection>,
     ) -> Result<()> {
         // Reading and writing run concurrently: a write waiting for the relay must never stop
         // us from reading what the relay sends (both sides would wait on each other).
         let last_heard = std::sync::Mutex::new(Instant::now());
+        // The ping in flight (nonce, sent at): its pong is a round-trip sample.
+        let pinged = std::sync::Mutex::new((0u64, Instant::now()));
+        let silence = self.spec.silence.unwrap_or(self.spec.keepalive * 2);
+        let cadence = match self.spec.silence {
+            Some(s) => self.spec.keepalive.min(s / 3),
+            None => self.spec.keepalive,
+        };
         let reader = async {
             loop {
                 let Some(f) = next(frames).await? else {
                     return Ok::<(), Error>(());
                 };
                 *last_heard.lock().expect("last heard lock") = Instant::now();
+                if let Frame::Pong { nonce } = f {
+                    let (sent, at) = *pinged.lock().expect("pinged lock");
+                    if nonce == sent && quic.is_none() {
+                        let _ = self.rtt.send(Some(at.elapsed()));
+                    }
+                }
                 self.handle(f)?;
             }
         };
         let writer = async {
-            let mut ping = tokio::time::interval(self.spec.keepalive);
+            let mut ping = tokio::time::interval(cadence);
             ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ping.tick().await;
             let mut nonce = 0u64;
@@ -461,10 +495,15 @@ impl Runner {
                     }
                     _ = ping.tick() => {
                         let silent = last_heard.lock().expect("last heard lock").elapsed();
-                        if silent > self.spec.keepalive * 2 {
+                        if silent > silence {
                             return Err(RelayError::Silent(silent.as_millis()).into());
                         }
+                        if let Some(q) = &quic {
+                            // QUIC measures it continuously.
+                            let _ = self.rtt.send(Some(q.rtt()));
+                        }
                         nonce += 1;
+                        *pinged.lock().expect("pinged lock") = (nonce, Instant::now());
                         write_frames(send, &[Frame::Ping { nonce }]).await.map_err(RelayError::Closed)?;
                         continue;
                     }

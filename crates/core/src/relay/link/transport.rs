@@ -81,7 +81,7 @@ async fn connect_quic(spec: &RelaySpec, ctx: &Dialer, budget: Duration) -> Resul
         &ctx.identity,
         Acceptable::OneOf(vec![spec.node_id]),
         outcome.clone(),
-        relay_transport(&ctx.opts),
+        relay_transport(&ctx.opts, spec.silence),
     )?;
     let connecting = ctx
         .endpoint
@@ -116,12 +116,12 @@ async fn connect_quic(spec: &RelaySpec, ctx: &Dialer, budget: Duration) -> Resul
     })
 }
 
-/// The QUIC transport toward a relay: the proxies' settings, with half their idle timeout, so a
-/// dead relay is noticed (and its relayed connections closed as `relayLost`) before those
-/// connections' own idle timeout would end them anonymously.
-fn relay_transport(opts: &ConnOptions) -> Arc<quinn::TransportConfig> {
+/// The QUIC transport toward a relay: the proxies' settings, with half their idle timeout (or
+/// `silence`, when shorter), so a dead relay is noticed (and its relayed connections closed as
+/// `relayLost`) before those connections' own idle timeout would end them anonymously.
+fn relay_transport(opts: &ConnOptions, silence: Option<Duration>) -> Arc<quinn::TransportConfig> {
     let mut o = opts.clone();
-    o.keepalive_timeout = opts.keepalive_timeout / 2;
+    o.keepalive_timeout = (opts.keepalive_timeout / 2).min(silence.unwrap_or(Duration::MAX));
     if o.keepalive_interval * 3 > o.keepalive_timeout {
         o.keepalive_interval = o.keepalive_timeout / 3;
     }
