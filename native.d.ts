@@ -72,8 +72,10 @@ export declare class NativeReverseProxy {
   /** The addresses announced last. */
   announced(): Array<NativeAddress>
   stop(): Promise<void>
-  /** The relay link's status (null without a relay). */
+  /** The home relay link's status (null without a relay). */
   relayStatus(): NativeRelayStatus | null
+  /** Every relay link's status, with which is home. */
+  relaysStatus(): Array<NativeRelayStatus>
   nodeId(): string
   ingressHost(): string
   ingressPort(): number
@@ -170,6 +172,7 @@ export interface NativeForwardStart {
   authToken?: string
   discovery?: NativeDiscovery
   relay?: NativeRelay
+  relays?: Array<NativeRelay>
   maxConnections?: number
 }
 
@@ -292,6 +295,8 @@ export interface NativeRelayStatus {
   observedPort?: number
   publicPort?: number
   error?: string
+  /** The node's home relay (the one its records name first); absent in events. */
+  home?: boolean
 }
 
 /** `ReverseProxy.start` options, already checked and defaulted by index.js. */
@@ -305,6 +310,7 @@ export interface NativeReverseStart {
   allowedNodeIds?: Array<string>
   discovery?: NativeDiscovery
   relay?: NativeRelay
+  relays?: Array<NativeRelay>
   maxConnections?: number
   maxStreamsPerConnection?: number
 }

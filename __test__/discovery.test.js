@@ -126,3 +126,12 @@ test('bad discovery options are typed errors naming the option', async (t) => {
   await fp.start()
   t.true(fp.getHttpPort() > 0)
 })
+
+test('several relays: bad relays options are typed errors naming the entry', async (t) => {
+  const rp = new h.keynet.ReverseProxy()
+  t.teardown(() => h.stopQuietly(rp))
+  await t.throwsAsync(rp.start({ serverPort: 1, relays: 'x' }), { instanceOf: TypeError, message: /opts\.relays/ })
+  await t.throwsAsync(rp.start({ serverPort: 1, relays: [{ host: '127.0.0.1', port: 1 }] }), { instanceOf: TypeError, message: /opts\.relays\[0\]/ })
+  const many = Array.from({ length: 9 }, () => ({ host: '127.0.0.1', port: 1, nodeId: rp.constructor.name }))
+  await t.throwsAsync(rp.start({ serverPort: 1, relays: many }), { message: /opts\.relays/ })
+})

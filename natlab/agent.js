@@ -1,7 +1,7 @@
 'use strict'
 // A keynode inside a lab namespace, driven by JSON lines on stdin (one answer line per command;
 // commands overlap: a long `transfer` does not hold up the others).
-// Proxies: startRp, startFp, punch, open, info, relayStatus, lookup, openNode, networkChanged,
+// Proxies: startRp, startFp, punch, open, info, relayStatus, lookup, openNode, relays, networkChanged,
 // stop, exit.
 // Traffic: call (unary gRPC), transfer / waitBytes / abortTransfer (bytes through a tunnel to
 // the echo server), chatOpen / chatSend / chatClose (a gRPC Bidi stream), connectStatus. The
@@ -214,14 +214,14 @@ function fresh() {
 
 const handlers = {
   /** server: 'grpc' (support/echo.proto's Echo), 'echo' (TCP echo) or 'both' (sniffed per tunnel). */
-  async startRp({ port, server = 'grpc', opts, relay, discovery }) {
+  async startRp({ port, server = 'grpc', opts, relay, relays, discovery }) {
     fresh()
     const serverPort = server === 'echo' ? await echoServer() : server === 'both' ? await bothServer() : await grpcServer()
     const proxy = new (lib().ReverseProxy)(timing(opts))
     rp = proxy
     listen(proxy, 'rp')
     try {
-      await proxy.start({ serverPort, ingressHost: '0.0.0.0', ingressPort: port, relay, discovery })
+      await proxy.start({ serverPort, ingressHost: '0.0.0.0', ingressPort: port, relay, relays, discovery })
     } catch (e) {
       rp = null
       throw e
@@ -444,6 +444,10 @@ const handlers = {
     const out = { received: c.received, late: c.late, error: c.error }
     closeChat()
     return out
+  },
+  /** The reverse proxy's relay links, `home` marking its home relay. */
+  async relays() {
+    return { relays: rp.getRelays() }
   },
   async relayStatus() {
     return { status: fp ? fp.getRelayStatus() : rp.getRelayStatus() }

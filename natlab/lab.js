@@ -307,6 +307,7 @@ class Lab {
     this.children = this.children || []
     this.children.push(child)
     this.relayProcess = child
+    this.relayProcesses = { ...this.relayProcesses, [port]: child }
     let stderr = ''
     child.stderr.on('data', (d) => (stderr += d))
     const lines = readline.createInterface({ input: child.stdout })
@@ -330,9 +331,12 @@ class Lab {
     })
   }
 
-  /** Kills the relay process (SIGKILL: no goodbye to its nodes); resolves once it is gone. */
-  async killRelay() {
-    const child = this.relayProcess
+  /**
+   * Kills a relay process (SIGKILL: no goodbye to its nodes): the one on `port`, else the last
+   * started; resolves once it is gone.
+   */
+  async killRelay(port) {
+    const child = port === undefined ? this.relayProcess : this.relayProcesses?.[port]
     if (!child || child.exitCode !== null || child.signalCode !== null) return
     const gone = new Promise((resolve) => child.once('exit', resolve))
     child.kill('SIGKILL')
