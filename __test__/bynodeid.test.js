@@ -15,6 +15,9 @@ if (unsupported) console.log(`bynodeid.test.js skipped: ${unsupported}`)
 for (const [kinds, final] of [
   [['restricted', 'restricted'], ['punched', 'direct']],
   [['symmetric', 'restricted'], ['relayed']],
+  // B's NAT maps per destination: its punches reach A's full cone from a port the relay never
+  // saw, and A follows them there.
+  [['cone', 'symmetric'], ['punched', 'direct']],
 ]) {
   labTest(`${kinds[0]} A x ${kinds[1]} B: a call by node id alone crosses 3 times out of 3 through B's home relay, ending ${final.join(' or ')}`, async (t) => {
     const { rows } = await byNodeIdCell(Lab, kinds, { attempts: 3 })

@@ -426,7 +426,7 @@ const ratio = (k, d) => (Number.isFinite(k) && Number.isFinite(d) && d > 0 ? `${
 
 // ---- main ----------------------------------------------------------------------------------------------
 
-const state = { server: null, rp: null, fp: null, relay: null, extraFps: new Set(), extraRps: new Set() }
+const state = { server: null, rp: null, fp: null, relay: null, extraFps: new Set(), extraRps: new Set(), children: new Set() }
 
 /** Starts the server and, with `withKeynet`, a reverse proxy in front of it and a connected forward proxy. */
 async function setup(withKeynet) {
@@ -618,6 +618,12 @@ async function main() {
     state.relay = null
   }
 
+  // 6. connect by node id: a private DHT of DHT_NODES `keynet-relay --dht` processes on
+  //    loopback; a fresh ForwardProxy that knows only the node id each time. Direct: the node
+  //    announces its addresses; via its home relay: it announces only its relay (the caller links
+  //    to that relay on demand, rendezvous off so the connection stays there).
+  R.byId = await byNodeId(ctx, token)
+
   // ---- report ----
   const mb = (b) => f(b / MiB, 1)
   const rows = [
@@ -645,6 +651,17 @@ async function main() {
     ['RSS peak (sampled every 20 ms), MiB', mb(R.concKeynet.rssPeak), mb(R.concDirect.rssPeak), ratio(R.concKeynet.rssPeak, R.concDirect.rssPeak)],
     ['RSS peak - before, MiB', mb(R.concKeynet.rssPeak - R.concKeynet.rssBefore), mb(R.concDirect.rssPeak - R.concDirect.rssBefore), ratio(R.concKeynet.rssPeak - R.concKeynet.rssBefore, R.concDirect.rssPeak - R.concDirect.rssBefore)],
   ]
+  if (R.byId) {
+    const b = R.byId
+    rows.push(
+      { section: `connect by node id: private ${DHT_NODES}-node DHT on loopback, fresh ForwardProxy each time (n=${b.n}), median; keynet column: by node id, direct column: by address` },
+      ['lookup(nodeId) alone, ms', f(median(b.lookup), 1), '-', ''],
+      ['openConnection(nodeId): lookup + connect, direct, ms', f(median(b.direct), 1), f(median(b.byAddr), 1), ratio(median(b.direct), median(b.byAddr))],
+      ['openConnection(nodeId): lookup + connect via the home relay (on demand), ms', f(median(b.relayed), 1), f(median(b.byAddr), 1), ratio(median(b.relayed), median(b.byAddr))],
+    )
+  } else {
+    rows.push({ section: `connect by node id: skipped (${RELAY_BIN} missing: cargo build -p keynet-relay)` })
+  }
   console.log('')
   console.log(table(rows))
   console.log('')
@@ -661,7 +678,102 @@ async function main() {
   console.log(`all checks passed; total run time ${(msSince(tStart) / 1000).toFixed(1)} s`)
 }
 
+const DHT_NODES = 4
+const RELAY_BIN = require('node:path').join(__dirname, '..', 'target', 'debug', 'keynet-relay')
+
+/** Starts `keynet-relay --dht 127.0.0.1:0 [--dht-bootstrap B]`; resolves its DHT address. */
+function dhtNode(bootstrap) {
+  const { spawn } = require('node:child_process')
+  const args = ['--dht', '127.0.0.1:0', ...(bootstrap ? ['--dht-bootstrap', bootstrap] : [])]
+  const child = spawn(RELAY_BIN, args, { stdio: ['ignore', 'pipe', 'ignore'] })
+  state.children.add(child)
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      let out = ''
+      child.stdout.on('data', (d) => {
+        out += d
+        const m = /dht listening on (\S+)/.exec(out)
+        if (m) resolve(m[1])
+      })
+      child.once('exit', (code) => reject(new Error(`keynet-relay --dht exited ${code}`)))
+    }),
+    10_000,
+    'DHT node start',
+  )
+}
+
+/** The "connect by node id" measurements; null when the relay binary is missing. */
+async function byNodeId(ctx, token) {
+  if (!fs.existsSync(RELAY_BIN)) return null
+  progress(`connect by node id: a private ${DHT_NODES}-node DHT, a Relay, two announced nodes ...`)
+  const first = await dhtNode()
+  const bootstrap = [first, ...(await Promise.all(Array.from({ length: DHT_NODES - 1 }, () => dhtNode(first))))]
+  const relay = new Relay()
+  state.relay = relay
+  await withTimeout(relay.start(), 10_000, 'relay.start')
+  const relayOpts = { host: HOST, port: relay.getPort(), nodeId: relay.getNodeId(), upgrade: false }
+  const announced = async (opts) => {
+    const rp = new ReverseProxy()
+    state.extraRps.add(rp)
+    await withTimeout(rp.start({ serverHost: HOST, serverPort: ctx.serverPort, ...opts }), 15_000, 'rp.start (by node id)')
+    return rp
+  }
+  const direct = await announced({ discovery: { bootstrap } })
+  const relayed = await announced({ relay: relayOpts, discovery: { bootstrap, announceAddresses: false } })
+  const caller = async (fn) => {
+    const p = new ForwardProxy({ authToken: token })
+    state.extraFps.add(p)
+    await withTimeout(p.start({ discovery: { bootstrap, announce: false } }), 10_000, 'fp.start (by node id)')
+    try {
+      return await fn(p)
+    } finally {
+      await withTimeout(p.stop(), 10_000, 'fp.stop (by node id)')
+      state.extraFps.delete(p)
+    }
+  }
+  const timed = async (fn) => {
+    const t0 = now()
+    await fn()
+    return msSince(t0)
+  }
+  // Both records are on the DHT (a caller gets through) before the clock starts.
+  for (const rp of [direct, relayed]) {
+    const until = Date.now() + 20_000
+    for (;;) {
+      const ok = await caller((p) => p.openConnection(rp.getNodeId(), { timeout: 3000 })).then(() => true, () => false)
+      if (ok) break
+      if (Date.now() > until) throw new Error(`node ${rp.getNodeId()} never became reachable by node id`)
+    }
+  }
+  const n = Math.max(CFG.coldN, 5)
+  const out = { n, lookup: [], direct: [], relayed: [], byAddr: [] }
+  for (let i = 0; i < n; i++) {
+    out.lookup.push(await caller((p) => timed(() => p.lookup(direct.getNodeId(), { timeout: 10_000 }))))
+    out.direct.push(await caller((p) => timed(() => p.openConnection(direct.getNodeId(), { timeout: 10_000 }))))
+    out.byAddr.push(await caller((p) => timed(() => p.openConnection(direct.getNodeId(), HOST, direct.getIngressPort(), { timeout: 10_000 }))))
+    out.relayed.push(
+      await caller(async (p) => {
+        const ms = await timed(() => p.openConnection(relayed.getNodeId(), { timeout: 10_000 }))
+        const links = p.getRelayStatus()
+        if (!links.some((l) => l.nodeId === relay.getNodeId())) throw new Error('the caller did not link to the home relay')
+        return ms
+      }),
+    )
+  }
+  for (const rp of [direct, relayed]) {
+    await withTimeout(rp.stop(), 10_000, 'rp.stop (by node id)')
+    state.extraRps.delete(rp)
+  }
+  await withTimeout(relay.stop(), 10_000, 'relay.stop')
+  state.relay = null
+  for (const c of state.children) c.kill()
+  state.children.clear()
+  return out
+}
+
 async function stopAll() {
+  for (const c of state.children) c.kill()
+  state.children.clear()
   const jobs = []
   for (const p of state.extraFps) jobs.push(withTimeout(p.stop(), 10_000, 'extra fp.stop'))
   state.extraFps.clear()

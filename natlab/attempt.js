@@ -82,18 +82,15 @@ async function relayedAttempt(lab, A, B, relay, { timeout = 10000, waitMs = 6000
 }
 
 /**
- * Where a call by node id must end for A's and B's NAT kinds when B has a home relay, with what
- * keynet does today: off the relay (direct or punched) unless
- * - A is symmetric and B filters by address and port (restricted or symmetric): A's mapping
- *   toward B is unknown to B (a full cone B takes it, so that pair goes direct), or
- * - B is symmetric: A's direct attempts and punches go to B's mapping toward the relay, which
- *   B's NAT keeps for the relay; B's punches reach A from a new mapping that A does not yet
- *   adopt as B's address (peer-reflexive candidates and hard-NAT punching: issue 14, item 4).
+ * Where a call by node id must end for A's and B's NAT kinds when B has a home relay: off the
+ * relay (direct or punched) unless one side is symmetric (endpoint-dependent mapping) and the
+ * other filters by address and port (restricted or symmetric): that needs birthday-paradox
+ * punching, not built yet. A symmetric side's punches reach a full cone (or an open host) from
+ * a port the relay never saw; the other side follows that port (a peer-reflexive candidate).
  */
 function byNodeIdExpect(kindA, kindB) {
   const filters = (k) => k === 'restricted' || k === 'symmetric'
-  if (kindB === 'symmetric') return 'relayed'
-  if (kindA === 'symmetric' && filters(kindB)) return 'relayed'
+  if ((kindA === 'symmetric' && filters(kindB)) || (kindB === 'symmetric' && filters(kindA))) return 'relayed'
   return 'direct'
 }
 

@@ -287,9 +287,18 @@ impl Discovery {
     ) -> bool {
         let reach = self.reach.borrow().clone();
         let addrs = self.own_addresses(quic, &reach).await;
-        let hint = self
-            .dht
-            .announce_peer(Id::from(record::info_hash(&node_id)), Some(quic.port()));
+        // The unsigned hint carries the node's IP and port: not published when it announces its
+        // relays only.
+        let hint = async {
+            if !self.announce_direct {
+                return Ok(());
+            }
+            self.dht
+                .announce_peer(Id::from(record::info_hash(&node_id)), Some(quic.port()))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
         let signed = async {
             let Some(seed) = seed else {
                 return Ok(());

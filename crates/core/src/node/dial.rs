@@ -26,6 +26,18 @@ use crate::tracker::{Peer, Tracker};
 /// longer for its first byte).
 pub(crate) const RELAY_DELAY: Duration = Duration::from_millis(500);
 
+/// How long a dial by node id waits for a relay link to come up before it tries the next relay
+/// the node's record names.
+pub(crate) const RELAY_LINK_WAIT: Duration = Duration::from_secs(2);
+
+/// One relay a dial by node id may go through.
+enum RelayWay {
+    /// A link this node has.
+    Linked(Arc<RelayLink>),
+    /// A relay the record names, linked on demand when tried.
+    OnDemand(RelayHint),
+}
+
 /// Most addresses of one lookup dialled at once.
 const MAX_CANDIDATES: usize = 8;
 
@@ -101,8 +113,8 @@ impl Node {
         };
         let deadline = Instant::now() + budget;
         let located = d.locate(node, deadline).await;
-        let relay = self.relay_toward(node, &located.relays);
-        if located.addrs.is_empty() && relay.is_none() {
+        let relays = self.relays_toward(&located.relays);
+        if located.addrs.is_empty() && relays.is_empty() {
             if Instant::now() >= deadline {
                 return Err(Error::ConnectionStartTimeout(budget.as_millis() as u64));
             }
@@ -119,7 +131,7 @@ impl Node {
                 Ok::<_, Error>(peer)
             });
         }
-        if let Some(link) = relay {
+        if !relays.is_empty() {
             let me = self.clone();
             let delay = if located.addrs.is_empty() {
                 Duration::ZERO
@@ -128,8 +140,7 @@ impl Node {
             };
             dials.spawn(async move {
                 tokio::time::sleep(delay).await;
-                let left = deadline.saturating_duration_since(Instant::now());
-                me.connect_by_relay(node, &link, left).await
+                me.connect_through_relays(node, relays, deadline).await
             });
         }
         // Prefer the pin's verdict over a timeout: it says a record pointed at another node.
@@ -153,20 +164,60 @@ impl Node {
         Err(failure.unwrap_or_else(|| Error::NodeNotFound(node.to_string())))
     }
 
-    /// The relay to race toward `node`: a link this node has to one of the relays its record
-    /// names, else a link opened on demand to its home relay, else the start relay (the node
-    /// may be registered there without announcing it).
-    fn relay_toward(&self, node: NodeId, named: &[RelayHint]) -> Option<Arc<RelayLink>> {
-        if let Some(link) = named.iter().find_map(|h| self.links.by_relay(&h.node_id)) {
-            return Some(link);
-        }
-        if let Some(home) = named.first() {
-            match self.link_to_hint(home) {
-                Ok(link) => return Some(link),
-                Err(e) => tracing::debug!(%node, error = %e, "no link to the node's home relay"),
+    /// The relays to try toward `node`, in order: those its record names that this node already
+    /// has a link to, then the others it names (home first; linked on demand when tried), else
+    /// the start relay (the node may be registered there without announcing it).
+    fn relays_toward(&self, named: &[RelayHint]) -> Vec<RelayWay> {
+        let mut have = Vec::new();
+        let mut others = Vec::new();
+        for hint in named {
+            match self.links.by_relay(&hint.node_id) {
+                Some(link) => have.push(RelayWay::Linked(link)),
+                None => others.push(RelayWay::OnDemand(hint.clone())),
             }
         }
-        self.start_link()
+        have.extend(others);
+        if have.is_empty() {
+            have.extend(self.start_link().map(RelayWay::Linked));
+        }
+        have
+    }
+
+    /// Tries `relays` in turn until one carries a connection that proves `node`: a relay that
+    /// is not reachable within [`RELAY_LINK_WAIT`] (dead, or named by a stale record) yields to
+    /// the next one.
+    async fn connect_through_relays(
+        self: &Arc<Self>,
+        node: NodeId,
+        relays: Vec<RelayWay>,
+        deadline: Instant,
+    ) -> Result<Arc<Peer>> {
+        let mut failure = None;
+        for way in relays {
+            let link = match way {
+                RelayWay::Linked(link) => link,
+                RelayWay::OnDemand(hint) => match self.link_to_hint(&hint) {
+                    Ok(link) => link,
+                    Err(e) => {
+                        failure = Some(e);
+                        continue;
+                    }
+                },
+            };
+            let now = Instant::now();
+            let wait = deadline.min(now + RELAY_LINK_WAIT);
+            if let Err(e) = link.wait_up(wait, true).await {
+                tracing::debug!(%node, relay = %link.spec().addr, error = %e, "relay not reachable: trying the next one");
+                failure = Some(e);
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.connect_by_relay(node, &link, left).await {
+                Ok(peer) => return Ok(peer),
+                Err(e) => failure = Some(e),
+            }
+        }
+        Err(failure.unwrap_or_else(|| Error::NodeNotFound(node.to_string())))
     }
 
     /// Reaches `node` through the start relay, tracked under its virtual address.
@@ -302,7 +353,15 @@ impl Node {
         deadline: Instant,
         lock: &Arc<tokio::sync::Mutex<()>>,
     ) -> Result<Arc<Peer>> {
-        let link = self.link_for(spec, Error::ForwardProxyNotRunning)?;
+        // The link registered as `spec` asks (one opened on demand stays on demand).
+        let link = match self
+            .links
+            .by_relay(&spec.node_id)
+            .filter(|l| l.same_registration(spec))
+        {
+            Some(link) => link,
+            None => self.link_for(spec, Error::ForwardProxyNotRunning)?,
+        };
         link.wait_up(deadline, false).await?;
         let target = self.socket.paths.virtual_for(node, link.outbox());
         let accept = Acceptable::OneOf(vec![node]);

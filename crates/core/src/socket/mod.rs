@@ -25,6 +25,12 @@ use paths::{Hop, Paths};
 
 /// Punch datagrams queued per session before further ones are dropped (they repeat anyway).
 const SESSION_QUEUE: usize = 64;
+/// Punch datagrams from addresses no session punches, kept for the rendezvous that listen for
+/// them before older ones are dropped.
+const STRAYS: usize = 64;
+
+/// A punch datagram from an address no session punches: its source and bytes.
+pub type Stray = (SocketAddr, [u8; punch::LEN]);
 
 /// Where the punch datagrams of one peer address go: the session's id and its queue.
 type SessionSlot = (u64, mpsc::Sender<[u8; punch::LEN]>);
@@ -79,6 +85,9 @@ pub struct KeynetSocket {
     rt: tokio::runtime::Handle,
     sessions: Mutex<HashMap<SocketAddr, SessionSlot>>,
     next_session: std::sync::atomic::AtomicU64,
+    /// Punches from unknown sources: a peer behind a NAT that maps per destination punches from
+    /// a port the relay never saw ([`KeynetSocket::strays`]).
+    strays: tokio::sync::broadcast::Sender<Stray>,
     /// Peers reached through a relay (virtual addresses) and their current paths.
     pub paths: Paths,
 }
@@ -211,12 +220,25 @@ impl KeynetSocket {
         local
     }
 
+    /// Punch datagrams from addresses no session punches, while the receiver lives (lagging
+    /// receivers lose the oldest: punches repeat).
+    pub fn strays(&self) -> tokio::sync::broadcast::Receiver<Stray> {
+        self.strays.subscribe()
+    }
+
     fn deliver_punch(&self, from: SocketAddr, datagram: &[u8]) {
+        let from = canonical(from);
+        let mut d = [0u8; punch::LEN];
+        d.copy_from_slice(datagram);
         let map = self.sessions.lock().expect("sessions lock");
-        if let Some((_, tx)) = map.get(&canonical(from)) {
-            let mut d = [0u8; punch::LEN];
-            d.copy_from_slice(datagram);
-            let _ = tx.try_send(d);
+        match map.get(&from) {
+            Some((_, tx)) => {
+                let _ = tx.try_send(d);
+            }
+            None if self.strays.receiver_count() > 0 => {
+                let _ = self.strays.send((from, d));
+            }
+            None => {}
         }
     }
 }
@@ -332,6 +354,7 @@ pub fn bind(
         rt,
         sessions: Mutex::new(HashMap::new()),
         next_session: Default::default(),
+        strays: tokio::sync::broadcast::channel(STRAYS).0,
         paths: Paths::default(),
     });
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);

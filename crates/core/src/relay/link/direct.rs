@@ -84,7 +84,8 @@ impl DirectPath {
     /// one, or the task is cancelled.
     pub(crate) async fn run(mut self) {
         let paths = &self.socket.paths;
-        let (peer, addr) = (self.peer, self.addr);
+        let (peer, mut addr) = (self.peer, self.addr);
+        let mut strays = self.socket.strays();
         let Some(key) = self.ack_key().await else {
             tracing::info!(%peer, "rendezvous without a connection to the peer: ignored");
             return;
@@ -105,9 +106,31 @@ impl DirectPath {
         // peer's packets from `addr` before acknowledging its first punch (it sends there once
         // the ack arrives), send there once our punch was acknowledged.
         let _ = tokio::time::timeout(RENDEZVOUS_BUDGET, async {
-            let (mut seen, mut confirmed) = (false, false);
+            let (mut seen, mut confirmed, mut followed) = (false, false, false);
             while !(seen && confirmed) {
-                match punch.next_event().await {
+                let event = tokio::select! {
+                    e = punch.next_event() => e,
+                    stray = strays.recv(), if !(followed || seen || confirmed) => {
+                        let Some(from) = peer_reflexive(stray, addr) else { continue };
+                        // The peer's NAT maps per destination: its punches to us come from a
+                        // port the relay never saw. Punch there instead (once). Only the peer,
+                        // with the key, can acknowledge it: a forged source costs this
+                        // rendezvous, never the path.
+                        tracing::debug!(%peer, relay_saw = %addr, %from, "the peer punches from another port: following it");
+                        addr = from;
+                        followed = true;
+                        punch = PunchDriver::start(
+                            &self.socket,
+                            addr,
+                            self.punch_interval,
+                            RENDEZVOUS_BUDGET,
+                            u32::MAX,
+                        )
+                        .for_rendezvous(key.clone());
+                        continue;
+                    }
+                };
+                match event {
                     PunchEvent::PeerPunched => {
                         if !seen && !confirmed {
                             paths.accept_direct(peer, addr);
@@ -128,6 +151,7 @@ impl DirectPath {
             punch.flush().await;
         })
         .await;
+        drop(strays);
         let kind = path_kind(punch.nat_between());
         let confirmed = punch.confirmed();
         let mut session = punch.into_session();
@@ -277,6 +301,19 @@ impl DirectPath {
             .upgrade()
             .map_or(RECALL_MAX, |l| l.recall_delay(self.peer))
     }
+}
+
+/// The source of a stray punch that may be the peer's (whose address the relay saw as
+/// `relayed`): a punch from the same IP on another port, as a NAT that maps per destination
+/// sends it.
+fn peer_reflexive(
+    stray: Result<crate::socket::Stray, tokio::sync::broadcast::error::RecvError>,
+    relayed: SocketAddr,
+) -> Option<SocketAddr> {
+    let (from, datagram) = stray.ok()?;
+    let same_host = from.ip() == relayed.ip() && from.port() != relayed.port();
+    let punch = matches!(Packet::decode(&datagram), Ok(p) if p.kind == Kind::Punch);
+    (same_host && punch).then_some(from)
 }
 
 fn path_kind(nat_between: bool) -> Path {
