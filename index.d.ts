@@ -110,6 +110,13 @@ export interface DiscoveryOptions {
    * home relay, stays after its last relayed connection closed. Default 60000.
    */
   relayIdleTime?: number
+  /**
+   * With no `relay`/`relays` given: find relays published on the DHT under this network name
+   * (`keynet-relay --dht ... --publish NAME`), probe them, and register with the nearest three
+   * (their node ids are learnt on first contact: a relay only carries end-to-end encrypted
+   * packets). start() goes on without a relay when none answers.
+   */
+  relayNetwork?: string
 }
 
 /** An address found on the DHT for a node id: a hint; the TLS pin on the node id decides. */

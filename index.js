@@ -175,7 +175,7 @@ function checkRelay(name, v) {
 
 /**
  * Checks `opts.discovery` ({ bootstrap?, announce?, reannounceInterval?, host?, port?, server?,
- * announceAddresses?, relayIdleTime? }).
+ * announceAddresses?, relayIdleTime?, relayNetwork? }).
  */
 function checkDiscovery(v) {
   if (v === undefined || v === null || v === false) return undefined
@@ -200,6 +200,12 @@ function checkDiscovery(v) {
     if (d[key] === undefined) continue
     if (typeof d[key] !== 'boolean') throw typeError(`opts.discovery.${key}`, 'a boolean', d[key])
     out[key] = d[key]
+  }
+  if (d.relayNetwork !== undefined) {
+    checkString('opts.discovery.relayNetwork', d.relayNetwork)
+    const bytes = Buffer.byteLength(d.relayNetwork)
+    if (bytes < 1 || bytes > 64) throw rangeError('opts.discovery.relayNetwork', 'a network name of 1 to 64 bytes', d.relayNetwork)
+    out.relayNetwork = d.relayNetwork
   }
   const idle = checkTime('opts.discovery.relayIdleTime', d.relayIdleTime)
   if (idle !== undefined) {

@@ -143,6 +143,7 @@ export interface NativeDiscovery {
   server?: boolean
   announceAddresses?: boolean
   relayIdleTime?: number
+  relayNetwork?: string
 }
 
 /**

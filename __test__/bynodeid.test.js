@@ -91,3 +91,43 @@ labTest('home relay failover: the home relay is killed; B re-homes to the other 
   t.true(call.ok && call.text === 'hello', JSON.stringify(call))
   t.true(reachedMs < 10000, `${reachedMs} ms`)
 })
+
+labTest('relays found on the DHT: keynet-relay --publish; B, given no relay, finds it and registers; A reaches B by node id', async (t) => {
+  const lab = await Lab.create('pair', { kinds: ['restricted', 'restricted'], relay: true })
+  const A = lab.agent('A')
+  const B = lab.agent('B')
+  t.teardown(async () => {
+    await Promise.all([A.close(), B.close()]).catch(() => {})
+    await lab.destroy()
+  })
+  // A DHT of two nodes (a node does not store its own publication), the second one publishing
+  // its relay.
+  const first = await lab.startRelay(7002, { dht: true })
+  const relay = await lab.startRelay(7000, { dht: true, dhtPort: 6882, dhtBootstrap: first.dht, publish: 'lab' })
+  const discovery = { bootstrap: [first.dht] }
+  // B looks for relays once, at start: start it again until the publication is there.
+  const until0 = Date.now() + 20000
+  let rp, relays
+  for (;;) {
+    rp = await B.request({ cmd: 'startRp', port: 45010, discovery: { ...discovery, relayNetwork: 'lab' } })
+    t.true(rp.ok, rp.message)
+    relays = (await B.request({ cmd: 'relays' })).relays
+    if (relays.length || Date.now() > until0) break
+    await B.request({ cmd: 'stop' })
+  }
+  t.is(relays.length, 1, JSON.stringify(relays))
+  t.is(relays[0].nodeId, relay.nodeId, 'the published relay, its node id learnt on first contact')
+  t.is(relays[0].state, 'up')
+  t.true(relays[0].home)
+
+  const fp = await A.request({ cmd: 'startFp', port: 45011, discovery: { ...discovery, announce: false } })
+  t.true(fp.ok, fp.message)
+  const until = Date.now() + 20000
+  let open
+  do open = await A.request({ cmd: 'openNode', nodeId: rp.nodeId, timeout: 5000 }, 10000)
+  while (!open.ok && Date.now() < until)
+  t.true(open.ok, open.message)
+  t.is(open.path, 'relayed', 'through the found relay (B filters A)')
+  const call = await A.request({ cmd: 'call', host: `${rp.nodeId}.keynet`, port: 443 })
+  t.is(call.text, 'hello')
+})

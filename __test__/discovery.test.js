@@ -120,6 +120,8 @@ test('bad discovery options are typed errors naming the option', async (t) => {
   await t.throwsAsync(fp.start({ discovery: { reannounceInterval: 0 } }), { instanceOf: RangeError, message: /reannounceInterval/ })
   await t.throwsAsync(fp.start({ discovery: { announceAddresses: 1 } }), { instanceOf: TypeError, message: /announceAddresses/ })
   await t.throwsAsync(fp.start({ discovery: { relayIdleTime: 0 } }), { instanceOf: RangeError, message: /relayIdleTime/ })
+  await t.throwsAsync(fp.start({ discovery: { relayNetwork: 7 } }), { instanceOf: TypeError, message: /relayNetwork/ })
+  await t.throwsAsync(fp.start({ discovery: { relayNetwork: '' } }), { instanceOf: RangeError, message: /relayNetwork/ })
   await t.throwsAsync(fp.start({ discovery: { host: '::1' } }), { message: /IPv4/ })
   await t.throwsAsync(fp.lookup('not-a-node-id'), { instanceOf: TypeError, message: /nodeId/ })
   // Still startable afterwards.

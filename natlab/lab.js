@@ -293,13 +293,18 @@ class Lab {
   /**
    * Starts `keynet-relay` on the lab's relay host (create the lab with `{ relay: true }`);
    * resolves `{ host, port, tcpPort, nodeId, dht }` once it listens. With `dht: true` it also
-   * runs a DHT node at RELAY_IP:6881 (`dht`: its 'host:port', the lab's bootstrap node).
+   * runs a DHT node at RELAY_IP:`dhtPort` (6881; `dht`: its 'host:port', the lab's bootstrap
+   * node), joining through `dhtBootstrap` when given; with `publish: NAME` too, it publishes
+   * itself there under the network name NAME (a DHT node does not store its own publication:
+   * the lab then needs a second DHT node).
    * Stopped by destroy().
    */
-  async startRelay(port = 7000, { dht = false } = {}) {
+  async startRelay(port = 7000, { dht = false, dhtPort = 6881, dhtBootstrap, publish } = {}) {
     if (!this.hosts.relay) throw new Error('this lab has no relay host: create it with { relay: true }')
     if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: cargo build -p keynet-relay`)
-    const args = ['--listen', `${RELAY_IP}:${port}`, ...(dht ? ['--dht', `${RELAY_IP}:6881`] : [])]
+    const args = ['--listen', `${RELAY_IP}:${port}`]
+    if (dht) args.push('--dht', `${RELAY_IP}:${dhtPort}`, ...(dhtBootstrap ? ['--dht-bootstrap', dhtBootstrap] : []))
+    if (publish) args.push('--publish', publish)
     const child = spawn(IP, ['netns', 'exec', this.hosts.relay.ns, RELAY_BIN, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },

@@ -56,6 +56,7 @@ pub struct NativeDiscovery {
     pub server: Option<bool>,
     pub announce_addresses: Option<bool>,
     pub relay_idle_time: Option<f64>,
+    pub relay_network: Option<String>,
 }
 
 impl NativeDiscovery {
@@ -87,6 +88,7 @@ impl NativeDiscovery {
             server_mode: self.server.unwrap_or(defaults.server_mode),
             announce_direct: self.announce_addresses.unwrap_or(defaults.announce_direct),
             relay_idle: self.relay_idle_time.map(ms).unwrap_or(defaults.relay_idle),
+            relay_network: self.relay_network,
         })
     }
 }

@@ -491,3 +491,91 @@ async fn when_the_home_relay_dies_the_node_rehomes_and_reannounces_and_callers_f
     rp.stop().await.unwrap();
     other.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_given_no_relay_finds_a_published_one_and_callers_reach_it_there() {
+    let net = testnet();
+    let (relay, spec) = loopback_relay().await;
+    // The relay publishes itself from a DHT node on its host (as `keynet-relay --publish`).
+    let relay_dht = keynet_core::discovery::Discovery::start(
+        &DiscoveryOptions {
+            bootstrap: Some(net.bootstrap.clone()),
+            server_mode: true,
+            ..Default::default()
+        },
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    )
+    .await
+    .unwrap();
+    let _publishing =
+        relay_dht.publish_relay("lab".into(), spec.addr.port(), Duration::from_secs(600));
+    let identity = generate_identity().unwrap();
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    let started = Instant::now();
+    let found = loop {
+        // The publication may still be on its way: each start is itself the wait.
+        let opts = DiscoveryOptions {
+            announce_direct: false,
+            relay_network: Some("lab".into()),
+            ..discovery(&net, true, Duration::from_secs(600))
+        };
+        rp.start(ReverseStart {
+            tls: Some(identity.tls.clone()),
+            discovery: Some(opts),
+            ..ReverseStart::new(echo_server().await)
+        })
+        .await
+        .unwrap();
+        let (links, home) = rp.relays_status().unwrap();
+        if !links.is_empty() || started.elapsed() > WAIT {
+            break (links, home);
+        }
+        rp.stop().await.unwrap();
+    };
+    assert_eq!(found.0.len(), 1, "{found:?}");
+    assert_eq!(
+        found.0[0].0.node_id, spec.node_id,
+        "the relay's node id, learnt on first contact"
+    );
+    assert_eq!(found.1, Some(spec.node_id));
+
+    // A caller knowing only the node id reaches it through that relay, once the record names
+    // it (each lookup is itself the wait).
+    let fp = looking_forward(&net).await;
+    let named = tokio::time::timeout(WAIT, async {
+        loop {
+            let l = fp.locate(identity.node_id, None).await.unwrap();
+            if !l.relays.is_empty() {
+                return l.relays;
+            }
+        }
+    })
+    .await
+    .expect("the record names the found relay");
+    assert_eq!(named[0].node_id, spec.node_id);
+    let (mut s, head) = connect(&fp, &format!("{}.keynet:443", identity.node_id)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"found relay").await.unwrap();
+    let mut back = [0u8; 11];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"found relay");
+
+    // A network nobody published: the node starts without a relay.
+    let lonely = ReverseProxy::new(ConnOptions::default()).unwrap();
+    lonely
+        .start(ReverseStart {
+            discovery: Some(DiscoveryOptions {
+                relay_network: Some("nobody".into()),
+                ..discovery(&net, false, Duration::from_secs(600))
+            }),
+            ..ReverseStart::new(echo_server().await)
+        })
+        .await
+        .unwrap();
+    assert!(lonely.relays_status().unwrap().0.is_empty());
+
+    lonely.stop().await.unwrap();
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}

@@ -48,6 +48,9 @@ DISCOVERY (BitTorrent mainline DHT):
                              join the DHT through this node (repeatable); without it the node
                              is the first of a private network
     --dht-public             join the public mainline DHT through its usual bootstrap nodes
+    --publish NETWORK        publish this relay on the DHT under the network name NETWORK (needs
+                             --listen and --dht on the same IP), every 10 min: proxies started
+                             with discovery.relayNetwork NETWORK and no relay find it there
 ";
 
 const TAIL: &str = "
@@ -133,6 +136,7 @@ pub(crate) struct Args {
     pub dht: Option<SocketAddrV4>,
     pub dht_bootstrap: Vec<String>,
     pub dht_public: bool,
+    pub publish: Option<String>,
     pub tcp_listen: Option<SocketAddr>,
     pub token: Option<String>,
     pub limits: Limits,
@@ -190,6 +194,13 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
             }
             "--dht-bootstrap" => a.dht_bootstrap.push(value("--dht-bootstrap")?),
             "--dht-public" => a.dht_public = true,
+            "--publish" => {
+                let v = value("--publish")?;
+                if v.is_empty() || v.len() > 64 {
+                    return Err(format!("--publish {v:?}: a network name of 1 to 64 bytes"));
+                }
+                a.publish = Some(v);
+            }
             "--tcp-listen" => {
                 let v = value("--tcp-listen")?;
                 a.tcp_listen = Some(
@@ -258,6 +269,9 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
     if a.dht.is_none() && (a.dht_public || !a.dht_bootstrap.is_empty()) {
         return Err("--dht-bootstrap/--dht-public need --dht".into());
     }
+    if a.publish.is_some() && (a.dht.is_none() || a.listen.is_none()) {
+        return Err("--publish needs --listen and --dht".into());
+    }
     if a.listen.is_none() && a.dht.is_none() {
         return Err("nothing to run: give --listen and/or --dht".into());
     }
@@ -325,6 +339,38 @@ mod tests {
             let a = run(&["--listen", "1.2.3.4:1", &format!("--{}", l.flag), "7"]).unwrap();
             assert_eq!(a.limits.get(l.key), Some(7.0), "{}", l.flag);
         }
+    }
+
+    #[test]
+    fn publish_needs_a_relay_and_a_dht_node() {
+        let a = run(&[
+            "--listen",
+            "1.2.3.4:1",
+            "--dht",
+            "1.2.3.4:6881",
+            "--publish",
+            "lab",
+        ])
+        .unwrap();
+        assert_eq!(a.publish.as_deref(), Some("lab"));
+        assert!(run(&["--listen", "1.2.3.4:1", "--publish", "lab"])
+            .unwrap_err()
+            .contains("--publish needs --listen and --dht"));
+        assert!(run(&["--dht", "1.2.3.4:1", "--publish", "lab"])
+            .unwrap_err()
+            .contains("--publish needs"));
+        let long = "x".repeat(65);
+        assert!(run(&[
+            "--listen",
+            "1.2.3.4:1",
+            "--dht",
+            "1.2.3.4:2",
+            "--publish",
+            &long
+        ])
+        .unwrap_err()
+        .contains("1 to 64 bytes"));
+        assert!(help().contains("--publish NETWORK"));
     }
 
     #[test]

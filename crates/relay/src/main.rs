@@ -37,7 +37,11 @@ async fn main() -> ExitCode {
     }
 }
 
+/// How often a relay started with `--publish` publishes itself again.
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 async fn run(a: args::Args) -> keynet_core::Result<()> {
+    let mut publishing = None;
     let relay = match a.listen {
         Some(addr) => {
             let tls = a.identity.load()?;
@@ -86,12 +90,18 @@ async fn run(a: args::Args) -> keynet_core::Result<()> {
             };
             let dht = Discovery::start(&opts, bind.ip().to_owned().into()).await?;
             println!("dht listening on {}", dht.local_addr());
+            if let (Some(network), Some(relay)) = (&a.publish, &relay) {
+                let port = relay.addr()?.port();
+                publishing = Some(dht.publish_relay(network.clone(), port, PUBLISH_EVERY));
+                println!("relay published on the dht as network {network:?}");
+            }
             Some(dht)
         }
         None => None,
     };
     shutdown_signal().await;
     tracing::info!("shutting down");
+    drop(publishing);
     if let Some(relay) = relay {
         relay.stop().await?;
     }

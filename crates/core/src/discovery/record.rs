@@ -51,6 +51,17 @@ pub fn info_hash(node: &NodeId) -> [u8; 20] {
     out
 }
 
+/// The BEP 5 info hash relays of the network `network` are published under: SHA-1 over a
+/// keynet label and the name (an unrelated user of the public DHT picks another name).
+pub fn relay_topic(network: &str) -> [u8; 20] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(b"keynet/2 relays\0");
+    ctx.update(network.as_bytes());
+    let mut out = [0u8; 20];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// The seed of `node`'s locator key pair: derived from the node id alone, so a caller that knows
 /// only the id finds the record (and so could anyone write there: see the module docs).
 pub fn locator_seed(node: &NodeId) -> [u8; 32] {

@@ -39,6 +39,9 @@ pub struct DiscoveryOptions {
     /// How long a relay link opened on demand (to reach a node through its home relay) stays
     /// after its last relayed connection closed (default 60 s).
     pub relay_idle: Duration,
+    /// Find relays published on the DHT under this network name when the proxy was given none
+    /// (`keynet-relay --publish NETWORK`); register with the nearest [`record::MAX_RELAYS`].
+    pub relay_network: Option<String>,
 }
 
 impl Default for DiscoveryOptions {
@@ -51,6 +54,7 @@ impl Default for DiscoveryOptions {
             server_mode: false,
             announce_direct: true,
             relay_idle: Duration::from_secs(60),
+            relay_network: None,
         }
     }
 }
@@ -85,6 +89,15 @@ pub struct Reach {
     pub observed: Option<SocketAddr>,
     /// Relays it is registered with, home first.
     pub relays: Vec<RelayHint>,
+}
+
+/// A relay's publication on the DHT: stops when dropped.
+pub struct Publishing(tokio::task::JoinHandle<()>);
+
+impl Drop for Publishing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Receives the proxy's own announced addresses when they change.
@@ -502,6 +515,51 @@ impl Discovery {
         out
     }
 
+    /// Publishes a relay of the network `network` whose QUIC socket is on this DHT node's host
+    /// at `quic_port`: now, every `interval`, and 2 s after a failure, until the returned
+    /// handle is dropped. The storing DHT nodes record the source IP, so the relay's DHT node
+    /// must share its IP.
+    pub fn publish_relay(
+        self: &Arc<Self>,
+        network: String,
+        quic_port: u16,
+        interval: Duration,
+    ) -> Publishing {
+        let me = self.clone();
+        let topic = Id::from(record::relay_topic(&network));
+        Publishing(tokio::spawn(async move {
+            loop {
+                let put = me.dht.announce_peer(topic, Some(quic_port));
+                let ok = matches!(tokio::time::timeout(ANNOUNCE_TIME, put).await, Ok(Ok(_)));
+                if ok {
+                    tracing::debug!(%network, quic_port, "relay published on the DHT");
+                } else {
+                    tracing::warn!(%network, "relay not published on the DHT yet: retrying");
+                }
+                tokio::time::sleep(if ok { interval } else { interval.min(RETRY) }).await;
+            }
+        }))
+    }
+
+    /// The QUIC addresses of the relays published under `network`, until `deadline`.
+    pub async fn find_relays(&self, network: &str, deadline: Instant) -> Vec<SocketAddr> {
+        let mut found = Vec::new();
+        let peers = self.dht.get_peers(Id::from(record::relay_topic(network)));
+        let _ = tokio::time::timeout_at(
+            deadline.into(),
+            gather(peers, |batch: Vec<SocketAddrV4>| {
+                for a in batch {
+                    let a = SocketAddr::V4(a);
+                    if !found.contains(&a) {
+                        found.push(a);
+                    }
+                }
+            }),
+        )
+        .await;
+        found
+    }
+
     /// The direct candidates of [`Discovery::locate`].
     pub async fn lookup(&self, node: NodeId, deadline: Instant) -> Vec<Found> {
         self.locate(node, deadline).await.addrs
@@ -615,6 +673,13 @@ pub const LOOKUP_TIME: Duration = Duration::from_secs(10);
 
 /// Checks discovery options.
 pub fn validate(opts: &DiscoveryOptions) -> Result<()> {
+    if let Some(net) = &opts.relay_network {
+        if net.is_empty() || net.len() > 64 {
+            return Err(Error::InvalidArgument(
+                "discovery.relayNetwork must be 1 to 64 bytes".into(),
+            ));
+        }
+    }
     if opts.relay_idle.is_zero() {
         return Err(Error::InvalidArgument(
             "discovery.relayIdleTime must be greater than 0".into(),

@@ -227,6 +227,46 @@ pub(super) async fn wait_any_up(
     Err(first_error.unwrap_or(crate::error::Error::ForwardProxyNotRunning))
 }
 
+/// Relays found on the DHT under `network`, nearest first (at most [`MAX_RELAYS`]): each
+/// candidate is probed over QUIC (in parallel, within `budget`) for its node id and round trip.
+pub(super) async fn discover(
+    discovery: &crate::discovery::Discovery,
+    dialer: &crate::relay::link::transport::Dialer,
+    network: &str,
+    budget: Duration,
+) -> Vec<RelaySpec> {
+    let deadline = Instant::now() + budget;
+    let found = discovery.find_relays(network, deadline).await;
+    let mut probes = tokio::task::JoinSet::new();
+    for addr in found.into_iter().take(MAX_PROBES) {
+        let dialer = dialer.clone();
+        let left = deadline.saturating_duration_since(Instant::now());
+        probes.spawn(async move {
+            crate::relay::link::transport::probe(&dialer, addr, left)
+                .await
+                .map(|(id, rtt)| (addr, id, rtt))
+        });
+    }
+    let mut answered = Vec::new();
+    while let Some(joined) = probes.join_next().await {
+        match joined {
+            Ok(Ok(r)) => answered.push(r),
+            Ok(Err(e)) => tracing::debug!(error = %e, "a published relay did not answer"),
+            Err(_) => {}
+        }
+    }
+    answered.sort_by_key(|(_, _, rtt)| *rtt);
+    tracing::info!(%network, relays = answered.len(), "relays found on the DHT");
+    answered
+        .into_iter()
+        .take(MAX_RELAYS)
+        .map(|(addr, id, _)| RelaySpec::new(addr, id))
+        .collect()
+}
+
+/// Published relays probed at once.
+const MAX_PROBES: usize = 8;
+
 /// Closes on-demand relay links once no relayed connection used them for `idle` (checked every
 /// quarter of it, at most every 15 s).
 pub(super) fn spawn_idle_reaper(node: &Arc<Node>, idle: Duration) {

@@ -129,6 +129,22 @@ impl Node {
             network: Arc::new(Seen::now()),
         };
         let mut relays = config.relays;
+        let network = config
+            .discovery
+            .as_ref()
+            .and_then(|o| o.relay_network.clone());
+        if let (true, Some(d), Some(network)) = (relays.is_empty(), &node.discovery, network) {
+            let dialer = crate::relay::link::transport::Dialer {
+                endpoint: node.endpoint.clone(),
+                identity: identity.clone(),
+                opts: node.opts.clone(),
+                tasks: node.tasks.clone(),
+            };
+            relays = links::discover(d, &dialer, &network, opts.connect_time).await;
+            if relays.is_empty() {
+                tracing::warn!(%network, "no relay found on the DHT: starting without one");
+            }
+        }
         if relays.len() > 1 {
             // Several relays: notice a dead home quickly, so the node re-homes in seconds.
             for spec in &mut relays {

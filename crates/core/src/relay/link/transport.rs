@@ -2,11 +2,13 @@
 //! blocked, TLS over TCP with a WebSocket upgrade (passes HTTP-only firewalls). Both run mutual
 //! TLS with the node's identity and pin the relay's node id.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, RelayError, Result, StartError};
 use crate::identity::LoadedIdentity;
+use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
 use crate::relay::framed::RelayConn;
 use crate::relay::spec::{RelaySpec, Transport};
@@ -114,6 +116,47 @@ async fn connect_quic(spec: &RelaySpec, ctx: &Dialer, budget: Duration) -> Resul
         write: Box::new(send),
         quic: Some(conn),
     })
+}
+
+/// Learns the node id of whatever relay answers QUIC at `addr` (and the handshake's round
+/// trip), then closes: for relays found on the DHT, whose node ids no one gave. Trust on first
+/// use: a relay only carries packets that are end-to-end encrypted and pinned to node ids.
+pub async fn probe(ctx: &Dialer, addr: SocketAddr, budget: Duration) -> Result<(NodeId, Duration)> {
+    let outcome = VerifyOutcome::default();
+    let config = client_config(
+        &ctx.identity,
+        Acceptable::Any,
+        outcome.clone(),
+        relay_transport(&ctx.opts, None),
+    )?;
+    let started = std::time::Instant::now();
+    let connecting = ctx
+        .endpoint
+        .connect_with(config, addr, SERVER_NAME)
+        .map_err(|source| StartError::Dial {
+            to: format!("relay {addr}"),
+            source,
+        })?;
+    let conn = match tokio::time::timeout(budget, connecting).await {
+        Err(_) => return Err(Error::ConnectionStartTimeout(budget.as_millis() as u64)),
+        Ok(Err(source)) => {
+            let to = format!("relay {addr}");
+            return Err(handshake_error(
+                &outcome,
+                StartError::Handshake { to, source },
+            ));
+        }
+        Ok(Ok(conn)) => conn,
+    };
+    let rtt = started.elapsed();
+    let chain = crate::tls::verify::peer_chain(&conn);
+    let node = crate::tls::verify::verify_chain(
+        &chain,
+        &Acceptable::Any,
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+    );
+    conn.close(0u32.into(), b"probe");
+    Ok((node?, rtt))
 }
 
 /// The QUIC transport toward a relay: the proxies' settings, with half their idle timeout (or
