@@ -535,3 +535,77 @@ async fn the_newest_registration_of_an_identity_wins_and_the_older_stops_retryin
     second.stop().await.unwrap();
     relay.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_relay_ends_only_the_connections_relayed_through_it() {
+    let r1 = relay_with(|_| {}).await;
+    let r2 = relay_with(|_| {}).await;
+    let stay = |r: &RelayServer| RelaySpec {
+        upgrade: false,
+        ..spec(r)
+    };
+    let identity = keynet_core::generate_identity().unwrap();
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    rp.set_event_sink(Some(Arc::new(move |ev| {
+        let _ = tx.send(ev);
+    })));
+    rp.start(ReverseStart {
+        tls: Some(identity.tls.clone()),
+        relay: Some(stay(&r1)),
+        relays: vec![stay(&r2)],
+        ..ReverseStart::new(echo_server().await)
+    })
+    .await
+    .unwrap();
+    // Both relays up (the start waits for one).
+    tokio::time::timeout(T, async {
+        while rp
+            .relays_status()
+            .unwrap()
+            .0
+            .iter()
+            .any(|(_, s)| !matches!(s, LinkStatus::Up { .. }))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both relays up");
+    // One caller through each relay.
+    let (via1, mut via1_events) = forward_proxy().await;
+    let (via2, _e2) = forward_proxy().await;
+    via1.open_connection_via(unreachable(), identity.node_id, stay(&r1), None, None)
+        .await
+        .unwrap();
+    via2.open_connection_via(unreachable(), identity.node_id, stay(&r2), None, None)
+        .await
+        .unwrap();
+    echo_through(&via1, &unreachable().to_string(), 1 << 16).await;
+    echo_through(&via2, &unreachable().to_string(), 1 << 16).await;
+    assert_eq!(rp.connection_count().unwrap(), 2);
+
+    // The second relay dies: its connection ends as relayLost, the first goes on.
+    r2.stop().await.unwrap();
+    let closed = wait_for(&mut events, |e| e.kind == EventKind::Close).await;
+    assert_eq!(
+        closed.reason,
+        Some(keynet_core::events::Reason::Close(
+            keynet_core::events::CloseReason::RelayLost
+        ))
+    );
+    // The other connection is not closed (a redial would hide it: watch its close events).
+    let closed_too = tokio::time::timeout(
+        Duration::from_secs(1),
+        wait_for(&mut via1_events, |e| e.kind == EventKind::Close),
+    )
+    .await;
+    assert!(closed_too.is_err(), "{closed_too:?}");
+    echo_through(&via1, &unreachable().to_string(), 1 << 16).await;
+    assert_eq!(rp.connection_count().unwrap(), 1);
+
+    via1.stop().await.unwrap();
+    via2.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    r1.stop().await.unwrap();
+}

@@ -372,10 +372,13 @@ pub(super) fn attach(node: &Node, spec: RelaySpec, identity: &LoadedIdentity) ->
     });
     // Relayed connections cannot outlive their relay: once it has been gone for a grace period
     // (a rendezvous in flight may still move them off it, a quick relay restart lets them go
-    // on), close those still relayed with a clear reason.
+    // on), close those still relayed through it with a clear reason (those through another
+    // relay of this node go on).
     let mut status = link.watch();
     let tracker = Arc::downgrade(&node.tracker);
     let grace = relay_loss_grace(&node.opts);
+    let socket = Arc::downgrade(&node.socket);
+    let outbox = link.outbox().clone();
     node.tasks.spawn(async move {
         while status.changed().await.is_ok() {
             if !matches!(*status.borrow_and_update(), LinkStatus::Down(..)) {
@@ -393,9 +396,15 @@ pub(super) fn attach(node: &Node, spec: RelaySpec, identity: &LoadedIdentity) ->
             if back.is_ok() {
                 continue;
             }
-            let Some(t) = tracker.upgrade() else { return };
+            let (Some(t), Some(socket)) = (tracker.upgrade(), socket.upgrade()) else {
+                return;
+            };
             for peer in t.peers() {
-                if peer.is_relay_backed() && peer.path() == Path::Relayed {
+                let through_this = socket
+                    .paths
+                    .relay_of(&peer.node_id)
+                    .is_some_and(|o| o.same_channel(&outbox));
+                if peer.is_relay_backed() && peer.path() == Path::Relayed && through_this {
                     peer.close(CloseReason::RelayLost);
                 }
             }
