@@ -426,8 +426,15 @@ impl Discovery {
 
     /// Looks `node` up until `deadline`: the newest of its records (under its own key when
     /// known, and under its locator for this hour and the last), then the unsigned hints not
-    /// already in it. Duplicates are removed; the lists may be empty.
+    /// already in it; [`GRACE`] after the first record (a newer one may come from another
+    /// node). Duplicates are removed; the lists may be empty.
     pub async fn locate(&self, node: NodeId, deadline: Instant) -> Located {
+        self.locate_within(node, deadline, GRACE).await
+    }
+
+    /// [`Discovery::locate`], ending `grace` after the first record: zero when a dial starts at
+    /// once (and looks again with [`Discovery::locate`] if that record led nowhere).
+    pub async fn locate_within(&self, node: NodeId, deadline: Instant, grace: Duration) -> Located {
         let key = self.keys.lock().expect("keys lock").get(&node).copied();
         let locator = SigningKey::from_bytes(&record::locator_seed(&node))
             .verifying_key()
@@ -479,7 +486,7 @@ impl Discovery {
         let all = async { tokio::join!(records, hinted) };
         let graced = async {
             found_one.notified().await;
-            tokio::time::sleep(GRACE).await;
+            tokio::time::sleep(grace).await;
         };
         let _ = tokio::time::timeout_at(deadline.into(), async {
             tokio::select! {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::Node;
 use crate::discovery;
 use crate::discovery::record::RelayHint;
+use crate::discovery::Located;
 use crate::error::{Error, Result, StartError};
 use crate::events::{CloseReason, Path};
 use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
@@ -112,7 +113,35 @@ impl Node {
             };
         };
         let deadline = Instant::now() + budget;
-        let located = d.locate(node, deadline).await;
+        // The dial starts with the first record found; if that record led nowhere (an older
+        // one, answered first), a full lookup may find a newer one: race again with it.
+        let first = d.locate_within(node, deadline, Duration::ZERO).await;
+        let failure = match self.race(node, &first, deadline, budget).await {
+            Ok(peer) => return Ok(peer),
+            Err(e) => e,
+        };
+        // Without a record, the first lookup already ran to its end.
+        let had_record = first.addrs.iter().any(|f| f.signed) || !first.relays.is_empty();
+        if !had_record || Instant::now() >= deadline {
+            return Err(failure);
+        }
+        let full = d.locate(node, deadline).await;
+        if full == first {
+            return Err(failure);
+        }
+        tracing::debug!(%node, "a newer record: racing again");
+        self.race(node, &full, deadline, budget).await
+    }
+
+    /// Races every way `located` names toward `node` (each direct candidate at once, the
+    /// relays [`RELAY_DELAY`] later); the first that proves `node` wins, the others are dropped.
+    async fn race(
+        self: &Arc<Self>,
+        node: NodeId,
+        located: &Located,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<Arc<Peer>> {
         let relays = self.relays_toward(&located.relays);
         if located.addrs.is_empty() && relays.is_empty() {
             if Instant::now() >= deadline {
