@@ -33,7 +33,8 @@ for (const [kinds, final] of [
   })
 }
 
-labTest('home relay failover: the home relay is killed; B re-homes to the other and a caller knowing only the node id gets through within 10 s', async (t) => {
+/** A lab of A and B behind port-restricted NATs, with the relay host; removed after the test. */
+async function restrictedPair(t) {
   const lab = await Lab.create('pair', { kinds: ['restricted', 'restricted'], relay: true })
   const A = lab.agent('A')
   const B = lab.agent('B')
@@ -41,6 +42,20 @@ labTest('home relay failover: the home relay is killed; B re-homes to the other 
     await Promise.all([A.close(), B.close()]).catch(() => {})
     await lab.destroy()
   })
+  return { lab, A, B }
+}
+
+/** A's openConnection(nodeId) again until it resolves (B's record may still be on its way). */
+async function openWhenFound(A, nodeId, { within = 20000, timeout = 5000 } = {}) {
+  const until = Date.now() + within
+  let open
+  do open = await A.request({ cmd: 'openNode', nodeId, timeout }, timeout + 5000)
+  while (!open.ok && Date.now() < until)
+  return open
+}
+
+labTest('home relay failover: the home relay is killed; B re-homes to the other and a caller knowing only the node id gets through within 10 s', async (t) => {
+  const { lab, A, B } = await restrictedPair(t)
   // The DHT's node runs in a relay process of its own, which stays up.
   const dht = await lab.startRelay(7002, { dht: true })
   const r1 = await lab.startRelay(7000)
@@ -59,10 +74,7 @@ labTest('home relay failover: the home relay is killed; B re-homes to the other 
   // A caller knowing only the node id gets through before the failover (the record is there).
   const fp = await A.request({ cmd: 'startFp', port: 45001, discovery: { ...discovery, announce: false } })
   t.true(fp.ok, fp.message)
-  const until = Date.now() + 20000
-  let first
-  do first = await A.request({ cmd: 'openNode', nodeId: rp.nodeId, timeout: 5000 }, 10000)
-  while (!first.ok && Date.now() < until)
+  const first = await openWhenFound(A, rp.nodeId)
   t.true(first.ok, first.message)
   await A.request({ cmd: 'stop' })
 
@@ -93,13 +105,7 @@ labTest('home relay failover: the home relay is killed; B re-homes to the other 
 })
 
 labTest('relays found on the DHT: keynet-relay --publish; B, given no relay, finds it and registers; A reaches B by node id', async (t) => {
-  const lab = await Lab.create('pair', { kinds: ['restricted', 'restricted'], relay: true })
-  const A = lab.agent('A')
-  const B = lab.agent('B')
-  t.teardown(async () => {
-    await Promise.all([A.close(), B.close()]).catch(() => {})
-    await lab.destroy()
-  })
+  const { lab, A, B } = await restrictedPair(t)
   // A DHT of two nodes (a node does not store its own publication), the second one publishing
   // its relay.
   const first = await lab.startRelay(7002, { dht: true })
@@ -122,10 +128,7 @@ labTest('relays found on the DHT: keynet-relay --publish; B, given no relay, fin
 
   const fp = await A.request({ cmd: 'startFp', port: 45011, discovery: { ...discovery, announce: false } })
   t.true(fp.ok, fp.message)
-  const until = Date.now() + 20000
-  let open
-  do open = await A.request({ cmd: 'openNode', nodeId: rp.nodeId, timeout: 5000 }, 10000)
-  while (!open.ok && Date.now() < until)
+  const open = await openWhenFound(A, rp.nodeId)
   t.true(open.ok, open.message)
   t.is(open.path, 'relayed', 'through the found relay (B filters A)')
   const call = await A.request({ cmd: 'call', host: `${rp.nodeId}.keynet`, port: 443 })

@@ -318,23 +318,69 @@ async fn loopback_relay() -> (
     (relay, spec)
 }
 
+/// Discovery for a node that announces its relays only (its IPs stay private).
+fn relays_only(net: &mainline::Testnet) -> DiscoveryOptions {
+    DiscoveryOptions {
+        announce_direct: false,
+        ..discovery(net, true, Duration::from_secs(600))
+    }
+}
+
+/// A reverse proxy running as `identity`, registered with `relays` (the first as `relay`),
+/// announcing its relays only.
+async fn homed_reverse(
+    net: &mainline::Testnet,
+    identity: &Identity,
+    relays: &[keynet_core::relay::spec::RelaySpec],
+) -> ReverseProxy {
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(ReverseStart {
+        tls: Some(identity.tls.clone()),
+        discovery: Some(relays_only(net)),
+        relay: relays.first().cloned(),
+        relays: relays.iter().skip(1).cloned().collect(),
+        ..ReverseStart::new(echo_server().await)
+    })
+    .await
+    .unwrap();
+    rp
+}
+
+/// Looks `node` up until what is found satisfies `done` (each lookup is itself the wait for the
+/// node's next announce), within [`WAIT`].
+async fn located_when(
+    fp: &ForwardProxy,
+    node: keynet_core::NodeId,
+    done: impl Fn(&keynet_core::discovery::Located) -> bool,
+) -> keynet_core::discovery::Located {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let l = fp.locate(node, None).await.unwrap();
+            if done(&l) {
+                return l;
+            }
+        }
+    })
+    .await
+    .expect("the record in time")
+}
+
+/// A CONNECT to `node`.keynet through `fp` echoes `msg`.
+async fn echoes_by_node_id(fp: &ForwardProxy, node: keynet_core::NodeId, msg: &[u8]) {
+    let (mut s, head) = connect(fp, &format!("{node}.keynet:443")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(msg).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, msg);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_announces_only_its_home_relay_is_reached_through_it_on_demand() {
     let net = testnet();
     let (relay, spec) = loopback_relay().await;
     let identity = generate_identity().unwrap();
-    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
-    rp.start(ReverseStart {
-        tls: Some(identity.tls.clone()),
-        discovery: Some(DiscoveryOptions {
-            announce_direct: false,
-            ..discovery(&net, true, Duration::from_secs(600))
-        }),
-        relay: Some(spec.clone()),
-        ..ReverseStart::new(echo_server().await)
-    })
-    .await
-    .unwrap();
+    let rp = homed_reverse(&net, &identity, std::slice::from_ref(&spec)).await;
 
     // The caller has discovery and no relay of its own.
     let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
@@ -349,15 +395,8 @@ async fn a_node_that_announces_only_its_home_relay_is_reached_through_it_on_dema
     .await
     .unwrap();
 
-    // The record names the home relay and no direct address (the first announce may still be
-    // on its way: each lookup is itself the wait).
-    let started = Instant::now();
-    let located = loop {
-        let l = fp.locate(identity.node_id, None).await.unwrap();
-        if !l.relays.is_empty() || started.elapsed() > WAIT {
-            break l;
-        }
-    };
+    // The record names the home relay and no direct address.
+    let located = located_when(&fp, identity.node_id, |l| !l.relays.is_empty()).await;
     assert_eq!(located.relays.len(), 1, "{located:?}");
     assert_eq!(located.relays[0].node_id, spec.node_id);
     assert_eq!(located.relays[0].addr, spec.addr);
@@ -366,12 +405,7 @@ async fn a_node_that_announces_only_its_home_relay_is_reached_through_it_on_dema
     assert!(fp.relay_status().unwrap().is_empty());
 
     // A CONNECT naming only the node id reaches the server through the home relay.
-    let (mut s, head) = connect(&fp, &format!("{}.keynet:443", identity.node_id)).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    s.write_all(b"through its home relay").await.unwrap();
-    let mut back = [0u8; 22];
-    s.read_exact(&mut back).await.unwrap();
-    assert_eq!(&back, b"through its home relay");
+    echoes_by_node_id(&fp, identity.node_id, b"through its home relay").await;
     let links = fp.relay_status().unwrap();
     assert_eq!(links.len(), 1, "{links:?}");
     assert_eq!(
@@ -380,7 +414,6 @@ async fn a_node_that_announces_only_its_home_relay_is_reached_through_it_on_dema
     );
 
     // Once its last relayed connection is gone, the on-demand link closes after the idle time.
-    drop(s);
     let info = fp
         .open_connection_to_node(identity.node_id, None, None)
         .await
@@ -409,36 +442,16 @@ async fn when_the_home_relay_dies_the_node_rehomes_and_reannounces_and_callers_f
     let (r1, s1) = loopback_relay().await;
     let (r2, s2) = loopback_relay().await;
     let identity = generate_identity().unwrap();
-    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
-    rp.start(ReverseStart {
-        tls: Some(identity.tls.clone()),
-        discovery: Some(DiscoveryOptions {
-            announce_direct: false,
-            ..discovery(&net, true, Duration::from_secs(600))
-        }),
-        relay: Some(s1.clone()),
-        relays: vec![s2.clone()],
-        ..ReverseStart::new(echo_server().await)
-    })
-    .await
-    .unwrap();
+    let rp = homed_reverse(&net, &identity, &[s1.clone(), s2.clone()]).await;
     let fp = looking_forward(&net).await;
-    // Each lookup is itself the wait for the next announce.
     let home_named = |fp: &ForwardProxy, want: keynet_core::NodeId, relays: usize| {
         let fp = fp.clone();
         let node = identity.node_id;
         async move {
-            tokio::time::timeout(WAIT, async {
-                loop {
-                    let l = fp.locate(node, None).await.unwrap();
-                    if l.relays.first().map(|r| r.node_id) == Some(want) && l.relays.len() == relays
-                    {
-                        return l;
-                    }
-                }
+            located_when(&fp, node, |l| {
+                l.relays.first().map(|r| r.node_id) == Some(want) && l.relays.len() == relays
             })
             .await
-            .expect("the record names the home relay first")
         }
     };
 
@@ -478,12 +491,7 @@ async fn when_the_home_relay_dies_the_node_rehomes_and_reannounces_and_callers_f
 
     // A caller that knows only the node id reaches it through the new home.
     let caller = looking_forward(&net).await;
-    let (mut s, head) = connect(&caller, &format!("{}.keynet:443", identity.node_id)).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    s.write_all(b"new home").await.unwrap();
-    let mut back = [0u8; 8];
-    s.read_exact(&mut back).await.unwrap();
-    assert_eq!(&back, b"new home");
+    echoes_by_node_id(&caller, identity.node_id, b"new home").await;
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 
     caller.stop().await.unwrap();
@@ -515,9 +523,8 @@ async fn a_node_given_no_relay_finds_a_published_one_and_callers_reach_it_there(
     let found = loop {
         // The publication may still be on its way: each start is itself the wait.
         let opts = DiscoveryOptions {
-            announce_direct: false,
             relay_network: Some("lab".into()),
-            ..discovery(&net, true, Duration::from_secs(600))
+            ..relays_only(&net)
         };
         rp.start(ReverseStart {
             tls: Some(identity.tls.clone()),
@@ -542,23 +549,9 @@ async fn a_node_given_no_relay_finds_a_published_one_and_callers_reach_it_there(
     // A caller knowing only the node id reaches it through that relay, once the record names
     // it (each lookup is itself the wait).
     let fp = looking_forward(&net).await;
-    let named = tokio::time::timeout(WAIT, async {
-        loop {
-            let l = fp.locate(identity.node_id, None).await.unwrap();
-            if !l.relays.is_empty() {
-                return l.relays;
-            }
-        }
-    })
-    .await
-    .expect("the record names the found relay");
-    assert_eq!(named[0].node_id, spec.node_id);
-    let (mut s, head) = connect(&fp, &format!("{}.keynet:443", identity.node_id)).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    s.write_all(b"found relay").await.unwrap();
-    let mut back = [0u8; 11];
-    s.read_exact(&mut back).await.unwrap();
-    assert_eq!(&back, b"found relay");
+    let named = located_when(&fp, identity.node_id, |l| !l.relays.is_empty()).await;
+    assert_eq!(named.relays[0].node_id, spec.node_id);
+    echoes_by_node_id(&fp, identity.node_id, b"found relay").await;
 
     // A network nobody published: the node starts without a relay.
     let lonely = ReverseProxy::new(ConnOptions::default()).unwrap();

@@ -94,14 +94,7 @@ impl DirectPath {
             // The relay reports the peer somewhere else: its old address is stale.
             paths.drop_direct(peer, PathReason::Rebinding);
         }
-        let mut punch = PunchDriver::start(
-            &self.socket,
-            addr,
-            self.punch_interval,
-            RENDEZVOUS_BUDGET,
-            u32::MAX,
-        )
-        .for_rendezvous(key.clone());
+        let mut punch = self.rendezvous_punch(addr, &key);
         // Until the path works both ways and the peer's punch was acknowledged: accept the
         // peer's packets from `addr` before acknowledging its first punch (it sends there once
         // the ack arrives), send there once our punch was acknowledged.
@@ -119,14 +112,7 @@ impl DirectPath {
                         tracing::debug!(%peer, relay_saw = %addr, %from, "the peer punches from another port: following it");
                         addr = from;
                         followed = true;
-                        punch = PunchDriver::start(
-                            &self.socket,
-                            addr,
-                            self.punch_interval,
-                            RENDEZVOUS_BUDGET,
-                            u32::MAX,
-                        )
-                        .for_rendezvous(key.clone());
+                        punch = self.rendezvous_punch(addr, &key);
                         continue;
                     }
                 };
@@ -275,6 +261,18 @@ impl DirectPath {
 }
 
 impl DirectPath {
+    /// A rendezvous punch session toward `addr`, its acks keyed with `key`.
+    fn rendezvous_punch(&self, addr: SocketAddr, key: &AckKey) -> PunchDriver {
+        PunchDriver::start(
+            &self.socket,
+            addr,
+            self.punch_interval,
+            RENDEZVOUS_BUDGET,
+            u32::MAX,
+        )
+        .for_rendezvous(key.clone())
+    }
+
     /// The key of this path's acks, once a connection to the peer is tracked.
     async fn ack_key(&self) -> Option<AckKey> {
         let tracker = self.tracker.upgrade()?;

@@ -78,31 +78,8 @@ pub async fn connect(spec: &RelaySpec, ctx: &Dialer, budget: Duration) -> Result
 }
 
 async fn connect_quic(spec: &RelaySpec, ctx: &Dialer, budget: Duration) -> Result<RelayConn> {
-    let outcome = VerifyOutcome::default();
-    let config = client_config(
-        &ctx.identity,
-        Acceptable::OneOf(vec![spec.node_id]),
-        outcome.clone(),
-        relay_transport(&ctx.opts, spec.silence),
-    )?;
-    let connecting = ctx
-        .endpoint
-        .connect_with(config, spec.addr, SERVER_NAME)
-        .map_err(|source| StartError::Dial {
-            to: format!("relay {}", spec.addr),
-            source,
-        })?;
-    let conn = match tokio::time::timeout(budget, connecting).await {
-        Err(_) => return Err(Error::ConnectionStartTimeout(budget.as_millis() as u64)),
-        Ok(Err(source)) => {
-            let to = format!("relay {}", spec.addr);
-            return Err(handshake_error(
-                &outcome,
-                StartError::Handshake { to, source },
-            ));
-        }
-        Ok(Ok(conn)) => conn,
-    };
+    let accept = Acceptable::OneOf(vec![spec.node_id]);
+    let conn = handshake(ctx, spec.addr, accept, spec.silence, budget).await?;
     let (send, recv) = tokio::time::timeout(budget, conn.open_bi())
         .await
         .map_err(|_| Error::ConnectionStartTimeout(budget.as_millis() as u64))?
@@ -118,18 +95,21 @@ async fn connect_quic(spec: &RelaySpec, ctx: &Dialer, budget: Duration) -> Resul
     })
 }
 
-/// Learns the node id of whatever relay answers QUIC at `addr` (and the handshake's round
-/// trip), then closes: for relays found on the DHT, whose node ids no one gave. Trust on first
-/// use: a relay only carries packets that are end-to-end encrypted and pinned to node ids.
-pub async fn probe(ctx: &Dialer, addr: SocketAddr, budget: Duration) -> Result<(NodeId, Duration)> {
+/// A QUIC handshake with the relay at `addr` proving a node id `accept` takes, within `budget`.
+async fn handshake(
+    ctx: &Dialer,
+    addr: SocketAddr,
+    accept: Acceptable,
+    silence: Option<Duration>,
+    budget: Duration,
+) -> Result<quinn::Connection> {
     let outcome = VerifyOutcome::default();
     let config = client_config(
         &ctx.identity,
-        Acceptable::Any,
+        accept,
         outcome.clone(),
-        relay_transport(&ctx.opts, None),
+        relay_transport(&ctx.opts, silence),
     )?;
-    let started = std::time::Instant::now();
     let connecting = ctx
         .endpoint
         .connect_with(config, addr, SERVER_NAME)
@@ -137,17 +117,25 @@ pub async fn probe(ctx: &Dialer, addr: SocketAddr, budget: Duration) -> Result<(
             to: format!("relay {addr}"),
             source,
         })?;
-    let conn = match tokio::time::timeout(budget, connecting).await {
-        Err(_) => return Err(Error::ConnectionStartTimeout(budget.as_millis() as u64)),
+    match tokio::time::timeout(budget, connecting).await {
+        Err(_) => Err(Error::ConnectionStartTimeout(budget.as_millis() as u64)),
         Ok(Err(source)) => {
             let to = format!("relay {addr}");
-            return Err(handshake_error(
+            Err(handshake_error(
                 &outcome,
                 StartError::Handshake { to, source },
-            ));
+            ))
         }
-        Ok(Ok(conn)) => conn,
-    };
+        Ok(Ok(conn)) => Ok(conn),
+    }
+}
+
+/// Learns the node id of whatever relay answers QUIC at `addr` (and the handshake's round
+/// trip), then closes: for relays found on the DHT, whose node ids no one gave. Trust on first
+/// use: a relay only carries packets that are end-to-end encrypted and pinned to node ids.
+pub async fn probe(ctx: &Dialer, addr: SocketAddr, budget: Duration) -> Result<(NodeId, Duration)> {
+    let started = std::time::Instant::now();
+    let conn = handshake(ctx, addr, Acceptable::Any, None, budget).await?;
     let rtt = started.elapsed();
     let chain = crate::tls::verify::peer_chain(&conn);
     let node = crate::tls::verify::verify_chain(
