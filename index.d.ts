@@ -119,6 +119,25 @@ export interface DiscoveryOptions {
   relayNetwork?: string
 }
 
+/** A relay a node's signed record names (`locate()`). */
+export interface RelayHint {
+  host: string
+  port: number
+  nodeId: string
+  /** Its TLS/WebSocket port on the same host. */
+  tcpPort: number
+  /** The node reaches it over QUIC / TLS+WebSocket. */
+  quic: boolean
+  websocket: boolean
+}
+
+/** What `locate()` found for a node id. */
+export interface Located {
+  addresses: FoundAddress[]
+  /** From the node's newest signed record, its home relay first. */
+  relays: RelayHint[]
+}
+
 /** An address found on the DHT for a node id: a hint; the TLS pin on the node id decides. */
 export interface FoundAddress {
   host: string
@@ -261,6 +280,8 @@ export declare class ForwardProxy {
   removeConnection(port: number, host: string): void
   /** With discovery: the addresses the DHT holds for a node id, its signed record first. */
   lookup(nodeId: string, opts?: LookupOptions): Promise<FoundAddress[]>
+  /** Direct candidates and the relays (home first) the DHT holds for a node id. */
+  locate(nodeId: string, opts?: LookupOptions): Promise<Located>
   /** With discovery: the addresses announced last ([] before the first announce). */
   getAnnouncedAddresses(): Array<{ host: string; port: number }>
   /** Every relay link (the start one and those openConnection used). */
@@ -344,6 +365,8 @@ export declare class ReverseProxy {
   removeConnection(port: number, host: string): void
   /** With discovery: the addresses the DHT holds for a node id, its signed record first. */
   lookup(nodeId: string, opts?: LookupOptions): Promise<FoundAddress[]>
+  /** Direct candidates and the relays (home first) the DHT holds for a node id. */
+  locate(nodeId: string, opts?: LookupOptions): Promise<Located>
   /** With discovery: the addresses announced last ([] before the first announce). */
   getAnnouncedAddresses(): Array<{ host: string; port: number }>
   /** The relay link, or null without `relay` at start. */

@@ -406,6 +406,19 @@ class Proxy extends Service {
     return found(await wrap(this._native.lookup(nodeId, timeout)))
   }
 
+  /**
+   * What the DHT says about reaching a node id (needs `discovery` at start): resolves
+   * `{ addresses: [{ host, port, ageMs, signed }], relays: [{ host, port, nodeId, tcpPort, quic,
+   * websocket }] }`, the relays from its newest signed record, home relay first.
+   */
+  async locate(nodeId, opts) {
+    checkNodeId('nodeId', nodeId)
+    opts = checkObject('opts', opts)
+    const timeout = checkTime('opts.timeout', opts.timeout)
+    const l = await wrap(this._native.locate(nodeId, timeout))
+    return { addresses: found(l.addresses), relays: l.relays.map((r) => ({ ...r })) }
+  }
+
   /** The addresses this proxy announced last on the DHT (`[]` before the first announce). */
   getAnnouncedAddresses() { return sync(() => this._native.announced()) }
 

@@ -15,6 +15,8 @@ export declare class NativeForwardProxy {
   start(start: NativeForwardStart): Promise<void>
   /** The addresses the DHT holds for `node_id`, signed record first. */
   lookup(nodeId: string, timeoutMs?: number | undefined | null): Promise<Array<NativeFound>>
+  /** Direct candidates and relays the DHT holds for `node_id`. */
+  locate(nodeId: string, timeoutMs?: number | undefined | null): Promise<NativeLocated>
   /** The addresses announced last. */
   announced(): Array<NativeAddress>
   /** Opens (or reuses) a connection to a node known only by its node id. */
@@ -69,6 +71,8 @@ export declare class NativeReverseProxy {
   start(start: NativeReverseStart): Promise<void>
   /** The addresses the DHT holds for `node_id`, signed record first. */
   lookup(nodeId: string, timeoutMs?: number | undefined | null): Promise<Array<NativeFound>>
+  /** Direct candidates and relays the DHT holds for `node_id`. */
+  locate(nodeId: string, timeoutMs?: number | undefined | null): Promise<NativeLocated>
   /** The addresses announced last. */
   announced(): Array<NativeAddress>
   stop(): Promise<void>
@@ -202,6 +206,12 @@ export interface NativeLimit {
   doc: string
 }
 
+/** What `locate()` found: direct candidates and the node's relays, home first. */
+export interface NativeLocated {
+  addresses: Array<NativeFound>
+  relays: Array<NativeRelayHint>
+}
+
 /** Timing options in milliseconds (undefined: the default). */
 export interface NativeOptions {
   connConnectTime?: number
@@ -244,6 +254,17 @@ export interface NativeRelay {
   upgrade?: boolean
   upgradeDelay?: number
   token?: string
+}
+
+/** A relay a node's record names (`locate()`). */
+export interface NativeRelayHint {
+  host: string
+  port: number
+  nodeId: string
+  tcpPort: number
+  /** The node reaches it over QUIC / TLS+WebSocket. */
+  quic: boolean
+  websocket: boolean
 }
 
 /** `Relay.getMetrics()`. */

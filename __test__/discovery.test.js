@@ -137,3 +137,31 @@ test('several relays: bad relays options are typed errors naming the entry', asy
   const many = Array.from({ length: 9 }, () => ({ host: '127.0.0.1', port: 1, nodeId: rp.constructor.name }))
   await t.throwsAsync(rp.start({ serverPort: 1, relays: many }), { message: /opts\.relays/ })
 })
+
+test('a grpc-js client reaches a node that announces only its home relay; locate() names the relay', async (t) => {
+  const bootstrap = await privateDht(t, 4)
+  const relay = new h.keynet.Relay()
+  t.teardown(() => h.stopQuietly(relay))
+  await relay.start()
+  const relayOpts = { host: relay.getHost(), port: relay.getPort(), tcpPort: relay.getTcpPort(), nodeId: relay.getNodeId() }
+  const grpcServer = await h.startGrpcEchoServer(t)
+  const rp = await h.startReverseProxy(t, { serverPort: grpcServer.port, relay: relayOpts, discovery: { bootstrap, announceAddresses: false } })
+  const fp = await h.startForwardProxy(t, {}, { discovery: { bootstrap, announce: false } })
+  const nodeId = rp.getNodeId()
+  // Each lookup is itself the wait for the first announce.
+  let located
+  const until = Date.now() + 20_000
+  do located = await fp.locate(nodeId)
+  while (!located.relays.length && Date.now() < until)
+  t.deepEqual(located.relays, [{ ...relayOpts, quic: true, websocket: false }])
+  t.deepEqual(located.addresses, [], 'no direct address, not even an unsigned hint')
+  t.deepEqual(fp.getRelayStatus(), [])
+
+  const env = h.cleanEnv({ grpc_proxy: `http://${h.TOKEN}@${h.HOST}:${fp.getHttpPort()}` })
+  const result = (await h.runJsonClient(t, process.execPath, [CLIENT, `${nodeId}.keynet:443`, 'unary'], { env })).result
+  t.deepEqual(result, { text: 'hello keynet', count: 42 })
+  const links = fp.getRelayStatus()
+  t.is(links.length, 1, 'a link to the home relay, opened on demand')
+  t.is(links[0].nodeId, relay.getNodeId())
+  await t.throwsAsync(fp.locate('nope'), { instanceOf: TypeError, message: /nodeId/ })
+})

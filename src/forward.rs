@@ -6,7 +6,7 @@ use napi_derive::napi;
 
 use crate::convert::{
     self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeForwardStart,
-    NativeFound, NativeOptions, NativeRelay, NativeRelayStatus, Ops,
+    NativeFound, NativeLocated, NativeOptions, NativeRelay, NativeRelayStatus, Ops,
 };
 
 #[napi]
@@ -54,6 +54,18 @@ impl NativeForwardProxy {
             .await
             .map_err(err)?;
         Ok(found.into_iter().map(NativeFound::from).collect())
+    }
+
+    /// Direct candidates and relays the DHT holds for `node_id`.
+    #[napi]
+    pub async fn locate(&self, node_id: String, timeout_ms: Option<f64>) -> Result<NativeLocated> {
+        let node = convert::node_id(Some(node_id))?.expect("some in, some out");
+        let located = self
+            .inner
+            .locate(node, timeout_ms.map(convert::ms))
+            .await
+            .map_err(err)?;
+        Ok(NativeLocated::from(located))
     }
 
     /// The addresses announced last.

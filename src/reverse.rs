@@ -5,8 +5,8 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use crate::convert::{
-    self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeFound, NativeOptions,
-    NativeRelayStatus, NativeReverseStart, Ops,
+    self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeFound, NativeLocated,
+    NativeOptions, NativeRelayStatus, NativeReverseStart, Ops,
 };
 
 #[napi]
@@ -51,6 +51,18 @@ impl NativeReverseProxy {
             .await
             .map_err(err)?;
         Ok(found.into_iter().map(NativeFound::from).collect())
+    }
+
+    /// Direct candidates and relays the DHT holds for `node_id`.
+    #[napi]
+    pub async fn locate(&self, node_id: String, timeout_ms: Option<f64>) -> Result<NativeLocated> {
+        let node = convert::node_id(Some(node_id))?.expect("some in, some out");
+        let located = self
+            .inner
+            .locate(node, timeout_ms.map(convert::ms))
+            .await
+            .map_err(err)?;
+        Ok(NativeLocated::from(located))
     }
 
     /// The addresses announced last.

@@ -93,6 +93,45 @@ impl From<keynet_core::Found> for NativeFound {
     }
 }
 
+/// A relay a node's record names (`locate()`).
+#[napi(object)]
+pub struct NativeRelayHint {
+    pub host: String,
+    pub port: u32,
+    pub node_id: String,
+    pub tcp_port: u32,
+    /// The node reaches it over QUIC / TLS+WebSocket.
+    pub quic: bool,
+    pub websocket: bool,
+}
+
+/// What `locate()` found: direct candidates and the node's relays, home first.
+#[napi(object)]
+pub struct NativeLocated {
+    pub addresses: Vec<NativeFound>,
+    pub relays: Vec<NativeRelayHint>,
+}
+
+impl From<keynet_core::discovery::Located> for NativeLocated {
+    fn from(l: keynet_core::discovery::Located) -> Self {
+        Self {
+            addresses: l.addrs.into_iter().map(NativeFound::from).collect(),
+            relays: l
+                .relays
+                .into_iter()
+                .map(|r| NativeRelayHint {
+                    host: r.addr.ip().to_string(),
+                    port: r.addr.port() as u32,
+                    node_id: r.node_id.to_string(),
+                    tcp_port: r.tcp_port as u32,
+                    quic: r.quic,
+                    websocket: r.websocket,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A relay link's status (`getRelayStatus()`).
 #[napi(object)]
 #[derive(Clone)]

@@ -14,8 +14,8 @@ use napi::bindgen_prelude::*;
 
 pub(crate) use events::{sink, Listener};
 pub(crate) use info::{
-    NativeAddress, NativeConnectionInfo, NativeFound, NativeIdentity, NativeProxyStats,
-    NativeRelayStatus,
+    NativeAddress, NativeConnectionInfo, NativeFound, NativeIdentity, NativeLocated,
+    NativeProxyStats, NativeRelayStatus,
 };
 pub(crate) use ops::Ops;
 pub(crate) use options::{NativeForwardStart, NativeOptions, NativeRelay, NativeReverseStart};

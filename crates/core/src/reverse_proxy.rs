@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::discovery::{DiscoveryOptions, Found};
+use crate::discovery::{DiscoveryOptions, Found, Located};
 use crate::error::{Error, Result, StartError};
 use crate::events::{CloseReason, ConnectionInfo, EventSink};
 use crate::holepunch::{exchange_hello, judge_path, PunchDriver};
@@ -237,6 +237,11 @@ impl ReverseProxy {
     /// The addresses this proxy announced last (empty before the first announce succeeded).
     pub fn announced_addrs(&self) -> Result<Vec<SocketAddr>> {
         Ok(self.running()?.node.announced_addrs())
+    }
+
+    /// What the DHT says about reaching `node`: direct candidates and its relays (home first).
+    pub async fn locate(&self, node: NodeId, timeout: Option<Duration>) -> Result<Located> {
+        self.running()?.node.locate(node, timeout).await
     }
 
     /// Stops: ends every tunnel and connection, awaits every task and releases the port.
