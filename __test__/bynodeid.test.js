@@ -134,3 +134,46 @@ labTest('relays found on the DHT: keynet-relay --publish; B, given no relay, fin
   const call = await A.request({ cmd: 'call', host: `${rp.nodeId}.keynet`, port: 443 })
   t.is(call.text, 'hello')
 })
+
+labTest('a relayed connection moves with its node: the home relay is killed mid-transfer, the caller moves it to the other relay, no byte lost, no close', async (t) => {
+  // A's NAT is symmetric and B's port-restricted: the connection stays relayed.
+  const lab = await Lab.create('pair', { kinds: ['symmetric', 'restricted'], relay: true })
+  const A = lab.agent('A')
+  const B = lab.agent('B')
+  t.teardown(async () => {
+    await Promise.all([A.close(), B.close()]).catch(() => {})
+    await lab.destroy()
+  })
+  const dht = await lab.startRelay(7002, { dht: true })
+  const r1 = await lab.startRelay(7000)
+  const r2 = await lab.startRelay(7001)
+  const spec = (r) => ({ host: r.host, port: r.port, tcpPort: r.tcpPort, nodeId: r.nodeId })
+  const discovery = { bootstrap: [dht.dht] }
+  const rp = await B.request({ cmd: 'startRp', port: 45020, server: 'both', relay: spec(r1), relays: [spec(r2)], discovery })
+  t.true(rp.ok, rp.message)
+  t.true((await B.request({ cmd: 'waitEvent', kind: 'relay', proxy: 'rp', state: 'up', n: 2, timeout: 15000 }, 20000)).found)
+  const fp = await A.request({ cmd: 'startFp', port: 45021, discovery: { ...discovery, announce: false } })
+  t.true(fp.ok, fp.message)
+  // Both relays in B's record before the caller looks (each lookup is the wait).
+  const until = Date.now() + 20000
+  let open
+  do open = await A.request({ cmd: 'openNode', nodeId: rp.nodeId, timeout: 5000 }, 10000)
+  while ((!open.ok || !open.relays.length) && Date.now() < until)
+  t.true(open.ok, open.message)
+  t.is(open.path, 'relayed')
+  const home = (await B.request({ cmd: 'relays' })).relays.find((r) => r.home)
+
+  const bytes = 4 * 1024 * 1024
+  const transfer = A.request({ cmd: 'transfer', host: `${rp.nodeId}.keynet`, port: 443, bytes, paceMs: 12000, timeout: 40000 }, 60000)
+  t.true((await A.request({ cmd: 'waitBytes', bytes: 256 * 1024, timeout: 10000 }, 15000)).reached)
+  const killedAt = Date.now()
+  await lab.killRelay(home.port)
+  const done = await transfer
+  t.true(done.ok, JSON.stringify(done))
+  t.is(done.bytes, bytes, 'every byte came back')
+  t.is(done.sent, done.received, 'sha256 equal')
+  const closes = await A.request({ cmd: 'events', kind: 'close', proxy: 'fp' })
+  t.deepEqual(closes.events, [], 'the connection was not closed')
+  const links = (await A.request({ cmd: 'relayStatus' })).status ?? []
+  t.log(`home relay killed ${Date.now() - killedAt} ms before the transfer ended; A's links: ${JSON.stringify(links)}`)
+})

@@ -3,7 +3,7 @@
 //! relayed connections close with `relayLost` when the link stays down, a reverse proxy's
 //! public-port traffic goes to its server, and links opened on demand close once idle.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::home::HomeChooser;
@@ -298,9 +298,16 @@ pub(super) fn spawn_idle_reaper(node: &Arc<Node>, idle: Duration) {
 
 /// How long relayed connections outlive their relay's link (it may come back): 2 s, or a
 /// quarter of the keepalive timeout when that is shorter (the link notices a dead relay at half
-/// of it, and the connections must be closed before their own timeout).
-fn relay_loss_grace(opts: &ConnOptions) -> std::time::Duration {
-    std::time::Duration::from_secs(2).min(opts.keepalive_timeout / 4)
+/// of it, and the connections must be closed before their own timeout). A link that notices a
+/// dead relay quickly (`fast`: several relays, or opened on demand) gives a quarter of the
+/// keepalive timeout (5 s): time for the caller to move the connection to another relay.
+fn relay_loss_grace(opts: &ConnOptions, fast: bool) -> std::time::Duration {
+    let quarter = opts.keepalive_timeout / 4;
+    if fast {
+        quarter
+    } else {
+        std::time::Duration::from_secs(2).min(quarter)
+    }
 }
 
 /// Applies the path changes of `socket`'s relayed peers to `tracker` (which reports them as
@@ -376,13 +383,19 @@ pub(super) fn attach(node: &Node, spec: RelaySpec, identity: &LoadedIdentity) ->
     // relay of this node go on).
     let mut status = link.watch();
     let tracker = Arc::downgrade(&node.tracker);
-    let grace = relay_loss_grace(&node.opts);
+    let grace = relay_loss_grace(&node.opts, link.spec().silence.is_some());
     let socket = Arc::downgrade(&node.socket);
     let outbox = link.outbox().clone();
+    let me = node.me.clone();
+    let relay = link.spec().node_id;
     node.tasks.spawn(async move {
         while status.changed().await.is_ok() {
             if !matches!(*status.borrow_and_update(), LinkStatus::Down(..)) {
                 continue;
+            }
+            // Try to move them to another relay of their peer at once (callers with discovery).
+            if let Some(node) = me.get().and_then(Weak::upgrade) {
+                node.move_relayed_from(&outbox, relay);
             }
             let back = tokio::time::timeout(grace, async {
                 while status.changed().await.is_ok() {

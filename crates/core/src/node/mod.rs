@@ -31,6 +31,11 @@ use crate::socket::{self, KeynetSocket};
 use crate::task::Tasks;
 use crate::tracker::{Role, Tracker};
 
+/// Relayed connections moved at once when their relay dies (one lookup each).
+const MAX_MOVES: usize = 64;
+/// The budget of one move (lookup and link).
+const MOVE_TIME: Duration = Duration::from_secs(4);
+
 /// How a node starts.
 pub(crate) struct NodeConfig {
     /// Which side it plays (events name it).
@@ -77,6 +82,9 @@ pub(crate) struct Node {
     links: Arc<links::Links>,
     /// The network last acted on.
     network: Arc<Seen>,
+    /// This node, for tasks started before it was shared (a link's relay-loss task moves the
+    /// connections it carried to other relays).
+    me: Arc<std::sync::OnceLock<Weak<Self>>>,
 }
 
 impl Node {
@@ -127,6 +135,7 @@ impl Node {
             discovery,
             links: Arc::default(),
             network: Arc::new(Seen::now()),
+            me: Arc::default(),
         };
         let mut relays = config.relays;
         let network = config
@@ -171,6 +180,7 @@ impl Node {
             discovery::announce_for_proxy(d, opts, &identity, addr, &node.tasks, sink.clone());
         }
         let node = Arc::new(node);
+        let _ = node.me.set(Arc::downgrade(&node));
         if let Some(opts) = &config.discovery {
             links::spawn_idle_reaper(&node, opts.relay_idle);
         }
@@ -257,6 +267,8 @@ impl Node {
             return Ok(l);
         }
         let mut spec = RelaySpec::new(hint.addr, hint.node_id);
+        // Notice a dead relay within seconds: its connections then move to another relay.
+        spec.silence = Some(FAILOVER_SILENCE);
         if hint.tcp_port != 0 {
             spec.tcp_addr = Some(SocketAddr::new(hint.addr.ip(), hint.tcp_port));
         }
@@ -267,6 +279,54 @@ impl Node {
         Ok(self
             .links
             .get_or_attach(&spec, true, || links::attach(self, spec.clone(), &identity)))
+    }
+
+    /// Moves the connections relayed through `dead` (the link to relay `dead_relay`, down) to
+    /// another relay their peer's record names, where one comes up within
+    /// [`dial::RELAY_LINK_WAIT`]: the route of the peer's virtual address is re-pointed, so QUIC
+    /// sees no change and no byte is lost. Those that cannot move close as `relayLost` later.
+    pub(crate) fn move_relayed_from(
+        self: &Arc<Self>,
+        dead: &crate::socket::paths::Outbox,
+        dead_relay: NodeId,
+    ) {
+        let Some(d) = self.discovery.clone() else {
+            return;
+        };
+        let mut peers: Vec<NodeId> = self
+            .tracker
+            .peers()
+            .into_iter()
+            .filter(|p| p.is_relay_backed() && p.path() == crate::events::Path::Relayed)
+            .filter(|p| {
+                self.socket
+                    .paths
+                    .relay_of(&p.node_id)
+                    .is_some_and(|o| o.same_channel(dead))
+            })
+            .map(|p| p.node_id)
+            .collect();
+        peers.sort();
+        peers.dedup();
+        for peer in peers.into_iter().take(MAX_MOVES) {
+            let me = self.clone();
+            let d = d.clone();
+            self.tasks.spawn(async move {
+                let deadline = Instant::now() + MOVE_TIME;
+                let located = d.locate_within(peer, deadline, Duration::ZERO).await;
+                for hint in located.relays.iter().filter(|h| h.node_id != dead_relay) {
+                    let Ok(link) = me.link_to_hint(hint) else { continue };
+                    let wait = deadline.min(Instant::now() + dial::RELAY_LINK_WAIT);
+                    if link.wait_up(wait, true).await.is_err() {
+                        continue;
+                    }
+                    me.socket.paths.virtual_for(peer, link.outbox());
+                    tracing::info!(%peer, relay = %hint.addr, "relayed connection moved to another relay");
+                    return;
+                }
+                tracing::info!(%peer, "no other relay of the peer: its relayed connection will close");
+            });
+        }
     }
 
     /// Tells discovery how this node is reached through its relays (announced on change).
