@@ -33,9 +33,9 @@ for (const [kinds, final] of [
   })
 }
 
-/** A lab of A and B behind port-restricted NATs, with the relay host; removed after the test. */
-async function restrictedPair(t) {
-  const lab = await Lab.create('pair', { kinds: ['restricted', 'restricted'], relay: true })
+/** A lab of A and B behind NATs of `kinds`, with the relay host; removed after the test. */
+async function labPair(t, kinds = ['restricted', 'restricted']) {
+  const lab = await Lab.create('pair', { kinds, relay: true })
   const A = lab.agent('A')
   const B = lab.agent('B')
   t.teardown(async () => {
@@ -55,7 +55,7 @@ async function openWhenFound(A, nodeId, { within = 20000, timeout = 5000 } = {})
 }
 
 labTest('home relay failover: the home relay is killed; B re-homes to the other and a caller knowing only the node id gets through within 10 s', async (t) => {
-  const { lab, A, B } = await restrictedPair(t)
+  const { lab, A, B } = await labPair(t)
   // The DHT's node runs in a relay process of its own, which stays up.
   const dht = await lab.startRelay(7002, { dht: true })
   const r1 = await lab.startRelay(7000)
@@ -105,7 +105,7 @@ labTest('home relay failover: the home relay is killed; B re-homes to the other 
 })
 
 labTest('relays found on the DHT: keynet-relay --publish; B, given no relay, finds it and registers; A reaches B by node id', async (t) => {
-  const { lab, A, B } = await restrictedPair(t)
+  const { lab, A, B } = await labPair(t)
   // A DHT of two nodes (a node does not store its own publication), the second one publishing
   // its relay.
   const first = await lab.startRelay(7002, { dht: true })
@@ -137,13 +137,7 @@ labTest('relays found on the DHT: keynet-relay --publish; B, given no relay, fin
 
 labTest('a relayed connection moves with its node: the home relay is killed mid-transfer, the caller moves it to the other relay, no byte lost, no close', async (t) => {
   // A's NAT is symmetric and B's port-restricted: the connection stays relayed.
-  const lab = await Lab.create('pair', { kinds: ['symmetric', 'restricted'], relay: true })
-  const A = lab.agent('A')
-  const B = lab.agent('B')
-  t.teardown(async () => {
-    await Promise.all([A.close(), B.close()]).catch(() => {})
-    await lab.destroy()
-  })
+  const { lab, A, B } = await labPair(t, ['symmetric', 'restricted'])
   const dht = await lab.startRelay(7002, { dht: true })
   const r1 = await lab.startRelay(7000)
   const r2 = await lab.startRelay(7001)
