@@ -185,6 +185,9 @@ async function writePaced(s, data, paceMs) {
   for (let k = 0; k < chunks && !s.destroyed; k++) {
     const due = t0 + (k * paceMs) / chunks
     if (now() < due) await new Promise((r) => setTimeout(r, due - now()))
+    // The tunnel may have closed during the wait: a write to a destroyed socket returns false
+    // and never emits 'drain' or 'close' again (waiting for them would hang the transfer).
+    if (s.destroyed) break
     if (!s.write(data.subarray(k * size, (k + 1) * size))) {
       await new Promise((resolve) => {
         const done = () => {
