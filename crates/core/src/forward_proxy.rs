@@ -448,9 +448,7 @@ impl Inner {
                     return answer(&mut tcp, 400, &msg).await;
                 }
             },
-            (None, Some(id)) if node.discovery().is_some() || node.start_link().is_some() => {
-                Target::Node(id)
-            }
+            (None, Some(id)) if node.discovery().is_some() || node.has_relay() => Target::Node(id),
             (None, _) => {
                 let msg =
                     "a NODEID.keynet target needs discovery or a relay: start the proxy with one";

@@ -572,3 +572,52 @@ async fn a_node_given_no_relay_finds_a_published_one_and_callers_reach_it_there(
     rp.stop().await.unwrap();
     relay.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_found_relay_that_refuses_the_node_does_not_fail_its_start() {
+    use keynet_core::relay::server::{RelayServer, RelayStart};
+    let net = testnet();
+    // A relay that wants a registration token the node does not have.
+    let relay = RelayServer::new(ConnOptions::default()).unwrap();
+    let mut start = RelayStart::new("127.0.0.1:0".parse().unwrap());
+    start.token = Some("members only".into());
+    relay.start(start).await.unwrap();
+    let relay_dht = keynet_core::discovery::Discovery::start(
+        &DiscoveryOptions {
+            bootstrap: Some(net.bootstrap.clone()),
+            server_mode: true,
+            ..Default::default()
+        },
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    )
+    .await
+    .unwrap();
+    let port = relay.addr().unwrap().port();
+    let _publishing = relay_dht.publish_relay("closed".into(), port, Duration::from_secs(600));
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    let started = Instant::now();
+    let links = loop {
+        // Each start is itself the wait for the publication; none may fail.
+        rp.start(ReverseStart {
+            discovery: Some(DiscoveryOptions {
+                relay_network: Some("closed".into()),
+                ..discovery(&net, false, Duration::from_secs(600))
+            }),
+            ..ReverseStart::new(echo_server().await)
+        })
+        .await
+        .expect("a found relay never fails the start");
+        let (links, _) = rp.relays_status().unwrap();
+        if !links.is_empty() || started.elapsed() > WAIT {
+            break links;
+        }
+        rp.stop().await.unwrap();
+    };
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert!(
+        !matches!(links[0].1, keynet_core::relay::spec::LinkStatus::Up { .. }),
+        "{links:?}"
+    );
+    rp.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}

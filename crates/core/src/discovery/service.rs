@@ -80,6 +80,20 @@ pub struct Located {
     pub relays: Vec<RelayHint>,
 }
 
+impl Located {
+    /// Whether `other` names the same addresses and relays (ages aside: two lookups of one
+    /// record differ only in them).
+    pub fn same_ways(&self, other: &Self) -> bool {
+        self.relays == other.relays
+            && self.addrs.len() == other.addrs.len()
+            && self
+                .addrs
+                .iter()
+                .zip(&other.addrs)
+                .all(|(a, b)| a.addr == b.addr && a.signed == b.signed)
+    }
+}
+
 /// How a node is reached besides its direct addresses: its relays (home first) and the public
 /// address the home relay observed. The node updates it as its relay links change; a change is
 /// announced at once.
@@ -751,6 +765,30 @@ mod tests {
         let e = choose_bind(None, Ipv4Addr::LOCALHOST.into(), None, none).unwrap_err();
         assert_eq!(e.code(), "ERR_INVALID_ARG_VALUE");
         assert!(e.to_string().contains("discovery.host"), "{e}");
+    }
+
+    #[test]
+    fn two_lookups_of_one_record_name_the_same_ways() {
+        let found = |addr: &str, age| Found {
+            addr: addr.parse().unwrap(),
+            age: Some(Duration::from_millis(age)),
+            signed: true,
+        };
+        let first = Located {
+            addrs: vec![found("192.0.2.1:1", 10)],
+            relays: Vec::new(),
+        };
+        let later = Located {
+            addrs: vec![found("192.0.2.1:1", 900)],
+            relays: Vec::new(),
+        };
+        assert_ne!(first, later, "ages differ");
+        assert!(first.same_ways(&later));
+        let moved = Located {
+            addrs: vec![found("192.0.2.1:2", 10)],
+            relays: Vec::new(),
+        };
+        assert!(!first.same_ways(&moved));
     }
 
     #[test]

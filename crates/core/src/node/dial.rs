@@ -126,7 +126,7 @@ impl Node {
             return Err(failure);
         }
         let full = d.locate(node, deadline).await;
-        if full == first {
+        if full.same_ways(&first) {
             return Err(failure);
         }
         tracing::debug!(%node, "a newer record: racing again");

@@ -138,6 +138,8 @@ impl Node {
             me: Arc::default(),
         };
         let mut relays = config.relays;
+        // Relays found on the DHT, not given: the start does not depend on them.
+        let mut discovered = false;
         let network = config
             .discovery
             .as_ref()
@@ -150,6 +152,7 @@ impl Node {
                 tasks: node.tasks.clone(),
             };
             relays = links::discover(d, &dialer, &network, opts.connect_time).await;
+            discovered = true;
             if relays.is_empty() {
                 tracing::warn!(%network, "no relay found on the DHT: starting without one");
             }
@@ -169,10 +172,16 @@ impl Node {
             for link in &started {
                 node.links.add(link.clone(), false);
             }
-            if let Err(e) = links::wait_any_up(&started, deadline).await {
-                node.endpoint.close(0u32.into(), b"start failed");
-                node.tasks.shutdown(Duration::from_secs(1)).await;
-                return Err(e);
+            match links::wait_any_up(&started, deadline).await {
+                Err(e) if discovered => {
+                    tracing::warn!(error = %e, "no relay found on the DHT registered yet: starting without one (the links keep trying)");
+                }
+                Err(e) => {
+                    node.endpoint.close(0u32.into(), b"start failed");
+                    node.tasks.shutdown(Duration::from_secs(1)).await;
+                    return Err(e);
+                }
+                Ok(()) => {}
             }
         }
         node.publish_reach();
@@ -235,6 +244,11 @@ impl Node {
     /// The home relay's link (or the first relay given at start while none is up).
     pub(crate) fn start_link(&self) -> Option<Arc<RelayLink>> {
         self.links.home().or_else(|| self.links.first_registered())
+    }
+
+    /// Whether the node was given a relay at start (cheap: no home choice).
+    pub(crate) fn has_relay(&self) -> bool {
+        self.links.first_registered().is_some()
     }
 
     /// The home relay's node id.

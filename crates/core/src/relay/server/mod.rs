@@ -767,7 +767,7 @@ impl Inner {
                                 remote.ip()
                             );
                             tracing::info!(%node, from = %remote, "a newer registration replaced the older");
-                            tokio::spawn(async move {
+                            running.tasks.spawn(async move {
                                 let notice = Frame::Error {
                                     code: crate::proto::relay::REPLACED,
                                     node: None,
