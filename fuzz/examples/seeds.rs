@@ -46,6 +46,7 @@ fn relay_frames() -> Vec<Frame> {
     vec![
         Frame::Register {
             want_port: true,
+            caller: false,
             token: "secret".into(),
         },
         Frame::Registered {

@@ -220,6 +220,7 @@ async fn register_nodes(
                     .map_err(|e| e.to_string())?;
                 c.send(&Frame::Register {
                     want_port: false,
+                    caller: false,
                     token: String::new(),
                 })
                 .await

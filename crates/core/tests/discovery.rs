@@ -621,3 +621,63 @@ async fn a_found_relay_that_refuses_the_node_does_not_fail_its_start() {
     rp.stop().await.unwrap();
     relay.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_dht_is_blocked_is_found_by_the_record_its_token_relay_stores() {
+    use keynet_core::discovery::Discovery;
+    use keynet_core::relay::server::{RelayServer, RelayStart};
+    let net = testnet();
+    // The relay runs a DHT node on the network and stores what its nodes announce through it;
+    // it requires a token to register to be reached.
+    let dht = Discovery::start(
+        &DiscoveryOptions {
+            announce: false,
+            server_mode: true,
+            ..discovery(&net, false, Duration::from_secs(600))
+        },
+        "127.0.0.1".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let (queue, _storing) = dht.store_records();
+    let relay = RelayServer::new(ConnOptions::default()).unwrap();
+    let mut start = RelayStart::new("127.0.0.1:0".parse().unwrap());
+    start.token = Some("s3cret".into());
+    start.records = Some(queue);
+    relay.start(start).await.unwrap();
+    let mut spec =
+        keynet_core::relay::spec::RelaySpec::new(relay.addr().unwrap(), relay.node_id().unwrap());
+    spec.token = Some("s3cret".into());
+
+    // B's own DHT traffic goes nowhere (its only bootstrap node does not exist).
+    let identity = generate_identity().unwrap();
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(ReverseStart {
+        tls: Some(identity.tls.clone()),
+        discovery: Some(DiscoveryOptions {
+            bootstrap: Some(vec!["127.0.0.1:9".into()]),
+            ..relays_only(&net)
+        }),
+        relay: Some(spec.clone()),
+        ..ReverseStart::new(echo_server().await)
+    })
+    .await
+    .unwrap();
+
+    // A, with discovery and no relay, finds B's record (stored by the relay)…
+    let fp = looking_forward(&net).await;
+    let located = located_when(&fp, identity.node_id, |l| !l.relays.is_empty()).await;
+    assert_eq!(located.relays[0].node_id, spec.node_id, "{located:?}");
+    // …and reaches B through that relay, as a caller: it has no token.
+    echoes_by_node_id(&fp, identity.node_id, b"through a token relay, as a caller").await;
+    let links = fp.relay_status().unwrap();
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert!(
+        links[0].0.caller,
+        "the on-demand link registers as a caller"
+    );
+
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}

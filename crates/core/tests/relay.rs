@@ -40,6 +40,7 @@ async fn node(relay: &RelayServer) -> (RelayClient, LoadedIdentity, quinn::Endpo
 fn register() -> Frame {
     Frame::Register {
         want_port: false,
+        caller: false,
         token: String::new(),
     }
 }
@@ -285,4 +286,199 @@ async fn an_unregistered_session_is_closed_at_the_registration_deadline() {
     member.send(&Frame::Ping { nonce: 7 }).await.unwrap();
     assert_eq!(recv(&member).await, Frame::Pong { nonce: 7 });
     relay.stop().await.unwrap();
+}
+
+async fn relay_with(set: impl FnOnce(&mut RelayStart)) -> RelayServer {
+    let relay = RelayServer::new(ConnOptions::default()).unwrap();
+    let mut start = RelayStart::new("127.0.0.1:0".parse().unwrap());
+    set(&mut start);
+    relay.start(start).await.unwrap();
+    relay
+}
+
+fn register_as(caller: bool, token: &str) -> Frame {
+    Frame::Register {
+        want_port: false,
+        caller,
+        token: token.into(),
+    }
+}
+
+/// `id`'s signed discovery record, signed `skew_ms` from now.
+fn record_of(id: &LoadedIdentity, skew_ms: i64) -> Vec<u8> {
+    use keynet_core::discovery::record::{self, Record};
+    let seed = record::ed25519_seed_of_pkcs8(id.key.secret_der()).expect("an Ed25519 identity");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    Record {
+        node_id: id.node_id,
+        signed_at_ms: (now + skew_ms) as u64,
+        observed: None,
+        addrs: vec!["192.0.2.1:4433".parse().unwrap()],
+        relays: vec![],
+    }
+    .sign(&seed)
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_needs_no_token_and_only_the_nodes_it_called_reach_it() {
+    let relay = relay_with(|s| s.token = Some("s3cret".into())).await;
+    let (b, b_id, _eb) = node(&relay).await;
+    let (a, a_id, _ea) = node(&relay).await;
+    let (c, _c_id, _ec) = node(&relay).await;
+    b.send(&register_as(false, "s3cret")).await.unwrap();
+    assert!(matches!(recv(&b).await, Frame::Registered { .. }));
+    // A and C have no token: as callers they register anyway, and are not listed.
+    for x in [&a, &c] {
+        x.send(&register_as(true, "")).await.unwrap();
+        assert!(matches!(recv(x).await, Frame::Registered { .. }));
+    }
+    assert_eq!(relay.registered().unwrap(), vec![b_id.node_id]);
+    // B cannot reach A before A called it, nor can C ever.
+    b.send(&Frame::SendPacket {
+        dst: a_id.node_id,
+        datagram: vec![1],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        recv(&b).await,
+        Frame::PeerGone {
+            node: a_id.node_id,
+            reason: GoneReason::Unknown
+        }
+    );
+    // A calls B, B answers A.
+    a.send(&Frame::SendPacket {
+        dst: b_id.node_id,
+        datagram: vec![2],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        recv(&b).await,
+        Frame::RecvPacket {
+            src: a_id.node_id,
+            datagram: vec![2]
+        }
+    );
+    b.send(&Frame::SendPacket {
+        dst: a_id.node_id,
+        datagram: vec![3],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        recv(&a).await,
+        Frame::RecvPacket {
+            src: b_id.node_id,
+            datagram: vec![3]
+        }
+    );
+    c.send(&Frame::SendPacket {
+        dst: a_id.node_id,
+        datagram: vec![4],
+    })
+    .await
+    .unwrap();
+    assert!(matches!(recv(&c).await, Frame::PeerGone { node, .. } if node == a_id.node_id));
+    // A caller announces nothing, and a caller asking for a public port gets none (told why).
+    a.send(&Frame::Announce {
+        record: record_of(&a_id, 0),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(recv(&a).await, Frame::Error { code: 403, .. }));
+    relay.stop().await.unwrap();
+
+    // A relay that takes no callers ends a caller's session with a 401.
+    let closed = relay_with(|s| {
+        s.token = Some("s3cret".into());
+        s.callers = false;
+    })
+    .await;
+    let (d, _d_id, _ed) = node(&closed).await;
+    d.send(&register_as(true, "")).await.unwrap();
+    match recv(&d).await {
+        Frame::Error { code, message, .. } => {
+            assert_eq!(code, 401);
+            assert!(message.contains("no callers"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(closed.registered().unwrap().is_empty());
+    closed.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_announces_only_its_own_fresh_record_and_not_too_often() {
+    let (queue, mut stored) = tokio::sync::mpsc::channel(8);
+    let relay = relay_with(|s| s.records = Some(queue)).await;
+    let (a, a_id, _ea) = node(&relay).await;
+    let (_b, b_id, _eb) = node(&relay).await;
+    // Before registering: refused.
+    a.send(&Frame::Announce {
+        record: record_of(&a_id, 0),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(recv(&a).await, Frame::Error { code: 401, .. }));
+    a.send(&register()).await.unwrap();
+    assert!(matches!(recv(&a).await, Frame::Registered { .. }));
+    // Another node's record (validly signed by it): refused, nothing stored.
+    a.send(&Frame::Announce {
+        record: record_of(&b_id, 0),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(recv(&a).await, Frame::Error { code: 403, .. }));
+    // A forged one: refused.
+    let mut forged = record_of(&a_id, 0);
+    let at = forged.len() - 1;
+    forged[at] ^= 1;
+    a.send(&Frame::Announce { record: forged }).await.unwrap();
+    match recv(&a).await {
+        Frame::Error { code, message, .. } => {
+            assert_eq!(code, 400);
+            assert!(message.contains("signature"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Its own: taken to the store, as sent.
+    let own = record_of(&a_id, 0);
+    a.send(&Frame::Announce {
+        record: own.clone(),
+    })
+    .await
+    .unwrap();
+    let (who, got) = tokio::time::timeout(T, stored.recv())
+        .await
+        .expect("stored in time")
+        .unwrap();
+    assert_eq!((who, got), (a_id.node_id, own));
+    // Again at once: too fast.
+    a.send(&Frame::Announce {
+        record: record_of(&a_id, 0),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(recv(&a).await, Frame::Error { code: 429, .. }));
+    assert!(stored.try_recv().is_err(), "only the first was stored");
+    relay.stop().await.unwrap();
+
+    // A relay without a record store says so.
+    let plain = relay_with(|_| {}).await;
+    let (c, c_id, _ec) = node(&plain).await;
+    c.send(&register()).await.unwrap();
+    assert!(matches!(recv(&c).await, Frame::Registered { .. }));
+    c.send(&Frame::Announce {
+        record: record_of(&c_id, 0),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(recv(&c).await, Frame::Error { code: 501, .. }));
+    plain.stop().await.unwrap();
 }

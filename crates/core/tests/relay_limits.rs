@@ -53,6 +53,7 @@ async fn register(n: &Node, want_port: bool) -> Frame {
     n.client
         .send(&Frame::Register {
             want_port,
+            caller: false,
             token: String::new(),
         })
         .await

@@ -29,7 +29,10 @@ RELAY:
     --tcp-listen HOST:PORT   TCP address of the TLS/WebSocket listener, for nodes whose UDP is
                              blocked (default: the --listen address, over TCP)
     --allow NODEID           only this node id may register (repeatable; default: any node)
-    --token TOKEN            registration requires this token (default: none)
+    --token TOKEN            registration requires this token (default: none); nodes that
+                             register only to call nodes registered here need none
+    --no-callers             refuse those caller registrations too: only token holders are
+                             served
     --metrics HOST:PORT      serve GET /metrics (Prometheus text: sessions, registered nodes,
                              relayed packets and bytes, drops and refusals by reason, ports)
 
@@ -43,7 +46,10 @@ PUBLIC PORTS (a registered node may ask for a TCP port carried to its server):
 
 DISCOVERY (BitTorrent mainline DHT):
     --dht HOST:PORT          run a DHT node at this IPv4 UDP address (port 0: any free port);
-                             it answers queries from the start, as a bootstrap node
+                             it answers queries from the start, as a bootstrap node; with
+                             --listen it also stores, under each node's locator, the signed
+                             records registered nodes announce through the relay (so a node
+                             whose UDP is blocked is still found by its node id)
     --dht-bootstrap HOST:PORT
                              join the DHT through this node (repeatable); without it the node
                              is the first of a private network
@@ -146,6 +152,7 @@ pub(crate) struct Args {
     pub retention: Option<std::time::Duration>,
     pub state_file: Option<PathBuf>,
     pub no_public_ports: bool,
+    pub no_callers: bool,
 }
 
 fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
@@ -209,6 +216,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, S
                 );
             }
             "--token" => a.token = Some(value("--token")?),
+            "--no-callers" => a.no_callers = true,
             "--metrics" => {
                 let v = value("--metrics")?;
                 a.metrics = Some(

@@ -5,5 +5,6 @@ mod service;
 
 pub use service::{
     announce_for_proxy, discovery_off, resolve_bootstrap, validate, AddressSink, Discovery,
-    DiscoveryOptions, Found, Located, Reach, LOOKUP_TIME,
+    DiscoveryOptions, Found, Located, Reach, RecordSink, Storing, LOOKUP_TIME, RECORD_SKEW,
+    STORE_AT_ONCE, STORE_QUEUE,
 };

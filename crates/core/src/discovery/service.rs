@@ -114,8 +114,50 @@ impl Drop for Publishing {
     }
 }
 
+/// A relay's record store ([`Discovery::store_records`]): stops when dropped.
+pub struct Storing(tokio::task::JoinHandle<()>);
+
+impl Drop for Storing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Records a relay's store holds waiting (beyond, the relay answers 503 and the node's next
+/// announce tries again).
+pub const STORE_QUEUE: usize = 256;
+/// Records a relay's store writes to the DHT at once.
+pub const STORE_AT_ONCE: usize = 16;
+
 /// Receives the proxy's own announced addresses when they change.
 pub type AddressSink = Arc<dyn Fn(Vec<SocketAddr>) + Send + Sync>;
+
+/// Receives the node's signed record when its contents change, and at least every announce
+/// interval: the node hands it to its relays, which store it on the DHT for it (a node whose
+/// own DHT traffic is blocked is still found).
+pub type RecordSink = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
+
+/// Decides when a signed record goes to the record sink: when what it says changes (its
+/// signing time aside), and at least every `every`.
+struct RecordPacer {
+    every: Duration,
+    last: Option<(Record, Instant)>,
+}
+
+impl RecordPacer {
+    fn due(&mut self, record: &Record, now: Instant) -> bool {
+        let mut timeless = record.clone();
+        timeless.signed_at_ms = 0;
+        let due = match &self.last {
+            Some((said, at)) => *said != timeless || now.duration_since(*at) >= self.every,
+            None => true,
+        };
+        if due {
+            self.last = Some((timeless, now));
+        }
+        due
+    }
+}
 
 /// A running DHT node. Dropping the last handle ends its thread and frees its port.
 pub struct Discovery {
@@ -271,6 +313,7 @@ impl Discovery {
         quic: SocketAddr,
         interval: Duration,
         on_change: Option<AddressSink>,
+        on_record: Option<RecordSink>,
     ) {
         let me = self.clone();
         let node_id = identity.node_id;
@@ -282,11 +325,22 @@ impl Discovery {
         }
         let mut reach = self.reach.subscribe();
         let stop = tasks.token().clone();
+        let mut pacer = RecordPacer {
+            every: interval,
+            last: None,
+        };
         tasks.spawn(async move {
             loop {
                 reach.mark_unchanged();
+                let record = |r: &Record, bytes: &[u8]| {
+                    if let Some(sink) = &on_record {
+                        if pacer.due(r, Instant::now()) {
+                            sink(bytes.to_vec());
+                        }
+                    }
+                };
                 let ok = me
-                    .announce_once(node_id, seed.as_ref(), quic, &on_change)
+                    .announce_once(node_id, seed.as_ref(), quic, &on_change, record)
                     .await;
                 // A failed announce (no DHT node answered yet) is retried soon.
                 let wait = if ok { interval } else { interval.min(RETRY) };
@@ -311,9 +365,30 @@ impl Discovery {
         seed: Option<&[u8; 32]>,
         quic: SocketAddr,
         on_change: &Option<AddressSink>,
+        on_record: impl FnOnce(&Record, &[u8]),
     ) -> bool {
         let reach = self.reach.borrow().clone();
         let addrs = self.own_addresses(quic, &reach).await;
+        let now = unix_ms();
+        let signed = seed.map(|seed| {
+            let record = Record {
+                node_id,
+                signed_at_ms: now,
+                observed: reach.observed.filter(|_| self.announce_direct),
+                addrs: addrs.iter().take(record::MAX_ADDRS).copied().collect(),
+                relays: reach
+                    .relays
+                    .iter()
+                    .take(record::MAX_RELAYS)
+                    .cloned()
+                    .collect(),
+            };
+            let bytes = record.sign(seed);
+            if let Ok(b) = &bytes {
+                on_record(&record, b);
+            }
+            bytes
+        });
         // The unsigned hint carries the node's IP and port: not published when it announces its
         // relays only.
         let hint = async {
@@ -327,48 +402,20 @@ impl Discovery {
                 .map_err(|e| e.to_string())
         };
         let signed = async {
-            let Some(seed) = seed else {
+            let (Some(seed), Some(value)) = (seed, signed) else {
                 return Ok(());
             };
-            let now = unix_ms();
-            let value = Record {
-                node_id,
-                signed_at_ms: now,
-                observed: reach.observed.filter(|_| self.announce_direct),
-                addrs: addrs.iter().take(record::MAX_ADDRS).copied().collect(),
-                relays: reach
-                    .relays
-                    .iter()
-                    .take(record::MAX_RELAYS)
-                    .cloned()
-                    .collect(),
-            }
-            .sign(seed)
-            .map_err(|e| e.to_string())?;
-            let seq = now as i64;
-            // Under the node's own key, and under its locator for this hour and the next (so a
-            // caller finds it across the hour's turn before the next announce).
-            let own = SigningKey::from_bytes(seed);
-            let locator = SigningKey::from_bytes(&record::locator_seed(&node_id));
-            let epoch = record::locator_epoch(now / 1000);
-            let items = [
-                MutableItem::new(own, &value, seq, Some(SALT)),
-                MutableItem::new(
-                    locator.clone(),
-                    &value,
-                    seq,
-                    Some(&record::locator_salt(epoch)),
-                ),
-                MutableItem::new(locator, &value, seq, Some(&record::locator_salt(epoch + 1))),
-            ];
-            let puts = items
-                .into_iter()
-                .map(|item| self.dht.put_mutable(item, None));
-            let results = join_all(puts).await;
-            for r in results {
-                r.map_err(|e| e.to_string())?;
-            }
-            Ok::<(), String>(())
+            let value = value.map_err(|e| e.to_string())?;
+            // Under the node's own key, and under its locator (so a caller that knows only the
+            // node id finds it).
+            let own =
+                MutableItem::new(SigningKey::from_bytes(seed), &value, now as i64, Some(SALT));
+            let (mine, located) = tokio::join!(
+                self.dht.put_mutable(own, None),
+                self.put_located(node_id, &value, now)
+            );
+            mine.map_err(|e| e.to_string())?;
+            located
         };
         let both = async { tokio::join!(hint, signed) };
         let Ok((hint, signed)) = tokio::time::timeout(ANNOUNCE_TIME, both).await else {
@@ -397,6 +444,80 @@ impl Discovery {
             }
         }
         ok
+    }
+
+    /// Stores a node's signed record under its locator, for this hour and the next (so a
+    /// caller finds it across the hour's turn before the next announce); `seq` orders versions.
+    async fn put_located(
+        &self,
+        node: NodeId,
+        value: &[u8],
+        signed_at_ms: u64,
+    ) -> std::result::Result<(), String> {
+        let locator = SigningKey::from_bytes(&record::locator_seed(&node));
+        let epoch = record::locator_epoch(signed_at_ms / 1000);
+        let seq = signed_at_ms as i64;
+        let items = [epoch, epoch + 1]
+            .map(|e| MutableItem::new(locator.clone(), value, seq, Some(&record::locator_salt(e))));
+        for r in join_all(items.map(|item| self.dht.put_mutable(item, None))).await {
+            r.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// A relay's DHT node stores the record a registered node sent it (over its relay link)
+    /// under that node's locator: the node is found even when its own DHT traffic is blocked.
+    /// Anyone may write there; the record is checked here and again by every reader. Records
+    /// signed more than [`RECORD_SKEW`] away from now are refused (a replayed old record would
+    /// hide the node's current one).
+    pub async fn store_for(&self, node: NodeId, value: &[u8]) -> Result<()> {
+        let r = Record::open(value)
+            .map_err(|e| Error::InvalidArgument(format!("record refused: {e}")))?;
+        if r.node_id != node {
+            return Err(Error::InvalidArgument(format!(
+                "record refused: it is {}'s, not {node}'s",
+                r.node_id
+            )));
+        }
+        let now = unix_ms();
+        if r.signed_at_ms.abs_diff(now) > RECORD_SKEW.as_millis() as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "record refused: signed {} s from now",
+                r.signed_at_ms.abs_diff(now) / 1000
+            )));
+        }
+        let stored =
+            tokio::time::timeout(ANNOUNCE_TIME, self.put_located(node, value, r.signed_at_ms))
+                .await
+                .map_err(|_| Error::Io(std::io::Error::other("DHT store timed out")))?;
+        stored.map_err(|e| Error::Io(std::io::Error::other(format!("DHT store failed: {e}"))))
+    }
+
+    /// Runs a relay's record store: the records its registered nodes announce over their relay
+    /// links ([`crate::relay::server::RelayStart::records`]) are stored with
+    /// [`Discovery::store_for`], at most [`STORE_AT_ONCE`] at a time, [`STORE_QUEUE`] waiting.
+    pub fn store_records(
+        self: &Arc<Self>,
+    ) -> (tokio::sync::mpsc::Sender<(NodeId, Vec<u8>)>, Storing) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(NodeId, Vec<u8>)>(STORE_QUEUE);
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
+            while let Some((node, record)) = rx.recv().await {
+                while running.len() >= STORE_AT_ONCE {
+                    running.join_next().await;
+                }
+                let me = me.clone();
+                running.spawn(async move {
+                    match me.store_for(node, &record).await {
+                        Ok(()) => tracing::debug!(%node, "stored a node's record for it"),
+                        Err(e) => tracing::info!(%node, error = %e, "a node's record not stored"),
+                    }
+                });
+                while running.try_join_next().is_some() {}
+            }
+        });
+        (tx, Storing(task))
     }
 
     /// Where others can reach `quic` directly: the public address the home relay observed, the
@@ -639,6 +760,9 @@ const GRACE: Duration = Duration::from_millis(300);
 /// Budget of one announce (both puts).
 const ANNOUNCE_TIME: Duration = Duration::from_secs(30);
 
+/// How far from a relay's clock a record it stores for a node may be signed.
+pub const RECORD_SKEW: Duration = Duration::from_secs(600);
+
 /// How long a changed [`Reach`] waits before it is announced (the links of a node settle
 /// together).
 const SETTLE: Duration = Duration::from_millis(200);
@@ -663,6 +787,7 @@ pub fn announce_for_proxy(
     quic: SocketAddr,
     tasks: &Tasks,
     sink: Arc<std::sync::RwLock<Option<crate::events::EventSink>>>,
+    on_record: Option<RecordSink>,
 ) {
     if !opts.announce {
         return;
@@ -679,6 +804,7 @@ pub fn announce_for_proxy(
         quic,
         opts.reannounce_interval,
         Some(on_change),
+        on_record,
     );
 }
 
@@ -765,6 +891,32 @@ mod tests {
         let e = choose_bind(None, Ipv4Addr::LOCALHOST.into(), None, none).unwrap_err();
         assert_eq!(e.code(), "ERR_INVALID_ARG_VALUE");
         assert!(e.to_string().contains("discovery.host"), "{e}");
+    }
+
+    #[test]
+    fn a_record_goes_to_the_relays_when_it_says_something_new_or_is_due_again() {
+        let mut pacer = RecordPacer {
+            every: Duration::from_secs(600),
+            last: None,
+        };
+        let t0 = Instant::now();
+        let mut r = Record {
+            node_id: NodeId::from_bytes([1; 32]),
+            signed_at_ms: 1,
+            observed: None,
+            addrs: vec!["192.0.2.1:1".parse().unwrap()],
+            relays: vec![],
+        };
+        assert!(pacer.due(&r, t0), "the first record goes");
+        // Signed again a moment later (a failed DHT announce retries every 2 s): not sent.
+        r.signed_at_ms = 2;
+        assert!(!pacer.due(&r, t0 + Duration::from_secs(2)));
+        // Something changed: sent at once.
+        r.addrs.push("192.0.2.2:1".parse().unwrap());
+        assert!(pacer.due(&r, t0 + Duration::from_secs(3)));
+        assert!(!pacer.due(&r, t0 + Duration::from_secs(500)));
+        // Unchanged, but due again (the relay's copy must not age out).
+        assert!(pacer.due(&r, t0 + Duration::from_secs(603)));
     }
 
     #[test]

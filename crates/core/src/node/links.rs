@@ -33,17 +33,43 @@ struct Entry {
 
 /// A node's relay links, in the order they were made (the start relays first, in the order
 /// given), and the choice of its home relay among the registered ones.
+/// The third field is the node's latest signed record, which every registered link hands its
+/// relay (a relay with a DHT node stores it for the node).
 #[derive(Default)]
-pub(crate) struct Links(Mutex<Vec<Entry>>, Mutex<HomeChooser>);
+pub(crate) struct Links(
+    Mutex<Vec<Entry>>,
+    Mutex<HomeChooser>,
+    Mutex<Option<Vec<u8>>>,
+);
 
 impl Links {
     /// Adds a link.
     pub(super) fn add(&self, link: Arc<RelayLink>, on_demand: bool) {
+        self.give_record(&link, on_demand);
         self.0.lock().expect("links lock").push(Entry {
             link,
             on_demand,
             idle_since: None,
         });
+    }
+
+    /// The node signed a new record: its registered links hand it to their relays.
+    pub(crate) fn set_record(&self, record: Vec<u8>) {
+        *self.2.lock().expect("record lock") = Some(record.clone());
+        for e in self.0.lock().expect("links lock").iter() {
+            if !e.on_demand {
+                e.link.announce(record.clone());
+            }
+        }
+    }
+
+    fn give_record(&self, link: &RelayLink, on_demand: bool) {
+        if on_demand {
+            return;
+        }
+        if let Some(r) = self.2.lock().expect("record lock").clone() {
+            link.announce(r);
+        }
     }
 
     /// Records a round-trip sample of the relay `relay`.
@@ -122,6 +148,7 @@ impl Links {
         let mut links = self.0.lock().expect("links lock");
         if let Some(e) = links.iter_mut().find(|e| e.link.same_registration(spec)) {
             e.on_demand &= on_demand;
+            self.give_record(&e.link, e.on_demand);
             return e.link.clone();
         }
         links.retain(|e| {
@@ -133,6 +160,7 @@ impl Links {
             !same_relay
         });
         let link = attach();
+        self.give_record(&link, on_demand);
         links.push(Entry {
             link: link.clone(),
             on_demand,

@@ -186,7 +186,21 @@ impl Node {
         }
         node.publish_reach();
         if let (Some(d), Some(opts)) = (&node.discovery, &config.discovery) {
-            discovery::announce_for_proxy(d, opts, &identity, addr, &node.tasks, sink.clone());
+            let links = Arc::downgrade(&node.links);
+            let on_record: discovery::RecordSink = Arc::new(move |record| {
+                if let Some(links) = links.upgrade() {
+                    links.set_record(record);
+                }
+            });
+            discovery::announce_for_proxy(
+                d,
+                opts,
+                &identity,
+                addr,
+                &node.tasks,
+                sink.clone(),
+                Some(on_record),
+            );
         }
         let node = Arc::new(node);
         let _ = node.me.set(Arc::downgrade(&node));
@@ -281,6 +295,8 @@ impl Node {
             return Ok(l);
         }
         let mut spec = RelaySpec::new(hint.addr, hint.node_id);
+        // Only to call the node whose record names it: no token needed, not reachable there.
+        spec.caller = true;
         // Notice a dead relay within seconds: its connections then move to another relay.
         spec.silence = Some(FAILOVER_SILENCE);
         if hint.tcp_port != 0 {

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! frame   = type(1) length(2, BE) payload(length)         length <= MAX_PAYLOAD
-//! 0x01 Register      flags(1: bit 0 = allocate a public TCP port) token(utf-8, <= 255)
+//! 0x01 Register      flags(1: bit 0 = allocate a public TCP port, bit 1 = caller only) token(utf-8, <= 255)
 //! 0x02 Registered    observed addr(19) public_port(2, 0 = none)
 //! 0x03 SendPacket    dst node(32) datagram(1..)            node -> relay: a QUIC packet to forward
 //! 0x04 RecvPacket    src node(32) datagram(1..)            relay -> node
@@ -19,7 +19,11 @@
 //! 0x0c TcpClose      conn(4) reset(1: 0 or 1)
 //! 0x0d Error         code(2) has_node(1) [node(32)] message(utf-8, <= 1024)
 //! 0x0e TcpCredit     conn(4) bytes(4)                       the sender may send this many more bytes
+//! 0x0f Announce      record(1..1000)                        node -> relay: store my signed record
 //! ```
+//! A *caller* registration (flag bit 1) is for a node that only calls nodes registered here (an
+//! on-demand link to a callee's home relay): it needs no token, gets no public port, announces
+//! nothing, and only nodes it sent to may send to it.
 //! Public-port connections are flow-controlled per connection (the `relay::carried` module):
 //! each side may have at most a window of `TcpData` bytes unacknowledged toward the other, and
 //! `TcpCredit` returns what the receiver has written to its TCP socket.
@@ -41,6 +45,8 @@ pub const MAX_DATAGRAM: usize = 1500;
 pub const MAX_MESSAGE: usize = 1024;
 /// Longest registration token.
 pub const MAX_TOKEN: usize = 255;
+/// Longest announced record: mainline's value limit.
+pub const MAX_RECORD: usize = crate::discovery::record::MAX_RECORD_BYTES;
 const HEADER: usize = 3;
 const ADDR: usize = 19;
 const NODE: usize = 32;
@@ -65,6 +71,8 @@ pub enum Frame {
     Register {
         /// Ask for a public TCP port carried to the node's server.
         want_port: bool,
+        /// Register only to call nodes registered here (no token needed; not reachable).
+        caller: bool,
         /// The relay's registration token when it requires one (empty otherwise).
         token: String,
     },
@@ -159,6 +167,12 @@ pub enum Frame {
         /// For people.
         message: String,
     },
+    /// The node's signed discovery record, for a relay that runs a DHT node to store under the
+    /// node's locator (for nodes whose own DHT traffic is blocked).
+    Announce {
+        /// The record (`discovery::record`), verified by the relay before it is stored.
+        record: Vec<u8>,
+    },
 }
 
 /// Why bytes are not a valid frame. A relay closes only the offending connection on these.
@@ -219,6 +233,7 @@ impl Frame {
             Self::TcpClose { .. } => 0x0c,
             Self::Error { .. } => 0x0d,
             Self::TcpCredit { .. } => 0x0e,
+            Self::Announce { .. } => 0x0f,
         }
     }
 
@@ -231,11 +246,15 @@ impl Frame {
             p.extend_from_slice(&b);
         };
         match self {
-            Self::Register { want_port, token } => {
+            Self::Register {
+                want_port,
+                caller,
+                token,
+            } => {
                 if token.len() > MAX_TOKEN {
                     return Err(EncodeError::TooLarge(token.len()));
                 }
-                p.push(*want_port as u8);
+                p.push(*want_port as u8 | (*caller as u8) << 1);
                 p.extend_from_slice(token.as_bytes());
             }
             Self::Registered {
@@ -316,6 +335,15 @@ impl Frame {
                 }
                 p.extend_from_slice(message.as_bytes());
             }
+            Self::Announce { record } => {
+                if record.is_empty() {
+                    return Err(EncodeError::Empty);
+                }
+                if record.len() > MAX_RECORD {
+                    return Err(EncodeError::TooLarge(record.len()));
+                }
+                p.extend_from_slice(record);
+            }
         }
         if p.len() > MAX_PAYLOAD {
             return Err(EncodeError::TooLarge(p.len()));
@@ -333,7 +361,7 @@ impl Frame {
             return Ok(None);
         }
         let kind = buf[0];
-        if !(0x01..=0x0e).contains(&kind) {
+        if !(0x01..=0x0f).contains(&kind) {
             return Err(FrameError::UnknownType(kind));
         }
         let len = u16::from_be_bytes([buf[1], buf[2]]) as usize;
@@ -364,8 +392,12 @@ impl Frame {
                 if len - 1 > MAX_TOKEN {
                     return Err(bad_len());
                 }
+                if p[0] & !0b11 != 0 {
+                    return Err(FrameError::Flags { kind, flags: p[0] });
+                }
                 Self::Register {
-                    want_port: flag(p[0])?,
+                    want_port: p[0] & 1 != 0,
+                    caller: p[0] & 2 != 0,
                     token: std::str::from_utf8(&p[1..])
                         .map_err(|_| FrameError::Utf8)?
                         .to_string(),
@@ -458,6 +490,13 @@ impl Frame {
                     bytes: u32_at(4),
                 }
             }
+            0x0f => {
+                at_least(1)?;
+                if len > MAX_RECORD {
+                    return Err(bad_len());
+                }
+                Self::Announce { record: p.to_vec() }
+            }
             _ => {
                 at_least(3)?;
                 let (node, text) = if flag(p[2])? {
@@ -503,6 +542,7 @@ mod tests {
         assert_eq!(
             hex(&Frame::Register {
                 want_port: true,
+                caller: false,
                 token: String::new()
             }),
             "01000101"
@@ -510,9 +550,45 @@ mod tests {
         assert_eq!(
             hex(&Frame::Register {
                 want_port: false,
+                caller: false,
                 token: "ab".into()
             }),
             "010003006162"
+        );
+        assert_eq!(
+            hex(&Frame::Register {
+                want_port: false,
+                caller: true,
+                token: String::new()
+            }),
+            "01000102"
+        );
+        assert_eq!(
+            hex(&Frame::Announce {
+                record: b"KNR2".to_vec()
+            }),
+            "0f00044b4e5232"
+        );
+        // Unknown flag bits and records over mainline's limit are refused.
+        assert_eq!(
+            Frame::decode(&[0x01, 0, 1, 0b100]),
+            Err(FrameError::Flags {
+                kind: 1,
+                flags: 0b100
+            })
+        );
+        let mut big = vec![0x0f, 0x03, 0xe9];
+        big.extend([0u8; 1001]);
+        assert!(matches!(
+            Frame::decode(&big),
+            Err(FrameError::Length { kind: 0x0f, .. })
+        ));
+        assert_eq!(
+            Frame::Announce {
+                record: vec![0; 1001]
+            }
+            .encode(&mut Vec::new()),
+            Err(EncodeError::TooLarge(1001))
         );
         assert_eq!(
             hex(&Frame::Ping {
@@ -689,8 +765,15 @@ mod tests {
 
     fn frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            (any::<bool>(), "[a-z0-9]{0,40}")
-                .prop_map(|(want_port, token)| Frame::Register { want_port, token }),
+            (any::<bool>(), any::<bool>(), "[a-z0-9]{0,40}").prop_map(
+                |(want_port, caller, token)| Frame::Register {
+                    want_port,
+                    caller,
+                    token
+                }
+            ),
+            proptest::collection::vec(any::<u8>(), 1..=MAX_RECORD)
+                .prop_map(|record| Frame::Announce { record }),
             (addr(), any::<u16>()).prop_map(|(observed, p)| Frame::Registered {
                 observed,
                 public_port: (p != 0).then_some(p)

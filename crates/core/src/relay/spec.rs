@@ -52,6 +52,9 @@ pub struct RelaySpec {
     pub upgrade: bool,
     /// The relay's registration token, if it requires one.
     pub token: Option<String>,
+    /// Register only to call nodes registered there (no token; not reachable through it; no
+    /// public port): the on-demand link to a callee's home relay.
+    pub caller: bool,
     /// A relay silent this long is reconnected. `None`: twice the keepalive for the relay's own
     /// pings, half the connections' idle timeout for QUIC. A node with several relays sets it
     /// short ([`crate::relay::spec::FAILOVER_SILENCE`]) so a dead home relay is left quickly.
@@ -75,6 +78,7 @@ impl RelaySpec {
             upgrade_delay: Duration::ZERO,
             upgrade: true,
             token: None,
+            caller: false,
             silence: None,
         }
     }

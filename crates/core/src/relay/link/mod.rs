@@ -90,6 +90,9 @@ pub struct RelayLink {
     network: watch::Sender<u64>,
     /// Ends the current relay session so the link registers again at once.
     renew: Arc<Notify>,
+    /// The node's latest signed discovery record, sent to the relay (`Announce`) when it
+    /// changes and on each registration, for the relay's DHT node to store.
+    record: watch::Sender<Option<Vec<u8>>>,
     kill: CancellationToken,
 }
 
@@ -101,7 +104,9 @@ impl RelayLink {
         let (status_tx, status) = watch::channel(LinkStatus::Connecting);
         let (rtt_tx, rtt) = watch::channel(None);
         let (gone, _) = broadcast::channel(64);
+        let (record, record_rx) = watch::channel(None);
         let link = Arc::new(Self {
+            record,
             spec,
             outbox,
             control,
@@ -125,6 +130,7 @@ impl RelayLink {
             gone: link.gone.clone(),
             outbox: link.outbox.clone(),
             renew: link.renew.clone(),
+            record: record_rx,
         };
         let kill = link.kill.clone();
         ctx.dialer.tasks.spawn(async move {
@@ -144,6 +150,14 @@ impl RelayLink {
         }
     }
 
+    /// Hands the relay the node's signed record (sent now if registered, else on
+    /// registration). A caller link announces nothing.
+    pub fn announce(&self, record: Vec<u8>) {
+        if !self.spec.caller {
+            self.record.send_replace(Some(record));
+        }
+    }
+
     /// Whether `other` asks for the same registration (relay, transport, token, port).
     pub fn same_registration(&self, other: &RelaySpec) -> bool {
         let s = &self.spec;
@@ -153,6 +167,7 @@ impl RelayLink {
             && s.transport == other.transport
             && s.token == other.token
             && s.want_port == other.want_port
+            && s.caller == other.caller
     }
 
     /// The relay this link goes to.
@@ -291,6 +306,7 @@ struct Runner {
     gone: broadcast::Sender<(NodeId, String)>,
     outbox: Outbox,
     renew: Arc<Notify>,
+    record: watch::Receiver<Option<Vec<u8>>>,
 }
 
 impl Runner {
@@ -381,8 +397,13 @@ impl Runner {
         write_frames(
             &mut send,
             &[Frame::Register {
-                want_port: self.spec.want_port,
-                token: self.spec.token.clone().unwrap_or_default(),
+                want_port: self.spec.want_port && !self.spec.caller,
+                caller: self.spec.caller,
+                token: if self.spec.caller {
+                    String::new()
+                } else {
+                    self.spec.token.clone().unwrap_or_default()
+                },
             }],
         )
         .await
@@ -477,6 +498,9 @@ impl Runner {
                 self.handle(f)?;
             }
         };
+        // The record goes again on every registration (the relay keeps none across sessions).
+        let mut record = self.record.clone();
+        record.mark_changed();
         let writer = async {
             let mut ping = tokio::time::interval(cadence);
             ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -491,6 +515,16 @@ impl Runner {
                     c = control_rx.recv() => {
                         let Some(c) = c else { return Ok(()) };
                         write_frames(send, &[c]).await.map_err(RelayError::Closed)?;
+                        continue;
+                    }
+                    changed = record.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                        let latest = record.borrow_and_update().clone();
+                        if let Some(record) = latest {
+                            write_frames(send, &[Frame::Announce { record }]).await.map_err(RelayError::Closed)?;
+                        }
                         continue;
                     }
                     _ = ping.tick() => {
@@ -576,6 +610,14 @@ impl Runner {
                     message,
                 }
                 .into());
+            }
+            Frame::Error {
+                code: 501,
+                node: None,
+                message,
+            } => {
+                // A relay without a DHT node: the node's own announces are all there is.
+                tracing::debug!(relay = %self.spec.addr, %message, "relay stores no records");
             }
             Frame::Error {
                 code,

@@ -74,8 +74,15 @@ pub struct RelayStart {
     pub tls: Option<TlsConfig>,
     /// When given, only these node ids may connect and register.
     pub allowed_node_ids: Option<Vec<NodeId>>,
-    /// When given, registration requires this token.
+    /// When given, registration requires this token (callers aside).
     pub token: Option<String>,
+    /// Take caller registrations: nodes that register without the token only to call nodes
+    /// registered here (which still decide whom they answer). Default true; false makes the
+    /// relay serve only token holders.
+    pub callers: bool,
+    /// Where verified `Announce` records go (a DHT node that stores them under their node's
+    /// locator); none: the relay answers `Announce` with 501.
+    pub records: Option<RecordQueue>,
     /// Public port allocation.
     pub alloc: AllocOptions,
     /// Every bound the relay enforces ([`limits::TABLE`]).
@@ -89,6 +96,14 @@ pub struct RelayStart {
     pub tamper: Option<Tamper>,
 }
 
+/// See [`RelayStart::records`]: the announcing node and its verified record. Bounded by its
+/// sender; a full channel answers 503.
+pub type RecordQueue = mpsc::Sender<(NodeId, Vec<u8>)>;
+
+/// A node may announce its record at most this often (one record per announce cadence, or
+/// per change of its relays).
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
 /// See [`RelayStart::tamper`].
 pub type Tamper = Arc<dyn Fn(NodeId, Frame) -> Vec<Frame> + Send + Sync>;
 
@@ -101,6 +116,8 @@ impl RelayStart {
             tls: None,
             allowed_node_ids: None,
             token: None,
+            callers: true,
+            records: None,
             alloc: AllocOptions::default(),
             limits: Limits::default(),
             metrics: None,
@@ -331,7 +348,11 @@ impl RelayServer {
                     tasks: tasks.clone(),
                     node_id: identity.node_id,
                     accept,
-                    nodes: Mutex::new(Registry::new(&start.limits, start.token.clone())),
+                    nodes: Mutex::new(Registry::new(
+                        &start.limits,
+                        start.token.clone(),
+                        start.callers,
+                    )),
                     admission: Mutex::new(Admission::new(&start.limits)),
                     counters,
                     sessions: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -708,6 +729,7 @@ impl Inner {
         let idle = running.start.limits.node_timeout;
         let register_by = tokio::time::Instant::now() + running.start.limits.register_timeout;
         let mut registered = false;
+        let mut announced: Option<tokio::time::Instant> = None;
         loop {
             let silent_by = tokio::time::Instant::now() + idle;
             let wait = if registered {
@@ -749,12 +771,17 @@ impl Inner {
                     // budgets.
                     Some(Refusal::Unexpected("a second Register".into()).frame())
                 }
-                Frame::Register { want_port, token } => {
+                Frame::Register {
+                    want_port,
+                    caller,
+                    token,
+                } => {
                     let outcome = running.nodes.lock().expect("nodes lock").register(
                         node,
                         me.id,
                         me.clone(),
                         &token,
+                        caller,
                     );
                     match outcome {
                         Ok(Some(old)) => {
@@ -791,11 +818,20 @@ impl Inner {
                                 while let Ok(Some(_)) = frames.next().await {}
                             })
                             .await;
-                            close("registration token refused");
+                            close(if refusal == Refusal::NoCallers {
+                                "callers refused"
+                            } else {
+                                "registration token refused"
+                            });
                             return Ok(());
                         }
                     }
-                    let (public_port, refused) = if want_port {
+                    let (public_port, refused) = if want_port && caller {
+                        (
+                            None,
+                            Some(Refusal::CallerOnly("have a public port").frame()),
+                        )
+                    } else if want_port {
                         match running
                             .allocs
                             .claim(node, remote.ip(), me.public.clone())
@@ -856,6 +892,9 @@ impl Inner {
                     } else {
                         None
                     }
+                }
+                Frame::Announce { record } => {
+                    self.announce(running, node, me, record, &mut announced)
                 }
                 Frame::Ping { nonce } => Some(Frame::Pong { nonce }),
                 Frame::Pong { .. } => None,
@@ -924,6 +963,56 @@ impl Inner {
                 }
                 Some(refusal.frame())
             }
+        }
+    }
+
+    /// A registered node's signed record, passed to [`RelayStart::records`] once it verifies
+    /// as the node's own; answered only when refused.
+    fn announce(
+        &self,
+        running: &Arc<Running>,
+        node: NodeId,
+        me: &Arc<NodeConn>,
+        record: Vec<u8>,
+        last: &mut Option<tokio::time::Instant>,
+    ) -> Option<Frame> {
+        let error = |code, message: String| {
+            Some(Frame::Error {
+                code,
+                node: None,
+                message,
+            })
+        };
+        {
+            let nodes = running.nodes.lock().expect("nodes lock");
+            if !nodes.is_current(node, me.id) {
+                return Some(Refusal::NotRegistered.frame());
+            }
+            if nodes.is_caller(node, me.id) {
+                return Some(Refusal::CallerOnly("announce").frame());
+            }
+        }
+        let Some(sink) = &running.start.records else {
+            return error(501, "this relay stores no records".into());
+        };
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|t| now < t + ANNOUNCE_EVERY) {
+            return error(429, "records announced too fast".into());
+        }
+        match crate::discovery::record::Record::open(&record) {
+            Err(e) => return error(400, format!("record refused: {e}")),
+            Ok(r) if r.node_id != node => {
+                return error(403, format!("record refused: it is {}'s", r.node_id))
+            }
+            Ok(_) => {}
+        }
+        *last = Some(now);
+        match sink.try_send((node, record)) {
+            Ok(()) => {
+                tracing::debug!(%node, "record taken to store");
+                None
+            }
+            Err(_) => error(503, "record store busy".into()),
         }
     }
 

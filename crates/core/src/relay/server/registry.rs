@@ -21,6 +21,10 @@ use crate::proto::relay::{Frame, GoneReason};
 pub(crate) enum Refusal {
     /// The registration token is wrong (the session then ends).
     BadToken,
+    /// A caller registration at a relay that takes none (the session then ends).
+    NoCallers,
+    /// Something only a node registered to be reached may do (a public port, an announce).
+    CallerOnly(&'static str),
     /// The sender is not (or no longer) the registered session of its node id.
     NotRegistered,
     /// The node asked for is not registered here.
@@ -53,6 +57,10 @@ impl Refusal {
         };
         match self {
             Self::BadToken => error(401, None, "registration token refused".into()),
+            Self::NoCallers => error(401, None, "this relay takes no callers".into()),
+            Self::CallerOnly(what) => {
+                error(403, None, format!("a caller registration cannot {what}"))
+            }
             Self::NotRegistered => error(401, None, "register first".into()),
             Self::UnknownPeer(node) => Frame::PeerGone {
                 node: *node,
@@ -87,6 +95,8 @@ impl Refusal {
 struct Entry<H> {
     session: u64,
     handle: Arc<H>,
+    /// Registered only to call others: reachable only by the nodes it sent to.
+    caller: bool,
     /// Nodes this one started relaying packets to (at most `max_peers`).
     initiated: HashSet<NodeId>,
     /// Nodes that relayed packets to this one (answering them is free).
@@ -108,32 +118,40 @@ pub(crate) struct Registry<H> {
     rendezvous_burst: f64,
     rendezvous_rate: f64,
     token: Option<String>,
+    callers: bool,
     nodes: HashMap<NodeId, Entry<H>>,
 }
 
 impl<H> Registry<H> {
-    /// An empty registry: `token` required to register when given; peers and rendezvous
-    /// bounded by `limits`.
-    pub(crate) fn new(limits: &Limits, token: Option<String>) -> Self {
+    /// An empty registry: `token` required to register to be reached when given; caller
+    /// registrations (no token) taken when `callers`; peers and rendezvous bounded by `limits`.
+    pub(crate) fn new(limits: &Limits, token: Option<String>, callers: bool) -> Self {
         Self {
             max_peers: limits.max_peers,
             rendezvous_burst: limits.rendezvous_burst as f64,
             rendezvous_rate: limits.rendezvous_rate,
             token,
+            callers,
             nodes: HashMap::new(),
         }
     }
 
-    /// Registers `session` as `node` (constant-time token check). Returns the session it
-    /// replaced, if another (the server ends it).
+    /// Registers `session` as `node` (constant-time token check; none for a `caller`, which
+    /// may only call nodes registered to be reached). Returns the session it replaced, if
+    /// another (the server ends it).
     pub(crate) fn register(
         &mut self,
         node: NodeId,
         session: u64,
         handle: Arc<H>,
         token: &str,
+        caller: bool,
     ) -> Result<Option<Arc<H>>, Refusal> {
-        if let Some(want) = &self.token {
+        if caller {
+            if !self.callers {
+                return Err(Refusal::NoCallers);
+            }
+        } else if let Some(want) = &self.token {
             if !constant_time_eq(want.as_bytes(), token.as_bytes()) {
                 return Err(Refusal::BadToken);
             }
@@ -143,6 +161,7 @@ impl<H> Registry<H> {
             Entry {
                 session,
                 handle,
+                caller,
                 initiated: HashSet::new(),
                 heard_from: HashSet::new(),
                 rendezvous: Bucket::full(self.rendezvous_burst, Instant::now()),
@@ -168,7 +187,13 @@ impl<H> Registry<H> {
         if !self.is_current(node, session) {
             return Err(Refusal::NotRegistered);
         }
-        let Some(target) = self.nodes.get(&dst).map(|e| e.handle.clone()) else {
+        // A caller is reachable only by the nodes it called: to anyone else it is not here.
+        let Some(target) = self
+            .nodes
+            .get(&dst)
+            .filter(|e| !e.caller || e.initiated.contains(&node))
+            .map(|e| e.handle.clone())
+        else {
             return Err(Refusal::UnknownPeer(dst));
         };
         let limit = self.max_peers;
@@ -238,9 +263,20 @@ impl<H> Registry<H> {
         )
     }
 
-    /// The registered node ids.
+    /// The node ids registered to be reached (callers aside).
     pub(crate) fn registered(&self) -> Vec<NodeId> {
-        self.nodes.keys().copied().collect()
+        self.nodes
+            .iter()
+            .filter(|(_, e)| !e.caller)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether `session` is `node`'s current registration as a caller.
+    pub(crate) fn is_caller(&self, node: NodeId, session: u64) -> bool {
+        self.nodes
+            .get(&node)
+            .is_some_and(|e| e.session == session && e.caller)
     }
 
     /// Empties the registry (the relay stops); returns every session's handle.
@@ -273,28 +309,69 @@ mod tests {
             max_peers,
             ..Limits::default()
         };
-        Registry::new(&limits, token.map(Into::into))
+        Registry::new(&limits, token.map(Into::into), true)
     }
 
     fn reg(r: &mut Registry<u64>, node: NodeId, session: u64) -> Option<u64> {
-        r.register(node, session, Arc::new(session), "")
+        r.register(node, session, Arc::new(session), "", false)
             .unwrap()
             .map(|h| *h)
+    }
+
+    #[test]
+    fn a_caller_needs_no_token_and_is_reached_only_by_whom_it_called() {
+        let mut r = registry(8, Some("s3cret"));
+        r.register(n(1), 1, Arc::new(1), "s3cret", false).unwrap();
+        r.register(n(2), 2, Arc::new(2), "s3cret", false).unwrap();
+        // Callers 3 and 4 register without the token.
+        r.register(n(3), 3, Arc::new(3), "", true).unwrap();
+        r.register(n(4), 4, Arc::new(4), "guess", true).unwrap();
+        assert!(r.is_caller(n(3), 3) && !r.is_caller(n(1), 1));
+        let mut listed = r.registered();
+        listed.sort();
+        assert_eq!(
+            listed,
+            vec![n(1), n(2)],
+            "callers are not listed as reachable"
+        );
+        // Nobody reaches a caller it was not called by, callers included…
+        assert_eq!(
+            r.forward(n(1), 1, n(3)).err(),
+            Some(Refusal::UnknownPeer(n(3)))
+        );
+        assert_eq!(
+            r.forward(n(4), 4, n(3)).err(),
+            Some(Refusal::UnknownPeer(n(3)))
+        );
+        // …a caller reaches a registered node, which may then answer it (and only it).
+        assert_eq!(r.forward(n(3), 3, n(1)).map(|h| *h), Ok(1));
+        assert_eq!(r.forward(n(1), 1, n(3)).map(|h| *h), Ok(3));
+        assert_eq!(
+            r.forward(n(2), 2, n(3)).err(),
+            Some(Refusal::UnknownPeer(n(3)))
+        );
+        // A relay may take no callers at all.
+        let mut closed = Registry::new(&Limits::default(), None, false);
+        assert_eq!(
+            closed.register(n(5), 5, Arc::new(5), "", true).err(),
+            Some(Refusal::NoCallers)
+        );
+        assert!(closed.register(n(5), 5, Arc::new(5), "", false).is_ok());
     }
 
     #[test]
     fn a_wrong_token_is_refused_and_registers_nothing() {
         let mut r = registry(8, Some("s3cret"));
         assert_eq!(
-            r.register(n(1), 1, Arc::new(1), "guess").err(),
+            r.register(n(1), 1, Arc::new(1), "guess", false).err(),
             Some(Refusal::BadToken)
         );
         assert_eq!(
-            r.register(n(1), 1, Arc::new(1), "").err(),
+            r.register(n(1), 1, Arc::new(1), "", false).err(),
             Some(Refusal::BadToken)
         );
         assert!(r.registered().is_empty());
-        assert!(r.register(n(1), 1, Arc::new(1), "s3cret").is_ok());
+        assert!(r.register(n(1), 1, Arc::new(1), "s3cret", false).is_ok());
         assert_eq!(r.registered(), vec![n(1)]);
         assert_eq!(
             Refusal::BadToken.frame(),
