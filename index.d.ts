@@ -400,8 +400,13 @@ export interface RelayStartOptions {
   tlsConfig?: TlsConfig
   /** Only these node ids may connect and register. */
   allowedNodeIds?: string[]
-  /** Registration requires this token. */
+  /** Registration to be reached requires this token. */
   token?: string
+  /** Take *caller* registrations (default true): a node registers without the token only to
+   * call nodes registered here (a caller dialling its callee's home relay on demand). A caller
+   * is reachable only by the nodes it called, gets no public port and announces nothing.
+   * `false`: only token holders are served. */
+  callers?: boolean
   /** Public TCP ports for registered nodes (on by default; false refuses requests). */
   publicPorts?: false | {
     /** IP the ports are bound on; default `host`. */

@@ -700,7 +700,7 @@ class Relay extends Service {
 
   /**
    * start({ host = '127.0.0.1', port = 0, tcpPort?, tlsConfig?, allowedNodeIds?, token?,
-   *   publicPorts?: false | { host?, range?: [first, last], retention?, stateFile? },
+   *   callers = true, publicPorts?: false | { host?, range?: [first, last], retention?, stateFile? },
    *   ...limits })
    * Every limit of `Relay.limits` is an option of its own (times in ms), e.g. `maxPeers`,
    * `maxConnectionsPerIp`, `stallTimeout`.
@@ -722,6 +722,10 @@ class Relay extends Service {
       o.allowedNodeIds = opts.allowedNodeIds.map((id, i) => checkNodeId(`opts.allowedNodeIds[${i}]`, id))
     }
     if (opts.token !== undefined) o.token = checkString('opts.token', opts.token)
+    if (opts.callers !== undefined) {
+      if (typeof opts.callers !== 'boolean') throw typeError('opts.callers', 'a boolean', opts.callers)
+      o.callers = opts.callers
+    }
     if (opts.publicPorts === false) {
       o.publicPorts = false
     } else if (opts.publicPorts !== undefined) {

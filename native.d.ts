@@ -295,6 +295,7 @@ export interface NativeRelayStart {
   certChainPem?: string
   allowedNodeIds?: Array<string>
   token?: string
+  callers?: boolean
   publicPorts?: boolean
   publicHost?: string
   portRangeStart?: number

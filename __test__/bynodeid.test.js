@@ -18,6 +18,9 @@ for (const [kinds, final] of [
   // B's NAT maps per destination: its punches reach A's full cone from a port the relay never
   // saw, and A follows them there.
   [['cone', 'symmetric'], ['punched', 'direct']],
+  // B's firewall drops all UDP: B registers over TLS/WebSocket and cannot reach the DHT; its
+  // relay stores B's record for it, and A calls B through that relay.
+  [['cone', 'udp-blocked'], ['relayed']],
 ]) {
   labTest(`${kinds[0]} A x ${kinds[1]} B: a call by node id alone crosses 3 times out of 3 through B's home relay, ending ${final.join(' or ')}`, async (t) => {
     const { rows } = await byNodeIdCell(Lab, kinds, { attempts: 3 })

@@ -138,14 +138,15 @@ test('several relays: bad relays options are typed errors naming the entry', asy
   await t.throwsAsync(rp.start({ serverPort: 1, relays: many }), { instanceOf: RangeError, message: /opts\.relays.*at most 8/ })
 })
 
-test('a grpc-js client reaches a node that announces only its home relay; locate() names the relay', async (t) => {
+test('a grpc-js client reaches a node that announces only its home relay (a token relay: the caller needs no token); locate() names the relay', async (t) => {
   const bootstrap = await privateDht(t, 4)
   const relay = new h.keynet.Relay()
   t.teardown(() => h.stopQuietly(relay))
-  await relay.start()
+  await t.throwsAsync(relay.start({ token: 's3cret', callers: 'yes' }), { instanceOf: TypeError, message: /opts\.callers/ })
+  await relay.start({ token: 's3cret' })
   const relayOpts = { host: relay.getHost(), port: relay.getPort(), tcpPort: relay.getTcpPort(), nodeId: relay.getNodeId() }
   const grpcServer = await h.startGrpcEchoServer(t)
-  const rp = await h.startReverseProxy(t, { serverPort: grpcServer.port, relay: relayOpts, discovery: { bootstrap, announceAddresses: false } })
+  const rp = await h.startReverseProxy(t, { serverPort: grpcServer.port, relay: { ...relayOpts, token: 's3cret' }, discovery: { bootstrap, announceAddresses: false } })
   const fp = await h.startForwardProxy(t, {}, { discovery: { bootstrap, announce: false } })
   const nodeId = rp.getNodeId()
   // Each lookup is itself the wait for the first announce.
@@ -163,5 +164,6 @@ test('a grpc-js client reaches a node that announces only its home relay; locate
   const links = fp.getRelayStatus()
   t.is(links.length, 1, 'a link to the home relay, opened on demand')
   t.is(links[0].nodeId, relay.getNodeId())
+  t.deepEqual(relay.getRegisteredNodeIds(), [rp.getNodeId()], 'the caller is not listed as reachable')
   await t.throwsAsync(fp.locate('nope'), { instanceOf: TypeError, message: /nodeId/ })
 })

@@ -1,7 +1,7 @@
 'use strict'
 // A keynode inside a lab namespace, driven by JSON lines on stdin (one answer line per command;
 // commands overlap: a long `transfer` does not hold up the others).
-// Proxies: startRp, startFp, punch, open, info, relayStatus, lookup, openNode, relays, networkChanged,
+// Proxies: startRp, startFp, punch, open, info, relayStatus, lookup, locate, openNode, relays, networkChanged,
 // stop, exit.
 // Traffic: call (unary gRPC), transfer / waitBytes / abortTransfer (bytes through a tunnel to
 // the echo server), chatOpen / chatSend / chatClose (a gRPC Bidi stream), connectStatus. The
@@ -248,6 +248,10 @@ const handlers = {
   /** The forward proxy's DHT lookup of `nodeId` (its addresses). */
   async lookup({ nodeId, timeout }) {
     return { found: await fp.lookup(nodeId, { timeout }) }
+  },
+  /** The forward proxy's locate(nodeId): { addresses, relays } from the node's record. */
+  async locate({ nodeId, timeout }) {
+    return await fp.locate(nodeId, { timeout })
   },
   /** openConnection(nodeId) alone: { ms, path, ingress, relays (the links then) }. */
   async openNode({ nodeId, timeout }) {

@@ -89,6 +89,8 @@ async function relayedAttempt(lab, A, B, relay, { timeout = 10000, waitMs = 6000
  * a port the relay never saw; the other side follows that port (a peer-reflexive candidate).
  */
 function byNodeIdExpect(kindA, kindB) {
+  // No UDP on B's side: the relay (over TLS/WebSocket) is its only way.
+  if (kindB === 'udp-blocked') return 'relayed'
   const filters = (k) => k === 'restricted' || k === 'symmetric'
   if ((kindA === 'symmetric' && filters(kindB)) || (kindB === 'symmetric' && filters(kindA))) return 'relayed'
   return 'direct'
@@ -108,8 +110,11 @@ async function byNodeIdCell(Lab, kinds, { attempts = 10, timeout = 15000, waitMs
   const expect = byNodeIdExpect(...kinds)
   const rows = []
   try {
-    const relay = await lab.startRelay(7000, { dht: true })
-    const discovery = { bootstrap: [relay.dht] }
+    // A DHT node stores puts for others, never its own: a relay storing a UDP-blocked B's
+    // record needs another DHT node to store it at (the public DHT has millions).
+    const first = kinds[1] === 'udp-blocked' ? await lab.startRelay(7002, { dht: true }) : null
+    const relay = await lab.startRelay(7000, { dht: true, ...(first && { dhtPort: 6882, dhtBootstrap: first.dht }) })
+    const discovery = { bootstrap: [first ? first.dht : relay.dht] }
     const rp = await B.request({ cmd: 'startRp', port: nextPort++, relay: { host: relay.host, port: relay.port, tcpPort: relay.tcpPort, nodeId: relay.nodeId }, discovery })
     if (!rp.ok) throw new Error(`B could not start: ${rp.message}`)
     const nodeId = rp.nodeId
@@ -122,8 +127,9 @@ async function byNodeIdCell(Lab, kinds, { attempts = 10, timeout = 15000, waitMs
           // wait), then time the attempts.
           const until = Date.now() + 20000
           for (;;) {
-            const l = await A.request({ cmd: 'lookup', nodeId, timeout: 3000 })
-            if (l.ok && l.found.some((f) => f.signed)) break
+            // (A UDP-blocked B names only its relays: its record reached the DHT through them.)
+            const l = await A.request({ cmd: 'locate', nodeId, timeout: 3000 })
+            if (l.ok && (l.addresses.some((f) => f.signed) || l.relays.length)) break
             if (Date.now() > until) throw new Error(`B's record never appeared: ${JSON.stringify(l)}`)
           }
         }

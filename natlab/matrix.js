@@ -224,7 +224,9 @@ const BY_ID_KINDS = ['none', 'cone', 'restricted', 'symmetric']
 async function byNodeIdTable() {
   const rows = []
   let failed = false
-  for (const kindB of BY_ID_KINDS) {
+  // B's rows also include a B whose UDP is blocked (it reaches its relay over TLS/WebSocket and
+  // its record reaches the DHT through the relay); A needs UDP for its own lookup.
+  for (const kindB of [...BY_ID_KINDS, 'udp-blocked']) {
     for (const kindA of BY_ID_KINDS) {
       let res
       try {

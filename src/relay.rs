@@ -18,6 +18,7 @@ pub struct NativeRelayStart {
     pub cert_chain_pem: Option<String>,
     pub allowed_node_ids: Option<Vec<String>>,
     pub token: Option<String>,
+    pub callers: Option<bool>,
     pub public_ports: Option<bool>,
     pub public_host: Option<String>,
     pub port_range_start: Option<u32>,
@@ -125,6 +126,7 @@ impl NativeRelayServer {
             );
         }
         start.token = o.token;
+        start.callers = o.callers.unwrap_or(true);
         let mut alloc = AllocOptions {
             enabled: o.public_ports.unwrap_or(true),
             ..AllocOptions::default()
