@@ -1,9 +1,64 @@
 //! Address helpers every layer shares (a leaf: it depends on nothing in the crate).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// The one form of an address used as a key everywhere: a dual-stack socket reports IPv4 peers
 /// as IPv4-mapped IPv6 (`[::ffff:1.2.3.4]:p`); callers say `1.2.3.4:p`.
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Whether a UDP socket bound to `local` can send to `to`: an IPv4 socket only to IPv4, an
+/// IPv6 socket bound to a specific address only to IPv6, a dual-stack one (`[::]`) to both. A
+/// dial by node id skips the candidates it cannot send to (an IPv4-only caller and a node's
+/// IPv6 addresses).
+pub fn can_send(local: SocketAddr, to: SocketAddr) -> bool {
+    let to_v4 = to.ip().to_canonical().is_ipv4();
+    match local.ip() {
+        IpAddr::V4(_) => to_v4,
+        IpAddr::V6(ip) if ip.is_unspecified() => true,
+        IpAddr::V6(ip) if ip.to_ipv4_mapped().is_some() => to_v4,
+        IpAddr::V6(_) => !to_v4,
+    }
+}
+
+/// Whether `ip` is a global unicast IPv6 address (2000::/3): one that needs no NAT, only a
+/// firewall punch, so a node announces it as a direct candidate.
+pub fn is_global_v6(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V6(v6) => v6.segments()[0] & 0xe000 == 0x2000,
+        IpAddr::V4(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_socket_sends_to_the_families_it_is_bound_for() {
+        let (v4, v6, mapped) = (
+            a("192.0.2.1:1"),
+            a("[2001:db8::1]:1"),
+            a("[::ffff:192.0.2.1]:1"),
+        );
+        assert!(can_send(a("0.0.0.0:0"), v4) && can_send(a("0.0.0.0:0"), mapped));
+        assert!(!can_send(a("0.0.0.0:0"), v6));
+        assert!(can_send(a("[::]:0"), v4) && can_send(a("[::]:0"), v6));
+        assert!(can_send(a("[2001:db8::2]:0"), v6) && !can_send(a("[2001:db8::2]:0"), v4));
+        assert!(can_send(a("[::1]:0"), v6) && !can_send(a("[::1]:0"), mapped));
+    }
+
+    #[test]
+    fn only_global_unicast_ipv6_counts_as_global() {
+        assert!(is_global_v6("2001:db8::1".parse().unwrap()));
+        assert!(is_global_v6("2a00:1450::1".parse().unwrap()));
+        for not in ["fe80::1", "::1", "fd00::1", "ff02::1", "::", "192.0.2.1"] {
+            assert!(!is_global_v6(not.parse().unwrap()), "{not}");
+        }
+    }
 }

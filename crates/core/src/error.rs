@@ -296,6 +296,9 @@ pub enum Error {
     /// Discovery found no address for the node id.
     #[error("node {0} was not found on the DHT")]
     NodeNotFound(String),
+    /// Discovery found the node only at addresses of a family this proxy's socket cannot use.
+    #[error("node {0} was found only at {1} addresses, which this proxy's socket cannot reach (bind it to '::' for both families)")]
+    OtherFamily(String, &'static str),
     /// The relay says the node is not registered with it (or refused to carry to it).
     #[error("{0}")]
     NotOnRelay(String),
@@ -320,7 +323,9 @@ impl Error {
             Self::CertChain(e) => ErrorKind::CertChain(e.kind()),
             Self::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Self::InvalidTlsConfig(_) => ErrorKind::InvalidTlsConfig,
-            Self::NodeNotFound(_) | Self::NotOnRelay(_) => ErrorKind::NodeNotFound,
+            Self::NodeNotFound(_) | Self::NotOnRelay(_) | Self::OtherFamily(..) => {
+                ErrorKind::NodeNotFound
+            }
             Self::Aborted => ErrorKind::Aborted,
             Self::Io(_) => ErrorKind::Io,
         }
@@ -423,6 +428,7 @@ mod tests {
             (Error::InvalidTlsConfig("x".into()), "ErrorInvalidTlsConfig"),
             (Error::NodeNotFound("x".into()), "ErrorNodeNotFound"),
             (Error::NotOnRelay("x".into()), "ErrorNodeNotFound"),
+            (Error::OtherFamily("x".into(), "IPv6"), "ErrorNodeNotFound"),
             (Error::Aborted, "ABORT_ERR"),
             (Error::Io(io::Error::other("x")), "ErrorNetwork"),
         ];

@@ -681,3 +681,68 @@ async fn a_node_whose_dht_is_blocked_is_found_by_the_record_its_token_relay_stor
     rp.stop().await.unwrap();
     relay.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_ipv6_is_announced_and_reached_there_by_node_id_while_the_dht_stays_ipv4() {
+    let net = testnet();
+    let identity = generate_identity().unwrap();
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(ReverseStart {
+        ingress_addr: "[::1]:0".parse().unwrap(),
+        tls: Some(identity.tls.clone()),
+        discovery: Some(discovery(&net, true, Duration::from_secs(600))),
+        ..ReverseStart::new(echo_server().await)
+    })
+    .await
+    .unwrap();
+    let port = rp.ingress_addr().unwrap().port();
+    let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
+    fp.start(ForwardStart {
+        egress_addr: "[::1]:0".parse().unwrap(),
+        discovery: Some(discovery(&net, false, Duration::from_secs(600))),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The record (on the IPv4 DHT) names the IPv6 address.
+    let want: SocketAddr = SocketAddr::new("::1".parse().unwrap(), port);
+    let located = located_when(&fp, identity.node_id, |l| {
+        l.addrs.iter().any(|f| f.signed && f.addr == want)
+    })
+    .await;
+    assert!(
+        located.addrs.iter().all(|f| f.addr.is_ipv6() || !f.signed),
+        "{located:?}"
+    );
+    echoes_by_node_id(&fp, identity.node_id, b"over IPv6").await;
+    let info = fp
+        .open_connection_to_node(identity.node_id, None, None)
+        .await
+        .unwrap();
+    assert_eq!(info.ingress, want, "{info:?}");
+
+    // An IPv4-only caller skips the IPv6 candidate at once: no way left, not a 20 s wait.
+    let v4 = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
+    v4.start(ForwardStart {
+        egress_addr: "127.0.0.1:0".parse().unwrap(),
+        discovery: Some(discovery(&net, false, Duration::from_secs(600))),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    let err = v4
+        .open_connection_to_node(identity.node_id, Some(Duration::from_secs(8)), None)
+        .await
+        .unwrap_err();
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "{err} after {:?}",
+        t0.elapsed()
+    );
+    assert!(err.to_string().contains("only at IPv6 addresses"), "{err}");
+    assert_eq!(err.code(), "ErrorNodeNotFound");
+    v4.stop().await.unwrap();
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+}

@@ -237,6 +237,9 @@ pub(crate) fn choose_bind(
 /// Where the public mainline DHT is, for the route lookup of [`choose_bind`] (no datagram is
 /// sent: connecting a UDP socket only asks the routing table).
 const PUBLIC_PROBE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(1, 1, 1, 1), 6881);
+/// A global IPv6 address whose route names the interface and source address a dual-stack node
+/// announces (only a route lookup: nothing is sent).
+const V6_PROBE: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0x4860, 0, 0, 0, 0, 0, 0x8888);
 
 /// The local IPv4 address the routing table uses toward `to`.
 fn route_toward(to: SocketAddrV4) -> std::io::Result<Ipv4Addr> {
@@ -392,7 +395,10 @@ impl Discovery {
         // The unsigned hint carries the node's IP and port: not published when it announces its
         // relays only.
         let hint = async {
-            if !self.announce_direct {
+            // A socket bound to one IPv6 address takes no IPv4: the hint (IPv4, the DHT's view)
+            // would name a port nothing listens on.
+            let v6_only = quic.is_ipv6() && !quic.ip().is_unspecified();
+            if !self.announce_direct || v6_only {
                 return Ok(());
             }
             self.dht
@@ -541,6 +547,15 @@ impl Discovery {
         }
         if !quic.ip().is_unspecified() {
             add(quic);
+        } else if quic.is_ipv6() {
+            // A dual-stack socket: the global IPv6 address the kernel sends from (no NAT in
+            // front of it, only a firewall a rendezvous punches).
+            let toward = SocketAddr::new(IpAddr::V6(V6_PROBE), 443);
+            if let Some(ip) =
+                crate::socket::route_source(toward).filter(|ip| crate::addr::is_global_v6(*ip))
+            {
+                add(SocketAddr::new(ip, quic.port()));
+            }
         }
         out
     }

@@ -150,7 +150,17 @@ impl Node {
             return Err(Error::NodeNotFound(node.to_string()));
         }
         let mut dials = tokio::task::JoinSet::new();
-        for f in located.addrs.iter().take(MAX_CANDIDATES) {
+        let local = self.endpoint.local_addr()?;
+        let sendable: Vec<_> = located
+            .addrs
+            .iter()
+            .filter(|f| crate::addr::can_send(local, f.addr))
+            .collect();
+        if sendable.is_empty() && relays.is_empty() {
+            let family = if local.is_ipv4() { "IPv6" } else { "IPv4" };
+            return Err(Error::OtherFamily(node.to_string(), family));
+        }
+        for f in sendable.into_iter().take(MAX_CANDIDATES) {
             let me = self.clone();
             let addr = f.addr;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -199,10 +209,18 @@ impl Node {
     fn relays_toward(&self, named: &[RelayHint]) -> Vec<RelayWay> {
         let mut have = Vec::new();
         let mut others = Vec::new();
+        let local = self.endpoint.local_addr().ok();
+        // A relay only reachable over a family this node's socket cannot use is skipped (a
+        // link this node has is reachable, whatever the record says).
+        let reachable =
+            |hint: &&RelayHint| local.is_none_or(|l| crate::addr::can_send(l, hint.addr));
         for hint in named {
-            match self.links.by_relay(&hint.node_id) {
-                Some(link) => have.push(RelayWay::Linked(link)),
-                None => others.push(RelayWay::OnDemand(hint.clone())),
+            if let Some(link) = self.links.by_relay(&hint.node_id) {
+                have.push(RelayWay::Linked(link));
+                continue;
+            }
+            if reachable(&hint) {
+                others.push(RelayWay::OnDemand(hint.clone()));
             }
         }
         have.extend(others);
