@@ -174,3 +174,68 @@ labTest('a relayed connection moves with its node: the home relay is killed mid-
   const links = (await A.request({ cmd: 'relayStatus' })).status ?? []
   t.log(`home relay killed ${Date.now() - killedAt} ms before the transfer ended; A's links: ${JSON.stringify(links)}`)
 })
+
+labTest('IPv6: a dual-stack A reaches an IPv6-only B behind a stateful firewall by node id, punched (B\'s record reaches the IPv4 DHT through its relay)', async (t) => {
+  const lab = await Lab.create('pair', { kinds: ['none', 'restricted'], relay: true, families: { A: 'dual', B: 'v6' } })
+  const A = lab.agent('A')
+  const B = lab.agent('B')
+  t.teardown(async () => {
+    await Promise.all([A.close(), B.close()]).catch(() => {})
+    await lab.destroy()
+  })
+  // The DHT is IPv4; a second DHT node stores what the relay puts for B.
+  const first = await lab.startRelay(7002, { dht: true })
+  const relay = await lab.startRelay(7000, { dht: true, dhtPort: 6882, dhtBootstrap: first.dht, v6: true })
+  const discovery = { bootstrap: [first.dht] }
+  const rp = await B.request({ cmd: 'startRp', port: 45020, host: '::', relay: { host: relay.host6, port: relay.port, tcpPort: relay.tcpPort, nodeId: relay.nodeId }, discovery })
+  t.true(rp.ok, rp.message)
+  const fp = await A.request({ cmd: 'startFp', port: 45021, host: '::', discovery: { ...discovery, announce: false } })
+  t.true(fp.ok, fp.message)
+  // B's record names its global IPv6 address and its relay (by the relay's IPv6 address).
+  let located
+  const until = Date.now() + 20000
+  do located = await A.request({ cmd: 'locate', nodeId: rp.nodeId, timeout: 3000 })
+  while (!(located.ok && located.relays.length) && Date.now() < until)
+  t.deepEqual(located.relays.map((r) => r.host), [relay.host6], JSON.stringify(located))
+  t.true(located.addresses.some((a) => a.host === lab.hosts.B.ip6 && a.signed), JSON.stringify(located))
+  t.true(located.addresses.every((a) => a.host.includes(':')), 'an IPv6-only B announces no IPv4 address')
+
+  const open = await A.request({ cmd: 'openNode', nodeId: rp.nodeId, timeout: 15000 }, 20000)
+  t.true(open.ok, open.message)
+  // B's firewall drops A's first packets: the connection opens through the relay, then the
+  // rendezvous punches B's firewall and the path goes direct over IPv6.
+  t.is(open.path, 'relayed')
+  const up = await A.request({ cmd: 'waitEvent', kind: 'path', proxy: 'fp', timeout: 8000 }, 12000)
+  t.true(up.found, 'the path left the relay')
+  t.true(['punched', 'direct'].includes(up.event?.path), JSON.stringify(up.event))
+  const call = await A.request({ cmd: 'call', host: `${rp.nodeId}.keynet`, port: 443 })
+  t.true(call.ok && call.text === 'hello', JSON.stringify(call))
+  t.log(`path event: ${JSON.stringify(up.event)}`)
+})
+
+labTest('IPv6: an IPv4-only A reaches a dual-stack B through the relay (skipping the IPv6 candidates it cannot use)', async (t) => {
+  const lab = await Lab.create('pair', { kinds: ['none', 'restricted'], relay: true, families: { A: 'v4', B: 'dual' } })
+  const A = lab.agent('A')
+  const B = lab.agent('B')
+  t.teardown(async () => {
+    await Promise.all([A.close(), B.close()]).catch(() => {})
+    await lab.destroy()
+  })
+  const relay = await lab.startRelay(7000, { dht: true })
+  const discovery = { bootstrap: [relay.dht] }
+  const rp = await B.request({ cmd: 'startRp', port: 45030, host: '::', relay: { host: relay.host, port: relay.port, tcpPort: relay.tcpPort, nodeId: relay.nodeId }, discovery })
+  t.true(rp.ok, rp.message)
+  const fp = await A.request({ cmd: 'startFp', port: 45031, discovery: { ...discovery, announce: false } })
+  t.true(fp.ok, fp.message)
+  let located
+  const until = Date.now() + 20000
+  do located = await A.request({ cmd: 'locate', nodeId: rp.nodeId, timeout: 3000 })
+  while (!(located.ok && located.addresses.some((a) => a.host === lab.hosts.B.ip6)) && Date.now() < until)
+  t.true(located.addresses.some((a) => a.host === lab.hosts.B.ip6), `B's record names its IPv6 address: ${JSON.stringify(located)}`)
+  const open = await A.request({ cmd: 'openNode', nodeId: rp.nodeId, timeout: 15000 }, 20000)
+  t.true(open.ok, open.message)
+  t.is(open.path, 'relayed')
+  t.false(open.ingress.includes(':') && open.ingress.split(':').length > 2, `an IPv4 path: ${open.ingress}`)
+  const call = await A.request({ cmd: 'call', host: `${rp.nodeId}.keynet`, port: 443 })
+  t.true(call.ok && call.text === 'hello', JSON.stringify(call))
+})

@@ -217,14 +217,14 @@ function fresh() {
 
 const handlers = {
   /** server: 'grpc' (support/echo.proto's Echo), 'echo' (TCP echo) or 'both' (sniffed per tunnel). */
-  async startRp({ port, server = 'grpc', opts, relay, relays, discovery }) {
+  async startRp({ port, host = '0.0.0.0', server = 'grpc', opts, relay, relays, discovery }) {
     fresh()
     const serverPort = server === 'echo' ? await echoServer() : server === 'both' ? await bothServer() : await grpcServer()
     const proxy = new (lib().ReverseProxy)(timing(opts))
     rp = proxy
     listen(proxy, 'rp')
     try {
-      await proxy.start({ serverPort, ingressHost: '0.0.0.0', ingressPort: port, relay, relays, discovery })
+      await proxy.start({ serverPort, ingressHost: host, ingressPort: port, relay, relays, discovery })
     } catch (e) {
       rp = null
       throw e

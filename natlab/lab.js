@@ -3,7 +3,9 @@
 // pairs and nftables, entirely inside namespaces this process creates (nothing is created in, or
 // routed to, the root namespace). Addresses come from documentation ranges that exist only
 // inside the lab: the public segment is 203.0.113.0/24, home LANs 198.51.100.0/26 (A) and
-// 198.51.100.64/26 (B), the carrier segment of double NAT 192.0.2.0/24. Needs root, iproute2 and
+// 198.51.100.64/26 (B), the carrier segment of double NAT 192.0.2.0/24; with IPv6 (the pair
+// topology's `families`), the public segment is 2001:db8:ff::/64 and the LANs 2001:db8:a::/64
+// and 2001:db8:b::/64, routed (no NAT) through a stateful firewall. Needs root, iproute2 and
 // nftables. Every lab is removed by destroy(), and by a process exit hook if the caller dies.
 
 const { execFile, execFileSync, spawn } = require('node:child_process')
@@ -15,6 +17,10 @@ const fs = require('node:fs')
 const run = promisify(execFile)
 const PUBLIC = '203.0.113'
 const RELAY_IP = `${PUBLIC}.100`
+const PUBLIC6 = '2001:db8:ff::'
+const RELAY_IP6 = `${PUBLIC6}100`
+/** Address families a side of the pair topology may have. */
+const FAMILIES = ['v4', 'dual', 'v6']
 const RELAY_BIN = path.join(__dirname, '..', 'target', 'debug', 'keynet-relay')
 
 // System tools by absolute path: under npm, node_modules/.bin comes first in PATH, and a dev
@@ -99,6 +105,8 @@ class Lab {
     this.topology = topology
     /** For the 'pair' topology: the NAT kinds of A and B ('none', 'cone', 'restricted', 'symmetric', 'udp-blocked'). */
     this.kinds = opts.kinds
+    /** For the 'pair' topology: each side's address families, { A, B } from FAMILIES ('v4'). */
+    this.families = { A: 'v4', B: 'v4', ...opts.families }
     this.udpTimeout = opts.udpTimeout ?? 30
     this.withRelay = opts.relay === true
     this.prefix = `kn${process.pid % 100000}x${labCounter++}`
@@ -114,6 +122,8 @@ class Lab {
     if (topology === 'pair') {
       const bad = (opts.kinds || []).length !== 2 || !opts.kinds.every((k) => NAT_KINDS.includes(k))
       if (bad) throw new Error(`the pair topology needs kinds: [A, B] from ${NAT_KINDS.join(', ')}`)
+      const fams = Object.values(opts.families || {})
+      if (!fams.every((f) => FAMILIES.includes(f))) throw new Error(`families: { A, B } from ${FAMILIES.join(', ')}`)
     } else if (!TOPOLOGIES[topology]) throw new Error(`unknown topology ${topology}`)
     const why = labSupport()
     if (why) throw new Error(why)
@@ -140,6 +150,7 @@ class Lab {
     await sh([IP, '-n', ns, 'link', 'set', 'lo', 'up'])
     if (router) {
       await sh([IP, 'netns', 'exec', ns, SYSCTL, '-qw', 'net.ipv4.ip_forward=1'])
+      await sh([IP, 'netns', 'exec', ns, SYSCTL, '-qw', 'net.ipv6.conf.all.forwarding=1'])
       for (const key of ['nf_conntrack_udp_timeout', 'nf_conntrack_udp_timeout_stream']) {
         await sh([IP, 'netns', 'exec', ns, SYSCTL, '-qw', `net.netfilter.${key}=${this.udpTimeout}`]).catch(() => {})
       }
@@ -155,7 +166,8 @@ class Lab {
   }
 
   async addr(ns, ifname, cidr) {
-    await sh([IP, '-n', ns, 'addr', 'add', cidr, 'dev', ifname])
+    // IPv6 addresses skip duplicate address detection (seconds of a 'tentative' address).
+    await sh([IP, '-n', ns, 'addr', 'add', cidr, 'dev', ifname, ...(cidr.includes(':') ? ['nodad'] : [])])
   }
 
   async route(ns, via) {
@@ -163,11 +175,18 @@ class Lab {
   }
 
   /** Attaches `ns`'s interface `ifname` to the public segment (a bridge in the `pub` namespace). */
-  async toPublic(ns, ifname, cidr) {
+  async toPublic(ns, ifname, cidr, cidr6) {
     const port = `p${this.publicPorts++}`
     await this.link(ns, ifname, this.pub, port)
     await sh([IP, '-n', this.pub, 'link', 'set', port, 'master', 'br0'])
-    await this.addr(ns, ifname, cidr)
+    if (cidr) await this.addr(ns, ifname, cidr)
+    if (cidr6) await this.addr(ns, ifname, cidr6)
+    if (cidr6) this.publicNs6 = [...(this.publicNs6 || []), ns]
+  }
+
+  /** Whether this lab has IPv6 (a pair side with `families` dual or v6). */
+  get withV6() {
+    return this.topology === 'pair' && (this.families.A !== 'v4' || this.families.B !== 'v4')
   }
 
   async build() {
@@ -175,8 +194,16 @@ class Lab {
     if (this.withRelay) {
       // The relay hub: a host of its own on the public segment.
       const rl = await this.addNs('rl')
-      await this.toPublic(rl, 'eth0', `${RELAY_IP}/24`)
-      this.hosts.relay = { ns: rl, ip: RELAY_IP, publicIp: RELAY_IP }
+      await this.toPublic(rl, 'eth0', `${RELAY_IP}/24`, this.withV6 ? `${RELAY_IP6}/64` : null)
+      this.hosts.relay = { ns: rl, ip: RELAY_IP, publicIp: RELAY_IP, ip6: this.withV6 ? RELAY_IP6 : undefined }
+    }
+    // Every host on the public segment routes each IPv6 LAN through its router.
+    for (const { prefix, via } of this.v6Lans || []) {
+      for (const ns of this.publicNs6) {
+        if (ns !== this.ns(`n${prefix === '2001:db8:a::' ? 'a' : 'b'}`)) {
+          await sh([IP, '-n', ns, '-6', 'route', 'add', `${prefix}/64`, 'via', via])
+        }
+      }
     }
   }
 
@@ -233,12 +260,16 @@ class Lab {
     ]
     for (const [name, kind, wanIp, lanPrefix, base] of sides) {
       const lower = name.toLowerCase()
+      const family = t === 'pair' ? this.families[name] : 'v4'
+      const v4 = family !== 'v6'
+      const v6 = family !== 'v4'
       if (kind === 'none') {
-        // On the public segment itself, at .10 (A) or .20 (B).
+        // On the public segment itself, at .10 (A) or .20 (B) (and ::10, ::20).
         const h = await this.addNs(lower)
         const ip = `${PUBLIC}.${name === 'A' ? 10 : 20}`
-        await this.toPublic(h, 'eth0', `${ip}/24`)
-        this.hosts[name] = { ns: h, ip, publicIp: ip, kind }
+        const ip6 = v6 ? `${PUBLIC6}${name === 'A' ? 10 : 20}` : undefined
+        await this.toPublic(h, 'eth0', v4 ? `${ip}/24` : null, v6 ? `${ip6}/64` : null)
+        this.hosts[name] = { ns: h, ip: v4 ? ip : undefined, publicIp: v4 ? ip : undefined, ip6, kind, family }
         continue
       }
       const r = await this.addNs(`n${lower}`, { router: true })
@@ -257,17 +288,32 @@ class Lab {
         await nft(cgn, natRules({ kind: 'restricted', wanIp, lanNet: '192.0.2.0/24', timeout: this.udpTimeout }))
         await nft(r, natRules({ kind, wanIp: '192.0.2.2', lanNet, timeout: this.udpTimeout }))
       } else {
-        await this.toPublic(r, 'wan', `${wanIp}/24`)
+        // The router's IPv6 side: ::1 (A) or ::2 (B) on the public segment.
+        const wan6 = v6 ? `${PUBLIC6}${name === 'A' ? 1 : 2}` : null
+        await this.toPublic(r, 'wan', `${wanIp}/24`, wan6 && `${wan6}/64`)
         await nft(r, natRules({ kind, wanIp, lanNet, timeout: this.udpTimeout }))
         this.nats[r] = { kind, wanIp, lanNet }
       }
       await this.link(r, 'lan', h, 'eth0')
       await this.addr(r, 'lan', `${gw}/26`)
-      await this.addr(h, 'eth0', `${ip}/26`)
-      await this.route(h, gw)
+      if (v4) {
+        await this.addr(h, 'eth0', `${ip}/26`)
+        await this.route(h, gw)
+      }
+      let ip6
+      if (v6) {
+        // A routed IPv6 LAN behind a stateful firewall: no NAT, unsolicited inbound dropped.
+        const prefix = `2001:db8:${lower}::`
+        ip6 = `${prefix}2`
+        await this.addr(r, 'lan', `${prefix}1/64`)
+        await this.addr(h, 'eth0', `${ip6}/64`)
+        await sh([IP, '-n', h, '-6', 'route', 'add', 'default', 'via', `${prefix}1`])
+        await nft(r, firewall6Rules())
+        this.v6Lans = [...(this.v6Lans || []), { prefix, via: `${PUBLIC6}${name === 'A' ? 1 : 2}` }]
+      }
       // `uplinks`: the host's ways out (addUplink adds a second one); `kind`: its NAT's kind.
       const uplink = { dev: 'eth0', ip, cidr: `${ip}/26`, gw, router: r, publicIp: wanIp, kind }
-      this.hosts[name] = { ns: h, ip, publicIp: wanIp, router: r, kind, uplinks: [uplink], uplink: 0 }
+      this.hosts[name] = { ns: h, ip: v4 ? ip : undefined, publicIp: v4 ? wanIp : undefined, ip6, router: r, kind, family, uplinks: [uplink], uplink: 0 }
     }
     if (t === 'lossy') {
       await nft(this.pub, 'table bridge loss {\n  chain fw {\n    type filter hook forward priority 0;\n    meta l4proto udp numgen random mod 100 < 5 counter drop\n  }\n}\n')
@@ -299,10 +345,12 @@ class Lab {
    * the lab then needs a second DHT node).
    * Stopped by destroy().
    */
-  async startRelay(port = 7000, { dht = false, dhtPort = 6881, dhtBootstrap, publish } = {}) {
+  async startRelay(port = 7000, { dht = false, dhtPort = 6881, dhtBootstrap, publish, v6 = false } = {}) {
     if (!this.hosts.relay) throw new Error('this lab has no relay host: create it with { relay: true }')
     if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: cargo build -p keynet-relay`)
-    const args = ['--listen', `${RELAY_IP}:${port}`]
+    if (v6 && !this.hosts.relay.ip6) throw new Error('an IPv6 relay needs a lab with IPv6 (families)')
+    // `v6`: one dual-stack socket for both families (asked for here: it listens on all of them).
+    const args = ['--listen', v6 ? `[::]:${port}` : `${RELAY_IP}:${port}`]
     if (dht) args.push('--dht', `${RELAY_IP}:${dhtPort}`, ...(dhtBootstrap ? ['--dht-bootstrap', dhtBootstrap] : []))
     if (publish) args.push('--publish', publish)
     const child = spawn(IP, ['netns', 'exec', this.hosts.relay.ns, RELAY_BIN, ...args], {
@@ -322,7 +370,7 @@ class Lab {
       let dhtAddr = dht ? null : undefined
       lines.on('line', (line) => {
         const m = /^relay listening on (\S+):(\d+) tcp \S+:(\d+) node id (\S+)$/.exec(line)
-        if (m) relay = { host: m[1], port: Number(m[2]), tcpPort: Number(m[3]), nodeId: m[4] }
+        if (m) relay = { host: v6 ? RELAY_IP : m[1], port: Number(m[2]), tcpPort: Number(m[3]), nodeId: m[4], ...(v6 && { host6: RELAY_IP6 }) }
         const d = /^dht listening on (\S+)$/.exec(line)
         if (d) dhtAddr = d[1]
         if (!relay || dhtAddr === null) return
@@ -671,6 +719,25 @@ table ip labfilter {
 `
 }
 
+/**
+ * nftables rules of an IPv6 router: it forwards (no NAT: the LAN's addresses are global), and
+ * like any home router's firewall lets in only what answers traffic from the LAN (so a peer's
+ * first packet is dropped until the LAN host punched toward it). ICMPv6 passes (neighbour
+ * discovery and path MTU need it).
+ */
+function firewall6Rules() {
+  return `
+table ip6 labfw6 {
+  chain fw {
+    type filter hook forward priority filter; policy drop;
+    meta l4proto ipv6-icmp accept
+    ct state established,related accept
+    iifname "lan" accept
+  }
+}
+`
+}
+
 /** A keynode agent in a namespace: send a command, await its JSON answer. */
 class Agent {
   constructor(child, side) {
@@ -753,4 +820,4 @@ function leftovers(prefix = 'kn') {
     .filter((n) => n && /^kn\d+x\d+-/.test(n) && n.startsWith(prefix))
 }
 
-module.exports = { IP, Lab, NAT_KINDS, TOPOLOGIES, labSupport, leftovers, natRules, withLab }
+module.exports = { IP, Lab, NAT_KINDS, FAMILIES, TOPOLOGIES, labSupport, leftovers, natRules, withLab }

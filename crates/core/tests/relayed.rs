@@ -609,3 +609,43 @@ async fn a_dead_relay_ends_only_the_connections_relayed_through_it() {
     rp.stop().await.unwrap();
     r1.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_nodes_relay_over_ipv6_and_move_off_the_relay() {
+    // The relay on IPv6 loopback; both proxies on dual-stack sockets (`[::]`).
+    let relay = relay_with(|s| s.addr = "[::1]:0".parse().unwrap()).await;
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(ReverseStart {
+        ingress_addr: "[::]:0".parse().unwrap(),
+        relay: Some(spec(&relay)),
+        ..ReverseStart::new(echo_server().await)
+    })
+    .await
+    .unwrap();
+    let fp = ForwardProxy::new(common::TOKEN.into(), ConnOptions::default()).unwrap();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    fp.set_event_sink(Some(Arc::new(move |ev| {
+        let _ = tx.send(ev);
+    })));
+    fp.start(ForwardStart {
+        egress_addr: "[::]:0".parse().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut s = spec(&relay);
+    s.upgrade_delay = Duration::from_millis(300);
+    let info = fp
+        .open_connection_via(unreachable(), rp.node_id().unwrap(), s, None, None)
+        .await
+        .unwrap();
+    assert_eq!(info.path, Path::Relayed);
+    echo_through(&fp, &unreachable().to_string(), 1 << 20).await;
+    // The rendezvous gives each side the other's IPv6 address: the path goes direct.
+    let moved = wait_for(&mut events, |e| e.kind == EventKind::Path).await;
+    assert_ne!(moved.info.unwrap().path, Path::Relayed);
+    relay.stop().await.unwrap();
+    echo_through(&fp, &unreachable().to_string(), 1 << 20).await;
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+}

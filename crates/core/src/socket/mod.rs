@@ -279,11 +279,17 @@ impl AsyncUdpSocket for KeynetSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        // Sources are given in the socket's family: quinn on a dual-stack socket knows its
+        // peers by IPv4-mapped addresses, virtual ones included.
+        let os = self.os();
         let relayed = self.paths.poll_inbound(cx, bufs, meta);
         if relayed > 0 {
+            for m in &mut meta[..relayed] {
+                m.addr = os.for_socket(m.addr);
+            }
             return Poll::Ready(Ok(relayed));
         }
-        let inner = self.inner();
+        let inner = os.io.clone();
         loop {
             let n = match inner.poll_recv(cx, bufs, meta) {
                 Poll::Ready(Ok(n)) => n,
@@ -309,7 +315,7 @@ impl AsyncUdpSocket for KeynetSocket {
                 m.len = write;
                 any_quic |= write > 0;
                 if write > 0 {
-                    m.addr = self.paths.inbound_source(m.addr);
+                    m.addr = os.for_socket(self.paths.inbound_source(m.addr));
                 }
             }
             if any_quic {
