@@ -91,8 +91,9 @@ async function relayedAttempt(lab, A, B, relay, { timeout = 10000, waitMs = 6000
 function byNodeIdExpect(kindA, kindB) {
   // No UDP on B's side: the relay (over TLS/WebSocket) is its only way.
   if (kindB === 'udp-blocked') return 'relayed'
-  const filters = (k) => k === 'restricted' || k === 'symmetric'
-  if ((kindA === 'symmetric' && filters(kindB)) || (kindB === 'symmetric' && filters(kindA))) return 'relayed'
+  // Symmetric against a cone NAT goes direct (peer-reflexive punching to a full cone, the
+  // birthday punch to a port-restricted one); both symmetric stays relayed.
+  if (kindA === 'symmetric' && kindB === 'symmetric') return 'relayed'
   return 'direct'
 }
 

@@ -15,12 +15,13 @@ const { Lab, TOPOLOGIES, labSupport } = require('./lab.js')
 const { attempt, relayedAttempt, byNodeIdCell } = require('./attempt.js')
 const { SCENARIOS, summary } = require('./pathchange.js')
 
-/** With a relay: where each topology must end (symmetric NAT and blocked UDP stay relayed). */
+/** With a relay: where each topology must end (blocked UDP stays relayed; symmetric against
+ * port-restricted goes punched through the birthday punch). */
 const RELAYED = {
   direct: 'direct',
   cone: 'punched',
   restricted: 'punched',
-  symmetric: 'relayed',
+  symmetric: 'punched',
   'udp-blocked': 'relayed',
 }
 

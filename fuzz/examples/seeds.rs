@@ -47,6 +47,7 @@ fn relay_frames() -> Vec<Frame> {
         Frame::Register {
             want_port: true,
             caller: false,
+            local_port: None,
             token: "secret".into(),
         },
         Frame::Registered {
@@ -72,6 +73,7 @@ fn relay_frames() -> Vec<Frame> {
             peer: node(5),
             peer_addr: addr("[2001:db8::1]:4433"),
             punch_in_ms: 250,
+            mapping: Default::default(),
         },
         Frame::TcpOpen {
             conn: 9,

@@ -221,6 +221,7 @@ async fn register_nodes(
                 c.send(&Frame::Register {
                     want_port: false,
                     caller: false,
+                    local_port: None,
                     token: String::new(),
                 })
                 .await

@@ -155,6 +155,7 @@ async fn forged_rendezvous(echo_acks: bool) {
             peer: *src,
             peer_addr: trap_addr,
             punch_in_ms: 0,
+            mapping: Default::default(),
         };
         vec![forged, frame]
     });

@@ -41,6 +41,7 @@ fn register() -> Frame {
     Frame::Register {
         want_port: false,
         caller: false,
+        local_port: None,
         token: String::new(),
     }
 }
@@ -300,6 +301,7 @@ fn register_as(caller: bool, token: &str) -> Frame {
     Frame::Register {
         want_port: false,
         caller,
+        local_port: None,
         token: token.into(),
     }
 }
@@ -481,4 +483,57 @@ async fn a_node_announces_only_its_own_fresh_record_and_not_too_often() {
     .unwrap();
     assert!(matches!(recv(&c).await, Frame::Error { code: 501, .. }));
     plain.stop().await.unwrap();
+}
+
+/// The relay tells both sides of a rendezvous whose NAT changed ports (it compares the port a
+/// node says it binds with the port it sees): the birthday punch's roles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rendezvous_says_whose_nat_changed_its_port() {
+    use keynet_core::proto::relay::Mapping;
+    let relay = relay().await;
+    let (a, _a_id, ea) = node(&relay).await;
+    let (b, b_id, eb) = node(&relay).await;
+    // A reports its real port (loopback: no NAT); B one its "NAT" did not keep.
+    let reg = |port: u16| Frame::Register {
+        want_port: false,
+        caller: false,
+        local_port: Some(port),
+        token: String::new(),
+    };
+    a.send(&reg(ea.local_addr().unwrap().port())).await.unwrap();
+    b.send(&reg(eb.local_addr().unwrap().port() ^ 1))
+        .await
+        .unwrap();
+    for c in [&a, &b] {
+        assert!(matches!(recv(c).await, Frame::Registered { .. }));
+    }
+    a.send(&Frame::SendPacket {
+        dst: b_id.node_id,
+        datagram: vec![1],
+    })
+    .await
+    .unwrap();
+    assert!(matches!(recv(&b).await, Frame::RecvPacket { .. }));
+    a.send(&Frame::CallMeMaybe { peer: b_id.node_id })
+        .await
+        .unwrap();
+    let mapping_of = |f: Frame| match f {
+        Frame::Rendezvous { mapping, .. } => mapping,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        mapping_of(recv(&a).await),
+        Mapping {
+            peer_varies: true,
+            you_vary: false
+        }
+    );
+    assert_eq!(
+        mapping_of(recv(&b).await),
+        Mapping {
+            peer_varies: false,
+            you_vary: true
+        }
+    );
+    relay.stop().await.unwrap();
 }

@@ -54,6 +54,7 @@ async fn register(n: &Node, want_port: bool) -> Frame {
         .send(&Frame::Register {
             want_port,
             caller: false,
+            local_port: None,
             token: String::new(),
         })
         .await

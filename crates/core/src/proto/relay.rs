@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! frame   = type(1) length(2, BE) payload(length)         length <= MAX_PAYLOAD
-//! 0x01 Register      flags(1: bit 0 = allocate a public TCP port, bit 1 = caller only) token(utf-8, <= 255)
+//! 0x01 Register      flags(1: bit 0 = allocate a public TCP port, bit 1 = caller only,
+//!                    bit 2 = local port follows) [local port(2)] token(utf-8, <= 255)
 //! 0x02 Registered    observed addr(19) public_port(2, 0 = none)
 //! 0x03 SendPacket    dst node(32) datagram(1..)            node -> relay: a QUIC packet to forward
 //! 0x04 RecvPacket    src node(32) datagram(1..)            relay -> node
@@ -13,7 +14,8 @@
 //! 0x06 Ping          nonce(8)
 //! 0x07 Pong          nonce(8)
 //! 0x08 CallMeMaybe   peer node(32)                          node -> relay: ask the peer to punch
-//! 0x09 Rendezvous    peer node(32) peer addr(19) punch_in_ms(2)
+//! 0x09 Rendezvous    peer node(32) peer addr(19) punch_in_ms(2) [mapping(1): bit 0 = the
+//!                    peer's NAT changed its port, bit 1 = yours did]
 //! 0x0a TcpOpen       conn(4) client addr(19)                relay -> node: a client on the public port
 //! 0x0b TcpData       conn(4) bytes(1..)
 //! 0x0c TcpClose      conn(4) reset(1: 0 or 1)
@@ -64,6 +66,18 @@ pub enum GoneReason {
     Left,
 }
 
+/// What a relay saw of the NATs on both sides of a rendezvous: whether each one's observed
+/// port differs from the port its socket is bound to. A NAT that changes ports often maps per
+/// destination (symmetric), so punching needs the birthday technique
+/// (`relay::link::birthday`); one that keeps them is most likely endpoint-independent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mapping {
+    /// The peer's NAT changed its port.
+    pub peer_varies: bool,
+    /// The receiver's own NAT changed its port.
+    pub you_vary: bool,
+}
+
 /// One relay frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -73,6 +87,9 @@ pub enum Frame {
         want_port: bool,
         /// Register only to call nodes registered here (no token needed; not reachable).
         caller: bool,
+        /// The port of the node's UDP socket (QUIC sessions): the relay compares it with the
+        /// port it observes, to tell both sides of a rendezvous whose NAT changes ports.
+        local_port: Option<u16>,
         /// The relay's registration token when it requires one (empty otherwise).
         token: String,
     },
@@ -127,6 +144,8 @@ pub enum Frame {
         peer_addr: SocketAddr,
         /// Start punching after this many milliseconds.
         punch_in_ms: u16,
+        /// What the relay saw of both sides' NATs.
+        mapping: Mapping,
     },
     /// A plain TCP client connected to the node's public port.
     TcpOpen {
@@ -249,12 +268,16 @@ impl Frame {
             Self::Register {
                 want_port,
                 caller,
+                local_port,
                 token,
             } => {
                 if token.len() > MAX_TOKEN {
                     return Err(EncodeError::TooLarge(token.len()));
                 }
-                p.push(*want_port as u8 | (*caller as u8) << 1);
+                p.push(*want_port as u8 | (*caller as u8) << 1 | (local_port.is_some() as u8) << 2);
+                if let Some(port) = local_port {
+                    p.extend_from_slice(&port.to_be_bytes());
+                }
                 p.extend_from_slice(token.as_bytes());
             }
             Self::Registered {
@@ -293,10 +316,12 @@ impl Frame {
                 peer,
                 peer_addr,
                 punch_in_ms,
+                mapping,
             } => {
                 p.extend_from_slice(peer.as_bytes());
                 addr(&mut p, *peer_addr);
                 p.extend_from_slice(&punch_in_ms.to_be_bytes());
+                p.push(mapping.peer_varies as u8 | (mapping.you_vary as u8) << 1);
             }
             Self::TcpOpen { conn, client } => {
                 p.extend_from_slice(&conn.to_be_bytes());
@@ -389,16 +414,23 @@ impl Frame {
         let frame = match kind {
             0x01 => {
                 at_least(1)?;
-                if len - 1 > MAX_TOKEN {
-                    return Err(bad_len());
-                }
-                if p[0] & !0b11 != 0 {
+                if p[0] & !0b111 != 0 {
                     return Err(FrameError::Flags { kind, flags: p[0] });
+                }
+                let (local_port, token) = if p[0] & 4 != 0 {
+                    at_least(3)?;
+                    (Some(u16_at(1)), 3)
+                } else {
+                    (None, 1)
+                };
+                if len - token > MAX_TOKEN {
+                    return Err(bad_len());
                 }
                 Self::Register {
                     want_port: p[0] & 1 != 0,
                     caller: p[0] & 2 != 0,
-                    token: std::str::from_utf8(&p[1..])
+                    local_port,
+                    token: std::str::from_utf8(&p[token..])
                         .map_err(|_| FrameError::Utf8)?
                         .to_string(),
                 }
@@ -455,11 +487,26 @@ impl Frame {
                 Self::CallMeMaybe { peer: node(p) }
             }
             0x09 => {
-                exact(NODE + ADDR + 2)?;
+                // Without the mapping byte: a relay that does not compare ports.
+                let mapping = match len {
+                    l if l == NODE + ADDR + 2 => Mapping::default(),
+                    l if l == NODE + ADDR + 3 => {
+                        let m = p[NODE + ADDR + 2];
+                        if m & !0b11 != 0 {
+                            return Err(FrameError::Flags { kind, flags: m });
+                        }
+                        Mapping {
+                            peer_varies: m & 1 != 0,
+                            you_vary: m & 2 != 0,
+                        }
+                    }
+                    _ => return Err(bad_len()),
+                };
                 Self::Rendezvous {
                     peer: node(p),
                     peer_addr: addr(&p[NODE..])?,
                     punch_in_ms: u16_at(NODE + ADDR),
+                    mapping,
                 }
             }
             0x0a => {
@@ -543,6 +590,7 @@ mod tests {
             hex(&Frame::Register {
                 want_port: true,
                 caller: false,
+                local_port: None,
                 token: String::new()
             }),
             "01000101"
@@ -551,6 +599,7 @@ mod tests {
             hex(&Frame::Register {
                 want_port: false,
                 caller: false,
+                local_port: None,
                 token: "ab".into()
             }),
             "010003006162"
@@ -559,10 +608,36 @@ mod tests {
             hex(&Frame::Register {
                 want_port: false,
                 caller: true,
+                local_port: None,
                 token: String::new()
             }),
             "01000102"
         );
+        assert_eq!(
+            hex(&Frame::Register {
+                want_port: false,
+                caller: false,
+                local_port: Some(0x1234),
+                token: "a".into()
+            }),
+            "01000404123461"
+        );
+        // A rendezvous from a relay that does not compare ports decodes with no mapping seen.
+        let mut old = Vec::new();
+        Frame::Rendezvous {
+            peer: id(1),
+            peer_addr: "192.0.2.1:9".parse().unwrap(),
+            punch_in_ms: 0,
+            mapping: Mapping::default(),
+        }
+        .encode(&mut old)
+        .unwrap();
+        old.pop();
+        old[2] -= 1;
+        assert!(matches!(
+            Frame::decode(&old),
+            Ok(Some((Frame::Rendezvous { mapping, .. }, _))) if mapping == Mapping::default()
+        ));
         assert_eq!(
             hex(&Frame::Announce {
                 record: b"KNR2".to_vec()
@@ -571,10 +646,10 @@ mod tests {
         );
         // Unknown flag bits and records over mainline's limit are refused.
         assert_eq!(
-            Frame::decode(&[0x01, 0, 1, 0b100]),
+            Frame::decode(&[0x01, 0, 1, 0b1000]),
             Err(FrameError::Flags {
                 kind: 1,
-                flags: 0b100
+                flags: 0b1000
             })
         );
         let mut big = vec![0x0f, 0x03, 0xe9];
@@ -689,8 +764,13 @@ mod tests {
             Err(FrameError::Length { kind: 1, len: 257 })
         );
         assert_eq!(
-            dec(&[0x01, 0, 1, 2]),
-            Err(FrameError::Flags { kind: 1, flags: 2 })
+            dec(&[0x01, 0, 1, 8]),
+            Err(FrameError::Flags { kind: 1, flags: 8 })
+        );
+        // The local-port flag without the port.
+        assert_eq!(
+            dec(&[0x01, 0, 2, 4, 1]),
+            Err(FrameError::Length { kind: 1, len: 2 })
         );
         assert_eq!(
             dec(&[0x06, 0, 7, 0, 0, 0, 0, 0, 0, 0]),
@@ -765,13 +845,18 @@ mod tests {
 
     fn frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            (any::<bool>(), any::<bool>(), "[a-z0-9]{0,40}").prop_map(
-                |(want_port, caller, token)| Frame::Register {
+            (
+                any::<bool>(),
+                any::<bool>(),
+                any::<Option<u16>>(),
+                "[a-z0-9]{0,40}"
+            )
+                .prop_map(|(want_port, caller, local_port, token)| Frame::Register {
                     want_port,
                     caller,
+                    local_port,
                     token
-                }
-            ),
+                }),
             proptest::collection::vec(any::<u8>(), 1..=MAX_RECORD)
                 .prop_map(|record| Frame::Announce { record }),
             (addr(), any::<u16>()).prop_map(|(observed, p)| Frame::Registered {
@@ -791,13 +876,17 @@ mod tests {
             any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
             any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
             node().prop_map(|peer| Frame::CallMeMaybe { peer }),
-            (node(), addr(), any::<u16>()).prop_map(|(peer, peer_addr, punch_in_ms)| {
-                Frame::Rendezvous {
+            (node(), addr(), any::<u16>(), any::<(bool, bool)>()).prop_map(
+                |(peer, peer_addr, punch_in_ms, (peer_varies, you_vary))| Frame::Rendezvous {
                     peer,
                     peer_addr,
                     punch_in_ms,
+                    mapping: Mapping {
+                        peer_varies,
+                        you_vary
+                    },
                 }
-            }),
+            ),
             (any::<u32>(), addr()).prop_map(|(conn, client)| Frame::TcpOpen { conn, client }),
             (any::<u32>(), bytes()).prop_map(|(conn, data)| Frame::TcpData { conn, data }),
             (any::<u32>(), any::<u32>()).prop_map(|(conn, bytes)| Frame::TcpCredit { conn, bytes }),

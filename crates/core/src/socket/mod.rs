@@ -17,6 +17,10 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
 pub mod paths;
+mod via;
+
+pub(crate) use via::for_family;
+pub use via::ViaGuard;
 
 use crate::addr::canonical;
 use crate::error::Result;
@@ -90,7 +94,15 @@ pub struct KeynetSocket {
     strays: tokio::sync::broadcast::Sender<Stray>,
     /// Peers reached through a relay (virtual addresses) and their current paths.
     pub paths: Paths,
+    /// Peer addresses whose datagrams leave from a socket of their own ([`via`]).
+    vias: via::Vias,
+    /// Hard-NAT punches running at once (each holds up to 256 extra sockets, or sprays 2048
+    /// probes): [`BIRTHDAYS`].
+    pub(crate) birthdays: tokio::sync::Semaphore,
 }
+
+/// Hard-NAT punches a node runs at once; more wait for a later rendezvous.
+pub const BIRTHDAYS: usize = 2;
 
 impl fmt::Debug for KeynetSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -144,8 +156,22 @@ impl KeynetSocket {
         self.replace_os_socket(std::net::UdpSocket::bind(loopback)?)
     }
 
+    /// The address the OS socket is bound to.
+    pub fn bound_addr(&self) -> io::Result<SocketAddr> {
+        self.inner().local_addr()
+    }
+
     /// Sends one datagram to `to`, waiting (at most a second) for the socket to be writable.
     pub async fn send_to(&self, to: SocketAddr, datagram: &[u8]) {
+        if let Some(aux) = self.vias.get(to) {
+            let to = via::for_family(&aux, to);
+            let sent =
+                tokio::time::timeout(std::time::Duration::from_secs(1), aux.send_to(datagram, to));
+            if let Ok(Err(e)) = sent.await {
+                tracing::trace!(%to, error = %e, "punch datagram not sent on a via");
+            }
+            return;
+        }
         let transmit = Transmit {
             destination: to,
             ecn: None,
@@ -249,7 +275,18 @@ impl AsyncUdpSocket for KeynetSocket {
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        match self.paths.route(transmit.destination) {
+        let hop = self.paths.route(transmit.destination);
+        let to = match &hop {
+            Hop::Unchanged => Some(transmit.destination),
+            Hop::Direct(to) => Some(*to),
+            _ => None,
+        };
+        if let Some(aux) = to.and_then(|to| self.vias.get(to)) {
+            let size = transmit.segment_size.unwrap_or(transmit.contents.len());
+            via::send_now(&aux, to.expect("checked"), transmit.contents, size);
+            return Ok(());
+        }
+        match hop {
             Hop::Unchanged => self.inner().try_send(transmit),
             Hop::Direct(to) => {
                 let os = self.os();
@@ -362,6 +399,8 @@ pub fn bind(
         next_session: Default::default(),
         strays: tokio::sync::broadcast::channel(STRAYS).0,
         paths: Paths::default(),
+        vias: Default::default(),
+        birthdays: tokio::sync::Semaphore::new(BIRTHDAYS),
     });
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
     let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
@@ -374,6 +413,41 @@ pub fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_via_carries_a_peers_datagrams_both_ways_until_its_guard_drops() {
+        let (_ep, sock) = bind("127.0.0.1:0".parse().unwrap(), None, b"a").unwrap();
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = peer.local_addr().unwrap();
+        let aux = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let aux_addr = aux.local_addr().unwrap();
+        let mut session = sock.register(to);
+        let guard = sock.adopt_via(to, aux);
+        let punch = punch::Packet {
+            kind: punch::Kind::Punch,
+            nonce: 7,
+            sender_local: aux_addr,
+            observed: None,
+        }
+        .encode();
+        // Out through the via…
+        sock.send_to(to, &punch).await;
+        let mut buf = [0u8; 128];
+        let (n, from) = peer.recv_from(&mut buf).await.unwrap();
+        assert_eq!((n, from), (punch::LEN, aux_addr));
+        // …and in: the peer's punch to the via's port reaches the session for its address.
+        peer.send_to(&punch, aux_addr).await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), session.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, punch);
+        // Without the guard, the main socket sends again.
+        drop(guard);
+        sock.send_to(to, &punch).await;
+        let (_, from) = peer.recv_from(&mut buf).await.unwrap();
+        assert_eq!(from, sock.bound_addr().unwrap());
+    }
 
     #[tokio::test]
     async fn punches_reach_their_session_and_never_quinn() {

@@ -163,6 +163,13 @@ impl Paths {
         let _ = self.inbound_tx.try_send((from, datagram));
     }
 
+    /// A datagram from `from` arrived on a socket of its own (a via): queue it for quinn, from
+    /// the peer's virtual address once the path is in use.
+    pub fn from_direct(&self, from: SocketAddr, datagram: Vec<u8>) {
+        let from = self.inbound_source(from);
+        let _ = self.inbound_tx.try_send((from, datagram));
+    }
+
     /// Where a datagram quinn addressed to `to` goes.
     pub fn route(&self, to: SocketAddr) -> Hop {
         if !is_virtual(&to) {

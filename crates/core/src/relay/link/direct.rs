@@ -14,16 +14,21 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::birthday::{self, Role};
 use crate::events::{Path, PathReason};
 use crate::holepunch::{PunchDriver, PunchEvent};
 use crate::nodeid::NodeId;
 use crate::proto::liveness::{Liveness, PathLiveness, Transition};
 use crate::proto::punch::{AckKey, Kind, Packet};
+use crate::proto::relay::Mapping;
 use crate::socket::KeynetSocket;
 use crate::tracker::Tracker;
 
 /// How long a rendezvous punches before the peer stays relayed (until the next attempt).
 pub(crate) const RENDEZVOUS_BUDGET: Duration = Duration::from_secs(5);
+/// When one side's NAT maps per destination, plain punching gets this long (a peer-reflexive
+/// punch to a full cone succeeds well within it) before the birthday punch starts.
+const BEFORE_BIRTHDAY: Duration = Duration::from_secs(2);
 /// A fresh rendezvous is asked for this long after the path died (recovery probes find a path
 /// that merely blinked sooner; one whose addresses changed needs the relay)…
 pub(crate) const RECALL_MIN: Duration = Duration::from_secs(3);
@@ -77,6 +82,8 @@ pub(crate) struct DirectPath {
     pub tracker: Weak<Tracker>,
     /// This node's id (acks are bound to the acking node).
     pub me: NodeId,
+    /// What the relay saw of both NATs (decides the birthday punch's roles).
+    pub mapping: Mapping,
 }
 
 impl DirectPath {
@@ -94,50 +101,39 @@ impl DirectPath {
             // The relay reports the peer somewhere else: its old address is stale.
             paths.drop_direct(peer, PathReason::Rebinding);
         }
-        let mut punch = self.rendezvous_punch(addr, &key);
-        // Until the path works both ways and the peer's punch was acknowledged: accept the
-        // peer's packets from `addr` before acknowledging its first punch (it sends there once
-        // the ack arrives), send there once our punch was acknowledged.
-        let _ = tokio::time::timeout(RENDEZVOUS_BUDGET, async {
-            let (mut seen, mut confirmed, mut followed) = (false, false, false);
-            while !(seen && confirmed) {
-                let event = tokio::select! {
-                    e = punch.next_event() => e,
-                    stray = strays.recv(), if !(followed || seen || confirmed) => {
-                        let Some(from) = peer_reflexive(stray, addr) else { continue };
-                        // The peer's NAT maps per destination: its punches to us come from a
-                        // port the relay never saw. Punch there instead (once). Only the peer,
-                        // with the key, can acknowledge it: a forged source costs this
-                        // rendezvous, never the path.
-                        tracing::debug!(%peer, relay_saw = %addr, %from, "the peer punches from another port: following it");
-                        addr = from;
-                        followed = true;
-                        punch = self.rendezvous_punch(addr, &key);
-                        continue;
-                    }
-                };
-                match event {
-                    PunchEvent::PeerPunched => {
-                        if !seen && !confirmed {
-                            paths.accept_direct(peer, addr);
-                        }
-                        seen = true;
-                    }
-                    PunchEvent::Confirmed => {
-                        if !seen {
-                            paths.accept_direct(peer, addr);
-                        }
-                        confirmed = true;
-                        let kind = path_kind(punch.nat_between());
-                        paths.use_direct(peer, addr, kind, PathReason::Upgrade);
-                    }
-                    PunchEvent::PathOpened => {}
+        let role = birthday::role(self.mapping);
+        let first = if role.is_some() {
+            BEFORE_BIRTHDAY
+        } else {
+            RENDEZVOUS_BUDGET
+        };
+        let (mut punch, found) = self.punch_phase(addr, &key, Some(&mut strays), first).await;
+        addr = found;
+        drop(strays);
+        // Held while this task runs: the hard side's datagrams to the peer leave from the
+        // socket the birthday punch found.
+        let mut _via = None;
+        if let (false, Some(role)) = (punch.confirmed(), role) {
+            let found = match role {
+                Role::Hard => {
+                    birthday::open_many(&self.socket, addr, &key)
+                        .await
+                        .map(|(aux, from)| {
+                            _via = Some(self.socket.adopt_via(from, aux));
+                            from
+                        })
+                }
+                Role::Easy => birthday::spray(&self.socket, addr, &key).await,
+            };
+            match found {
+                Some(found) => {
+                    (punch, addr) = self.punch_phase(found, &key, None, RENDEZVOUS_BUDGET).await;
+                }
+                None => {
+                    tracing::info!(%peer, ?role, "birthday punch found no mapping: relayed for now")
                 }
             }
-            punch.flush().await;
-        })
-        .await;
-        drop(strays);
+        }
         let kind = path_kind(punch.nat_between());
         let confirmed = punch.confirmed();
         let mut session = punch.into_session();
@@ -261,6 +257,62 @@ impl DirectPath {
 }
 
 impl DirectPath {
+    /// Punches `addr` for `budget`, until the path works both ways and the peer's punch was
+    /// acknowledged: accepts the peer's packets from the address before acknowledging its first
+    /// punch (it sends there once the ack arrives), sends there once our punch was
+    /// acknowledged. With `strays`, follows once a punch from the peer's IP on another port.
+    /// Returns the punch (confirmed or not) and the address it ended on.
+    async fn punch_phase(
+        &self,
+        mut addr: SocketAddr,
+        key: &AckKey,
+        mut strays: Option<&mut tokio::sync::broadcast::Receiver<crate::socket::Stray>>,
+        budget: Duration,
+    ) -> (PunchDriver, SocketAddr) {
+        let (paths, peer) = (&self.socket.paths, self.peer);
+        let mut punch = self.rendezvous_punch(addr, key);
+        let _ = tokio::time::timeout(budget, async {
+            let (mut seen, mut confirmed, mut followed) = (false, false, strays.is_none());
+            while !(seen && confirmed) {
+                let event = tokio::select! {
+                    e = punch.next_event() => e,
+                    stray = async { strays.as_mut().expect("following").recv().await }, if !(followed || seen || confirmed) => {
+                        let Some(from) = peer_reflexive(stray, addr) else { continue };
+                        // The peer's NAT maps per destination: its punches to us come from a
+                        // port the relay never saw. Punch there instead (once). Only the peer,
+                        // with the key, can acknowledge it: a forged source costs this
+                        // rendezvous, never the path.
+                        tracing::debug!(%peer, relay_saw = %addr, %from, "the peer punches from another port: following it");
+                        addr = from;
+                        followed = true;
+                        punch = self.rendezvous_punch(addr, key);
+                        continue;
+                    }
+                };
+                match event {
+                    PunchEvent::PeerPunched => {
+                        if !seen && !confirmed {
+                            paths.accept_direct(peer, addr);
+                        }
+                        seen = true;
+                    }
+                    PunchEvent::Confirmed => {
+                        if !seen {
+                            paths.accept_direct(peer, addr);
+                        }
+                        confirmed = true;
+                        let kind = path_kind(punch.nat_between());
+                        paths.use_direct(peer, addr, kind, PathReason::Upgrade);
+                    }
+                    PunchEvent::PathOpened => {}
+                }
+            }
+            punch.flush().await;
+        })
+        .await;
+        (punch, addr)
+    }
+
     /// A rendezvous punch session toward `addr`, its acks keyed with `key`.
     fn rendezvous_punch(&self, addr: SocketAddr, key: &AckKey) -> PunchDriver {
         PunchDriver::start(

@@ -20,6 +20,7 @@
 //! - Outputs besides frames: `gone` notices (a relayed peer is unknown or refused), and one
 //!   `DirectPath` task per rendezvous (`direct.rs`).
 
+pub(crate) mod birthday;
 pub(crate) mod direct;
 pub(crate) mod public;
 pub mod transport;
@@ -36,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{CertChainKind, Error, ErrorKind, RelayError, Result};
 use crate::nodeid::NodeId;
 use crate::proto::backoff::Backoff;
-use crate::proto::relay::{Frame, GoneReason};
+use crate::proto::relay::{Frame, GoneReason, Mapping};
 use crate::relay::framed::{write_frames, BoxWrite, FrameReader};
 use crate::relay::spec::{LinkStatus, RelaySpec};
 use crate::socket::paths::Outbox;
@@ -399,6 +400,12 @@ impl Runner {
             &[Frame::Register {
                 want_port: self.spec.want_port && !self.spec.caller,
                 caller: self.spec.caller,
+                // Over QUIC the relay sees our UDP mapping: the port we bind tells it whether
+                // our NAT changes ports (for the birthday punch).
+                local_port: quic
+                    .as_ref()
+                    .and_then(|_| self.ctx.socket.bound_addr().ok())
+                    .map(|a| a.port()),
                 token: if self.spec.caller {
                     String::new()
                 } else {
@@ -599,7 +606,13 @@ impl Runner {
                 peer,
                 peer_addr,
                 punch_in_ms,
-            } => self.rendezvous(peer, peer_addr, Duration::from_millis(punch_in_ms as u64)),
+                mapping,
+            } => self.rendezvous(
+                peer,
+                peer_addr,
+                Duration::from_millis(punch_in_ms as u64),
+                mapping,
+            ),
             Frame::Error {
                 code: crate::proto::relay::REPLACED,
                 node: None,
@@ -649,7 +662,7 @@ impl Runner {
 
     /// Starts (or restarts) the direct-path task of `peer` at `addr`: punch, then keep the
     /// path alive or fall back to the relay.
-    fn rendezvous(&self, peer: NodeId, addr: SocketAddr, delay: Duration) {
+    fn rendezvous(&self, peer: NodeId, addr: SocketAddr, delay: Duration, mapping: Mapping) {
         let Some(link) = self.link.upgrade() else {
             return;
         };
@@ -681,6 +694,7 @@ impl Runner {
             network: link.network.subscribe(),
             tracker: self.ctx.tracker.clone(),
             me: self.ctx.dialer.identity.node_id,
+            mapping,
         };
         let weak = self.link.clone();
         self.ctx.dialer.tasks.spawn(async move {

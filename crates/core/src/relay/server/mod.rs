@@ -36,7 +36,7 @@ use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities, Lifecycle};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
-use crate::proto::relay::Frame;
+use crate::proto::relay::{Frame, Mapping};
 use crate::relay::framed::{write_frames, BoxRead, BoxWrite, FrameReader, ReadError};
 use crate::socket::{self, KeynetSocket};
 use crate::task::Tasks;
@@ -167,9 +167,19 @@ struct NodeConn {
     /// Control frames: written first; a full queue drops (the node asks again).
     ctl: mpsc::Sender<Frame>,
     kick: CancellationToken,
+    /// The port the node's UDP socket is bound to, as its Register said.
+    local_port: std::sync::OnceLock<u16>,
 }
 
 impl NodeConn {
+    /// Whether the node's NAT changed its port (it said which port it binds; QUIC only).
+    fn varies(&self) -> bool {
+        match (self.observed(), self.local_port.get()) {
+            (Some(seen), Some(bound)) => seen.port() != *bound,
+            _ => false,
+        }
+    }
+
     /// Queues a control frame for the node; false when the session ended or the node has read
     /// nothing for `idle` (a node that only sends would otherwise hold its session for ever).
     async fn reply(&self, frame: Frame, idle: Duration) -> bool {
@@ -692,6 +702,7 @@ impl Inner {
             public,
             ctl,
             kick,
+            local_port: std::sync::OnceLock::new(),
         });
         let result = self
             .read_frames(running, node, remote, &me, FrameReader::new(read), &close)
@@ -774,8 +785,12 @@ impl Inner {
                 Frame::Register {
                     want_port,
                     caller,
+                    local_port,
                     token,
                 } => {
+                    if let Some(port) = local_port {
+                        let _ = me.local_port.set(port);
+                    }
                     let outcome = running.nodes.lock().expect("nodes lock").register(
                         node,
                         me.id,
@@ -1049,10 +1064,15 @@ impl Inner {
             tracing::debug!(%node, %peer, "no rendezvous: a side has no UDP path");
             return None;
         };
+        let (mine_vary, theirs_vary) = (me.varies(), target.varies());
         let sent = target.ctl.try_send(Frame::Rendezvous {
             peer: node,
             peer_addr: mine,
             punch_in_ms: 0,
+            mapping: Mapping {
+                peer_varies: mine_vary,
+                you_vary: theirs_vary,
+            },
         });
         if sent.is_err() {
             tracing::debug!(%node, %peer, "no rendezvous: the peer's control queue is full");
@@ -1064,6 +1084,10 @@ impl Inner {
             peer,
             peer_addr: theirs,
             punch_in_ms: 0,
+            mapping: Mapping {
+                peer_varies: theirs_vary,
+                you_vary: mine_vary,
+            },
         })
     }
 }
