@@ -6,7 +6,7 @@
 
 const test = require('ava')
 const { Lab, labSupport } = require('../natlab/lab.js')
-const { byNodeIdCell } = require('../natlab/attempt.js')
+const { byNodeIdCell, failoverRun } = require('../natlab/attempt.js')
 
 const unsupported = labSupport()
 const labTest = unsupported ? test.skip : test.serial
@@ -58,54 +58,14 @@ async function openWhenFound(A, nodeId, { within = 20000, timeout = 5000 } = {})
   return open
 }
 
-labTest('home relay failover: the home relay is killed; B re-homes to the other and a caller knowing only the node id gets through within 10 s', async (t) => {
-  const { lab, A, B } = await labPair(t)
-  // The DHT's node runs in a relay process of its own, which stays up.
-  const dht = await lab.startRelay(7002, { dht: true })
-  const r1 = await lab.startRelay(7000)
-  const r2 = await lab.startRelay(7001)
-  const spec = (r) => ({ host: r.host, port: r.port, tcpPort: r.tcpPort, nodeId: r.nodeId })
-  const discovery = { bootstrap: [dht.dht] }
-  const rp = await B.request({ cmd: 'startRp', port: 45000, relay: spec(r2), relays: [spec(r1)], discovery })
-  t.true(rp.ok, rp.message)
-  const bothUp = await B.request({ cmd: 'waitEvent', kind: 'relay', proxy: 'rp', state: 'up', n: 2, timeout: 15000 }, 20000)
-  t.true(bothUp.found, 'both relay links came up')
-  const { relays } = await B.request({ cmd: 'relays' })
-  t.is(relays.length, 2)
-  const home = relays.find((r) => r.home)
-  t.truthy(home, JSON.stringify(relays))
-
-  // A caller knowing only the node id gets through before the failover (the record is there).
-  const fp = await A.request({ cmd: 'startFp', port: 45001, discovery: { ...discovery, announce: false } })
-  t.true(fp.ok, fp.message)
-  const first = await openWhenFound(A, rp.nodeId)
-  t.true(first.ok, first.message)
-  await A.request({ cmd: 'stop' })
-
-  // The home relay dies without a word.
-  const killedAt = Date.now()
-  await lab.killRelay(home.port)
-  const down = await B.request({ cmd: 'waitEvent', kind: 'relay', proxy: 'rp', state: 'down', after: killedAt, timeout: 10000 }, 15000)
-  t.true(down.found, 'B noticed its home relay went away')
-  const noticedMs = down.at - killedAt
-  const after = await B.request({ cmd: 'relays' })
-  const newHome = after.relays.find((r) => r.home)
-  t.truthy(newHome, JSON.stringify(after.relays))
-  t.not(newHome.port, home.port)
-
-  // A fresh caller retries as a gRPC client would, until its call gets through.
-  const again = await A.request({ cmd: 'startFp', port: 45002, discovery: { ...discovery, announce: false } })
-  t.true(again.ok, again.message)
-  let call
-  do {
-    // A short budget per attempt: a record read before B re-announced names the dead relay.
-    const open = await A.request({ cmd: 'openNode', nodeId: rp.nodeId, timeout: 2500 }, 10000)
-    call = open.ok ? await A.request({ cmd: 'call', host: `${rp.nodeId}.keynet`, port: 443 }) : open
-  } while (!(call.ok && call.text === 'hello') && Date.now() - killedAt < 10000)
-  const reachedMs = Date.now() - killedAt
-  t.log(`home relay killed: B noticed in ${noticedMs} ms; a caller got through ${reachedMs} ms after the kill`)
-  t.true(call.ok && call.text === 'hello', JSON.stringify(call))
-  t.true(reachedMs < 10000, `${reachedMs} ms`)
+labTest('home relay failover: the home relay is killed; B re-homes to the other and re-announces, and a caller knowing only the node id gets through within 10 s', async (t) => {
+  const r = await failoverRun(Lab)
+  t.log(`home relay killed: B noticed in ${r.noticedMs} ms; a lookup named the new home ${r.announcedMs} ms after the kill; a caller got through after ${r.reachedMs} ms`)
+  t.true(r.rehomed, 'B chose the other relay as its home')
+  t.not(r.noticedMs, null, 'B noticed its home relay went away')
+  t.not(r.announcedMs, null, "B's record names its new home")
+  t.true(r.ok, JSON.stringify(r.call))
+  t.true(r.reachedMs < 10000, `${r.reachedMs} ms`)
 })
 
 labTest('relays found on the DHT: keynet-relay --publish; B, given no relay, finds it and registers; A reaches B by node id', async (t) => {

@@ -164,4 +164,78 @@ async function byNodeIdCell(Lab, kinds, { attempts = 10, timeout = 15000, waitMs
   return { rows, expect }
 }
 
-module.exports = { attempt, startPair, openBoth, startRelayedPair, relayedAttempt, byNodeIdCell, byNodeIdExpect }
+/**
+ * Home relay failover, once: B (restricted NAT) registers with two relays and announces on a
+ * DHT whose node runs in a third relay process; a caller on A reaches B by node id; then B's
+ * home relay is killed (SIGKILL, no goodbye). Measured from the kill: when B noticed (its
+ * 'relay' event, state down), when a fresh caller's lookup names B's new home first (B
+ * re-homed and re-announced), and when that caller's gRPC call, retried as a client would, got
+ * through (the two run at once). Resolves { ok, rehomed, noticedMs, announcedMs, reachedMs,
+ * call }; times are null when it did not happen within 10 s. Throws when the setup fails.
+ */
+async function failoverRun(Lab, { kinds = ['restricted', 'restricted'], within = 10000 } = {}) {
+  const lab = await Lab.create('pair', { kinds, relay: true })
+  const A = lab.agent('A')
+  const B = lab.agent('B')
+  const must = (r, what) => {
+    if (!r.ok || r.found === false) throw new Error(`${what}: ${JSON.stringify(r)}`)
+    return r
+  }
+  try {
+    // The DHT's node runs in a relay process of its own, which stays up.
+    const dht = await lab.startRelay(7002, { dht: true })
+    const r1 = await lab.startRelay(7000)
+    const r2 = await lab.startRelay(7001)
+    const spec = (r) => ({ host: r.host, port: r.port, tcpPort: r.tcpPort, nodeId: r.nodeId })
+    const discovery = { bootstrap: [dht.dht] }
+    const rp = must(await B.request({ cmd: 'startRp', port: 45000, relay: spec(r2), relays: [spec(r1)], discovery }), 'B start')
+    must(await B.request({ cmd: 'waitEvent', kind: 'relay', proxy: 'rp', state: 'up', n: 2, timeout: 15000 }, 20000), 'both relay links up')
+    const home = (await B.request({ cmd: 'relays' })).relays.find((r) => r.home)
+    if (!home) throw new Error('B has no home relay')
+
+    // A caller knowing only the node id gets through before the failover (the record is there).
+    must(await A.request({ cmd: 'startFp', port: 45001, discovery: { ...discovery, announce: false } }), 'A start')
+    const until = Date.now() + 20000
+    let first
+    do first = await A.request({ cmd: 'openNode', nodeId: rp.nodeId, timeout: 5000 }, 10000)
+    while (!first.ok && Date.now() < until)
+    must(first, 'a call before the failover')
+    await A.request({ cmd: 'stop' })
+
+    // The home relay dies without a word.
+    const killedAt = Date.now()
+    await lab.killRelay(home.port)
+    const down = await B.request({ cmd: 'waitEvent', kind: 'relay', proxy: 'rp', state: 'down', after: killedAt, timeout: within }, within + 5000)
+    const noticedMs = down.found ? down.at - killedAt : null
+    const newHome = (await B.request({ cmd: 'relays' })).relays.find((r) => r.home)
+    const rehomed = !!newHome && newHome.port !== home.port
+
+    // A fresh caller: its lookups until they name the new home first, and (at the same time)
+    // its calls, retried as a gRPC client would, until one gets through.
+    must(await A.request({ cmd: 'startFp', port: 45002, discovery: { ...discovery, announce: false } }), 'A start again')
+    const announced = (async () => {
+      while (Date.now() - killedAt < within) {
+        const l = await A.request({ cmd: 'locate', nodeId: rp.nodeId, timeout: 2000 }, 7000)
+        if (l.ok && newHome && l.relays[0]?.port === newHome.port) return Date.now() - killedAt
+      }
+      return null
+    })()
+    const reached = (async () => {
+      let call
+      do {
+        // A short budget per attempt: a record read before B re-announced names the dead relay.
+        const open = await A.request({ cmd: 'openNode', nodeId: rp.nodeId, timeout: 2500 }, 10000)
+        call = open.ok ? await A.request({ cmd: 'call', host: `${rp.nodeId}.keynet`, port: 443 }) : open
+      } while (!(call.ok && call.text === 'hello') && Date.now() - killedAt < within)
+      const ok = call.ok && call.text === 'hello'
+      return { ok, call, ms: ok ? Date.now() - killedAt : null }
+    })()
+    const [announcedMs, r] = await Promise.all([announced, reached])
+    return { ok: r.ok, rehomed, noticedMs, announcedMs, reachedMs: r.ms, call: r.call }
+  } finally {
+    await Promise.all([A.close(), B.close()]).catch(() => {})
+    await lab.destroy()
+  }
+}
+
+module.exports = { attempt, startPair, openBoth, startRelayedPair, relayedAttempt, byNodeIdCell, byNodeIdExpect, failoverRun }

@@ -12,7 +12,7 @@
 // --runs=N the runs per path change scenario.
 
 const { Lab, TOPOLOGIES, labSupport } = require('./lab.js')
-const { attempt, relayedAttempt, byNodeIdCell } = require('./attempt.js')
+const { attempt, relayedAttempt, byNodeIdCell, failoverRun } = require('./attempt.js')
 const { SCENARIOS, summary } = require('./pathchange.js')
 
 /** With a relay: where each topology must end (blocked UDP stays relayed; symmetric against
@@ -261,7 +261,35 @@ async function byNodeIdTable() {
   console.log(line(head))
   console.log(cols.map((c) => '-'.repeat(width[c])).join('-|-'))
   for (const r of rows) console.log(line(r))
+  if (!(await failoverTable())) failed = true
   return { rows, failed }
+}
+
+/** Home relay failover, FAILOVER_RUNS (3) times: prints the times; resolves whether all passed. */
+async function failoverTable() {
+  const runs = Number(process.env.FAILOVER_RUNS || 3)
+  const rows = []
+  for (let i = 0; i < runs; i++) {
+    let r
+    try {
+      r = await failoverRun(Lab)
+    } catch (e) {
+      r = { ok: false, error: e.message }
+    }
+    const ms = (v) => (v == null ? '-' : `${v} ms`)
+    rows.push({ run: String(i + 1), noticed: ms(r.noticedMs), announced: ms(r.announcedMs), reached: ms(r.reachedMs), result: r.ok && r.rehomed ? 'ok' : `failed ${r.error ?? JSON.stringify(r.call)}` })
+    console.error(`natmatrix: failover run ${i + 1}: ${JSON.stringify(rows[i])}`)
+  }
+  const cols = ['run', 'noticed', 'announced', 'reached', 'result']
+  const head = { run: 'failover', noticed: 'B noticed', announced: 'lookup names the new home', reached: 'a caller got through', result: 'result' }
+  const width = Object.fromEntries(cols.map((c) => [c, Math.max(...[head, ...rows].map((r) => String(r[c]).length))]))
+  const line = (r) => cols.map((c) => String(r[c]).padEnd(width[c])).join(' | ')
+  console.log('')
+  console.log('home relay failover (times from the kill of B\'s home relay)')
+  console.log(line(head))
+  console.log(cols.map((c) => '-'.repeat(width[c])).join('-|-'))
+  for (const r of rows) console.log(line(r))
+  return rows.every((r) => r.result === 'ok')
 }
 
 main().catch((e) => {
