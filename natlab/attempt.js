@@ -201,6 +201,9 @@ async function failoverRun(Lab, { kinds = ['restricted', 'restricted'], within =
     while (!first.ok && Date.now() < until)
     must(first, 'a call before the failover')
     await A.request({ cmd: 'stop' })
+    // A fresh caller (no connection to B), its DHT node up before the kill: its lookups then
+    // time B's re-announce.
+    must(await A.request({ cmd: 'startFp', port: 45002, discovery: { ...discovery, announce: false } }), 'A start again')
 
     // The home relay dies without a word.
     const killedAt = Date.now()
@@ -209,10 +212,10 @@ async function failoverRun(Lab, { kinds = ['restricted', 'restricted'], within =
     const noticedMs = down.found ? down.at - killedAt : null
     const newHome = (await B.request({ cmd: 'relays' })).relays.find((r) => r.home)
     const rehomed = !!newHome && newHome.port !== home.port
+    // (The lookups start once B noticed: before, nothing new can be there.)
 
-    // A fresh caller: its lookups until they name the new home first, and (at the same time)
-    // its calls, retried as a gRPC client would, until one gets through.
-    must(await A.request({ cmd: 'startFp', port: 45002, discovery: { ...discovery, announce: false } }), 'A start again')
+    // The caller's lookups until they name the new home first, and (at the same time) its
+    // calls, retried as a gRPC client would, until one gets through.
     const announced = (async () => {
       while (Date.now() - killedAt < within) {
         const l = await A.request({ cmd: 'locate', nodeId: rp.nodeId, timeout: 2000 }, 7000)
