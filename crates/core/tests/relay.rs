@@ -289,6 +289,27 @@ async fn an_unregistered_session_is_closed_at_the_registration_deadline() {
     relay.stop().await.unwrap();
 }
 
+/// `from` sends `to` a one-byte packet through the relay, and it arrives tagged with its sender.
+async fn delivered(
+    (from, from_id): (&RelayClient, &LoadedIdentity),
+    (to, to_id): (&RelayClient, &LoadedIdentity),
+    byte: u8,
+) {
+    from.send(&Frame::SendPacket {
+        dst: to_id.node_id,
+        datagram: vec![byte],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        recv(to).await,
+        Frame::RecvPacket {
+            src: from_id.node_id,
+            datagram: vec![byte]
+        }
+    );
+}
+
 async fn relay_with(set: impl FnOnce(&mut RelayStart)) -> RelayServer {
     let relay = RelayServer::new(ConnOptions::default()).unwrap();
     let mut start = RelayStart::new("127.0.0.1:0".parse().unwrap());
@@ -354,32 +375,8 @@ async fn a_caller_needs_no_token_and_only_the_nodes_it_called_reach_it() {
         }
     );
     // A calls B, B answers A.
-    a.send(&Frame::SendPacket {
-        dst: b_id.node_id,
-        datagram: vec![2],
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        recv(&b).await,
-        Frame::RecvPacket {
-            src: a_id.node_id,
-            datagram: vec![2]
-        }
-    );
-    b.send(&Frame::SendPacket {
-        dst: a_id.node_id,
-        datagram: vec![3],
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        recv(&a).await,
-        Frame::RecvPacket {
-            src: b_id.node_id,
-            datagram: vec![3]
-        }
-    );
+    delivered((&a, &a_id), (&b, &b_id), 2).await;
+    delivered((&b, &b_id), (&a, &a_id), 3).await;
     c.send(&Frame::SendPacket {
         dst: a_id.node_id,
         datagram: vec![4],

@@ -56,12 +56,17 @@ async fn reverse_proxy(server: SocketAddr, relay: RelaySpec) -> ReverseProxy {
 type Events = mpsc::UnboundedReceiver<Event>;
 
 async fn forward_proxy() -> (ForwardProxy, Events) {
+    forward_proxy_with(ForwardStart::default()).await
+}
+
+/// A forward proxy started with `start`, and its events.
+async fn forward_proxy_with(start: ForwardStart) -> (ForwardProxy, Events) {
     let fp = ForwardProxy::new(common::TOKEN.into(), ConnOptions::default()).unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     fp.set_event_sink(Some(Arc::new(move |ev| {
         let _ = tx.send(ev);
     })));
-    fp.start(ForwardStart::default()).await.unwrap();
+    fp.start(start).await.unwrap();
     (fp, rx)
 }
 
@@ -622,17 +627,11 @@ async fn dual_stack_nodes_relay_over_ipv6_and_move_off_the_relay() {
     })
     .await
     .unwrap();
-    let fp = ForwardProxy::new(common::TOKEN.into(), ConnOptions::default()).unwrap();
-    let (tx, mut events) = mpsc::unbounded_channel();
-    fp.set_event_sink(Some(Arc::new(move |ev| {
-        let _ = tx.send(ev);
-    })));
-    fp.start(ForwardStart {
+    let (fp, mut events) = forward_proxy_with(ForwardStart {
         egress_addr: "[::]:0".parse().unwrap(),
         ..Default::default()
     })
-    .await
-    .unwrap();
+    .await;
     let mut s = spec(&relay);
     s.upgrade_delay = Duration::from_millis(300);
     let info = fp
