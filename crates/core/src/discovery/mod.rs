@@ -2,6 +2,7 @@
 
 pub mod record;
 mod service;
+pub mod service_entry;
 
 pub use service::{
     announce_for_proxy, discovery_off, resolve_bootstrap, validate, AddressSink, Discovery,
