@@ -166,7 +166,7 @@ pub fn hex(b: &[u8]) -> String {
 
 /// Reads hex (either case); None if it is not.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
