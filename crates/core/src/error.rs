@@ -198,6 +198,8 @@ pub enum ErrorKind {
     InvalidTlsConfig,
     /// No address found for a node id (on the DHT, or on the relay).
     NodeNotFound,
+    /// No replica of a service name answered.
+    ServiceNotFound,
     /// Aborted by the caller.
     Aborted,
     /// An I/O error while binding or serving.
@@ -243,6 +245,7 @@ impl ErrorKind {
             Self::InvalidArgument => "ERR_INVALID_ARG_VALUE",
             Self::InvalidTlsConfig => "ErrorInvalidTlsConfig",
             Self::NodeNotFound => "ErrorNodeNotFound",
+            Self::ServiceNotFound => "ErrorServiceNotFound",
             Self::Aborted => "ABORT_ERR",
             Self::Io => "ErrorNetwork",
         }
@@ -296,6 +299,9 @@ pub enum Error {
     /// Discovery found no address for the node id.
     #[error("node {0} was not found on the DHT")]
     NodeNotFound(String),
+    /// No replica of a service name was found, or none answered.
+    #[error("service {0}: {1}")]
+    ServiceNotFound(String, String),
     /// Discovery found the node only at addresses of a family this proxy's socket cannot use.
     #[error("node {0} was found only at {1} addresses, which this proxy's socket cannot reach (bind it to '::' for both families)")]
     OtherFamily(String, &'static str),
@@ -326,6 +332,7 @@ impl Error {
             Self::NodeNotFound(_) | Self::NotOnRelay(_) | Self::OtherFamily(..) => {
                 ErrorKind::NodeNotFound
             }
+            Self::ServiceNotFound(..) => ErrorKind::ServiceNotFound,
             Self::Aborted => ErrorKind::Aborted,
             Self::Io(_) => ErrorKind::Io,
         }
@@ -429,6 +436,10 @@ mod tests {
             (Error::NodeNotFound("x".into()), "ErrorNodeNotFound"),
             (Error::NotOnRelay("x".into()), "ErrorNodeNotFound"),
             (Error::OtherFamily("x".into(), "IPv6"), "ErrorNodeNotFound"),
+            (
+                Error::ServiceNotFound("echo".into(), "no replica found".into()),
+                "ErrorServiceNotFound",
+            ),
             (Error::Aborted, "ABORT_ERR"),
             (Error::Io(io::Error::other("x")), "ErrorNetwork"),
         ];

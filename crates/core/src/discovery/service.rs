@@ -13,6 +13,7 @@ use mainline::{Id, MutableItem, SigningKey};
 use rustls::pki_types::CertificateDer;
 
 use super::record::{self, Record, RelayHint, SALT};
+use super::services::{Offers, ServiceOffer, ServiceTrust};
 use crate::error::{Error, Result};
 use crate::identity::LoadedIdentity;
 use crate::nodeid::NodeId;
@@ -42,6 +43,13 @@ pub struct DiscoveryOptions {
     /// Find relays published on the DHT under this network name when the proxy was given none
     /// (`keynet-relay --publish NETWORK`); register with the nearest [`record::MAX_RELAYS`].
     pub relay_network: Option<String>,
+    /// The namespace of service names (empty: the default one), so unrelated users of the
+    /// public DHT do not share names.
+    pub network: String,
+    /// Names this node offers (a reverse proxy's replicas are found by them).
+    pub services: Vec<ServiceOffer>,
+    /// Restricted names a caller accepts only some nodes for.
+    pub service_trust: HashMap<String, ServiceTrust>,
 }
 
 impl Default for DiscoveryOptions {
@@ -55,6 +63,9 @@ impl Default for DiscoveryOptions {
             announce_direct: true,
             relay_idle: Duration::from_secs(60),
             relay_network: None,
+            network: String::new(),
+            services: Vec::new(),
+            service_trust: HashMap::new(),
         }
     }
 }
@@ -161,7 +172,7 @@ impl RecordPacer {
 
 /// A running DHT node. Dropping the last handle ends its thread and frees its port.
 pub struct Discovery {
-    dht: AsyncDht,
+    pub(super) dht: AsyncDht,
     local: SocketAddr,
     /// Ed25519 keys of node ids this proxy verified in a TLS handshake (to fetch their signed
     /// records).
@@ -170,6 +181,12 @@ pub struct Discovery {
     /// The node's relays and observed address, for the next record.
     reach: tokio::sync::watch::Sender<Reach>,
     announce_direct: bool,
+    /// The namespace of service names.
+    pub(super) network: String,
+    /// Names offered (announced with the node's record).
+    pub(super) offers: Offers,
+    /// Restricted names and whom they admit.
+    pub(super) trust: HashMap<String, ServiceTrust>,
 }
 
 /// Resolves `host:port` bootstrap entries to IPv4 addresses; names the bad entry.
@@ -277,14 +294,23 @@ impl Discovery {
         .as_async();
         let local = SocketAddr::V4(dht.info().await.local_addr());
         tracing::info!(%local, "DHT node started");
-        Ok(Arc::new(Self {
+        let d = Arc::new(Self {
             dht,
             local,
             keys: Mutex::new(HashMap::new()),
             announced: Mutex::new(Vec::new()),
             reach: tokio::sync::watch::channel(Reach::default()).0,
             announce_direct: opts.announce_direct,
-        }))
+            network: super::service_entry::check_network(&opts.network).unwrap_or_default(),
+            offers: Offers::default(),
+            trust: opts
+                .service_trust
+                .iter()
+                .filter_map(|(n, t)| Some((super::service_entry::check_name(n).ok()?, t.clone())))
+                .collect(),
+        });
+        d.offers.set(&opts.services);
+        Ok(d)
     }
 
     /// The DHT node's own UDP address.
@@ -350,6 +376,7 @@ impl Discovery {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
+                    _ = me.offers.changed.notified() => {}
                     changed = reach.changed() => {
                         if changed.is_err() {
                             return;
@@ -407,6 +434,15 @@ impl Discovery {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         };
+        let record_bytes = signed.as_ref().and_then(|r| r.as_ref().ok().cloned());
+        let services = async {
+            match (seed, &record_bytes) {
+                (Some(seed), Some(record)) => {
+                    self.announce_services(node_id, seed, record, now).await
+                }
+                _ => Ok(()),
+            }
+        };
         let signed = async {
             let (Some(seed), Some(value)) = (seed, signed) else {
                 return Ok(());
@@ -423,18 +459,21 @@ impl Discovery {
             mine.map_err(|e| e.to_string())?;
             located
         };
-        let both = async { tokio::join!(hint, signed) };
-        let Ok((hint, signed)) = tokio::time::timeout(ANNOUNCE_TIME, both).await else {
+        let all = async { tokio::join!(hint, signed, services) };
+        let Ok((hint, signed, services)) = tokio::time::timeout(ANNOUNCE_TIME, all).await else {
             tracing::warn!(%node_id, "DHT announce did not complete in time");
             return false;
         };
+        if let Err(e) = &services {
+            tracing::warn!(%node_id, error = %e, "service entries not stored");
+        }
         if let Err(e) = &hint {
             tracing::warn!(%node_id, error = %e, "DHT announce failed");
         }
         if let Err(e) = &signed {
             tracing::warn!(%node_id, error = %e, "DHT signed record not stored");
         }
-        let ok = hint.is_ok() && signed.is_ok();
+        let ok = hint.is_ok() && signed.is_ok() && services.is_ok();
         if ok {
             tracing::debug!(%node_id, ?addrs, ?reach, "announced on the DHT");
             let changed = {
@@ -724,7 +763,9 @@ impl Discovery {
 }
 
 /// Awaits every future of `futs` side by side (the DHT puts and gets of one step).
-async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub(super) async fn join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     let mut pending: Vec<_> = futs.into_iter().map(|f| Some(Box::pin(f))).collect();
     let mut out: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
@@ -785,7 +826,7 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// Retry cadence of a failed announce.
 const RETRY: Duration = Duration::from_secs(2);
 
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -852,7 +893,7 @@ pub fn validate(opts: &DiscoveryOptions) -> Result<()> {
             "discovery.reannounceInterval must be greater than 0".into(),
         ));
     }
-    Ok(())
+    super::services::validate_services(&opts.network, &opts.services, &opts.service_trust)
 }
 
 #[cfg(test)]

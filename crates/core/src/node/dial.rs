@@ -135,7 +135,7 @@ impl Node {
 
     /// Races every way `located` names toward `node` (each direct candidate at once, the
     /// relays [`RELAY_DELAY`] later); the first that proves `node` wins, the others are dropped.
-    async fn race(
+    pub(super) async fn race(
         self: &Arc<Self>,
         node: NodeId,
         located: &Located,

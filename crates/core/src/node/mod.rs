@@ -10,6 +10,7 @@
 pub(crate) mod dial;
 mod home;
 mod links;
+pub(crate) mod services;
 pub(crate) mod stats;
 
 use std::net::SocketAddr;
@@ -80,6 +81,8 @@ pub(crate) struct Node {
     /// Every relay link: the start one, those dials asked for, and those opened on demand to
     /// reach a node through its home relay.
     links: Arc<links::Links>,
+    /// Recent service lookups (round-robin positions).
+    services: services::ServiceCache,
     /// The network last acted on.
     network: Arc<Seen>,
     /// This node, for tasks started before it was shared (a link's relay-loss task moves the
@@ -134,6 +137,7 @@ impl Node {
             server: config.server,
             discovery,
             links: Arc::default(),
+            services: Default::default(),
             network: Arc::new(Seen::now()),
             me: Arc::default(),
         };

@@ -90,17 +90,22 @@ pub fn parse_head(buf: &[u8]) -> Result<HeadParse, HeadError> {
 }
 
 /// A CONNECT target: the remote reverse proxy's UDP address and an optional pinned node id,
-/// or only a node id (`NODEID.keynet:PORT`, found through discovery; the port is ignored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// or only a node id (`NODEID.keynet:PORT`, found through discovery; the port is ignored), or a
+/// service name (`NAME.service.keynet:PORT`: one of its replicas).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Address of the reverse proxy's QUIC socket; `None` for a `NODEID.keynet` target.
+    /// Address of the reverse proxy's QUIC socket; `None` for a `.keynet` target.
     pub addr: Option<SocketAddr>,
     /// Node id the peer must prove, from `?nodeId=` or the `.keynet` host.
     pub node_id: Option<NodeId>,
+    /// A service name (checked and folded to lower case).
+    pub service: Option<String>,
 }
 
 /// Host suffix of a target named by node id alone.
 pub const NODE_HOST_SUFFIX: &str = ".keynet";
+/// Host suffix of a target named by service name.
+pub const SERVICE_HOST_SUFFIX: &str = ".service.keynet";
 
 /// Why a request target was refused (answered with 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +119,9 @@ pub enum TargetError {
     /// `nodeId` is not a node id.
     #[error("invalid nodeId in request target: {0}")]
     NodeId(String),
+    /// The service name of a `NAME.service.keynet` host is not one.
+    #[error("invalid service name in request target: {0}")]
+    Service(String),
 }
 
 /// Parses `host:port`, `[v6]:port`, optionally followed by `?nodeId=ID` or `/?nodeId=ID`.
@@ -147,12 +155,29 @@ pub fn parse_target(target: &str) -> Result<Target, TargetError> {
         }
         (host, &authority[i + 1..])
     };
-    let by_node = host
-        .len()
-        .checked_sub(NODE_HOST_SUFFIX.len())
-        .filter(|&i| host.is_char_boundary(i))
-        .filter(|&i| host[i..].eq_ignore_ascii_case(NODE_HOST_SUFFIX))
-        .map(|i| &host[..i]);
+    let strip = |suffix: &str| {
+        host.len()
+            .checked_sub(suffix.len())
+            .filter(|&i| host.is_char_boundary(i))
+            .filter(|&i| host[i..].eq_ignore_ascii_case(suffix))
+            .map(|i| &host[..i])
+    };
+    if let Some(name) = strip(SERVICE_HOST_SUFFIX) {
+        check_port(port, target)?;
+        if query.is_some() {
+            return Err(TargetError::Service(format!(
+                "{target:?}: a service target takes no ?nodeId= (its replicas prove their own)"
+            )));
+        }
+        let name = crate::discovery::service_entry::check_name(name)
+            .map_err(|e| TargetError::Service(format!("{name:?}: {e}")))?;
+        return Ok(Target {
+            addr: None,
+            node_id: None,
+            service: Some(name),
+        });
+    }
+    let by_node = strip(NODE_HOST_SUFFIX);
     if let Some(id) = by_node {
         check_port(port, target)?;
         let id: NodeId = id
@@ -169,6 +194,7 @@ pub fn parse_target(target: &str) -> Result<Target, TargetError> {
         return Ok(Target {
             addr: None,
             node_id: Some(id),
+            service: None,
         });
     }
     let ip: IpAddr = host
@@ -181,6 +207,7 @@ pub fn parse_target(target: &str) -> Result<Target, TargetError> {
     Ok(Target {
         addr: Some(SocketAddr::new(ip, port)),
         node_id: query_node_id(query)?,
+        service: None,
     })
 }
 
@@ -338,8 +365,34 @@ mod tests {
         let want = Target {
             addr: None,
             node_id: Some(id()),
+            service: None,
         };
         assert_eq!(parse_target(&format!("{}.keynet:443", id())).unwrap(), want);
+        // A service name: folded to lower case; bad names and a ?nodeId= are refused.
+        assert_eq!(
+            parse_target("Fibonacci_Worker.service.keynet:443").unwrap(),
+            Target {
+                addr: None,
+                node_id: None,
+                service: Some("fibonacci_worker".into()),
+            }
+        );
+        assert!(matches!(
+            parse_target("a.b.service.keynet:443"),
+            Err(TargetError::Service(_))
+        ));
+        assert!(matches!(
+            parse_target(".service.keynet:443"),
+            Err(TargetError::Service(_))
+        ));
+        assert!(matches!(
+            parse_target(&format!("echo.service.keynet:443?nodeId={}", id())),
+            Err(TargetError::Service(_))
+        ));
+        assert!(matches!(
+            parse_target("echo.service.keynet"),
+            Err(TargetError::Port(_))
+        ));
         let upper = format!("{}.KEYNET:1", id().to_string().to_uppercase());
         assert_eq!(parse_target(&upper).unwrap(), want);
         let same = format!("{0}.keynet:0?nodeId={0}", id());
