@@ -173,7 +173,7 @@ impl ReverseProxy {
             None => Acceptable::Any,
         };
         let transport = accepted_transport(&inner.opts, start.max_streams_per_connection);
-        let config = server_config(&identity, accept.clone(), transport.clone())?;
+        let config = server_config(&identity, accept.clone(), transport.clone(), crate::tls::config::ALPN)?;
         let node = Node::start(
             &inner.opts,
             &inner.identities,
@@ -312,7 +312,12 @@ impl ReverseProxy {
     pub fn set_tls_config(&self, tls: &TlsConfig) -> Result<()> {
         let id = self.inner.identities.set(tls)?;
         if let Ok(running) = self.running() {
-            let config = server_config(&id, running.accept.clone(), running.transport.clone())?;
+            let config = server_config(
+                &id,
+                running.accept.clone(),
+                running.transport.clone(),
+                crate::tls::config::ALPN,
+            )?;
             running.node.endpoint.set_server_config(Some(config));
         }
         Ok(())

@@ -7,7 +7,7 @@ mod services;
 
 pub use service::{
     announce_for_proxy, discovery_off, resolve_bootstrap, validate, AddressSink, Discovery,
-    DiscoveryOptions, Found, Located, Reach, RecordSink, Storing, LOOKUP_TIME, RECORD_SKEW,
-    STORE_AT_ONCE, STORE_QUEUE,
+    DiscoveryOptions, Found, Located, Reach, RecordSink, Storing, LOOKUP_TIME, RECORD_MAX_AGE,
+    RECORD_SKEW, STORE_AT_ONCE, STORE_QUEUE,
 };
 pub use services::{Member, ServiceOffer, ServiceTrust, MAX_ENTRY_AGE, MAX_OFFERS, MAX_TAGS};

@@ -513,8 +513,8 @@ impl Discovery {
     /// A relay's DHT node stores the record a registered node sent it (over its relay link)
     /// under that node's locator: the node is found even when its own DHT traffic is blocked.
     /// Anyone may write there; the record is checked here and again by every reader. Records
-    /// signed more than [`RECORD_SKEW`] away from now are refused (a replayed old record would
-    /// hide the node's current one).
+    /// signed more than [`RECORD_SKEW`] ahead or [`RECORD_MAX_AGE`] ago are refused (the DHT's
+    /// sequence numbers keep an older record from replacing a newer one).
     pub async fn store_for(&self, node: NodeId, value: &[u8]) -> Result<()> {
         let r = Record::open(value)
             .map_err(|e| Error::InvalidArgument(format!("record refused: {e}")))?;
@@ -525,10 +525,13 @@ impl Discovery {
             )));
         }
         let now = unix_ms();
-        if r.signed_at_ms.abs_diff(now) > RECORD_SKEW.as_millis() as u64 {
+        let ahead = r.signed_at_ms.saturating_sub(now);
+        let behind = now.saturating_sub(r.signed_at_ms);
+        if ahead > RECORD_SKEW.as_millis() as u64 || behind > RECORD_MAX_AGE.as_millis() as u64 {
             return Err(Error::InvalidArgument(format!(
-                "record refused: signed {} s from now",
-                r.signed_at_ms.abs_diff(now) / 1000
+                "record refused: signed {} s ago (or {} s ahead)",
+                behind / 1000,
+                ahead / 1000
             )));
         }
         let stored =
@@ -816,8 +819,12 @@ const GRACE: Duration = Duration::from_millis(300);
 /// Budget of one announce (both puts).
 const ANNOUNCE_TIME: Duration = Duration::from_secs(30);
 
-/// How far from a relay's clock a record it stores for a node may be signed.
+/// How far ahead of a relay's clock a record it stores for a node may be signed.
 pub const RECORD_SKEW: Duration = Duration::from_secs(600);
+/// How old a record a relay stores for a node may be: a link hands its relay the node's latest
+/// record again on every registration, which may be one announce interval old; older than the
+/// two hours a locator is read for, it would hide nothing (the DHT keeps the newest sequence).
+pub const RECORD_MAX_AGE: Duration = Duration::from_secs(2 * 3600);
 
 /// How long a changed [`Reach`] waits before it is announced (the links of a node settle
 /// together).

@@ -160,6 +160,7 @@ impl Node {
             let family = if local.is_ipv4() { "IPv6" } else { "IPv4" };
             return Err(Error::OtherFamily(node.to_string(), family));
         }
+        let sendable_count = sendable.len();
         for f in sendable.into_iter().take(MAX_CANDIDATES) {
             let me = self.clone();
             let addr = f.addr;
@@ -172,7 +173,7 @@ impl Node {
         }
         if !relays.is_empty() {
             let me = self.clone();
-            let delay = if located.addrs.is_empty() {
+            let delay = if sendable_count == 0 {
                 Duration::ZERO
             } else {
                 RELAY_DELAY
@@ -356,6 +357,7 @@ impl Node {
             accept.clone(),
             outcome.clone(),
             std::sync::Arc::new(transport),
+            crate::tls::config::ALPN,
         )?;
         Ok((config, outcome))
     }

@@ -45,8 +45,10 @@ pub(crate) struct Links(
 impl Links {
     /// Adds a link.
     pub(super) fn add(&self, link: Arc<RelayLink>, on_demand: bool) {
+        // Under the links lock (as in `get_or_attach`): a record set meanwhile reaches it.
+        let mut links = self.0.lock().expect("links lock");
         self.give_record(&link, on_demand);
-        self.0.lock().expect("links lock").push(Entry {
+        links.push(Entry {
             link,
             on_demand,
             idle_since: None,

@@ -622,6 +622,53 @@ mod tests {
             }),
             "01000404123461"
         );
+        // The mapping byte: bit 0 the peer's NAT changed its port, bit 1 the receiver's.
+        let mut r = Vec::new();
+        Frame::Rendezvous {
+            peer: id(1),
+            peer_addr: "192.0.2.1:9".parse().unwrap(),
+            punch_in_ms: 0,
+            mapping: Mapping {
+                peer_varies: true,
+                you_vary: false,
+            },
+        }
+        .encode(&mut r)
+        .unwrap();
+        assert_eq!(r.len(), 3 + 32 + 19 + 2 + 1);
+        assert_eq!(*r.last().unwrap(), 1);
+        let mut unknown_bit = r.clone();
+        *unknown_bit.last_mut().unwrap() = 4;
+        assert_eq!(
+            Frame::decode(&unknown_bit),
+            Err(FrameError::Flags { kind: 9, flags: 4 })
+        );
+        let mut longer = r.clone();
+        longer.push(0);
+        longer[2] += 1;
+        assert!(matches!(
+            Frame::decode(&longer),
+            Err(FrameError::Length { kind: 9, .. })
+        ));
+        // An empty record is refused both ways.
+        assert_eq!(
+            Frame::decode(&[0x0f, 0, 0]),
+            Err(FrameError::Length { kind: 0x0f, len: 0 })
+        );
+        assert_eq!(
+            Frame::Announce { record: vec![] }.encode(&mut Vec::new()),
+            Err(EncodeError::Empty)
+        );
+        // The longest token fits beside a local port.
+        let full = Frame::Register {
+            want_port: false,
+            caller: false,
+            local_port: Some(9),
+            token: "t".repeat(MAX_TOKEN),
+        };
+        let mut b = Vec::new();
+        full.encode(&mut b).unwrap();
+        assert_eq!(Frame::decode(&b), Ok(Some((full, b.len()))));
         // A rendezvous from a relay that does not compare ports decodes with no mapping seen.
         let mut old = Vec::new();
         Frame::Rendezvous {

@@ -49,6 +49,7 @@ impl RelayClient {
             Acceptable::OneOf(vec![relay_id]),
             outcome.clone(),
             transport,
+            crate::tls::config::RELAY_ALPN,
         )?;
         let connecting = endpoint
             .connect_with(config, relay, SERVER_NAME)

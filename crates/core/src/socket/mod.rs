@@ -98,11 +98,18 @@ pub struct KeynetSocket {
     vias: via::Vias,
     /// Hard-NAT punches running at once (each holds up to 256 extra sockets, or sprays 2048
     /// probes): [`BIRTHDAYS`].
-    pub(crate) birthdays: tokio::sync::Semaphore,
+    birthdays: tokio::sync::Semaphore,
+    /// When each peer's last hard-NAT punch started.
+    birthday_last: Mutex<HashMap<crate::nodeid::NodeId, std::time::Instant>>,
 }
 
 /// Hard-NAT punches a node runs at once; more wait for a later rendezvous.
 pub const BIRTHDAYS: usize = 2;
+/// A node tries a hard-NAT punch with one peer at most this often (a peer asking for
+/// rendezvous again and again cannot keep it spraying or holding sockets).
+pub const BIRTHDAY_SPACING: std::time::Duration = std::time::Duration::from_secs(20);
+/// Peers whose last hard-NAT punch is remembered (for [`BIRTHDAY_SPACING`]).
+const BIRTHDAY_PEERS: usize = 1024;
 
 impl fmt::Debug for KeynetSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -156,6 +163,37 @@ impl KeynetSocket {
         self.replace_os_socket(std::net::UdpSocket::bind(loopback)?)
     }
 
+    /// A permit for a hard-NAT punch with `peer`: None while [`BIRTHDAYS`] run, or when the
+    /// last one with `peer` started less than [`BIRTHDAY_SPACING`] ago.
+    pub(crate) fn birthday_permit(
+        &self,
+        peer: crate::nodeid::NodeId,
+    ) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let now = std::time::Instant::now();
+        {
+            let mut last = self.birthday_last.lock().expect("birthday lock");
+            if last
+                .get(&peer)
+                .is_some_and(|t| now.duration_since(*t) < BIRTHDAY_SPACING)
+            {
+                tracing::debug!(%peer, "hard-NAT punch with this peer tried moments ago: skipped");
+                return None;
+            }
+            if last.len() >= BIRTHDAY_PEERS {
+                last.retain(|_, t| now.duration_since(*t) < BIRTHDAY_SPACING);
+            }
+            if last.len() >= BIRTHDAY_PEERS {
+                return None;
+            }
+            last.insert(peer, now);
+        }
+        let permit = self.birthdays.try_acquire().ok();
+        if permit.is_none() {
+            tracing::debug!(%peer, "{BIRTHDAYS} hard-NAT punches run already: skipped");
+        }
+        permit
+    }
+
     /// The address the OS socket is bound to.
     pub fn bound_addr(&self) -> io::Result<SocketAddr> {
         self.inner().local_addr()
@@ -163,8 +201,7 @@ impl KeynetSocket {
 
     /// Sends one datagram to `to`, waiting (at most a second) for the socket to be writable.
     pub async fn send_to(&self, to: SocketAddr, datagram: &[u8]) {
-        if let Some(aux) = self.vias.get(to) {
-            let to = via::for_family(&aux, to);
+        if let Some((aux, to)) = self.vias.get(to) {
             let sent =
                 tokio::time::timeout(std::time::Duration::from_secs(1), aux.send_to(datagram, to));
             if let Ok(Err(e)) = sent.await {
@@ -281,9 +318,9 @@ impl AsyncUdpSocket for KeynetSocket {
             Hop::Direct(to) => Some(*to),
             _ => None,
         };
-        if let Some(aux) = to.and_then(|to| self.vias.get(to)) {
+        if let Some((aux, to)) = to.and_then(|to| self.vias.get(to)) {
             let size = transmit.segment_size.unwrap_or(transmit.contents.len());
-            via::send_now(&aux, to.expect("checked"), transmit.contents, size);
+            via::send_now(&aux, to, transmit.contents, size);
             return Ok(());
         }
         match hop {
@@ -401,6 +438,7 @@ pub fn bind(
         paths: Paths::default(),
         vias: Default::default(),
         birthdays: tokio::sync::Semaphore::new(BIRTHDAYS),
+        birthday_last: Mutex::new(HashMap::new()),
     });
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
     let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));

@@ -20,6 +20,8 @@ use crate::proto::punch;
 /// the via is removed).
 struct Via {
     socket: Arc<UdpSocket>,
+    /// The socket is IPv6 (IPv4 peers are sent to as mapped addresses): read once.
+    v6: bool,
     id: u64,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -40,13 +42,16 @@ pub(crate) struct Vias {
 }
 
 impl Vias {
-    /// The socket datagrams to `to` leave from, if a via was adopted for it.
-    pub(crate) fn get(&self, to: SocketAddr) -> Option<Arc<UdpSocket>> {
+    /// The socket datagrams to `to` leave from (and `to` in its family), if a via was adopted
+    /// for it.
+    pub(crate) fn get(&self, to: SocketAddr) -> Option<(Arc<UdpSocket>, SocketAddr)> {
         if self.count.load(Ordering::Acquire) == 0 {
             return None;
         }
         let table = self.table.read().expect("vias lock");
-        table.get(&canonical(to)).map(|v| v.socket.clone())
+        table
+            .get(&canonical(to))
+            .map(|v| (v.socket.clone(), in_family(v.v6, to)))
     }
 
     fn remove(&self, to: SocketAddr, id: u64) {
@@ -79,6 +84,7 @@ impl KeynetSocket {
     /// via for `to` replaces this one).
     pub fn adopt_via(self: &Arc<Self>, to: SocketAddr, aux: UdpSocket) -> ViaGuard {
         let to = canonical(to);
+        let v6 = aux.local_addr().is_ok_and(|a| a.is_ipv6());
         let aux = Arc::new(aux);
         let id = self.vias.next_id.fetch_add(1, Ordering::Relaxed);
         let reader = self.rt.spawn(read_via(Arc::downgrade(self), aux.clone()));
@@ -87,6 +93,7 @@ impl KeynetSocket {
             to,
             Via {
                 socket: aux,
+                v6,
                 id,
                 reader,
             },
@@ -103,18 +110,19 @@ impl KeynetSocket {
 
 /// `to` in the address family of `socket` (an IPv6 socket sends to IPv4 peers as mapped).
 pub(crate) fn for_family(socket: &UdpSocket, to: SocketAddr) -> SocketAddr {
-    match (socket.local_addr(), to) {
-        (Ok(SocketAddr::V6(_)), SocketAddr::V4(v4)) => {
-            SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
-        }
+    in_family(socket.local_addr().is_ok_and(|a| a.is_ipv6()), to)
+}
+
+fn in_family(v6: bool, to: SocketAddr) -> SocketAddr {
+    match to {
+        SocketAddr::V4(v4) if v6 => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
         _ => to,
     }
 }
 
-/// Sends `segments` of `size` bytes from `socket` without waiting: a full socket drops them,
-/// as a congested network would (QUIC retransmits).
+/// Sends `contents` in segments of `size` bytes from `socket` to `to` (in its family) without
+/// waiting: a full socket drops them, as a congested network would (QUIC retransmits).
 pub(crate) fn send_now(socket: &UdpSocket, to: SocketAddr, contents: &[u8], size: usize) {
-    let to = for_family(socket, to);
     for segment in contents.chunks(size.max(1)) {
         if let Err(e) = socket.try_send_to(segment, to) {
             if e.kind() != io::ErrorKind::WouldBlock {
@@ -128,8 +136,17 @@ pub(crate) fn send_now(socket: &UdpSocket, to: SocketAddr, contents: &[u8], size
 async fn read_via(main: Weak<KeynetSocket>, aux: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 65_535];
     loop {
-        let Ok((n, from)) = aux.recv_from(&mut buf).await else {
-            return;
+        let (n, from) = match aux.recv_from(&mut buf).await {
+            Ok(got) => got,
+            // Per-datagram errors (an ICMP error surfaces as a reset on some systems): read on.
+            Err(e) => {
+                tracing::trace!(error = %e, "via receive error");
+                if main.strong_count() == 0 {
+                    return;
+                }
+                tokio::task::yield_now().await;
+                continue;
+            }
         };
         let Some(main) = main.upgrade() else { return };
         let from = canonical(from);

@@ -9,8 +9,12 @@ use crate::error::{Error, Result};
 use crate::identity::LoadedIdentity;
 use crate::tls::verify::{Acceptable, NodeIdVerifier, VerifyOutcome};
 
-/// ALPN of keynet's tunnel protocol.
+/// ALPN of keynet's tunnel protocol (node to node).
 pub(crate) const ALPN: &[u8] = b"keynet/1";
+/// ALPN of the relay protocol (node to relay, over QUIC or TLS + WebSocket). Its version moves
+/// with the relay frames (`proto::relay`): a node and a relay of different versions fail the
+/// handshake with a clear error instead of closing on a frame the other does not know.
+pub(crate) const RELAY_ALPN: &[u8] = b"keynet-relay/2";
 /// Server name sent in the handshake; verification ignores it (identity is the node id).
 pub(crate) const SERVER_NAME: &str = "keynet";
 
@@ -29,8 +33,9 @@ pub(crate) fn client_config(
     accept: Acceptable,
     outcome: VerifyOutcome,
     transport: Arc<quinn::TransportConfig>,
+    alpn: &[u8],
 ) -> Result<quinn::ClientConfig> {
-    let tls = tls_client_config(identity, accept, outcome)?;
+    let tls = tls_client_config(identity, accept, outcome, alpn)?;
     let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport);
@@ -43,6 +48,7 @@ pub(crate) fn tls_client_config(
     identity: &LoadedIdentity,
     accept: Acceptable,
     outcome: VerifyOutcome,
+    alpn: &[u8],
 ) -> Result<rustls::ClientConfig> {
     let provider = provider();
     let verifier = Arc::new(NodeIdVerifier::new(accept, provider.clone(), outcome));
@@ -53,7 +59,7 @@ pub(crate) fn tls_client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(tls_err)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     Ok(tls)
 }
 
@@ -63,8 +69,9 @@ pub(crate) fn server_config(
     identity: &LoadedIdentity,
     accept: Acceptable,
     transport: Arc<quinn::TransportConfig>,
+    alpn: &[u8],
 ) -> Result<quinn::ServerConfig> {
-    let tls = tls_server_config(identity, accept)?;
+    let tls = tls_server_config(identity, accept, alpn)?;
     let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport);
@@ -75,6 +82,7 @@ pub(crate) fn server_config(
 pub(crate) fn tls_server_config(
     identity: &LoadedIdentity,
     accept: Acceptable,
+    alpn: &[u8],
 ) -> Result<rustls::ServerConfig> {
     let provider = provider();
     let verifier = Arc::new(NodeIdVerifier::new(
@@ -88,6 +96,6 @@ pub(crate) fn tls_server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(tls_err)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     Ok(tls)
 }

@@ -13,7 +13,9 @@
 //! mappings among the 64,512 ports a NAT picks from, 2048 probes miss them all with probability
 //! 0.03 % (`miss_probability`, tested). Both symmetric: no pair is found this way; the connection stays
 //! relayed. It runs only while the relay carries the connection, at most
-//! [`crate::socket::BIRTHDAYS`] at once per node, each for at most [`BIRTHDAY_BUDGET`].
+//! [`crate::socket::BIRTHDAYS`] at once per node and once per [`crate::socket::BIRTHDAY_SPACING`]
+//! per peer (a peer cannot keep a node busy with rendezvous), each for at most
+//! [`BIRTHDAY_BUDGET`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -104,10 +106,11 @@ fn random_nonce() -> u64 {
 /// [`crate::socket::BIRTHDAYS`] run already).
 pub(crate) async fn open_many(
     socket: &Arc<KeynetSocket>,
+    node: crate::nodeid::NodeId,
     peer: SocketAddr,
     key: &AckKey,
 ) -> Option<(UdpSocket, SocketAddr)> {
-    let _permit = socket.birthdays.try_acquire().ok()?;
+    let _permit = socket.birthday_permit(node)?;
     let bind = SocketAddr::new(socket.bound_addr().ok()?.ip(), 0);
     let mut aux = Vec::with_capacity(AUX_SOCKETS);
     for _ in 0..AUX_SOCKETS {
@@ -189,10 +192,11 @@ async fn recv_any(aux: &[(UdpSocket, u64)], buf: &mut [u8]) -> (usize, SocketAdd
 /// let in). None within the budget (or when [`crate::socket::BIRTHDAYS`] run already).
 pub(crate) async fn spray(
     socket: &Arc<KeynetSocket>,
+    node: crate::nodeid::NodeId,
     peer: SocketAddr,
     key: &AckKey,
 ) -> Option<SocketAddr> {
-    let _permit = socket.birthdays.try_acquire().ok()?;
+    let _permit = socket.birthday_permit(node)?;
     // Answers come from ports no punch session knows: strays.
     let mut strays = socket.strays();
     let nonce = random_nonce();
@@ -228,11 +232,10 @@ pub(crate) async fn spray(
             if from.ip() != peer.ip() || d.len() != LEN {
                 continue;
             }
+            // Only the keyed ack: the hard side sends it from the one socket it chose, so both
+            // sides agree on the pair (several of its mappings may let punches through).
             match Packet::decode(&d) {
                 Ok(p) if p.kind == Kind::Ack && key.accepts(nonce, p.nonce) => return from,
-                // The peer's punch from a mapping our probe opened the way for (proven by the
-                // keyed punch that follows).
-                Ok(p) if p.kind == Kind::Punch => return from,
                 _ => {}
             }
         }

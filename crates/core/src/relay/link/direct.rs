@@ -115,15 +115,18 @@ impl DirectPath {
         let mut _via = None;
         if let (false, Some(role)) = (punch.confirmed(), role) {
             let found = match role {
-                Role::Hard => {
-                    birthday::open_many(&self.socket, addr, &key)
-                        .await
-                        .map(|(aux, from)| {
-                            _via = Some(self.socket.adopt_via(from, aux));
-                            from
-                        })
-                }
-                Role::Easy => birthday::spray(&self.socket, addr, &key).await,
+                Role::Hard => birthday::open_many(&self.socket, peer, addr, &key)
+                    .await
+                    .map(|(aux, from)| {
+                        _via = Some(ViaPath {
+                            _via: self.socket.adopt_via(from, aux),
+                            socket: self.socket.clone(),
+                            peer,
+                            addr: from,
+                        });
+                        from
+                    }),
+                Role::Easy => birthday::spray(&self.socket, peer, addr, &key).await,
             };
             match found {
                 Some(found) => {
@@ -252,6 +255,27 @@ impl DirectPath {
                 last_sent = sent;
                 idle_at = now + idle;
             }
+        }
+    }
+}
+
+/// The socket a birthday punch found, held for the peer's direct path: when the task that
+/// found it ends (the peer's connections are gone, or a newer rendezvous replaced it), the
+/// path through it ends too, and the peer's datagrams go through the relay again until the
+/// next punch (from the main socket they would meet a NAT mapping the peer's NAT filters).
+struct ViaPath {
+    _via: crate::socket::ViaGuard,
+    socket: Arc<KeynetSocket>,
+    peer: NodeId,
+    addr: SocketAddr,
+}
+
+impl Drop for ViaPath {
+    fn drop(&mut self) {
+        if self.socket.paths.direct_of(self.peer) == Some(self.addr) {
+            self.socket
+                .paths
+                .drop_direct(self.peer, PathReason::Rebinding);
         }
     }
 }

@@ -21,6 +21,10 @@
 //!   `DirectPath` task per rendezvous (`direct.rs`).
 
 pub(crate) mod birthday;
+
+/// A link hands its relay the node's record at most this often (the relay refuses a second
+/// one within 5 s); a newer record waits and goes when its turn comes.
+pub(crate) const ANNOUNCE_EVERY: Duration = Duration::from_secs(6);
 pub(crate) mod direct;
 pub(crate) mod public;
 pub mod transport;
@@ -505,9 +509,12 @@ impl Runner {
                 self.handle(f)?;
             }
         };
-        // The record goes again on every registration (the relay keeps none across sessions).
+        // The record goes again on every registration (the relay keeps none across sessions),
+        // at most every ANNOUNCE_EVERY: a newer one waits its turn (the relay refuses faster).
         let mut record = self.record.clone();
         record.mark_changed();
+        let mut pending: Option<Vec<u8>> = None;
+        let mut announced_at: Option<Instant> = None;
         let writer = async {
             let mut ping = tokio::time::interval(cadence);
             ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -528,10 +535,13 @@ impl Runner {
                         if changed.is_err() {
                             return Ok(());
                         }
-                        let latest = record.borrow_and_update().clone();
-                        if let Some(record) = latest {
-                            write_frames(send, &[Frame::Announce { record }]).await.map_err(RelayError::Closed)?;
-                        }
+                        pending = record.borrow_and_update().clone().or(pending.take());
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(announced_at.map_or_else(Instant::now, |t| t + ANNOUNCE_EVERY).into()), if pending.is_some() => {
+                        let record = pending.take().expect("pending");
+                        announced_at = Some(Instant::now());
+                        write_frames(send, &[Frame::Announce { record }]).await.map_err(RelayError::Closed)?;
                         continue;
                     }
                     _ = ping.tick() => {

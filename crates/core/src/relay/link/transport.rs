@@ -109,6 +109,7 @@ async fn handshake(
         accept,
         outcome.clone(),
         relay_transport(&ctx.opts, silence),
+        crate::tls::config::RELAY_ALPN,
     )?;
     let connecting = ctx
         .endpoint

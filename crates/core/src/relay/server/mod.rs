@@ -101,7 +101,7 @@ pub struct RelayStart {
 pub type RecordQueue = mpsc::Sender<(NodeId, Vec<u8>)>;
 
 /// A node may announce its record at most this often (one record per announce cadence, or
-/// per change of its relays).
+/// per change of its relays; nodes pace themselves to [`crate::relay::link::ANNOUNCE_EVERY`]).
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 
 /// See [`RelayStart::tamper`].
@@ -327,9 +327,17 @@ impl RelayServer {
                     .allowed_node_ids
                     .clone()
                     .map_or(Acceptable::Any, Acceptable::OneOf);
-                let config =
-                    server_config(&identity, accept.clone(), relay_transport(&inner.opts))?;
-                let tls = Arc::new(tls_server_config(&identity, accept.clone())?);
+                let config = server_config(
+                    &identity,
+                    accept.clone(),
+                    relay_transport(&inner.opts),
+                    crate::tls::config::RELAY_ALPN,
+                )?;
+                let tls = Arc::new(tls_server_config(
+                    &identity,
+                    accept.clone(),
+                    crate::tls::config::RELAY_ALPN,
+                )?);
                 let secret = identity.derived_secret("quic stateless reset");
                 let (endpoint, socket) = socket::bind(start.addr, Some(config), &secret)?;
                 let addr = endpoint.local_addr()?;
@@ -1014,6 +1022,8 @@ impl Inner {
         if last.is_some_and(|t| now < t + ANNOUNCE_EVERY) {
             return error(429, "records announced too fast".into());
         }
+        // Counted before the check: refused records cost a signature check each, too.
+        *last = Some(now);
         match crate::discovery::record::Record::open(&record) {
             Err(e) => return error(400, format!("record refused: {e}")),
             Ok(r) if r.node_id != node => {
@@ -1021,7 +1031,6 @@ impl Inner {
             }
             Ok(_) => {}
         }
-        *last = Some(now);
         match sink.try_send((node, record)) {
             Ok(()) => {
                 tracing::debug!(%node, "record taken to store");

@@ -227,7 +227,14 @@ impl<H> Registry<H> {
             return Err(Refusal::UnknownPeer(peer));
         };
         let me = self.nodes.get_mut(&node).expect("checked above");
-        if !me.relays_with(&peer) {
+        // A caller must have been answered: else one junk packet would buy it any registered
+        // node's address.
+        let answered = if me.caller {
+            me.heard_from.contains(&peer)
+        } else {
+            me.relays_with(&peer)
+        };
+        if !answered {
             return Err(Refusal::NoRelayedTraffic(peer));
         }
         if !me
@@ -349,6 +356,17 @@ mod tests {
         assert_eq!(
             r.forward(n(2), 2, n(3)).err(),
             Some(Refusal::UnknownPeer(n(3)))
+        );
+        // A caller gets a rendezvous only with a node that answered it: C sent to 1, which
+        // never answered.
+        r.forward(n(4), 4, n(2)).unwrap();
+        assert_eq!(
+            r.pair(n(4), 4, n(2), Instant::now()).err(),
+            Some(Refusal::NoRelayedTraffic(n(2)))
+        );
+        assert!(
+            r.pair(n(3), 3, n(1), Instant::now()).is_ok(),
+            "1 answered 3"
         );
         // A relay may take no callers at all.
         let mut closed = Registry::new(&Limits::default(), None, false);
