@@ -362,6 +362,35 @@ impl ForwardProxy {
         let peer = cancellable(&running, cancel, dial).await?;
         Ok(running.node.tracker.info_of(&peer))
     }
+
+    /// Opens (or reuses) a connection to one replica of the service `name` (needs discovery):
+    /// the next of its trusted replicas in round-robin order, the others on failure.
+    /// `ErrorServiceNotFound` when none was found or none answered.
+    pub async fn open_connection_to_service(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+        cancel: Option<CancellationToken>,
+    ) -> Result<ConnectionInfo> {
+        let running = self.running()?;
+        let budget = timeout.unwrap_or(self.inner.opts.connect_time);
+        let dial = running.node.dial_service(name, budget);
+        let peer = cancellable(&running, cancel, dial).await?;
+        Ok(running.node.tracker.info_of(&peer))
+    }
+
+    /// The replicas of the service `name` the DHT names (needs discovery), newest first.
+    pub async fn lookup_service(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+        cancel: Option<CancellationToken>,
+    ) -> Result<Vec<crate::discovery::Member>> {
+        let running = self.running()?;
+        let deadline = std::time::Instant::now() + timeout.unwrap_or(crate::discovery::LOOKUP_TIME);
+        let lookup = running.node.lookup_service(name, deadline);
+        cancellable(&running, cancel, lookup).await
+    }
 }
 
 impl Inner {
@@ -448,6 +477,14 @@ impl Inner {
                     return answer(&mut tcp, 400, &msg).await;
                 }
             },
+            _ if target.service.is_some() => match node.discovery() {
+                Some(_) => Target::Service(target.service.expect("checked")),
+                None => {
+                    let msg =
+                        "a NAME.service.keynet target needs discovery: start the proxy with it";
+                    return answer(&mut tcp, 400, msg).await;
+                }
+            },
             (None, Some(id)) if node.discovery().is_some() || node.has_relay() => Target::Node(id),
             (None, _) => {
                 let msg =
@@ -460,6 +497,7 @@ impl Inner {
             let peer = match target {
                 Target::Addr(addr, pin) => node.connect(addr, pin, budget).await?,
                 Target::Node(id) => node.dial_node(id, budget).await?,
+                Target::Service(name) => node.dial_service(&name, budget).await?,
             };
             let (send, recv) = open_tunnel(&peer).await?;
             Ok::<_, Error>((peer, send, recv))
@@ -529,6 +567,8 @@ enum Target {
     Addr(SocketAddr, Option<NodeId>),
     /// A node id, found through discovery.
     Node(NodeId),
+    /// A service name: one of its replicas.
+    Service(String),
 }
 
 /// Opens a stream, writes the tunnel header and waits for the reverse proxy's acknowledgement.

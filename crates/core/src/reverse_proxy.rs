@@ -244,6 +244,38 @@ impl ReverseProxy {
         self.running()?.node.locate(node, timeout).await
     }
 
+    /// Starts offering the service `offer` (announced at once; needs discovery and an Ed25519
+    /// identity, the default).
+    pub fn announce_service(&self, offer: crate::discovery::ServiceOffer) -> Result<()> {
+        let running = self.running()?;
+        let d = running
+            .node
+            .discovery()
+            .ok_or_else(crate::discovery::discovery_off)?;
+        d.offer_service(offer)
+    }
+
+    /// Stops offering `name` (a withdrawn entry replaces its entry at once); false when it was
+    /// not offered.
+    pub fn withdraw_service(&self, name: &str) -> Result<bool> {
+        let running = self.running()?;
+        let d = running
+            .node
+            .discovery()
+            .ok_or_else(crate::discovery::discovery_off)?;
+        d.withdraw_service(name)
+    }
+
+    /// The service names offered now.
+    pub fn services(&self) -> Result<Vec<String>> {
+        Ok(self
+            .running()?
+            .node
+            .discovery()
+            .map(|d| d.offered())
+            .unwrap_or_default())
+    }
+
     /// Stops: ends every tunnel and connection, awaits every task and releases the port.
     pub async fn stop(&self) -> Result<()> {
         self.inner

@@ -187,6 +187,8 @@ pub struct Discovery {
     pub(super) offers: Offers,
     /// Restricted names and whom they admit.
     pub(super) trust: HashMap<String, ServiceTrust>,
+    /// The node's record as last signed (services are withdrawn with it on stop).
+    pub(super) last_record: Mutex<Option<Vec<u8>>>,
 }
 
 /// Resolves `host:port` bootstrap entries to IPv4 addresses; names the bad entry.
@@ -308,6 +310,7 @@ impl Discovery {
                 .iter()
                 .filter_map(|(n, t)| Some((super::service_entry::check_name(n).ok()?, t.clone())))
                 .collect(),
+            last_record: Mutex::new(None),
         });
         d.offers.set(&opts.services);
         Ok(d)
@@ -435,6 +438,9 @@ impl Discovery {
                 .map_err(|e| e.to_string())
         };
         let record_bytes = signed.as_ref().and_then(|r| r.as_ref().ok().cloned());
+        if record_bytes.is_some() {
+            *self.last_record.lock().expect("record lock") = record_bytes.clone();
+        }
         let services = async {
             match (seed, &record_bytes) {
                 (Some(seed), Some(record)) => {

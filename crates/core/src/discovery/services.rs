@@ -156,6 +156,28 @@ impl Discovery {
             .collect()
     }
 
+    /// Withdraws every offer at once (the node stops), within `within`: needs the record the
+    /// node announced last (nothing was offered on the DHT before one).
+    pub(crate) async fn withdraw_all(&self, node: NodeId, seed: &[u8; 32], within: Duration) {
+        let any = {
+            let mut list = self.offers.list.lock().expect("offers lock");
+            list.iter_mut().for_each(|(_, w)| *w = true);
+            !list.is_empty()
+        };
+        let record = self.last_record.lock().expect("record lock").clone();
+        let (true, Some(record)) = (any, record) else {
+            return;
+        };
+        let done = tokio::time::timeout(
+            within,
+            self.announce_services(node, seed, &record, unix_ms()),
+        )
+        .await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::info!(%node, "services not withdrawn in time: their entries age out");
+        }
+    }
+
     /// Publishes every offer with the node's signed `record`: a BEP 5 tag under the name's
     /// topic and the entry under the service key for this hour and the next. Withdrawn offers
     /// are published once as such, then forgotten.

@@ -56,6 +56,9 @@ pub(crate) struct NodeConfig {
 }
 
 /// A running keynode.
+/// How long `stop()` spends withdrawing the services a node offered.
+const WITHDRAW_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(crate) struct Node {
     /// Connection timing.
     pub opts: ConnOptions,
@@ -225,6 +228,15 @@ impl Node {
     /// then frees the UDP port (see [`lifecycle::release_port`]). The caller drops its handles
     /// and awaits [`lifecycle::wait_released`] with the result.
     pub(crate) async fn shutdown(&self) -> Option<Weak<KeynetSocket>> {
+        // Services this node offered are withdrawn first (best effort, bounded): callers stop
+        // picking it at once instead of when its entry ages out.
+        if let (Some(d), Some(identity)) = (&self.discovery, self.identities.current()) {
+            if let Some(seed) =
+                crate::discovery::record::ed25519_seed_of_pkcs8(identity.key.secret_der())
+            {
+                d.withdraw_all(self.node_id, &seed, WITHDRAW_TIME).await;
+            }
+        }
         lifecycle::shutdown(
             &self.endpoint,
             &self.tracker,
