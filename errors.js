@@ -36,6 +36,8 @@ class ErrorCertChainSignatureInvalid extends ErrorCertChain {}
 
 /** Discovery found no address for the node id on the DHT. */
 class ErrorNodeNotFound extends ErrorConnectionStart {}
+/** No replica of a service name was found, or none answered (CONNECT: 502). */
+class ErrorServiceNotFound extends ErrorConnectionStart {}
 
 /** PEM material that cannot be used (not PEM, key does not match the leaf certificate). */
 class ErrorInvalidTlsConfig extends ErrorNetwork {}
@@ -63,5 +65,6 @@ module.exports = {
   ErrorCertChainKeyInvalid,
   ErrorCertChainSignatureInvalid,
   ErrorNodeNotFound,
+  ErrorServiceNotFound,
   ErrorInvalidTlsConfig,
 }

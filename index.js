@@ -219,7 +219,66 @@ function checkDiscovery(v) {
   }
   if (d.host !== undefined) out.host = checkHost('opts.discovery.host', d.host)
   if (d.port !== undefined) out.port = checkPort('opts.discovery.port', d.port)
+  if (d.network !== undefined && d.network !== '') out.network = checkServiceName('opts.discovery.network', d.network)
+  if (d.services !== undefined) out.services = checkServices(d.services)
+  if (d.serviceTrust !== undefined) out.serviceTrust = checkServiceTrust(d.serviceTrust)
   return out
+}
+
+/** Service names: 1-63 of a-z, 0-9, '-', '_' (upper case folded), so `NAME.service.keynet` is a host. */
+const SERVICE_NAME = /^[A-Za-z0-9_-]{1,63}$/
+const HEX = (n) => new RegExp(`^[0-9a-fA-F]{${n}}$`)
+
+function checkServiceName(name, v) {
+  checkString(name, v)
+  if (!SERVICE_NAME.test(v)) {
+    const e = new TypeError(`The "${name}" argument must be a service name of 1 to 63 characters among a-z, 0-9, '-' and '_'. Received ${describe(v)}`)
+    e.code = 'ERR_INVALID_ARG_VALUE'
+    throw e
+  }
+  return v.toLowerCase()
+}
+
+function checkHex(name, v, digits) {
+  checkString(name, v)
+  if (!HEX(digits).test(v)) throw typeError(name, `${digits} hex digits`, v)
+  return v
+}
+
+/** `services`: names, or `{ name, membership }` for a restricted name (at most 16). */
+function checkServices(v) {
+  if (!Array.isArray(v)) throw typeError('opts.discovery.services', 'an array of service names or { name, membership }', v)
+  if (v.length > 16) throw rangeError('opts.discovery.services', 'at most 16 names', v.length)
+  return v.map((s, i) => serviceOffer(`opts.discovery.services[${i}]`, s))
+}
+
+function serviceOffer(name, s) {
+  if (typeof s === 'string') return { name: checkServiceName(name, s) }
+  const o = checkObject(name, s)
+  const out = { name: checkServiceName(`${name}.name`, o.name) }
+  if (o.membership !== undefined) out.membership = checkHex(`${name}.membership`, o.membership, 192)
+  return out
+}
+
+/** `serviceTrust`: `{ NAME: { nodeIds?: [...], owner?: hex } }`, as the binding's list. */
+function checkServiceTrust(v) {
+  const t = checkObject('opts.discovery.serviceTrust', v)
+  return Object.entries(t).map(([name, rule]) => {
+    const where = `opts.discovery.serviceTrust.${name}`
+    const r = checkObject(where, rule)
+    const out = { name: checkServiceName('opts.discovery.serviceTrust key', name) }
+    if (r.nodeIds !== undefined) {
+      if (!Array.isArray(r.nodeIds)) throw typeError(`${where}.nodeIds`, 'an array of node ids', r.nodeIds)
+      out.nodeIds = r.nodeIds.map((id, i) => checkNodeId(`${where}.nodeIds[${i}]`, id))
+    }
+    if (r.owner !== undefined) out.owner = checkHex(`${where}.owner`, r.owner, 64)
+    if (out.nodeIds === undefined && out.owner === undefined) throw typeError(where, 'an object with nodeIds and/or owner', rule)
+    return out
+  })
+}
+
+function member(m) {
+  return { nodeId: m.nodeId, ageMs: m.ageMs, verified: m.verified, addresses: found(m.addresses), relays: m.relays.map((r) => ({ ...r })) }
 }
 
 function found(list) {
@@ -494,6 +553,13 @@ class ForwardProxy extends Proxy {
    * resolves its ConnectionInfo.
    */
   async openConnection(a, b, c, d) {
+    if (a !== null && typeof a === 'object' && a.service !== undefined) {
+      // openConnection({ service, timeout?, signal? }): one replica of a service name.
+      const name = checkServiceName('opts.service', a.service)
+      const timeout = checkTime('opts.timeout', a.timeout)
+      const signal = checkSignal(a.signal)
+      return withSignal(this._native, signal, (opId) => this._native.openConnectionToService(name, timeout, opId))
+    }
     if (typeof a === 'string' && NODE_ID.test(a) && (b === undefined || (typeof b === 'object' && b !== null))) {
       const opts = checkObject('opts', b)
       const timeout = checkTime('opts.timeout', opts.timeout)
@@ -558,6 +624,19 @@ class ForwardProxy extends Proxy {
     }
   }
 
+  /**
+   * The replicas of a service name on the DHT (needs `discovery`): resolves `[{ nodeId, ageMs,
+   * verified, addresses, relays }]`, newest first; `verified` says a restricted name's member
+   * (by `discovery.serviceTrust`).
+   */
+  async lookupService(name, opts) {
+    name = checkServiceName('name', name)
+    opts = checkObject('opts', opts)
+    const timeout = checkTime('opts.timeout', opts.timeout)
+    const signal = checkSignal(opts.signal)
+    const list = await withSignal(this._native, signal, (opId) => this._native.lookupService(name, timeout, opId))
+    return list.map(member)
+  }
 }
 
 // ---- ReverseProxy ----------------------------------------------------------------------------
@@ -806,6 +885,26 @@ class Relay extends Service {
   getMetricsText() { return sync(() => this._native.metrics()).prometheus }
 }
 
+/**
+ * Starts offering a service name while running (needs `discovery`): announced at once;
+ * `opts.membership` is the owner's word for a restricted name (`signServiceMember`).
+ */
+ReverseProxy.prototype.announceService = function announceService(name, opts) {
+  const offer = serviceOffer('name', typeof name === 'string' && opts === undefined ? name : { ...checkObject('opts', opts), name })
+  sync(() => this._native.announceService(offer))
+}
+
+/** Stops offering a service name (callers skip it at once); false when it was not offered. */
+ReverseProxy.prototype.withdrawService = function withdrawService(name) {
+  name = checkServiceName('name', name)
+  return sync(() => this._native.withdrawService(name))
+}
+
+/** The service names offered now. */
+ReverseProxy.prototype.getServices = function getServices() {
+  return sync(() => this._native.services())
+}
+
 /** The relay's limits: `[{ key, unit: 'count' | 'bytes' | 'ms' | 'perSecond', defaultValue, doc }]`. */
 const RELAY_LIMITS = Object.freeze(native.relayLimits().map((l) => Object.freeze(l)))
 Relay.limits = RELAY_LIMITS
@@ -832,4 +931,36 @@ function nodeIdFromCertificate(certPem) {
   return sync(() => native.nodeIdFromCertificate(certPem))
 }
 
-module.exports = { ForwardProxy, ReverseProxy, Relay, generateIdentity, rotateIdentity, nodeIdFromCertificate, errors }
+// ---- service owners --------------------------------------------------------------------------
+
+/** A fresh service owner key: `{ publicKey, privateKey }`, 64 hex digits each (keep the second secret). */
+function generateServiceOwner() {
+  const k = sync(() => native.generateServiceOwner())
+  return { publicKey: k.publicKey, privateKey: k.privateKey }
+}
+
+/**
+ * The owner's membership admitting `nodeId` to the restricted service `name` (192 hex digits):
+ * the node offers the name with it (`discovery.services: [{ name, membership }]`), callers that
+ * trust the owner's `publicKey` (`discovery.serviceTrust`) accept it.
+ */
+function signServiceMember(ownerPrivateKey, name, nodeId, opts) {
+  checkHex('ownerPrivateKey', ownerPrivateKey, 64)
+  name = checkServiceName('name', name)
+  checkNodeId('nodeId', nodeId)
+  opts = checkObject('opts', opts)
+  const network = opts.network === undefined || opts.network === '' ? undefined : checkServiceName('opts.network', opts.network)
+  return sync(() => native.signServiceMember(ownerPrivateKey, name, nodeId, network))
+}
+
+module.exports = {
+  ForwardProxy,
+  ReverseProxy,
+  Relay,
+  generateIdentity,
+  rotateIdentity,
+  nodeIdFromCertificate,
+  generateServiceOwner,
+  signServiceMember,
+  errors,
+}

@@ -21,6 +21,10 @@ export declare class NativeForwardProxy {
   announced(): Array<NativeAddress>
   /** Opens (or reuses) a connection to a node known only by its node id. */
   openConnectionToNode(nodeId: string, timeoutMs?: number | undefined | null, opId?: number | undefined | null): Promise<NativeConnectionInfo>
+  /** Opens (or reuses) a connection to one replica of a service name. */
+  openConnectionToService(name: string, timeoutMs?: number | undefined | null, opId?: number | undefined | null): Promise<NativeConnectionInfo>
+  /** The replicas of a service name. */
+  lookupService(name: string, timeoutMs?: number | undefined | null, opId?: number | undefined | null): Promise<Array<NativeMember>>
   stop(): Promise<void>
   nodeId(): string
   proxyHost(): string
@@ -75,6 +79,12 @@ export declare class NativeReverseProxy {
   locate(nodeId: string, timeoutMs?: number | undefined | null): Promise<NativeLocated>
   /** The addresses announced last. */
   announced(): Array<NativeAddress>
+  /** Starts offering a service name. */
+  announceService(offer: NativeServiceOffer): void
+  /** Stops offering a service name; false when it was not offered. */
+  withdrawService(name: string): boolean
+  /** The service names offered now. */
+  services(): Array<string>
   stop(): Promise<void>
   /** The home relay link's status (null without a relay). */
   relayStatus(): NativeRelayStatus | null
@@ -110,6 +120,9 @@ export declare class NativeReverseProxy {
 
 /** Generates an Ed25519 identity with a self-signed certificate. */
 export declare function generateIdentity(): Promise<NativeIdentity>
+
+/** Generates a service owner key (it signs the node ids of a restricted name's members). */
+export declare function generateServiceOwner(): NativeServiceOwner
 
 /** A host and port. */
 export interface NativeAddress {
@@ -148,6 +161,12 @@ export interface NativeDiscovery {
   announceAddresses?: boolean
   relayIdleTime?: number
   relayNetwork?: string
+  /** The namespace of service names. */
+  network?: string
+  /** Names offered (reverse proxy). */
+  services?: Array<NativeServiceOffer>
+  /** Restricted names and whom they admit (forward proxy). */
+  serviceTrust?: Array<NativeServiceTrust>
 }
 
 /**
@@ -208,6 +227,15 @@ export interface NativeLimit {
 
 /** What `locate()` found: direct candidates and the node's relays, home first. */
 export interface NativeLocated {
+  addresses: Array<NativeFound>
+  relays: Array<NativeRelayHint>
+}
+
+/** A replica a service lookup found (`lookupService()`). */
+export interface NativeMember {
+  nodeId: string
+  ageMs: number
+  verified: boolean
   addresses: Array<NativeFound>
   relays: Array<NativeRelayHint>
 }
@@ -338,6 +366,26 @@ export interface NativeReverseStart {
   maxStreamsPerConnection?: number
 }
 
+/** A name offered, with the owner's membership (hex) for a restricted name. */
+export interface NativeServiceOffer {
+  name: string
+  membership?: string
+}
+
+/** A fresh service owner key, hex: `{ publicKey, privateKey }` (the private one is a seed). */
+export interface NativeServiceOwner {
+  publicKey: string
+  privateKey: string
+}
+
+/** Whom a caller accepts for a restricted name. */
+export interface NativeServiceTrust {
+  name: string
+  nodeIds?: Array<string>
+  /** The owner's public key, 64 hex digits. */
+  owner?: string
+}
+
 /** Node id of the first certificate in a PEM string. */
 export declare function nodeIdFromCertificate(certPem: string): string
 
@@ -346,3 +394,6 @@ export declare function relayLimits(): Array<NativeLimit>
 
 /** Rotates an identity to a fresh key: the new leaf is signed by the previous key. */
 export declare function rotateIdentity(keyPrivatePem: string, certChainPem: string): NativeIdentity
+
+/** The owner's membership (hex) admitting `node_id` to `name` in `network`. */
+export declare function signServiceMember(ownerPrivateKey: string, name: string, nodeId: string, network?: string | undefined | null): string

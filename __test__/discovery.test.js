@@ -11,19 +11,7 @@ const h = require('./helpers')
 const CLIENT = path.join(h.FIXTURES, 'grpc-client.js')
 const UDP_SOCKETS = path.join(h.FIXTURES, 'udp-sockets.js')
 
-/** Starts `keynet-relay --dht 127.0.0.1:0 ...`; resolves its DHT address once it prints it. */
-async function startDhtNode(t, bootstrap = []) {
-  const args = ['--dht', '127.0.0.1:0', ...bootstrap.flatMap((b) => ['--dht-bootstrap', b])]
-  const { match } = await h.spawnKeynetRelay(t, args, /^dht listening on (\S+)$/)
-  return match[1]
-}
-
-/** A private DHT of `n` nodes; resolves the bootstrap list (all of them). */
-async function privateDht(t, n = 8) {
-  const first = await startDhtNode(t)
-  const rest = await Promise.all(Array.from({ length: n - 1 }, () => startDhtNode(t, [first])))
-  return [first, ...rest]
-}
+const { privateDht } = h
 
 test('a grpc-js client reaches a node by node id alone, found on a private DHT', async (t) => {
   const bootstrap = await privateDht(t)

@@ -348,6 +348,20 @@ const RELAY_BIN = path.join(ROOT, 'target', 'debug', process.platform === 'win32
  * Starts the `keynet-relay` binary with `args` (stopped with SIGTERM in teardown) and resolves
  * `{ child, match }` once a stdout line matches `ready` (its RegExp match).
  */
+/** Starts `keynet-relay --dht 127.0.0.1:0 ...`; resolves its DHT address once it prints it. */
+async function startDhtNode(t, bootstrap = []) {
+  const args = ['--dht', '127.0.0.1:0', ...bootstrap.flatMap((b) => ['--dht-bootstrap', b])]
+  const { match } = await spawnKeynetRelay(t, args, /^dht listening on (\S+)$/)
+  return match[1]
+}
+
+/** A private DHT of `n` `keynet-relay --dht` nodes on loopback; resolves the bootstrap list (all). */
+async function privateDht(t, n = 8) {
+  const first = await startDhtNode(t)
+  const rest = await Promise.all(Array.from({ length: n - 1 }, () => startDhtNode(t, [first])))
+  return [first, ...rest]
+}
+
 async function spawnKeynetRelay(t, args, ready) {
   if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: npm test builds it (cargo build -p keynet-relay)`)
   const child = spawn(RELAY_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } })
@@ -425,4 +439,5 @@ module.exports = {
   run,
   runJsonClient,
   spawnKeynetRelay,
+  privateDht,
 }

@@ -6,7 +6,7 @@ use napi_derive::napi;
 
 use crate::convert::{
     self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeForwardStart,
-    NativeFound, NativeLocated, NativeOptions, NativeRelay, NativeRelayStatus, Ops,
+    NativeFound, NativeLocated, NativeMember, NativeOptions, NativeRelay, NativeRelayStatus, Ops,
 };
 
 #[napi]
@@ -91,6 +91,43 @@ impl NativeForwardProxy {
             .await;
         self.ops.end(op_id);
         r.map(Into::into).map_err(err)
+    }
+
+    /// Opens (or reuses) a connection to one replica of a service name.
+    #[napi]
+    pub async fn open_connection_to_service(
+        &self,
+        name: String,
+        timeout_ms: Option<f64>,
+        op_id: Option<u32>,
+    ) -> Result<NativeConnectionInfo> {
+        let token = self.ops.token(op_id);
+        let r = self
+            .inner
+            .open_connection_to_service(&name, timeout_ms.map(convert::ms), token)
+            .await;
+        self.ops.end(op_id);
+        r.map(Into::into).map_err(err)
+    }
+
+    /// The replicas of a service name.
+    #[napi]
+    pub async fn lookup_service(
+        &self,
+        name: String,
+        timeout_ms: Option<f64>,
+        op_id: Option<u32>,
+    ) -> Result<Vec<NativeMember>> {
+        let token = self.ops.token(op_id);
+        let r = self
+            .inner
+            .lookup_service(&name, timeout_ms.map(convert::ms), token)
+            .await;
+        self.ops.end(op_id);
+        Ok(r.map_err(err)?
+            .into_iter()
+            .map(NativeMember::from)
+            .collect())
     }
 
     #[napi]

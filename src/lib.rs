@@ -45,6 +45,43 @@ pub async fn generate_identity() -> Result<NativeIdentity> {
         .map_err(convert::err)
 }
 
+/// A fresh service owner key, hex: `{ publicKey, privateKey }` (the private one is a seed).
+#[napi(object)]
+pub struct NativeServiceOwner {
+    pub public_key: String,
+    pub private_key: String,
+}
+
+/// Generates a service owner key (it signs the node ids of a restricted name's members).
+#[napi(catch_unwind)]
+pub fn generate_service_owner() -> NativeServiceOwner {
+    use keynet_core::discovery::service_entry::{generate_owner, hex};
+    let (seed, public) = generate_owner();
+    NativeServiceOwner {
+        public_key: hex(&public),
+        private_key: hex(&seed),
+    }
+}
+
+/// The owner's membership (hex) admitting `node_id` to `name` in `network`.
+#[napi(catch_unwind)]
+pub fn sign_service_member(
+    owner_private_key: String,
+    name: String,
+    node_id: String,
+    network: Option<String>,
+) -> Result<String> {
+    use keynet_core::discovery::service_entry::{check_name, check_network, unhex, Membership};
+    let seed: [u8; 32] = unhex(&owner_private_key)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| convert::arg_err("ownerPrivateKey is not 64 hex digits".into()))?;
+    let name = check_name(&name).map_err(|e| convert::arg_err(format!("name {name:?}: {e}")))?;
+    let network = check_network(network.as_deref().unwrap_or(""))
+        .map_err(|e| convert::arg_err(format!("network: {e}")))?;
+    let node = convert::node_id(Some(node_id))?.expect("some in, some out");
+    Ok(Membership::sign(&seed, &network, &name, &node).to_hex())
+}
+
 /// Rotates an identity to a fresh key: the new leaf is signed by the previous key.
 #[napi(catch_unwind)]
 pub fn rotate_identity(key_private_pem: String, cert_chain_pem: String) -> Result<NativeIdentity> {

@@ -72,6 +72,24 @@ impl NativeReverseProxy {
         Ok(addrs.into_iter().map(NativeAddress::from).collect())
     }
 
+    /// Starts offering a service name.
+    #[napi(catch_unwind)]
+    pub fn announce_service(&self, offer: crate::convert::NativeServiceOffer) -> Result<()> {
+        self.inner.announce_service(offer.into_core()?).map_err(err)
+    }
+
+    /// Stops offering a service name; false when it was not offered.
+    #[napi(catch_unwind)]
+    pub fn withdraw_service(&self, name: String) -> Result<bool> {
+        self.inner.withdraw_service(&name).map_err(err)
+    }
+
+    /// The service names offered now.
+    #[napi(catch_unwind)]
+    pub fn services(&self) -> Result<Vec<String>> {
+        self.inner.services().map_err(err)
+    }
+
     #[napi]
     pub async fn stop(&self) -> Result<()> {
         self.inner.stop().await.map_err(err)

@@ -132,6 +132,29 @@ impl From<keynet_core::discovery::Located> for NativeLocated {
     }
 }
 
+/// A replica a service lookup found (`lookupService()`).
+#[napi(object)]
+pub struct NativeMember {
+    pub node_id: String,
+    pub age_ms: f64,
+    pub verified: bool,
+    pub addresses: Vec<NativeFound>,
+    pub relays: Vec<NativeRelayHint>,
+}
+
+impl From<keynet_core::discovery::Member> for NativeMember {
+    fn from(m: keynet_core::discovery::Member) -> Self {
+        let located = NativeLocated::from(m.located);
+        Self {
+            node_id: m.node_id.to_string(),
+            age_ms: m.age.as_millis() as f64,
+            verified: m.verified,
+            addresses: located.addresses,
+            relays: located.relays,
+        }
+    }
+}
+
 /// A relay link's status (`getRelayStatus()`).
 #[napi(object)]
 #[derive(Clone)]

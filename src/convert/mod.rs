@@ -14,11 +14,13 @@ use napi::bindgen_prelude::*;
 
 pub(crate) use events::{sink, Listener};
 pub(crate) use info::{
-    NativeAddress, NativeConnectionInfo, NativeFound, NativeIdentity, NativeLocated,
+    NativeAddress, NativeConnectionInfo, NativeFound, NativeIdentity, NativeLocated, NativeMember,
     NativeProxyStats, NativeRelayStatus,
 };
 pub(crate) use ops::Ops;
-pub(crate) use options::{NativeForwardStart, NativeOptions, NativeRelay, NativeReverseStart};
+pub(crate) use options::{
+    NativeForwardStart, NativeOptions, NativeRelay, NativeReverseStart, NativeServiceOffer,
+};
 
 /// Turns a core error into a JS error whose message starts with `[Code] `.
 pub(crate) fn err(e: keynet_core::Error) -> Error {

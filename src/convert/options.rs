@@ -57,6 +57,51 @@ pub struct NativeDiscovery {
     pub announce_addresses: Option<bool>,
     pub relay_idle_time: Option<f64>,
     pub relay_network: Option<String>,
+    /// The namespace of service names.
+    pub network: Option<String>,
+    /// Names offered (reverse proxy).
+    pub services: Option<Vec<NativeServiceOffer>>,
+    /// Restricted names and whom they admit (forward proxy).
+    pub service_trust: Option<Vec<NativeServiceTrust>>,
+}
+
+/// A name offered, with the owner's membership (hex) for a restricted name.
+#[napi(object)]
+pub struct NativeServiceOffer {
+    pub name: String,
+    pub membership: Option<String>,
+}
+
+impl NativeServiceOffer {
+    /// The core offer.
+    pub fn into_core(self) -> Result<keynet_core::discovery::ServiceOffer> {
+        let membership = match self.membership {
+            Some(hex) => Some(
+                keynet_core::discovery::service_entry::Membership::from_hex(&hex).ok_or_else(
+                    || {
+                        arg_err(format!(
+                            "service {:?}: membership is not 192 hex digits",
+                            self.name
+                        ))
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        Ok(keynet_core::discovery::ServiceOffer {
+            name: self.name,
+            membership,
+        })
+    }
+}
+
+/// Whom a caller accepts for a restricted name.
+#[napi(object)]
+pub struct NativeServiceTrust {
+    pub name: String,
+    pub node_ids: Option<Vec<String>>,
+    /// The owner's public key, 64 hex digits.
+    pub owner: Option<String>,
 }
 
 impl NativeDiscovery {
@@ -89,6 +134,43 @@ impl NativeDiscovery {
             announce_direct: self.announce_addresses.unwrap_or(defaults.announce_direct),
             relay_idle: self.relay_idle_time.map(ms).unwrap_or(defaults.relay_idle),
             relay_network: self.relay_network,
+            network: self.network.unwrap_or_default(),
+            services: self
+                .services
+                .unwrap_or_default()
+                .into_iter()
+                .map(NativeServiceOffer::into_core)
+                .collect::<Result<_>>()?,
+            service_trust: self
+                .service_trust
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| {
+                    let node_ids = t
+                        .node_ids
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|s| node_id(Some(s)).map(|o| o.expect("some in, some out")))
+                        .collect::<Result<Vec<_>>>()?;
+                    let owner = match t.owner {
+                        Some(hex) => Some(
+                            keynet_core::discovery::service_entry::unhex(&hex)
+                                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                                .ok_or_else(|| {
+                                    arg_err(format!(
+                                        "serviceTrust {:?}: owner is not 64 hex digits",
+                                        t.name
+                                    ))
+                                })?,
+                        ),
+                        None => None,
+                    };
+                    Ok((
+                        t.name,
+                        keynet_core::discovery::ServiceTrust { node_ids, owner },
+                    ))
+                })
+                .collect::<Result<_>>()?,
         })
     }
 }

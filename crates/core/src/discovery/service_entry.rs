@@ -159,6 +159,15 @@ impl Membership {
     }
 }
 
+/// A fresh service owner key: (its Ed25519 seed, its public key), for
+/// [`Membership::sign`] and [`crate::discovery::ServiceTrust::owner`].
+pub fn generate_owner() -> ([u8; 32], [u8; 32]) {
+    let mut seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+        .expect("system randomness");
+    (seed, record::ed25519_public_of_seed(&seed))
+}
+
 /// Lower-case hex.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -21,28 +21,42 @@ pub(crate) const PER_REPLICA: Duration = Duration::from_secs(4);
 /// A dial stops looking this long after the first replica's entry arrived.
 const LOOKUP_GRACE: Duration = Duration::from_millis(300);
 
-/// Recent lookups, by name: when, what, and the round-robin position.
+/// One name's last lookup: when, the replicas, and the round-robin position.
+struct Cached {
+    at: Instant,
+    members: Vec<Member>,
+    next: usize,
+}
+
+/// Recent lookups, by name.
 #[derive(Default)]
-pub(crate) struct ServiceCache(Mutex<HashMap<String, (Instant, Vec<Member>, usize)>>);
+pub(crate) struct ServiceCache(Mutex<HashMap<String, Cached>>);
 
 impl ServiceCache {
     fn get(&self, name: &str, now: Instant) -> Option<Vec<Member>> {
         let map = self.0.lock().expect("service cache lock");
         map.get(name)
-            .filter(|(at, _, _)| now.duration_since(*at) < SERVICE_CACHE_TTL)
-            .map(|(_, m, _)| m.clone())
+            .filter(|c| now.duration_since(c.at) < SERVICE_CACHE_TTL)
+            .map(|c| c.members.clone())
     }
 
     fn put(&self, name: &str, members: Vec<Member>, now: Instant) {
         let mut map = self.0.lock().expect("service cache lock");
         if map.len() >= SERVICE_CACHE_MAX && !map.contains_key(name) {
-            if let Some(oldest) = map.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = map.iter().min_by_key(|(_, c)| c.at).map(|(k, _)| k.clone()) {
                 map.remove(&oldest);
             }
         }
         // The round-robin position survives a refresh; a new name starts anywhere.
-        let next = map.get(name).map_or_else(random_start, |v| v.2);
-        map.insert(name.to_string(), (now, members, next));
+        let next = map.get(name).map_or_else(random_start, |c| c.next);
+        map.insert(
+            name.to_string(),
+            Cached {
+                at: now,
+                members,
+                next,
+            },
+        );
     }
 
     fn forget(&self, name: &str) {
@@ -53,9 +67,9 @@ impl ServiceCache {
     fn take_turn(&self, name: &str, n: usize) -> usize {
         let mut map = self.0.lock().expect("service cache lock");
         match map.get_mut(name) {
-            Some(v) => {
-                let i = v.2 % n.max(1);
-                v.2 = v.2.wrapping_add(1);
+            Some(c) => {
+                let i = c.next % n.max(1);
+                c.next = c.next.wrapping_add(1);
                 i
             }
             None => random_start() % n.max(1),
