@@ -21,6 +21,14 @@ export declare function generateIdentity(): Promise<Identity>
 export declare function rotateIdentity(tlsConfig: TlsConfig): Identity
 /** `'v'` + base32hex(SHA-256(SubjectPublicKeyInfo)) of the first certificate in `certPem`. */
 export declare function nodeIdFromCertificate(certPem: string): string
+/** A fresh service owner key (64 hex digits each; keep privateKey secret). */
+export declare function generateServiceOwner(): { publicKey: string; privateKey: string }
+/**
+ * The owner's membership (192 hex digits) admitting `nodeId` to the restricted service `name`
+ * (in `opts.network`): the node offers the name with it, callers trusting the owner's
+ * publicKey accept it.
+ */
+export declare function signServiceMember(ownerPrivateKey: string, name: string, nodeId: string, opts?: { network?: string }): string
 
 export type Path = 'direct' | 'punched' | 'relayed'
 
@@ -117,6 +125,35 @@ export interface DiscoveryOptions {
    * packets). start() goes on without a relay when none answers.
    */
   relayNetwork?: string
+  /**
+   * The namespace of service names (so unrelated users of the public DHT do not share names).
+   * Default '' (the default namespace).
+   */
+  network?: string
+  /**
+   * Service names this reverse proxy offers: 1 to 63 characters among a-z, 0-9, '-', '_'
+   * (upper case folded), at most 16; `{ name, membership }` for a restricted name (see
+   * signServiceMember). Announced with the node's record, every reannounceInterval; withdrawn
+   * on stop().
+   */
+  services?: Array<string | { name: string; membership?: string }>
+  /**
+   * Restricted names, for a caller: only these node ids, and nodes the owner (public key, 64 hex
+   * digits) admitted, are connected to. A name not listed is unrestricted: a hint any node can
+   * answer (each is still proven by its node id in the TLS handshake).
+   */
+  serviceTrust?: Record<string, { nodeIds?: string[]; owner?: string }>
+}
+
+/** A replica a service lookup found (`lookupService()`). */
+export interface ServiceMember {
+  nodeId: string
+  /** How long ago the replica signed its entry. */
+  ageMs: number
+  /** The name is restricted (serviceTrust) and this node belongs to it. */
+  verified: boolean
+  addresses: FoundAddress[]
+  relays: RelayHint[]
 }
 
 /** A relay a node's signed record names (`locate()`). */
@@ -263,6 +300,12 @@ export declare class ForwardProxy {
    * the connection that proved the node id (rejects ErrorNodeNotFound, ErrorCertChainUnclaimed
    * when only other nodes answered, or ErrorConnectionStartTimeout). */
   openConnection(nodeId: string, opts?: OpenOptions): Promise<ConnectionInfo>
+  /** With discovery: one replica of a service name (round robin among the trusted ones, the
+   * next on failure); rejects ErrorServiceNotFound when none was found or none answered. A
+   * CONNECT to 'NAME.service.keynet:PORT' does the same. */
+  openConnection(opts: OpenOptions & { service: string }): Promise<ConnectionInfo>
+  /** With discovery: the replicas of a service name, newest first. */
+  lookupService(name: string, opts?: LookupOptions & { signal?: AbortSignal }): Promise<ServiceMember[]>
   closeConnection(host: string, port: number): Promise<void>
   getConnectionCount(): number
   /** Connections by path, tunnels, bytes, failed attempts by error code. */
@@ -373,6 +416,12 @@ export declare class ReverseProxy {
   getRelayStatus(): RelayStatus | null
   /** Every relay link (`relay` and `relays`), `home` marking the home relay. */
   getRelays(): RelayStatus[]
+  /** With discovery: starts offering a service name (announced at once). */
+  announceService(name: string, opts?: { membership?: string }): void
+  /** Stops offering a service name (callers skip this node at once); false if not offered. */
+  withdrawService(name: string): boolean
+  /** The service names offered now. */
+  getServices(): string[]
   on(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
   once(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
   off(event: ConnectionEventName, listener: (e: ConnectionEvent) => void): this
@@ -564,6 +613,7 @@ export declare namespace errors {
   class ErrorCertChainSignatureInvalid extends ErrorCertChain {}
   /** Discovery (or a relay) found no address for the node id. */
   class ErrorNodeNotFound extends ErrorConnectionStart {}
+  class ErrorServiceNotFound extends ErrorConnectionStart {}
   /** PEM material that cannot be used (not PEM, key does not match the leaf certificate). */
   class ErrorInvalidTlsConfig extends ErrorNetwork {}
 }

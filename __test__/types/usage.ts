@@ -11,6 +11,8 @@ import {
   generateIdentity,
   rotateIdentity,
   nodeIdFromCertificate,
+  generateServiceOwner,
+  signServiceMember,
   errors,
 } from '../..'
 import type {
@@ -36,6 +38,7 @@ import type {
   RelayStartOptions,
   RelayMetrics,
   ProxyStats,
+  ServiceMember,
 } from '../..'
 
 // ---- exact-type assertions ----------------------------------------------------------------
@@ -414,6 +417,23 @@ async function relay(tls: TlsConfig): Promise<Relay> {
   return r
 }
 
+// ---- services by name ---------------------------------------------------------------------
+
+export async function services(tls: TlsConfig): Promise<void> {
+  const owner: { publicKey: string; privateKey: string } = generateServiceOwner()
+  const membership: string = signServiceMember(owner.privateKey, 'vault', 'vabc', { network: 'lab' })
+  const rp = new ReverseProxy()
+  await rp.start({ serverPort: 50051, tlsConfig: tls, discovery: { network: 'lab', services: ['echo', { name: 'vault', membership }] } })
+  rp.announceService('fib')
+  const withdrawn: boolean = rp.withdrawService('fib')
+  const names: string[] = rp.getServices()
+  const fp = new ForwardProxy({ authToken: 't' })
+  await fp.start({ discovery: { network: 'lab', serviceTrust: { vault: { owner: owner.publicKey, nodeIds: [] } } } })
+  const found: ServiceMember[] = await fp.lookupService('echo', { timeout: 5000, signal: new AbortController().signal })
+  const info: ConnectionInfo = await fp.openConnection({ service: 'echo', timeout: 5000 })
+  void [withdrawn, names, found.map((m) => [m.nodeId, m.ageMs, m.verified]), info.nodeId, errors.ErrorServiceNotFound]
+}
+
 // ---- all together -------------------------------------------------------------------------
 
 export async function main(): Promise<void> {
@@ -422,6 +442,7 @@ export async function main(): Promise<void> {
     const r = await relay(tls)
     await reverse(tls, r.getNodeId())
     await forward(tls, r.getNodeId())
+    await services(tls)
   } catch (e) {
     classify(e)
     makeErrors().map(classify)
