@@ -253,8 +253,8 @@ impl Discovery {
 
     /// The replicas of `name` (checked by the caller): every tag under its topic, then each
     /// tag's entry of this hour and the last; the newest entry per node, withdrawn and stale
-    /// ones dropped, `verified` by `trust`. Ends when every query ended, at `deadline`, or
-    /// `grace` after the first replica was found.
+    /// ones dropped, `verified` by `trust`. Ends when every query ended, at `deadline`, or once
+    /// no new replica arrived for `grace`.
     pub async fn lookup_service(
         &self,
         name: &str,
@@ -271,6 +271,11 @@ impl Discovery {
         let first = tokio::sync::Notify::new();
         let search = async {
             let mut tags = HashSet::new();
+            // Each tag's reads stream their items here as they arrive (a read's query ends
+            // only when its slowest node answered or timed out).
+            let (items_tx, mut items) = tokio::sync::mpsc::channel::<MutableItem>(64);
+            // Dropped once the tags are all known: the channel then ends with the last read.
+            let mut items_tx = Some(items_tx);
             let mut reads = tokio::task::JoinSet::new();
             let mut peers = self.dht.get_peers(Id::from(entry::topic(&network, name)));
             let mut peers_done = false;
@@ -279,8 +284,10 @@ impl Discovery {
                     batch = peers.next(), if !peers_done => {
                         let Some(batch) = batch else {
                             peers_done = true;
+                            items_tx = None;
                             continue;
                         };
+                        let Some(items_tx) = &items_tx else { continue };
                         for peer in batch {
                             let tag = peer.port();
                             if tags.len() >= MAX_TAGS || !tags.insert(tag) {
@@ -289,34 +296,39 @@ impl Discovery {
                             for e in [epoch, epoch.saturating_sub(1)] {
                                 let dht = self.dht.clone();
                                 let salt = entry::entry_salt(e, tag);
+                                let tx = items_tx.clone();
                                 reads.spawn(async move {
-                                    let items: Vec<MutableItem> = dht.get_mutable(&key, Some(&salt), None).collect().await;
-                                    items
+                                    let mut stream = dht.get_mutable(&key, Some(&salt), None);
+                                    while let Some(item) = stream.next().await {
+                                        if tx.send(item).await.is_err() {
+                                            return;
+                                        }
+                                    }
                                 });
                             }
                         }
                     }
-                    read = reads.join_next(), if !reads.is_empty() => {
-                        let Some(Ok(items)) = read else { continue };
-                        for item in items {
-                            let Ok(e) = Entry::open(item.value(), &network, name) else { continue };
-                            let mut n = newest.lock().expect("newest lock");
-                            let node = e.record.node_id;
-                            if n.get(&node).is_none_or(|old| e.signed_at_ms > old.signed_at_ms) {
-                                n.insert(node, e);
-                                first.notify_one();
-                            }
+                    Some(item) = items.recv() => {
+                        let Ok(e) = Entry::open(item.value(), &network, name) else { continue };
+                        let mut n = newest.lock().expect("newest lock");
+                        let node = e.record.node_id;
+                        if n.get(&node).is_none_or(|old| e.signed_at_ms > old.signed_at_ms) {
+                            n.insert(node, e);
+                            first.notify_one();
                         }
                     }
+                    _ = reads.join_next(), if !reads.is_empty() => {}
                     else => return,
                 }
             }
         };
+        // Quiet for `grace` since the last new replica: the queries left are the slow ends of
+        // the DHT traversal (nodes that never answer), which rarely hold one more.
         let graced = async {
             match grace {
                 Some(g) => {
                     first.notified().await;
-                    tokio::time::sleep(g).await;
+                    while tokio::time::timeout(g, first.notified()).await.is_ok() {}
                 }
                 None => std::future::pending().await,
             }

@@ -18,8 +18,11 @@ pub(crate) const SERVICE_CACHE_TTL: Duration = Duration::from_secs(30);
 const SERVICE_CACHE_MAX: usize = 64;
 /// One replica gets at most this much of a dial's budget before the next is tried.
 pub(crate) const PER_REPLICA: Duration = Duration::from_secs(4);
-/// A dial stops looking this long after the first replica's entry arrived.
+/// A dial stops looking once no new replica arrived for this long.
 const LOOKUP_GRACE: Duration = Duration::from_millis(300);
+/// `lookupService` stops looking once no new replica arrived for this long (the DHT traversal's
+/// slow ends, nodes that never answer, rarely hold one more).
+pub(crate) const LOOKUP_QUIET: Duration = Duration::from_millis(600);
 
 /// One name's last lookup: when, the replicas, and the round-robin position.
 struct Cached {
@@ -91,8 +94,8 @@ pub(crate) fn checked_name(name: &str) -> Result<String> {
 }
 
 impl Node {
-    /// Every replica of `name` the DHT names before `deadline` (withdrawn and stale entries
-    /// aside), `verified` by this proxy's trust for the name.
+    /// The replicas of `name` the DHT names before `deadline`, or until none new arrived for
+    /// [`LOOKUP_QUIET`] (withdrawn and stale entries aside), `verified` by this proxy's trust.
     pub(crate) async fn lookup_service(
         &self,
         name: &str,
@@ -101,7 +104,7 @@ impl Node {
         let d = self.discovery().ok_or_else(discovery::discovery_off)?;
         let name = checked_name(name)?;
         let found = d
-            .lookup_service(&name, d.trust_of(&name), deadline, None)
+            .lookup_service(&name, d.trust_of(&name), deadline, Some(LOOKUP_QUIET))
             .await;
         self.services.put(&name, found.clone(), Instant::now());
         Ok(found)
