@@ -110,18 +110,29 @@ async fn echo_through(fp: &ForwardProxy, target: &str, bytes: usize) -> Vec<u8> 
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relayed_tunnel_carries_bytes_then_moves_off_the_relay_without_losing_any() {
-    let relay = relay_with(|_| {}).await;
-    let rp = reverse_proxy(echo_server().await, spec(&relay)).await;
-    let (fp, mut events) = forward_proxy().await;
-    let mut s = spec(&relay);
+/// `fp` opens a relayed connection to `rp` through `relay` (rendezvous 300 ms after it is up),
+/// tracked under [`unreachable`].
+async fn open_relayed(
+    fp: &ForwardProxy,
+    rp: &ReverseProxy,
+    relay: &RelayServer,
+) -> keynet_core::ConnectionInfo {
+    let mut s = spec(relay);
     s.upgrade_delay = Duration::from_millis(300);
     let info = fp
         .open_connection_via(unreachable(), rp.node_id().unwrap(), s, None, None)
         .await
         .unwrap();
     assert_eq!(info.path, Path::Relayed);
+    info
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_tunnel_carries_bytes_then_moves_off_the_relay_without_losing_any() {
+    let relay = relay_with(|_| {}).await;
+    let rp = reverse_proxy(echo_server().await, spec(&relay)).await;
+    let (fp, mut events) = forward_proxy().await;
+    let info = open_relayed(&fp, &rp, &relay).await;
     assert_eq!(info.node_id, rp.node_id().unwrap().to_string());
     // A 16 MiB echo runs while the rendezvous moves the connection to the direct path.
     echo_through(&fp, &unreachable().to_string(), 16 << 20).await;
@@ -632,13 +643,7 @@ async fn dual_stack_nodes_relay_over_ipv6_and_move_off_the_relay() {
         ..Default::default()
     })
     .await;
-    let mut s = spec(&relay);
-    s.upgrade_delay = Duration::from_millis(300);
-    let info = fp
-        .open_connection_via(unreachable(), rp.node_id().unwrap(), s, None, None)
-        .await
-        .unwrap();
-    assert_eq!(info.path, Path::Relayed);
+    open_relayed(&fp, &rp, &relay).await;
     echo_through(&fp, &unreachable().to_string(), 1 << 20).await;
     // The rendezvous gives each side the other's IPv6 address: the path goes direct.
     let moved = wait_for(&mut events, |e| e.kind == EventKind::Path).await;
