@@ -7,9 +7,12 @@
 //! - the **easy** side, [`EASY_START`] later, sends [`SPRAY`] probes to distinct random ports of
 //!   the hard side's IP over [`SPRAY_TIME`] (each opens its own NAT's filter for that port).
 //!
-//! A probe that lands on one of the hard side's mappings gets through, and the hard side's next
-//! punch from that socket passes the easy side's filter: both learn the pair, acks keyed with
-//! the connection's secret prove it is the peer, and the usual punch runs on it. With 256
+//! A probe that lands on one of the hard side's mappings gets through; the hard side punches
+//! back from that socket at once (and from all of them every [`HARD_RESEND`]), which passes the
+//! easy side's filter. The easy side acknowledges the first such punch alone, keyed with the
+//! connection's secret, and the hard side takes the socket that ack reached: both agree on one
+//! pair, and the usual punch runs on it (if that ack is lost, the usual punch's keyed ack on the
+//! same pair decides instead). With 256
 //! mappings among the 64,512 ports a NAT picks from, 2048 probes miss them all with probability
 //! 0.03 % (`miss_probability`, tested). Both symmetric: no pair is found this way; the connection stays
 //! relayed. It runs only while the relay carries the connection, at most
@@ -101,8 +104,8 @@ fn random_nonce() -> u64 {
 }
 
 /// The hard side: opens [`AUX_SOCKETS`] sockets on the main socket's IP, punches `peer` from
-/// each until one is answered by the peer (its probe, or its ack of our punch), and returns that
-/// socket with the peer's address as seen there. None within the budget (or when
+/// each (and back at once from a socket the peer's probe reached) until the peer's keyed ack of
+/// one of those punches arrives, and returns that socket with the peer's address as seen there. None within the budget (or when
 /// [`crate::socket::BIRTHDAYS`] run already).
 pub(crate) async fn open_many(
     socket: &Arc<KeynetSocket>,
@@ -153,12 +156,12 @@ pub(crate) async fn open_many(
             }
             let Ok(p) = Packet::decode(&buf[..n]) else { continue };
             match p.kind {
-                // The peer's probe landed on this socket's mapping: answer it (our ack tells
-                // the peer the port), and this is the socket.
+                // The peer's probe (or punch) landed on this socket's mapping: punch back from
+                // it at once, so the peer sees this port; the peer acknowledges the one punch
+                // it picks, and that ack decides (both sides agree on one pair).
                 Kind::Punch => {
-                    let ack = Packet { kind: Kind::Ack, nonce: key.ours(p.nonce), sender_local: local, observed: Some(from) };
-                    let _ = aux[i].0.try_send_to(&ack.encode(), crate::socket::for_family(&aux[i].0, from));
-                    return (i, from);
+                    let back = Packet { kind: Kind::Punch, nonce: aux[i].1, sender_local: local, observed: None };
+                    let _ = aux[i].0.try_send_to(&back.encode(), crate::socket::for_family(&aux[i].0, from));
                 }
                 Kind::Ack if key.accepts(aux[i].1, p.nonce) => return (i, from),
                 Kind::Ack => {}
@@ -232,10 +235,20 @@ pub(crate) async fn spray(
             if from.ip() != peer.ip() || d.len() != LEN {
                 continue;
             }
-            // Only the keyed ack: the hard side sends it from the one socket it chose, so both
-            // sides agree on the pair (several of its mappings may let punches through).
+            // The first punch from one of the peer's mappings (our probe opened our NAT for
+            // it): acknowledge that one alone, keyed, and it is the pair (the peer takes the
+            // socket our ack reaches; several of its mappings may let punches through).
             match Packet::decode(&d) {
-                Ok(p) if p.kind == Kind::Ack && key.accepts(nonce, p.nonce) => return from,
+                Ok(p) if p.kind == Kind::Punch => {
+                    let ack = Packet {
+                        kind: Kind::Ack,
+                        nonce: key.ours(p.nonce),
+                        sender_local: local,
+                        observed: Some(from),
+                    };
+                    socket.send_to(from, &ack.encode()).await;
+                    return from;
+                }
                 _ => {}
             }
         }
