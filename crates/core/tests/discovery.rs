@@ -318,6 +318,23 @@ async fn loopback_relay() -> (
     (relay, spec)
 }
 
+/// The DHT node a relay runs beside it (as `keynet-relay --dht`): joined to `net`, answering
+/// queries from the start, announcing nothing of its own.
+async fn relay_dht_node(
+    net: &mainline::Testnet,
+) -> std::sync::Arc<keynet_core::discovery::Discovery> {
+    keynet_core::discovery::Discovery::start(
+        &DiscoveryOptions {
+            announce: false,
+            server_mode: true,
+            ..discovery(net, false, Duration::from_secs(600))
+        },
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    )
+    .await
+    .unwrap()
+}
+
 /// Discovery for a node that announces its relays only (its IPs stay private).
 fn relays_only(net: &mainline::Testnet) -> DiscoveryOptions {
     DiscoveryOptions {
@@ -505,16 +522,7 @@ async fn a_node_given_no_relay_finds_a_published_one_and_callers_reach_it_there(
     let net = testnet();
     let (relay, spec) = loopback_relay().await;
     // The relay publishes itself from a DHT node on its host (as `keynet-relay --publish`).
-    let relay_dht = keynet_core::discovery::Discovery::start(
-        &DiscoveryOptions {
-            bootstrap: Some(net.bootstrap.clone()),
-            server_mode: true,
-            ..Default::default()
-        },
-        std::net::Ipv4Addr::LOCALHOST.into(),
-    )
-    .await
-    .unwrap();
+    let relay_dht = relay_dht_node(&net).await;
     let _publishing =
         relay_dht.publish_relay("lab".into(), spec.addr.port(), Duration::from_secs(600));
     let identity = generate_identity().unwrap();
@@ -582,16 +590,7 @@ async fn a_found_relay_that_refuses_the_node_does_not_fail_its_start() {
     let mut start = RelayStart::new("127.0.0.1:0".parse().unwrap());
     start.token = Some("members only".into());
     relay.start(start).await.unwrap();
-    let relay_dht = keynet_core::discovery::Discovery::start(
-        &DiscoveryOptions {
-            bootstrap: Some(net.bootstrap.clone()),
-            server_mode: true,
-            ..Default::default()
-        },
-        std::net::Ipv4Addr::LOCALHOST.into(),
-    )
-    .await
-    .unwrap();
+    let relay_dht = relay_dht_node(&net).await;
     let port = relay.addr().unwrap().port();
     let _publishing = relay_dht.publish_relay("closed".into(), port, Duration::from_secs(600));
     let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
@@ -624,21 +623,11 @@ async fn a_found_relay_that_refuses_the_node_does_not_fail_its_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_dht_is_blocked_is_found_by_the_record_its_token_relay_stores() {
-    use keynet_core::discovery::Discovery;
     use keynet_core::relay::server::{RelayServer, RelayStart};
     let net = testnet();
     // The relay runs a DHT node on the network and stores what its nodes announce through it;
     // it requires a token to register to be reached.
-    let dht = Discovery::start(
-        &DiscoveryOptions {
-            announce: false,
-            server_mode: true,
-            ..discovery(&net, false, Duration::from_secs(600))
-        },
-        "127.0.0.1".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let dht = relay_dht_node(&net).await;
     let (queue, _storing) = dht.store_records();
     let relay = RelayServer::new(ConnOptions::default()).unwrap();
     let mut start = RelayStart::new("127.0.0.1:0".parse().unwrap());

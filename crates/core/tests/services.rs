@@ -72,6 +72,11 @@ async fn caller(net: &mainline::Testnet, trust: HashMap<String, ServiceTrust>) -
     fp
 }
 
+/// A caller's trust for the name `vault`.
+fn vault_trust(node_ids: Vec<NodeId>, owner: Option<[u8; 32]>) -> HashMap<String, ServiceTrust> {
+    HashMap::from([("vault".to_string(), ServiceTrust { node_ids, owner })])
+}
+
 /// Looks `name` up until what is found satisfies `done` (each lookup is the wait).
 async fn found_when(
     fp: &ForwardProxy,
@@ -194,13 +199,7 @@ async fn a_restricted_name_admits_only_its_members() {
     let listed = replica(&net, &listed_id, vec![offer("vault")]).await;
     let impostor = replica(&net, &impostor_id, vec![offer("vault")]).await;
 
-    let trust = HashMap::from([(
-        "vault".to_string(),
-        ServiceTrust {
-            node_ids: vec![listed_id.node_id],
-            owner: Some(owner),
-        },
-    )]);
+    let trust = vault_trust(vec![listed_id.node_id], Some(owner));
     let fp = caller(&net, trust).await;
     let found = found_when(&fp, "vault", |m| m.len() == 3).await;
     let verified: HashSet<NodeId> = found
@@ -221,17 +220,7 @@ async fn a_restricted_name_admits_only_its_members() {
         assert_ne!(info.node_id, impostor_id.node_id.to_string());
     }
     // A caller that trusts only the owner's members reaches only the member.
-    let strict = caller(
-        &net,
-        HashMap::from([(
-            "vault".to_string(),
-            ServiceTrust {
-                node_ids: vec![],
-                owner: Some(owner),
-            },
-        )]),
-    )
-    .await;
+    let strict = caller(&net, vault_trust(vec![], Some(owner))).await;
     for _ in 0..4 {
         let info = strict
             .open_connection_to_service("vault", None, None)
@@ -240,17 +229,7 @@ async fn a_restricted_name_admits_only_its_members() {
         assert_eq!(info.node_id, member_id.node_id.to_string());
     }
     // A name whose replicas are all outside the trust: not found, not connected.
-    let nobody = caller(
-        &net,
-        HashMap::from([(
-            "vault".to_string(),
-            ServiceTrust {
-                node_ids: vec![],
-                owner: Some([1u8; 32]),
-            },
-        )]),
-    )
-    .await;
+    let nobody = caller(&net, vault_trust(vec![], Some([1u8; 32]))).await;
     let _ = found_when(&nobody, "vault", |m| m.len() == 3).await;
     let err = nobody
         .open_connection_to_service("vault", None, None)
