@@ -118,9 +118,9 @@ impl Discovery {
         Ok(())
     }
 
-    /// Stops offering `name`: its entry is replaced by a withdrawn one at once (the BEP 5 tag
-    /// ages out of the DHT in about 30 minutes; lookups skip withdrawn entries). False when it
-    /// was not offered.
+    /// Stops offering `name`: its entry is replaced by a withdrawn one at once (lookups skip it;
+    /// the BEP 5 tag stays until storing nodes evict it: mainline keeps the latest 500 per
+    /// topic). False when it was not offered.
     pub fn withdraw_service(&self, name: &str) -> Result<bool> {
         let name = entry::check_name(name)
             .map_err(|e| Error::InvalidArgument(format!("service name {name:?}: {e}")))?;
