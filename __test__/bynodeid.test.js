@@ -120,6 +120,8 @@ labTest('a relayed connection moves with its node: the home relay is killed mid-
   t.true(open.ok, open.message)
   t.is(open.path, 'relayed')
   const home = (await B.request({ cmd: 'relays' })).relays.find((r) => r.home)
+  // A reached B through B's home relay: the relay that is about to die carries the transfer.
+  t.true(open.relays.some((r) => r.port === home.port), `A linked to B's home relay: ${JSON.stringify(open.relays)}`)
 
   const bytes = 4 * 1024 * 1024
   const transfer = A.request({ cmd: 'transfer', host: `${rp.nodeId}.keynet`, port: 443, bytes, paceMs: 12000, timeout: 40000 }, 60000)
@@ -133,6 +135,7 @@ labTest('a relayed connection moves with its node: the home relay is killed mid-
   const closes = await A.request({ cmd: 'events', kind: 'close', proxy: 'fp' })
   t.deepEqual(closes.events, [], 'the connection was not closed')
   const links = (await A.request({ cmd: 'relayStatus' })).status ?? []
+  t.true(links.some((r) => r.port !== home.port && r.state === 'up'), 'A carried on through the other relay')
   t.log(`home relay killed ${Date.now() - killedAt} ms before the transfer ended; A's links: ${JSON.stringify(links)}`)
 })
 

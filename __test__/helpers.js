@@ -344,10 +344,6 @@ function run(t, cmd, args, { env = cleanEnv(), timeout = 60_000, cwd = ROOT } = 
 
 const RELAY_BIN = path.join(ROOT, 'target', 'debug', process.platform === 'win32' ? 'keynet-relay.exe' : 'keynet-relay')
 
-/**
- * Starts the `keynet-relay` binary with `args` (stopped with SIGTERM in teardown) and resolves
- * `{ child, match }` once a stdout line matches `ready` (its RegExp match).
- */
 /** Starts `keynet-relay --dht 127.0.0.1:0 ...`; resolves its DHT address once it prints it. */
 async function startDhtNode(t, bootstrap = []) {
   const args = ['--dht', '127.0.0.1:0', ...bootstrap.flatMap((b) => ['--dht-bootstrap', b])]
@@ -362,6 +358,10 @@ async function privateDht(t, n = 8) {
   return [first, ...rest]
 }
 
+/**
+ * Starts the `keynet-relay` binary with `args` (stopped with SIGTERM in teardown) and resolves
+ * `{ child, match }` once a stdout line matches `ready` (its RegExp match).
+ */
 async function spawnKeynetRelay(t, args, ready) {
   if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: npm test builds it (cargo build -p keynet-relay)`)
   const child = spawn(RELAY_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } })

@@ -8,6 +8,14 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
+/// A random u64 from the system's secure source (punch nonces, round-robin starts).
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .expect("system randomness");
+    u64::from_be_bytes(b)
+}
+
 /// Whether a UDP socket bound to `local` can send to `to`: an IPv4 socket only to IPv4, an
 /// IPv6 socket bound to a specific address only to IPv6, a dual-stack one (`[::]`) to both. A
 /// dial by node id skips the candidates it cannot send to (an IPv4-only caller and a node's

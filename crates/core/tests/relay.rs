@@ -391,6 +391,29 @@ async fn a_caller_needs_no_token_and_only_the_nodes_it_called_reach_it() {
     .await
     .unwrap();
     assert!(matches!(recv(&a).await, Frame::Error { code: 403, .. }));
+    let (f, _f_id, _ef) = node(&relay).await;
+    f.send(&Frame::Register {
+        want_port: true,
+        caller: true,
+        local_port: None,
+        token: String::new(),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        recv(&f).await,
+        Frame::Registered {
+            public_port: None,
+            ..
+        }
+    ));
+    match recv(&f).await {
+        Frame::Error { code, message, .. } => {
+            assert_eq!(code, 403);
+            assert!(message.contains("public port"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
     relay.stop().await.unwrap();
 
     // A relay that takes no callers ends a caller's session with a 401.

@@ -10,4 +10,5 @@ pub use service::{
     DiscoveryOptions, Found, Located, Reach, RecordSink, Storing, LOOKUP_TIME, RECORD_MAX_AGE,
     RECORD_SKEW, STORE_AT_ONCE, STORE_QUEUE,
 };
+pub(crate) use services::checked_name;
 pub use services::{Member, ServiceOffer, ServiceTrust, MAX_ENTRY_AGE, MAX_OFFERS, MAX_TAGS};

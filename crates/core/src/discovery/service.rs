@@ -92,6 +92,26 @@ pub struct Located {
 }
 
 impl Located {
+    /// The ways a node's record names (its observed address first, each address once), aged as
+    /// of `now_ms`.
+    pub(crate) fn from_record(r: &Record, now_ms: u64) -> Self {
+        let age = Some(Duration::from_millis(now_ms.saturating_sub(r.signed_at_ms)));
+        let mut addrs: Vec<Found> = Vec::new();
+        for addr in r.observed.iter().chain(&r.addrs) {
+            if !addrs.iter().any(|f| f.addr == *addr) {
+                addrs.push(Found {
+                    addr: *addr,
+                    age,
+                    signed: true,
+                });
+            }
+        }
+        Self {
+            addrs,
+            relays: r.relays.clone(),
+        }
+    }
+
     /// Whether `other` names the same addresses and relays (ages aside: two lookups of one
     /// record differ only in them).
     pub fn same_ways(&self, other: &Self) -> bool {
@@ -479,7 +499,9 @@ impl Discovery {
         if let Err(e) = &signed {
             tracing::warn!(%node_id, error = %e, "DHT signed record not stored");
         }
-        let ok = hint.is_ok() && signed.is_ok() && services.is_ok();
+        // Service entries are retried on the announce cadence, not every RETRY: a permanent
+        // failure (an entry over the DHT's size) must not make the node re-put its record.
+        let ok = hint.is_ok() && signed.is_ok();
         if ok {
             tracing::debug!(%node_id, ?addrs, ?reach, "announced on the DHT");
             let changed = {
@@ -696,17 +718,7 @@ impl Discovery {
         let hints = hints.into_inner().expect("hints lock");
         let mut out = Located::default();
         if let Some(r) = newest.into_inner().expect("newest lock") {
-            let age = Duration::from_millis(unix_ms().saturating_sub(r.signed_at_ms));
-            for addr in r.observed.into_iter().chain(r.addrs) {
-                if !out.addrs.iter().any(|f| f.addr == addr) {
-                    out.addrs.push(Found {
-                        addr,
-                        age: Some(age),
-                        signed: true,
-                    });
-                }
-            }
-            out.relays = r.relays;
+            out = Located::from_record(&r, unix_ms());
         }
         for addr in hints {
             if !out.addrs.iter().any(|f| f.addr == addr) {

@@ -9,7 +9,7 @@ use futures_lite::StreamExt;
 use mainline::{Id, MutableItem, SigningKey};
 
 use super::record::locator_epoch;
-use super::service::{unix_ms, Discovery, Found, Located};
+use super::service::{unix_ms, Discovery, Located};
 use super::service_entry::{self as entry, Entry, Membership};
 use crate::error::{Error, Result};
 use crate::nodeid::NodeId;
@@ -98,11 +98,16 @@ impl Offers {
     }
 }
 
+/// `name` checked and folded ([`entry::check_name`]), or the typed error naming it.
+pub(crate) fn checked_name(name: &str) -> Result<String> {
+    entry::check_name(name)
+        .map_err(|e| Error::InvalidArgument(format!("service name {name:?}: {e}")))
+}
+
 impl Discovery {
     /// Starts offering `offer` (replacing an offer of the same name); announced at once.
     pub fn offer_service(&self, offer: ServiceOffer) -> Result<()> {
-        let name = entry::check_name(&offer.name)
-            .map_err(|e| Error::InvalidArgument(format!("service name {:?}: {e}", offer.name)))?;
+        let name = checked_name(&offer.name)?;
         let offer = ServiceOffer { name, ..offer };
         {
             let mut list = self.offers.list.lock().expect("offers lock");
@@ -122,8 +127,7 @@ impl Discovery {
     /// the BEP 5 tag stays until storing nodes evict it: mainline keeps the latest 500 per
     /// topic). False when it was not offered.
     pub fn withdraw_service(&self, name: &str) -> Result<bool> {
-        let name = entry::check_name(name)
-            .map_err(|e| Error::InvalidArgument(format!("service name {name:?}: {e}")))?;
+        let name = checked_name(name)?;
         let found = {
             let mut list = self.offers.list.lock().expect("offers lock");
             let mut found = false;
@@ -352,26 +356,11 @@ impl Discovery {
             })
             .map(|(e, age)| {
                 let verified = trust.is_some_and(|t| t.admits(&network, name, &e));
-                let r = &e.record;
-                let record_age = Some(Duration::from_millis(now.saturating_sub(r.signed_at_ms)));
-                let mut addrs: Vec<Found> = Vec::new();
-                for addr in r.observed.iter().chain(&r.addrs) {
-                    if !addrs.iter().any(|f| f.addr == *addr) {
-                        addrs.push(Found {
-                            addr: *addr,
-                            age: record_age,
-                            signed: true,
-                        });
-                    }
-                }
                 Member {
-                    node_id: r.node_id,
+                    node_id: e.record.node_id,
                     age,
                     verified,
-                    located: Located {
-                        addrs,
-                        relays: r.relays.clone(),
-                    },
+                    located: Located::from_record(&e.record, now),
                 }
             })
             .collect();

@@ -55,10 +55,10 @@ pub(crate) struct NodeConfig {
     pub server: Option<SocketAddr>,
 }
 
-/// A running keynode.
 /// How long `stop()` spends withdrawing the services a node offered.
 const WITHDRAW_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// A running keynode.
 pub(crate) struct Node {
     /// Connection timing.
     pub opts: ConnOptions,

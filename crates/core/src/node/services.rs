@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::Node;
-use crate::discovery::{self, service_entry, Member};
+use crate::discovery::{self, checked_name, Member};
 use crate::error::{Error, Result};
 use crate::tracker::Peer;
 
@@ -51,7 +51,9 @@ impl ServiceCache {
             }
         }
         // The round-robin position survives a refresh; a new name starts anywhere.
-        let next = map.get(name).map_or_else(random_start, |c| c.next);
+        let next = map
+            .get(name)
+            .map_or_else(|| crate::addr::random_u64() as usize, |c| c.next);
         map.insert(
             name.to_string(),
             Cached {
@@ -75,22 +77,9 @@ impl ServiceCache {
                 c.next = c.next.wrapping_add(1);
                 i
             }
-            None => random_start() % n.max(1),
+            None => (crate::addr::random_u64() as usize) % n.max(1),
         }
     }
-}
-
-fn random_start() -> usize {
-    let mut b = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-        .expect("system randomness");
-    u64::from_be_bytes(b) as usize
-}
-
-/// `name` checked, or the typed error naming it.
-pub(crate) fn checked_name(name: &str) -> Result<String> {
-    service_entry::check_name(name)
-        .map_err(|e| Error::InvalidArgument(format!("service name {name:?}: {e}")))
 }
 
 impl Node {

@@ -56,6 +56,10 @@ const NODE: usize = 32;
 /// The `Error` status that tells a session a newer registration of its node id replaced it
 /// (the newest wins; the older node stops retrying).
 pub const REPLACED: u16 = 409;
+/// The `Error` status of an `Announce` to a relay that stores no records (no DHT node).
+pub const NO_RECORDS: u16 = 501;
+/// A relay takes one `Announce` per session this often (nodes pace themselves a little slower).
+pub const ANNOUNCE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a peer is gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

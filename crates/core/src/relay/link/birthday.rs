@@ -96,13 +96,6 @@ fn random_ports(n: usize, skip: u16) -> Vec<u16> {
     out
 }
 
-fn random_nonce() -> u64 {
-    let mut b = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-        .expect("system randomness");
-    u64::from_be_bytes(b)
-}
-
 /// The hard side: opens [`AUX_SOCKETS`] sockets on the main socket's IP, punches `peer` from
 /// each (and back at once from a socket the peer's probe reached) until the peer's keyed ack of
 /// one of those punches arrives, and returns that socket with the peer's address as seen there. None within the budget (or when
@@ -122,7 +115,7 @@ pub(crate) async fn open_many(
             UdpSocket::from_std(s)
         });
         match s {
-            Ok(s) => aux.push((s, random_nonce())),
+            Ok(s) => aux.push((s, crate::addr::random_u64())),
             // Out of file descriptors: go on with what we have.
             Err(e) => {
                 tracing::debug!(error = %e, opened = aux.len(), "birthday punch: no more sockets");
@@ -202,7 +195,7 @@ pub(crate) async fn spray(
     let _permit = socket.birthday_permit(node)?;
     // Answers come from ports no punch session knows: strays.
     let mut strays = socket.strays();
-    let nonce = random_nonce();
+    let nonce = crate::addr::random_u64();
     let local = socket.local_toward(peer);
     let probe = Packet {
         kind: Kind::Punch,

@@ -209,7 +209,7 @@ impl DirectPath {
                 }
             }
             let now = Instant::now();
-            let (transition, probe) = live.poll(now, random_nonce());
+            let (transition, probe) = live.poll(now, crate::addr::random_u64());
             match transition {
                 Some(Transition::Died) if network_moved => {
                     paths.drop_direct(peer, PathReason::NetworkChanged);
@@ -396,11 +396,4 @@ fn path_kind(nat_between: bool) -> Path {
     } else {
         Path::Direct
     }
-}
-
-fn random_nonce() -> u64 {
-    let mut b = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-        .expect("system randomness");
-    u64::from_be_bytes(b)
 }

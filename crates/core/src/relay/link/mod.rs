@@ -22,9 +22,10 @@
 
 pub(crate) mod birthday;
 
-/// A link hands its relay the node's record at most this often (the relay refuses a second
-/// one within 5 s); a newer record waits and goes when its turn comes.
-pub(crate) const ANNOUNCE_EVERY: Duration = Duration::from_secs(6);
+/// A link hands its relay the node's record at most this often: a second more than the relay
+/// takes ([`crate::proto::relay::ANNOUNCE_EVERY`]); a newer record waits for its turn.
+pub(crate) const ANNOUNCE_EVERY: Duration =
+    crate::proto::relay::ANNOUNCE_EVERY.saturating_add(Duration::from_secs(1));
 pub(crate) mod direct;
 pub(crate) mod public;
 pub mod transport;
@@ -635,7 +636,7 @@ impl Runner {
                 .into());
             }
             Frame::Error {
-                code: 501,
+                code: crate::proto::relay::NO_RECORDS,
                 node: None,
                 message,
             } => {

@@ -36,7 +36,7 @@ use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities, Lifecycle};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
-use crate::proto::relay::{Frame, Mapping};
+use crate::proto::relay::{Frame, Mapping, ANNOUNCE_EVERY, NO_RECORDS};
 use crate::relay::framed::{write_frames, BoxRead, BoxWrite, FrameReader, ReadError};
 use crate::socket::{self, KeynetSocket};
 use crate::task::Tasks;
@@ -99,10 +99,6 @@ pub struct RelayStart {
 /// See [`RelayStart::records`]: the announcing node and its verified record. Bounded by its
 /// sender; a full channel answers 503.
 pub type RecordQueue = mpsc::Sender<(NodeId, Vec<u8>)>;
-
-/// A node may announce its record at most this often (one record per announce cadence, or
-/// per change of its relays; nodes pace themselves to [`crate::relay::link::ANNOUNCE_EVERY`]).
-const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 
 /// See [`RelayStart::tamper`].
 pub type Tamper = Arc<dyn Fn(NodeId, Frame) -> Vec<Frame> + Send + Sync>;
@@ -1016,7 +1012,7 @@ impl Inner {
             }
         }
         let Some(sink) = &running.start.records else {
-            return error(501, "this relay stores no records".into());
+            return error(NO_RECORDS, "this relay stores no records".into());
         };
         let now = tokio::time::Instant::now();
         if last.is_some_and(|t| now < t + ANNOUNCE_EVERY) {
