@@ -19,6 +19,7 @@ pub mod options;
 pub mod proto;
 pub mod relay;
 pub mod reverse_proxy;
+pub(crate) mod server_connect;
 pub mod socket;
 pub(crate) mod splice;
 pub(crate) mod task;

@@ -568,39 +568,45 @@ impl Inner {
             let _ = send.finish();
             return;
         }
-        // Bind first, so the caller is known by our local address before the server can accept
-        // (a server may ask who is calling the moment it accepts).
+        // The caller is known by our local address before the tunnel carries a byte (a server
+        // may ask who is calling the moment it accepts); see `server_connect`.
         let server = running.server_addr;
-        let socket = match bound_socket(server) {
-            Ok(s) => s,
-            Err(e) => return refuse(send, recv, format!("{server}: {e}")).await,
-        };
-        let local = socket.local_addr().ok();
-        if let Some(local) = local {
-            running
-                .by_proxy
-                .lock()
-                .expect("by_proxy lock")
-                .insert(local, peer.clone());
-        }
-        let tcp = match tokio::time::timeout(budget, socket.connect(server)).await {
-            Ok(Ok(tcp)) => Ok(tcp),
-            Ok(Err(e)) => Err(format!("{server}: {e}")),
-            Err(_) => Err(format!("{server}: connect timed out")),
-        };
-        let tcp = match tcp {
-            Ok(tcp) => tcp,
-            Err(why) => {
-                if let Some(local) = local {
-                    running
-                        .by_proxy
-                        .lock()
-                        .expect("by_proxy lock")
-                        .remove(&local);
-                }
-                return refuse(send, recv, why).await;
+        let mut locals: Vec<SocketAddr> = Vec::with_capacity(1);
+        let registered = tokio::time::timeout(
+            budget,
+            crate::server_connect::connect(server, |local| {
+                running
+                    .by_proxy
+                    .lock()
+                    .expect("by_proxy lock")
+                    .insert(local, peer.clone());
+                locals.push(local);
+            }),
+        )
+        .await;
+        let forget = |locals: &[SocketAddr]| {
+            let mut by_proxy = running.by_proxy.lock().expect("by_proxy lock");
+            for local in locals {
+                by_proxy.remove(local);
             }
         };
+        let tcp = match registered {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                forget(&locals);
+                return refuse(send, recv, format!("{server}: {e}")).await;
+            }
+            Err(_) => {
+                forget(&locals);
+                return refuse(send, recv, format!("{server}: connect timed out")).await;
+            }
+        };
+        if locals.len() > 1 {
+            // Only the address seen once connected is ours for the tunnel's life.
+            let last = locals.len() - 1;
+            forget(&locals[..last]);
+            locals.drain(..last);
+        }
         let _tunnel = running.node.counters.tunnel();
         let counters = &running.node.counters;
         let result = match send.write_all(&tunnel::encode_ack(&Ack::Ok)).await {
@@ -613,34 +619,8 @@ impl Inner {
             }
             Err(e) => tracing::debug!(remote = %peer.remote, error = %e, "tunnel aborted"),
         }
-        if let Some(local) = local {
-            running
-                .by_proxy
-                .lock()
-                .expect("by_proxy lock")
-                .remove(&local);
-        }
+        forget(&locals);
     }
-}
-
-/// A TCP socket bound to the source address the kernel routes toward `server` and an
-/// ephemeral port, so its local address is the one the server will see.
-fn bound_socket(server: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
-    let any: SocketAddr = if server.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let probe = std::net::UdpSocket::bind(any)?;
-    probe.connect(server)?;
-    let source = SocketAddr::new(probe.local_addr()?.ip(), 0);
-    let socket = if server.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.bind(source)?;
-    Ok(socket)
 }
 
 /// Most handshakes in progress at once (see `accept_loop`).
