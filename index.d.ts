@@ -44,8 +44,14 @@ export interface ConnectionInfo {
   ingressPort: number
   path: Path
   rttMs: number
+  /** UDP bytes sent and received on this connection. */
   bytesSent: number
   bytesReceived: number
+  /** UDP datagrams sent, and the system calls that sent them (fewer where the kernel batches). */
+  datagramsSent: number
+  sendCalls: number
+  /** Packets QUIC declared lost and sent again: a lossy path shows here first. */
+  lostPackets: number
 }
 
 export interface ConnectionEvent extends ConnectionInfo {

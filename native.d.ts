@@ -148,6 +148,9 @@ export interface NativeConnectionInfo {
   rttMs: number
   bytesSent: number
   bytesReceived: number
+  datagramsSent: number
+  sendCalls: number
+  lostPackets: number
 }
 
 /** `discovery` start options (checked by index.js). */

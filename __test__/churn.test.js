@@ -10,7 +10,7 @@
 const test = require('ava')
 const path = require('node:path')
 const { execFileSync } = require('node:child_process')
-const { run } = require('./helpers')
+const { run, cleanEnv } = require('./helpers')
 
 function nsSupport() {
   if (process.platform !== 'linux') return 'needs Linux network namespaces'
@@ -42,7 +42,7 @@ nsTest(`${TUNNELS} tunnels through one proxy pair in a namespace whose ephemeral
   const soak = path.join(__dirname, '..', 'bench', 'soak.js')
   // Two workers keep the rate well under the range's 2,048 ports per second that TIME_WAIT
   // reuse allows, so only ports reserved for a whole TIME_WAIT (60 s) can run out.
-  const { stdout } = await run(t, 'ip', ['netns', 'exec', ns, process.execPath, soak, '--count', String(TUNNELS), '--workers', '2', '--no-direct', '--json'], { timeout: 120_000 })
+  const { stdout } = await run(t, 'ip', ['netns', 'exec', ns, process.execPath, soak, '--count', String(TUNNELS), '--workers', '2', '--no-direct', '--json'], { timeout: 120_000, env: cleanEnv({ KEYNET_BENCH_PROFILE: 'dev' }) })
   const summary = JSON.parse(stdout.trim().split('\n').pop())
   t.log(`${summary.ok} tunnels in ${summary.seconds} s (${summary.perSec.toFixed(0)}/s), errors ${JSON.stringify(summary.errorsByKind)}`)
   t.deepEqual(summary.errorsByKind, {}, `first error: ${summary.firstError}`)

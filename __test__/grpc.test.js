@@ -89,6 +89,8 @@ test('1,000 sequential unary calls succeed over one connection, whose info both 
   t.is(byIngress.ingressPort, rp.getIngressPort())
   t.is(byIngress.egressPort, fp.getEgressPort())
   t.true(byIngress.bytesSent > 0 && byIngress.bytesReceived > 0)
+  t.true(byIngress.datagramsSent > 0 && byIngress.sendCalls > 0 && byIngress.sendCalls <= byIngress.datagramsSent)
+  t.is(typeof byIngress.lostPackets, 'number')
 
   const byEgress = rp.getConnectionInfoByEgress(h.HOST, fp.getEgressPort())
   t.truthy(byEgress)

@@ -3,6 +3,8 @@
 //
 //   node bench/bench.js            full run (256 MiB bulk, 5,000 round trips, 200 tunnels, ...)
 //   node bench/bench.js --quick    sizes and counts scaled down ~10x, for smoke runs
+//   --rounds N                     N rounds (default 3), each number the median over them
+//   --only bulk,setup              just these measurements (conc, idle, peers, rtt, setup, bulk, relayed, byid)
 //
 // keynet path:  client --TCP--> ForwardProxy (raw HTTP CONNECT) ==QUIC/UDP==> ReverseProxy --TCP--> server
 // direct path:  client --TCP--> server
@@ -13,7 +15,8 @@
 // Nothing here asserts a speed: the process exits non-zero only when something functionally
 // failed (a tunnel refused, a byte mismatch, a timeout).
 //
-// Set KEYNET_BENCH_PROFILE=debug|release to have the header say which build the binary is.
+// It measures the `profiling` build (release code, symbols kept), building it first if needed
+// (scripts/build-profiling.js); KEYNET_BENCH_PROFILE=dev measures the dev build instead.
 
 const net = require('node:net')
 const os = require('node:os')
@@ -22,6 +25,8 @@ const v8 = require('node:v8')
 const vm = require('node:vm')
 const crypto = require('node:crypto')
 const { fork } = require('node:child_process')
+// Before the addon loads: build and select the measured build (release code; see the script).
+const BUILD = require('../scripts/build-profiling').useBenchBuild()
 const { ForwardProxy, ReverseProxy, Relay } = require('..')
 // The raw HTTP CONNECT client and the bounded wait shared with the tests and the NAT lab; by
 // file, not '../support', which loads grpc-js (~17 MB more RSS in every number below).
@@ -29,13 +34,30 @@ const { openTunnel } = require('../support/connect')
 const { withTimeout } = require('../support/timeout')
 
 const QUICK = process.argv.includes('--quick')
+/** `--rounds N` (default 3): the whole set of measurements N times, numbers reported as medians. */
+/** `--only a,b`: just these measurements (conc, idle, peers, rtt, setup, bulk, relayed, byid). */
+const ONLY = (() => {
+  const i = process.argv.indexOf('--only')
+  if (i < 0) return null
+  const names = new Set(String(process.argv[i + 1]).split(','))
+  const known = ['conc', 'idle', 'peers', 'rtt', 'setup', 'bulk', 'relayed', 'byid']
+  for (const n of names) if (!known.includes(n)) throw new Error(`--only: unknown ${n} (known: ${known.join(', ')})`)
+  return names
+})()
+const want = (name) => !ONLY || ONLY.has(name)
+const ROUNDS = (() => {
+  const i = process.argv.indexOf('--rounds')
+  const n = i < 0 ? 3 : Number(process.argv[i + 1])
+  if (!Number.isInteger(n) || n < 1) throw new Error('--rounds needs a whole number >= 1')
+  return n
+})()
 const HOST = '127.0.0.1'
 const MiB = 1024 * 1024
 const KiB = 1024
 
 const CFG = QUICK
-  ? { bulkBytes: 26 * MiB, rttN: 500, rttWarmup: 20, coldN: 3, warmN: 10, concN: 20, concBytes: 256 * KiB }
-  : { bulkBytes: 256 * MiB, rttN: 5000, rttWarmup: 100, coldN: 20, warmN: 100, concN: 200, concBytes: 256 * KiB }
+  ? { bulkBytes: 26 * MiB, rttN: 500, rttWarmup: 20, coldN: 3, warmN: 10, concN: 20, concBytes: 256 * KiB, idleN: 100, peersN: 50 }
+  : { bulkBytes: 256 * MiB, rttN: 5000, rttWarmup: 100, coldN: 20, warmN: 100, concN: 200, concBytes: 256 * KiB, idleN: 1000, peersN: 500 }
 const RTT_SIZE = 64
 const BULK_CHUNK = 1 * MiB
 const RSS_SAMPLE_MS = 20
@@ -198,7 +220,23 @@ async function connectTunnel({ proxyPort, ingressPort, nodeId, token, host = HOS
  * first byte written to the count's arrival: every byte has reached the server (and been read by
  * it), plus one small reply on the way back.
  */
+/**
+ * Linux's count of UDP datagrams dropped because a socket's receive buffer was full (all
+ * sockets; the bench is the only heavy UDP user while it runs). `null` where unknown.
+ */
+function udpRcvbufErrors() {
+  try {
+    const lines = fs.readFileSync('/proc/net/snmp', 'utf8').split('\n').filter((l) => l.startsWith('Udp:'))
+    const [names, values] = lines.map((l) => l.trim().split(/\s+/))
+    const i = names.indexOf('RcvbufErrors')
+    return i < 0 ? null : Number(values[i])
+  } catch {
+    return null
+  }
+}
+
 async function bulk(sock, total, chunk) {
+  const drops0 = udpRcvbufErrors()
   const cpu0 = process.cpuUsage()
   const t0 = now()
   const reply = readExactly(sock, 8, BULK_TIMEOUT_MS)
@@ -216,7 +254,9 @@ async function bulk(sock, total, chunk) {
   const cpu = process.cpuUsage(cpu0)
   if (counted !== total) throw new Error(`bulk: the server counted ${counted} bytes, ${total} were sent`)
   await waitClosed(sock, 'bulk: close after the count')
-  return { ms, mbps: total / 1e6 / (ms / 1000), cpuS: (cpu.user + cpu.system) / 1e6 }
+  const drops1 = udpRcvbufErrors()
+  const drops = drops0 === null || drops1 === null ? undefined : drops1 - drops0
+  return { ms, mbps: total / 1e6 / (ms / 1000), cpuS: (cpu.user + cpu.system) / 1e6, drops }
 }
 
 /** Reads exactly `n` bytes (more is an error) from a paused socket. */
@@ -361,41 +401,15 @@ function machineFacts() {
     const st = fs.statSync(nodeFile)
     fileFacts = ` (${(st.size / 1e6).toFixed(1)} MB, built ${st.mtime.toISOString().replace(/\.\d+Z$/, 'Z')})`
   } catch {}
-  const profile = process.env.KEYNET_BENCH_PROFILE
-    ? `${process.env.KEYNET_BENCH_PROFILE} (KEYNET_BENCH_PROFILE)`
-    : `not stated (set KEYNET_BENCH_PROFILE=debug|release); ${elfDebugHint(nodeFile)}`
+  const profile = BUILD.profile === 'dev'
+    ? 'dev (KEYNET_BENCH_PROFILE=dev: our code unoptimised)'
+    : `${BUILD.profile} (release code generation with symbols; what users run is the same code, stripped)`
   return [
     `machine: ${cpus.length} CPU × ${cpus[0] ? cpus[0].model.trim() : '?'}, ${os.platform()} ${os.release()} ${os.arch()}, ` +
       `${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, node ${process.version}`,
     `binary:  ${nodeFile}${fileFacts}, profile: ${profile}`,
     `setup:   client and servers are in-process Node (net, 127.0.0.1); both proxies run on their own Rust threads in the same process`,
   ]
-}
-
-/**
- * A hint only: whether the ELF file still has DWARF line tables. This project's dev profile keeps
- * them (`debug = "line-tables-only"`) and its release profile strips them (`strip = "symbols"`).
- */
-function elfDebugHint(file) {
-  try {
-    const b = fs.readFileSync(file)
-    if (b.readUInt32BE(0) !== 0x7f454c46 || b[4] !== 2) return 'not a 64-bit ELF file'
-    const shoff = Number(b.readBigUInt64LE(0x28))
-    const shentsize = b.readUInt16LE(0x3a)
-    const shnum = b.readUInt16LE(0x3c)
-    const strtab = shoff + b.readUInt16LE(0x3e) * shentsize
-    const strOff = Number(b.readBigUInt64LE(strtab + 0x18))
-    const names = []
-    for (let i = 0; i < shnum; i++) {
-      const nameOff = strOff + b.readUInt32LE(shoff + i * shentsize)
-      names.push(b.toString('latin1', nameOff, b.indexOf(0, nameOff)))
-    }
-    return names.includes('.debug_line')
-      ? 'hint: not stripped, has .debug_line (this project\'s dev profile; release is stripped)'
-      : 'hint: stripped, no .debug_line (like this project\'s release profile)'
-  } catch (e) {
-    return `hint unavailable (${e.message})`
-  }
 }
 
 function fmtBytes(b) {
@@ -476,15 +490,90 @@ async function runChild(kind) {
   return result
 }
 
-/** The child side of runChild: one concurrency run, its result sent to the parent. */
+/** The child side of runChild: one measurement, its result sent to the parent. */
 async function child(kind) {
+  if (kind === 'peers') return childDone(await manyPeers(CFG.peersN))
+  if (kind === 'idle-keynet' || kind === 'idle-direct') {
+    const ctx = await setup(kind === 'idle-keynet')
+    await warmUp(ctx)
+    return childDone(await idleTunnels(CFG.idleN, kind === 'idle-keynet' ? ctx.tunnel : ctx.direct))
+  }
   const ctx = await setup(kind === 'keynet')
   await warmUp(ctx)
   const open = kind === 'keynet' ? ctx.tunnel : ctx.direct
   const r = await withTimeout(concurrent(CFG.concN, CFG.concBytes, open), PHASE_TIMEOUT_MS, `concurrent ${kind}`)
-  process.send(r)
+  await childDone(r)
+}
+
+async function childDone(result) {
+  process.send(result)
   await stopAll()
   process.disconnect()
+}
+
+/** RSS after a full garbage collection and a moment for freed memory to settle. */
+async function settledRss() {
+  gc()
+  await new Promise((r) => setTimeout(r, 200))
+  gc()
+  return process.memoryUsage().rss
+}
+
+/**
+ * `n` tunnels (or TCP connections) open at once and idle: each echoes one round trip (so it is
+ * established end to end), then all sit open. RSS per tunnel above the baseline (taken after
+ * the warm-up, with the server, and for keynet the proxies and their connection, up).
+ */
+async function idleTunnels(n, open) {
+  const before = await settledRss()
+  const socks = []
+  try {
+    for (let i = 0; i < n; i += 50) {
+      const batch = await Promise.all(Array.from({ length: Math.min(50, n - i) }, async () => {
+        const { sock } = await open()
+        await pingPong(sock, 1, 0, RTT_SIZE)
+        return sock
+      }))
+      socks.push(...batch)
+    }
+    const after = await settledRss()
+    return { n, before, after, perTunnel: (after - before) / n }
+  } finally {
+    await Promise.all(socks.map((s) => closeSocket(s).catch(() => s.destroy())))
+  }
+}
+
+/**
+ * One forward proxy and `n` reverse proxies in this process: RSS per connection side (the
+ * growth from opening all `n` connections at once, halved: each connection has two sides here)
+ * and the time to open them all at once.
+ */
+async function manyPeers(n) {
+  const token = crypto.randomBytes(16).toString('hex')
+  const server = await startServer()
+  state.server = server
+  const serverPort = server.address().port
+  const rps = []
+  for (let i = 0; i < n; i++) {
+    const rp = new ReverseProxy()
+    state.extraRps.add(rp)
+    await withTimeout(rp.start({ serverHost: HOST, serverPort }), 10_000, 'rp.start (peers)')
+    rps.push(rp)
+  }
+  const fp = new ForwardProxy({ authToken: token })
+  state.extraFps.add(fp)
+  await withTimeout(fp.start(), 10_000, 'fp.start (peers)')
+  const before = await settledRss()
+  const t0 = now()
+  await withTimeout(
+    Promise.all(rps.map((rp) => fp.openConnection(rp.getNodeId(), HOST, rp.getIngressPort(), { timeout: 60_000 }))),
+    PHASE_TIMEOUT_MS,
+    `${n} connections`,
+  )
+  const ms = msSince(t0)
+  const after = await settledRss()
+  if (fp.getConnectionCount() !== n) throw new Error(`${fp.getConnectionCount()} of ${n} connections up`)
+  return { n, ms, before, after, perSide: (after - before) / (2 * n) }
 }
 
 async function main() {
@@ -493,6 +582,18 @@ async function main() {
   for (const l of machineFacts()) console.log(l)
   console.log('')
 
+  const rounds = []
+  for (let i = 0; i < ROUNDS; i++) {
+    if (ROUNDS > 1) progress(`-- round ${i + 1} of ${ROUNDS}`)
+    rounds.push(await measureRound())
+    await stopAll()
+  }
+  const R = mergeRounds(rounds)
+  report(R, tStart)
+}
+
+/** One round of every measurement, keynet and its baselines alternating within it. */
+async function measureRound() {
   const ctx = await setup(true)
   const { fp, nodeId, ingressPort, token, tunnel, direct } = ctx
   progress(`server ${HOST}:${ctx.serverPort} (TCP), reverse proxy ${HOST}:${ingressPort} (UDP), forward proxy ${HOST}:${ctx.proxyPort} (TCP) -> ${fp.getEgressHost()}:${fp.getEgressPort()} (UDP)`)
@@ -500,157 +601,232 @@ async function main() {
 
   const R = {}
 
-  // 1. concurrency, each side in a fresh child process (this script with --concurrency-child):
-  //    RSS never shrinks back after a peak, so in one process the second run would start from the
-  //    first one's high-water mark (and from the bulk phase's buffers).
-  progress(`${CFG.concN} concurrent connections × ${fmtBytes(CFG.concBytes)} echo: direct TCP (child process) ...`)
-  R.concDirect = await runChild('direct')
-  progress(`${CFG.concN} concurrent connections × ${fmtBytes(CFG.concBytes)} echo: keynet (child process) ...`)
-  R.concKeynet = await runChild('keynet')
+  if (want('conc')) {
+    // 1. concurrency, each side in a fresh child process (this script with --concurrency-child):
+    //    RSS never shrinks back after a peak, so in one process the second run would start from the
+    //    first one's high-water mark (and from the bulk phase's buffers).
+    progress(`${CFG.concN} concurrent connections × ${fmtBytes(CFG.concBytes)} echo: direct TCP (child process) ...`)
+    R.concDirect = await runChild('direct')
+    progress(`${CFG.concN} concurrent connections × ${fmtBytes(CFG.concBytes)} echo: keynet (child process) ...`)
+    R.concKeynet = await runChild('keynet')
+  }
+  if (want('idle')) {
+    progress(`${CFG.idleN} idle tunnels at once: direct TCP, then keynet (child processes) ...`)
+    R.idleDirect = await runChild('idle-direct')
+    R.idleKeynet = await runChild('idle-keynet')
+  }
+  if (want('peers')) {
+    progress(`one forward proxy connecting to ${CFG.peersN} reverse proxies at once (child process) ...`)
+    R.peers = await runChild('peers')
 
-  // 2. round trips
-  progress(`${CFG.rttN} sequential ${RTT_SIZE}-byte round trips: direct TCP ...`)
-  {
-    const { sock } = await direct()
-    R.rttDirect = await pingPong(sock, CFG.rttN, CFG.rttWarmup, RTT_SIZE)
-    await closeSocket(sock)
   }
-  progress(`${CFG.rttN} sequential ${RTT_SIZE}-byte round trips: keynet ...`)
-  {
-    const { sock } = await tunnel()
-    R.rttKeynet = await pingPong(sock, CFG.rttN, CFG.rttWarmup, RTT_SIZE)
-    await closeSocket(sock)
-  }
+  if (want('rtt')) {
+    // 2. round trips
+    progress(`${CFG.rttN} sequential ${RTT_SIZE}-byte round trips: direct TCP ...`)
+    {
+      const { sock } = await direct()
+      R.rttDirect = await pingPong(sock, CFG.rttN, CFG.rttWarmup, RTT_SIZE)
+      await closeSocket(sock)
+    }
+    progress(`${CFG.rttN} sequential ${RTT_SIZE}-byte round trips: keynet ...`)
+    {
+      const { sock } = await tunnel()
+      R.rttKeynet = await pingPong(sock, CFG.rttN, CFG.rttWarmup, RTT_SIZE)
+      await closeSocket(sock)
+    }
 
-  // 3. setup
-  progress(`connection setup: ${CFG.warmN} × TCP connect ...`)
-  R.tcpConnect = []
-  for (let i = 0; i < CFG.warmN; i++) {
-    const { sock, ms } = await direct()
-    R.tcpConnect.push(ms)
-    await closeSocket(sock)
   }
-  progress(`connection setup: ${CFG.warmN} × warm CONNECT (existing QUIC connection) ...`)
-  R.warm = []
-  for (let i = 0; i < CFG.warmN; i++) {
-    const { sock, ms } = await tunnel()
-    R.warm.push(ms)
-    await closeSocket(sock)
-  }
-  progress(`connection setup: ${CFG.coldN} × cold CONNECT (fresh ForwardProxy, new QUIC connection) ...`)
-  R.cold = []
-  R.fpStart = []
-  R.fpStop = []
-  for (let i = 0; i < CFG.coldN; i++) {
-    const p = new ForwardProxy({ authToken: token })
-    state.extraFps.add(p)
-    let t0 = now()
-    await withTimeout(p.start(), 10_000, 'fp.start (cold)')
-    R.fpStart.push(msSince(t0))
-    const { sock, ms } = await connectTunnel({ proxyPort: p.getProxyPort(), ingressPort, nodeId, token })
-    R.cold.push(ms)
-    await closeSocket(sock)
-    t0 = now()
-    await withTimeout(p.stop(), 10_000, 'fp.stop (cold)')
-    R.fpStop.push(msSince(t0))
-    state.extraFps.delete(p)
-  }
+  if (want('setup')) {
+    // 3. setup
+    progress(`connection setup: ${CFG.warmN} × TCP connect ...`)
+    R.tcpConnect = []
+    for (let i = 0; i < CFG.warmN; i++) {
+      const { sock, ms } = await direct()
+      R.tcpConnect.push(ms)
+      await closeSocket(sock)
+    }
+    progress(`connection setup: ${CFG.warmN} × warm CONNECT (existing QUIC connection) ...`)
+    R.warm = []
+    for (let i = 0; i < CFG.warmN; i++) {
+      const { sock, ms } = await tunnel()
+      R.warm.push(ms)
+      await closeSocket(sock)
+    }
+    progress(`connection setup: ${CFG.coldN} × cold CONNECT (fresh ForwardProxy, new QUIC connection) ...`)
+    R.cold = []
+    R.fpStart = []
+    R.fpStop = []
+    for (let i = 0; i < CFG.coldN; i++) {
+      const p = new ForwardProxy({ authToken: token })
+      state.extraFps.add(p)
+      let t0 = now()
+      await withTimeout(p.start(), 10_000, 'fp.start (cold)')
+      R.fpStart.push(msSince(t0))
+      const { sock, ms } = await connectTunnel({ proxyPort: p.getProxyPort(), ingressPort, nodeId, token })
+      R.cold.push(ms)
+      await closeSocket(sock)
+      t0 = now()
+      await withTimeout(p.stop(), 10_000, 'fp.stop (cold)')
+      R.fpStop.push(msSince(t0))
+      state.extraFps.delete(p)
+    }
 
-  // 4. bulk
+  }
   const chunk = crypto.randomBytes(BULK_CHUNK)
-  progress(`bulk: ${fmtBytes(CFG.bulkBytes)} one way, direct TCP ...`)
-  {
-    const { sock } = await direct()
-    R.bulkDirect = await bulk(sock, CFG.bulkBytes, chunk)
-  }
-  progress(`bulk: ${fmtBytes(CFG.bulkBytes)} one way, keynet ...`)
-  {
-    const before = fp.getConnectionInfoByIngress(HOST, ingressPort)
-    const { sock } = await tunnel()
-    R.bulkKeynet = await bulk(sock, CFG.bulkBytes, chunk)
-    const after = fp.getConnectionInfoByIngress(HOST, ingressPort)
-    if (before && after) R.bulkWire = after.bytesSent - before.bytesSent
-    R.connInfo = after
-  }
-  progress(`bulk keynet took ${(R.bulkKeynet.ms / 1000).toFixed(1)} s, direct ${(R.bulkDirect.ms / 1000).toFixed(2)} s`)
+  if (want('bulk')) {
+    // 4. bulk
+    progress(`bulk: ${fmtBytes(CFG.bulkBytes)} one way, direct TCP ...`)
+    {
+      const { sock } = await direct()
+      R.bulkDirect = await bulk(sock, CFG.bulkBytes, chunk)
+    }
+    progress(`bulk: ${fmtBytes(CFG.bulkBytes)} one way, keynet ...`)
+    {
+      const before = fp.getConnectionInfoByIngress(HOST, ingressPort)
+      const { sock } = await tunnel()
+      R.bulkKeynet = await bulk(sock, CFG.bulkBytes, chunk)
+      const after = fp.getConnectionInfoByIngress(HOST, ingressPort)
+      if (before && after) R.bulkWire = after.bytesSent - before.bytesSent
+      R.connInfo = after
+    }
+    progress(`bulk keynet took ${(R.bulkKeynet.ms / 1000).toFixed(1)} s, direct ${(R.bulkDirect.ms / 1000).toFixed(2)} s`)
 
-  // 5. relayed: a second pair that reaches each other only through a Relay on loopback (the
-  //    rendezvous is off, so every byte takes the relay: node -> relay -> node, both over QUIC).
-  progress('relayed: starting a Relay and a pair registered with it ...')
-  {
-    const relay = new Relay()
-    state.relay = relay
-    await withTimeout(relay.start(), 10_000, 'relay.start')
-    const relayOpts = { host: HOST, port: relay.getPort(), nodeId: relay.getNodeId(), upgrade: false }
-    const rp2 = new ReverseProxy()
-    state.extraRps.add(rp2)
-    await withTimeout(rp2.start({ serverHost: HOST, serverPort: ctx.serverPort, relay: relayOpts }), 10_000, 'rp2.start')
-    const fp2 = new ForwardProxy({ authToken: token })
-    state.extraFps.add(fp2)
-    await withTimeout(fp2.start(), 10_000, 'fp2.start')
-    const key = { host: '192.0.2.1', port: 443 }
-    const info = await withTimeout(fp2.openConnection(rp2.getNodeId(), key.host, key.port, { relay: relayOpts }), 15_000, 'relayed openConnection')
-    if (info.path !== 'relayed') throw new Error(`expected a relayed path, got ${info.path}`)
-    const relayed = () => connectTunnel({ proxyPort: fp2.getProxyPort(), ingressPort: key.port, nodeId: rp2.getNodeId(), token, host: key.host })
-    {
-      const { sock } = await relayed()
-      await pingPong(sock, 50, 0, RTT_SIZE)
-      await closeSocket(sock)
-    }
-    progress(`relayed: ${CFG.rttN} sequential ${RTT_SIZE}-byte round trips ...`)
-    {
-      const { sock } = await relayed()
-      R.rttRelayed = await pingPong(sock, CFG.rttN, CFG.rttWarmup, RTT_SIZE)
-      await closeSocket(sock)
-    }
-    progress(`relayed: bulk ${fmtBytes(CFG.bulkBytes)} one way ...`)
-    {
-      const { sock } = await relayed()
-      R.bulkRelayed = await bulk(sock, CFG.bulkBytes, chunk)
-    }
-    const after = fp2.getConnectionInfoByIngress(key.host, key.port)
-    if (!after || after.path !== 'relayed') throw new Error(`the relayed connection changed path: ${after?.path}`)
-    await withTimeout(fp2.stop(), 10_000, 'fp2.stop')
-    state.extraFps.delete(fp2)
-    await withTimeout(rp2.stop(), 10_000, 'rp2.stop')
-    state.extraRps.delete(rp2)
-    await withTimeout(relay.stop(), 10_000, 'relay.stop')
-    state.relay = null
   }
+  if (want('relayed')) {
+    // 5. relayed: a second pair that reaches each other only through a Relay on loopback (the
+    //    rendezvous is off, so every byte takes the relay: node -> relay -> node, both over QUIC).
+    progress('relayed: starting a Relay and a pair registered with it ...')
+    {
+      const relay = new Relay()
+      state.relay = relay
+      await withTimeout(relay.start(), 10_000, 'relay.start')
+      const relayOpts = { host: HOST, port: relay.getPort(), nodeId: relay.getNodeId(), upgrade: false }
+      const rp2 = new ReverseProxy()
+      state.extraRps.add(rp2)
+      await withTimeout(rp2.start({ serverHost: HOST, serverPort: ctx.serverPort, relay: relayOpts }), 10_000, 'rp2.start')
+      const fp2 = new ForwardProxy({ authToken: token })
+      state.extraFps.add(fp2)
+      await withTimeout(fp2.start(), 10_000, 'fp2.start')
+      const key = { host: '192.0.2.1', port: 443 }
+      const info = await withTimeout(fp2.openConnection(rp2.getNodeId(), key.host, key.port, { relay: relayOpts }), 15_000, 'relayed openConnection')
+      if (info.path !== 'relayed') throw new Error(`expected a relayed path, got ${info.path}`)
+      const relayed = () => connectTunnel({ proxyPort: fp2.getProxyPort(), ingressPort: key.port, nodeId: rp2.getNodeId(), token, host: key.host })
+      {
+        const { sock } = await relayed()
+        await pingPong(sock, 50, 0, RTT_SIZE)
+        await closeSocket(sock)
+      }
+      progress(`relayed: ${CFG.rttN} sequential ${RTT_SIZE}-byte round trips ...`)
+      {
+        const { sock } = await relayed()
+        R.rttRelayed = await pingPong(sock, CFG.rttN, CFG.rttWarmup, RTT_SIZE)
+        await closeSocket(sock)
+      }
+      progress(`relayed: bulk ${fmtBytes(CFG.bulkBytes)} one way ...`)
+      {
+        const { sock } = await relayed()
+        R.bulkRelayed = await bulk(sock, CFG.bulkBytes, chunk)
+      }
+      const after = fp2.getConnectionInfoByIngress(key.host, key.port)
+      if (!after || after.path !== 'relayed') throw new Error(`the relayed connection changed path: ${after?.path}`)
+      await withTimeout(fp2.stop(), 10_000, 'fp2.stop')
+      state.extraFps.delete(fp2)
+      await withTimeout(rp2.stop(), 10_000, 'rp2.stop')
+      state.extraRps.delete(rp2)
+      await withTimeout(relay.stop(), 10_000, 'relay.stop')
+      state.relay = null
+    }
 
+  }
   // 6. connect by node id: a private DHT of DHT_NODES `keynet-relay --dht` processes on
   //    loopback; a fresh ForwardProxy that knows only the node id each time. Direct: the node
   //    announces its addresses; via its home relay: it announces only its relay (the caller links
   //    to that relay on demand, rendezvous off so the connection stays there).
-  R.byId = await byNodeId(ctx, token)
+  if (want('byid')) R.byId = await byNodeId(ctx, token)
+  return R
+}
 
-  // ---- report ----
+/**
+ * The rounds as one result: each number the median over the rounds, sample arrays joined (their
+ * median is taken at report time), anything else from the last round.
+ */
+function mergeRounds(rounds) {
+  const merge = (vals) => {
+    const v = vals.filter((x) => x !== undefined && x !== null)
+    if (!v.length) return vals[vals.length - 1]
+    if (v.every((x) => typeof x === 'number')) return median(v)
+    if (v.every(Array.isArray)) return v.flat()
+    if (v.every((x) => typeof x === 'object')) {
+      const out = {}
+      for (const k of new Set(v.flatMap(Object.keys))) out[k] = merge(v.map((x) => x[k]))
+      return out
+    }
+    return v[v.length - 1]
+  }
+  return merge(rounds)
+}
+
+/** Prints the table of `R` (merged rounds). */
+function report(R, tStart) {
   const mb = (b) => f(b / MiB, 1)
-  const rows = [
-    { section: `bulk: ${fmtBytes(CFG.bulkBytes)} one way, one connection (1st byte written -> server's count back)` },
-    ['throughput, MB/s (10^6 B/s)', f(R.bulkKeynet.mbps), f(R.bulkDirect.mbps), ratio(R.bulkKeynet.mbps, R.bulkDirect.mbps)],
-    ['time, s', f(R.bulkKeynet.ms / 1000, 2), f(R.bulkDirect.ms / 1000, 2), ratio(R.bulkKeynet.ms, R.bulkDirect.ms)],
-    ['CPU time of the process (user+sys), s', f(R.bulkKeynet.cpuS, 2), f(R.bulkDirect.cpuS, 2), ratio(R.bulkKeynet.cpuS, R.bulkDirect.cpuS)],
-    ['UDP bytes sent by the forward proxy / payload', R.bulkWire ? f(R.bulkWire / CFG.bulkBytes, 3) : 'n/a', '-', ''],
-    { section: `round trips: ${CFG.rttN} sequential ${RTT_SIZE}-byte echoes, one connection (+${CFG.rttWarmup} warm-up)` },
-    ['p50, µs', f(R.rttKeynet.p50), f(R.rttDirect.p50), ratio(R.rttKeynet.p50, R.rttDirect.p50)],
-    ['p99, µs', f(R.rttKeynet.p99), f(R.rttDirect.p99), ratio(R.rttKeynet.p99, R.rttDirect.p99)],
-    ['mean, µs', f(R.rttKeynet.mean), f(R.rttDirect.mean), ratio(R.rttKeynet.mean, R.rttDirect.mean)],
-    { section: 'relayed (keynet column: through a Relay on loopback, rendezvous off)' },
-    ['bulk throughput, MB/s', f(R.bulkRelayed.mbps), f(R.bulkDirect.mbps), ratio(R.bulkRelayed.mbps, R.bulkDirect.mbps)],
-    ['bulk throughput relayed / keynet direct path', f(R.bulkRelayed.mbps / R.bulkKeynet.mbps, 2), '-', ''],
-    ['round trip p50, µs', f(R.rttRelayed.p50), f(R.rttDirect.p50), ratio(R.rttRelayed.p50, R.rttDirect.p50)],
-    ['round trip p99, µs', f(R.rttRelayed.p99), f(R.rttDirect.p99), ratio(R.rttRelayed.p99, R.rttDirect.p99)],
-    { section: "setup, median: net.connect -> '200' head (keynet) / -> 'connect' (TCP)" },
-    [`cold CONNECT, new QUIC connection (n=${CFG.coldN}), ms`, f(median(R.cold), 2), f(median(R.tcpConnect), 3), ratio(median(R.cold), median(R.tcpConnect))],
-    [`warm CONNECT, existing QUIC connection (n=${CFG.warmN}), ms`, f(median(R.warm), 2), f(median(R.tcpConnect), 3), ratio(median(R.warm), median(R.tcpConnect))],
-    [`ForwardProxy start() / stop() (n=${CFG.coldN}), ms`, `${f(median(R.fpStart), 1)} / ${f(median(R.fpStop), 1)}`, '-', ''],
-    { section: `concurrency: ${CFG.concN} × ${fmtBytes(CFG.concBytes)} echoed at once, verified (fresh child process each)` },
-    ['wall time, ms', f(R.concKeynet.ms, 0), f(R.concDirect.ms, 0), ratio(R.concKeynet.ms, R.concDirect.ms)],
-    ['RSS before, MiB', mb(R.concKeynet.rssBefore), mb(R.concDirect.rssBefore), ratio(R.concKeynet.rssBefore, R.concDirect.rssBefore)],
-    ['RSS peak (sampled every 20 ms), MiB', mb(R.concKeynet.rssPeak), mb(R.concDirect.rssPeak), ratio(R.concKeynet.rssPeak, R.concDirect.rssPeak)],
-    ['RSS peak - before, MiB', mb(R.concKeynet.rssPeak - R.concKeynet.rssBefore), mb(R.concDirect.rssPeak - R.concDirect.rssBefore), ratio(R.concKeynet.rssPeak - R.concKeynet.rssBefore, R.concDirect.rssPeak - R.concDirect.rssBefore)],
-  ]
+  const rows = []
+  if (R.bulkKeynet && R.bulkDirect) {
+    rows.push(
+      { section: `bulk: ${fmtBytes(CFG.bulkBytes)} one way, one connection (1st byte written -> server's count back)` },
+      ['throughput, MB/s (10^6 B/s)', f(R.bulkKeynet.mbps), f(R.bulkDirect.mbps), ratio(R.bulkKeynet.mbps, R.bulkDirect.mbps)],
+      ['time, s', f(R.bulkKeynet.ms / 1000, 2), f(R.bulkDirect.ms / 1000, 2), ratio(R.bulkKeynet.ms, R.bulkDirect.ms)],
+      ['CPU time of the process (user+sys), s', f(R.bulkKeynet.cpuS, 2), f(R.bulkDirect.cpuS, 2), ratio(R.bulkKeynet.cpuS, R.bulkDirect.cpuS)],
+      ['UDP bytes sent by the forward proxy / payload', R.bulkWire ? f(R.bulkWire / CFG.bulkBytes, 3) : 'n/a', '-', ''],
+      ['UDP datagrams dropped for a full receive buffer, ≈ % of those sent', R.bulkKeynet.drops === undefined ? 'n/a' : f((100 * R.bulkKeynet.drops) / (CFG.bulkBytes / 1200), 2), '-', ''],
+    )
+  }
+  if (R.rttKeynet && R.rttDirect) {
+    rows.push(
+      { section: `round trips: ${CFG.rttN} sequential ${RTT_SIZE}-byte echoes, one connection (+${CFG.rttWarmup} warm-up)` },
+      ['p50, µs', f(R.rttKeynet.p50), f(R.rttDirect.p50), ratio(R.rttKeynet.p50, R.rttDirect.p50)],
+      ['p99, µs', f(R.rttKeynet.p99), f(R.rttDirect.p99), ratio(R.rttKeynet.p99, R.rttDirect.p99)],
+      ['mean, µs', f(R.rttKeynet.mean), f(R.rttDirect.mean), ratio(R.rttKeynet.mean, R.rttDirect.mean)],
+    )
+  }
+  if (R.bulkRelayed && R.rttRelayed) {
+    rows.push(
+      { section: 'relayed (keynet column: through a Relay on loopback, rendezvous off)' },
+      ['bulk throughput, MB/s', f(R.bulkRelayed.mbps), f(R.bulkDirect?.mbps), ratio(R.bulkRelayed.mbps, R.bulkDirect?.mbps)],
+      ['bulk throughput relayed / keynet direct path', R.bulkKeynet ? f(R.bulkRelayed.mbps / R.bulkKeynet.mbps, 2) : 'n/a', '-', ''],
+      ['round trip p50, µs', f(R.rttRelayed.p50), f(R.rttDirect?.p50), ratio(R.rttRelayed.p50, R.rttDirect?.p50)],
+      ['round trip p99, µs', f(R.rttRelayed.p99), f(R.rttDirect?.p99), ratio(R.rttRelayed.p99, R.rttDirect?.p99)],
+    )
+  }
+  if (R.cold && R.warm) {
+    rows.push(
+      { section: "setup, median: net.connect -> '200' head (keynet) / -> 'connect' (TCP)" },
+      [`cold CONNECT, new QUIC connection (n=${CFG.coldN}), ms`, f(median(R.cold), 2), f(median(R.tcpConnect), 3), ratio(median(R.cold), median(R.tcpConnect))],
+      [`warm CONNECT, existing QUIC connection (n=${CFG.warmN}), ms`, f(median(R.warm), 2), f(median(R.tcpConnect), 3), ratio(median(R.warm), median(R.tcpConnect))],
+      [`ForwardProxy start() / stop() (n=${CFG.coldN}), ms`, `${f(median(R.fpStart), 1)} / ${f(median(R.fpStop), 1)}`, '-', ''],
+    )
+  }
+  if (R.concKeynet && R.concDirect) {
+    rows.push(
+      { section: `concurrency: ${CFG.concN} × ${fmtBytes(CFG.concBytes)} echoed at once, verified (fresh child process each)` },
+      ['wall time, ms', f(R.concKeynet.ms, 0), f(R.concDirect.ms, 0), ratio(R.concKeynet.ms, R.concDirect.ms)],
+      ['RSS before, MiB', mb(R.concKeynet.rssBefore), mb(R.concDirect.rssBefore), ratio(R.concKeynet.rssBefore, R.concDirect.rssBefore)],
+      ['RSS peak (sampled every 20 ms), MiB', mb(R.concKeynet.rssPeak), mb(R.concDirect.rssPeak), ratio(R.concKeynet.rssPeak, R.concDirect.rssPeak)],
+      ['RSS peak - before, MiB', mb(R.concKeynet.rssPeak - R.concKeynet.rssBefore), mb(R.concDirect.rssPeak - R.concDirect.rssBefore), ratio(R.concKeynet.rssPeak - R.concKeynet.rssBefore, R.concDirect.rssPeak - R.concDirect.rssBefore)],
+    )
+  }
+  if (R.idleKeynet && R.idleDirect) {
+    rows.push(
+      { section: `idle: ${CFG.idleN} tunnels open at once, one round trip each, then idle (fresh child process each)` },
+      ['RSS per tunnel above the baseline, KiB', f(R.idleKeynet.perTunnel / KiB), f(R.idleDirect.perTunnel / KiB), ratio(R.idleKeynet.perTunnel, R.idleDirect.perTunnel)],
+    )
+  }
+  if (R.peers) {
+    rows.push(
+      { section: `many peers: one ForwardProxy opens connections to ${CFG.peersN} ReverseProxies at once (one child process)` },
+      ['RSS per connection side, KiB', f(R.peers.perSide / KiB), '-', ''],
+      ['time to open them all, per connection, ms', f(R.peers.ms / R.peers.n, 2), '-', ''],
+    )
+  }
   if (R.byId) {
     const b = R.byId
     rows.push(
@@ -659,7 +835,7 @@ async function main() {
       ['openConnection(nodeId): lookup + connect, direct, ms', f(median(b.direct), 1), f(median(b.byAddr), 1), ratio(median(b.direct), median(b.byAddr))],
       ['openConnection(nodeId): lookup + connect via the home relay (on demand), ms', f(median(b.relayed), 1), f(median(b.byAddr), 1), ratio(median(b.relayed), median(b.byAddr))],
     )
-  } else {
+  } else if (want('byid')) {
     rows.push({ section: `connect by node id: skipped (${RELAY_BIN} missing: cargo build -p keynet-relay)` })
   }
   console.log('')
@@ -673,13 +849,12 @@ async function main() {
   console.log('bulk "UDP bytes / payload" = QUIC datagram bytes the forward proxy sent during the bulk run / payload bytes.')
   console.log('concurrency: each side runs in a fresh child process (this script, same code) so that neither inherits the other\'s')
   console.log('  RSS high-water mark; RSS is that whole process: Node (clients, server, buffers) plus, for keynet, both proxies.')
-
-  await stopAll()
+  if (ROUNDS > 1) console.log(`every number is the median over ${ROUNDS} rounds (sample lists, e.g. setup times, are pooled first).`)
   console.log(`all checks passed; total run time ${(msSince(tStart) / 1000).toFixed(1)} s`)
 }
 
 const DHT_NODES = 4
-const RELAY_BIN = require('node:path').join(__dirname, '..', 'target', 'debug', 'keynet-relay')
+const RELAY_BIN = BUILD.relayBin
 
 /** Starts `keynet-relay --dht 127.0.0.1:0 [--dht-bootstrap B]`; resolves its DHT address. */
 function dhtNode(bootstrap) {

@@ -10,6 +10,8 @@
 //   --workers W    (default 50)      --direct S    seconds of the direct TCP baseline (default 10)
 //   --json         the summary as one JSON line (the churn test reads it)
 
+// Before the addon loads: the measured build (release code; KEYNET_BENCH_PROFILE=dev: the dev one).
+require('../scripts/build-profiling').useBenchBuild()
 const { ForwardProxy, ReverseProxy } = require('..')
 const { startTcpEchoServer } = require('../support/servers')
 const { churn } = require('../support/churn')

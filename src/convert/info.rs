@@ -36,6 +36,9 @@ pub struct NativeConnectionInfo {
     pub rtt_ms: f64,
     pub bytes_sent: f64,
     pub bytes_received: f64,
+    pub datagrams_sent: f64,
+    pub send_calls: f64,
+    pub lost_packets: f64,
 }
 
 impl From<keynet_core::ConnectionInfo> for NativeConnectionInfo {
@@ -51,6 +54,9 @@ impl From<keynet_core::ConnectionInfo> for NativeConnectionInfo {
             rtt_ms: i.rtt_ms,
             bytes_sent: i.bytes_sent as f64,
             bytes_received: i.bytes_received as f64,
+            datagrams_sent: i.datagrams_sent as f64,
+            send_calls: i.send_calls as f64,
+            lost_packets: i.lost_packets as f64,
         }
     }
 }

@@ -41,6 +41,7 @@ impl NativeOptions {
                 .unwrap_or(d.punch_interval),
             end_time: self.conn_end_time.map(ms).unwrap_or(d.end_time),
             keepalive_disabled: self.disable_keep_alive.unwrap_or(false),
+            udp: d.udp,
         }
     }
 }

@@ -131,6 +131,13 @@ pub struct ConnectionInfo {
     pub bytes_sent: u64,
     /// UDP bytes received on this connection.
     pub bytes_received: u64,
+    /// UDP datagrams sent on this connection.
+    pub datagrams_sent: u64,
+    /// System calls that sent them (fewer than datagrams when the kernel's segment offload
+    /// batches them).
+    pub send_calls: u64,
+    /// Packets QUIC declared lost (and sent again).
+    pub lost_packets: u64,
 }
 
 /// What happened.

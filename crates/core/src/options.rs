@@ -21,6 +21,29 @@ pub struct ConnOptions {
     pub end_time: Duration,
     /// Test-only: send no keepalives (proves the NAT lab's keepalive test can fail).
     pub keepalive_disabled: bool,
+    /// The UDP socket's kernel settings (defaults: large buffers, segment offload on).
+    pub udp: UdpTuning,
+}
+
+/// Kernel settings of a proxy's UDP socket. The defaults are the fast path; the others exist so
+/// the slow paths real systems fall back to (small buffers, no segment offload) stay tested.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UdpTuning {
+    /// Receive and send buffer size asked for, bytes (default
+    /// [`crate::socket::buffers::WANTED`], 7 MiB).
+    pub buffer: usize,
+    /// Send and receive batches of datagrams in one system call where the kernel can (GSO
+    /// and GRO on Linux). Default on.
+    pub segment_offload: bool,
+}
+
+impl Default for UdpTuning {
+    fn default() -> Self {
+        Self {
+            buffer: crate::socket::buffers::WANTED,
+            segment_offload: true,
+        }
+    }
 }
 
 impl Default for ConnOptions {
@@ -32,6 +55,7 @@ impl Default for ConnOptions {
             punch_interval: Duration::from_millis(50),
             end_time: Duration::from_millis(1_000),
             keepalive_disabled: false,
+            udp: UdpTuning::default(),
         }
     }
 }

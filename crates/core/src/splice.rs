@@ -4,12 +4,19 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::node::stats::Counters;
 
+/// Most bytes one TCP read takes (one allocation, handed to quinn whole).
 const BUF: usize = 64 * 1024;
+/// A read shorter than this is copied into a buffer of its size, so quinn, holding the bytes
+/// until they are acknowledged, never holds more than twice the memory it accounts for.
+const SMALL: usize = BUF / 2;
+/// Most received chunks (about one QUIC packet each) written to TCP in one `writev`.
+const CHUNKS: usize = 32;
 /// QUIC application error code for an aborted tunnel.
 pub(crate) const ABORTED: u32 = 1;
 
@@ -72,15 +79,16 @@ async fn copy_both(
             total += prefix.len() as u64;
             counters.sent(prefix.len());
         }
-        let mut buf = vec![0u8; BUF];
         loop {
-            let n = tcp_r.read(&mut buf).await?;
-            if n == 0 {
+            // No buffer while waiting: an idle tunnel holds none (see `read_chunk`).
+            let Some(chunk) = read_chunk(tcp_r).await? else {
                 send.finish().map_err(std::io::Error::other)?;
                 sent_all.store(true, Ordering::Relaxed);
                 return Ok::<_, std::io::Error>(total);
-            }
-            send.write_all(&buf[..n])
+            };
+            let n = chunk.len();
+            // Handed to quinn as is: no copy into its send buffer.
+            send.write_chunk(chunk)
                 .await
                 .map_err(std::io::Error::other)?;
             total += n as u64;
@@ -89,13 +97,19 @@ async fn copy_both(
     };
     let down = async {
         let mut total = 0u64;
-        let mut buf = vec![0u8; BUF];
+        // quinn's own buffers, written out as they are (one writev for what is ready): no
+        // copy into one of ours, and none held while the tunnel is idle.
+        let mut chunks: [Bytes; CHUNKS] = Default::default();
         loop {
-            match recv.read(&mut buf).await.map_err(std::io::Error::other)? {
+            match recv
+                .read_chunks(&mut chunks)
+                .await
+                .map_err(std::io::Error::other)?
+            {
                 Some(n) => {
-                    tcp_w.write_all(&buf[..n]).await?;
-                    total += n as u64;
-                    counters.received(n);
+                    let bytes = write_all_chunks(tcp_w, &mut chunks[..n]).await?;
+                    total += bytes as u64;
+                    counters.received(bytes);
                 }
                 None => {
                     tcp_w.shutdown().await?;
@@ -109,4 +123,54 @@ async fn copy_both(
         tcp_to_quic,
         quic_to_tcp,
     })
+}
+
+/// Writes every chunk (emptying them), in as few `writev` calls as the socket allows; returns
+/// the bytes written.
+async fn write_all_chunks(
+    tcp: &mut tokio::net::tcp::OwnedWriteHalf,
+    chunks: &mut [Bytes],
+) -> std::io::Result<usize> {
+    let total = chunks.iter().map(Bytes::len).sum();
+    let mut first = 0;
+    while first < chunks.len() {
+        let mut slices = [std::io::IoSlice::new(&[]); CHUNKS];
+        let count = (chunks.len() - first).min(CHUNKS);
+        for (slot, c) in slices.iter_mut().zip(&chunks[first..first + count]) {
+            *slot = std::io::IoSlice::new(c);
+        }
+        let mut n = tcp.write_vectored(&slices[..count]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let c = &mut chunks[first];
+            let take = n.min(c.len());
+            let _ = c.split_to(take);
+            n -= take;
+            if c.is_empty() {
+                first += 1;
+            }
+        }
+        while first < chunks.len() && chunks[first].is_empty() {
+            first += 1;
+        }
+    }
+    Ok(total)
+}
+
+/// The next bytes `tcp` has, as a buffer of their own; `None` at end of stream. Waits for
+/// readiness before allocating, so a tunnel waiting for data holds no buffer.
+async fn read_chunk(tcp: &tokio::net::tcp::OwnedReadHalf) -> std::io::Result<Option<Bytes>> {
+    loop {
+        tcp.readable().await?;
+        let mut buf = BytesMut::with_capacity(BUF);
+        match tcp.try_read_buf(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) if n < SMALL => return Ok(Some(Bytes::copy_from_slice(&buf[..n]))),
+            Ok(_) => return Ok(Some(buf.freeze())),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }

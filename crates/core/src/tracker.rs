@@ -120,6 +120,9 @@ impl Peer {
             rtt_ms: self.conn.rtt().as_secs_f64() * 1000.0,
             bytes_sent: stats.udp_tx.bytes,
             bytes_received: stats.udp_rx.bytes,
+            datagrams_sent: stats.udp_tx.datagrams,
+            send_calls: stats.udp_tx.ios,
+            lost_packets: stats.path.lost_packets,
         }
     }
 

@@ -107,10 +107,11 @@ impl Node {
             discovery::validate(d)?;
         }
         let identity = config.identity;
-        let (endpoint, socket) = socket::bind(
+        let (endpoint, socket) = socket::bind_tuned(
             config.bind,
             config.server_config,
             &identity.derived_secret("quic stateless reset"),
+            &opts.udp,
         )?;
         let addr = endpoint.local_addr()?;
         let tasks = Tasks::new();

@@ -16,6 +16,7 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
+pub mod buffers;
 pub mod paths;
 mod via;
 
@@ -24,6 +25,7 @@ pub use via::ViaGuard;
 
 use crate::addr::canonical;
 use crate::error::Result;
+use crate::options::UdpTuning;
 use crate::proto::punch;
 use paths::{Hop, Paths};
 
@@ -49,10 +51,20 @@ struct OsSocket {
 impl OsSocket {
     /// Registers `socket` with the reactor of `rt` (callers may be outside any runtime: a
     /// synchronous `networkChanged()` from JS).
-    fn wrap(socket: std::net::UdpSocket, rt: &tokio::runtime::Handle) -> io::Result<Self> {
+    fn wrap(
+        socket: std::net::UdpSocket,
+        rt: &tokio::runtime::Handle,
+        udp: &UdpTuning,
+    ) -> io::Result<Self> {
         let v6 = socket.local_addr()?.is_ipv6();
+        buffers::size((&socket).into(), udp.buffer);
+        let fd = socket2::SockRef::from(&socket).try_clone()?;
         let _in_runtime = rt.enter();
         let io = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
+        if !udp.segment_offload {
+            // After quinn-udp's setup, which turns it on.
+            buffers::disable_gro((&fd).into());
+        }
         Ok(Self { io, v6 })
     }
 
@@ -96,6 +108,8 @@ pub struct KeynetSocket {
     pub paths: Paths,
     /// Peer addresses whose datagrams leave from a socket of their own ([`via`]).
     vias: via::Vias,
+    /// Kernel settings, for a replacement socket and for vias too.
+    udp: UdpTuning,
     /// Hard-NAT punches running at once (each holds up to 256 extra sockets, or sprays 2048
     /// probes): [`BIRTHDAYS`].
     birthdays: tokio::sync::Semaphore,
@@ -149,7 +163,7 @@ impl KeynetSocket {
     /// Moves to a fresh OS socket (the old one's address is gone). The caller then tells the
     /// endpoint (`rebind_abstract`), so quinn's connections register with the new one.
     pub fn replace_os_socket(&self, socket: std::net::UdpSocket) -> io::Result<()> {
-        *self.inner.write().expect("socket lock") = OsSocket::wrap(socket, &self.rt)?;
+        *self.inner.write().expect("socket lock") = OsSocket::wrap(socket, &self.rt, &self.udp)?;
         Ok(())
     }
 
@@ -404,10 +418,16 @@ impl AsyncUdpSocket for KeynetSocket {
     }
 
     fn max_transmit_segments(&self) -> usize {
+        if !self.udp.segment_offload {
+            return 1;
+        }
         self.inner().max_transmit_segments()
     }
 
     fn max_receive_segments(&self) -> usize {
+        if !self.udp.segment_offload {
+            return 1;
+        }
         self.inner().max_receive_segments()
     }
 
@@ -426,11 +446,22 @@ pub fn bind(
     server_config: Option<quinn::ServerConfig>,
     reset_secret: &[u8],
 ) -> Result<(quinn::Endpoint, Arc<KeynetSocket>)> {
+    bind_tuned(addr, server_config, reset_secret, &UdpTuning::default())
+}
+
+/// [`bind`] with the socket's kernel settings given.
+pub fn bind_tuned(
+    addr: SocketAddr,
+    server_config: Option<quinn::ServerConfig>,
+    reset_secret: &[u8],
+    udp: &UdpTuning,
+) -> Result<(quinn::Endpoint, Arc<KeynetSocket>)> {
     let std_socket = std::net::UdpSocket::bind(addr)?;
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
     let rt = tokio::runtime::Handle::current();
     let socket = Arc::new(KeynetSocket {
-        inner: RwLock::new(OsSocket::wrap(std_socket, &rt)?),
+        inner: RwLock::new(OsSocket::wrap(std_socket, &rt, udp)?),
+        udp: udp.clone(),
         rt,
         sessions: Mutex::new(HashMap::new()),
         next_session: Default::default(),

@@ -85,6 +85,8 @@ impl KeynetSocket {
     pub fn adopt_via(self: &Arc<Self>, to: SocketAddr, aux: UdpSocket) -> ViaGuard {
         let to = canonical(to);
         let v6 = aux.local_addr().is_ok_and(|a| a.is_ipv6());
+        // It carries the connection from now on: full-speed buffers, like the main socket.
+        super::buffers::size((&aux).into(), self.udp.buffer);
         let aux = Arc::new(aux);
         let id = self.vias.next_id.fetch_add(1, Ordering::Relaxed);
         let reader = self.rt.spawn(read_via(Arc::downgrade(self), aux.clone()));
