@@ -101,5 +101,8 @@ async fn sixty_four_mib_each_way_with_small_socket_buffers_and_no_segment_offloa
         segment_offload: false,
     })
     .await;
-    assert_eq!(info.send_calls, info.datagrams_sent, "one datagram per call: {info:?}");
+    assert_eq!(
+        info.send_calls, info.datagrams_sent,
+        "one datagram per call: {info:?}"
+    );
 }
