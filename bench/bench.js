@@ -32,6 +32,9 @@ const { ForwardProxy, ReverseProxy, Relay } = require('..')
 // file, not '../support', which loads grpc-js (~17 MB more RSS in every number below).
 const { openTunnel } = require('../support/connect')
 const { withTimeout } = require('../support/timeout')
+const { installedPeers, startPeer } = require('./peers')
+/** Peers installed by `npm run bench:setup`, measured beside keynet in every round. */
+const PEERS = installedPeers()
 
 const QUICK = process.argv.includes('--quick')
 /** `--rounds N` (default 3): the whole set of measurements N times, numbers reported as medians. */
@@ -40,7 +43,7 @@ const ONLY = (() => {
   const i = process.argv.indexOf('--only')
   if (i < 0) return null
   const names = new Set(String(process.argv[i + 1]).split(','))
-  const known = ['conc', 'idle', 'peers', 'rtt', 'setup', 'bulk', 'relayed', 'byid']
+  const known = ['conc', 'idle', 'peers', 'rtt', 'setup', 'bulk', 'relayed', 'byid', 'cmp']
   for (const n of names) if (!known.includes(n)) throw new Error(`--only: unknown ${n} (known: ${known.join(', ')})`)
   return names
 })()
@@ -440,7 +443,7 @@ const ratio = (k, d) => (Number.isFinite(k) && Number.isFinite(d) && d > 0 ? `${
 
 // ---- main ----------------------------------------------------------------------------------------------
 
-const state = { server: null, rp: null, fp: null, relay: null, extraFps: new Set(), extraRps: new Set(), children: new Set() }
+const state = { server: null, rp: null, fp: null, relay: null, extraFps: new Set(), extraRps: new Set(), children: new Set(), peers: new Set() }
 
 /** Starts the server and, with `withKeynet`, a reverse proxy in front of it and a connected forward proxy. */
 async function setup(withKeynet) {
@@ -743,6 +746,7 @@ async function measureRound() {
   //    announces its addresses; via its home relay: it announces only its relay (the caller links
   //    to that relay on demand, rendezvous off so the connection stays there).
   if (want('byid')) R.byId = await byNodeId(ctx, token)
+  if (want('cmp') && PEERS.length) R.cmp = await comparePeers(ctx, chunk)
   return R
 }
 
@@ -764,6 +768,38 @@ function mergeRounds(rounds) {
     return v[v.length - 1]
   }
   return merge(rounds)
+}
+
+/** keynet beside each peer: one column each, and keynet / the best peer. */
+function peerTable(cmp) {
+  const names = Object.keys(cmp)
+  const peers = names.filter((n) => n !== 'keynet')
+  const k = cmp.keynet
+  // For each metric: a value per system, and whether higher is better.
+  const metrics = [
+    [`bulk ${fmtBytes(CFG.bulkBytes)}, MB/s`, (r) => r.bulk.mbps, true],
+    ['bulk, CPU s of every process involved', (r) => r.bulk.cpuS, false],
+    ['bulk, UDP receive-buffer drops (all sockets)', (r) => r.bulk.drops, false],
+    [`round trip p50, µs`, (r) => r.rtt.p50, false],
+    [`round trip p99, µs`, (r) => r.rtt.p99, false],
+    [`setup + first echoed byte, median of ${CFG.warmN}, ms`, (r) => median(r.setup), false],
+    [`${CFG.concN} × ${fmtBytes(CFG.concBytes)} at once, wall ms`, (r) => r.conc.ms, false],
+  ]
+  const header = ['metric', ...names, 'keynet / best peer']
+  const body = metrics.map(([label, get, higher]) => {
+    const vals = names.map((n) => get(cmp[n]))
+    const peerVals = peers.map((n) => get(cmp[n])).filter(Number.isFinite)
+    const best = peerVals.length ? (higher ? Math.max(...peerVals) : Math.min(...peerVals)) : NaN
+    return [label, ...vals.map((v) => f(v, v < 10 ? 2 : 1)), ratio(get(k), best)]
+  })
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((r) => String(r[i]).length)))
+  const line = (cells) => `| ${cells.map((c, i) => (i === 0 ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i]))).join(' | ')} |`
+  const sep = `+${widths.map((w) => '-'.repeat(w + 2)).join('+')}+`
+  return [
+    'keynet beside its peers (each peer in its own processes; keynet in this one; same server, same round):',
+    sep, line(header), sep, ...body.map(line), sep,
+    'keynet setup here is connect + CONNECT + first echoed byte on a live connection; a peer that connects per TCP connection pays its handshake.',
+  ].join('\n')
 }
 
 /** Prints the table of `R` (merged rounds). */
@@ -841,6 +877,13 @@ function report(R, tStart) {
   console.log('')
   console.log(table(rows))
   console.log('')
+  if (R.cmp) {
+    console.log(peerTable(R.cmp))
+    console.log('')
+  } else if (want('cmp')) {
+    console.log('peers: none installed (npm run bench:setup installs dumbpipe into bench/.peers)')
+    console.log('')
+  }
   if (R.connInfo) {
     console.log(`QUIC connection after the run: path ${R.connInfo.path}, rtt ${f(R.connInfo.rttMs, 3)} ms, ` +
       `UDP bytes sent ${R.connInfo.bytesSent}, received ${R.connInfo.bytesReceived}`)
@@ -946,7 +989,72 @@ async function byNodeId(ctx, token) {
   return out
 }
 
+/**
+ * Setup as a user sees it: connect (and for keynet the CONNECT exchange) plus the first echoed
+ * byte, so a peer that connects lazily (after the local TCP accept) pays its handshake here too.
+ */
+async function setupEcho(open) {
+  const t0 = now()
+  const { sock } = await open()
+  sock.write(Buffer.from([MODE_ECHO, 0x42]))
+  await readExactly(sock, 1, CONNECT_TIMEOUT_MS)
+  const ms = msSince(t0)
+  await closeSocket(sock)
+  return ms
+}
+
+/**
+ * keynet and each installed peer side by side, alternating within the round: bulk (MB/s and
+ * CPU seconds of every process involved), round trips, setup with the first echoed byte, and
+ * the concurrency run's wall time. keynet's numbers here come from the same round's runs.
+ */
+async function comparePeers(ctx, chunk) {
+  const out = {}
+  const systems = [{ name: 'keynet', open: ctx.tunnel, cpuS: () => 0 }]
+  for (const peer of PEERS) {
+    progress(`peers: starting ${peer.name} (its own processes) ...`)
+    const p = await startPeer(peer, ctx.serverPort)
+    state.peers.add(p)
+    systems.push({ name: peer.name, open: () => connectDirect(p.port), cpuS: p.cpuS, stop: p.stop })
+  }
+  try {
+    for (const sys of systems) {
+      progress(`peers: ${sys.name}: bulk, round trips, setup, concurrency ...`)
+      const r = {}
+      {
+        const { sock } = await sys.open()
+        await pingPong(sock, 50, 0, RTT_SIZE)
+        await closeSocket(sock)
+      }
+      {
+        const c0 = sys.cpuS()
+        const { sock } = await sys.open()
+        r.bulk = await bulk(sock, CFG.bulkBytes, chunk)
+        r.bulk.cpuS += sys.cpuS() - c0
+      }
+      {
+        const { sock } = await sys.open()
+        r.rtt = await pingPong(sock, CFG.rttN, CFG.rttWarmup, RTT_SIZE)
+        await closeSocket(sock)
+      }
+      r.setup = []
+      for (let i = 0; i < CFG.warmN; i++) r.setup.push(await setupEcho(sys.open))
+      r.conc = await withTimeout(concurrent(CFG.concN, CFG.concBytes, sys.open), PHASE_TIMEOUT_MS, `concurrent ${sys.name}`)
+      out[sys.name] = r
+    }
+  } finally {
+    for (const sys of systems) {
+      if (!sys.stop) continue
+      await sys.stop()
+    }
+    state.peers.clear()
+  }
+  return out
+}
+
 async function stopAll() {
+  for (const p of state.peers) await p.stop().catch(() => {})
+  state.peers.clear()
   for (const c of state.children) c.kill()
   state.children.clear()
   const jobs = []

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 
-use common::{connect, echo_server, TOKEN};
+use common::{echo_server, tunnel_to, TOKEN};
 
 const TOTAL: usize = 64 * 1024 * 1024;
 
@@ -35,13 +35,7 @@ async fn carry_64_mib_each_way(udp: UdpTuning) -> keynet_core::ConnectionInfo {
     .unwrap();
     let fp = ForwardProxy::new(TOKEN.into(), opts).unwrap();
     fp.start(ForwardStart::default()).await.unwrap();
-    let target = format!(
-        "{}?nodeId={}",
-        rp.ingress_addr().unwrap(),
-        rp.node_id().unwrap()
-    );
-    let (mut s, head) = connect(&fp, &target).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut s = tunnel_to(&fp, &rp).await;
     let (mut r, mut w) = s.split();
     let writer = async {
         let mut buf = vec![0u8; 256 * 1024];

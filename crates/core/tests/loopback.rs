@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 mod common;
 
-use common::{connect, echo_server, TOKEN};
+use common::{connect, echo_server, tunnel_to, TOKEN};
 
 async fn pair() -> (ForwardProxy, ReverseProxy) {
     let server = echo_server().await;
@@ -32,13 +32,7 @@ async fn pair() -> (ForwardProxy, ReverseProxy) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnel_echoes_and_half_closes() {
     let (fp, rp) = pair().await;
-    let target = format!(
-        "{}?nodeId={}",
-        rp.ingress_addr().unwrap(),
-        rp.node_id().unwrap()
-    );
-    let (mut s, head) = connect(&fp, &target).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut s = tunnel_to(&fp, &rp).await;
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7) as u8).collect();
     let (mut r, mut w) = s.split();
     let writer = async {

@@ -27,6 +27,18 @@ pub(crate) async fn echo_server() -> SocketAddr {
     addr
 }
 
+/// A tunnel through `fp` to `rp`'s ingress, pinned to its node id; panics unless it opened.
+pub(crate) async fn tunnel_to(fp: &ForwardProxy, rp: &keynet_core::ReverseProxy) -> TcpStream {
+    let target = format!(
+        "{}?nodeId={}",
+        rp.ingress_addr().unwrap(),
+        rp.node_id().unwrap()
+    );
+    let (s, head) = connect(fp, &target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s
+}
+
 /// Sends a CONNECT for `target` through `fp`; returns the stream and the response head.
 pub(crate) async fn connect(fp: &ForwardProxy, target: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(fp.proxy_addr().unwrap()).await.unwrap();
