@@ -379,8 +379,8 @@ export interface ReverseProxyStartOptions {
   relays?: RelayOptions[]
   /** Connections from forward proxies at once; more are refused in the handshake (default 4096). */
   maxConnections?: number
-  /** Tunnels at once on one connection (each a TCP connection to the server); more wait for a
-   * free one (default 1024). */
+  /** Tunnels at once on one connection (each a TCP connection to the server); more wait until
+   * some end (default 1024; granted 64 at first, doubling with use). */
   maxStreamsPerConnection?: number
 }
 

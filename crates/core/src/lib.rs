@@ -22,6 +22,7 @@ pub mod reverse_proxy;
 pub(crate) mod server_connect;
 pub mod socket;
 pub(crate) mod splice;
+pub(crate) mod stream_credit;
 pub(crate) mod task;
 pub(crate) mod tls;
 pub(crate) mod tracker;

@@ -26,6 +26,7 @@ use crate::proto::hello::Hello;
 use crate::proto::tunnel::{self, Ack};
 use crate::relay::spec::{LinkStatus, RelaySpec};
 use crate::splice::splice;
+use crate::stream_credit::StreamCredit;
 use crate::tls::config::server_config;
 use crate::tls::verify::{verify_chain, Acceptable};
 use crate::tracker::{Peer, Role};
@@ -92,10 +93,11 @@ impl ReverseStart {
     }
 }
 
-/// The QUIC transport of a reverse proxy's accepted connections: `opts`' with the stream limit.
+/// The QUIC transport of a reverse proxy's accepted connections: `opts`' with the starting
+/// stream grant (it grows toward `max_streams` with use: [`StreamCredit`]).
 fn accepted_transport(opts: &ConnOptions, max_streams: u32) -> Arc<quinn::TransportConfig> {
     let mut t = opts.transport_config();
-    t.max_concurrent_bidi_streams(max_streams.into());
+    t.max_concurrent_bidi_streams(StreamCredit::initial(max_streams).into());
     Arc::new(t)
 }
 
@@ -135,6 +137,8 @@ struct Running {
     /// The transport accepted connections get (its stream limit).
     transport: Arc<quinn::TransportConfig>,
     max_connections: usize,
+    /// Streams one connection may have at once (`maxStreamsPerConnection`).
+    max_streams: u32,
     /// Connections accepted (or in their handshake) now.
     connections: AtomicUsize,
     /// Connections refused at `max_connections` so far.
@@ -197,6 +201,7 @@ impl ReverseProxy {
             by_proxy: Mutex::new(HashMap::new()),
             transport,
             max_connections: start.max_connections,
+            max_streams: start.max_streams_per_connection,
             connections: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
         });
@@ -529,18 +534,23 @@ impl Inner {
     }
 
     async fn serve_connection(self: &Arc<Self>, running: &Arc<Running>, peer: Arc<Peer>) {
+        let credit = Arc::new(StreamCredit::new(running.max_streams));
         loop {
             let (send, recv) = match peer.conn.accept_bi().await {
                 Ok(s) => s,
                 Err(_) => return,
             };
+            if let Some(grant) = credit.opened() {
+                peer.conn.set_max_concurrent_bi_streams(grant.into());
+            }
             let me = self.clone();
             let r = running.clone();
             let p = peer.clone();
-            running
-                .node
-                .tasks
-                .spawn(async move { me.serve_tunnel(&r, p, send, recv).await });
+            let credit = credit.clone();
+            running.node.tasks.spawn(async move {
+                me.serve_tunnel(&r, p, send, recv).await;
+                credit.closed();
+            });
         }
     }
 

@@ -108,6 +108,44 @@ async fn tunnels_beyond_max_streams_per_connection_wait_for_a_free_one() {
     echoes(&mut a, b"one again").await;
 }
 
+/// The stream grant starts below the maximum (64) and grows with use: 100 tunnels open at once
+/// on one connection, and the 101st waits until streams are free again (QUIC announces freed
+/// streams in batches of more than an eighth of the limit: 13 here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_grant_grows_to_the_maximum_and_no_further() {
+    let (_rp, target) = reverse(|s| s.max_streams_per_connection = 100).await;
+    let fp = forward(|_| {}).await;
+    let opens = (0..100).map(|_| {
+        let fp = fp.clone();
+        let target = target.clone();
+        tokio::spawn(async move { connect(&fp, &target).await })
+    });
+    let mut tunnels = Vec::new();
+    for open in opens {
+        let (s, head) = tokio::time::timeout(T, open).await.unwrap().unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        tunnels.push(s);
+    }
+    for (i, s) in tunnels.iter_mut().enumerate() {
+        echoes(s, format!("tunnel {i}").as_bytes()).await;
+    }
+    let mut extra = tokio::spawn({
+        let fp = fp.clone();
+        let target = target.clone();
+        async move { connect(&fp, &target).await }
+    });
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut extra).await;
+    assert!(early.is_err(), "a 101st tunnel opened beside 100");
+    for mut one in tunnels.drain(..13) {
+        one.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        one.read_to_end(&mut rest).await.unwrap();
+    }
+    let (mut s, head) = tokio::time::timeout(T, extra).await.unwrap().unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    echoes(&mut s, b"the 101st").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_proxy_answers_503_beyond_max_connections() {
     let (_rp, target) = reverse(|_| {}).await;
