@@ -406,7 +406,9 @@ function machineFacts() {
   } catch {}
   const profile = BUILD.profile === 'dev'
     ? 'dev (KEYNET_BENCH_PROFILE=dev: our code unoptimised)'
-    : `${BUILD.profile} (release code generation with symbols; what users run is the same code, stripped)`
+    : BUILD.profile === 'profiling'
+      ? 'profiling (release code generation with symbols; what users run is the same code, stripped)'
+      : `${BUILD.profile} (NAPI_RS_NATIVE_LIBRARY_PATH)`
   return [
     `machine: ${cpus.length} CPU × ${cpus[0] ? cpus[0].model.trim() : '?'}, ${os.platform()} ${os.release()} ${os.arch()}, ` +
       `${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, node ${process.version}`,

@@ -2,7 +2,8 @@
 // The build the benchmarks measure: cargo profile `profiling` (release code generation, LTO,
 // with symbols kept so `perf` can name functions; see Cargo.toml), for the addon and
 // keynet-relay. Cargo is incremental: quick when nothing changed, several minutes from scratch.
-// `KEYNET_BENCH_PROFILE=dev` measures the dev build instead (whatever `npm test` built).
+// `KEYNET_BENCH_PROFILE=dev` measures the dev build instead (whatever `npm test` built);
+// NAPI_RS_NATIVE_LIBRARY_PATH=FILE measures that addon binary as it is (e.g. an older build).
 //
 // Required before `require('..')`: it points the loader at the build through napi-rs's
 // NAPI_RS_NATIVE_LIBRARY_PATH, leaving the dev build the tests use untouched.
@@ -23,8 +24,10 @@ function useBenchBuild() {
   const dir = path.join(ROOT, 'target', profile)
   const addon = path.join(dir, 'keynet.node')
   const relayBin = path.join(dir, `keynet-relay${exe}`)
-  // A child process of a benchmark inherits the selection: no second build.
-  if (process.env.NAPI_RS_NATIVE_LIBRARY_PATH === addon) return { profile, addon, relayBin }
+  // A binary chosen by the caller (an older build to compare with), or inherited by a child
+  // process of a benchmark: measured as it is, no build.
+  const chosen = process.env.NAPI_RS_NATIVE_LIBRARY_PATH
+  if (chosen) return { profile: chosen === addon ? profile : `given (${chosen})`, addon: chosen, relayBin }
   console.log(`building the ${profile} profile (release code, symbols kept) of the addon and keynet-relay ...`)
   const r = spawnSync('cargo', ['build', '--profile', profile, '-p', 'keynet', '-p', 'keynet-relay'], {
     cwd: ROOT,

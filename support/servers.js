@@ -10,12 +10,14 @@ const { withTimeout } = require('./timeout')
 
 const LOOPBACK = '127.0.0.1'
 const WAIT = 10_000
+/** Accepted sockets kept for `nextSocket()` before the oldest are let go. */
+const MAX_UNTAKEN = 1000
 
 /**
  * Starts a TCP server on `host:port` (127.0.0.1:0) calling `onSocket(socket)` for each
  * connection. Resolves `{ server, port, sockets (open ones), count (accepted so far),
  * nextSocket(timeout), close() }`: `nextSocket()` resolves with the next accepted socket not yet
- * taken; `close()` destroys the open sockets, then closes the server. Socket errors are
+ * taken (the latest 1,000 untaken are kept); `close()` destroys the open sockets, then closes the server. Socket errors are
  * swallowed: a reset tunnel is a normal way for a connection to end.
  */
 async function startTcpServer(onSocket = () => {}, { host = LOOPBACK, port = 0, allowHalfOpen = false, timeout = WAIT } = {}) {
@@ -32,7 +34,11 @@ async function startTcpServer(onSocket = () => {}, { host = LOOPBACK, port = 0, 
     onSocket(socket)
     const w = waiting.shift()
     if (w) w(socket)
-    else accepted.push(socket)
+    else {
+      accepted.push(socket)
+      // Bounded: a long churn that never takes them must not keep every socket it made.
+      if (accepted.length > MAX_UNTAKEN) accepted.shift()
+    }
   })
   server.listen(port, host)
   await withTimeout(once(server, 'listening'), timeout, 'server listening')
