@@ -4,7 +4,7 @@
 //   node bench/bench.js            full run (256 MiB bulk, 5,000 round trips, 200 tunnels, ...)
 //   node bench/bench.js --quick    sizes and counts scaled down ~10x, for smoke runs
 //   --rounds N                     N rounds (default 3), each number the median over them
-//   --only bulk,setup              just these measurements (conc, idle, peers, rtt, setup, bulk, relayed, byid)
+//   --only bulk,setup              just these measurements (conc, idle, peers, rtt, setup, bulk, relayed, byid, cmp)
 //
 // keynet path:  client --TCP--> ForwardProxy (raw HTTP CONNECT) ==QUIC/UDP==> ReverseProxy --TCP--> server
 // direct path:  client --TCP--> server
@@ -38,7 +38,7 @@ const PEERS = installedPeers()
 
 const QUICK = process.argv.includes('--quick')
 /** `--rounds N` (default 3): the whole set of measurements N times, numbers reported as medians. */
-/** `--only a,b`: just these measurements (conc, idle, peers, rtt, setup, bulk, relayed, byid). */
+/** `--only a,b`: just these measurements (conc, idle, peers, rtt, setup, bulk, relayed, byid, cmp). */
 const ONLY = (() => {
   const i = process.argv.indexOf('--only')
   if (i < 0) return null

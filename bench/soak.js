@@ -43,7 +43,7 @@ async function main() {
     direct = { tunnels: d.ok, perSec: (d.ok * 1000) / d.ms, errors: d.errors }
   }
 
-  const rp = new ReverseProxy({ logger: null })
+  const rp = new ReverseProxy()
   const fp = new ForwardProxy({ authToken: TOKEN })
   await rp.start({ serverHost: HOST, serverPort: echo.port, ingressHost: HOST })
   await fp.start({ proxyHost: HOST })

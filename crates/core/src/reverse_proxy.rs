@@ -134,7 +134,7 @@ struct Running {
     accept: Acceptable,
     /// Local TCP address of each server connection -> the calling connection.
     by_proxy: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
-    /// The transport accepted connections get (its stream limit).
+    /// The transport accepted connections get (its starting stream grant).
     transport: Arc<quinn::TransportConfig>,
     max_connections: usize,
     /// Streams one connection may have at once (`maxStreamsPerConnection`).
@@ -581,42 +581,21 @@ impl Inner {
         // The caller is known by our local address before the tunnel carries a byte (a server
         // may ask who is calling the moment it accepts); see `server_connect`.
         let server = running.server_addr;
-        let mut locals: Vec<SocketAddr> = Vec::with_capacity(1);
-        let registered = tokio::time::timeout(
+        let mut entry = CallerEntry {
+            by_proxy: &running.by_proxy,
+            peer: &peer,
+            local: None,
+        };
+        let connected = tokio::time::timeout(
             budget,
-            crate::server_connect::connect(server, |local| {
-                running
-                    .by_proxy
-                    .lock()
-                    .expect("by_proxy lock")
-                    .insert(local, peer.clone());
-                locals.push(local);
-            }),
+            crate::server_connect::connect(server, |local| entry.set(local)),
         )
         .await;
-        let forget = |locals: &[SocketAddr]| {
-            let mut by_proxy = running.by_proxy.lock().expect("by_proxy lock");
-            for local in locals {
-                by_proxy.remove(local);
-            }
-        };
-        let tcp = match registered {
+        let tcp = match connected {
             Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                forget(&locals);
-                return refuse(send, recv, format!("{server}: {e}")).await;
-            }
-            Err(_) => {
-                forget(&locals);
-                return refuse(send, recv, format!("{server}: connect timed out")).await;
-            }
+            Ok(Err(e)) => return refuse(send, recv, format!("{server}: {e}")).await,
+            Err(_) => return refuse(send, recv, format!("{server}: connect timed out")).await,
         };
-        if locals.len() > 1 {
-            // Only the address seen once connected is ours for the tunnel's life.
-            let last = locals.len() - 1;
-            forget(&locals[..last]);
-            locals.drain(..last);
-        }
         let _tunnel = running.node.counters.tunnel();
         let counters = &running.node.counters;
         let result = match send.write_all(&tunnel::encode_ack(&Ack::Ok)).await {
@@ -629,7 +608,32 @@ impl Inner {
             }
             Err(e) => tracing::debug!(remote = %peer.remote, error = %e, "tunnel aborted"),
         }
-        forget(&locals);
+    }
+}
+
+/// One tunnel's entry in `by_proxy` (its local address toward the server -> the caller), kept
+/// at the latest address the connect reported and removed when the tunnel ends, whichever way.
+struct CallerEntry<'a> {
+    by_proxy: &'a Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    peer: &'a Arc<Peer>,
+    local: Option<SocketAddr>,
+}
+
+impl CallerEntry<'_> {
+    fn set(&mut self, local: SocketAddr) {
+        let mut map = self.by_proxy.lock().expect("by_proxy lock");
+        if let Some(old) = self.local.replace(local) {
+            map.remove(&old);
+        }
+        map.insert(local, self.peer.clone());
+    }
+}
+
+impl Drop for CallerEntry<'_> {
+    fn drop(&mut self) {
+        if let Some(local) = self.local {
+            self.by_proxy.lock().expect("by_proxy lock").remove(&local);
+        }
     }
 }
 

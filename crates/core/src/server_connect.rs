@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
 /// Connects to `server`, calling `local` with the connection's local address as soon as the
-/// kernel has chosen it, and again if the address seen once connected differs (some systems
+/// kernel has chosen it, and again if the address seen once connected differs (a system may
 /// report the source IP only when the handshake completes). No timeout: the caller bounds it.
 pub(crate) async fn connect(
     server: SocketAddr,

@@ -107,7 +107,7 @@ async fn copy_both(
                 .map_err(std::io::Error::other)?
             {
                 Some(n) => {
-                    let bytes = write_all_chunks(tcp_w, &mut chunks[..n]).await?;
+                    let bytes = write_all_chunks(tcp_w, &chunks[..n]).await?;
                     total += bytes as u64;
                     counters.received(bytes);
                 }
@@ -125,36 +125,24 @@ async fn copy_both(
     })
 }
 
-/// Writes every chunk (emptying them), in as few `writev` calls as the socket allows; returns
-/// the bytes written.
+/// Writes every chunk, in as few `writev` calls as the socket allows; returns the bytes written.
 async fn write_all_chunks(
     tcp: &mut tokio::net::tcp::OwnedWriteHalf,
-    chunks: &mut [Bytes],
+    chunks: &[Bytes],
 ) -> std::io::Result<usize> {
-    let total = chunks.iter().map(Bytes::len).sum();
-    let mut first = 0;
-    while first < chunks.len() {
-        let mut slices = [std::io::IoSlice::new(&[]); CHUNKS];
-        let count = (chunks.len() - first).min(CHUNKS);
-        for (slot, c) in slices.iter_mut().zip(&chunks[first..first + count]) {
-            *slot = std::io::IoSlice::new(c);
-        }
-        let mut n = tcp.write_vectored(&slices[..count]).await?;
+    let mut slices = [std::io::IoSlice::new(&[]); CHUNKS];
+    for (slot, c) in slices.iter_mut().zip(chunks) {
+        *slot = std::io::IoSlice::new(c);
+    }
+    let mut left = &mut slices[..chunks.len().min(CHUNKS)];
+    let mut total = 0;
+    while !left.is_empty() {
+        let n = tcp.write_vectored(left).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        while n > 0 {
-            let c = &mut chunks[first];
-            let take = n.min(c.len());
-            let _ = c.split_to(take);
-            n -= take;
-            if c.is_empty() {
-                first += 1;
-            }
-        }
-        while first < chunks.len() && chunks[first].is_empty() {
-            first += 1;
-        }
+        total += n;
+        std::io::IoSlice::advance_slices(&mut left, n);
     }
     Ok(total)
 }

@@ -35,6 +35,12 @@ async fn forward(f: impl FnOnce(&mut ForwardStart)) -> ForwardProxy {
     fp
 }
 
+/// A CONNECT to `target` through `fp` in a task of its own (it may wait for a stream).
+fn spawn_connect(fp: &ForwardProxy, target: &str) -> tokio::task::JoinHandle<(TcpStream, String)> {
+    let (fp, target) = (fp.clone(), target.to_string());
+    tokio::spawn(async move { connect(&fp, &target).await })
+}
+
 async fn echoes(s: &mut TcpStream, what: &[u8]) {
     s.write_all(what).await.unwrap();
     let mut b = vec![0u8; what.len()];
@@ -88,11 +94,7 @@ async fn tunnels_beyond_max_streams_per_connection_wait_for_a_free_one() {
     let (mut b, head) = connect(&fp, &target).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // The third waits for a stream: no answer while both are open.
-    let mut third = tokio::spawn({
-        let fp = fp.clone();
-        let target = target.clone();
-        async move { connect(&fp, &target).await }
-    });
+    let mut third = spawn_connect(&fp, &target);
     // (A tunnel opens in a few ms on loopback; half a second without one is a wait.)
     let early = tokio::time::timeout(Duration::from_millis(500), &mut third).await;
     assert!(early.is_err(), "a third tunnel opened beside two");
@@ -115,11 +117,7 @@ async fn tunnels_beyond_max_streams_per_connection_wait_for_a_free_one() {
 async fn the_stream_grant_grows_to_the_maximum_and_no_further() {
     let (_rp, target) = reverse(|s| s.max_streams_per_connection = 100).await;
     let fp = forward(|_| {}).await;
-    let opens = (0..100).map(|_| {
-        let fp = fp.clone();
-        let target = target.clone();
-        tokio::spawn(async move { connect(&fp, &target).await })
-    });
+    let opens = (0..100).map(|_| spawn_connect(&fp, &target));
     let mut tunnels = Vec::new();
     for open in opens {
         let (s, head) = tokio::time::timeout(T, open).await.unwrap().unwrap();
@@ -129,11 +127,7 @@ async fn the_stream_grant_grows_to_the_maximum_and_no_further() {
     for (i, s) in tunnels.iter_mut().enumerate() {
         echoes(s, format!("tunnel {i}").as_bytes()).await;
     }
-    let mut extra = tokio::spawn({
-        let fp = fp.clone();
-        let target = target.clone();
-        async move { connect(&fp, &target).await }
-    });
+    let mut extra = spawn_connect(&fp, &target);
     let early = tokio::time::timeout(Duration::from_millis(500), &mut extra).await;
     assert!(early.is_err(), "a 101st tunnel opened beside 100");
     for mut one in tunnels.drain(..13) {

@@ -1,9 +1,8 @@
 //! Kernel buffer sizes for the proxy's UDP socket.
 //!
 //! A QUIC connection at full speed keeps a bandwidth-delay product of datagrams in flight; with
-//! the kernel's default receive buffer (208 KiB on Linux) a burst overflows it, datagrams are
-//! dropped and the sender backs off (0.5 % drops at loopback speed before this). Like quic-go
-//! and iroh we ask for several MiB. Linux caps the request at `net.core.rmem_max` /
+//! the kernel's default receive buffer (208 KiB on Linux) a burst can overflow it, datagrams are
+//! dropped and the sender backs off. Like quic-go and iroh we ask for several MiB. Linux caps the request at `net.core.rmem_max` /
 //! `wmem_max` unless the process may override it (CAP_NET_ADMIN); when the grant falls short we
 //! keep what we got, and say once how to raise the cap. The buffers cost kernel memory only as
 //! datagrams queue, not per socket up front.
@@ -50,43 +49,36 @@ fn granted(s: &socket2::SockRef<'_>) -> (usize, usize) {
 
 /// SO_RCVBUFFORCE / SO_SNDBUFFORCE: past the sysctl caps, for a process allowed to.
 #[cfg(target_os = "linux")]
-fn force(socket: &socket2::SockRef<'_>, wanted: usize) {
-    use std::os::fd::AsRawFd;
+fn force(s: &socket2::SockRef<'_>, wanted: usize) {
     let size = wanted.min(i32::MAX as usize) as libc::c_int;
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-        // SAFETY: a valid socket descriptor and a c_int option value of the right length.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    set_int(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size);
+    set_int(s, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size);
 }
 
 /// Turns the kernel's receive offload (GRO) off: the slow path, for tests and systems that
 /// misbehave with it. quinn-udp turns it on where it exists.
 pub fn disable_gro(s: socket2::SockRef<'_>) {
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let off: libc::c_int = 0;
-        // SAFETY: a valid socket descriptor and a c_int option value of the right length.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_UDP,
-                libc::UDP_GRO,
-                (&off as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    set_int(&s, libc::SOL_UDP, libc::UDP_GRO, 0);
     #[cfg(not(target_os = "linux"))]
     let _ = s;
+}
+
+/// An integer socket option socket2 has no setter for; best effort (a refusal keeps the
+/// kernel's setting, which callers read back where it matters).
+#[cfg(target_os = "linux")]
+fn set_int(s: &socket2::SockRef<'_>, level: libc::c_int, opt: libc::c_int, value: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket descriptor and a c_int option value of the right length.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -58,12 +58,16 @@ impl OsSocket {
     ) -> io::Result<Self> {
         let v6 = socket.local_addr()?.is_ipv6();
         buffers::size((&socket).into(), udp.buffer);
-        let fd = socket2::SockRef::from(&socket).try_clone()?;
+        // GRO goes off after quinn-udp's setup, which turns it on: keep a handle to the socket.
+        let handle = if udp.segment_offload {
+            None
+        } else {
+            Some(socket2::SockRef::from(&socket).try_clone()?)
+        };
         let _in_runtime = rt.enter();
         let io = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
-        if !udp.segment_offload {
-            // After quinn-udp's setup, which turns it on.
-            buffers::disable_gro((&fd).into());
+        if let Some(handle) = &handle {
+            buffers::disable_gro(handle.into());
         }
         Ok(Self { io, v6 })
     }
