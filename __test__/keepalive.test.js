@@ -1,6 +1,7 @@
 'use strict'
 // Keepalive: an idle connection stays up past connKeepAliveTimeoutTime while the peer answers,
-// and a peer that goes silent (its process frozen with SIGSTOP) is declared dead after it.
+// and a peer that goes silent (its process frozen with SIGSTOP) is declared dead after it; its
+// tunnels end with a FIN (what arrived was delivered), not a reset.
 
 const path = require('node:path')
 const { spawn } = require('node:child_process')
@@ -65,6 +66,10 @@ test('a frozen reverse proxy is declared dead after connKeepAliveTimeoutTime, an
   t.is(close.nodeId, rp.getNodeId())
   t.true(after >= TIMEOUT - 500 && after < TIMEOUT + 5000, `declared dead after ${after} ms`)
   await h.socketClosed(socket)
+  // What had arrived was delivered and the client read an end, not a reset: nothing more
+  // could come from a silent peer.
+  t.deepEqual(socket.errors.map((e) => e.code), [], 'the client saw no reset')
+  t.true(socket.readableEnded, 'the client read an end')
   await h.waitFor(() => fp.getConnectionCount() === 0, { what: 'fp count 0' })
   t.is(fp.getConnectionInfoByIngress(h.HOST, rp.getIngressPort()), undefined)
 })

@@ -75,6 +75,10 @@ pub enum StartError {
     /// The address was closed (`closeConnection`) while its dial was in progress.
     #[error("{0} was closed while its connection was being opened")]
     ClosedWhileOpening(std::net::SocketAddr),
+    /// The connection began to end (`closeConnection`, `stop()`, the peer's goaway) before
+    /// the tunnel opened on it.
+    #[error("cannot open tunnel: the connection is ending")]
+    Ending,
     /// A tunnel stream could not be opened on a live connection.
     #[error("cannot open tunnel: {0}")]
     Tunnel(#[source] BoxError),

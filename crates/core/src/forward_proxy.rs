@@ -313,22 +313,22 @@ impl ForwardProxy {
         Ok(())
     }
 
-    /// Closes the connection to `addr` (tunnels on it end) and forgets the address. Waits up to
-    /// `connEndTime` for the close to be acknowledged.
+    /// Ends the connection to `addr` and forgets the address: its tunnels drain (what was sent
+    /// arrives, both TCP ends see a FIN), what is left after `connEndTime` is reset. Resolves
+    /// when the connection closed, at most `connEndTime` after the call.
     pub async fn close_connection(&self, addr: SocketAddr) -> Result<()> {
         let running = self.running()?;
-        if let Some(peer) = running.node.tracker.remove(&addr, CloseReason::Local) {
-            let _ = tokio::time::timeout(self.inner.opts.end_time, peer.conn.closed()).await;
-        }
+        running.node.tracker.end(&addr, CloseReason::Local).await;
         Ok(())
     }
 
-    /// Forgets `addr` and closes its connection without waiting (first form).
+    /// Forgets `addr` and ends its connection like `close_connection`, without waiting (first
+    /// form).
     pub fn remove_connection(&self, addr: SocketAddr) -> Result<()> {
         self.running()?
             .node
             .tracker
-            .remove(&addr, CloseReason::Local);
+            .end_soon(addr, CloseReason::Local);
         Ok(())
     }
 
@@ -499,12 +499,14 @@ impl Inner {
                 Target::Node(id) => node.dial_node(id, budget).await?,
                 Target::Service(name) => node.dial_service(&name, budget).await?,
             };
+            // Registered before the stream opens: an end that begins meanwhile drains it.
+            let live = peer.ending.tunnel().ok_or(StartError::Ending)?;
             let (send, recv) = open_tunnel(&peer).await?;
-            Ok::<_, Error>((peer, send, recv))
+            Ok::<_, Error>((peer, live, send, recv))
         })
         .await
         .unwrap_or_else(|_| Err(Error::ConnectionStartTimeout(budget.as_millis() as u64)));
-        let (peer, send, recv) = match opened {
+        let (peer, live, send, recv) = match opened {
             Ok(x) => x,
             Err(e) => {
                 node.counters.failed(e.code());
@@ -525,7 +527,7 @@ impl Inner {
             .expect("clients lock")
             .insert(client, peer.clone());
         let _tunnel = node.counters.tunnel();
-        match splice(tcp, send, recv, &rest, &node.counters).await {
+        match splice(tcp, send, recv, &rest, &node.counters, &live.signals).await {
             Ok(m) => {
                 tracing::debug!(%client, up = m.tcp_to_quic, down = m.quic_to_tcp, "tunnel ended")
             }

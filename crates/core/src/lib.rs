@@ -6,6 +6,7 @@
 
 pub mod addr;
 pub mod discovery;
+pub(crate) mod ending;
 pub mod error;
 pub mod events;
 pub mod forward_proxy;

@@ -102,8 +102,9 @@ impl Identities {
     }
 }
 
-/// Closes every connection (reason `stopped`), lets them drain and their watchers report, then
-/// cancels and awaits the remaining tasks. The caller then drops its handles and awaits
+/// Ends every connection (reason `stopped`; their tunnels drain for at most `grace`, see
+/// [`crate::ending`]), lets them close and their watchers report, then cancels and awaits the
+/// remaining tasks. The caller then drops its handles and awaits
 /// [`wait_released`].
 pub(crate) async fn shutdown(
     endpoint: &quinn::Endpoint,
@@ -111,7 +112,7 @@ pub(crate) async fn shutdown(
     tasks: &Tasks,
     grace: Duration,
 ) {
-    tracker.close_all(CloseReason::Stopped);
+    tracker.end_all(CloseReason::Stopped).await;
     endpoint.close(0u32.into(), CloseReason::Stopped.as_str().as_bytes());
     // Closing connections (abandoned handshakes too) drain for three PTOs, which on a congested
     // path is seconds: wait at most `grace` (`connEndTime`); the peers were told already, and

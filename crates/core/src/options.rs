@@ -89,6 +89,19 @@ impl ConnOptions {
         Arc::new(self.transport_config())
     }
 
+    /// The transport of a connection between two proxies: like [`ConnOptions::transport_config`],
+    /// but quinn's idle timeout comes later than `connKeepAliveTimeoutTime` (by `connEndTime`
+    /// and a keepalive interval), so the proxy's own silence watch ends the connection first, in
+    /// order: its tunnels deliver what arrived and end with a FIN, and the peer is told.
+    pub fn peer_transport_config(&self) -> quinn::TransportConfig {
+        let mut t = self.transport_config();
+        let idle = self.keepalive_timeout + self.end_time + self.keepalive_interval;
+        t.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(idle).unwrap_or(quinn::VarInt::MAX.into()),
+        ));
+        t
+    }
+
     /// The same, to adjust before use.
     pub fn transport_config(&self) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
@@ -104,7 +117,8 @@ impl ConnOptions {
         // Tunnels are long-lived and numerous: allow many concurrent streams per connection and
         // windows large enough for a single tunnel to fill a fast link.
         t.max_concurrent_bidi_streams(4096u32.into());
-        // One unidirectional stream each way: the hello (see proto::hello).
+        // One unidirectional stream each way at a time: the hello (see proto::hello), later
+        // the goaway (proto::goaway).
         t.max_concurrent_uni_streams(1u32.into());
         t.stream_receive_window((8u32 * 1024 * 1024).into());
         t.receive_window((32u32 * 1024 * 1024).into());

@@ -96,7 +96,7 @@ impl ReverseStart {
 /// The QUIC transport of a reverse proxy's accepted connections: `opts`' with the starting
 /// stream grant (it grows toward `max_streams` with use: [`StreamCredit`]).
 fn accepted_transport(opts: &ConnOptions, max_streams: u32) -> Arc<quinn::TransportConfig> {
-    let mut t = opts.transport_config();
+    let mut t = opts.peer_transport_config();
     t.max_concurrent_bidi_streams(StreamCredit::initial(max_streams).into());
     Arc::new(t)
 }
@@ -406,21 +406,21 @@ impl ReverseProxy {
         Ok(up)
     }
 
-    /// Closes the connection from `addr` and forgets it; waits up to `connEndTime`.
+    /// Ends the connection from `addr` and forgets it, as the forward proxy's
+    /// `close_connection` does (tunnels drain); resolves at most `connEndTime` after the call.
     pub async fn close_connection(&self, addr: SocketAddr) -> Result<()> {
         let running = self.running()?;
-        if let Some(peer) = running.node.tracker.remove(&addr, CloseReason::Local) {
-            let _ = tokio::time::timeout(self.inner.opts.end_time, peer.conn.closed()).await;
-        }
+        running.node.tracker.end(&addr, CloseReason::Local).await;
         Ok(())
     }
 
-    /// Forgets `addr` and closes its connection without waiting (first form).
+    /// Forgets `addr` and ends its connection like `close_connection`, without waiting (first
+    /// form).
     pub fn remove_connection(&self, addr: SocketAddr) -> Result<()> {
         self.running()?
             .node
             .tracker
-            .remove(&addr, CloseReason::Local);
+            .end_soon(addr, CloseReason::Local);
         Ok(())
     }
 
@@ -562,6 +562,11 @@ impl Inner {
         mut recv: quinn::RecvStream,
     ) {
         let budget = self.opts.connect_time;
+        // A tunnel opened as the connection began to end (the peer had not heard yet) is
+        // refused: the forward proxy answers its client 502 instead of a tunnel that ends at once.
+        let Some(live) = peer.ending.tunnel() else {
+            return refuse(send, recv, "the connection is ending".into()).await;
+        };
         let mut header = [0u8; tunnel::OPEN_LEN];
         match tokio::time::timeout(budget, recv.read_exact(&mut header)).await {
             Ok(Ok(())) => {}
@@ -599,7 +604,7 @@ impl Inner {
         let _tunnel = running.node.counters.tunnel();
         let counters = &running.node.counters;
         let result = match send.write_all(&tunnel::encode_ack(&Ack::Ok)).await {
-            Ok(()) => splice(tcp, send, recv, &[], counters).await,
+            Ok(()) => splice(tcp, send, recv, &[], counters, &live.signals).await,
             Err(e) => Err(std::io::Error::other(e)),
         };
         match result {

@@ -1,6 +1,7 @@
 //! Copies bytes both ways between a TCP socket and a QUIC stream, propagating half-close: a FIN
 //! on one side finishes the other side's writing half; a reset or error on either side aborts
-//! both (the TCP socket is reset, the QUIC stream is reset and stopped).
+//! both (the TCP socket is reset, the QUIC stream is reset and stopped). When the connection
+//! ends on purpose the tunnel drains or flushes instead (see [`crate::ending`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -8,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::ending::EndSignals;
 use crate::node::stats::Counters;
 
 /// Most bytes one TCP read takes (one allocation, handed to quinn whole).
@@ -17,6 +19,7 @@ const BUF: usize = 64 * 1024;
 const SMALL: usize = BUF / 2;
 /// Most received chunks (about one QUIC packet each) written to TCP in one `writev`.
 const CHUNKS: usize = 32;
+
 /// QUIC application error code for an aborted tunnel.
 pub(crate) const ABORTED: u32 = 1;
 
@@ -38,12 +41,22 @@ pub(crate) async fn splice(
     mut recv: quinn::RecvStream,
     prefix: &[u8],
     counters: &Counters,
+    end: &EndSignals,
 ) -> std::io::Result<Moved> {
     let _ = tcp.set_nodelay(true);
     let (mut tcp_r, mut tcp_w) = tcp.into_split();
     let sent_all = AtomicBool::new(false);
     let result = copy_both(
-        &mut tcp_r, &mut tcp_w, &mut send, &mut recv, prefix, &sent_all, counters,
+        Halves {
+            tcp_r: &mut tcp_r,
+            tcp_w: &mut tcp_w,
+            send: &mut send,
+            recv: &mut recv,
+        },
+        prefix,
+        &sent_all,
+        counters,
+        end,
     )
     .await;
     if let Err(e) = &result {
@@ -61,15 +74,27 @@ pub(crate) async fn splice(
     result
 }
 
+/// The four ends a splice moves bytes between.
+struct Halves<'a> {
+    tcp_r: &'a mut tokio::net::tcp::OwnedReadHalf,
+    tcp_w: &'a mut tokio::net::tcp::OwnedWriteHalf,
+    send: &'a mut quinn::SendStream,
+    recv: &'a mut quinn::RecvStream,
+}
+
 async fn copy_both(
-    tcp_r: &mut tokio::net::tcp::OwnedReadHalf,
-    tcp_w: &mut tokio::net::tcp::OwnedWriteHalf,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
+    h: Halves<'_>,
     prefix: &[u8],
     sent_all: &AtomicBool,
     counters: &Counters,
+    end: &EndSignals,
 ) -> std::io::Result<Moved> {
+    let Halves {
+        tcp_r,
+        tcp_w,
+        send,
+        recv,
+    } = h;
     let up = async {
         let mut total = 0u64;
         if !prefix.is_empty() {
@@ -79,33 +104,70 @@ async fn copy_both(
             total += prefix.len() as u64;
             counters.sent(prefix.len());
         }
+        let mut draining = false;
         loop {
             // No buffer while waiting: an idle tunnel holds none (see `read_chunk`).
-            let Some(chunk) = read_chunk(tcp_r).await? else {
+            let chunk = if draining {
+                // Only what the TCP end had sent before the end (its sender can hold the end
+                // off no longer than `connEndTime`: then the connection closes).
+                try_read_chunk(tcp_r)?
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = end.drain.cancelled() => {
+                        draining = true;
+                        continue;
+                    }
+                    chunk = read_chunk(tcp_r) => chunk?,
+                }
+            };
+            let Some(chunk) = chunk else {
                 send.finish().map_err(std::io::Error::other)?;
                 sent_all.store(true, Ordering::Relaxed);
-                return Ok::<_, std::io::Error>(total);
+                break;
             };
             let n = chunk.len();
-            // Handed to quinn as is: no copy into its send buffer.
-            send.write_chunk(chunk)
-                .await
-                .map_err(std::io::Error::other)?;
+            // Handed to quinn as is: no copy into its send buffer. A flush gives up on it
+            // (the peer is gone).
+            tokio::select! {
+                biased;
+                _ = end.flush.cancelled() => return Ok(total),
+                written = send.write_chunk(chunk) => written.map_err(std::io::Error::other)?,
+            }
             total += n as u64;
             counters.sent(n);
         }
+        // Until the peer acknowledged all of it: a connection closed once its tunnels ended
+        // must not discard a tail still in flight.
+        tokio::select! {
+            _ = send.stopped() => {}
+            _ = end.flush.cancelled() => {}
+        }
+        Ok::<_, std::io::Error>(total)
     };
     let down = async {
         let mut total = 0u64;
         // quinn's own buffers, written out as they are (one writev for what is ready): no
         // copy into one of ours, and none held while the tunnel is idle.
         let mut chunks: [Bytes; CHUNKS] = Default::default();
+        let mut flushing = false;
         loop {
-            match recv
-                .read_chunks(&mut chunks)
-                .await
-                .map_err(std::io::Error::other)?
-            {
+            let read = if flushing {
+                // The peer is gone: only what already arrived.
+                futures_lite::future::poll_once(recv.read_chunks(&mut chunks))
+                    .await
+                    .unwrap_or(Ok(None))
+            } else {
+                tokio::select! {
+                    biased;
+                    read = recv.read_chunks(&mut chunks) => read,
+                    _ = end.flush.cancelled() => {
+                        flushing = true;
+                        continue;
+                    }
+                }
+            };
+            match read.map_err(std::io::Error::other)? {
                 Some(n) => {
                     let bytes = write_all_chunks(tcp_w, &chunks[..n]).await?;
                     total += bytes as u64;
@@ -160,5 +222,16 @@ async fn read_chunk(tcp: &tokio::net::tcp::OwnedReadHalf) -> std::io::Result<Opt
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// What `tcp` has already received, without waiting; `None` if nothing (or its end).
+fn try_read_chunk(tcp: &tokio::net::tcp::OwnedReadHalf) -> std::io::Result<Option<Bytes>> {
+    let mut buf = BytesMut::with_capacity(BUF);
+    match tcp.try_read_buf(&mut buf) {
+        Ok(0) => Ok(None),
+        Ok(_) => Ok(Some(buf.freeze())),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
     }
 }

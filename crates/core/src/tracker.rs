@@ -4,13 +4,17 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::CertificateDer;
 
 use crate::addr::canonical;
+use crate::ending::Ending;
 use crate::events::{CloseReason, ConnectionInfo, Event, EventKind, EventSink, Path, Reason};
 use crate::identity::certs_to_pem;
 use crate::nodeid::NodeId;
+use crate::options::ConnOptions;
+use crate::proto::goaway;
 use crate::relay::spec::RelaySpec;
 use crate::socket::paths::PathChange;
 use crate::task::Tasks;
@@ -41,6 +45,8 @@ pub(crate) struct Peer {
     quic_addr: SocketAddr,
     path: Mutex<Path>,
     close_reason: Mutex<Option<CloseReason>>,
+    /// How its tunnels end (see [`crate::ending`]).
+    pub ending: Ending,
 }
 
 impl Peer {
@@ -69,6 +75,7 @@ impl Peer {
             remote,
             path: Mutex::new(path),
             close_reason: Mutex::new(None),
+            ending: Ending::default(),
         }
     }
 
@@ -93,15 +100,86 @@ impl Peer {
         crate::socket::paths::is_virtual(&self.quic_addr)
     }
 
-    /// Closes the connection, recording why (the close event carries it).
+    /// Closes the connection at once, recording why (the close event carries it); its tunnels
+    /// are reset. See [`Peer::end`] for the orderly way.
     pub(crate) fn close(&self, why: CloseReason) {
         // Recorded before the close: the close watcher reads it as soon as quinn reports.
         let text = why.as_str().as_bytes().to_vec();
+        self.record(why);
+        self.conn.close(0u32.into(), &text);
+    }
+
+    fn record(&self, why: CloseReason) {
         self.close_reason
             .lock()
             .expect("reason lock")
             .get_or_insert(why);
-        self.conn.close(0u32.into(), &text);
+    }
+
+    /// Ends the connection on purpose: tells the peer (goaway), lets the tunnels on both sides
+    /// drain for at most `grace`, then closes it with `why` (what is left is reset).
+    pub(crate) async fn end(&self, why: CloseReason, grace: Duration) {
+        self.record(why.clone());
+        if self.ending.drain() {
+            let tell = async {
+                let _ = tokio::time::timeout(grace, self.send_goaway()).await;
+            };
+            tokio::join!(tell, self.ending.tunnels_ended(grace));
+        } else {
+            self.ending.tunnels_ended(grace).await;
+        }
+        self.close(why);
+    }
+
+    async fn send_goaway(&self) -> Result<(), String> {
+        let mut uni = self.conn.open_uni().await.map_err(|e| e.to_string())?;
+        uni.write_all(&goaway::encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        uni.finish().map_err(|e| e.to_string())
+    }
+
+    /// Drains when the peer announces its end (its goaway, on the second unidirectional
+    /// stream); once the tunnels ended, waits `grace` for the peer's close, then closes itself,
+    /// so a peer that announced its end and vanished holds nothing.
+    async fn listen_for_goaway(&self, grace: Duration) {
+        let Ok(mut uni) = self.conn.accept_uni().await else {
+            return;
+        };
+        let mut buf = [0u8; goaway::LEN];
+        match tokio::time::timeout(grace, uni.read_exact(&mut buf)).await {
+            Ok(Ok(())) if goaway::is_goaway(&buf) => {}
+            _ => return,
+        }
+        tracing::debug!(remote = %self.remote, "peer announced its end: draining");
+        self.ending.drain();
+        self.ending.tunnels_ended(grace * 2).await;
+        let _ = tokio::time::timeout(grace, self.conn.closed()).await;
+        self.close(CloseReason::Remote);
+    }
+
+    /// Ends the connection with `keepaliveTimeout` once nothing arrived from the peer for
+    /// `silence`: its tunnels deliver what arrived and end with a FIN (nothing more will come),
+    /// and the close tells the peer, if it still hears us. quinn's own idle timeout is set
+    /// later than this (see [`ConnOptions::peer_transport_config`]), so this one decides.
+    async fn watch_silence(&self, silence: Duration, every: Duration, grace: Duration) {
+        let mut seen = self.conn.stats().udp_rx.datagrams;
+        let mut heard = Instant::now();
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.conn.stats().udp_rx.datagrams;
+            if now != seen {
+                seen = now;
+                heard = Instant::now();
+            } else if heard.elapsed() >= silence {
+                break;
+            }
+        }
+        tracing::debug!(remote = %self.remote, "peer silent: ending the connection");
+        self.record(CloseReason::KeepaliveTimeout);
+        self.ending.flush();
+        self.ending.tunnels_ended(grace).await;
+        self.close(CloseReason::KeepaliveTimeout);
     }
 
     /// A snapshot for the user; `local` is this proxy's UDP address.
@@ -132,6 +210,28 @@ impl Peer {
     }
 }
 
+/// The end timing of a tracker's connections, from its [`ConnOptions`].
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    /// `connEndTime`.
+    grace: Duration,
+    /// `connKeepAliveTimeoutTime`.
+    silence: Duration,
+    /// How often the silence is checked: the keepalive interval, at most a quarter of the
+    /// timeout.
+    every: Duration,
+}
+
+impl Timing {
+    fn of(o: &ConnOptions) -> Self {
+        Self {
+            grace: o.end_time,
+            silence: o.keepalive_timeout,
+            every: o.keepalive_interval.min(o.keepalive_timeout / 4),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Entry {
     /// Registered by the caller (kept when the connection dies, so a later CONNECT redials).
@@ -149,6 +249,7 @@ struct Entry {
 pub(crate) struct Tracker {
     role: Role,
     local: SocketAddr,
+    timing: Timing,
     tasks: Tasks,
     entries: Mutex<HashMap<SocketAddr, Entry>>,
     sink: Arc<RwLock<Option<EventSink>>>,
@@ -160,12 +261,14 @@ impl Tracker {
     pub(crate) fn new(
         role: Role,
         local: SocketAddr,
+        opts: &ConnOptions,
         tasks: Tasks,
         sink: Arc<RwLock<Option<EventSink>>>,
     ) -> Self {
         Self {
             role,
             local,
+            timing: Timing::of(opts),
             tasks,
             entries: Mutex::new(HashMap::new()),
             sink,
@@ -233,11 +336,12 @@ impl Tracker {
             let map = self.entries.lock().expect("tracker lock");
             map.get(&canonical(*addr))?.peers.clone()
         };
-        // A connection that is already closing (e.g. reset by a restarted peer) is not reused.
+        // A connection that is already closing (e.g. reset by a restarted peer) or ending is
+        // not reused.
         peers
             .into_iter()
             .rev()
-            .find(|p| p.conn.close_reason().is_none())
+            .find(|p| p.conn.close_reason().is_none() && !p.ending.is_ending())
     }
 
     /// The lock serialising dials to `addr` (one QUIC connection per address).
@@ -328,8 +432,18 @@ impl Tracker {
         self.changed.notify_waiters();
         self.emit(EventKind::Connection, &peer, None);
         let me = self.clone();
+        let t = self.timing;
         self.tasks.spawn(async move {
-            let err = peer.conn.closed().await;
+            let watch = async {
+                tokio::join!(
+                    peer.listen_for_goaway(t.grace),
+                    peer.watch_silence(t.silence, t.every, t.grace)
+                )
+            };
+            let err = tokio::select! {
+                err = peer.conn.closed() => err,
+                _ = watch => peer.conn.closed().await,
+            };
             let why = peer.reason_for(&err);
             tracing::debug!(remote = %peer.remote, node = %peer.node_id, reason = why.as_str(), "connection closed");
             {
@@ -346,19 +460,42 @@ impl Tracker {
         });
     }
 
-    /// Forgets `addr` and closes its connections; returns the newest one that was closed.
-    pub(crate) fn remove(&self, addr: &SocketAddr, why: CloseReason) -> Option<Arc<Peer>> {
+    /// Forgets `addr` and ends its connections on purpose with `why` (see [`Peer::end`]);
+    /// resolves once they closed, at most `connEndTime` after the call.
+    pub(crate) async fn end(&self, addr: &SocketAddr, why: CloseReason) {
         let addr = &canonical(*addr);
         let entry = self.entries.lock().expect("tracker lock").remove(addr);
-        let peers = entry.map(|e| e.peers).unwrap_or_default();
-        for p in &peers {
-            p.close(why.clone());
-        }
         self.changed.notify_waiters();
-        peers.last().cloned()
+        let peers = entry.map(|e| e.peers).unwrap_or_default();
+        let grace = self.timing.grace;
+        crate::task::join_all(peers.iter().map(|p| p.end(why.clone(), grace))).await;
     }
 
-    /// Closes every connection with `why`.
+    /// Like [`Tracker::end`], without waiting: the end runs on the tracker's tasks.
+    pub(crate) fn end_soon(self: &Arc<Self>, addr: SocketAddr, why: CloseReason) {
+        let me = self.clone();
+        let addr = canonical(addr);
+        // Forgotten now: what the caller does next (e.g. register the address again) must not
+        // meet the ending connection.
+        let entry = self.entries.lock().expect("tracker lock").remove(&addr);
+        self.changed.notify_waiters();
+        let peers = entry.map(|e| e.peers).unwrap_or_default();
+        let grace = self.timing.grace;
+        self.tasks.spawn(async move {
+            crate::task::join_all(peers.iter().map(|p| p.end(why.clone(), grace))).await;
+            drop(me);
+        });
+    }
+
+    /// Ends every connection on purpose with `why` (see [`Peer::end`]), all at once; resolves
+    /// when they closed, at most `connEndTime` after the call.
+    pub(crate) async fn end_all(&self, why: CloseReason) {
+        let peers = self.peers();
+        let grace = self.timing.grace;
+        crate::task::join_all(peers.iter().map(|p| p.end(why.clone(), grace))).await;
+    }
+
+    /// Closes every connection with `why` at once (their tunnels are reset).
     pub(crate) fn close_all(&self, why: CloseReason) {
         for p in self.peers() {
             p.close(why.clone());

@@ -17,7 +17,7 @@ use super::services::{Offers, ServiceOffer, ServiceTrust};
 use crate::error::{Error, Result};
 use crate::identity::LoadedIdentity;
 use crate::nodeid::NodeId;
-use crate::task::Tasks;
+use crate::task::{join_all, Tasks};
 
 /// How a proxy takes part in the DHT.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -781,37 +781,6 @@ impl Discovery {
     pub async fn lookup(&self, node: NodeId, deadline: Instant) -> Vec<Found> {
         self.locate(node, deadline).await.addrs
     }
-}
-
-/// Awaits every future of `futs` side by side (the DHT puts and gets of one step).
-pub(super) async fn join_all<F: std::future::Future>(
-    futs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futs.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut out: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (slot, result) in pending.iter_mut().zip(out.iter_mut()) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *result = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.into_iter()
-        .map(|o| o.expect("every future finished"))
-        .collect()
 }
 
 /// Feeds a DHT query's results to `take` until the query ends or [`GRACE`] after the first

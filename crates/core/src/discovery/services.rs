@@ -233,7 +233,7 @@ impl Discovery {
                         .map(|_| ())
                         .map_err(|e| e.to_string())
                 };
-                let (stored, hint) = tokio::join!(super::service::join_all(puts), hint);
+                let (stored, hint) = tokio::join!(crate::task::join_all(puts), hint);
                 for r in stored {
                     r.map_err(|e| e.to_string())?;
                 }
@@ -241,7 +241,7 @@ impl Discovery {
                 Ok::<_, String>((offer.name, withdrawn))
             }
         };
-        let results = super::service::join_all(offers.into_iter().map(|(o, w)| one(o, w))).await;
+        let results = crate::task::join_all(offers.into_iter().map(|(o, w)| one(o, w))).await;
         let mut done = Vec::new();
         let mut failure = None;
         for r in results {

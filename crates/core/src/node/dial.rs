@@ -350,7 +350,7 @@ impl Node {
         // Only forward proxies dial, and the reverse proxy never opens a stream toward them:
         // allow it none. quinn keeps state for every stream a peer may open (at the tunnels'
         // 4096 it was about 340 KiB per connection: measured on the relay with the loadtest).
-        let mut transport = self.opts.transport_config();
+        let mut transport = self.opts.peer_transport_config();
         transport.max_concurrent_bidi_streams(0u32.into());
         let config = client_config(
             &identity,

@@ -115,7 +115,13 @@ impl Node {
         )?;
         let addr = endpoint.local_addr()?;
         let tasks = Tasks::new();
-        let tracker = Arc::new(Tracker::new(config.role, addr, tasks.clone(), sink.clone()));
+        let tracker = Arc::new(Tracker::new(
+            config.role,
+            addr,
+            opts,
+            tasks.clone(),
+            sink.clone(),
+        ));
         let discovery = match &config.discovery {
             Some(d) => match Discovery::start(d, addr.ip()).await {
                 Ok(d) => Some(d),

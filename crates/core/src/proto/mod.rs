@@ -1,9 +1,10 @@
 //! Sans-IO wire formats and state machines: the HTTP CONNECT head, the tunnel header on each
-//! QUIC stream, hole punching, the liveness of punched paths, retry backoff, the post-handshake
+//! QUIC stream, the goaway, hole punching, the liveness of punched paths, retry backoff, the post-handshake
 //! hello, and the relay frames.
 
 pub mod backoff;
 pub mod connect;
+pub mod goaway;
 pub mod hello;
 pub mod liveness;
 pub mod punch;
