@@ -91,3 +91,22 @@ test('ending one connection leaves the tunnels of another untouched', async (t) 
   t.deepEqual(keptEnd.errors, [])
   t.is(fp.getConnectionCount(), 1)
 })
+
+test('a tunnel whose peer cannot drain (frozen) is reset, and only after connEndTime', async (t) => {
+  const END = 800
+  const { child, rp } = await h.startReverseProxyChild(t)
+  const fp = await h.startForwardProxy(t, { connEndTime: END })
+  const client = await h.openTunnel(t, fp, rp)
+  await h.assertEchoes(t, client)
+  const clientEnd = watchEnd(client)
+  process.kill(child.pid, 'SIGSTOP')
+  await h.waitFor(() => h.processStopped(child.pid), { what: 'the reverse proxy to freeze' })
+
+  const started = Date.now()
+  await fp.closeConnection(h.HOST, rp.getIngressPort())
+  const took = Date.now() - started
+  await h.socketClosed(client)
+  t.true(took >= END - 50, `closeConnection waited for connEndTime (${took} ms)`)
+  t.is(clientEnd.end, null, 'no end came from a peer that could not send one')
+  t.deepEqual(clientEnd.errors, ['ECONNRESET'], 'then the client was reset')
+})

@@ -120,6 +120,48 @@ async function startEchoServer(t, { greeting, allowHalfOpen = false } = {}) {
   return closedInTeardown(t, await support.startTcpEchoServer({ greeting, host: HOST, allowHalfOpen, timeout: WAIT }))
 }
 
+/**
+ * Starts fixtures/rp-child.js (an echo server and a ReverseProxy in their own process, so a test
+ * can freeze them with SIGSTOP); resolves `{ child, rp }`, `rp` offering the getters
+ * targetOf() and openTunnel() use. Killed in teardown.
+ */
+async function startReverseProxyChild(t) {
+  const child = spawn(process.execPath, [path.join(FIXTURES, 'rp-child.js')], { env: cleanEnv(), stdio: ['pipe', 'pipe', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', (d) => (stderr += d))
+  t.teardown(() => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    child.kill('SIGCONT')
+    child.kill('SIGKILL')
+  })
+  const line = await withTimeout(
+    new Promise((resolve, reject) => {
+      let out = ''
+      child.stdout.on('data', (d) => {
+        out += d
+        const i = out.indexOf('\n')
+        if (i >= 0) resolve(out.slice(0, i))
+      })
+      child.on('exit', (code) => reject(new Error(`rp-child exited ${code}: ${stderr}`)))
+    }),
+    WAIT,
+    'rp-child to start',
+  )
+  const info = JSON.parse(line)
+  // targetOf() and openTunnel() only need these two getters.
+  const rp = { getNodeId: () => info.nodeId, getIngressPort: () => info.ingressPort }
+  return { child, rp }
+}
+
+/** Whether every thread of process `pid` is stopped (SIGSTOP took effect), from /proc. */
+function processStopped(pid) {
+  const dir = `/proc/${pid}/task`
+  return fs.readdirSync(dir).every((tid) => {
+    const stat = fs.readFileSync(`${dir}/${tid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('T')
+  })
+}
+
 /** A TCP port on 127.0.0.1 nothing listens on (bound then released). */
 async function closedTcpPort() {
   const server = net.createServer().listen(0, HOST)
@@ -422,6 +464,8 @@ module.exports = {
   splitPeer,
   stopQuietly,
   startReverseProxy,
+  startReverseProxyChild,
+  processStopped,
   startForwardProxy,
   startPair,
   targetOf,

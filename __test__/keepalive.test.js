@@ -3,46 +3,14 @@
 // and a peer that goes silent (its process frozen with SIGSTOP) is declared dead after it; its
 // tunnels end with a FIN (what arrived was delivered), not a reset.
 
-const path = require('node:path')
-const { spawn } = require('node:child_process')
 const test = require('ava')
 const h = require('./helpers')
 
-const RP_CHILD = path.join(h.FIXTURES, 'rp-child.js')
 const INTERVAL = 200
 const TIMEOUT = 1500
 
-/** Starts fixtures/rp-child.js; resolves its `{ nodeId, ingressPort }` and the child. */
-async function startReverseProxyChild(t) {
-  const child = spawn(process.execPath, [RP_CHILD], { env: h.cleanEnv(), stdio: ['pipe', 'pipe', 'pipe'] })
-  let stderr = ''
-  child.stderr.on('data', (d) => (stderr += d))
-  t.teardown(() => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    child.kill('SIGCONT')
-    child.kill('SIGKILL')
-  })
-  const line = await h.withTimeout(
-    new Promise((resolve, reject) => {
-      let out = ''
-      child.stdout.on('data', (d) => {
-        out += d
-        const i = out.indexOf('\n')
-        if (i >= 0) resolve(out.slice(0, i))
-      })
-      child.on('exit', (code) => reject(new Error(`rp-child exited ${code}: ${stderr}`)))
-    }),
-    h.WAIT,
-    'rp-child to start',
-  )
-  const info = JSON.parse(line)
-  // targetOf() and openTunnel() only need these two getters.
-  const rp = { getNodeId: () => info.nodeId, getIngressPort: () => info.ingressPort }
-  return { child, rp }
-}
-
 test('a frozen reverse proxy is declared dead after connKeepAliveTimeoutTime, and its tunnels end', async (t) => {
-  const { child, rp } = await startReverseProxyChild(t)
+  const { child, rp } = await h.startReverseProxyChild(t)
   const fp = await h.startForwardProxy(t, {
     connKeepAliveIntervalTime: INTERVAL,
     connKeepAliveTimeoutTime: TIMEOUT,

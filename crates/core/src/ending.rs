@@ -5,12 +5,14 @@
 //! - **drain** (a close on purpose, by this side or announced by the peer's goaway): each tunnel
 //!   stops reading its TCP socket, sends what it read and a FIN through its stream, delivers
 //!   what arrives until the peer's FIN, then ends its socket. Both sides drain, so every tunnel
-//!   ends within a round trip or two; the connection closes when the last one ended, at the
-//!   latest after `connEndTime` (then what is left is reset).
+//!   ends within a round trip or two. Each side says `drained` once its tunnels ended (QUIC's
+//!   acks only say the bytes reached the peer's buffers, not its TCP end); the connection closes
+//!   when both sides drained, at the latest after `connEndTime` (then what is left is reset).
 //! - **flush** (the peer is gone: keepalive timeout): nothing more will arrive, so each tunnel
 //!   delivers what already arrived and ends its socket at once.
 //!
-//! A connection that is ending opens and accepts no new tunnels.
+//! A connection that is ending opens and accepts no new tunnels. Once it closed, whatever
+//! tunnel is left (say, one blocked writing to a TCP end that reads nothing) is reset.
 
 use std::time::Duration;
 
@@ -23,6 +25,8 @@ use tokio_util::task::TaskTracker;
 pub(crate) struct Ending {
     drain: CancellationToken,
     flush: CancellationToken,
+    closed: CancellationToken,
+    peer_drained: CancellationToken,
     tunnels: TaskTracker,
 }
 
@@ -33,6 +37,8 @@ pub(crate) struct EndSignals {
     pub drain: CancellationToken,
     /// Deliver what already arrived and end the socket now.
     pub flush: CancellationToken,
+    /// The connection closed: reset what is left.
+    pub closed: CancellationToken,
 }
 
 /// A live tunnel of the connection; the connection's end waits for it to drop.
@@ -57,6 +63,7 @@ impl Ending {
             signals: EndSignals {
                 drain: self.drain.clone(),
                 flush: self.flush.clone(),
+                closed: self.closed.clone(),
             },
         })
     }
@@ -75,6 +82,12 @@ impl Ending {
         self.drain();
     }
 
+    /// The connection closed: tunnels still running are reset.
+    pub(crate) fn closed(&self) {
+        self.closed.cancel();
+        self.drain();
+    }
+
     /// Whether the connection is ending.
     pub(crate) fn is_ending(&self) -> bool {
         self.drain.is_cancelled()
@@ -82,9 +95,24 @@ impl Ending {
 
     /// Waits until every tunnel ended, at most `grace`; true if they all did.
     pub(crate) async fn tunnels_ended(&self, grace: Duration) -> bool {
-        tokio::time::timeout(grace, self.tunnels.wait())
+        tokio::time::timeout(grace, self.all_tunnels_ended())
             .await
             .is_ok()
+    }
+
+    /// Waits until every tunnel ended (once ending; the caller bounds the wait).
+    pub(crate) async fn all_tunnels_ended(&self) {
+        self.tunnels.wait().await
+    }
+
+    /// The peer said its tunnels ended.
+    pub(crate) fn peer_drained(&self) {
+        self.peer_drained.cancel();
+    }
+
+    /// Waits until the peer said its tunnels ended (the caller bounds the wait).
+    pub(crate) async fn wait_peer_drained(&self) {
+        self.peer_drained.cancelled().await
     }
 }
 

@@ -46,7 +46,7 @@ pub(crate) async fn splice(
     let _ = tcp.set_nodelay(true);
     let (mut tcp_r, mut tcp_w) = tcp.into_split();
     let sent_all = AtomicBool::new(false);
-    let result = copy_both(
+    let copy = copy_both(
         Halves {
             tcp_r: &mut tcp_r,
             tcp_w: &mut tcp_w,
@@ -57,8 +57,16 @@ pub(crate) async fn splice(
         &sent_all,
         counters,
         end,
-    )
-    .await;
+    );
+    // A direction blocked on its TCP end (one that reads nothing) would not notice the
+    // connection's close: the close ends it.
+    let result = tokio::select! {
+        r = copy => r,
+        _ = end.closed.cancelled() => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the connection closed",
+        )),
+    };
     if let Err(e) = &result {
         tracing::debug!(error = %e, "tunnel aborted");
         // A direction that already ended cleanly keeps its tail: resetting a finished stream

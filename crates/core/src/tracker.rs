@@ -14,7 +14,7 @@ use crate::events::{CloseReason, ConnectionInfo, Event, EventKind, EventSink, Pa
 use crate::identity::certs_to_pem;
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
-use crate::proto::goaway;
+use crate::proto::goaway::{self, EndMessage};
 use crate::relay::spec::RelaySpec;
 use crate::socket::paths::PathChange;
 use crate::task::Tasks;
@@ -117,43 +117,76 @@ impl Peer {
     }
 
     /// Ends the connection on purpose: tells the peer (goaway), lets the tunnels on both sides
-    /// drain for at most `grace`, then closes it with `why` (what is left is reset).
+    /// drain until both said `drained`, for at most `grace`, then closes it with `why` (what is
+    /// left is reset). See [`crate::ending`].
     pub(crate) async fn end(&self, why: CloseReason, grace: Duration) {
         self.record(why.clone());
-        if self.ending.drain() {
-            let tell = async {
-                let _ = tokio::time::timeout(grace, self.send_goaway()).await;
-            };
-            tokio::join!(tell, self.ending.tunnels_ended(grace));
-        } else {
-            self.ending.tunnels_ended(grace).await;
+        let first = self.ending.drain();
+        let both_drained = async {
+            if first {
+                tokio::join!(
+                    self.say_goaway_then_drained(),
+                    self.ending.wait_peer_drained()
+                );
+            } else {
+                // Already ending (an earlier call, or the peer began): what that end waits for.
+                tokio::join!(
+                    self.ending.all_tunnels_ended(),
+                    self.ending.wait_peer_drained()
+                );
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(grace, both_drained) => {}
+            _ = self.conn.closed() => {}
         }
         self.close(why);
     }
 
-    async fn send_goaway(&self) -> Result<(), String> {
-        let mut uni = self.conn.open_uni().await.map_err(|e| e.to_string())?;
-        uni.write_all(&goaway::encode())
-            .await
-            .map_err(|e| e.to_string())?;
-        uni.finish().map_err(|e| e.to_string())
+    /// Says `goaway` on our second unidirectional stream, then `drained` once our tunnels
+    /// ended (the caller bounds the wait).
+    async fn say_goaway_then_drained(&self) {
+        let opened = async {
+            let mut uni = self.conn.open_uni().await.ok()?;
+            uni.write_all(&EndMessage::Goaway.encode()).await.ok()?;
+            Some(uni)
+        };
+        let (uni, ()) = tokio::join!(opened, self.ending.all_tunnels_ended());
+        if let Some(mut uni) = uni {
+            if uni.write_all(&EndMessage::Drained.encode()).await.is_ok() {
+                let _ = uni.finish();
+            }
+        }
     }
 
-    /// Drains when the peer announces its end (its goaway, on the second unidirectional
-    /// stream); once the tunnels ended, waits `grace` for the peer's close, then closes itself,
-    /// so a peer that announced its end and vanished holds nothing.
-    async fn listen_for_goaway(&self, grace: Duration) {
+    /// Listens for the peer's end messages (on its second unidirectional stream). On its
+    /// goaway this side drains and answers in kind, then waits (at most `grace`) for the peer to
+    /// close the connection once both drained, and closes it itself if the peer does not.
+    async fn listen_for_end(&self, grace: Duration) {
         let Ok(mut uni) = self.conn.accept_uni().await else {
             return;
         };
         let mut buf = [0u8; goaway::LEN];
         match tokio::time::timeout(grace, uni.read_exact(&mut buf)).await {
-            Ok(Ok(())) if goaway::is_goaway(&buf) => {}
+            Ok(Ok(())) if EndMessage::decode(&buf) == Some(EndMessage::Goaway) => {}
             _ => return,
         }
+        let answering = self.ending.drain();
         tracing::debug!(remote = %self.remote, "peer announced its end: draining");
-        self.ending.drain();
-        self.ending.tunnels_ended(grace * 2).await;
+        let drained = async {
+            if uni.read_exact(&mut buf).await.is_ok()
+                && EndMessage::decode(&buf) == Some(EndMessage::Drained)
+            {
+                self.ending.peer_drained();
+            }
+        };
+        if !answering {
+            // This side began ending too: its own `end` closes.
+            return drained.await;
+        }
+        let ours = tokio::time::timeout(grace, self.say_goaway_then_drained());
+        let theirs = tokio::time::timeout(grace * 2, drained);
+        let _ = tokio::join!(ours, theirs);
         let _ = tokio::time::timeout(grace, self.conn.closed()).await;
         self.close(CloseReason::Remote);
     }
@@ -436,7 +469,7 @@ impl Tracker {
         self.tasks.spawn(async move {
             let watch = async {
                 tokio::join!(
-                    peer.listen_for_goaway(t.grace),
+                    peer.listen_for_end(t.grace),
                     peer.watch_silence(t.silence, t.every, t.grace)
                 )
             };
@@ -444,6 +477,7 @@ impl Tracker {
                 err = peer.conn.closed() => err,
                 _ = watch => peer.conn.closed().await,
             };
+            peer.ending.closed();
             let why = peer.reason_for(&err);
             tracing::debug!(remote = %peer.remote, node = %peer.node_id, reason = why.as_str(), "connection closed");
             {
