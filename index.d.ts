@@ -21,6 +21,21 @@ export declare function generateIdentity(): Promise<Identity>
 export declare function rotateIdentity(tlsConfig: TlsConfig): Identity
 /** `'v'` + base32hex(SHA-256(SubjectPublicKeyInfo)) of the first certificate in `certPem`. */
 export declare function nodeIdFromCertificate(certPem: string): string
+/** The original's network helpers, for code written against it. */
+export declare const utils: {
+  /** `host:port`, IPv6 in brackets (`'[::1]:100'`). */
+  buildAddress(host: string, port?: number): string
+  /** `[host, port]` of `host:port` or `[v6]:port`; the port defaults to 80. */
+  parseAddress(address: string): [string, number]
+  /** Whether `host` is an IPv4 or IPv6 address. */
+  isValidHost(host: string): boolean
+  /** `0.0.0.0` -> `127.0.0.1`, `::` -> `::1`, anything else unchanged. */
+  resolvesZeroIP(host: string): string
+  /** The Proxy-Authorization value for a token: `'Basic ' + base64(token)`. */
+  toAuthToken(token: string): string
+  /** The node id a certificate (PEM) proves; = nodeIdFromCertificate. */
+  certNodeId(certPem: string): string
+}
 /** A fresh service owner key (64 hex digits each; keep privateKey secret). */
 export declare function generateServiceOwner(): { publicKey: string; privateKey: string }
 /**
@@ -281,6 +296,16 @@ export interface RelayStatus {
 
 export declare class ForwardProxy {
   constructor(opts: ForwardProxyOptions)
+  /** The token CONNECT clients must present (the original's readonly field). */
+  readonly authToken: string
+  /** The timing in use (the original's readonly fields; defaults filled in). */
+  readonly connConnectTime: number
+  readonly connKeepAliveTimeoutTime: number
+  readonly connKeepAliveIntervalTime: number
+  readonly connPunchIntervalTime: number
+  /** How long an end on purpose may drain (closeConnection, stop(), removeConnection): the
+   * tunnels deliver what is in flight and both TCP ends read a FIN; what is left is reset. */
+  readonly connEndTime: number
   /** Once started, the proxy keeps the Node process alive until stop() (see unref()). */
   start(opts?: ForwardProxyStartOptions | string): Promise<void>
   stop(): Promise<void>
@@ -312,7 +337,9 @@ export declare class ForwardProxy {
   openConnection(opts: OpenOptions & { service: string }): Promise<ConnectionInfo>
   /** With discovery: the replicas of a service name, newest first. */
   lookupService(name: string, opts?: LookupOptions & { signal?: AbortSignal }): Promise<ServiceMember[]>
+  /** Ends the connection: its tunnels drain (see connEndTime); resolves once it closed. */
   closeConnection(host: string, port: number): Promise<void>
+  /** Live connections; 0 when not running (as the original). */
   getConnectionCount(): number
   /** Connections by path, tunnels, bytes, failed attempts by error code. */
   getStats(): ProxyStats
@@ -321,6 +348,8 @@ export declare class ForwardProxy {
   getConnectionInfoByClient(clientHost: string, clientPort: number): ConnectionInfo | undefined
   /** Identity used by connections opened afterwards. */
   setTlsConfig(tlsConfig: TlsConfig): void
+  /** The original's name for setTlsConfig. */
+  setTLSConfig(tlsConfig: TlsConfig): void
   /** First form: track a directly connectable reverse proxy (connects on first use). */
   addDirectConnection(port: number, host: string): void
   /** First form: connect while punching; resolves whether the connection came up. */
@@ -386,6 +415,14 @@ export interface ReverseProxyStartOptions {
 
 export declare class ReverseProxy {
   constructor(opts?: ConnOptions)
+  /** The timing in use (the original's readonly fields; defaults filled in). */
+  readonly connConnectTime: number
+  readonly connKeepAliveTimeoutTime: number
+  readonly connKeepAliveIntervalTime: number
+  readonly connPunchIntervalTime: number
+  /** How long an end on purpose may drain (closeConnection, stop(), removeConnection): the
+   * tunnels deliver what is in flight and both TCP ends read a FIN; what is left is reset. */
+  readonly connEndTime: number
   start(opts: ReverseProxyStartOptions): Promise<void>
   start(grpcHost: string, grpcPort: number): Promise<void>
   stop(): Promise<void>
@@ -401,7 +438,9 @@ export declare class ReverseProxy {
   getSocketPort(): number
   /** Punch toward a forward proxy until its connection arrives; rejects with ErrorConnectionStartTimeout. */
   openConnection(egressHost: string, egressPort: number, opts?: OpenOptions): Promise<void>
+  /** Ends the connection: its tunnels drain (see connEndTime); resolves once it closed. */
   closeConnection(egressHost: string, egressPort: number): Promise<void>
+  /** Live connections; 0 when not running (as the original). */
   getConnectionCount(): number
   /** Connections by path, tunnels, bytes, failed attempts by error code. */
   getStats(): ProxyStats
@@ -409,6 +448,8 @@ export declare class ReverseProxy {
   /** Who is calling: the local TCP source address the server sees for a tunnel -> its connection. */
   getConnectionInfoByProxy(proxyHost: string, proxyPort: number): ConnectionInfo | undefined
   setTlsConfig(tlsConfig: TlsConfig): void
+  /** The original's name for setTlsConfig. */
+  setTLSConfig(tlsConfig: TlsConfig): void
   addNatConnection(port: number, host: string, attempts?: number): Promise<boolean>
   addDirectConnection(port: number, host: string): void
   removeConnection(port: number, host: string): void
@@ -593,9 +634,19 @@ export declare class Relay {
  * exported by index.js, never the classes at the top level.
  */
 export declare namespace errors {
-  /** Base of every keynet error; `code` is the class name. */
+  /**
+   * Base of every keynet error. As in the original: `code` is the class name, `description`
+   * what the class means, `exitCode` a sysexits value a CLI can exit with, `data` an object
+   * (`{}` unless given). Each class also has `description` and `exitCode` as static fields.
+   */
   class ErrorNetwork extends Error {
+    constructor(message?: string, options?: { cause?: unknown; data?: Record<string, unknown> })
+    static readonly description: string
+    static readonly exitCode: number
     code: string
+    description: string
+    exitCode: number
+    data: Record<string, unknown>
   }
   class ErrorForwardProxy extends ErrorNetwork {}
   class ErrorForwardProxyNotRunning extends ErrorForwardProxy {}
@@ -607,16 +658,34 @@ export declare namespace errors {
   class ErrorRelay extends ErrorNetwork {}
   class ErrorRelayNotRunning extends ErrorRelay {}
   class ErrorConnection extends ErrorNetwork {}
+  /** The original's; keynet never throws it (there is no per-tunnel connection object). */
+  class ErrorConnectionNotRunning extends ErrorConnection {}
+  /** The original's; keynet never throws it (no uTP composition). */
+  class ErrorConnectionComposed extends ErrorConnection {}
+  /** The original's; keynet never throws it (no uTP composition). */
+  class ErrorConnectionNotComposed extends ErrorConnection {}
+  /** The original's; keynet never throws it (malformed datagrams are dropped). */
+  class ErrorConnectionMessageParse extends ErrorConnection {}
+  class ErrorConnectionTimeout extends ErrorConnection {}
+  /** The original's; keynet never throws it (an end that does not finish within connEndTime is reset). */
+  class ErrorConnectionEndTimeout extends ErrorConnection {}
   class ErrorConnectionStart extends ErrorConnection {}
   class ErrorConnectionStartTimeout extends ErrorConnectionStart {}
-  class ErrorConnectionTimeout extends ErrorConnection {}
+  /** The original's; keynet never throws it (no uTP composition). */
+  class ErrorConnectionCompose extends ErrorConnection {}
+  /** The original's; keynet never throws it (no uTP composition). */
+  class ErrorConnectionComposeTimeout extends ErrorConnectionCompose {}
   class ErrorCertChain extends ErrorNetwork {}
   class ErrorCertChainUnclaimed extends ErrorCertChain {}
   class ErrorCertChainEmpty extends ErrorCertChain {}
   class ErrorCertChainBroken extends ErrorCertChain {}
   class ErrorCertChainDateInvalid extends ErrorCertChain {}
+  /** The original's; keynet never throws it (node ids come from the key, not the common name). */
+  class ErrorCertChainNameInvalid extends ErrorCertChain {}
   class ErrorCertChainKeyInvalid extends ErrorCertChain {}
   class ErrorCertChainSignatureInvalid extends ErrorCertChain {}
+  /** The original's; keynet never throws it (hosts are IP addresses, never resolved). */
+  class ErrorHostnameResolutionFailed extends ErrorNetwork {}
   /** Discovery (or a relay) found no address for the node id. */
   class ErrorNodeNotFound extends ErrorConnectionStart {}
   class ErrorServiceNotFound extends ErrorConnectionStart {}

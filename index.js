@@ -415,14 +415,41 @@ class Service {
   ref() { return LoopHold.ref(this) }
 }
 
+/** The timing options in use, by their names (defaults of the core: ConnOptions). */
+const TIMING_DEFAULTS = Object.freeze({
+  connConnectTime: 20000,
+  connKeepAliveTimeoutTime: 20000,
+  connKeepAliveIntervalTime: 1000,
+  connPunchIntervalTime: 50,
+  connEndTime: 1000,
+})
+
 class Proxy extends Service {
-  constructor(handle) {
+  constructor(handle, opts) {
     super(handle)
     this._events = attachEvents(handle)
+    const timing = {}
+    for (const [name, d] of Object.entries(TIMING_DEFAULTS)) timing[name] = opts[name] ?? d
+    this._timing = Object.freeze(timing)
   }
 
+  // The original's public readonly timing fields: the values in use.
+  get connConnectTime() { return this._timing.connConnectTime }
+  get connKeepAliveTimeoutTime() { return this._timing.connKeepAliveTimeoutTime }
+  get connKeepAliveIntervalTime() { return this._timing.connKeepAliveIntervalTime }
+  get connPunchIntervalTime() { return this._timing.connPunchIntervalTime }
+  get connEndTime() { return this._timing.connEndTime }
+
   getNodeId() { return sync(() => this._native.nodeId()) }
-  getConnectionCount() { return sync(() => this._native.connectionCount()) }
+  /** Live connections; 0 when not running (as the original: it works in any state). */
+  getConnectionCount() {
+    try {
+      return sync(() => this._native.connectionCount())
+    } catch (e) {
+      if (e instanceof errors.ErrorForwardProxyNotRunning || e instanceof errors.ErrorReverseProxyNotRunning) return 0
+      throw e
+    }
+  }
 
   /**
    * `{ connections: { direct, punched, relayed }, tunnelsOpen, tunnelsTotal, bytesSent,
@@ -438,6 +465,9 @@ class Proxy extends Service {
     checkTls('tlsConfig', tlsConfig)
     sync(() => this._native.setTlsConfig(tlsConfig.keyPrivatePem, tlsConfig.certChainPem))
   }
+
+  /** The original's name for `setTlsConfig`. */
+  setTLSConfig(tlsConfig) { return this.setTlsConfig(tlsConfig) }
 
   /** First form: track an address without punching. */
   addDirectConnection(port, host) {
@@ -503,8 +533,12 @@ class ForwardProxy extends Proxy {
   constructor(opts) {
     opts = checkObject('opts', opts)
     checkString('opts.authToken', opts.authToken)
-    super(sync(() => new native.NativeForwardProxy(opts.authToken, connOptions(opts))))
+    super(sync(() => new native.NativeForwardProxy(opts.authToken, connOptions(opts))), opts)
+    this._authToken = opts.authToken
   }
+
+  /** The token CONNECT clients must present (the original's readonly field). */
+  get authToken() { return this._authToken }
 
   async start(opts) {
     if (typeof opts === 'string') opts = { authToken: opts }
@@ -519,6 +553,7 @@ class ForwardProxy extends Proxy {
     const relay = checkRelay('opts.relay', opts.relay)
     const relays = checkRelays(opts.relays)
     const maxConnections = checkCount('opts.maxConnections', opts.maxConnections)
+    const wasRunning = this._running()
     await wrap(
       this._native.start({
         proxyHost,
@@ -534,7 +569,18 @@ class ForwardProxy extends Proxy {
         maxConnections,
       }),
     )
+    // As every other start option, a token given to a running proxy changes nothing.
+    if (!wasRunning && token !== undefined) this._authToken = token
     LoopHold.hold(this)
+  }
+
+  _running() {
+    try {
+      this._native.proxyPort()
+      return true
+    } catch {
+      return false
+    }
   }
 
   getProxyHost() { return sync(() => this._native.proxyHost()) }
@@ -644,7 +690,7 @@ class ForwardProxy extends Proxy {
 class ReverseProxy extends Proxy {
   constructor(opts) {
     opts = checkObject('opts', opts)
-    super(sync(() => new native.NativeReverseProxy(connOptions(opts))))
+    super(sync(() => new native.NativeReverseProxy(connOptions(opts))), opts)
     this._connectTime = opts.connConnectTime ?? 20000
   }
 
@@ -953,7 +999,15 @@ function signServiceMember(ownerPrivateKey, name, nodeId, opts) {
   return sync(() => native.signServiceMember(ownerPrivateKey, name, nodeId, network))
 }
 
+/**
+ * The original's helpers (`buildAddress`, `parseAddress`, `isValidHost`, `resolvesZeroIP`,
+ * `toAuthToken`) and `certNodeId(certPem)`: the node id a certificate proves (keynet derives it
+ * from the key; the original read the subject CN, which is the same id for a keynet certificate).
+ */
+const utils = Object.freeze({ ...require('./utils.js'), certNodeId: nodeIdFromCertificate })
+
 module.exports = {
+  utils,
   ForwardProxy,
   ReverseProxy,
   Relay,

@@ -106,7 +106,7 @@ test("fp.stop(): tunnels end, 'stopped' on fp, 'remote' on rp, rp count reaches 
   t.is((await s.fpEvents.wait('close')).reason, 'stopped')
   t.is((await s.rpEvents.wait('close')).reason, 'remote')
   await h.waitFor(() => s.rp.getConnectionCount() === 0, { what: 'rp count 0' })
-  t.throws(() => s.fp.getConnectionCount(), { instanceOf: h.keynet.errors.ErrorForwardProxyNotRunning })
+  t.is(s.fp.getConnectionCount(), 0, 'as the original: 0 when stopped')
 })
 
 test("rp.stop(): tunnels end, 'stopped' on rp, 'remote' on fp, fp count reaches 0", async (t) => {
@@ -116,5 +116,5 @@ test("rp.stop(): tunnels end, 'stopped' on rp, 'remote' on fp, fp count reaches 
   t.is((await s.rpEvents.wait('close')).reason, 'stopped')
   t.is((await s.fpEvents.wait('close')).reason, 'remote')
   await h.waitFor(() => s.fp.getConnectionCount() === 0, { what: 'fp count 0' })
-  t.throws(() => s.rp.getConnectionCount(), { instanceOf: h.keynet.errors.ErrorReverseProxyNotRunning })
+  t.is(s.rp.getConnectionCount(), 0, 'as the original: 0 when stopped')
 })

@@ -60,13 +60,13 @@ test('port 0 rejects with ErrorConnectionStart within 2 s', async (t) => {
   t.true(Date.now() - started < 2000)
 })
 
-test('getters before start and after stop throw the NotRunning errors', async (t) => {
+test('getters before start and after stop throw the NotRunning errors (getConnectionCount answers 0)', async (t) => {
   const server = await h.startEchoServer(t)
   const fp = new ForwardProxy({ authToken: h.TOKEN })
   const rp = new ReverseProxy()
   t.teardown(() => Promise.all([h.stopQuietly(fp), h.stopQuietly(rp)]))
-  const fpGetters = ['getNodeId', 'getProxyHost', 'getProxyPort', 'getEgressHost', 'getEgressPort', 'getHttpPort', 'getSocketPort', 'getConnectionCount']
-  const rpGetters = ['getNodeId', 'getIngressHost', 'getIngressPort', 'getServerHost', 'getServerPort', 'getSocketPort', 'getConnectionCount']
+  const fpGetters = ['getNodeId', 'getProxyHost', 'getProxyPort', 'getEgressHost', 'getEgressPort', 'getHttpPort', 'getSocketPort']
+  const rpGetters = ['getNodeId', 'getIngressHost', 'getIngressPort', 'getServerHost', 'getServerPort', 'getSocketPort']
   const check = (when) => {
     for (const g of fpGetters) {
       const e = t.throws(() => fp[g](), { instanceOf: errors.ErrorForwardProxyNotRunning }, `fp.${g} ${when}`)
@@ -76,6 +76,8 @@ test('getters before start and after stop throw the NotRunning errors', async (t
       const e = t.throws(() => rp[g](), { instanceOf: errors.ErrorReverseProxyNotRunning }, `rp.${g} ${when}`)
       t.is(e && e.code, 'ErrorReverseProxyNotRunning')
     }
+    t.is(fp.getConnectionCount(), 0, `fp.getConnectionCount ${when}`)
+    t.is(rp.getConnectionCount(), 0, `rp.getConnectionCount ${when}`)
     t.throws(() => fp.getConnectionInfoByIngress(h.HOST, 1), { instanceOf: errors.ErrorForwardProxyNotRunning })
     t.throws(() => rp.getConnectionInfoByEgress(h.HOST, 1), { instanceOf: errors.ErrorReverseProxyNotRunning })
   }

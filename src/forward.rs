@@ -5,7 +5,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use crate::convert::{
-    self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeForwardStart,
+    self, addr, err, target, Listener, NativeAddress, NativeConnectionInfo, NativeForwardStart,
     NativeFound, NativeLocated, NativeMember, NativeOptions, NativeRelay, NativeRelayStatus, Ops,
 };
 
@@ -33,11 +33,7 @@ impl NativeForwardProxy {
 
     #[napi]
     pub async fn start(&self, start: NativeForwardStart) -> Result<()> {
-        let (start, auth_token) = start.into_core()?;
-        if let Some(token) = auth_token {
-            self.inner.set_auth_token(token);
-        }
-        self.inner.start(start).await.map_err(err)
+        self.inner.start(start.into_core()?).await.map_err(err)
     }
 
     /// The addresses the DHT holds for `node_id`, signed record first.
@@ -183,7 +179,7 @@ impl NativeForwardProxy {
         op_id: Option<u32>,
         relay: Option<NativeRelay>,
     ) -> Result<NativeConnectionInfo> {
-        let target = addr("host", &host, port)?;
+        let target = target("host", &host, port)?;
         let pin = convert::node_id(node_id)?;
         let relay = relay.map(NativeRelay::into_core).transpose()?;
         let token = self.ops.token(op_id);
@@ -240,7 +236,7 @@ impl NativeForwardProxy {
     #[napi]
     pub async fn close_connection(&self, host: String, port: u32) -> Result<()> {
         self.inner
-            .close_connection(addr("host", &host, port)?)
+            .close_connection(target("host", &host, port)?)
             .await
             .map_err(err)
     }
@@ -248,14 +244,14 @@ impl NativeForwardProxy {
     #[napi(catch_unwind)]
     pub fn add_direct_connection(&self, host: String, port: u32) -> Result<()> {
         self.inner
-            .add_direct_connection(addr("host", &host, port)?)
+            .add_direct_connection(target("host", &host, port)?)
             .map_err(err)
     }
 
     #[napi(catch_unwind)]
     pub fn remove_connection(&self, host: String, port: u32) -> Result<()> {
         self.inner
-            .remove_connection(addr("host", &host, port)?)
+            .remove_connection(target("host", &host, port)?)
             .map_err(err)
     }
 
@@ -280,7 +276,7 @@ impl NativeForwardProxy {
     pub fn info_by_ingress(&self, host: String, port: u32) -> Result<Option<NativeConnectionInfo>> {
         let info = self
             .inner
-            .connection_info_by_ingress(addr("host", &host, port)?)
+            .connection_info_by_ingress(target("host", &host, port)?)
             .map_err(err)?;
         Ok(info.map(Into::into))
     }

@@ -5,8 +5,8 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use crate::convert::{
-    self, addr, err, Listener, NativeAddress, NativeConnectionInfo, NativeFound, NativeLocated,
-    NativeOptions, NativeRelayStatus, NativeReverseStart, Ops,
+    self, addr, err, target, Listener, NativeAddress, NativeConnectionInfo, NativeFound,
+    NativeLocated, NativeOptions, NativeRelayStatus, NativeReverseStart, Ops,
 };
 
 #[napi]
@@ -163,7 +163,7 @@ impl NativeReverseProxy {
         timeout_ms: Option<f64>,
         op_id: Option<u32>,
     ) -> Result<bool> {
-        let target = addr("egressHost", &host, port)?;
+        let target = target("egressHost", &host, port)?;
         let token = self.ops.token(op_id);
         let r = self
             .inner
@@ -194,7 +194,7 @@ impl NativeReverseProxy {
     #[napi]
     pub async fn close_connection(&self, host: String, port: u32) -> Result<()> {
         self.inner
-            .close_connection(addr("egressHost", &host, port)?)
+            .close_connection(target("egressHost", &host, port)?)
             .await
             .map_err(err)
     }
@@ -202,14 +202,14 @@ impl NativeReverseProxy {
     #[napi(catch_unwind)]
     pub fn add_direct_connection(&self, host: String, port: u32) -> Result<()> {
         self.inner
-            .add_direct_connection(addr("host", &host, port)?)
+            .add_direct_connection(target("host", &host, port)?)
             .map_err(err)
     }
 
     #[napi(catch_unwind)]
     pub fn remove_connection(&self, host: String, port: u32) -> Result<()> {
         self.inner
-            .remove_connection(addr("host", &host, port)?)
+            .remove_connection(target("host", &host, port)?)
             .map_err(err)
     }
 
@@ -234,7 +234,7 @@ impl NativeReverseProxy {
     pub fn info_by_egress(&self, host: String, port: u32) -> Result<Option<NativeConnectionInfo>> {
         let info = self
             .inner
-            .connection_info_by_egress(addr("egressHost", &host, port)?)
+            .connection_info_by_egress(target("egressHost", &host, port)?)
             .map_err(err)?;
         Ok(info.map(Into::into))
     }

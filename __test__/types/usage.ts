@@ -14,6 +14,7 @@ import {
   generateServiceOwner,
   signServiceMember,
   errors,
+  utils,
 } from '../..'
 import type {
   TlsConfig,
@@ -182,7 +183,47 @@ const errorClasses = [
   errors.ErrorCertChainSignatureInvalid,
   errors.ErrorNodeNotFound,
   errors.ErrorInvalidTlsConfig,
+  // The original's, never thrown by keynet: still usable in instanceof checks.
+  errors.ErrorConnectionNotRunning,
+  errors.ErrorConnectionComposed,
+  errors.ErrorConnectionNotComposed,
+  errors.ErrorConnectionMessageParse,
+  errors.ErrorConnectionEndTimeout,
+  errors.ErrorConnectionCompose,
+  errors.ErrorConnectionComposeTimeout,
+  errors.ErrorCertChainNameInvalid,
+  errors.ErrorHostnameResolutionFailed,
 ] as const
+
+// The original's fields on every error (and on every class).
+export function exitWith(e: errors.ErrorNetwork): number {
+  const d: string = e.description
+  const data: Record<string, unknown> = e.data
+  const fromClass: number = errors.ErrorConnectionStartTimeout.exitCode
+  const made = new errors.ErrorConnectionStart('start failed', { data: { code: 'ECONNREFUSED' }, cause: e })
+  return d.length + Object.keys(data).length + fromClass + made.exitCode + e.exitCode
+}
+
+// ---- the original's names and shapes ------------------------------------------------------
+
+export function original(fp: ForwardProxy, rp: ReverseProxy, tls: TlsConfig): number {
+  fp.setTLSConfig(tls)
+  rp.setTLSConfig(tls)
+  const token: string = fp.authToken
+  const times: number[] = [
+    fp.connConnectTime,
+    fp.connKeepAliveTimeoutTime,
+    fp.connKeepAliveIntervalTime,
+    fp.connPunchIntervalTime,
+    fp.connEndTime,
+    rp.connEndTime,
+  ]
+  const [host, port]: [string, number] = utils.parseAddress(utils.buildAddress('::1', 80))
+  const ok: boolean = utils.isValidHost(utils.resolvesZeroIP(host))
+  const header: string = utils.toAuthToken(token)
+  const id: string = utils.certNodeId(tls.certChainPem)
+  return times.length + port + Number(ok) + header.length + id.length + fp.getConnectionCount()
+}
 
 function classify(e: unknown): string {
   if (e instanceof errors.ErrorNodeNotFound) {

@@ -44,6 +44,12 @@ pub(crate) fn addr(name: &str, host: &str, port: u32) -> Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// Parses the address of a peer (a target, not a bind address): `0.0.0.0` and `::` mean this
+/// machine, as in the original (see `keynet_core::addr::zero_to_loopback`).
+pub(crate) fn target(name: &str, host: &str, port: u32) -> Result<SocketAddr> {
+    addr(name, host, port).map(keynet_core::addr::zero_to_loopback)
+}
+
 /// Parses an optional node id string.
 pub(crate) fn node_id(s: Option<String>) -> Result<Option<keynet_core::NodeId>> {
     s.map(|s| {

@@ -245,8 +245,8 @@ pub struct NativeForwardStart {
 }
 
 impl NativeForwardStart {
-    /// The core's start; the auth token travels apart (it is the proxy's, not the start's).
-    pub fn into_core(self) -> Result<(ForwardStart, Option<String>)> {
+    /// The core's start.
+    pub fn into_core(self) -> Result<ForwardStart> {
         let start = ForwardStart {
             proxy_addr: addr("proxyHost", &self.proxy_host, self.proxy_port)?,
             egress_addr: addr("egressHost", &self.egress_host, self.egress_port)?,
@@ -259,8 +259,9 @@ impl NativeForwardStart {
                 .map_or(keynet_core::forward_proxy::DEFAULT_MAX_CONNECTIONS, |n| {
                     n as usize
                 }),
+            auth_token: self.auth_token,
         };
-        Ok((start, self.auth_token))
+        Ok(start)
     }
 }
 

@@ -8,6 +8,21 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
+/// A target of `0.0.0.0` or `::` means this machine, as the original proxies read it (their
+/// `resolvesZeroIP`): code that dials `getIngressHost()` of a proxy bound to every interface
+/// reaches it on loopback instead of failing.
+pub fn zero_to_loopback(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
 /// A random u64 from the system's secure source (punch nonces, round-robin starts).
 pub fn random_u64() -> u64 {
     let mut b = [0u8; 8];
@@ -59,6 +74,13 @@ mod tests {
         assert!(can_send(a("[::]:0"), v4) && can_send(a("[::]:0"), v6));
         assert!(can_send(a("[2001:db8::2]:0"), v6) && !can_send(a("[2001:db8::2]:0"), v4));
         assert!(can_send(a("[::1]:0"), v6) && !can_send(a("[::1]:0"), mapped));
+    }
+
+    #[test]
+    fn zero_ip_targets_mean_loopback() {
+        assert_eq!(zero_to_loopback(a("0.0.0.0:5")), a("127.0.0.1:5"));
+        assert_eq!(zero_to_loopback(a("[::]:5")), a("[::1]:5"));
+        assert_eq!(zero_to_loopback(a("192.0.2.1:5")), a("192.0.2.1:5"));
     }
 
     #[test]

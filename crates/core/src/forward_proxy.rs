@@ -50,6 +50,9 @@ pub struct ForwardStart {
     /// Client connections (CONNECT requests and their tunnels) at once; more are answered `503`
     /// (`maxConnections`, 8192).
     pub max_connections: usize,
+    /// The token CONNECT clients present from this start on (replaces the constructor's);
+    /// like every other field, ignored when the proxy is already running.
+    pub auth_token: Option<String>,
 }
 
 /// Default of [`ForwardStart::max_connections`].
@@ -65,6 +68,7 @@ impl Default for ForwardStart {
             relay: None,
             relays: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            auth_token: None,
         }
     }
 }
@@ -147,6 +151,9 @@ impl ForwardProxy {
                     ));
                 }
                 let identity = inner.identities.for_start(start.tls.as_ref())?;
+                if let Some(token) = &start.auth_token {
+                    *inner.auth_token.write().expect("token lock") = token.clone();
+                }
                 let listener = TcpListener::bind(start.proxy_addr).await?;
                 let proxy_addr = listener.local_addr()?;
                 let node = Node::start(

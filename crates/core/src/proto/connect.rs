@@ -205,7 +205,7 @@ pub fn parse_target(target: &str) -> Result<Target, TargetError> {
     }
     let port = check_port(port, target)?;
     Ok(Target {
-        addr: Some(SocketAddr::new(ip, port)),
+        addr: Some(crate::addr::zero_to_loopback(SocketAddr::new(ip, port))),
         node_id: query_node_id(query)?,
         service: None,
     })
@@ -361,6 +361,18 @@ mod tests {
     }
 
     #[test]
+    fn zero_ip_targets_mean_this_machine() {
+        assert_eq!(
+            parse_target("0.0.0.0:50051").unwrap().addr,
+            Some("127.0.0.1:50051".parse().unwrap())
+        );
+        assert_eq!(
+            parse_target("[::]:50051").unwrap().addr,
+            Some("[::1]:50051".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn node_id_targets() {
         let want = Target {
             addr: None,
@@ -513,7 +525,8 @@ mod tests {
                 s.push_str(&id().to_string());
             }
             let t = parse_target(&s).unwrap();
-            prop_assert_eq!(t.addr, Some(addr));
+            // (A zero IP means this machine: see `zero_ip_targets_mean_this_machine`.)
+            prop_assert_eq!(t.addr, Some(crate::addr::zero_to_loopback(addr)));
             prop_assert_eq!(t.node_id, pin.then(id));
         }
 
