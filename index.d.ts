@@ -1,6 +1,8 @@
 // keynet — public TypeScript declarations (the contract). The generated binding types are in
 // native.d.ts; this file describes what `require('keynet')` exports.
 
+import { EventEmitter } from 'node:events'
+
 /** PEM material of a node identity. */
 export interface TlsConfig {
   /** PKCS#8 private key of the leaf certificate. */
@@ -294,7 +296,9 @@ export interface RelayStatus {
   home?: boolean
 }
 
-export declare class ForwardProxy {
+/** An EventEmitter: `events.once(fp, 'close')`, `events.on(fp, 'connection')` and every
+ * EventEmitter method work; listeners run with `this` = the proxy. */
+export declare class ForwardProxy extends EventEmitter {
   constructor(opts: ForwardProxyOptions)
   /** The token CONNECT clients must present (the original's readonly field). */
   readonly authToken: string
@@ -373,6 +377,9 @@ export declare class ForwardProxy {
   on(event: 'relay', listener: (e: RelayEvent) => void): this
   once(event: 'relay', listener: (e: RelayEvent) => void): this
   off(event: 'relay', listener: (e: RelayEvent) => void): this
+  on(event: 'error', listener: (e: Error) => void): this
+  once(event: 'error', listener: (e: Error) => void): this
+  off(event: 'error', listener: (e: Error) => void): this
   /**
    * The device changed networks (call it from the platform's network callback; on Linux it is
    * noticed without being asked): rebinds the UDP socket if its address is gone, registers with
@@ -413,7 +420,8 @@ export interface ReverseProxyStartOptions {
   maxStreamsPerConnection?: number
 }
 
-export declare class ReverseProxy {
+/** An EventEmitter, as ForwardProxy. */
+export declare class ReverseProxy extends EventEmitter {
   constructor(opts?: ConnOptions)
   /** The timing in use (the original's readonly fields; defaults filled in). */
   readonly connConnectTime: number
@@ -478,6 +486,9 @@ export declare class ReverseProxy {
   on(event: 'relay', listener: (e: RelayEvent) => void): this
   once(event: 'relay', listener: (e: RelayEvent) => void): this
   off(event: 'relay', listener: (e: RelayEvent) => void): this
+  on(event: 'error', listener: (e: Error) => void): this
+  once(event: 'error', listener: (e: Error) => void): this
+  off(event: 'error', listener: (e: Error) => void): this
   /**
    * The device changed networks (call it from the platform's network callback; on Linux it is
    * noticed without being asked): rebinds the UDP socket if its address is gone, registers with

@@ -8,6 +8,8 @@ const native = require('./loader.js').load()
 const errors = require('./errors.js')
 
 const EVENTS = new Set(['connection', 'close', 'path', 'address', 'relay'])
+/** EventEmitter's own events, which `events.once`/`events.on` listen to as well. */
+const EMITTER_EVENTS = new Set(['error', 'newListener', 'removeListener'])
 const NODE_ID = /^v[0-9a-v]{52}$/
 
 // ---- errors -------------------------------------------------------------------------------
@@ -134,7 +136,7 @@ function checkSignal(v) {
 }
 
 function checkEvent(event, listener) {
-  if (!EVENTS.has(event)) throw typeError('event', "'connection', 'close', 'path', 'address' or 'relay'", event)
+  if (!EVENTS.has(event) && !EMITTER_EVENTS.has(event)) throw typeError('event', "'connection', 'close', 'path', 'address' or 'relay'", event)
   if (typeof listener !== 'function') throw typeError('listener', 'a function', listener)
 }
 
@@ -323,8 +325,7 @@ async function withSignal(handle, signal, start) {
  * Connects the binding's events to an EventEmitter through a weak threadsafe function and a
  * WeakRef, so neither Node's event loop nor the proxy object is kept alive by listening.
  */
-function attachEvents(handle) {
-  const emitter = new EventEmitter()
+function attachEvents(handle, emitter) {
   const ref = new WeakRef(emitter)
   handle.setEventListener((ev) => {
     const target = ref.deref()
@@ -342,7 +343,6 @@ function attachEvents(handle) {
     if (ev.previousPath !== undefined && ev.previousPath !== null) event.previousPath = ev.previousPath
     target.emit(ev.kind, event)
   })
-  return emitter
 }
 
 function relayStatus(s) {
@@ -396,8 +396,9 @@ const LoopHold = {
 }
 
 /** What proxies and relays share: `stop()`, and holding the process alive while started. */
-class Service {
+class Service extends EventEmitter {
   constructor(handle) {
+    super()
     this._native = handle
   }
 
@@ -424,10 +425,17 @@ const TIMING_DEFAULTS = Object.freeze({
   connEndTime: 1000,
 })
 
+/**
+ * A proxy is an EventEmitter ('connection', 'close', 'path', 'address', 'relay'; listeners are
+ * called with `this` = the proxy, and keep neither the proxy nor the process alive): so
+ * `events.once(proxy, 'close')` and `for await (const e of events.on(proxy, 'connection'))` work.
+ * Names outside those (and EventEmitter's own 'error', 'newListener', 'removeListener') are
+ * refused, so a misspelt event is a TypeError, not a listener that never fires.
+ */
 class Proxy extends Service {
   constructor(handle, opts) {
     super(handle)
-    this._events = attachEvents(handle)
+    attachEvents(handle, this)
     const timing = {}
     for (const [name, d] of Object.entries(TIMING_DEFAULTS)) timing[name] = opts[name] ?? d
     this._timing = Object.freeze(timing)
@@ -518,9 +526,11 @@ class Proxy extends Service {
    */
   networkChanged() { sync(() => this._native.networkChanged()) }
 
-  on(event, listener) { checkEvent(event, listener); this._events.on(event, listener); return this }
-  once(event, listener) { checkEvent(event, listener); this._events.once(event, listener); return this }
-  off(event, listener) { checkEvent(event, listener); this._events.off(event, listener); return this }
+  on(event, listener) { checkEvent(event, listener); return super.on(event, listener) }
+  addListener(event, listener) { checkEvent(event, listener); return super.addListener(event, listener) }
+  prependListener(event, listener) { checkEvent(event, listener); return super.prependListener(event, listener) }
+  once(event, listener) { checkEvent(event, listener); return super.once(event, listener) }
+  prependOnceListener(event, listener) { checkEvent(event, listener); return super.prependOnceListener(event, listener) }
 }
 
 // ---- ForwardProxy ----------------------------------------------------------------------------

@@ -10,8 +10,8 @@ export async function mistakes(): Promise<void> {
   const fp = new ForwardProxy({ authToken: 'token', connConnectTime: '20s' }) // error TS2322
   // A field the event payload does not have ('close' carries `reason`).
   fp.on('close', (e) => console.log(e.closeReason)) // error TS2339
-  // An event name that does not exist.
-  fp.on('error', () => {}) // error TS2769
+  // An event name that does not exist (misspelt).
+  fp.on('conection', () => {}) // error TS2769
   // A wrong argument count: closeConnection needs host and port.
   await fp.closeConnection('127.0.0.1') // error TS2554
   // start() takes an options object (or the first form's host and port), never a bare port.

@@ -16,6 +16,7 @@ import {
   errors,
   utils,
 } from '../..'
+import { EventEmitter, once, on } from 'node:events'
 import type {
   TlsConfig,
   Identity,
@@ -202,6 +203,19 @@ export function exitWith(e: errors.ErrorNetwork): number {
   const fromClass: number = errors.ErrorConnectionStartTimeout.exitCode
   const made = new errors.ErrorConnectionStart('start failed', { data: { code: 'ECONNREFUSED' }, cause: e })
   return d.length + Object.keys(data).length + fromClass + made.exitCode + e.exitCode
+}
+
+// ---- EventEmitter ---------------------------------------------------------------------------
+
+export async function asEmitter(fp: ForwardProxy, rp: ReverseProxy): Promise<number> {
+  const [closed] = await once(fp, 'close')
+  const emitter: EventEmitter = rp
+  for await (const [e] of on(rp, 'connection')) {
+    const c = e as ConnectionEvent
+    if (c.nodeId) break
+  }
+  fp.on('error', (e: Error) => e.message)
+  return fp.listenerCount('close') + emitter.listenerCount('path') + (closed ? 1 : 0)
 }
 
 // ---- the original's names and shapes ------------------------------------------------------

@@ -525,14 +525,16 @@ impl Inner {
                 return answer(&mut tcp, status, &e.to_string()).await;
             }
         };
-        if tcp.write_all(&connect::response(200, "")).await.is_err() {
-            return;
-        }
+        // Recorded before the 200: a client that asks who it reached right after reading it
+        // (getConnectionInfoByClient) finds its connection. `accept_loop` removes it.
         running
             .clients
             .lock()
             .expect("clients lock")
             .insert(client, peer.clone());
+        if tcp.write_all(&connect::response(200, "")).await.is_err() {
+            return;
+        }
         let _tunnel = node.counters.tunnel();
         match splice(tcp, send, recv, &rest, &node.counters, &live.signals).await {
             Ok(m) => {
