@@ -416,15 +416,6 @@ class Service extends EventEmitter {
   ref() { return LoopHold.ref(this) }
 }
 
-/** The timing options in use, by their names (defaults of the core: ConnOptions). */
-const TIMING_DEFAULTS = Object.freeze({
-  connConnectTime: 20000,
-  connKeepAliveTimeoutTime: 20000,
-  connKeepAliveIntervalTime: 1000,
-  connPunchIntervalTime: 50,
-  connEndTime: 1000,
-})
-
 /**
  * A proxy is an EventEmitter ('connection', 'close', 'path', 'address', 'relay'; listeners are
  * called with `this` = the proxy, and keep neither the proxy nor the process alive): so
@@ -433,12 +424,11 @@ const TIMING_DEFAULTS = Object.freeze({
  * refused, so a misspelt event is a TypeError, not a listener that never fires.
  */
 class Proxy extends Service {
-  constructor(handle, opts) {
+  constructor(handle) {
     super(handle)
     attachEvents(handle, this)
-    const timing = {}
-    for (const [name, d] of Object.entries(TIMING_DEFAULTS)) timing[name] = opts[name] ?? d
-    this._timing = Object.freeze(timing)
+    // The core's options, defaults filled in (they never change).
+    this._timing = Object.freeze(sync(() => handle.options()))
   }
 
   // The original's public readonly timing fields: the values in use.
@@ -450,14 +440,7 @@ class Proxy extends Service {
 
   getNodeId() { return sync(() => this._native.nodeId()) }
   /** Live connections; 0 when not running (as the original: it works in any state). */
-  getConnectionCount() {
-    try {
-      return sync(() => this._native.connectionCount())
-    } catch (e) {
-      if (e instanceof errors.ErrorForwardProxyNotRunning || e instanceof errors.ErrorReverseProxyNotRunning) return 0
-      throw e
-    }
-  }
+  getConnectionCount() { return sync(() => this._native.connectionCount()) }
 
   /**
    * `{ connections: { direct, punched, relayed }, tunnelsOpen, tunnelsTotal, bytesSent,
@@ -543,12 +526,11 @@ class ForwardProxy extends Proxy {
   constructor(opts) {
     opts = checkObject('opts', opts)
     checkString('opts.authToken', opts.authToken)
-    super(sync(() => new native.NativeForwardProxy(opts.authToken, connOptions(opts))), opts)
-    this._authToken = opts.authToken
+    super(sync(() => new native.NativeForwardProxy(opts.authToken, connOptions(opts))))
   }
 
   /** The token CONNECT clients must present (the original's readonly field). */
-  get authToken() { return this._authToken }
+  get authToken() { return sync(() => this._native.authToken()) }
 
   async start(opts) {
     if (typeof opts === 'string') opts = { authToken: opts }
@@ -563,7 +545,6 @@ class ForwardProxy extends Proxy {
     const relay = checkRelay('opts.relay', opts.relay)
     const relays = checkRelays(opts.relays)
     const maxConnections = checkCount('opts.maxConnections', opts.maxConnections)
-    const wasRunning = this._running()
     await wrap(
       this._native.start({
         proxyHost,
@@ -579,18 +560,7 @@ class ForwardProxy extends Proxy {
         maxConnections,
       }),
     )
-    // As every other start option, a token given to a running proxy changes nothing.
-    if (!wasRunning && token !== undefined) this._authToken = token
     LoopHold.hold(this)
-  }
-
-  _running() {
-    try {
-      this._native.proxyPort()
-      return true
-    } catch {
-      return false
-    }
   }
 
   getProxyHost() { return sync(() => this._native.proxyHost()) }
@@ -700,8 +670,7 @@ class ForwardProxy extends Proxy {
 class ReverseProxy extends Proxy {
   constructor(opts) {
     opts = checkObject('opts', opts)
-    super(sync(() => new native.NativeReverseProxy(connOptions(opts))), opts)
-    this._connectTime = opts.connConnectTime ?? 20000
+    super(sync(() => new native.NativeReverseProxy(connOptions(opts))))
   }
 
   /** start({ serverHost, serverPort, ... }) or start(grpcHost, grpcPort) (first form). */
@@ -768,7 +737,7 @@ class ReverseProxy extends Proxy {
     checkHost('egressHost', egressHost)
     checkPort('egressPort', egressPort)
     opts = checkObject('opts', opts)
-    const timeout = checkTime('opts.timeout', opts.timeout) ?? this._connectTime
+    const timeout = checkTime('opts.timeout', opts.timeout) ?? this.connConnectTime
     const signal = checkSignal(opts.signal)
     const ok = await withSignal(this._native, signal, (opId) =>
       this._native.punch(egressHost, egressPort, 0xffffffff, timeout, opId),

@@ -26,6 +26,8 @@ export declare class NativeForwardProxy {
   /** The replicas of a service name. */
   lookupService(name: string, timeoutMs?: number | undefined | null, opId?: number | undefined | null): Promise<Array<NativeMember>>
   stop(): Promise<void>
+  /** The token CONNECT clients must present. */
+  authToken(): string
   nodeId(): string
   proxyHost(): string
   proxyPort(): number
@@ -50,6 +52,8 @@ export declare class NativeForwardProxy {
    */
   networkChanged(): void
   connectionCount(): number
+  /** The timing options in use, every field filled in. */
+  options(): NativeOptions
   stats(): NativeProxyStats
   infoByIngress(host: string, port: number): NativeConnectionInfo | null
   infoByClient(host: string, port: number): NativeConnectionInfo | null
@@ -112,6 +116,8 @@ export declare class NativeReverseProxy {
    */
   networkChanged(): void
   connectionCount(): number
+  /** The timing options in use, every field filled in. */
+  options(): NativeOptions
   stats(): NativeProxyStats
   infoByEgress(host: string, port: number): NativeConnectionInfo | null
   infoByProxy(host: string, port: number): NativeConnectionInfo | null

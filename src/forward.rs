@@ -131,6 +131,12 @@ impl NativeForwardProxy {
         self.inner.stop().await.map_err(err)
     }
 
+    /// The token CONNECT clients must present.
+    #[napi(catch_unwind)]
+    pub fn auth_token(&self) -> String {
+        self.inner.auth_token()
+    }
+
     #[napi(catch_unwind)]
     pub fn node_id(&self) -> Result<String> {
         self.inner.node_id().map(|n| n.to_string()).map_err(err)
@@ -263,8 +269,14 @@ impl NativeForwardProxy {
     }
 
     #[napi(catch_unwind)]
-    pub fn connection_count(&self) -> Result<u32> {
-        self.inner.connection_count().map(|n| n as u32).map_err(err)
+    pub fn connection_count(&self) -> u32 {
+        self.inner.connection_count() as u32
+    }
+
+    /// The timing options in use, every field filled in.
+    #[napi(catch_unwind)]
+    pub fn options(&self) -> NativeOptions {
+        self.inner.options().into()
     }
 
     #[napi(catch_unwind)]

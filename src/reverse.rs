@@ -221,8 +221,14 @@ impl NativeReverseProxy {
     }
 
     #[napi(catch_unwind)]
-    pub fn connection_count(&self) -> Result<u32> {
-        self.inner.connection_count().map(|n| n as u32).map_err(err)
+    pub fn connection_count(&self) -> u32 {
+        self.inner.connection_count() as u32
+    }
+
+    /// The timing options in use, every field filled in.
+    #[napi(catch_unwind)]
+    pub fn options(&self) -> NativeOptions {
+        self.inner.options().into()
     }
 
     #[napi(catch_unwind)]

@@ -21,6 +21,20 @@ pub struct NativeOptions {
     pub disable_keep_alive: Option<bool>,
 }
 
+impl From<&keynet_core::ConnOptions> for NativeOptions {
+    fn from(o: &keynet_core::ConnOptions) -> Self {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        Self {
+            conn_connect_time: Some(ms(o.connect_time)),
+            conn_keep_alive_timeout_time: Some(ms(o.keepalive_timeout)),
+            conn_keep_alive_interval_time: Some(ms(o.keepalive_interval)),
+            conn_punch_interval_time: Some(ms(o.punch_interval)),
+            conn_end_time: Some(ms(o.end_time)),
+            disable_keep_alive: Some(o.keepalive_disabled),
+        }
+    }
+}
+
 impl NativeOptions {
     /// Into core options.
     pub fn into_core(self) -> keynet_core::ConnOptions {

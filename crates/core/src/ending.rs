@@ -31,7 +31,7 @@ pub(crate) struct Ending {
 }
 
 /// What a tunnel watches while it runs (see the module doc).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct EndSignals {
     /// Stop reading the TCP socket, finish the stream, deliver until the peer's FIN.
     pub drain: CancellationToken,

@@ -134,9 +134,14 @@ impl ForwardProxy {
         *self.inner.sink.write().expect("sink lock") = sink;
     }
 
-    /// Replaces the token CONNECT clients must present.
-    pub fn set_auth_token(&self, token: String) {
-        *self.inner.auth_token.write().expect("token lock") = token;
+    /// The token CONNECT clients must present (the constructor's, or the last start's).
+    pub fn auth_token(&self) -> String {
+        self.inner.auth_token.read().expect("token lock").clone()
+    }
+
+    /// The timing options in use.
+    pub fn options(&self) -> &ConnOptions {
+        &self.inner.opts
     }
 
     /// Starts listening; does nothing if already running.
@@ -225,9 +230,10 @@ impl ForwardProxy {
         Ok(self.running()?.node.addr)
     }
 
-    /// Number of live QUIC connections.
-    pub fn connection_count(&self) -> Result<usize> {
-        Ok(self.running()?.node.tracker.count())
+    /// Number of live QUIC connections; 0 when not running (the original answered in any
+    /// state).
+    pub fn connection_count(&self) -> usize {
+        self.running().map_or(0, |r| r.node.tracker.count())
     }
 
     /// Connections by path, tunnels, their bytes, and failed attempts by error code.

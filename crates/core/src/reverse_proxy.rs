@@ -318,9 +318,15 @@ impl ReverseProxy {
         Ok(self.running()?.server_addr)
     }
 
-    /// Number of live QUIC connections.
-    pub fn connection_count(&self) -> Result<usize> {
-        Ok(self.running()?.node.tracker.count())
+    /// Number of live QUIC connections; 0 when not running (the original answered in any
+    /// state).
+    pub fn connection_count(&self) -> usize {
+        self.running().map_or(0, |r| r.node.tracker.count())
+    }
+
+    /// The timing options in use.
+    pub fn options(&self) -> &ConnOptions {
+        &self.inner.opts
     }
 
     /// Connections by path, tunnels, their bytes, and failed attempts by error code.

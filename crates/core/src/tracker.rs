@@ -181,7 +181,8 @@ impl Peer {
             }
         };
         if !answering {
-            // This side began ending too: its own `end` closes.
+            // This side began ending too: its own `end` closes the connection within `grace`,
+            // which ends this read.
             return drained.await;
         }
         let ours = tokio::time::timeout(grace, self.say_goaway_then_drained());
@@ -497,36 +498,32 @@ impl Tracker {
     /// Forgets `addr` and ends its connections on purpose with `why` (see [`Peer::end`]);
     /// resolves once they closed, at most `connEndTime` after the call.
     pub(crate) async fn end(&self, addr: &SocketAddr, why: CloseReason) {
-        let addr = &canonical(*addr);
-        let entry = self.entries.lock().expect("tracker lock").remove(addr);
-        self.changed.notify_waiters();
-        let peers = entry.map(|e| e.peers).unwrap_or_default();
-        let grace = self.timing.grace;
-        crate::task::join_all(peers.iter().map(|p| p.end(why.clone(), grace))).await;
+        end_peers(self.forget(addr), why, self.timing.grace).await;
     }
 
-    /// Like [`Tracker::end`], without waiting: the end runs on the tracker's tasks.
-    pub(crate) fn end_soon(self: &Arc<Self>, addr: SocketAddr, why: CloseReason) {
-        let me = self.clone();
-        let addr = canonical(addr);
-        // Forgotten now: what the caller does next (e.g. register the address again) must not
-        // meet the ending connection.
-        let entry = self.entries.lock().expect("tracker lock").remove(&addr);
-        self.changed.notify_waiters();
-        let peers = entry.map(|e| e.peers).unwrap_or_default();
-        let grace = self.timing.grace;
-        self.tasks.spawn(async move {
-            crate::task::join_all(peers.iter().map(|p| p.end(why.clone(), grace))).await;
-            drop(me);
-        });
+    /// Like [`Tracker::end`], without waiting: the end runs on the tracker's tasks. The
+    /// address is forgotten at once, so what the caller does next (e.g. register it again)
+    /// does not meet the ending connection.
+    pub(crate) fn end_soon(&self, addr: SocketAddr, why: CloseReason) {
+        let peers = self.forget(&addr);
+        self.tasks.spawn(end_peers(peers, why, self.timing.grace));
     }
 
     /// Ends every connection on purpose with `why` (see [`Peer::end`]), all at once; resolves
     /// when they closed, at most `connEndTime` after the call.
     pub(crate) async fn end_all(&self, why: CloseReason) {
-        let peers = self.peers();
-        let grace = self.timing.grace;
-        crate::task::join_all(peers.iter().map(|p| p.end(why.clone(), grace))).await;
+        end_peers(self.peers(), why, self.timing.grace).await;
+    }
+
+    /// Drops the entry of `addr`; returns its connections.
+    fn forget(&self, addr: &SocketAddr) -> Vec<Arc<Peer>> {
+        let entry = self
+            .entries
+            .lock()
+            .expect("tracker lock")
+            .remove(&canonical(*addr));
+        self.changed.notify_waiters();
+        entry.map(|e| e.peers).unwrap_or_default()
     }
 
     /// Closes every connection with `why` at once (their tunnels are reset).
@@ -575,4 +572,9 @@ impl Tracker {
             sink(event);
         }
     }
+}
+
+/// Ends `peers` on purpose with `why`, side by side (see [`Peer::end`]).
+async fn end_peers(peers: Vec<Arc<Peer>>, why: CloseReason, grace: Duration) {
+    crate::task::join_all(peers.iter().map(|p| p.end(why.clone(), grace))).await;
 }
