@@ -582,10 +582,22 @@ ${h.kind === 'cone' ? 'flush chain ip labnat pre\n' : ''}`,
     await this.flushConntrack(ns)
   }
 
-  /** Deletes the UDP conntrack entries of the router namespace `ns` (its NAT mappings). */
-  async flushConntrack(ns) {
+  /**
+   * The NAT in front of `side` forgets what it let out toward `other`'s public address (its UDP
+   * conntrack entries to it, punch sprays included), as if the two had not talked for the UDP
+   * timeout; its other mappings (its relay's) stay. For runs meant to be independent.
+   */
+  async forgetPeer(side, other) {
+    const ns = this.hosts[side]?.router
+    const to = this.hosts[other]?.publicIp
+    if (ns && to) await this.flushConntrack(ns, to)
+  }
+
+  /** Deletes the UDP conntrack entries of the router namespace `ns` (its NAT mappings), only
+   * those toward `dst` if given. */
+  async flushConntrack(ns, dst) {
     try {
-      await run(IP, ['netns', 'exec', ns, CONNTRACK, '-D', '-p', 'udp'])
+      await run(IP, ['netns', 'exec', ns, CONNTRACK, '-D', '-p', 'udp', ...(dst ? ['--dst', dst] : [])])
     } catch (e) {
       // conntrack exits 1 when there was nothing to delete.
       if (!/0 flow entries/.test(e.stderr || '')) throw new Error(`conntrack -D in ${ns}: ${(e.stderr || e.message).trim()}`)
