@@ -135,6 +135,46 @@ function checkSignal(v) {
   return v
 }
 
+/** The original's timer object (`utils.timerStart`): `{ timer, timedOut, timerP }`. */
+function isTimer(v) {
+  return v !== null && typeof v === 'object' && typeof v.timedOut === 'boolean' && v.timerP !== null && typeof v.timerP === 'object' && typeof v.timerP.then === 'function'
+}
+
+/**
+ * A wait with the original's timer, or `null` (no deadline of its own), as its deadline: the core
+ * gets no timeout of its own (stop(), closeConnection and a signal still end it).
+ */
+const NO_DEADLINE_MS = 2 ** 31 - 1
+
+/**
+ * Runs `run(signal)` with `timer` as its deadline: when `timer.timerP` resolves first, the call
+ * is cancelled, `timer.timedOut` is true, and it rejects with `timeoutError()`. `signal` still
+ * aborts it as well.
+ */
+async function withTimer(timer, signal, run, timeoutError) {
+  if (!timer) return run(signal)
+  if (timer.timedOut) throw timeoutError()
+  if (signal && signal.aborted) throw abortError(signal)
+  const deadline = new AbortController()
+  const onAbort = () => deadline.abort(abortError(signal))
+  if (signal) signal.addEventListener('abort', onAbort, { once: true })
+  let settled = false
+  timer.timerP.then(
+    () => {
+      if (settled) return
+      timer.timedOut = true
+      deadline.abort(timeoutError())
+    },
+    () => {},
+  )
+  try {
+    return await run(deadline.signal)
+  } finally {
+    settled = true
+    if (signal) signal.removeEventListener('abort', onAbort)
+  }
+}
+
 function checkEvent(event, listener) {
   if (!EVENTS.has(event) && !EMITTER_EVENTS.has(event)) throw typeError('event', "'connection', 'close', 'path', 'address' or 'relay'", event)
   if (typeof listener !== 'function') throw typeError('listener', 'a function', listener)
@@ -593,9 +633,16 @@ class ForwardProxy extends Proxy {
       return withSignal(this._native, signal, (opId) => this._native.openConnectionToNode(a, timeout, opId))
     }
     let nodeId, host, port, opts
+    let timer = null
     // (nodeId, host, port, opts) has the host second; (host, port, opts) a port.
     if (typeof b === 'string' && (net.isIP(b) || NODE_ID.test(a))) {
-      ;[nodeId, host, port, opts] = [a, b, c, checkObject('opts', d)]
+      // The original's (nodeId, host, port, timer?): a timer object is the deadline, null none.
+      if (d === null || isTimer(d)) {
+        ;[nodeId, host, port, opts, timer] = [a, b, c, {}, d ?? undefined]
+        if (d === null) opts.timeout = NO_DEADLINE_MS
+      } else {
+        ;[nodeId, host, port, opts] = [a, b, c, checkObject('opts', d)]
+      }
     } else {
       ;[host, port, opts] = [a, b, checkObject('opts', c)]
       nodeId = opts.nodeId
@@ -603,13 +650,14 @@ class ForwardProxy extends Proxy {
     checkHost('host', host)
     checkPort('port', port)
     if (nodeId !== undefined) checkNodeId('nodeId', nodeId)
-    const timeout = checkTime('opts.timeout', opts.timeout)
+    const timeout = timer ? NO_DEADLINE_MS : checkTime('opts.timeout', opts.timeout)
     const signal = checkSignal(opts.signal)
     const relay = checkRelay('opts.relay', opts.relay)
     if (relay && nodeId === undefined) throw typeError('nodeId', 'a node id (a relay reaches nodes by id)', nodeId)
-    return withSignal(this._native, signal, (opId) =>
-      this._native.openConnection(host, port, nodeId, timeout, opId, relay),
-    )
+    const timedOut = () => new errors.ErrorConnectionStartTimeout(`no connection to ${host}:${port} before the timer ran out`)
+    return withTimer(timer, signal, (sig) =>
+      withSignal(this._native, sig, (opId) => this._native.openConnection(host, port, nodeId, timeout, opId, relay)),
+    timedOut)
   }
 
   /**
@@ -636,13 +684,17 @@ class ForwardProxy extends Proxy {
     return info(sync(() => this._native.infoByClient(clientHost, clientPort)))
   }
 
-  /** First form: connect while punching; resolves whether the connection came up. */
+  /**
+   * First form: connect while punching, for `attempts` punch intervals (`connPunchIntervalTime`
+   * each) at most; resolves whether the connection came up.
+   */
   async addNatConnection(port, host, attempts = 50) {
     checkPort('port', port)
     checkHost('host', host)
     if (!Number.isInteger(attempts) || attempts < 1) throw rangeError('attempts', 'an integer >= 1', attempts)
+    const timeout = Math.min(attempts * this.connPunchIntervalTime, NO_DEADLINE_MS)
     try {
-      await wrap(this._native.openConnection(host, port, undefined, undefined, undefined))
+      await wrap(this._native.openConnection(host, port, undefined, timeout, undefined))
       return true
     } catch (e) {
       if (e instanceof errors.ErrorConnection || e instanceof errors.ErrorCertChain) return false
@@ -673,11 +725,16 @@ class ReverseProxy extends Proxy {
     super(sync(() => new native.NativeReverseProxy(connOptions(opts))))
   }
 
-  /** start({ serverHost, serverPort, ... }) or start(grpcHost, grpcPort) (first form). */
+  /**
+   * start({ serverHost, serverPort, ... }), or the first form: start(grpcHost, grpcPort),
+   * start({ grpcHost = '127.0.0.1', grpcPort = 0 }) or start(), where port 0 means no server yet
+   * (every tunnel is refused with 502 until a restart names one).
+   */
   async start(a, b) {
     const opts = typeof a === 'string' ? { serverHost: a, serverPort: b } : checkObject('opts', a)
+    const firstForm = a === undefined || ((opts.grpcHost !== undefined || opts.grpcPort !== undefined) && opts.serverPort === undefined)
     const serverHost = checkHost('opts.serverHost', opts.serverHost ?? opts.grpcHost ?? '127.0.0.1')
-    const serverPort = checkPort('opts.serverPort', opts.serverPort ?? opts.grpcPort)
+    const serverPort = checkPort('opts.serverPort', opts.serverPort ?? opts.grpcPort ?? (firstForm ? 0 : undefined))
     const ingressHost = checkHost('opts.ingressHost', opts.ingressHost ?? '127.0.0.1')
     const ingressPort = checkPort('opts.ingressPort', opts.ingressPort ?? 0)
     const tls = checkTls('opts.tlsConfig', opts.tlsConfig)
@@ -732,16 +789,26 @@ class ReverseProxy extends Proxy {
   /** First form: the UDP port (= getIngressPort()). */
   getSocketPort() { return this.getIngressPort() }
 
-  /** Punches toward a forward proxy until its connection arrives (rejects on timeout). */
+  /**
+   * Punches toward a forward proxy until its connection arrives (rejects on timeout):
+   * openConnection(egressHost, egressPort, { timeout?, signal? }), or the original's
+   * openConnection(egressHost, egressPort, timer) with a timer object as the deadline (null: none).
+   */
   async openConnection(egressHost, egressPort, opts) {
     checkHost('egressHost', egressHost)
     checkPort('egressPort', egressPort)
+    let timer
+    if (opts === null || isTimer(opts)) {
+      timer = opts ?? undefined
+      opts = { timeout: NO_DEADLINE_MS }
+    }
     opts = checkObject('opts', opts)
-    const timeout = checkTime('opts.timeout', opts.timeout) ?? this.connConnectTime
+    const timeout = timer ? NO_DEADLINE_MS : checkTime('opts.timeout', opts.timeout) ?? this.connConnectTime
     const signal = checkSignal(opts.signal)
-    const ok = await withSignal(this._native, signal, (opId) =>
-      this._native.punch(egressHost, egressPort, 0xffffffff, timeout, opId),
-    )
+    const timedOut = () => new errors.ErrorConnectionStartTimeout(`no connection from ${egressHost}:${egressPort} before the timer ran out`)
+    const ok = await withTimer(timer, signal, (sig) =>
+      withSignal(this._native, sig, (opId) => this._native.punch(egressHost, egressPort, 0xffffffff, timeout, opId)),
+    timedOut)
     if (!ok) {
       throw new errors.ErrorConnectionStartTimeout(`no connection from ${egressHost}:${egressPort} within ${timeout} ms`)
     }
@@ -765,12 +832,16 @@ class ReverseProxy extends Proxy {
     return info(sync(() => this._native.infoByProxy(proxyHost, proxyPort)))
   }
 
-  /** First form: punch toward a forward proxy; resolves whether its connection arrived. */
+  /**
+   * First form: punch toward a forward proxy `attempts` times, one per `connPunchIntervalTime`;
+   * resolves whether its connection arrived by the end of the last interval.
+   */
   async addNatConnection(port, host, attempts = 50) {
     checkPort('port', port)
     checkHost('host', host)
     if (!Number.isInteger(attempts) || attempts < 1) throw rangeError('attempts', 'an integer >= 1', attempts)
-    return wrap(this._native.punch(host, port, attempts, undefined, undefined))
+    const timeout = Math.min(attempts * this.connPunchIntervalTime, NO_DEADLINE_MS)
+    return wrap(this._native.punch(host, port, attempts, timeout, undefined))
   }
 }
 

@@ -45,4 +45,24 @@ function toAuthToken(token) {
   return `Basic ${Buffer.from(token).toString('base64')}`
 }
 
-module.exports = { buildAddress, parseAddress, isValidHost, resolvesZeroIP, toAuthToken }
+/**
+ * The original's timer object (`{ timer, timedOut, timerP }`): `timerP` resolves and `timedOut`
+ * turns true after `ms`. `openConnection` takes one where the original did, as its deadline.
+ */
+function timerStart(ms) {
+  const timer = { timer: undefined, timedOut: false, timerP: undefined }
+  timer.timerP = new Promise((resolve) => {
+    timer.timer = setTimeout(() => {
+      timer.timedOut = true
+      resolve()
+    }, ms)
+  })
+  return timer
+}
+
+/** Cancels a `timerStart` timer (its `timerP` then never resolves). */
+function timerStop(timer) {
+  clearTimeout(timer.timer)
+}
+
+module.exports = { buildAddress, parseAddress, isValidHost, resolvesZeroIP, toAuthToken, timerStart, timerStop }
