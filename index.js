@@ -362,6 +362,44 @@ async function withSignal(handle, signal, start) {
 }
 
 /**
+ * Runs `run(opId)` where `signal` aborting *hurries* the call instead of failing it: `stop()` and
+ * `closeConnection()` still end what they end, only the drain is cut short (tunnels still open
+ * are reset at once) and they resolve.
+ */
+async function withHurry(handle, signal, run) {
+  const opId = nextOpId++ % 0xffffffff
+  handle.beginOp(opId)
+  const onAbort = () => handle.abort(opId)
+  if (signal) {
+    if (signal.aborted) onAbort()
+    else signal.addEventListener('abort', onAbort, { once: true })
+  }
+  try {
+    return await wrap(run(opId))
+  } finally {
+    if (signal) signal.removeEventListener('abort', onAbort)
+    handle.endOp(opId)
+  }
+}
+
+/**
+ * Resolves what `start()` resolves, or rejects with the abort reason once `signal` aborts; the
+ * abandoned work goes on to its own timeout, its outcome ignored. Not started if already aborted.
+ */
+function abandonOnAbort(start, signal) {
+  if (!signal) return start()
+  if (signal.aborted) return Promise.reject(abortError(signal))
+  const promise = start()
+  promise.catch(() => {})
+  let onAbort
+  const aborted = new Promise((_, reject) => {
+    onAbort = () => reject(abortError(signal))
+    signal.addEventListener('abort', onAbort, { once: true })
+  })
+  return Promise.race([promise, aborted]).finally(() => signal.removeEventListener('abort', onAbort))
+}
+
+/**
  * Connects the binding's events to an EventEmitter through a weak threadsafe function and a
  * WeakRef, so neither Node's event loop nor the proxy object is kept alive by listening.
  */
@@ -442,9 +480,16 @@ class Service extends EventEmitter {
     this._native = handle
   }
 
-  async stop() {
+  /**
+   * Stops: open tunnels drain for up to `connEndTime` (see the README's "Ends"). `opts.signal`
+   * aborting cuts the drain short (what is still open is reset); stop() still resolves.
+   */
+  async stop(opts) {
+    opts = checkObject('opts', opts)
+    const signal = checkSignal(opts.signal)
     try {
-      await wrap(this._native.stop())
+      if (typeof this._native.beginOp === 'function') await withHurry(this._native, signal, (opId) => this._native.stop(opId))
+      else await wrap(this._native.stop())
     } finally {
       LoopHold.release(this)
     }
@@ -523,7 +568,8 @@ class Proxy extends Service {
     checkNodeId('nodeId', nodeId)
     opts = checkObject('opts', opts)
     const timeout = checkTime('opts.timeout', opts.timeout)
-    return found(await wrap(this._native.lookup(nodeId, timeout)))
+    const signal = checkSignal(opts.signal)
+    return found(await abandonOnAbort(() => wrap(this._native.lookup(nodeId, timeout)), signal))
   }
 
   /**
@@ -535,7 +581,8 @@ class Proxy extends Service {
     checkNodeId('nodeId', nodeId)
     opts = checkObject('opts', opts)
     const timeout = checkTime('opts.timeout', opts.timeout)
-    const l = await wrap(this._native.locate(nodeId, timeout))
+    const signal = checkSignal(opts.signal)
+    const l = await abandonOnAbort(() => wrap(this._native.locate(nodeId, timeout)), signal)
     return { addresses: found(l.addresses), relays: l.relays.map((r) => ({ ...r })) }
   }
 
@@ -585,7 +632,8 @@ class ForwardProxy extends Proxy {
     const relay = checkRelay('opts.relay', opts.relay)
     const relays = checkRelays(opts.relays)
     const maxConnections = checkCount('opts.maxConnections', opts.maxConnections)
-    await wrap(
+    const signal = checkSignal(opts.signal)
+    await withSignal(this._native, signal, (opId) =>
       this._native.start({
         proxyHost,
         proxyPort,
@@ -598,7 +646,7 @@ class ForwardProxy extends Proxy {
         relay,
         relays,
         maxConnections,
-      }),
+      }, opId),
     )
     LoopHold.hold(this)
   }
@@ -666,10 +714,15 @@ class ForwardProxy extends Proxy {
    */
   getRelayStatus() { return sync(() => this._native.relayStatus()).map(relayStatus) }
 
-  async closeConnection(host, port) {
+  /**
+   * Ends the connection to a reverse proxy: its tunnels drain for up to `connEndTime`;
+   * `opts.signal` aborting cuts that short (what is still open is reset; it still resolves).
+   */
+  async closeConnection(host, port, opts) {
     checkHost('host', host)
     checkPort('port', port)
-    await wrap(this._native.closeConnection(host, port))
+    const signal = checkSignal(checkObject('opts', opts).signal)
+    await withHurry(this._native, signal, (opId) => this._native.closeConnection(host, port, opId))
   }
 
   getConnectionInfoByIngress(host, port) {
@@ -748,7 +801,8 @@ class ReverseProxy extends Proxy {
     const relays = checkRelays(opts.relays)
     const maxConnections = checkCount('opts.maxConnections', opts.maxConnections)
     const maxStreamsPerConnection = checkCount('opts.maxStreamsPerConnection', opts.maxStreamsPerConnection)
-    await wrap(
+    const signal = checkSignal(opts.signal)
+    await withSignal(this._native, signal, (opId) =>
       this._native.start({
         serverHost,
         serverPort,
@@ -762,7 +816,7 @@ class ReverseProxy extends Proxy {
         relays,
         maxConnections,
         maxStreamsPerConnection,
-      }),
+      }, opId),
     )
     LoopHold.hold(this)
   }
@@ -814,10 +868,12 @@ class ReverseProxy extends Proxy {
     }
   }
 
-  async closeConnection(egressHost, egressPort) {
+  /** Ends the connection from a forward proxy, as ForwardProxy#closeConnection. */
+  async closeConnection(egressHost, egressPort, opts) {
     checkHost('egressHost', egressHost)
     checkPort('egressPort', egressPort)
-    await wrap(this._native.closeConnection(egressHost, egressPort))
+    const signal = checkSignal(checkObject('opts', opts).signal)
+    await withHurry(this._native, signal, (opId) => this._native.closeConnection(egressHost, egressPort, opId))
   }
 
   getConnectionInfoByEgress(egressHost, egressPort) {

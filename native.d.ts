@@ -12,7 +12,8 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class NativeForwardProxy {
   constructor(authToken: string, options?: NativeOptions | undefined | null)
   setEventListener(listener?: Listener | undefined | null): void
-  start(start: NativeForwardStart): Promise<void>
+  /** Starts; an abort of `op_id` makes the start give up, leaving nothing running. */
+  start(start: NativeForwardStart, opId?: number | undefined | null): Promise<void>
   /** The addresses the DHT holds for `node_id`, signed record first. */
   lookup(nodeId: string, timeoutMs?: number | undefined | null): Promise<Array<NativeFound>>
   /** Direct candidates and relays the DHT holds for `node_id`. */
@@ -25,7 +26,8 @@ export declare class NativeForwardProxy {
   openConnectionToService(name: string, timeoutMs?: number | undefined | null, opId?: number | undefined | null): Promise<NativeConnectionInfo>
   /** The replicas of a service name. */
   lookupService(name: string, timeoutMs?: number | undefined | null, opId?: number | undefined | null): Promise<Array<NativeMember>>
-  stop(): Promise<void>
+  /** Stops; an abort of `op_id` cuts the drain short. */
+  stop(opId?: number | undefined | null): Promise<void>
   /** The token CONNECT clients must present. */
   authToken(): string
   nodeId(): string
@@ -43,7 +45,8 @@ export declare class NativeForwardProxy {
   abort(opId: number): void
   /** Forgets an operation's registration. */
   endOp(opId: number): void
-  closeConnection(host: string, port: number): Promise<void>
+  /** Ends a connection; an abort of `op_id` cuts the drain short. */
+  closeConnection(host: string, port: number, opId?: number | undefined | null): Promise<void>
   addDirectConnection(host: string, port: number): void
   removeConnection(host: string, port: number): void
   /**
@@ -76,7 +79,8 @@ export declare class NativeRelayServer {
 export declare class NativeReverseProxy {
   constructor(options?: NativeOptions | undefined | null)
   setEventListener(listener?: Listener | undefined | null): void
-  start(start: NativeReverseStart): Promise<void>
+  /** Starts; an abort of `op_id` makes the start give up, leaving nothing running. */
+  start(start: NativeReverseStart, opId?: number | undefined | null): Promise<void>
   /** The addresses the DHT holds for `node_id`, signed record first. */
   lookup(nodeId: string, timeoutMs?: number | undefined | null): Promise<Array<NativeFound>>
   /** Direct candidates and relays the DHT holds for `node_id`. */
@@ -89,7 +93,8 @@ export declare class NativeReverseProxy {
   withdrawService(name: string): boolean
   /** The service names offered now. */
   services(): Array<string>
-  stop(): Promise<void>
+  /** Stops; an abort of `op_id` cuts the drain short. */
+  stop(opId?: number | undefined | null): Promise<void>
   /** The home relay link's status (null without a relay). */
   relayStatus(): NativeRelayStatus | null
   /** Every relay link's status, with which is home. */
@@ -107,7 +112,8 @@ export declare class NativeReverseProxy {
   abort(opId: number): void
   /** Forgets an operation's registration. */
   endOp(opId: number): void
-  closeConnection(host: string, port: number): Promise<void>
+  /** Ends a connection; an abort of `op_id` cuts the drain short. */
+  closeConnection(host: string, port: number, opId?: number | undefined | null): Promise<void>
   addDirectConnection(host: string, port: number): void
   removeConnection(host: string, port: number): void
   /**

@@ -26,6 +26,7 @@ test('import keynet / import { ... } from an ES module: same objects, proxies st
     checks,
     {
       sameAsDefault: true,
+      requireSame: true,
       errorsInstanceof: true,
       nodeIdMatches: true,
       reverseNodeId: true,

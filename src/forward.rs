@@ -32,8 +32,13 @@ impl NativeForwardProxy {
     }
 
     #[napi]
-    pub async fn start(&self, start: NativeForwardStart) -> Result<()> {
-        self.inner.start(start.into_core()?).await.map_err(err)
+    /// Starts; an abort of `op_id` makes the start give up, leaving nothing running.
+    pub async fn start(&self, start: NativeForwardStart, op_id: Option<u32>) -> Result<()> {
+        let mut start = start.into_core()?;
+        start.cancel = self.ops.token(op_id);
+        let r = self.inner.start(start).await;
+        self.ops.end(op_id);
+        r.map_err(err)
     }
 
     /// The addresses the DHT holds for `node_id`, signed record first.
@@ -127,8 +132,12 @@ impl NativeForwardProxy {
     }
 
     #[napi]
-    pub async fn stop(&self) -> Result<()> {
-        self.inner.stop().await.map_err(err)
+    /// Stops; an abort of `op_id` cuts the drain short.
+    pub async fn stop(&self, op_id: Option<u32>) -> Result<()> {
+        let hurry = self.ops.token(op_id).unwrap_or_default();
+        let r = self.inner.stop_hurried(&hurry).await;
+        self.ops.end(op_id);
+        r.map_err(err)
     }
 
     /// The token CONNECT clients must present.
@@ -240,11 +249,20 @@ impl NativeForwardProxy {
     }
 
     #[napi]
-    pub async fn close_connection(&self, host: String, port: u32) -> Result<()> {
-        self.inner
-            .close_connection(target("host", &host, port)?)
-            .await
-            .map_err(err)
+    /// Ends a connection; an abort of `op_id` cuts the drain short.
+    pub async fn close_connection(
+        &self,
+        host: String,
+        port: u32,
+        op_id: Option<u32>,
+    ) -> Result<()> {
+        let hurry = self.ops.token(op_id).unwrap_or_default();
+        let r = self
+            .inner
+            .close_connection_hurried(target("host", &host, port)?, &hurry)
+            .await;
+        self.ops.end(op_id);
+        r.map_err(err)
     }
 
     #[napi(catch_unwind)]

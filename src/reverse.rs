@@ -32,9 +32,13 @@ impl NativeReverseProxy {
     }
 
     #[napi]
-    pub async fn start(&self, start: NativeReverseStart) -> Result<()> {
-        let start = start.into_core()?;
-        self.inner.start(start).await.map_err(err)
+    /// Starts; an abort of `op_id` makes the start give up, leaving nothing running.
+    pub async fn start(&self, start: NativeReverseStart, op_id: Option<u32>) -> Result<()> {
+        let mut start = start.into_core()?;
+        start.cancel = self.ops.token(op_id);
+        let r = self.inner.start(start).await;
+        self.ops.end(op_id);
+        r.map_err(err)
     }
 
     /// The addresses the DHT holds for `node_id`, signed record first.
@@ -91,8 +95,12 @@ impl NativeReverseProxy {
     }
 
     #[napi]
-    pub async fn stop(&self) -> Result<()> {
-        self.inner.stop().await.map_err(err)
+    /// Stops; an abort of `op_id` cuts the drain short.
+    pub async fn stop(&self, op_id: Option<u32>) -> Result<()> {
+        let hurry = self.ops.token(op_id).unwrap_or_default();
+        let r = self.inner.stop_hurried(&hurry).await;
+        self.ops.end(op_id);
+        r.map_err(err)
     }
 
     /// The home relay link's status (null without a relay).
@@ -192,11 +200,20 @@ impl NativeReverseProxy {
     }
 
     #[napi]
-    pub async fn close_connection(&self, host: String, port: u32) -> Result<()> {
-        self.inner
-            .close_connection(target("egressHost", &host, port)?)
-            .await
-            .map_err(err)
+    /// Ends a connection; an abort of `op_id` cuts the drain short.
+    pub async fn close_connection(
+        &self,
+        host: String,
+        port: u32,
+        op_id: Option<u32>,
+    ) -> Result<()> {
+        let hurry = self.ops.token(op_id).unwrap_or_default();
+        let r = self
+            .inner
+            .close_connection_hurried(target("egressHost", &host, port)?, &hurry)
+            .await;
+        self.ops.end(op_id);
+        r.map_err(err)
     }
 
     #[napi(catch_unwind)]

@@ -274,6 +274,7 @@ impl NativeForwardStart {
                     n as usize
                 }),
             auth_token: self.auth_token,
+            cancel: None,
         };
         Ok(start)
     }
@@ -323,6 +324,7 @@ impl NativeReverseStart {
             max_streams_per_connection: self
                 .max_streams_per_connection
                 .unwrap_or(keynet_core::reverse_proxy::DEFAULT_MAX_STREAMS),
+            cancel: None,
         })
     }
 }

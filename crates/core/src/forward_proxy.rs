@@ -53,6 +53,8 @@ pub struct ForwardStart {
     /// The token CONNECT clients present from this start on (replaces the constructor's);
     /// like every other field, ignored when the proxy is already running.
     pub auth_token: Option<String>,
+    /// Cancelled while starting: the start gives up with `Aborted` and leaves nothing running.
+    pub cancel: Option<CancellationToken>,
 }
 
 /// Default of [`ForwardStart::max_connections`].
@@ -69,6 +71,7 @@ impl Default for ForwardStart {
             relays: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             auth_token: None,
+            cancel: None,
         }
     }
 }
@@ -173,6 +176,7 @@ impl ForwardProxy {
                         discovery: start.discovery,
                         relays: start.relay.into_iter().chain(start.relays).collect(),
                         server: None,
+                        cancel: start.cancel.clone(),
                     },
                 )
                 .await?;
@@ -194,11 +198,16 @@ impl ForwardProxy {
     /// Stops: answers 503 to new clients, ends every tunnel and connection, awaits every task
     /// and releases both ports. Does nothing if not running.
     pub async fn stop(&self) -> Result<()> {
+        self.stop_hurried(&CancellationToken::new()).await
+    }
+
+    /// `stop()`, where `hurry` cancelled cuts the drain short (what is left is reset at once).
+    pub async fn stop_hurried(&self, hurry: &CancellationToken) -> Result<()> {
         self.inner
             .life
             .stop(|running| async move {
                 running.stopping.store(true, Ordering::SeqCst);
-                let socket = running.node.shutdown().await;
+                let socket = running.node.shutdown(hurry).await;
                 drop(running);
                 lifecycle::wait_released(socket).await;
                 tracing::info!("forward proxy stopped");
@@ -330,8 +339,22 @@ impl ForwardProxy {
     /// arrives, both TCP ends see a FIN), what is left after `connEndTime` is reset. Resolves
     /// when the connection closed, at most `connEndTime` after the call.
     pub async fn close_connection(&self, addr: SocketAddr) -> Result<()> {
+        self.close_connection_hurried(addr, &CancellationToken::new())
+            .await
+    }
+
+    /// `close_connection`, where `hurry` cancelled cuts the drain short.
+    pub async fn close_connection_hurried(
+        &self,
+        addr: SocketAddr,
+        hurry: &CancellationToken,
+    ) -> Result<()> {
         let running = self.running()?;
-        running.node.tracker.end(&addr, CloseReason::Local).await;
+        running
+            .node
+            .tracker
+            .end(&addr, CloseReason::Local, hurry)
+            .await;
         Ok(())
     }
 

@@ -13,6 +13,7 @@ use crate::identity::{LoadedIdentity, TlsConfig};
 use crate::socket::KeynetSocket;
 use crate::task::Tasks;
 use crate::tracker::Tracker;
+use tokio_util::sync::CancellationToken;
 
 /// The start/stop state of a long-lived object: one `start()` or `stop()` at a time, the running
 /// state readable at any moment without waiting for either.
@@ -102,6 +103,10 @@ impl Identities {
     }
 }
 
+/// How long a hurried `stop()` keeps the socket on its port after closing every connection, so
+/// the peers hear of the close (see [`shutdown`]).
+const HURRIED_CLOSE_SEND: Duration = Duration::from_millis(250);
+
 /// Ends every connection (reason `stopped`; their tunnels drain for at most `grace`, see
 /// [`crate::ending`]), lets them close and their watchers report, then cancels and awaits the
 /// remaining tasks. The caller then drops its handles and awaits
@@ -111,13 +116,23 @@ pub(crate) async fn shutdown(
     tracker: &Tracker,
     tasks: &Tasks,
     grace: Duration,
+    hurry: &CancellationToken,
 ) {
-    tracker.end_all(CloseReason::Stopped).await;
+    tracker.end_all(CloseReason::Stopped, hurry).await;
     endpoint.close(0u32.into(), CloseReason::Stopped.as_str().as_bytes());
     // Closing connections (abandoned handshakes too) drain for three PTOs, which on a congested
     // path is seconds: wait at most `grace` (`connEndTime`); the peers were told already, and
     // [`wait_released`] frees the port even if quinn is still draining.
-    let _ = tokio::time::timeout(grace, endpoint.wait_idle()).await;
+    tokio::select! {
+        _ = tokio::time::timeout(grace, endpoint.wait_idle()) => {}
+        _ = hurry.cancelled() => {
+            // Hurried, the socket still stays on its port a moment: a close sent into a burst
+            // can be dropped by the peer's full receive buffer, and the peer's next packet (its
+            // acknowledgements come within 25 ms) must meet a repeated close or a stateless
+            // reset, not a closed port, or it learns of the close only by timing out.
+            tokio::time::sleep(grace.min(HURRIED_CLOSE_SEND)).await;
+        }
+    }
     let _ = tokio::time::timeout(grace, tracker.wait_until(|t| t.count() == 0)).await;
     if !tasks.shutdown(grace + Duration::from_secs(1)).await {
         tracing::warn!("tasks did not end within the grace period");

@@ -59,6 +59,8 @@ pub struct ReverseStart {
     /// limit, so a caller waits for a free one rather than being refused
     /// (`maxStreamsPerConnection`, 1024).
     pub max_streams_per_connection: u32,
+    /// Cancelled while starting: the start gives up with `Aborted` and leaves nothing running.
+    pub cancel: Option<CancellationToken>,
 }
 
 /// Default of [`ReverseStart::max_connections`].
@@ -80,6 +82,7 @@ impl ReverseStart {
             relays: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_streams_per_connection: DEFAULT_MAX_STREAMS,
+            cancel: None,
         }
     }
 
@@ -190,6 +193,7 @@ impl ReverseProxy {
                 discovery: start.discovery,
                 relays: start.relay.into_iter().chain(start.relays).collect(),
                 server: Some(start.server_addr),
+                cancel: start.cancel.clone(),
             },
         )
         .await?;
@@ -283,10 +287,15 @@ impl ReverseProxy {
 
     /// Stops: ends every tunnel and connection, awaits every task and releases the port.
     pub async fn stop(&self) -> Result<()> {
+        self.stop_hurried(&CancellationToken::new()).await
+    }
+
+    /// `stop()`, where `hurry` cancelled cuts the drain short (what is left is reset at once).
+    pub async fn stop_hurried(&self, hurry: &CancellationToken) -> Result<()> {
         self.inner
             .life
             .stop(|running| async move {
-                let socket = running.node.shutdown().await;
+                let socket = running.node.shutdown(hurry).await;
                 drop(running);
                 lifecycle::wait_released(socket).await;
                 tracing::info!("reverse proxy stopped");
@@ -415,8 +424,22 @@ impl ReverseProxy {
     /// Ends the connection from `addr` and forgets it, as the forward proxy's
     /// `close_connection` does (tunnels drain); resolves at most `connEndTime` after the call.
     pub async fn close_connection(&self, addr: SocketAddr) -> Result<()> {
+        self.close_connection_hurried(addr, &CancellationToken::new())
+            .await
+    }
+
+    /// `close_connection`, where `hurry` cancelled cuts the drain short.
+    pub async fn close_connection_hurried(
+        &self,
+        addr: SocketAddr,
+        hurry: &CancellationToken,
+    ) -> Result<()> {
         let running = self.running()?;
-        running.node.tracker.end(&addr, CloseReason::Local).await;
+        running
+            .node
+            .tracker
+            .end(&addr, CloseReason::Local, hurry)
+            .await;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::CertificateDer;
+use tokio_util::sync::CancellationToken;
 
 use crate::addr::canonical;
 use crate::ending::Ending;
@@ -497,8 +498,9 @@ impl Tracker {
 
     /// Forgets `addr` and ends its connections on purpose with `why` (see [`Peer::end`]);
     /// resolves once they closed, at most `connEndTime` after the call.
-    pub(crate) async fn end(&self, addr: &SocketAddr, why: CloseReason) {
-        end_peers(self.forget(addr), why, self.timing.grace).await;
+    /// `hurry` cancelled cuts the drain short: what is left is closed at once.
+    pub(crate) async fn end(&self, addr: &SocketAddr, why: CloseReason, hurry: &CancellationToken) {
+        end_peers(self.forget(addr), why, self.timing.grace, hurry).await;
     }
 
     /// Like [`Tracker::end`], without waiting: the end runs on the tracker's tasks. The
@@ -506,13 +508,15 @@ impl Tracker {
     /// does not meet the ending connection.
     pub(crate) fn end_soon(&self, addr: SocketAddr, why: CloseReason) {
         let peers = self.forget(&addr);
-        self.tasks.spawn(end_peers(peers, why, self.timing.grace));
+        let grace = self.timing.grace;
+        self.tasks
+            .spawn(async move { end_peers(peers, why, grace, &CancellationToken::new()).await });
     }
 
     /// Ends every connection on purpose with `why` (see [`Peer::end`]), all at once; resolves
-    /// when they closed, at most `connEndTime` after the call.
-    pub(crate) async fn end_all(&self, why: CloseReason) {
-        end_peers(self.peers(), why, self.timing.grace).await;
+    /// when they closed, at most `connEndTime` after the call (at once when `hurry` is cancelled).
+    pub(crate) async fn end_all(&self, why: CloseReason, hurry: &CancellationToken) {
+        end_peers(self.peers(), why, self.timing.grace, hurry).await;
     }
 
     /// Drops the entry of `addr`; returns its connections.
@@ -575,6 +579,19 @@ impl Tracker {
 }
 
 /// Ends `peers` on purpose with `why`, side by side (see [`Peer::end`]).
-async fn end_peers(peers: Vec<Arc<Peer>>, why: CloseReason, grace: Duration) {
-    crate::task::join_all(peers.iter().map(|p| p.end(why.clone(), grace))).await;
+/// Ends `peers` side by side; `hurry` cancelled closes those still draining at once.
+async fn end_peers(
+    peers: Vec<Arc<Peer>>,
+    why: CloseReason,
+    grace: Duration,
+    hurry: &CancellationToken,
+) {
+    tokio::select! {
+        _ = crate::task::join_all(peers.iter().map(|p| p.end(why.clone(), grace))) => {}
+        _ = hurry.cancelled() => {
+            for p in &peers {
+                p.close(why.clone());
+            }
+        }
+    }
 }

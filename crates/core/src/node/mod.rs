@@ -53,6 +53,16 @@ pub(crate) struct NodeConfig {
     pub relays: Vec<RelaySpec>,
     /// The server public-port clients of the relay are carried to (reverse proxies).
     pub server: Option<SocketAddr>,
+    /// Cancelled: the start gives up (`Aborted`) and leaves nothing running.
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
+}
+
+/// Resolves when `cancel` is cancelled; never without one.
+async fn cancelled(cancel: &Option<tokio_util::sync::CancellationToken>) {
+    match cancel {
+        Some(c) => c.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long `stop()` spends withdrawing the services a node offered.
@@ -123,7 +133,10 @@ impl Node {
             sink.clone(),
         ));
         let discovery = match &config.discovery {
-            Some(d) => match Discovery::start(d, addr.ip()).await {
+            Some(d) => match tokio::select! {
+                r = Discovery::start(d, addr.ip()) => r,
+                _ = cancelled(&config.cancel) => Err(Error::Aborted),
+            } {
                 Ok(d) => Some(d),
                 Err(e) => {
                     endpoint.close(0u32.into(), b"start failed");
@@ -165,7 +178,14 @@ impl Node {
                 opts: node.opts.clone(),
                 tasks: node.tasks.clone(),
             };
-            relays = links::discover(d, &dialer, &network, opts.connect_time).await;
+            relays = tokio::select! {
+                found = links::discover(d, &dialer, &network, opts.connect_time) => found,
+                _ = cancelled(&config.cancel) => {
+                    node.endpoint.close(0u32.into(), b"start aborted");
+                    node.tasks.shutdown(Duration::from_secs(1)).await;
+                    return Err(Error::Aborted);
+                }
+            };
             discovered = true;
             if relays.is_empty() {
                 tracing::warn!(%network, "no relay found on the DHT: starting without one");
@@ -186,8 +206,12 @@ impl Node {
             for link in &started {
                 node.links.add(link.clone(), false);
             }
-            match links::wait_any_up(&started, deadline).await {
-                Err(e) if discovered => {
+            let up = tokio::select! {
+                up = links::wait_any_up(&started, deadline) => up,
+                _ = cancelled(&config.cancel) => Err(Error::Aborted),
+            };
+            match up {
+                Err(e) if discovered && !matches!(e, Error::Aborted) => {
                     tracing::warn!(error = %e, "no relay found on the DHT registered yet: starting without one (the links keep trying)");
                 }
                 Err(e) => {
@@ -234,7 +258,10 @@ impl Node {
     /// Closes every connection, lets them drain (up to `connEndTime`) and ends every task;
     /// then frees the UDP port (see [`lifecycle::release_port`]). The caller drops its handles
     /// and awaits [`lifecycle::wait_released`] with the result.
-    pub(crate) async fn shutdown(&self) -> Option<Weak<KeynetSocket>> {
+    pub(crate) async fn shutdown(
+        &self,
+        hurry: &tokio_util::sync::CancellationToken,
+    ) -> Option<Weak<KeynetSocket>> {
         // Services this node offered are withdrawn first (best effort, bounded): callers stop
         // picking it at once instead of when its entry ages out.
         if let (Some(d), Some(identity)) = (&self.discovery, self.identities.current()) {
@@ -249,6 +276,7 @@ impl Node {
             &self.tracker,
             &self.tasks,
             self.opts.end_time,
+            hurry,
         )
         .await;
         lifecycle::release_port(&self.endpoint, &self.socket)
