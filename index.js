@@ -423,6 +423,64 @@ function attachEvents(handle, emitter) {
   })
 }
 
+const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace']
+/** The logger method each level goes to (a logger without `trace` gets those at `debug`). */
+const LOG_METHOD = { error: 'error', warn: 'warn', info: 'info', debug: 'debug', trace: 'debug' }
+
+/**
+ * Sends the proxy's log lines to `logger` (an object with `error`, `warn`, `info` and `debug`
+ * methods: the original's @matrixai/logger Logger, `console`, pino, winston...), at `level` and
+ * more severe: `opts.logLevel`, else the logger's own (`getEffectiveLevel()` or a numeric
+ * `level` in @matrixai/logger's numbering), else 'info'.
+ */
+function attachLogger(handle, logger, level) {
+  if (logger === undefined || logger === null) {
+    if (level !== undefined) throw typeError('opts.logLevel', 'given with opts.logger', level)
+    return
+  }
+  if (typeof logger !== 'object' && typeof logger !== 'function') throw typeError('opts.logger', 'an object with error/warn/info/debug methods', logger)
+  for (const m of ['error', 'warn', 'info', 'debug']) {
+    if (typeof logger[m] !== 'function') throw typeError(`opts.logger.${m}`, 'a function', logger[m])
+  }
+  sync(() =>
+    handle.setLogger((line) => {
+      const method = typeof logger[line.level] === 'function' ? line.level : LOG_METHOD[line.level]
+      try {
+        logger[method](line.message)
+      } catch {
+        // A logger that throws loses its line, never the proxy.
+      }
+    }, loggerLevel(logger, level)),
+  )
+}
+
+function loggerLevel(logger, level) {
+  if (level !== undefined) {
+    if (!LOG_LEVELS.includes(level)) throw typeError('opts.logLevel', "'error', 'warn', 'info', 'debug' or 'trace'", level)
+    return level
+  }
+  let n = logger.level
+  if (typeof logger.getEffectiveLevel === 'function') {
+    try {
+      n = logger.getEffectiveLevel()
+    } catch {}
+  }
+  // @matrixai/logger: NOTSET 0, DEBUG 1, INFO 2, WARN 3, ERROR 4 (NOTSET: everything).
+  if (typeof n === 'number' && Number.isInteger(n) && n >= 0 && n <= 4) return ['debug', 'debug', 'info', 'warn', 'error'][n]
+  if (typeof n === 'string' && LOG_LEVELS.includes(n)) return n
+  return 'info'
+}
+
+/**
+ * What keynet logs to stderr from now on: a filter directive (`'info'`, `'keynet_core=debug'`,
+ * `'keynet_core=debug,quinn=warn'`), or null for nothing. At load it is `KEYNET_LOG` (or
+ * `RUST_LOG`), else nothing.
+ */
+function setLogFilter(directive) {
+  if (directive !== null) checkString('directive', directive)
+  sync(() => native.setLogFilter(directive ?? undefined))
+}
+
 function relayStatus(s) {
   const out = { host: s.host, port: s.port, nodeId: s.nodeId, state: s.state }
   for (const k of ['transport', 'observedHost', 'observedPort', 'publicPort', 'error']) out[k] = s[k] ?? null
@@ -509,9 +567,10 @@ class Service extends EventEmitter {
  * refused, so a misspelt event is a TypeError, not a listener that never fires.
  */
 class Proxy extends Service {
-  constructor(handle) {
+  constructor(handle, opts) {
     super(handle)
     attachEvents(handle, this)
+    attachLogger(handle, opts.logger, opts.logLevel)
     // The core's options, defaults filled in (they never change).
     this._timing = Object.freeze(sync(() => handle.options()))
   }
@@ -613,7 +672,7 @@ class ForwardProxy extends Proxy {
   constructor(opts) {
     opts = checkObject('opts', opts)
     checkString('opts.authToken', opts.authToken)
-    super(sync(() => new native.NativeForwardProxy(opts.authToken, connOptions(opts))))
+    super(sync(() => new native.NativeForwardProxy(opts.authToken, connOptions(opts))), opts)
   }
 
   /** The token CONNECT clients must present (the original's readonly field). */
@@ -775,7 +834,7 @@ class ForwardProxy extends Proxy {
 class ReverseProxy extends Proxy {
   constructor(opts) {
     opts = checkObject('opts', opts)
-    super(sync(() => new native.NativeReverseProxy(connOptions(opts))))
+    super(sync(() => new native.NativeReverseProxy(connOptions(opts))), opts)
   }
 
   /**
@@ -1114,6 +1173,7 @@ const utils = Object.freeze({ ...require('./utils.js'), certNodeId: nodeIdFromCe
 
 module.exports = {
   utils,
+  setLogFilter,
   ForwardProxy,
   ReverseProxy,
   Relay,

@@ -12,6 +12,11 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class NativeForwardProxy {
   constructor(authToken: string, options?: NativeOptions | undefined | null)
   setEventListener(listener?: Listener | undefined | null): void
+  /**
+   * Sends this proxy's log lines at `level` ('error' ... 'trace') and more severe to
+   * `listener`; none: to no one.
+   */
+  setLogger(listener: LogListener | undefined | null, level: string): void
   /** Starts; an abort of `op_id` makes the start give up, leaving nothing running. */
   start(start: NativeForwardStart, opId?: number | undefined | null): Promise<void>
   /** The addresses the DHT holds for `node_id`, signed record first. */
@@ -79,6 +84,11 @@ export declare class NativeRelayServer {
 export declare class NativeReverseProxy {
   constructor(options?: NativeOptions | undefined | null)
   setEventListener(listener?: Listener | undefined | null): void
+  /**
+   * Sends this proxy's log lines at `level` ('error' ... 'trace') and more severe to
+   * `listener`; none: to no one.
+   */
+  setLogger(listener: LogListener | undefined | null, level: string): void
   /** Starts; an abort of `op_id` makes the start give up, leaving nothing running. */
   start(start: NativeReverseStart, opId?: number | undefined | null): Promise<void>
   /** The addresses the DHT holds for `node_id`, signed record first. */
@@ -246,6 +256,14 @@ export interface NativeLocated {
   relays: Array<NativeRelayHint>
 }
 
+/** One log line. */
+export interface NativeLogLine {
+  /** 'error', 'warn', 'info', 'debug' or 'trace'. */
+  level: string
+  target: string
+  message: string
+}
+
 /** A replica a service lookup found (`lookupService()`). */
 export interface NativeMember {
   nodeId: string
@@ -409,6 +427,12 @@ export declare function relayLimits(): Array<NativeLimit>
 
 /** Rotates an identity to a fresh key: the new leaf is signed by the previous key. */
 export declare function rotateIdentity(keyPrivatePem: string, certChainPem: string): NativeIdentity
+
+/**
+ * What goes to stderr from now on: an `EnvFilter` directive (`info`,
+ * `keynet_core=debug,quinn=warn`), or null for nothing.
+ */
+export declare function setLogFilter(directive?: string | undefined | null): void
 
 /** The owner's membership (hex) admitting `node_id` to `name` in `network`. */
 export declare function signServiceMember(ownerPrivateKey: string, name: string, nodeId: string, network?: string | undefined | null): string

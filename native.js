@@ -843,4 +843,5 @@ module.exports.generateServiceOwner = nativeBinding.generateServiceOwner
 module.exports.nodeIdFromCertificate = nativeBinding.nodeIdFromCertificate
 module.exports.relayLimits = nativeBinding.relayLimits
 module.exports.rotateIdentity = nativeBinding.rotateIdentity
+module.exports.setLogFilter = nativeBinding.setLogFilter
 module.exports.signServiceMember = nativeBinding.signServiceMember

@@ -20,16 +20,22 @@ pub fn relay_limits() -> Vec<NativeLimit> {
     relay::limits_table()
 }
 
-/// Logs to stderr when `KEYNET_LOG` (or `RUST_LOG`) is set, e.g. `KEYNET_LOG=keynet_core=debug`.
+/// Logs to stderr as `KEYNET_LOG` (or `RUST_LOG`) says, e.g. `KEYNET_LOG=keynet_core=debug`
+/// (`setLogFilter` changes it later); each proxy's `logger` gets its own lines.
 static LOGGING: once_cell::sync::Lazy<()> = once_cell::sync::Lazy::new(|| {
     let filter = std::env::var("KEYNET_LOG").or_else(|_| std::env::var("RUST_LOG"));
-    if let Ok(filter) = filter {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
+    keynet_core::logging::install(filter.ok().as_deref());
 });
+
+/// What goes to stderr from now on: an `EnvFilter` directive (`info`,
+/// `keynet_core=debug,quinn=warn`), or null for nothing.
+#[napi(catch_unwind)]
+pub fn set_log_filter(directive: Option<String>) -> Result<()> {
+    keynet_core::logging::set_stderr_filter(directive.as_deref()).map_err(|e| {
+        let shown = directive.as_deref().unwrap_or("null");
+        convert::arg_err(format!("log filter {shown:?}: {e}"))
+    })
+}
 
 #[napi(module_exports)]
 pub fn init(_exports: Object) -> Result<()> {

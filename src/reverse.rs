@@ -31,6 +31,17 @@ impl NativeReverseProxy {
         self.inner.set_event_sink(listener.map(convert::sink));
     }
 
+    /// Sends this proxy's log lines at `level` ('error' ... 'trace') and more severe to
+    /// `listener`; none: to no one.
+    #[napi(catch_unwind)]
+    pub fn set_logger(&self, listener: Option<convert::LogListener>, level: String) -> Result<()> {
+        let route = listener
+            .map(|l| convert::log_route(l, &level))
+            .transpose()?;
+        self.inner.set_log_route(route);
+        Ok(())
+    }
+
     #[napi]
     /// Starts; an abort of `op_id` makes the start give up, leaving nothing running.
     pub async fn start(&self, start: NativeReverseStart, op_id: Option<u32>) -> Result<()> {

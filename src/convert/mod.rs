@@ -4,6 +4,7 @@
 
 mod events;
 mod info;
+mod logs;
 mod ops;
 mod options;
 
@@ -17,6 +18,7 @@ pub(crate) use info::{
     NativeAddress, NativeConnectionInfo, NativeFound, NativeIdentity, NativeLocated, NativeMember,
     NativeProxyStats, NativeRelayStatus,
 };
+pub(crate) use logs::{route as log_route, LogListener};
 pub(crate) use ops::Ops;
 pub(crate) use options::{
     NativeForwardStart, NativeOptions, NativeRelay, NativeReverseStart, NativeServiceOffer,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::discovery::{DiscoveryOptions, Found, Located};
 use crate::error::{Error, ErrorKind, Result, StartError};
@@ -103,6 +104,8 @@ struct Inner {
     identities: Arc<Identities>,
     sink: Arc<RwLock<Option<EventSink>>>,
     life: Lifecycle<Running>,
+    /// Where this proxy's log lines go besides stderr (the JS `logger` option).
+    log: RwLock<Option<crate::logging::LogRoute>>,
 }
 
 /// A started forward proxy: the CONNECT front on its node.
@@ -125,6 +128,7 @@ impl ForwardProxy {
             identities: Arc::default(),
             sink: Arc::new(RwLock::new(None)),
             life: Lifecycle::default(),
+            log: RwLock::new(None),
         });
         Ok(Self {
             _owner: Arc::new(Owner(inner.clone())),
@@ -135,6 +139,20 @@ impl ForwardProxy {
     /// Sets the receiver of connection events.
     pub fn set_event_sink(&self, sink: Option<EventSink>) {
         *self.inner.sink.write().expect("sink lock") = sink;
+    }
+
+    /// Sends this proxy's log lines to `route` (replacing any before; `None`: to none). Calls
+    /// and tasks started afterwards carry it.
+    pub fn set_log_route(&self, route: Option<crate::logging::LogRoute>) {
+        *self.inner.log.write().expect("log lock") = route;
+    }
+
+    /// The span this proxy's work runs in (none without a log route).
+    fn log_span(&self) -> tracing::Span {
+        match &*self.inner.log.read().expect("log lock") {
+            Some(route) => route.span(),
+            None => tracing::Span::none(),
+        }
     }
 
     /// The token CONNECT clients must present (the constructor's, or the last start's).
@@ -149,70 +167,84 @@ impl ForwardProxy {
 
     /// Starts listening; does nothing if already running.
     pub async fn start(&self, start: ForwardStart) -> Result<()> {
-        let inner = &self.inner;
-        inner
-            .life
-            .start(async {
-                if start.max_connections == 0 {
-                    return Err(Error::InvalidArgument(
-                        "maxConnections must be at least 1".into(),
-                    ));
-                }
-                let identity = inner.identities.for_start(start.tls.as_ref())?;
-                if let Some(token) = &start.auth_token {
-                    *inner.auth_token.write().expect("token lock") = token.clone();
-                }
-                let listener = TcpListener::bind(start.proxy_addr).await?;
-                let proxy_addr = listener.local_addr()?;
-                let node = Node::start(
-                    &inner.opts,
-                    &inner.identities,
-                    &inner.sink,
-                    NodeConfig {
-                        role: Role::Forward,
-                        bind: start.egress_addr,
-                        identity,
-                        server_config: None,
-                        discovery: start.discovery,
-                        relays: start.relay.into_iter().chain(start.relays).collect(),
-                        server: None,
-                        cancel: start.cancel.clone(),
-                    },
-                )
-                .await?;
-                let (egress_addr, node_id, tasks) = (node.addr, node.node_id, node.tasks.clone());
-                let running = Arc::new(Running {
-                    node,
-                    proxy_addr,
-                    clients: Mutex::new(HashMap::new()),
-                    stopping: AtomicBool::new(false),
-                    max_connections: start.max_connections,
-                });
-                tasks.spawn(inner.clone().accept_loop(listener, running.clone()));
-                tracing::info!(%proxy_addr, %egress_addr, %node_id, "forward proxy started");
-                Ok(running)
-            })
-            .await
+        let span = self.log_span();
+        async move {
+            let inner = &self.inner;
+            inner
+                .life
+                .start(async {
+                    if start.max_connections == 0 {
+                        return Err(Error::InvalidArgument(
+                            "maxConnections must be at least 1".into(),
+                        ));
+                    }
+                    let identity = inner.identities.for_start(start.tls.as_ref())?;
+                    if let Some(token) = &start.auth_token {
+                        *inner.auth_token.write().expect("token lock") = token.clone();
+                    }
+                    let listener = TcpListener::bind(start.proxy_addr).await?;
+                    let proxy_addr = listener.local_addr()?;
+                    let node = Node::start(
+                        &inner.opts,
+                        &inner.identities,
+                        &inner.sink,
+                        NodeConfig {
+                            role: Role::Forward,
+                            bind: start.egress_addr,
+                            identity,
+                            server_config: None,
+                            discovery: start.discovery,
+                            relays: start.relay.into_iter().chain(start.relays).collect(),
+                            server: None,
+                            cancel: start.cancel.clone(),
+                        },
+                    )
+                    .await?;
+                    let (egress_addr, node_id, tasks) =
+                        (node.addr, node.node_id, node.tasks.clone());
+                    let running = Arc::new(Running {
+                        node,
+                        proxy_addr,
+                        clients: Mutex::new(HashMap::new()),
+                        stopping: AtomicBool::new(false),
+                        max_connections: start.max_connections,
+                    });
+                    tasks.spawn(inner.clone().accept_loop(listener, running.clone()));
+                    tracing::info!(%proxy_addr, %egress_addr, %node_id, "forward proxy started");
+                    Ok(running)
+                })
+                .await
+        }
+        .instrument(span)
+        .await
     }
 
     /// Stops: answers 503 to new clients, ends every tunnel and connection, awaits every task
     /// and releases both ports. Does nothing if not running.
     pub async fn stop(&self) -> Result<()> {
-        self.stop_hurried(&CancellationToken::new()).await
+        let span = self.log_span();
+        async move { self.stop_hurried(&CancellationToken::new()).await }
+            .instrument(span)
+            .await
     }
 
     /// `stop()`, where `hurry` cancelled cuts the drain short (what is left is reset at once).
     pub async fn stop_hurried(&self, hurry: &CancellationToken) -> Result<()> {
-        self.inner
-            .life
-            .stop(|running| async move {
-                running.stopping.store(true, Ordering::SeqCst);
-                let socket = running.node.shutdown(hurry).await;
-                drop(running);
-                lifecycle::wait_released(socket).await;
-                tracing::info!("forward proxy stopped");
-            })
-            .await
+        let span = self.log_span();
+        async move {
+            self.inner
+                .life
+                .stop(|running| async move {
+                    running.stopping.store(true, Ordering::SeqCst);
+                    let socket = running.node.shutdown(hurry).await;
+                    drop(running);
+                    lifecycle::wait_released(socket).await;
+                    tracing::info!("forward proxy stopped");
+                })
+                .await
+        }
+        .instrument(span)
+        .await
     }
 
     fn running(&self) -> Result<Arc<Running>> {
@@ -282,12 +314,17 @@ impl ForwardProxy {
         timeout: Option<Duration>,
         cancel: Option<CancellationToken>,
     ) -> Result<ConnectionInfo> {
-        let running = self.running()?;
-        let budget = timeout.unwrap_or(self.inner.opts.connect_time);
-        let dial = running.node.connect(addr, pin, budget);
-        let peer = cancellable(&running, cancel, dial).await?;
-        running.node.tracker.register(addr, pin);
-        Ok(running.node.tracker.info_of(&peer))
+        let span = self.log_span();
+        async move {
+            let running = self.running()?;
+            let budget = timeout.unwrap_or(self.inner.opts.connect_time);
+            let dial = running.node.connect(addr, pin, budget);
+            let peer = cancellable(&running, cancel, dial).await?;
+            running.node.tracker.register(addr, pin);
+            Ok(running.node.tracker.info_of(&peer))
+        }
+        .instrument(span)
+        .await
     }
 
     /// Opens (or reuses) a connection to `node`, tracked under `addr`, through `relay`: the
@@ -302,17 +339,22 @@ impl ForwardProxy {
         timeout: Option<Duration>,
         cancel: Option<CancellationToken>,
     ) -> Result<ConnectionInfo> {
-        let running = self.running()?;
-        let budget = timeout.unwrap_or(self.inner.opts.connect_time);
-        let dial = running.node.dial(Dial {
-            addr,
-            pin: Some(node),
-            via: Some(relay.clone()),
-            budget,
-        });
-        let peer = cancellable(&running, cancel, dial).await?;
-        running.node.tracker.register_relayed(addr, node, relay);
-        Ok(running.node.tracker.info_of(&peer))
+        let span = self.log_span();
+        async move {
+            let running = self.running()?;
+            let budget = timeout.unwrap_or(self.inner.opts.connect_time);
+            let dial = running.node.dial(Dial {
+                addr,
+                pin: Some(node),
+                via: Some(relay.clone()),
+                budget,
+            });
+            let peer = cancellable(&running, cancel, dial).await?;
+            running.node.tracker.register_relayed(addr, node, relay);
+            Ok(running.node.tracker.info_of(&peer))
+        }
+        .instrument(span)
+        .await
     }
 
     /// The device changed networks (the app says so; see `netwatch.rs` for Linux, where
@@ -339,8 +381,13 @@ impl ForwardProxy {
     /// arrives, both TCP ends see a FIN), what is left after `connEndTime` is reset. Resolves
     /// when the connection closed, at most `connEndTime` after the call.
     pub async fn close_connection(&self, addr: SocketAddr) -> Result<()> {
-        self.close_connection_hurried(addr, &CancellationToken::new())
-            .await
+        let span = self.log_span();
+        async move {
+            self.close_connection_hurried(addr, &CancellationToken::new())
+                .await
+        }
+        .instrument(span)
+        .await
     }
 
     /// `close_connection`, where `hurry` cancelled cuts the drain short.
@@ -349,13 +396,18 @@ impl ForwardProxy {
         addr: SocketAddr,
         hurry: &CancellationToken,
     ) -> Result<()> {
-        let running = self.running()?;
-        running
-            .node
-            .tracker
-            .end(&addr, CloseReason::Local, hurry)
-            .await;
-        Ok(())
+        let span = self.log_span();
+        async move {
+            let running = self.running()?;
+            running
+                .node
+                .tracker
+                .end(&addr, CloseReason::Local, hurry)
+                .await;
+            Ok(())
+        }
+        .instrument(span)
+        .await
     }
 
     /// Forgets `addr` and ends its connection like `close_connection`, without waiting (first
@@ -370,7 +422,10 @@ impl ForwardProxy {
 
     /// The addresses the DHT holds for `node` (signed record first, then hints).
     pub async fn lookup(&self, node: NodeId, timeout: Option<Duration>) -> Result<Vec<Found>> {
-        self.running()?.node.lookup(node, timeout).await
+        let span = self.log_span();
+        async move { self.running()?.node.lookup(node, timeout).await }
+            .instrument(span)
+            .await
     }
 
     /// The addresses this proxy announced last (empty before the first announce succeeded).
@@ -380,7 +435,10 @@ impl ForwardProxy {
 
     /// What the DHT says about reaching `node`: direct candidates and its relays (home first).
     pub async fn locate(&self, node: NodeId, timeout: Option<Duration>) -> Result<Located> {
-        self.running()?.node.locate(node, timeout).await
+        let span = self.log_span();
+        async move { self.running()?.node.locate(node, timeout).await }
+            .instrument(span)
+            .await
     }
 
     /// Opens (or reuses) a connection to `node` knowing only its node id: reuses a live
@@ -392,11 +450,16 @@ impl ForwardProxy {
         timeout: Option<Duration>,
         cancel: Option<CancellationToken>,
     ) -> Result<ConnectionInfo> {
-        let running = self.running()?;
-        let budget = timeout.unwrap_or(self.inner.opts.connect_time);
-        let dial = running.node.dial_node(node, budget);
-        let peer = cancellable(&running, cancel, dial).await?;
-        Ok(running.node.tracker.info_of(&peer))
+        let span = self.log_span();
+        async move {
+            let running = self.running()?;
+            let budget = timeout.unwrap_or(self.inner.opts.connect_time);
+            let dial = running.node.dial_node(node, budget);
+            let peer = cancellable(&running, cancel, dial).await?;
+            Ok(running.node.tracker.info_of(&peer))
+        }
+        .instrument(span)
+        .await
     }
 
     /// Opens (or reuses) a connection to one replica of the service `name` (needs discovery):
@@ -408,11 +471,16 @@ impl ForwardProxy {
         timeout: Option<Duration>,
         cancel: Option<CancellationToken>,
     ) -> Result<ConnectionInfo> {
-        let running = self.running()?;
-        let budget = timeout.unwrap_or(self.inner.opts.connect_time);
-        let dial = running.node.dial_service(name, budget);
-        let peer = cancellable(&running, cancel, dial).await?;
-        Ok(running.node.tracker.info_of(&peer))
+        let span = self.log_span();
+        async move {
+            let running = self.running()?;
+            let budget = timeout.unwrap_or(self.inner.opts.connect_time);
+            let dial = running.node.dial_service(name, budget);
+            let peer = cancellable(&running, cancel, dial).await?;
+            Ok(running.node.tracker.info_of(&peer))
+        }
+        .instrument(span)
+        .await
     }
 
     /// The replicas of the service `name` the DHT names (needs discovery), newest first.
@@ -422,10 +490,16 @@ impl ForwardProxy {
         timeout: Option<Duration>,
         cancel: Option<CancellationToken>,
     ) -> Result<Vec<crate::discovery::Member>> {
-        let running = self.running()?;
-        let deadline = std::time::Instant::now() + timeout.unwrap_or(crate::discovery::LOOKUP_TIME);
-        let lookup = running.node.lookup_service(name, deadline);
-        cancellable(&running, cancel, lookup).await
+        let span = self.log_span();
+        async move {
+            let running = self.running()?;
+            let deadline =
+                std::time::Instant::now() + timeout.unwrap_or(crate::discovery::LOOKUP_TIME);
+            let lookup = running.node.lookup_service(name, deadline);
+            cancellable(&running, cancel, lookup).await
+        }
+        .instrument(span)
+        .await
     }
 }
 

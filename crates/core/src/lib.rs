@@ -13,6 +13,7 @@ pub mod forward_proxy;
 pub(crate) mod holepunch;
 pub mod identity;
 pub(crate) mod lifecycle;
+pub mod logging;
 pub(crate) mod netwatch;
 pub(crate) mod node;
 pub mod nodeid;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::discovery::{DiscoveryOptions, Found, Located};
 use crate::error::{Error, Result, StartError};
@@ -128,6 +129,8 @@ struct Inner {
     identities: Arc<Identities>,
     sink: Arc<RwLock<Option<EventSink>>>,
     life: Lifecycle<Running>,
+    /// Where this proxy's log lines go besides stderr (the JS `logger` option).
+    log: RwLock<Option<crate::logging::LogRoute>>,
 }
 
 /// A started reverse proxy: the server front on its node.
@@ -157,6 +160,7 @@ impl ReverseProxy {
             identities: Arc::default(),
             sink: Arc::new(RwLock::new(None)),
             life: Lifecycle::default(),
+            log: RwLock::new(None),
         });
         Ok(Self {
             _owner: Arc::new(Owner(inner.clone())),
@@ -169,50 +173,69 @@ impl ReverseProxy {
         *self.inner.sink.write().expect("sink lock") = sink;
     }
 
+    /// Sends this proxy's log lines to `route` (replacing any before; `None`: to none). Calls
+    /// and tasks started afterwards carry it.
+    pub fn set_log_route(&self, route: Option<crate::logging::LogRoute>) {
+        *self.inner.log.write().expect("log lock") = route;
+    }
+
+    /// The span this proxy's work runs in (none without a log route).
+    fn log_span(&self) -> tracing::Span {
+        match &*self.inner.log.read().expect("log lock") {
+            Some(route) => route.span(),
+            None => tracing::Span::none(),
+        }
+    }
+
     /// Starts accepting; does nothing if already running.
     pub async fn start(&self, start: ReverseStart) -> Result<()> {
-        let inner = &self.inner;
-        inner.life.start(async {
-        start.validate()?;
-        let identity = inner.identities.for_start(start.tls.as_ref())?;
-        let accept = match start.allowed_node_ids {
-            Some(ids) => Acceptable::OneOf(ids),
-            None => Acceptable::Any,
-        };
-        let transport = accepted_transport(&inner.opts, start.max_streams_per_connection);
-        let config = server_config(&identity, accept.clone(), transport.clone(), crate::tls::config::ALPN)?;
-        let node = Node::start(
-            &inner.opts,
-            &inner.identities,
-            &inner.sink,
-            NodeConfig {
-                role: Role::Reverse,
-                bind: start.ingress_addr,
-                identity,
-                server_config: Some(config),
-                discovery: start.discovery,
-                relays: start.relay.into_iter().chain(start.relays).collect(),
-                server: Some(start.server_addr),
-                cancel: start.cancel.clone(),
-            },
-        )
-        .await?;
-        let (ingress_addr, node_id, tasks) = (node.addr, node.node_id, node.tasks.clone());
-        let running = Arc::new(Running {
-            node,
-            server_addr: start.server_addr,
-            accept,
-            by_proxy: Mutex::new(HashMap::new()),
-            transport,
-            max_connections: start.max_connections,
-            max_streams: start.max_streams_per_connection,
-            connections: AtomicUsize::new(0),
-            refused: AtomicU64::new(0),
-        });
-        tasks.spawn(inner.clone().accept_loop(running.clone()));
-        tracing::info!(%ingress_addr, server = %start.server_addr, %node_id, "reverse proxy started");
-        Ok(running)
-        })
+        let span = self.log_span();
+        async move {
+            let inner = &self.inner;
+            inner.life.start(async {
+            start.validate()?;
+            let identity = inner.identities.for_start(start.tls.as_ref())?;
+            let accept = match start.allowed_node_ids {
+                Some(ids) => Acceptable::OneOf(ids),
+                None => Acceptable::Any,
+            };
+            let transport = accepted_transport(&inner.opts, start.max_streams_per_connection);
+            let config = server_config(&identity, accept.clone(), transport.clone(), crate::tls::config::ALPN)?;
+            let node = Node::start(
+                &inner.opts,
+                &inner.identities,
+                &inner.sink,
+                NodeConfig {
+                    role: Role::Reverse,
+                    bind: start.ingress_addr,
+                    identity,
+                    server_config: Some(config),
+                    discovery: start.discovery,
+                    relays: start.relay.into_iter().chain(start.relays).collect(),
+                    server: Some(start.server_addr),
+                    cancel: start.cancel.clone(),
+                },
+            )
+            .await?;
+            let (ingress_addr, node_id, tasks) = (node.addr, node.node_id, node.tasks.clone());
+            let running = Arc::new(Running {
+                node,
+                server_addr: start.server_addr,
+                accept,
+                by_proxy: Mutex::new(HashMap::new()),
+                transport,
+                max_connections: start.max_connections,
+                max_streams: start.max_streams_per_connection,
+                connections: AtomicUsize::new(0),
+                refused: AtomicU64::new(0),
+            });
+            tasks.spawn(inner.clone().accept_loop(running.clone()));
+            tracing::info!(%ingress_addr, server = %start.server_addr, %node_id, "reverse proxy started");
+            Ok(running)
+            })
+            .await
+        }
+        .instrument(span)
         .await
     }
 
@@ -240,7 +263,10 @@ impl ReverseProxy {
 
     /// The addresses the DHT holds for `node` (signed record first, then hints).
     pub async fn lookup(&self, node: NodeId, timeout: Option<Duration>) -> Result<Vec<Found>> {
-        self.running()?.node.lookup(node, timeout).await
+        let span = self.log_span();
+        async move { self.running()?.node.lookup(node, timeout).await }
+            .instrument(span)
+            .await
     }
 
     /// The addresses this proxy announced last (empty before the first announce succeeded).
@@ -250,7 +276,10 @@ impl ReverseProxy {
 
     /// What the DHT says about reaching `node`: direct candidates and its relays (home first).
     pub async fn locate(&self, node: NodeId, timeout: Option<Duration>) -> Result<Located> {
-        self.running()?.node.locate(node, timeout).await
+        let span = self.log_span();
+        async move { self.running()?.node.locate(node, timeout).await }
+            .instrument(span)
+            .await
     }
 
     /// Starts offering the service `offer` (announced at once; needs discovery and an Ed25519
@@ -287,20 +316,28 @@ impl ReverseProxy {
 
     /// Stops: ends every tunnel and connection, awaits every task and releases the port.
     pub async fn stop(&self) -> Result<()> {
-        self.stop_hurried(&CancellationToken::new()).await
+        let span = self.log_span();
+        async move { self.stop_hurried(&CancellationToken::new()).await }
+            .instrument(span)
+            .await
     }
 
     /// `stop()`, where `hurry` cancelled cuts the drain short (what is left is reset at once).
     pub async fn stop_hurried(&self, hurry: &CancellationToken) -> Result<()> {
-        self.inner
-            .life
-            .stop(|running| async move {
-                let socket = running.node.shutdown(hurry).await;
-                drop(running);
-                lifecycle::wait_released(socket).await;
-                tracing::info!("reverse proxy stopped");
-            })
-            .await
+        let span = self.log_span();
+        async move {
+            self.inner
+                .life
+                .stop(|running| async move {
+                    let socket = running.node.shutdown(hurry).await;
+                    drop(running);
+                    lifecycle::wait_released(socket).await;
+                    tracing::info!("reverse proxy stopped");
+                })
+                .await
+        }
+        .instrument(span)
+        .await
     }
 
     fn running(&self) -> Result<Arc<Running>> {
@@ -385,47 +422,57 @@ impl ReverseProxy {
         timeout: Option<Duration>,
         cancel: Option<CancellationToken>,
     ) -> Result<bool> {
-        let running = self.running()?;
-        if addr.port() == 0 || addr.ip().is_unspecified() {
-            return Err(StartError::Unroutable {
-                action: "punch toward",
-                addr,
-            }
-            .into());
-        }
-        running.node.tracker.register(addr, None);
-        let budget = timeout.unwrap_or(self.inner.opts.connect_time);
-        let cancel = cancel.unwrap_or_default();
-        let mut punch = PunchDriver::start(
-            &running.node.socket,
-            addr,
-            self.inner.opts.punch_interval,
-            budget,
-            attempts,
-        );
-        let connected = async {
-            loop {
-                tokio::select! {
-                    _ = running.node.tracker.wait_until(|t| t.get(&addr).is_some()) => return,
-                    _ = punch.next_event() => {}
+        let span = self.log_span();
+        async move {
+            let running = self.running()?;
+            if addr.port() == 0 || addr.ip().is_unspecified() {
+                return Err(StartError::Unroutable {
+                    action: "punch toward",
+                    addr,
                 }
+                .into());
             }
-        };
-        let stopping = running.node.tasks.token().clone();
-        let up = tokio::select! {
-            r = tokio::time::timeout(budget, connected) => r.is_ok(),
-            _ = cancel.cancelled() => return Err(Error::Aborted),
-            _ = stopping.cancelled() => return Err(Error::ReverseProxyNotRunning),
-        };
-        punch.connected();
-        Ok(up)
+            running.node.tracker.register(addr, None);
+            let budget = timeout.unwrap_or(self.inner.opts.connect_time);
+            let cancel = cancel.unwrap_or_default();
+            let mut punch = PunchDriver::start(
+                &running.node.socket,
+                addr,
+                self.inner.opts.punch_interval,
+                budget,
+                attempts,
+            );
+            let connected = async {
+                loop {
+                    tokio::select! {
+                        _ = running.node.tracker.wait_until(|t| t.get(&addr).is_some()) => return,
+                        _ = punch.next_event() => {}
+                    }
+                }
+            };
+            let stopping = running.node.tasks.token().clone();
+            let up = tokio::select! {
+                r = tokio::time::timeout(budget, connected) => r.is_ok(),
+                _ = cancel.cancelled() => return Err(Error::Aborted),
+                _ = stopping.cancelled() => return Err(Error::ReverseProxyNotRunning),
+            };
+            punch.connected();
+            Ok(up)
+        }
+        .instrument(span)
+        .await
     }
 
     /// Ends the connection from `addr` and forgets it, as the forward proxy's
     /// `close_connection` does (tunnels drain); resolves at most `connEndTime` after the call.
     pub async fn close_connection(&self, addr: SocketAddr) -> Result<()> {
-        self.close_connection_hurried(addr, &CancellationToken::new())
-            .await
+        let span = self.log_span();
+        async move {
+            self.close_connection_hurried(addr, &CancellationToken::new())
+                .await
+        }
+        .instrument(span)
+        .await
     }
 
     /// `close_connection`, where `hurry` cancelled cuts the drain short.
@@ -434,13 +481,18 @@ impl ReverseProxy {
         addr: SocketAddr,
         hurry: &CancellationToken,
     ) -> Result<()> {
-        let running = self.running()?;
-        running
-            .node
-            .tracker
-            .end(&addr, CloseReason::Local, hurry)
-            .await;
-        Ok(())
+        let span = self.log_span();
+        async move {
+            let running = self.running()?;
+            running
+                .node
+                .tracker
+                .end(&addr, CloseReason::Local, hurry)
+                .await;
+            Ok(())
+        }
+        .instrument(span)
+        .await
     }
 
     /// Forgets `addr` and ends its connection like `close_connection`, without waiting (first

@@ -45,6 +45,8 @@ impl Tasks {
                 _ = fut => {}
             }
         };
+        // The spawner's span goes along: a proxy's log route reaches every task it started.
+        let task = tracing::Instrument::in_current_span(task);
         match &self.runtime {
             Some(rt) => drop(self.tracker.spawn_on(task, rt)),
             None => drop(self.tracker.spawn(task)),
