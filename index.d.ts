@@ -37,7 +37,42 @@ export declare const utils: {
   toAuthToken(token: string): string
   /** The node id a certificate (PEM) proves; = nodeIdFromCertificate. */
   certNodeId(certPem: string): string
+  /** The original's timer: `timerP` resolves and `timedOut` turns true after `ms`. */
+  timerStart(ms: number): Timer
+  /** Cancels a timerStart timer. */
+  timerStop(timer: Timer): void
 }
+
+/**
+ * The original's timer object (`utils.timerStart`), accepted as openConnection's deadline where
+ * the original took one: when `timerP` resolves first the call rejects with
+ * ErrorConnectionStartTimeout and `timedOut` is true. `null` there means no deadline of its own.
+ */
+export interface Timer {
+  timer: ReturnType<typeof setTimeout> | undefined
+  timedOut: boolean
+  timerP: Promise<void>
+}
+
+/** A logger in the original's shape: @matrixai/logger's Logger, `console`, pino, winston... */
+export interface Logger {
+  error(message: string): unknown
+  warn(message: string): unknown
+  info(message: string): unknown
+  debug(message: string): unknown
+  /** @matrixai/logger's: NOTSET 0 (everything), DEBUG 1, INFO 2, WARN 3, ERROR 4. */
+  getEffectiveLevel?(): number
+}
+
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace'
+
+/**
+ * What keynet logs to stderr from now on: a filter directive (`'info'`, `'keynet_core=debug'`,
+ * `'keynet_core=debug,quinn=warn'`), or null for nothing. At load it is `KEYNET_LOG` (or
+ * `RUST_LOG`), else nothing. A directive that does not parse is a TypeError
+ * (ERR_INVALID_ARG_VALUE).
+ */
+export declare function setLogFilter(directive: string | null): void
 /** A fresh service owner key (64 hex digits each; keep privateKey secret). */
 export declare function generateServiceOwner(): { publicKey: string; privateKey: string }
 /**
@@ -105,6 +140,26 @@ export interface ConnOptions {
   connPunchIntervalTime?: number
   /** Grace for an orderly close before a hard close. Default 1000. */
   connEndTime?: number
+}
+
+/** A proxy's constructor options: the timing, and where its log lines go. */
+export interface ProxyOptions extends ConnOptions {
+  /**
+   * Receives this proxy's log lines (its own only), each as one string to the method of its
+   * level (trace lines go to debug). Unset: none (stderr follows setLogFilter either way).
+   */
+  logger?: Logger
+  /** The least severe level `logger` gets. Default: the logger's getEffectiveLevel(), else 'info'. */
+  logLevel?: LogLevel
+}
+
+/** Options of calls that end something on purpose (stop, closeConnection). */
+export interface EndOptions {
+  /**
+   * Aborting cuts the drain short: tunnels still open are reset at once and the call resolves
+   * (it does not reject: what it ends, it still ends).
+   */
+  signal?: AbortSignal
 }
 
 /**
@@ -211,6 +266,8 @@ export interface FoundAddress {
 export interface LookupOptions {
   /** Lookup budget in ms. Default 10000. */
   timeout?: number
+  /** Aborting rejects the call with the signal's reason (the query itself ends by its timeout). */
+  signal?: AbortSignal
 }
 
 /** The `address` event: this proxy's announced addresses changed. */
@@ -218,7 +275,7 @@ export interface AddressEvent {
   addresses: Array<{ host: string; port: number }>
 }
 
-export interface ForwardProxyOptions extends ConnOptions {
+export interface ForwardProxyOptions extends ProxyOptions {
   /** The token gRPC clients present: `grpc_proxy=http://TOKEN@127.0.0.1:PORT`. */
   authToken: string
 }
@@ -247,6 +304,8 @@ export interface ForwardProxyStartOptions {
   relays?: RelayOptions[]
   /** CONNECT clients (and their tunnels) at once; more are answered 503 (default 8192). */
   maxConnections?: number
+  /** Aborting gives the start up: it rejects with an AbortError and nothing is left running. */
+  signal?: AbortSignal
 }
 
 export interface OpenOptions {
@@ -312,7 +371,8 @@ export declare class ForwardProxy extends EventEmitter {
   readonly connEndTime: number
   /** Once started, the proxy keeps the Node process alive until stop() (see unref()). */
   start(opts?: ForwardProxyStartOptions | string): Promise<void>
-  stop(): Promise<void>
+  /** Ends every connection (tunnels drain up to connEndTime) and frees the ports. */
+  stop(opts?: EndOptions): Promise<void>
   /** Let the process exit while the proxy runs (as net.Server#unref). */
   unref(): this
   ref(): this
@@ -340,9 +400,14 @@ export declare class ForwardProxy extends EventEmitter {
    * CONNECT to 'NAME.service.keynet:PORT' does the same. */
   openConnection(opts: OpenOptions & { service: string }): Promise<ConnectionInfo>
   /** With discovery: the replicas of a service name, newest first. */
-  lookupService(name: string, opts?: LookupOptions & { signal?: AbortSignal }): Promise<ServiceMember[]>
+  lookupService(name: string, opts?: LookupOptions): Promise<ServiceMember[]>
+  /**
+   * The original's form: `timer` (utils.timerStart) is the deadline instead of connConnectTime;
+   * `null` means none of its own.
+   */
+  openConnection(nodeId: string, host: string, port: number, timer: Timer | null): Promise<ConnectionInfo>
   /** Ends the connection: its tunnels drain (see connEndTime); resolves once it closed. */
-  closeConnection(host: string, port: number): Promise<void>
+  closeConnection(host: string, port: number, opts?: EndOptions): Promise<void>
   /** Live connections; 0 when not running (as the original). */
   getConnectionCount(): number
   /** Connections by path, tunnels, bytes, failed attempts by error code. */
@@ -356,7 +421,10 @@ export declare class ForwardProxy extends EventEmitter {
   setTLSConfig(tlsConfig: TlsConfig): void
   /** First form: track a directly connectable reverse proxy (connects on first use). */
   addDirectConnection(port: number, host: string): void
-  /** First form: connect while punching; resolves whether the connection came up. */
+  /**
+   * First form: connect while punching, for at most `attempts` (default 50) punch intervals
+   * (connPunchIntervalTime each); resolves whether the connection came up.
+   */
   addNatConnection(port: number, host: string, attempts?: number): Promise<boolean>
   /** First form: forget the address and close its connection. */
   removeConnection(port: number, host: string): void
@@ -418,11 +486,13 @@ export interface ReverseProxyStartOptions {
   /** Tunnels at once on one connection (each a TCP connection to the server); more wait until
    * some end (default 1024; granted 64 at first, doubling with use). */
   maxStreamsPerConnection?: number
+  /** Aborting gives the start up: it rejects with an AbortError and nothing is left running. */
+  signal?: AbortSignal
 }
 
 /** An EventEmitter, as ForwardProxy. */
 export declare class ReverseProxy extends EventEmitter {
-  constructor(opts?: ConnOptions)
+  constructor(opts?: ProxyOptions)
   /** The timing in use (the original's readonly fields; defaults filled in). */
   readonly connConnectTime: number
   readonly connKeepAliveTimeoutTime: number
@@ -433,7 +503,13 @@ export declare class ReverseProxy extends EventEmitter {
   readonly connEndTime: number
   start(opts: ReverseProxyStartOptions): Promise<void>
   start(grpcHost: string, grpcPort: number): Promise<void>
-  stop(): Promise<void>
+  /**
+   * The first (seed-era) form: the server at grpcHost (default '127.0.0.1'):grpcPort; port 0
+   * (the default) means no server yet: every tunnel is refused (502) until a restart names one.
+   */
+  start(opts?: { grpcHost?: string; grpcPort?: number }): Promise<void>
+  /** Ends every connection (tunnels drain up to connEndTime) and frees the ports. */
+  stop(opts?: EndOptions): Promise<void>
   /** Let the process exit while the proxy runs (as net.Server#unref). */
   unref(): this
   ref(): this
@@ -446,8 +522,10 @@ export declare class ReverseProxy extends EventEmitter {
   getSocketPort(): number
   /** Punch toward a forward proxy until its connection arrives; rejects with ErrorConnectionStartTimeout. */
   openConnection(egressHost: string, egressPort: number, opts?: OpenOptions): Promise<void>
+  /** The original's form: `timer` is the deadline instead of connConnectTime; null: none. */
+  openConnection(egressHost: string, egressPort: number, timer: Timer | null): Promise<void>
   /** Ends the connection: its tunnels drain (see connEndTime); resolves once it closed. */
-  closeConnection(egressHost: string, egressPort: number): Promise<void>
+  closeConnection(egressHost: string, egressPort: number, opts?: EndOptions): Promise<void>
   /** Live connections; 0 when not running (as the original). */
   getConnectionCount(): number
   /** Connections by path, tunnels, bytes, failed attempts by error code. */
@@ -458,6 +536,10 @@ export declare class ReverseProxy extends EventEmitter {
   setTlsConfig(tlsConfig: TlsConfig): void
   /** The original's name for setTlsConfig. */
   setTLSConfig(tlsConfig: TlsConfig): void
+  /**
+   * First form: punch toward a forward proxy `attempts` times (default 50), one per
+   * connPunchIntervalTime; resolves whether its connection arrived by the end of the last.
+   */
   addNatConnection(port: number, host: string, attempts?: number): Promise<boolean>
   addDirectConnection(port: number, host: string): void
   removeConnection(port: number, host: string): void
@@ -615,7 +697,8 @@ export interface RelayMetrics {
 export declare class Relay {
   constructor(opts?: ConnOptions)
   start(opts?: RelayStartOptions): Promise<void>
-  stop(): Promise<void>
+  /** Ends every connection (tunnels drain up to connEndTime) and frees the ports. */
+  stop(opts?: EndOptions): Promise<void>
   /** Let the process exit while the relay runs (as net.Server#unref). */
   unref(): this
   ref(): this

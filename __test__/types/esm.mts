@@ -1,9 +1,9 @@
 // Type test (never run): the package from an ES module, as __test__/fixtures/esm-import.mjs uses
 // it at run time: the default import is module.exports, the named imports are its properties.
 
-import keynet from '../../index.js'
-import { ForwardProxy, ReverseProxy, Relay, generateIdentity, rotateIdentity, nodeIdFromCertificate, errors } from '../../index.js'
-import type { ConnectionEvent, Identity } from '../../index.js'
+import keynet from 'keynet'
+import { ForwardProxy, ReverseProxy, Relay, generateIdentity, rotateIdentity, nodeIdFromCertificate, errors } from 'keynet'
+import type { ConnectionEvent, Identity } from 'keynet'
 
 const fp: ForwardProxy = new keynet.ForwardProxy({ authToken: 'token' })
 const rp: InstanceType<typeof keynet.ReverseProxy> = new ReverseProxy()

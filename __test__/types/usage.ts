@@ -15,6 +15,7 @@ import {
   signServiceMember,
   errors,
   utils,
+  setLogFilter,
 } from '../..'
 import { EventEmitter, once, on } from 'node:events'
 import type {
@@ -29,6 +30,8 @@ import type {
   ConnOptions,
   DiscoveryOptions,
   FoundAddress,
+  Timer,
+  Logger,
   LookupOptions,
   AddressEvent,
   ForwardProxyOptions,
@@ -498,10 +501,35 @@ export async function main(): Promise<void> {
     await reverse(tls, r.getNodeId())
     await forward(tls, r.getNodeId())
     await services(tls)
+    await originalShapes(tls)
   } catch (e) {
     classify(e)
     makeErrors().map(classify)
     throw e
   }
   void transports
+}
+
+// ---- the original's shapes, signals and logging --------------------------------------------
+
+export async function originalShapes(tls: TlsConfig): Promise<void> {
+  const logger: Logger = console
+  const fp = new ForwardProxy({ authToken: 't', logger, logLevel: 'debug', connEndTime: 1000 })
+  const rp = new ReverseProxy({ logger: { ...console, getEffectiveLevel: () => 3 } })
+  await rp.start()
+  await rp.start({ grpcHost: '127.0.0.1', grpcPort: 50051 })
+  await fp.start({ tlsConfig: tls, signal: AbortSignal.timeout(5000) })
+  const timer: Timer = utils.timerStart(2000)
+  const info: ConnectionInfo = await fp.openConnection(rp.getNodeId(), '127.0.0.1', rp.getIngressPort(), timer)
+  utils.timerStop(timer)
+  await fp.openConnection(rp.getNodeId(), '127.0.0.1', rp.getIngressPort(), null)
+  await rp.openConnection('127.0.0.1', fp.getEgressPort(), utils.timerStart(1000))
+  const punched: boolean = await fp.addNatConnection(rp.getIngressPort(), '127.0.0.1', 3)
+  const found: FoundAddress[] = await fp.lookup(info.nodeId, { signal: new AbortController().signal })
+  await fp.closeConnection('127.0.0.1', rp.getIngressPort(), { signal: AbortSignal.timeout(100) })
+  setLogFilter('keynet_core=info')
+  setLogFilter(null)
+  await fp.stop({ signal: AbortSignal.timeout(100) })
+  await rp.stop()
+  void [timer.timedOut, punched, found]
 }
