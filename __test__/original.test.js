@@ -26,7 +26,7 @@ const { HOST } = h
 
 /** The original's auth token in ForwardProxy.test.ts. */
 const authToken = 'abc123'
-/** The original passed a @matrixai/logger; keynet accepts the option and logs through KEYNET_LOG. */
+/** The original passed a @matrixai/logger; keynet sends each proxy's own lines to it (silent here). */
 const logger = { getChild: () => logger, debug() {}, info() {}, warn() {}, error() {} }
 
 // ---- the original's helpers ---------------------------------------------------------------------
@@ -626,10 +626,8 @@ test('F17 HTTP CONNECT keepalive timeout', async (t) => {
   t.is((await rpEvents.wait('close')).reason, 'remote')
   // The remote side ends gracefully too (the original: the remote's TLS socket read one end and
   // closed without error), so the servers behind it read an end.
-  // BUG: the forward proxy queues a FIN on each tunnel's stream, then closes the connection at
-  // once (crates/core/src/tracker.rs watch_silence: ending.flush(); tunnels_ended(); close()),
-  // and the close overtakes the last FIN: one of the reverse proxy's server sockets is reset
-  // (ECONNRESET) instead of reading an end.
+  // (This failed every run until watch_silence let the queued FINs leave before its close:
+  // the close overtook them and the reverse proxy reset a server instead of ending it.)
   for (const s of [serverSocket, secondServerSocket]) {
     await within(s.closedP, 'server socket close')
     t.deepEqual(s.errors, [], 'the server was not reset')

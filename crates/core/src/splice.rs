@@ -139,7 +139,13 @@ async fn copy_both(
             // (the peer is gone).
             tokio::select! {
                 biased;
-                _ = end.flush.cancelled() => return Ok(total),
+                _ = end.flush.cancelled() => {
+                    // Bytes read from TCP that cannot be sent: the stream must not end
+                    // cleanly (quinn finishes a dropped stream), the peer is told they are lost.
+                    let _ = send.reset(ABORTED.into());
+                    sent_all.store(true, Ordering::Relaxed);
+                    return Ok(total);
+                }
                 written = send.write_chunk(chunk) => written.map_err(std::io::Error::other)?,
             }
             total += n as u64;

@@ -21,6 +21,11 @@ use crate::socket::paths::PathChange;
 use crate::task::Tasks;
 use crate::tls::verify::{verify_chain, Acceptable};
 
+/// How long a keepalive close lets the tunnels' queued FINs leave before the close: sending
+/// them is one turn of the connection's driver (the peer was silent, so nothing else is in
+/// flight to hold them back).
+const FIN_SEND_TIME: Duration = Duration::from_millis(50);
+
 /// Which side of the tunnel the tracker belongs to (decides which address is egress).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -214,6 +219,10 @@ impl Peer {
         self.record(CloseReason::KeepaliveTimeout);
         self.ending.flush();
         self.ending.tunnels_ended(grace).await;
+        // The tunnels' FINs are queued, not sent: a close now would go out first and discard
+        // them (a peer that still hears us would reset its ends instead of ending them). The
+        // connection's driver sends them on its next turn, window permitting: give it that.
+        tokio::time::sleep(grace.min(FIN_SEND_TIME)).await;
         self.close(CloseReason::KeepaliveTimeout);
     }
 
