@@ -13,7 +13,9 @@ export interface TlsConfig {
 
 /** A node identity: its node id and PEM material. */
 export interface Identity {
+  /** 'v' + base32hex(SHA-256 of the public key): what peers pin. */
   nodeId: string
+  /** The key and certificate chain, for `start({ tlsConfig })` and `setTlsConfig`. */
   tlsConfig: TlsConfig
 }
 
@@ -82,21 +84,40 @@ export declare function generateServiceOwner(): { publicKey: string; privateKey:
  */
 export declare function signServiceMember(ownerPrivateKey: string, name: string, nodeId: string, opts?: { network?: string }): string
 
+/**
+ * How a connection's packets travel now: 'direct' (to the address dialled, no NAT between),
+ * 'punched' (through a NAT, after hole punching), 'relayed' (through a relay; it sees ciphertext only).
+ */
 export type Path = 'direct' | 'punched' | 'relayed'
 
+/** One QUIC connection between a forward and a reverse proxy, as one side sees it now. */
 export interface ConnectionInfo {
+  /** The peer's node id, proven in the TLS handshake (never just claimed). */
   nodeId: string
-  /** The peer's certificates, PEM, leaf first. */
+  /** The peer's certificates, PEM, leaf first (`new crypto.X509Certificate(pem)` parses one). */
   certificates: string[]
-  /** The forward proxy's UDP address. */
+  /**
+   * The forward proxy's UDP address: on the forward proxy its own socket; on the reverse proxy
+   * where the caller's packets come from (its NAT's public address when punched; for a relayed
+   * peer a virtual address in 240.0.0.0/8 that names the caller's relay route, never routed).
+   */
   egressHost: string
   egressPort: number
-  /** The reverse proxy's UDP address. */
+  /**
+   * The reverse proxy's UDP address: on the reverse proxy its own socket; on the forward proxy
+   * the address it dialled (`openConnection`'s host and port, also when relayed; a virtual one
+   * after a bare node id was reached through a relay).
+   */
   ingressHost: string
   ingressPort: number
+  /** How the packets travel now; a 'path' event reports every change. */
   path: Path
+  /** QUIC's smoothed round-trip time, in milliseconds. */
   rttMs: number
-  /** UDP bytes sent and received on this connection. */
+  /**
+   * UDP payload bytes this side sent and received on this connection, QUIC overhead and
+   * retransmissions included (all tunnels together; getStats() counts tunnel bytes).
+   */
   bytesSent: number
   bytesReceived: number
   /** UDP datagrams sent, and the system calls that sent them (fewer where the kernel batches). */
@@ -225,6 +246,7 @@ export interface DiscoveryOptions {
 
 /** A replica a service lookup found (`lookupService()`). */
 export interface ServiceMember {
+  /** The replica's node id (a connection to it pins it). */
   nodeId: string
   /** How long ago the replica signed its entry. */
   ageMs: number
@@ -236,8 +258,10 @@ export interface ServiceMember {
 
 /** A relay a node's signed record names (`locate()`). */
 export interface RelayHint {
+  /** Its UDP (QUIC) address. */
   host: string
   port: number
+  /** Its node id (pinned when dialled). */
   nodeId: string
   /** Its TLS/WebSocket port on the same host. */
   tcpPort: number
@@ -248,6 +272,7 @@ export interface RelayHint {
 
 /** What `locate()` found for a node id. */
 export interface Located {
+  /** Direct candidates, the node's signed record first. */
   addresses: FoundAddress[]
   /** From the node's newest signed record, its home relay first. */
   relays: RelayHint[]
@@ -255,6 +280,7 @@ export interface Located {
 
 /** An address found on the DHT for a node id: a hint; the TLS pin on the node id decides. */
 export interface FoundAddress {
+  /** A UDP address the node announced (or a hint others stored for it). */
   host: string
   port: number
   /** Milliseconds since the node signed this address; null for unsigned hints. */
@@ -283,12 +309,15 @@ export interface ForwardProxyOptions extends ProxyOptions {
 export interface ForwardProxyStartOptions {
   /** HTTP CONNECT listener host. Default '127.0.0.1'. */
   proxyHost?: string
+  /** HTTP CONNECT listener port; 0 (default) picks a free one (getProxyPort()). */
   proxyPort?: number
   /** UDP (QUIC) socket host. Default '127.0.0.1' (pass '0.0.0.0' to reach other machines). */
   egressHost?: string
+  /** UDP port; 0 (default) picks a free one (getEgressPort()). */
   egressPort?: number
   /** Identity; a fresh one is generated when omitted. */
   tlsConfig?: TlsConfig
+  /** The token CONNECT clients present from this start on (ignored when already running). */
   authToken?: string
   /** Join the DHT; enables openConnection(nodeId) and CONNECT to 'NODEID.keynet:PORT'. */
   discovery?: DiscoveryOptions | boolean
@@ -339,10 +368,13 @@ export interface RelayOptions {
 
 /** A relay link as a proxy sees it. */
 export interface RelayStatus {
+  /** The relay's UDP address and node id, as given. */
   host: string
   port: number
   nodeId: string
+  /** 'up': registered; 'connecting': dialling (first time or after a loss); 'down': failed, retrying later. */
   state: 'connecting' | 'up' | 'down'
+  /** What carries the link now (null while not up). */
   transport: 'quic' | 'websocket' | null
   /** This proxy's address as the relay sees it. */
   observedHost: string | null
@@ -377,8 +409,10 @@ export declare class ForwardProxy extends EventEmitter {
   unref(): this
   ref(): this
   getNodeId(): string
+  /** The HTTP CONNECT listener's address (throws ErrorForwardProxyNotRunning when stopped). */
   getProxyHost(): string
   getProxyPort(): number
+  /** The UDP (QUIC) socket's address: the bound host, e.g. '127.0.0.1' or '0.0.0.0'. */
   getEgressHost(): string
   getEgressPort(): number
   /** = getProxyPort() (first form). */
@@ -445,6 +479,7 @@ export declare class ForwardProxy extends EventEmitter {
   on(event: 'relay', listener: (e: RelayEvent) => void): this
   once(event: 'relay', listener: (e: RelayEvent) => void): this
   off(event: 'relay', listener: (e: RelayEvent) => void): this
+  /** EventEmitter's own; keynet never emits 'error' (see the README's Errors). */
   on(event: 'error', listener: (e: Error) => void): this
   once(event: 'error', listener: (e: Error) => void): this
   off(event: 'error', listener: (e: Error) => void): this
@@ -514,8 +549,10 @@ export declare class ReverseProxy extends EventEmitter {
   unref(): this
   ref(): this
   getNodeId(): string
+  /** The UDP (QUIC) socket's address (throws ErrorReverseProxyNotRunning when stopped). */
   getIngressHost(): string
   getIngressPort(): number
+  /** The server tunnels are carried to. */
   getServerHost(): string
   getServerPort(): number
   /** = getIngressPort() (first form). */
@@ -568,6 +605,7 @@ export declare class ReverseProxy extends EventEmitter {
   on(event: 'relay', listener: (e: RelayEvent) => void): this
   once(event: 'relay', listener: (e: RelayEvent) => void): this
   off(event: 'relay', listener: (e: RelayEvent) => void): this
+  /** EventEmitter's own; keynet never emits 'error' (see the README's Errors). */
   on(event: 'error', listener: (e: Error) => void): this
   once(event: 'error', listener: (e: Error) => void): this
   off(event: 'error', listener: (e: Error) => void): this
