@@ -27,6 +27,16 @@ test('pinned node id mismatch rejects with ErrorCertChainUnclaimed', async (t) =
   t.is(fp.getConnectionCount(), 1)
 })
 
+test('a failed openConnection counts in getStats().failures by its code (an aborted one does not)', async (t) => {
+  const { fp, rp } = await pairWithServer(t)
+  const wrong = (await generateIdentity()).nodeId
+  await t.throwsAsync(fp.openConnection(wrong, h.HOST, rp.getIngressPort(), { timeout: 5000 }))
+  const silent = await h.startSilentUdp(t)
+  await t.throwsAsync(fp.openConnection(wrong, h.HOST, silent.port, { timeout: 200 }))
+  await t.throwsAsync(fp.openConnection(wrong, h.HOST, silent.port, { signal: AbortSignal.abort() }), { any: true })
+  t.deepEqual(fp.getStats().failures, { ErrorCertChainUnclaimed: 1, ErrorConnectionStartTimeout: 1 })
+})
+
 test('a wrong pin is refused even when a connection to the address is already up', async (t) => {
   const { fp, rp } = await pairWithServer(t)
   await fp.openConnection(rp.getNodeId(), h.HOST, rp.getIngressPort())

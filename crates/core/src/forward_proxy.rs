@@ -319,7 +319,7 @@ impl ForwardProxy {
             let running = self.running()?;
             let budget = timeout.unwrap_or(self.inner.opts.connect_time);
             let dial = running.node.connect(addr, pin, budget);
-            let peer = cancellable(&running, cancel, dial).await?;
+            let peer = dialled(&running, cancel, dial).await?;
             running.node.tracker.register(addr, pin);
             Ok(running.node.tracker.info_of(&peer))
         }
@@ -349,7 +349,7 @@ impl ForwardProxy {
                 via: Some(relay.clone()),
                 budget,
             });
-            let peer = cancellable(&running, cancel, dial).await?;
+            let peer = dialled(&running, cancel, dial).await?;
             running.node.tracker.register_relayed(addr, node, relay);
             Ok(running.node.tracker.info_of(&peer))
         }
@@ -455,7 +455,7 @@ impl ForwardProxy {
             let running = self.running()?;
             let budget = timeout.unwrap_or(self.inner.opts.connect_time);
             let dial = running.node.dial_node(node, budget);
-            let peer = cancellable(&running, cancel, dial).await?;
+            let peer = dialled(&running, cancel, dial).await?;
             Ok(running.node.tracker.info_of(&peer))
         }
         .instrument(span)
@@ -476,7 +476,7 @@ impl ForwardProxy {
             let running = self.running()?;
             let budget = timeout.unwrap_or(self.inner.opts.connect_time);
             let dial = running.node.dial_service(name, budget);
-            let peer = cancellable(&running, cancel, dial).await?;
+            let peer = dialled(&running, cancel, dial).await?;
             Ok(running.node.tracker.info_of(&peer))
         }
         .instrument(span)
@@ -661,6 +661,22 @@ async fn cancellable<T>(
         _ = cancel.cancelled() => Err(Error::Aborted),
         _ = stopping.cancelled() => Err(Error::ForwardProxyNotRunning),
     }
+}
+
+/// [`cancellable`] for a dial: a failure counts in `getStats().failures`, as a failed CONNECT's
+/// does (an abort or a stop is no failure of the network).
+async fn dialled<T>(
+    running: &Running,
+    cancel: Option<CancellationToken>,
+    op: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let r = cancellable(running, cancel, op).await;
+    if let Err(e) = &r {
+        if !matches!(e, Error::Aborted | Error::ForwardProxyNotRunning) {
+            running.node.counters.failed(e.code());
+        }
+    }
+    r
 }
 
 /// The HTTP status a CONNECT client gets for a failure (the status table of the README).
