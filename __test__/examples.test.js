@@ -36,6 +36,7 @@ const expected = {
     /^getProxyHost\(\) after stop: ErrorForwardProxyNotRunning \(exitCode 64\)$/m,
     /^logger got [1-9]\d* info lines, e\.g\. "INFO reverse proxy started/m,
   ],
+  'discovery.js': [/^private DHT: 4 nodes$/m, /^announced v[0-9a-v]{52} at 127\.0\.0\.1:\d+/m, /^lookup: [1-9]\d* address\(es\), signed true$/m, /^reply: found by node id$/m],
   'esm.mjs': [/^HTTP\/1\.1 200 Connection Established$/m, /^echoed: ping$/m],
 }
 
