@@ -385,6 +385,8 @@ function run(t, cmd, args, { env = cleanEnv(), timeout = 60_000, cwd = ROOT } = 
 }
 
 const RELAY_BIN = path.join(ROOT, 'target', 'debug', process.platform === 'win32' ? 'keynet-relay.exe' : 'keynet-relay')
+/** The `keynet` command (same package as keynet-relay: built with it). */
+const KEYNET_BIN = path.join(ROOT, 'target', 'debug', process.platform === 'win32' ? 'keynet.exe' : 'keynet')
 
 /** Starts `keynet-relay --dht 127.0.0.1:0 ...`; resolves its DHT address once it prints it. */
 async function startDhtNode(t, bootstrap = []) {
@@ -404,9 +406,9 @@ async function privateDht(t, n = 8) {
  * Starts the `keynet-relay` binary with `args` (stopped with SIGTERM in teardown) and resolves
  * `{ child, match }` once a stdout line matches `ready` (its RegExp match).
  */
-async function spawnKeynetRelay(t, args, ready) {
-  if (!fs.existsSync(RELAY_BIN)) throw new Error(`${RELAY_BIN} is missing: npm test builds it (cargo build -p keynet-relay)`)
-  const child = spawn(RELAY_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } })
+async function spawnKeynetRelay(t, args, ready, { bin = RELAY_BIN, env = {} } = {}) {
+  if (!fs.existsSync(bin)) throw new Error(`${bin} is missing: npm test builds it (cargo build -p keynet-relay)`)
+  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn', ...env } })
   let stderr = ''
   child.stderr.on('data', (d) => (stderr += d))
   t.teardown(async () => {
@@ -442,6 +444,7 @@ async function runJsonClient(t, cmd, args, opts) {
 
 module.exports = {
   keynet,
+  KEYNET_BIN,
   HOST,
   TOKEN,
   ROOT,

@@ -4,10 +4,12 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
 use keynet_core::relay::server::limits::{Limits, TABLE};
-use keynet_core::{generate_identity, NodeId, TlsConfig};
+use keynet_core::NodeId;
+
+pub use crate::identity::IdentitySource;
 
 /// `--help` text: every flag, the limits from keynet-core's table.
-pub(crate) fn help() -> String {
+pub fn help() -> String {
     format!(
         "{HEAD}\nLIMITS (the relay's bounds; each flag takes a number):\n{}{TAIL}",
         Limits::help()
@@ -70,72 +72,16 @@ SIGINT or SIGTERM stops the relay cleanly.
 
 /// What to do.
 #[derive(Debug)]
-pub(crate) enum Command {
+pub enum Command {
     /// Print [`HELP`].
     Help,
     /// Run with these arguments.
     Run(Box<Args>),
 }
 
-/// Where the identity comes from.
-#[derive(Debug, Default)]
-pub(crate) enum IdentitySource {
-    /// A fresh identity per run.
-    #[default]
-    Fresh,
-    /// PEM files.
-    Files { key: PathBuf, cert: PathBuf },
-    /// A directory holding key.pem and cert.pem, created on first use.
-    Dir(PathBuf),
-}
-
-impl IdentitySource {
-    /// Loads (or creates and saves) the identity; `None` lets the relay generate one.
-    pub(crate) fn load(&self) -> keynet_core::Result<Option<TlsConfig>> {
-        let read = |p: &PathBuf| {
-            std::fs::read_to_string(p).map_err(|e| {
-                keynet_core::Error::InvalidTlsConfig(format!("cannot read {}: {e}", p.display()))
-            })
-        };
-        match self {
-            Self::Fresh => Ok(None),
-            Self::Files { key, cert } => Ok(Some(TlsConfig {
-                key_private_pem: read(key)?,
-                cert_chain_pem: read(cert)?,
-            })),
-            Self::Dir(dir) => {
-                let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
-                if !key.exists() && !cert.exists() {
-                    let id = generate_identity()?;
-                    std::fs::create_dir_all(dir)?;
-                    write_private(&key, &id.tls.key_private_pem)?;
-                    std::fs::write(&cert, &id.tls.cert_chain_pem)?;
-                    tracing::info!(node_id = %id.node_id, dir = %dir.display(), "identity generated and saved");
-                }
-                Ok(Some(TlsConfig {
-                    key_private_pem: read(&key)?,
-                    cert_chain_pem: read(&cert)?,
-                }))
-            }
-        }
-    }
-}
-
-fn write_private(path: &PathBuf, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)?.write_all(content.as_bytes())
-}
-
 /// Parsed flags.
 #[derive(Debug, Default)]
-pub(crate) struct Args {
+pub struct Args {
     pub listen: Option<SocketAddr>,
     pub identity: IdentitySource,
     pub allowed: Option<Vec<NodeId>>,
@@ -169,7 +115,7 @@ fn seconds(name: &str, v: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Parses the flags (without the program name).
-pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut a = Args::default();
     let (mut key, mut cert, mut dir) = (None, None, None);
     let mut it = args.into_iter();

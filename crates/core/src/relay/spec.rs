@@ -89,6 +89,44 @@ impl RelaySpec {
     }
 }
 
+/// `HOST:PORT@NODEID` (IPv6 as `[::1]:7000@NODEID`): how a relay is named on a command line or
+/// in a config file; the other fields take their defaults.
+impl std::str::FromStr for RelaySpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, id) = s
+            .rsplit_once('@')
+            .ok_or_else(|| format!("{s:?} is not HOST:PORT@NODEID"))?;
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} in {s:?} is not an IP HOST:PORT"))?;
+        let node_id: NodeId = id.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(Self::new(addr, node_id))
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn host_port_at_node_id() {
+        let id = crate::generate_identity().unwrap().node_id;
+        let spec: RelaySpec = format!("127.0.0.1:7000@{id}").parse().unwrap();
+        assert_eq!(spec, RelaySpec::new("127.0.0.1:7000".parse().unwrap(), id));
+        let v6: RelaySpec = format!("[::1]:7000@{id}").parse().unwrap();
+        assert_eq!(v6.addr, "[::1]:7000".parse::<SocketAddr>().unwrap());
+        for bad in [
+            "127.0.0.1:7000",
+            "relay.example:7000@x",
+            "127.0.0.1:7000@notanid",
+        ] {
+            assert!(bad.parse::<RelaySpec>().is_err(), "{bad}");
+        }
+    }
+}
+
 /// Where the link stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkStatus {

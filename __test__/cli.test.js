@@ -1,0 +1,145 @@
+'use strict'
+// The `keynet` command, for servers and clients in any language: every proxy here is a `keynet`
+// process, the clients and servers are Python grpcio or plain TCP. A config file says what flags
+// say (errors name the file, line and key); a token is never taken from the command line unless
+// asked; SIGTERM drains open tunnels and exits 0.
+
+const test = require('ava')
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
+const net = require('node:net')
+const { spawn } = require('node:child_process')
+const h = require('./helpers')
+
+const PYTHON = process.env.PYTHON || 'python3'
+const KEYNET = h.KEYNET_BIN
+
+/** A `keynet ARGS` process, killed in teardown; resolves `{ child, match }` once stdout matches `ready`. */
+function keynet(t, args, ready, env) {
+  return h.spawnKeynetRelay(t, args, ready, { bin: KEYNET, env })
+}
+
+/** Runs `keynet ARGS` to its end: `{ code, stdout, stderr }`. */
+function keynetOnce(t, args, env = {}) {
+  return h.run(t, KEYNET, args, { env: h.cleanEnv(env), timeout: 20_000 })
+}
+
+function tmpDir(t) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keynet-cli-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** fixtures/server.py: a Python grpcio server; resolves its port. */
+async function pythonServer(t) {
+  const child = spawn(PYTHON, [path.join(h.FIXTURES, 'server.py')], { stdio: ['ignore', 'pipe', 'pipe'], env: h.cleanEnv({ PYTHONDONTWRITEBYTECODE: '1' }) })
+  t.teardown(() => child.kill('SIGKILL'))
+  let stderr = ''
+  child.stderr.on('data', (d) => (stderr += d))
+  const line = await h.withTimeout(
+    new Promise((resolve, reject) => {
+      child.stdout.on('data', (d) => {
+        const m = /listening (\d+)/.exec(String(d))
+        if (m) resolve(Number(m[1]))
+      })
+      child.once('exit', (code) => reject(new Error(code === 3 ? `Python grpcio is required: ${stderr}` : `server.py exited ${code}: ${stderr}`)))
+    }),
+    h.WAIT,
+    'server.py to listen',
+  )
+  return line
+}
+
+const RELAY_READY = /^relay listening on (\S+) tcp \S+ node id (v[0-9a-v]{52})$/
+const REVERSE_READY = /^reverse proxy node id (v[0-9a-v]{52}) udp (\S+) server \S+$/
+const FORWARD_READY = /^forward proxy http (\S+) udp \S+ node id v[0-9a-v]{52}$/
+
+test('a Python grpcio client reaches a Python grpcio server by node id: keynet forward -> keynet relay -> keynet reverse', async (t) => {
+  const dir = tmpDir(t)
+  const serverPort = await pythonServer(t)
+  const relay = await keynet(t, ['relay', '--listen', '127.0.0.1:0'], RELAY_READY)
+  const relayArg = `${relay.match[1]}@${relay.match[2]}`
+  const reverse = await keynet(t, ['reverse', '--server', `127.0.0.1:${serverPort}`, '--relay', relayArg, '--identity-dir', path.join(dir, 'id')], REVERSE_READY)
+  const nodeId = reverse.match[1]
+  // The identity is on disk: `keynet id show` reads the same node id.
+  const shown = await keynetOnce(t, ['id', 'show', '--dir', path.join(dir, 'id')])
+  t.is(shown.stdout.trim(), nodeId)
+  t.is(fs.statSync(path.join(dir, 'id', 'key.pem')).mode & 0o777, 0o600)
+  fs.writeFileSync(path.join(dir, 'token'), 'py-token\n')
+  const forward = await keynet(t, ['forward', '--listen', '127.0.0.1:0', '--token-file', path.join(dir, 'token'), '--relay', relayArg], FORWARD_READY)
+  const env = h.cleanEnv({ grpc_proxy: `http://py-token@${forward.match[1]}`, GRPC_DNS_RESOLVER: 'native', PYTHONDONTWRITEBYTECODE: '1' })
+  const out = await h.runJsonClient(t, PYTHON, [path.join(h.FIXTURES, 'client.py'), `${nodeId}.keynet:443`, 'unary'], { env })
+  t.deepEqual(out.result, { text: 'python server: hello from python', count: -7 })
+})
+
+test('SIGTERM drains an open tunnel (the bytes in flight arrive, both ends read an end) and keynet exits 0', async (t) => {
+  const received = []
+  let serverSocket
+  const server = await h.startTcpServer(t, (s) => {
+    serverSocket = s
+    s.on('data', (d) => received.push(d))
+    s.on('end', () => s.end())
+  })
+  const reverse = await keynet(t, ['reverse', '--server', `127.0.0.1:${server.port}`, '--grace', '5'], REVERSE_READY)
+  const [nodeId, ingress] = [reverse.match[1], reverse.match[2]]
+  const forward = await keynet(t, ['forward', '--listen', '127.0.0.1:0'], FORWARD_READY, { KEYNET_TOKEN: 'tok' })
+  const [host, port] = forward.match[1].split(':')
+  const client = await h.connectTcp(t, Number(port), { host })
+  client.write(`CONNECT ${ingress}?nodeId=${nodeId} HTTP/1.1\r\nProxy-Authorization: Basic ${Buffer.from('tok').toString('base64')}\r\n\r\n`)
+  const res = await h.readHead(client, h.WAIT)
+  t.is(res.status, 200)
+  const payload = Buffer.alloc(1 << 20, 7)
+  client.write(payload)
+  await h.waitFor(() => received.reduce((n, b) => n + b.length, 0) > 0, { what: 'the first bytes at the server' })
+  const exited = new Promise((resolve) => reverse.child.once('exit', (code, signal) => resolve(code ?? signal)))
+  const clientEnded = new Promise((resolve) => client.once('end', resolve))
+  client.resume()
+  reverse.child.kill('SIGTERM')
+  await h.withTimeout(clientEnded, h.WAIT, 'the client to read an end')
+  t.is(await h.withTimeout(exited, h.WAIT, 'keynet reverse to exit'), 0)
+  t.is(Buffer.concat(received).length, payload.length, 'every byte sent before the signal arrived')
+  t.deepEqual(client.errors, [], 'an end, not a reset')
+  t.truthy(serverSocket)
+})
+
+test('config file: a valid one runs, flags override it, and a bad key or value is named with its file and line', async (t) => {
+  const dir = tmpDir(t)
+  const server = await h.startEchoServer(t)
+  const cfg = path.join(dir, 'keynet.toml')
+  fs.writeFileSync(cfg, `# a config\n[reverse]\nserver = "127.0.0.1:1"\ngrace = 2\n\n[forward]\nlisten = "127.0.0.1:0"\n`)
+  // The flag wins over the file's server.
+  const reverse = await keynet(t, ['reverse', '--config', cfg, '--server', `127.0.0.1:${server.port}`], REVERSE_READY)
+  t.regex(reverse.lines.join('\n'), new RegExp(`server 127\\.0\\.0\\.1:${server.port}$`, 'm'))
+  const typo = path.join(dir, 'typo.toml')
+  fs.writeFileSync(typo, `[reverse]\nserver = "127.0.0.1:1"\nsevrer = "127.0.0.1:2"\n`)
+  let r = await keynetOnce(t, ['reverse', '--config', typo])
+  t.is(r.code, 2)
+  t.regex(r.stderr, /typo\.toml: TOML parse error at line 3/)
+  t.regex(r.stderr, /unknown field `sevrer`/)
+  const badValue = path.join(dir, 'bad.toml')
+  fs.writeFileSync(badValue, `[reverse]\n\nserver = "localhost:50051"\n`)
+  r = await keynetOnce(t, ['reverse', '--config', badValue])
+  t.is(r.code, 2)
+  t.regex(r.stderr, /bad\.toml:3 reverse\.server: "localhost:50051" is not an IP HOST:PORT/)
+  r = await keynetOnce(t, ['forward', '--config', cfg, '--bogus'])
+  t.is(r.code, 2)
+  t.regex(r.stderr, /unknown flag "--bogus"/)
+})
+
+test('a token only on the command line is refused unless --insecure-token-arg; KEYNET_TOKEN or a file is taken', async (t) => {
+  let r = await keynetOnce(t, ['forward', '--listen', '127.0.0.1:0', '--token', 'secret'])
+  t.is(r.code, 2)
+  t.regex(r.stderr, /visible to every user of this machine/)
+  t.false(r.stderr.includes('secret'), 'the error does not repeat the token')
+  r = await keynetOnce(t, ['forward', '--listen', '127.0.0.1:0'])
+  t.is(r.code, 2)
+  t.regex(r.stderr, /needs a token: --token-file FILE or KEYNET_TOKEN/)
+  const insecure = await keynet(t, ['forward', '--listen', '127.0.0.1:0', '--token', 'secret', '--insecure-token-arg'], FORWARD_READY)
+  t.truthy(insecure.match)
+  const fromEnv = await keynet(t, ['forward', '--listen', '127.0.0.1:0'], FORWARD_READY, { KEYNET_TOKEN: 'from-env' })
+  // The token in use is the environment's: a CONNECT with it is not refused with 407.
+  const [host, port] = fromEnv.match[1].split(':')
+  const res = await h.rawConnect(t, Number(port), { raw: `CONNECT 127.0.0.1:1 HTTP/1.1\r\nProxy-Authorization: Basic ${Buffer.from('from-env').toString('base64')}\r\n\r\n`, socketOpts: { host } })
+  t.not(res.status, 407)
+})
