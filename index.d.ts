@@ -444,6 +444,8 @@ export declare class ForwardProxy extends EventEmitter {
   closeConnection(host: string, port: number, opts?: EndOptions): Promise<void>
   /** Live connections; 0 when not running (as the original). */
   getConnectionCount(): number
+  /** Every live connection (throws ErrorForwardProxyNotRunning when stopped). */
+  getConnections(): ConnectionInfo[]
   /** Connections by path, tunnels, bytes, failed attempts by error code. */
   getStats(): ProxyStats
   getConnectionInfoByIngress(host: string, port: number): ConnectionInfo | undefined
@@ -564,6 +566,8 @@ export declare class ReverseProxy extends EventEmitter {
   /** Ends the connection: its tunnels drain (see connEndTime); resolves once it closed. */
   closeConnection(egressHost: string, egressPort: number, opts?: EndOptions): Promise<void>
   /** Live connections; 0 when not running (as the original). */
+  /** Every live connection (throws ErrorReverseProxyNotRunning when stopped). */
+  getConnections(): ConnectionInfo[]
   getConnectionCount(): number
   /** Connections by path, tunnels, bytes, failed attempts by error code. */
   getStats(): ProxyStats

@@ -585,6 +585,8 @@ class Proxy extends Service {
   getNodeId() { return sync(() => this._native.nodeId()) }
   /** Live connections; 0 when not running (as the original: it works in any state). */
   getConnectionCount() { return sync(() => this._native.connectionCount()) }
+  /** Every live connection's ConnectionInfo (what `keynet status` shows). */
+  getConnections() { return sync(() => this._native.connections()) }
 
   /**
    * `{ connections: { direct, punched, relayed }, tunnelsOpen, tunnelsTotal, bytesSent,

@@ -63,6 +63,8 @@ export declare class NativeForwardProxy {
   /** The timing options in use, every field filled in. */
   options(): NativeOptions
   stats(): NativeProxyStats
+  /** Every live connection. */
+  connections(): Array<NativeConnectionInfo>
   infoByIngress(host: string, port: number): NativeConnectionInfo | null
   infoByClient(host: string, port: number): NativeConnectionInfo | null
   setTlsConfig(keyPrivatePem: string, certChainPem: string): void
@@ -135,6 +137,8 @@ export declare class NativeReverseProxy {
   /** The timing options in use, every field filled in. */
   options(): NativeOptions
   stats(): NativeProxyStats
+  /** Every live connection. */
+  connections(): Array<NativeConnectionInfo>
   infoByEgress(host: string, port: number): NativeConnectionInfo | null
   infoByProxy(host: string, port: number): NativeConnectionInfo | null
   setTlsConfig(keyPrivatePem: string, certChainPem: string): void

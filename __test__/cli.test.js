@@ -60,17 +60,38 @@ test('a Python grpcio client reaches a Python grpcio server by node id: keynet f
   const serverPort = await pythonServer(t)
   const relay = await keynet(t, ['relay', '--listen', '127.0.0.1:0'], RELAY_READY)
   const relayArg = `${relay.match[1]}@${relay.match[2]}`
-  const reverse = await keynet(t, ['reverse', '--server', `127.0.0.1:${serverPort}`, '--relay', relayArg, '--identity-dir', path.join(dir, 'id')], REVERSE_READY)
+  const control = path.join(dir, 'reverse.sock')
+  const reverse = await keynet(t, ['reverse', '--server', `127.0.0.1:${serverPort}`, '--relay', relayArg, '--identity-dir', path.join(dir, 'id'), '--control', control], REVERSE_READY)
   const nodeId = reverse.match[1]
   // The identity is on disk: `keynet id show` reads the same node id.
   const shown = await keynetOnce(t, ['id', 'show', '--dir', path.join(dir, 'id')])
   t.is(shown.stdout.trim(), nodeId)
   t.is(fs.statSync(path.join(dir, 'id', 'key.pem')).mode & 0o777, 0o600)
   fs.writeFileSync(path.join(dir, 'token'), 'py-token\n')
-  const forward = await keynet(t, ['forward', '--listen', '127.0.0.1:0', '--token-file', path.join(dir, 'token'), '--relay', relayArg], FORWARD_READY)
+  const forward = await keynet(t, ['forward', '--listen', '127.0.0.1:0', '--token-file', path.join(dir, 'token'), '--relay', relayArg, '--control', path.join(dir, 'forward.sock')], FORWARD_READY)
   const env = h.cleanEnv({ grpc_proxy: `http://py-token@${forward.match[1]}`, GRPC_DNS_RESOLVER: 'native', PYTHONDONTWRITEBYTECODE: '1' })
   const out = await h.runJsonClient(t, PYTHON, [path.join(h.FIXTURES, 'client.py'), `${nodeId}.keynet:443`, 'unary'], { env })
   t.deepEqual(out.result, { text: 'python server: hello from python', count: -7 })
+
+  // keynet status: the live connection, its path, the relay link, the counters.
+  const status = await keynetOnce(t, ['status', '--control', control, '--json'])
+  t.is(status.code, 0, status.stderr)
+  const s = JSON.parse(status.stdout)
+  t.is(s.role, 'reverse')
+  t.is(s.node_id, nodeId)
+  t.is(s.connections.length, 1)
+  // Relayed, or already moved to the direct path the relay's rendezvous found (loopback).
+  t.true(['relayed', 'direct'].includes(s.connections[0].path), s.connections[0].path)
+  t.true(s.connections[0].rtt_ms >= 0)
+  t.deepEqual(s.relays.map((r) => [r.relay, r.state]), [[relay.match[1], 'up']])
+  t.is(s.stats.tunnels_total, 1)
+  const table = await keynetOnce(t, ['status', '--control', control])
+  t.regex(table.stdout, new RegExp(`^v[0-9a-v]{52} +(relayed|direct) `, 'm'), 'the table lists the connection')
+  // The control socket is the user's only: mode 0600.
+  t.is(fs.statSync(control).mode & 0o777, 0o600)
+  const none = await keynetOnce(t, ['status', '--control', path.join(dir, 'nothing.sock')])
+  t.is(none.code, 1)
+  t.regex(none.stderr, /is keynet running\?/)
 })
 
 test('SIGTERM drains an open tunnel (the bytes in flight arrive, both ends read an end) and keynet exits 0', async (t) => {
@@ -81,9 +102,10 @@ test('SIGTERM drains an open tunnel (the bytes in flight arrive, both ends read 
     s.on('data', (d) => received.push(d))
     s.on('end', () => s.end())
   })
-  const reverse = await keynet(t, ['reverse', '--server', `127.0.0.1:${server.port}`, '--grace', '5'], REVERSE_READY)
+  const dir = tmpDir(t)
+  const reverse = await keynet(t, ['reverse', '--server', `127.0.0.1:${server.port}`, '--grace', '5', '--control', path.join(dir, 'r.sock')], REVERSE_READY)
   const [nodeId, ingress] = [reverse.match[1], reverse.match[2]]
-  const forward = await keynet(t, ['forward', '--listen', '127.0.0.1:0'], FORWARD_READY, { KEYNET_TOKEN: 'tok' })
+  const forward = await keynet(t, ['forward', '--listen', '127.0.0.1:0', '--control', path.join(dir, 'f.sock')], FORWARD_READY, { KEYNET_TOKEN: 'tok' })
   const [host, port] = forward.match[1].split(':')
   const client = await h.connectTcp(t, Number(port), { host })
   client.write(`CONNECT ${ingress}?nodeId=${nodeId} HTTP/1.1\r\nProxy-Authorization: Basic ${Buffer.from('tok').toString('base64')}\r\n\r\n`)
@@ -107,7 +129,7 @@ test('config file: a valid one runs, flags override it, and a bad key or value i
   const dir = tmpDir(t)
   const server = await h.startEchoServer(t)
   const cfg = path.join(dir, 'keynet.toml')
-  fs.writeFileSync(cfg, `# a config\n[reverse]\nserver = "127.0.0.1:1"\ngrace = 2\n\n[forward]\nlisten = "127.0.0.1:0"\n`)
+  fs.writeFileSync(cfg, `# a config\n[reverse]\nserver = "127.0.0.1:1"\ngrace = 2\ncontrol = "${path.join(dir, 'r.sock')}"\n\n[forward]\nlisten = "127.0.0.1:0"\n`)
   // The flag wins over the file's server.
   const reverse = await keynet(t, ['reverse', '--config', cfg, '--server', `127.0.0.1:${server.port}`], REVERSE_READY)
   t.regex(reverse.lines.join('\n'), new RegExp(`server 127\\.0\\.0\\.1:${server.port}$`, 'm'))
@@ -127,6 +149,19 @@ test('config file: a valid one runs, flags override it, and a bad key or value i
   t.regex(r.stderr, /unknown flag "--bogus"/)
 })
 
+test('a second instance on the same control socket is refused (exit 2); a stale socket file is replaced', async (t) => {
+  const dir = tmpDir(t)
+  const control = path.join(dir, 'c.sock')
+  await keynet(t, ['forward', '--listen', '127.0.0.1:0', '--control', control], FORWARD_READY, { KEYNET_TOKEN: 'x' })
+  const second = await keynetOnce(t, ['forward', '--listen', '127.0.0.1:0', '--control', control], { KEYNET_TOKEN: 'x' })
+  t.is(second.code, 2)
+  t.regex(second.stderr, /another keynet instance answers there/)
+  const stale = path.join(dir, 'stale.sock')
+  fs.writeFileSync(stale, '')
+  const again = await keynet(t, ['forward', '--listen', '127.0.0.1:0', '--control', stale], FORWARD_READY, { KEYNET_TOKEN: 'x' })
+  t.truthy(again.match)
+})
+
 test('a token only on the command line is refused unless --insecure-token-arg; KEYNET_TOKEN or a file is taken', async (t) => {
   let r = await keynetOnce(t, ['forward', '--listen', '127.0.0.1:0', '--token', 'secret'])
   t.is(r.code, 2)
@@ -135,9 +170,10 @@ test('a token only on the command line is refused unless --insecure-token-arg; K
   r = await keynetOnce(t, ['forward', '--listen', '127.0.0.1:0'])
   t.is(r.code, 2)
   t.regex(r.stderr, /needs a token: --token-file FILE or KEYNET_TOKEN/)
-  const insecure = await keynet(t, ['forward', '--listen', '127.0.0.1:0', '--token', 'secret', '--insecure-token-arg'], FORWARD_READY)
+  const dir = tmpDir(t)
+  const insecure = await keynet(t, ['forward', '--listen', '127.0.0.1:0', '--token', 'secret', '--insecure-token-arg', '--control', path.join(dir, 'a.sock')], FORWARD_READY)
   t.truthy(insecure.match)
-  const fromEnv = await keynet(t, ['forward', '--listen', '127.0.0.1:0'], FORWARD_READY, { KEYNET_TOKEN: 'from-env' })
+  const fromEnv = await keynet(t, ['forward', '--listen', '127.0.0.1:0', '--control', path.join(dir, 'b.sock')], FORWARD_READY, { KEYNET_TOKEN: 'from-env' })
   // The token in use is the environment's: a CONNECT with it is not refused with 407.
   const [host, port] = fromEnv.match[1].split(':')
   const res = await h.rawConnect(t, Number(port), { raw: `CONNECT 127.0.0.1:1 HTTP/1.1\r\nProxy-Authorization: Basic ${Buffer.from('from-env').toString('base64')}\r\n\r\n`, socketOpts: { host } })

@@ -145,3 +145,18 @@ test('a zero-IP target means this machine: openConnection and CONNECT to 0.0.0.0
   await h.assertEchoes(t, res.socket)
   t.is(fp.getConnectionCount(), 1, 'both reached the same connection')
 })
+
+test('getConnections() lists every live connection on both sides (what keynet status shows)', async (t) => {
+  const rp1 = await h.startReverseProxy(t, { serverPort: 1 })
+  const rp2 = await h.startReverseProxy(t, { serverPort: 1 })
+  const fp = await h.startForwardProxy(t)
+  t.deepEqual(fp.getConnections(), [])
+  await fp.openConnection(rp1.getNodeId(), h.HOST, rp1.getIngressPort())
+  await fp.openConnection(rp2.getNodeId(), h.HOST, rp2.getIngressPort())
+  t.deepEqual(fp.getConnections().map((c) => c.nodeId).sort(), [rp1.getNodeId(), rp2.getNodeId()].sort())
+  await h.waitFor(() => rp1.getConnections().length === 1, { what: "rp1's connection" })
+  t.is(rp1.getConnections()[0].nodeId, fp.getNodeId())
+  t.is(rp1.getConnections()[0].egressPort, fp.getEgressPort())
+  await fp.stop()
+  t.throws(() => fp.getConnections(), { instanceOf: h.keynet.errors.ErrorForwardProxyNotRunning })
+})

@@ -313,6 +313,13 @@ impl NativeForwardProxy {
         self.inner.stats().map(Into::into).map_err(err)
     }
 
+    /// Every live connection.
+    #[napi(catch_unwind)]
+    pub fn connections(&self) -> Result<Vec<NativeConnectionInfo>> {
+        let all = self.inner.connections().map_err(err)?;
+        Ok(all.into_iter().map(Into::into).collect())
+    }
+
     #[napi(catch_unwind)]
     pub fn info_by_ingress(&self, host: String, port: u32) -> Result<Option<NativeConnectionInfo>> {
         let info = self

@@ -264,6 +264,13 @@ impl NativeReverseProxy {
         self.inner.stats().map(Into::into).map_err(err)
     }
 
+    /// Every live connection.
+    #[napi(catch_unwind)]
+    pub fn connections(&self) -> Result<Vec<NativeConnectionInfo>> {
+        let all = self.inner.connections().map_err(err)?;
+        Ok(all.into_iter().map(Into::into).collect())
+    }
+
     #[napi(catch_unwind)]
     pub fn info_by_egress(&self, host: String, port: u32) -> Result<Option<NativeConnectionInfo>> {
         let info = self

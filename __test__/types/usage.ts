@@ -531,5 +531,6 @@ export async function originalShapes(tls: TlsConfig): Promise<void> {
   setLogFilter(null)
   await fp.stop({ signal: AbortSignal.timeout(100) })
   await rp.stop()
-  void [timer.timedOut, punched, found]
+  const all: ConnectionInfo[] = [...fp.getConnections(), ...rp.getConnections()]
+  void [timer.timedOut, punched, found, all]
 }

@@ -282,6 +282,11 @@ impl ForwardProxy {
         Ok(self.running()?.node.stats())
     }
 
+    /// Every live connection, as `connection_info_by_ingress` tells one.
+    pub fn connections(&self) -> Result<Vec<ConnectionInfo>> {
+        Ok(self.running()?.node.tracker.infos())
+    }
+
     /// The connection to a reverse proxy at `addr`.
     pub fn connection_info_by_ingress(&self, addr: SocketAddr) -> Result<Option<ConnectionInfo>> {
         Ok(self.running()?.node.tracker.info(&addr))

@@ -380,6 +380,11 @@ impl ReverseProxy {
         Ok(self.running()?.node.stats())
     }
 
+    /// Every live connection, as `connection_info_by_egress` tells one.
+    pub fn connections(&self) -> Result<Vec<ConnectionInfo>> {
+        Ok(self.running()?.node.tracker.infos())
+    }
+
     /// The connection from a forward proxy at `addr`.
     pub fn connection_info_by_egress(&self, addr: SocketAddr) -> Result<Option<ConnectionInfo>> {
         Ok(self.running()?.node.tracker.info(&addr))

@@ -551,6 +551,11 @@ impl Tracker {
         self.get(addr).map(|p| p.info(self.local, self.role))
     }
 
+    /// A snapshot of every live connection.
+    pub(crate) fn infos(&self) -> Vec<ConnectionInfo> {
+        self.peers().iter().map(|p| self.info_of(p)).collect()
+    }
+
     /// A snapshot of `peer` from this tracker's side.
     pub(crate) fn info_of(&self, peer: &Peer) -> ConnectionInfo {
         peer.info(self.local, self.role)

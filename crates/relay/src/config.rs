@@ -57,6 +57,7 @@ impl Side {
                 "allow",
                 "identity-dir",
                 "grace",
+                "control",
             ],
             Self::Forward => &[
                 "listen",
@@ -67,6 +68,7 @@ impl Side {
                 "identity-dir",
                 "token-file",
                 "grace",
+                "control",
             ],
         }
     }
@@ -130,6 +132,7 @@ pub fn help(side: Side) -> String {
             "identity-dir" => "DIR         key.pem and cert.pem (made on first use; default: a fresh identity per run)",
             "token-file" => "FILE        the token CONNECT clients present (or KEYNET_TOKEN)",
             "grace" => "SECONDS     how long open tunnels drain on SIGINT/SIGTERM (default 1)",
+            "control" => "PATH        the control socket `keynet status` asks (default $XDG_RUNTIME_DIR/keynet/SIDE.sock)",
             _ => "",
         };
         let flag = if *key == "relays" { "relay" } else { key };
@@ -202,6 +205,7 @@ struct Table {
     identity_dir: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
     grace: Option<Spanned<f64>>,
+    control: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -258,6 +262,7 @@ pub fn parse_config(text: &str, name: &str, side: Side) -> Result<Raw, String> {
     one("egress", table.egress)?;
     one("identity-dir", table.identity_dir)?;
     one("token-file", table.token_file)?;
+    one("control", table.control)?;
     if let Some(g) = table.grace {
         let l = line(g.span());
         raw.one.insert(

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod config;
+pub mod control;
 pub mod identity;
 pub mod logging;
 pub mod proxies;

@@ -13,6 +13,7 @@ use keynet_core::{
 };
 
 use crate::config::{self, Raw, Side, Value};
+use crate::control::{self, connection_json, relay_json, stats_json, Control};
 use crate::identity::IdentitySource;
 use crate::signal::shutdown_signal;
 
@@ -32,6 +33,8 @@ pub struct Settings {
     pub identity_dir: Option<PathBuf>,
     pub token: Option<String>,
     pub grace: Option<Duration>,
+    /// The control socket (`keynet status`).
+    pub control: PathBuf,
 }
 
 fn addr(v: &Value) -> Result<SocketAddr, String> {
@@ -89,6 +92,10 @@ pub fn settings(side: Side, flags: Raw, env_token: Option<String>) -> Result<Set
         identity_dir: one("identity-dir").map(|v| PathBuf::from(&v.text)),
         token,
         grace,
+        control: one("control").map_or_else(
+            || control::default_path(side.name()),
+            |v| PathBuf::from(&v.text),
+        ),
     };
     if side == Side::Reverse && s.server.is_none() {
         return Err("--server HOST:PORT is required (the server tunnels are carried to)".into());
@@ -157,8 +164,22 @@ fn options(s: &Settings) -> ConnOptions {
     o
 }
 
-/// Runs `keynet reverse` until a signal; the error is a failed start.
-pub async fn run_reverse(s: Settings) -> keynet_core::Result<()> {
+/// Why a run failed: a setting found bad late (exit 2), or a start that failed (exit 1).
+#[derive(Debug)]
+pub enum RunError {
+    Usage(String),
+    Start(keynet_core::Error),
+}
+
+impl From<keynet_core::Error> for RunError {
+    fn from(e: keynet_core::Error) -> Self {
+        Self::Start(e)
+    }
+}
+
+/// Runs `keynet reverse` until a signal.
+pub async fn run_reverse(s: Settings) -> Result<(), RunError> {
+    let control = Control::bind(&s.control).await.map_err(RunError::Usage)?;
     let rp = ReverseProxy::new(options(&s))?;
     let mut start = ReverseStart::new(s.server.expect("checked by settings()"));
     if let Some(l) = s.listen {
@@ -176,13 +197,28 @@ pub async fn run_reverse(s: Settings) -> keynet_core::Result<()> {
         rp.server_addr()?
     );
     println!("reach it: grpc_proxy=http://TOKEN@FORWARD_HOST:PORT and the target {id}.keynet:443");
-    shutdown_signal().await;
+    let status = || {
+        serde_json::json!({
+            "role": "reverse",
+            "node_id": rp.node_id().map(|n| n.to_string()).ok(),
+            "udp": rp.ingress_addr().map(|a| a.to_string()).ok(),
+            "server": rp.server_addr().map(|a| a.to_string()).ok(),
+            "relays": rp.relays_status().map(|(links, _)| links.iter().map(|(s, l)| relay_json(s, l)).collect::<Vec<_>>()).unwrap_or_default(),
+            "stats": rp.stats().map(|s| stats_json(&s)).ok(),
+            "connections": rp.connections().map(|c| c.iter().map(connection_json).collect::<Vec<_>>()).unwrap_or_default(),
+        })
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = control.serve(status) => {}
+    }
     tracing::info!("stopping: open tunnels drain");
-    rp.stop().await
+    Ok(rp.stop().await?)
 }
 
-/// Runs `keynet forward` until a signal; the error is a failed start.
-pub async fn run_forward(s: Settings) -> keynet_core::Result<()> {
+/// Runs `keynet forward` until a signal.
+pub async fn run_forward(s: Settings) -> Result<(), RunError> {
+    let control = Control::bind(&s.control).await.map_err(RunError::Usage)?;
     let fp = ForwardProxy::new(s.token.clone().expect("checked by settings()"), options(&s))?;
     let mut start = ForwardStart {
         proxy_addr: s.listen.unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
@@ -201,9 +237,23 @@ pub async fn run_forward(s: Settings) -> keynet_core::Result<()> {
         fp.egress_addr()?,
         fp.node_id()?
     );
-    shutdown_signal().await;
+    let status = || {
+        serde_json::json!({
+            "role": "forward",
+            "node_id": fp.node_id().map(|n| n.to_string()).ok(),
+            "udp": fp.egress_addr().map(|a| a.to_string()).ok(),
+            "http": fp.proxy_addr().map(|a| a.to_string()).ok(),
+            "relays": fp.relay_status().map(|links| links.iter().map(|(s, l)| relay_json(s, l)).collect::<Vec<_>>()).unwrap_or_default(),
+            "stats": fp.stats().map(|s| stats_json(&s)).ok(),
+            "connections": fp.connections().map(|c| c.iter().map(connection_json).collect::<Vec<_>>()).unwrap_or_default(),
+        })
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = control.serve(status) => {}
+    }
     tracing::info!("stopping: open tunnels drain");
-    fp.stop().await
+    Ok(fp.stop().await?)
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ USAGE:
     keynet relay [flags]                        a relay hub (keynet-relay's flags)
     keynet dht HOST:PORT [--dht-bootstrap HOST:PORT ...]   a DHT node for a private network
     keynet id new|show --dir DIR                an identity on disk (key.pem mode 0600, cert.pem)
+    keynet status [--control PATH] [--json]     what a running reverse/forward holds: connections,
+                                                paths, RTT, relays, counters
 
 `keynet COMMAND --help` lists a command's flags. Logs go to stderr (RUST_LOG, default info).
 Exit codes: 0 stopped cleanly, 1 could not start, 2 bad flags or config.
@@ -28,6 +30,62 @@ fn usage(e: String, command: &str) -> ExitCode {
 fn failed(e: keynet_core::Error, command: &str) -> ExitCode {
     eprintln!("keynet {command}: [{}] {e}", e.code());
     ExitCode::FAILURE
+}
+
+/// `keynet status`: asks the control socket given, or the default ones that exist.
+async fn status(args: Vec<String>) -> ExitCode {
+    let (mut paths, mut json) = (Vec::new(), false);
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => json = true,
+            "--control" => match it.next() {
+                Some(p) => paths.push(std::path::PathBuf::from(p)),
+                None => return usage("--control needs a value".into(), "status"),
+            },
+            "-h" | "--help" => {
+                println!("keynet status [--control PATH] [--json]: the status of a running keynet reverse/forward");
+                return ExitCode::SUCCESS;
+            }
+            other => return usage(format!("unknown flag {other:?}"), "status"),
+        }
+    }
+    if paths.is_empty() {
+        paths = ["reverse", "forward"]
+            .map(keynet_relay::control::default_path)
+            .into_iter()
+            .filter(|p| p.exists())
+            .collect();
+        if paths.is_empty() {
+            eprintln!(
+                "keynet status: no keynet reverse or forward runs here (or give --control PATH)"
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut all = Vec::new();
+    for p in &paths {
+        match keynet_relay::control::query(p).await {
+            Ok(s) => all.push(s),
+            Err(e) => {
+                eprintln!("keynet status: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if json {
+        let out = if all.len() == 1 {
+            all.remove(0)
+        } else {
+            serde_json::Value::Array(all)
+        };
+        println!("{out}");
+    } else {
+        for s in &all {
+            print!("{}", keynet_relay::control::table(s));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -62,9 +120,11 @@ async fn main() -> ExitCode {
             };
             match r {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => failed(e, &command),
+                Err(proxies::RunError::Usage(e)) => usage(e, &command),
+                Err(proxies::RunError::Start(e)) => failed(e, &command),
             }
         }
+        "status" => status(rest).await,
         "relay" | "dht" => {
             let argv =
                 if command == "dht" {
