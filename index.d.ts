@@ -566,6 +566,12 @@ export declare class ReverseProxy extends EventEmitter {
   /** Ends the connection: its tunnels drain (see connEndTime); resolves once it closed. */
   closeConnection(egressHost: string, egressPort: number, opts?: EndOptions): Promise<void>
   /** Live connections; 0 when not running (as the original). */
+  /**
+   * Changes which node ids may connect while running (null: any), as `allowedNodeIds` at start:
+   * later handshakes are checked against the new list; connections of nodes no longer on it end
+   * (their tunnels drain). `keynet reverse` does it on SIGHUP.
+   */
+  setAllowedNodeIds(ids: string[] | null): void
   /** Every live connection (throws ErrorReverseProxyNotRunning when stopped). */
   getConnections(): ConnectionInfo[]
   getConnectionCount(): number

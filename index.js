@@ -905,6 +905,19 @@ class ReverseProxy extends Proxy {
   getSocketPort() { return this.getIngressPort() }
 
   /**
+   * Changes which node ids may connect while running (null: any), as `allowedNodeIds` at start:
+   * later handshakes are checked against the new list; connections of nodes no longer on it
+   * end (their tunnels drain).
+   */
+  setAllowedNodeIds(ids) {
+    if (ids !== null) {
+      if (!Array.isArray(ids)) throw typeError('ids', 'an array of node ids or null', ids)
+      ids.forEach((id, i) => checkNodeId(`ids[${i}]`, id))
+    }
+    sync(() => this._native.setAllowedNodeIds(ids ?? undefined))
+  }
+
+  /**
    * Punches toward a forward proxy until its connection arrives (rejects on timeout):
    * openConnection(egressHost, egressPort, { timeout?, signal? }), or the original's
    * openConnection(egressHost, egressPort, timer) with a timer object as the deadline (null: none).

@@ -137,6 +137,8 @@ export declare class NativeReverseProxy {
   /** The timing options in use, every field filled in. */
   options(): NativeOptions
   stats(): NativeProxyStats
+  /** Changes which node ids may connect (none: any). */
+  setAllowedNodeIds(ids?: Array<string> | undefined | null): void
   /** Every live connection. */
   connections(): Array<NativeConnectionInfo>
   infoByEgress(host: string, port: number): NativeConnectionInfo | null

@@ -162,6 +162,63 @@ test('a second instance on the same control socket is refused (exit 2); a stale 
   t.truthy(again.match)
 })
 
+test('SIGHUP reloads the allow-list: a node taken off it is disconnected and refused, a bad file changes nothing', async (t) => {
+  const dir = tmpDir(t)
+  const server = await h.startEchoServer(t)
+  const made = await keynetOnce(t, ['id', 'new', '--dir', path.join(dir, 'fwd-id')])
+  t.is(made.code, 0, made.stderr)
+  const fwdId = made.stdout.trim()
+  const other = (await h.keynet.generateIdentity()).nodeId
+  const cfg = path.join(dir, 'keynet.toml')
+  const write = (allow) => fs.writeFileSync(cfg, `[reverse]\nserver = "127.0.0.1:${server.port}"\nallow = ${JSON.stringify(allow)}\n`)
+  write([fwdId])
+  const control = path.join(dir, 'r.sock')
+  const reverse = await keynet(t, ['reverse', '--config', cfg, '--control', control], REVERSE_READY)
+  const [nodeId, ingress] = [reverse.match[1], reverse.match[2]]
+  const forward = await keynet(t, ['forward', '--listen', '127.0.0.1:0', '--identity-dir', path.join(dir, 'fwd-id'), '--control', path.join(dir, 'f.sock')], FORWARD_READY, { KEYNET_TOKEN: 'tok' })
+  const port = Number(forward.match[1].split(':')[1])
+  const connect = () => h.rawConnect(t, port, { raw: `CONNECT ${ingress}?nodeId=${nodeId} HTTP/1.1\r\nProxy-Authorization: Basic ${Buffer.from('tok').toString('base64')}\r\n\r\n` })
+  t.is((await connect()).status, 200, 'on the list: connects')
+  const connections = async () => JSON.parse((await keynetOnce(t, ['status', '--control', control, '--json'])).stdout).connections.length
+  t.is(await connections(), 1)
+  write([other])
+  reverse.child.kill('SIGHUP')
+  await h.waitFor(async () => (await connections()) === 0, { what: 'the removed node to be disconnected', interval: 50 })
+  t.is((await connect()).status, 502, 'off the list: refused')
+  fs.writeFileSync(cfg, 'this is not toml =')
+  reverse.child.kill('SIGHUP')
+  // A bad file changes nothing (and does not stop it): still refused, still running.
+  t.is((await connect()).status, 502)
+  t.is(reverse.child.exitCode, null)
+  write([other, fwdId])
+  reverse.child.kill('SIGHUP')
+  await h.waitFor(async () => (await connect()).status === 200, { what: 'the node to be let in again', interval: 100 })
+  t.pass()
+})
+
+test('--log-format json: every log line is one JSON object with level, target and message', async (t) => {
+  const dir = tmpDir(t)
+  const child = spawn(KEYNET, ['--log-format', 'json', 'reverse', '--server', '127.0.0.1:1', '--control', path.join(dir, 'r.sock')], { env: h.cleanEnv({ RUST_LOG: 'info' }) })
+  t.teardown(() => child.kill('SIGKILL'))
+  let stderr = ''
+  child.stderr.on('data', (d) => (stderr += d))
+  await h.withTimeout(new Promise((resolve) => child.stdout.on('data', (d) => REVERSE_READY.test(String(d).split('\n')[0]) && resolve())), h.WAIT, 'ready')
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  child.kill('SIGTERM')
+  t.is(await h.withTimeout(exited, h.WAIT, 'exit'), 0)
+  const lines = stderr.trim().split('\n')
+  t.true(lines.length >= 2, stderr)
+  for (const line of lines) {
+    const o = JSON.parse(line)
+    t.true(['INFO', 'WARN', 'ERROR', 'DEBUG', 'TRACE'].includes(o.level), line)
+    t.is(typeof o.target, 'string')
+    t.is(typeof o.fields.message, 'string')
+  }
+  t.true(lines.some((l) => JSON.parse(l).fields.message === 'reverse proxy started'), stderr)
+  const bad = await keynetOnce(t, ['--log-format', 'xml', 'status'])
+  t.is(bad.code, 2)
+})
+
 test('a token only on the command line is refused unless --insecure-token-arg; KEYNET_TOKEN or a file is taken', async (t) => {
   let r = await keynetOnce(t, ['forward', '--listen', '127.0.0.1:0', '--token', 'secret'])
   t.is(r.code, 2)

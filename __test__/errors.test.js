@@ -259,6 +259,25 @@ test('allowedNodeIds: openConnection from a node not in the list rejects', async
   t.is(fpEvents.of('connection').length, 0, 'no connection event for a refused connection')
 })
 
+test('setAllowedNodeIds while running: a node taken off the list is disconnected and refused; null lets any in again', async (t) => {
+  const server = await h.startEchoServer(t)
+  const { fp, rp } = await h.startPair(t, { serverPort: server.port })
+  const rpEvents = h.recordEvents(rp)
+  await fp.openConnection(rp.getNodeId(), h.HOST, rp.getIngressPort())
+  await rpEvents.wait('connection')
+  const other = (await generateIdentity()).nodeId
+  rp.setAllowedNodeIds([other])
+  t.is((await rpEvents.wait('close')).reason, 'local', 'its connection ended')
+  await h.waitFor(() => fp.getConnectionCount() === 0, { what: 'fp count 0' })
+  const e = await rejection(t, fp.openConnection(rp.getNodeId(), h.HOST, rp.getIngressPort(), { timeout: 5000 }))
+  t.true(e instanceof errors.ErrorNetwork, `${e.name}: ${e.message}`)
+  rp.setAllowedNodeIds([other, fp.getNodeId()])
+  await fp.openConnection(rp.getNodeId(), h.HOST, rp.getIngressPort())
+  rp.setAllowedNodeIds(null)
+  t.is(fp.getConnectionCount(), 1)
+  t.throws(() => rp.setAllowedNodeIds(['nope']), { code: 'ERR_INVALID_ARG_TYPE' })
+})
+
 test('allowedNodeIds: a forward proxy in the list connects', async (t) => {
   const allowed = await generateIdentity()
   const server = await h.startEchoServer(t)

@@ -264,6 +264,19 @@ impl NativeReverseProxy {
         self.inner.stats().map(Into::into).map_err(err)
     }
 
+    /// Changes which node ids may connect (none: any).
+    #[napi(catch_unwind)]
+    pub fn set_allowed_node_ids(&self, ids: Option<Vec<String>>) -> Result<()> {
+        let ids = ids
+            .map(|ids| {
+                ids.into_iter()
+                    .map(|s| convert::node_id(Some(s)).map(|o| o.expect("some in, some out")))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
+        self.inner.set_allowed_node_ids(ids).map_err(err)
+    }
+
     /// Every live connection.
     #[napi(catch_unwind)]
     pub fn connections(&self) -> Result<Vec<NativeConnectionInfo>> {

@@ -137,7 +137,8 @@ struct Inner {
 struct Running {
     node: Arc<Node>,
     server_addr: SocketAddr,
-    accept: Acceptable,
+    /// Which node ids may connect (`set_allowed_node_ids` changes it while running).
+    accept: RwLock<Acceptable>,
     /// Local TCP address of each server connection -> the calling connection.
     by_proxy: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     /// The transport accepted connections get (its starting stream grant).
@@ -221,7 +222,7 @@ impl ReverseProxy {
             let running = Arc::new(Running {
                 node,
                 server_addr: start.server_addr,
-                accept,
+                accept: RwLock::new(accept),
                 by_proxy: Mutex::new(HashMap::new()),
                 transport,
                 max_connections: start.max_connections,
@@ -402,13 +403,46 @@ impl ReverseProxy {
         Ok(peer.map(|p| running.node.tracker.info_of(&p)))
     }
 
+    /// Changes which node ids may connect (`None`: any), as `allowed_node_ids` at start did:
+    /// handshakes from now on are checked against the new list, and the connections of nodes
+    /// no longer on it end (their tunnels drain, as on `close_connection`).
+    pub fn set_allowed_node_ids(&self, ids: Option<Vec<NodeId>>) -> Result<()> {
+        let running = self.running()?;
+        let accept = match ids {
+            Some(ids) => Acceptable::OneOf(ids),
+            None => Acceptable::Any,
+        };
+        *running.accept.write().expect("accept lock") = accept.clone();
+        if let Some(id) = self.inner.identities.current() {
+            let config = server_config(
+                &id,
+                accept.clone(),
+                running.transport.clone(),
+                crate::tls::config::ALPN,
+            )?;
+            running.node.endpoint.set_server_config(Some(config));
+        }
+        if let Acceptable::OneOf(list) = &accept {
+            for info in running.node.tracker.infos() {
+                if !list.iter().any(|n| n.to_string() == info.node_id) {
+                    tracing::info!(node_id = %info.node_id, "no longer allowed: ending its connection");
+                    running
+                        .node
+                        .tracker
+                        .end_soon(info.egress, CloseReason::Local);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Identity for connections accepted from now on, and for later starts.
     pub fn set_tls_config(&self, tls: &TlsConfig) -> Result<()> {
         let id = self.inner.identities.set(tls)?;
         if let Ok(running) = self.running() {
             let config = server_config(
                 &id,
-                running.accept.clone(),
+                running.accept.read().expect("accept lock").clone(),
                 running.transport.clone(),
                 crate::tls::config::ALPN,
             )?;
@@ -592,7 +626,7 @@ impl Inner {
         let certs = crate::tls::verify::peer_chain(&conn);
         let node_id = verify_chain(
             &certs,
-            &running.accept,
+            &running.accept.read().expect("accept lock").clone(),
             time::OffsetDateTime::now_utc().unix_timestamp(),
         )?;
         // Our hello tells the forward proxy we accepted it, and both learn the path.

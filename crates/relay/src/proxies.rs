@@ -177,8 +177,13 @@ impl From<keynet_core::Error> for RunError {
     }
 }
 
-/// Runs `keynet reverse` until a signal.
-pub async fn run_reverse(s: Settings) -> Result<(), RunError> {
+/// Runs `keynet reverse` until SIGINT/SIGTERM; on SIGHUP it reads its settings again
+/// (`reload`) and applies the allow-list (a bad file is logged and changes nothing).
+pub async fn run_reverse(
+    s: Settings,
+    reload: impl Fn() -> Result<Settings, String>,
+) -> Result<(), RunError> {
+    let mut hangups = crate::signal::Hangups::new();
     let control = Control::bind(&s.control).await.map_err(RunError::Usage)?;
     let rp = ReverseProxy::new(options(&s))?;
     let mut start = ReverseStart::new(s.server.expect("checked by settings()"));
@@ -208,9 +213,29 @@ pub async fn run_reverse(s: Settings) -> Result<(), RunError> {
             "connections": rp.connections().map(|c| c.iter().map(connection_json).collect::<Vec<_>>()).unwrap_or_default(),
         })
     };
+    let reloads = async {
+        loop {
+            hangups.next().await;
+            match reload() {
+                Ok(new) => {
+                    let ids = (!new.allow.is_empty()).then_some(new.allow);
+                    let n = ids.as_ref().map_or(0, Vec::len);
+                    match rp.set_allowed_node_ids(ids) {
+                        Ok(()) if n == 0 => tracing::info!("SIGHUP: any node may connect"),
+                        Ok(()) => tracing::info!(allowed = n, "SIGHUP: allow-list reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: allow-list not applied"),
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: settings not reloaded, nothing changed")
+                }
+            }
+        }
+    };
     tokio::select! {
         _ = shutdown_signal() => {}
         _ = control.serve(status) => {}
+        _ = reloads => {}
     }
     tracing::info!("stopping: open tunnels drain");
     Ok(rp.stop().await?)

@@ -18,7 +18,8 @@ USAGE:
     keynet status [--control PATH] [--json]     what a running reverse/forward holds: connections,
                                                 paths, RTT, relays, counters
 
-`keynet COMMAND --help` lists a command's flags. Logs go to stderr (RUST_LOG, default info).
+`keynet COMMAND --help` lists a command's flags. Logs go to stderr (RUST_LOG, default info;
+--log-format json: one JSON object per line).
 Exit codes: 0 stopped cleanly, 1 could not start, 2 bad flags or config.
 ";
 
@@ -90,7 +91,12 @@ async fn status(args: Vec<String>) -> ExitCode {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let mut argv = std::env::args().skip(1);
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    let log_format = match logging::take_format(&mut argv) {
+        Ok(f) => f,
+        Err(e) => return usage(e, ""),
+    };
+    let mut argv = argv.into_iter();
     let command = argv.next().unwrap_or_default();
     let rest: Vec<String> = argv.collect();
     match command.as_str() {
@@ -109,13 +115,17 @@ async fn main() -> ExitCode {
                 Err(e) => return usage(e, &command),
             };
             let env_token = std::env::var(proxies::TOKEN_ENV).ok();
+            let reload = {
+                let (flags, env_token) = (flags.clone(), env_token.clone());
+                move || proxies::settings(side, flags.clone(), env_token.clone())
+            };
             let settings = match proxies::settings(side, flags, env_token) {
                 Ok(s) => s,
                 Err(e) => return usage(e, &command),
             };
-            logging::init();
+            logging::init_as(log_format);
             let r = match side {
-                Side::Reverse => proxies::run_reverse(settings).await,
+                Side::Reverse => proxies::run_reverse(settings, reload).await,
                 Side::Forward => proxies::run_forward(settings).await,
             };
             match r {
@@ -152,7 +162,7 @@ async fn main() -> ExitCode {
                 Ok(args::Command::Run(a)) => *a,
                 Err(e) => return usage(e, &command),
             };
-            logging::init();
+            logging::init_as(log_format);
             match relay::run(a).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => failed(e, &command),
