@@ -3,18 +3,21 @@
 //! authentication: its directory is 0700 and the socket 0600, so only the same user can ask.
 //! `keynet status` is its client.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+#[cfg(unix)]
+use std::time::Duration;
+#[cfg(unix)]
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use keynet_core::relay::spec::{LinkStatus, RelaySpec};
 use keynet_core::{ConnectionInfo, ProxyStats};
 
 /// How long a status request may take, either side.
+#[cfg(unix)]
 const WAIT: Duration = Duration::from_secs(5);
 /// Largest status answer `keynet status` reads (a status of thousands of connections fits).
+#[cfg(unix)]
 const MAX_STATUS: u64 = 16 << 20;
 
 /// Where `side`'s control socket is unless `--control` says: `$XDG_RUNTIME_DIR/keynet/SIDE.sock`,
