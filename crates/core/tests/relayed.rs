@@ -385,6 +385,22 @@ async fn the_relay_is_not_an_open_proxy() {
     relay.stop().await.unwrap();
 }
 
+/// A port free for both UDP and TCP on 127.0.0.1, below Linux's ephemeral range (32768 on), so
+/// no socket bound to port 0 is given it meanwhile.
+fn port_outside_ephemeral_range() -> u16 {
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .elapsed()
+            .map_or(0, |d| d.as_nanos() as u64);
+    (0..2000u64)
+        .map(|i| 20000 + ((seed.wrapping_mul(2654435761).wrapping_add(i * 7919)) % 12000) as u16)
+        .find(|&p| {
+            std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+        })
+        .expect("a free port in 20000..32000")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocations_survive_a_relay_restart_with_a_state_file() {
     let dir = std::env::temp_dir().join(format!("keynet-state-{}", std::process::id()));
@@ -399,10 +415,10 @@ async fn allocations_survive_a_relay_restart_with_a_state_file() {
         s
     };
     let relay = RelayServer::new(ConnOptions::default()).unwrap();
-    relay
-        .start(start("127.0.0.1:0".parse().unwrap(), None))
-        .await
-        .unwrap();
+    // A port below the ephemeral range: between the stop and the restart below, another test
+    // binding port 0 can be handed an ephemeral port just freed (seen once in CI: AddrInUse).
+    let fixed = SocketAddr::from(([127, 0, 0, 1], port_outside_ephemeral_range()));
+    relay.start(start(fixed, None)).await.unwrap();
     let (addr, tcp) = (relay.addr().unwrap(), relay.tcp_addr().unwrap());
     let node = keynet_core::generate_identity().unwrap();
     let mut s = spec(&relay);
