@@ -47,9 +47,7 @@ impl NativeForwardProxy {
     pub async fn start(&self, start: NativeForwardStart, op_id: Option<u32>) -> Result<()> {
         let mut start = start.into_core()?;
         start.cancel = self.ops.token(op_id);
-        let r = self.inner.start(start).await;
-        self.ops.end(op_id);
-        r.map_err(err)
+        self.inner.start(start).await.map_err(err)
     }
 
     /// The addresses the DHT holds for `node_id`, signed record first.
@@ -97,12 +95,11 @@ impl NativeForwardProxy {
     ) -> Result<NativeConnectionInfo> {
         let node = convert::node_id(Some(node_id))?.expect("some in, some out");
         let token = self.ops.token(op_id);
-        let r = self
-            .inner
+        self.inner
             .open_connection_to_node(node, timeout_ms.map(convert::ms), token)
-            .await;
-        self.ops.end(op_id);
-        r.map(Into::into).map_err(err)
+            .await
+            .map(Into::into)
+            .map_err(err)
     }
 
     /// Opens (or reuses) a connection to one replica of a service name.
@@ -114,12 +111,11 @@ impl NativeForwardProxy {
         op_id: Option<u32>,
     ) -> Result<NativeConnectionInfo> {
         let token = self.ops.token(op_id);
-        let r = self
-            .inner
+        self.inner
             .open_connection_to_service(&name, timeout_ms.map(convert::ms), token)
-            .await;
-        self.ops.end(op_id);
-        r.map(Into::into).map_err(err)
+            .await
+            .map(Into::into)
+            .map_err(err)
     }
 
     /// The replicas of a service name.
@@ -131,12 +127,11 @@ impl NativeForwardProxy {
         op_id: Option<u32>,
     ) -> Result<Vec<NativeMember>> {
         let token = self.ops.token(op_id);
-        let r = self
+        Ok(self
             .inner
             .lookup_service(&name, timeout_ms.map(convert::ms), token)
-            .await;
-        self.ops.end(op_id);
-        Ok(r.map_err(err)?
+            .await
+            .map_err(err)?
             .into_iter()
             .map(NativeMember::from)
             .collect())
@@ -146,9 +141,7 @@ impl NativeForwardProxy {
     /// Stops; an abort of `op_id` cuts the drain short.
     pub async fn stop(&self, op_id: Option<u32>) -> Result<()> {
         let hurry = self.ops.token(op_id).unwrap_or_default();
-        let r = self.inner.stop_hurried(&hurry).await;
-        self.ops.end(op_id);
-        r.map_err(err)
+        self.inner.stop_hurried(&hurry).await.map_err(err)
     }
 
     /// The token CONNECT clients must present.
@@ -210,7 +203,7 @@ impl NativeForwardProxy {
         let relay = relay.map(NativeRelay::into_core).transpose()?;
         let token = self.ops.token(op_id);
         let timeout = timeout_ms.map(convert::ms);
-        let r = match (relay, pin) {
+        match (relay, pin) {
             (Some(spec), Some(node)) => {
                 self.inner
                     .open_connection_via(target, node, spec, timeout, token)
@@ -224,9 +217,9 @@ impl NativeForwardProxy {
                     .open_connection(target, pin, timeout, token)
                     .await
             }
-        };
-        self.ops.end(op_id);
-        r.map(Into::into).map_err(err)
+        }
+        .map(Into::into)
+        .map_err(err)
     }
 
     /// The status of every relay link.
@@ -256,7 +249,7 @@ impl NativeForwardProxy {
     /// Forgets an operation's registration.
     #[napi(catch_unwind)]
     pub fn end_op(&self, op_id: u32) {
-        self.ops.end(Some(op_id));
+        self.ops.end(op_id);
     }
 
     #[napi]
@@ -268,12 +261,10 @@ impl NativeForwardProxy {
         op_id: Option<u32>,
     ) -> Result<()> {
         let hurry = self.ops.token(op_id).unwrap_or_default();
-        let r = self
-            .inner
+        self.inner
             .close_connection_hurried(target("host", &host, port)?, &hurry)
-            .await;
-        self.ops.end(op_id);
-        r.map_err(err)
+            .await
+            .map_err(err)
     }
 
     #[napi(catch_unwind)]

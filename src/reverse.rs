@@ -47,9 +47,7 @@ impl NativeReverseProxy {
     pub async fn start(&self, start: NativeReverseStart, op_id: Option<u32>) -> Result<()> {
         let mut start = start.into_core()?;
         start.cancel = self.ops.token(op_id);
-        let r = self.inner.start(start).await;
-        self.ops.end(op_id);
-        r.map_err(err)
+        self.inner.start(start).await.map_err(err)
     }
 
     /// The addresses the DHT holds for `node_id`, signed record first.
@@ -109,9 +107,7 @@ impl NativeReverseProxy {
     /// Stops; an abort of `op_id` cuts the drain short.
     pub async fn stop(&self, op_id: Option<u32>) -> Result<()> {
         let hurry = self.ops.token(op_id).unwrap_or_default();
-        let r = self.inner.stop_hurried(&hurry).await;
-        self.ops.end(op_id);
-        r.map_err(err)
+        self.inner.stop_hurried(&hurry).await.map_err(err)
     }
 
     /// The home relay link's status (null without a relay).
@@ -184,12 +180,10 @@ impl NativeReverseProxy {
     ) -> Result<bool> {
         let target = target("egressHost", &host, port)?;
         let token = self.ops.token(op_id);
-        let r = self
-            .inner
+        self.inner
             .punch_toward(target, attempts, timeout_ms.map(convert::ms), token)
-            .await;
-        self.ops.end(op_id);
-        r.map_err(err)
+            .await
+            .map_err(err)
     }
 
     /// Registers a cancellable operation before it starts, so an abort can never come too early.
@@ -207,7 +201,7 @@ impl NativeReverseProxy {
     /// Forgets an operation's registration.
     #[napi(catch_unwind)]
     pub fn end_op(&self, op_id: u32) {
-        self.ops.end(Some(op_id));
+        self.ops.end(op_id);
     }
 
     #[napi]
@@ -219,12 +213,10 @@ impl NativeReverseProxy {
         op_id: Option<u32>,
     ) -> Result<()> {
         let hurry = self.ops.token(op_id).unwrap_or_default();
-        let r = self
-            .inner
+        self.inner
             .close_connection_hurried(target("egressHost", &host, port)?, &hurry)
-            .await;
-        self.ops.end(op_id);
-        r.map_err(err)
+            .await
+            .map_err(err)
     }
 
     #[napi(catch_unwind)]

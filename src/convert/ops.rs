@@ -1,6 +1,8 @@
 //! Cancellable operations (`AbortSignal`s) of one proxy.
 
-/// Cancellable operations of one proxy, by the id index.js gave them.
+/// Cancellable operations of one proxy, by the id index.js gave them. index.js registers each
+/// (`beginOp`) before the call and forgets it (`endOp`) when the call settled, whatever the
+/// outcome: the calls themselves only read their token.
 #[derive(Default)]
 pub(crate) struct Ops(
     std::sync::Mutex<std::collections::HashMap<u32, keynet_core::CancellationToken>>,
@@ -28,9 +30,7 @@ impl Ops {
     }
 
     /// Forgets an operation.
-    pub(crate) fn end(&self, id: Option<u32>) {
-        if let Some(id) = id {
-            self.0.lock().expect("ops lock").remove(&id);
-        }
+    pub(crate) fn end(&self, id: u32) {
+        self.0.lock().expect("ops lock").remove(&id);
     }
 }
