@@ -222,10 +222,7 @@ impl ForwardProxy {
     /// Stops: answers 503 to new clients, ends every tunnel and connection, awaits every task
     /// and releases both ports. Does nothing if not running.
     pub async fn stop(&self) -> Result<()> {
-        let span = self.log_span();
-        async move { self.stop_hurried(&CancellationToken::new()).await }
-            .instrument(span)
-            .await
+        self.stop_hurried(&CancellationToken::new()).await
     }
 
     /// `stop()`, where `hurry` cancelled cuts the drain short (what is left is reset at once).
@@ -386,13 +383,8 @@ impl ForwardProxy {
     /// arrives, both TCP ends see a FIN), what is left after `connEndTime` is reset. Resolves
     /// when the connection closed, at most `connEndTime` after the call.
     pub async fn close_connection(&self, addr: SocketAddr) -> Result<()> {
-        let span = self.log_span();
-        async move {
-            self.close_connection_hurried(addr, &CancellationToken::new())
-                .await
-        }
-        .instrument(span)
-        .await
+        self.close_connection_hurried(addr, &CancellationToken::new())
+            .await
     }
 
     /// `close_connection`, where `hurry` cancelled cuts the drain short.

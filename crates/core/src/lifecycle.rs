@@ -124,6 +124,8 @@ pub(crate) async fn shutdown(
     // path is seconds: wait at most `grace` (`connEndTime`); the peers were told already, and
     // [`wait_released`] frees the port even if quinn is still draining.
     tokio::select! {
+        // Idle first: with nothing left to close, not even a hurried stop waits.
+        biased;
         _ = tokio::time::timeout(grace, endpoint.wait_idle()) => {}
         _ = hurry.cancelled() => {
             // Hurried, the socket still stays on its port a moment: a close sent into a burst

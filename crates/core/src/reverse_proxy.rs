@@ -317,10 +317,7 @@ impl ReverseProxy {
 
     /// Stops: ends every tunnel and connection, awaits every task and releases the port.
     pub async fn stop(&self) -> Result<()> {
-        let span = self.log_span();
-        async move { self.stop_hurried(&CancellationToken::new()).await }
-            .instrument(span)
-            .await
+        self.stop_hurried(&CancellationToken::new()).await
     }
 
     /// `stop()`, where `hurry` cancelled cuts the drain short (what is left is reset at once).
@@ -505,13 +502,8 @@ impl ReverseProxy {
     /// Ends the connection from `addr` and forgets it, as the forward proxy's
     /// `close_connection` does (tunnels drain); resolves at most `connEndTime` after the call.
     pub async fn close_connection(&self, addr: SocketAddr) -> Result<()> {
-        let span = self.log_span();
-        async move {
-            self.close_connection_hurried(addr, &CancellationToken::new())
-                .await
-        }
-        .instrument(span)
-        .await
+        self.close_connection_hurried(addr, &CancellationToken::new())
+            .await
     }
 
     /// `close_connection`, where `hurry` cancelled cuts the drain short.
