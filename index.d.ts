@@ -745,8 +745,8 @@ export interface RelayMetrics {
 export declare class Relay {
   constructor(opts?: ConnOptions)
   start(opts?: RelayStartOptions): Promise<void>
-  /** Ends every connection (tunnels drain up to connEndTime) and frees the ports. */
-  stop(opts?: EndOptions): Promise<void>
+  /** Stops serving: every session ends, the ports are freed. */
+  stop(): Promise<void>
   /** Let the process exit while the relay runs (as net.Server#unref). */
   unref(): this
   ref(): this

@@ -538,16 +538,9 @@ class Service extends EventEmitter {
     this._native = handle
   }
 
-  /**
-   * Stops: open tunnels drain for up to `connEndTime` (see the README's "Ends"). `opts.signal`
-   * aborting cuts the drain short (what is still open is reset); stop() still resolves.
-   */
-  async stop(opts) {
-    opts = checkObject('opts', opts)
-    const signal = checkSignal(opts.signal)
+  async stop() {
     try {
-      if (typeof this._native.beginOp === 'function') await withHurry(this._native, signal, (opId) => this._native.stop(opId))
-      else await wrap(this._native.stop())
+      await wrap(this._native.stop())
     } finally {
       LoopHold.release(this)
     }
@@ -573,6 +566,19 @@ class Proxy extends Service {
     attachLogger(handle, opts.logger, opts.logLevel)
     // The core's options, defaults filled in (they never change).
     this._timing = Object.freeze(sync(() => handle.options()))
+  }
+
+  /**
+   * Stops: open tunnels drain for up to `connEndTime` (see the README's "Ends"). `opts.signal`
+   * aborting cuts the drain short (what is still open is reset); stop() still resolves.
+   */
+  async stop(opts) {
+    const signal = checkSignal(checkObject('opts', opts).signal)
+    try {
+      await withHurry(this._native, signal, (opId) => this._native.stop(opId))
+    } finally {
+      LoopHold.release(this)
+    }
   }
 
   // The original's public readonly timing fields: the values in use.
