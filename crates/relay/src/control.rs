@@ -102,8 +102,14 @@ impl Control {
     #[cfg(unix)]
     pub async fn serve(&self, status: impl Fn() -> Value) {
         loop {
-            let Ok((mut stream, _)) = self.listener.accept().await else {
-                continue;
+            let (mut stream, _) = match self.listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning on the error.
+                    tracing::warn!(error = %e, "control socket: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let text = status().to_string();
             let _ = tokio::time::timeout(WAIT, async {
