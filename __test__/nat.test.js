@@ -4,7 +4,7 @@
 
 const test = require('ava')
 const { execFileSync } = require('node:child_process')
-const { IP, withLab, Lab, labSupport, leftovers } = require('../natlab/lab.js')
+const { IP, KEYNET_BIN, RELAY_IP, withLab, Lab, labSupport, leftovers } = require('../natlab/lab.js')
 const { attempt, startPair, openBoth, startRelayedPair, relayedAttempt } = require('../natlab/attempt.js')
 
 const unsupported = labSupport()
@@ -12,6 +12,7 @@ const labTest = unsupported ? test.skip : test.serial
 if (unsupported) console.log(`nat.test.js skipped: ${unsupported}`)
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+const run = require('node:util').promisify(require('node:child_process').execFile)
 
 function namespacesNow() {
   return execFileSync(IP, ['netns', 'list'], { encoding: 'utf8' })
@@ -188,3 +189,59 @@ for (const [topology, mib, paceMs] of [['cone', 64, 4000], ['restricted', 64, 40
     })
   })
 }
+
+// ---- the `keynet` command in the lab --------------------------------------------------------
+
+// "Any language" through a symmetric NAT: a Python grpcio server behind `keynet reverse` in B's
+// LAN, a Python grpcio client in A's LAN through `keynet forward`, `keynet relay` on the public
+// segment; nothing of Node in the path. The call starts on the relay and the path moves to the
+// birthday-punched one, as the JS proxies' does (the CLI is the same core).
+labTest("symmetric with a relay, every proxy a `keynet` process: Python grpcio calls by node id cross, the path ends 'punched'", async (t) => {
+  const os = require('node:os')
+  const path = require('node:path')
+  const fs = require('node:fs')
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keynet-natcli-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const fixtures = path.join(__dirname, 'fixtures')
+  await withLab('symmetric', { relay: true }, async (lab) => {
+    const py = { PYTHONDONTWRITEBYTECODE: '1' }
+    const relay = await lab.spawnIn('relay', KEYNET_BIN, ['relay', '--listen', `${RELAY_IP}:7000`], { ready: /^relay listening on (\S+) tcp \S+ node id (\S+)$/ })
+    const relayArg = `${relay.match[1]}@${relay.match[2]}`
+    const server = await lab.spawnIn('B', 'python3', [path.join(fixtures, 'server.py')], { ready: /^listening (\d+)$/, env: py })
+    const [rSock, fSock] = [path.join(dir, 'r.sock'), path.join(dir, 'f.sock')]
+    const reverse = await lab.spawnIn('B', KEYNET_BIN, ['reverse', '--server', `127.0.0.1:${server.match[1]}`, '--listen', `${lab.hosts.B.ip}:0`, '--relay', relayArg, '--control', rSock], {
+      ready: /^reverse proxy node id (\S+) udp/,
+    })
+    const nodeId = reverse.match[1]
+    const forward = await lab.spawnIn('A', KEYNET_BIN, ['forward', '--listen', '127.0.0.1:0', '--egress', `${lab.hosts.A.ip}:0`, '--relay', relayArg, '--control', fSock], {
+      ready: /^forward proxy http (\S+) udp/,
+      env: { KEYNET_TOKEN: 'lab-token' },
+    })
+    const env = { ...process.env, ...py, grpc_proxy: `http://lab-token@${forward.match[1]}`, GRPC_DNS_RESOLVER: 'native' }
+    const call = async () => {
+      const { stdout } = await run(IP, ['netns', 'exec', lab.hosts.A.ns, 'python3', path.join(fixtures, 'client.py'), `${nodeId}.keynet:443`, 'unary'], { env, timeout: 30000 })
+      return JSON.parse(stdout.trim().split('\n').pop()).result
+    }
+    const expected = { text: 'python server: hello from python', count: -7 }
+    t.deepEqual(await call(), expected, 'the first call crosses')
+    const status = async (sock) => {
+      const { stdout } = await run(KEYNET_BIN, ['status', '--control', sock, '--json'], { timeout: 10000 })
+      return JSON.parse(stdout)
+    }
+    // No event reaches the test from another process: `keynet status` is asked until the path moves.
+    const deadline = Date.now() + 20000
+    let paths
+    for (;;) {
+      const [f, r] = await Promise.all([status(fSock), status(rSock)])
+      paths = [f.connections.map((c) => c.path), r.connections.map((c) => c.path)]
+      if (paths.every((p) => p.length === 1 && p[0] === 'punched')) break
+      if (Date.now() > deadline) break
+      await sleep(200)
+    }
+    t.deepEqual(paths, [['punched'], ['punched']], "both `keynet status` report the one connection on the punched path")
+    t.deepEqual(await call(), expected, 'a call after the move crosses the punched path')
+    const f = await status(fSock)
+    t.is(f.stats.tunnels_total, 2, 'both calls were tunnels of the same connection')
+    t.is(f.connections[0].node_id, nodeId)
+  })
+})

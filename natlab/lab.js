@@ -22,6 +22,8 @@ const RELAY_IP6 = `${PUBLIC6}100`
 /** Address families a side of the pair topology may have. */
 const FAMILIES = ['v4', 'dual', 'v6']
 const RELAY_BIN = path.join(__dirname, '..', 'target', 'debug', 'keynet-relay')
+/** The `keynet` command (built with keynet-relay). */
+const KEYNET_BIN = path.join(__dirname, '..', 'target', 'debug', 'keynet')
 
 // System tools by absolute path: under npm, node_modules/.bin comes first in PATH, and a dev
 // dependency ships an unrelated `nft` command there.
@@ -334,6 +336,37 @@ class Lab {
     this.children = this.children || []
     this.children.push(child)
     return new Agent(child, side)
+  }
+
+  /**
+   * Runs `cmd args` inside `side`'s namespace ('A', 'B' or 'relay'; killed by destroy()) and
+   * resolves `{ child, match }` once a stdout line matches `ready`; rejects if it exits first or
+   * `timeout` ms pass.
+   */
+  spawnIn(side, cmd, args, { ready, env = {}, timeout = 10000 } = {}) {
+    const child = spawn(IP, ['netns', 'exec', this.hosts[side].ns, cmd, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn', ...env },
+    })
+    this.children = this.children || []
+    this.children.push(child)
+    let stderr = ''
+    child.stderr.on('data', (d) => (stderr += d))
+    const lines = readline.createInterface({ input: child.stdout })
+    const what = `${path.basename(cmd)} ${args.slice(0, 2).join(' ')} in ${side}`
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${what} was not ready in ${timeout} ms: ${stderr}`)), timeout)
+      lines.on('line', (line) => {
+        const match = ready.exec(line)
+        if (!match) return
+        clearTimeout(timer)
+        resolve({ child, match })
+      })
+      child.once('exit', (code) => {
+        clearTimeout(timer)
+        reject(new Error(`${what} exited ${code}: ${stderr}`))
+      })
+    })
   }
 
   /**
@@ -832,4 +865,4 @@ function leftovers(prefix = 'kn') {
     .filter((n) => n && /^kn\d+x\d+-/.test(n) && n.startsWith(prefix))
 }
 
-module.exports = { IP, Lab, NAT_KINDS, FAMILIES, TOPOLOGIES, labSupport, leftovers, natRules, withLab }
+module.exports = { IP, KEYNET_BIN, RELAY_IP, Lab, NAT_KINDS, FAMILIES, TOPOLOGIES, labSupport, leftovers, natRules, withLab }
