@@ -9,6 +9,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const net = require('node:net')
+const readline = require('node:readline')
 const { spawn } = require('node:child_process')
 const h = require('./helpers')
 
@@ -58,7 +59,8 @@ const FORWARD_READY = /^forward proxy http (\S+) udp \S+ node id v[0-9a-v]{52}$/
 test('a Python grpcio client reaches a Python grpcio server by node id: keynet forward -> keynet relay -> keynet reverse', async (t) => {
   const dir = tmpDir(t)
   const serverPort = await pythonServer(t)
-  const relay = await keynet(t, ['relay', '--listen', '127.0.0.1:0'], RELAY_READY)
+  const relayControl = path.join(dir, 'relay.sock')
+  const relay = await keynet(t, ['relay', '--listen', '127.0.0.1:0', '--control', relayControl], RELAY_READY)
   const relayArg = `${relay.match[1]}@${relay.match[2]}`
   const control = path.join(dir, 'reverse.sock')
   const reverse = await keynet(t, ['reverse', '--server', `127.0.0.1:${serverPort}`, '--relay', relayArg, '--identity-dir', path.join(dir, 'id'), '--control', control], REVERSE_READY)
@@ -89,6 +91,15 @@ test('a Python grpcio client reaches a Python grpcio server by node id: keynet f
   t.regex(table.stdout, new RegExp(`^v[0-9a-v]{52} +(relayed|direct) `, 'm'), 'the table lists the connection')
   // The control socket is the user's only: mode 0600.
   t.is(fs.statSync(control).mode & 0o777, 0o600)
+  // The relay answers too: the reverse proxy registered there, both proxies hold a session.
+  const rs = JSON.parse((await keynetOnce(t, ['status', '--control', relayControl, '--json'])).stdout)
+  t.is(rs.role, 'relay')
+  t.is(rs.node_id, relay.match[2])
+  t.true(rs.registered.includes(nodeId), JSON.stringify(rs.registered))
+  t.is(rs.stats.sessions_quic, 2)
+  t.is(fs.statSync(relayControl).mode & 0o777, 0o600)
+  const rt = await keynetOnce(t, ['status', '--control', relayControl])
+  t.regex(rt.stdout, new RegExp(`^${nodeId} +(-|\\d+)$`, 'm'), 'the table lists the registered node')
   const none = await keynetOnce(t, ['status', '--control', path.join(dir, 'nothing.sock')])
   t.is(none.code, 1)
   t.regex(none.stderr, /is keynet running\?/)
@@ -196,27 +207,44 @@ test('SIGHUP reloads the allow-list: a node taken off it is disconnected and ref
   t.pass()
 })
 
-test('--log-format json: every log line is one JSON object with level, target and message', async (t) => {
-  const dir = tmpDir(t)
-  const child = spawn(KEYNET, ['--log-format', 'json', 'reverse', '--server', '127.0.0.1:1', '--control', path.join(dir, 'r.sock')], { env: h.cleanEnv({ RUST_LOG: 'info' }) })
+/** Runs `bin args` with RUST_LOG=info until a stdout line matches `ready`, stops it with SIGTERM; its stderr lines. */
+async function logLinesOf(t, bin, args, ready) {
+  const child = spawn(bin, args, { env: h.cleanEnv({ RUST_LOG: 'info' }) })
   t.teardown(() => child.kill('SIGKILL'))
   let stderr = ''
   child.stderr.on('data', (d) => (stderr += d))
-  await h.withTimeout(new Promise((resolve) => child.stdout.on('data', (d) => REVERSE_READY.test(String(d).split('\n')[0]) && resolve())), h.WAIT, 'ready')
+  const lines = readline.createInterface({ input: child.stdout })
+  await h.withTimeout(new Promise((resolve) => lines.on('line', (l) => ready.test(l) && resolve())), h.WAIT, `${path.basename(bin)} to be ready`)
   const exited = new Promise((resolve) => child.once('exit', resolve))
   child.kill('SIGTERM')
   t.is(await h.withTimeout(exited, h.WAIT, 'exit'), 0)
-  const lines = stderr.trim().split('\n')
-  t.true(lines.length >= 2, stderr)
-  for (const line of lines) {
-    const o = JSON.parse(line)
-    t.true(['INFO', 'WARN', 'ERROR', 'DEBUG', 'TRACE'].includes(o.level), line)
-    t.is(typeof o.target, 'string')
-    t.is(typeof o.fields.message, 'string')
+  return stderr.trim().split('\n')
+}
+
+test('--log-format json: every log line of keynet and keynet-relay is one JSON object with level, target and message', async (t) => {
+  const dir = tmpDir(t)
+  const runs = [
+    [KEYNET, ['--log-format', 'json', 'reverse', '--server', '127.0.0.1:1', '--control', path.join(dir, 'r.sock')], REVERSE_READY, 'reverse proxy started'],
+    [KEYNET, ['relay', '--log-format', 'json', '--listen', '127.0.0.1:0'], RELAY_READY, 'shutting down'],
+    [h.RELAY_BIN, ['--listen', '127.0.0.1:0', '--log-format', 'json'], RELAY_READY, 'shutting down'],
+  ]
+  for (const [bin, args, ready, expected] of runs) {
+    const lines = await logLinesOf(t, bin, args, ready)
+    const what = `${path.basename(bin)} ${args.join(' ')}`
+    t.true(lines.length >= 1, what)
+    for (const line of lines) {
+      const o = JSON.parse(line)
+      t.true(['INFO', 'WARN', 'ERROR', 'DEBUG', 'TRACE'].includes(o.level), line)
+      t.is(typeof o.target, 'string')
+      t.is(typeof o.fields.message, 'string')
+    }
+    t.true(lines.some((l) => JSON.parse(l).fields.message === expected), `${what}: ${lines.join('\n')}`)
   }
-  t.true(lines.some((l) => JSON.parse(l).fields.message === 'reverse proxy started'), stderr)
   const bad = await keynetOnce(t, ['--log-format', 'xml', 'status'])
   t.is(bad.code, 2)
+  const badRelay = await h.run(t, h.RELAY_BIN, ['--log-format', 'xml'], { env: h.cleanEnv({}), timeout: 20_000 })
+  t.is(badRelay.code, 2)
+  t.regex(badRelay.stderr, /'text' or 'json'/)
 })
 
 test('a token only on the command line is refused unless --insecure-token-arg; KEYNET_TOKEN or a file is taken', async (t) => {

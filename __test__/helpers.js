@@ -445,6 +445,7 @@ async function runJsonClient(t, cmd, args, opts) {
 module.exports = {
   keynet,
   KEYNET_BIN,
+  RELAY_BIN,
   HOST,
   TOKEN,
   ROOT,

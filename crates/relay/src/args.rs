@@ -37,6 +37,8 @@ RELAY:
                              served
     --metrics HOST:PORT      serve GET /metrics (Prometheus text: sessions, registered nodes,
                              relayed packets and bytes, drops and refusals by reason, ports)
+    --control PATH           answer `keynet status --control PATH` on this Unix socket (mode
+                             0600 in a 0700 directory: the same user only); default: none
 
 PUBLIC PORTS (a registered node may ask for a TCP port carried to its server):
     --public-host IP         IP to bind public ports on (default: the --listen IP)
@@ -63,6 +65,7 @@ DISCOVERY (BitTorrent mainline DHT):
 
 const TAIL: &str = "
 OTHER:
+    --log-format text|json   log lines as text (default) or one JSON object per line
     -h, --help               print this help
 
 Each service prints one line on stdout when it listens ('relay listening on ADDR tcp ADDR node id ID',
@@ -99,6 +102,9 @@ pub struct Args {
     pub state_file: Option<PathBuf>,
     pub no_public_ports: bool,
     pub no_callers: bool,
+    /// The control socket `keynet status` asks (none unless given: tests and hosts run several
+    /// relays as one user).
+    pub control: Option<PathBuf>,
 }
 
 fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
@@ -163,6 +169,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             }
             "--token" => a.token = Some(value("--token")?),
             "--no-callers" => a.no_callers = true,
+            "--control" => a.control = Some(PathBuf::from(value("--control")?)),
             "--metrics" => {
                 let v = value("--metrics")?;
                 a.metrics = Some(

@@ -10,6 +10,7 @@ use std::time::Duration;
 #[cfg(unix)]
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use keynet_core::relay::server::RelayServer;
 use keynet_core::relay::spec::{LinkStatus, RelaySpec};
 use keynet_core::{ConnectionInfo, ProxyStats};
 
@@ -186,9 +187,90 @@ pub fn connection_json(c: &ConnectionInfo) -> Value {
     })
 }
 
-/// `keynet status` without `--json`: a few lines and a table of connections.
+/// A running relay's status: where it listens, who is registered, its counters.
+pub fn relay_status(relay: &RelayServer) -> Value {
+    let stats = relay.stats().unwrap_or_default();
+    let g = &stats.gauges;
+    let pairs = |rows: &[(&str, u64)]| -> serde_json::Map<String, Value> {
+        rows.iter()
+            .map(|(k, v)| ((*k).to_string(), json!(v)))
+            .collect()
+    };
+    json!({
+        "role": "relay",
+        "node_id": relay.node_id().ok().map(|n| n.to_string()),
+        "udp": relay.addr().ok().map(|a| a.to_string()),
+        "tcp": relay.tcp_addr().ok().map(|a| a.to_string()),
+        "metrics": relay.metrics_addr().ok().flatten().map(|a| a.to_string()),
+        "registered": relay.registered().unwrap_or_default().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "allocations": relay.allocations().unwrap_or_default().iter()
+            .map(|(n, port)| json!({ "node_id": n.to_string(), "port": port })).collect::<Vec<_>>(),
+        "stats": {
+            "sessions_quic": g.sessions_quic, "sessions_websocket": g.sessions_websocket,
+            "queued_bytes": g.queued_bytes, "public_clients": g.public_clients,
+            "packets_relayed": stats.packets_relayed, "bytes_relayed": stats.bytes_relayed,
+            "rendezvous_sent": stats.rendezvous_sent, "stalled_resets": stats.stalled_resets,
+            "drops": pairs(&stats.drops), "refusals": pairs(&stats.refusals),
+        },
+    })
+}
+
+/// The relay's status as `keynet status` prints it without `--json`.
+fn relay_table(s: &Value) -> String {
+    let str_of = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let st = &s["stats"];
+    let mut out = format!(
+        "relay {}  udp {}  tcp {}\n",
+        str_of(&s["node_id"]),
+        str_of(&s["udp"]),
+        str_of(&s["tcp"])
+    );
+    out += &format!(
+        "sessions quic {} websocket {}; relayed packets {} bytes {}; rendezvous {}\n",
+        st["sessions_quic"],
+        st["sessions_websocket"],
+        st["packets_relayed"],
+        st["bytes_relayed"],
+        st["rendezvous_sent"]
+    );
+    let nonzero = |v: &Value| -> String {
+        let rows: Vec<String> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        if rows.is_empty() {
+            "none".into()
+        } else {
+            rows.join(", ")
+        }
+    };
+    out += &format!(
+        "drops: {}; refusals: {}\n",
+        nonzero(&st["drops"]),
+        nonzero(&st["refusals"])
+    );
+    out += &format!("{:<54} {:>6}\n", "REGISTERED NODE ID", "PORT");
+    let allocs = s["allocations"].as_array().cloned().unwrap_or_default();
+    for n in s["registered"].as_array().into_iter().flatten() {
+        let port = allocs
+            .iter()
+            .find(|a| a["node_id"] == *n)
+            .map_or("-".to_string(), |a| a["port"].to_string());
+        out += &format!("{:<54} {:>6}\n", str_of(n), port);
+    }
+    out
+}
+
+/// `keynet status` without `--json`: a few lines and a table of connections (or, for a relay,
+/// of registered nodes).
 pub fn table(s: &Value) -> String {
     let str_of = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    if s["role"] == "relay" {
+        return relay_table(s);
+    }
     let mut out = format!(
         "{} proxy {}  udp {}",
         str_of(&s["role"]),

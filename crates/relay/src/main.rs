@@ -7,7 +7,15 @@ use keynet_relay::{args, logging, relay};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let args = match args::parse(std::env::args().skip(1)) {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    let format = match logging::take_format(&mut argv) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("keynet-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let args = match args::parse(argv) {
         Ok(args::Command::Help) => {
             print!("{}", args::help());
             return ExitCode::SUCCESS;
@@ -18,7 +26,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init();
+    logging::init_as(format);
     match relay::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -6,6 +6,7 @@ use keynet_core::relay::server::{RelayServer, RelayStart};
 use keynet_core::{ConnOptions, DiscoveryOptions};
 
 use crate::args;
+use crate::control::Control;
 use crate::signal::shutdown_signal;
 
 /// How often a relay started with `--publish` publishes itself again.
@@ -79,7 +80,29 @@ pub async fn run(a: args::Args) -> keynet_core::Result<()> {
         publishing = Some(dht.publish_relay(network.clone(), port, PUBLISH_EVERY));
         println!("relay published on the dht as network {network:?}");
     }
-    shutdown_signal().await;
+    let control = match (&a.control, &relay) {
+        (Some(path), Some(_)) => Some(
+            Control::bind(path)
+                .await
+                .map_err(keynet_core::Error::InvalidArgument)?,
+        ),
+        (Some(_), None) => {
+            return Err(keynet_core::Error::InvalidArgument(
+                "--control needs --listen: a DHT node alone has no status".into(),
+            ))
+        }
+        _ => None,
+    };
+    match (&control, &relay) {
+        (Some(control), Some(relay)) => {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = control.serve(|| crate::control::relay_status(relay)) => {}
+            }
+        }
+        _ => shutdown_signal().await,
+    }
+    drop(control);
     tracing::info!("shutting down");
     drop(publishing);
     if let Some(relay) = relay {

@@ -16,7 +16,8 @@ USAGE:
     keynet dht HOST:PORT [--dht-bootstrap HOST:PORT ...]   a DHT node for a private network
     keynet id new|show --dir DIR                an identity on disk (key.pem mode 0600, cert.pem)
     keynet status [--control PATH] [--json]     what a running reverse/forward holds: connections,
-                                                paths, RTT, relays, counters
+                                                paths, RTT, relays, counters (a relay started
+                                                with --control PATH: registered nodes, counters)
 
 `keynet COMMAND --help` lists a command's flags. Logs go to stderr (RUST_LOG, default info;
 --log-format json: one JSON object per line).
@@ -45,7 +46,7 @@ async fn status(args: Vec<String>) -> ExitCode {
                 None => return usage("--control needs a value".into(), "status"),
             },
             "-h" | "--help" => {
-                println!("keynet status [--control PATH] [--json]: the status of a running keynet reverse/forward");
+                println!("keynet status [--control PATH] [--json]: the status of a running keynet reverse/forward (default sockets), or of a relay started with --control PATH");
                 return ExitCode::SUCCESS;
             }
             other => return usage(format!("unknown flag {other:?}"), "status"),
