@@ -1,7 +1,8 @@
 'use strict'
 // deploy/: each systemd unit's ExecStart (and ExecReload's SIGHUP) runs as written with the
 // example config, only its paths moved to a temporary directory; the example config parses for
-// both commands. (The Containerfile's build is not run here: no container engine in CI.)
+// both commands. (The Containerfile is built and run by the container job of
+// .github/workflows/ci.yml: there is no container engine or image registry here.)
 
 const test = require('ava')
 const fs = require('node:fs')
