@@ -35,6 +35,10 @@ pub struct UdpTuning {
     /// Send and receive batches of datagrams in one system call where the kernel can (GSO
     /// and GRO on Linux). Default on.
     pub segment_offload: bool,
+    /// Run the socket without ECN, packet info, don't-fragment and segment offload, one
+    /// datagram per system call: what keynet falls back to on its own where the system refuses
+    /// those options (wine's Winsock does). Default off.
+    pub portable: bool,
 }
 
 impl Default for UdpTuning {
@@ -42,6 +46,7 @@ impl Default for UdpTuning {
         Self {
             buffer: crate::socket::buffers::WANTED,
             segment_offload: true,
+            portable: false,
         }
     }
 }

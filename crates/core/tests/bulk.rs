@@ -1,7 +1,8 @@
 //! 64 MiB each way through one tunnel, on the fast path (large socket buffers, segment
 //! offload, zero-copy splice) and on the slow path real systems fall back to (small socket
 //! buffers, so the kernel drops datagrams and QUIC recovers; no GSO/GRO): every byte arrives,
-//! in order.
+//! in order. The same on the portable socket keynet falls back to where the system refuses
+//! quinn-udp's socket options (wine's Winsock): no ECN, packet info or don't-fragment.
 
 use keynet_core::options::UdpTuning;
 use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, ReverseProxy, ReverseStart};
@@ -93,6 +94,20 @@ async fn sixty_four_mib_each_way_with_small_socket_buffers_and_no_segment_offloa
     let info = carry_64_mib_each_way(UdpTuning {
         buffer: 32 * 1024,
         segment_offload: false,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        info.send_calls, info.datagrams_sent,
+        "one datagram per call: {info:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_each_way_on_the_portable_socket() {
+    let info = carry_64_mib_each_way(UdpTuning {
+        portable: true,
+        ..Default::default()
     })
     .await;
     assert_eq!(

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 pub mod buffers;
 pub mod paths;
+mod plain;
 mod via;
 
 pub(crate) use via::for_family;
@@ -65,7 +66,20 @@ impl OsSocket {
             Some(socket2::SockRef::from(&socket).try_clone()?)
         };
         let _in_runtime = rt.enter();
-        let io = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
+        let io: Arc<dyn AsyncUdpSocket> = if udp.portable {
+            Arc::new(plain::PlainUdp::new(socket)?)
+        } else {
+            // quinn-udp sets its options (ECN, packet info, don't-fragment) or fails; where the
+            // system refuses them, the plain socket carries QUIC without them.
+            let spare = socket.try_clone()?;
+            match quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket) {
+                Ok(io) => io,
+                Err(e) => {
+                    refused_options(&e);
+                    Arc::new(plain::PlainUdp::new(spare)?)
+                }
+            }
+        };
         if let Some(handle) = &handle {
             buffers::disable_gro(handle.into());
         }
@@ -82,6 +96,18 @@ impl OsSocket {
             _ => to,
         }
     }
+}
+
+/// Logs, once per process, that the system refused quinn-udp's socket options.
+fn refused_options(e: &io::Error) {
+    static LOGGED: std::sync::Once = std::sync::Once::new();
+    LOGGED.call_once(|| {
+        tracing::warn!(
+            error = %e,
+            "the system refused the UDP socket options for ECN, packet info and segment offload: \
+             sockets run without them (one datagram per system call)"
+        );
+    });
 }
 
 /// The local address the kernel would send from toward `to`: a route lookup on an unbound
