@@ -11,7 +11,8 @@ use crate::socket::{route_source, KeynetSocket};
 use crate::task::Tasks;
 
 /// Changes are acted on once they have settled this long (a network switch is a burst of
-/// address and route messages).
+/// address and route messages). Only Linux watches on its own.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) const SETTLE: Duration = Duration::from_millis(500);
 
 /// What identifies the network the host is on: the source address the kernel picks toward the

@@ -20,12 +20,15 @@ static WARNED: AtomicBool = AtomicBool::new(false);
 pub fn size(s: socket2::SockRef<'_>, wanted: usize) -> (usize, usize) {
     let _ = s.set_recv_buffer_size(wanted);
     let _ = s.set_send_buffer_size(wanted);
-    let (mut recv, mut send) = granted(&s);
+    let (recv, send) = granted(&s);
+    // Root may go past the sysctl cap (Linux only).
     #[cfg(target_os = "linux")]
-    if recv < wanted || send < wanted {
+    let (recv, send) = if recv < wanted || send < wanted {
         force(&s, wanted);
-        (recv, send) = granted(&s);
-    }
+        granted(&s)
+    } else {
+        (recv, send)
+    };
     if (recv < wanted || send < wanted) && !WARNED.swap(true, Ordering::Relaxed) {
         tracing::info!(
             recv,

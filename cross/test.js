@@ -1,0 +1,104 @@
+'use strict'
+// `npm run test:cross [-- --targets T1,T2]`: runs cross/smoke.js with each built target's own Node
+// (from the npm registry) under its emulator, loading the addon `npm run cross` put in
+// dist/TARGET/: linux arm64 under qemu-aarch64, Windows x64 under wine. Also runs the target's
+// `keynet-relay --help`. Prints pass/fail per test per target with times; exits 1 on any failure
+// (a target that was not built, or has no emulator here, is reported and fails only if named).
+
+const fs = require('node:fs')
+const path = require('node:path')
+const { ROOT, DIST, SCRATCH, TARGETS } = require('./targets')
+const { sh, aptInstall, foreignNode } = require('./tools')
+
+const SMOKE = path.join(__dirname, 'smoke.js')
+
+/** A wine prefix that reports Windows 10 (Node refuses older) with the DLL wine 8 lacks. */
+function winePrefix() {
+  const prefix = path.join(SCRATCH, 'wineprefix')
+  const env = { WINEPREFIX: prefix, WINEDEBUG: '-all', WINEDLLOVERRIDES: 'mscoree,mshtml=' }
+  const marker = path.join(prefix, '.keynet-ready')
+  if (fs.existsSync(marker)) return env
+  if (sh('wineboot', ['-i'], { env, capture: true }).code !== 0) throw new Error('wineboot failed')
+  sh('wine', ['winecfg', '-v', 'win10'], { env, capture: true })
+  // Rust's standard library imports ProcessPrng from bcryptprimitives.dll, which wine 8 lacks.
+  const dll = path.join(prefix, 'drive_c', 'windows', 'system32', 'bcryptprimitives.dll')
+  if (!fs.existsSync(dll)) {
+    const cc = sh('x86_64-w64-mingw32-gcc', ['-shared', '-O2', '-o', dll, path.join(__dirname, 'wine-bcryptprimitives.c'), '-ladvapi32'], { capture: true })
+    if (cc.code !== 0) throw new Error(`the bcryptprimitives stand-in: ${cc.stderr}`)
+  }
+  fs.writeFileSync(marker, '')
+  return env
+}
+
+/** How to run a program of `target` here: { prefix: [cmd, ...args], env, toFile }. */
+function runner(target, spec) {
+  if (spec.run === 'qemu') {
+    if (!aptInstall(spec.apt)) throw new Error(`needs ${spec.apt.join(' ')}`)
+    return { prefix: ['qemu-aarch64', '-L', '/usr/aarch64-linux-gnu'], env: {}, toFile: false }
+  }
+  if (spec.run === 'wine') {
+    if (!aptInstall(spec.apt)) throw new Error(`needs ${spec.apt.join(' ')}`)
+    // Under wine a pipe as stdout gives EBADF: output goes to a file.
+    return { prefix: ['wine'], env: winePrefix(), toFile: true }
+  }
+  throw new Error('no emulator for this target here')
+}
+
+function execute(run, args) {
+  const [cmd, ...pre] = run.prefix
+  if (!run.toFile) return sh(cmd, [...pre, ...args], { env: run.env, capture: true, cwd: ROOT })
+  const out = path.join(SCRATCH, 'wine.out')
+  const err = path.join(SCRATCH, 'wine.err')
+  const quoted = [cmd, ...pre, ...args].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ')
+  const r = sh('sh', ['-c', `${quoted} >'${out}' 2>'${err}'`], { env: run.env, capture: true, cwd: ROOT })
+  return { code: r.code, stdout: fs.readFileSync(out, 'utf8'), stderr: fs.readFileSync(err, 'utf8') }
+}
+
+function testOne(target, built) {
+  const spec = TARGETS[target]
+  const rows = []
+  const t0 = Date.now()
+  if (!built?.built) return { target, error: `not built${built?.error ? `: ${built.error}` : ' (npm run cross)'}`, rows, seconds: 0 }
+  let run
+  try {
+    run = runner(target, spec)
+  } catch (e) {
+    return { target, error: e.message, rows, seconds: 0 }
+  }
+  const dist = path.join(DIST, target)
+  const relay = execute(run, [path.join(dist, `keynet-relay${spec.relay}`), '--help'])
+  rows.push({ test: 'keynet-relay --help runs', ok: relay.code === 0 && /keynet-relay/.test(relay.stdout), ms: null, error: relay.code === 0 ? null : relay.stderr.slice(-300) })
+  fs.mkdirSync(SCRATCH, { recursive: true })
+  const smoke = execute(run, [foreignNode(spec.node), SMOKE, path.join(dist, `keynet.${spec.platform}.node`)])
+  const lines = smoke.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
+  rows.push(...lines.filter((l) => l.test))
+  const done = lines.find((l) => l.done)
+  const error = done ? null : `the smoke suite did not finish (exit ${smoke.code}): ${smoke.stderr.slice(-600)}`
+  return { target, error, rows, seconds: Math.round((Date.now() - t0) / 1000), node: done?.node, platform: done?.platform }
+}
+
+function main() {
+  const argv = process.argv.slice(2)
+  const named = argv[0] === '--targets' ? argv[1].split(',') : null
+  const file = path.join(DIST, 'cross-build.json')
+  const builds = fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')) : {}
+  const targets = named || Object.keys(TARGETS).filter((t) => TARGETS[t].run && builds[t]?.built)
+  let failed = 0
+  for (const target of targets) {
+    if (!TARGETS[target]) throw new Error(`unknown target ${target}`)
+    const r = testOne(target, builds[target])
+    console.log(`\n=== ${target}${r.platform ? ` (${r.platform}, Node ${r.node}, ${builds[target].profile} build)` : ''}: ${r.seconds} s`)
+    if (r.error) {
+      failed++
+      console.log(`FAILED: ${r.error}`)
+    }
+    for (const row of r.rows) {
+      if (!row.ok) failed++
+      console.log(`${row.ok ? 'pass' : 'FAIL'} ${row.ms === null ? '' : `${String(row.ms).padStart(6)} ms `}${row.test}${row.error ? `\n     ${row.error}` : ''}`)
+    }
+  }
+  if (!targets.length) console.log('nothing to run: npm run cross builds the targets first')
+  process.exitCode = failed ? 1 : 0
+}
+
+main()
