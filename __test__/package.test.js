@@ -1,6 +1,7 @@
 'use strict'
 // Packaging: the packed main package and the host's platform package, installed into a fresh
-// Node app outside the repository, make a gRPC call through the proxies (ava runs there); and
+// Node app outside the repository, make a gRPC call through the proxies (ava runs there) and
+// put `keynet` and `keynet-relay` on the app's npx; and
 // without a platform package, loading keynet fails with an error naming what to install.
 
 const test = require('ava')
@@ -36,6 +37,11 @@ test('the packed packages install into a fresh Node app and carry a grpc-js call
   fs.mkdirSync(plat)
   fs.copyFileSync(path.join(repo, 'npm', platform, 'package.json'), path.join(plat, 'package.json'))
   fs.copyFileSync(path.join(repo, local), path.join(plat, local))
+  // With the `keynet` and `keynet-relay` programs: the debug builds npm test made, or the
+  // release workflow's (KEYNET_PROGRAMS).
+  const programs = process.env.KEYNET_PROGRAMS ? path.resolve(repo, process.env.KEYNET_PROGRAMS) : path.join(repo, 'target', 'debug')
+  const exe = process.platform === 'win32' ? '.exe' : ''
+  for (const bin of ['keynet', 'keynet-relay']) fs.copyFileSync(path.join(programs, bin + exe), path.join(plat, bin + exe))
   npm(['pack', '--pack-destination', work], plat)
   npm(['pack', '--pack-destination', work], repo)
   const version = JSON.parse(fs.readFileSync(path.join(repo, 'package.json'), 'utf8')).version
@@ -58,6 +64,19 @@ test('the packed packages install into a fresh Node app and carry a grpc-js call
   const r = spawnSync('npx', ['ava', '--timeout=60s'], { cwd: app, env, encoding: 'utf8', timeout: 120000 })
   t.is(r.status, 0, `${r.stdout}\n${r.stderr}`)
   t.regex(r.stdout + r.stderr, /1 test passed/)
+
+  // The programs are on the app's npx: keynet-relay's help, and keynet making an identity.
+  const relayHelp = spawnSync('npx', ['--no-install', 'keynet-relay', '--help'], { cwd: app, env, encoding: 'utf8', timeout: 60000 })
+  t.is(relayHelp.status, 0, relayHelp.stderr)
+  t.regex(relayHelp.stdout, /^keynet-relay: a keynet relay hub/)
+  const idDir = path.join(work, 'id')
+  const made = spawnSync('npx', ['--no-install', 'keynet', 'id', 'new', '--dir', idDir], { cwd: app, env, encoding: 'utf8', timeout: 60000 })
+  t.is(made.status, 0, made.stderr)
+  t.regex(made.stdout.trim(), /^v[0-9a-v]{52}$/)
+  if (process.platform !== 'win32') t.is(fs.statSync(path.join(idDir, 'key.pem')).mode & 0o777, 0o600)
+  // Its exit code is the program's: bad flags are 2.
+  const bad = spawnSync('npx', ['--no-install', 'keynet', 'forward', '--no-such-flag'], { cwd: app, env, encoding: 'utf8', timeout: 60000 })
+  t.is(bad.status, 2, bad.stderr)
 })
 
 test('without a platform package, loading keynet names the platform and the package to install', (t) => {
