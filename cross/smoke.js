@@ -130,14 +130,14 @@ const tests = {
       } catch (e) {
         err = e
       }
-      check(err && typeof err.code === 'string', `a code on ${err}`)
+      check(err instanceof TypeError && err.code === 'ERR_INVALID_ARG_TYPE', `a malformed node id: ${err && err.code} ${err}`)
       err = null
       try {
         await new keynet.ReverseProxy().start({ serverHost: '127.0.0.1', serverPort: 70000 })
       } catch (e) {
         err = e
       }
-      check(err && typeof err.code === 'string', `a code on ${err}`)
+      check(err instanceof RangeError && err.code === 'ERR_OUT_OF_RANGE', `port 70000: ${err && err.code} ${err}`)
     } finally {
       await fp.stop()
     }

@@ -236,6 +236,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     if a.listen.is_none() && a.dht.is_none() {
         return Err("nothing to run: give --listen and/or --dht".into());
     }
+    if a.control.is_some() && a.listen.is_none() {
+        return Err("--control needs --listen: a DHT node alone has no status".into());
+    }
     Ok(Command::Run(Box::new(a)))
 }
 
@@ -300,6 +303,18 @@ mod tests {
             let a = run(&["--listen", "1.2.3.4:1", &format!("--{}", l.flag), "7"]).unwrap();
             assert_eq!(a.limits.get(l.key), Some(7.0), "{}", l.flag);
         }
+    }
+
+    #[test]
+    fn control_needs_a_relay() {
+        let a = run(&["--listen", "1.2.3.4:1", "--control", "/tmp/r.sock"]).unwrap();
+        assert_eq!(
+            a.control.as_deref(),
+            Some(std::path::Path::new("/tmp/r.sock"))
+        );
+        assert!(run(&["--dht", "1.2.3.4:1", "--control", "/tmp/r.sock"])
+            .unwrap_err()
+            .contains("--control needs --listen"));
     }
 
     #[test]

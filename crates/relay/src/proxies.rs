@@ -332,53 +332,24 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// `settings` of `keynet reverse FLAGS` without a config file or KEYNET_TOKEN.
+    fn reverse(flags: &[&str]) -> Result<Settings, String> {
+        settings(Side::Reverse, raw(Side::Reverse, flags), None)
+    }
+
     #[test]
     fn values_are_checked_and_errors_name_their_origin() {
-        let e = settings(Side::Reverse, raw(Side::Reverse, &[]), None).unwrap_err();
+        let e = reverse(&[]).unwrap_err();
         assert!(e.starts_with("--server HOST:PORT is required"), "{e}");
-        let e = settings(
-            Side::Reverse,
-            raw(Side::Reverse, &["--server", "localhost:1"]),
-            None,
-        )
-        .unwrap_err();
+        let e = reverse(&["--server", "localhost:1"]).unwrap_err();
         assert_eq!(e, "--server: \"localhost:1\" is not an IP HOST:PORT");
-        let e = settings(
-            Side::Reverse,
-            raw(
-                Side::Reverse,
-                &["--server", "127.0.0.1:1", "--relay", "127.0.0.1:7000"],
-            ),
-            None,
-        )
-        .unwrap_err();
+        let e = reverse(&["--server", "127.0.0.1:1", "--relay", "127.0.0.1:7000"]).unwrap_err();
         assert!(e.starts_with("--relay: "), "{e}");
-        let e = settings(
-            Side::Reverse,
-            raw(Side::Reverse, &["--server", "127.0.0.1:1", "--grace", "0"]),
-            None,
-        )
-        .unwrap_err();
+        let e = reverse(&["--server", "127.0.0.1:1", "--grace", "0"]).unwrap_err();
         assert_eq!(e, "--grace: must be more than 0 seconds");
-        let e = settings(
-            Side::Reverse,
-            raw(
-                Side::Reverse,
-                &["--server", "127.0.0.1:1", "--bootstrap", "127.0.0.1:6881"],
-            ),
-            None,
-        )
-        .unwrap_err();
+        let e = reverse(&["--server", "127.0.0.1:1", "--bootstrap", "127.0.0.1:6881"]).unwrap_err();
         assert_eq!(e, "bootstrap nodes given without --discovery");
-        let s = settings(
-            Side::Reverse,
-            raw(
-                Side::Reverse,
-                &["--server", "127.0.0.1:1", "--grace", "2.5"],
-            ),
-            None,
-        )
-        .unwrap();
+        let s = reverse(&["--server", "127.0.0.1:1", "--grace", "2.5"]).unwrap();
         assert_eq!(s.grace, Some(Duration::from_millis(2500)));
     }
 }

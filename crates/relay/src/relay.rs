@@ -80,29 +80,26 @@ pub async fn run(a: args::Args) -> keynet_core::Result<()> {
         publishing = Some(dht.publish_relay(network.clone(), port, PUBLISH_EVERY));
         println!("relay published on the dht as network {network:?}");
     }
-    let control = match (&a.control, &relay) {
-        (Some(path), Some(_)) => Some(
+    // The control socket answers `keynet status` (args checked that --control comes with --listen).
+    let status = match (&a.control, &relay) {
+        (Some(path), Some(relay)) => Some((
             Control::bind(path)
                 .await
                 .map_err(keynet_core::Error::InvalidArgument)?,
-        ),
-        (Some(_), None) => {
-            return Err(keynet_core::Error::InvalidArgument(
-                "--control needs --listen: a DHT node alone has no status".into(),
-            ))
-        }
+            relay,
+        )),
         _ => None,
     };
-    match (&control, &relay) {
-        (Some(control), Some(relay)) => {
+    match &status {
+        Some((control, relay)) => {
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = control.serve(|| crate::control::relay_status(relay)) => {}
             }
         }
-        _ => shutdown_signal().await,
+        None => shutdown_signal().await,
     }
-    drop(control);
+    drop(status);
     tracing::info!("shutting down");
     drop(publishing);
     if let Some(relay) = relay {
