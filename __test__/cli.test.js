@@ -215,9 +215,10 @@ async function logLinesOf(t, bin, args, ready) {
   child.stderr.on('data', (d) => (stderr += d))
   const lines = readline.createInterface({ input: child.stdout })
   await h.withTimeout(new Promise((resolve) => lines.on('line', (l) => ready.test(l) && resolve())), h.WAIT, `${path.basename(bin)} to be ready`)
-  const exited = new Promise((resolve) => child.once('exit', resolve))
+  // 'close', not 'exit': 'exit' can come before the last stderr bytes are read.
+  const closed = new Promise((resolve) => child.once('close', resolve))
   child.kill('SIGTERM')
-  t.is(await h.withTimeout(exited, h.WAIT, 'exit'), 0)
+  t.is(await h.withTimeout(closed, h.WAIT, 'exit'), 0)
   return stderr.trim().split('\n')
 }
 
