@@ -158,7 +158,9 @@ async function main() {
     else passed++
     console.log(JSON.stringify({ test: name, ok: !error, ms: Date.now() - t0, error }))
   }
-  console.log(JSON.stringify({ done: true, platform: `${process.platform}-${process.arch}`, node: process.version, passed, failed }))
+  // On Linux, which C library this Node runs on (the report names glibc's version, or none).
+  const libc = process.platform === 'linux' ? (process.report.getReport().header.glibcVersionRuntime ? '-gnu' : '-musl') : ''
+  console.log(JSON.stringify({ done: true, platform: `${process.platform}-${process.arch}${libc}`, node: process.version, passed, failed }))
   process.exitCode = failed ? 1 : 0
 }
 

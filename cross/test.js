@@ -1,14 +1,15 @@
 'use strict'
 // `npm run test:cross [-- --targets T1,T2]`: runs cross/smoke.js with each built target's own Node
 // (from the npm registry) under its emulator, loading the addon `npm run cross` put in
-// dist/TARGET/: linux arm64 under qemu-aarch64, Windows x64 under wine. Also runs the target's
+// dist/TARGET/: linux arm64 under qemu-aarch64, Windows x64 under wine, linux musl x64 with musl's
+// loader (and arm64 musl with it under qemu). Also runs the target's
 // `keynet-relay --help`. Prints pass/fail per test per target with times; exits 1 on any failure
 // (a target that was not built, or has no emulator here, is reported and fails only if named).
 
 const fs = require('node:fs')
 const path = require('node:path')
 const { ROOT, DIST, SCRATCH, TARGETS } = require('./targets')
-const { sh, aptInstall, foreignNode } = require('./tools')
+const { sh, aptInstall, foreignNode, muslLoader, muslNode } = require('./tools')
 
 const SMOKE = path.join(__dirname, 'smoke.js')
 
@@ -41,15 +42,29 @@ function runner(target, spec) {
     // Under wine a pipe as stdout gives EBADF: output goes to a file.
     return { prefix: ['wine'], env: winePrefix(), toFile: true }
   }
+  if (spec.run === 'musl') {
+    if (!aptInstall(spec.apt)) throw new Error(`needs ${spec.apt.join(' ')}`)
+    // musl's libc.so run as a program is its dynamic loader: no musl needed in /lib. The
+    // keynet programs are static (no loader), Node is not.
+    const loader = muslLoader(spec.node.arch)
+    const qemu = spec.node.qemu ? [spec.node.qemu] : []
+    return { prefix: [...qemu, loader], programPrefix: qemu, env: {}, toFile: false }
+  }
   throw new Error('no emulator for this target here')
 }
 
-function execute(run, args) {
-  const [cmd, ...pre] = run.prefix
-  if (!run.toFile) return sh(cmd, [...pre, ...args], { env: run.env, capture: true, cwd: ROOT })
+/** The target's own Node binary. */
+function nodeOf(spec) {
+  return spec.node.wheel ? muslNode(spec.node.wheel) : foreignNode(spec.node)
+}
+
+/** Runs `args` under `prefix` (the runner's emulator or loader; an empty prefix runs natively). */
+function execute(run, args, prefix = run.prefix) {
+  const [cmd, ...rest] = [...prefix, ...args]
+  if (!run.toFile) return sh(cmd, rest, { env: run.env, capture: true, cwd: ROOT })
   const out = path.join(SCRATCH, 'wine.out')
   const err = path.join(SCRATCH, 'wine.err')
-  const quoted = [cmd, ...pre, ...args].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ')
+  const quoted = [cmd, ...rest].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ')
   const r = sh('sh', ['-c', `${quoted} >'${out}' 2>'${err}'`], { env: run.env, capture: true, cwd: ROOT })
   return { code: r.code, stdout: fs.readFileSync(out, 'utf8'), stderr: fs.readFileSync(err, 'utf8') }
 }
@@ -66,10 +81,10 @@ function testOne(target, built) {
     return { target, error: e.message, rows, seconds: 0 }
   }
   const dist = path.join(DIST, target)
-  const relay = execute(run, [path.join(dist, `keynet-relay${spec.relay}`), '--help'])
+  const relay = execute(run, [path.join(dist, `keynet-relay${spec.relay}`), '--help'], run.programPrefix ?? run.prefix)
   rows.push({ test: 'keynet-relay --help runs', ok: relay.code === 0 && /keynet-relay/.test(relay.stdout), ms: null, error: relay.code === 0 ? null : relay.stderr.slice(-300) })
   fs.mkdirSync(SCRATCH, { recursive: true })
-  const smoke = execute(run, [foreignNode(spec.node), SMOKE, path.join(dist, `keynet.${spec.platform}.node`)])
+  const smoke = execute(run, [nodeOf(spec), SMOKE, path.join(dist, `keynet.${spec.platform}.node`)])
   const lines = smoke.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
   rows.push(...lines.filter((l) => l.test))
   const done = lines.find((l) => l.done)
