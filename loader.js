@@ -52,7 +52,23 @@ function missingBinding(cause) {
   return err
 }
 
+/**
+ * The binding. On Linux the C library this process runs on decides between -gnu and -musl, but
+ * napi-rs's native.js asks the system's /usr/bin/ldd, which is wrong when the two differ (a musl
+ * Node on a glibc system, a glibc Node on Alpine): so this platform's file or package is tried
+ * first, and native.js (its overrides, WASI, the other platforms) after.
+ */
 function load() {
+  if (process.platform === 'linux' && !process.env.NAPI_RS_NATIVE_LIBRARY_PATH) {
+    const name = platformName()
+    for (const id of [`./keynet.${name}.node`, `keynet-${name}`]) {
+      try {
+        return require(id)
+      } catch (e) {
+        if (e.code !== 'MODULE_NOT_FOUND') throw missingBinding(e)
+      }
+    }
+  }
   try {
     return require('./native.js')
   } catch (e) {

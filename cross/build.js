@@ -71,13 +71,24 @@ function toolchain(target, spec) {
   return { cargo: ['zigbuild'], env }
 }
 
-/** Whether `file` exports each of `names` (ELF: nm -D; PE: the export table; else the bytes). */
+/** llvm-nm from rustup's llvm-tools component (Debian's nm cannot read Mach-O), or null. */
+function llvmNm() {
+  const sysroot = sh('rustc', ['--print', 'sysroot'], { capture: true }).stdout.trim()
+  const host = /host: (\S+)/.exec(sh('rustc', ['-vV'], { capture: true }).stdout)?.[1]
+  const nm = path.join(sysroot, 'lib', 'rustlib', host || '', 'bin', 'llvm-nm')
+  if (!fs.existsSync(nm)) sh('rustup', ['component', 'add', 'llvm-tools'], { capture: true })
+  return fs.existsSync(nm) ? nm : null
+}
+
+/** Which of `names` `file` does not define as global symbols (ELF: nm -D; PE: its export table; Mach-O and archives: llvm-nm). */
 function exportsAll(file, names) {
   let text
   const head = fs.readFileSync(file).subarray(0, 4)
+  const nm = head.toString('latin1') === '\x7fELF' || head.subarray(0, 2).toString('latin1') === 'MZ' ? null : llvmNm()
   if (head.toString('latin1') === '\x7fELF' && has('nm')) text = sh('nm', ['-D', '--defined-only', file], { capture: true }).stdout
   else if (head.subarray(0, 2).toString('latin1') === 'MZ' && has('x86_64-w64-mingw32-objdump')) text = sh('x86_64-w64-mingw32-objdump', ['-p', file], { capture: true }).stdout
-  else text = fs.readFileSync(file).toString('latin1')
+  else if (nm) text = sh(nm, ['-g', '--defined-only', file], { capture: true }).stdout
+  else throw new Error(`no tool here reads the symbols of ${path.basename(file)} (rustup component add llvm-tools)`)
   return names.filter((n) => !new RegExp(`\\b_?${n}\\b`).test(text))
 }
 

@@ -4,16 +4,23 @@
 // one through a local Relay by node id, generateIdentity, typed errors, and stop() freeing the
 // ports. Prints one JSON line per test ({ test, ok, ms, error }) and a last { done, passed,
 // failed } line; exits 1 if any failed. Run by cross/test.js under qemu and wine:
-//   node cross/smoke.js [ADDON.node]   (default: the package's own loader)
+//   node cross/smoke.js [ADDON.node | --app DIR]   (default: the repository's own loader)
 
 const path = require('node:path')
 const dgram = require('node:dgram')
 const net = require('node:net')
+const { createRequire } = require('node:module')
 
-if (process.argv[2]) process.env.NAPI_RS_NATIVE_LIBRARY_PATH = path.resolve(process.argv[2])
-const keynet = require('..')
-const grpc = require('@grpc/grpc-js')
-const protoLoader = require('@grpc/proto-loader')
+// `--app DIR`: keynet, grpc-js and proto-loader as installed in the app DIR (the packed packages,
+// loaded the way a user's app loads them); else the repository's, with ADDON if given.
+const app = process.argv[2] === '--app' ? path.resolve(process.argv[3]) : null
+if (!app && process.argv[2]) process.env.NAPI_RS_NATIVE_LIBRARY_PATH = path.resolve(process.argv[2])
+// A require from inside the app: require.resolve('keynet') from here would find this repository
+// (a package resolves its own name first).
+const need = app ? createRequire(path.join(app, 'package.json')) : require
+const keynet = app ? need('keynet') : require('..')
+const grpc = need('@grpc/grpc-js')
+const protoLoader = need('@grpc/proto-loader')
 
 const { Echo } = grpc.loadPackageDefinition(protoLoader.loadSync(path.join(__dirname, '..', 'support', 'echo.proto'))).echo
 const NODE_ID = /^v[0-9a-v]{52}$/

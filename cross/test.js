@@ -1,11 +1,13 @@
 'use strict'
-// `npm run test:cross [-- --targets T1,T2]`: runs cross/smoke.js with each built target's own Node
-// (from the npm registry) under its emulator, loading the addon `npm run cross` put in
-// dist/TARGET/: linux arm64 under qemu-aarch64, Windows x64 under wine, linux musl x64 with musl's
-// loader (and arm64 musl with it under qemu). Also runs the target's
+// `npm run test:cross [-- --targets T1,T2]`: packs the main package and each built target's
+// platform package (dist/TARGET/ from `npm run cross`), installs them into a fresh app, and runs
+// cross/smoke.js there with the target's own Node (from the npm registry, or PyPI for musl), so
+// keynet loads as a user's app loads it: linux arm64 under qemu-aarch64, Windows x64 under wine,
+// linux musl x64 with musl's loader, arm64 musl with it under qemu. Also runs the installed
 // `keynet-relay --help`, and `keynet status` against a running `keynet reverse` (two of the
-// target's processes at once, talking over the control socket, or the control pipe on Windows). Prints pass/fail per test per target with times; exits 1 on any failure
-// (a target that was not built, or has no emulator here, is reported and fails only if named).
+// target's processes at once, over the control socket, or the control pipe on Windows). Prints
+// pass/fail per test per target with times; exits 1 on any failure (a target that was not built,
+// or has no emulator here, is reported and fails only if named).
 
 const fs = require('node:fs')
 const path = require('node:path')
@@ -53,6 +55,41 @@ function runner(target, spec) {
     return { prefix: [...qemu, loader], programPrefix: qemu, env: {}, toFile: false }
   }
   throw new Error('no emulator for this target here')
+}
+
+/** The version of `name` installed in the repository (the app gets the same). */
+function installedVersion(name) {
+  return JSON.parse(fs.readFileSync(path.join(ROOT, 'node_modules', name, 'package.json'), 'utf8')).version
+}
+
+/**
+ * A fresh app with the packed main package and the target's platform package (npm/PLATFORM's
+ * package.json with dist/TARGET's addon and programs, as the release workflow assembles it),
+ * installed by this machine's npm (--force: the platform package is for another cpu/os/libc);
+ * returns the app's directory.
+ */
+function installedApp(target, spec) {
+  const work = path.join(SCRATCH, 'app', target)
+  fs.rmSync(work, { recursive: true, force: true })
+  const plat = path.join(work, 'platform')
+  fs.mkdirSync(plat, { recursive: true })
+  fs.copyFileSync(path.join(ROOT, 'npm', spec.platform, 'package.json'), path.join(plat, 'package.json'))
+  const dist = path.join(DIST, target)
+  for (const f of [`keynet.${spec.platform}.node`, `keynet${spec.relay}`, `keynet-relay${spec.relay}`]) fs.copyFileSync(path.join(dist, f), path.join(plat, f))
+  const pack = (dir) => {
+    const r = sh('npm', ['pack', '--silent', '--pack-destination', work], { capture: true, cwd: dir })
+    if (r.code !== 0) throw new Error(`npm pack ${dir}: ${r.stderr.slice(-300)}`)
+    return path.join(work, r.stdout.trim().split('\n').pop())
+  }
+  const tarballs = [pack(ROOT), pack(plat)]
+  const app = path.join(work, 'app')
+  fs.mkdirSync(app)
+  fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', private: true }))
+  const deps = ['@grpc/grpc-js', '@grpc/proto-loader'].map((n) => `${n}@${installedVersion(n)}`)
+  const args = ['install', '--force', '--omit=optional', '--no-audit', '--no-fund', '--prefer-offline', ...tarballs, ...deps]
+  const r = sh('npm', args, { capture: true, cwd: app })
+  if (r.code !== 0) throw new Error(`npm install in the app: ${r.stderr.slice(-400)}`)
+  return app
 }
 
 /** The target's own Node binary. */
@@ -128,8 +165,15 @@ async function testOne(target, built) {
     return { target, error: e.message, rows, seconds: 0 }
   }
   const dist = path.join(DIST, target)
-  const relay = execute(run, [path.join(dist, `keynet-relay${spec.relay}`), '--help'], run.programPrefix ?? run.prefix)
-  rows.push({ test: 'keynet-relay --help runs', ok: relay.code === 0 && /keynet-relay/.test(relay.stdout), ms: null, error: relay.code === 0 ? null : relay.stderr.slice(-300) })
+  let app
+  try {
+    app = installedApp(target, spec)
+  } catch (e) {
+    return { target, error: e.message, rows, seconds: Math.round((Date.now() - t0) / 1000) }
+  }
+  const installed = path.join(app, 'node_modules', `keynet-${spec.platform}`)
+  const relay = execute(run, [path.join(installed, `keynet-relay${spec.relay}`), '--help'], run.programPrefix ?? run.prefix)
+  rows.push({ test: 'keynet-relay --help runs (from the installed platform package)', ok: relay.code === 0 && /keynet-relay/.test(relay.stdout), ms: null, error: relay.code === 0 ? null : relay.stderr.slice(-300) })
   fs.mkdirSync(SCRATCH, { recursive: true })
   rows.push(await statusRow(run, spec, dist))
   let node
@@ -138,7 +182,7 @@ async function testOne(target, built) {
   } catch (e) {
     return { target, error: e.message, rows, seconds: Math.round((Date.now() - t0) / 1000) }
   }
-  const smoke = execute(run, [node, SMOKE, path.join(dist, `keynet.${spec.platform}.node`)])
+  const smoke = execute(run, [node, SMOKE, '--app', app])
   const lines = smoke.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
   rows.push(...lines.filter((l) => l.test))
   const done = lines.find((l) => l.done)
