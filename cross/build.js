@@ -65,26 +65,45 @@ function toolchain(target, spec) {
     const clang = path.join(bin, `${target}${spec.api}-clang`)
     return { cargo: ['build'], env: { [`CARGO_TARGET_${key}_LINKER`]: clang, [`CC_${under}`]: clang, [`AR_${under}`]: path.join(bin, 'llvm-ar') } }
   }
+  if (spec.how === 'ios') {
+    // A static library links nothing: only ring's C needs a compiler. Debian's clang compiles
+    // it without an SDK (ring builds without libc headers; its one Apple header is stood in).
+    if (!aptInstall(spec.apt)) throw new Error(`needs Debian packages ${spec.apt.join(' ')}`)
+    const ar = llvmTool('llvm-ar')
+    if (!ar) throw new Error('needs llvm-ar (rustup component add llvm-tools)')
+    const include = path.join(__dirname, 'ios-include')
+    return {
+      cargo: ['build'],
+      env: {
+        [`CC_${under}`]: 'clang',
+        [`AR_${under}`]: ar,
+        [`CFLAGS_${under}`]: `-nostdlibinc -DRING_CORE_NOSTDLIBINC=1 -isystem ${include}`,
+        // cc-rs asks xcrun for an SDK unless SDKROOT names a directory; nothing is read from it.
+        SDKROOT: include,
+        IPHONEOS_DEPLOYMENT_TARGET: '13.0',
+      },
+    }
+  }
   if (!zigInstall()) throw new Error('needs cargo-zigbuild and ziglang (pip install ziglang cargo-zigbuild)')
   // A musl cdylib must link the C runtime dynamically: Node loads it into its own process.
   const env = spec.musl ? { [`CARGO_TARGET_${key}_RUSTFLAGS`]: '-C target-feature=-crt-static' } : {}
   return { cargo: ['zigbuild'], env }
 }
 
-/** llvm-nm from rustup's llvm-tools component (Debian's nm cannot read Mach-O), or null. */
-function llvmNm() {
+/** `tool` (llvm-nm, llvm-ar) from rustup's llvm-tools component, which reads Mach-O, or null. */
+function llvmTool(tool) {
   const sysroot = sh('rustc', ['--print', 'sysroot'], { capture: true }).stdout.trim()
   const host = /host: (\S+)/.exec(sh('rustc', ['-vV'], { capture: true }).stdout)?.[1]
-  const nm = path.join(sysroot, 'lib', 'rustlib', host || '', 'bin', 'llvm-nm')
-  if (!fs.existsSync(nm)) sh('rustup', ['component', 'add', 'llvm-tools'], { capture: true })
-  return fs.existsSync(nm) ? nm : null
+  const file = path.join(sysroot, 'lib', 'rustlib', host || '', 'bin', tool)
+  if (!fs.existsSync(file)) sh('rustup', ['component', 'add', 'llvm-tools'], { capture: true })
+  return fs.existsSync(file) ? file : null
 }
 
 /** Which of `names` `file` does not define as global symbols (ELF: nm -D; PE: its export table; Mach-O and archives: llvm-nm). */
 function exportsAll(file, names) {
   let text
   const head = fs.readFileSync(file).subarray(0, 4)
-  const nm = head.toString('latin1') === '\x7fELF' || head.subarray(0, 2).toString('latin1') === 'MZ' ? null : llvmNm()
+  const nm = head.toString('latin1') === '\x7fELF' || head.subarray(0, 2).toString('latin1') === 'MZ' ? null : llvmTool('llvm-nm')
   if (head.toString('latin1') === '\x7fELF' && has('nm')) text = sh('nm', ['-D', '--defined-only', file], { capture: true }).stdout
   else if (head.subarray(0, 2).toString('latin1') === 'MZ' && has('x86_64-w64-mingw32-objdump')) text = sh('x86_64-w64-mingw32-objdump', ['-p', file], { capture: true }).stdout
   else if (nm) text = sh(nm, ['-g', '--defined-only', file], { capture: true }).stdout

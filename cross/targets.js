@@ -11,7 +11,7 @@ const SCRATCH = path.join(ROOT, 'scratch', 'cross')
 
 /**
  * `how`: 'gcc' (Debian cross gcc as linker), 'mingw' (mingw-w64 plus an import library for
- * node.exe), 'zig' (cargo-zigbuild), 'ndk' (an Android NDK found in the environment). `apt`: Debian packages it needs. `addon`: the cdylib's file
+ * node.exe), 'zig' (cargo-zigbuild), 'ios' (Debian's clang for ring's C, no SDK), 'ndk' (an Android NDK found in the environment). `apt`: Debian packages it needs. `addon`: the cdylib's file
  * name, copied to dist/TARGET/keynet.PLATFORM.node; `relay`: the relay binaries' suffix, or null
  * (no relay: iOS). `ffi`: the target ships only the crates/ffi static library. `run`: the
  * emulator cross/test.js runs the smoke suite with, or null ('musl': Debian's musl loader, under
@@ -61,7 +61,7 @@ const TARGETS = {
   },
   'x86_64-apple-darwin': { how: 'zig', addon: 'libkeynet.dylib', platform: 'darwin-x64', relay: '', run: null },
   'aarch64-apple-darwin': { how: 'zig', addon: 'libkeynet.dylib', platform: 'darwin-arm64', relay: '', run: null },
-  'aarch64-apple-ios': { how: 'zig', ffi: true, relay: null, run: null },
+  'aarch64-apple-ios': { how: 'ios', apt: ['clang'], ffi: true, relay: null, run: null },
   // No package registry carries an Android NDK (Debian, PyPI, npm and crates.io checked): built
   // where ANDROID_NDK_HOME (or a runner's ANDROID_NDK_LATEST_HOME) points to one, else skipped.
   'aarch64-linux-android': { how: 'ndk', api: 24, addon: 'libkeynet.so', platform: 'android-arm64', relay: '', run: null },
