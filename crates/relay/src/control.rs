@@ -1,155 +1,42 @@
-//! The control socket of a running `keynet reverse|forward`: a Unix socket that answers each
-//! connection with the instance's status (JSON) and closes. File permissions are its only
-//! authentication: its directory is 0700 and the socket 0600, so only the same user can ask.
+//! The control endpoint of a running `keynet reverse|forward|relay`: it answers each client with
+//! the instance's status (one line of JSON) and closes. Only the user who started keynet can ask:
+//! a 0600 Unix socket, or on Windows a named pipe whose access list names only its owner.
 //! `keynet status` is its client.
 
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-#[cfg(unix)]
+use std::io;
+use std::path::Path;
 use std::time::Duration;
-#[cfg(unix)]
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt};
 
 use keynet_core::relay::server::RelayServer;
 use keynet_core::relay::spec::{LinkStatus, RelaySpec};
 use keynet_core::{ConnectionInfo, ProxyStats};
 
-/// How long a status request may take, either side.
+#[cfg(windows)]
+mod named_pipe;
 #[cfg(unix)]
+mod unix_socket;
+#[cfg(windows)]
+pub use named_pipe::{default_path, query, Control};
+#[cfg(unix)]
+pub use unix_socket::{default_path, query, Control};
+
+/// How long a status request may take, either side.
 const WAIT: Duration = Duration::from_secs(5);
 /// Largest status answer `keynet status` reads (a status of thousands of connections fits).
-#[cfg(unix)]
 const MAX_STATUS: u64 = 16 << 20;
 
-/// Where `side`'s control socket is unless `--control` says: `$XDG_RUNTIME_DIR/keynet/SIDE.sock`,
-/// else `/tmp/keynet-UID/SIDE.sock`.
-pub fn default_path(side: &str) -> PathBuf {
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d).join("keynet"),
-        _ => std::env::temp_dir().join(format!("keynet-{}", uid())),
-    };
-    dir.join(format!("{side}.sock"))
-}
-
-#[cfg(unix)]
-fn uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
-}
-
-#[cfg(not(unix))]
-fn uid() -> u32 {
-    0
-}
-
-/// A bound control socket; the file is removed when it drops.
-pub struct Control {
-    path: PathBuf,
-    #[cfg(unix)]
-    listener: tokio::net::UnixListener,
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+/// Reads one status answer: JSON up to a newline or the end (a closed pipe counts as the end).
+async fn read_status(stream: impl AsyncRead + Unpin, path: &Path) -> Result<Value, String> {
+    let mut text = Vec::new();
+    let mut reader = tokio::io::BufReader::new(stream.take(MAX_STATUS));
+    match reader.read_until(b'\n', &mut text).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe && !text.is_empty() => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
     }
-}
-
-impl Control {
-    /// Binds `path` (its directory made 0700 if new). A live instance there is an error; a
-    /// stale file left by a crashed one is replaced.
-    #[cfg(unix)]
-    pub async fn bind(path: &Path) -> Result<Self, String> {
-        use std::os::unix::fs::PermissionsExt;
-        if let Some(dir) = path.parent() {
-            if !dir.exists() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("control socket: cannot create {}: {e}", dir.display()))?;
-                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-            }
-        }
-        if path.exists() {
-            if tokio::net::UnixStream::connect(path).await.is_ok() {
-                return Err(format!(
-                    "control socket {}: another keynet instance answers there (give --control PATH)",
-                    path.display()
-                ));
-            }
-            let _ = std::fs::remove_file(path);
-        }
-        let listener = tokio::net::UnixListener::bind(path)
-            .map_err(|e| format!("control socket {}: {e}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("control socket {}: {e}", path.display()))?;
-        Ok(Self {
-            path: path.to_owned(),
-            listener,
-        })
-    }
-
-    /// Without Unix sockets there is no control socket (yet): the proxy runs without one.
-    #[cfg(not(unix))]
-    pub async fn bind(path: &Path) -> Result<Self, String> {
-        tracing::warn!(
-            path = %path.display(),
-            "no control socket on this platform: keynet status cannot ask this instance"
-        );
-        Ok(Self {
-            path: path.to_owned(),
-        })
-    }
-
-    /// Answers requests one at a time with `status()` until dropped (the caller selects on it).
-    #[cfg(unix)]
-    pub async fn serve(&self, status: impl Fn() -> Value) {
-        loop {
-            let (mut stream, _) = match self.listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of file descriptors, say: wait instead of spinning on the error.
-                    tracing::warn!(error = %e, "control socket: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let text = status().to_string();
-            let _ = tokio::time::timeout(WAIT, async {
-                let _ = stream.write_all(text.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            })
-            .await;
-        }
-    }
-
-    #[cfg(not(unix))]
-    pub async fn serve(&self, _status: impl Fn() -> Value) {
-        std::future::pending::<()>().await
-    }
-}
-
-/// `keynet status`: the status JSON of the instance at `path`.
-#[cfg(unix)]
-pub async fn query(path: &Path) -> Result<Value, String> {
-    let read = async {
-        let stream = tokio::net::UnixStream::connect(path)
-            .await
-            .map_err(|e| format!("{}: {e} (is keynet running?)", path.display()))?;
-        let mut text = String::new();
-        stream
-            .take(MAX_STATUS)
-            .read_to_string(&mut text)
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: not a status: {e}", path.display()))
-    };
-    tokio::time::timeout(WAIT, read)
-        .await
-        .map_err(|_| format!("{}: no answer within 5 s", path.display()))?
-}
-
-#[cfg(not(unix))]
-pub async fn query(path: &Path) -> Result<Value, String> {
-    Err(format!("{}: needs Unix sockets", path.display()))
+    serde_json::from_slice(&text).map_err(|e| format!("{}: not a status: {e}", path.display()))
 }
 
 /// A relay link as the status shows it.

@@ -34,7 +34,7 @@ fn failed(e: keynet_core::Error, command: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// `keynet status`: asks the control socket given, or the default ones that exist.
+/// `keynet status`: asks the control endpoint given, or the default ones that answer.
 async fn status(args: Vec<String>) -> ExitCode {
     let (mut paths, mut json) = (Vec::new(), false);
     let mut it = args.into_iter();
@@ -52,20 +52,23 @@ async fn status(args: Vec<String>) -> ExitCode {
             other => return usage(format!("unknown flag {other:?}"), "status"),
         }
     }
+    let mut all = Vec::new();
     if paths.is_empty() {
-        paths = ["reverse", "forward"]
-            .map(keynet_relay::control::default_path)
-            .into_iter()
-            .filter(|p| p.exists())
-            .collect();
-        if paths.is_empty() {
+        // The default endpoints: whichever of them answers (a Windows pipe has no file to look for).
+        for side in ["reverse", "forward"] {
+            if let Ok(s) =
+                keynet_relay::control::query(&keynet_relay::control::default_path(side)).await
+            {
+                all.push(s);
+            }
+        }
+        if all.is_empty() {
             eprintln!(
-                "keynet status: no keynet reverse or forward runs here (or give --control PATH)"
+                "keynet status: no keynet reverse or forward answers here (or give --control PATH)"
             );
             return ExitCode::FAILURE;
         }
     }
-    let mut all = Vec::new();
     for p in &paths {
         match keynet_relay::control::query(p).await {
             Ok(s) => all.push(s),
