@@ -98,13 +98,13 @@ function nodeOf(spec) {
 }
 
 /** Runs `args` under `prefix` (the runner's emulator or loader; an empty prefix runs natively). */
-function execute(run, args, prefix = run.prefix) {
+function execute(run, args, prefix = run.prefix, timeout = undefined) {
   const [cmd, ...rest] = [...prefix, ...args]
-  if (!run.toFile) return sh(cmd, rest, { env: run.env, capture: true, cwd: ROOT })
+  if (!run.toFile) return sh(cmd, rest, { env: run.env, capture: true, cwd: ROOT, timeout })
   const out = path.join(SCRATCH, 'wine.out')
   const err = path.join(SCRATCH, 'wine.err')
   const quoted = [cmd, ...rest].map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(' ')
-  const r = sh('sh', ['-c', `${quoted} >'${out}' 2>'${err}'`], { env: run.env, capture: true, cwd: ROOT })
+  const r = sh('sh', ['-c', `${quoted} >'${out}' 2>'${err}'`], { env: run.env, capture: true, cwd: ROOT, timeout })
   return { code: r.code, stdout: fs.readFileSync(out, 'utf8'), stderr: fs.readFileSync(err, 'utf8') }
 }
 
@@ -132,7 +132,7 @@ async function statusRow(run, spec, dist) {
   const child = spawn(cmd, rest, { env: { ...process.env, ...run.env }, stdio: ['ignore', fd, fd] })
   fs.closeSync(fd)
   const exited = new Promise((resolve) => child.once('exit', resolve))
-  const row = { test: 'keynet status --json reads a running keynet reverse over its control endpoint', ok: false, ms: null, error: null }
+  const row = { test: 'keynet status --json reads a running keynet reverse over its control endpoint; a second instance there is refused', ok: false, ms: null, error: null }
   try {
     let code = null
     exited.then((c) => (code = c))
@@ -141,14 +141,20 @@ async function statusRow(run, spec, dist) {
     if (!nodeId) throw new Error(`keynet reverse exited ${code}: ${fs.readFileSync(out, 'utf8').slice(-400)}`)
     const status = execute(run, [keynet, 'status', '--control', control, '--json'], prefix)
     const got = status.code === 0 ? JSON.parse(status.stdout) : null
-    row.ok = got?.role === 'reverse' && got?.node_id === nodeId
+    // A second instance on the same endpoint is refused (exit 2), and the first still answers.
+    const second = execute(run, [keynet, 'reverse', '--server', '127.0.0.1:1', '--control', control], prefix, 60_000)
+    const again = execute(run, [keynet, 'status', '--control', control, '--json'], prefix)
+    const refused = second.code === 2 && /another keynet instance answers there/.test(second.stderr)
+    row.ok = got?.role === 'reverse' && got?.node_id === nodeId && refused && again.code === 0 && JSON.parse(again.stdout).node_id === nodeId
     row.ms = Date.now() - t0
-    if (!row.ok) row.error = `exit ${status.code}: ${status.stdout.slice(0, 200)} ${status.stderr.slice(-300)}`
+    if (!row.ok) row.error = `status exit ${status.code}: ${status.stdout.slice(0, 200)} ${status.stderr.slice(-300)}; second instance exit ${second.code}: ${second.stderr.slice(-300)}`
   } catch (e) {
     row.error = e.message
   } finally {
     child.kill('SIGKILL')
     await exited
+    // Under wine a program can outlive its launcher (a second instance that was not refused).
+    if (run.toFile) sh('wineserver', ['-k'], { env: run.env, capture: true })
   }
   return row
 }

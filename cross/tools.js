@@ -8,9 +8,10 @@ const path = require('node:path')
 const { spawnSync } = require('node:child_process')
 const { SCRATCH } = require('./targets')
 
-/** Runs `cmd args` (inherits stdio unless `capture`); returns { code, stdout, stderr }. */
-function sh(cmd, args, { env = {}, capture = false, cwd } = {}) {
+/** Runs `cmd args` (inherits stdio unless `capture`; killed after `timeout` ms if given); returns { code, stdout, stderr }. */
+function sh(cmd, args, { env = {}, capture = false, cwd, timeout } = {}) {
   const r = spawnSync(cmd, args, {
+    timeout,
     env: { ...process.env, ...env },
     stdio: capture ? ['ignore', 'pipe', 'pipe'] : 'inherit',
     encoding: 'utf8',
