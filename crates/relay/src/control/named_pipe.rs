@@ -110,9 +110,11 @@ impl Control {
         // Asked first, as on Unix: the first-instance flag alone is not honoured everywhere (wine).
         match ClientOptions::new().open(&name) {
             Err(e) if e.raw_os_error() != Some(ERROR_PIPE_BUSY) => {}
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "control pipe {name}: another keynet instance answers there (give --control PATH)"
-            )),
+            ))
+            }
         }
         let descriptor =
             OwnerOnly::new().map_err(|e| format!("control pipe {name}: access list: {e}"))?;
