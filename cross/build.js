@@ -9,7 +9,7 @@
 const fs = require('node:fs')
 const path = require('node:path')
 const { ROOT, DIST, SCRATCH, TARGETS } = require('./targets')
-const { sh, has, aptInstall, zigInstall, foreignNode } = require('./tools')
+const { sh, aptInstall, zigInstall, foreignNode } = require('./tools')
 
 const FFI_SYMBOLS = ['keynet_runtime_new', 'keynet_reverse_proxy_start', 'keynet_forward_proxy_start', 'keynet_last_error']
 
@@ -47,15 +47,14 @@ class Skipped extends Error {}
 function toolchain(target, spec) {
   const key = target.toUpperCase().replaceAll('-', '_')
   const under = target.replaceAll('-', '_')
+  if (spec.apt && !aptInstall(spec.apt)) throw new Error(`needs Debian packages ${spec.apt.join(' ')}`)
   if (spec.how === 'gcc') {
-    if (!aptInstall(spec.apt)) throw new Error(`needs Debian packages ${spec.apt.join(' ')}`)
     return {
       cargo: ['build'],
       env: { [`CARGO_TARGET_${key}_LINKER`]: `${spec.gcc}-gcc`, [`CC_${under}`]: `${spec.gcc}-gcc`, [`AR_${under}`]: `${spec.gcc}-ar` },
     }
   }
   if (spec.how === 'mingw') {
-    if (!aptInstall(spec.apt)) throw new Error(`needs Debian packages ${spec.apt.join(' ')}`)
     return { cargo: ['build'], env: { LIBNODE_PATH: nodeImportLib(spec) } }
   }
   if (spec.how === 'ndk') {
@@ -68,7 +67,6 @@ function toolchain(target, spec) {
   if (spec.how === 'ios') {
     // A static library links nothing: only ring's C needs a compiler. Debian's clang compiles
     // it without an SDK (ring builds without libc headers; its one Apple header is stood in).
-    if (!aptInstall(spec.apt)) throw new Error(`needs Debian packages ${spec.apt.join(' ')}`)
     const ar = llvmTool('llvm-ar')
     if (!ar) throw new Error('needs llvm-ar (rustup component add llvm-tools)')
     const include = path.join(__dirname, 'ios-include')
@@ -85,7 +83,8 @@ function toolchain(target, spec) {
     }
   }
   if (!zigInstall()) throw new Error('needs cargo-zigbuild and ziglang (pip install ziglang cargo-zigbuild)')
-  // A musl cdylib must link the C runtime dynamically: Node loads it into its own process.
+  // The musl addon links the C runtime dynamically (Node loads it into its own process); zig
+  // still links the programs statically (static-pie), so they run on any Linux.
   const env = spec.musl ? { [`CARGO_TARGET_${key}_RUSTFLAGS`]: '-C target-feature=-crt-static' } : {}
   return { cargo: ['zigbuild'], env }
 }
@@ -101,13 +100,15 @@ function llvmTool(tool) {
 
 /** Which of `names` `file` does not define as global symbols (ELF: nm -D; PE: its export table; Mach-O and archives: llvm-nm). */
 function exportsAll(file, names) {
+  const head = fs.readFileSync(file).subarray(0, 4).toString('latin1')
   let text
-  const head = fs.readFileSync(file).subarray(0, 4)
-  const nm = head.toString('latin1') === '\x7fELF' || head.subarray(0, 2).toString('latin1') === 'MZ' ? null : llvmTool('llvm-nm')
-  if (head.toString('latin1') === '\x7fELF' && has('nm')) text = sh('nm', ['-D', '--defined-only', file], { capture: true }).stdout
-  else if (head.subarray(0, 2).toString('latin1') === 'MZ' && has('x86_64-w64-mingw32-objdump')) text = sh('x86_64-w64-mingw32-objdump', ['-p', file], { capture: true }).stdout
-  else if (nm) text = sh(nm, ['-g', '--defined-only', file], { capture: true }).stdout
-  else throw new Error(`no tool here reads the symbols of ${path.basename(file)} (rustup component add llvm-tools)`)
+  if (head === '\x7fELF') text = sh('nm', ['-D', '--defined-only', file], { capture: true }).stdout
+  else if (head.startsWith('MZ')) text = sh('x86_64-w64-mingw32-objdump', ['-p', file], { capture: true }).stdout
+  else {
+    const nm = llvmTool('llvm-nm')
+    if (!nm) throw new Error(`no tool here reads the symbols of ${path.basename(file)} (rustup component add llvm-tools)`)
+    text = sh(nm, ['-g', '--defined-only', file], { capture: true }).stdout
+  }
   return names.filter((n) => !new RegExp(`\\b_?${n}\\b`).test(text))
 }
 

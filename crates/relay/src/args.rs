@@ -37,8 +37,9 @@ RELAY:
                              served
     --metrics HOST:PORT      serve GET /metrics (Prometheus text: sessions, registered nodes,
                              relayed packets and bytes, drops and refusals by reason, ports)
-    --control PATH           answer `keynet status --control PATH` on this Unix socket (mode
-                             0600 in a 0700 directory: the same user only); default: none
+    --control PATH           answer `keynet status --control PATH` there: a Unix socket (mode
+                             0600 in a 0700 directory: the same user only), on Windows a named
+                             pipe \\\\.\\pipe\\NAME (its owner only); default: none
 
 PUBLIC PORTS (a registered node may ask for a TCP port carried to its server):
     --public-host IP         IP to bind public ports on (default: the --listen IP)

@@ -17,15 +17,24 @@ use keynet_core::{ConnectionInfo, ProxyStats};
 mod named_pipe;
 #[cfg(unix)]
 mod unix_socket;
+pub use endpoint::{default_path, Control};
 #[cfg(windows)]
-pub use named_pipe::{default_path, query, Control};
+use named_pipe as endpoint;
 #[cfg(unix)]
-pub use unix_socket::{default_path, query, Control};
+use unix_socket as endpoint;
 
 /// How long a status request may take, either side.
 const WAIT: Duration = Duration::from_secs(5);
 /// Largest status answer `keynet status` reads (a status of thousands of connections fits).
 const MAX_STATUS: u64 = 16 << 20;
+
+/// `keynet status`: the status JSON of the instance whose control endpoint is `path`.
+pub async fn query(path: &Path) -> Result<Value, String> {
+    let ask = async { read_status(endpoint::connect(path).await?, path).await };
+    tokio::time::timeout(WAIT, ask)
+        .await
+        .map_err(|_| format!("{}: no answer within {} s", path.display(), WAIT.as_secs()))?
+}
 
 /// Reads one status answer: JSON up to a newline or the end (a closed pipe counts as the end).
 async fn read_status(stream: impl AsyncRead + Unpin, path: &Path) -> Result<Value, String> {

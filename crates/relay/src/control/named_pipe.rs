@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::windows::named_pipe::{ClientOptions, NamedPipeServer, ServerOptions};
+use tokio::net::windows::named_pipe::{
+    ClientOptions, NamedPipeClient, NamedPipeServer, ServerOptions,
+};
 use tokio::sync::Mutex;
 use windows_sys::Win32::Foundation::LocalFree;
 use windows_sys::Win32::Security::Authorization::{
@@ -17,7 +19,7 @@ use windows_sys::Win32::Security::Authorization::{
 };
 use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
 
-use super::{read_status, WAIT};
+use super::WAIT;
 
 const PREFIX: &str = r"\\.\pipe\";
 /// Every instance of the pipe is busy: the client waits and tries again.
@@ -96,6 +98,11 @@ impl Drop for OwnerOnly {
     }
 }
 
+/// The error for a pipe name another instance holds.
+fn taken(name: &str) -> String {
+    format!("control pipe {name}: another keynet instance answers there (give --control PATH)")
+}
+
 /// A control pipe: its first instance, made when bound, waits for the first client.
 pub struct Control {
     name: String,
@@ -108,13 +115,12 @@ impl Control {
     pub async fn bind(path: &Path) -> Result<Self, String> {
         let name = pipe_name(path)?.to_owned();
         // Asked first, as on Unix: the first-instance flag alone is not honoured everywhere (wine).
-        match ClientOptions::new().open(&name) {
-            Err(e) if e.raw_os_error() != Some(ERROR_PIPE_BUSY) => {}
-            _ => {
-                return Err(format!(
-                "control pipe {name}: another keynet instance answers there (give --control PATH)"
-            ))
-            }
+        let answered = match ClientOptions::new().open(&name) {
+            Ok(_) => true,
+            Err(e) => e.raw_os_error() == Some(ERROR_PIPE_BUSY),
+        };
+        if answered {
+            return Err(taken(&name));
         }
         let descriptor =
             OwnerOnly::new().map_err(|e| format!("control pipe {name}: access list: {e}"))?;
@@ -124,7 +130,7 @@ impl Control {
             .reject_remote_clients(true);
         let first = descriptor.create(&options, &name).map_err(|e| {
             if e.kind() == io::ErrorKind::PermissionDenied {
-                format!("control pipe {name}: another keynet instance answers there (give --control PATH)")
+                taken(&name)
             } else {
                 format!("control pipe {name}: {e}")
             }
@@ -142,10 +148,7 @@ impl Control {
         options.reject_remote_clients(true);
         let mut next = self.next.lock().await;
         loop {
-            if let Err(e) = next.connect().await {
-                tracing::warn!(error = %e, "control pipe: connect failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let connected = next.connect().await;
             // The next instance exists before this one is answered, so clients never find none.
             let fresh = match self.descriptor.create(&options, &self.name) {
                 Ok(p) => p,
@@ -156,6 +159,11 @@ impl Control {
                 }
             };
             let mut client = std::mem::replace(&mut *next, fresh);
+            if let Err(e) = connected {
+                // A client that left before it was seen, say: this instance is done with.
+                tracing::debug!(error = %e, "control pipe: connect failed");
+                continue;
+            }
             let text = format!("{}\n", status());
             let _ = tokio::time::timeout(WAIT, async {
                 let _ = client.write_all(text.as_bytes()).await;
@@ -167,22 +175,16 @@ impl Control {
     }
 }
 
-/// `keynet status`: the status JSON of the instance at pipe `path`.
-pub async fn query(path: &Path) -> Result<Value, String> {
+/// A connection to the control pipe `path`, waiting while every instance is busy.
+pub(super) async fn connect(path: &Path) -> Result<NamedPipeClient, String> {
     let name = pipe_name(path)?;
-    let read = async {
-        let client = loop {
-            match ClientOptions::new().open(name) {
-                Ok(c) => break c,
-                Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                Err(e) => return Err(format!("{}: {e} (is keynet running?)", path.display())),
+    loop {
+        match ClientOptions::new().open(name) {
+            Ok(c) => return Ok(c),
+            Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
             }
-        };
-        read_status(client, path).await
-    };
-    tokio::time::timeout(WAIT, read)
-        .await
-        .map_err(|_| format!("{}: no answer within 5 s", path.display()))?
+            Err(e) => return Err(format!("{}: {e} (is keynet running?)", path.display())),
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use super::{read_status, WAIT};
+use super::WAIT;
 
 /// Where `side`'s control socket is unless `--control` says.
 pub fn default_path(side: &str) -> PathBuf {
@@ -89,15 +89,9 @@ impl Control {
     }
 }
 
-/// `keynet status`: the status JSON of the instance at `path`.
-pub async fn query(path: &Path) -> Result<Value, String> {
-    let read = async {
-        let stream = tokio::net::UnixStream::connect(path)
-            .await
-            .map_err(|e| format!("{}: {e} (is keynet running?)", path.display()))?;
-        read_status(stream, path).await
-    };
-    tokio::time::timeout(WAIT, read)
+/// A connection to the control socket at `path`.
+pub(super) async fn connect(path: &Path) -> Result<tokio::net::UnixStream, String> {
+    tokio::net::UnixStream::connect(path)
         .await
-        .map_err(|_| format!("{}: no answer within 5 s", path.display()))?
+        .map_err(|e| format!("{}: {e} (is keynet running?)", path.display()))
 }
