@@ -125,6 +125,12 @@ export interface ConnectionInfo {
   sendCalls: number
   /** Packets QUIC declared lost and sent again: a lossy path shows here first. */
   lostPackets: number
+  /**
+   * The connection resumed an earlier TLS session with this node (a forward proxy reconnecting
+   * to a node it verified before): no certificates exchanged, and the first tunnel's header
+   * travelled in 0-RTT, so the tunnel opened about one round trip after the first packet.
+   */
+  resumed: boolean
 }
 
 export interface ConnectionEvent extends ConnectionInfo {

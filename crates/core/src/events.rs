@@ -138,6 +138,9 @@ pub struct ConnectionInfo {
     pub send_calls: u64,
     /// Packets QUIC declared lost (and sent again).
     pub lost_packets: u64,
+    /// The connection resumed an earlier TLS session with this node (a session ticket: no
+    /// certificates exchanged, the first tunnel's header sent in 0-RTT).
+    pub resumed: bool,
 }
 
 /// What happened.

@@ -23,6 +23,7 @@ use crate::events::{CloseReason, ConnectionInfo, EventSink};
 use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities, Lifecycle};
 use crate::node::dial::Dial;
+use crate::node::early::EarlyTunnel;
 use crate::node::{Node, NodeConfig};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
@@ -350,6 +351,7 @@ impl ForwardProxy {
                 pin: Some(node),
                 via: Some(relay.clone()),
                 budget,
+                early_tunnel: false,
             });
             let peer = dialled(&running, cancel, dial).await?;
             running.node.tracker.register_relayed(addr, node, relay);
@@ -601,14 +603,14 @@ impl Inner {
         };
         let deadline = Instant::now() + budget;
         let opened = tokio::time::timeout_at(deadline.into(), async {
-            let peer = match target {
-                Target::Addr(addr, pin) => node.connect(addr, pin, budget).await?,
-                Target::Node(id) => node.dial_node(id, budget).await?,
-                Target::Service(name) => node.dial_service(&name, budget).await?,
+            let (peer, early) = match target {
+                Target::Addr(addr, pin) => node.connect_for_tunnel(addr, pin, budget).await?,
+                Target::Node(id) => (node.dial_node(id, budget).await?, None),
+                Target::Service(name) => (node.dial_service(&name, budget).await?, None),
             };
             // Registered before the stream opens: an end that begins meanwhile drains it.
             let live = peer.ending.tunnel().ok_or(StartError::Ending)?;
-            let (send, recv) = open_tunnel(&peer).await?;
+            let (send, recv) = open_tunnel(&peer, early).await?;
             Ok::<_, Error>((peer, live, send, recv))
         })
         .await
@@ -698,16 +700,26 @@ enum Target {
     Service(String),
 }
 
-/// Opens a stream, writes the tunnel header and waits for the reverse proxy's acknowledgement.
-async fn open_tunnel(peer: &Peer) -> Result<(quinn::SendStream, quinn::RecvStream)> {
-    let (mut send, mut recv) = peer
-        .conn
-        .open_bi()
-        .await
-        .map_err(|e| StartError::Tunnel(e.into()))?;
-    send.write_all(&tunnel::encode_open())
-        .await
-        .map_err(|e| StartError::Tunnel(e.into()))?;
+/// Opens a stream and writes the tunnel header (unless the dial did: `early`), then waits for
+/// the reverse proxy's acknowledgement.
+async fn open_tunnel(
+    peer: &Peer,
+    early: Option<EarlyTunnel>,
+) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+    let (send, mut recv) = match early {
+        Some(t) => (t.send, t.recv),
+        None => {
+            let (mut send, recv) = peer
+                .conn
+                .open_bi()
+                .await
+                .map_err(|e| StartError::Tunnel(e.into()))?;
+            send.write_all(&tunnel::encode_open())
+                .await
+                .map_err(|e| StartError::Tunnel(e.into()))?;
+            (send, recv)
+        }
+    };
     let mut prefix = [0u8; 3];
     recv.read_exact(&mut prefix)
         .await

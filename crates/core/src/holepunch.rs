@@ -183,25 +183,29 @@ pub(crate) async fn exchange_hello(
     ours: Hello,
     deadline: Instant,
 ) -> Result<Hello, String> {
-    let send = async {
-        let mut uni = conn.open_uni().await.map_err(|e| e.to_string())?;
-        uni.write_all(&ours.encode())
-            .await
-            .map_err(|e| e.to_string())?;
-        uni.finish().map_err(|e| e.to_string())
-    };
-    let receive = async {
-        let mut uni = conn.accept_uni().await.map_err(|e| e.to_string())?;
-        let mut buf = [0u8; hello::LEN];
-        uni.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-        Hello::decode(&buf).map_err(|e| e.to_string())
-    };
-    match tokio::time::timeout_at(deadline.into(), async { tokio::try_join!(send, receive) }).await
-    {
+    let both = async { tokio::try_join!(send_hello(conn, ours), receive_hello(conn)) };
+    match tokio::time::timeout_at(deadline.into(), both).await {
         Ok(Ok(((), theirs))) => Ok(theirs),
         Ok(Err(e)) => Err(e),
         Err(_) => Err("no hello from the peer in time".into()),
     }
+}
+
+/// Sends our hello on a unidirectional stream.
+pub(crate) async fn send_hello(conn: &quinn::Connection, ours: Hello) -> Result<(), String> {
+    let mut uni = conn.open_uni().await.map_err(|e| e.to_string())?;
+    uni.write_all(&ours.encode())
+        .await
+        .map_err(|e| e.to_string())?;
+    uni.finish().map_err(|e| e.to_string())
+}
+
+/// Reads the peer's hello from its unidirectional stream.
+pub(crate) async fn receive_hello(conn: &quinn::Connection) -> Result<Hello, String> {
+    let mut uni = conn.accept_uni().await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; hello::LEN];
+    uni.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    Hello::decode(&buf).map_err(|e| e.to_string())
 }
 
 /// The path of a connection: `Punched` if the reverse proxy was punching toward the forward

@@ -16,8 +16,8 @@ use tracing::Instrument;
 
 use crate::discovery::{DiscoveryOptions, Found, Located};
 use crate::error::{Error, Result, StartError};
-use crate::events::{CloseReason, ConnectionInfo, EventSink};
-use crate::holepunch::{exchange_hello, judge_path, PunchDriver};
+use crate::events::{CloseReason, ConnectionInfo, EventSink, Path};
+use crate::holepunch::{exchange_hello, judge_path, receive_hello, send_hello, PunchDriver};
 use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities, Lifecycle};
 use crate::node::{Node, NodeConfig};
@@ -28,7 +28,7 @@ use crate::proto::tunnel::{self, Ack};
 use crate::relay::spec::{LinkStatus, RelaySpec};
 use crate::splice::splice;
 use crate::stream_credit::StreamCredit;
-use crate::tls::config::server_config;
+use crate::tls::config::tunnel_server_config;
 use crate::tls::verify::{verify_chain, Acceptable};
 use crate::tracker::{Peer, Role};
 
@@ -201,7 +201,7 @@ impl ReverseProxy {
                 None => Acceptable::Any,
             };
             let transport = accepted_transport(&inner.opts, start.max_streams_per_connection);
-            let config = server_config(&identity, accept.clone(), transport.clone(), crate::tls::config::ALPN)?;
+            let config = tunnel_server_config(&identity, accept.clone(), transport.clone())?;
             let node = Node::start(
                 &inner.opts,
                 &inner.identities,
@@ -411,12 +411,7 @@ impl ReverseProxy {
         };
         *running.accept.write().expect("accept lock") = accept.clone();
         if let Some(id) = self.inner.identities.current() {
-            let config = server_config(
-                &id,
-                accept.clone(),
-                running.transport.clone(),
-                crate::tls::config::ALPN,
-            )?;
+            let config = tunnel_server_config(&id, accept.clone(), running.transport.clone())?;
             running.node.endpoint.set_server_config(Some(config));
         }
         if let Acceptable::OneOf(list) = &accept {
@@ -437,11 +432,10 @@ impl ReverseProxy {
     pub fn set_tls_config(&self, tls: &TlsConfig) -> Result<()> {
         let id = self.inner.identities.set(tls)?;
         if let Ok(running) = self.running() {
-            let config = server_config(
+            let config = tunnel_server_config(
                 &id,
                 running.accept.read().expect("accept lock").clone(),
                 running.transport.clone(),
-                crate::tls::config::ALPN,
             )?;
             running.node.endpoint.set_server_config(Some(config));
         }
@@ -543,6 +537,21 @@ impl ReverseProxy {
     }
 }
 
+/// What is left of a resumed connection's setup once its tunnels may open (see
+/// `Inner::handshake`).
+type Settling = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+impl Running {
+    /// The path of a connection from `remote`, once both hellos are known.
+    fn path_toward(&self, remote: SocketAddr, ours: Hello, theirs: &Hello) -> Path {
+        self.node
+            .socket
+            .paths
+            .path_of(&remote)
+            .unwrap_or_else(|| judge_path(ours.punching, theirs.nat_between(remote, ours.own)))
+    }
+}
+
 /// A connection slot of [`ReverseStart::max_connections`], held by a connection's task.
 struct Slot(Arc<Running>);
 
@@ -588,7 +597,7 @@ impl Inner {
                 let handshake = me.handshake(&r, incoming).await;
                 drop(permit);
                 match handshake {
-                    Ok(peer) => me.serve_connection(&r, peer).await,
+                    Ok((peer, settling)) => me.serve_connection(&r, peer, settling).await,
                     Err(e) => {
                         r.node.counters.failed(e.code());
                         tracing::info!(%remote, error = %e, "refused incoming connection")
@@ -598,72 +607,180 @@ impl Inner {
         }
     }
 
+    /// Accepts a connection. A client that resumes a session it was given (it was accepted
+    /// before, under the same allow-list and identity) is known from its first flight: its
+    /// connection is returned at once, with what is left of the setup (the rest of the
+    /// handshake, the hellos), so the tunnel headers it sent in 0-RTT are served meanwhile.
     async fn handshake(
         &self,
         running: &Arc<Running>,
         incoming: quinn::Incoming,
-    ) -> Result<Arc<Peer>> {
+    ) -> Result<(Arc<Peer>, Option<Settling>)> {
         let remote = incoming.remote_address();
-        let connecting = incoming.accept().map_err(|e| StartError::Handshake {
-            to: remote.to_string(),
-            source: e,
-        })?;
-        let conn = tokio::time::timeout(self.opts.connect_time, connecting)
-            .await
-            .map_err(|_| Error::ConnectionStartTimeout(self.opts.connect_time.as_millis() as u64))?
-            .map_err(|e| StartError::Handshake {
+        let handshake_failed = move |source| -> Error {
+            StartError::Handshake {
                 to: remote.to_string(),
-                source: e,
-            })?;
-        let certs = crate::tls::verify::peer_chain(&conn);
+                source,
+            }
+            .into()
+        };
+        let connecting = incoming.accept().map_err(handshake_failed)?;
+        let budget = self.opts.connect_time;
+        let timed_out = move || Error::ConnectionStartTimeout(budget.as_millis() as u64);
+        // On the server this always succeeds (quinn's "0.5-RTT"); `done` resolves once the
+        // handshake completed or failed.
+        let (conn, done) = match connecting.into_0rtt() {
+            Ok(converted) => converted,
+            Err(connecting) => {
+                let conn = tokio::time::timeout(budget, connecting)
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(handshake_failed)?;
+                return self.accepted(running, conn).await.map(|p| (p, None));
+            }
+        };
+        let complete = {
+            let conn = conn.clone();
+            async move {
+                tokio::time::timeout(budget, done)
+                    .await
+                    .map_err(|_| timed_out())?;
+                match conn.close_reason() {
+                    Some(source) => Err(handshake_failed(source)),
+                    None => Ok(()),
+                }
+            }
+        };
+        // A resumed session carries the client's chain from the first flight on.
+        if crate::tls::verify::peer_chain(&conn).is_empty() {
+            complete.await?;
+            return self.accepted(running, conn).await.map(|p| (p, None));
+        }
+        let (node_id, ours) = self.check_peer(running, &conn)?;
+        let peer = Arc::new(Peer::new(conn, node_id, Path::Direct).resumed(true));
+        let deadline = std::time::Instant::now() + budget;
+        let settling = {
+            let peer = peer.clone();
+            let running = running.clone();
+            Box::pin(async move {
+                // Our hello now: the forward proxy's dial ends with it, one round trip early.
+                // Its hello is read once the handshake completed (nothing but tunnel headers is
+                // taken from 0-RTT).
+                let theirs = async {
+                    complete.await?;
+                    receive_hello(&peer.conn)
+                        .await
+                        .map_err(|e| Error::from(StartError::Hello(e)))
+                };
+                let sent = async {
+                    send_hello(&peer.conn, ours)
+                        .await
+                        .map_err(|e| Error::from(StartError::Hello(e)))
+                };
+                let ((), theirs) = tokio::time::timeout_at(deadline.into(), async {
+                    tokio::try_join!(sent, theirs)
+                })
+                .await
+                .map_err(|_| {
+                    Error::from(StartError::Hello("no hello from the peer in time".into()))
+                })??;
+                peer.settle_path(running.path_toward(peer.remote, ours, &theirs));
+                running.node.tracker.insert(peer.clone());
+                tracing::debug!(remote = %peer.remote, node_id = %peer.node_id, "accepted connection (resumed)");
+                Ok(())
+            }) as Settling
+        };
+        Ok((peer, Some(settling)))
+    }
+
+    /// The node id `conn`'s client proved, checked against the allow-list now in force, and
+    /// our hello to it.
+    fn check_peer(
+        &self,
+        running: &Arc<Running>,
+        conn: &quinn::Connection,
+    ) -> Result<(NodeId, Hello)> {
+        let certs = crate::tls::verify::peer_chain(conn);
         let node_id = verify_chain(
             &certs,
             &running.accept.read().expect("accept lock").clone(),
             time::OffsetDateTime::now_utc().unix_timestamp(),
         )?;
+        let remote = conn.remote_address();
         // Our hello tells the forward proxy we accepted it, and both learn the path.
-        let own = running.node.socket.local_toward(remote);
-        let punching = running.node.socket.has_session(&remote);
         let ours = Hello {
-            punching,
+            punching: running.node.socket.has_session(&remote),
             observed: remote,
-            own,
+            own: running.node.socket.local_toward(remote),
         };
+        Ok((node_id, ours))
+    }
+
+    /// Finishes a connection whose handshake completed: checks the client, exchanges hellos,
+    /// tracks it.
+    async fn accepted(&self, running: &Arc<Running>, conn: quinn::Connection) -> Result<Arc<Peer>> {
+        let (node_id, ours) = self.check_peer(running, &conn)?;
         let deadline = std::time::Instant::now() + self.opts.connect_time;
         let theirs = exchange_hello(&conn, ours, deadline)
             .await
             .map_err(StartError::Hello)?;
-        let path = running
-            .node
-            .socket
-            .paths
-            .path_of(&remote)
-            .unwrap_or_else(|| judge_path(punching, theirs.nat_between(remote, own)));
-        let peer = Arc::new(Peer::new(conn, node_id, path));
+        let remote = conn.remote_address();
+        let peer = Arc::new(Peer::new(
+            conn,
+            node_id,
+            running.path_toward(remote, ours, &theirs),
+        ));
         running.node.tracker.insert(peer.clone());
         tracing::debug!(%remote, %node_id, "accepted connection");
         Ok(peer)
     }
 
-    async fn serve_connection(self: &Arc<Self>, running: &Arc<Running>, peer: Arc<Peer>) {
-        let credit = Arc::new(StreamCredit::new(running.max_streams));
-        loop {
-            let (send, recv) = match peer.conn.accept_bi().await {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-            if let Some(grant) = credit.opened() {
-                peer.conn.set_max_concurrent_bi_streams(grant.into());
+    /// Serves `peer`'s tunnels; with `settling` (a resumed session), also finishes its setup,
+    /// and lets no tunnel carry a byte before that is done (closing the connection if it
+    /// fails).
+    async fn serve_connection(
+        self: &Arc<Self>,
+        running: &Arc<Running>,
+        peer: Arc<Peer>,
+        settling: Option<Settling>,
+    ) {
+        let (settled_tx, settled) = tokio::sync::watch::channel(settling.is_none());
+        let settle = async {
+            let Some(settling) = settling else { return };
+            match settling.await {
+                Ok(()) => {
+                    let _ = settled_tx.send(true);
+                }
+                Err(e) => {
+                    running.node.counters.failed(e.code());
+                    tracing::info!(remote = %peer.remote, error = %e, "refused incoming connection");
+                    peer.conn
+                        .close(0u32.into(), CloseReason::Local.as_str().as_bytes());
+                }
             }
-            let me = self.clone();
-            let r = running.clone();
-            let p = peer.clone();
-            let credit = credit.clone();
-            running.node.tasks.spawn(async move {
-                me.serve_tunnel(&r, p, send, recv).await;
-                credit.closed();
-            });
-        }
+        };
+        let serve = async {
+            let credit = Arc::new(StreamCredit::new(running.max_streams));
+            loop {
+                let (send, recv) = match peer.conn.accept_bi().await {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+                if let Some(grant) = credit.opened() {
+                    peer.conn.set_max_concurrent_bi_streams(grant.into());
+                }
+                let me = self.clone();
+                let r = running.clone();
+                let p = peer.clone();
+                let credit = credit.clone();
+                let settled = settled.clone();
+                running.node.tasks.spawn(async move {
+                    me.serve_tunnel(&r, p, send, recv, settled).await;
+                    credit.closed();
+                });
+            }
+        };
+        tokio::join!(settle, serve);
     }
 
     async fn serve_tunnel(
@@ -672,6 +789,7 @@ impl Inner {
         peer: Arc<Peer>,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
+        mut settled: tokio::sync::watch::Receiver<bool>,
     ) {
         let budget = self.opts.connect_time;
         // A tunnel opened as the connection began to end (the peer had not heard yet) is
@@ -715,10 +833,22 @@ impl Inner {
         };
         let _tunnel = running.node.counters.tunnel();
         let counters = &running.node.counters;
-        let result = match send.write_all(&tunnel::encode_ack(&Ack::Ok)).await {
-            Ok(()) => splice(tcp, send, recv, &[], counters, &live.signals).await,
-            Err(e) => Err(std::io::Error::other(e)),
-        };
+        if let Err(e) = send.write_all(&tunnel::encode_ack(&Ack::Ok)).await {
+            tracing::debug!(remote = %peer.remote, error = %e, "tunnel aborted");
+            return;
+        }
+        // A tunnel opened in 0-RTT carries nothing before the handshake completed: whatever
+        // else its stream holds may be a replay's until then.
+        let settle = tokio::time::timeout(budget, async {
+            settled.wait_for(|done| *done).await.is_ok()
+        })
+        .await;
+        if settle != Ok(true) {
+            let _ = send.reset(crate::splice::ABORTED.into());
+            let _ = recv.stop(crate::splice::ABORTED.into());
+            return;
+        }
+        let result = splice(tcp, send, recv, &[], counters, &live.signals).await;
         match result {
             Ok(m) => {
                 tracing::debug!(remote = %peer.remote, up = m.tcp_to_quic, down = m.quic_to_tcp, "tunnel ended")

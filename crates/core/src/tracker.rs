@@ -53,6 +53,8 @@ pub(crate) struct Peer {
     close_reason: Mutex<Option<CloseReason>>,
     /// How its tunnels end (see [`crate::ending`]).
     pub ending: Ending,
+    /// It resumed an earlier TLS session (see [`crate::node::early`]).
+    pub resumed: bool,
 }
 
 impl Peer {
@@ -82,7 +84,14 @@ impl Peer {
             path: Mutex::new(path),
             close_reason: Mutex::new(None),
             ending: Ending::default(),
+            resumed: false,
         }
+    }
+
+    /// Marks a peer whose connection resumed an earlier TLS session.
+    pub(crate) fn resumed(mut self, resumed: bool) -> Self {
+        self.resumed = resumed;
+        self
     }
 
     /// Whether the peer's chain claims `id` (it is the leaf's id, or a rotation ancestor's).
@@ -99,6 +108,12 @@ impl Peer {
     /// The current path.
     pub(crate) fn path(&self) -> Path {
         *self.path.lock().expect("path lock")
+    }
+
+    /// Sets the path of a peer not tracked yet (a resumed connection learns it after its
+    /// tunnels may open; no event, the `connection` event carries it).
+    pub(crate) fn settle_path(&self, path: Path) {
+        *self.path.lock().expect("path lock") = path;
     }
 
     /// Whether the QUIC connection runs on a virtual (relay-backed) address.
@@ -245,6 +260,7 @@ impl Peer {
             datagrams_sent: stats.udp_tx.datagrams,
             send_calls: stats.udp_tx.ios,
             lost_packets: stats.path.lost_packets,
+            resumed: self.resumed,
         }
     }
 

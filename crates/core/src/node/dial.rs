@@ -14,11 +14,12 @@ use crate::discovery::Located;
 use crate::error::{Error, Result, StartError};
 use crate::events::{CloseReason, Path};
 use crate::holepunch::{exchange_hello, judge_path, PunchDriver, PunchEvent};
+use crate::node::early::EarlyTunnel;
 use crate::nodeid::NodeId;
 use crate::proto::hello::Hello;
 use crate::relay::link::RelayLink;
 use crate::relay::spec::RelaySpec;
-use crate::tls::config::{client_config, SERVER_NAME};
+use crate::tls::config::{tunnel_client_tls, SERVER_NAME};
 use crate::tls::verify::{handshake_error, verify_chain, Acceptable, VerifyOutcome};
 use crate::tracker::{Peer, Tracker};
 
@@ -60,6 +61,72 @@ pub(crate) struct Dial {
     pub via: Option<RelaySpec>,
     /// The whole dial's budget.
     pub budget: Duration,
+    /// Open the caller's tunnel during the handshake ([`EarlyTunnel`]): only for a dial made for
+    /// a tunnel, which then takes it.
+    pub early_tunnel: bool,
+}
+
+/// A completed handshake.
+struct Handshaken {
+    conn: quinn::Connection,
+    /// It resumed a session (the server accepted our ticket and 0-RTT).
+    resumed: bool,
+    /// The tunnel whose header went out in 0-RTT, when the server accepted it.
+    tunnel: Option<EarlyTunnel>,
+}
+
+/// A handshake in progress.
+type Attempt = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = std::result::Result<Handshaken, quinn::ConnectionError>>
+            + Send,
+    >,
+>;
+
+/// Starts waiting for `connecting`. A dial holding a session ticket for the node resumes, and
+/// with `early` sends the tunnel header in 0-RTT (see [`crate::node::early`] for the rule); a
+/// refused 0-RTT loses that stream, and the caller opens it again once connected.
+fn attempt(connecting: quinn::Connecting, early: bool) -> Attempt {
+    match connecting.into_0rtt() {
+        Ok((conn, accepted)) => Box::pin(async move {
+            let tunnel = match early {
+                true => EarlyTunnel::open(&conn).await,
+                false => None,
+            };
+            let resumed = accepted.await;
+            if let Some(e) = conn.close_reason() {
+                return Err(e);
+            }
+            let tunnel = tunnel.filter(|_| resumed);
+            Ok(Handshaken {
+                conn,
+                resumed,
+                tunnel,
+            })
+        }),
+        Err(connecting) => Box::pin(async move {
+            let conn = connecting.await?;
+            Ok(Handshaken {
+                conn,
+                resumed: false,
+                tunnel: None,
+            })
+        }),
+    }
+}
+
+/// The tunnel a dial made for a tunnel hands over: the one opened in 0-RTT, else one opened now
+/// (its header leaves with the handshake's last flight, beside our hello).
+async fn early_tunnel(
+    want: bool,
+    conn: &quinn::Connection,
+    opened: Option<EarlyTunnel>,
+) -> Option<EarlyTunnel> {
+    match opened {
+        Some(t) => Some(t),
+        None if want => EarlyTunnel::open(conn).await,
+        None => None,
+    }
 }
 
 impl Dial {
@@ -282,6 +349,7 @@ impl Node {
             pin: Some(node),
             via: Some(spec),
             budget,
+            early_tunnel: false,
         })
         .await
     }
@@ -300,12 +368,40 @@ impl Node {
             pin,
             via,
             budget,
+            early_tunnel: false,
+        })
+        .await
+    }
+
+    /// As [`Self::connect`], for a tunnel: a new connection also hands over the caller's tunnel,
+    /// opened during the handshake ([`EarlyTunnel`]).
+    pub(crate) async fn connect_for_tunnel(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        pin: Option<NodeId>,
+        budget: Duration,
+    ) -> Result<(Arc<Peer>, Option<EarlyTunnel>)> {
+        let via = self.tracker.via(&addr);
+        self.dial_for(Dial {
+            addr,
+            pin,
+            via,
+            budget,
+            early_tunnel: true,
         })
         .await
     }
 
     /// Finds or opens the connection `d` asks for.
     pub(crate) async fn dial(self: &Arc<Self>, d: Dial) -> Result<Arc<Peer>> {
+        let (peer, early) = self.dial_for(d).await?;
+        debug_assert!(early.is_none(), "a dial opens a tunnel only when asked to");
+        Ok(peer)
+    }
+
+    /// Finds or opens the connection `d` asks for, with the tunnel it asked for when it opened
+    /// one.
+    async fn dial_for(self: &Arc<Self>, d: Dial) -> Result<(Arc<Peer>, Option<EarlyTunnel>)> {
         let addr = d.addr;
         let deadline = Instant::now() + d.budget;
         let lock = self.tracker.dial_lock(addr);
@@ -328,7 +424,7 @@ impl Node {
                     .into());
                 }
             }
-            return Ok(peer);
+            return Ok((peer, None));
         }
         match (&d.via, d.pin) {
             (Some(spec), Some(node)) => self.dial_relayed(&d, node, spec, deadline, &lock).await,
@@ -339,27 +435,36 @@ impl Node {
         }
     }
 
-    /// A client config for a dial that accepts a server proving `accept`; the outcome keeps
-    /// the reason a certificate was refused.
-    fn dial_config(&self, accept: &Acceptable) -> Result<(quinn::ClientConfig, VerifyOutcome)> {
+    /// A client config for a dial that accepts a server proving `accept`, and the server name
+    /// its session tickets are kept under (the pinned node id; a dial without a pin never
+    /// resumes); the outcome keeps the reason a certificate was refused.
+    fn dial_config(
+        &self,
+        accept: &Acceptable,
+    ) -> Result<(quinn::ClientConfig, VerifyOutcome, String)> {
         let identity = self
             .identities
             .current()
             .ok_or(Error::ForwardProxyNotRunning)?;
-        let outcome = VerifyOutcome::default();
         // Only forward proxies dial, and the reverse proxy never opens a stream toward them:
         // allow it none. quinn keeps state for every stream a peer may open (at the tunnels'
         // 4096 it was about 340 KiB per connection: measured on the relay with the loadtest).
         let mut transport = self.opts.peer_transport_config();
         transport.max_concurrent_bidi_streams(0u32.into());
-        let config = client_config(
-            &identity,
-            accept.clone(),
-            outcome.clone(),
-            std::sync::Arc::new(transport),
-            crate::tls::config::ALPN,
-        )?;
-        Ok((config, outcome))
+        let (tls, outcome, name) = match accept {
+            Acceptable::OneOf(ids) if ids.len() == 1 => {
+                let (tls, outcome) = self.tickets.config_for(&identity, ids[0])?;
+                (tls, outcome, ids[0].to_string())
+            }
+            _ => {
+                let outcome = VerifyOutcome::default();
+                let tls = tunnel_client_tls(&identity, accept.clone(), outcome.clone(), None)?;
+                (tls, outcome, SERVER_NAME.to_string())
+            }
+        };
+        let mut config = quinn::ClientConfig::new(tls);
+        config.transport_config(std::sync::Arc::new(transport));
+        Ok((config, outcome, name))
     }
 
     /// Finishes a dial to `addr` (the caller holds its dial lock `lock`) once the handshake and
@@ -368,6 +473,7 @@ impl Node {
     fn adopt(
         self: &Arc<Self>,
         conn: quinn::Connection,
+        resumed: bool,
         accept: &Acceptable,
         addr: SocketAddr,
         lock: &Arc<tokio::sync::Mutex<()>>,
@@ -386,7 +492,7 @@ impl Node {
         if let Some(d) = self.discovery() {
             d.learn_key(node_id, &peer_certs);
         }
-        let peer = Arc::new(Peer::with_remote(conn, node_id, path, addr));
+        let peer = Arc::new(Peer::with_remote(conn, node_id, path, addr).resumed(resumed));
         self.tracker.insert(peer.clone());
         tracing::debug!(%addr, %node_id, path = path.as_str(), "connection established");
         Ok(peer)
@@ -401,7 +507,7 @@ impl Node {
         spec: &RelaySpec,
         deadline: Instant,
         lock: &Arc<tokio::sync::Mutex<()>>,
-    ) -> Result<Arc<Peer>> {
+    ) -> Result<(Arc<Peer>, Option<EarlyTunnel>)> {
         // The link registered as `spec` asks (one opened on demand stays on demand).
         let link = match self
             .links
@@ -414,15 +520,16 @@ impl Node {
         link.wait_up(deadline, false).await?;
         let target = self.socket.paths.virtual_for(node, link.outbox());
         let accept = Acceptable::OneOf(vec![node]);
-        let (config, outcome) = self.dial_config(&accept)?;
+        let (config, outcome, name) = self.dial_config(&accept)?;
         let mut gone = link.gone_notices();
         let connecting = self
             .endpoint
-            .connect_with(config, target, SERVER_NAME)
+            .connect_with(config, target, &name)
             .map_err(|source| StartError::Dial {
                 to: format!("{node} via relay"),
                 source,
             })?;
+        let connecting = attempt(connecting, d.early_tunnel);
         let refused = async {
             loop {
                 match gone.recv().await {
@@ -432,17 +539,19 @@ impl Node {
                 }
             }
         };
-        let conn = tokio::select! {
+        let done = tokio::select! {
             r = tokio::time::timeout_at(deadline.into(), connecting) => match r {
                 Err(_) => return Err(d.timed_out()),
                 Ok(Err(source)) => {
                     let to = format!("{node} via relay");
                     return Err(handshake_error(&outcome, StartError::Handshake { to, source }));
                 }
-                Ok(Ok(conn)) => conn,
+                Ok(Ok(done)) => done,
             },
             why = refused => return Err(Error::NotOnRelay(format!("{why} ({})", spec.addr))),
         };
+        let (conn, resumed) = (done.conn, done.resumed);
+        let early = early_tunnel(d.early_tunnel, &conn, done.tunnel).await;
         let ours = Hello {
             punching: false,
             observed: target,
@@ -455,7 +564,7 @@ impl Node {
             })
         })?;
         let path = self.socket.paths.path_of(&target).unwrap_or(Path::Relayed);
-        let peer = self.adopt(conn, &accept, d.addr, lock, path)?;
+        let peer = self.adopt(conn, resumed, &accept, d.addr, lock, path)?;
         if spec.upgrade {
             let delay = spec.upgrade_delay;
             self.tasks.spawn(async move {
@@ -463,7 +572,7 @@ impl Node {
                 link.call_me_maybe(node);
             });
         }
-        Ok(peer)
+        Ok((peer, early))
     }
 
     /// Dials `d.addr` directly (the caller holds its dial lock `lock`): punches, handshakes,
@@ -473,7 +582,7 @@ impl Node {
         d: &Dial,
         deadline: Instant,
         lock: &Arc<tokio::sync::Mutex<()>>,
-    ) -> Result<Arc<Peer>> {
+    ) -> Result<(Arc<Peer>, Option<EarlyTunnel>)> {
         let addr = d.addr;
         if addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(StartError::Unroutable {
@@ -486,16 +595,18 @@ impl Node {
             .pin
             .map(|p| Acceptable::OneOf(vec![p]))
             .unwrap_or(Acceptable::Any);
-        let (config, outcome) = self.dial_config(&accept)?;
-        let dial = || {
+        let (config, outcome, name) = self.dial_config(&accept)?;
+        // A restart never tries 0-RTT again: the first attempt spent the ticket.
+        let dial = |early: bool| {
             self.endpoint
-                .connect_with(config.clone(), addr, SERVER_NAME)
+                .connect_with(config.clone(), addr, &name)
+                .map(|c| attempt(c, early))
                 .map_err(|source| StartError::Dial {
                     to: addr.to_string(),
                     source,
                 })
         };
-        let mut connecting = dial()?;
+        let mut connecting = dial(d.early_tunnel)?;
         let mut attempt_started = Instant::now();
         let mut restarts = 0;
         let mut punch = PunchDriver::start(
@@ -505,21 +616,21 @@ impl Node {
             d.budget,
             u32::MAX,
         );
-        let conn = loop {
+        let done = loop {
             tokio::select! {
                 r = tokio::time::timeout_at(deadline.into(), &mut connecting) => match r {
                     Err(_) => return Err(d.timed_out()),
                     // The handshake's own idle timeout (connKeepAliveTimeoutTime) ran out before
                     // our budget did: the peer may still start punching, so dial again.
                     Ok(Err(quinn::ConnectionError::TimedOut)) if Instant::now() < deadline => {
-                        connecting = dial()?;
+                        connecting = dial(false)?;
                         attempt_started = Instant::now();
                     }
                     Ok(Err(source)) => {
                         let to = addr.to_string();
                         return Err(handshake_error(&outcome, StartError::Handshake { to, source }));
                     }
-                    Ok(Ok(conn)) => break conn,
+                    Ok(Ok(done)) => break done,
                 },
                 event = punch.next_event() => {
                     if event != PunchEvent::PathOpened {
@@ -530,7 +641,7 @@ impl Node {
                     // start a fresh handshake now instead.
                     if attempt_started.elapsed() > RESTART_AFTER && restarts < MAX_RESTARTS {
                         tracing::debug!(%addr, "path opened: restarting the handshake");
-                        connecting = dial()?;
+                        connecting = dial(false)?;
                         attempt_started = Instant::now();
                         restarts += 1;
                     }
@@ -538,7 +649,10 @@ impl Node {
             }
         };
         punch.connected();
-        // The reverse proxy says hello only after it accepted our certificate.
+        let (conn, resumed) = (done.conn, done.resumed);
+        let early = early_tunnel(d.early_tunnel, &conn, done.tunnel).await;
+        // The reverse proxy says hello only after it accepted our certificate (a resumed
+        // session's client it accepted before: then in its first flight).
         let own = self.socket.local_toward(addr);
         let ours = Hello {
             punching: true,
@@ -555,6 +669,6 @@ impl Node {
             theirs.punching || punch.peer_took_part(),
             theirs.nat_between(addr, own),
         );
-        self.adopt(conn, &accept, addr, lock, path)
+        Ok((self.adopt(conn, resumed, &accept, addr, lock, path)?, early))
     }
 }

@@ -8,10 +8,12 @@
 //! here is on [`Node::tasks`] and ends then.
 
 pub(crate) mod dial;
+pub(crate) mod early;
 mod home;
 mod links;
 pub(crate) mod services;
 pub(crate) mod stats;
+mod tickets;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock, Weak};
@@ -98,6 +100,8 @@ pub(crate) struct Node {
     services: services::ServiceCache,
     /// The network last acted on.
     network: Arc<Seen>,
+    /// Session tickets of the nodes this node dialled (see [`tickets`]).
+    tickets: tickets::Tickets,
     /// This node, for tasks started before it was shared (a link's relay-loss task moves the
     /// connections it carried to other relays).
     me: Arc<std::sync::OnceLock<Weak<Self>>>,
@@ -162,6 +166,7 @@ impl Node {
             links: Arc::default(),
             services: Default::default(),
             network: Arc::new(Seen::now()),
+            tickets: Default::default(),
             me: Arc::default(),
         };
         let mut relays = config.relays;

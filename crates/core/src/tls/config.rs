@@ -42,6 +42,37 @@ pub(crate) fn client_config(
     Ok(config)
 }
 
+/// Session tickets a server keeps for returning clients (oldest dropped first). Each holds the
+/// client's chain (about 1 KiB), so this bounds the store at a few MiB.
+pub(crate) const SERVER_TICKETS: usize = 4096;
+/// Servers a dialling node keeps tickets for (oldest dropped first).
+pub(crate) const CLIENT_TICKET_SERVERS: usize = 1024;
+
+/// The TLS side of a dial to a node: as [`client_config`]'s, resuming with the tickets in
+/// `tickets` and sending the tunnel header in 0-RTT when the server allows it (`node::early`
+/// has the rule). Without `tickets` (a dial that pins no node id) it never resumes. rustls
+/// resumes a ticket only under the config that earned it (the same verifier and certificate),
+/// so a caller that wants resumption keeps this config per node (`node::tickets`). The server
+/// name, the ticket's key, is the pinned node id; no SNI is sent, as it would name the node to
+/// every observer.
+pub(crate) fn tunnel_client_tls(
+    identity: &LoadedIdentity,
+    accept: Acceptable,
+    outcome: VerifyOutcome,
+    tickets: Option<Arc<dyn rustls::client::ClientSessionStore>>,
+) -> Result<Arc<QuicClientConfig>> {
+    let mut tls = tls_client_config(identity, accept, outcome, ALPN)?;
+    tls.enable_sni = false;
+    match tickets {
+        Some(store) => {
+            tls.resumption = rustls::client::Resumption::store(store);
+            tls.enable_early_data = true;
+        }
+        None => tls.resumption = rustls::client::Resumption::disabled(),
+    }
+    Ok(Arc::new(QuicClientConfig::try_from(tls).map_err(tls_err)?))
+}
+
 /// The rustls client config behind [`client_config`] (also used over TCP by the relay's
 /// WebSocket transport).
 pub(crate) fn tls_client_config(
@@ -72,6 +103,29 @@ pub(crate) fn server_config(
     alpn: &[u8],
 ) -> Result<quinn::ServerConfig> {
     let tls = tls_server_config(identity, accept, alpn)?;
+    let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// Server config of a reverse proxy: as [`server_config`], issuing one single-use session ticket
+/// per handshake and accepting 0-RTT from a client that presents one. Tickets live in this
+/// config's memory (at most [`SERVER_TICKETS`]): a new config (another allow-list or identity)
+/// forgets them, so a resumed client was accepted under the rules in force. Single use is what
+/// stops a replayed first flight: its ticket is gone, so its 0-RTT data is refused.
+pub(crate) fn tunnel_server_config(
+    identity: &LoadedIdentity,
+    accept: Acceptable,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig> {
+    let mut tls = tls_server_config(identity, accept, ALPN)?;
+    // Stateful tickets (rustls's default ticketer makes none): rustls takes an entry out of
+    // the store when a client uses it.
+    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(SERVER_TICKETS);
+    tls.send_tls13_tickets = 1;
+    // QUIC carries early data on streams; quinn requires this value to allow it.
+    tls.max_early_data_size = u32::MAX;
     let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport);
