@@ -179,6 +179,7 @@ export interface NativeConnectionInfo {
   datagramsSent: number
   sendCalls: number
   lostPackets: number
+  resumed: boolean
 }
 
 /** `discovery` start options (checked by index.js). */

@@ -675,6 +675,16 @@ async function measureRound() {
       R.fpStop.push(msSince(t0))
       state.extraFps.delete(p)
     }
+    progress(`connection setup: ${CFG.coldN} × cold CONNECT to a node met before (closeConnection, then CONNECT: resumed, header in 0-RTT) ...`)
+    R.returning = []
+    R.returningResumed = 0
+    for (let i = 0; i < CFG.coldN; i++) {
+      await withTimeout(state.fp.closeConnection(HOST, ingressPort), 10_000, 'closeConnection (returning)')
+      const { sock, ms } = await tunnel()
+      R.returning.push(ms)
+      if (state.fp.getConnectionInfoByIngress(HOST, ingressPort)?.resumed) R.returningResumed++
+      await closeSocket(sock)
+    }
 
   }
   const chunk = crypto.randomBytes(BULK_CHUNK)
@@ -786,6 +796,7 @@ function peerTable(cmp) {
     [`round trip p99, µs`, (r) => r.rtt.p99, false],
     ['setup + first echoed byte, keynet on its live connection, ms', (r) => median(r.setup), false],
     ['setup + first echoed byte over a new QUIC connection, ms', (r) => median(r.setupCold), false],
+    ['the same to a node met before (keynet: resumed, 0-RTT), ms', (r) => median(r.setupReturning), false],
     [`${CFG.concN} × ${fmtBytes(CFG.concBytes)} at once, wall ms`, (r) => r.conc.ms, false],
   ]
   const header = ['metric', ...names, 'keynet / best peer']
@@ -840,6 +851,7 @@ function report(R, tStart) {
     rows.push(
       { section: "setup, median: net.connect -> '200' head (keynet) / -> 'connect' (TCP)" },
       [`cold CONNECT, new QUIC connection (n=${CFG.coldN}), ms`, f(median(R.cold), 2), f(median(R.tcpConnect), 3), ratio(median(R.cold), median(R.tcpConnect))],
+      ...(R.returning ? [[`cold CONNECT to a node met before: resumed, header in 0-RTT (n=${CFG.coldN}, ${R.returningResumed} resumed), ms`, f(median(R.returning), 2), f(median(R.tcpConnect), 3), ratio(median(R.returning), median(R.tcpConnect))]] : []),
       [`warm CONNECT, existing QUIC connection (n=${CFG.warmN}), ms`, f(median(R.warm), 2), f(median(R.tcpConnect), 3), ratio(median(R.warm), median(R.tcpConnect))],
       [`ForwardProxy start() / stop() (n=${CFG.coldN}), ms`, `${f(median(R.fpStart), 1)} / ${f(median(R.fpStop), 1)}`, '-', ''],
     )
@@ -1052,6 +1064,13 @@ async function comparePeers(ctx, chunk) {
         r.setupCold.push(await setupEcho(() => connectTunnel({ proxyPort: fp.getProxyPort(), ingressPort: ctx.ingressPort, nodeId: ctx.nodeId, token: ctx.token })))
         await withTimeout(fp.stop(), 10_000, 'fp.stop (peers, cold)')
         state.extraFps.delete(fp)
+      }
+      // keynet reconnecting to a node it verified before (a peer opens a QUIC connection per
+      // TCP connection: the same as its first row).
+      r.setupReturning = sys.name === 'keynet' ? [] : r.setup
+      for (let i = 0; sys.name === 'keynet' && i < CFG.coldN; i++) {
+        await withTimeout(ctx.fp.closeConnection(HOST, ctx.ingressPort), 10_000, 'closeConnection (peers, returning)')
+        r.setupReturning.push(await setupEcho(ctx.tunnel))
       }
       r.conc = await withTimeout(concurrent(CFG.concN, CFG.concBytes, sys.open), PHASE_TIMEOUT_MS, `concurrent ${sys.name}`)
       out[sys.name] = r

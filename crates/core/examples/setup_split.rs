@@ -3,7 +3,11 @@
 //! `200` head, with the process's CPU time per tunnel. Run it under `perf record` to see the
 //! CPU split; wall minus CPU is waiting (round trips, timers).
 //!
-//! `cargo run --release --example setup_split -p keynet-core -- [N]`
+//! With a delay (`DELAY_MS`), the forward proxy reaches the reverse proxy through a UDP hop that
+//! holds every datagram that long each way, so the medians count round trips: the kernel here
+//! has no `netem`.
+//!
+//! `cargo run --release --example setup_split -p keynet-core -- [N] [DELAY_MS]`
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +47,55 @@ async fn open(fp: &ForwardProxy, target: &str) -> (TcpStream, Duration) {
     (s, t0.elapsed())
 }
 
+/// A UDP hop to `to` that holds each datagram `delay` each way, in order (one client at a
+/// time).
+async fn delay_hop(to: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    use std::sync::Arc;
+    use tokio::sync::mpsc;
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    back.connect(to).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    // Each direction: a queue of (due, datagram, destination), sent in arrival order.
+    let pipe = |socket: Arc<tokio::net::UdpSocket>| {
+        let (tx, mut rx) =
+            mpsc::unbounded_channel::<(Instant, Vec<u8>, Option<std::net::SocketAddr>)>();
+        tokio::spawn(async move {
+            while let Some((due, d, to)) = rx.recv().await {
+                tokio::time::sleep_until(due.into()).await;
+                let _ = match to {
+                    Some(to) => socket.send_to(&d, to).await,
+                    None => socket.send(&d).await,
+                };
+            }
+        });
+        tx
+    };
+    let (up, down) = (pipe(back.clone()), pipe(front.clone()));
+    let client = Arc::new(std::sync::Mutex::new(None));
+    {
+        let client = client.clone();
+        let front = front.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 65536];
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                *client.lock().unwrap() = Some(from);
+                let _ = up.send((Instant::now() + delay, buf[..n].to_vec(), None));
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            let Some(c) = *client.lock().unwrap() else {
+                continue;
+            };
+            let _ = down.send((Instant::now() + delay, buf[..n].to_vec(), Some(c)));
+        }
+    });
+    addr
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -54,6 +107,10 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(200);
+    let delay: u64 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -74,17 +131,45 @@ async fn main() {
     .unwrap();
     let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
     fp.start(ForwardStart::default()).await.unwrap();
-    let ingress = rp.ingress_addr().unwrap();
+    let mut ingress = rp.ingress_addr().unwrap();
+    if delay > 0 {
+        ingress = delay_hop(ingress, Duration::from_millis(delay)).await;
+        println!(
+            "through a hop holding each datagram {delay} ms each way (round trip {} ms)",
+            2 * delay
+        );
+    }
     let target = format!("{}?nodeId={}", ingress, rp.node_id().unwrap());
-    for kind in ["cold", "warm"] {
+    // A first visit: a fresh forward proxy each time (no ticket).
+    let mut firsts = Vec::new();
+    for _ in 0..n.min(20) {
+        let fresh = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
+        fresh.start(ForwardStart::default()).await.unwrap();
+        firsts.push(open(&fresh, &target).await.1);
+        fresh.stop().await.unwrap();
+    }
+    println!(
+        "first visit: n={} median {:.3} ms",
+        firsts.len(),
+        median(firsts).as_secs_f64() * 1e3
+    );
+    for kind in ["returning", "warm"] {
         let mut walls = Vec::new();
         let c0 = cpu();
         let t0 = Instant::now();
         for _ in 0..n {
-            if kind == "cold" {
+            if kind == "returning" {
                 fp.close_connection(ingress).await.unwrap();
             }
             let (s, wall) = open(&fp, &target).await;
+            if std::env::var_os("SETUP_SPLIT_EACH").is_some() {
+                let info = fp.connection_info_by_ingress(ingress).unwrap();
+                let resumed = info.is_some_and(|i| i.resumed);
+                println!(
+                    "  {kind}: {:.3} ms, resumed {resumed}",
+                    wall.as_secs_f64() * 1e3
+                );
+            }
             walls.push(wall);
             drop(s);
         }

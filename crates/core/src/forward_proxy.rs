@@ -605,7 +605,7 @@ impl Inner {
         let opened = tokio::time::timeout_at(deadline.into(), async {
             let (peer, early) = match target {
                 Target::Addr(addr, pin) => node.connect_for_tunnel(addr, pin, budget).await?,
-                Target::Node(id) => (node.dial_node(id, budget).await?, None),
+                Target::Node(id) => node.dial_node_for_tunnel(id, budget).await?,
                 Target::Service(name) => (node.dial_service(&name, budget).await?, None),
             };
             // Registered before the stream opens: an end that begins meanwhile drains it.

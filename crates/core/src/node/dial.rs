@@ -32,6 +32,9 @@ pub(crate) const RELAY_DELAY: Duration = Duration::from_millis(500);
 /// the node's record names.
 pub(crate) const RELAY_LINK_WAIT: Duration = Duration::from_secs(2);
 
+/// A connection, and the caller's tunnel when the dial opened it ([`EarlyTunnel`]).
+type Reached = (Arc<Peer>, Option<EarlyTunnel>);
+
 /// One relay a dial by node id may go through.
 enum RelayWay {
     /// A link this node has.
@@ -137,10 +140,10 @@ impl Dial {
 
 /// Ends the other ways of a race `winner` won: aborts those still dialling and closes any that
 /// connected meanwhile.
-async fn close_losers(mut dials: tokio::task::JoinSet<Result<Arc<Peer>>>, winner: &Arc<Peer>) {
+async fn close_losers(mut dials: tokio::task::JoinSet<Result<Reached>>, winner: &Arc<Peer>) {
     dials.abort_all();
     while let Some(joined) = dials.join_next().await {
-        if let Ok(Ok(peer)) = joined {
+        if let Ok(Ok((peer, _))) = joined {
             if !Arc::ptr_eq(&peer, winner) {
                 peer.close(CloseReason::Local);
             }
@@ -170,12 +173,32 @@ impl Node {
         node: NodeId,
         budget: Duration,
     ) -> Result<Arc<Peer>> {
+        Ok(self.dial_node_for(node, budget, false).await?.0)
+    }
+
+    /// As [`Self::dial_node`], for a tunnel: a new connection also hands over the caller's
+    /// tunnel, opened during the handshake, when only one way was tried at first (a race of
+    /// several would open the server connection on each, for one to be kept).
+    pub(crate) async fn dial_node_for_tunnel(
+        self: &Arc<Self>,
+        node: NodeId,
+        budget: Duration,
+    ) -> Result<Reached> {
+        self.dial_node_for(node, budget, true).await
+    }
+
+    async fn dial_node_for(
+        self: &Arc<Self>,
+        node: NodeId,
+        budget: Duration,
+        early: bool,
+    ) -> Result<Reached> {
         if let Some(peer) = self.tracker.peers().into_iter().find(|p| p.claims(&node)) {
-            return Ok(peer);
+            return Ok((peer, None));
         }
         let Some(d) = self.discovery().cloned() else {
             return match self.start_link() {
-                Some(link) => self.connect_by_relay(node, &link, budget).await,
+                Some(link) => self.connect_by_relay(node, &link, budget, early).await,
                 None => Err(discovery::discovery_off()),
             };
         };
@@ -183,7 +206,7 @@ impl Node {
         // The dial starts with the first record found; if that record led nowhere (an older
         // one, answered first), a full lookup may find a newer one: race again with it.
         let first = d.locate_within(node, deadline, Duration::ZERO).await;
-        let failure = match self.race(node, &first, deadline, budget).await {
+        let failure = match self.race(node, &first, deadline, budget, early).await {
             Ok(peer) => return Ok(peer),
             Err(e) => e,
         };
@@ -197,18 +220,20 @@ impl Node {
             return Err(failure);
         }
         tracing::debug!(%node, "a newer record: racing again");
-        self.race(node, &full, deadline, budget).await
+        self.race(node, &full, deadline, budget, early).await
     }
 
     /// Races every way `located` names toward `node` (each direct candidate at once, the
     /// relays [`RELAY_DELAY`] later); the first that proves `node` wins, the others are dropped.
+    /// With `early`, the way tried first opens the caller's tunnel when it is the only one.
     pub(super) async fn race(
         self: &Arc<Self>,
         node: NodeId,
         located: &Located,
         deadline: Instant,
         budget: Duration,
-    ) -> Result<Arc<Peer>> {
+        early: bool,
+    ) -> Result<Reached> {
         let relays = self.relays_toward(&located.relays);
         if located.addrs.is_empty() && relays.is_empty() {
             if Instant::now() >= deadline {
@@ -232,10 +257,19 @@ impl Node {
             let me = self.clone();
             let addr = f.addr;
             let left = deadline.saturating_duration_since(Instant::now());
+            let early = early && sendable_count == 1;
             dials.spawn(async move {
-                let peer = me.connect(addr, Some(node), left).await?;
+                let reached = me
+                    .dial_for(Dial {
+                        addr,
+                        pin: Some(node),
+                        via: me.tracker.via(&addr),
+                        budget: left,
+                        early_tunnel: early,
+                    })
+                    .await?;
                 me.tracker.register(addr, Some(node));
-                Ok::<_, Error>(peer)
+                Ok::<_, Error>(reached)
             });
         }
         if !relays.is_empty() {
@@ -245,18 +279,20 @@ impl Node {
             } else {
                 RELAY_DELAY
             };
+            let early = early && sendable_count == 0;
             dials.spawn(async move {
                 tokio::time::sleep(delay).await;
-                me.connect_through_relays(node, relays, deadline).await
+                me.connect_through_relays(node, relays, deadline, early)
+                    .await
             });
         }
         // Prefer the pin's verdict over a timeout: it says a record pointed at another node.
         let mut failure: Option<Error> = None;
         while let Some(joined) = dials.join_next().await {
             match joined {
-                Ok(Ok(peer)) => {
-                    close_losers(dials, &peer).await;
-                    return Ok(peer);
+                Ok(Ok(reached)) => {
+                    close_losers(dials, &reached.0).await;
+                    return Ok(reached);
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(%node, error = %e, "a way to the node failed");
@@ -306,7 +342,8 @@ impl Node {
         node: NodeId,
         relays: Vec<RelayWay>,
         deadline: Instant,
-    ) -> Result<Arc<Peer>> {
+        early: bool,
+    ) -> Result<Reached> {
         let mut failure = None;
         for way in relays {
             let link = match way {
@@ -327,8 +364,8 @@ impl Node {
                 continue;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.connect_by_relay(node, &link, left).await {
-                Ok(peer) => return Ok(peer),
+            match self.connect_by_relay(node, &link, left, early).await {
+                Ok(reached) => return Ok(reached),
                 Err(e) => failure = Some(e),
             }
         }
@@ -341,15 +378,16 @@ impl Node {
         node: NodeId,
         link: &Arc<RelayLink>,
         budget: Duration,
-    ) -> Result<Arc<Peer>> {
+        early: bool,
+    ) -> Result<Reached> {
         let key = self.socket.paths.virtual_for(node, link.outbox());
         let spec = link.spec().clone();
-        self.dial(Dial {
+        self.dial_for(Dial {
             addr: key,
             pin: Some(node),
             via: Some(spec),
             budget,
-            early_tunnel: false,
+            early_tunnel: early,
         })
         .await
     }
@@ -380,7 +418,7 @@ impl Node {
         addr: SocketAddr,
         pin: Option<NodeId>,
         budget: Duration,
-    ) -> Result<(Arc<Peer>, Option<EarlyTunnel>)> {
+    ) -> Result<Reached> {
         let via = self.tracker.via(&addr);
         self.dial_for(Dial {
             addr,
@@ -401,7 +439,7 @@ impl Node {
 
     /// Finds or opens the connection `d` asks for, with the tunnel it asked for when it opened
     /// one.
-    async fn dial_for(self: &Arc<Self>, d: Dial) -> Result<(Arc<Peer>, Option<EarlyTunnel>)> {
+    async fn dial_for(self: &Arc<Self>, d: Dial) -> Result<Reached> {
         let addr = d.addr;
         let deadline = Instant::now() + d.budget;
         let lock = self.tracker.dial_lock(addr);

@@ -161,7 +161,11 @@ impl Node {
                     break;
                 }
                 let per = left.min(PER_REPLICA);
-                match self.race(m.node_id, &m.located, now + per, per).await {
+                match self
+                    .race(m.node_id, &m.located, now + per, per, false)
+                    .await
+                    .map(|r| r.0)
+                {
                     Ok(peer) => return Ok(peer),
                     Err(e) => {
                         tracing::debug!(service = %name, node = %m.node_id, error = %e, "replica did not answer: trying the next");
