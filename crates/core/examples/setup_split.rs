@@ -11,12 +11,13 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, ReverseProxy, ReverseStart};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-const TOKEN: &str = "s3cret";
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{echo_server, TOKEN};
 
 fn cpu() -> Duration {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -25,25 +26,11 @@ fn cpu() -> Duration {
     t(ru.ru_utime) + t(ru.ru_stime)
 }
 
+/// A CONNECT through `fp` to `target`, timed to its `200` head.
 async fn open(fp: &ForwardProxy, target: &str) -> (TcpStream, Duration) {
     let t0 = Instant::now();
-    let mut s = TcpStream::connect(fp.proxy_addr().unwrap()).await.unwrap();
-    let auth = base64::engine::general_purpose::STANDARD.encode(TOKEN);
-    let req = format!(
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {auth}\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).await.unwrap(), 1);
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let (s, head) = common::connect(fp, target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     (s, t0.elapsed())
 }
 
@@ -111,17 +98,7 @@ async fn main() {
         .nth(2)
         .and_then(|a| a.parse().ok())
         .unwrap_or(0);
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
+    let server = echo_server().await;
     let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
     rp.start(ReverseStart {
         ingress_addr: "127.0.0.1:0".parse().unwrap(),
