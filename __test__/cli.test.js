@@ -116,7 +116,8 @@ test('SIGTERM drains an open tunnel (the bytes in flight arrive, both ends read 
   const dir = tmpDir(t)
   const reverse = await keynet(t, ['reverse', '--server', `127.0.0.1:${server.port}`, '--grace', '5', '--control', path.join(dir, 'r.sock')], REVERSE_READY)
   const [nodeId, ingress] = [reverse.match[1], reverse.match[2]]
-  const forward = await keynet(t, ['forward', '--listen', '127.0.0.1:0', '--control', path.join(dir, 'f.sock')], FORWARD_READY, { KEYNET_TOKEN: 'tok' })
+  const forwardControl = path.join(dir, 'f.sock')
+  const forward = await keynet(t, ['forward', '--listen', '127.0.0.1:0', '--control', forwardControl], FORWARD_READY, { KEYNET_TOKEN: 'tok' })
   const [host, port] = forward.match[1].split(':')
   const client = await h.connectTcp(t, Number(port), { host })
   client.write(`CONNECT ${ingress}?nodeId=${nodeId} HTTP/1.1\r\nProxy-Authorization: Basic ${Buffer.from('tok').toString('base64')}\r\n\r\n`)
@@ -124,14 +125,21 @@ test('SIGTERM drains an open tunnel (the bytes in flight arrive, both ends read 
   t.is(res.status, 200)
   const payload = Buffer.alloc(1 << 20, 7)
   client.write(payload)
-  await h.waitFor(() => received.reduce((n, b) => n + b.length, 0) > 0, { what: 'the first bytes at the server' })
+  // A drain delivers what the proxies took; bytes the forward proxy has not read yet stay in its
+  // socket (it stops reading on the end). So: signal once it took the whole payload, which is
+  // then in flight in the tunnel (under load, the first bytes at the server came long before).
+  const took = async () => {
+    const st = await keynetOnce(t, ['status', '--control', forwardControl, '--json'])
+    return JSON.parse(st.stdout).stats.bytes_sent >= payload.length
+  }
+  await h.waitFor(took, { interval: 20, what: 'the forward proxy to take the whole payload' })
   const exited = new Promise((resolve) => reverse.child.once('exit', (code, signal) => resolve(code ?? signal)))
   const clientEnded = new Promise((resolve) => client.once('end', resolve))
   client.resume()
   reverse.child.kill('SIGTERM')
   await h.withTimeout(clientEnded, h.WAIT, 'the client to read an end')
   t.is(await h.withTimeout(exited, h.WAIT, 'keynet reverse to exit'), 0)
-  t.is(Buffer.concat(received).length, payload.length, 'every byte sent before the signal arrived')
+  t.is(Buffer.concat(received).length, payload.length, 'every byte the forward proxy took before the signal arrived')
   t.deepEqual(client.errors, [], 'an end, not a reset')
   t.truthy(serverSocket)
 })
