@@ -1,7 +1,9 @@
-//! Where a tunnel's setup time goes: N cold tunnels (a new QUIC connection each, the previous
-//! one closed) and N warm ones (on a live connection), timed from the client's connect to the
-//! `200` head, with the process's CPU time per tunnel. Run it under `perf record` to see the
-//! CPU split; wall minus CPU is waiting (round trips, timers).
+//! Where a tunnel's setup time goes, timed from the client's connect to the `200` head: first
+//! visits (a fresh forward proxy, a full handshake), returning visits (the connection closed
+//! first, so the next one resumes with the tunnel header in 0-RTT) and warm tunnels (on a live
+//! connection), with the process's CPU time per tunnel. Run it under `perf record` to see the
+//! CPU split; wall minus CPU is waiting (round trips, timers). `SETUP_SPLIT_EACH=1` prints each
+//! tunnel.
 //!
 //! With a delay (`DELAY_MS`), the forward proxy reaches the reverse proxy through a UDP hop that
 //! holds every datagram that long each way, so the medians count round trips: the kernel here

@@ -62,6 +62,21 @@ async fn a_returning_forward_proxy_resumes_and_its_tunnel_works() {
 }
 
 #[tokio::test]
+async fn a_new_allow_list_forgets_the_tickets_it_gave() {
+    let (fp, rp) = pair().await;
+    let ingress = rp.ingress_addr().unwrap();
+    echo(&fp, &rp, b"first").await;
+    fp.close_connection(ingress).await.unwrap();
+    // Still allowed, but under a new allow-list: the session given under the old one is gone.
+    rp.set_allowed_node_ids(Some(vec![fp.node_id().unwrap()]))
+        .unwrap();
+    echo(&fp, &rp, b"second").await;
+    assert_eq!(resumed(&fp, &rp), (false, false));
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_changed_allow_list_refuses_a_client_it_resumed_before() {
     let (fp, rp) = pair().await;
     let ingress = rp.ingress_addr().unwrap();

@@ -259,15 +259,7 @@ impl Node {
             let left = deadline.saturating_duration_since(Instant::now());
             let early = early && sendable_count == 1;
             dials.spawn(async move {
-                let reached = me
-                    .dial_for(Dial {
-                        addr,
-                        pin: Some(node),
-                        via: me.tracker.via(&addr),
-                        budget: left,
-                        early_tunnel: early,
-                    })
-                    .await?;
+                let reached = me.connect_for(addr, Some(node), left, early).await?;
                 me.tracker.register(addr, Some(node));
                 Ok::<_, Error>(reached)
             });
@@ -400,15 +392,7 @@ impl Node {
         pin: Option<NodeId>,
         budget: Duration,
     ) -> Result<Arc<Peer>> {
-        let via = self.tracker.via(&addr);
-        self.dial(Dial {
-            addr,
-            pin,
-            via,
-            budget,
-            early_tunnel: false,
-        })
-        .await
+        Ok(self.connect_for(addr, pin, budget, false).await?.0)
     }
 
     /// As [`Self::connect`], for a tunnel: a new connection also hands over the caller's tunnel,
@@ -419,13 +403,23 @@ impl Node {
         pin: Option<NodeId>,
         budget: Duration,
     ) -> Result<Reached> {
+        self.connect_for(addr, pin, budget, true).await
+    }
+
+    async fn connect_for(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        pin: Option<NodeId>,
+        budget: Duration,
+        early_tunnel: bool,
+    ) -> Result<Reached> {
         let via = self.tracker.via(&addr);
         self.dial_for(Dial {
             addr,
             pin,
             via,
             budget,
-            early_tunnel: true,
+            early_tunnel,
         })
         .await
     }
@@ -545,7 +539,7 @@ impl Node {
         spec: &RelaySpec,
         deadline: Instant,
         lock: &Arc<tokio::sync::Mutex<()>>,
-    ) -> Result<(Arc<Peer>, Option<EarlyTunnel>)> {
+    ) -> Result<Reached> {
         // The link registered as `spec` asks (one opened on demand stays on demand).
         let link = match self
             .links
@@ -620,7 +614,7 @@ impl Node {
         d: &Dial,
         deadline: Instant,
         lock: &Arc<tokio::sync::Mutex<()>>,
-    ) -> Result<(Arc<Peer>, Option<EarlyTunnel>)> {
+    ) -> Result<Reached> {
         let addr = d.addr;
         if addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(StartError::Unroutable {

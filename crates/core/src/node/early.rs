@@ -7,6 +7,8 @@
 //! reverse proxy carries no byte of a tunnel until the handshake completed, and a replayed
 //! first flight finds its single-use ticket gone, so its 0-RTT data is refused.
 
+use futures_lite::future::poll_once;
+
 use crate::proto::tunnel;
 
 /// A stream whose tunnel header is written; the reverse proxy's acknowledgement is not read yet.
@@ -19,11 +21,17 @@ pub(crate) struct EarlyTunnel {
 
 impl EarlyTunnel {
     /// Opens a stream on `conn` and writes the header (in 0-RTT while the handshake runs);
-    /// `None` when the connection has no stream to give now.
+    /// `None` when the connection has no stream or credit to give now. It never waits: the
+    /// caller then opens the tunnel the ordinary way, under its own deadline.
     pub(crate) async fn open(conn: &quinn::Connection) -> Option<Self> {
-        let (mut send, recv) = conn.open_bi().await.ok()?;
-        send.write_all(&tunnel::encode_open()).await.ok()?;
-        Some(Self { send, recv })
+        let (mut send, recv) = poll_once(conn.open_bi()).await?.ok()?;
+        match poll_once(send.write_all(&tunnel::encode_open())).await {
+            Some(Ok(())) => Some(Self { send, recv }),
+            _ => {
+                let _ = send.reset(crate::splice::ABORTED.into());
+                None
+            }
+        }
     }
 }
 

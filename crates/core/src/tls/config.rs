@@ -45,7 +45,8 @@ pub(crate) fn client_config(
 /// Session tickets a server keeps for returning clients (oldest dropped first). Each holds the
 /// client's chain (about 1 KiB), so this bounds the store at a few MiB.
 pub(crate) const SERVER_TICKETS: usize = 4096;
-/// Servers a dialling node keeps tickets for (oldest dropped first).
+/// Nodes a dialling node keeps tickets and a config for (past that, rustls drops the oldest
+/// tickets and `node::tickets` an arbitrary node's config).
 pub(crate) const CLIENT_TICKET_SERVERS: usize = 1024;
 
 /// The TLS side of a dial to a node: as [`client_config`]'s, resuming with the tickets in
@@ -102,7 +103,14 @@ pub(crate) fn server_config(
     transport: Arc<quinn::TransportConfig>,
     alpn: &[u8],
 ) -> Result<quinn::ServerConfig> {
-    let tls = tls_server_config(identity, accept, alpn)?;
+    quic_server(tls_server_config(identity, accept, alpn)?, transport)
+}
+
+/// quinn's server config around `tls`.
+fn quic_server(
+    tls: rustls::ServerConfig,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig> {
     let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport);
@@ -126,10 +134,7 @@ pub(crate) fn tunnel_server_config(
     tls.send_tls13_tickets = 1;
     // QUIC carries early data on streams; quinn requires this value to allow it.
     tls.max_early_data_size = u32::MAX;
-    let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport);
-    Ok(config)
+    quic_server(tls, transport)
 }
 
 /// The rustls server config behind [`server_config`] (also used over TCP by the relay).
