@@ -736,10 +736,14 @@ export interface RelayMetrics {
   trackedAddresses: number
   packetsRelayed: number
   bytesRelayed: number
+  /** Of `packetsRelayed`, those sent on their target's UDP channel (`keynet-relay/3` over QUIC);
+   * the rest went as frames on the target's relay stream. */
+  packetsOnChannel: number
   rendezvousSent: number
   /** Public clients reset for accepting no byte for `stallTimeout`. */
   stalledResets: number
-  /** Dropped packets by reason: `queue_full`, `unknown_peer`, `peer_limit`, `too_large`. */
+  /** Dropped packets by reason: `queue_full`, `unknown_peer`, `peer_limit`, `too_large`,
+   * `bad_channel` (a UDP channel datagram with an unknown key, or from an address not its session's). */
   drops: Record<string, number>
   /** Refusals by reason: `max_connections`, `max_connections_per_ip`, `handshake_rate`,
    * `handshake`, `token`, `register_timeout`, `malformed`, `not_reading`, `no_relayed_traffic`,

@@ -1092,7 +1092,7 @@ class Relay extends Service {
   /**
    * What the relay holds, carried, dropped and refused: `{ sessions: { quic, websocket },
    * registeredNodes, allocations, publicClients, queuedBytes, trackedAddresses, packetsRelayed,
-   * bytesRelayed, rendezvousSent, stalledResets, drops: { reason: n }, refusals: { reason: n } }`.
+   * bytesRelayed, packetsOnChannel, rendezvousSent, stalledResets, drops: { reason: n }, refusals: { reason: n } }`.
    */
   getMetrics() {
     const m = sync(() => this._native.metrics())
@@ -1106,6 +1106,7 @@ class Relay extends Service {
       trackedAddresses: m.trackedAddresses,
       packetsRelayed: m.packetsRelayed,
       bytesRelayed: m.bytesRelayed,
+      packetsOnChannel: m.packetsOnChannel,
       rendezvousSent: m.rendezvousSent,
       stalledResets: m.stalledResets,
       drops: byReason(m.drops),

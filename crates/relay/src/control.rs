@@ -105,6 +105,7 @@ pub fn relay_status(relay: &RelayServer) -> Value {
             "sessions_quic": g.sessions_quic, "sessions_websocket": g.sessions_websocket,
             "queued_bytes": g.queued_bytes, "public_clients": g.public_clients,
             "packets_relayed": stats.packets_relayed, "bytes_relayed": stats.bytes_relayed,
+            "packets_on_channel": stats.packets_on_channel,
             "rendezvous_sent": stats.rendezvous_sent, "stalled_resets": stats.stalled_resets,
             "drops": pairs(&stats.drops), "refusals": pairs(&stats.refusals),
         },

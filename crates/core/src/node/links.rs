@@ -365,6 +365,7 @@ pub(super) fn attach(node: &Node, spec: RelaySpec, identity: &LoadedIdentity) ->
                 identity: identity.clone(),
                 opts: node.opts.clone(),
                 tasks: node.tasks.clone(),
+                channel: true,
             },
             socket: node.socket.clone(),
             public: node

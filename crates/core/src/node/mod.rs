@@ -182,6 +182,7 @@ impl Node {
                 identity: identity.clone(),
                 opts: node.opts.clone(),
                 tasks: node.tasks.clone(),
+                channel: true,
             };
             relays = tokio::select! {
                 found = links::discover(d, &dialer, &network, opts.connect_time) => found,

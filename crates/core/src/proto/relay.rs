@@ -22,6 +22,8 @@
 //! 0x0d Error         code(2) has_node(1) [node(32)] message(utf-8, <= 1024)
 //! 0x0e TcpCredit     conn(4) bytes(4)                       the sender may send this many more bytes
 //! 0x0f Announce      record(1..1000)                        node -> relay: store my signed record
+//! 0x10 Channel       key(8)                                 relay -> node (keynet-relay/3 only):
+//!                    relayed packets may now travel as UDP datagrams (`proto::channel`)
 //! ```
 //! A *caller* registration (flag bit 1) is for a node that only calls nodes registered here (an
 //! on-demand link to a callee's home relay): it needs no token, gets no public port, announces
@@ -190,6 +192,12 @@ pub enum Frame {
         /// For people.
         message: String,
     },
+    /// The session's UDP channel key (`keynet-relay/3` only, after `Registered`, QUIC only): from
+    /// now on relayed packets may travel as channel datagrams (`proto::channel`) both ways.
+    Channel {
+        /// The key both sides put in this session's channel datagrams.
+        key: crate::proto::channel::Key,
+    },
     /// The node's signed discovery record, for a relay that runs a DHT node to store under the
     /// node's locator (for nodes whose own DHT traffic is blocked).
     Announce {
@@ -257,6 +265,7 @@ impl Frame {
             Self::Error { .. } => 0x0d,
             Self::TcpCredit { .. } => 0x0e,
             Self::Announce { .. } => 0x0f,
+            Self::Channel { .. } => 0x10,
         }
     }
 
@@ -315,6 +324,7 @@ impl Frame {
             Self::Ping { nonce } | Self::Pong { nonce } => {
                 p.extend_from_slice(&nonce.to_be_bytes())
             }
+            Self::Channel { key } => p.extend_from_slice(key),
             Self::CallMeMaybe { peer } => p.extend_from_slice(peer.as_bytes()),
             Self::Rendezvous {
                 peer,
@@ -390,7 +400,7 @@ impl Frame {
             return Ok(None);
         }
         let kind = buf[0];
-        if !(0x01..=0x0f).contains(&kind) {
+        if !(0x01..=0x10).contains(&kind) {
             return Err(FrameError::UnknownType(kind));
         }
         let len = u16::from_be_bytes([buf[1], buf[2]]) as usize;
@@ -547,6 +557,12 @@ impl Frame {
                     return Err(bad_len());
                 }
                 Self::Announce { record: p.to_vec() }
+            }
+            0x10 => {
+                exact(8)?;
+                Self::Channel {
+                    key: p.try_into().expect("8 bytes"),
+                }
             }
             _ => {
                 at_least(3)?;
@@ -926,6 +942,7 @@ mod tests {
             }),
             any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
             any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
+            any::<[u8; 8]>().prop_map(|key| Frame::Channel { key }),
             node().prop_map(|peer| Frame::CallMeMaybe { peer }),
             (node(), addr(), any::<u16>(), any::<(bool, bool)>()).prop_map(
                 |(peer, peer_addr, punch_in_ms, (peer_varies, you_vary))| Frame::Rendezvous {

@@ -34,7 +34,8 @@ impl Drop for RelayClient {
 }
 
 impl RelayClient {
-    /// Connects from `endpoint` to the relay at `relay`, which must prove `relay_id`.
+    /// Connects from `endpoint` to the relay at `relay`, which must prove `relay_id`, speaking
+    /// `keynet-relay/2` (no UDP channel: relayed packets are frames on the stream).
     pub async fn connect(
         endpoint: &quinn::Endpoint,
         identity: &LoadedIdentity,
@@ -43,13 +44,46 @@ impl RelayClient {
         transport: Arc<quinn::TransportConfig>,
         timeout: Duration,
     ) -> Result<Self> {
+        let alpns = &[crate::tls::config::RELAY_ALPN];
+        Self::connect_alpns(
+            endpoint, identity, relay, relay_id, transport, timeout, alpns,
+        )
+        .await
+    }
+
+    /// As [`RelayClient::connect`], offering `keynet-relay/3`: the relay gives the session a UDP
+    /// channel key (`Frame::Channel`) after `Registered`.
+    pub async fn connect_with_channel(
+        endpoint: &quinn::Endpoint,
+        identity: &LoadedIdentity,
+        relay: SocketAddr,
+        relay_id: NodeId,
+        transport: Arc<quinn::TransportConfig>,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let alpns = crate::tls::config::RELAY_ALPNS;
+        Self::connect_alpns(
+            endpoint, identity, relay, relay_id, transport, timeout, alpns,
+        )
+        .await
+    }
+
+    async fn connect_alpns(
+        endpoint: &quinn::Endpoint,
+        identity: &LoadedIdentity,
+        relay: SocketAddr,
+        relay_id: NodeId,
+        transport: Arc<quinn::TransportConfig>,
+        timeout: Duration,
+        alpns: &[&[u8]],
+    ) -> Result<Self> {
         let outcome = VerifyOutcome::default();
         let config = client_config(
             identity,
             Acceptable::OneOf(vec![relay_id]),
             outcome.clone(),
             transport,
-            crate::tls::config::RELAY_ALPN,
+            alpns,
         )?;
         let connecting = endpoint
             .connect_with(config, relay, SERVER_NAME)
@@ -84,7 +118,8 @@ impl RelayClient {
     }
 
     /// Connects as `identity` to the relay `spec` names, over its transport (QUIC from
-    /// `endpoint`, or TLS + WebSocket to `spec.tcp_addr`).
+    /// `endpoint`, or TLS + WebSocket to `spec.tcp_addr`), speaking `keynet-relay/2`: packets
+    /// for this client come as frames.
     pub async fn connect_spec(
         endpoint: &quinn::Endpoint,
         identity: &LoadedIdentity,
@@ -98,6 +133,7 @@ impl RelayClient {
             identity: identity.clone(),
             opts: opts.clone(),
             tasks: tasks.clone(),
+            channel: false,
         };
         let c = transport::connect(spec, &dialer, timeout).await?;
         Ok(Self {

@@ -47,7 +47,7 @@ pub(super) async fn connect(
             identity,
             Acceptable::OneOf(vec![spec.node_id]),
             outcome.clone(),
-            crate::tls::config::RELAY_ALPN,
+            &[crate::tls::config::RELAY_ALPN],
         )?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
         let name = rustls::pki_types::ServerName::try_from(SERVER_NAME)

@@ -27,8 +27,12 @@ pub use via::ViaGuard;
 use crate::addr::canonical;
 use crate::error::Result;
 use crate::options::UdpTuning;
-use crate::proto::punch;
+use crate::proto::{channel, punch};
 use paths::{Hop, Paths};
+
+/// What a relay does with the channel datagrams nodes send it (`proto::channel`): source
+/// address and datagram, called on the receive path (so it must not block).
+pub type ChannelSink = Box<dyn Fn(SocketAddr, &[u8]) + Send + Sync>;
 
 /// Punch datagrams queued per session before further ones are dropped (they repeat anyway).
 const SESSION_QUEUE: usize = 64;
@@ -145,6 +149,8 @@ pub struct KeynetSocket {
     birthdays: tokio::sync::Semaphore,
     /// When each peer's last hard-NAT punch started.
     birthday_last: Mutex<HashMap<crate::nodeid::NodeId, std::time::Instant>>,
+    /// A relay's handler of channel datagrams from nodes (unset on a node: it drops them).
+    channel_sink: std::sync::OnceLock<ChannelSink>,
 }
 
 /// Hard-NAT punches a node runs at once; more wait for a later rendezvous.
@@ -285,6 +291,61 @@ impl KeynetSocket {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
     }
 
+    /// Sends one datagram to `to` now, from the OS socket; a full socket buffer drops it (as
+    /// a congested network would). For a relay's channel datagrams.
+    pub fn try_send_now(&self, to: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        let os = self.os();
+        os.io.try_send(&Transmit {
+            destination: os.for_socket(to),
+            ecn: None,
+            contents: datagram,
+            segment_size: None,
+            src_ip: None,
+        })
+    }
+
+    /// Hands the channel datagrams nodes send to this socket to `sink` (a relay; once).
+    pub fn set_channel_sink(&self, sink: ChannelSink) {
+        let _ = self.channel_sink.set(sink);
+    }
+
+    /// A channel datagram arrived: a relay's sink takes those for the relay, the paths those
+    /// for this node.
+    fn deliver_channel(&self, from: SocketAddr, datagram: &[u8]) {
+        match self.channel_sink.get() {
+            Some(sink) => sink(canonical(from), datagram),
+            None => {
+                self.paths.from_channel(from, datagram);
+            }
+        }
+    }
+
+    /// Sends `contents` (segments of `size` bytes, for `node`) as channel datagrams to the
+    /// relay: one header per segment, segmentation offload kept (the last may be shorter).
+    fn send_on_channel(
+        &self,
+        ch: paths::Channel,
+        node: crate::nodeid::NodeId,
+        contents: &[u8],
+        size: usize,
+    ) -> io::Result<()> {
+        let size = size.max(1);
+        let segments = contents.len().div_ceil(size);
+        let mut out = Vec::with_capacity(contents.len() + segments * channel::HEADER);
+        for segment in contents.chunks(size) {
+            channel::put_header(&mut out, channel::Kind::ToRelay, &ch.key, &node);
+            out.extend_from_slice(segment);
+        }
+        let os = self.os();
+        os.io.try_send(&Transmit {
+            destination: os.for_socket(ch.relay),
+            ecn: None,
+            contents: &out,
+            segment_size: (segments > 1).then_some(size + channel::HEADER),
+            src_ip: None,
+        })
+    }
+
     /// Starts receiving the punch datagrams that `peer` sends (replacing an older session).
     pub fn register(self: &Arc<Self>, peer: SocketAddr) -> PunchSession {
         let peer = canonical(peer);
@@ -381,9 +442,13 @@ impl AsyncUdpSocket for KeynetSocket {
             }
             Hop::Relay(node, outbox) => {
                 let size = transmit.segment_size.unwrap_or(transmit.contents.len());
+                if let Some(ch) = outbox.channel() {
+                    // Straight to the relay: a full socket makes quinn wait, as for any path.
+                    return self.send_on_channel(ch, node, transmit.contents, size);
+                }
                 for segment in transmit.contents.chunks(size.max(1)) {
                     // Unreliable like UDP: a full outbox drops (QUIC retransmits).
-                    let _ = outbox.try_send((node, segment.to_vec()));
+                    outbox.try_send(node, segment.to_vec());
                 }
                 Ok(())
             }
@@ -416,12 +481,15 @@ impl AsyncUdpSocket for KeynetSocket {
             let mut any_quic = false;
             for (m, buf) in meta.iter_mut().zip(bufs.iter_mut()).take(n) {
                 let stride = m.stride.max(1);
-                // Walk the (GRO) segments, keeping QUIC ones, compacting punches out.
+                // Walk the (GRO) segments, keeping QUIC ones, compacting punches and channel
+                // datagrams out.
                 let (mut read, mut write) = (0, 0);
                 while read < m.len {
                     let end = (read + stride).min(m.len);
                     if punch::is_punch(&buf[read..end]) {
                         self.deliver_punch(m.addr, &buf[read..end]);
+                    } else if channel::is_channel(&buf[read..end]) {
+                        self.deliver_channel(m.addr, &buf[read..end]);
                     } else {
                         if write != read {
                             buf.copy_within(read..end, write);
@@ -438,6 +506,14 @@ impl AsyncUdpSocket for KeynetSocket {
             }
             if any_quic {
                 return Poll::Ready(Ok(n));
+            }
+            // Channel datagrams for this node were queued as relayed packets: hand those over.
+            let relayed = self.paths.poll_inbound(cx, bufs, meta);
+            if relayed > 0 {
+                for m in &mut meta[..relayed] {
+                    m.addr = os.for_socket(m.addr);
+                }
+                return Poll::Ready(Ok(relayed));
             }
             // Only punches arrived: read again (the inner socket registers the waker if empty).
         }
@@ -500,6 +576,7 @@ pub fn bind_tuned(
         vias: Default::default(),
         birthdays: tokio::sync::Semaphore::new(BIRTHDAYS),
         birthday_last: Mutex::new(HashMap::new()),
+        channel_sink: std::sync::OnceLock::new(),
     });
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
     let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));

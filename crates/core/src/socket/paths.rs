@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
@@ -30,8 +30,57 @@ const INBOUND_QUEUE: usize = 4096;
 /// and the `path` a getter reports could miss one).
 const CHANGE_QUEUE: usize = 256;
 
-/// Where datagrams for relayed peers go: the outbox of one relay link.
-pub type Outbox = mpsc::Sender<(NodeId, Vec<u8>)>;
+/// Datagrams quinn addressed to relayed peers, waiting for a relay link's writer.
+pub type Queued = mpsc::Receiver<(NodeId, Vec<u8>)>;
+
+/// Where datagrams for relayed peers go: one relay link's queue of frames for its stream, and
+/// the link's UDP channel (`proto::channel`) while its relay session has one, which the socket
+/// then sends on itself, without the queue.
+#[derive(Clone)]
+pub struct Outbox {
+    queue: mpsc::Sender<(NodeId, Vec<u8>)>,
+    channel: Arc<RwLock<Option<Channel>>>,
+}
+
+/// A relay session's UDP channel: where its relay is and the session's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Channel {
+    /// The relay's UDP address (canonical).
+    pub relay: SocketAddr,
+    /// The session's key.
+    pub key: crate::proto::channel::Key,
+}
+
+impl Outbox {
+    /// An outbox holding at most `size` queued datagrams, and the queue's receiving end.
+    pub fn bounded(size: usize) -> (Self, Queued) {
+        let (queue, rx) = mpsc::channel(size);
+        let outbox = Self {
+            queue,
+            channel: Arc::new(RwLock::new(None)),
+        };
+        (outbox, rx)
+    }
+
+    /// Whether both are the same link's.
+    pub fn same_channel(&self, other: &Outbox) -> bool {
+        self.queue.same_channel(&other.queue)
+    }
+
+    /// Queues a datagram for the link's stream; a full queue drops it (QUIC retransmits).
+    pub fn try_send(&self, to: NodeId, datagram: Vec<u8>) {
+        let _ = self.queue.try_send((to, datagram));
+    }
+
+    /// The link's UDP channel, while it has one.
+    pub fn channel(&self) -> Option<Channel> {
+        *self.channel.read().expect("channel lock")
+    }
+
+    fn set_channel(&self, channel: Option<Channel>) {
+        *self.channel.write().expect("channel lock") = channel;
+    }
+}
 
 /// Whether `addr` is a virtual address standing for a relayed peer.
 pub fn is_virtual(addr: &SocketAddr) -> bool {
@@ -84,6 +133,9 @@ struct Table {
 /// proxy's event task ([`Paths::take_changes`]), never delivered inline.
 pub struct Paths {
     table: Mutex<Table>,
+    /// The UDP channels of this socket's relay sessions, by key: what a channel datagram must
+    /// match to be taken in.
+    channels: RwLock<HashMap<crate::proto::channel::Key, Outbox>>,
     inbound_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     inbound_rx: Mutex<mpsc::Receiver<(SocketAddr, Vec<u8>)>>,
     changes_tx: mpsc::Sender<PathChange>,
@@ -96,6 +148,7 @@ impl Default for Paths {
         let (changes_tx, changes_rx) = mpsc::channel(CHANGE_QUEUE);
         Self {
             table: Mutex::new(Table::default()),
+            channels: RwLock::new(HashMap::new()),
             inbound_tx,
             inbound_rx: Mutex::new(inbound_rx),
             changes_tx,
@@ -161,6 +214,59 @@ impl Paths {
         let from = self.virtual_for(src, relay);
         // Unreliable like UDP: a full queue drops (QUIC retransmits).
         let _ = self.inbound_tx.try_send((from, datagram));
+    }
+
+    /// Opens `outbox`'s UDP channel: relayed packets to and from its peers travel as channel
+    /// datagrams with `channel.relay` until [`Paths::close_channel`].
+    pub fn open_channel(&self, outbox: &Outbox, channel: Channel) {
+        let channel = Channel {
+            relay: canonical(channel.relay),
+            ..channel
+        };
+        self.channels
+            .write()
+            .expect("channels lock")
+            .insert(channel.key, outbox.clone());
+        outbox.set_channel(Some(channel));
+    }
+
+    /// Closes `outbox`'s UDP channel (its relay session ended): packets go to its queue again.
+    pub fn close_channel(&self, outbox: &Outbox) {
+        let Some(channel) = outbox.channel() else {
+            return;
+        };
+        outbox.set_channel(None);
+        let mut channels = self.channels.write().expect("channels lock");
+        if channels
+            .get(&channel.key)
+            .is_some_and(|o| o.same_channel(outbox))
+        {
+            channels.remove(&channel.key);
+        }
+    }
+
+    /// A channel datagram arrived from `from`: queued for quinn if it is a relayed packet for
+    /// us from a relay whose session has its key, dropped otherwise. True if it was taken in.
+    pub fn from_channel(&self, from: SocketAddr, datagram: &[u8]) -> bool {
+        use crate::proto::channel;
+        let Some(d) = channel::parse(datagram) else {
+            return false;
+        };
+        if d.kind != channel::Kind::FromRelay {
+            return false;
+        }
+        let outbox = {
+            let channels = self.channels.read().expect("channels lock");
+            match channels.get(&d.key) {
+                Some(o) => o.clone(),
+                None => return false,
+            }
+        };
+        if outbox.channel().map(|c| c.relay) != Some(canonical(from)) {
+            return false;
+        }
+        self.from_relay(d.node, d.packet.to_vec(), &outbox);
+        true
     }
 
     /// A datagram from `from` arrived on a socket of its own (a via): queue it for quinn, from
@@ -340,7 +446,7 @@ mod tests {
     #[test]
     fn virtual_addresses_are_stable_per_node_and_never_routable_ones() {
         let p = Paths::default();
-        let (tx, _rx) = mpsc::channel(4);
+        let (tx, _rx) = Outbox::bounded(4);
         let a = p.virtual_for(node(1), &tx);
         let b = p.virtual_for(node(2), &tx);
         assert_ne!(a, b);
@@ -357,7 +463,7 @@ mod tests {
         let p = Paths::default();
         let mut changes = p.take_changes().unwrap();
         assert!(p.take_changes().is_none(), "one owner");
-        let (tx, _rx) = mpsc::channel(4);
+        let (tx, _rx) = Outbox::bounded(4);
         let v = p.virtual_for(node(1), &tx);
         let x: SocketAddr = "198.51.100.7:4000".parse().unwrap();
         assert!(matches!(p.route(v), Hop::Relay(n, _) if n == node(1)));
@@ -388,7 +494,7 @@ mod tests {
     fn a_dropped_direct_path_goes_back_to_the_relay_and_still_accepts_late_packets() {
         let p = Paths::default();
         let mut changes = p.take_changes().unwrap();
-        let (tx, _rx) = mpsc::channel(4);
+        let (tx, _rx) = Outbox::bounded(4);
         let v = p.virtual_for(node(1), &tx);
         let x: SocketAddr = "198.51.100.7:4000".parse().unwrap();
         p.use_direct(node(1), x, Path::Punched, PathReason::Upgrade);

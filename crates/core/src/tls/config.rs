@@ -15,6 +15,12 @@ pub(crate) const ALPN: &[u8] = b"keynet/1";
 /// with the relay frames (`proto::relay`): a node and a relay of different versions fail the
 /// handshake with a clear error instead of closing on a frame the other does not know.
 pub(crate) const RELAY_ALPN: &[u8] = b"keynet-relay/2";
+/// The relay protocol with its UDP packet channel (`proto::channel`): the frames of
+/// [`RELAY_ALPN`] plus `Channel`. Offered first over QUIC; a relay or node that knows only
+/// [`RELAY_ALPN`] negotiates that, and relayed packets stay on the stream.
+pub(crate) const RELAY_ALPN_CHANNEL: &[u8] = b"keynet-relay/3";
+/// What a QUIC relay connection offers, in order of preference.
+pub(crate) const RELAY_ALPNS: &[&[u8]] = &[RELAY_ALPN_CHANNEL, RELAY_ALPN];
 /// Server name sent in the handshake; verification ignores it (identity is the node id).
 pub(crate) const SERVER_NAME: &str = "keynet";
 
@@ -33,9 +39,9 @@ pub(crate) fn client_config(
     accept: Acceptable,
     outcome: VerifyOutcome,
     transport: Arc<quinn::TransportConfig>,
-    alpn: &[u8],
+    alpns: &[&[u8]],
 ) -> Result<quinn::ClientConfig> {
-    let tls = tls_client_config(identity, accept, outcome, alpn)?;
+    let tls = tls_client_config(identity, accept, outcome, alpns)?;
     let quic = QuicClientConfig::try_from(tls).map_err(tls_err)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport);
@@ -62,7 +68,7 @@ pub(crate) fn tunnel_client_tls(
     outcome: VerifyOutcome,
     tickets: Option<Arc<dyn rustls::client::ClientSessionStore>>,
 ) -> Result<Arc<QuicClientConfig>> {
-    let mut tls = tls_client_config(identity, accept, outcome, ALPN)?;
+    let mut tls = tls_client_config(identity, accept, outcome, &[ALPN])?;
     tls.enable_sni = false;
     match tickets {
         Some(store) => {
@@ -80,7 +86,7 @@ pub(crate) fn tls_client_config(
     identity: &LoadedIdentity,
     accept: Acceptable,
     outcome: VerifyOutcome,
-    alpn: &[u8],
+    alpns: &[&[u8]],
 ) -> Result<rustls::ClientConfig> {
     let provider = provider();
     let verifier = Arc::new(NodeIdVerifier::new(accept, provider.clone(), outcome));
@@ -91,7 +97,7 @@ pub(crate) fn tls_client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(tls_err)?;
-    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     Ok(tls)
 }
 
@@ -101,9 +107,9 @@ pub(crate) fn server_config(
     identity: &LoadedIdentity,
     accept: Acceptable,
     transport: Arc<quinn::TransportConfig>,
-    alpn: &[u8],
+    alpns: &[&[u8]],
 ) -> Result<quinn::ServerConfig> {
-    quic_server(tls_server_config(identity, accept, alpn)?, transport)
+    quic_server(tls_server_config(identity, accept, alpns)?, transport)
 }
 
 /// quinn's server config around `tls`.
@@ -127,7 +133,7 @@ pub(crate) fn tunnel_server_config(
     accept: Acceptable,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig> {
-    let mut tls = tls_server_config(identity, accept, ALPN)?;
+    let mut tls = tls_server_config(identity, accept, &[ALPN])?;
     // Stateful tickets (rustls's default ticketer makes none): rustls takes an entry out of
     // the store when a client uses it.
     tls.session_storage = rustls::server::ServerSessionMemoryCache::new(SERVER_TICKETS);
@@ -141,7 +147,7 @@ pub(crate) fn tunnel_server_config(
 pub(crate) fn tls_server_config(
     identity: &LoadedIdentity,
     accept: Acceptable,
-    alpn: &[u8],
+    alpns: &[&[u8]],
 ) -> Result<rustls::ServerConfig> {
     let provider = provider();
     let verifier = Arc::new(NodeIdVerifier::new(
@@ -155,6 +161,14 @@ pub(crate) fn tls_server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(tls_err)?;
-    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     Ok(tls)
+}
+
+/// The ALPN a QUIC connection negotiated (empty if none).
+pub(crate) fn negotiated_alpn(conn: &quinn::Connection) -> Vec<u8> {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .unwrap_or_default()
 }

@@ -105,7 +105,7 @@ pub struct RelayLink {
 impl RelayLink {
     /// Starts the link's task on the node's tasks.
     pub(crate) fn start(spec: RelaySpec, ctx: LinkContext) -> Arc<Self> {
-        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let (outbox, outbox_rx) = Outbox::bounded(OUTBOX);
         let (control, control_rx) = mpsc::channel(256);
         let (status_tx, status) = watch::channel(LinkStatus::Connecting);
         let (rtt_tx, rtt) = watch::channel(None);
@@ -396,6 +396,12 @@ impl Runner {
             .connect_time
             .min(Duration::from_secs(10));
         let conn = transport::connect(&self.spec, &self.ctx.dialer, budget).await?;
+        // However the session ends (even dropped), packets go to the next session's stream
+        // until it opens a channel of its own.
+        let _channel = ChannelGuard {
+            paths: &self.ctx.socket.paths,
+            outbox: &self.outbox,
+        };
         let quic = conn.quic.clone();
         let (mut frames, mut send): (FrameReader, BoxWrite) =
             (FrameReader::new(conn.read), conn.write);
@@ -501,6 +507,15 @@ impl Runner {
                     return Ok::<(), Error>(());
                 };
                 *last_heard.lock().expect("last heard lock") = Instant::now();
+                if let (Frame::Channel { key }, Some(q)) = (&f, &quic) {
+                    // From now on relayed packets go to the relay's UDP address straight from
+                    // the socket (and come from it), beside this connection.
+                    let relay = q.remote_address();
+                    let channel = crate::socket::paths::Channel { relay, key: *key };
+                    self.ctx.socket.paths.open_channel(&self.outbox, channel);
+                    tracing::debug!(relay = %self.spec.addr, "relayed packets travel on the relay's UDP channel");
+                    continue;
+                }
                 if let Frame::Pong { nonce } = f {
                     let (sent, at) = *pinged.lock().expect("pinged lock");
                     if nonce == sent && quic.is_none() {
@@ -728,6 +743,18 @@ impl Runner {
 }
 
 /// The next frame of the session's public-port queue; never, when the node has no public port.
+/// Closes a session's UDP channel when the session ends.
+struct ChannelGuard<'a> {
+    paths: &'a crate::socket::paths::Paths,
+    outbox: &'a Outbox,
+}
+
+impl Drop for ChannelGuard<'_> {
+    fn drop(&mut self) {
+        self.paths.close_channel(self.outbox);
+    }
+}
+
 async fn recv_public(rx: &mut Option<mpsc::Receiver<Frame>>) -> Option<Frame> {
     match rx {
         Some(rx) => rx.recv().await,

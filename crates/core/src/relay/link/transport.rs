@@ -28,6 +28,9 @@ pub struct Dialer {
     pub opts: ConnOptions,
     /// The node's tasks (the WebSocket pump runs there).
     pub tasks: Tasks,
+    /// Offer `keynet-relay/3` over QUIC (the UDP channel): a node's link does, a bare
+    /// [`crate::relay::client::RelayClient`] that reads packets as frames does not.
+    pub channel: bool,
 }
 
 /// How long `Auto` lets QUIC try alone before WebSocket joins the race.
@@ -109,7 +112,11 @@ async fn handshake(
         accept,
         outcome.clone(),
         relay_transport(&ctx.opts, silence),
-        crate::tls::config::RELAY_ALPN,
+        if ctx.channel {
+            crate::tls::config::RELAY_ALPNS
+        } else {
+            &[crate::tls::config::RELAY_ALPN]
+        },
     )?;
     let connecting = ctx
         .endpoint

@@ -22,9 +22,11 @@ use limits::Limits;
 use registry::{Refusal, Registry};
 use stats::{Counters, Gauges, RelayStats};
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -36,6 +38,7 @@ use crate::identity::TlsConfig;
 use crate::lifecycle::{self, Identities, Lifecycle};
 use crate::nodeid::NodeId;
 use crate::options::ConnOptions;
+use crate::proto::channel;
 use crate::proto::relay::{Frame, Mapping, ANNOUNCE_EVERY, NO_RECORDS};
 use crate::relay::framed::{write_frames, BoxRead, BoxWrite, FrameReader, ReadError};
 use crate::socket::{self, KeynetSocket};
@@ -165,6 +168,8 @@ struct NodeConn {
     kick: CancellationToken,
     /// The port the node's UDP socket is bound to, as its Register said.
     local_port: std::sync::OnceLock<u16>,
+    /// The session's UDP channel key, once given (`keynet-relay/3` over QUIC).
+    channel: std::sync::OnceLock<channel::Key>,
 }
 
 impl NodeConn {
@@ -213,9 +218,140 @@ struct Running {
     sessions: [AtomicU64; 2],
     /// Where `GET /metrics` is served, if anywhere.
     metrics_addr: Mutex<Option<SocketAddr>>,
+    /// Sessions with a UDP channel, by key (at most one per registered session).
+    channels: RwLock<HashMap<channel::Key, (NodeId, Arc<NodeConn>)>>,
 }
 
 impl Running {
+    /// Gives `me` (registered as `node`) a UDP channel if its session negotiated one
+    /// (`keynet-relay/3` over QUIC); the key to send it. A tampering test relay gives none:
+    /// its tamper works on frames.
+    fn open_channel(&self, node: NodeId, me: &Arc<NodeConn>) -> Option<channel::Key> {
+        let quic = me.quic.as_ref()?;
+        if self.start.tamper.is_some()
+            || crate::tls::config::negotiated_alpn(quic) != crate::tls::config::RELAY_ALPN_CHANNEL
+        {
+            return None;
+        }
+        let rng = ring::rand::SystemRandom::new();
+        let mut channels = self.channels.write().expect("channels lock");
+        let key = loop {
+            let key: channel::Key = ring::rand::generate(&rng).ok()?.expose();
+            if !channels.contains_key(&key) {
+                break key;
+            }
+        };
+        me.channel.set(key).ok()?;
+        channels.insert(key, (node, me.clone()));
+        Some(key)
+    }
+
+    /// Forgets `me`'s channel (its session ended).
+    fn close_channel(&self, me: &Arc<NodeConn>) {
+        if let Some(key) = me.channel.get() {
+            let mut channels = self.channels.write().expect("channels lock");
+            if channels.get(key).is_some_and(|(_, c)| c.id == me.id) {
+                channels.remove(key);
+            }
+        }
+    }
+
+    /// A channel datagram from `from` (on the UDP socket's receive path: never waits). Forwarded
+    /// only if its key names a session and it comes from that session's QUIC address: anyone
+    /// else's is dropped and counted (`bad_channel`).
+    fn from_channel(&self, from: SocketAddr, datagram: &[u8]) {
+        let Some(d) = channel::parse(datagram) else {
+            return;
+        };
+        let sender = match d.kind {
+            channel::Kind::ToRelay => self
+                .channels
+                .read()
+                .expect("channels lock")
+                .get(&d.key)
+                .cloned(),
+            channel::Kind::FromRelay => None,
+        };
+        let Some((node, me)) = sender.filter(|(_, me)| me.observed() == Some(from)) else {
+            self.counters.dropped(stats::Drop::BadChannel);
+            return;
+        };
+        if d.packet.len() > self.start.limits.max_datagram {
+            self.counters.dropped(stats::Drop::TooLarge);
+            return;
+        }
+        if let Some(refusal) = self.forward(node, &me, d.node, Cow::Borrowed(d.packet)) {
+            // As on the stream, but never waiting: a full control queue drops the notice (the
+            // node's next packet earns another).
+            let _ = me.ctl.try_send(refusal);
+        }
+    }
+
+    /// Sends `node`'s packet on to `dst` if the registry allows it: on `dst`'s UDP channel when
+    /// it has one, else queued for its stream. Returns the refusal to tell the sender.
+    fn forward(
+        &self,
+        node: NodeId,
+        me: &Arc<NodeConn>,
+        dst: NodeId,
+        packet: Cow<'_, [u8]>,
+    ) -> Option<Frame> {
+        let target = self
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .forward(node, me.id, dst);
+        let target = match target {
+            Ok(target) => target,
+            Err(refusal) => {
+                match refusal {
+                    Refusal::PeerLimit { limit, .. } => {
+                        self.counters.dropped(stats::Drop::PeerLimit);
+                        tracing::warn!(%node, limit, "relayed peer limit reached");
+                    }
+                    Refusal::UnknownPeer(_) => self.counters.dropped(stats::Drop::UnknownPeer),
+                    _ => {}
+                }
+                return Some(refusal.frame());
+            }
+        };
+        let len = packet.len();
+        if let (Some(key), Some(to)) = (target.channel.get(), target.observed()) {
+            let out = channel::encode(channel::Kind::FromRelay, key, &node, &packet);
+            // Unreliable like UDP: a full socket buffer drops.
+            match self.socket.try_send_now(to, &out) {
+                Ok(()) => self.counters.relayed_on_channel(len),
+                Err(_) => self.counters.dropped(stats::Drop::QueueFull),
+            }
+            return None;
+        }
+        // Packets are unreliable: a full queue drops, never blocks the sender.
+        let limit = self.start.limits.queue_bytes;
+        let fits = target
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + len <= limit).then_some(q + len)
+            })
+            .is_ok();
+        let sent = fits
+            && target
+                .tx
+                .try_send(Frame::RecvPacket {
+                    src: node,
+                    datagram: packet.into_owned(),
+                })
+                .is_ok();
+        if sent {
+            self.counters.relayed(len);
+        } else {
+            if fits {
+                target.queued.fetch_sub(len, Ordering::AcqRel);
+            }
+            self.counters.dropped(stats::Drop::QueueFull);
+        }
+        None
+    }
+
     /// The counters, and what the relay holds now.
     fn stats(&self) -> RelayStats {
         let (registered, queued) = {
@@ -327,12 +463,12 @@ impl RelayServer {
                     &identity,
                     accept.clone(),
                     relay_transport(&inner.opts),
-                    crate::tls::config::RELAY_ALPN,
+                    crate::tls::config::RELAY_ALPNS,
                 )?;
                 let tls = Arc::new(tls_server_config(
                     &identity,
                     accept.clone(),
-                    crate::tls::config::RELAY_ALPN,
+                    &[crate::tls::config::RELAY_ALPN],
                 )?);
                 let secret = identity.derived_secret("quic stateless reset");
                 let (endpoint, socket) = socket::bind(start.addr, Some(config), &secret)?;
@@ -371,10 +507,19 @@ impl RelayServer {
                     counters,
                     sessions: [AtomicU64::new(0), AtomicU64::new(0)],
                     metrics_addr: Mutex::new(None),
+                    channels: RwLock::new(HashMap::new()),
                     start,
                     next_id: AtomicU64::new(1),
                     allocs,
                 });
+                let weak = Arc::downgrade(&running);
+                running
+                    .socket
+                    .set_channel_sink(Box::new(move |from, datagram| {
+                        if let Some(r) = weak.upgrade() {
+                            r.from_channel(from, datagram);
+                        }
+                    }));
                 if let Some(listener) = metrics {
                     let weak = Arc::downgrade(&running);
                     let stats =
@@ -707,12 +852,14 @@ impl Inner {
             ctl,
             kick,
             local_port: std::sync::OnceLock::new(),
+            channel: std::sync::OnceLock::new(),
         });
         let result = self
             .read_frames(running, node, remote, &me, FrameReader::new(read), &close)
             .await;
         me.kick.cancel();
         self.unregister(running, node, &me);
+        running.close_channel(&me);
         result
     }
 
@@ -882,6 +1029,13 @@ impl Inner {
                         close("not reading");
                         return Ok(());
                     }
+                    if let Some(key) = running.open_channel(node, me) {
+                        if !me.reply(Frame::Channel { key }, idle).await {
+                            running.refuse(stats::Refusal::NotReading, &node.to_string());
+                            close("not reading");
+                            return Ok(());
+                        }
+                    }
                     refused
                 }
                 Frame::SendPacket { datagram, .. }
@@ -891,7 +1045,7 @@ impl Inner {
                     None
                 }
                 Frame::SendPacket { dst, datagram } => {
-                    self.forward(running, node, me, dst, datagram)
+                    running.forward(node, me, dst, Cow::Owned(datagram))
                 }
                 Frame::CallMeMaybe { peer } => self.rendezvous(running, node, me, peer),
                 Frame::TcpData { .. } | Frame::TcpClose { .. } | Frame::TcpCredit { .. } => {
@@ -925,62 +1079,6 @@ impl Inner {
                     close("not reading");
                     return Ok(());
                 }
-            }
-        }
-    }
-
-    fn forward(
-        &self,
-        running: &Arc<Running>,
-        node: NodeId,
-        me: &Arc<NodeConn>,
-        dst: NodeId,
-        datagram: Vec<u8>,
-    ) -> Option<Frame> {
-        let target = running
-            .nodes
-            .lock()
-            .expect("nodes lock")
-            .forward(node, me.id, dst);
-        match target {
-            Ok(target) => {
-                // Packets are unreliable: a full queue drops, never blocks the sender.
-                let len = datagram.len();
-                let limit = running.start.limits.queue_bytes;
-                let fits = target
-                    .queued
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                        (q + len <= limit).then_some(q + len)
-                    })
-                    .is_ok();
-                let sent = fits
-                    && target
-                        .tx
-                        .try_send(Frame::RecvPacket {
-                            src: node,
-                            datagram,
-                        })
-                        .is_ok();
-                if sent {
-                    running.counters.relayed(len);
-                } else {
-                    if fits {
-                        target.queued.fetch_sub(len, Ordering::AcqRel);
-                    }
-                    running.counters.dropped(stats::Drop::QueueFull);
-                }
-                None
-            }
-            Err(refusal) => {
-                match refusal {
-                    Refusal::PeerLimit { limit, .. } => {
-                        running.counters.dropped(stats::Drop::PeerLimit);
-                        tracing::warn!(%node, limit, "relayed peer limit reached");
-                    }
-                    Refusal::UnknownPeer(_) => running.counters.dropped(stats::Drop::UnknownPeer),
-                    _ => {}
-                }
-                Some(refusal.frame())
             }
         }
     }

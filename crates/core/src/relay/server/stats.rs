@@ -15,6 +15,9 @@ pub enum Drop {
     PeerLimit,
     /// Larger than `max_datagram`.
     TooLarge,
+    /// A UDP channel datagram whose key names no session, or that came from an address not
+    /// its session's.
+    BadChannel,
 }
 
 /// Why the relay refused something (a session, a registration, a request).
@@ -47,11 +50,12 @@ pub enum Refusal {
 }
 
 impl Drop {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::QueueFull,
         Self::UnknownPeer,
         Self::PeerLimit,
         Self::TooLarge,
+        Self::BadChannel,
     ];
 
     /// The reason's label.
@@ -61,6 +65,7 @@ impl Drop {
             Self::UnknownPeer => "unknown_peer",
             Self::PeerLimit => "peer_limit",
             Self::TooLarge => "too_large",
+            Self::BadChannel => "bad_channel",
         }
     }
 }
@@ -105,6 +110,7 @@ impl Refusal {
 pub(crate) struct Counters {
     packets: AtomicU64,
     bytes: AtomicU64,
+    on_channel: AtomicU64,
     rendezvous: AtomicU64,
     stalled: AtomicU64,
     drops: [AtomicU64; Drop::ALL.len()],
@@ -116,6 +122,12 @@ impl Counters {
     pub(crate) fn relayed(&self, len: usize) {
         self.packets.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// A packet of `len` bytes was sent to its target on its UDP channel.
+    pub(crate) fn relayed_on_channel(&self, len: usize) {
+        self.relayed(len);
+        self.on_channel.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn dropped(&self, why: Drop) {
@@ -142,6 +154,7 @@ impl Counters {
             gauges,
             packets_relayed: get(&self.packets),
             bytes_relayed: get(&self.bytes),
+            packets_on_channel: get(&self.on_channel),
             rendezvous_sent: get(&self.rendezvous),
             stalled_resets: get(&self.stalled),
             drops: Drop::ALL
@@ -184,6 +197,9 @@ pub struct RelayStats {
     pub packets_relayed: u64,
     /// Their bytes.
     pub bytes_relayed: u64,
+    /// Of the relayed packets, those sent on their target's UDP channel (the rest were
+    /// queued for its stream).
+    pub packets_on_channel: u64,
     /// Rendezvous pairs arranged.
     pub rendezvous_sent: u64,
     /// Public-port clients reset for accepting no byte for the stall time.
@@ -268,6 +284,12 @@ impl RelayStats {
                 "counter",
                 "Relayed packet bytes.",
                 self.bytes_relayed,
+            ),
+            (
+                "packets_on_channel_total",
+                "counter",
+                "Relayed packets sent on their target's UDP channel.",
+                self.packets_on_channel,
             ),
             (
                 "rendezvous_total",

@@ -1,0 +1,151 @@
+//! The relay's UDP packet channel (relay ALPN `keynet-relay/3`): relayed QUIC packets travel
+//! between a node and its relay as plain UDP datagrams on the same sockets as the QUIC
+//! connection that registered the node, instead of as frames on its stream.
+//!
+//! Why: a relayed packet is already end-to-end encrypted and authenticated by the two nodes'
+//! own QUIC connection. Carrying it on the relay connection's stream encrypted it a second
+//! time on each hop, made the relay decrypt and re-encrypt it, and put a reliable, ordered
+//! stream (retransmits, flow control, head-of-line blocking) under a protocol that does its own
+//! recovery. On the channel the relay only reads a header and sends the packet on.
+//!
+//! ```text
+//! 0      1..4   4      5..13       13..45                      45..
+//! 0x00   "KNR"  kind   key(8)      node(32)                    packet (1..=MAX_DATAGRAM)
+//!               1 = node -> relay: key = the sender's channel key, node = where it goes
+//!               2 = relay -> node: key = the receiver's channel key, node = who sent it
+//! ```
+//!
+//! Like a punch datagram, the first byte has QUIC's fixed bit (0x40) clear, so no channel
+//! datagram can be taken for QUIC and the other way around.
+//!
+//! Authentication (TURN-like): the relay gives each `keynet-relay/3` session a random key on
+//! its encrypted stream (`Frame::Channel`). The relay forwards a datagram only if its key
+//! names a registered session **and** it comes from that session's current QUIC address; a
+//! node takes one in only from its relay's address with its own key. An off-path attacker
+//! knows neither; an on-path one sees ciphertext it cannot alter (the nodes' QUIC drops
+//! anything forged) and could already drop or delay what it sees.
+
+use crate::nodeid::NodeId;
+
+/// Bytes before the packet.
+pub const HEADER: usize = 45;
+const MAGIC: &[u8; 3] = b"KNR";
+const NODE: usize = 32;
+
+/// A session's channel key.
+pub type Key = [u8; 8];
+
+/// Which way a channel datagram goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A node's packet for another node (`node` = the destination).
+    ToRelay,
+    /// A relayed packet for the receiving node (`node` = the sender).
+    FromRelay,
+}
+
+impl Kind {
+    fn byte(self) -> u8 {
+        match self {
+            Self::ToRelay => 1,
+            Self::FromRelay => 2,
+        }
+    }
+}
+
+/// A parsed channel datagram, borrowing its packet.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    /// Which way.
+    pub kind: Kind,
+    /// The channel key.
+    pub key: Key,
+    /// The destination (to the relay) or the source (from the relay).
+    pub node: NodeId,
+    /// The relayed QUIC packet.
+    pub packet: &'a [u8],
+}
+
+/// Whether `datagram` is a channel datagram (not QUIC, not a punch): cheap, for the receive
+/// path's demultiplexing.
+pub fn is_channel(datagram: &[u8]) -> bool {
+    datagram.len() > HEADER && datagram[0] == 0 && &datagram[1..4] == MAGIC
+}
+
+/// Parses a channel datagram; `None` if it is not one (or carries no packet).
+pub fn parse(datagram: &[u8]) -> Option<Datagram<'_>> {
+    if !is_channel(datagram) {
+        return None;
+    }
+    let kind = match datagram[4] {
+        1 => Kind::ToRelay,
+        2 => Kind::FromRelay,
+        _ => return None,
+    };
+    Some(Datagram {
+        kind,
+        key: datagram[5..13].try_into().expect("8 bytes"),
+        node: NodeId::from_bytes(datagram[13..13 + NODE].try_into().expect("32 bytes")),
+        packet: &datagram[HEADER..],
+    })
+}
+
+/// Appends the header of a channel datagram to `out` (the packet follows).
+pub fn put_header(out: &mut Vec<u8>, kind: Kind, key: &Key, node: &NodeId) {
+    out.push(0);
+    out.extend_from_slice(MAGIC);
+    out.push(kind.byte());
+    out.extend_from_slice(key);
+    out.extend_from_slice(node.as_bytes());
+}
+
+/// A whole channel datagram.
+pub fn encode(kind: Kind, key: &Key, node: &NodeId, packet: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + packet.len());
+    put_header(&mut out, kind, key, node);
+    out.extend_from_slice(packet);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(b: u8) -> NodeId {
+        NodeId::from_bytes([b; 32])
+    }
+
+    #[test]
+    fn a_datagram_parses_back_to_what_was_encoded() {
+        let d = encode(Kind::ToRelay, &[7; 8], &node(3), b"quic packet");
+        assert_eq!(d.len(), HEADER + 11);
+        assert_eq!(
+            parse(&d),
+            Some(Datagram {
+                kind: Kind::ToRelay,
+                key: [7; 8],
+                node: node(3),
+                packet: b"quic packet",
+            })
+        );
+        let back = encode(Kind::FromRelay, &[1; 8], &node(9), b"x");
+        assert_eq!(parse(&back).unwrap().kind, Kind::FromRelay);
+    }
+
+    #[test]
+    fn quic_punches_and_empty_or_unknown_datagrams_are_not_channel_datagrams() {
+        // A QUIC long header (fixed bit set), a punch, a header with no packet, a bad kind.
+        let mut quic = encode(Kind::ToRelay, &[0; 8], &node(1), b"p");
+        quic[0] = 0xc0;
+        assert!(parse(&quic).is_none());
+        let mut punch = encode(Kind::ToRelay, &[0; 8], &node(1), b"p");
+        punch[3] = b'P';
+        assert!(parse(&punch).is_none());
+        let header_only = encode(Kind::ToRelay, &[0; 8], &node(1), b"");
+        assert!(!is_channel(&header_only));
+        let mut bad_kind = encode(Kind::ToRelay, &[0; 8], &node(1), b"p");
+        bad_kind[4] = 3;
+        assert!(parse(&bad_kind).is_none());
+        assert!(parse(&[]).is_none());
+    }
+}

@@ -1,0 +1,215 @@
+//! The relay's UDP packet channel (`keynet-relay/3`): relayed packets between nodes that
+//! negotiated it travel as plain UDP datagrams beside their QUIC relay connection; a node on
+//! the stream (WebSocket, or an older `keynet-relay/2` node) still reaches them and is reached;
+//! and the relay forwards a channel datagram only for its session's key from its session's
+//! address.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{connect, echo_server};
+use keynet_core::identity::LoadedIdentity;
+use keynet_core::proto::channel;
+use keynet_core::proto::relay::Frame;
+use keynet_core::relay::client::RelayClient;
+use keynet_core::relay::server::{RelayServer, RelayStart};
+use keynet_core::relay::spec::{RelaySpec, Transport};
+use keynet_core::socket::KeynetSocket;
+use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, Path, ReverseProxy, ReverseStart};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(10);
+
+async fn relay() -> RelayServer {
+    let relay = RelayServer::new(ConnOptions::default()).unwrap();
+    relay
+        .start(RelayStart::new("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    relay
+}
+
+fn spec(relay: &RelayServer, transport: Transport) -> RelaySpec {
+    let mut s = RelaySpec::new(relay.addr().unwrap(), relay.node_id().unwrap());
+    s.tcp_addr = Some(relay.tcp_addr().unwrap());
+    s.transport = transport;
+    s.upgrade = false;
+    s
+}
+
+/// Echoes `bytes` through a tunnel of `fp` to `target`, checking every byte.
+async fn echo_through(fp: &ForwardProxy, target: &str, bytes: usize) {
+    let (mut s, head) = connect(fp, target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let data: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
+    let (mut r, mut w) = s.split();
+    let (_, got) = tokio::join!(
+        async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        },
+        async {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            got
+        }
+    );
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "echoed bytes differ");
+}
+
+/// A forward proxy whose relayed connection to `rp` goes through `relay` over `transport`,
+/// tracked under `ingress`.
+async fn relayed_forward_proxy(
+    relay: &RelayServer,
+    rp: &ReverseProxy,
+    transport: Transport,
+    ingress: SocketAddr,
+) -> ForwardProxy {
+    let fp = ForwardProxy::new(common::TOKEN.into(), ConnOptions::default()).unwrap();
+    fp.start(ForwardStart::default()).await.unwrap();
+    let info = fp
+        .open_connection_via(
+            ingress,
+            rp.node_id().unwrap(),
+            spec(relay, transport),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.path, Path::Relayed);
+    fp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_packets_take_the_udp_channel_and_stream_only_nodes_still_reach_channel_nodes() {
+    let relay = relay().await;
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(ReverseStart {
+        relay: Some(spec(&relay, Transport::Quic)),
+        ..ReverseStart::new(echo_server().await)
+    })
+    .await
+    .unwrap();
+
+    // Both over QUIC: every relayed packet, both ways, goes on the channel.
+    let quic_ingress: SocketAddr = "192.0.2.1:9".parse().unwrap();
+    let fp = relayed_forward_proxy(&relay, &rp, Transport::Quic, quic_ingress).await;
+    echo_through(&fp, &quic_ingress.to_string(), 8 << 20).await;
+    let s = relay.stats().unwrap();
+    assert!(s.packets_relayed > 5_000, "{s:?}");
+    assert_eq!(s.packets_on_channel, s.packets_relayed, "{s:?}");
+    assert_eq!(s.gauges.queued_bytes, 0);
+
+    // A WebSocket node (no UDP) to the same reverse proxy: its packets reach the reverse proxy
+    // on the channel, the answers come back to it as frames on its stream.
+    let ws_ingress: SocketAddr = "192.0.2.2:9".parse().unwrap();
+    let ws = relayed_forward_proxy(&relay, &rp, Transport::WebSocket, ws_ingress).await;
+    echo_through(&ws, &ws_ingress.to_string(), 4 << 20).await;
+    let after = relay.stats().unwrap();
+    let on_channel = after.packets_on_channel - s.packets_on_channel;
+    let on_stream = (after.packets_relayed - s.packets_relayed) - on_channel;
+    assert!(
+        on_channel > 500 && on_stream > 2_000,
+        "channel {on_channel}, stream {on_stream}"
+    );
+
+    ws.stop().await.unwrap();
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}
+
+/// A bare node registered with `relay` over QUIC from a socket of its own (so a test can send
+/// raw channel datagrams from the session's own address), with or without a channel.
+async fn bare_node(
+    relay: &RelayServer,
+    with_channel: bool,
+) -> (
+    RelayClient,
+    LoadedIdentity,
+    Arc<KeynetSocket>,
+    quinn::Endpoint,
+) {
+    let id = LoadedIdentity::generate().unwrap();
+    let (endpoint, socket) =
+        keynet_core::socket::bind("127.0.0.1:0".parse().unwrap(), None, b"test").unwrap();
+    let transport = ConnOptions::default().transport();
+    let (addr, relay_id) = (relay.addr().unwrap(), relay.node_id().unwrap());
+    let client = if with_channel {
+        RelayClient::connect_with_channel(&endpoint, &id, addr, relay_id, transport, T).await
+    } else {
+        RelayClient::connect(&endpoint, &id, addr, relay_id, transport, T).await
+    }
+    .unwrap();
+    client
+        .send(&Frame::Register {
+            want_port: false,
+            caller: false,
+            local_port: None,
+            token: String::new(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(recv(&client).await, Frame::Registered { .. }));
+    (client, id, socket, endpoint)
+}
+
+async fn recv(c: &RelayClient) -> Frame {
+    tokio::time::timeout(T, c.recv())
+        .await
+        .expect("a frame in time")
+        .unwrap()
+        .expect("not closed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_forwards_a_channel_datagram_only_with_its_sessions_key_from_its_address() {
+    let relay = relay().await;
+    let relay_addr = relay.addr().unwrap();
+    let (a, a_id, a_socket, _ea) = bare_node(&relay, true).await;
+    let key = match recv(&a).await {
+        Frame::Channel { key } => key,
+        other => panic!("expected the channel key, got {other:?}"),
+    };
+    // B speaks keynet-relay/2: no channel, packets for it come as frames.
+    let (b, b_id, _b_socket, _eb) = bare_node(&relay, false).await;
+    let b_node = b_id.node_id;
+    let drops = |r: &RelayServer| {
+        let s = r.stats().unwrap();
+        s.drops.iter().find(|(k, _)| *k == "bad_channel").unwrap().1
+    };
+
+    // The right key from another address: dropped, counted.
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let forged = channel::encode(channel::Kind::ToRelay, &key, &b_node, b"forged");
+    stranger.send_to(&forged, relay_addr).unwrap();
+    // A wrong key from A's own address: dropped, counted.
+    let mut wrong = key;
+    wrong[0] ^= 1;
+    let guessed = channel::encode(channel::Kind::ToRelay, &wrong, &b_node, b"guessed");
+    a_socket.try_send_now(relay_addr, &guessed).unwrap();
+    // The right key from A's address: forwarded to B on its stream, from A.
+    let real = channel::encode(channel::Kind::ToRelay, &key, &b_node, b"real");
+    a_socket.try_send_now(relay_addr, &real).unwrap();
+    match recv(&b).await {
+        Frame::RecvPacket { src, datagram } => {
+            assert_eq!(src, a_id.node_id);
+            assert_eq!(datagram, b"real", "only the real datagram was forwarded");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The drops were counted before the real one was forwarded (one socket, in order).
+    assert_eq!(drops(&relay), 2);
+    assert_eq!(
+        relay.stats().unwrap().packets_on_channel,
+        0,
+        "B has no channel"
+    );
+
+    relay.stop().await.unwrap();
+}
