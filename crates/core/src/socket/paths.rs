@@ -63,7 +63,7 @@ impl Outbox {
     }
 
     /// Whether both are the same link's.
-    pub fn same_channel(&self, other: &Outbox) -> bool {
+    pub fn same_channel(&self, other: &Self) -> bool {
         self.queue.same_channel(&other.queue)
     }
 
@@ -200,6 +200,11 @@ impl Paths {
             route.relay = Some(relay.clone());
         }
         addr
+    }
+
+    #[cfg(test)]
+    fn by_node_for_test(&self, node: NodeId) -> SocketAddr {
+        self.table.lock().expect("paths lock").by_node[&node]
     }
 
     /// The relay link `node`'s packets go through, if it has a relayed route.
@@ -514,6 +519,43 @@ mod tests {
         assert!(changes.try_recv().is_err(), "one change, one event");
         p.forget_direct(node(1));
         assert_eq!(p.inbound_source(x), x);
+    }
+
+    #[test]
+    fn a_channel_datagram_is_taken_in_only_from_its_relay_with_its_key_until_closed() {
+        use crate::proto::channel::{encode, Kind};
+        let p = Paths::default();
+        let (outbox, _rx) = Outbox::bounded(4);
+        let relay: SocketAddr = "198.51.100.1:7000".parse().unwrap();
+        let key = [5u8; 8];
+        p.open_channel(&outbox, Channel { relay, key });
+        assert_eq!(outbox.channel().map(|c| c.key), Some(key));
+        let good = encode(Kind::FromRelay, &key, &node(2), b"packet");
+        let elsewhere: SocketAddr = "198.51.100.2:7000".parse().unwrap();
+        assert!(!p.from_channel(elsewhere, &good), "not from the relay");
+        let wrong_key = encode(Kind::FromRelay, &[6; 8], &node(2), b"packet");
+        assert!(!p.from_channel(relay, &wrong_key), "not our key");
+        let wrong_way = encode(Kind::ToRelay, &key, &node(2), b"packet");
+        assert!(!p.from_channel(relay, &wrong_way), "meant for a relay");
+        let mapped: SocketAddr = "[::ffff:198.51.100.1]:7000".parse().unwrap();
+        assert!(
+            p.from_channel(mapped, &good),
+            "the relay, as a dual-stack socket sees it"
+        );
+        let v = p.by_node_for_test(node(2));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut buf = [0u8; 64];
+        let mut meta = [quinn::udp::RecvMeta::default()];
+        let n = p.poll_inbound(&mut cx, &mut [io::IoSliceMut::new(&mut buf)], &mut meta);
+        let got = (n, meta[0].addr, buf[..meta[0].len].to_vec());
+        assert_eq!(
+            got,
+            (1, v, b"packet".to_vec()),
+            "queued as from the sender's virtual address"
+        );
+        p.close_channel(&outbox);
+        assert_eq!(outbox.channel(), None);
+        assert!(!p.from_channel(relay, &good), "closed");
     }
 
     #[test]

@@ -259,7 +259,7 @@ impl Running {
     /// A channel datagram from `from` (on the UDP socket's receive path: never waits). Forwarded
     /// only if its key names a session and it comes from that session's QUIC address: anyone
     /// else's is dropped and counted (`bad_channel`).
-    fn from_channel(&self, from: SocketAddr, datagram: &[u8]) {
+    fn channel_datagram(&self, from: SocketAddr, datagram: &[u8]) {
         let Some(d) = channel::parse(datagram) else {
             return;
         };
@@ -517,7 +517,7 @@ impl RelayServer {
                     .socket
                     .set_channel_sink(Box::new(move |from, datagram| {
                         if let Some(r) = weak.upgrade() {
-                            r.from_channel(from, datagram);
+                            r.channel_datagram(from, datagram);
                         }
                     }));
                 if let Some(listener) = metrics {
