@@ -346,6 +346,7 @@ export interface NativeRelayMetrics {
   trackedAddresses: number
   packetsRelayed: number
   bytesRelayed: number
+  packetsOnChannel: number
   rendezvousSent: number
   stalledResets: number
   drops: Array<NativeReasonCount>

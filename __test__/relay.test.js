@@ -54,6 +54,11 @@ test('grpc-js reaches a server through the relay; the rendezvous then moves it o
   t.is(info.path, 'relayed')
   t.is(info.nodeId, rp.getNodeId())
   t.deepEqual(await grpcUnary(t, fp, `${NOWHERE}:443`), { text: 'hello keynet', count: 42 })
+  // Both nodes reach the relay over QUIC: every packet it relayed took their UDP channels.
+  const m = relay.getMetrics()
+  t.true(m.packetsRelayed > 0)
+  t.is(m.packetsOnChannel, m.packetsRelayed)
+  t.is(m.drops.bad_channel, 0)
 
   // On loopback nothing stands between the two sockets: the punch opens a direct path.
   const e = await moved
