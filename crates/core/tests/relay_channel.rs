@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{connect, echo_server};
+use common::{echo_server, echo_through};
 use keynet_core::identity::LoadedIdentity;
 use keynet_core::proto::channel;
 use keynet_core::proto::relay::Frame;
@@ -19,7 +19,6 @@ use keynet_core::relay::server::{RelayServer, RelayStart};
 use keynet_core::relay::spec::{RelaySpec, Transport};
 use keynet_core::socket::KeynetSocket;
 use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, Path, ReverseProxy, ReverseStart};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -38,27 +37,6 @@ fn spec(relay: &RelayServer, transport: Transport) -> RelaySpec {
     s.transport = transport;
     s.upgrade = false;
     s
-}
-
-/// Echoes `bytes` through a tunnel of `fp` to `target`, checking every byte.
-async fn echo_through(fp: &ForwardProxy, target: &str, bytes: usize) {
-    let (mut s, head) = connect(fp, target).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let data: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
-    let (mut r, mut w) = s.split();
-    let (_, got) = tokio::join!(
-        async {
-            w.write_all(&data).await.unwrap();
-            w.shutdown().await.unwrap();
-        },
-        async {
-            let mut got = Vec::new();
-            r.read_to_end(&mut got).await.unwrap();
-            got
-        }
-    );
-    assert_eq!(got.len(), data.len());
-    assert!(got == data, "echoed bytes differ");
 }
 
 /// A forward proxy whose relayed connection to `rp` goes through `relay` over `transport`,

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{connect, echo_server};
+use common::{echo_server, echo_through};
 use keynet_core::relay::alloc::AllocOptions;
 use keynet_core::relay::server::{RelayServer, RelayStart};
 use keynet_core::relay::spec::Transport;
@@ -87,27 +87,6 @@ async fn wait_for(events: &mut Events, f: impl Fn(&Event) -> bool) -> Event {
     })
     .await
     .expect("event in time")
-}
-
-async fn echo_through(fp: &ForwardProxy, target: &str, bytes: usize) -> Vec<u8> {
-    let (mut s, head) = connect(fp, target).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let data: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
-    let (mut r, mut w) = s.split();
-    let (_, got) = tokio::join!(
-        async {
-            w.write_all(&data).await.unwrap();
-            w.shutdown().await.unwrap();
-        },
-        async {
-            let mut got = Vec::new();
-            r.read_to_end(&mut got).await.unwrap();
-            got
-        }
-    );
-    assert_eq!(got.len(), data.len());
-    assert!(got == data, "echoed bytes differ");
-    got
 }
 
 /// `fp` opens a relayed connection to `rp` through `relay` (rendezvous 300 ms after it is up),

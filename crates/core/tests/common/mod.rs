@@ -57,3 +57,26 @@ pub(crate) async fn connect(fp: &ForwardProxy, target: &str) -> (TcpStream, Stri
     }
     (s, String::from_utf8_lossy(&head).into_owned())
 }
+
+/// Echoes `bytes` through a tunnel of `fp` to `target` (`host:port`), both ways at once,
+/// checking every byte; returns what came back.
+pub(crate) async fn echo_through(fp: &ForwardProxy, target: &str, bytes: usize) -> Vec<u8> {
+    let (mut s, head) = connect(fp, target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let data: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
+    let (mut r, mut w) = s.split();
+    let (_, got) = tokio::join!(
+        async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        },
+        async {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            got
+        }
+    );
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "echoed bytes differ");
+    got
+}
