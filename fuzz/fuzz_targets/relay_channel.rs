@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
     let key = [0x5a; 8];
     let paths = Paths::default();
     let (outbox, _queued) = Outbox::bounded(4);
-    paths.open_channel(&outbox, Channel { relay, key });
+    let (src_ip, limit) = (None, 1452);
+    paths.open_channel(&outbox, Channel { relay, key, src_ip, limit });
     let from = if data.last().is_some_and(|b| b & 1 == 1) {
         relay
     } else {

@@ -23,16 +23,25 @@ use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, Path, ReverseProxy, R
 const T: Duration = Duration::from_secs(10);
 
 async fn relay() -> RelayServer {
+    relay_at("127.0.0.1:0").await
+}
+
+async fn relay_at(addr: &str) -> RelayServer {
     let relay = RelayServer::new(ConnOptions::default()).unwrap();
     relay
-        .start(RelayStart::new("127.0.0.1:0".parse().unwrap()))
+        .start(RelayStart::new(addr.parse().unwrap()))
         .await
         .unwrap();
     relay
 }
 
 fn spec(relay: &RelayServer, transport: Transport) -> RelaySpec {
-    let mut s = RelaySpec::new(relay.addr().unwrap(), relay.node_id().unwrap());
+    spec_at(relay, relay.addr().unwrap(), transport)
+}
+
+/// The relay reached at `addr` (one of its addresses).
+fn spec_at(relay: &RelayServer, addr: SocketAddr, transport: Transport) -> RelaySpec {
+    let mut s = RelaySpec::new(addr, relay.node_id().unwrap());
     s.tcp_addr = Some(relay.tcp_addr().unwrap());
     s.transport = transport;
     s.upgrade = false;
@@ -47,16 +56,18 @@ async fn relayed_forward_proxy(
     transport: Transport,
     ingress: SocketAddr,
 ) -> ForwardProxy {
+    relayed_forward_proxy_via(spec(relay, transport), rp, ingress).await
+}
+
+async fn relayed_forward_proxy_via(
+    via: RelaySpec,
+    rp: &ReverseProxy,
+    ingress: SocketAddr,
+) -> ForwardProxy {
     let fp = ForwardProxy::new(common::TOKEN.into(), ConnOptions::default()).unwrap();
     fp.start(ForwardStart::default()).await.unwrap();
     let info = fp
-        .open_connection_via(
-            ingress,
-            rp.node_id().unwrap(),
-            spec(relay, transport),
-            None,
-            None,
-        )
+        .open_connection_via(ingress, rp.node_id().unwrap(), via, None, None)
         .await
         .unwrap();
     assert_eq!(info.path, Path::Relayed);
@@ -83,8 +94,10 @@ async fn relayed_packets_take_the_udp_channel_and_stream_only_nodes_still_reach_
     assert_eq!(s.packets_on_channel, s.packets_relayed, "{s:?}");
     assert_eq!(s.gauges.queued_bytes, 0);
 
-    // A WebSocket node (no UDP) to the same reverse proxy: its packets reach the reverse proxy
-    // on the channel, the answers come back to it as frames on its stream.
+    // A WebSocket node (no UDP) to the same reverse proxy: its packets that fit a channel
+    // datagram reach the reverse proxy on the channel, its full-size ones (its stream carries
+    // any size, so its path MTU grew past what a channel datagram holds) and every answer to
+    // it go as frames on a stream.
     let ws_ingress: SocketAddr = "192.0.2.2:9".parse().unwrap();
     let ws = relayed_forward_proxy(&relay, &rp, Transport::WebSocket, ws_ingress).await;
     echo_through(&ws, &ws_ingress.to_string(), 4 << 20).await;
@@ -92,11 +105,36 @@ async fn relayed_packets_take_the_udp_channel_and_stream_only_nodes_still_reach_
     let on_channel = after.packets_on_channel - s.packets_on_channel;
     let on_stream = (after.packets_relayed - s.packets_relayed) - on_channel;
     assert!(
-        on_channel > 500 && on_stream > 2_000,
+        on_channel > 0 && on_stream > 2_000,
         "channel {on_channel}, stream {on_stream}"
     );
 
     ws.stop().await.unwrap();
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_on_every_address_sends_channel_datagrams_from_the_one_each_node_reached() {
+    // Listening on 0.0.0.0 (asked for), reached at 127.0.0.2: toward the nodes on 127.0.0.1
+    // the kernel's own choice of source would be 127.0.0.1, which the nodes do not take.
+    let relay = relay_at("0.0.0.0:0").await;
+    let port = relay.addr().unwrap().port();
+    let at: SocketAddr = ([127, 0, 0, 2], port).into();
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(ReverseStart {
+        relay: Some(spec_at(&relay, at, Transport::Quic)),
+        ..ReverseStart::new(echo_server().await)
+    })
+    .await
+    .unwrap();
+    let ingress: SocketAddr = "192.0.2.1:9".parse().unwrap();
+    let fp = relayed_forward_proxy_via(spec_at(&relay, at, Transport::Quic), &rp, ingress).await;
+    echo_through(&fp, &ingress.to_string(), 1 << 20).await;
+    let s = relay.stats().unwrap();
+    assert!(s.packets_on_channel > 100, "{s:?}");
+    assert_eq!(s.packets_on_channel, s.packets_relayed, "{s:?}");
     fp.stop().await.unwrap();
     rp.stop().await.unwrap();
     relay.stop().await.unwrap();
@@ -170,10 +208,10 @@ async fn the_relay_forwards_a_channel_datagram_only_with_its_sessions_key_from_i
     let mut wrong = key;
     wrong[0] ^= 1;
     let guessed = channel::encode(channel::Kind::ToRelay, &wrong, &b_node, b"guessed");
-    a_socket.try_send_now(relay_addr, &guessed).unwrap();
+    a_socket.try_send_now(relay_addr, None, &guessed).unwrap();
     // The right key from A's address: forwarded to B on its stream, from A.
     let real = channel::encode(channel::Kind::ToRelay, &key, &b_node, b"real");
-    a_socket.try_send_now(relay_addr, &real).unwrap();
+    a_socket.try_send_now(relay_addr, None, &real).unwrap();
     match recv(&b).await {
         Frame::RecvPacket { src, datagram } => {
             assert_eq!(src, a_id.node_id);

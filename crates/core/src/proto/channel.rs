@@ -29,6 +29,16 @@ use crate::nodeid::NodeId;
 
 /// Bytes before the packet.
 pub const HEADER: usize = 45;
+/// A channel datagram is never held to less than this: QUIC's smallest packet (1200 bytes)
+/// with its header, so every relayed connection can start.
+pub const MIN_LIMIT: usize = 1200 + HEADER;
+/// Nor sent longer than this: quinn's own largest datagram (what fits a 1500-byte IPv6 link).
+pub const MAX_LIMIT: usize = 1452;
+
+/// The channel datagram limit for a relay connection whose path MTU is `mtu`.
+pub fn limit_for(mtu: usize) -> usize {
+    mtu.clamp(MIN_LIMIT, MAX_LIMIT)
+}
 const MAGIC: &[u8; 3] = b"KNR";
 const NODE: usize = 32;
 

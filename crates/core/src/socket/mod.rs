@@ -293,14 +293,21 @@ impl KeynetSocket {
 
     /// Sends one datagram to `to` now, from the OS socket; a full socket buffer drops it (as
     /// a congested network would). For a relay's channel datagrams.
-    pub fn try_send_now(&self, to: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+    /// `src_ip`: the local IP to send from (a relay answers from the address the node
+    /// reached it at, as quinn does), `None` for the kernel's choice.
+    pub fn try_send_now(
+        &self,
+        to: SocketAddr,
+        src_ip: Option<std::net::IpAddr>,
+        datagram: &[u8],
+    ) -> io::Result<()> {
         let os = self.os();
         os.io.try_send(&Transmit {
             destination: os.for_socket(to),
             ecn: None,
             contents: datagram,
             segment_size: None,
-            src_ip: None,
+            src_ip,
         })
     }
 
@@ -322,6 +329,7 @@ impl KeynetSocket {
 
     /// Sends `contents` (segments of `size` bytes, for `node`) as channel datagrams to the
     /// relay: one header per segment, segmentation offload kept (the last may be shorter).
+    /// Segments too long for the channel's limit are dropped (see [`paths::Channel::limit`]).
     fn send_on_channel(
         &self,
         ch: paths::Channel,
@@ -329,7 +337,17 @@ impl KeynetSocket {
         contents: &[u8],
         size: usize,
     ) -> io::Result<()> {
-        let size = size.max(1);
+        let mut size = size.max(1);
+        let mut contents = contents;
+        if size + channel::HEADER > ch.limit {
+            // Only the last, shorter segment can fit.
+            let last = contents.len() - (contents.len() - 1) % size - 1;
+            contents = &contents[last..];
+            if contents.len() + channel::HEADER > ch.limit {
+                return Ok(());
+            }
+            size = contents.len();
+        }
         let segments = contents.len().div_ceil(size);
         let mut out = Vec::with_capacity(contents.len() + segments * channel::HEADER);
         for segment in contents.chunks(size) {
@@ -342,7 +360,7 @@ impl KeynetSocket {
             ecn: None,
             contents: &out,
             segment_size: (segments > 1).then_some(size + channel::HEADER),
-            src_ip: None,
+            src_ip: ch.src_ip,
         })
     }
 

@@ -49,6 +49,15 @@ pub struct Channel {
     pub relay: SocketAddr,
     /// The session's key.
     pub key: crate::proto::channel::Key,
+    /// The local IP the relay connection uses: channel datagrams leave from it too, so the
+    /// relay sees them from the session's address on a host with several.
+    pub src_ip: Option<IpAddr>,
+    /// The largest channel datagram (header included) to send: the relay connection's path
+    /// MTU, never below [`crate::proto::channel::MIN_LIMIT`]. A larger packet is dropped, as
+    /// a link with a smaller MTU would drop it, so QUIC's path MTU discovery settles below it;
+    /// never sent, it cannot make the kernel refuse a segmented send (which turns segmentation
+    /// offload off for the whole socket).
+    pub limit: usize,
 }
 
 impl Outbox {
@@ -228,11 +237,22 @@ impl Paths {
             relay: canonical(channel.relay),
             ..channel
         };
-        self.channels
-            .write()
-            .expect("channels lock")
-            .insert(channel.key, outbox.clone());
+        let mut channels = self.channels.write().expect("channels lock");
+        // A session has one key: a newer one replaces it.
+        if let Some(old) = outbox.channel() {
+            channels.remove(&old.key);
+        }
+        channels.insert(channel.key, outbox.clone());
         outbox.set_channel(Some(channel));
+    }
+
+    /// The relay connection's path MTU changed: `outbox`'s channel datagrams may be this long
+    /// (never below [`crate::proto::channel::MIN_LIMIT`]).
+    pub fn set_channel_limit(&self, outbox: &Outbox, mtu: usize) {
+        let mut slot = outbox.channel.write().expect("channel lock");
+        if let Some(c) = slot.as_mut() {
+            c.limit = crate::proto::channel::limit_for(mtu);
+        }
     }
 
     /// Closes `outbox`'s UDP channel (its relay session ended): packets go to its queue again.
@@ -528,7 +548,15 @@ mod tests {
         let (outbox, _rx) = Outbox::bounded(4);
         let relay: SocketAddr = "198.51.100.1:7000".parse().unwrap();
         let key = [5u8; 8];
-        p.open_channel(&outbox, Channel { relay, key });
+        p.open_channel(
+            &outbox,
+            Channel {
+                relay,
+                key,
+                src_ip: None,
+                limit: 1452,
+            },
+        );
         assert_eq!(outbox.channel().map(|c| c.key), Some(key));
         let good = encode(Kind::FromRelay, &key, &node(2), b"packet");
         let elsewhere: SocketAddr = "198.51.100.2:7000".parse().unwrap();

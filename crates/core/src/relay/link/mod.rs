@@ -510,8 +510,12 @@ impl Runner {
                 if let (Frame::Channel { key }, Some(q)) = (&f, &quic) {
                     // From now on relayed packets go to the relay's UDP address straight from
                     // the socket (and come from it), beside this connection.
-                    let relay = q.remote_address();
-                    let channel = crate::socket::paths::Channel { relay, key: *key };
+                    let channel = crate::socket::paths::Channel {
+                        relay: q.remote_address(),
+                        key: *key,
+                        src_ip: q.local_ip(),
+                        limit: crate::proto::channel::limit_for(q.stats().path.current_mtu.into()),
+                    };
                     self.ctx.socket.paths.open_channel(&self.outbox, channel);
                     tracing::debug!(relay = %self.spec.addr, "relayed packets travel on the relay's UDP channel");
                     continue;
@@ -568,6 +572,9 @@ impl Runner {
                         if let Some(q) = &quic {
                             // QUIC measures it continuously.
                             let _ = self.rtt.send(Some(q.rtt()));
+                            // And the path MTU, which bounds the channel's datagrams.
+                            let mtu = q.stats().path.current_mtu.into();
+                            self.ctx.socket.paths.set_channel_limit(&self.outbox, mtu);
                         }
                         nonce += 1;
                         *pinged.lock().expect("pinged lock") = (nonce, Instant::now());

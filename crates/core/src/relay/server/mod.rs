@@ -316,10 +316,15 @@ impl Running {
             }
         };
         let len = packet.len();
-        if let (Some(key), Some(to)) = (target.channel.get(), target.observed()) {
+        // A packet the channel cannot hold (from a stream sender whose path allowed more)
+        // takes the target's stream.
+        let fits = len + channel::HEADER <= channel::MAX_LIMIT;
+        if let (Some(key), Some(to), true) = (target.channel.get(), target.observed(), fits) {
             let out = channel::encode(channel::Kind::FromRelay, key, &node, &packet);
-            // Unreliable like UDP: a full socket buffer drops.
-            match self.socket.try_send_now(to, &out) {
+            // From the address the target reached us at (the relay may listen on all of
+            // the host's); unreliable like UDP: a full socket buffer drops.
+            let src_ip = target.quic.as_ref().and_then(|q| q.local_ip());
+            match self.socket.try_send_now(to, src_ip, &out) {
                 Ok(()) => self.counters.relayed_on_channel(len),
                 Err(_) => self.counters.dropped(stats::Drop::QueueFull),
             }
