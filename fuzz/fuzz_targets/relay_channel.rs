@@ -23,8 +23,8 @@ fuzz_target!(|data: &[u8]| {
     let key = [0x5a; 8];
     let paths = Paths::default();
     let (outbox, _queued) = Outbox::bounded(4);
-    let (src_ip, limit) = (None, 1452);
-    paths.open_channel(&outbox, Channel { relay, key, src_ip, limit });
+    let (src_ip, limit, confirmed) = (None, 1452, false);
+    paths.open_channel(&outbox, Channel { relay, key, src_ip, limit, confirmed });
     let from = if data.last().is_some_and(|b| b & 1 == 1) {
         relay
     } else {
@@ -32,6 +32,6 @@ fuzz_target!(|data: &[u8]| {
     };
     let taken = paths.from_channel(from, data);
     let expected = from == relay
-        && parsed.is_some_and(|d| d.kind == Kind::FromRelay && d.key == key);
+        && parsed.is_some_and(|d| matches!(d.kind, Kind::FromRelay | Kind::ProbeAck) && d.key == key);
     assert_eq!(taken, expected);
 });

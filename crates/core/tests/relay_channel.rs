@@ -140,6 +140,63 @@ async fn a_relay_on_every_address_sends_channel_datagrams_from_the_one_each_node
     relay.stop().await.unwrap();
 }
 
+/// A UDP hop in front of the relay that passes QUIC and drops channel datagrams both ways (a
+/// middlebox that lets QUIC through and nothing else), for one client.
+async fn quic_only_hop(relay: SocketAddr) -> SocketAddr {
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    back.connect(relay).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut client = None;
+        let (mut up, mut down) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+        loop {
+            tokio::select! {
+                r = front.recv_from(&mut up) => {
+                    let Ok((n, from)) = r else { return };
+                    client = Some(from);
+                    if !channel::is_channel(&up[..n]) {
+                        let _ = back.send(&up[..n]).await;
+                    }
+                }
+                r = back.recv(&mut down) => {
+                    let Ok(n) = r else { return };
+                    if let (Some(c), false) = (client, channel::is_channel(&down[..n])) {
+                        let _ = front.send_to(&down[..n], c).await;
+                    }
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_channel_datagrams_are_dropped_on_the_way_keeps_its_packets_on_the_stream() {
+    let relay = relay().await;
+    // The reverse proxy reaches the relay only through the hop: its QUIC session works, its
+    // channel never does (no probe answered, no datagram from it arrives).
+    let hop = quic_only_hop(relay.addr().unwrap()).await;
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(ReverseStart {
+        relay: Some(spec_at(&relay, hop, Transport::Quic)),
+        ..ReverseStart::new(echo_server().await)
+    })
+    .await
+    .unwrap();
+    let ingress: SocketAddr = "192.0.2.1:9".parse().unwrap();
+    let fp = relayed_forward_proxy(&relay, &rp, Transport::Quic, ingress).await;
+    echo_through(&fp, &ingress.to_string(), 2 << 20).await;
+    let s = relay.stats().unwrap();
+    let on_stream = s.packets_relayed - s.packets_on_channel;
+    // Toward the reverse proxy on its stream; toward the forward proxy on its working channel
+    // when a packet fits it (the reverse proxy's full-size ones, grown on its stream, do not).
+    assert!(s.packets_on_channel > 0 && on_stream > 1_000, "{s:?}");
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    relay.stop().await.unwrap();
+}
+
 /// A bare node registered with `relay` over QUIC from a socket of its own (so a test can send
 /// raw channel datagrams from the session's own address), with or without a channel.
 async fn bare_node(
@@ -200,6 +257,15 @@ async fn the_relay_forwards_a_channel_datagram_only_with_its_sessions_key_from_i
         s.drops.iter().find(|(k, _)| *k == "bad_channel").unwrap().1
     };
 
+    // A has sent nothing on its channel yet: B's packets for it still go as frames.
+    b.send(&Frame::SendPacket {
+        dst: a_id.node_id,
+        datagram: b"early".to_vec(),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(recv(&a).await, Frame::RecvPacket { datagram, .. } if datagram == b"early"));
+
     // The right key from another address: dropped, counted.
     let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let forged = channel::encode(channel::Kind::ToRelay, &key, &b_node, b"forged");
@@ -226,6 +292,21 @@ async fn the_relay_forwards_a_channel_datagram_only_with_its_sessions_key_from_i
         0,
         "B has no channel"
     );
+    // A's datagram arrived, so its channel works: B's packets for it now take it (A's socket
+    // drops them: this bare client has no relayed peers), not A's stream.
+    b.send(&Frame::SendPacket {
+        dst: a_id.node_id,
+        datagram: b"late".to_vec(),
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(T, async {
+        while relay.stats().unwrap().packets_on_channel == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("sent on A's channel");
 
     relay.stop().await.unwrap();
 }

@@ -13,7 +13,15 @@
 //! 0x00   "KNR"  kind   key(8)      node(32)                    packet (1..=MAX_DATAGRAM)
 //!               1 = node -> relay: key = the sender's channel key, node = where it goes
 //!               2 = relay -> node: key = the receiver's channel key, node = who sent it
+//!               3 = node -> relay: probe (key = the node's, node and packet ignored)
+//!               4 = relay -> node: the probe arrived (key = the node's)
 //! ```
+//!
+//! A channel is used only once both ends saw it work: the node sends packets on it only after
+//! the relay answered a probe, and the relay sends a node's packets on it only after a valid
+//! datagram from that node arrived (a probe comes first). Until then, and for good where
+//! something on the path drops these datagrams while it lets QUIC through, packets stay
+//! frames on the stream.
 //!
 //! Like a punch datagram, the first byte has QUIC's fixed bit (0x40) clear, so no channel
 //! datagram can be taken for QUIC and the other way around.
@@ -52,6 +60,10 @@ pub enum Kind {
     ToRelay,
     /// A relayed packet for the receiving node (`node` = the sender).
     FromRelay,
+    /// A node asks whether its channel works.
+    Probe,
+    /// The relay answers a probe.
+    ProbeAck,
 }
 
 impl Kind {
@@ -59,8 +71,15 @@ impl Kind {
         match self {
             Self::ToRelay => 1,
             Self::FromRelay => 2,
+            Self::Probe => 3,
+            Self::ProbeAck => 4,
         }
     }
+}
+
+/// A probe or its answer: `kind` with `key`, a zero node id and a one-byte packet.
+pub fn signal(kind: Kind, key: &Key) -> Vec<u8> {
+    encode(kind, key, &NodeId::from_bytes([0; 32]), &[0])
 }
 
 /// A parsed channel datagram, borrowing its packet.
@@ -90,6 +109,8 @@ pub fn parse(datagram: &[u8]) -> Option<Datagram<'_>> {
     let kind = match datagram[4] {
         1 => Kind::ToRelay,
         2 => Kind::FromRelay,
+        3 => Kind::Probe,
+        4 => Kind::ProbeAck,
         _ => return None,
     };
     Some(Datagram {
@@ -154,7 +175,7 @@ mod tests {
         let header_only = encode(Kind::ToRelay, &[0; 8], &node(1), b"");
         assert!(!is_channel(&header_only));
         let mut bad_kind = encode(Kind::ToRelay, &[0; 8], &node(1), b"p");
-        bad_kind[4] = 3;
+        bad_kind[4] = 5;
         assert!(parse(&bad_kind).is_none());
         assert!(parse(&[]).is_none());
     }

@@ -460,7 +460,7 @@ impl AsyncUdpSocket for KeynetSocket {
             }
             Hop::Relay(node, outbox) => {
                 let size = transmit.segment_size.unwrap_or(transmit.contents.len());
-                if let Some(ch) = outbox.channel() {
+                if let Some(ch) = outbox.sending_channel() {
                     // Straight to the relay: a full socket makes quinn wait, as for any path.
                     return self.send_on_channel(ch, node, transmit.contents, size);
                 }

@@ -58,6 +58,9 @@ pub struct Channel {
     /// never sent, it cannot make the kernel refuse a segmented send (which turns segmentation
     /// offload off for the whole socket).
     pub limit: usize,
+    /// The relay answered a probe on it: packets may be sent on it (until then they take the
+    /// stream; channel datagrams coming in are taken at once).
+    pub confirmed: bool,
 }
 
 impl Outbox {
@@ -84,6 +87,11 @@ impl Outbox {
     /// The link's UDP channel, while it has one.
     pub fn channel(&self) -> Option<Channel> {
         *self.channel.read().expect("channel lock")
+    }
+
+    /// The link's UDP channel, if packets may be sent on it (the relay answered a probe).
+    pub fn sending_channel(&self) -> Option<Channel> {
+        self.channel().filter(|c| c.confirmed)
     }
 
     fn set_channel(&self, channel: Option<Channel>) {
@@ -270,14 +278,15 @@ impl Paths {
         }
     }
 
-    /// A channel datagram arrived from `from`: queued for quinn if it is a relayed packet for
-    /// us from a relay whose session has its key, dropped otherwise. True if it was taken in.
+    /// A channel datagram arrived from `from`: from a relay whose session has its key, a
+    /// relayed packet for us is queued for quinn and a probe's answer confirms the channel;
+    /// anything else is dropped. True if it was taken in.
     pub fn from_channel(&self, from: SocketAddr, datagram: &[u8]) -> bool {
         use crate::proto::channel;
         let Some(d) = channel::parse(datagram) else {
             return false;
         };
-        if d.kind != channel::Kind::FromRelay {
+        if !matches!(d.kind, channel::Kind::FromRelay | channel::Kind::ProbeAck) {
             return false;
         }
         let outbox = {
@@ -289,6 +298,16 @@ impl Paths {
         };
         if outbox.channel().map(|c| c.relay) != Some(canonical(from)) {
             return false;
+        }
+        if d.kind == channel::Kind::ProbeAck {
+            let mut slot = outbox.channel.write().expect("channel lock");
+            if let Some(c) = slot.as_mut().filter(|c| c.key == d.key) {
+                if !c.confirmed {
+                    tracing::debug!(relay = %c.relay, "the relay's UDP channel works: relayed packets take it");
+                }
+                c.confirmed = true;
+            }
+            return true;
         }
         self.from_relay(d.node, d.packet.to_vec(), &outbox);
         true
@@ -555,9 +574,25 @@ mod tests {
                 key,
                 src_ip: None,
                 limit: 1452,
+                confirmed: false,
             },
         );
         assert_eq!(outbox.channel().map(|c| c.key), Some(key));
+        assert_eq!(
+            outbox.sending_channel(),
+            None,
+            "not before the relay answered a probe"
+        );
+        let ack = crate::proto::channel::signal(Kind::ProbeAck, &key);
+        let forged_ack = crate::proto::channel::signal(Kind::ProbeAck, &[6; 8]);
+        assert!(!p.from_channel(relay, &forged_ack));
+        assert_eq!(
+            outbox.sending_channel(),
+            None,
+            "not on a wrong key's answer"
+        );
+        assert!(p.from_channel(relay, &ack));
+        assert_eq!(outbox.sending_channel().map(|c| c.key), Some(key));
         let good = encode(Kind::FromRelay, &key, &node(2), b"packet");
         let elsewhere: SocketAddr = "198.51.100.2:7000".parse().unwrap();
         assert!(!p.from_channel(elsewhere, &good), "not from the relay");

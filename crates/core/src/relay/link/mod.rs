@@ -515,8 +515,11 @@ impl Runner {
                         key: *key,
                         src_ip: q.local_ip(),
                         limit: crate::proto::channel::limit_for(q.stats().path.current_mtu.into()),
+                        confirmed: false,
                     };
                     self.ctx.socket.paths.open_channel(&self.outbox, channel);
+                    // Used once the relay answers (again on each ping until it does).
+                    self.probe_channel();
                     tracing::debug!(relay = %self.spec.addr, "relayed packets travel on the relay's UDP channel");
                     continue;
                 }
@@ -575,6 +578,7 @@ impl Runner {
                             // And the path MTU, which bounds the channel's datagrams.
                             let mtu = q.stats().path.current_mtu.into();
                             self.ctx.socket.paths.set_channel_limit(&self.outbox, mtu);
+                            self.probe_channel();
                         }
                         nonce += 1;
                         *pinged.lock().expect("pinged lock") = (nonce, Instant::now());
@@ -615,6 +619,17 @@ impl Runner {
         tokio::select! {
             r = reader => r,
             r = writer => r,
+        }
+    }
+
+    /// Asks the relay whether this session's UDP channel works, if it has one not confirmed
+    /// yet (the answer arrives through `Paths::from_channel`).
+    fn probe_channel(&self) {
+        if let Some(c) = self.outbox.channel().filter(|c| !c.confirmed) {
+            let probe = crate::proto::channel::signal(crate::proto::channel::Kind::Probe, &c.key);
+            if let Err(e) = self.ctx.socket.try_send_now(c.relay, c.src_ip, &probe) {
+                tracing::debug!(error = %e, "channel probe not sent");
+            }
         }
     }
 

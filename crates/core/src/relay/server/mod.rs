@@ -170,6 +170,8 @@ struct NodeConn {
     local_port: std::sync::OnceLock<u16>,
     /// The session's UDP channel key, once given (`keynet-relay/3` over QUIC).
     channel: std::sync::OnceLock<channel::Key>,
+    /// A valid channel datagram came from the node: its packets may be sent on the channel.
+    channel_works: std::sync::atomic::AtomicBool,
 }
 
 impl NodeConn {
@@ -264,18 +266,26 @@ impl Running {
             return;
         };
         let sender = match d.kind {
-            channel::Kind::ToRelay => self
+            channel::Kind::ToRelay | channel::Kind::Probe => self
                 .channels
                 .read()
                 .expect("channels lock")
                 .get(&d.key)
                 .cloned(),
-            channel::Kind::FromRelay => None,
+            channel::Kind::FromRelay | channel::Kind::ProbeAck => None,
         };
         let Some((node, me)) = sender.filter(|(_, me)| me.observed() == Some(from)) else {
             self.counters.dropped(stats::Drop::BadChannel);
             return;
         };
+        // The node's datagrams reach us, so ours reach it: it took the key before it sent.
+        me.channel_works.store(true, Ordering::Relaxed);
+        if d.kind == channel::Kind::Probe {
+            let ack = channel::signal(channel::Kind::ProbeAck, &d.key);
+            let src_ip = me.quic.as_ref().and_then(|q| q.local_ip());
+            let _ = self.socket.try_send_now(from, src_ip, &ack);
+            return;
+        }
         if d.packet.len() > self.start.limits.max_datagram {
             self.counters.dropped(stats::Drop::TooLarge);
             return;
@@ -318,7 +328,8 @@ impl Running {
         let len = packet.len();
         // A packet the channel cannot hold (from a stream sender whose path allowed more)
         // takes the target's stream.
-        let fits = len + channel::HEADER <= channel::MAX_LIMIT;
+        let fits = len + channel::HEADER <= channel::MAX_LIMIT
+            && target.channel_works.load(Ordering::Relaxed);
         if let (Some(key), Some(to), true) = (target.channel.get(), target.observed(), fits) {
             let out = channel::encode(channel::Kind::FromRelay, key, &node, &packet);
             // From the address the target reached us at (the relay may listen on all of
@@ -858,6 +869,7 @@ impl Inner {
             kick,
             local_port: std::sync::OnceLock::new(),
             channel: std::sync::OnceLock::new(),
+            channel_works: Default::default(),
         });
         let result = self
             .read_frames(running, node, remote, &me, FrameReader::new(read), &close)
