@@ -29,7 +29,7 @@ pub struct Dialer {
     /// The node's tasks (the WebSocket pump runs there).
     pub tasks: Tasks,
     /// Offer `keynet-relay/3` over QUIC (the UDP channel): a node's link does, a bare
-    /// [`crate::relay::client::RelayClient`] that reads packets as frames does not.
+    /// `RelayClient` (tests, the load test) that reads packets as frames does not.
     pub channel: bool,
 }
 
