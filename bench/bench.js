@@ -740,7 +740,12 @@ async function measureRound() {
       progress(`relayed: bulk ${fmtBytes(CFG.bulkBytes)} one way ...`)
       {
         const { sock } = await relayed()
+        const before = relay.getMetrics()
         R.bulkRelayed = await bulk(sock, CFG.bulkBytes, chunk)
+        const m = relay.getMetrics()
+        const relayedPackets = m.packetsRelayed - before.packetsRelayed
+        R.bulkRelayed.onChannel = relayedPackets ? (m.packetsOnChannel - before.packetsOnChannel) / relayedPackets : 0
+        R.bulkRelayed.bytesPerPacket = relayedPackets ? (m.bytesRelayed - before.bytesRelayed) / relayedPackets : 0
       }
       const after = fp2.getConnectionInfoByIngress(key.host, key.port)
       if (!after || after.path !== 'relayed') throw new Error(`the relayed connection changed path: ${after?.path}`)
@@ -843,6 +848,8 @@ function report(R, tStart) {
       { section: 'relayed (keynet column: through a Relay on loopback, rendezvous off)' },
       ['bulk throughput, MB/s', f(R.bulkRelayed.mbps), f(R.bulkDirect?.mbps), ratio(R.bulkRelayed.mbps, R.bulkDirect?.mbps)],
       ['bulk throughput relayed / keynet direct path', R.bulkKeynet ? f(R.bulkRelayed.mbps / R.bulkKeynet.mbps, 2) : 'n/a', '-', ''],
+      ['bulk: relayed packets on the UDP channel, %', f(100 * R.bulkRelayed.onChannel, 1), '-', ''],
+      ['bulk: bytes per relayed packet', f(R.bulkRelayed.bytesPerPacket), '-', ''],
       ['round trip p50, µs', f(R.rttRelayed.p50), f(R.rttDirect?.p50), ratio(R.rttRelayed.p50, R.rttDirect?.p50)],
       ['round trip p99, µs', f(R.rttRelayed.p99), f(R.rttDirect?.p99), ratio(R.rttRelayed.p99, R.rttDirect?.p99)],
     )

@@ -43,8 +43,14 @@ pub const MIN_LIMIT: usize = 1200 + HEADER;
 /// Nor sent longer than this: quinn's own largest datagram (what fits a 1500-byte IPv6 link).
 pub const MAX_LIMIT: usize = 1452;
 
-/// The channel datagram limit for a relay connection whose path MTU is `mtu`.
+/// The channel datagram limit for a relay connection whose path MTU is `mtu`. Until its path
+/// MTU discovery found more than QUIC's initial 1200 bytes, [`MAX_LIMIT`]: a relayed
+/// connection whose packets were held to the relay connection's first guess would find a
+/// path MTU of 1200 and keep it (QUIC searches again only minutes later).
 pub fn limit_for(mtu: usize) -> usize {
+    if mtu <= 1200 {
+        return MAX_LIMIT;
+    }
     mtu.clamp(MIN_LIMIT, MAX_LIMIT)
 }
 const MAGIC: &[u8; 3] = b"KNR";

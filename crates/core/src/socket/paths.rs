@@ -53,7 +53,8 @@ pub struct Channel {
     /// relay sees them from the session's address on a host with several.
     pub src_ip: Option<IpAddr>,
     /// The largest channel datagram (header included) to send: the relay connection's path
-    /// MTU, never below [`crate::proto::channel::MIN_LIMIT`]. A larger packet is dropped, as
+    /// MTU once found, never below [`crate::proto::channel::MIN_LIMIT`] nor above
+    /// [`crate::proto::channel::MAX_LIMIT`] (`proto::channel::limit_for`). A larger packet is dropped, as
     /// a link with a smaller MTU would drop it, so QUIC's path MTU discovery settles below it;
     /// never sent, it cannot make the kernel refuse a segmented send (which turns segmentation
     /// offload off for the whole socket).

@@ -172,6 +172,11 @@ struct NodeConn {
     channel: std::sync::OnceLock<channel::Key>,
     /// A valid channel datagram came from the node: its packets may be sent on the channel.
     channel_works: std::sync::atomic::AtomicBool,
+    /// The node's UDP address and the local IP it reached us at, as last read from its QUIC
+    /// connection: the channel's hot path reads this, not the connection (whose state lock
+    /// its driver holds while it works). Read again when a datagram from the node arrives from
+    /// elsewhere (its NAT rebound, quinn migrated) and on each of its pings.
+    channel_addrs: RwLock<Option<(SocketAddr, Option<std::net::IpAddr>)>>,
 }
 
 impl NodeConn {
@@ -197,6 +202,30 @@ impl NodeConn {
         self.quic
             .as_ref()
             .map(|c| crate::addr::canonical(c.remote_address()))
+    }
+
+    /// [`NodeConn::channel_addrs`] read from the connection again.
+    fn refresh_channel_addrs(&self) -> Option<(SocketAddr, Option<std::net::IpAddr>)> {
+        let addrs = self
+            .quic
+            .as_ref()
+            .map(|c| (crate::addr::canonical(c.remote_address()), c.local_ip()));
+        *self.channel_addrs.write().expect("addrs lock") = addrs;
+        addrs
+    }
+
+    /// Where the node's channel datagrams come from and go to, and the local IP to send from.
+    fn channel_addrs(&self) -> Option<(SocketAddr, Option<std::net::IpAddr>)> {
+        // Copied out first: the read guard must be gone before a refresh writes.
+        let cached = *self.channel_addrs.read().expect("addrs lock");
+        cached.or_else(|| self.refresh_channel_addrs())
+    }
+
+    /// Whether a channel datagram from `from` is this node's (re-reading its address once on
+    /// a mismatch: it may have moved).
+    fn sent_from(&self, from: SocketAddr) -> bool {
+        self.channel_addrs().is_some_and(|(a, _)| a == from)
+            || self.refresh_channel_addrs().is_some_and(|(a, _)| a == from)
     }
 }
 
@@ -274,7 +303,7 @@ impl Running {
                 .cloned(),
             channel::Kind::FromRelay | channel::Kind::ProbeAck => None,
         };
-        let Some((node, me)) = sender.filter(|(_, me)| me.observed() == Some(from)) else {
+        let Some((node, me)) = sender.filter(|(_, me)| me.sent_from(from)) else {
             self.counters.dropped(stats::Drop::BadChannel);
             return;
         };
@@ -282,7 +311,7 @@ impl Running {
         me.channel_works.store(true, Ordering::Relaxed);
         if d.kind == channel::Kind::Probe {
             let ack = channel::signal(channel::Kind::ProbeAck, &d.key);
-            let src_ip = me.quic.as_ref().and_then(|q| q.local_ip());
+            let src_ip = me.channel_addrs().and_then(|(_, ip)| ip);
             let _ = self.socket.try_send_now(from, src_ip, &ack);
             return;
         }
@@ -330,11 +359,15 @@ impl Running {
         // takes the target's stream.
         let fits = len + channel::HEADER <= channel::MAX_LIMIT
             && target.channel_works.load(Ordering::Relaxed);
-        if let (Some(key), Some(to), true) = (target.channel.get(), target.observed(), fits) {
+        let to = target
+            .channel
+            .get()
+            .filter(|_| fits)
+            .zip(target.channel_addrs());
+        if let Some((key, (to, src_ip))) = to {
             let out = channel::encode(channel::Kind::FromRelay, key, &node, &packet);
             // From the address the target reached us at (the relay may listen on all of
             // the host's); unreliable like UDP: a full socket buffer drops.
-            let src_ip = target.quic.as_ref().and_then(|q| q.local_ip());
             match self.socket.try_send_now(to, src_ip, &out) {
                 Ok(()) => self.counters.relayed_on_channel(len),
                 Err(_) => self.counters.dropped(stats::Drop::QueueFull),
@@ -870,6 +903,7 @@ impl Inner {
             local_port: std::sync::OnceLock::new(),
             channel: std::sync::OnceLock::new(),
             channel_works: Default::default(),
+            channel_addrs: RwLock::new(None),
         });
         let result = self
             .read_frames(running, node, remote, &me, FrameReader::new(read), &close)
@@ -1086,7 +1120,13 @@ impl Inner {
                 Frame::Announce { record } => {
                     self.announce(running, node, me, record, &mut announced)
                 }
-                Frame::Ping { nonce } => Some(Frame::Pong { nonce }),
+                Frame::Ping { nonce } => {
+                    // A node whose channel is quiet may still have moved.
+                    if me.channel.get().is_some() {
+                        me.refresh_channel_addrs();
+                    }
+                    Some(Frame::Pong { nonce })
+                }
                 Frame::Pong { .. } => None,
                 other => Some(Refusal::Unexpected(format!("{other:?}")).frame()),
             };
