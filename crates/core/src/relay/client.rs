@@ -52,7 +52,9 @@ impl RelayClient {
     }
 
     /// As [`RelayClient::connect`], offering `keynet-relay/3`: the relay gives the session a UDP
-    /// channel key (`Frame::Channel`) after `Registered`.
+    /// channel key (`Frame::Channel`) after `Registered`. Once a valid channel datagram from
+    /// this client's socket reached the relay, packets for it go to that socket as channel
+    /// datagrams, no longer to [`RelayClient::recv`].
     pub async fn connect_with_channel(
         endpoint: &quinn::Endpoint,
         identity: &LoadedIdentity,
