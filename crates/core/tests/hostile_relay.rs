@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{connect, echo_server};
+use common::{echo_server, echo_through};
 use keynet_core::nodeid::NodeId;
 use keynet_core::proto::punch::{Kind, Packet};
 use keynet_core::proto::relay::Frame;
@@ -20,7 +20,6 @@ use keynet_core::relay::spec::RelaySpec;
 use keynet_core::{
     ConnOptions, Event, EventKind, ForwardProxy, ForwardStart, Path, ReverseProxy, ReverseStart,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(20);
@@ -69,28 +68,11 @@ async fn relayed_pair(
     (rp, fp, ingress.to_string(), events)
 }
 
-/// Echoes `bytes` through a tunnel to `target`; the echo must come back identical.
+/// Echoes `bytes` through a tunnel to `target` within `T`; the echo must come back identical.
 async fn echo(fp: &ForwardProxy, target: &str, bytes: usize) {
-    let (mut s, head) = connect(fp, target).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let data: Vec<u8> = (0..bytes).map(|i| (i * 31 % 253) as u8).collect();
-    let (mut r, mut w) = s.split();
-    let (_, got) = tokio::time::timeout(T, async {
-        tokio::join!(
-            async {
-                w.write_all(&data).await.unwrap();
-                w.shutdown().await.unwrap();
-            },
-            async {
-                let mut got = Vec::new();
-                r.read_to_end(&mut got).await.unwrap();
-                got
-            }
-        )
-    })
-    .await
-    .expect("echo in time");
-    assert!(got == data, "the echo differs ({} bytes back)", got.len());
+    tokio::time::timeout(T, echo_through(fp, target, bytes))
+        .await
+        .expect("echo in time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

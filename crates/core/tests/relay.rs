@@ -1,7 +1,11 @@
 //! The relay server over loopback: registration, forwarding only between registered nodes,
 //! keepalive, malformed frames closing only the offending connection, pinning of the relay.
 
+mod common;
+
 use std::time::Duration;
+
+use common::recv_frame;
 
 use keynet_core::identity::LoadedIdentity;
 use keynet_core::proto::relay::{Frame, GoneReason};
@@ -46,21 +50,13 @@ fn register() -> Frame {
     }
 }
 
-async fn recv(c: &RelayClient) -> Frame {
-    tokio::time::timeout(T, c.recv())
-        .await
-        .expect("a frame in time")
-        .unwrap()
-        .expect("not closed")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_nodes_exchange_packets_and_nothing_else_gets_through() {
     let relay = relay().await;
     let (a, a_id, _ea) = node(&relay).await;
     let (b, b_id, _eb) = node(&relay).await;
     a.send(&register()).await.unwrap();
-    match recv(&a).await {
+    match recv_frame(&a).await {
         Frame::Registered {
             observed,
             public_port,
@@ -84,7 +80,7 @@ async fn registered_nodes_exchange_packets_and_nothing_else_gets_through() {
     .await
     .unwrap();
     assert_eq!(
-        recv(&a).await,
+        recv_frame(&a).await,
         Frame::PeerGone {
             node: b_id.node_id,
             reason: GoneReason::Unknown
@@ -97,9 +93,12 @@ async fn registered_nodes_exchange_packets_and_nothing_else_gets_through() {
     })
     .await
     .unwrap();
-    assert!(matches!(recv(&b).await, Frame::Error { code: 401, .. }));
+    assert!(matches!(
+        recv_frame(&b).await,
+        Frame::Error { code: 401, .. }
+    ));
     b.send(&register()).await.unwrap();
-    assert!(matches!(recv(&b).await, Frame::Registered { .. }));
+    assert!(matches!(recv_frame(&b).await, Frame::Registered { .. }));
     let mut ids = relay.registered().unwrap();
     ids.sort();
     let mut want = vec![a_id.node_id, b_id.node_id];
@@ -113,14 +112,14 @@ async fn registered_nodes_exchange_packets_and_nothing_else_gets_through() {
     .await
     .unwrap();
     assert_eq!(
-        recv(&b).await,
+        recv_frame(&b).await,
         Frame::RecvPacket {
             src: a_id.node_id,
             datagram: vec![1, 2, 3]
         }
     );
     b.send(&Frame::Ping { nonce: 42 }).await.unwrap();
-    assert_eq!(recv(&b).await, Frame::Pong { nonce: 42 });
+    assert_eq!(recv_frame(&b).await, Frame::Pong { nonce: 42 });
     relay.stop().await.unwrap();
 }
 
@@ -131,7 +130,7 @@ async fn a_malformed_frame_closes_only_the_offending_connection() {
     let (b, _b_id, _eb) = node(&relay).await;
     for c in [&a, &b] {
         c.send(&register()).await.unwrap();
-        assert!(matches!(recv(c).await, Frame::Registered { .. }));
+        assert!(matches!(recv_frame(c).await, Frame::Registered { .. }));
     }
     a.send_raw(&[0x42, 0, 0]).await.unwrap();
     let closed = tokio::time::timeout(T, a.connection().unwrap().closed())
@@ -142,7 +141,7 @@ async fn a_malformed_frame_closes_only_the_offending_connection() {
         "{closed}"
     );
     b.send(&Frame::Ping { nonce: 7 }).await.unwrap();
-    assert_eq!(recv(&b).await, Frame::Pong { nonce: 7 });
+    assert_eq!(recv_frame(&b).await, Frame::Pong { nonce: 7 });
     assert_eq!(
         relay.registered().unwrap().len(),
         1,
@@ -210,7 +209,7 @@ async fn a_rendezvous_gets_through_while_relayed_packets_fill_the_queue() {
     let (b, b_id, _eb) = node(&relay).await;
     for c in [&a, &b] {
         c.send(&register()).await.unwrap();
-        assert!(matches!(recv(c).await, Frame::Registered { .. }));
+        assert!(matches!(recv_frame(c).await, Frame::Registered { .. }));
     }
     // B stops reading: more than its stream window (8 MiB) plus the relay's queue.
     const PACKETS: usize = 12_000;
@@ -225,7 +224,7 @@ async fn a_rendezvous_gets_through_while_relayed_packets_fill_the_queue() {
     a.send(&Frame::CallMeMaybe { peer: b_id.node_id })
         .await
         .unwrap();
-    match recv(&a).await {
+    match recv_frame(&a).await {
         Frame::Rendezvous { peer, .. } => assert_eq!(peer, b_id.node_id),
         other => panic!("A expected its rendezvous, got {other:?}"),
     }
@@ -262,7 +261,10 @@ async fn an_unregistered_session_is_closed_at_the_registration_deadline() {
     let (idle, _, _e1) = node(&relay).await;
     let (member, _, _e2) = node(&relay).await;
     member.send(&register()).await.unwrap();
-    assert!(matches!(recv(&member).await, Frame::Registered { .. }));
+    assert!(matches!(
+        recv_frame(&member).await,
+        Frame::Registered { .. }
+    ));
     let t0 = std::time::Instant::now();
     let mut pongs = 0;
     let ended = loop {
@@ -285,7 +287,7 @@ async fn an_unregistered_session_is_closed_at_the_registration_deadline() {
     );
     // The registered one is still served after the deadline.
     member.send(&Frame::Ping { nonce: 7 }).await.unwrap();
-    assert_eq!(recv(&member).await, Frame::Pong { nonce: 7 });
+    assert_eq!(recv_frame(&member).await, Frame::Pong { nonce: 7 });
     relay.stop().await.unwrap();
 }
 
@@ -302,7 +304,7 @@ async fn delivered(
     .await
     .unwrap();
     assert_eq!(
-        recv(to).await,
+        recv_frame(to).await,
         Frame::RecvPacket {
             src: from_id.node_id,
             datagram: vec![byte]
@@ -353,11 +355,11 @@ async fn a_caller_needs_no_token_and_only_the_nodes_it_called_reach_it() {
     let (a, a_id, _ea) = node(&relay).await;
     let (c, _c_id, _ec) = node(&relay).await;
     b.send(&register_as(false, "s3cret")).await.unwrap();
-    assert!(matches!(recv(&b).await, Frame::Registered { .. }));
+    assert!(matches!(recv_frame(&b).await, Frame::Registered { .. }));
     // A and C have no token: as callers they register anyway, and are not listed.
     for x in [&a, &c] {
         x.send(&register_as(true, "")).await.unwrap();
-        assert!(matches!(recv(x).await, Frame::Registered { .. }));
+        assert!(matches!(recv_frame(x).await, Frame::Registered { .. }));
     }
     assert_eq!(relay.registered().unwrap(), vec![b_id.node_id]);
     // B cannot reach A before A called it, nor can C ever.
@@ -368,7 +370,7 @@ async fn a_caller_needs_no_token_and_only_the_nodes_it_called_reach_it() {
     .await
     .unwrap();
     assert_eq!(
-        recv(&b).await,
+        recv_frame(&b).await,
         Frame::PeerGone {
             node: a_id.node_id,
             reason: GoneReason::Unknown
@@ -383,14 +385,17 @@ async fn a_caller_needs_no_token_and_only_the_nodes_it_called_reach_it() {
     })
     .await
     .unwrap();
-    assert!(matches!(recv(&c).await, Frame::PeerGone { node, .. } if node == a_id.node_id));
+    assert!(matches!(recv_frame(&c).await, Frame::PeerGone { node, .. } if node == a_id.node_id));
     // A caller announces nothing, and a caller asking for a public port gets none (told why).
     a.send(&Frame::Announce {
         record: record_of(&a_id, 0),
     })
     .await
     .unwrap();
-    assert!(matches!(recv(&a).await, Frame::Error { code: 403, .. }));
+    assert!(matches!(
+        recv_frame(&a).await,
+        Frame::Error { code: 403, .. }
+    ));
     let (f, _f_id, _ef) = node(&relay).await;
     f.send(&Frame::Register {
         want_port: true,
@@ -401,13 +406,13 @@ async fn a_caller_needs_no_token_and_only_the_nodes_it_called_reach_it() {
     .await
     .unwrap();
     assert!(matches!(
-        recv(&f).await,
+        recv_frame(&f).await,
         Frame::Registered {
             public_port: None,
             ..
         }
     ));
-    match recv(&f).await {
+    match recv_frame(&f).await {
         Frame::Error { code, message, .. } => {
             assert_eq!(code, 403);
             assert!(message.contains("public port"), "{message}");
@@ -424,7 +429,7 @@ async fn a_caller_needs_no_token_and_only_the_nodes_it_called_reach_it() {
     .await;
     let (d, _d_id, _ed) = node(&closed).await;
     d.send(&register_as(true, "")).await.unwrap();
-    match recv(&d).await {
+    match recv_frame(&d).await {
         Frame::Error { code, message, .. } => {
             assert_eq!(code, 401);
             assert!(message.contains("no callers"), "{message}");
@@ -444,7 +449,7 @@ async fn a_node_announces_only_its_own_fresh_record_and_not_too_often() {
     let registered = || async {
         let (c, id, ep) = node(&relay).await;
         c.send(&register()).await.unwrap();
-        assert!(matches!(recv(&c).await, Frame::Registered { .. }));
+        assert!(matches!(recv_frame(&c).await, Frame::Registered { .. }));
         (c, id, ep)
     };
     let refusal = |f: Frame| match f {
@@ -458,7 +463,7 @@ async fn a_node_announces_only_its_own_fresh_record_and_not_too_often() {
     })
     .await
     .unwrap();
-    assert_eq!(refusal(recv(&a).await).0, 401);
+    assert_eq!(refusal(recv_frame(&a).await).0, 401);
     // Another node's record (validly signed by it): refused, nothing stored.
     let (c, _c_id, _ec) = registered().await;
     c.send(&Frame::Announce {
@@ -466,21 +471,21 @@ async fn a_node_announces_only_its_own_fresh_record_and_not_too_often() {
     })
     .await
     .unwrap();
-    assert_eq!(refusal(recv(&c).await).0, 403);
+    assert_eq!(refusal(recv_frame(&c).await).0, 403);
     // A refused record counts against the rate too (its check cost a signature check).
     c.send(&Frame::Announce {
         record: record_of(&b_id, 0),
     })
     .await
     .unwrap();
-    assert_eq!(refusal(recv(&c).await).0, 429);
+    assert_eq!(refusal(recv_frame(&c).await).0, 429);
     // A forged one: refused.
     let (d, d_id, _ed) = registered().await;
     let mut forged = record_of(&d_id, 0);
     let at = forged.len() - 1;
     forged[at] ^= 1;
     d.send(&Frame::Announce { record: forged }).await.unwrap();
-    let (code, message) = refusal(recv(&d).await);
+    let (code, message) = refusal(recv_frame(&d).await);
     assert_eq!(code, 400);
     assert!(message.contains("signature"), "{message}");
     // Its own: taken to the store, as sent; again at once: too fast.
@@ -501,7 +506,7 @@ async fn a_node_announces_only_its_own_fresh_record_and_not_too_often() {
     })
     .await
     .unwrap();
-    assert_eq!(refusal(recv(&e).await).0, 429);
+    assert_eq!(refusal(recv_frame(&e).await).0, 429);
     assert!(stored.try_recv().is_err(), "only the first was stored");
     relay.stop().await.unwrap();
 
@@ -509,13 +514,16 @@ async fn a_node_announces_only_its_own_fresh_record_and_not_too_often() {
     let plain = relay_with(|_| {}).await;
     let (c, c_id, _ec) = node(&plain).await;
     c.send(&register()).await.unwrap();
-    assert!(matches!(recv(&c).await, Frame::Registered { .. }));
+    assert!(matches!(recv_frame(&c).await, Frame::Registered { .. }));
     c.send(&Frame::Announce {
         record: record_of(&c_id, 0),
     })
     .await
     .unwrap();
-    assert!(matches!(recv(&c).await, Frame::Error { code: 501, .. }));
+    assert!(matches!(
+        recv_frame(&c).await,
+        Frame::Error { code: 501, .. }
+    ));
     plain.stop().await.unwrap();
 }
 
@@ -539,7 +547,7 @@ async fn a_rendezvous_says_whose_nat_changed_its_port() {
         .await
         .unwrap();
     for c in [&a, &b] {
-        assert!(matches!(recv(c).await, Frame::Registered { .. }));
+        assert!(matches!(recv_frame(c).await, Frame::Registered { .. }));
     }
     a.send(&Frame::SendPacket {
         dst: b_id.node_id,
@@ -547,7 +555,7 @@ async fn a_rendezvous_says_whose_nat_changed_its_port() {
     })
     .await
     .unwrap();
-    assert!(matches!(recv(&b).await, Frame::RecvPacket { .. }));
+    assert!(matches!(recv_frame(&b).await, Frame::RecvPacket { .. }));
     a.send(&Frame::CallMeMaybe { peer: b_id.node_id })
         .await
         .unwrap();
@@ -556,14 +564,14 @@ async fn a_rendezvous_says_whose_nat_changed_its_port() {
         other => panic!("{other:?}"),
     };
     assert_eq!(
-        mapping_of(recv(&a).await),
+        mapping_of(recv_frame(&a).await),
         Mapping {
             peer_varies: true,
             you_vary: false
         }
     );
     assert_eq!(
-        mapping_of(recv(&b).await),
+        mapping_of(recv_frame(&b).await),
         Mapping {
             peer_varies: false,
             you_vary: true

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{echo_server, echo_through};
+use common::{echo_server, echo_through, recv_frame};
 use keynet_core::identity::LoadedIdentity;
 use keynet_core::proto::channel;
 use keynet_core::proto::relay::Frame;
@@ -141,13 +141,14 @@ async fn a_relay_on_every_address_sends_channel_datagrams_from_the_one_each_node
 }
 
 /// A UDP hop in front of the relay that passes QUIC and drops channel datagrams both ways (a
-/// middlebox that lets QUIC through and nothing else), for one client.
-async fn quic_only_hop(relay: SocketAddr) -> SocketAddr {
+/// middlebox that lets QUIC through and nothing else), for one client; it runs until its task
+/// is aborted.
+async fn quic_only_hop(relay: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     back.connect(relay).await.unwrap();
     let addr = front.local_addr().unwrap();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut client = None;
         let (mut up, mut down) = (vec![0u8; 65_536], vec![0u8; 65_536]);
         loop {
@@ -168,7 +169,7 @@ async fn quic_only_hop(relay: SocketAddr) -> SocketAddr {
             }
         }
     });
-    addr
+    (addr, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +177,7 @@ async fn a_node_whose_channel_datagrams_are_dropped_on_the_way_keeps_its_packets
     let relay = relay().await;
     // The reverse proxy reaches the relay only through the hop: its QUIC session works, its
     // channel never does (no probe answered, no datagram from it arrives).
-    let hop = quic_only_hop(relay.addr().unwrap()).await;
+    let (hop, hop_task) = quic_only_hop(relay.addr().unwrap()).await;
     let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
     rp.start(ReverseStart {
         relay: Some(spec_at(&relay, hop, Transport::Quic)),
@@ -195,6 +196,7 @@ async fn a_node_whose_channel_datagrams_are_dropped_on_the_way_keeps_its_packets
     fp.stop().await.unwrap();
     rp.stop().await.unwrap();
     relay.stop().await.unwrap();
+    hop_task.abort();
 }
 
 /// A bare node registered with `relay` over QUIC from a socket of its own (so a test can send
@@ -228,16 +230,11 @@ async fn bare_node(
         })
         .await
         .unwrap();
-    assert!(matches!(recv(&client).await, Frame::Registered { .. }));
+    assert!(matches!(
+        recv_frame(&client).await,
+        Frame::Registered { .. }
+    ));
     (client, id, socket, endpoint)
-}
-
-async fn recv(c: &RelayClient) -> Frame {
-    tokio::time::timeout(T, c.recv())
-        .await
-        .expect("a frame in time")
-        .unwrap()
-        .expect("not closed")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +242,7 @@ async fn the_relay_forwards_a_channel_datagram_only_with_its_sessions_key_from_i
     let relay = relay().await;
     let relay_addr = relay.addr().unwrap();
     let (a, a_id, a_socket, _ea) = bare_node(&relay, true).await;
-    let key = match recv(&a).await {
+    let key = match recv_frame(&a).await {
         Frame::Channel { key } => key,
         other => panic!("expected the channel key, got {other:?}"),
     };
@@ -264,7 +261,9 @@ async fn the_relay_forwards_a_channel_datagram_only_with_its_sessions_key_from_i
     })
     .await
     .unwrap();
-    assert!(matches!(recv(&a).await, Frame::RecvPacket { datagram, .. } if datagram == b"early"));
+    assert!(
+        matches!(recv_frame(&a).await, Frame::RecvPacket { datagram, .. } if datagram == b"early")
+    );
 
     // The right key from another address: dropped, counted.
     let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -278,7 +277,7 @@ async fn the_relay_forwards_a_channel_datagram_only_with_its_sessions_key_from_i
     // The right key from A's address: forwarded to B on its stream, from A.
     let real = channel::encode(channel::Kind::ToRelay, &key, &b_node, b"real");
     a_socket.try_send_now(relay_addr, None, &real).unwrap();
-    match recv(&b).await {
+    match recv_frame(&b).await {
         Frame::RecvPacket { src, datagram } => {
             assert_eq!(src, a_id.node_id);
             assert_eq!(datagram, b"real", "only the real datagram was forwarded");

@@ -301,12 +301,24 @@ impl KeynetSocket {
         src_ip: Option<std::net::IpAddr>,
         datagram: &[u8],
     ) -> io::Result<()> {
+        self.send_raw(to, src_ip, datagram, None)
+    }
+
+    /// Sends `contents` (segments of `segment_size`, if given) from the OS socket now, bypassing
+    /// the paths: what the channel sends itself.
+    fn send_raw(
+        &self,
+        to: SocketAddr,
+        src_ip: Option<std::net::IpAddr>,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<()> {
         let os = self.os();
         os.io.try_send(&Transmit {
             destination: os.for_socket(to),
             ecn: None,
-            contents: datagram,
-            segment_size: None,
+            contents,
+            segment_size,
             src_ip,
         })
     }
@@ -354,14 +366,8 @@ impl KeynetSocket {
             channel::put_header(&mut out, channel::Kind::ToRelay, &ch.key, &node);
             out.extend_from_slice(segment);
         }
-        let os = self.os();
-        os.io.try_send(&Transmit {
-            destination: os.for_socket(ch.relay),
-            ecn: None,
-            contents: &out,
-            segment_size: (segments > 1).then_some(size + channel::HEADER),
-            src_ip: ch.src_ip,
-        })
+        let segment_size = (segments > 1).then_some(size + channel::HEADER);
+        self.send_raw(ch.relay, ch.src_ip, &out, segment_size)
     }
 
     /// Starts receiving the punch datagrams that `peer` sends (replacing an older session).

@@ -98,6 +98,13 @@ impl Outbox {
     fn set_channel(&self, channel: Option<Channel>) {
         *self.channel.write().expect("channel lock") = channel;
     }
+
+    /// Changes the link's channel in place, if it has one.
+    fn update_channel(&self, change: impl FnOnce(&mut Channel)) {
+        if let Some(c) = self.channel.write().expect("channel lock").as_mut() {
+            change(c);
+        }
+    }
 }
 
 /// Whether `addr` is a virtual address standing for a relayed peer.
@@ -255,13 +262,10 @@ impl Paths {
         outbox.set_channel(Some(channel));
     }
 
-    /// The relay connection's path MTU changed: `outbox`'s channel datagrams may be this long
-    /// (never below [`crate::proto::channel::MIN_LIMIT`]).
+    /// The relay connection's path MTU is `mtu`: `outbox`'s channel datagrams may be that long
+    /// (`proto::channel::limit_for`).
     pub fn set_channel_limit(&self, outbox: &Outbox, mtu: usize) {
-        let mut slot = outbox.channel.write().expect("channel lock");
-        if let Some(c) = slot.as_mut() {
-            c.limit = crate::proto::channel::limit_for(mtu);
-        }
+        outbox.update_channel(|c| c.limit = crate::proto::channel::limit_for(mtu));
     }
 
     /// Closes `outbox`'s UDP channel (its relay session ended): packets go to its queue again.
@@ -301,13 +305,12 @@ impl Paths {
             return false;
         }
         if d.kind == channel::Kind::ProbeAck {
-            let mut slot = outbox.channel.write().expect("channel lock");
-            if let Some(c) = slot.as_mut().filter(|c| c.key == d.key) {
-                if !c.confirmed {
+            outbox.update_channel(|c| {
+                if c.key == d.key && !c.confirmed {
                     tracing::debug!(relay = %c.relay, "the relay's UDP channel works: relayed packets take it");
+                    c.confirmed = true;
                 }
-                c.confirmed = true;
-            }
+            });
             return true;
         }
         self.from_relay(d.node, d.packet.to_vec(), &outbox);

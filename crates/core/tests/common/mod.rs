@@ -80,3 +80,14 @@ pub(crate) async fn echo_through(fp: &ForwardProxy, target: &str, bytes: usize) 
     assert!(got == data, "echoed bytes differ");
     got
 }
+
+/// The next frame a bare relay client gets, within 10 s; the session must still be open.
+pub(crate) async fn recv_frame(
+    c: &keynet_core::relay::client::RelayClient,
+) -> keynet_core::proto::relay::Frame {
+    tokio::time::timeout(std::time::Duration::from_secs(10), c.recv())
+        .await
+        .expect("a frame in time")
+        .unwrap()
+        .expect("not closed")
+}

@@ -764,7 +764,6 @@ impl Runner {
     }
 }
 
-/// The next frame of the session's public-port queue; never, when the node has no public port.
 /// Closes a session's UDP channel when the session ends.
 struct ChannelGuard<'a> {
     paths: &'a crate::socket::paths::Paths,
@@ -777,6 +776,7 @@ impl Drop for ChannelGuard<'_> {
     }
 }
 
+/// The next frame of the session's public-port queue; never, when the node has no public port.
 async fn recv_public(rx: &mut Option<mpsc::Receiver<Frame>>) -> Option<Frame> {
     match rx {
         Some(rx) => rx.recv().await,

@@ -308,7 +308,9 @@ impl Running {
             return;
         };
         // The node's datagrams reach us, so ours reach it: it took the key before it sent.
-        me.channel_works.store(true, Ordering::Relaxed);
+        if !me.channel_works.load(Ordering::Relaxed) {
+            me.channel_works.store(true, Ordering::Relaxed);
+        }
         if d.kind == channel::Kind::Probe {
             let ack = channel::signal(channel::Kind::ProbeAck, &d.key);
             let src_ip = me.channel_addrs().and_then(|(_, ip)| ip);
@@ -357,12 +359,12 @@ impl Running {
         let len = packet.len();
         // A packet the channel cannot hold (from a stream sender whose path allowed more)
         // takes the target's stream.
-        let fits = len + channel::HEADER <= channel::MAX_LIMIT
+        let channel_ok = len + channel::HEADER <= channel::MAX_LIMIT
             && target.channel_works.load(Ordering::Relaxed);
         let to = target
             .channel
             .get()
-            .filter(|_| fits)
+            .filter(|_| channel_ok)
             .zip(target.channel_addrs());
         if let Some((key, (to, src_ip))) = to {
             let out = channel::encode(channel::Kind::FromRelay, key, &node, &packet);
@@ -376,13 +378,13 @@ impl Running {
         }
         // Packets are unreliable: a full queue drops, never blocks the sender.
         let limit = self.start.limits.queue_bytes;
-        let fits = target
+        let counted = target
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                 (q + len <= limit).then_some(q + len)
             })
             .is_ok();
-        let sent = fits
+        let sent = counted
             && target
                 .tx
                 .try_send(Frame::RecvPacket {
@@ -393,7 +395,7 @@ impl Running {
         if sent {
             self.counters.relayed(len);
         } else {
-            if fits {
+            if counted {
                 target.queued.fetch_sub(len, Ordering::AcqRel);
             }
             self.counters.dropped(stats::Drop::QueueFull);
