@@ -230,7 +230,7 @@ async function logLinesOf(t, bin, args, ready) {
   return stderr.trim().split('\n')
 }
 
-test('--log-format json: every log line of keynet and keynet-relay is one JSON object with level, target and message', async (t) => {
+test('--log-format json: every log line of keynet and keynet-relay is one JSON object with level, target and message; piped text lines carry no colour codes', async (t) => {
   const dir = tmpDir(t)
   const runs = [
     [KEYNET, ['--log-format', 'json', 'reverse', '--server', '127.0.0.1:1', '--control', path.join(dir, 'r.sock')], REVERSE_READY, 'reverse proxy started'],
@@ -249,6 +249,10 @@ test('--log-format json: every log line of keynet and keynet-relay is one JSON o
     }
     t.true(lines.some((l) => JSON.parse(l).fields.message === expected), `${what}: ${lines.join('\n')}`)
   }
+  // Text lines to a pipe (a journal, a container log) are plain: no colour escape codes.
+  const text = await logLinesOf(t, KEYNET, ['reverse', '--server', '127.0.0.1:1', '--control', path.join(dir, 't.sock')], REVERSE_READY)
+  t.true(text.some((l) => l.includes('reverse proxy started')), text.join('\n'))
+  t.false(text.some((l) => l.includes('\x1b[')), `escape codes in piped logs: ${JSON.stringify(text[0])}`)
   const bad = await keynetOnce(t, ['--log-format', 'xml', 'status'])
   t.is(bad.code, 2)
   const badRelay = await h.run(t, h.RELAY_BIN, ['--log-format', 'xml'], { env: h.cleanEnv({}), timeout: 20_000 })

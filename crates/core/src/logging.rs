@@ -269,6 +269,13 @@ fn stderr_filter() -> &'static OnceLock<StderrFilter> {
     &HANDLE
 }
 
+/// Whether log lines on stderr get colours: only when a person reads them on a terminal, and
+/// `NO_COLOR` is not set. A journal, a container log or a file gets plain text, not escape codes.
+pub fn stderr_wants_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
 /// Installs keynet's subscriber as the process's global one (once; later calls do nothing):
 /// stderr through `stderr` (an `EnvFilter` directive such as `keynet_core=debug`; `None`:
 /// nothing), and the proxies' routes. Returns false if another global subscriber was there
@@ -281,6 +288,7 @@ pub fn install(stderr: Option<&str>) -> bool {
         let (filter, handle) = reload::Layer::new(filter);
         let stderr_layer = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(stderr_wants_colour())
             .with_filter(filter);
         let ok = tracing_subscriber::registry()
             .with(stderr_layer)

@@ -45,7 +45,8 @@ pub fn init_as(format: Format) {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(keynet_core::logging::stderr_wants_colour());
     let _ = match format {
         Format::Text => builder.try_init(),
         Format::Json => builder.json().try_init(),
