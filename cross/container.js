@@ -114,7 +114,7 @@ async function main() {
     console.log(`FAIL ${KEYNET} is missing: npm run cross -- --targets ${target}`)
     process.exit(1)
   }
-  if (!aptInstall(['podman', 'runc'])) {
+  if (!aptInstall(['podman', 'runc', 'netavark'])) {
     console.log('FAIL podman is missing and cannot be installed here (apt-get as root)')
     process.exit(1)
   }
