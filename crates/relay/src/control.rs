@@ -211,9 +211,36 @@ pub fn table(s: &Value) -> String {
             str_of(&c["node_id"]),
             str_of(&c["path"]),
             c["rtt_ms"].as_f64().unwrap_or(0.0),
-            c["bytes_sent"],
-            c["bytes_received"]
+            // Numbers, not JSON values: a `Value`'s Display ignores the column width.
+            c["bytes_sent"].as_u64().unwrap_or(0),
+            c["bytes_received"].as_u64().unwrap_or(0)
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every number of a connection row ends where its column's heading ends.
+    #[test]
+    fn the_connection_table_lines_up_under_its_headings() {
+        let s = json!({
+            "role": "reverse", "node_id": "n", "udp": "127.0.0.1:1", "server": "127.0.0.1:2",
+            "relays": [], "stats": { "tunnels_open": 0, "tunnels_total": 1, "bytes_sent": 1,
+                "bytes_received": 2, "failures": {} },
+            "connections": [{ "node_id": "v".repeat(53), "path": "direct", "rtt_ms": 1.5,
+                "bytes_sent": 10633, "bytes_received": 3670 }],
+        });
+        let out = table(&s);
+        let lines: Vec<&str> = out.lines().collect();
+        let head = lines
+            .iter()
+            .find(|l| l.starts_with("NODE ID"))
+            .expect("heading");
+        let row = lines.last().expect("row");
+        assert_eq!(row.len(), head.len(), "{head}\n{row}");
+        assert!(row.ends_with("        10633         3670"), "{row}");
+    }
 }
