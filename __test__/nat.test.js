@@ -163,6 +163,37 @@ for (const [topology, transport] of [['udp-blocked', 'websocket']]) {
   })
 }
 
+// B's firewall lets it reach the relay over TCP only at first: its link comes up on WebSocket,
+// where the relay observes B's TCP mapping, so no rendezvous can punch between two
+// port-restricted NATs. Once UDP passes, the link moves to QUIC by itself (no 'down' between),
+// asks for a fresh rendezvous, and the connection opened meanwhile ends punched.
+labTest("restricted with a relay, B's UDP to the relay blocked at start: the link moves from WebSocket to QUIC once UDP passes, and the relayed connection then punches", async (t) => {
+  await withLab('restricted', { relay: true }, async (lab, A, B) => {
+    const relay = await lab.startRelay()
+    await lab.blockRelayUdp('B')
+    const pair = await startRelayedPair(lab, A, B, relay, { server: 'echo', opts: { connConnectTime: 10000 } })
+    t.is(pair.rpTransport, 'websocket', 'B registered over WebSocket')
+    const { host, port } = pair.pubB
+    const open = await A.request({ cmd: 'open', nodeId: pair.nodeIdB, host, port, timeout: 10000, relay: pair.relay }, 20000)
+    t.true(open.ok, open.message)
+    t.is(open.path, 'relayed')
+    const before = await A.request({ cmd: 'transfer', host, port, bytes: 1 << 20 }, 60000)
+    t.true(before.ok && before.received === before.sent, JSON.stringify(before))
+
+    await lab.blockRelayUdp('B', false)
+    const moved = await B.request({ cmd: 'waitEvent', kind: 'relay', proxy: 'rp', state: 'up', transport: 'quic', timeout: 70000 }, 75000)
+    t.true(moved.found, `B's link moved to QUIC: ${JSON.stringify(moved.last)}`)
+    const downs = await B.request({ cmd: 'events', kind: 'relay', proxy: 'rp', state: 'down' })
+    t.deepEqual(downs.events, [], 'no down between WebSocket and QUIC')
+    const up = await A.request({ cmd: 'waitCurrentPath', host, port, path: 'punched', timeout: 15000 }, 20000)
+    t.true(up.reached, `the connection punched after the move (path ${up.path})`)
+    const after = await A.request({ cmd: 'transfer', host, port, bytes: 1 << 20 }, 60000)
+    t.true(after.ok && after.received === after.sent, JSON.stringify(after))
+    t.is(after.pathAtEnd, 'punched')
+    t.log(`B's link on QUIC ${(moved.at - before.closedAt).toFixed(0)} ms after UDP was let through; punched ${up.already ? 'before' : 'after'} the wait began`)
+  })
+})
+
 // Symmetric: A's NAT picks a new random port per destination, B's filters per address and port:
 // plain punching cannot work, the birthday punch (256 mappings at A, 2048 probes from B) can.
 // Its upgrade comes later (2 s of plain punching first): a longer transfer spans it.

@@ -97,7 +97,7 @@ function matches(e, f) {
   if (f.kind && e.kind !== f.kind) return false
   if (f.proxy && e.proxy !== f.proxy) return false
   if (f.after != null && e.at < f.after) return false
-  for (const k of ['path', 'reason', 'state', 'previousPath']) if (f[k] != null && e[k] !== f[k]) return false
+  for (const k of ['path', 'reason', 'state', 'previousPath', 'transport']) if (f[k] != null && e[k] !== f[k]) return false
   return true
 }
 
@@ -281,7 +281,7 @@ const handlers = {
   },
   /**
    * Waits for the `n`-th event matching { kind ('path'), proxy, path, reason, state,
-   * previousPath, after (epoch ms) }; resolves { found, at, event, count } (found: false with
+   * previousPath, transport, after (epoch ms) }; resolves { found, at, event, count } (found: false with
    * the count so far and the last event of that kind when `timeout` ms pass first).
    */
   async waitEvent({ timeout = 10000, n = 1, ...f }) {

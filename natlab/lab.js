@@ -539,6 +539,29 @@ while True:
     }
   }
 
+  /**
+   * `on`: drops every UDP datagram between `side`'s public IP and the relay host, both
+   * directions, on the public segment (a `bridge relayudp` table in the `pub` namespace): a
+   * firewall that lets the side reach the relay over TCP only. `on=false` removes the table.
+   */
+  async blockRelayUdp(side, on = true) {
+    const reset = 'add table bridge relayudp\ndelete table bridge relayudp\n'
+    if (!on) return nft(this.pub, reset)
+    const ip = this.hosts[side]?.publicIp
+    if (!ip || !this.hosts.relay) throw new Error(`no public IP for ${side}, or no relay host`)
+    await nft(
+      this.pub,
+      `${reset}table bridge relayudp {
+  chain fw {
+    type filter hook forward priority -10; policy accept;
+    ether type ip ip saddr ${ip} ip daddr ${RELAY_IP} meta l4proto udp counter drop
+    ether type ip ip saddr ${RELAY_IP} ip daddr ${ip} meta l4proto udp counter drop
+  }
+}
+`,
+    )
+  }
+
   /** UDP datagrams the current blackhole dropped (0 when there is none). */
   async blackholeDrops() {
     const out = await sh([IP, 'netns', 'exec', this.pub, NFT, 'list', 'table', 'bridge', 'blackhole']).catch(() => '')

@@ -1,22 +1,25 @@
 //! The relay's UDP packet channel (`keynet-relay/3`): relayed packets between nodes that
 //! negotiated it travel as plain UDP datagrams beside their QUIC relay connection; a node on
 //! the stream (WebSocket, or an older `keynet-relay/2` node) still reaches them and is reached;
+//! a link that fell back to WebSocket moves to QUIC (and the channel) once UDP answers;
 //! and the relay forwards a channel datagram only for its session's key from its session's
 //! address.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{echo_server, echo_through, recv_frame};
+use keynet_core::events::Event;
 use keynet_core::identity::LoadedIdentity;
 use keynet_core::proto::channel;
 use keynet_core::proto::relay::Frame;
 use keynet_core::relay::client::RelayClient;
 use keynet_core::relay::server::{RelayServer, RelayStart};
-use keynet_core::relay::spec::{RelaySpec, Transport};
+use keynet_core::relay::spec::{LinkStatus, RelaySpec, Transport};
 use keynet_core::socket::KeynetSocket;
 use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, Path, ReverseProxy, ReverseStart};
 
@@ -144,6 +147,15 @@ async fn a_relay_on_every_address_sends_channel_datagrams_from_the_one_each_node
 /// middlebox that lets QUIC through and nothing else), for one client; it runs until its task
 /// is aborted.
 async fn quic_only_hop(relay: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    hop(relay, |d| !channel::is_channel(d)).await
+}
+
+/// A UDP hop in front of the relay for one client that passes, both ways, the datagrams `pass`
+/// takes; it runs until its task is aborted.
+async fn hop(
+    relay: SocketAddr,
+    pass: impl Fn(&[u8]) -> bool + Send + 'static,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     back.connect(relay).await.unwrap();
@@ -156,13 +168,13 @@ async fn quic_only_hop(relay: SocketAddr) -> (SocketAddr, tokio::task::JoinHandl
                 r = front.recv_from(&mut up) => {
                     let Ok((n, from)) = r else { return };
                     client = Some(from);
-                    if !channel::is_channel(&up[..n]) {
+                    if pass(&up[..n]) {
                         let _ = back.send(&up[..n]).await;
                     }
                 }
                 r = back.recv(&mut down) => {
                     let Ok(n) = r else { return };
-                    if let (Some(c), false) = (client, channel::is_channel(&down[..n])) {
+                    if let (Some(c), true) = (client, pass(&down[..n])) {
                         let _ = front.send_to(&down[..n], c).await;
                     }
                 }
@@ -193,6 +205,78 @@ async fn a_node_whose_channel_datagrams_are_dropped_on_the_way_keeps_its_packets
     // Toward the reverse proxy on its stream; toward the forward proxy on its working channel
     // when a packet fits it (the reverse proxy's full-size ones, grown on its stream, do not).
     assert!(s.packets_on_channel > 0 && on_stream > 1_000, "{s:?}");
+    fp.stop().await.unwrap();
+    rp.stop().await.unwrap();
+    relay.stop().await.unwrap();
+    hop_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_fell_back_to_websocket_moves_to_quic_once_udp_answers_and_its_connection_goes_on(
+) {
+    let relay = relay().await;
+    // UDP between the reverse proxy and the relay is blocked at first (a firewall, a network
+    // that is still coming up); its TCP is not.
+    let open = Arc::new(AtomicBool::new(false));
+    let pass = open.clone();
+    let (hop, hop_task) = hop(relay.addr().unwrap(), move |_| pass.load(Ordering::Relaxed)).await;
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    let (tx, mut states) = tokio::sync::mpsc::unbounded_channel();
+    rp.set_event_sink(Some(Arc::new(move |e: Event| {
+        if let Some((_, state)) = e.relay {
+            let _ = tx.send(state);
+        }
+    })));
+    rp.start(ReverseStart {
+        relay: Some(spec_at(&relay, hop, Transport::Auto)),
+        ..ReverseStart::new(echo_server().await)
+    })
+    .await
+    .unwrap();
+    let on = |rp: &ReverseProxy| match rp.relay_status().unwrap().unwrap().1 {
+        LinkStatus::Up { transport, .. } => Some(transport),
+        _ => None,
+    };
+    assert_eq!(on(&rp), Some(Transport::WebSocket), "QUIC did not answer");
+    let ingress: SocketAddr = "192.0.2.1:9".parse().unwrap();
+    let fp = relayed_forward_proxy(&relay, &rp, Transport::Quic, ingress).await;
+    echo_through(&fp, &ingress.to_string(), 1 << 20).await;
+    let before = relay.stats().unwrap();
+    assert_eq!(before.gauges.sessions_websocket, 1, "{before:?}");
+
+    // UDP answers: the link moves to QUIC on its own, with no `down` in between.
+    open.store(true, Ordering::Relaxed);
+    let moved = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(state) = states.recv().await {
+            match state {
+                LinkStatus::Up {
+                    transport: Transport::Quic,
+                    ..
+                } => return Ok(()),
+                down @ LinkStatus::Down(..) => return Err(down),
+                _ => {}
+            }
+        }
+        Err(LinkStatus::Connecting)
+    })
+    .await
+    .expect("the link did not move to QUIC within 20 s");
+    moved.expect("the link went down on its way to QUIC");
+
+    // The connection relayed before the move goes on, its packets now on the relay's channel;
+    // the relay holds one session per node, none on WebSocket.
+    echo_through(&fp, &ingress.to_string(), 1 << 20).await;
+    let after = relay.stats().unwrap();
+    assert_eq!(rp.connections().unwrap().len(), 1, "the same connection");
+    assert!(
+        after.packets_on_channel - before.packets_on_channel > 500,
+        "{before:?}\n{after:?}"
+    );
+    assert_eq!(after.gauges.sessions_websocket, 0, "{after:?}");
+    assert_eq!(
+        after.gauges.registered, before.gauges.registered,
+        "{after:?}"
+    );
     fp.stop().await.unwrap();
     rp.stop().await.unwrap();
     relay.stop().await.unwrap();

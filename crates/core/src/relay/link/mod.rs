@@ -8,6 +8,9 @@
 //!   Connecting ──registered──▶ Up ──error, silence, renew──▶ Down ──backoff──▶ Connecting
 //!        └──────────────failed───────────────────────────────▲
 //! ```
+//! - An `Auto` link that came up on WebSocket (QUIC did not answer in its head start) keeps
+//!   trying QUIC, and once it answers registers over it and drops the WebSocket session, with
+//!   no `Down` in between (`Runner::quic_again`).
 //! - States are published on a watch channel (`LinkStatus`; `relay` events and
 //!   `getRelayStatus()` read it). `Down` carries the error kind and text.
 //! - Inboxes, each bounded: the outbox (QUIC packets for relayed peers, 1024 of them, dropped
@@ -32,7 +35,7 @@ pub mod transport;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,8 +46,8 @@ use crate::error::{CertChainKind, Error, ErrorKind, RelayError, Result};
 use crate::nodeid::NodeId;
 use crate::proto::backoff::Backoff;
 use crate::proto::relay::{Frame, GoneReason, Mapping};
-use crate::relay::framed::{write_frames, BoxWrite, FrameReader};
-use crate::relay::spec::{LinkStatus, RelaySpec};
+use crate::relay::framed::{write_frames, BoxWrite, FrameReader, RelayConn};
+use crate::relay::spec::{LinkStatus, RelaySpec, Transport};
 use crate::socket::paths::Outbox;
 use crate::socket::KeynetSocket;
 use direct::{Arranger, DirectPath, RECALL_MAX, RECALL_MIN};
@@ -62,6 +65,12 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A session that lived this long resets the backoff.
 const HEALTHY: Duration = Duration::from_secs(10);
+/// A link on WebSocket under `Auto` tries QUIC again this long after registering, then at
+/// doubling intervals up to [`QUIC_AGAIN_MAX`] (a blocked try costs a few Initial packets).
+const QUIC_AGAIN_MIN: Duration = Duration::from_secs(2);
+const QUIC_AGAIN_MAX: Duration = Duration::from_secs(60);
+/// How long one such try may take.
+const QUIC_AGAIN_BUDGET: Duration = Duration::from_secs(3);
 
 /// What a link needs from its node.
 #[derive(Clone)]
@@ -322,6 +331,8 @@ impl Runner {
         mut control_rx: mpsc::Receiver<Frame>,
     ) {
         let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+        // A registration over QUIC made while on WebSocket, for the next session.
+        let mut moved: Option<Registration> = None;
         loop {
             if self.link.strong_count() == 0 {
                 return;
@@ -329,11 +340,23 @@ impl Runner {
             let started = Instant::now();
             let mut renewing = false;
             let ended = tokio::select! {
-                r = self.session(&mut outbox_rx, &mut control_rx) => r,
+                r = self.session(&mut outbox_rx, &mut control_rx, moved.take()) => r,
                 _ = self.renew.notified() => {
                     renewing = true;
                     Err(RelayError::NetworkChanged.into())
                 }
+            };
+            let ended = match ended {
+                Ok(SessionEnd::MovedToQuic(conn)) => {
+                    // No `Down` in between: the link stays up on WebSocket until the QUIC
+                    // session registers (the relay then replaces the older session).
+                    tracing::info!(relay = %self.spec.addr, "UDP answers the relay again: the link moves from WebSocket to QUIC");
+                    moved = Some(conn);
+                    backoff.reset();
+                    continue;
+                }
+                Ok(SessionEnd::Closed) => Ok(()),
+                Err(e) => Err(e),
             };
             let replaced = matches!(
                 ended,
@@ -384,24 +407,98 @@ impl Runner {
         }
     }
 
+    /// One relay session: connects and registers (or takes `ready`, a registration made
+    /// while the previous session still ran), then carries frames until the session fails,
+    /// or until a session on WebSocket finds QUIC answering (see [`Runner::quic_again`]).
     async fn session(
         &self,
         outbox_rx: &mut mpsc::Receiver<(NodeId, Vec<u8>)>,
         control_rx: &mut mpsc::Receiver<Frame>,
-    ) -> Result<()> {
-        let budget = self
-            .ctx
-            .dialer
-            .opts
-            .connect_time
-            .min(Duration::from_secs(10));
-        let conn = transport::connect(&self.spec, &self.ctx.dialer, budget).await?;
+        ready: Option<Registration>,
+    ) -> Result<SessionEnd> {
+        let moved = ready.is_some();
         // However the session ends (even dropped), packets go to the next session's stream
         // until it opens a channel of its own.
         let _channel = ChannelGuard {
             paths: &self.ctx.socket.paths,
             outbox: &self.outbox,
         };
+        let reg = match ready {
+            Some(reg) => reg,
+            None => {
+                let budget = self.budget();
+                let conn = transport::connect(&self.spec, &self.ctx.dialer, budget).await?;
+                self.register(conn, budget).await?
+            }
+        };
+        let Registration {
+            transport: on,
+            quic,
+            mut frames,
+            mut send,
+            early,
+            observed,
+            public_port,
+            rtt,
+        } = reg;
+        let _ = self.rtt.send(Some(rtt));
+        tracing::info!(relay = %self.spec.addr, transport = on.as_str(), %observed, ?public_port, "registered with the relay");
+        let _ = self.status.send(LinkStatus::Up {
+            transport: on,
+            observed,
+            public_port,
+        });
+        if moved {
+            self.rendezvous_again();
+        }
+        let mut public_rx = self.ctx.public.as_ref().map(|p| p.session());
+        let handled: Result<()> = early.into_iter().try_for_each(|f| self.handle(f));
+        let moving = AtomicBool::new(false);
+        let ended = async {
+            handled?;
+            let carry = self.carry(
+                &mut frames,
+                &mut send,
+                outbox_rx,
+                control_rx,
+                &mut public_rx,
+                quic,
+            );
+            let again = self.quic_again(on, &moving);
+            tokio::pin!(carry, again);
+            tokio::select! {
+                reg = &mut again => Ok(SessionEnd::MovedToQuic(reg)),
+                r = &mut carry => {
+                    // Once a move registers, the relay ends this session (a `REPLACED` notice,
+                    // then a close): the move in flight finishes, within its bound.
+                    if moving.load(Ordering::Relaxed) {
+                        if let Ok(reg) = tokio::time::timeout(QUIC_AGAIN_BUDGET, &mut again).await {
+                            return Ok(SessionEnd::MovedToQuic(reg));
+                        }
+                    }
+                    r.map(|()| SessionEnd::Closed)
+                }
+            }
+        }
+        .await;
+        if let Some(p) = &self.ctx.public {
+            p.reset_all();
+        }
+        ended
+    }
+
+    /// How long connecting, and registering, may each take.
+    fn budget(&self) -> Duration {
+        self.ctx
+            .dialer
+            .opts
+            .connect_time
+            .min(Duration::from_secs(10))
+    }
+
+    /// Registers on `conn` within `budget`: the relay's answer, and the frames it wrote before
+    /// it (a peer's packet, a public-port client that came early), to handle once registered.
+    async fn register(&self, conn: RelayConn, budget: Duration) -> Result<Registration> {
         let quic = conn.quic.clone();
         let (mut frames, mut send): (FrameReader, BoxWrite) =
             (FrameReader::new(conn.read), conn.write);
@@ -426,8 +523,6 @@ impl Runner {
         )
         .await
         .map_err(RelayError::Closed)?;
-        // The answer; frames the relay wrote before it (a peer's packet, a public-port client
-        // that came early) are handled once registered.
         let mut early = Vec::new();
         let answer = tokio::time::timeout(budget, async {
             loop {
@@ -453,32 +548,80 @@ impl Runner {
             }
             other => return Err(RelayError::UnexpectedAnswer(format!("{other:?}")).into()),
         };
-        let _ = self.rtt.send(Some(asked.elapsed()));
-        tracing::info!(relay = %self.spec.addr, transport = conn.transport.as_str(), %observed, ?public_port, "registered with the relay");
-        let _ = self.status.send(LinkStatus::Up {
+        Ok(Registration {
             transport: conn.transport,
+            quic,
+            frames,
+            send,
+            early,
             observed,
             public_port,
-        });
-        let mut public_rx = self.ctx.public.as_ref().map(|p| p.session());
-        let handled: Result<()> = early.into_iter().try_for_each(|f| self.handle(f));
-        let ended = async {
-            handled?;
-            self.carry(
-                &mut frames,
-                &mut send,
-                outbox_rx,
-                control_rx,
-                &mut public_rx,
-                quic,
-            )
-            .await
+            rtt: asked.elapsed(),
+        })
+    }
+
+    /// Resolves with a registration over QUIC once one succeeds, when this session runs on
+    /// WebSocket only because QUIC did not answer (`Auto`): UDP blocked at start, or slow for
+    /// a second. Tried from [`QUIC_AGAIN_MIN`] to [`QUIC_AGAIN_MAX`] apart, connecting and
+    /// registering each bounded by [`QUIC_AGAIN_BUDGET`]; `moving` is set while a registration
+    /// is asked for. Registering before the WebSocket session is dropped keeps the node
+    /// registered throughout, so the relay keeps its peers (a node that left loses them).
+    /// Over QUIC relayed packets travel as datagrams, and the relay learns the UDP mapping
+    /// peers punch to (it arranges no rendezvous for a node without one). Not while
+    /// public-port clients are carried: a new session resets them. Never resolves otherwise.
+    async fn quic_again(&self, on: Transport, moving: &AtomicBool) -> Registration {
+        if on != Transport::WebSocket || self.spec.transport != Transport::Auto {
+            return std::future::pending().await;
         }
-        .await;
-        if let Some(p) = &self.ctx.public {
-            p.reset_all();
+        let busy = || self.ctx.public.as_ref().is_some_and(|p| !p.is_idle());
+        let mut backoff = Backoff::new(QUIC_AGAIN_MIN, QUIC_AGAIN_MAX);
+        loop {
+            tokio::time::sleep(backoff.next_delay()).await;
+            if busy() {
+                continue;
+            }
+            let tried = async {
+                let conn = transport::connect_quic(&self.spec, &self.ctx.dialer, QUIC_AGAIN_BUDGET)
+                    .await?;
+                if busy() {
+                    return Ok(None);
+                }
+                moving.store(true, Ordering::Relaxed);
+                self.register(conn, QUIC_AGAIN_BUDGET).await.map(Some)
+            };
+            match tried.await {
+                Ok(Some(reg)) => return reg,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(relay = %self.spec.addr, error = %e, "QUIC to the relay still fails: staying on WebSocket");
+                }
+            }
+            moving.store(false, Ordering::Relaxed);
         }
-        ended
+    }
+
+    /// The link moved from WebSocket to QUIC: the relay now has our UDP mapping, and answers a
+    /// rendezvous request for us (it arranges none for a node without one). Asks at once for
+    /// each peer whose live connection is relayed through this link: a request made while we
+    /// were on WebSocket got no answer, and nothing would ask again.
+    /// Not when this link asks for no rendezvous (`upgrade` off).
+    fn rendezvous_again(&self) {
+        if !self.spec.upgrade {
+            return;
+        }
+        let (Some(link), Some(tracker)) = (self.link.upgrade(), self.ctx.tracker.upgrade()) else {
+            return;
+        };
+        let paths = &self.ctx.socket.paths;
+        for peer in tracker.peers() {
+            let here = paths
+                .relay_of(&peer.node_id)
+                .is_some_and(|o| o.same_channel(&self.outbox));
+            if peer.path() == crate::events::Path::Relayed && here {
+                link.forget_rendezvous(&peer.node_id);
+                link.call_me_maybe(peer.node_id);
+            }
+        }
     }
 
     /// Carries frames both ways on a registered session until it fails.
@@ -762,6 +905,29 @@ impl Runner {
             }
         });
     }
+}
+
+/// How a session that did not fail ended.
+enum SessionEnd {
+    /// The relay closed it.
+    Closed,
+    /// QUIC answers again: the next session runs on this registration.
+    MovedToQuic(Registration),
+}
+
+/// A relay connection that registered, and what came with the answer.
+struct Registration {
+    transport: Transport,
+    quic: Option<quinn::Connection>,
+    frames: FrameReader,
+    send: BoxWrite,
+    /// Frames the relay wrote before its answer.
+    early: Vec<Frame>,
+    /// This node's address as the relay sees it.
+    observed: SocketAddr,
+    public_port: Option<u16>,
+    /// From the registration to its answer.
+    rtt: Duration,
 }
 
 /// Closes a session's UDP channel when the session ends.

@@ -103,6 +103,15 @@ impl PublicPort {
         Ok(())
     }
 
+    /// Whether no public-port client is carried now.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.state
+            .lock()
+            .expect("public port lock")
+            .conns
+            .is_empty()
+    }
+
     /// The relay session ended: every connection is reset.
     pub(crate) fn reset_all(&self) {
         self.state.lock().expect("public port lock").conns.clear();

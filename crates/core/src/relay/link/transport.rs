@@ -80,7 +80,12 @@ pub async fn connect(spec: &RelaySpec, ctx: &Dialer, budget: Duration) -> Result
     }
 }
 
-async fn connect_quic(spec: &RelaySpec, ctx: &Dialer, budget: Duration) -> Result<RelayConn> {
+/// Opens a QUIC connection to the relay within `budget` (its stream opened, nothing sent).
+pub(crate) async fn connect_quic(
+    spec: &RelaySpec,
+    ctx: &Dialer,
+    budget: Duration,
+) -> Result<RelayConn> {
     let accept = Acceptable::OneOf(vec![spec.node_id]);
     let conn = handshake(ctx, spec.addr, accept, spec.silence, budget).await?;
     let (send, recv) = tokio::time::timeout(budget, conn.open_bi())

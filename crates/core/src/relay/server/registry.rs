@@ -156,18 +156,26 @@ impl<H> Registry<H> {
                 return Err(Refusal::BadToken);
             }
         }
-        let old = self.nodes.insert(
-            node,
-            Entry {
-                session,
-                handle,
-                caller,
-                initiated: HashSet::new(),
-                heard_from: HashSet::new(),
-                rendezvous: Bucket::full(self.rendezvous_burst, Instant::now()),
-            },
-        );
-        Ok(old.filter(|o| o.session != session).map(|o| o.handle))
+        let mut entry = Entry {
+            session,
+            handle,
+            caller,
+            initiated: HashSet::new(),
+            heard_from: HashSet::new(),
+            rendezvous: Bucket::full(self.rendezvous_burst, Instant::now()),
+        };
+        let Some(old) = self.nodes.remove(&node) else {
+            self.nodes.insert(node, entry);
+            return Ok(None);
+        };
+        // The same node (its key proved again) moving its session, for example from
+        // WebSocket to QUIC: its peers still relay with it (their entries name it), so it keeps
+        // them, and its rendezvous budget (a new session must not refill it).
+        entry.initiated = old.initiated;
+        entry.heard_from = old.heard_from;
+        entry.rendezvous = old.rendezvous;
+        self.nodes.insert(node, entry);
+        Ok((old.session != session).then_some(old.handle))
     }
 
     /// Whether `session` is the registered session of `node`.
@@ -578,6 +586,27 @@ mod tests {
         let later = t0 + Duration::from_secs_f64(1.0 / rate);
         assert!(r.pair(n(1), 1, n(2), later).is_ok());
         assert!(r.pair(n(1), 1, n(2), later).is_err());
+    }
+
+    #[test]
+    fn a_node_registering_again_keeps_its_peers_and_its_rendezvous_budget() {
+        let mut r = registry(8, None);
+        reg(&mut r, n(1), 1);
+        reg(&mut r, n(2), 2);
+        r.forward(n(2), 2, n(1)).unwrap();
+        let t0 = Instant::now();
+        while r.pair(n(1), 1, n(2), t0).is_ok() {}
+        // Node 1 moves to a new session (its old one is returned, to be ended).
+        assert_eq!(reg(&mut r, n(1), 11), Some(1));
+        assert_eq!(r.pair(n(1), 1, n(2), t0), Err(Refusal::NotRegistered));
+        // Still node 2's peer, with no packet since the move; its budget is not refilled.
+        assert_eq!(
+            r.pair(n(1), 11, n(2), t0).err(),
+            Some(Refusal::RendezvousRate)
+        );
+        let later = t0 + Duration::from_secs_f64(1.0 / Limits::default().rendezvous_rate);
+        assert_eq!(r.pair(n(1), 11, n(2), later).map(|h| *h), Ok(2));
+        assert_eq!(r.forward(n(1), 11, n(2)).map(|h| *h), Ok(2));
     }
 
     #[test]
