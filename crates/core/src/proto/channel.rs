@@ -127,13 +127,19 @@ pub fn parse(datagram: &[u8]) -> Option<Datagram<'_>> {
     })
 }
 
+/// The header of a channel datagram (the packet follows it).
+pub fn header(kind: Kind, key: &Key, node: &NodeId) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[1..4].copy_from_slice(MAGIC);
+    h[4] = kind.byte();
+    h[5..13].copy_from_slice(key);
+    h[13..].copy_from_slice(node.as_bytes());
+    h
+}
+
 /// Appends the header of a channel datagram to `out` (the packet follows).
 pub fn put_header(out: &mut Vec<u8>, kind: Kind, key: &Key, node: &NodeId) {
-    out.push(0);
-    out.extend_from_slice(MAGIC);
-    out.push(kind.byte());
-    out.extend_from_slice(key);
-    out.extend_from_slice(node.as_bytes());
+    out.extend_from_slice(&header(kind, key, node));
 }
 
 /// A whole channel datagram.

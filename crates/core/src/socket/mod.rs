@@ -32,7 +32,9 @@ use paths::{Hop, Paths};
 
 /// What a relay does with the channel datagrams nodes send it (`proto::channel`): source
 /// address and datagram, called on the receive path (so it must not block).
-pub type ChannelSink = Box<dyn Fn(SocketAddr, &[u8]) + Send + Sync>;
+/// Takes the channel datagrams of one receive from one source: segments of `stride` bytes
+/// (the last may be shorter), which it may rewrite in place.
+pub type ChannelSink = Box<dyn Fn(SocketAddr, &mut [u8], usize) + Send + Sync>;
 
 /// Punch datagrams queued per session before further ones are dropped (they repeat anyway).
 const SESSION_QUEUE: usize = 64;
@@ -328,15 +330,37 @@ impl KeynetSocket {
         let _ = self.channel_sink.set(sink);
     }
 
-    /// A channel datagram arrived: a relay's sink takes those for the relay, the paths those
-    /// for this node.
-    fn deliver_channel(&self, from: SocketAddr, datagram: &[u8]) {
+    /// Channel datagrams arrived (segments of `stride` bytes, from one receive): a relay's
+    /// sink takes those for the relay, the paths those for this node.
+    fn deliver_channel(&self, from: SocketAddr, segments: &mut [u8], stride: usize) {
         match self.channel_sink.get() {
-            Some(sink) => sink(canonical(from), datagram),
+            Some(sink) => sink(canonical(from), segments, stride),
             None => {
-                self.paths.from_channel(from, datagram);
+                for datagram in segments.chunks(stride.max(1)) {
+                    self.paths.from_channel(from, datagram);
+                }
             }
         }
+    }
+
+    /// Sends `contents`, segments of `segment_size` bytes (the last may be shorter), to `to`
+    /// from the OS socket now: in one system call when the socket segments (at most its
+    /// segment count per call), else one call per segment. Stops at the first error (a full
+    /// buffer: the rest is dropped, as a congested link would).
+    pub fn try_send_segments(
+        &self,
+        to: SocketAddr,
+        src_ip: Option<std::net::IpAddr>,
+        contents: &[u8],
+        segment_size: usize,
+    ) -> io::Result<()> {
+        let size = segment_size.max(1);
+        let per_call = self.max_transmit_segments().max(1);
+        for batch in contents.chunks(size * per_call) {
+            let gso = (batch.len() > size).then_some(size);
+            self.send_raw(to, src_ip, batch, gso)?;
+        }
+        Ok(())
     }
 
     /// Sends `contents` (segments of `size` bytes, for `node`) as channel datagrams to the
@@ -507,13 +531,21 @@ impl AsyncUdpSocket for KeynetSocket {
                 let stride = m.stride.max(1);
                 // Walk the (GRO) segments, keeping QUIC ones, compacting punches and channel
                 // datagrams out.
+                // Consecutive channel segments go together (a relay forwards a run at once),
+                // before a later segment is compacted over them.
                 let (mut read, mut write) = (0, 0);
+                let mut run: Option<usize> = None;
                 while read < m.len {
                     let end = (read + stride).min(m.len);
+                    let is_channel = channel::is_channel(&buf[read..end]);
+                    if let (Some(start), false) = (run, is_channel) {
+                        self.deliver_channel(m.addr, &mut buf[start..read], stride);
+                        run = None;
+                    }
                     if punch::is_punch(&buf[read..end]) {
                         self.deliver_punch(m.addr, &buf[read..end]);
-                    } else if channel::is_channel(&buf[read..end]) {
-                        self.deliver_channel(m.addr, &buf[read..end]);
+                    } else if is_channel {
+                        run.get_or_insert(read);
                     } else {
                         if write != read {
                             buf.copy_within(read..end, write);
@@ -521,6 +553,9 @@ impl AsyncUdpSocket for KeynetSocket {
                         write += end - read;
                     }
                     read = end;
+                }
+                if let Some(start) = run {
+                    self.deliver_channel(m.addr, &mut buf[start..m.len], stride);
                 }
                 m.len = write;
                 any_quic |= write > 0;

@@ -287,6 +287,83 @@ impl Running {
         }
     }
 
+    /// Channel datagrams from `from`, segments of `stride` bytes from one receive (on the UDP
+    /// socket's receive path: never waits). A run of packets from one sender to one
+    /// destination, the common case of a bulk transfer, is checked once and forwarded in one
+    /// segmented send, each header rewritten in place (the two headers have the same length);
+    /// anything else goes one datagram at a time.
+    fn channel_datagrams(&self, from: SocketAddr, segments: &mut [u8], stride: usize) {
+        let stride = stride.max(1);
+        if segments.len() > stride && self.forward_run(from, segments, stride) {
+            return;
+        }
+        for datagram in segments.chunks(stride) {
+            self.channel_datagram(from, datagram);
+        }
+    }
+
+    /// Forwards `segments` as one run if every one is a packet with the first one's header
+    /// (kind, key, destination) that its sender may send and that fits its target's channel;
+    /// false (nothing done) otherwise.
+    fn forward_run(&self, from: SocketAddr, segments: &mut [u8], stride: usize) -> bool {
+        let Some(first) = channel::parse(&segments[..stride]) else {
+            return false;
+        };
+        let head: [u8; channel::HEADER] = segments[..channel::HEADER]
+            .try_into()
+            .expect("a parsed datagram holds a header");
+        let same = segments
+            .chunks(stride)
+            .all(|s| s.len() > channel::HEADER && s[..channel::HEADER] == head);
+        let packet_max = stride - channel::HEADER;
+        if first.kind != channel::Kind::ToRelay
+            || !same
+            || packet_max > self.start.limits.max_datagram
+        {
+            return false;
+        }
+        let (dst, key) = (first.node, first.key);
+        let Some((node, me)) = self.sender(&key, from) else {
+            return false;
+        };
+        let Ok(target) = self.target(node, &me, dst) else {
+            return false;
+        };
+        let Some((to_key, to, src_ip)) = Self::channel_of(&target, packet_max) else {
+            return false;
+        };
+        let out = channel::header(channel::Kind::FromRelay, &to_key, &node);
+        let mut bytes = 0;
+        let mut count = 0;
+        for s in segments.chunks_mut(stride) {
+            s[..channel::HEADER].copy_from_slice(&out);
+            bytes += s.len() - channel::HEADER;
+            count += 1;
+        }
+        match self.socket.try_send_segments(to, src_ip, segments, stride) {
+            Ok(()) => self.counters.relayed_on_channel(count, bytes),
+            Err(_) => self.counters.dropped(stats::Drop::QueueFull, count),
+        }
+        true
+    }
+
+    /// The registered session a channel datagram from `from` with `key` is from: `key` names
+    /// it and `from` is its address. Marks its channel working (its datagrams reach us, so
+    /// ours reach it: it took the key before it sent).
+    fn sender(&self, key: &channel::Key, from: SocketAddr) -> Option<(NodeId, Arc<NodeConn>)> {
+        let sender = self
+            .channels
+            .read()
+            .expect("channels lock")
+            .get(key)
+            .cloned()
+            .filter(|(_, me)| me.sent_from(from))?;
+        if !sender.1.channel_works.load(Ordering::Relaxed) {
+            sender.1.channel_works.store(true, Ordering::Relaxed);
+        }
+        Some(sender)
+    }
+
     /// A channel datagram from `from` (on the UDP socket's receive path: never waits). Forwarded
     /// only if its key names a session and it comes from that session's QUIC address: anyone
     /// else's is dropped and counted (`bad_channel`).
@@ -295,22 +372,13 @@ impl Running {
             return;
         };
         let sender = match d.kind {
-            channel::Kind::ToRelay | channel::Kind::Probe => self
-                .channels
-                .read()
-                .expect("channels lock")
-                .get(&d.key)
-                .cloned(),
+            channel::Kind::ToRelay | channel::Kind::Probe => self.sender(&d.key, from),
             channel::Kind::FromRelay | channel::Kind::ProbeAck => None,
         };
-        let Some((node, me)) = sender.filter(|(_, me)| me.sent_from(from)) else {
-            self.counters.dropped(stats::Drop::BadChannel);
+        let Some((node, me)) = sender else {
+            self.counters.dropped(stats::Drop::BadChannel, 1);
             return;
         };
-        // The node's datagrams reach us, so ours reach it: it took the key before it sent.
-        if !me.channel_works.load(Ordering::Relaxed) {
-            me.channel_works.store(true, Ordering::Relaxed);
-        }
         if d.kind == channel::Kind::Probe {
             let ack = channel::signal(channel::Kind::ProbeAck, &d.key);
             let src_ip = me.channel_addrs().and_then(|(_, ip)| ip);
@@ -318,7 +386,7 @@ impl Running {
             return;
         }
         if d.packet.len() > self.start.limits.max_datagram {
-            self.counters.dropped(stats::Drop::TooLarge);
+            self.counters.dropped(stats::Drop::TooLarge, 1);
             return;
         }
         if let Some(refusal) = self.forward(node, &me, d.node, Cow::Borrowed(d.packet)) {
@@ -326,6 +394,38 @@ impl Running {
             // node's next packet earns another).
             let _ = me.ctl.try_send(refusal);
         }
+    }
+
+    /// The session `node` (as `me`) may send a packet to `dst` through, if the registry allows
+    /// it.
+    fn target(
+        &self,
+        node: NodeId,
+        me: &Arc<NodeConn>,
+        dst: NodeId,
+    ) -> Result<Arc<NodeConn>, Refusal> {
+        self.nodes
+            .lock()
+            .expect("nodes lock")
+            .forward(node, me.id, dst)
+    }
+
+    /// Where a packet of `len` bytes for `target` goes on its UDP channel (its key, address
+    /// and the local IP it reached us at), when it has one that works and the packet fits.
+    fn channel_of(
+        target: &NodeConn,
+        len: usize,
+    ) -> Option<(channel::Key, SocketAddr, Option<std::net::IpAddr>)> {
+        // A packet the channel cannot hold (from a stream sender whose path allowed more)
+        // takes the target's stream.
+        if len + channel::HEADER > channel::MAX_LIMIT
+            || !target.channel_works.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let key = *target.channel.get()?;
+        let (to, src_ip) = target.channel_addrs()?;
+        Some((key, to, src_ip))
     }
 
     /// Sends `node`'s packet on to `dst` if the registry allows it: on `dst`'s UDP channel when
@@ -337,42 +437,28 @@ impl Running {
         dst: NodeId,
         packet: Cow<'_, [u8]>,
     ) -> Option<Frame> {
-        let target = self
-            .nodes
-            .lock()
-            .expect("nodes lock")
-            .forward(node, me.id, dst);
-        let target = match target {
+        let target = match self.target(node, me, dst) {
             Ok(target) => target,
             Err(refusal) => {
                 match refusal {
                     Refusal::PeerLimit { limit, .. } => {
-                        self.counters.dropped(stats::Drop::PeerLimit);
+                        self.counters.dropped(stats::Drop::PeerLimit, 1);
                         tracing::warn!(%node, limit, "relayed peer limit reached");
                     }
-                    Refusal::UnknownPeer(_) => self.counters.dropped(stats::Drop::UnknownPeer),
+                    Refusal::UnknownPeer(_) => self.counters.dropped(stats::Drop::UnknownPeer, 1),
                     _ => {}
                 }
                 return Some(refusal.frame());
             }
         };
         let len = packet.len();
-        // A packet the channel cannot hold (from a stream sender whose path allowed more)
-        // takes the target's stream.
-        let channel_ok = len + channel::HEADER <= channel::MAX_LIMIT
-            && target.channel_works.load(Ordering::Relaxed);
-        let to = target
-            .channel
-            .get()
-            .filter(|_| channel_ok)
-            .zip(target.channel_addrs());
-        if let Some((key, (to, src_ip))) = to {
-            let out = channel::encode(channel::Kind::FromRelay, key, &node, &packet);
+        if let Some((key, to, src_ip)) = Self::channel_of(&target, len) {
+            let out = channel::encode(channel::Kind::FromRelay, &key, &node, &packet);
             // From the address the target reached us at (the relay may listen on all of
             // the host's); unreliable like UDP: a full socket buffer drops.
             match self.socket.try_send_now(to, src_ip, &out) {
-                Ok(()) => self.counters.relayed_on_channel(len),
-                Err(_) => self.counters.dropped(stats::Drop::QueueFull),
+                Ok(()) => self.counters.relayed_on_channel(1, len),
+                Err(_) => self.counters.dropped(stats::Drop::QueueFull, 1),
             }
             return None;
         }
@@ -398,7 +484,7 @@ impl Running {
             if counted {
                 target.queued.fetch_sub(len, Ordering::AcqRel);
             }
-            self.counters.dropped(stats::Drop::QueueFull);
+            self.counters.dropped(stats::Drop::QueueFull, 1);
         }
         None
     }
@@ -566,9 +652,9 @@ impl RelayServer {
                 let weak = Arc::downgrade(&running);
                 running
                     .socket
-                    .set_channel_sink(Box::new(move |from, datagram| {
+                    .set_channel_sink(Box::new(move |from, segments, stride| {
                         if let Some(r) = weak.upgrade() {
-                            r.channel_datagram(from, datagram);
+                            r.channel_datagrams(from, segments, stride);
                         }
                     }));
                 if let Some(listener) = metrics {
@@ -1094,7 +1180,7 @@ impl Inner {
                 Frame::SendPacket { datagram, .. }
                     if datagram.len() > running.start.limits.max_datagram =>
                 {
-                    running.counters.dropped(stats::Drop::TooLarge);
+                    running.counters.dropped(stats::Drop::TooLarge, 1);
                     None
                 }
                 Frame::SendPacket { dst, datagram } => {

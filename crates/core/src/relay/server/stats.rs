@@ -124,14 +124,16 @@ impl Counters {
         self.bytes.fetch_add(len as u64, Ordering::Relaxed);
     }
 
-    /// A packet of `len` bytes was sent to its target on its UDP channel.
-    pub(crate) fn relayed_on_channel(&self, len: usize) {
-        self.relayed(len);
-        self.on_channel.fetch_add(1, Ordering::Relaxed);
+    /// `count` packets of `bytes` bytes in all were sent to their target on its UDP channel.
+    pub(crate) fn relayed_on_channel(&self, count: u64, bytes: usize) {
+        self.packets.fetch_add(count, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.on_channel.fetch_add(count, Ordering::Relaxed);
     }
 
-    pub(crate) fn dropped(&self, why: Drop) {
-        self.drops[why as usize].fetch_add(1, Ordering::Relaxed);
+    /// `count` packets were dropped for `why`.
+    pub(crate) fn dropped(&self, why: Drop, count: u64) {
+        self.drops[why as usize].fetch_add(count, Ordering::Relaxed);
     }
 
     /// Counts a refusal; returns how many of its kind there were so far.
@@ -337,7 +339,7 @@ mod tests {
         let c = Counters::default();
         c.relayed(1200);
         c.relayed(100);
-        c.dropped(Drop::QueueFull);
+        c.dropped(Drop::QueueFull, 1);
         c.refused(Refusal::HandshakeRate);
         c.refused(Refusal::HandshakeRate);
         let s = c.snapshot(Gauges {
