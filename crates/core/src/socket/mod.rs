@@ -343,6 +343,38 @@ impl KeynetSocket {
         }
     }
 
+    /// When a receive (`meta`, `buf`) is relayed packets from one peer on one of this node's
+    /// relay channels, all with one header (a relay forwards a bulk transfer so), cuts the
+    /// headers out in place and makes it a receive from the peer's virtual address; true if
+    /// it did. A relay's own socket, and any other receive, are left alone.
+    fn relayed_run(&self, meta: &mut RecvMeta, buf: &mut [u8]) -> bool {
+        let (stride, len) = (meta.stride.max(1), meta.len);
+        if self.channel_sink.get().is_some() || !channel::is_channel(&buf[..stride.min(len)]) {
+            return false;
+        }
+        let head = &buf[..channel::HEADER];
+        let uniform = buf[..len]
+            .chunks(stride)
+            .all(|s| s.len() > channel::HEADER && s[..channel::HEADER] == *head);
+        if !uniform {
+            return false;
+        }
+        let Some(from) = self.paths.channel_run(meta.addr, &buf[..stride]) else {
+            return false;
+        };
+        let (mut read, mut write) = (0, 0);
+        while read < len {
+            let end = (read + stride).min(len);
+            buf.copy_within(read + channel::HEADER..end, write);
+            write += end - read - channel::HEADER;
+            read = end;
+        }
+        meta.addr = from;
+        meta.len = write;
+        meta.stride = stride - channel::HEADER;
+        true
+    }
+
     /// Sends `contents`, segments of `segment_size` bytes (the last may be shorter), to `to`
     /// from the OS socket now: in one system call when the socket segments (at most its
     /// segment count per call), else one call per segment. Stops at the first error (a full
@@ -529,6 +561,11 @@ impl AsyncUdpSocket for KeynetSocket {
             let mut any_quic = false;
             for (m, buf) in meta.iter_mut().zip(bufs.iter_mut()).take(n) {
                 let stride = m.stride.max(1);
+                if self.relayed_run(m, buf) {
+                    m.addr = os.for_socket(m.addr);
+                    any_quic = true;
+                    continue;
+                }
                 // Walk the (GRO) segments, keeping QUIC ones, compacting punches and channel
                 // datagrams out.
                 // Consecutive channel segments go together (a relay forwards a run at once),

@@ -294,16 +294,9 @@ impl Paths {
         if !matches!(d.kind, channel::Kind::FromRelay | channel::Kind::ProbeAck) {
             return false;
         }
-        let outbox = {
-            let channels = self.channels.read().expect("channels lock");
-            match channels.get(&d.key) {
-                Some(o) => o.clone(),
-                None => return false,
-            }
-        };
-        if outbox.channel().map(|c| c.relay) != Some(canonical(from)) {
+        let Some(outbox) = self.channel_from(from, &d.key) else {
             return false;
-        }
+        };
         if d.kind == channel::Kind::ProbeAck {
             outbox.update_channel(|c| {
                 if c.key == d.key && !c.confirmed {
@@ -315,6 +308,28 @@ impl Paths {
         }
         self.from_relay(d.node, d.packet.to_vec(), &outbox);
         true
+    }
+
+    /// The relay session whose channel key is `key`, when `from` is its relay's address.
+    fn channel_from(&self, from: SocketAddr, key: &crate::proto::channel::Key) -> Option<Outbox> {
+        let outbox = self
+            .channels
+            .read()
+            .expect("channels lock")
+            .get(key)
+            .cloned()?;
+        (outbox.channel().map(|c| c.relay) == Some(canonical(from))).then_some(outbox)
+    }
+
+    /// Where relayed packets from `from` whose channel header is `first`'s go: the sending
+    /// peer's virtual address, when `first` is a packet from the relay on one of our channels.
+    /// A receive whose datagrams all carry that header is handed to quinn as it is, headers
+    /// cut out in place: no copy, no queue.
+    pub fn channel_run(&self, from: SocketAddr, first: &[u8]) -> Option<SocketAddr> {
+        use crate::proto::channel;
+        let d = channel::parse(first).filter(|d| d.kind == channel::Kind::FromRelay)?;
+        let outbox = self.channel_from(from, &d.key)?;
+        Some(self.virtual_for(d.node, &outbox))
     }
 
     /// A datagram from `from` arrived on a socket of its own (a via): queue it for quinn, from
