@@ -12,6 +12,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -21,6 +22,16 @@ use crate::nodeid::NodeId;
 
 /// First octet of every virtual address.
 const VIRTUAL_NET: u8 = 240;
+/// Relayed peers a socket keeps a virtual address for. Past it, a new peer whose packets
+/// arrive through a relay gets one only in place of a peer silent for [`IDLE_FORGET`] (else its
+/// packets are dropped): a relay that invents senders cannot grow the table. A peer this node
+/// dials always gets one (the dials themselves are bounded).
+const MAX_ROUTES: usize = 65_536;
+/// A relayed peer quinn sent nothing to for this long has no connection left (every live one
+/// sends keepalives far more often): its virtual address may be given to another.
+const IDLE_FORGET: Duration = Duration::from_secs(600);
+/// A full table is swept for silent peers at most this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Port of every virtual address (quinn refuses port 0).
 const VIRTUAL_PORT: u16 = 1;
 /// Datagrams from relay links waiting for quinn before more are dropped.
@@ -137,6 +148,8 @@ struct Route {
     /// Datagrams quinn addressed to this peer so far (a connection that stopped sending, even
     /// keepalives, is gone).
     sent: u64,
+    /// When the route was made, or quinn last sent to it.
+    active: Instant,
 }
 
 impl Route {
@@ -145,12 +158,74 @@ impl Route {
     }
 }
 
-#[derive(Default)]
 struct Table {
     next: u32,
     by_node: HashMap<NodeId, SocketAddr>,
     routes: HashMap<SocketAddr, Route>,
     by_direct: HashMap<SocketAddr, SocketAddr>,
+    /// At most this many routes for peers whose packets came first ([`MAX_ROUTES`]).
+    cap: usize,
+    /// The last sweep for silent peers.
+    swept: Option<Instant>,
+}
+
+impl Table {
+    fn with_cap(cap: usize) -> Self {
+        Self {
+            next: 0,
+            by_node: HashMap::new(),
+            routes: HashMap::new(),
+            by_direct: HashMap::new(),
+            cap,
+            swept: None,
+        }
+    }
+
+    /// A virtual address no route holds (the 24 bits after [`VIRTUAL_NET`] wrap around; the
+    /// table is far smaller than 2^24, so one is free).
+    fn free_address(&mut self) -> SocketAddr {
+        loop {
+            self.next = (self.next + 1) & 0x00ff_ffff;
+            let n = self.next;
+            let ip = Ipv4Addr::new(VIRTUAL_NET, (n >> 16) as u8, (n >> 8) as u8, n as u8);
+            let addr = SocketAddr::new(ip.into(), VIRTUAL_PORT);
+            if n != 0 && !self.routes.contains_key(&addr) {
+                return addr;
+            }
+        }
+    }
+
+    /// Whether a route for a new peer may be made at `now`: under the cap, or after a sweep
+    /// (at most every [`SWEEP_EVERY`]) forgot peers silent for [`IDLE_FORGET`].
+    fn room(&mut self, now: Instant) -> bool {
+        if self.routes.len() < self.cap {
+            return true;
+        }
+        if self
+            .swept
+            .is_some_and(|t| now.duration_since(t) < SWEEP_EVERY)
+        {
+            return false;
+        }
+        self.swept = Some(now);
+        let before = self.routes.len();
+        self.routes
+            .retain(|_, r| now.duration_since(r.active) < IDLE_FORGET);
+        let Self {
+            routes,
+            by_node,
+            by_direct,
+            ..
+        } = self;
+        by_node.retain(|_, v| routes.contains_key(v));
+        by_direct.retain(|_, v| routes.contains_key(v));
+        tracing::info!(
+            forgotten = before - routes.len(),
+            kept = routes.len(),
+            "relayed peers table full: silent peers forgotten"
+        );
+        routes.len() < self.cap
+    }
 }
 
 /// The relayed peers of one socket. Called from the socket's send and receive paths (inside
@@ -169,10 +244,17 @@ pub struct Paths {
 
 impl Default for Paths {
     fn default() -> Self {
+        Self::with_cap(MAX_ROUTES)
+    }
+}
+
+impl Paths {
+    /// Paths holding at most `cap` routes for peers whose packets came first.
+    fn with_cap(cap: usize) -> Self {
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let (changes_tx, changes_rx) = mpsc::channel(CHANGE_QUEUE);
         Self {
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(Table::with_cap(cap)),
             channels: RwLock::new(HashMap::new()),
             inbound_tx,
             inbound_rx: Mutex::new(inbound_rx),
@@ -202,14 +284,31 @@ impl Paths {
 
     /// The virtual address of `node`, reached through `relay` (allocated on first use).
     pub fn virtual_for(&self, node: NodeId, relay: &Outbox) -> SocketAddr {
+        self.route_for(node, relay, false, Instant::now())
+            .expect("a dialled peer always gets a route")
+    }
+
+    /// [`Paths::virtual_for`] for a peer whose packet arrived through `relay`: `None` (drop
+    /// it) when the peer is new and the table is full of peers that are not silent.
+    fn inbound_virtual(&self, node: NodeId, relay: &Outbox) -> Option<SocketAddr> {
+        self.route_for(node, relay, true, Instant::now())
+    }
+
+    fn route_for(
+        &self,
+        node: NodeId,
+        relay: &Outbox,
+        inbound: bool,
+        now: Instant,
+    ) -> Option<SocketAddr> {
         let mut t = self.table.lock().expect("paths lock");
         let addr = match t.by_node.get(&node) {
             Some(a) => *a,
             None => {
-                t.next += 1;
-                let n = t.next;
-                let ip = Ipv4Addr::new(VIRTUAL_NET, (n >> 16) as u8, (n >> 8) as u8, n as u8);
-                let addr = SocketAddr::new(ip.into(), VIRTUAL_PORT);
+                if !t.room(now) && inbound {
+                    return None;
+                }
+                let addr = t.free_address();
                 t.by_node.insert(node, addr);
                 addr
             }
@@ -219,12 +318,13 @@ impl Paths {
             relay: None,
             direct: None,
             sent: 0,
+            active: now,
         });
         // Called for every relayed datagram: clone the outbox only when it changed.
         if !route.relay.as_ref().is_some_and(|o| o.same_channel(relay)) {
             route.relay = Some(relay.clone());
         }
-        addr
+        Some(addr)
     }
 
     #[cfg(test)]
@@ -241,7 +341,9 @@ impl Paths {
 
     /// A datagram from `src` arrived through `relay`: queue it for quinn.
     pub fn from_relay(&self, src: NodeId, datagram: Vec<u8>, relay: &Outbox) {
-        let from = self.virtual_for(src, relay);
+        let Some(from) = self.inbound_virtual(src, relay) else {
+            return;
+        };
         // Unreliable like UDP: a full queue drops (QUIC retransmits).
         let _ = self.inbound_tx.try_send((from, datagram));
     }
@@ -329,7 +431,7 @@ impl Paths {
         use crate::proto::channel;
         let d = channel::parse(first).filter(|d| d.kind == channel::Kind::FromRelay)?;
         let outbox = self.channel_from(from, &d.key)?;
-        Some(self.virtual_for(d.node, &outbox))
+        self.inbound_virtual(d.node, &outbox)
     }
 
     /// A datagram from `from` arrived on a socket of its own (a via): queue it for quinn, from
@@ -341,6 +443,10 @@ impl Paths {
 
     /// Where a datagram quinn addressed to `to` goes.
     pub fn route(&self, to: SocketAddr) -> Hop {
+        self.route_at(to, Instant::now())
+    }
+
+    fn route_at(&self, to: SocketAddr, now: Instant) -> Hop {
         if !is_virtual(&to) {
             return Hop::Unchanged;
         }
@@ -349,6 +455,7 @@ impl Paths {
             return Hop::Nowhere;
         };
         r.sent += 1;
+        r.active = now;
         match (&r.direct, &r.relay) {
             (Some(d), _) => Hop::Direct(d.addr),
             (None, Some(o)) => Hop::Relay(r.node, o.clone()),
@@ -519,6 +626,46 @@ mod tests {
         assert!(matches!(p.route(a), Hop::Relay(n, _) if n == node(1)));
         assert_eq!(p.path_of(&a), Some(Path::Relayed));
         assert_eq!(p.sent_to(node(1)), Some(1));
+    }
+
+    #[test]
+    fn a_full_table_takes_a_new_inbound_peer_only_in_place_of_a_silent_one() {
+        let p = Paths::with_cap(2);
+        let (tx, _rx) = Outbox::bounded(4);
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let a = p.route_for(node(1), &tx, true, t0).unwrap();
+        let b = p.route_for(node(2), &tx, true, t0).unwrap();
+        // Full: a third sender's packets find no address; known peers keep theirs.
+        assert_eq!(p.route_for(node(3), &tx, true, t0 + s), None);
+        assert_eq!(p.route_for(node(2), &tx, true, t0 + s), Some(b));
+        // quinn keeps sending to A; B stays silent past IDLE_FORGET: the next new sender
+        // takes B's place (a sweep), and B is forgotten everywhere.
+        let later = t0 + IDLE_FORGET + SWEEP_EVERY;
+        assert!(matches!(p.route_at(a, later - s), Hop::Relay(..)));
+        let c = p.route_for(node(3), &tx, true, later).unwrap();
+        assert!(is_virtual(&c) && c != a);
+        assert!(p.relay_of(&node(2)).is_none() && p.relay_of(&node(1)).is_some());
+        assert!(c != b && matches!(p.route_at(b, later), Hop::Nowhere));
+        // Full again, and the next sweep is not due: refused without one. A peer this node
+        // dials still gets an address.
+        assert_eq!(p.route_for(node(4), &tx, true, later + s), None);
+        let d = p.route_for(node(5), &tx, false, later + s).unwrap();
+        assert!(![a, c].contains(&d));
+    }
+
+    #[test]
+    fn virtual_addresses_wrap_around_past_those_in_use() {
+        let p = Paths::default();
+        let (tx, _rx) = Outbox::bounded(4);
+        let first = p.virtual_for(node(1), &tx);
+        p.table.lock().unwrap().next = 0x00ff_fffe;
+        let last = p.virtual_for(node(2), &tx);
+        assert_eq!(last, "240.255.255.255:1".parse().unwrap());
+        // Wrapped: 240.0.0.0 is skipped, and so is the first one, still in use.
+        let next = p.virtual_for(node(3), &tx);
+        assert!(is_virtual(&next) && next != first && next != last);
+        assert_eq!(next, "240.0.0.2:1".parse().unwrap());
     }
 
     #[test]
