@@ -453,16 +453,21 @@ class Lab {
    * IPs of that moment (after switchUplink too).
    */
   async blackhole(on = true) {
-    const reset = 'add table bridge blackhole\ndelete table bridge blackhole\n'
-    if (!on) {
-      await nft(this.pub, reset)
-      this.blackholed = false
-      return
-    }
-    const [a, b] = this.publicPair()
+    await this.udpDrop('blackhole', on ? this.publicPair() : null)
+    this.blackholed = on
+  }
+
+  /**
+   * Puts (`pair` [x, y]: UDP between the two IPs dropped both ways, counted) or removes (`null`)
+   * the `bridge NAME` table of the public segment (`pub` namespace). Idempotent.
+   */
+  async udpDrop(name, pair) {
+    const reset = `add table bridge ${name}\ndelete table bridge ${name}\n`
+    if (!pair) return nft(this.pub, reset)
+    const [a, b] = pair
     await nft(
       this.pub,
-      `${reset}table bridge blackhole {
+      `${reset}table bridge ${name} {
   chain fw {
     type filter hook forward priority -10; policy accept;
     ether type ip ip saddr ${a} ip daddr ${b} meta l4proto udp counter drop
@@ -471,7 +476,6 @@ class Lab {
 }
 `,
     )
-    this.blackholed = true
   }
 
   /**
@@ -545,21 +549,9 @@ while True:
    * firewall that lets the side reach the relay over TCP only. `on=false` removes the table.
    */
   async blockRelayUdp(side, on = true) {
-    const reset = 'add table bridge relayudp\ndelete table bridge relayudp\n'
-    if (!on) return nft(this.pub, reset)
     const ip = this.hosts[side]?.publicIp
     if (!ip || !this.hosts.relay) throw new Error(`no public IP for ${side}, or no relay host`)
-    await nft(
-      this.pub,
-      `${reset}table bridge relayudp {
-  chain fw {
-    type filter hook forward priority -10; policy accept;
-    ether type ip ip saddr ${ip} ip daddr ${RELAY_IP} meta l4proto udp counter drop
-    ether type ip ip saddr ${RELAY_IP} ip daddr ${ip} meta l4proto udp counter drop
-  }
-}
-`,
-    )
+    await this.udpDrop('relayudp', on ? [ip, RELAY_IP] : null)
   }
 
   /** UDP datagrams the current blackhole dropped (0 when there is none). */
