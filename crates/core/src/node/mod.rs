@@ -128,6 +128,11 @@ impl Node {
             &opts.udp,
         )?;
         let addr = endpoint.local_addr()?;
+        // A live connection sends at least every keepalive interval, and is gone after its
+        // timeout and drain: no route of one is forgotten as silent before that.
+        socket
+            .paths
+            .forget_silent_after(opts.keepalive_timeout + opts.end_time + opts.keepalive_interval);
         let tasks = Tasks::new();
         let tracker = Arc::new(Tracker::new(
             config.role,

@@ -30,10 +30,9 @@ use crate::options::UdpTuning;
 use crate::proto::{channel, punch};
 use paths::{Hop, Paths};
 
-/// What a relay does with the channel datagrams nodes send it (`proto::channel`): source
-/// address and datagram, called on the receive path (so it must not block).
-/// Takes the channel datagrams of one receive from one source: segments of `stride` bytes
-/// (the last may be shorter), which it may rewrite in place.
+/// What a relay does with the channel datagrams nodes send it (`proto::channel`): those of one
+/// receive from one source, segments of `stride` bytes (the last may be shorter), which it may
+/// rewrite in place. Called on the receive path, so it must not block.
 pub type ChannelSink = Box<dyn Fn(SocketAddr, &mut [u8], usize) + Send + Sync>;
 
 /// Punch datagrams queued per session before further ones are dropped (they repeat anyway).
@@ -359,7 +358,7 @@ impl KeynetSocket {
         if !uniform {
             return false;
         }
-        let Some(from) = self.paths.channel_run(meta.addr, &buf[..stride]) else {
+        let Some(from) = self.paths.channel_run(meta.addr, &buf[..stride.min(len)]) else {
             return false;
         };
         let (mut read, mut write) = (0, 0);
@@ -378,21 +377,26 @@ impl KeynetSocket {
     /// Sends `contents`, segments of `segment_size` bytes (the last may be shorter), to `to`
     /// from the OS socket now: in one system call when the socket segments (at most its
     /// segment count per call), else one call per segment. Stops at the first error (a full
-    /// buffer: the rest is dropped, as a congested link would).
+    /// buffer); returns how many segments were sent. The caller makes sure a segment fits the
+    /// way out: the kernel refuses an oversized segmented send whole.
     pub fn try_send_segments(
         &self,
         to: SocketAddr,
         src_ip: Option<std::net::IpAddr>,
         contents: &[u8],
         segment_size: usize,
-    ) -> io::Result<()> {
+    ) -> usize {
         let size = segment_size.max(1);
         let per_call = self.max_transmit_segments().max(1);
+        let mut sent = 0;
         for batch in contents.chunks(size * per_call) {
             let gso = (batch.len() > size).then_some(size);
-            self.send_raw(to, src_ip, batch, gso)?;
+            if self.send_raw(to, src_ip, batch, gso).is_err() {
+                break;
+            }
+            sent += batch.len().div_ceil(size);
         }
-        Ok(())
+        sent
     }
 
     /// Sends `contents` (segments of `size` bytes, for `node`) as channel datagrams to the

@@ -28,7 +28,8 @@ const VIRTUAL_NET: u8 = 240;
 /// dials always gets one (the dials themselves are bounded).
 const MAX_ROUTES: usize = 65_536;
 /// A relayed peer quinn sent nothing to for this long has no connection left (every live one
-/// sends keepalives far more often): its virtual address may be given to another.
+/// sends keepalives far more often): its virtual address may be given to another. Longer when
+/// the keepalive settings ask for it ([`Paths::forget_silent_after`]).
 const IDLE_FORGET: Duration = Duration::from_secs(600);
 /// A full table is swept for silent peers at most this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -163,8 +164,11 @@ struct Table {
     by_node: HashMap<NodeId, SocketAddr>,
     routes: HashMap<SocketAddr, Route>,
     by_direct: HashMap<SocketAddr, SocketAddr>,
-    /// At most this many routes for peers whose packets came first ([`MAX_ROUTES`]).
+    /// Past this many routes ([`MAX_ROUTES`]), a peer whose packets come first gets one only
+    /// in place of a silent one (dialled peers count, and always get one).
     cap: usize,
+    /// How long a route quinn sends nothing to is kept in a full table.
+    idle_forget: Duration,
     /// The last sweep for silent peers.
     swept: Option<Instant>,
 }
@@ -177,6 +181,7 @@ impl Table {
             routes: HashMap::new(),
             by_direct: HashMap::new(),
             cap,
+            idle_forget: IDLE_FORGET,
             swept: None,
         }
     }
@@ -209,8 +214,9 @@ impl Table {
         }
         self.swept = Some(now);
         let before = self.routes.len();
+        let idle = self.idle_forget;
         self.routes
-            .retain(|_, r| now.duration_since(r.active) < IDLE_FORGET);
+            .retain(|_, r| now.duration_since(r.active) < idle);
         let Self {
             routes,
             by_node,
@@ -249,7 +255,7 @@ impl Default for Paths {
 }
 
 impl Paths {
-    /// Paths holding at most `cap` routes for peers whose packets came first.
+    /// Paths whose table takes new inbound peers past `cap` routes only in place of silent ones.
     fn with_cap(cap: usize) -> Self {
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let (changes_tx, changes_rx) = mpsc::channel(CHANGE_QUEUE);
@@ -277,6 +283,12 @@ pub enum Hop {
 }
 
 impl Paths {
+    /// Keeps a silent route in a full table for at least `live` (how long a connection can
+    /// last without sending), [`IDLE_FORGET`] at the least.
+    pub fn forget_silent_after(&self, live: Duration) {
+        self.table.lock().expect("paths lock").idle_forget = live.max(IDLE_FORGET);
+    }
+
     /// The queue of path changes (once: the proxy's event task takes it).
     pub fn take_changes(&self) -> Option<mpsc::Receiver<PathChange>> {
         self.changes_rx.lock().expect("changes lock").take()

@@ -358,12 +358,7 @@ impl Runner {
                 Ok(SessionEnd::Closed) => Ok(()),
                 Err(e) => Err(e),
             };
-            let replaced = matches!(
-                ended,
-                Err(Error::ConnectionStart(crate::error::StartError::Relay(
-                    RelayError::Replaced { .. }
-                )))
-            );
+            let replaced = ended.as_ref().is_err_and(is_replaced);
             let (code, why) = match ended {
                 Ok(()) => (
                     ErrorKind::ConnectionStart,
@@ -454,6 +449,7 @@ impl Runner {
         let mut public_rx = self.ctx.public.as_ref().map(|p| p.session());
         let handled: Result<()> = early.into_iter().try_for_each(|f| self.handle(f));
         let moving = AtomicBool::new(false);
+        let tried = AtomicBool::new(false);
         let ended = async {
             handled?;
             let carry = self.carry(
@@ -464,7 +460,7 @@ impl Runner {
                 &mut public_rx,
                 quic,
             );
-            let again = self.quic_again(on, &moving);
+            let again = self.quic_again(on, &moving, &tried);
             tokio::pin!(carry, again);
             tokio::select! {
                 reg = &mut again => Ok(SessionEnd::MovedToQuic(reg)),
@@ -476,7 +472,14 @@ impl Runner {
                             return Ok(SessionEnd::MovedToQuic(reg));
                         }
                     }
-                    r.map(|()| SessionEnd::Closed)
+                    match r {
+                        // Our own move replaced it, and then failed (its answer was lost): not
+                        // another instance of this node, so reconnect as after any failure.
+                        Err(e) if is_replaced(&e) && tried.load(Ordering::Relaxed) => {
+                            Err(RelayError::Closed("the move to QUIC replaced this session, then failed".into()).into())
+                        }
+                        r => r.map(|()| SessionEnd::Closed),
+                    }
                 }
             }
         }
@@ -564,12 +567,17 @@ impl Runner {
     /// WebSocket only because QUIC did not answer (`Auto`): UDP blocked at start, or slow for
     /// a second. Tried from [`QUIC_AGAIN_MIN`] to [`QUIC_AGAIN_MAX`] apart, connecting and
     /// registering each bounded by [`QUIC_AGAIN_BUDGET`]; `moving` is set while a registration
-    /// is asked for. Registering before the WebSocket session is dropped keeps the node
+    /// is asked for, `tried` once one was. Registering before the WebSocket session is dropped keeps the node
     /// registered throughout, so the relay keeps its peers (a node that left loses them).
     /// Over QUIC relayed packets travel as datagrams, and the relay learns the UDP mapping
     /// peers punch to (it arranges no rendezvous for a node without one). Not while
     /// public-port clients are carried: a new session resets them. Never resolves otherwise.
-    async fn quic_again(&self, on: Transport, moving: &AtomicBool) -> Registration {
+    async fn quic_again(
+        &self,
+        on: Transport,
+        moving: &AtomicBool,
+        tried: &AtomicBool,
+    ) -> Registration {
         if on != Transport::WebSocket || self.spec.transport != Transport::Auto {
             return std::future::pending().await;
         }
@@ -587,6 +595,7 @@ impl Runner {
                     return Ok(None);
                 }
                 moving.store(true, Ordering::Relaxed);
+                tried.store(true, Ordering::Relaxed);
                 self.register(conn, QUIC_AGAIN_BUDGET).await.map(Some)
             };
             match tried.await {
@@ -940,6 +949,14 @@ impl Drop for ChannelGuard<'_> {
     fn drop(&mut self) {
         self.paths.close_channel(self.outbox);
     }
+}
+
+/// Whether the relay ended the session because a newer registration of this node id replaced it.
+fn is_replaced(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ConnectionStart(crate::error::StartError::Relay(RelayError::Replaced { .. }))
+    )
 }
 
 /// The next frame of the session's public-port queue; never, when the node has no public port.

@@ -332,18 +332,29 @@ impl Running {
         let Some((to_key, to, src_ip)) = Self::channel_of(&target, packet_max) else {
             return false;
         };
+        // One segmented send is refused whole by the kernel (and quinn-udp then turns
+        // segmentation off for the socket) when a segment is longer than the way out allows:
+        // only segments our own QUIC connection to the target has proven fit go together (a
+        // run may begin with a sender's path-MTU probe).
+        let proven = target
+            .quic
+            .as_ref()
+            .map_or(0, |q| usize::from(q.stats().path.current_mtu));
+        if stride > proven {
+            return false;
+        }
         let out = channel::header(channel::Kind::FromRelay, &to_key, &node);
-        let mut bytes = 0;
         let mut count = 0;
         for s in segments.chunks_mut(stride) {
             s[..channel::HEADER].copy_from_slice(&out);
-            bytes += s.len() - channel::HEADER;
             count += 1;
         }
-        match self.socket.try_send_segments(to, src_ip, segments, stride) {
-            Ok(()) => self.counters.relayed_on_channel(count, bytes),
-            Err(_) => self.counters.dropped(stats::Drop::QueueFull, count),
-        }
+        // What was not sent (a full socket buffer) is dropped, as a congested link would.
+        let sent = self.socket.try_send_segments(to, src_ip, segments, stride);
+        let sent_bytes = (sent * stride).min(segments.len()) - sent * channel::HEADER;
+        self.counters.relayed_on_channel(sent as u64, sent_bytes);
+        self.counters
+            .dropped(stats::Drop::QueueFull, (count - sent) as u64);
         true
     }
 
@@ -1068,8 +1079,7 @@ impl Inner {
             };
             let reply = match frame {
                 Frame::Register { .. } if registered => {
-                    // Once per session: registering again would reset its peer and rendezvous
-                    // budgets.
+                    // Once per session (a node moving its session registers on a new one).
                     Some(Refusal::Unexpected("a second Register".into()).frame())
                 }
                 Frame::Register {
