@@ -33,7 +33,14 @@ const WAIT = 60_000
 // cgroup tree); the limits stay under the machine's hard ones, which podman's defaults exceed
 // in a sandbox.
 const GLOBAL = ['--storage-driver', 'vfs', '--runtime', 'runc']
-const LIMITS = ['--ulimit', 'nofile=4096:4096', '--ulimit', 'nproc=4096:4096']
+/** At most `want`, within this shell's hard limit `flag` (-n files, -u processes). */
+function hardLimit(flag, want) {
+  const r = sh('sh', ['-c', `ulimit -H${flag}`], { capture: true })
+  const hard = r.stdout.trim()
+  return hard === 'unlimited' || !/^\d+$/.test(hard) ? want : Math.min(want, Number(hard))
+}
+const [NOFILE, NPROC] = [hardLimit('n', 4096), hardLimit('u', 4096)]
+const LIMITS = ['--ulimit', `nofile=${NOFILE}:${NOFILE}`, '--ulimit', `nproc=${NPROC}:${NPROC}`]
 
 function podman(args, { timeout = WAIT } = {}) {
   const r = sh('podman', [...GLOBAL, ...args], { capture: true, timeout })

@@ -119,20 +119,28 @@ async fn main() {
         );
     }
     let target = format!("{}?nodeId={}", ingress, rp.node_id().unwrap());
+    // `SETUP_SPLIT_ONLY=warm` (or `returning`) measures just that kind: a profile of it alone.
+    let only = std::env::var("SETUP_SPLIT_ONLY").ok();
     // A first visit: a fresh forward proxy each time (no ticket).
     let mut firsts = Vec::new();
-    for _ in 0..n.min(20) {
+    let visits = if only.is_some() { 0 } else { n.min(20) };
+    for _ in 0..visits {
         let fresh = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
         fresh.start(ForwardStart::default()).await.unwrap();
         firsts.push(open(&fresh, &target).await.1);
         fresh.stop().await.unwrap();
     }
-    println!(
-        "first visit: n={} median {:.3} ms",
-        firsts.len(),
-        median(firsts).as_secs_f64() * 1e3
-    );
+    if !firsts.is_empty() {
+        println!(
+            "first visit: n={} median {:.3} ms",
+            firsts.len(),
+            median(firsts).as_secs_f64() * 1e3
+        );
+    }
     for kind in ["returning", "warm"] {
+        if only.as_deref().is_some_and(|o| o != kind) {
+            continue;
+        }
         let mut walls = Vec::new();
         let c0 = cpu();
         let t0 = Instant::now();
