@@ -107,6 +107,19 @@ pub fn is_channel(datagram: &[u8]) -> bool {
     datagram.len() > HEADER && datagram[0] == 0 && &datagram[1..4] == MAGIC
 }
 
+/// Whether `segments` (one receive, `stride` bytes each, the last may be shorter) are channel
+/// datagrams that all carry the first one's header and a packet: a run one check covers.
+pub fn one_header(segments: &[u8], stride: usize) -> bool {
+    let stride = stride.max(1);
+    if !is_channel(&segments[..stride.min(segments.len())]) {
+        return false;
+    }
+    let head = &segments[..HEADER];
+    segments
+        .chunks(stride)
+        .all(|s| s.len() > HEADER && s[..HEADER] == *head)
+}
+
 /// Parses a channel datagram; `None` if it is not one (or carries no packet).
 pub fn parse(datagram: &[u8]) -> Option<Datagram<'_>> {
     if !is_channel(datagram) {
@@ -156,6 +169,19 @@ mod tests {
 
     fn node(b: u8) -> NodeId {
         NodeId::from_bytes([b; 32])
+    }
+
+    #[test]
+    fn a_run_has_one_header_only_when_every_segment_carries_the_first_ones() {
+        let seg = |n: u8, len: usize| encode(Kind::ToRelay, &[1; 8], &node(n), &vec![n; len]);
+        let same = [seg(2, 10), seg(2, 10), seg(2, 4)].concat();
+        assert!(one_header(&same, HEADER + 10));
+        let mixed = [seg(2, 10), seg(3, 10)].concat();
+        assert!(!one_header(&mixed, HEADER + 10));
+        // A last segment with a header and no packet, and a run of something else.
+        let bare = [seg(2, 10), seg(2, 10)[..HEADER].to_vec()].concat();
+        assert!(!one_header(&bare, HEADER + 10));
+        assert!(!one_header(&[0x40; 100], 50));
     }
 
     #[test]

@@ -348,14 +348,7 @@ impl KeynetSocket {
     /// it did. A relay's own socket, and any other receive, are left alone.
     fn relayed_run(&self, meta: &mut RecvMeta, buf: &mut [u8]) -> bool {
         let (stride, len) = (meta.stride.max(1), meta.len);
-        if self.channel_sink.get().is_some() || !channel::is_channel(&buf[..stride.min(len)]) {
-            return false;
-        }
-        let head = &buf[..channel::HEADER];
-        let uniform = buf[..len]
-            .chunks(stride)
-            .all(|s| s.len() > channel::HEADER && s[..channel::HEADER] == *head);
-        if !uniform {
+        if self.channel_sink.get().is_some() || !channel::one_header(&buf[..len], stride) {
             return false;
         }
         let Some(from) = self.paths.channel_run(meta.addr, &buf[..stride.min(len)]) else {

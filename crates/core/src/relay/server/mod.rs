@@ -306,20 +306,14 @@ impl Running {
     /// (kind, key, destination) that its sender may send and that fits its target's channel;
     /// false (nothing done) otherwise.
     fn forward_run(&self, from: SocketAddr, segments: &mut [u8], stride: usize) -> bool {
+        if !channel::one_header(segments, stride) {
+            return false;
+        }
         let Some(first) = channel::parse(&segments[..stride]) else {
             return false;
         };
-        let head: [u8; channel::HEADER] = segments[..channel::HEADER]
-            .try_into()
-            .expect("a parsed datagram holds a header");
-        let same = segments
-            .chunks(stride)
-            .all(|s| s.len() > channel::HEADER && s[..channel::HEADER] == head);
         let packet_max = stride - channel::HEADER;
-        if first.kind != channel::Kind::ToRelay
-            || !same
-            || packet_max > self.start.limits.max_datagram
-        {
+        if first.kind != channel::Kind::ToRelay || packet_max > self.start.limits.max_datagram {
             return false;
         }
         let (dst, key) = (first.node, first.key);
