@@ -52,6 +52,18 @@ fn spec_at(relay: &RelayServer, addr: SocketAddr, transport: Transport) -> Relay
     s
 }
 
+/// A reverse proxy in front of an echo server, registered with the relay `via`.
+async fn reverse_proxy_on(via: RelaySpec) -> ReverseProxy {
+    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+    rp.start(ReverseStart {
+        relay: Some(via),
+        ..ReverseStart::new(echo_server().await)
+    })
+    .await
+    .unwrap();
+    rp
+}
+
 /// A forward proxy whose relayed connection to `rp` goes through `relay` over `transport`,
 /// tracked under `ingress`.
 async fn relayed_forward_proxy(
@@ -81,13 +93,7 @@ async fn relayed_forward_proxy_via(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_packets_take_the_udp_channel_and_stream_only_nodes_still_reach_channel_nodes() {
     let relay = relay().await;
-    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
-    rp.start(ReverseStart {
-        relay: Some(spec(&relay, Transport::Quic)),
-        ..ReverseStart::new(echo_server().await)
-    })
-    .await
-    .unwrap();
+    let rp = reverse_proxy_on(spec(&relay, Transport::Quic)).await;
 
     // Both over QUIC: every relayed packet, both ways, goes on the channel.
     let quic_ingress: SocketAddr = "192.0.2.1:9".parse().unwrap();
@@ -128,13 +134,7 @@ async fn one_node_relaying_bulk_to_two_peers_at_once_gets_every_byte_back_from_e
     let relay = relay().await;
     let mut rps = Vec::new();
     for _ in 0..2 {
-        let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
-        rp.start(ReverseStart {
-            relay: Some(spec(&relay, Transport::Quic)),
-            ..ReverseStart::new(echo_server().await)
-        })
-        .await
-        .unwrap();
+        let rp = reverse_proxy_on(spec(&relay, Transport::Quic)).await;
         rps.push(rp);
     }
     let fp = ForwardProxy::new(common::TOKEN.into(), ConnOptions::default()).unwrap();
@@ -173,13 +173,7 @@ async fn a_relay_on_every_address_sends_channel_datagrams_from_the_one_each_node
     let relay = relay_at("0.0.0.0:0").await;
     let port = relay.addr().unwrap().port();
     let at: SocketAddr = ([127, 0, 0, 2], port).into();
-    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
-    rp.start(ReverseStart {
-        relay: Some(spec_at(&relay, at, Transport::Quic)),
-        ..ReverseStart::new(echo_server().await)
-    })
-    .await
-    .unwrap();
+    let rp = reverse_proxy_on(spec_at(&relay, at, Transport::Quic)).await;
     let ingress: SocketAddr = "192.0.2.1:9".parse().unwrap();
     let fp = relayed_forward_proxy_via(spec_at(&relay, at, Transport::Quic), &rp, ingress).await;
     echo_through(&fp, &ingress.to_string(), 1 << 20).await;
@@ -238,13 +232,7 @@ async fn a_node_whose_channel_datagrams_are_dropped_on_the_way_keeps_its_packets
     // The reverse proxy reaches the relay only through the hop: its QUIC session works, its
     // channel never does (no probe answered, no datagram from it arrives).
     let (hop, hop_task) = quic_only_hop(relay.addr().unwrap()).await;
-    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
-    rp.start(ReverseStart {
-        relay: Some(spec_at(&relay, hop, Transport::Quic)),
-        ..ReverseStart::new(echo_server().await)
-    })
-    .await
-    .unwrap();
+    let rp = reverse_proxy_on(spec_at(&relay, hop, Transport::Quic)).await;
     let ingress: SocketAddr = "192.0.2.1:9".parse().unwrap();
     let fp = relayed_forward_proxy(&relay, &rp, Transport::Quic, ingress).await;
     echo_through(&fp, &ingress.to_string(), 2 << 20).await;
