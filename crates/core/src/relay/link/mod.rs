@@ -567,8 +567,9 @@ impl Runner {
     /// WebSocket only because QUIC did not answer (`Auto`): UDP blocked at start, or slow for
     /// a second. Tried from [`QUIC_AGAIN_MIN`] to [`QUIC_AGAIN_MAX`] apart, connecting and
     /// registering each bounded by [`QUIC_AGAIN_BUDGET`]; `moving` is set while a registration
-    /// is asked for, `tried` once one was. Registering before the WebSocket session is dropped keeps the node
-    /// registered throughout, so the relay keeps its peers (a node that left loses them).
+    /// is asked for, `tried` once one was. Registering before the WebSocket session is dropped
+    /// keeps the node registered throughout, so the relay keeps its peers (a node that left
+    /// loses them).
     /// Over QUIC relayed packets travel as datagrams, and the relay learns the UDP mapping
     /// peers punch to (it arranges no rendezvous for a node without one). Not while
     /// public-port clients are carried: a new session resets them. Never resolves otherwise.
@@ -588,7 +589,7 @@ impl Runner {
             if busy() {
                 continue;
             }
-            let tried = async {
+            let attempt = async {
                 let conn = transport::connect_quic(&self.spec, &self.ctx.dialer, QUIC_AGAIN_BUDGET)
                     .await?;
                 if busy() {
@@ -598,7 +599,7 @@ impl Runner {
                 tried.store(true, Ordering::Relaxed);
                 self.register(conn, QUIC_AGAIN_BUDGET).await.map(Some)
             };
-            match tried.await {
+            match attempt.await {
                 Ok(Some(reg)) => return reg,
                 Ok(None) => {}
                 Err(e) => {

@@ -338,11 +338,10 @@ impl Running {
             return false;
         }
         let out = channel::header(channel::Kind::FromRelay, &to_key, &node);
-        let mut count = 0;
         for s in segments.chunks_mut(stride) {
             s[..channel::HEADER].copy_from_slice(&out);
-            count += 1;
         }
+        let count = segments.len().div_ceil(stride);
         // What was not sent (a full socket buffer) is dropped, as a congested link would.
         let sent = self.socket.try_send_segments(to, src_ip, segments, stride);
         let sent_bytes = (sent * stride).min(segments.len()) - sent * channel::HEADER;
