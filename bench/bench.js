@@ -5,6 +5,7 @@
 //   node bench/bench.js --quick    sizes and counts scaled down ~10x, for smoke runs
 //   --rounds N                     N rounds (default 3), each number the median over them
 //   --only bulk,setup              just these measurements (conc, idle, peers, rtt, setup, bulk, relayed, byid, cmp)
+//   KEYNET_BENCH_PEERS=dumbpipe    compare with these installed peers only (bench/peers.js)
 //
 // keynet path:  client --TCP--> ForwardProxy (raw HTTP CONNECT) ==QUIC/UDP==> ReverseProxy --TCP--> server
 // direct path:  client --TCP--> server
@@ -95,6 +96,7 @@ function percentile(sorted, p) {
 }
 
 function median(values) {
+  if (!values?.length) return NaN
   return percentile([...values].sort((a, b) => a - b), 50)
 }
 
@@ -787,6 +789,18 @@ function mergeRounds(rounds) {
   return merge(rounds)
 }
 
+/** What failed for a peer, by kind (the text before the first colon), with the first reason. */
+function failureLines(name, failures) {
+  const kinds = new Map()
+  for (const f of failures) {
+    const kind = f.slice(0, f.indexOf(':')).replace(/ \d+\/\d+$/, '')
+    const k = kinds.get(kind) ?? { n: 0, first: f }
+    k.n += 1
+    kinds.set(kind, k)
+  }
+  return [...kinds].map(([kind, k]) => `${name} failed: ${kind} ×${k.n} (first: ${k.first})`)
+}
+
 /** keynet beside each peer: one column each, and keynet / the best peer. */
 function peerTable(cmp) {
   const names = Object.keys(cmp)
@@ -794,15 +808,15 @@ function peerTable(cmp) {
   const k = cmp.keynet
   // For each metric: a value per system, and whether higher is better.
   const metrics = [
-    [`bulk ${fmtBytes(CFG.bulkBytes)}, MB/s`, (r) => r.bulk.mbps, true],
-    ['bulk, CPU s of every process involved', (r) => r.bulk.cpuS, false],
-    ['bulk, UDP receive-buffer drops (all sockets)', (r) => r.bulk.drops, false],
-    [`round trip p50, µs`, (r) => r.rtt.p50, false],
-    [`round trip p99, µs`, (r) => r.rtt.p99, false],
+    [`bulk ${fmtBytes(CFG.bulkBytes)}, MB/s`, (r) => r.bulk?.mbps, true],
+    ['bulk, CPU s of every process involved', (r) => r.bulk?.cpuS, false],
+    ['bulk, UDP receive-buffer drops (all sockets)', (r) => r.bulk?.drops, false],
+    [`round trip p50, µs`, (r) => r.rtt?.p50, false],
+    [`round trip p99, µs`, (r) => r.rtt?.p99, false],
     ['setup + first echoed byte, keynet on its live connection, ms', (r) => median(r.setup), false],
     ['setup + first echoed byte over a new QUIC connection, ms', (r) => median(r.setupCold), false],
     ['the same to a node met before (keynet: resumed, 0-RTT), ms', (r) => median(r.setupReturning), false],
-    [`${CFG.concN} × ${fmtBytes(CFG.concBytes)} at once, wall ms`, (r) => r.conc.ms, false],
+    [`${CFG.concN} × ${fmtBytes(CFG.concBytes)} at once, wall ms`, (r) => r.conc?.ms, false],
   ]
   const header = ['metric', ...names, 'keynet / best peer']
   const body = metrics.map(([label, get, higher]) => {
@@ -817,7 +831,8 @@ function peerTable(cmp) {
   return [
     'keynet beside its peers (each peer in its own processes; keynet in this one; same server, same round):',
     sep, line(header), sep, ...body.map(line), sep,
-    'setup: connect (+ CONNECT for keynet) + the first echoed byte; a peer that opens a QUIC connection per TCP connection shows the same figure in both setup rows.',
+    'setup: connect (+ CONNECT for keynet) + the first echoed byte; a peer that opens a connection per TCP connection shows the same figure in all three setup rows.',
+    ...peers.flatMap((n) => failureLines(n, cmp[n].failures ?? [])),
   ].join('\n')
 }
 
@@ -903,7 +918,7 @@ function report(R, tStart) {
     console.log(peerTable(R.cmp))
     console.log('')
   } else if (want('cmp')) {
-    console.log('peers: none installed (npm run bench:setup installs dumbpipe into bench/.peers)')
+    console.log('peers: none installed (npm run bench:setup installs dumbpipe and hyperdht into bench/.peers)')
     console.log('')
   }
   if (R.connInfo) {
@@ -1037,30 +1052,49 @@ async function comparePeers(ctx, chunk) {
     progress(`peers: starting ${peer.name} (its own processes) ...`)
     const p = await startPeer(peer, ctx.serverPort)
     state.peers.add(p)
-    systems.push({ name: peer.name, open: () => connectDirect(p.port), cpuS: p.cpuS, stop: p.stop })
+    // A peer's reset between measurements must not end the bench (the measurement that sees
+    // it fails; see `tried`).
+    const open = () => connectDirect(p.port).then((c) => (c.sock.on('error', () => {}), c))
+    systems.push({ name: peer.name, open, cpuS: p.cpuS, stop: p.stop })
   }
   try {
     for (const sys of systems) {
       progress(`peers: ${sys.name}: bulk, round trips, setup, concurrency ...`)
-      const r = {}
-      {
+      const r = { failures: [] }
+      // A peer's failure is one of its results (a cell reads n/a, the reason is printed under
+      // the table); keynet's is the bench's failure.
+      const tried = async (what, fn) => {
+        if (sys.name === 'keynet') return fn()
+        try {
+          return await fn()
+        } catch (e) {
+          r.failures.push(`${what}: ${e.message}`)
+          return undefined
+        }
+      }
+      await tried('warm-up', async () => {
         const { sock } = await sys.open()
         await pingPong(sock, 50, 0, RTT_SIZE)
         await closeSocket(sock)
-      }
-      {
+      })
+      r.bulk = await tried('bulk', async () => {
         const c0 = sys.cpuS()
         const { sock } = await sys.open()
-        r.bulk = await bulk(sock, CFG.bulkBytes, chunk)
-        r.bulk.cpuS += sys.cpuS() - c0
-      }
-      {
+        const b = await bulk(sock, CFG.bulkBytes, chunk)
+        b.cpuS += sys.cpuS() - c0
+        return b
+      })
+      r.rtt = await tried('round trips', async () => {
         const { sock } = await sys.open()
-        r.rtt = await pingPong(sock, CFG.rttN, CFG.rttWarmup, RTT_SIZE)
+        const rtt = await pingPong(sock, CFG.rttN, CFG.rttWarmup, RTT_SIZE)
         await closeSocket(sock)
-      }
+        return rtt
+      })
       r.setup = []
-      for (let i = 0; i < CFG.warmN; i++) r.setup.push(await setupEcho(sys.open))
+      for (let i = 0; i < CFG.warmN; i++) {
+        const ms = await tried(`setup ${i + 1}/${CFG.warmN}`, () => setupEcho(sys.open))
+        if (ms !== undefined) r.setup.push(ms)
+      }
       // A new QUIC connection each time: a fresh ForwardProxy for keynet (its start() not
       // counted); a peer that connects per TCP connection already did that above.
       r.setupCold = sys.name === 'keynet' ? [] : r.setup
@@ -1072,14 +1106,14 @@ async function comparePeers(ctx, chunk) {
         await withTimeout(fp.stop(), 10_000, 'fp.stop (peers, cold)')
         state.extraFps.delete(fp)
       }
-      // keynet reconnecting to a node it verified before (a peer opens a QUIC connection per
-      // TCP connection: the same as its first row).
+      // keynet reconnecting to a node it verified before (a peer opens a connection per TCP
+      // connection: the same as its first row).
       r.setupReturning = sys.name === 'keynet' ? [] : r.setup
       for (let i = 0; sys.name === 'keynet' && i < CFG.coldN; i++) {
         await withTimeout(ctx.fp.closeConnection(HOST, ctx.ingressPort), 10_000, 'closeConnection (peers, returning)')
         r.setupReturning.push(await setupEcho(ctx.tunnel))
       }
-      r.conc = await withTimeout(concurrent(CFG.concN, CFG.concBytes, sys.open), PHASE_TIMEOUT_MS, `concurrent ${sys.name}`)
+      r.conc = await tried('at once', () => withTimeout(concurrent(CFG.concN, CFG.concBytes, sys.open), PHASE_TIMEOUT_MS, `concurrent ${sys.name}`))
       out[sys.name] = r
     }
   } finally {

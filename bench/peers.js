@@ -6,6 +6,11 @@
 // dumbpipe (iroh): `dumbpipe listen-tcp --host SERVER` prints a ticket; `dumbpipe connect-tcp
 // --addr 127.0.0.1:PORT TICKET` accepts TCP on PORT, each connection a QUIC stream to the
 // listener (on a connection it opens per TCP connection).
+//
+// hyperdht (Holepunch, UDX): bench/hyperdht-peer.js, what hypertele does, on a private DHT of
+// three bootstrap nodes in a third process whose CPU is not counted; each TCP connection is a
+// hyperdht connection of its own (DHT lookup, Noise handshake, UDX stream).
+// HYPERDHT_PEER_DEBUG=1 copies every peer process's stderr to this one's.
 
 const fs = require('node:fs')
 const net = require('node:net')
@@ -13,13 +18,26 @@ const path = require('node:path')
 const { spawn } = require('node:child_process')
 const { withTimeout } = require('../support/timeout')
 
-const BIN = path.join(__dirname, '.peers', 'bin')
+const PEERS_DIR = path.join(__dirname, '.peers')
+const BIN = path.join(PEERS_DIR, 'bin')
 const START_TIMEOUT_MS = 30_000
 
-/** The installed peers: `[{ name, bin }]`. */
+/**
+ * The installed peers: `[{ name, installed, start }]`, in the table's order. KEYNET_BENCH_PEERS
+ * (`dumbpipe,hyperdht`) keeps only those named.
+ */
 function installedPeers() {
   const exe = process.platform === 'win32' ? '.exe' : ''
-  return [{ name: 'dumbpipe', bin: path.join(BIN, `dumbpipe${exe}`) }].filter((p) => fs.existsSync(p.bin))
+  const dumbpipe = path.join(BIN, `dumbpipe${exe}`)
+  const only = process.env.KEYNET_BENCH_PEERS?.split(',')
+  return [
+    { name: 'dumbpipe', installed: fs.existsSync(dumbpipe), start: (spawnChild, serverPort, port) => startDumbpipe(dumbpipe, spawnChild, serverPort, port) },
+    {
+      name: 'hyperdht',
+      installed: fs.existsSync(path.join(PEERS_DIR, 'hyperdht', 'node_modules', 'hyperdht', 'package.json')),
+      start: startHyperdht,
+    },
+  ].filter((p) => p.installed && (!only || only.includes(p.name)))
 }
 
 /** A free TCP port on 127.0.0.1 (closed again; the peer binds it right after). */
@@ -77,9 +95,35 @@ function processCpuS(pid) {
   }
 }
 
+/** dumbpipe's two processes: `listen-tcp` in front of the server, `connect-tcp` on `port`. */
+async function startDumbpipe(bin, spawnChild, serverPort, port) {
+  const env = { ...process.env, RUST_LOG: 'error' }
+  const listen = spawnChild(bin, ['listen-tcp', '--host', `127.0.0.1:${serverPort}`], env)
+  const [, ticket] = await stderrMatch(listen, /dumbpipe connect-tcp (\S+)/, 'dumbpipe listen-tcp')
+  const connect = spawnChild(bin, ['connect-tcp', '--addr', `127.0.0.1:${port}`, ticket], env)
+  connect.stderr.resume()
+  return [listen, connect]
+}
+
+/** hyperdht: a private DHT (not counted), then the listening and the connecting side. */
+async function startHyperdht(spawnChild, serverPort, port) {
+  const script = path.join(__dirname, 'hyperdht-peer.js')
+  const node = process.execPath
+  const boot = spawnChild(node, [script, 'bootstrap'], process.env)
+  const [, bootstrap] = await stderrMatch(boot, /bootstrap (\S+)/, 'hyperdht bootstrap')
+  boot.stderr.resume()
+  const listen = spawnChild(node, [script, 'listen', bootstrap, `127.0.0.1:${serverPort}`], process.env)
+  const [, key] = await stderrMatch(listen, /key ([0-9a-f]+)/, 'hyperdht listen')
+  listen.stderr.resume()
+  const connect = spawnChild(node, [script, 'connect', bootstrap, String(port), key], process.env)
+  connect.stderr.resume()
+  return [listen, connect]
+}
+
 /**
  * Starts `peer` in front of the server on `serverPort`. Resolves `{ name, port, cpuS(), stop() }`:
- * TCP connections to 127.0.0.1:`port` reach the server through the peer.
+ * TCP connections to 127.0.0.1:`port` reach the server through the peer; `cpuS` counts the two
+ * tunnel processes only.
  */
 async function startPeer(peer, serverPort) {
   const children = []
@@ -93,17 +137,17 @@ async function startPeer(peer, serverPort) {
       }),
     )
   }
+  const spawnChild = (bin, args, env) => {
+    const c = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'], env })
+    if (process.env.HYPERDHT_PEER_DEBUG) c.stderr.on('data', (d) => process.stderr.write(`[${peer.name}] ${d}`))
+    children.push(c)
+    return c
+  }
   try {
-    const env = { ...process.env, RUST_LOG: 'error' }
-    const listen = spawn(peer.bin, ['listen-tcp', '--host', `127.0.0.1:${serverPort}`], { stdio: ['ignore', 'ignore', 'pipe'], env })
-    children.push(listen)
-    const [, ticket] = await stderrMatch(listen, /dumbpipe connect-tcp (\S+)/, `${peer.name} listen-tcp`)
     const port = await freePort()
-    const connect = spawn(peer.bin, ['connect-tcp', '--addr', `127.0.0.1:${port}`, ticket], { stdio: ['ignore', 'ignore', 'pipe'], env })
-    children.push(connect)
-    connect.stderr.resume()
-    await untilListening(port, `${peer.name} connect-tcp`)
-    return { name: peer.name, port, cpuS: () => children.reduce((s, c) => s + processCpuS(c.pid), 0), stop }
+    const tunnel = await peer.start(spawnChild, serverPort, port)
+    await untilListening(port, `${peer.name} connecting side`)
+    return { name: peer.name, port, cpuS: () => tunnel.reduce((s, c) => s + processCpuS(c.pid), 0), stop }
   } catch (e) {
     await stop()
     throw e
