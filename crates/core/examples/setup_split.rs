@@ -119,22 +119,31 @@ async fn main() {
         );
     }
     let target = format!("{}?nodeId={}", ingress, rp.node_id().unwrap());
-    // `SETUP_SPLIT_ONLY=warm` (or `returning`) measures just that kind: a profile of it alone.
+    // `SETUP_SPLIT_ONLY=warm` (or `returning`, or `first`: n first visits) measures just that
+    // kind: a profile of it alone.
     let only = std::env::var("SETUP_SPLIT_ONLY").ok();
     // A first visit: a fresh forward proxy each time (no ticket).
     let mut firsts = Vec::new();
-    let visits = if only.is_some() { 0 } else { n.min(20) };
+    let mut first_cpu = Duration::ZERO;
+    let visits = match only.as_deref() {
+        None => n.min(20),
+        Some("first") => n,
+        Some(_) => 0,
+    };
     for _ in 0..visits {
         let fresh = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
         fresh.start(ForwardStart::default()).await.unwrap();
+        let c0 = cpu();
         firsts.push(open(&fresh, &target).await.1);
+        first_cpu += cpu() - c0;
         fresh.stop().await.unwrap();
     }
     if !firsts.is_empty() {
+        let k = firsts.len();
         println!(
-            "first visit: n={} median {:.3} ms",
-            firsts.len(),
-            median(firsts).as_secs_f64() * 1e3
+            "first visit: n={k} median {:.3} ms, CPU {:.3} ms per tunnel",
+            median(firsts).as_secs_f64() * 1e3,
+            first_cpu.as_secs_f64() * 1e3 / k as f64
         );
     }
     for kind in ["returning", "warm"] {

@@ -1,0 +1,77 @@
+//! Where the time goes when one forward proxy opens connections to many reverse proxies at
+//! once (the bench's "500 peers" row), without Node: `N` reverse proxies, one forward proxy,
+//! all `N` connections opened together, closed, and opened again `ROUNDS` times. Prints the
+//! wall time and the process's CPU time per connection for each round; run it under
+//! `perf record` to see the split (the reverse proxies' start-up is one pass, the opens are
+//! `ROUNDS` passes).
+//!
+//! `cargo run --profile profiling --example many_peers -p keynet-core -- [N] [ROUNDS]`
+
+use std::time::{Duration, Instant};
+
+use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, ReverseProxy, ReverseStart};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{echo_server, TOKEN};
+
+fn cpu() -> Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let arg = |i: usize, default: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(default)
+    };
+    let (n, rounds) = (arg(1, 500), arg(2, 5));
+    let server = echo_server().await;
+    let mut rps = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
+        rp.start(ReverseStart {
+            ingress_addr: "127.0.0.1:0".parse().unwrap(),
+            ..ReverseStart::new(server)
+        })
+        .await
+        .unwrap();
+        let addr = rp.ingress_addr().unwrap();
+        let id = rp.node_id().unwrap();
+        rps.push((rp, addr, id));
+    }
+    let fp = std::sync::Arc::new(ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap());
+    fp.start(ForwardStart::default()).await.unwrap();
+    for round in 0..rounds {
+        let c0 = cpu();
+        let t0 = Instant::now();
+        let mut opens = tokio::task::JoinSet::new();
+        for (_, addr, id) in &rps {
+            let (fp, addr, id) = (fp.clone(), *addr, *id);
+            opens.spawn(async move { fp.open_connection(addr, Some(id), None, None).await });
+        }
+        while let Some(r) = opens.join_next().await {
+            r.unwrap().unwrap();
+        }
+        let (wall, used) = (t0.elapsed(), cpu() - c0);
+        assert_eq!(fp.connection_count(), n);
+        println!(
+            "round {round}: {n} connections, {:.3} ms wall and {:.3} ms CPU per connection",
+            wall.as_secs_f64() * 1e3 / n as f64,
+            used.as_secs_f64() * 1e3 / n as f64
+        );
+        for (_, addr, _) in &rps {
+            fp.close_connection(*addr).await.unwrap();
+        }
+    }
+    fp.stop().await.unwrap();
+    for (rp, _, _) in rps {
+        rp.stop().await.unwrap();
+    }
+}
