@@ -13,8 +13,9 @@
 // Everything runs on 127.0.0.1 in this one process: the clients and the servers are plain Node
 // `net` sockets on Node's event loop, and both proxies run on their own Rust threads. The numbers
 // therefore measure this machine's loopback, with the client, server and proxies sharing its cores.
-// Nothing here asserts a speed: the process exits non-zero only when something functionally
-// failed (a tunnel refused, a byte mismatch, a timeout).
+// Nothing here asserts a speed: the process exits non-zero only when something of keynet's
+// functionally failed (a tunnel refused, a byte mismatch, a timeout); a peer's failures are
+// printed under the peers table.
 //
 // It measures the `profiling` build (release code, symbols kept), building it first if needed
 // (scripts/build-profiling.js); KEYNET_BENCH_PROFILE=dev measures the dev build instead.
@@ -245,13 +246,15 @@ async function bulk(sock, total, chunk) {
   const cpu0 = process.cpuUsage()
   const t0 = now()
   const reply = readExactly(sock, 8, BULK_TIMEOUT_MS)
+  // Awaited below; a failure while writing must not leave it unhandled.
+  reply.catch(() => {})
   sock.write(Buffer.from([MODE_SINK]))
   let sent = 0
   while (sent < total) {
     const n = Math.min(chunk.length, total - sent)
     const ok = sock.write(n === chunk.length ? chunk : chunk.subarray(0, n))
     sent += n
-    if (!ok) await withTimeout(waitEvent(sock, 'drain'), BULK_TIMEOUT_MS, 'bulk drain', () => sock.destroy())
+    if (!ok) await withTimeout(waitEvent(sock, 'drain'), BULK_TIMEOUT_MS, 'bulk drain', () => sock.destroy()).catch((e) => (sock.destroy(), Promise.reject(e)))
   }
   sock.end()
   const counted = Number((await reply).readBigUInt64BE(0))
@@ -333,6 +336,7 @@ function pingPong(sock, n, warmup, size) {
     }
     sock.on('data', onData)
     sock.once('error', fail)
+    sock.once('end', () => fail(new Error(`round trip: the connection ended after ${Math.max(i, 0)} of ${n}`)))
     sock.resume()
     sock.write(Buffer.from([MODE_ECHO]))
     send()
@@ -814,7 +818,7 @@ function peerTable(cmp) {
     [`round trip p50, µs`, (r) => r.rtt?.p50, false],
     [`round trip p99, µs`, (r) => r.rtt?.p99, false],
     ['setup + first echoed byte, keynet on its live connection, ms', (r) => median(r.setup), false],
-    ['setup + first echoed byte over a new QUIC connection, ms', (r) => median(r.setupCold), false],
+    ['setup + first echoed byte over a new connection, ms', (r) => median(r.setupCold), false],
     ['the same to a node met before (keynet: resumed, 0-RTT), ms', (r) => median(r.setupReturning), false],
     [`${CFG.concN} × ${fmtBytes(CFG.concBytes)} at once, wall ms`, (r) => r.conc?.ms, false],
   ]
@@ -918,7 +922,7 @@ function report(R, tStart) {
     console.log(peerTable(R.cmp))
     console.log('')
   } else if (want('cmp')) {
-    console.log('peers: none installed (npm run bench:setup installs dumbpipe and hyperdht into bench/.peers)')
+    console.log('peers: none installed or none selected by KEYNET_BENCH_PEERS (npm run bench:setup installs dumbpipe and hyperdht into bench/.peers)')
     console.log('')
   }
   if (R.connInfo) {
@@ -1050,7 +1054,11 @@ async function comparePeers(ctx, chunk) {
   const systems = [{ name: 'keynet', open: ctx.tunnel, cpuS: () => 0 }]
   for (const peer of PEERS) {
     progress(`peers: starting ${peer.name} (its own processes) ...`)
-    const p = await startPeer(peer, ctx.serverPort)
+    const p = await startPeer(peer, ctx.serverPort).catch((e) => {
+      out[peer.name] = { failures: [`start: ${e.message}`] }
+      return null
+    })
+    if (!p) continue
     state.peers.add(p)
     // A peer's reset between measurements must not end the bench (the measurement that sees
     // it fails; see `tried`).

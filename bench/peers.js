@@ -1,6 +1,7 @@
 'use strict'
 // The peers the bench compares keynet with, each run as its users run it: its own processes,
-// one forwarding a local TCP port over QUIC, the other forwarding to the bench's server.
+// one forwarding a local TCP port over its protocol (QUIC, UDX), the other forwarding to the
+// bench's server.
 // `npm run bench:setup` installs them into bench/.peers; a peer that is not there is left out.
 //
 // dumbpipe (iroh): `dumbpipe listen-tcp --host SERVER` prints a ticket; `dumbpipe connect-tcp
@@ -29,7 +30,7 @@ const START_TIMEOUT_MS = 30_000
 function installedPeers() {
   const exe = process.platform === 'win32' ? '.exe' : ''
   const dumbpipe = path.join(BIN, `dumbpipe${exe}`)
-  const only = process.env.KEYNET_BENCH_PEERS?.split(',')
+  const only = process.env.KEYNET_BENCH_PEERS?.split(',').map((n) => n.trim())
   return [
     { name: 'dumbpipe', installed: fs.existsSync(dumbpipe), start: (spawnChild, serverPort, port) => startDumbpipe(dumbpipe, spawnChild, serverPort, port) },
     {

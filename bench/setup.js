@@ -29,15 +29,15 @@ const PEERS = [
       fs.mkdirSync(dir, { recursive: true })
       fs.writeFileSync(path.join(dir, 'package.json'), '{ "private": true }\n')
       const spec = `hyperdht@${process.env.HYPERDHT_VERSION || '6'}`
-      const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm'
-      return run(spec, npm, ['install', '--prefix', dir, '--no-audit', '--no-fund', spec])
+      // npm.cmd needs a shell on Windows (Node refuses to spawn .cmd files without one).
+      return run(spec, 'npm', ['install', '--prefix', dir, '--no-audit', '--no-fund', spec], process.platform === 'win32')
     },
   },
 ]
 
-function run(spec, cmd, args) {
+function run(spec, cmd, args, shell = false) {
   console.log(`installing ${spec} into ${ROOT} ...`)
-  const r = spawnSync(cmd, args, { stdio: 'inherit', env: { CARGO_BUILD_JOBS: '2', ...process.env } })
+  const r = spawnSync(cmd, args, { stdio: 'inherit', shell, env: { CARGO_BUILD_JOBS: '2', ...process.env } })
   if (r.status !== 0) {
     console.error(`bench:setup: installing ${spec} failed (exit ${r.status ?? r.signal})`)
     process.exit(1)
