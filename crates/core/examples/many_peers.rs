@@ -7,21 +7,14 @@
 //!
 //! `cargo run --profile profiling --example many_peers -p keynet-core -- [N] [ROUNDS]`
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, ReverseProxy, ReverseStart};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{echo_server, TOKEN};
-
-fn cpu() -> Duration {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let t = |tv: libc::timeval| Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
-    t(ru.ru_utime) + t(ru.ru_stime)
-}
+use common::{echo_server, process_cpu as cpu, TOKEN};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

@@ -19,14 +19,7 @@ use tokio::net::TcpStream;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{echo_server, TOKEN};
-
-fn cpu() -> Duration {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let t = |tv: libc::timeval| Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
-    t(ru.ru_utime) + t(ru.ru_stime)
-}
+use common::{echo_server, process_cpu as cpu, TOKEN};
 
 /// A CONNECT through `fp` to `target`, timed to its `200` head.
 async fn open(fp: &ForwardProxy, target: &str) -> (TcpStream, Duration) {

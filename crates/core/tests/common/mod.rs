@@ -8,6 +8,16 @@ use keynet_core::ForwardProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// CPU time (user + system) this process has used so far: the examples' per-tunnel CPU.
+#[cfg(unix)]
+pub(crate) fn process_cpu() -> std::time::Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t =
+        |tv: libc::timeval| std::time::Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
 /// The token every test forward proxy accepts.
 pub(crate) const TOKEN: &str = "s3cret";
 
