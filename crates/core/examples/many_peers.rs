@@ -9,12 +9,12 @@
 
 use std::time::Instant;
 
-use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, ReverseProxy, ReverseStart};
+use keynet_core::{ConnOptions, ForwardProxy, ForwardStart};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{echo_server, process_cpu as cpu, TOKEN};
+use common::{echo_server, process_cpu as cpu, reverse_proxy_for, TOKEN};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -28,13 +28,7 @@ async fn main() {
     let server = echo_server().await;
     let mut rps = Vec::with_capacity(n);
     for _ in 0..n {
-        let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
-        rp.start(ReverseStart {
-            ingress_addr: "127.0.0.1:0".parse().unwrap(),
-            ..ReverseStart::new(server)
-        })
-        .await
-        .unwrap();
+        let rp = reverse_proxy_for(server, ConnOptions::default()).await;
         let addr = rp.ingress_addr().unwrap();
         let id = rp.node_id().unwrap();
         rps.push((rp, addr, id));

@@ -13,13 +13,13 @@
 
 use std::time::{Duration, Instant};
 
-use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, ReverseProxy, ReverseStart};
+use keynet_core::{ConnOptions, ForwardProxy, ForwardStart};
 use tokio::net::TcpStream;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{echo_server, process_cpu as cpu, TOKEN};
+use common::{echo_server, process_cpu as cpu, reverse_proxy_for, TOKEN};
 
 /// A CONNECT through `fp` to `target`, timed to its `200` head.
 async fn open(fp: &ForwardProxy, target: &str) -> (TcpStream, Duration) {
@@ -94,13 +94,7 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(0);
     let server = echo_server().await;
-    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
-    rp.start(ReverseStart {
-        ingress_addr: "127.0.0.1:0".parse().unwrap(),
-        ..ReverseStart::new(server)
-    })
-    .await
-    .unwrap();
+    let rp = reverse_proxy_for(server, ConnOptions::default()).await;
     let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
     fp.start(ForwardStart::default()).await.unwrap();
     let mut ingress = rp.ingress_addr().unwrap();

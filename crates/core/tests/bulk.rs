@@ -5,12 +5,12 @@
 //! quinn-udp's socket options (wine's Winsock): no ECN, packet info or don't-fragment.
 
 use keynet_core::options::UdpTuning;
-use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, ReverseProxy, ReverseStart};
+use keynet_core::{ConnOptions, ForwardProxy, ForwardStart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 
-use common::{echo_server, tunnel_to, TOKEN};
+use common::{echo_server, reverse_proxy_for, tunnel_to, TOKEN};
 
 const TOTAL: usize = 64 * 1024 * 1024;
 
@@ -27,13 +27,7 @@ async fn carry_64_mib_each_way(udp: UdpTuning) -> keynet_core::ConnectionInfo {
         ..Default::default()
     };
     let server = echo_server().await;
-    let rp = ReverseProxy::new(opts.clone()).unwrap();
-    rp.start(ReverseStart {
-        ingress_addr: "127.0.0.1:0".parse().unwrap(),
-        ..ReverseStart::new(server)
-    })
-    .await
-    .unwrap();
+    let rp = reverse_proxy_for(server, opts.clone()).await;
     let fp = ForwardProxy::new(TOKEN.into(), opts).unwrap();
     fp.start(ForwardStart::default()).await.unwrap();
     let mut s = tunnel_to(&fp, &rp).await;

@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use keynet_core::{ConnOptions, ForwardProxy, ForwardStart, ReverseProxy, ReverseStart};
+use keynet_core::{ConnOptions, ForwardProxy, ForwardStart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
 
-use common::{tunnel_to, TOKEN};
+use common::{reverse_proxy_for, tunnel_to, TOKEN};
 
 /// Bytes each end writes before the close (held by the proxies when it happens).
 const SIZE: usize = 1 << 20;
@@ -40,13 +40,7 @@ async fn ends_deliver_everything(closer: Closer) {
         ..Default::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rp = ReverseProxy::new(opts.clone()).unwrap();
-    rp.start(ReverseStart {
-        ingress_addr: "127.0.0.1:0".parse().unwrap(),
-        ..ReverseStart::new(listener.local_addr().unwrap())
-    })
-    .await
-    .unwrap();
+    let rp = reverse_proxy_for(listener.local_addr().unwrap(), opts.clone()).await;
     let fp = ForwardProxy::new(TOKEN.into(), opts).unwrap();
     fp.start(ForwardStart::default()).await.unwrap();
 

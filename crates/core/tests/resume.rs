@@ -3,23 +3,15 @@
 //! resumed client is accepted only under the rules in force: a reverse proxy that changed its
 //! allow-list, or a forward proxy that changed its identity, starts over with a full handshake.
 
-use keynet_core::{
-    generate_identity, ConnOptions, ForwardProxy, ForwardStart, ReverseProxy, ReverseStart,
-};
+use keynet_core::{generate_identity, ConnOptions, ForwardProxy, ForwardStart, ReverseProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 
-use common::{connect, echo_server, tunnel_to, TOKEN};
+use common::{connect, echo_server, reverse_proxy_for, tunnel_to, TOKEN};
 
 async fn pair() -> (ForwardProxy, ReverseProxy) {
-    let rp = ReverseProxy::new(ConnOptions::default()).unwrap();
-    rp.start(ReverseStart {
-        ingress_addr: "127.0.0.1:0".parse().unwrap(),
-        ..ReverseStart::new(echo_server().await)
-    })
-    .await
-    .unwrap();
+    let rp = reverse_proxy_for(echo_server().await, ConnOptions::default()).await;
     let fp = ForwardProxy::new(TOKEN.into(), ConnOptions::default()).unwrap();
     fp.start(ForwardStart::default()).await.unwrap();
     (fp, rp)

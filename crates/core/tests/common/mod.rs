@@ -37,6 +37,21 @@ pub(crate) async fn echo_server() -> SocketAddr {
     addr
 }
 
+/// A started reverse proxy with `opts`, on a loopback ingress port, in front of `server`.
+pub(crate) async fn reverse_proxy_for(
+    server: SocketAddr,
+    opts: keynet_core::ConnOptions,
+) -> keynet_core::ReverseProxy {
+    let rp = keynet_core::ReverseProxy::new(opts).unwrap();
+    rp.start(keynet_core::ReverseStart {
+        ingress_addr: "127.0.0.1:0".parse().unwrap(),
+        ..keynet_core::ReverseStart::new(server)
+    })
+    .await
+    .unwrap();
+    rp
+}
+
 /// A tunnel through `fp` to `rp`'s ingress, pinned to its node id; panics unless it opened.
 pub(crate) async fn tunnel_to(fp: &ForwardProxy, rp: &keynet_core::ReverseProxy) -> TcpStream {
     let target = format!(
