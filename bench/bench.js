@@ -250,11 +250,16 @@ async function bulk(sock, total, chunk) {
   reply.catch(() => {})
   sock.write(Buffer.from([MODE_SINK]))
   let sent = 0
-  while (sent < total) {
-    const n = Math.min(chunk.length, total - sent)
-    const ok = sock.write(n === chunk.length ? chunk : chunk.subarray(0, n))
-    sent += n
-    if (!ok) await withTimeout(waitEvent(sock, 'drain'), BULK_TIMEOUT_MS, 'bulk drain', () => sock.destroy()).catch((e) => (sock.destroy(), Promise.reject(e)))
+  try {
+    while (sent < total) {
+      const n = Math.min(chunk.length, total - sent)
+      const ok = sock.write(n === chunk.length ? chunk : chunk.subarray(0, n))
+      sent += n
+      if (!ok) await withTimeout(waitEvent(sock, 'drain'), BULK_TIMEOUT_MS, 'bulk drain')
+    }
+  } catch (e) {
+    sock.destroy()
+    throw e
   }
   sock.end()
   const counted = Number((await reply).readBigUInt64BE(0))

@@ -24,7 +24,7 @@ const DHT = require(path.join(HD, 'hyperdht'))
  */
 function splice(tcp, dht) {
   const fail = (e) => {
-    if (process.env.HYPERDHT_PEER_DEBUG) console.error(`splice: ${e.message}`)
+    if (process.env.KEYNET_BENCH_PEER_DEBUG) console.error(`splice: ${e.message}`)
     tcp.destroy()
     dht.destroy()
   }
@@ -40,6 +40,8 @@ function hostPort(s) {
 }
 
 async function main([role, ...args]) {
+  // The bench holds our stdin open; its end means the bench is gone (crashed or killed).
+  process.stdin.on('end', () => process.exit(0)).resume()
   if (role === 'bootstrap') {
     const createTestnet = require(path.join(HD, 'hyperdht', 'testnet'))
     const testnet = await createTestnet(3, { host: '127.0.0.1' })

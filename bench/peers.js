@@ -11,7 +11,7 @@
 // hyperdht (Holepunch, UDX): bench/hyperdht-peer.js, what hypertele does, on a private DHT of
 // three bootstrap nodes in a third process whose CPU is not counted; each TCP connection is a
 // hyperdht connection of its own (DHT lookup, Noise handshake, UDX stream).
-// HYPERDHT_PEER_DEBUG=1 copies every peer process's stderr to this one's.
+// KEYNET_BENCH_PEER_DEBUG=1 copies every peer process's stderr to this one's.
 
 const fs = require('node:fs')
 const net = require('node:net')
@@ -50,21 +50,31 @@ async function freePort() {
   return port
 }
 
-/** Resolves with the first match of `re` in the child's stderr (rejects if it exits first). */
+/**
+ * Resolves with the first match of `re` in the child's stderr (rejects if it exits first);
+ * stops reading for it once matched (the child's stderr keeps flowing, see `spawnChild`).
+ */
 function stderrMatch(child, re, what) {
   let text = ''
+  let onData
+  let onExit
   return withTimeout(
     new Promise((resolve, reject) => {
-      child.stderr.on('data', (d) => {
+      onData = (d) => {
         text += d
         const m = re.exec(text)
         if (m) resolve(m)
-      })
-      child.once('exit', (c) => reject(new Error(`${what} exited (${c}) before it was ready: ${text.trim()}`)))
+      }
+      onExit = (c) => reject(new Error(`${what} exited (${c}) before it was ready: ${text.trim()}`))
+      child.stderr.on('data', onData)
+      child.once('exit', onExit)
     }),
     START_TIMEOUT_MS,
     what,
-  )
+  ).finally(() => {
+    child.stderr.off('data', onData)
+    child.off('exit', onExit)
+  })
 }
 
 /** Connects until `port` accepts (the peer is listening), bounded. */
@@ -102,7 +112,6 @@ async function startDumbpipe(bin, spawnChild, serverPort, port) {
   const listen = spawnChild(bin, ['listen-tcp', '--host', `127.0.0.1:${serverPort}`], env)
   const [, ticket] = await stderrMatch(listen, /dumbpipe connect-tcp (\S+)/, 'dumbpipe listen-tcp')
   const connect = spawnChild(bin, ['connect-tcp', '--addr', `127.0.0.1:${port}`, ticket], env)
-  connect.stderr.resume()
   return [listen, connect]
 }
 
@@ -112,14 +121,17 @@ async function startHyperdht(spawnChild, serverPort, port) {
   const node = process.execPath
   const boot = spawnChild(node, [script, 'bootstrap'], process.env)
   const [, bootstrap] = await stderrMatch(boot, /bootstrap (\S+)/, 'hyperdht bootstrap')
-  boot.stderr.resume()
   const listen = spawnChild(node, [script, 'listen', bootstrap, `127.0.0.1:${serverPort}`], process.env)
   const [, key] = await stderrMatch(listen, /key ([0-9a-f]+)/, 'hyperdht listen')
-  listen.stderr.resume()
   const connect = spawnChild(node, [script, 'connect', bootstrap, String(port), key], process.env)
-  connect.stderr.resume()
   return [listen, connect]
 }
+
+/** Every peer process still running: killed when this process exits without stopping them. */
+const live = new Set()
+process.once('exit', () => {
+  for (const c of live) c.kill('SIGKILL')
+})
 
 /**
  * Starts `peer` in front of the server on `serverPort`. Resolves `{ name, port, cpuS(), stop() }`:
@@ -139,8 +151,14 @@ async function startPeer(peer, serverPort) {
     )
   }
   const spawnChild = (bin, args, env) => {
-    const c = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'], env })
-    if (process.env.HYPERDHT_PEER_DEBUG) c.stderr.on('data', (d) => process.stderr.write(`[${peer.name}] ${d}`))
+    // stdin is a pipe the child never reads: it ends when this process goes, however it goes
+    // (bench/hyperdht-peer.js exits on that); `live` covers an exit that skips `stop`.
+    const c = spawn(bin, args, { stdio: ['pipe', 'ignore', 'pipe'], env })
+    live.add(c)
+    c.once('exit', () => live.delete(c))
+    // Always drained (a full pipe would stall the peer); shown with KEYNET_BENCH_PEER_DEBUG.
+    if (process.env.KEYNET_BENCH_PEER_DEBUG) c.stderr.on('data', (d) => process.stderr.write(`[${peer.name}] ${d}`))
+    c.stderr.resume()
     children.push(c)
     return c
   }
