@@ -479,44 +479,6 @@ async function setup(withKeynet) {
   return { ...ctx, rp, fp, nodeId, ingressPort, proxyPort, tunnel: () => connectTunnel({ proxyPort, ingressPort, nodeId, token }) }
 }
 
-/** A loopback address whose route has Ethernet's MTU (set up by `bulkOnEthernetRoute`). */
-const ETHERNET_HOST = '127.0.0.2'
-
-/**
- * Bulk through keynet to a reverse proxy on a loopback address whose route has Ethernet's MTU
- * (1500, as on the internet), instead of loopback's 65536: keynet sends packets as large as a
- * direct path's route allows, so this is the figure for a path with internet-sized packets.
- * Needs root on Linux (`ip route`); resolves `{ skipped: reason }` otherwise.
- */
-async function bulkOnEthernetRoute(ctx, chunk) {
-  const { spawnSync } = require('node:child_process')
-  if (process.platform !== 'linux' || process.getuid?.() !== 0) return { skipped: 'needs root on Linux' }
-  const route = ['route', 'replace', 'local', `${ETHERNET_HOST}/32`, 'dev', 'lo', 'mtu', '1500', 'table', 'local']
-  const added = spawnSync('ip', route, { stdio: 'ignore' })
-  if (added.status !== 0) return { skipped: '`ip route` failed' }
-  const rp = new ReverseProxy()
-  try {
-    await withTimeout(rp.start({ serverHost: HOST, serverPort: ctx.serverPort, ingressHost: ETHERNET_HOST }), 10_000, 'rp.start (Ethernet route)')
-    const nodeId = rp.getNodeId()
-    const ingressPort = rp.getIngressPort()
-    await withTimeout(ctx.fp.openConnection(nodeId, ETHERNET_HOST, ingressPort, { timeout: 10_000 }), 15_000, 'openConnection (Ethernet route)')
-    const open = () => connectTunnel({ proxyPort: ctx.proxyPort, ingressPort, nodeId, token: ctx.token, host: ETHERNET_HOST })
-    const warm = await open()
-    await pingPong(warm.sock, 50, 0, RTT_SIZE)
-    await closeSocket(warm.sock)
-    const before = ctx.fp.getConnectionInfoByIngress(ETHERNET_HOST, ingressPort)
-    const { sock } = await open()
-    const r = await bulk(sock, CFG.bulkBytes, chunk)
-    const after = ctx.fp.getConnectionInfoByIngress(ETHERNET_HOST, ingressPort)
-    if (before && after) r.packet = (after.bytesSent - before.bytesSent) / (after.datagramsSent - before.datagramsSent)
-    await withTimeout(ctx.fp.closeConnection(ETHERNET_HOST, ingressPort), 10_000, 'closeConnection (Ethernet route)')
-    return r
-  } finally {
-    await withTimeout(rp.stop(), 10_000, 'rp.stop (Ethernet route)').catch(() => {})
-    spawnSync('ip', ['route', 'del', 'local', `${ETHERNET_HOST}/32`, 'table', 'local'], { stdio: 'ignore' })
-  }
-}
-
 /** Warms up the paths (JIT, first-connection costs) outside every measurement. */
 async function warmUp(ctx) {
   for (const open of [ctx.direct, ctx.tunnel]) {
@@ -756,8 +718,6 @@ async function measureRound() {
       }
       R.connInfo = after
     }
-    progress(`bulk: ${fmtBytes(CFG.bulkBytes)} one way, keynet on a route with Ethernet's MTU ...`)
-    R.bulkEthernet = await bulkOnEthernetRoute(ctx, chunk)
     progress(`bulk keynet took ${(R.bulkKeynet.ms / 1000).toFixed(1)} s, direct ${(R.bulkDirect.ms / 1000).toFixed(2)} s`)
 
   }
@@ -869,6 +829,8 @@ function peerTable(cmp) {
     ['setup + first echoed byte over a new connection, ms', (r) => median(r.setupCold), false],
     ['the same to a node met before (keynet: resumed, 0-RTT), ms', (r) => median(r.setupReturning), false],
     [`${CFG.concN} × ${fmtBytes(CFG.concBytes)} at once, wall ms`, (r) => r.conc?.ms, false],
+    ['the same: peak RSS of the tunnel, MiB (see below)', (r) => r.concTunnelRss && r.concTunnelRss.peak / MiB, false],
+    ['the same: RSS growth of the tunnel (peak - before), MiB', (r) => r.concTunnelRss && (r.concTunnelRss.peak - r.concTunnelRss.before) / MiB, false],
   ]
   const header = ['metric', ...names, 'keynet / best peer']
   const body = metrics.map(([label, get, higher]) => {
@@ -884,6 +846,8 @@ function peerTable(cmp) {
     'keynet beside its peers (each peer in its own processes; keynet in this one; same server, same round):',
     sep, line(header), sep, ...body.map(line), sep,
     'setup: connect (+ CONNECT for keynet) + the first echoed byte; a peer that opens a connection per TCP connection shows the same figure in all three setup rows.',
+    "tunnel RSS at once: a peer's two processes (peak reset before the phase); keynet's proxies share the bench's process, so its figures are the concurrency",
+    '  section\'s: the keynet child process minus the direct-TCP child process (the same clients and server without keynet), peak and growth alike.',
     ...peers.flatMap((n) => failureLines(n, cmp[n].failures ?? [])),
   ].join('\n')
 }
@@ -900,18 +864,8 @@ function report(R, tStart) {
       ['CPU time of the process (user+sys), s', f(R.bulkKeynet.cpuS, 2), f(R.bulkDirect.cpuS, 2), ratio(R.bulkKeynet.cpuS, R.bulkDirect.cpuS)],
       ['UDP bytes sent by the forward proxy / payload', R.bulkWire ? f(R.bulkWire / CFG.bulkBytes, 3) : 'n/a', '-', ''],
       ['UDP datagrams dropped for a full receive buffer, ≈ % of those sent', R.bulkKeynet.drops === undefined ? 'n/a' : f((100 * R.bulkKeynet.drops) / (CFG.bulkBytes / 1200), 2), '-', ''],
-      ['UDP payload per datagram sent (loopback route, MTU 65536), bytes', R.bulkPacket ? f(R.bulkPacket) : 'n/a', '-', ''],
+      ['UDP payload per datagram sent, bytes', R.bulkPacket ? f(R.bulkPacket) : 'n/a', '-', ''],
     )
-    const e = R.bulkEthernet
-    if (e && e.mbps) {
-      rows.push(
-        ['on a route with Ethernet MTU 1500: throughput, MB/s', f(e.mbps), f(R.bulkDirect.mbps), ratio(e.mbps, R.bulkDirect.mbps)],
-        ['on a route with Ethernet MTU 1500: CPU, s', f(e.cpuS, 2), f(R.bulkDirect.cpuS, 2), ratio(e.cpuS, R.bulkDirect.cpuS)],
-        ['on a route with Ethernet MTU 1500: UDP payload per datagram, bytes', e.packet ? f(e.packet) : 'n/a', '-', ''],
-      )
-    } else if (e) {
-      rows.push(['on a route with Ethernet MTU 1500', `n/a (${e.skipped})`, '-', ''])
-    }
   }
   if (R.rttKeynet && R.rttDirect) {
     rows.push(
@@ -926,7 +880,6 @@ function report(R, tStart) {
       { section: 'relayed (keynet column: through a Relay on loopback, rendezvous off)' },
       ['bulk throughput, MB/s', f(R.bulkRelayed.mbps), f(R.bulkDirect?.mbps), ratio(R.bulkRelayed.mbps, R.bulkDirect?.mbps)],
       ['bulk throughput relayed / keynet direct path', R.bulkKeynet ? f(R.bulkRelayed.mbps / R.bulkKeynet.mbps, 2) : 'n/a', '-', ''],
-      ['bulk throughput relayed / keynet direct path on the Ethernet-MTU route', R.bulkEthernet?.mbps ? f(R.bulkRelayed.mbps / R.bulkEthernet.mbps, 2) : 'n/a', '-', ''],
       ['bulk: relayed packets on the UDP channel, %', f(100 * R.bulkRelayed.onChannel, 1), '-', ''],
       ['bulk: bytes per relayed packet', f(R.bulkRelayed.bytesPerPacket), '-', ''],
       ['round trip p50, µs', f(R.rttRelayed.p50), f(R.rttDirect?.p50), ratio(R.rttRelayed.p50, R.rttDirect?.p50)],
@@ -979,6 +932,13 @@ function report(R, tStart) {
   console.log(table(rows))
   console.log('')
   if (R.cmp) {
+    // keynet's tunnel memory at once: its child process against the direct-TCP one (the same
+    // clients and server, no keynet).
+    if (R.cmp.keynet && R.concKeynet && R.concDirect) {
+      const k = R.concKeynet
+      const d = R.concDirect
+      R.cmp.keynet.concTunnelRss = { before: k.rssBefore - d.rssBefore, peak: k.rssPeak - d.rssPeak }
+    }
     console.log(peerTable(R.cmp))
     console.log('')
   } else if (want('cmp')) {
@@ -1123,7 +1083,7 @@ async function comparePeers(ctx, chunk) {
     // A peer's reset between measurements must not end the bench (the measurement that sees
     // it fails; see `tried`).
     const open = () => connectDirect(p.port).then((c) => (c.sock.on('error', () => {}), c))
-    systems.push({ name: peer.name, open, cpuS: p.cpuS, stop: p.stop })
+    systems.push({ name: peer.name, open, cpuS: p.cpuS, rss: p.rss, stop: p.stop })
   }
   try {
     for (const sys of systems) {
@@ -1181,7 +1141,12 @@ async function comparePeers(ctx, chunk) {
         await withTimeout(ctx.fp.closeConnection(HOST, ctx.ingressPort), 10_000, 'closeConnection (peers, returning)')
         r.setupReturning.push(await setupEcho(ctx.tunnel))
       }
+      // A peer's tunnel memory: its two processes' peak RSS during this phase (keynet's is
+      // measured in fresh child processes, against the same load without keynet: see report).
+      const peakReset = sys.rss?.startPeak()
+      const rssBefore = sys.rss?.now()
       r.conc = await tried('at once', () => withTimeout(concurrent(CFG.concN, CFG.concBytes, sys.open), PHASE_TIMEOUT_MS, `concurrent ${sys.name}`))
+      if (r.conc && peakReset) r.concTunnelRss = { before: rssBefore, peak: sys.rss.peak() }
       out[sys.name] = r
     }
   } finally {

@@ -106,6 +106,26 @@ function processCpuS(pid) {
   }
 }
 
+/** A `/proc/PID/status` field in bytes (`VmRSS`, `VmHWM`: the peak RSS); 0 where unknown. */
+function statusBytes(pid, field) {
+  try {
+    const m = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm'))
+    return m ? Number(m[1]) * 1024 : 0
+  } catch {
+    return 0
+  }
+}
+
+/** Starts a new peak-RSS measurement of `pid` (Linux resets VmHWM on "5" into clear_refs). */
+function resetPeakRss(pid) {
+  try {
+    fs.writeFileSync(`/proc/${pid}/clear_refs`, '5')
+    return true
+  } catch {
+    return false
+  }
+}
+
 /** dumbpipe's two processes: `listen-tcp` in front of the server, `connect-tcp` on `port`. */
 async function startDumbpipe(bin, spawnChild, serverPort, port) {
   const env = { ...process.env, RUST_LOG: 'error' }
@@ -134,9 +154,10 @@ process.once('exit', () => {
 })
 
 /**
- * Starts `peer` in front of the server on `serverPort`. Resolves `{ name, port, cpuS(), stop() }`:
- * TCP connections to 127.0.0.1:`port` reach the server through the peer; `cpuS` counts the two
- * tunnel processes only.
+ * Starts `peer` in front of the server on `serverPort`. Resolves `{ name, port, cpuS(), rss,
+ * stop() }`: TCP connections to 127.0.0.1:`port` reach the server through the peer; `cpuS` counts
+ * the two tunnel processes only, and `rss` measures their memory: `rss.startPeak()` (false where
+ * the peak cannot be reset), then `rss.now()` and `rss.peak()`, in bytes, both processes summed.
  */
 async function startPeer(peer, serverPort) {
   const children = []
@@ -166,7 +187,13 @@ async function startPeer(peer, serverPort) {
     const port = await freePort()
     const tunnel = await peer.start(spawnChild, serverPort, port)
     await untilListening(port, `${peer.name} connecting side`)
-    return { name: peer.name, port, cpuS: () => tunnel.reduce((s, c) => s + processCpuS(c.pid), 0), stop }
+    const sum = (fn) => tunnel.reduce((s, c) => s + fn(c.pid), 0)
+    const rss = {
+      startPeak: () => tunnel.map((c) => resetPeakRss(c.pid)).every(Boolean),
+      now: () => sum((pid) => statusBytes(pid, 'VmRSS')),
+      peak: () => sum((pid) => statusBytes(pid, 'VmHWM')),
+    }
+    return { name: peer.name, port, cpuS: () => sum(processCpuS), rss, stop }
   } catch (e) {
     await stop()
     throw e

@@ -98,19 +98,10 @@ impl ReverseStart {
 }
 
 /// The QUIC transport of a reverse proxy's accepted connections: `opts`' with the starting
-/// stream grant (it grows toward `max_streams` with use: [`StreamCredit`]), and `search` as
-/// its MTU discovery when the caller's route allows more than quinn's default
-/// ([`crate::socket::mtu`]).
-fn accepted_transport(
-    opts: &ConnOptions,
-    max_streams: u32,
-    search: Option<quinn::MtuDiscoveryConfig>,
-) -> Arc<quinn::TransportConfig> {
+/// stream grant (it grows toward `max_streams` with use: [`StreamCredit`]).
+fn accepted_transport(opts: &ConnOptions, max_streams: u32) -> Arc<quinn::TransportConfig> {
     let mut t = opts.peer_transport_config();
     t.max_concurrent_bidi_streams(StreamCredit::initial(max_streams).into());
-    if search.is_some() {
-        t.mtu_discovery_config(search);
-    }
     Arc::new(t)
 }
 
@@ -152,9 +143,6 @@ struct Running {
     by_proxy: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     /// The transport accepted connections get (its starting stream grant).
     transport: Arc<quinn::TransportConfig>,
-    /// The endpoint's server config, kept to accept a caller on a large route with its own
-    /// MTU search (the same TLS config: its session tickets are shared).
-    server_config: RwLock<quinn::ServerConfig>,
     max_connections: usize,
     /// Streams one connection may have at once (`maxStreamsPerConnection`).
     max_streams: u32,
@@ -162,28 +150,6 @@ struct Running {
     connections: AtomicUsize,
     /// Connections refused at `max_connections` so far.
     refused: AtomicU64,
-}
-
-impl Running {
-    /// Makes `config` the endpoint's server config.
-    fn install(&self, config: quinn::ServerConfig) {
-        *self.server_config.write().expect("server config lock") = config.clone();
-        self.node.endpoint.set_server_config(Some(config));
-    }
-
-    /// The server config for a caller at `remote`: the endpoint's, with an MTU search up to
-    /// the route's MTU where that route is large ([`crate::socket::mtu`]); `None` keeps the
-    /// endpoint's own.
-    fn config_for(&self, opts: &ConnOptions, remote: SocketAddr) -> Option<quinn::ServerConfig> {
-        let search = crate::socket::mtu::discovery_toward(remote)?;
-        let mut config = self
-            .server_config
-            .read()
-            .expect("server config lock")
-            .clone();
-        config.transport_config(accepted_transport(opts, self.max_streams, Some(search)));
-        Some(config)
-    }
 }
 
 impl ReverseProxy {
@@ -234,10 +200,8 @@ impl ReverseProxy {
                 Some(ids) => Acceptable::OneOf(ids),
                 None => Acceptable::Any,
             };
-            let transport =
-                accepted_transport(&inner.opts, start.max_streams_per_connection, None);
+            let transport = accepted_transport(&inner.opts, start.max_streams_per_connection);
             let config = tunnel_server_config(&identity, accept.clone(), transport.clone())?;
-            let server_config = RwLock::new(config.clone());
             let node = Node::start(
                 &inner.opts,
                 &inner.identities,
@@ -261,7 +225,6 @@ impl ReverseProxy {
                 accept: RwLock::new(accept),
                 by_proxy: Mutex::new(HashMap::new()),
                 transport,
-                server_config,
                 max_connections: start.max_connections,
                 max_streams: start.max_streams_per_connection,
                 connections: AtomicUsize::new(0),
@@ -449,7 +412,7 @@ impl ReverseProxy {
         *running.accept.write().expect("accept lock") = accept.clone();
         if let Some(id) = self.inner.identities.current() {
             let config = tunnel_server_config(&id, accept.clone(), running.transport.clone())?;
-            running.install(config);
+            running.node.endpoint.set_server_config(Some(config));
         }
         if let Acceptable::OneOf(list) = &accept {
             for info in running.node.tracker.infos() {
@@ -474,7 +437,7 @@ impl ReverseProxy {
                 running.accept.read().expect("accept lock").clone(),
                 running.transport.clone(),
             )?;
-            running.install(config);
+            running.node.endpoint.set_server_config(Some(config));
         }
         Ok(())
     }
@@ -661,11 +624,7 @@ impl Inner {
             }
             .into()
         };
-        let connecting = match running.config_for(&self.opts, remote) {
-            Some(config) => incoming.accept_with(Arc::new(config)),
-            None => incoming.accept(),
-        }
-        .map_err(handshake_failed)?;
+        let connecting = incoming.accept().map_err(handshake_failed)?;
         let budget = self.opts.connect_time;
         let timed_out = move || Error::ConnectionStartTimeout(budget.as_millis() as u64);
         // On the server this always succeeds (quinn's "0.5-RTT"); `done` resolves once the

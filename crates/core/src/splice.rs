@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -259,12 +259,18 @@ async fn read_chunk(
     }
 }
 
-/// What `tcp` has already received, without waiting; `None` if nothing (or its end).
+/// What `tcp` has already received, without waiting; `None` if nothing (or its end). Shrunk
+/// to its length as in [`read_chunk`].
 fn try_read_chunk(tcp: &tokio::net::tcp::OwnedReadHalf) -> std::io::Result<Option<Bytes>> {
-    let mut buf = BytesMut::with_capacity(BUF);
+    let mut buf = Vec::with_capacity(BUF);
     match tcp.try_read_buf(&mut buf) {
         Ok(0) => Ok(None),
-        Ok(_) => Ok(Some(buf.freeze())),
+        Ok(n) => {
+            if n < BUF / 2 {
+                buf.shrink_to_fit();
+            }
+            Ok(Some(Bytes::from(buf)))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(e),
     }

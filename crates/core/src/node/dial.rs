@@ -470,12 +470,9 @@ impl Node {
     /// A client config for a dial that accepts a server proving `accept`, and the server name
     /// its session tickets are kept under (the pinned node id; a dial without a pin never
     /// resumes); the outcome keeps the reason a certificate was refused.
-    /// The config of a dial to `to` (its MTU search goes up to the route's MTU when `to` is a
-    /// real address on a large route: [`crate::socket::mtu`]).
     fn dial_config(
         &self,
         accept: &Acceptable,
-        to: SocketAddr,
     ) -> Result<(quinn::ClientConfig, VerifyOutcome, String)> {
         let identity = self
             .identities
@@ -486,9 +483,6 @@ impl Node {
         // 4096 it was about 340 KiB per connection: measured on the relay with the loadtest).
         let mut transport = self.opts.peer_transport_config();
         transport.max_concurrent_bidi_streams(0u32.into());
-        if let Some(search) = crate::socket::mtu::discovery_toward(to) {
-            transport.mtu_discovery_config(Some(search));
-        }
         let (tls, outcome, name) = match accept {
             Acceptable::OneOf(ids) if ids.len() == 1 => {
                 let (tls, outcome) = self.tickets.config_for(&identity, ids[0])?;
@@ -558,7 +552,7 @@ impl Node {
         link.wait_up(deadline, false).await?;
         let target = self.socket.paths.virtual_for(node, link.outbox());
         let accept = Acceptable::OneOf(vec![node]);
-        let (config, outcome, name) = self.dial_config(&accept, target)?;
+        let (config, outcome, name) = self.dial_config(&accept)?;
         let mut gone = link.gone_notices();
         let connecting = self
             .endpoint
@@ -633,7 +627,7 @@ impl Node {
             .pin
             .map(|p| Acceptable::OneOf(vec![p]))
             .unwrap_or(Acceptable::Any);
-        let (config, outcome, name) = self.dial_config(&accept, addr)?;
+        let (config, outcome, name) = self.dial_config(&accept)?;
         // A restart never tries 0-RTT again: the first attempt spent the ticket.
         let dial = |early: bool| {
             self.endpoint
