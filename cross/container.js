@@ -121,7 +121,10 @@ async function main() {
     console.log(`FAIL ${KEYNET} is missing: npm run cross -- --targets ${target}`)
     process.exit(1)
   }
-  if (!aptInstall(['podman', 'runc', 'netavark'])) {
+  // iptables: netavark sets up podman's bridge network with it (only recommended by podman,
+  // so a --no-install-recommends install lacks it and `podman run` fails: "netavark: No such
+  // file or directory").
+  if (!aptInstall(['podman', 'runc', 'netavark', 'iptables'])) {
     console.log('FAIL podman is missing and cannot be installed here (apt-get as root)')
     process.exit(1)
   }
