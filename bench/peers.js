@@ -106,13 +106,16 @@ function processCpuS(pid) {
   }
 }
 
-/** A `/proc/PID/status` field in bytes (`VmRSS`, `VmHWM`: the peak RSS); 0 where unknown. */
+/**
+ * A `/proc/PID/status` field in bytes (`VmRSS`, `VmHWM`: the peak RSS); NaN where unknown (a
+ * process gone), so a sum over a peer's processes reads n/a instead of too small.
+ */
 function statusBytes(pid, field) {
   try {
     const m = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm'))
-    return m ? Number(m[1]) * 1024 : 0
+    return m ? Number(m[1]) * 1024 : NaN
   } catch {
-    return 0
+    return NaN
   }
 }
 
