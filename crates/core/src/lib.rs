@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+pub(crate) mod close_gate;
 pub mod discovery;
 pub(crate) mod ending;
 pub mod error;

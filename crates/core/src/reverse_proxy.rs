@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::close_gate::CloseGate;
 use crate::discovery::{DiscoveryOptions, Found, Located};
 use crate::error::{Error, Result, StartError};
 use crate::events::{CloseReason, ConnectionInfo, EventSink, Path};
@@ -98,10 +99,18 @@ impl ReverseStart {
 }
 
 /// The QUIC transport of a reverse proxy's accepted connections: `opts`' with the starting
-/// stream grant (it grows toward `max_streams` with use: [`StreamCredit`]).
-fn accepted_transport(opts: &ConnOptions, max_streams: u32) -> Arc<quinn::TransportConfig> {
+/// stream grant (it grows toward `max_streams` with use: [`StreamCredit`]), and `gate` in
+/// front of its congestion controller ([`crate::close_gate`]; each connection has its own).
+fn accepted_transport(
+    opts: &ConnOptions,
+    max_streams: u32,
+    gate: Option<&CloseGate>,
+) -> Arc<quinn::TransportConfig> {
     let mut t = opts.peer_transport_config();
     t.max_concurrent_bidi_streams(StreamCredit::initial(max_streams).into());
+    if let Some(gate) = gate {
+        gate.install(&mut t);
+    }
     Arc::new(t)
 }
 
@@ -143,6 +152,9 @@ struct Running {
     by_proxy: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     /// The transport accepted connections get (its starting stream grant).
     transport: Arc<quinn::TransportConfig>,
+    /// The endpoint's server config, which each accepted connection gets a copy of with its
+    /// own close gate (the TLS config is shared: session tickets are unchanged).
+    server_config: RwLock<quinn::ServerConfig>,
     max_connections: usize,
     /// Streams one connection may have at once (`maxStreamsPerConnection`).
     max_streams: u32,
@@ -150,6 +162,28 @@ struct Running {
     connections: AtomicUsize,
     /// Connections refused at `max_connections` so far.
     refused: AtomicU64,
+}
+
+impl Running {
+    /// Makes `config` the endpoint's server config (one lock around both: the copy and the
+    /// endpoint's never differ).
+    fn install(&self, config: quinn::ServerConfig) {
+        let mut kept = self.server_config.write().expect("server config lock");
+        self.node.endpoint.set_server_config(Some(config.clone()));
+        *kept = config;
+    }
+
+    /// The server config of one accepted connection: the endpoint's, with `gate` in its
+    /// transport.
+    fn config_for(&self, opts: &ConnOptions, gate: &CloseGate) -> quinn::ServerConfig {
+        let mut config = self
+            .server_config
+            .read()
+            .expect("server config lock")
+            .clone();
+        config.transport_config(accepted_transport(opts, self.max_streams, Some(gate)));
+        config
+    }
 }
 
 impl ReverseProxy {
@@ -200,8 +234,9 @@ impl ReverseProxy {
                 Some(ids) => Acceptable::OneOf(ids),
                 None => Acceptable::Any,
             };
-            let transport = accepted_transport(&inner.opts, start.max_streams_per_connection);
+            let transport = accepted_transport(&inner.opts, start.max_streams_per_connection, None);
             let config = tunnel_server_config(&identity, accept.clone(), transport.clone())?;
+            let server_config = RwLock::new(config.clone());
             let node = Node::start(
                 &inner.opts,
                 &inner.identities,
@@ -225,6 +260,7 @@ impl ReverseProxy {
                 accept: RwLock::new(accept),
                 by_proxy: Mutex::new(HashMap::new()),
                 transport,
+                server_config,
                 max_connections: start.max_connections,
                 max_streams: start.max_streams_per_connection,
                 connections: AtomicUsize::new(0),
@@ -412,7 +448,7 @@ impl ReverseProxy {
         *running.accept.write().expect("accept lock") = accept.clone();
         if let Some(id) = self.inner.identities.current() {
             let config = tunnel_server_config(&id, accept.clone(), running.transport.clone())?;
-            running.node.endpoint.set_server_config(Some(config));
+            running.install(config);
         }
         if let Acceptable::OneOf(list) = &accept {
             for info in running.node.tracker.infos() {
@@ -437,7 +473,7 @@ impl ReverseProxy {
                 running.accept.read().expect("accept lock").clone(),
                 running.transport.clone(),
             )?;
-            running.node.endpoint.set_server_config(Some(config));
+            running.install(config);
         }
         Ok(())
     }
@@ -624,7 +660,10 @@ impl Inner {
             }
             .into()
         };
-        let connecting = incoming.accept().map_err(handshake_failed)?;
+        let gate = CloseGate::new();
+        let connecting = incoming
+            .accept_with(Arc::new(running.config_for(&self.opts, &gate)))
+            .map_err(handshake_failed)?;
         let budget = self.opts.connect_time;
         let timed_out = move || Error::ConnectionStartTimeout(budget.as_millis() as u64);
         // On the server this always succeeds (quinn's "0.5-RTT"); `done` resolves once the
@@ -636,7 +675,7 @@ impl Inner {
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(handshake_failed)?;
-                return self.accepted(running, conn).await.map(|p| (p, None));
+                return self.accepted(running, conn, gate).await.map(|p| (p, None));
             }
         };
         let complete = {
@@ -654,10 +693,10 @@ impl Inner {
         // A resumed session carries the client's chain from the first flight on.
         if crate::tls::verify::peer_chain(&conn).is_empty() {
             complete.await?;
-            return self.accepted(running, conn).await.map(|p| (p, None));
+            return self.accepted(running, conn, gate).await.map(|p| (p, None));
         }
         let (node_id, ours) = self.check_peer(running, &conn)?;
-        let peer = Arc::new(Peer::new(conn, node_id, Path::Direct).resumed(true));
+        let peer = Arc::new(Peer::new(conn, gate, node_id, Path::Direct).resumed(true));
         let deadline = std::time::Instant::now() + budget;
         let settling = {
             let peer = peer.clone();
@@ -718,7 +757,12 @@ impl Inner {
 
     /// Finishes a connection whose handshake completed: checks the client, exchanges hellos,
     /// tracks it.
-    async fn accepted(&self, running: &Arc<Running>, conn: quinn::Connection) -> Result<Arc<Peer>> {
+    async fn accepted(
+        &self,
+        running: &Arc<Running>,
+        conn: quinn::Connection,
+        gate: CloseGate,
+    ) -> Result<Arc<Peer>> {
         let (node_id, ours) = self.check_peer(running, &conn)?;
         let deadline = std::time::Instant::now() + self.opts.connect_time;
         let theirs = exchange_hello(&conn, ours, deadline)
@@ -727,6 +771,7 @@ impl Inner {
         let remote = conn.remote_address();
         let peer = Arc::new(Peer::new(
             conn,
+            gate,
             node_id,
             running.path_toward(remote, ours, &theirs),
         ));
@@ -754,8 +799,7 @@ impl Inner {
                 Err(e) => {
                     running.node.counters.failed(e.code());
                     tracing::info!(remote = %peer.remote, error = %e, "refused incoming connection");
-                    peer.conn
-                        .close(0u32.into(), CloseReason::Local.as_str().as_bytes());
+                    peer.close(CloseReason::Local);
                 }
             }
         };

@@ -10,6 +10,7 @@ use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 
 use crate::addr::canonical;
+use crate::close_gate::CloseGate;
 use crate::ending::Ending;
 use crate::events::{CloseReason, ConnectionInfo, Event, EventKind, EventSink, Path, Reason};
 use crate::identity::certs_to_pem;
@@ -40,6 +41,8 @@ pub(crate) enum Role {
 pub(crate) struct Peer {
     /// The QUIC connection.
     pub conn: quinn::Connection,
+    /// Lets the close past a full congestion window: close through [`Peer::close`].
+    gate: CloseGate,
     /// The node id the peer proved.
     pub node_id: NodeId,
     /// The peer's chain, leaf first.
@@ -59,15 +62,22 @@ pub(crate) struct Peer {
 
 impl Peer {
     /// Wraps an established connection whose peer proved `node_id`.
-    pub(crate) fn new(conn: quinn::Connection, node_id: NodeId, path: Path) -> Self {
+    /// `gate` is the one in the connection's transport config ([`crate::close_gate`]).
+    pub(crate) fn new(
+        conn: quinn::Connection,
+        gate: CloseGate,
+        node_id: NodeId,
+        path: Path,
+    ) -> Self {
         let remote = conn.remote_address();
-        Self::with_remote(conn, node_id, path, remote)
+        Self::with_remote(conn, gate, node_id, path, remote)
     }
 
     /// Like [`Peer::new`], tracked under `remote` (a relayed connection's QUIC address is
     /// virtual; it is tracked under the address the caller named).
     pub(crate) fn with_remote(
         conn: quinn::Connection,
+        gate: CloseGate,
         node_id: NodeId,
         path: Path,
         remote: SocketAddr,
@@ -78,6 +88,7 @@ impl Peer {
         Self {
             quic_addr,
             conn,
+            gate,
             node_id,
             certs,
             remote,
@@ -127,7 +138,7 @@ impl Peer {
         // Recorded before the close: the close watcher reads it as soon as quinn reports.
         let text = why.as_str().as_bytes().to_vec();
         self.record(why);
-        self.conn.close(0u32.into(), &text);
+        self.gate.close(&self.conn, 0u32.into(), &text);
     }
 
     fn record(&self, why: CloseReason) {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Node;
+use crate::close_gate::CloseGate;
 use crate::discovery;
 use crate::discovery::record::RelayHint;
 use crate::discovery::Located;
@@ -469,11 +470,12 @@ impl Node {
 
     /// A client config for a dial that accepts a server proving `accept`, and the server name
     /// its session tickets are kept under (the pinned node id; a dial without a pin never
-    /// resumes); the outcome keeps the reason a certificate was refused.
+    /// resumes); the outcome keeps the reason a certificate was refused. The gate lets the
+    /// connection's close past its congestion window ([`crate::close_gate`]).
     fn dial_config(
         &self,
         accept: &Acceptable,
-    ) -> Result<(quinn::ClientConfig, VerifyOutcome, String)> {
+    ) -> Result<(quinn::ClientConfig, VerifyOutcome, String, CloseGate)> {
         let identity = self
             .identities
             .current()
@@ -483,6 +485,8 @@ impl Node {
         // 4096 it was about 340 KiB per connection: measured on the relay with the loadtest).
         let mut transport = self.opts.peer_transport_config();
         transport.max_concurrent_bidi_streams(0u32.into());
+        let gate = CloseGate::new();
+        gate.install(&mut transport);
         let (tls, outcome, name) = match accept {
             Acceptable::OneOf(ids) if ids.len() == 1 => {
                 let (tls, outcome) = self.tickets.config_for(&identity, ids[0])?;
@@ -496,7 +500,7 @@ impl Node {
         };
         let mut config = quinn::ClientConfig::new(tls);
         config.transport_config(std::sync::Arc::new(transport));
-        Ok((config, outcome, name))
+        Ok((config, outcome, name, gate))
     }
 
     /// Finishes a dial to `addr` (the caller holds its dial lock `lock`) once the handshake and
@@ -505,6 +509,7 @@ impl Node {
     fn adopt(
         self: &Arc<Self>,
         conn: quinn::Connection,
+        gate: CloseGate,
         resumed: bool,
         accept: &Acceptable,
         addr: SocketAddr,
@@ -518,13 +523,13 @@ impl Node {
             time::OffsetDateTime::now_utc().unix_timestamp(),
         )?;
         if !self.tracker.is_current_dial(&addr, lock) {
-            conn.close(0u32.into(), CloseReason::Local.as_str().as_bytes());
+            gate.close(&conn, 0u32.into(), CloseReason::Local.as_str().as_bytes());
             return Err(StartError::ClosedWhileOpening(addr).into());
         }
         if let Some(d) = self.discovery() {
             d.learn_key(node_id, &peer_certs);
         }
-        let peer = Arc::new(Peer::with_remote(conn, node_id, path, addr).resumed(resumed));
+        let peer = Arc::new(Peer::with_remote(conn, gate, node_id, path, addr).resumed(resumed));
         self.tracker.insert(peer.clone());
         tracing::debug!(%addr, %node_id, path = path.as_str(), "connection established");
         Ok(peer)
@@ -552,7 +557,7 @@ impl Node {
         link.wait_up(deadline, false).await?;
         let target = self.socket.paths.virtual_for(node, link.outbox());
         let accept = Acceptable::OneOf(vec![node]);
-        let (config, outcome, name) = self.dial_config(&accept)?;
+        let (config, outcome, name, gate) = self.dial_config(&accept)?;
         let mut gone = link.gone_notices();
         let connecting = self
             .endpoint
@@ -596,7 +601,7 @@ impl Node {
             })
         })?;
         let path = self.socket.paths.path_of(&target).unwrap_or(Path::Relayed);
-        let peer = self.adopt(conn, resumed, &accept, d.addr, lock, path)?;
+        let peer = self.adopt(conn, gate, resumed, &accept, d.addr, lock, path)?;
         if spec.upgrade {
             let delay = spec.upgrade_delay;
             self.tasks.spawn(async move {
@@ -627,7 +632,7 @@ impl Node {
             .pin
             .map(|p| Acceptable::OneOf(vec![p]))
             .unwrap_or(Acceptable::Any);
-        let (config, outcome, name) = self.dial_config(&accept)?;
+        let (config, outcome, name, gate) = self.dial_config(&accept)?;
         // A restart never tries 0-RTT again: the first attempt spent the ticket.
         let dial = |early: bool| {
             self.endpoint
@@ -701,6 +706,9 @@ impl Node {
             theirs.punching || punch.peer_took_part(),
             theirs.nat_between(addr, own),
         );
-        Ok((self.adopt(conn, resumed, &accept, addr, lock, path)?, early))
+        Ok((
+            self.adopt(conn, gate, resumed, &accept, addr, lock, path)?,
+            early,
+        ))
     }
 }
