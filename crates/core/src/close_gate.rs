@@ -47,10 +47,19 @@ impl CloseGate {
     }
 
     /// `transport` with this gate in front of its congestion controller (quinn's default,
-    /// Cubic). Each connection needs its own transport config for its own gate.
-    pub(crate) fn install(&self, transport: &mut quinn::TransportConfig) {
+    /// Cubic, starting at `initial_window` bytes when given). Each connection needs its own
+    /// transport config for its own gate.
+    pub(crate) fn install(
+        &self,
+        transport: &mut quinn::TransportConfig,
+        initial_window: Option<u64>,
+    ) {
+        let mut cubic = CubicConfig::default();
+        if let Some(window) = initial_window {
+            cubic.initial_window(window);
+        }
         transport.congestion_controller_factory(Arc::new(GatedFactory {
-            inner: Arc::new(CubicConfig::default()),
+            inner: Arc::new(cubic),
             gate: self.clone(),
         }));
     }

@@ -27,6 +27,7 @@ use crate::options::ConnOptions;
 use crate::proto::hello::Hello;
 use crate::proto::tunnel::{self, Ack};
 use crate::relay::spec::{LinkStatus, RelaySpec};
+use crate::socket::mtu::LargePath;
 use crate::splice::splice;
 use crate::stream_credit::StreamCredit;
 use crate::tls::config::tunnel_server_config;
@@ -100,16 +101,22 @@ impl ReverseStart {
 
 /// The QUIC transport of a reverse proxy's accepted connections: `opts`' with the starting
 /// stream grant (it grows toward `max_streams` with use: [`StreamCredit`]), and `gate` in
-/// front of its congestion controller ([`crate::close_gate`]; each connection has its own).
+/// front of its congestion controller ([`crate::close_gate`]; each connection has its own),
+/// and a search for large packets where the caller's route carries them
+/// ([`crate::socket::mtu`]).
 fn accepted_transport(
     opts: &ConnOptions,
     max_streams: u32,
     gate: Option<&CloseGate>,
+    large: Option<LargePath>,
 ) -> Arc<quinn::TransportConfig> {
     let mut t = opts.peer_transport_config();
     t.max_concurrent_bidi_streams(StreamCredit::initial(max_streams).into());
     if let Some(gate) = gate {
-        gate.install(&mut t);
+        gate.install(&mut t, large.map(|l| l.initial_window()));
+    }
+    if let Some(large) = large {
+        t.mtu_discovery_config(Some(large.discovery()));
     }
     Arc::new(t)
 }
@@ -173,15 +180,27 @@ impl Running {
         *kept = config;
     }
 
-    /// The server config of one accepted connection: the endpoint's, with `gate` in its
-    /// transport.
-    fn config_for(&self, opts: &ConnOptions, gate: &CloseGate) -> quinn::ServerConfig {
+    /// The server config of one accepted connection, from `remote`: the endpoint's, with
+    /// `gate` in its transport, and an MTU search up to the route's MTU where that route is
+    /// large ([`crate::socket::mtu`]).
+    fn config_for(
+        &self,
+        opts: &ConnOptions,
+        gate: &CloseGate,
+        remote: SocketAddr,
+    ) -> quinn::ServerConfig {
+        let large = crate::socket::mtu::large_path_toward(remote);
         let mut config = self
             .server_config
             .read()
             .expect("server config lock")
             .clone();
-        config.transport_config(accepted_transport(opts, self.max_streams, Some(gate)));
+        config.transport_config(accepted_transport(
+            opts,
+            self.max_streams,
+            Some(gate),
+            large,
+        ));
         config
     }
 }
@@ -234,7 +253,7 @@ impl ReverseProxy {
                 Some(ids) => Acceptable::OneOf(ids),
                 None => Acceptable::Any,
             };
-            let transport = accepted_transport(&inner.opts, start.max_streams_per_connection, None);
+            let transport = accepted_transport(&inner.opts, start.max_streams_per_connection, None, None);
             let config = tunnel_server_config(&identity, accept.clone(), transport.clone())?;
             let server_config = RwLock::new(config.clone());
             let node = Node::start(
@@ -662,7 +681,7 @@ impl Inner {
         };
         let gate = CloseGate::new();
         let connecting = incoming
-            .accept_with(Arc::new(running.config_for(&self.opts, &gate)))
+            .accept_with(Arc::new(running.config_for(&self.opts, &gate, remote)))
             .map_err(handshake_failed)?;
         let budget = self.opts.connect_time;
         let timed_out = move || Error::ConnectionStartTimeout(budget.as_millis() as u64);

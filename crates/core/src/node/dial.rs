@@ -471,10 +471,13 @@ impl Node {
     /// A client config for a dial that accepts a server proving `accept`, and the server name
     /// its session tickets are kept under (the pinned node id; a dial without a pin never
     /// resumes); the outcome keeps the reason a certificate was refused. The gate lets the
-    /// connection's close past its congestion window ([`crate::close_gate`]).
+    /// connection's close past its congestion window ([`crate::close_gate`]). Its MTU search
+    /// goes up to the route's MTU when `to` is a real address on a large route
+    /// ([`crate::socket::mtu`]).
     fn dial_config(
         &self,
         accept: &Acceptable,
+        to: SocketAddr,
     ) -> Result<(quinn::ClientConfig, VerifyOutcome, String, CloseGate)> {
         let identity = self
             .identities
@@ -486,7 +489,11 @@ impl Node {
         let mut transport = self.opts.peer_transport_config();
         transport.max_concurrent_bidi_streams(0u32.into());
         let gate = CloseGate::new();
-        gate.install(&mut transport);
+        let large = crate::socket::mtu::large_path_toward(to);
+        gate.install(&mut transport, large.map(|l| l.initial_window()));
+        if let Some(large) = large {
+            transport.mtu_discovery_config(Some(large.discovery()));
+        }
         let (tls, outcome, name) = match accept {
             Acceptable::OneOf(ids) if ids.len() == 1 => {
                 let (tls, outcome) = self.tickets.config_for(&identity, ids[0])?;
@@ -557,7 +564,7 @@ impl Node {
         link.wait_up(deadline, false).await?;
         let target = self.socket.paths.virtual_for(node, link.outbox());
         let accept = Acceptable::OneOf(vec![node]);
-        let (config, outcome, name, gate) = self.dial_config(&accept)?;
+        let (config, outcome, name, gate) = self.dial_config(&accept, target)?;
         let mut gone = link.gone_notices();
         let connecting = self
             .endpoint
@@ -632,7 +639,7 @@ impl Node {
             .pin
             .map(|p| Acceptable::OneOf(vec![p]))
             .unwrap_or(Acceptable::Any);
-        let (config, outcome, name, gate) = self.dial_config(&accept)?;
+        let (config, outcome, name, gate) = self.dial_config(&accept, addr)?;
         // A restart never tries 0-RTT again: the first attempt spent the ticket.
         let dial = |early: bool| {
             self.endpoint

@@ -17,6 +17,7 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
 pub mod buffers;
+pub mod mtu;
 pub mod paths;
 mod plain;
 mod via;
@@ -627,7 +628,10 @@ impl AsyncUdpSocket for KeynetSocket {
         if !self.udp.segment_offload {
             return 1;
         }
-        self.inner().max_receive_segments()
+        // quinn sizes each receive slot as segments × the largest payload; the kernel
+        // coalesces at most 64 KiB into one read, so a slot need hold no more.
+        let enough = mtu::GRO_BYTES.div_ceil(usize::from(mtu::MAX_PAYLOAD));
+        self.inner().max_receive_segments().min(enough)
     }
 
     fn may_fragment(&self) -> bool {
@@ -674,6 +678,11 @@ pub fn bind_tuned(
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
     let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
     config.grease_quic_bit(false);
+    // What peers may send us (a transport parameter): up to keynet's largest packet, which a
+    // direct path uses once its route and quinn's MTU discovery allow (see `mtu`).
+    config
+        .max_udp_payload_size(mtu::MAX_PAYLOAD)
+        .expect("within QUIC's bounds");
     let endpoint =
         quinn::Endpoint::new_with_abstract_socket(config, server_config, socket.clone(), runtime)?;
     Ok((endpoint, socket))
