@@ -116,7 +116,7 @@ fn accepted_transport(
         gate.install(&mut t, large.map(|l| l.initial_window()));
     }
     if let Some(large) = large {
-        t.mtu_discovery_config(Some(large.discovery()));
+        large.configure(&mut t);
     }
     Arc::new(t)
 }

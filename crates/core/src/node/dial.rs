@@ -492,7 +492,7 @@ impl Node {
         let large = crate::socket::mtu::large_path_toward(to);
         gate.install(&mut transport, large.map(|l| l.initial_window()));
         if let Some(large) = large {
-            transport.mtu_discovery_config(Some(large.discovery()));
+            large.configure(&mut transport);
         }
         let (tls, outcome, name) = match accept {
             Acceptable::OneOf(ids) if ids.len() == 1 => {
