@@ -145,7 +145,7 @@ impl Controller for Gated {
     }
 
     fn clone_box(&self) -> Box<dyn Controller> {
-        Box::new(Gated {
+        Box::new(Self {
             inner: self.inner.clone_box(),
             gate: self.gate.clone(),
         })

@@ -512,11 +512,10 @@ impl Node {
 
     /// Finishes a dial to `addr` (the caller holds its dial lock `lock`) once the handshake and
     /// the hellos are done: checks the chain, learns the key for discovery, and tracks the
-    /// connection under `addr` with `path`.
+    /// connection (with the close gate of its transport) under `addr` with `path`.
     fn adopt(
         self: &Arc<Self>,
-        conn: quinn::Connection,
-        gate: CloseGate,
+        (conn, gate): (quinn::Connection, CloseGate),
         resumed: bool,
         accept: &Acceptable,
         addr: SocketAddr,
@@ -608,7 +607,7 @@ impl Node {
             })
         })?;
         let path = self.socket.paths.path_of(&target).unwrap_or(Path::Relayed);
-        let peer = self.adopt(conn, gate, resumed, &accept, d.addr, lock, path)?;
+        let peer = self.adopt((conn, gate), resumed, &accept, d.addr, lock, path)?;
         if spec.upgrade {
             let delay = spec.upgrade_delay;
             self.tasks.spawn(async move {
@@ -714,7 +713,7 @@ impl Node {
             theirs.nat_between(addr, own),
         );
         Ok((
-            self.adopt(conn, gate, resumed, &accept, addr, lock, path)?,
+            self.adopt((conn, gate), resumed, &accept, addr, lock, path)?,
             early,
         ))
     }
