@@ -20,6 +20,7 @@ pub mod buffers;
 pub mod mtu;
 pub mod paths;
 mod plain;
+mod route;
 mod via;
 
 pub(crate) use via::for_family;
@@ -119,14 +120,7 @@ fn refused_options(e: &io::Error) {
 /// The local address the kernel would send from toward `to`: a route lookup on an unbound
 /// UDP socket, no packet sent. `None` without a route.
 pub fn route_source(to: SocketAddr) -> Option<std::net::IpAddr> {
-    let any: SocketAddr = if to.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let probe = std::net::UdpSocket::bind(any).ok()?;
-    probe.connect(to).ok()?;
-    Some(probe.local_addr().ok()?.ip())
+    Some(route::probe(to)?.local_addr().ok()?.ip())
 }
 
 /// quinn's UDP socket with punch datagrams demultiplexed out.

@@ -34,13 +34,7 @@ pub fn route_mtu(to: SocketAddr) -> Option<u32> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        let any: SocketAddr = if to.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let probe = std::net::UdpSocket::bind(any).ok()?;
-        probe.connect(to).ok()?;
+        let probe = super::route::probe(to)?;
         let (level, name) = if to.is_ipv4() {
             (libc::IPPROTO_IP, libc::IP_MTU)
         } else {
