@@ -27,7 +27,6 @@ use crate::options::ConnOptions;
 use crate::proto::hello::Hello;
 use crate::proto::tunnel::{self, Ack};
 use crate::relay::spec::{LinkStatus, RelaySpec};
-use crate::socket::mtu::LargePath;
 use crate::splice::splice;
 use crate::stream_credit::StreamCredit;
 use crate::tls::config::tunnel_server_config;
@@ -99,26 +98,17 @@ impl ReverseStart {
     }
 }
 
-/// The QUIC transport of a reverse proxy's accepted connections: `opts`' with the starting
-/// stream grant (it grows toward `max_streams` with use: [`StreamCredit`]), and `gate` in
-/// front of its congestion controller ([`crate::close_gate`]; each connection has its own),
-/// and a search for large packets where the caller's route carries them
-/// ([`crate::socket::mtu`]).
+/// The QUIC transport of a connection the reverse proxy accepts from `remote`
+/// ([`crate::node::peer_transport`]) with the starting stream grant (it grows toward
+/// `max_streams` with use: [`StreamCredit`]), and its close gate.
 fn accepted_transport(
     opts: &ConnOptions,
     max_streams: u32,
-    gate: Option<&CloseGate>,
-    large: Option<LargePath>,
-) -> Arc<quinn::TransportConfig> {
-    let mut t = opts.peer_transport_config();
+    remote: SocketAddr,
+) -> (Arc<quinn::TransportConfig>, CloseGate) {
+    let (mut t, gate) = crate::node::peer_transport(opts, remote);
     t.max_concurrent_bidi_streams(StreamCredit::initial(max_streams).into());
-    if let Some(gate) = gate {
-        gate.install(&mut t, large.map(|l| l.initial_window()));
-    }
-    if let Some(large) = large {
-        large.configure(&mut t);
-    }
-    Arc::new(t)
+    (Arc::new(t), gate)
 }
 
 /// The reverse proxy. Cheap to clone; clones share state. Dropping the last clone of a started
@@ -157,7 +147,8 @@ struct Running {
     accept: RwLock<Acceptable>,
     /// Local TCP address of each server connection -> the calling connection.
     by_proxy: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
-    /// The transport accepted connections get (its starting stream grant).
+    /// The endpoint's default transport, which a server config needs; no connection uses it:
+    /// each is accepted with its own ([`Running::config_for`]).
     transport: Arc<quinn::TransportConfig>,
     /// The endpoint's server config, which each accepted connection gets a copy of with its
     /// own close gate (the TLS config is shared: session tickets are unchanged).
@@ -180,28 +171,21 @@ impl Running {
         *kept = config;
     }
 
-    /// The server config of one accepted connection, from `remote`: the endpoint's, with
-    /// `gate` in its transport, and an MTU search up to the route's MTU where that route is
-    /// large ([`crate::socket::mtu`]).
+    /// The server config of one connection accepted from `remote`: the endpoint's, with the
+    /// connection's own transport ([`accepted_transport`]), and that transport's close gate.
     fn config_for(
         &self,
         opts: &ConnOptions,
-        gate: &CloseGate,
         remote: SocketAddr,
-    ) -> quinn::ServerConfig {
-        let large = crate::socket::mtu::large_path_toward(remote);
+    ) -> (quinn::ServerConfig, CloseGate) {
+        let (transport, gate) = accepted_transport(opts, self.max_streams, remote);
         let mut config = self
             .server_config
             .read()
             .expect("server config lock")
             .clone();
-        config.transport_config(accepted_transport(
-            opts,
-            self.max_streams,
-            Some(gate),
-            large,
-        ));
-        config
+        config.transport_config(transport);
+        (config, gate)
     }
 }
 
@@ -253,7 +237,7 @@ impl ReverseProxy {
                 Some(ids) => Acceptable::OneOf(ids),
                 None => Acceptable::Any,
             };
-            let transport = accepted_transport(&inner.opts, start.max_streams_per_connection, None, None);
+            let transport = Arc::new(inner.opts.peer_transport_config());
             let config = tunnel_server_config(&identity, accept.clone(), transport.clone())?;
             let server_config = RwLock::new(config.clone());
             let node = Node::start(
@@ -679,9 +663,9 @@ impl Inner {
             }
             .into()
         };
-        let gate = CloseGate::new();
+        let (config, gate) = running.config_for(&self.opts, remote);
         let connecting = incoming
-            .accept_with(Arc::new(running.config_for(&self.opts, &gate, remote)))
+            .accept_with(Arc::new(config))
             .map_err(handshake_failed)?;
         let budget = self.opts.connect_time;
         let timed_out = move || Error::ConnectionStartTimeout(budget.as_millis() as u64);

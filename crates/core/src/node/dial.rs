@@ -470,10 +470,8 @@ impl Node {
 
     /// A client config for a dial that accepts a server proving `accept`, and the server name
     /// its session tickets are kept under (the pinned node id; a dial without a pin never
-    /// resumes); the outcome keeps the reason a certificate was refused. The gate lets the
-    /// connection's close past its congestion window ([`crate::close_gate`]). Its MTU search
-    /// goes up to the route's MTU when `to` is a real address on a large route
-    /// ([`crate::socket::mtu`]).
+    /// resumes); the outcome keeps the reason a certificate was refused; the gate is its
+    /// transport's ([`super::peer_transport`] toward `to`).
     fn dial_config(
         &self,
         accept: &Acceptable,
@@ -486,14 +484,8 @@ impl Node {
         // Only forward proxies dial, and the reverse proxy never opens a stream toward them:
         // allow it none. quinn keeps state for every stream a peer may open (at the tunnels'
         // 4096 it was about 340 KiB per connection: measured on the relay with the loadtest).
-        let mut transport = self.opts.peer_transport_config();
+        let (mut transport, gate) = super::peer_transport(&self.opts, to);
         transport.max_concurrent_bidi_streams(0u32.into());
-        let gate = CloseGate::new();
-        let large = crate::socket::mtu::large_path_toward(to);
-        gate.install(&mut transport, large.map(|l| l.initial_window()));
-        if let Some(large) = large {
-            large.configure(&mut transport);
-        }
         let (tls, outcome, name) = match accept {
             Acceptable::OneOf(ids) if ids.len() == 1 => {
                 let (tls, outcome) = self.tickets.config_for(&identity, ids[0])?;

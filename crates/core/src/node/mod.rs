@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use crate::close_gate::CloseGate;
 use crate::discovery::record::RelayHint;
 use crate::discovery::{self, Discovery, DiscoveryOptions, Found, Located};
 use crate::error::{Error, Result};
@@ -65,6 +66,24 @@ async fn cancelled(cancel: &Option<tokio_util::sync::CancellationToken>) {
         Some(c) => c.cancelled().await,
         None => std::future::pending().await,
     }
+}
+
+/// The transport of one connection between proxies with the peer at `to` (dialled or
+/// accepted), and the gate that lets its close past a full congestion window
+/// ([`crate::close_gate`]): each connection has its own. On a route that carries large packets
+/// it searches for them and starts with a window of ten ([`socket::mtu`]).
+pub(crate) fn peer_transport(
+    opts: &ConnOptions,
+    to: SocketAddr,
+) -> (quinn::TransportConfig, CloseGate) {
+    let mut transport = opts.peer_transport_config();
+    let gate = CloseGate::new();
+    let large = socket::mtu::large_path_toward(to);
+    gate.install(&mut transport, large.map(|l| l.initial_window()));
+    if let Some(large) = large {
+        large.configure(&mut transport);
+    }
+    (transport, gate)
 }
 
 /// How long `stop()` spends withdrawing the services a node offered.
