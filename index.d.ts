@@ -126,6 +126,11 @@ export interface ConnectionInfo {
   /** Packets QUIC declared lost and sent again: a lossy path shows here first. */
   lostPackets: number
   /**
+   * The largest UDP payload QUIC sends on the path now (its path MTU, in bytes): 1200 to 1452
+   * across the internet or through a relay, more on a LAN or on loopback (up to 6400).
+   */
+  mtu: number
+  /**
    * The connection resumed an earlier TLS session with this node (a forward proxy reconnecting
    * to a node it verified before): no certificates exchanged, and the first tunnel's header
    * travelled in 0-RTT, so the tunnel opened about one round trip after the first packet.

@@ -179,6 +179,7 @@ export interface NativeConnectionInfo {
   datagramsSent: number
   sendCalls: number
   lostPackets: number
+  mtu: number
   resumed: boolean
 }
 

@@ -91,6 +91,8 @@ test('1,000 sequential unary calls succeed over one connection, whose info both 
   t.true(byIngress.bytesSent > 0 && byIngress.bytesReceived > 0)
   t.true(byIngress.datagramsSent > 0 && byIngress.sendCalls > 0 && byIngress.sendCalls <= byIngress.datagramsSent)
   t.is(typeof byIngress.lostPackets, 'number')
+  // A peer on this host's loopback: packets of the largest size keynet sends, from the start.
+  t.is(byIngress.mtu, 6400)
 
   const byEgress = rp.getConnectionInfoByEgress(h.HOST, fp.getEgressPort())
   t.truthy(byEgress)

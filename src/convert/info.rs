@@ -39,6 +39,7 @@ pub struct NativeConnectionInfo {
     pub datagrams_sent: f64,
     pub send_calls: f64,
     pub lost_packets: f64,
+    pub mtu: u32,
     pub resumed: bool,
 }
 
@@ -58,6 +59,7 @@ impl From<keynet_core::ConnectionInfo> for NativeConnectionInfo {
             datagrams_sent: i.datagrams_sent as f64,
             send_calls: i.send_calls as f64,
             lost_packets: i.lost_packets as f64,
+            mtu: u32::from(i.mtu),
             resumed: i.resumed,
         }
     }

@@ -3,7 +3,8 @@
 //! first, so the next one resumes with the tunnel header in 0-RTT) and warm tunnels (on a live
 //! connection), with the process's CPU time per tunnel. Run it under `perf record` to see the
 //! CPU split; wall minus CPU is waiting (round trips, timers). `SETUP_SPLIT_EACH=1` prints each
-//! tunnel.
+//! tunnel. `KEYNET_LOG` (an `EnvFilter` directive, e.g. `quinn_proto=trace,keynet_core=debug`)
+//! prints a timeline of each step to stderr.
 //!
 //! With a delay (`DELAY_MS`), the forward proxy reaches the reverse proxy through a UDP hop that
 //! holds every datagram that long each way, so the medians count round trips: the kernel here
@@ -85,6 +86,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::main]
 async fn main() {
+    keynet_core::logging::install(std::env::var("KEYNET_LOG").ok().as_deref());
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())

@@ -138,6 +138,9 @@ pub struct ConnectionInfo {
     pub send_calls: u64,
     /// Packets QUIC declared lost (and sent again).
     pub lost_packets: u64,
+    /// The largest UDP payload QUIC sends on the path now (its path MTU, in bytes): 1200 to
+    /// 1452 across the internet or through a relay, more on a LAN or loopback.
+    pub mtu: u16,
     /// The connection resumed an earlier TLS session with this node (a session ticket: no
     /// certificates exchanged, the first tunnel's header sent in 0-RTT).
     pub resumed: bool,

@@ -271,6 +271,7 @@ impl Peer {
             datagrams_sent: stats.udp_tx.datagrams,
             send_calls: stats.udp_tx.ios,
             lost_packets: stats.path.lost_packets,
+            mtu: stats.path.current_mtu,
             resumed: self.resumed,
         }
     }

@@ -79,7 +79,7 @@ pub fn connection_json(c: &ConnectionInfo) -> Value {
     json!({
         "node_id": c.node_id, "path": c.path.as_str(), "rtt_ms": c.rtt_ms,
         "egress": c.egress.to_string(), "ingress": c.ingress.to_string(),
-        "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received, "lost_packets": c.lost_packets,
+        "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received, "lost_packets": c.lost_packets, "mtu": c.mtu,
     })
 }
 
