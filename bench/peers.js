@@ -20,6 +20,8 @@ const { spawn } = require('node:child_process')
 const { withTimeout } = require('../support/timeout')
 
 const PEERS_DIR = path.join(__dirname, '.peers')
+/** util-linux's setpriv, to have the kernel kill a peer when the bench dies (Linux only). */
+const PDEATHSIG = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => process.platform === 'linux' && fs.existsSync(p))
 const BIN = path.join(PEERS_DIR, 'bin')
 const START_TIMEOUT_MS = 30_000
 
@@ -176,8 +178,11 @@ async function startPeer(peer, serverPort) {
   }
   const spawnChild = (bin, args, env) => {
     // stdin is a pipe the child never reads: it ends when this process goes, however it goes
-    // (bench/hyperdht-peer.js exits on that); `live` covers an exit that skips `stop`.
-    const c = spawn(bin, args, { stdio: ['pipe', 'ignore', 'pipe'], env })
+    // (bench/hyperdht-peer.js exits on that); `live` covers an exit that skips `stop`. A peer
+    // that ignores its stdin (dumbpipe) gets SIGKILL from the kernel when this process dies, even
+    // by SIGKILL, where util-linux's setpriv can ask for that (it execs the peer: same pid).
+    const [file, argv] = PDEATHSIG ? [PDEATHSIG, ['--pdeathsig', 'KILL', '--', bin, ...args]] : [bin, args]
+    const c = spawn(file, argv, { stdio: ['pipe', 'ignore', 'pipe'], env })
     live.add(c)
     c.once('exit', () => live.delete(c))
     // Always drained (a full pipe would stall the peer); shown with KEYNET_BENCH_PEER_DEBUG.
