@@ -91,8 +91,10 @@ test('1,000 sequential unary calls succeed over one connection, whose info both 
   t.true(byIngress.bytesSent > 0 && byIngress.bytesReceived > 0)
   t.true(byIngress.datagramsSent > 0 && byIngress.sendCalls > 0 && byIngress.sendCalls <= byIngress.datagramsSent)
   t.is(typeof byIngress.lostPackets, 'number')
-  // A peer on this host's loopback: packets of the largest size keynet sends, from the start.
-  t.is(byIngress.mtu, 6400)
+  // A peer on this host's loopback: packets of the largest size keynet sends, from the start,
+  // where the kernel reports the route's MTU (Linux); elsewhere QUIC's own sizes.
+  if (process.platform === 'linux') t.is(byIngress.mtu, 6400)
+  else t.true(byIngress.mtu >= 1200 && byIngress.mtu <= 6400, `mtu ${byIngress.mtu}`)
 
   const byEgress = rp.getConnectionInfoByEgress(h.HOST, fp.getEgressPort())
   t.truthy(byEgress)
