@@ -7,7 +7,9 @@
 //! bookkeeping): measured on loopback, 256 MiB went at 0.57× the CPU and 1.85× the speed with
 //! packets of 4000 bytes instead of 1452. So a connection dialled or accepted on a real address
 //! searches up to its route's MTU (capped at [`MAX_PAYLOAD`]); quinn's path MTU discovery
-//! still proves every size before using it, and falls back if a larger packet is lost.
+//! still proves every size before using it, and falls back if a larger packet is lost. A peer
+//! on this host's loopback is the exception: the loopback route is the whole path, so it starts
+//! at that size and probes nothing ([`LargePath::on_host`]).
 //!
 //! A connection on a virtual address (relayed, or punched after a relay) keeps quinn's default:
 //! its path can move to a relay at any moment, and a relay carries at most 1452 bytes per
