@@ -292,9 +292,9 @@ async fn the_server_knows_who_calls_the_moment_it_accepts() {
 }
 
 /// A peer on this host's loopback starts at the route's packet size: the loopback route is the
-/// whole path, so there is nothing to probe (probing cost about 0.2 ms of CPU per connection).
+/// whole path, so there is nothing to probe (probing cost about 0.3 ms of CPU per connection).
 /// The moment the connection is open, both ends already send 6400-byte packets; with a search
-/// they would still be at 1452 or part-way up (four probes, one round trip each). Linux only:
+/// they would still be below that (it starts at 1452: four probes, one round trip each). Linux only:
 /// elsewhere keynet does not learn a route's MTU, and every path keeps quinn's sizes.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
